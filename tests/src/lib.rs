@@ -1,0 +1,1 @@
+//! Test harness: real Postgres 15 processes and workloads.

@@ -1,0 +1,15 @@
+//! Every format that travels between Strata's parts: LSNs, PostgreSQL 15 WAL (pages, records,
+//! block references, full-page images, per-resource-manager records) and, later, the
+//! replication protocol and the gRPC services.
+
+pub mod consts;
+pub mod decoder;
+pub mod image;
+pub mod lsn;
+pub mod pglz;
+pub mod record;
+pub mod rmgr;
+
+pub use decoder::{DecodeError, Decoded, WalStreamDecoder};
+pub use lsn::Lsn;
+pub use record::{BlockRef, DecodedRecord, RelFileNode, XLogRecordHeader};

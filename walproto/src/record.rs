@@ -1,0 +1,347 @@
+//! One WAL record: the fixed header, block references, main data (`DecodeXLogRecord`).
+
+use bytes::Bytes;
+
+use crate::consts::*;
+use crate::image::BlockImage;
+use crate::lsn::Lsn;
+
+/// A relation's physical identity: tablespace, database and relfilenode OIDs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct RelFileNode {
+    pub spc: u32,
+    pub db: u32,
+    pub rel: u32,
+}
+
+impl std::fmt::Display for RelFileNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.spc, self.db, self.rel)
+    }
+}
+
+/// The fixed 24-byte `XLogRecord` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XLogRecordHeader {
+    pub tot_len: u32,
+    pub xid: u32,
+    pub prev: Lsn,
+    pub info: u8,
+    pub rmid: u8,
+    pub crc: u32,
+}
+
+impl XLogRecordHeader {
+    /// Reads the header from the first 24 bytes of `b`, which must be that long.
+    pub fn parse(b: &[u8]) -> XLogRecordHeader {
+        XLogRecordHeader {
+            tot_len: u32::from_le_bytes(b[0..4].try_into().unwrap()),
+            xid: u32::from_le_bytes(b[4..8].try_into().unwrap()),
+            prev: Lsn(u64::from_le_bytes(b[8..16].try_into().unwrap())),
+            info: b[16],
+            rmid: b[17],
+            crc: u32::from_le_bytes(b[20..24].try_into().unwrap()),
+        }
+    }
+
+    /// The resource manager's part of `xl_info`.
+    pub fn rmgr_info(&self) -> u8 {
+        self.info & XLR_RMGR_INFO_MASK
+    }
+}
+
+/// A block reference of a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockRef {
+    pub id: u8,
+    pub rel: RelFileNode,
+    pub fork: u8,
+    pub blkno: u32,
+    /// The raw `fork_flags` byte.
+    pub flags: u8,
+    /// Data the rmgr's redo applies to the block (empty if none).
+    pub data: Bytes,
+    pub image: Option<BlockImage>,
+}
+
+impl BlockRef {
+    /// The record initializes the page from scratch: no earlier version is needed.
+    pub fn will_init(&self) -> bool {
+        self.flags & BKPBLOCK_WILL_INIT != 0
+    }
+
+    pub fn has_data(&self) -> bool {
+        self.flags & BKPBLOCK_HAS_DATA != 0
+    }
+
+    /// The image must be restored on redo (not one only for WAL consistency checking).
+    pub fn applies_image(&self) -> bool {
+        self.image.as_ref().is_some_and(|i| i.apply())
+    }
+}
+
+/// A whole decoded record.
+#[derive(Clone, Debug)]
+pub struct DecodedRecord {
+    /// Where the record starts.
+    pub lsn: Lsn,
+    /// Where the next record may start: the end of this one, MAXALIGNed (for XLOG_SWITCH, the
+    /// end of the segment). Postgres keys page versions and sets `pd_lsn` with this.
+    pub end_lsn: Lsn,
+    pub header: XLogRecordHeader,
+    pub blocks: Vec<BlockRef>,
+    pub main_data: Bytes,
+    pub origin: Option<u16>,
+    pub toplevel_xid: Option<u32>,
+    /// The whole record as it is in the WAL, page headers removed.
+    pub raw: Bytes,
+}
+
+impl DecodedRecord {
+    pub fn rmid(&self) -> u8 {
+        self.header.rmid
+    }
+
+    /// `xl_info` with the record machinery's bits masked off.
+    pub fn rmgr_info(&self) -> u8 {
+        self.header.rmgr_info()
+    }
+
+    pub fn xid(&self) -> u32 {
+        self.header.xid
+    }
+
+    /// Bytes of full-page images in the record (pg_waldump's `fpi_len`).
+    pub fn fpi_len(&self) -> u32 {
+        self.blocks
+            .iter()
+            .filter_map(|b| b.image.as_ref())
+            .map(|i| i.stored_len() as u32)
+            .sum()
+    }
+
+    pub fn block(&self, id: u8) -> Option<&BlockRef> {
+        self.blocks.iter().find(|b| b.id == id)
+    }
+}
+
+/// Why a record's body cannot be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct RecordFormatError(pub String);
+
+fn fmt_err<T>(msg: impl Into<String>) -> Result<T, RecordFormatError> {
+    Err(RecordFormatError(msg.into()))
+}
+
+/// A bounds-checked little-endian reader over a record.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn take<const N: usize>(&mut self, what: &str) -> Result<[u8; N], RecordFormatError> {
+        let Some(bytes) = self.buf.get(self.pos..self.pos + N) else {
+            return fmt_err(format!("record truncated while reading {what}"));
+        };
+        self.pos += N;
+        Ok(bytes.try_into().unwrap())
+    }
+    fn u8(&mut self, what: &str) -> Result<u8, RecordFormatError> {
+        Ok(self.take::<1>(what)?[0])
+    }
+    fn u16(&mut self, what: &str) -> Result<u16, RecordFormatError> {
+        Ok(u16::from_le_bytes(self.take(what)?))
+    }
+    fn u32(&mut self, what: &str) -> Result<u32, RecordFormatError> {
+        Ok(u32::from_le_bytes(self.take(what)?))
+    }
+}
+
+/// Layout of one block reference before its payload is sliced out.
+struct BlockHeader {
+    id: u8,
+    rel: RelFileNode,
+    fork: u8,
+    blkno: u32,
+    flags: u8,
+    data_len: usize,
+    image: Option<(u8, u16, u16, usize)>, // (bimg_info, hole_offset, hole_length, stored len)
+}
+
+/// Decodes the body of a complete record whose CRC has been checked. `raw` holds exactly
+/// `header.tot_len` bytes.
+pub fn decode_record_body(
+    lsn: Lsn,
+    end_lsn: Lsn,
+    raw: Bytes,
+) -> Result<DecodedRecord, RecordFormatError> {
+    let header = XLogRecordHeader::parse(&raw);
+    let mut cur = Cursor {
+        buf: &raw,
+        pos: SIZE_OF_XLOG_RECORD,
+    };
+    let mut headers: Vec<BlockHeader> = Vec::new();
+    let mut main_data_len = 0usize;
+    let mut origin = None;
+    let mut toplevel_xid = None;
+    let mut datatotal = 0usize;
+    let mut last_rel: Option<RelFileNode> = None;
+
+    while cur.buf.len() - cur.pos > datatotal {
+        let block_id = cur.u8("block id")?;
+        match block_id {
+            XLR_BLOCK_ID_DATA_SHORT => {
+                main_data_len = cur.u8("main data length")? as usize;
+                datatotal += main_data_len;
+                break;
+            }
+            XLR_BLOCK_ID_DATA_LONG => {
+                main_data_len = cur.u32("main data length")? as usize;
+                datatotal += main_data_len;
+                break;
+            }
+            XLR_BLOCK_ID_ORIGIN => origin = Some(cur.u16("replication origin")?),
+            XLR_BLOCK_ID_TOPLEVEL_XID => toplevel_xid = Some(cur.u32("top-level xid")?),
+            id if id <= XLR_MAX_BLOCK_ID => {
+                if headers.last().is_some_and(|h| h.id >= id) {
+                    return fmt_err(format!("out-of-order block_id {id}"));
+                }
+                let flags = cur.u8("fork flags")?;
+                let fork = flags & BKPBLOCK_FORK_MASK;
+                if fork > MAX_FORKNUM {
+                    return fmt_err(format!("block {id} has invalid fork number {fork}"));
+                }
+                let data_len = cur.u16("block data length")? as usize;
+                let has_data = flags & BKPBLOCK_HAS_DATA != 0;
+                if has_data && data_len == 0 {
+                    return fmt_err(format!("BKPBLOCK_HAS_DATA set, but no data included (block {id})"));
+                }
+                if !has_data && data_len != 0 {
+                    return fmt_err(format!(
+                        "BKPBLOCK_HAS_DATA not set, but data length is {data_len} (block {id})"
+                    ));
+                }
+                datatotal += data_len;
+                let image = if flags & BKPBLOCK_HAS_IMAGE != 0 {
+                    let bimg_len = cur.u16("image length")? as usize;
+                    let hole_offset = cur.u16("image hole offset")?;
+                    let bimg_info = cur.u8("image info")?;
+                    let compressed = bimg_info & BKPIMAGE_COMPRESSED_MASK != 0;
+                    let has_hole = bimg_info & BKPIMAGE_HAS_HOLE != 0;
+                    let hole_length = if compressed {
+                        if has_hole {
+                            cur.u16("image hole length")?
+                        } else {
+                            0
+                        }
+                    } else {
+                        (BLCKSZ - bimg_len.min(BLCKSZ)) as u16
+                    };
+                    datatotal += bimg_len;
+                    if has_hole && (hole_offset == 0 || hole_length == 0 || bimg_len == BLCKSZ) {
+                        return fmt_err(format!(
+                            "BKPIMAGE_HAS_HOLE set, but hole offset {hole_offset} length {hole_length} block image length {bimg_len} (block {id})"
+                        ));
+                    }
+                    if !has_hole && (hole_offset != 0 || hole_length != 0) {
+                        return fmt_err(format!(
+                            "BKPIMAGE_HAS_HOLE not set, but hole offset {hole_offset} length {hole_length} (block {id})"
+                        ));
+                    }
+                    if compressed && bimg_len == BLCKSZ {
+                        return fmt_err(format!(
+                            "BKPIMAGE_COMPRESSED set, but block image length {bimg_len} (block {id})"
+                        ));
+                    }
+                    if !has_hole && !compressed && bimg_len != BLCKSZ {
+                        return fmt_err(format!(
+                            "neither BKPIMAGE_HAS_HOLE nor BKPIMAGE_COMPRESSED set, but block image length is {bimg_len} (block {id})"
+                        ));
+                    }
+                    if hole_offset as usize + hole_length as usize > BLCKSZ {
+                        return fmt_err(format!(
+                            "image hole offset {hole_offset} length {hole_length} exceeds the page (block {id})"
+                        ));
+                    }
+                    Some((bimg_info, hole_offset, hole_length, bimg_len))
+                } else {
+                    None
+                };
+                let rel = if flags & BKPBLOCK_SAME_REL == 0 {
+                    let rel = RelFileNode {
+                        spc: cur.u32("tablespace")?,
+                        db: cur.u32("database")?,
+                        rel: cur.u32("relfilenode")?,
+                    };
+                    last_rel = Some(rel);
+                    rel
+                } else {
+                    match last_rel {
+                        Some(rel) => rel,
+                        None => return fmt_err(format!("BKPBLOCK_SAME_REL set but no previous rel (block {id})")),
+                    }
+                };
+                let blkno = cur.u32("block number")?;
+                headers.push(BlockHeader {
+                    id,
+                    rel,
+                    fork,
+                    blkno,
+                    flags,
+                    data_len,
+                    image,
+                });
+            }
+            other => return fmt_err(format!("invalid block_id {other}")),
+        }
+    }
+
+    let remaining = cur.buf.len() - cur.pos;
+    if remaining != datatotal {
+        return fmt_err(format!(
+            "record length mismatch: headers announce {datatotal} payload bytes, {remaining} present"
+        ));
+    }
+
+    // Payloads follow in block order: each block's image, then its data; then the main data.
+    let mut pos = cur.pos;
+    let mut blocks = Vec::with_capacity(headers.len());
+    for h in headers {
+        let image = h.image.map(|(info, hole_offset, hole_length, len)| {
+            let stored = raw.slice(pos..pos + len);
+            pos += len;
+            BlockImage::new(info, hole_offset, hole_length, stored)
+        });
+        let data = raw.slice(pos..pos + h.data_len);
+        pos += h.data_len;
+        blocks.push(BlockRef {
+            id: h.id,
+            rel: h.rel,
+            fork: h.fork,
+            blkno: h.blkno,
+            flags: h.flags,
+            data,
+            image,
+        });
+    }
+    let main_data = raw.slice(pos..pos + main_data_len);
+    Ok(DecodedRecord {
+        lsn,
+        end_lsn,
+        header,
+        blocks,
+        main_data,
+        origin,
+        toplevel_xid,
+        raw,
+    })
+}
+
+/// CRC32C of a record as Postgres computes it: the payload after the header, then the header up
+/// to (not including) `xl_crc`.
+pub fn record_crc(raw: &[u8]) -> u32 {
+    let crc = crc32c::crc32c(&raw[SIZE_OF_XLOG_RECORD..]);
+    crc32c::crc32c_append(crc, &raw[..20])
+}
