@@ -9,6 +9,7 @@ pub mod lsn;
 pub mod pglz;
 pub mod record;
 pub mod rmgr;
+pub mod walfiles;
 
 pub use decoder::{DecodeError, Decoded, WalStreamDecoder};
 pub use lsn::Lsn;

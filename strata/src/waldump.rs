@@ -1,0 +1,207 @@
+//! `strata waldump`: prints WAL records in pg_waldump's layout, so the two can be compared line
+//! by line.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use walproto::consts::fork_name;
+use walproto::rmgr;
+use walproto::walfiles::{first_segment_lsn, WalDirReader, WalReadError};
+use walproto::{DecodedRecord, Lsn};
+
+#[derive(clap::Args)]
+pub struct WaldumpArgs {
+    /// Directory holding the WAL segment files, or one segment file (its directory is used and
+    /// the start defaults to that segment).
+    #[arg(short = 'p', long = "path")]
+    path: PathBuf,
+    /// First record to print: the first at or after this LSN (default: the first segment found).
+    #[arg(short = 's', long = "start")]
+    start: Option<Lsn>,
+    /// Stop before any record that does not end by this LSN.
+    #[arg(short = 'e', long = "end")]
+    end: Option<Lsn>,
+    /// Print each block reference on its own line, with full-page image details.
+    #[arg(short = 'b', long = "bkp-details")]
+    bkp_details: bool,
+    /// Timeline of the segment files to read (default: the highest found for the start).
+    #[arg(short = 't', long = "timeline")]
+    timeline: Option<u32>,
+    /// Print at most this many records.
+    #[arg(short = 'n', long = "limit")]
+    limit: Option<u64>,
+}
+
+pub fn run(args: WaldumpArgs) -> anyhow::Result<ExitCode> {
+    let (dir, file_start) = resolve_path(&args.path)?;
+    let start = match args.start.or(file_start) {
+        Some(s) => s,
+        None => first_segment_lsn(&dir)
+            .with_context(|| format!("listing {}", dir.display()))?
+            .with_context(|| format!("no WAL segment files in {}", dir.display()))?,
+    };
+    if let Some(end) = args.end {
+        if end <= start {
+            bail!("end LSN {end} is not after start LSN {start}");
+        }
+    }
+    let mut reader = WalDirReader::open(&dir, start, args.end, args.timeline)?;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut line = String::with_capacity(256);
+    let mut printed = 0u64;
+    loop {
+        if args.limit.is_some_and(|n| printed >= n) {
+            break;
+        }
+        match reader.next_record() {
+            Ok(Some(rec)) => {
+                line.clear();
+                format_record(&rec, args.bkp_details, &mut line);
+                if out.write_all(line.as_bytes()).is_err() {
+                    return Ok(ExitCode::SUCCESS); // stdout closed, e.g. piped into head
+                }
+                printed += 1;
+            }
+            Ok(None) => {
+                let end = reader.end().expect("reader ended");
+                out.flush().ok();
+                if args.end.is_none() {
+                    eprintln!("strata waldump: end of WAL at {}: {}", end.lsn, end.reason);
+                }
+                break;
+            }
+            Err(e @ WalReadError::Corrupt(_)) => {
+                out.flush().ok();
+                eprintln!("strata waldump: error: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    out.flush().ok();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A directory is used as it is; a segment file means its directory, starting at that segment.
+fn resolve_path(path: &Path) -> anyhow::Result<(PathBuf, Option<Lsn>)> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+    if meta.is_dir() {
+        return Ok((path.to_path_buf(), None));
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let Some((_, segno)) = walproto::lsn::parse_segment_file_name(name) else {
+        bail!(
+            "{} is neither a directory nor a WAL segment file",
+            path.display()
+        );
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok((
+        dir.to_path_buf(),
+        Some(Lsn(segno * walproto::consts::WAL_SEGMENT_SIZE)),
+    ))
+}
+
+/// Appends one record in pg_waldump's layout (with the trailing newline).
+pub fn format_record(rec: &DecodedRecord, bkp_details: bool, out: &mut String) {
+    use std::fmt::Write as _;
+    let h = &rec.header;
+    let rm_name = rmgr::rmgr_name(h.rmid)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("custom{:03}", h.rmid));
+    let fpi_len = rec.fpi_len();
+    let _ = write!(
+        out,
+        "rmgr: {:<11} len (rec/tot): {:>6}/{:>6}, tx: {:>10}, lsn: {}, prev {}, ",
+        rm_name,
+        h.tot_len - fpi_len,
+        h.tot_len,
+        h.xid,
+        rec.lsn,
+        h.prev
+    );
+    match rmgr::identify(h.rmid, h.info) {
+        Some(id) => {
+            let _ = write!(out, "desc: {id} ");
+        }
+        None => {
+            let _ = write!(
+                out,
+                "desc: UNKNOWN ({:x}) ",
+                h.info & !walproto::consts::XLR_INFO_MASK
+            );
+        }
+    }
+    out.push_str(&rmgr::describe(rec));
+    if bkp_details {
+        out.push('\n');
+    }
+    for b in &rec.blocks {
+        let fork = fork_name(b.fork).unwrap_or("?");
+        if bkp_details {
+            let _ = write!(
+                out,
+                "\tblkref #{}: rel {} fork {} blk {}",
+                b.id, b.rel, fork, b.blkno
+            );
+            if let Some(img) = &b.image {
+                let verification = if img.apply() {
+                    ""
+                } else {
+                    " for WAL verification"
+                };
+                let _ = write!(
+                    out,
+                    " (FPW{verification}); hole: offset: {}, length: {}",
+                    img.hole_offset, img.hole_length
+                );
+                match img.compression() {
+                    Ok(Some(method)) => {
+                        let saved = walproto::consts::BLCKSZ as i64
+                            - img.hole_length as i64
+                            - img.stored_len() as i64;
+                        let _ = write!(
+                            out,
+                            ", compression saved: {saved}, method: {}",
+                            method.name()
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        let saved = walproto::consts::BLCKSZ as i64
+                            - img.hole_length as i64
+                            - img.stored_len() as i64;
+                        let _ = write!(out, ", compression saved: {saved}, method: unknown");
+                    }
+                }
+            }
+            out.push('\n');
+        } else {
+            let _ = write!(out, ", blkref #{}: rel {}", b.id, b.rel);
+            if b.fork != walproto::consts::MAIN_FORKNUM {
+                let _ = write!(out, " fork {fork}");
+            }
+            let _ = write!(out, " blk {}", b.blkno);
+            if let Some(img) = &b.image {
+                out.push_str(if img.apply() {
+                    " FPW"
+                } else {
+                    " FPW for WAL verification"
+                });
+            }
+        }
+    }
+    if !bkp_details {
+        out.push('\n');
+    }
+}
