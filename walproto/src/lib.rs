@@ -4,6 +4,7 @@
 
 pub mod consts;
 pub mod decoder;
+pub mod encoder;
 pub mod image;
 pub mod lsn;
 pub mod pglz;
