@@ -32,6 +32,66 @@ pub struct WaldumpArgs {
     /// Print at most this many records.
     #[arg(short = 'n', long = "limit")]
     limit: Option<u64>,
+    /// Print a summary per resource manager (counts and bytes) instead of the records.
+    #[arg(short = 'z', long = "stats")]
+    stats: bool,
+}
+
+/// Per resource manager: records, bytes of records without images, bytes of images.
+#[derive(Default)]
+struct Stats {
+    per_rmgr: std::collections::BTreeMap<u8, (u64, u64, u64)>,
+}
+
+impl Stats {
+    fn add(&mut self, rec: &DecodedRecord) {
+        let fpi = rec.fpi_len() as u64;
+        let e = self.per_rmgr.entry(rec.rmid()).or_default();
+        e.0 += 1;
+        e.1 += rec.header.tot_len as u64 - fpi;
+        e.2 += fpi;
+    }
+
+    fn print(&self, out: &mut impl Write, start: Lsn, end: Lsn) -> std::io::Result<()> {
+        let (n, r, f) = self
+            .per_rmgr
+            .values()
+            .fold((0, 0, 0), |a, v| (a.0 + v.0, a.1 + v.1, a.2 + v.2));
+        let pct = |x: u64, of: u64| {
+            if of == 0 {
+                0.0
+            } else {
+                100.0 * x as f64 / of as f64
+            }
+        };
+        writeln!(
+            out,
+            "WAL {start} .. {end}: {n} records, {} bytes of records, {} bytes of full-page images",
+            r, f
+        )?;
+        writeln!(
+            out,
+            "{:<18} {:>10} {:>7} {:>14} {:>7} {:>14} {:>7}",
+            "rmgr", "records", "(%)", "record bytes", "(%)", "FPI bytes", "(%)"
+        )?;
+        for (rmid, (cn, cr, cf)) in &self.per_rmgr {
+            let name = rmgr::rmgr_name(*rmid)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("custom{rmid:03}"));
+            writeln!(
+                out,
+                "{:<18} {:>10} {:>6.2}% {:>14} {:>6.2}% {:>14} {:>6.2}%",
+                name,
+                cn,
+                pct(*cn, n),
+                cr,
+                pct(*cr, r),
+                cf,
+                pct(*cf, f)
+            )?;
+        }
+        Ok(())
+    }
 }
 
 pub fn run(args: WaldumpArgs) -> anyhow::Result<ExitCode> {
@@ -52,11 +112,18 @@ pub fn run(args: WaldumpArgs) -> anyhow::Result<ExitCode> {
     let mut out = BufWriter::new(stdout.lock());
     let mut line = String::with_capacity(256);
     let mut printed = 0u64;
+    let mut stats = Stats::default();
+    let mut last_end = start;
     loop {
         if args.limit.is_some_and(|n| printed >= n) {
             break;
         }
         match reader.next_record() {
+            Ok(Some(rec)) if args.stats => {
+                stats.add(&rec);
+                last_end = rec.end_lsn;
+                printed += 1;
+            }
             Ok(Some(rec)) => {
                 line.clear();
                 format_record(&rec, args.bkp_details, &mut line);
@@ -68,7 +135,7 @@ pub fn run(args: WaldumpArgs) -> anyhow::Result<ExitCode> {
             Ok(None) => {
                 let end = reader.end().expect("reader ended");
                 out.flush().ok();
-                if args.end.is_none() {
+                if args.end.is_none() && !args.stats {
                     eprintln!("strata waldump: end of WAL at {}: {}", end.lsn, end.reason);
                 }
                 break;
@@ -80,6 +147,9 @@ pub fn run(args: WaldumpArgs) -> anyhow::Result<ExitCode> {
             }
             Err(e) => return Err(e.into()),
         }
+    }
+    if args.stats {
+        stats.print(&mut out, start, last_end)?;
     }
     out.flush().ok();
     Ok(ExitCode::SUCCESS)

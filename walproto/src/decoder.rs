@@ -65,13 +65,13 @@ enum Finished {
 
 /// Page size as usize, for slicing.
 const PAGE: usize = WAL_PAGE_SIZE as usize;
-/// New arena chunks for record bytes: many records share one allocation.
+/// New arena chunks for records assembled across pages: many share one allocation.
 const ARENA_CHUNK: usize = 256 * 1024;
 
 pub struct WalStreamDecoder {
-    /// Input not yet consumed starts at `input[consumed]`, which is at LSN `pos`.
-    input: Vec<u8>,
-    consumed: usize,
+    /// Input not yet consumed; its first byte is at LSN `pos`. Records lying whole in it are
+    /// split off without a copy.
+    input: BytesMut,
     pos: Lsn,
     /// Where decoding began: a continuation found on this page belongs to an earlier record.
     start: Lsn,
@@ -97,8 +97,7 @@ impl WalStreamDecoder {
     /// start of a page (then a continuation at the top of the page is skipped).
     pub fn new(start: Lsn) -> Self {
         WalStreamDecoder {
-            input: Vec::new(),
-            consumed: 0,
+            input: BytesMut::new(),
             pos: start,
             start,
             state: State::RecordStart,
@@ -123,7 +122,7 @@ impl WalStreamDecoder {
 
     /// The LSN of the next byte `feed` expects.
     pub fn input_lsn(&self) -> Lsn {
-        Lsn(self.pos.0 + (self.input.len() - self.consumed) as u64)
+        Lsn(self.pos.0 + self.input.len() as u64)
     }
 
     /// Where the record being assembled (or the next one) starts.
@@ -141,19 +140,15 @@ impl WalStreamDecoder {
 
     /// Appends the next bytes of the WAL.
     pub fn feed(&mut self, data: &[u8]) {
-        if self.consumed > 0 && self.consumed >= self.input.len() / 2 {
-            self.input.drain(..self.consumed);
-            self.consumed = 0;
-        }
         self.input.extend_from_slice(data);
     }
 
     fn available(&self) -> &[u8] {
-        &self.input[self.consumed..]
+        &self.input
     }
 
     fn advance(&mut self, n: usize) {
-        self.consumed += n;
+        bytes::Buf::advance(&mut self.input, n);
         self.pos = Lsn(self.pos.0 + n as u64);
     }
 
@@ -227,8 +222,7 @@ impl WalStreamDecoder {
                     if n == 0 {
                         return Ok(Decoded::NeedMore);
                     }
-                    let chunk = &self.input[self.consumed..self.consumed + n];
-                    self.arena.extend_from_slice(chunk);
+                    self.arena.extend_from_slice(&self.input[..n]);
                     self.advance(n);
                     if !self.record_header_checked && self.arena.len() >= SIZE_OF_XLOG_RECORD {
                         let header = XLogRecordHeader::parse(&self.arena[..SIZE_OF_XLOG_RECORD]);
@@ -237,7 +231,8 @@ impl WalStreamDecoder {
                         }
                     }
                     if self.arena.len() == self.record_len as usize {
-                        return self.finish_record().map(Decoded::Record);
+                        let raw = self.arena.split().freeze();
+                        return self.finish_record(raw).map(Decoded::Record);
                     }
                 }
             }
@@ -254,7 +249,6 @@ impl WalStreamDecoder {
             return Ok(Some(Decoded::NeedMore));
         }
         let tot_len = u32::from_le_bytes(avail[0..4].try_into().unwrap());
-        let _ = avail;
         let lsn = self.pos;
         if tot_len == 0 {
             return self
@@ -287,14 +281,10 @@ impl WalStreamDecoder {
         }
         let len = tot_len as usize;
         if len <= page_left && self.available().len() >= len {
-            // Fast path: the whole record is on this page and in the input.
-            if self.arena.capacity() < len {
-                self.arena.reserve(len.max(ARENA_CHUNK));
-            }
-            let bytes = &self.input[self.consumed..self.consumed + len];
-            self.arena.extend_from_slice(bytes);
-            self.advance(len);
-            return self.finish_record().map(|r| Some(Decoded::Record(r)));
+            // Fast path: the whole record is on this page and in the input: no copy.
+            let raw = self.input.split_to(len).freeze();
+            self.pos = Lsn(self.pos.0 + len as u64);
+            return self.finish_record(raw).map(|r| Some(Decoded::Record(r)));
         }
         if self.arena.capacity() < len {
             self.arena.reserve(len.max(ARENA_CHUNK));
@@ -327,9 +317,8 @@ impl WalStreamDecoder {
         Ok(())
     }
 
-    /// The record's bytes are all in the arena: check its CRC, decode it, move past it.
-    fn finish_record(&mut self) -> Result<DecodedRecord, DecodeError> {
-        let raw: Bytes = self.arena.split().freeze();
+    /// The record's bytes are all in `raw`: check its CRC, decode it, move past it.
+    fn finish_record(&mut self, raw: Bytes) -> Result<DecodedRecord, DecodeError> {
         let lsn = self.record_start;
         self.state = State::RecordStart;
         let crc = record_crc(&raw);

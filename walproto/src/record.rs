@@ -159,17 +159,6 @@ impl Cursor<'_> {
     }
 }
 
-/// Layout of one block reference before its payload is sliced out.
-struct BlockHeader {
-    id: u8,
-    rel: RelFileNode,
-    fork: u8,
-    blkno: u32,
-    flags: u8,
-    data_len: usize,
-    image: Option<(u8, u16, u16, usize)>, // (bimg_info, hole_offset, hole_length, stored len)
-}
-
 /// Decodes the body of a complete record whose CRC has been checked. `raw` holds exactly
 /// `header.tot_len` bytes.
 pub fn decode_record_body(
@@ -182,7 +171,10 @@ pub fn decode_record_body(
         buf: &raw,
         pos: SIZE_OF_XLOG_RECORD,
     };
-    let mut headers: Vec<BlockHeader> = Vec::new();
+    // Blocks are built first with empty payloads; `payload_lens[i]` = (image, data) lengths
+    // of `blocks[i]`, sliced out of `raw` once the headers end. No other allocation is needed.
+    let mut blocks: Vec<BlockRef> = Vec::new();
+    let mut payload_lens = [(0usize, 0usize); XLR_MAX_BLOCK_ID as usize + 1];
     let mut main_data_len = 0usize;
     let mut origin = None;
     let mut toplevel_xid = None;
@@ -205,7 +197,7 @@ pub fn decode_record_body(
             XLR_BLOCK_ID_ORIGIN => origin = Some(cur.u16("replication origin")?),
             XLR_BLOCK_ID_TOPLEVEL_XID => toplevel_xid = Some(cur.u32("top-level xid")?),
             id if id <= XLR_MAX_BLOCK_ID => {
-                if headers.last().is_some_and(|h| h.id >= id) {
+                if blocks.last().is_some_and(|b| b.id >= id) {
                     return fmt_err(format!("out-of-order block_id {id}"));
                 }
                 let flags = cur.u8("fork flags")?;
@@ -216,7 +208,9 @@ pub fn decode_record_body(
                 let data_len = cur.u16("block data length")? as usize;
                 let has_data = flags & BKPBLOCK_HAS_DATA != 0;
                 if has_data && data_len == 0 {
-                    return fmt_err(format!("BKPBLOCK_HAS_DATA set, but no data included (block {id})"));
+                    return fmt_err(format!(
+                        "BKPBLOCK_HAS_DATA set, but no data included (block {id})"
+                    ));
                 }
                 if !has_data && data_len != 0 {
                     return fmt_err(format!(
@@ -224,6 +218,7 @@ pub fn decode_record_body(
                     ));
                 }
                 datatotal += data_len;
+                let mut image_len = 0;
                 let image = if flags & BKPBLOCK_HAS_IMAGE != 0 {
                     let bimg_len = cur.u16("image length")? as usize;
                     let hole_offset = cur.u16("image hole offset")?;
@@ -265,7 +260,13 @@ pub fn decode_record_body(
                             "image hole offset {hole_offset} length {hole_length} exceeds the page (block {id})"
                         ));
                     }
-                    Some((bimg_info, hole_offset, hole_length, bimg_len))
+                    image_len = bimg_len;
+                    Some(BlockImage::new(
+                        bimg_info,
+                        hole_offset,
+                        hole_length,
+                        Bytes::new(),
+                    ))
                 } else {
                     None
                 };
@@ -280,17 +281,22 @@ pub fn decode_record_body(
                 } else {
                     match last_rel {
                         Some(rel) => rel,
-                        None => return fmt_err(format!("BKPBLOCK_SAME_REL set but no previous rel (block {id})")),
+                        None => {
+                            return fmt_err(format!(
+                                "BKPBLOCK_SAME_REL set but no previous rel (block {id})"
+                            ))
+                        }
                     }
                 };
                 let blkno = cur.u32("block number")?;
-                headers.push(BlockHeader {
+                payload_lens[blocks.len()] = (image_len, data_len);
+                blocks.push(BlockRef {
                     id,
                     rel,
                     fork,
                     blkno,
                     flags,
-                    data_len,
+                    data: Bytes::new(),
                     image,
                 });
             }
@@ -307,24 +313,15 @@ pub fn decode_record_body(
 
     // Payloads follow in block order: each block's image, then its data; then the main data.
     let mut pos = cur.pos;
-    let mut blocks = Vec::with_capacity(headers.len());
-    for h in headers {
-        let image = h.image.map(|(info, hole_offset, hole_length, len)| {
-            let stored = raw.slice(pos..pos + len);
-            pos += len;
-            BlockImage::new(info, hole_offset, hole_length, stored)
-        });
-        let data = raw.slice(pos..pos + h.data_len);
-        pos += h.data_len;
-        blocks.push(BlockRef {
-            id: h.id,
-            rel: h.rel,
-            fork: h.fork,
-            blkno: h.blkno,
-            flags: h.flags,
-            data,
-            image,
-        });
+    for (block, &(image_len, data_len)) in blocks.iter_mut().zip(&payload_lens) {
+        if let Some(image) = &mut block.image {
+            image.stored = raw.slice(pos..pos + image_len);
+            pos += image_len;
+        }
+        if data_len > 0 {
+            block.data = raw.slice(pos..pos + data_len);
+            pos += data_len;
+        }
     }
     let main_data = raw.slice(pos..pos + main_data_len);
     Ok(DecodedRecord {
