@@ -95,6 +95,10 @@ mod tests {
         let mut dst = [0u8; 16];
         assert!(decompress(&[0x01, 0x03, 0x05], &mut dst).is_err());
         assert!(decompress(&[0x01, 0x03], &mut dst).is_err());
-        assert!(decompress(&[0x00, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18], &mut dst).is_err());
+        assert!(decompress(
+            &[0x00, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
+            &mut dst
+        )
+        .is_err());
     }
 }
