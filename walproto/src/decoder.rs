@@ -226,9 +226,7 @@ impl WalStreamDecoder {
                     self.advance(n);
                     if !self.record_header_checked && self.arena.len() >= SIZE_OF_XLOG_RECORD {
                         let header = XLogRecordHeader::parse(&self.arena[..SIZE_OF_XLOG_RECORD]);
-                        if let Err(e) = self.check_header(&header) {
-                            return Err(e);
-                        }
+                        self.check_header(&header)?;
                     }
                     if self.arena.len() == self.record_len as usize {
                         let raw = self.arena.split().freeze();

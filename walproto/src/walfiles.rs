@@ -126,38 +126,34 @@ impl WalDirReader {
 
     /// Feeds the decoder more bytes. `false` when the files (or the end LSN) have no more.
     fn fill(&mut self) -> Result<bool, WalReadError> {
-        loop {
-            if let Some(end) = self.end {
-                if self.read_lsn >= end {
-                    return Ok(false);
-                }
-            }
-            if self.file.is_none() && !self.open_segment()? {
-                return Ok(false);
-            }
-            let seg_left = (WAL_SEGMENT_SIZE - self.read_lsn.segment_offset()) as usize;
-            let mut want = seg_left.min(READ_CHUNK);
-            if let Some(end) = self.end {
-                want = want.min((end.0 - self.read_lsn.0) as usize);
-            }
-            let (file, path) = self.file.as_mut().unwrap();
-            let n = file
-                .read(&mut self.buf[..want])
-                .map_err(|source| WalReadError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-            if n == 0 {
-                // A short (partial or truncated) segment: nothing more to read in it.
-                return Ok(false);
-            }
-            self.decoder.feed(&self.buf[..n]);
-            self.read_lsn = Lsn(self.read_lsn.0 + n as u64);
-            if self.read_lsn.is_segment_start() {
-                self.file = None;
-            }
-            return Ok(true);
+        if self.end.is_some_and(|end| self.read_lsn >= end) {
+            return Ok(false);
         }
+        if self.file.is_none() && !self.open_segment()? {
+            return Ok(false);
+        }
+        let seg_left = (WAL_SEGMENT_SIZE - self.read_lsn.segment_offset()) as usize;
+        let mut want = seg_left.min(READ_CHUNK);
+        if let Some(end) = self.end {
+            want = want.min((end.0 - self.read_lsn.0) as usize);
+        }
+        let (file, path) = self.file.as_mut().expect("segment opened above");
+        let n = file
+            .read(&mut self.buf[..want])
+            .map_err(|source| WalReadError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        if n == 0 {
+            // A short (partial or truncated) segment: nothing more to read in it.
+            return Ok(false);
+        }
+        self.decoder.feed(&self.buf[..n]);
+        self.read_lsn = Lsn(self.read_lsn.0 + n as u64);
+        if self.read_lsn.is_segment_start() {
+            self.file = None;
+        }
+        Ok(true)
     }
 
     /// The next record, `Ok(None)` at the end of the WAL (see [`WalDirReader::end`]).
