@@ -10,14 +10,18 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 3 {
         return;
     }
-    // The first bytes choose the start position and the chunk size.
+    // The first bytes choose the start position and the chunk size. Mode 0 starts where the
+    // first page header says it is, so that seeds cut from real segments decode.
+    let wal = &data[3..];
+    let chunk = 1 + data[2] as usize * 37;
     let start = match data[0] % 3 {
-        0 => Lsn(0x0100_0000),
+        0 if wal.len() >= 16 => {
+            let addr = u64::from_le_bytes(wal[8..16].try_into().unwrap());
+            Lsn(addr - addr % 8192)
+        }
         1 => Lsn(0x0100_2000),
         _ => Lsn(0x0100_2000 + 8 * (data[1] as u64 % 64)),
     };
-    let chunk = 1 + data[2] as usize * 37;
-    let wal = &data[3..];
     let mut decoder = WalStreamDecoder::new(start);
     let mut chunks = wal.chunks(chunk);
     loop {

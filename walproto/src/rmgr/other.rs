@@ -500,9 +500,13 @@ fn spgist_desc(op: u8, data: &Bytes, out: &mut String) -> Result<(), RmgrError> 
             let prefix = r.u16("offnumPrefix")?;
             let postfix = r.u16("offnumPostfix")?;
             let new_page = r.bool("newPage")?;
+            let postfix_same = r.bool("postfixBlkSame")?;
             let _ = write!(out, "prefixoff: {prefix}, postfixoff: {postfix}");
             if new_page {
                 out.push_str(" (newpage)");
+            }
+            if postfix_same {
+                out.push_str(" (same)");
             }
         }
         0x50 => {
