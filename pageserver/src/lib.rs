@@ -1,0 +1,1 @@
+//! The pageserver: WAL ingest into layer files, and pages at any LSN reconstructed in Rust.

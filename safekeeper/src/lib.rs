@@ -1,0 +1,1 @@
+//! The safekeeper: a Paxos acceptor that keeps WAL durable on disk and serves it.
