@@ -81,7 +81,7 @@ fn records_across_pages_and_segments() {
     for (i, (rec, (start, end))) in records.iter().zip(&spans).enumerate() {
         assert_eq!(rec.lsn, *start, "record {i}");
         assert_eq!(rec.end_lsn, *end, "record {i}");
-        assert_eq!(rec.main_data.len(), sizes[i], "record {i}");
+        assert_eq!(rec.main_data().len(), sizes[i], "record {i}");
         assert_eq!(rec.header.xid, 1000 + (i as u8) as u32);
         if i > 0 {
             assert_eq!(rec.header.prev, spans[i - 1].0);

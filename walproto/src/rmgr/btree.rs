@@ -248,13 +248,13 @@ impl BtreeRecord {
 
     /// Parses a whole record: the main data, plus META_CLEANUP's metadata from block 0.
     pub fn parse_record(rec: &DecodedRecord) -> Result<BtreeRecord, RmgrError> {
-        let parsed = Self::parse(rec.header.info, &rec.main_data)?;
+        let parsed = Self::parse(rec.header.info, &rec.main_data_bytes())?;
         if let BtreeRecord::MetaCleanup(_) = parsed {
             let block = rec.block(0).ok_or_else(|| RmgrError::Invalid {
                 record: "Btree/META_CLEANUP",
                 msg: "no block 0 (metapage)".into(),
             })?;
-            let meta = BtreeMetadata::decode(&block.data, "Btree/META_CLEANUP")?;
+            let meta = BtreeMetadata::decode(&rec.block_data_bytes(block), "Btree/META_CLEANUP")?;
             return Ok(BtreeRecord::MetaCleanup(Some(meta)));
         }
         Ok(parsed)

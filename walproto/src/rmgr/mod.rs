@@ -128,7 +128,7 @@ pub enum ParsedRecord {
 /// (their structural decode in [`DecodedRecord`] is all there is).
 pub fn parse(rec: &DecodedRecord) -> Result<Option<ParsedRecord>, RmgrError> {
     let info = rec.header.info;
-    let data = &rec.main_data;
+    let data = &rec.main_data_bytes();
     Ok(Some(match rec.rmid() {
         RM_XLOG_ID => ParsedRecord::Xlog(xlog::XlogRecord::parse(info, data)?),
         RM_XACT_ID => ParsedRecord::Xact(xact::XactRecord::parse(info, data)?),
@@ -281,8 +281,12 @@ pub(crate) mod testutil {
 
     /// A record of `rmid` with `info` and `main_data`, plus block 0 data if given.
     pub fn record(rmid: u8, info: u8, main_data: Bytes, block0: Option<Bytes>) -> DecodedRecord {
+        let mut raw = main_data.to_vec();
+        let main_data_range = 0..raw.len() as u32;
         let blocks = block0
             .map(|data| {
+                let start = raw.len() as u32;
+                raw.extend_from_slice(&data);
                 vec![BlockRef {
                     id: 0,
                     rel: RelFileNode {
@@ -293,28 +297,20 @@ pub(crate) mod testutil {
                     fork: 0,
                     blkno: 0,
                     flags: crate::consts::BKPBLOCK_HAS_DATA,
-                    data,
+                    data_range: start..raw.len() as u32,
                     image: None,
                 }]
             })
             .unwrap_or_default();
-        DecodedRecord {
-            lsn: Lsn(0x0100_0000),
-            end_lsn: Lsn(0x0100_0040),
-            header: XLogRecordHeader {
-                tot_len: 0,
-                xid: 0,
-                prev: Lsn(0),
-                info,
-                rmid,
-                crc: 0,
-            },
-            blocks,
-            main_data,
-            origin: None,
-            toplevel_xid: None,
-            raw: Bytes::new(),
-        }
+        let header = XLogRecordHeader {
+            tot_len: 0,
+            xid: 0,
+            prev: Lsn(0),
+            info,
+            rmid,
+            crc: 0,
+        };
+        DecodedRecord::from_parts(header, blocks, main_data_range, Bytes::from(raw))
     }
 }
 

@@ -84,7 +84,7 @@ pub fn identify(rmid: u8, info: u8) -> Option<&'static str> {
 /// payloads of data pages are left out).
 pub fn describe(rmid: u8, rec: &DecodedRecord, out: &mut String) -> Result<(), RmgrError> {
     let op = rec.header.info & !XLR_INFO_MASK;
-    let data = &rec.main_data;
+    let data = &rec.main_data_bytes();
     match (rmid, op) {
         (RM_TBLSPC_ID, 0x00) => {
             let mut r = Reader::new(data, "Tablespace/CREATE");
@@ -269,7 +269,7 @@ fn gin_desc(op: u8, rec: &DecodedRecord, out: &mut String) -> Result<(), RmgrErr
     const ISDATA: u16 = 0x01;
     const ISLEAF: u16 = 0x02;
     const SPLIT_ROOT: u16 = 0x04;
-    let data = &rec.main_data;
+    let data = &rec.main_data_bytes();
     match op {
         0x20 => {
             let mut r = Reader::new(data, "Gin/INSERT");
@@ -294,14 +294,14 @@ fn gin_desc(op: u8, rec: &DecodedRecord, out: &mut String) -> Result<(), RmgrErr
                     " (full page image, for WAL verification)"
                 }),
                 Some(b) if flags & ISDATA == 0 => {
-                    let is_delete = b.data.get(2).copied().unwrap_or(0) != 0;
+                    let is_delete = rec.block_data(b).get(2).copied().unwrap_or(0) != 0;
                     let _ = write!(out, " isdelete: {}", tf(is_delete));
                 }
-                Some(b) if flags & ISLEAF != 0 => desc_recompress_leaf(&b.data, out),
+                Some(b) if flags & ISLEAF != 0 => desc_recompress_leaf(rec.block_data(b), out),
                 Some(b) => {
                     // ginxlogInsertDataInternal: offset, then PostingItem (child, key).
                     let w = |i: usize| {
-                        b.data
+                        rec.block_data(b)
                             .get(i..i + 2)
                             .map_or(0, |x| u16::from_le_bytes([x[0], x[1]]) as u32)
                     };
@@ -322,7 +322,7 @@ fn gin_desc(op: u8, rec: &DecodedRecord, out: &mut String) -> Result<(), RmgrErr
             } else {
                 " (full page image, for WAL verification)"
             }),
-            Some(b) => desc_recompress_leaf(&b.data, out),
+            Some(b) => desc_recompress_leaf(rec.block_data(b), out),
             None => {}
         },
         0x30 => {
