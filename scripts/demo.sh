@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 echo "==> building strata (release)"
-cargo build --release --locked -p strata
+cargo build --release -p strata
 STRATA="$PWD/target/release/strata"
 PGBIN=/usr/lib/postgresql/15/bin
 

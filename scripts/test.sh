@@ -8,8 +8,8 @@ scripts/setup.sh
 echo "==> cargo fmt --check"
 cargo fmt --all --check
 echo "==> cargo clippy"
-cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 echo "==> building the binaries the integration tests start"
-cargo build --locked --workspace --bins
+cargo build --workspace --bins
 echo "==> cargo test"
-cargo test --locked --workspace
+cargo test --workspace
