@@ -27,7 +27,7 @@ as_pg "$PGBIN/initdb" -D "$work/data" -U postgres --data-checksums >"$work/initd
     { cat "$work/initdb.log"; exit 1; }
 # Unix socket only: no TCP port to collide with.
 as_pg "$PGBIN/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w \
-    -o "-c listen_addresses='' -c unix_socket_directories='$work' -c wal_level=replica -c wal_compression=lz4 -c max_prepared_transactions=4" \
+    -o "-c listen_addresses='' -c unix_socket_directories='$work' -c wal_level=replica -c wal_compression=lz4 -c max_prepared_transactions=4 -c wal_keep_size=1GB" \
     start >/dev/null
 sql() { as_pg "$PGBIN/psql" -X -q -At -h "$work" -U postgres -v ON_ERROR_STOP=1 -c "$1" postgres; }
 
@@ -36,8 +36,10 @@ echo "==> workload: pgbench -i -s 2, pgbench -c 4 -T 5, DDL, VACUUM, a prepared 
 t0=$(date +%s.%N)
 as_pg "$PGBIN/pgbench" -h "$work" -U postgres -i -s 2 -q postgres >/dev/null 2>&1
 as_pg "$PGBIN/pgbench" -h "$work" -U postgres -c 4 -j 2 -T 5 postgres 2>/dev/null | grep -E "^tps" || true
-sql "create table notes(id serial primary key, body text); insert into notes(body) select repeat('note ', g % 50) from generate_series(1, 5000) g; create index on notes(body); delete from notes where id % 3 = 0; vacuum notes;"
-sql "begin; insert into notes(body) values ('prepared'); prepare transaction 'demo'; commit prepared 'demo';" >/dev/null
+sql "create table notes(id serial primary key, body text); insert into notes(body) select repeat('note ', g % 50) from generate_series(1, 5000) g; create index on notes(body); delete from notes where id % 3 = 0;"
+sql "vacuum notes"
+sql "begin; insert into notes(body) values ('prepared'); prepare transaction 'demo';" >/dev/null
+sql "commit prepared 'demo'" >/dev/null
 sql "select pg_create_restore_point('demo-done')" >/dev/null
 sql "checkpoint"
 end_lsn=$(sql "select pg_current_wal_lsn()")
@@ -49,13 +51,13 @@ t1=$(date +%s.%N)
 "$STRATA" waldump --stats -p "$work/data/pg_wal" -s "$start_lsn" -e "$end_lsn"
 t2=$(date +%s.%N)
 
-echo "==> the same WAL, record by record, against pg_waldump -b"
-field_view() { sed -E 's/(desc: [^ ]+).*/\1/'; }
-"$STRATA" waldump -b -p "$work/data/pg_wal" -s "$start_lsn" -e "$end_lsn" | field_view >"$work/strata.txt"
-as_pg "$PGBIN/pg_waldump" -b -p "$work/data/pg_wal" -s "$start_lsn" -e "$end_lsn" 2>/dev/null | field_view >"$work/pg.txt"
+echo "==> the same WAL, line by line, against pg_waldump -b"
+"$STRATA" waldump -b -p "$work/data/pg_wal" -s "$start_lsn" -e "$end_lsn" >"$work/strata.txt"
+# pg_waldump prints commit timestamps in the local time zone; strata prints UTC.
+TZ=UTC as_pg "$PGBIN/pg_waldump" -b -p "$work/data/pg_wal" -s "$start_lsn" -e "$end_lsn" 2>/dev/null >"$work/pg.txt"
 records=$(grep -c '^rmgr:' "$work/pg.txt")
 if diff -q "$work/pg.txt" "$work/strata.txt" >/dev/null; then
-    echo "    $records records: strata waldump and pg_waldump agree on every record and block reference"
+    echo "    $records records, $(wc -l <"$work/pg.txt") lines: strata waldump and pg_waldump print the same, byte for byte"
 else
     echo "    strata waldump and pg_waldump DIFFER:"
     diff "$work/pg.txt" "$work/strata.txt" | head -20
