@@ -8,6 +8,7 @@ pub mod encoder;
 pub mod image;
 pub mod lsn;
 pub mod pglz;
+pub mod pgwire;
 pub mod record;
 pub mod replication;
 pub mod rmgr;
