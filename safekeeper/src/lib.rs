@@ -1,1 +1,19 @@
 //! The safekeeper: a Paxos acceptor that keeps WAL durable on disk and serves it.
+//!
+//! - [`control_file`]: the acceptor's persisted state (term, term history, LSNs), atomically
+//!   replaced and checksummed;
+//! - [`wal_storage`]: 16 MiB WAL segment files, truncation, end-of-WAL recovery;
+//! - [`group_commit`]: the writer thread that batches fsyncs;
+//! - [`acceptor`]: the Paxos rules for one timeline;
+//! - [`service`]: the gRPC service (`strata.safekeeper.v1.Safekeeper`).
+
+pub mod acceptor;
+pub mod control_file;
+mod convert;
+pub mod group_commit;
+pub mod ids;
+pub mod service;
+pub mod term_history;
+#[doc(hidden)]
+pub mod testing;
+pub mod wal_storage;

@@ -9,6 +9,7 @@ pub mod image;
 pub mod lsn;
 pub mod pglz;
 pub mod pgwire;
+pub mod proto;
 pub mod record;
 pub mod replication;
 pub mod rmgr;

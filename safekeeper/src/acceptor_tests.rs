@@ -1,0 +1,256 @@
+//! Unit tests of the acceptor's rules, on real files.
+
+use super::*;
+use crate::term_history::TermSwitch;
+use crate::testing::WalGen;
+use crate::wal_storage::read_wal;
+
+const SYSID: u64 = 7_000_000_000_000_000_001;
+const START: Lsn = Lsn(0x0100_0000 + 40);
+
+fn id() -> TenantTimeline {
+    TenantTimeline {
+        tenant: "11111111111111111111111111111111".parse().unwrap(),
+        timeline: "22222222222222222222222222222222".parse().unwrap(),
+    }
+}
+
+fn greeting() -> GreetingInfo {
+    GreetingInfo {
+        system_id: SYSID,
+        pg_timeline: 1,
+        wal_seg_size: WAL_SEGMENT_SIZE as u32,
+    }
+}
+
+fn hist(v: &[(u64, Lsn)]) -> TermHistory {
+    TermHistory(
+        v.iter()
+            .map(|&(term, start)| TermSwitch { term, start })
+            .collect(),
+    )
+}
+
+fn read(dir: &Path, from: Lsn, to: Lsn) -> Vec<u8> {
+    let mut out = vec![0u8; (to.0 - from.0) as usize];
+    let mut pos = 0;
+    while pos < out.len() {
+        let n = read_wal(dir, 1, Lsn(from.0 + pos as u64), &mut out[pos..]).unwrap();
+        assert!(n > 0, "WAL missing at {}", from.0 + pos as u64);
+        pos += n;
+    }
+    out
+}
+
+/// An acceptor elected in term 1 with `n` records of WAL appended and flushed.
+fn with_wal(dir: &Path, n: usize) -> (Acceptor, WalGen, Vec<u8>) {
+    let mut a = Acceptor::open_or_create(dir, id(), &greeting()).unwrap();
+    assert!(a.vote(1).unwrap().granted);
+    a.elected(1, hist(&[(1, START)]), START, START).unwrap();
+    let mut gen = WalGen::new(SYSID, 1, START);
+    let (bytes, _) = gen.records(n, 3000);
+    a.append(1, START, Bytes::from(bytes.clone()), Lsn(0), Lsn(0))
+        .unwrap();
+    let durable = a.wal().flush_blocking().unwrap();
+    a.on_durable(durable);
+    (a, gen, bytes)
+}
+
+#[test]
+fn vote_granted_only_for_a_higher_term_and_persisted_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Acceptor::open_or_create(dir.path(), id(), &greeting()).unwrap();
+    let v = a.vote(5).unwrap();
+    assert!(v.granted);
+    assert_eq!(v.term, 5);
+    // The term is on disk by the time the answer exists.
+    assert_eq!(control_file::load(dir.path()).unwrap().unwrap().term, 5);
+    for t in [5, 4, 0] {
+        let v = a.vote(t).unwrap();
+        assert!(!v.granted, "term {t}");
+        assert_eq!(v.term, 5);
+    }
+    assert!(a.vote(6).unwrap().granted);
+    drop(a);
+    let mut a = Acceptor::open(dir.path(), id()).unwrap().unwrap();
+    assert!(!a.vote(6).unwrap().granted, "term survives a restart");
+}
+
+#[test]
+fn vote_reports_flush_lsn_and_last_log_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _gen, bytes) = with_wal(dir.path(), 10);
+    let v = a.vote(2).unwrap();
+    assert_eq!(v.flush_lsn, Lsn(START.0 + bytes.len() as u64));
+    assert_eq!(v.last_log_term, 1);
+    assert_eq!(v.term_history, hist(&[(1, START)]));
+    assert_eq!(v.local_start_lsn, START);
+}
+
+#[test]
+fn stale_and_unelected_appends_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut gen, _) = with_wal(dir.path(), 3);
+    let at = gen.next_lsn();
+    let (more, _) = gen.records(1, 100);
+    // A newer proposer asked for votes: the term-1 proposer is stale.
+    assert!(a.vote(2).unwrap().granted);
+    let err = a
+        .append(1, at, Bytes::from(more.clone()), Lsn(0), Lsn(0))
+        .unwrap_err();
+    assert!(
+        matches!(err, AcceptorError::StaleTerm { got: 1, current: 2 }),
+        "{err}"
+    );
+    // Term 2 has not been through Elected here yet.
+    let err = a
+        .append(2, at, Bytes::from(more.clone()), Lsn(0), Lsn(0))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("before this acceptor accepted"),
+        "{err}"
+    );
+    // Elected in a term below ours is stale too.
+    let err = a.elected(1, hist(&[(1, START)]), at, at).unwrap_err();
+    assert!(matches!(err, AcceptorError::StaleTerm { .. }));
+    // Gaps are refused.
+    a.elected(2, hist(&[(1, START), (2, at)]), at, at).unwrap();
+    let err = a
+        .append(2, Lsn(at.0 + 8), Bytes::from(more), Lsn(0), Lsn(0))
+        .unwrap_err();
+    assert!(err.to_string().contains("not contiguous"), "{err}");
+}
+
+#[test]
+fn election_truncates_the_divergent_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    // Term 1 wrote 40 records (crossing a page boundary many times).
+    let (mut a, _gen, bytes) = with_wal(dir.path(), 40);
+    let end1 = Lsn(START.0 + bytes.len() as u64);
+    // A proposer of term 3 whose donor's term-1 log ended earlier, at `cut` (a record end).
+    let mut g = WalGen::new(SYSID, 1, START);
+    let (_, ends) = g.records(20, 3000);
+    let cut = ends[19];
+    assert!(cut < end1);
+    assert!(a.vote(3).unwrap().granted);
+    let theirs = hist(&[(1, START), (3, cut)]);
+    // Not allowed beyond the common point.
+    let err = a
+        .elected(3, theirs.clone(), Lsn(cut.0 + 8), Lsn(cut.0 + 8))
+        .unwrap_err();
+    assert!(err.to_string().contains("agrees"), "{err}");
+    assert_eq!(a.elected(3, theirs.clone(), cut, cut).unwrap(), cut);
+    // The history is persisted before any append is possible.
+    let st = control_file::load(dir.path()).unwrap().unwrap();
+    assert_eq!(
+        (st.term, st.term_history.clone(), st.flush_lsn),
+        (3, theirs.clone(), cut)
+    );
+    // The divergent bytes are gone (zeros), the common prefix is intact.
+    assert_eq!(
+        read(dir.path(), START, cut),
+        bytes[..(cut.0 - START.0) as usize]
+    );
+    assert!(read(dir.path(), cut, end1).iter().all(|&b| b == 0));
+    // Term 3 WAL goes on from `cut`, and survives a restart.
+    let (new, _) = g.records(5, 500);
+    a.append(3, cut, Bytes::from(new.clone()), Lsn(0), Lsn(0))
+        .unwrap();
+    let flushed = a.wal().flush_blocking().unwrap();
+    assert_eq!(flushed, Lsn(cut.0 + new.len() as u64));
+    drop(a);
+    let mut a = Acceptor::open(dir.path(), id()).unwrap().unwrap();
+    let v = a.vote(4).unwrap();
+    assert_eq!(v.flush_lsn, flushed);
+    assert_eq!(v.last_log_term, 3);
+    assert_eq!(read(dir.path(), cut, flushed), new);
+}
+
+#[test]
+fn election_never_truncates_committed_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut gen, bytes) = with_wal(dir.path(), 10);
+    let end = Lsn(START.0 + bytes.len() as u64);
+    let (more, _) = gen.records(1, 10);
+    // A heartbeat carries the proposer's commit LSN.
+    a.append(1, end, Bytes::from(more), end, Lsn(0)).unwrap();
+    a.wal().flush_blocking().unwrap();
+    a.on_durable(a.wal().durable().borrow().lsn);
+    assert_eq!(a.state().commit_lsn, end);
+    assert!(a.vote(2).unwrap().granted);
+    let err = a.elected(2, hist(&[(2, START)]), START, START).unwrap_err();
+    assert!(err.to_string().contains("committed WAL"), "{err}");
+}
+
+#[test]
+fn commit_lsn_never_above_flush_lsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut gen, _) = with_wal(dir.path(), 2);
+    let at = gen.next_lsn();
+    let (more, _) = gen.records(3, 200);
+    let end = Lsn(at.0 + more.len() as u64);
+    // The proposer claims a commit LSN far beyond anything written.
+    a.append(1, at, Bytes::from(more), Lsn(end.0 + 1_000_000), Lsn(0))
+        .unwrap();
+    let (flush, commit) = a.on_durable(at);
+    assert_eq!(
+        (flush, commit),
+        (at, at),
+        "not yet durable: commit stays at the old flush"
+    );
+    let durable = a.wal().flush_blocking().unwrap();
+    let (flush, commit) = a.on_durable(durable);
+    assert_eq!(flush, end);
+    assert_eq!(commit, end);
+    a.maybe_persist().unwrap();
+    a.persist().unwrap();
+    let st = control_file::load(dir.path()).unwrap().unwrap();
+    assert!(st.commit_lsn <= st.flush_lsn);
+    assert_eq!(st.commit_lsn, end);
+}
+
+#[test]
+fn identity_mismatch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Acceptor::open_or_create(dir.path(), id(), &greeting()).unwrap());
+    let mut g = greeting();
+    g.system_id += 1;
+    let err = Acceptor::open_or_create(dir.path(), id(), &g)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("system id"), "{err}");
+    let mut g = greeting();
+    g.wal_seg_size = 1 << 20;
+    assert!(Acceptor::open_or_create(dir.path(), id(), &g).is_err());
+}
+
+#[test]
+fn bad_elections_are_refused_without_harm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Acceptor::open_or_create(dir.path(), id(), &greeting()).unwrap();
+    assert!(a.vote(2).unwrap().granted);
+    let cases = [
+        (2, hist(&[(2, Lsn(0))]), Lsn(0), "WAL never starts"),
+        (2, hist(&[(1, START)]), START, "must end with its term"),
+        (
+            2,
+            hist(&[(2, START), (1, START)]),
+            START,
+            "does not increase",
+        ),
+    ];
+    for (term, h, start, want) in cases {
+        let err = a.elected(term, h, start, start).unwrap_err();
+        assert!(err.to_string().contains(want), "{err}");
+    }
+    let err = a
+        .elected(2, hist(&[(2, START)]), START, Lsn(START.0 + 8))
+        .unwrap_err();
+    assert!(err.to_string().contains("differs"), "{err}");
+    // Still usable afterwards.
+    a.elected(2, hist(&[(2, START)]), START, START).unwrap();
+    let (wal, _) = WalGen::new(SYSID, 1, START).records(2, 10);
+    a.append(2, START, Bytes::from(wal), Lsn(0), Lsn(0))
+        .unwrap();
+    assert!(a.wal().flush_blocking().unwrap() > START);
+}

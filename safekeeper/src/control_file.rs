@@ -1,0 +1,346 @@
+//! The acceptor's persistent state, one small checksummed file per timeline.
+//!
+//! Everything the Paxos rules need to survive a crash lives here: the current term (persisted
+//! before a vote is answered), the term history (persisted before appends of a new term are
+//! accepted), and lazily the flush and commit LSNs. The file is replaced atomically: written to
+//! a temporary file, fsynced, renamed over the old one, and the directory fsynced, so a crash
+//! leaves either the old or the new state, never a mix.
+//!
+//! Layout (little-endian), format version 1:
+//!
+//! ```text
+//! magic u32 "SKCF" | version u32 | tenant [16] | timeline [16] | system_id u64 | pg_timeline u32
+//! | wal_seg_size u32 | term u64 | flush_lsn u64 | commit_lsn u64 | truncate_lsn u64
+//! | local_start_lsn u64 | history_len u32 | history_len × (term u64, start_lsn u64) | crc32c u32
+//! ```
+//!
+//! The crc32c covers every byte before it. The file length must match `history_len` exactly.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use walproto::Lsn;
+
+use crate::ids::{TenantId, TenantTimeline, TimelineId};
+use crate::term_history::{TermHistory, TermSwitch};
+
+pub const CONTROL_FILE_NAME: &str = "safekeeper.control";
+const MAGIC: u32 = u32::from_le_bytes(*b"SKCF");
+const FORMAT_VERSION: u32 = 1;
+/// Bytes before the history entries.
+const FIXED_LEN: usize = 4 + 4 + 16 + 16 + 8 + 4 + 4 + 8 * 5 + 4;
+/// A history longer than this is a corrupt length, not a real history.
+const MAX_HISTORY: u32 = 1 << 20;
+
+/// The persisted acceptor state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlState {
+    pub id: TenantTimeline,
+    pub system_id: u64,
+    pub pg_timeline: u32,
+    pub wal_seg_size: u32,
+    /// Highest term voted in or accepted; 0 = never.
+    pub term: u64,
+    pub term_history: TermHistory,
+    /// A durable LSN: never above WAL that was fsynced (lowered before any truncation).
+    pub flush_lsn: Lsn,
+    /// Never above `flush_lsn` in the same file.
+    pub commit_lsn: Lsn,
+    /// The proposer's hint: every safekeeper holds WAL up to here.
+    pub truncate_lsn: Lsn,
+    /// Where this acceptor's WAL begins; 0 = no WAL yet.
+    pub local_start_lsn: Lsn,
+}
+
+/// Why the control file could not be read or written. Names the file and the failed check.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlFileError {
+    #[error("control file {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("control file {path} is corrupt: {check}")]
+    Corrupt { path: PathBuf, check: String },
+}
+
+impl ControlState {
+    /// The state of a timeline this acceptor has never seen.
+    pub fn new(id: TenantTimeline, system_id: u64, pg_timeline: u32, wal_seg_size: u32) -> Self {
+        ControlState {
+            id,
+            system_id,
+            pg_timeline,
+            wal_seg_size,
+            term: 0,
+            term_history: TermHistory::default(),
+            flush_lsn: Lsn(0),
+            commit_lsn: Lsn(0),
+            truncate_lsn: Lsn(0),
+            local_start_lsn: Lsn(0),
+        }
+    }
+
+    /// The file's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(FIXED_LEN + 16 * self.term_history.0.len() + 4);
+        b.extend_from_slice(&MAGIC.to_le_bytes());
+        b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b.extend_from_slice(&self.id.tenant.0);
+        b.extend_from_slice(&self.id.timeline.0);
+        b.extend_from_slice(&self.system_id.to_le_bytes());
+        b.extend_from_slice(&self.pg_timeline.to_le_bytes());
+        b.extend_from_slice(&self.wal_seg_size.to_le_bytes());
+        for v in [
+            self.term,
+            self.flush_lsn.0,
+            self.commit_lsn.0,
+            self.truncate_lsn.0,
+            self.local_start_lsn.0,
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&(self.term_history.0.len() as u32).to_le_bytes());
+        for e in &self.term_history.0 {
+            b.extend_from_slice(&e.term.to_le_bytes());
+            b.extend_from_slice(&e.start.0.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Parses and checks the file's bytes; `path` only names the file in errors.
+    pub fn decode(path: &Path, b: &[u8]) -> Result<Self, ControlFileError> {
+        let corrupt = |check: String| ControlFileError::Corrupt {
+            path: path.to_path_buf(),
+            check,
+        };
+        if b.len() < FIXED_LEN + 4 {
+            return Err(corrupt(format!(
+                "file is {} bytes, shorter than the {} bytes of an empty state",
+                b.len(),
+                FIXED_LEN + 4
+            )));
+        }
+        let mut r = Reader { b, pos: 0 };
+        let magic = r.u32();
+        if magic != MAGIC {
+            return Err(corrupt(format!(
+                "bad magic {magic:#010x}, expected {MAGIC:#010x}"
+            )));
+        }
+        let version = r.u32();
+        if version != FORMAT_VERSION {
+            return Err(corrupt(format!(
+                "unsupported format version {version} (this build reads {FORMAT_VERSION})"
+            )));
+        }
+        let history_len =
+            u32::from_le_bytes(b[FIXED_LEN - 4..FIXED_LEN].try_into().unwrap_or_default());
+        let want = (history_len <= MAX_HISTORY).then(|| FIXED_LEN + 16 * history_len as usize + 4);
+        if want != Some(b.len()) {
+            return Err(corrupt(format!(
+                "file is {} bytes but its term history length {history_len} needs {}",
+                b.len(),
+                want.map_or_else(|| "an impossible size".to_string(), |w| w.to_string())
+            )));
+        }
+        let body = &b[..b.len() - 4];
+        let stored = u32::from_le_bytes(b[b.len() - 4..].try_into().unwrap_or_default());
+        let actual = crc32c::crc32c(body);
+        if stored != actual {
+            return Err(corrupt(format!(
+                "crc32c mismatch: stored {stored:#010x}, computed {actual:#010x}"
+            )));
+        }
+        let tenant = TenantId(r.array());
+        let timeline = TimelineId(r.array());
+        let system_id = r.u64();
+        let pg_timeline = r.u32();
+        let wal_seg_size = r.u32();
+        let term = r.u64();
+        let flush_lsn = Lsn(r.u64());
+        let commit_lsn = Lsn(r.u64());
+        let truncate_lsn = Lsn(r.u64());
+        let local_start_lsn = Lsn(r.u64());
+        let _len = r.u32();
+        let mut entries = Vec::with_capacity(history_len as usize);
+        for _ in 0..history_len {
+            let term = r.u64();
+            let start = Lsn(r.u64());
+            entries.push(TermSwitch { term, start });
+        }
+        let term_history = TermHistory(entries);
+        term_history
+            .validate()
+            .map_err(|e| corrupt(format!("invalid term history: {e}")))?;
+        if let Some(last) = term_history.last() {
+            if last.term > term {
+                return Err(corrupt(format!(
+                    "term history's last term {} is above the current term {term}",
+                    last.term
+                )));
+            }
+        }
+        if commit_lsn > flush_lsn {
+            return Err(corrupt(format!(
+                "commit LSN {commit_lsn} is above flush LSN {flush_lsn}"
+            )));
+        }
+        Ok(ControlState {
+            id: TenantTimeline { tenant, timeline },
+            system_id,
+            pg_timeline,
+            wal_seg_size,
+            term,
+            term_history,
+            flush_lsn,
+            commit_lsn,
+            truncate_lsn,
+            local_start_lsn,
+        })
+    }
+}
+
+/// A fixed-layout reader; callers have checked the length first.
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn array<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.b[self.pos..self.pos + N]);
+        self.pos += N;
+        out
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.array())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.array())
+    }
+}
+
+/// Reads `<dir>/safekeeper.control`; `Ok(None)` if there is none.
+pub fn load(dir: &Path) -> Result<Option<ControlState>, ControlFileError> {
+    let path = dir.join(CONTROL_FILE_NAME);
+    match fs::read(&path) {
+        Ok(b) => ControlState::decode(&path, &b).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ControlFileError::Io { path, source }),
+    }
+}
+
+/// Atomically replaces `<dir>/safekeeper.control` with `state`.
+pub fn store(dir: &Path, state: &ControlState) -> Result<(), ControlFileError> {
+    let path = dir.join(CONTROL_FILE_NAME);
+    let tmp = dir.join(format!("{CONTROL_FILE_NAME}.tmp"));
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ControlFileError::Io { path, source }
+    };
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(&state.encode()).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    fsync_dir(dir).map_err(io_err(dir))
+}
+
+/// Makes a rename or a file creation in `dir` durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ControlState {
+        let id = TenantTimeline {
+            tenant: "00112233445566778899aabbccddeeff".parse().unwrap(),
+            timeline: "ffeeddccbbaa99887766554433221100".parse().unwrap(),
+        };
+        let mut s = ControlState::new(id, 0x1234_5678_9abc_def0, 1, 16 << 20);
+        s.term = 7;
+        s.term_history = TermHistory(vec![
+            TermSwitch {
+                term: 2,
+                start: Lsn(0x100_0000),
+            },
+            TermSwitch {
+                term: 5,
+                start: Lsn(0x180_0000),
+            },
+            TermSwitch {
+                term: 7,
+                start: Lsn(0x200_0028),
+            },
+        ]);
+        s.flush_lsn = Lsn(0x210_0000);
+        s.commit_lsn = Lsn(0x20f_0000);
+        s.truncate_lsn = Lsn(0x1f0_0000);
+        s.local_start_lsn = Lsn(0x100_0000);
+        s
+    }
+
+    #[test]
+    fn round_trip_through_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), None);
+        let s = sample();
+        store(dir.path(), &s).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(s.clone()));
+        let mut s2 = s;
+        s2.term = 9;
+        store(dir.path(), &s2).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(s2));
+        assert!(!dir.path().join("safekeeper.control.tmp").exists());
+    }
+
+    #[test]
+    fn every_byte_flip_and_truncation_is_detected() {
+        let b = sample().encode();
+        let path = Path::new("/x/safekeeper.control");
+        for i in 0..b.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut c = b.clone();
+                c[i] ^= flip;
+                let err =
+                    ControlState::decode(path, &c).expect_err(&format!("byte {i} ^ {flip:#x}"));
+                let msg = err.to_string();
+                assert!(msg.contains("/x/safekeeper.control"), "{msg}");
+            }
+        }
+        for len in 0..b.len() {
+            let err = ControlState::decode(path, &b[..len]).expect_err(&format!("len {len}"));
+            assert!(matches!(err, ControlFileError::Corrupt { .. }), "{err}");
+        }
+        let mut longer = b.clone();
+        longer.push(0);
+        assert!(ControlState::decode(path, &longer).is_err());
+    }
+
+    #[test]
+    fn errors_name_the_check() {
+        let path = Path::new("/x/safekeeper.control");
+        let mut b = sample().encode();
+        b[0] ^= 1;
+        assert!(ControlState::decode(path, &b)
+            .unwrap_err()
+            .to_string()
+            .contains("bad magic"));
+        let mut b = sample().encode();
+        b[60] ^= 1;
+        assert!(ControlState::decode(path, &b)
+            .unwrap_err()
+            .to_string()
+            .contains("crc32c"));
+        let b = sample().encode();
+        assert!(ControlState::decode(path, &b[..b.len() - 1])
+            .unwrap_err()
+            .to_string()
+            .contains("bytes"));
+    }
+}

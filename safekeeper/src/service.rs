@@ -1,0 +1,422 @@
+//! The gRPC service: one acceptor per (tenant, timeline), created on the first greeting and kept
+//! under `<datadir>/<tenant>/<timeline>/`.
+//!
+//! A `Propose` stream is a session: greeting, optional vote, Elected, then appends. Appends are
+//! handed to the timeline's group-commit writer without waiting; a per-session task sends an
+//! `AppendResponse` whenever the durable LSN moves, so a proposer can pipeline appends and many
+//! of them share one fsync. Blocking work (control file fsyncs, truncation, recovery) runs on
+//! tokio's blocking pool.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, info_span, warn, Instrument};
+use walproto::proto::safekeeper as pb;
+use walproto::proto::safekeeper::acceptor_message::Msg as Out;
+use walproto::proto::safekeeper::proposer_message::Msg as In;
+use walproto::Lsn;
+
+use crate::acceptor::{Acceptor, AcceptorError, GreetingInfo};
+use crate::convert::{history_from_pb, history_to_pb, parse_ids, to_status};
+use crate::group_commit::{Durable, WalStats};
+use crate::ids::TenantTimeline;
+
+/// WAL queued but not yet durable, per session, before reading more appends from the stream.
+const MAX_IN_FLIGHT: u64 = 64 << 20;
+
+/// One timeline's acceptor and the channels the sessions watch.
+pub struct Timeline {
+    pub id: TenantTimeline,
+    acceptor: Mutex<Acceptor>,
+    durable: watch::Receiver<Durable>,
+    stats: Arc<WalStats>,
+}
+
+impl Timeline {
+    fn new(acceptor: Acceptor) -> Arc<Self> {
+        Arc::new(Timeline {
+            id: acceptor.state().id,
+            durable: acceptor.wal().durable(),
+            stats: acceptor.wal().stats().clone(),
+            acceptor: Mutex::new(acceptor),
+        })
+    }
+
+    /// The acceptor; a panic elsewhere does not make it unusable (its state is always whole).
+    fn lock(&self) -> MutexGuard<'_, Acceptor> {
+        self.acceptor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Inner {
+    node_id: u64,
+    datadir: PathBuf,
+    timelines: Mutex<HashMap<TenantTimeline, Arc<Timeline>>>,
+}
+
+/// The `strata.safekeeper.v1.Safekeeper` service.
+#[derive(Clone)]
+pub struct SafekeeperService {
+    inner: Arc<Inner>,
+}
+
+/// Runs blocking acceptor work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AcceptorError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("acceptor task failed: {e}")))?
+        .map_err(to_status)
+}
+
+impl SafekeeperService {
+    pub fn new(node_id: u64, datadir: PathBuf) -> Self {
+        SafekeeperService {
+            inner: Arc::new(Inner {
+                node_id,
+                datadir,
+                timelines: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn into_server(self) -> pb::safekeeper_server::SafekeeperServer<Self> {
+        pb::safekeeper_server::SafekeeperServer::new(self).max_decoding_message_size(64 << 20)
+    }
+
+    /// Persists every open timeline's state (clean shutdown; a crash is fine too, just slower
+    /// to recover).
+    pub fn shutdown(&self) {
+        let timelines: Vec<_> = self.inner.lock_map().values().cloned().collect();
+        for tl in timelines {
+            if let Err(e) = tl.lock().persist_now() {
+                warn!(timeline = %tl.id, %e, "could not persist timeline state at shutdown");
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn lock_map(&self) -> MutexGuard<'_, HashMap<TenantTimeline, Arc<Timeline>>> {
+        self.timelines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The open timeline, opened from disk if it exists there, created if `create` is given.
+    fn timeline(
+        &self,
+        id: TenantTimeline,
+        create: Option<&GreetingInfo>,
+    ) -> Result<Option<Arc<Timeline>>, AcceptorError> {
+        let mut map = self.lock_map();
+        if let Some(tl) = map.get(&id) {
+            if let Some(g) = create {
+                tl.lock().greet(g)?;
+            }
+            return Ok(Some(tl.clone()));
+        }
+        let dir = self
+            .datadir
+            .join(id.tenant.to_string())
+            .join(id.timeline.to_string());
+        let acceptor = match create {
+            Some(g) => Some(Acceptor::open_or_create(&dir, id, g)?),
+            None => Acceptor::open(&dir, id)?,
+        };
+        Ok(acceptor.map(|a| {
+            info!(timeline = %id, dir = %dir.display(), flush_lsn = %a.state().flush_lsn, term = a.state().term, "timeline opened");
+            let tl = Timeline::new(a);
+            map.insert(id, tl.clone());
+            tl
+        }))
+    }
+}
+
+type Tx = mpsc::Sender<Result<pb::AcceptorMessage, Status>>;
+
+async fn send(tx: &Tx, msg: Out) -> Result<(), Status> {
+    tx.send(Ok(pb::AcceptorMessage { msg: Some(msg) }))
+        .await
+        .map_err(|_| Status::cancelled("proposer went away"))
+}
+
+/// Aborts the session's ack task when the session ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[tonic::async_trait]
+impl pb::safekeeper_server::Safekeeper for SafekeeperService {
+    type ProposeStream = ReceiverStream<Result<pb::AcceptorMessage, Status>>;
+
+    async fn propose(
+        &self,
+        request: Request<Streaming<pb::ProposerMessage>>,
+    ) -> Result<Response<Self::ProposeStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before the greeting"))?;
+        let Some(In::Greeting(g)) = first.msg else {
+            return Err(Status::invalid_argument(
+                "the first message of a session must be a Greeting",
+            ));
+        };
+        let id = parse_ids(&g.tenant_id, &g.timeline_id)?;
+        if g.acceptor_id != 0 && g.acceptor_id != self.inner.node_id {
+            return Err(Status::invalid_argument(format!(
+                "proposer expected safekeeper {}, this is safekeeper {}",
+                g.acceptor_id, self.inner.node_id
+            )));
+        }
+        let span = info_span!("session", tenant = %id.tenant, timeline = %id.timeline, proposer = %g.proposer_id);
+        let (tx, rx) = mpsc::channel(64);
+        let inner = self.inner.clone();
+        tokio::spawn(
+            async move {
+                info!(?peer, "session started");
+                match session(inner, id, g, inbound, &tx).await {
+                    Ok(()) => info!("session ended by the proposer"),
+                    Err(status) => {
+                        info!(code = ?status.code(), message = status.message(), "session ended");
+                        let _ = tx.send(Err(status)).await;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn timeline_status(
+        &self,
+        request: Request<pb::TimelineStatusRequest>,
+    ) -> Result<Response<pb::TimelineStatusResponse>, Status> {
+        let r = request.into_inner();
+        let id = parse_ids(&r.tenant_id, &r.timeline_id)?;
+        let inner = self.inner.clone();
+        let tl = blocking(move || inner.timeline(id, None))
+            .await?
+            .ok_or_else(|| {
+                Status::not_found(format!("timeline {id} does not exist on this safekeeper"))
+            })?;
+        let d = tl.durable.borrow().lsn;
+        let mut a = tl.lock();
+        let (flush, commit) = a.on_durable(d);
+        let s = a.state();
+        Ok(Response::new(pb::TimelineStatusResponse {
+            acceptor_id: self.inner.node_id,
+            term: s.term,
+            flush_lsn: flush.0,
+            commit_lsn: commit.0,
+            local_start_lsn: s.local_start_lsn.0,
+            term_history: Some(history_to_pb(&s.term_history)),
+            truncate_lsn: s.truncate_lsn.0,
+            system_id: s.system_id,
+            pg_timeline: s.pg_timeline,
+            wal_fsyncs: tl.stats.fsyncs.load(std::sync::atomic::Ordering::Relaxed),
+            wal_appends: tl.stats.appends.load(std::sync::atomic::Ordering::Relaxed),
+        }))
+    }
+}
+
+/// One proposer session after its greeting.
+async fn session(
+    inner: Arc<Inner>,
+    id: TenantTimeline,
+    g: pb::Greeting,
+    mut inbound: Streaming<pb::ProposerMessage>,
+    tx: &Tx,
+) -> Result<(), Status> {
+    let info = GreetingInfo {
+        system_id: g.system_id,
+        pg_timeline: g.pg_timeline,
+        wal_seg_size: g.wal_seg_size,
+    };
+    let inner2 = inner.clone();
+    let tl = blocking(move || inner2.timeline(id, Some(&info)))
+        .await?
+        .ok_or_else(|| Status::internal("timeline was not created"))?;
+    let greeting = {
+        let d = tl.durable.borrow().lsn;
+        let mut a = tl.lock();
+        let (flush, commit) = a.on_durable(d);
+        pb::GreetingResponse {
+            acceptor_id: inner.node_id,
+            term: a.state().term,
+            term_history: Some(history_to_pb(&a.state().term_history.up_to(flush))),
+            flush_lsn: flush.0,
+            commit_lsn: commit.0,
+        }
+    };
+    send(tx, Out::GreetingResponse(greeting)).await?;
+
+    let mut elected: Option<u64> = None;
+    let mut _acks: Option<AbortOnDrop> = None;
+    let mut durable = tl.durable.clone();
+    while let Some(msg) = inbound.message().await? {
+        match msg.msg {
+            Some(In::VoteRequest(v)) => {
+                let tl2 = tl.clone();
+                let vote = blocking(move || tl2.lock().vote(v.term)).await?;
+                info!(term = v.term, granted = vote.granted, flush_lsn = %vote.flush_lsn, "vote");
+                send(
+                    tx,
+                    Out::VoteResponse(pb::VoteResponse {
+                        term: vote.term,
+                        vote_granted: vote.granted,
+                        flush_lsn: vote.flush_lsn.0,
+                        last_log_term: vote.last_log_term,
+                        term_history: Some(history_to_pb(&vote.term_history)),
+                        truncate_lsn: vote.truncate_lsn.0,
+                        commit_lsn: vote.commit_lsn.0,
+                        local_start_lsn: vote.local_start_lsn.0,
+                    }),
+                )
+                .await?;
+            }
+            Some(In::Elected(e)) => {
+                if elected.is_some() {
+                    return Err(Status::invalid_argument("a second Elected in one session"));
+                }
+                let (term, start, trunc) =
+                    (e.term, Lsn(e.start_streaming_at), Lsn(e.truncate_to_lsn));
+                let history = history_from_pb(e.term_history);
+                let tl2 = tl.clone();
+                let (flush, commit) = blocking(move || {
+                    let mut a = tl2.lock();
+                    let flush = a.elected(term, history, start, trunc)?;
+                    Ok((flush, a.state().commit_lsn))
+                })
+                .await?;
+                info!(term, %flush, "elected: accepting appends");
+                elected = Some(term);
+                send(
+                    tx,
+                    Out::ElectedResponse(pb::ElectedResponse {
+                        term,
+                        flush_lsn: flush.0,
+                        commit_lsn: commit.0,
+                    }),
+                )
+                .await?;
+                _acks = Some(AbortOnDrop(tokio::spawn(
+                    ack_loop(tl.clone(), tx.clone(), flush).in_current_span(),
+                )));
+            }
+            Some(In::AppendRequest(r)) => {
+                if elected != Some(r.term) {
+                    let current = tl.lock().state().term;
+                    if r.term < current {
+                        return Err(to_status(AcceptorError::StaleTerm {
+                            got: r.term,
+                            current,
+                        }));
+                    }
+                    return Err(Status::invalid_argument(format!(
+                        "append in term {} before an Elected for it in this session",
+                        r.term
+                    )));
+                }
+                if r.end_lsn.checked_sub(r.begin_lsn) != Some(r.wal_data.len() as u64) {
+                    return Err(Status::invalid_argument(format!(
+                        "append [{}, {}) carries {} bytes",
+                        Lsn(r.begin_lsn),
+                        Lsn(r.end_lsn),
+                        r.wal_data.len()
+                    )));
+                }
+                let empty = r.wal_data.is_empty();
+                let data = Bytes::from(r.wal_data);
+                let (write_lsn, heartbeat) = {
+                    let mut a = tl.lock();
+                    a.append(
+                        r.term,
+                        Lsn(r.begin_lsn),
+                        data,
+                        Lsn(r.commit_lsn),
+                        Lsn(r.truncate_lsn),
+                    )
+                    .map_err(to_status)?;
+                    // A heartbeat is answered now: nothing new will become durable.
+                    let heartbeat = empty.then(|| {
+                        let d = tl.durable.borrow().lsn;
+                        let (flush, commit) = a.on_durable(d);
+                        pb::AppendResponse {
+                            term: a.state().term,
+                            flush_lsn: flush.0,
+                            commit_lsn: commit.0,
+                        }
+                    });
+                    (a.write_lsn(), heartbeat)
+                };
+                if let Some(resp) = heartbeat {
+                    send(tx, Out::AppendResponse(resp)).await?;
+                    continue;
+                }
+                // Back-pressure: do not queue unbounded WAL ahead of the disk.
+                if write_lsn.0.saturating_sub(durable.borrow().lsn.0) > MAX_IN_FLIGHT {
+                    durable
+                        .wait_for(|d| d.error.is_some() || d.lsn.0 + MAX_IN_FLIGHT >= write_lsn.0)
+                        .await
+                        .map_err(|_| Status::internal("WAL writer stopped"))?;
+                }
+            }
+            Some(In::Greeting(_)) => {
+                return Err(Status::invalid_argument("a second Greeting in one session"))
+            }
+            None => return Err(Status::invalid_argument("empty ProposerMessage")),
+        }
+    }
+    Ok(())
+}
+
+/// Sends an `AppendResponse` each time the durable LSN moves; persists lazily kept LSNs.
+async fn ack_loop(tl: Arc<Timeline>, tx: Tx, mut last_sent: Lsn) {
+    let mut durable = tl.durable.clone();
+    loop {
+        let d = durable.borrow_and_update().clone();
+        if let Some(e) = d.error {
+            let _ = tx
+                .send(Err(Status::internal(format!("WAL write failed: {e}"))))
+                .await;
+            return;
+        }
+        let (resp, persist) = {
+            let mut a = tl.lock();
+            let (flush, commit) = a.on_durable(d.lsn);
+            let resp = pb::AppendResponse {
+                term: a.state().term,
+                flush_lsn: flush.0,
+                commit_lsn: commit.0,
+            };
+            (resp, a.persist_due())
+        };
+        if persist {
+            let tl2 = tl.clone();
+            if let Err(e) = blocking(move || tl2.lock().maybe_persist()).await {
+                warn!(%e, "could not persist the control file");
+            }
+        }
+        if Lsn(resp.flush_lsn) != last_sent {
+            last_sent = Lsn(resp.flush_lsn);
+            if send(&tx, Out::AppendResponse(resp)).await.is_err() {
+                return;
+            }
+        }
+        if durable.changed().await.is_err() {
+            return;
+        }
+    }
+}
