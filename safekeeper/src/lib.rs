@@ -5,13 +5,15 @@
 //! - [`wal_storage`]: 16 MiB WAL segment files, truncation, end-of-WAL recovery;
 //! - [`group_commit`]: the writer thread that batches fsyncs;
 //! - [`acceptor`]: the Paxos rules for one timeline;
-//! - [`service`]: the gRPC service (`strata.safekeeper.v1.Safekeeper`).
+//! - [`service`]: the gRPC service (`strata.safekeeper.v1.Safekeeper`);
+//! - [`replication_server`]: the Postgres replication protocol over the committed WAL.
 
 pub mod acceptor;
 pub mod control_file;
 mod convert;
 pub mod group_commit;
 pub mod ids;
+pub mod replication_server;
 pub mod service;
 pub mod term_history;
 #[doc(hidden)]

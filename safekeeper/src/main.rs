@@ -1,7 +1,7 @@
 //! The `safekeeper` binary: a Paxos acceptor serving `strata.safekeeper.v1.Safekeeper` over gRPC.
 //!
 //! Configuration comes from an optional TOML file (`--config`) with the same keys as the flags
-//! (`datadir`, `listen_grpc`, `id`); flags win. On start it prints
+//! (`datadir`, `listen_grpc`, `listen_pg`, `id`); flags win. On start it prints
 //! `safekeeper <id> listening on <addr>` to stdout (with the real port when asked for port 0),
 //! so scripts and tests can find it.
 
@@ -33,6 +33,11 @@ struct Args {
     /// This safekeeper's node id (a positive integer, unique in the cluster).
     #[arg(long)]
     id: Option<u64>,
+    /// Address for the Postgres replication protocol (pg_receivewal, standbys, the pageserver),
+    /// e.g. 127.0.0.1:5454; not served if not given. Connections are trusted: use loopback or
+    /// a private network.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen_pg: Option<SocketAddr>,
     /// TOML configuration file with the same keys as the flags.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -44,6 +49,7 @@ struct FileConfig {
     datadir: Option<PathBuf>,
     listen_grpc: Option<SocketAddr>,
     id: Option<u64>,
+    listen_pg: Option<SocketAddr>,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:7676";
@@ -77,6 +83,15 @@ fn check_node_id(datadir: &Path, id: u64) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     Ok(())
+}
+
+/// Stops the replication server when `serve` returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn main() {
@@ -127,10 +142,16 @@ fn run() -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(datadir, listen, id))
+    let listen_pg = args.listen_pg.or(file.listen_pg);
+    rt.block_on(serve(datadir, listen, listen_pg, id))
 }
 
-async fn serve(datadir: PathBuf, listen: SocketAddr, id: u64) -> Result<()> {
+async fn serve(
+    datadir: PathBuf,
+    listen: SocketAddr,
+    listen_pg: Option<SocketAddr>,
+    id: u64,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the gRPC address {listen}"))?;
@@ -138,6 +159,20 @@ async fn serve(datadir: PathBuf, listen: SocketAddr, id: u64) -> Result<()> {
     let service = SafekeeperService::new(id, datadir.clone());
     info!(id, %addr, datadir = %datadir.display(), "safekeeper starting");
     println!("safekeeper {id} listening on {addr}");
+    let _replication = match listen_pg {
+        Some(pg_addr) => {
+            let pg_listener = tokio::net::TcpListener::bind(pg_addr)
+                .await
+                .with_context(|| format!("binding the replication address {pg_addr}"))?;
+            let pg_addr = pg_listener.local_addr()?;
+            info!(%pg_addr, "serving the Postgres replication protocol");
+            println!("safekeeper {id} serving replication on {pg_addr}");
+            Some(AbortOnDrop(tokio::spawn(
+                safekeeper::replication_server::serve(pg_listener, service.clone()),
+            )))
+        }
+        None => None,
+    };
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

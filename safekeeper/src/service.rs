@@ -51,6 +51,23 @@ impl Timeline {
     fn lock(&self) -> MutexGuard<'_, Acceptor> {
         self.acceptor.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// A copy of the acceptor's current state.
+    pub fn state(&self) -> crate::control_file::ControlState {
+        self.lock().state().clone()
+    }
+
+    /// The highest LSN known to be on a majority: what may be served to readers.
+    pub fn commit_lsn(&self) -> Lsn {
+        let mut acceptor = self.lock();
+        let durable = self.durable.borrow().lsn;
+        acceptor.on_durable(durable).1
+    }
+
+    /// The directory holding the timeline's segments.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.lock().dir().to_path_buf()
+    }
 }
 
 struct Inner {
@@ -88,6 +105,46 @@ impl SafekeeperService {
 
     pub fn into_server(self) -> pb::safekeeper_server::SafekeeperServer<Self> {
         pb::safekeeper_server::SafekeeperServer::new(self).max_decoding_message_size(64 << 20)
+    }
+
+    /// The timeline, opened from disk if it exists there; `None` if it does not.
+    pub fn existing_timeline(
+        &self,
+        id: TenantTimeline,
+    ) -> Result<Option<Arc<Timeline>>, AcceptorError> {
+        self.inner.timeline(id, None)
+    }
+
+    /// The timelines in the data directory (`<tenant>/<timeline>/` with a control file).
+    pub fn timelines_on_disk(&self) -> Vec<TenantTimeline> {
+        let mut found = Vec::new();
+        let Ok(tenants) = std::fs::read_dir(&self.inner.datadir) else {
+            return found;
+        };
+        for tenant in tenants.flatten() {
+            let Ok(timelines) = std::fs::read_dir(tenant.path()) else {
+                continue;
+            };
+            for timeline in timelines.flatten() {
+                let (Some(t), Some(l)) = (
+                    tenant.file_name().to_str().map(str::to_string),
+                    timeline.file_name().to_str().map(str::to_string),
+                ) else {
+                    continue;
+                };
+                if let Ok(id) = parse_ids(&t, &l) {
+                    if timeline
+                        .path()
+                        .join(crate::control_file::CONTROL_FILE_NAME)
+                        .exists()
+                    {
+                        found.push(id);
+                    }
+                }
+            }
+        }
+        found.sort_by_key(|id| id.to_string());
+        found
     }
 
     /// Persists every open timeline's state (clean shutdown; a crash is fine too, just slower

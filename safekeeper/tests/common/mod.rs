@@ -36,38 +36,61 @@ fn log_file(datadir: &Path) -> Stdio {
         .unwrap_or_else(|_| Stdio::inherit())
 }
 
+/// The address at the end of a line the safekeeper printed, if the line says `what`.
+fn printed_addr(line: &str, what: &str) -> String {
+    line.trim()
+        .rsplit(' ')
+        .next()
+        .filter(|_| line.contains(what))
+        .unwrap_or_else(|| panic!("expected a line with {what:?}, got {line:?}"))
+        .to_string()
+}
+
 impl Safekeeper {
     pub fn start(datadir: &Path, id: u64) -> Safekeeper {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_safekeeper"))
-            .args([
-                "--datadir",
-                datadir.to_str().unwrap(),
-                "--listen-grpc",
-                "127.0.0.1:0",
-                "--id",
-            ])
-            .arg(id.to_string())
+        Self::spawn(datadir, id, false).0
+    }
+
+    /// Starts it serving the replication protocol too; returns that address as well.
+    pub fn start_with_replication(datadir: &Path, id: u64) -> (Safekeeper, String) {
+        let (sk, pg) = Self::spawn(datadir, id, true);
+        (sk, pg.expect("replication address"))
+    }
+
+    fn spawn(datadir: &Path, id: u64, replication: bool) -> (Safekeeper, Option<String>) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_safekeeper"));
+        cmd.args([
+            "--datadir",
+            datadir.to_str().unwrap(),
+            "--listen-grpc",
+            "127.0.0.1:0",
+            "--id",
+        ])
+        .arg(id.to_string());
+        if replication {
+            cmd.args(["--listen-pg", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log_file(datadir))
             .spawn()
             .expect("start safekeeper");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .filter(|_| line.contains("listening on"))
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Safekeeper {
+        out.read_line(&mut line).unwrap();
+        let addr = printed_addr(&line, "listening on");
+        let pg = replication.then(|| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            printed_addr(&line, "serving replication on")
+        });
+        let sk = Safekeeper {
             child,
             addr,
             datadir: datadir.to_path_buf(),
-        }
+        };
+        (sk, pg)
     }
 
     pub async fn client(&self) -> pb::safekeeper_client::SafekeeperClient<Channel> {
@@ -146,10 +169,15 @@ pub fn append(term: u64, begin: Lsn, data: Vec<u8>, commit: Lsn) -> In {
 impl Session {
     /// Opens a session and sends its greeting; returns the greeting's answer.
     pub async fn open(sk: &Safekeeper, proposer: &str) -> (Session, pb::GreetingResponse) {
+        Self::open_with(sk, greeting(proposer)).await
+    }
+
+    /// Opens a session with the given greeting.
+    pub async fn open_with(sk: &Safekeeper, greeting: In) -> (Session, pb::GreetingResponse) {
         let (tx, rx) = mpsc::channel(1024);
         let mut client = sk.client().await;
         tx.send(pb::ProposerMessage {
-            msg: Some(greeting(proposer)),
+            msg: Some(greeting),
         })
         .await
         .unwrap();

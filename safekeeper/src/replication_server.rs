@@ -1,0 +1,495 @@
+//! The Postgres replication protocol, served from a safekeeper's WAL: `pg_receivewal`, a
+//! vanilla hot standby and the pageserver stream from here exactly as they would from Postgres.
+//!
+//! Only WAL up to the timeline's commit LSN is sent: what a majority holds, which no later
+//! election can take back. Connections are physical replication connections
+//! (`replication=true`) and name their timeline in the startup options:
+//! `options='-c tenant_id=<hex> -c timeline_id=<hex>'`; when the safekeeper holds exactly one
+//! timeline the options may be left out. Authentication is `trust`: bind the listener to
+//! loopback or a private network.
+//!
+//! Commands: `IDENTIFY_SYSTEM`, `SHOW wal_segment_size`, `SHOW data_directory_mode`,
+//! `TIMELINE_HISTORY`, `START_REPLICATION [SLOT s] [PHYSICAL] X/X [TIMELINE n]`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::{info, info_span, warn, Instrument};
+use walproto::pgwire::{self, BackendWriter, FrontendMessage, Startup};
+use walproto::replication::{pg_now, ReplicationMessage};
+use walproto::Lsn;
+
+use crate::ids::TenantTimeline;
+use crate::service::{SafekeeperService, Timeline};
+use crate::wal_storage::read_wal;
+
+/// Largest XLogData message; Postgres's walsender uses 128 KiB too.
+const MAX_SEND: usize = 128 * 1024;
+/// How often to look for a new commit LSN when the client is caught up.
+const POLL: Duration = Duration::from_millis(5);
+/// Keepalive interval while idle.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// A reason to end a connection, sent to the client as an ErrorResponse when possible.
+#[derive(Debug)]
+struct ConnError {
+    code: &'static str,
+    message: String,
+}
+
+fn err(code: &'static str, message: impl Into<String>) -> ConnError {
+    ConnError {
+        code,
+        message: message.into(),
+    }
+}
+
+impl From<std::io::Error> for ConnError {
+    fn from(e: std::io::Error) -> Self {
+        err("08006", format!("connection failure: {e}"))
+    }
+}
+
+/// Accepts replication connections until the task is dropped.
+pub async fn serve(listener: TcpListener, service: SafekeeperService) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(%e, "accepting a replication connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = service.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = handle(stream, service).await {
+                    info!(code = e.code, "replication connection ended: {}", e.message);
+                }
+            }
+            .instrument(info_span!("replication", %peer)),
+        );
+    }
+}
+
+async fn handle(stream: TcpStream, service: SafekeeperService) -> Result<(), ConnError> {
+    stream.set_nodelay(true)?;
+    let (mut rd, mut wr) = stream.into_split();
+    let mut rbuf = BytesMut::with_capacity(8192);
+    let params = loop {
+        match read_startup(&mut rd, &mut rbuf).await? {
+            Startup::SslRequest | Startup::GssEncRequest => {
+                let mut w = BackendWriter::default();
+                w.encryption_refused();
+                wr.write_all(&w.take()).await?;
+            }
+            Startup::Cancel => return Ok(()),
+            Startup::Start(params) => break params,
+        }
+    };
+    let mut w = BackendWriter::default();
+    match open_timeline(&service, &params) {
+        Ok(tl) => {
+            let result = session(&tl, rd, &mut wr, rbuf).await;
+            if let Err(e) = &result {
+                w.error(e.code, &e.message);
+                let _ = wr.write_all(&w.take()).await;
+            }
+            result
+        }
+        Err(e) => {
+            w.error(e.code, &e.message);
+            let _ = wr.write_all(&w.take()).await;
+            Err(e)
+        }
+    }
+}
+
+async fn read_startup(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<Startup, ConnError> {
+    loop {
+        if let Some(s) = pgwire::parse_startup(buf).map_err(|e| err("08P01", e.to_string()))? {
+            return Ok(s);
+        }
+        if rd.read_buf(buf).await? == 0 {
+            return Err(err("08006", "client closed the connection during startup"));
+        }
+    }
+}
+
+/// Picks the timeline from the startup parameters.
+fn open_timeline(
+    service: &SafekeeperService,
+    params: &[(String, String)],
+) -> Result<Arc<Timeline>, ConnError> {
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if !matches!(param("replication"), Some("true" | "on" | "yes" | "1")) {
+        return Err(err(
+            "08P01",
+            "a safekeeper serves only physical replication connections (replication=true)",
+        ));
+    }
+    let options = param("options").unwrap_or("");
+    // Accepts `-c name=value`, `-cname=value`, `--name=value` and `name=value`.
+    let option = |name: &str| {
+        options.split_whitespace().find_map(|t| {
+            let t = t
+                .strip_prefix("--")
+                .or_else(|| t.strip_prefix("-c"))
+                .unwrap_or(t);
+            t.strip_prefix(name)?.strip_prefix('=')
+        })
+    };
+    let id = match (option("tenant_id"), option("timeline_id")) {
+        (Some(tenant), Some(timeline)) => {
+            let tenant = tenant.parse().map_err(|e| err("28000", format!("{e}")))?;
+            let timeline = timeline.parse().map_err(|e| err("28000", format!("{e}")))?;
+            TenantTimeline { tenant, timeline }
+        }
+        (None, None) => match service.timelines_on_disk().as_slice() {
+            [only] => *only,
+            [] => return Err(err("3D000", "this safekeeper holds no timeline yet")),
+            _ => {
+                return Err(err(
+                    "3D000",
+                    "this safekeeper holds several timelines: name one with options='-c tenant_id=<hex> -c timeline_id=<hex>'",
+                ))
+            }
+        },
+        _ => {
+            return Err(err(
+                "28000",
+                "give both tenant_id and timeline_id in the startup options",
+            ))
+        }
+    };
+    service
+        .existing_timeline(id)
+        .map_err(|e| err("58000", e.to_string()))?
+        .ok_or_else(|| {
+            err(
+                "3D000",
+                format!("timeline {id} does not exist on this safekeeper"),
+            )
+        })
+}
+
+/// Messages from the client, read by their own task so that streaming never waits on them.
+async fn read_client(
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+    tx: mpsc::Sender<Result<FrontendMessage, ConnError>>,
+) {
+    loop {
+        match pgwire::parse_frontend(&mut buf) {
+            Ok(Some(msg)) => {
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = tx.send(Err(err("08P01", e.to_string()))).await;
+                return;
+            }
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = tx.send(Ok(FrontendMessage::Terminate)).await;
+                return;
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn session(
+    tl: &Arc<Timeline>,
+    rd: OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    rbuf: BytesMut,
+) -> Result<(), ConnError> {
+    let state = tl.state();
+    let mut w = BackendWriter::default();
+    w.authentication_ok();
+    for (name, value) in [
+        ("server_version", "15.0 (Strata safekeeper)"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("TimeZone", "UTC"),
+        ("application_name", ""),
+    ] {
+        w.parameter_status(name, value);
+    }
+    w.backend_key_data(std::process::id() as i32, 0);
+    w.ready_for_query();
+    wr.write_all(&w.take()).await?;
+    info!(timeline = %state.id, "replication connection opened");
+
+    let (tx, mut rx) = mpsc::channel(16);
+    let reader = tokio::spawn(read_client(rd, rbuf, tx));
+    let _abort = AbortOnDrop(reader);
+    loop {
+        let Some(msg) = rx.recv().await else {
+            return Ok(());
+        };
+        match msg? {
+            FrontendMessage::Query(q) => {
+                if let Some(start) = parse_start_replication(&q, state.pg_timeline)? {
+                    stream_wal(tl, start, wr, &mut rx).await?;
+                    let mut w = BackendWriter::default();
+                    w.command_complete("START_STREAMING");
+                    w.ready_for_query();
+                    wr.write_all(&w.take()).await?;
+                } else {
+                    let mut w = BackendWriter::default();
+                    answer_query(tl, &q, &mut w)?;
+                    w.ready_for_query();
+                    wr.write_all(&w.take()).await?;
+                }
+            }
+            FrontendMessage::Terminate => return Ok(()),
+            FrontendMessage::CopyData(_)
+            | FrontendMessage::CopyDone
+            | FrontendMessage::CopyFail(_) => {}
+            FrontendMessage::Password(_) => {
+                return Err(err("08P01", "unexpected password message"));
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn normalize(q: &str) -> String {
+    q.trim().trim_end_matches(';').trim().to_string()
+}
+
+/// Answers the commands other than START_REPLICATION.
+fn answer_query(tl: &Timeline, q: &str, w: &mut BackendWriter) -> Result<(), ConnError> {
+    let q = normalize(q);
+    let words: Vec<&str> = q.split_whitespace().collect();
+    let upper: Vec<String> = words.iter().map(|s| s.to_ascii_uppercase()).collect();
+    let state = tl.state();
+    match upper.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["IDENTIFY_SYSTEM"] => {
+            w.row_description(&[("systemid", 25), ("timeline", 23), ("xlogpos", 25), ("dbname", 25)]);
+            let sysid = state.system_id.to_string();
+            let tli = state.pg_timeline.to_string();
+            let pos = tl.commit_lsn().to_string();
+            w.data_row(&[Some(sysid.as_bytes()), Some(tli.as_bytes()), Some(pos.as_bytes()), None]);
+            w.command_complete("IDENTIFY_SYSTEM");
+        }
+        ["SHOW", name] => {
+            let value = match name.to_ascii_lowercase().as_str() {
+                "wal_segment_size" => format!("{}MB", state.wal_seg_size >> 20),
+                "data_directory_mode" => "0700".to_string(),
+                _ => return Err(err("42704", format!("unrecognized configuration parameter \"{}\"", words[1]))),
+            };
+            w.row_description(&[(words[1], 25)]);
+            w.data_row(&[Some(value.as_bytes())]);
+            w.command_complete("SHOW");
+        }
+        ["TIMELINE_HISTORY", n] => {
+            return Err(err(
+                "58P01",
+                format!("could not find history of timeline {n}: this safekeeper stores timeline {} without a history file", state.pg_timeline),
+            ));
+        }
+        [] => w.command_complete(""),
+        _ => {
+            return Err(err(
+                "42601",
+                format!("the safekeeper does not support {q:?} (it serves IDENTIFY_SYSTEM, SHOW, START_REPLICATION)"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// `START_REPLICATION [SLOT name] [PHYSICAL] X/X [TIMELINE n]`: the start LSN, or `None` for
+/// another command.
+fn parse_start_replication(q: &str, our_tli: u32) -> Result<Option<Lsn>, ConnError> {
+    let q = normalize(q);
+    let mut words = q.split_whitespace().peekable();
+    if !words
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case("START_REPLICATION"))
+    {
+        return Ok(None);
+    }
+    let syntax = || {
+        err("42601", format!("syntax error in {q:?}: expected START_REPLICATION [SLOT s] [PHYSICAL] X/X [TIMELINE n]"))
+    };
+    if words.peek().is_some_and(|w| w.eq_ignore_ascii_case("SLOT")) {
+        words.next();
+        words.next().ok_or_else(syntax)?; // slots are not kept: the safekeeper keeps WAL itself
+    }
+    if words
+        .peek()
+        .is_some_and(|w| w.eq_ignore_ascii_case("LOGICAL"))
+    {
+        return Err(err(
+            "0A000",
+            "a safekeeper serves physical replication only",
+        ));
+    }
+    if words
+        .peek()
+        .is_some_and(|w| w.eq_ignore_ascii_case("PHYSICAL"))
+    {
+        words.next();
+    }
+    let start: Lsn = words
+        .next()
+        .ok_or_else(syntax)?
+        .parse()
+        .map_err(|_| syntax())?;
+    if let Some(w) = words.next() {
+        if !w.eq_ignore_ascii_case("TIMELINE") {
+            return Err(syntax());
+        }
+        let tli: u32 = words
+            .next()
+            .ok_or_else(syntax)?
+            .parse()
+            .map_err(|_| syntax())?;
+        if tli != our_tli {
+            return Err(err(
+                "58P01",
+                format!("requested timeline {tli} is not this safekeeper's timeline {our_tli}"),
+            ));
+        }
+    }
+    Ok(Some(start))
+}
+
+/// Streams WAL from `start` up to the commit LSN as it grows, until the client ends the copy.
+async fn stream_wal(
+    tl: &Arc<Timeline>,
+    start: Lsn,
+    wr: &mut OwnedWriteHalf,
+    rx: &mut mpsc::Receiver<Result<FrontendMessage, ConnError>>,
+) -> Result<(), ConnError> {
+    let state = tl.state();
+    let commit = tl.commit_lsn();
+    if start < state.local_start_lsn {
+        return Err(err(
+            "58P01",
+            format!(
+                "requested WAL at {start} has been removed: this safekeeper's WAL starts at {}",
+                state.local_start_lsn
+            ),
+        ));
+    }
+    if start > commit {
+        return Err(err(
+            "58P01",
+            format!("requested starting point {start} is ahead of the WAL flush position of this server {commit}"),
+        ));
+    }
+    let mut w = BackendWriter::default();
+    w.copy_both_response();
+    wr.write_all(&w.take()).await?;
+    info!(%start, "streaming WAL");
+    let dir = tl.wal_dir();
+    let tli = state.pg_timeline;
+    let mut pos = start;
+    let mut buf = vec![0u8; MAX_SEND];
+    let mut last_send = Instant::now();
+    loop {
+        // Client messages first: status updates are only informative, CopyDone ends the stream.
+        while let Ok(msg) = rx.try_recv() {
+            match msg? {
+                FrontendMessage::CopyDone => {
+                    let mut w = BackendWriter::default();
+                    w.copy_done();
+                    wr.write_all(&w.take()).await?;
+                    return Ok(());
+                }
+                FrontendMessage::Terminate => return Err(err("08006", "client went away")),
+                FrontendMessage::CopyFail(m) => {
+                    return Err(err("57014", format!("client failed the copy: {m}")))
+                }
+                _ => {}
+            }
+        }
+        let commit = tl.commit_lsn();
+        if pos < commit {
+            let n = ((commit.0 - pos.0) as usize).min(MAX_SEND);
+            let dir2 = dir.clone();
+            let (read, buf2) = tokio::task::spawn_blocking(move || {
+                let mut b = buf;
+                let r = read_wal(&dir2, tli, pos, &mut b[..n]);
+                (r, b)
+            })
+            .await
+            .map_err(|e| err("58000", format!("reading WAL failed: {e}")))?;
+            buf = buf2;
+            let got = read.map_err(|e| err("58030", e.to_string()))?;
+            if got == 0 {
+                return Err(err(
+                    "58P01",
+                    format!("WAL segment for {pos} is missing on this safekeeper"),
+                ));
+            }
+            let msg = ReplicationMessage::XLogData {
+                start: pos,
+                wal_end: commit,
+                send_time: pg_now(),
+                data: bytes::Bytes::copy_from_slice(&buf[..got]),
+            };
+            let mut w = BackendWriter::default();
+            w.copy_data(&msg.to_bytes());
+            wr.write_all(&w.take()).await?;
+            pos = Lsn(pos.0 + got as u64);
+            last_send = Instant::now();
+            continue;
+        }
+        if last_send.elapsed() >= KEEPALIVE {
+            let msg = ReplicationMessage::Keepalive {
+                wal_end: commit,
+                send_time: pg_now(),
+                reply_requested: false,
+            };
+            let mut w = BackendWriter::default();
+            w.copy_data(&msg.to_bytes());
+            wr.write_all(&w.take()).await?;
+            last_send = Instant::now();
+        }
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(Ok(FrontendMessage::CopyDone)) => {
+                    let mut w = BackendWriter::default();
+                    w.copy_done();
+                    wr.write_all(&w.take()).await?;
+                    return Ok(());
+                }
+                Some(Ok(FrontendMessage::Terminate)) | None => return Err(err("08006", "client went away")),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+            },
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
