@@ -1,5 +1,6 @@
 //! The `strata` command.
 
+mod verify_redo;
 mod waldump;
 
 use clap::{Parser, Subcommand};
@@ -19,12 +20,16 @@ struct Cli {
 enum Command {
     /// Decode PostgreSQL 15 WAL files and print their records the way pg_waldump does.
     Waldump(waldump::WaldumpArgs),
+    /// Import a base data directory, ingest WAL into a timeline and check every natively
+    /// redone page against Postgres's consistency-check images with GetPage@LSN.
+    VerifyRedo(verify_redo::VerifyRedoArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Waldump(args) => waldump::run(args),
+        Command::VerifyRedo(args) => verify_redo::run(args),
     };
     match result {
         Ok(code) => code,

@@ -51,49 +51,73 @@ pub fn compare_with_data_dir(
             rep.skipped += 1;
             continue;
         };
-        let vm_page = key.1 == VISIBILITYMAP_FORKNUM;
-        if !vm_page && !matches!(rmid, RM_HEAP_ID | RM_HEAP2_ID | RM_BTREE_ID) {
-            rep.skipped += 1;
-            continue;
-        }
-        let Some(theirs) = disk.get(key)? else {
-            rep.gone += 1;
-            continue;
-        };
-        let (mut a, mut b) = (ours.clone(), theirs);
-        if vm_page {
-            mask::mask_page_lsn_and_checksum(&mut a);
-            mask::mask_page_lsn_and_checksum(&mut b);
-        } else {
-            mask::mask_for_rmgr(rmid, &mut a, key.2);
-            mask::mask_for_rmgr(rmid, &mut b, key.2);
-        }
-        if a == b {
-            rep.equal += 1;
-            if vm_page {
-                rep.vm_equal += 1;
-            }
-        } else if vm_page
-            && store.is_wal_log_db(key.0.spc, key.0.db)
-            && a.iter()
-                .zip(b.iter())
-                .skip(page::SIZE_OF_PAGE_HEADER)
-                .all(|(x, y)| x & !y == 0)
-            && a[..page::SIZE_OF_PAGE_HEADER] == b[..page::SIZE_OF_PAGE_HEADER]
-        {
-            rep.vm_bits_lost_by_wal_log_copy += 1;
-        } else if page::is_new(&b) && !page::is_new(&a) {
-            // Never written out (e.g. a relation dropped before the shutdown checkpoint's
-            // flush reached it): nothing on disk to compare with.
-            rep.gone += 1;
-        } else {
-            rep.differing += 1;
-            if rep.problems.len() < max_reported {
-                rep.problems.push(describe(key, rmid, &a, &b));
-            }
-        }
+        compare_page(
+            &mut rep,
+            &disk,
+            key,
+            ours,
+            rmid,
+            store.is_wal_log_db(key.0.spc, key.0.db),
+            max_reported,
+        )?;
     }
     Ok(rep)
+}
+
+/// Compares one page (`ours`, last written by a record of resource manager `rmid`) with the
+/// block in the data directory read through `disk`, and counts the outcome in `rep`.
+/// `wal_log_db`: the page's database was created with `STRATEGY wal_log`.
+pub fn compare_page(
+    rep: &mut DataDirReport,
+    disk: &PageStore,
+    key: &PageKey,
+    ours: &page::Page,
+    rmid: u8,
+    wal_log_db: bool,
+    max_reported: usize,
+) -> std::io::Result<()> {
+    let vm_page = key.1 == VISIBILITYMAP_FORKNUM;
+    if !vm_page && !matches!(rmid, RM_HEAP_ID | RM_HEAP2_ID | RM_BTREE_ID) {
+        rep.skipped += 1;
+        return Ok(());
+    }
+    let Some(theirs) = disk.get(key)? else {
+        rep.gone += 1;
+        return Ok(());
+    };
+    let (mut a, mut b) = (Box::new(*ours), theirs);
+    if vm_page {
+        mask::mask_page_lsn_and_checksum(&mut a);
+        mask::mask_page_lsn_and_checksum(&mut b);
+    } else {
+        mask::mask_for_rmgr(rmid, &mut a, key.2);
+        mask::mask_for_rmgr(rmid, &mut b, key.2);
+    }
+    if a == b {
+        rep.equal += 1;
+        if vm_page {
+            rep.vm_equal += 1;
+        }
+    } else if vm_page
+        && wal_log_db
+        && a.iter()
+            .zip(b.iter())
+            .skip(page::SIZE_OF_PAGE_HEADER)
+            .all(|(x, y)| x & !y == 0)
+        && a[..page::SIZE_OF_PAGE_HEADER] == b[..page::SIZE_OF_PAGE_HEADER]
+    {
+        rep.vm_bits_lost_by_wal_log_copy += 1;
+    } else if page::is_new(&b) && !page::is_new(&a) {
+        // Never written out (e.g. a relation dropped before the shutdown checkpoint's
+        // flush reached it): nothing on disk to compare with.
+        rep.gone += 1;
+    } else {
+        rep.differing += 1;
+        if rep.problems.len() < max_reported {
+            rep.problems.push(describe(key, rmid, &a, &b));
+        }
+    }
+    Ok(())
 }
 
 fn describe(key: &PageKey, rmid: u8, ours: &page::Page, theirs: &page::Page) -> String {

@@ -24,7 +24,7 @@
 pub mod btree;
 mod btree_dedup;
 pub mod datadir;
-mod diff;
+pub mod diff;
 pub mod extra;
 pub mod heap;
 pub mod heap2;

@@ -214,7 +214,7 @@ impl PageStore {
 }
 
 /// `<relfilenode>[_fsm|_vm|_init][.<segment>]` → (relfilenode, fork, segment).
-fn parse_rel_file_name(name: &str) -> Option<(u32, u8, u32)> {
+pub fn parse_rel_file_name(name: &str) -> Option<(u32, u8, u32)> {
     let (stem, seg) = match name.split_once('.') {
         Some((s, n)) => (s, n.parse().ok()?),
         None => (name, 0),

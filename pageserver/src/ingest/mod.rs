@@ -1,0 +1,482 @@
+//! WAL ingest: each decoded record becomes (key, record end LSN, value) in a timeline.
+//!
+//! - Every block reference: an image if the record restores one (`BKPIMAGE_APPLY`), or, for
+//!   resource managers without native redo, the `wal_consistency_checking` image; otherwise
+//!   the raw record, with `will_init` when it rebuilds the page from nothing. A consistency
+//!   image on a natively redone record is never stored: it only checks the redo
+//!   ([`ImageCheck`]).
+//! - Visibility-map pages a heap record changes outside its block references
+//!   ([`crate::redo::extra_targets`]): the raw record, under the VM page's key.
+//! - Relation sizes and directories ([`reldir`]): a block past a fork's end extends it; SMGR
+//!   CREATE / TRUNCATE, DATABASE CREATE (both strategies) and DROP change them.
+//!
+//! Ingest refuses what it cannot store faithfully, naming the record: a gap in the WAL, an
+//! LSN below the timeline's start, a record for a relation that does not exist, a record that
+//! needs redo Strata lacks.
+
+pub mod reldir;
+pub mod strip;
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use layer_format::{Key, Lsn, Value};
+use walproto::consts::{BLCKSZ, VISIBILITYMAP_FORKNUM};
+use walproto::image::BlockImage;
+use walproto::record::{BlockRef, DecodedRecord, RelFileNode};
+use walproto::rmgr::dbase::DbaseRecord;
+use walproto::rmgr::smgr::{SmgrRecord, SMGR_TRUNCATE_HEAP, SMGR_TRUNCATE_VM};
+use walproto::rmgr::{self, ParsedRecord};
+
+use crate::redo::{self, extra_targets, has_native_redo, may_create, page, record_name, ExtraOp};
+use crate::timeline::{Timeline, TimelineError};
+use reldir::{size_value, RelDirectory};
+
+/// Why a record cannot be ingested.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Timeline(#[from] TimelineError),
+    #[error("record at {lsn} is below the timeline's start {start}")]
+    BelowStart { lsn: Lsn, start: Lsn },
+    #[error("WAL gap: record at {lsn} (xl_prev {prev}) does not follow the last ingested record at {last} (ending {last_end})")]
+    Gap {
+        lsn: Lsn,
+        prev: Lsn,
+        last: Lsn,
+        last_end: Lsn,
+    },
+    #[error("WAL gap: the first record must start at the timeline's start {start}, got {lsn}")]
+    NotAtStart { lsn: Lsn, start: Lsn },
+    #[error("{record} at {lsn}: block {block_id} is in relation {rel} fork {fork}, which does not exist (no size, no SMGR CREATE, and the record does not initialize the page)")]
+    UnknownRelation {
+        record: String,
+        lsn: Lsn,
+        block_id: u8,
+        rel: RelFileNode,
+        fork: u8,
+    },
+    #[error("{record} at {lsn}: block {block_id} ({rel} fork {fork} blk {blkno}) needs redo Strata lacks and carries no image")]
+    Unsupported {
+        record: String,
+        lsn: Lsn,
+        block_id: u8,
+        rel: RelFileNode,
+        fork: u8,
+        blkno: u32,
+    },
+    #[error("{record} at {lsn}: {reason}")]
+    Record {
+        record: String,
+        lsn: Lsn,
+        reason: String,
+    },
+}
+
+/// A natively redone page whose record carries Postgres's own post-record image (without
+/// `BKPIMAGE_APPLY`): GetPage at `lsn` must equal it, masked.
+#[derive(Clone, Debug)]
+pub struct ImageCheck {
+    pub key: Key,
+    /// The record's end LSN: the page version to read.
+    pub lsn: Lsn,
+    pub rmid: u8,
+    pub fork: u8,
+    pub blkno: u32,
+    /// `Rmgr/TYPE`.
+    pub record: String,
+    pub image: BlockImage,
+}
+
+/// How ingest treats what it cannot store.
+#[derive(Clone, Debug, Default)]
+pub struct IngestConf {
+    /// Collect [`ImageCheck`]s (`strata verify-redo`).
+    pub collect_checks: bool,
+    /// Count blocks without native redo and without image instead of failing
+    /// (`verify-redo` reports them all).
+    pub count_unsupported: bool,
+    /// Store natively redone records without their consistency-check images (the images are
+    /// checked, never used; without them a verification run stores what production would).
+    pub strip_check_images: bool,
+}
+
+/// Counters of an ingest.
+#[derive(Clone, Debug, Default)]
+pub struct IngestStats {
+    pub records: u64,
+    /// Bytes of the records ingested (`xl_tot_len`).
+    pub wal_bytes: u64,
+    pub values: u64,
+    pub unsupported: u64,
+    /// Records skipped because they were already durable (a resumed ingest).
+    pub skipped: u64,
+    pub problems: Vec<String>,
+}
+
+/// Whether a record was stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ingested,
+    /// At or below the ingest position already (after a restart the WAL is re-read from the
+    /// durable LSN's page).
+    AlreadyIngested,
+}
+
+/// Feeds decoded records into a timeline.
+pub struct WalIngest {
+    tl: Timeline,
+    dir: RelDirectory,
+    conf: IngestConf,
+    stats: IngestStats,
+    /// Checks collected since the last [`WalIngest::take_checks`].
+    checks: Vec<ImageCheck>,
+    /// Databases created with `STRATEGY wal_log` (their VM pages lose bits in the copy; see
+    /// `redo::datadir`). In memory only: it only classifies `--final` differences.
+    wal_log_dbs: std::collections::BTreeSet<(u32, u32)>,
+}
+
+impl WalIngest {
+    /// Starts ingesting into `tl` at its ingest position (reads the relation directory).
+    pub fn new(tl: Timeline, conf: IngestConf) -> Result<WalIngest, IngestError> {
+        let dir = RelDirectory::load(&tl, tl.last_record_end())?;
+        Ok(WalIngest {
+            tl,
+            dir,
+            conf,
+            stats: IngestStats::default(),
+            checks: Vec::new(),
+            wal_log_dbs: Default::default(),
+        })
+    }
+
+    pub fn timeline(&self) -> &Timeline {
+        &self.tl
+    }
+
+    pub fn timeline_mut(&mut self) -> &mut Timeline {
+        &mut self.tl
+    }
+
+    pub fn into_timeline(self) -> Timeline {
+        self.tl
+    }
+
+    pub fn directory(&self) -> &RelDirectory {
+        &self.dir
+    }
+
+    pub fn stats(&self) -> &IngestStats {
+        &self.stats
+    }
+
+    pub fn is_wal_log_db(&self, spc: u32, db: u32) -> bool {
+        self.wal_log_dbs.contains(&(spc, db))
+    }
+
+    /// Number of checks collected and not yet taken.
+    pub fn pending_checks(&self) -> usize {
+        self.checks.len()
+    }
+
+    /// The checks collected so far, leaving none.
+    pub fn take_checks(&mut self) -> Vec<ImageCheck> {
+        std::mem::take(&mut self.checks)
+    }
+
+    fn err(rec: &DecodedRecord, reason: impl Into<String>) -> IngestError {
+        IngestError::Record {
+            record: record_name(rec),
+            lsn: rec.lsn,
+            reason: reason.into(),
+        }
+    }
+
+    /// Where the record stands relative to the ingest position.
+    fn check_position(&self, rec: &DecodedRecord) -> Result<Outcome, IngestError> {
+        let start = self.tl.start_lsn();
+        if rec.lsn < start {
+            return Err(IngestError::BelowStart {
+                lsn: rec.lsn,
+                start,
+            });
+        }
+        let (last, last_end) = (self.tl.last_record_lsn(), self.tl.last_record_end());
+        if last == Lsn::INVALID {
+            if rec.lsn != start {
+                return Err(IngestError::NotAtStart {
+                    lsn: rec.lsn,
+                    start,
+                });
+            }
+            return Ok(Outcome::Ingested);
+        }
+        if rec.end_lsn <= last_end {
+            return Ok(Outcome::AlreadyIngested);
+        }
+        if rec.header.prev != last || rec.lsn < last_end {
+            return Err(IngestError::Gap {
+                lsn: rec.lsn,
+                prev: rec.header.prev,
+                last,
+                last_end,
+            });
+        }
+        Ok(Outcome::Ingested)
+    }
+
+    /// Ingests one record. On error nothing of the record is stored.
+    pub fn ingest_record(&mut self, rec: &DecodedRecord) -> Result<Outcome, IngestError> {
+        if self.check_position(rec)? == Outcome::AlreadyIngested {
+            self.stats.skipped += 1;
+            return Ok(Outcome::AlreadyIngested);
+        }
+        let lsn = rec.end_lsn;
+        // Everything is computed first, then stored, so an error leaves no partial record.
+        let mut values: BTreeMap<Key, Value> = BTreeMap::new();
+        let mut sizes: BTreeMap<(RelFileNode, u8), u32> = BTreeMap::new();
+        let mut checks = Vec::new();
+        let mut structural = Structural::None;
+        match rmgr::parse(rec) {
+            Ok(Some(ParsedRecord::Smgr(s))) => structural = Structural::Smgr(s),
+            Ok(Some(ParsedRecord::Dbase(d))) => structural = Structural::Dbase(d),
+            Ok(_) => {}
+            Err(e) if matches!(rec.rmid(), rmgr::RM_SMGR_ID | rmgr::RM_DBASE_ID) => {
+                return Err(Self::err(rec, e.to_string()))
+            }
+            // Other rmgrs' main data is only needed by redo, which reports its own errors.
+            Err(_) => {}
+        }
+        let mut unsupported = Vec::new();
+        let stripped = if self.conf.strip_check_images && has_native_redo(rec.rmid()) {
+            strip::strip_check_images(rec).map_err(|e| Self::err(rec, e))?
+        } else {
+            None
+        };
+        let raw = stripped.unwrap_or_else(|| rec.raw.clone());
+        for blk in &rec.blocks {
+            let key = Key::rel_block(blk.rel, blk.fork, blk.blkno);
+            let cur = sizes
+                .get(&(blk.rel, blk.fork))
+                .copied()
+                .or_else(|| self.dir.size(blk.rel, blk.fork));
+            let native = has_native_redo(rec.rmid());
+            let check_image = blk.image.as_ref().filter(|i| !i.apply());
+            let value = if blk.applies_image() || (!native && check_image.is_some()) {
+                Value::image(restore_image(rec, blk)?)
+            } else if native {
+                // Heap2 VISIBLE's VM page may not exist yet: then redo starts from zeroes.
+                let missing = cur.is_none_or(|n| blk.blkno >= n);
+                let init = blk.will_init() || (missing && may_create(rec, blk));
+                if let (true, Some(img)) = (self.conf.collect_checks, check_image) {
+                    checks.push(ImageCheck {
+                        key,
+                        lsn,
+                        rmid: rec.rmid(),
+                        fork: blk.fork,
+                        blkno: blk.blkno,
+                        record: record_name(rec),
+                        image: img.clone(),
+                    });
+                }
+                Value::pg_record(init, raw.clone())
+            } else {
+                let e = IngestError::Unsupported {
+                    record: record_name(rec),
+                    lsn: rec.lsn,
+                    block_id: blk.id,
+                    rel: blk.rel,
+                    fork: blk.fork,
+                    blkno: blk.blkno,
+                };
+                if !self.conf.count_unsupported {
+                    return Err(e);
+                }
+                unsupported.push(e.to_string());
+                continue;
+            };
+            if cur.is_none() && !value.will_init() {
+                return Err(IngestError::UnknownRelation {
+                    record: record_name(rec),
+                    lsn: rec.lsn,
+                    block_id: blk.id,
+                    rel: blk.rel,
+                    fork: blk.fork,
+                });
+            }
+            if cur.is_none_or(|n| blk.blkno >= n) {
+                sizes.insert((blk.rel, blk.fork), blk.blkno + 1);
+            }
+            // Two references to one page in a record: the record is stored once and redo
+            // applies every reference to the page.
+            values.entry(key).or_insert(value);
+        }
+        let extras = extra_targets(rec).map_err(|e| Self::err(rec, e.to_string()))?;
+        for t in extras {
+            let key = Key::rel_block(t.rel, t.fork, t.blkno);
+            let cur = sizes
+                .get(&(t.rel, t.fork))
+                .copied()
+                .or_else(|| self.dir.size(t.rel, t.fork));
+            let exists = cur.is_some_and(|n| t.blkno < n);
+            match t.op {
+                // visibilitymap_pin extends the fork with the page if needed.
+                ExtraOp::VmClear { .. } => {
+                    if !exists {
+                        sizes.insert((t.rel, t.fork), t.blkno + 1);
+                    }
+                    values
+                        .entry(key)
+                        .or_insert_with(|| Value::pg_record(!exists, raw.clone()));
+                }
+                // Only an existing page is changed.
+                ExtraOp::VmTruncate { .. } if exists => {
+                    values
+                        .entry(key)
+                        .or_insert_with(|| Value::pg_record(false, raw.clone()));
+                }
+                ExtraOp::VmTruncate { .. } => {}
+            }
+        }
+        let mut dbs_changed: Vec<(u32, u32)> = Vec::new();
+        let mut db_list_changed = false;
+        match structural {
+            Structural::None => {}
+            Structural::Smgr(SmgrRecord::Create { rnode, fork }) => {
+                let fork = u8::try_from(fork).map_err(|_| Self::err(rec, "bad fork"))?;
+                if self.dir.size(rnode, fork).is_none() {
+                    sizes.insert((rnode, fork), 0);
+                }
+            }
+            Structural::Smgr(SmgrRecord::Truncate {
+                blkno,
+                rnode,
+                flags,
+            }) => {
+                let mut cut = |fork: u8, n: u32| {
+                    if let Some(cur) = self.dir.size(rnode, fork) {
+                        if n < cur {
+                            sizes.insert((rnode, fork), n);
+                        }
+                    }
+                };
+                if flags & SMGR_TRUNCATE_HEAP != 0 {
+                    cut(0, blkno);
+                }
+                if flags & SMGR_TRUNCATE_VM != 0 {
+                    cut(VISIBILITYMAP_FORKNUM, redo::vm::truncated_nblocks(blkno));
+                }
+                // SMGR_TRUNCATE_FSM: FSM pages only ever arrive as full-page images, which
+                // initialize them; the FSM's exact surviving size is not tracked.
+            }
+            Structural::Dbase(DbaseRecord::CreateFileCopy {
+                db_id,
+                tablespace_id,
+                src_db_id,
+                src_tablespace_id,
+            }) => {
+                let at = self.tl.last_record_end();
+                let dst = (tablespace_id, db_id);
+                self.dir.drop_db(dst);
+                for (src_rel, fork, n) in self.dir.forks((src_tablespace_id, src_db_id)) {
+                    let rel = RelFileNode {
+                        spc: tablespace_id,
+                        db: db_id,
+                        rel: src_rel.rel,
+                    };
+                    for b in 0..n {
+                        let page = self.tl.get_page(Key::rel_block(src_rel, fork, b), at)?;
+                        let page = page.map_or_else(
+                            || Bytes::from(vec![0u8; BLCKSZ]),
+                            |p| Bytes::copy_from_slice(&p[..]),
+                        );
+                        values.insert(Key::rel_block(rel, fork, b), Value::image(page));
+                    }
+                    sizes.insert((rel, fork), n);
+                }
+                db_list_changed = true;
+                dbs_changed.push(dst);
+            }
+            Structural::Dbase(DbaseRecord::CreateWalLog {
+                db_id,
+                tablespace_id,
+            }) => {
+                db_list_changed |= self.dir.drop_db((tablespace_id, db_id));
+                self.wal_log_dbs.insert((tablespace_id, db_id));
+            }
+            Structural::Dbase(DbaseRecord::Drop {
+                db_id,
+                tablespace_ids,
+            }) => {
+                for spc in tablespace_ids {
+                    if self.dir.drop_db((spc, db_id)) {
+                        db_list_changed = true;
+                        dbs_changed.push((spc, db_id));
+                    }
+                    self.wal_log_dbs.remove(&(spc, db_id));
+                }
+            }
+        }
+        for (&(rel, fork), &n) in &sizes {
+            let had_db = self.dir.has_db((rel.spc, rel.db));
+            if self.dir.set_size(rel, fork, n) {
+                dbs_changed.push((rel.spc, rel.db));
+            }
+            db_list_changed |= !had_db;
+            values.insert(Key::rel_size(rel, fork), Value::image(size_value(n)));
+        }
+        dbs_changed.sort();
+        dbs_changed.dedup();
+        for db in dbs_changed {
+            values.insert(
+                Key::rel_dir(db.0, db.1),
+                Value::image(self.dir.rel_dir_value(db)),
+            );
+        }
+        if db_list_changed {
+            values.insert(Key::db_dir(), Value::image(self.dir.db_dir_value()));
+        }
+        for (key, value) in &values {
+            // An error here is an I/O error (the values were checked above): the open layer
+            // may hold part of the record, and the timeline must be reopened from its
+            // durable state.
+            self.tl.put(*key, lsn, value)?;
+        }
+        self.tl.finish_record(rec.lsn, rec.end_lsn)?;
+        self.stats.records += 1;
+        self.stats.wal_bytes += rec.header.tot_len as u64;
+        self.stats.values += values.len() as u64;
+        self.stats.unsupported += unsupported.len() as u64;
+        for u in unsupported {
+            if self.stats.problems.len() < 20 {
+                self.stats.problems.push(u);
+            }
+        }
+        self.checks.extend(checks);
+        Ok(Outcome::Ingested)
+    }
+}
+
+enum Structural {
+    None,
+    Smgr(SmgrRecord),
+    Dbase(DbaseRecord),
+}
+
+/// The page an image-carrying block reference holds after the record: the image, with the
+/// record's end LSN as `pd_lsn` (redo's `PageSetLSN`; a consistency image is taken before it).
+fn restore_image(rec: &DecodedRecord, blk: &BlockRef) -> Result<Bytes, IngestError> {
+    let Some(img) = blk.image.as_ref() else {
+        return Err(WalIngest::err(
+            rec,
+            format!("block {} has no image", blk.id),
+        ));
+    };
+    let mut p = Box::new([0u8; BLCKSZ]);
+    img.restore_into(&mut p)
+        .map_err(|e| WalIngest::err(rec, format!("block {} image: {e}", blk.id)))?;
+    if !page::is_new(&p) {
+        page::set_lsn(&mut p, rec.end_lsn.0);
+    }
+    Ok(Bytes::copy_from_slice(&p[..]))
+}
