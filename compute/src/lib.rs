@@ -3,3 +3,4 @@
 //! compute lifecycle.
 
 pub mod pg;
+pub mod walproposer;

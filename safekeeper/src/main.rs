@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Deserialize;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tracing::info;
 
 use safekeeper::service::SafekeeperService;
@@ -182,9 +183,16 @@ async fn serve(
         }
         info!("shutting down");
     };
+    // Appends are small and latency-bound: do not let Nagle's algorithm hold acknowledgements.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn {
+            let _ = c.set_nodelay(true);
+        }
+        conn
+    });
     tonic::transport::Server::builder()
         .add_service(service.clone().into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("gRPC server failed")?;
     tokio::task::spawn_blocking(move || service.shutdown()).await?;

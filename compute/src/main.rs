@@ -1,0 +1,120 @@
+//! The `compute` binary.
+//!
+//! ```text
+//! compute walproposer --pg "host=/tmp port=5432 user=postgres" \
+//!     --safekeepers 127.0.0.1:7676,127.0.0.1:7677,127.0.0.1:7678 \
+//!     --tenant <32 hex> --timeline <32 hex> [--slot strata] [--application-name strata]
+//! ```
+//!
+//! Logs go to stderr (`RUST_LOG`, default `info`). Fatal errors (bad settings, another
+//! walproposer elected, Postgres gone) end the process with status 1 and a message naming the
+//! problem; SIGTERM/SIGINT end it with status 0.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use compute::pg::ConnConfig;
+use compute::walproposer::{self, Config};
+use walproto::Lsn;
+
+#[derive(Parser)]
+#[command(name = "compute", about = "The Strata compute side")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Stream WAL from Postgres 15 to a safekeeper majority; report to Postgres as flushed only
+    /// what a majority has fsynced.
+    Walproposer(WpArgs),
+}
+
+#[derive(clap::Args)]
+struct WpArgs {
+    /// libpq-style connection string to Postgres (`host=... port=... user=...`).
+    #[arg(long, value_name = "CONNSTR")]
+    pg: String,
+    /// Comma-separated `host:port` gRPC addresses of the safekeepers.
+    #[arg(long, value_name = "ADDRS", value_delimiter = ',', required = true)]
+    safekeepers: Vec<String>,
+    /// Tenant id (32 hex characters).
+    #[arg(long)]
+    tenant: String,
+    /// Timeline id (32 hex characters).
+    #[arg(long)]
+    timeline: String,
+    /// Physical replication slot (created if missing).
+    #[arg(long, default_value = "strata")]
+    slot: String,
+    /// Application name; Postgres's synchronous_standby_names must name it.
+    #[arg(long, default_value = "strata")]
+    application_name: String,
+    /// Id shown in the safekeepers' logs (default: walproposer-<pid>).
+    #[arg(long)]
+    proposer_id: Option<String>,
+    /// Where the safekeepers' WAL begins when none has any (default: the start of Postgres's
+    /// current WAL segment), e.g. 0/3000000.
+    #[arg(long, value_name = "LSN")]
+    start_lsn: Option<Lsn>,
+    /// Pause reading from Postgres while a majority is this many MiB behind.
+    #[arg(long, default_value_t = 16)]
+    max_lag_mb: u64,
+    /// Most WAL in MiB kept in memory for lagging or reconnecting safekeepers.
+    #[arg(long, default_value_t = 512)]
+    max_buffer_mb: u64,
+    /// Timeout in seconds for connecting and election steps.
+    #[arg(long, default_value_t = 5)]
+    timeout_secs: u64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("compute: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let Cmd::Walproposer(a) = cli.cmd;
+    let pg = ConnConfig::parse(&a.pg).context("--pg")?;
+    let mut cfg = Config::new(pg, a.safekeepers, &a.tenant, &a.timeline);
+    cfg.slot = a.slot;
+    cfg.application_name = a.application_name;
+    if let Some(id) = a.proposer_id {
+        cfg.proposer_id = id;
+    }
+    cfg.start_lsn = a.start_lsn;
+    cfg.max_lag = a.max_lag_mb << 20;
+    cfg.max_inflight = cfg.max_lag;
+    cfg.max_buffer = a.max_buffer_mb << 20;
+    cfg.timeout = Duration::from_secs(a.timeout_secs.max(1));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = walproposer::run(cfg) => r,
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); Ok(()) }
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
+        }
+    })
+}

@@ -1,0 +1,115 @@
+//! The walproposer: a physical replication client of an unmodified Postgres 15 and a Paxos
+//! proposer to N safekeepers.
+//!
+//! 1. [`checks`]: Postgres must name us in `synchronous_standby_names`, run with
+//!    `synchronous_commit` on (or `remote_write`) and `wal_level` replica/logical; the physical
+//!    slot is created if missing.
+//! 2. [`election`]: greet every safekeeper, pick a term above any seen, win a majority of votes,
+//!    take the most advanced log (highest last log term, then flush LSN) as the donor, and send
+//!    each voter `Elected` with the point where its log agrees with the new history.
+//! 3. [`proposer`]: stream from Postgres (starting at the lowest of those points; Postgres is
+//!    the source of the WAL bytes), buffer, fan out to one [`acceptor`] task per safekeeper,
+//!    compute the commit LSN (the highest LSN fsynced by a majority in this term) and report
+//!    it to Postgres as `flushed` (never more), so a synchronous commit returns only once a
+//!    majority holds it.
+
+pub mod acceptor;
+pub mod buffer;
+pub mod checks;
+pub mod election;
+pub mod history;
+pub mod proposer;
+pub mod session;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use walproto::proto::safekeeper as pb;
+use walproto::Lsn;
+
+use crate::pg::ConnConfig;
+use buffer::WalBuffer;
+use history::TermHistory;
+
+pub use proposer::run;
+
+/// Everything the walproposer needs to know.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How to reach Postgres (`replication` and `application_name` are set by the proposer).
+    pub pg: ConnConfig,
+    /// `host:port` of each safekeeper's gRPC endpoint.
+    pub safekeepers: Vec<String>,
+    /// 32 lowercase hex characters.
+    pub tenant_id: String,
+    pub timeline_id: String,
+    /// The physical replication slot (created if missing).
+    pub slot: String,
+    /// The application name Postgres's `synchronous_standby_names` must list.
+    pub application_name: String,
+    /// Free-form id for the safekeepers' logs.
+    pub proposer_id: String,
+    /// Where the WAL on the safekeepers begins when none of them has any (default: the start
+    /// of Postgres's current WAL segment).
+    pub start_lsn: Option<Lsn>,
+    /// Stop reading from Postgres while a majority is this many bytes behind.
+    pub max_lag: u64,
+    /// Bytes in flight (sent, not yet fsynced) per safekeeper.
+    pub max_inflight: u64,
+    /// Most WAL kept in memory for safekeepers that lag or reconnect.
+    pub max_buffer: u64,
+    /// Timeout for connecting and for each election step.
+    pub timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for everything but the connection, safekeepers and ids.
+    pub fn new(
+        pg: ConnConfig,
+        safekeepers: Vec<String>,
+        tenant_id: &str,
+        timeline_id: &str,
+    ) -> Config {
+        Config {
+            pg,
+            safekeepers,
+            tenant_id: tenant_id.to_string(),
+            timeline_id: timeline_id.to_string(),
+            slot: "strata".into(),
+            application_name: "strata".into(),
+            proposer_id: format!("walproposer-{}", std::process::id()),
+            start_lsn: None,
+            max_lag: 16 << 20,
+            max_inflight: 16 << 20,
+            max_buffer: 512 << 20,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Positions the main loop publishes to the acceptor tasks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// End of the WAL received from Postgres (and buffered).
+    pub end: Lsn,
+    /// The proposer's commit LSN.
+    pub commit: Lsn,
+    /// Every safekeeper holds WAL up to here (0 until all have reported).
+    pub truncate: Lsn,
+}
+
+/// State shared by the main loop and the acceptor tasks after the election.
+pub struct Shared {
+    pub term: u64,
+    pub history: TermHistory,
+    pub greeting: pb::Greeting,
+    pub buffer: Mutex<WalBuffer>,
+    pub progress: watch::Sender<Progress>,
+    pub max_inflight: u64,
+    pub timeout: Duration,
+    /// A replication connection's settings for catching up an acceptor from Postgres
+    /// (application name `<app>_catchup`, never a synchronous standby).
+    pub catchup_pg: ConnConfig,
+    pub pg_timeline: u32,
+}

@@ -1,0 +1,301 @@
+//! The main loop: Postgres in, safekeepers out, the commit LSN back to Postgres.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn, Instrument};
+use walproto::consts::WAL_SEGMENT_SIZE;
+use walproto::proto::safekeeper as pb;
+use walproto::replication::ReplicationMessage;
+use walproto::Lsn;
+
+use super::acceptor::{self, Event};
+use super::buffer::WalBuffer;
+use super::checks::{check_postgres, parse_id};
+use super::election::{campaign, plan};
+use super::history::quorum_lsn;
+use super::{Config, Progress, Shared};
+use crate::pg::replication::{identify_system, WalStream};
+use crate::pg::PgConnection;
+
+/// How often Postgres hears from us even when nothing moves.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the quorum latency is logged.
+const STATS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Runs the walproposer until a fatal error (it never returns `Ok` on its own): checks
+/// Postgres, wins an election, then streams.
+pub async fn run(cfg: Config) -> Result<()> {
+    let tenant = parse_id("tenant", &cfg.tenant_id)?;
+    let timeline = parse_id("timeline", &cfg.timeline_id)?;
+    if cfg.safekeepers.is_empty() {
+        bail!("no safekeepers given");
+    }
+    let span = tracing::info_span!("walproposer", tenant = %tenant, timeline = %timeline);
+    run_inner(cfg, tenant, timeline).instrument(span).await
+}
+
+async fn run_inner(cfg: Config, tenant: String, timeline: String) -> Result<()> {
+    check_postgres(&cfg.pg, &cfg.application_name, &cfg.slot).await?;
+    let mut repl = cfg.pg.clone();
+    repl.replication = true;
+    repl.application_name = Some(cfg.application_name.clone());
+    let mut conn = PgConnection::connect(&repl)
+        .await
+        .context("opening the replication connection to Postgres")?;
+    let id = identify_system(&mut conn)
+        .await
+        .context("IDENTIFY_SYSTEM")?;
+    info!(system_id = id.system_id, pg_timeline = id.timeline, xlogpos = %id.xlogpos, "Postgres identified");
+
+    let greeting = pb::Greeting {
+        tenant_id: tenant,
+        timeline_id: timeline,
+        proposer_id: cfg.proposer_id.clone(),
+        system_id: id.system_id,
+        pg_timeline: id.timeline,
+        wal_seg_size: WAL_SEGMENT_SIZE as u32,
+        acceptor_id: 0,
+    };
+    let won = campaign(&cfg.safekeepers, &greeting, cfg.timeout).await?;
+    // Postgres's position now, after the vote: nothing a safekeeper holds may be beyond it.
+    let now = identify_system(&mut conn)
+        .await
+        .context("IDENTIFY_SYSTEM")?;
+    if (now.system_id, now.timeline) != (id.system_id, id.timeline) {
+        bail!("Postgres's system id or timeline changed during the election");
+    }
+    let bootstrap = cfg.start_lsn.unwrap_or(now.xlogpos.segment_start());
+    let plan = plan(&won, now.xlogpos, bootstrap)?;
+    let term = won.term;
+    info!(
+        term,
+        donor = won.donor().idx + 1,
+        term_start = %plan.term_start,
+        history = ?plan.history.0,
+        "won the election"
+    );
+
+    // Announce: each voter truncates to its start point and adopts the history.
+    let mut joined = Vec::new();
+    for (v, start) in won.voters.into_iter().zip(plan.starts.iter().copied()) {
+        let mut s = v.session;
+        match s.elect(term, &plan.history, start, cfg.timeout).await {
+            Ok(_) => joined.push((v.idx, s, start)),
+            Err(e @ super::session::SessionError::Superseded { .. }) => bail!("{e}"),
+            Err(e) => warn!("Elected failed, the safekeeper will rejoin: {e}"),
+        }
+    }
+    let stream_start = joined.iter().map(|j| j.2).min().unwrap_or(plan.term_start);
+
+    let (progress, _) = watch::channel(Progress {
+        end: stream_start,
+        commit: plan.commit,
+        truncate: Lsn(0),
+    });
+    let shared = Arc::new(Shared {
+        term,
+        history: plan.history.clone(),
+        greeting,
+        buffer: Mutex::new(WalBuffer::new(stream_start)),
+        progress,
+        max_inflight: cfg.max_inflight,
+        timeout: cfg.timeout,
+        catchup_pg: {
+            let mut c = repl.clone();
+            c.application_name = Some(format!("{}_catchup", cfg.application_name));
+            c
+        },
+        pg_timeline: id.timeline,
+    });
+
+    let mut stream = WalStream::start(conn, Some(&cfg.slot), stream_start, id.timeline)
+        .await
+        .with_context(|| {
+            format!(
+                "START_REPLICATION SLOT {} PHYSICAL {stream_start} TIMELINE {}",
+                cfg.slot, id.timeline
+            )
+        })?;
+    info!(%stream_start, "streaming from Postgres");
+
+    let n = cfg.safekeepers.len();
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut initial: Vec<Option<(super::session::Session, Lsn)>> = (0..n).map(|_| None).collect();
+    let mut flushes: Vec<Option<Lsn>> = vec![None; n];
+    for (idx, s, start) in joined {
+        initial[idx] = Some((s, start));
+        flushes[idx] = Some(start);
+    }
+    for (idx, init) in initial.into_iter().enumerate() {
+        tasks.spawn(acceptor::run(
+            idx,
+            cfg.safekeepers[idx].clone(),
+            shared.clone(),
+            ev_tx.clone(),
+            init,
+        ));
+    }
+    drop(ev_tx);
+
+    let result = stream_loop(
+        &cfg,
+        &shared,
+        &mut stream,
+        &mut events,
+        plan.term_start,
+        stream_start,
+        flushes,
+    )
+    .await;
+    tasks.abort_all();
+    result
+}
+
+async fn stream_loop(
+    cfg: &Config,
+    shared: &Shared,
+    stream: &mut WalStream,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    term_start: Lsn,
+    stream_start: Lsn,
+    mut flushes: Vec<Option<Lsn>>,
+) -> Result<()> {
+    let mut connected: Vec<bool> = flushes.iter().map(|f| f.is_some()).collect();
+    let mut received = stream_start;
+    let mut commit = shared.progress.borrow().commit;
+    let mut last_status = Instant::now();
+    let mut reported = Lsn(u64::MAX);
+    let mut throttled = false;
+    // Quorum latency: from an XLogData chunk's arrival to the commit LSN covering it.
+    let mut inflight: std::collections::VecDeque<(Lsn, Instant)> = Default::default();
+    let mut lat_us: Vec<u64> = Vec::new();
+    let mut last_stats = Instant::now();
+    loop {
+        let quorum_flush = quorum_lsn(&flushes);
+        let backpressure = received.0.saturating_sub(quorum_flush.0) > cfg.max_lag;
+        if backpressure != throttled {
+            throttled = backpressure;
+            if backpressure {
+                warn!(%received, %quorum_flush, connected = connected.iter().filter(|c| **c).count(),
+                    "a majority of safekeepers is behind: pausing reads from Postgres");
+            } else {
+                info!("safekeepers caught up: resuming reads from Postgres");
+            }
+        }
+        let mut reply_now = false;
+        tokio::select! {
+            ev = events.recv() => match ev {
+                None => bail!("all safekeeper tasks ended"),
+                Some(Event::Joined { idx, flush }) => {
+                    flushes[idx] = Some(flush);
+                    connected[idx] = true;
+                }
+                Some(Event::Flushed { idx, flush }) => flushes[idx] = Some(flush),
+                Some(Event::Left { idx }) => connected[idx] = false,
+                Some(Event::Fatal(e)) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "stopping: this walproposer (term {}) can no longer commit",
+                        shared.term
+                    )))
+                }
+            },
+            m = stream.next(Duration::from_millis(100)), if !backpressure => {
+                match m.context("reading the replication stream from Postgres")? {
+                    Some(ReplicationMessage::XLogData { start, data, .. }) => {
+                        let len = data.len() as u64;
+                        shared
+                            .buffer
+                            .lock()
+                            .expect("buffer lock")
+                            .push(start, data)
+                            .map_err(anyhow::Error::msg)?;
+                        received = Lsn(received.0 + len);
+                        shared.progress.send_modify(|p| p.end = received);
+                        if inflight.len() < 100_000 {
+                            inflight.push_back((received, Instant::now()));
+                        }
+                    }
+                    Some(ReplicationMessage::Keepalive { reply_requested, .. }) => {
+                        reply_now = reply_requested;
+                    }
+                    Some(_) | None => {}
+                }
+            },
+            _ = tokio::time::sleep(Duration::from_millis(50)), if backpressure => {}
+        }
+
+        // The commit LSN: fsynced by a majority in this term, and this term's WAL start
+        // reached (so everything below it is on a majority under the new history).
+        let q = quorum_lsn(&flushes);
+        if q >= term_start && q > commit {
+            commit = q;
+            while let Some(&(end, at)) = inflight.front() {
+                if end > commit {
+                    break;
+                }
+                lat_us.push(at.elapsed().as_micros() as u64);
+                inflight.pop_front();
+            }
+        }
+        if last_stats.elapsed() >= STATS_INTERVAL {
+            lat_us.sort_unstable();
+            let pct = |p: f64| {
+                lat_us
+                    .get(((lat_us.len().saturating_sub(1)) as f64 * p) as usize)
+                    .map_or(0.0, |us| *us as f64 / 1000.0)
+            };
+            info!(
+                %received,
+                %commit,
+                chunks = lat_us.len(),
+                quorum_ms_p50 = pct(0.5),
+                quorum_ms_p99 = pct(0.99),
+                quorum_ms_max = pct(1.0),
+                buffered = shared.buffer.lock().expect("buffer lock").len(),
+                "stats"
+            );
+            lat_us.clear();
+            last_stats = Instant::now();
+        }
+        let truncate = if flushes.iter().all(|f| f.is_some()) {
+            flushes.iter().flatten().copied().min().unwrap_or(Lsn(0))
+        } else {
+            Lsn(0)
+        };
+        shared.progress.send_if_modified(|p| {
+            let changed = p.commit != commit || p.truncate != truncate;
+            p.commit = commit;
+            p.truncate = truncate;
+            changed
+        });
+
+        // Trim what every safekeeper that ever joined has fsynced, and anything beyond the cap.
+        {
+            let mut buf = shared.buffer.lock().expect("buffer lock");
+            let mut keep = flushes
+                .iter()
+                .flatten()
+                .copied()
+                .min()
+                .unwrap_or(buf.start())
+                .min(received);
+            if received.0.saturating_sub(keep.0) > cfg.max_buffer {
+                keep = Lsn(received.0 - cfg.max_buffer);
+            }
+            buf.trim(keep);
+        }
+
+        if reply_now || commit != reported || last_status.elapsed() >= STATUS_INTERVAL {
+            stream
+                .send_status(received.max(commit), commit, false)
+                .await
+                .context("sending the standby status to Postgres")?;
+            reported = commit;
+            last_status = Instant::now();
+        }
+    }
+}
