@@ -2,36 +2,17 @@
 
 use tonic::Status;
 use walproto::proto::safekeeper as pb;
-use walproto::Lsn;
 
 use crate::acceptor::AcceptorError;
 use crate::ids::{TenantTimeline, TimelineId};
-use crate::term_history::{TermHistory, TermSwitch};
+use crate::term_history::TermHistory;
 
 pub fn history_to_pb(h: &TermHistory) -> pb::TermHistory {
-    pb::TermHistory {
-        entries: h
-            .0
-            .iter()
-            .map(|e| pb::TermSwitch {
-                term: e.term,
-                start_lsn: e.start.0,
-            })
-            .collect(),
-    }
+    h.to_pb()
 }
 
 pub fn history_from_pb(h: Option<pb::TermHistory>) -> TermHistory {
-    TermHistory(
-        h.unwrap_or_default()
-            .entries
-            .into_iter()
-            .map(|e| TermSwitch {
-                term: e.term,
-                start: Lsn(e.start_lsn),
-            })
-            .collect(),
-    )
+    TermHistory::from_pb(h.as_ref())
 }
 
 /// Parses the ids of a request; bad ids are the client's error.

@@ -13,6 +13,7 @@ pub mod proto;
 pub mod record;
 pub mod replication;
 pub mod rmgr;
+pub mod term_history;
 pub mod walfiles;
 
 pub use decoder::{DecodeError, Decoded, WalStreamDecoder};
