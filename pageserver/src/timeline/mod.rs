@@ -1,6 +1,7 @@
 //! One timeline's storage: new values go to an open layer, which is frozen at a size and
-//! written as an L0 delta layer file; image layers come from imports; a [`layer_map`] answers
-//! which files a read visits; [`metadata`] says what is durable.
+//! written as an L0 delta layer file; image layers come from imports and from [`compaction`],
+//! which also merges L0 layers into key-partitioned L1 runs; a [`layer_map`] answers which
+//! files a read visits; [`metadata`] says what is durable.
 //!
 //! On-disk layout of a timeline directory:
 //!
@@ -13,22 +14,26 @@
 //!
 //! Writes are single-threaded (`&mut self`): ingest puts a record's values, then
 //! [`Timeline::finish_record`] moves the ingest position and, when the open layer reached
-//! [`TimelineConf::freeze_bytes`], freezes it and writes it out synchronously. Reads take
+//! [`TimelineConf::freeze_bytes`], freezes it and writes it out synchronously, then compacts
+//! if [`CompactionConf::auto`] and the L0 layers reached their threshold. Reads take
 //! `&self`. Crash safety: a layer file is durable (fsynced, renamed, directory fsynced) before
 //! the metadata that lists it is replaced; at open, files the metadata does not list are
 //! deleted, and ingest resumes with the record at `disk_consistent_lsn`.
 
+pub mod compaction;
 pub mod error;
 pub mod layer_map;
 pub mod metadata;
 pub mod open_layer;
 pub mod read;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use layer_format::{DeltaLayerWriter, Key, LayerDesc, Lsn, Value};
 
+pub use compaction::{CompactionConf, CompactionReport, FailPoint, LayerStats};
 pub use error::{Result, TimelineError};
 use layer_map::{Layer, LayerMap};
 pub use metadata::TimelineMetadata;
@@ -42,6 +47,8 @@ pub struct TimelineConf {
     pub freeze_bytes: u64,
     /// Pages kept materialized for reads (8 KiB each).
     pub page_cache_pages: usize,
+    /// When and how to compact (see [`compaction`]).
+    pub compaction: CompactionConf,
 }
 
 impl Default for TimelineConf {
@@ -49,6 +56,7 @@ impl Default for TimelineConf {
         TimelineConf {
             freeze_bytes: 64 * 1024 * 1024,
             page_cache_pages: 8192,
+            compaction: CompactionConf::default(),
         }
     }
 }
@@ -60,6 +68,27 @@ pub struct WriteStats {
     pub l0_flushes: u64,
     /// Bytes of layer files written by this process (imports included).
     pub layer_bytes: u64,
+    /// Of `layer_bytes`: image layers of imports.
+    pub import_bytes: u64,
+    /// Of `layer_bytes`: L0 delta layers.
+    pub l0_bytes: u64,
+    /// Of `layer_bytes`: L1 delta layers written by compaction.
+    pub compaction_bytes: u64,
+    /// Of `layer_bytes`: image layers written by compaction.
+    pub image_bytes: u64,
+    /// Compactions run.
+    pub compactions: u64,
+}
+
+impl WriteStats {
+    /// Write amplification: bytes written to layer files by ingest and compaction (imports
+    /// excluded) per byte of WAL ingested.
+    pub fn write_amplification(&self, wal_bytes: u64) -> f64 {
+        if wal_bytes == 0 {
+            return 0.0;
+        }
+        (self.layer_bytes - self.import_bytes) as f64 / wal_bytes as f64
+    }
 }
 
 /// A timeline's layers and ingest position.
@@ -77,6 +106,8 @@ pub struct Timeline {
     cache: Mutex<read::PageCache>,
     stats: Mutex<ReadStats>,
     writes: WriteStats,
+    /// Every key of the durable layers, once compaction needed it (see [`compaction`]).
+    keyspace: Option<BTreeSet<Key>>,
 }
 
 impl Timeline {
@@ -142,6 +173,7 @@ impl Timeline {
             meta,
             layers,
             writes: WriteStats::default(),
+            keyspace: None,
         })
     }
 
@@ -218,16 +250,23 @@ impl Timeline {
         if let Some((lo, hi)) = frozen.lsn_bounds() {
             let range = lo..Lsn(hi.0 + 1);
             let mut w = DeltaLayerWriter::new(&self.dir, Key::MIN..Key::MAX, range)?;
+            let mut last = None;
             for (key, e) in frozen.iter() {
                 let v = frozen.read(key, e)?;
                 w.put(key, e.lsn, &v)?;
+                if let Some(ks) = self.keyspace.as_mut().filter(|_| last != Some(key)) {
+                    ks.insert(key);
+                    last = Some(key);
+                }
             }
             let written = w.finish()?;
             self.writes.l0_flushes += 1;
             self.writes.layer_bytes += written.file_size;
+            self.writes.l0_bytes += written.file_size;
             new_layers.push(Arc::new(Layer::open(&self.dir, &written.desc)?));
         }
-        self.add_layers(new_layers)
+        self.add_layers(new_layers)?;
+        self.maybe_compact()
     }
 
     /// Adds finished layer files (already durable in the directory) and stores the metadata
@@ -249,6 +288,16 @@ impl Timeline {
             .map(|d| Layer::open(&self.dir, d).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
         self.writes.layer_bytes += bytes;
+        self.writes.import_bytes += bytes;
+        if let Some(ks) = self.keyspace.as_mut() {
+            for l in &layers {
+                if let layer_map::LayerFile::Image(img) = &l.file {
+                    for k in img.keys() {
+                        ks.insert(k?);
+                    }
+                }
+            }
+        }
         self.add_layers(layers)
     }
 }

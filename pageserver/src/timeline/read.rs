@@ -228,6 +228,28 @@ impl Timeline {
 
     /// Like [`Timeline::get_page`], with the LSN and writer of the newest version.
     pub fn get_page_version(&self, key: Key, lsn: Lsn) -> Result<Option<PageVersion>> {
+        self.page_version(key, lsn, true)
+    }
+
+    /// The value of any key at `lsn` as an image layer stores it (for compaction): a rebuilt
+    /// page, a stored image of a non-page key, or `None` if the key does not exist then.
+    /// Leaves the read statistics and the page cache alone.
+    pub(super) fn reconstruct_value(&self, key: Key, lsn: Lsn) -> Result<Option<Bytes>> {
+        let chain = self.collect(key, lsn, None)?;
+        if chain.records.is_empty() {
+            return Ok(match chain.base {
+                Base::Image(_, b) => Some(b),
+                Base::Absent => None,
+                Base::Cached(c) => Some(Bytes::copy_from_slice(&c.page[..])),
+            });
+        }
+        Ok(self
+            .page_version(key, lsn, false)?
+            .map(|v| Bytes::copy_from_slice(&v.page[..])))
+    }
+
+    /// GetPage; `user` reads count in the read statistics and fill the page cache.
+    fn page_version(&self, key: Key, lsn: Lsn, user: bool) -> Result<Option<PageVersion>> {
         if lsn < self.meta.start_lsn {
             return Err(TimelineError::Reconstruct {
                 key,
@@ -237,8 +259,10 @@ impl Timeline {
         }
         let cached = self.cache.lock().ok().and_then(|c| c.get(&key, lsn));
         let chain = self.collect(key, lsn, cached)?;
-        if let Ok(mut s) = self.stats.lock() {
-            s.record(chain.layers_visited);
+        if user {
+            if let Ok(mut s) = self.stats.lock() {
+                s.record(chain.layers_visited);
+            }
         }
         let no_records = chain.records.is_empty();
         let (mut page, mut newest, mut writer) =
@@ -277,7 +301,7 @@ impl Timeline {
         let Some(page) = page else {
             return Ok(None);
         };
-        if !no_records {
+        if !no_records && user {
             if let Ok(mut c) = self.cache.lock() {
                 c.put(
                     key,
@@ -315,6 +339,13 @@ impl Timeline {
     /// Read amplification so far.
     pub fn read_stats(&self) -> ReadStats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Starts the read amplification statistics over.
+    pub fn reset_read_stats(&self) {
+        if let Ok(mut s) = self.stats.lock() {
+            *s = ReadStats::default();
+        }
     }
 
     /// Descriptions of the layers a read of `key` at `lsn` would visit (for tests and tools).
