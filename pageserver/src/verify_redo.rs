@@ -370,7 +370,9 @@ fn compare_final(
                     continue;
                 }
             };
-            let Some(rmid) = v.writer else {
+            // A page whose newest version is an image (imported, or made by compaction) has
+            // no record to name its resource manager: take the masking from its layout.
+            let Some(rmid) = v.writer.or_else(|| rmgr_of_image_page(fork, &v.page)) else {
                 out.skipped += 1;
                 continue;
             };
@@ -388,4 +390,27 @@ fn compare_final(
     }
     rep.final_report = Some(out);
     Ok(())
+}
+
+/// The resource manager whose masking fits a page known only as an image, from its layout:
+/// a visibility map page (any rmid: VM pages are compared bit for bit); a heap page has no
+/// special space; a b-tree page has a 16-byte special space without the page id that hash
+/// (0xFF80) and GiST (0xFF81) pages end with. Anything else is not compared.
+fn rmgr_of_image_page(fork: u8, p: &crate::redo::Page) -> Option<u8> {
+    use walproto::consts::{BLCKSZ, MAIN_FORKNUM};
+    use walproto::rmgr::{RM_BTREE_ID, RM_HEAP2_ID, RM_HEAP_ID};
+    if fork == VISIBILITYMAP_FORKNUM {
+        return Some(RM_HEAP2_ID);
+    }
+    if fork != MAIN_FORKNUM || crate::redo::page::is_new(p) {
+        return None;
+    }
+    match BLCKSZ.checked_sub(crate::redo::page::special(p))? {
+        0 => Some(RM_HEAP_ID),
+        16 => {
+            let page_id = u16::from_le_bytes([p[BLCKSZ - 2], p[BLCKSZ - 1]]);
+            (!matches!(page_id, 0xFF80 | 0xFF81)).then_some(RM_BTREE_ID)
+        }
+        _ => None,
+    }
 }

@@ -9,11 +9,14 @@
 //!   ([`crate::redo::extra_targets`]): the raw record, under the VM page's key.
 //! - Relation sizes and directories ([`reldir`]): a block past a fork's end extends it; SMGR
 //!   CREATE / TRUNCATE, DATABASE CREATE (both strategies) and DROP change them.
+//! - The non-page state a basebackup needs ([`nonpage`]): CLOG and MultiXact SLRU pages,
+//!   two-phase state, relmapper files, checkpoint counters, restore points and commit times.
 //!
 //! Ingest refuses what it cannot store faithfully, naming the record: a gap in the WAL, an
 //! LSN below the timeline's start, a record for a relation that does not exist, a record that
 //! needs redo Strata lacks.
 
+pub mod nonpage;
 pub mod reldir;
 pub mod strip;
 
@@ -30,6 +33,7 @@ use walproto::rmgr::{self, ParsedRecord};
 
 use crate::redo::{self, extra_targets, has_native_redo, may_create, page, record_name, ExtraOp};
 use crate::timeline::{Timeline, TimelineError};
+use nonpage::NonPageState;
 use reldir::{size_value, RelDirectory};
 
 /// Why a record cannot be ingested.
@@ -134,13 +138,17 @@ pub struct WalIngest {
     /// Databases created with `STRATEGY wal_log` (their VM pages lose bits in the copy; see
     /// `redo::datadir`). In memory only: it only classifies `--final` differences.
     wal_log_dbs: std::collections::BTreeSet<(u32, u32)>,
+    /// What the non-page state needs to know to produce the next record's values.
+    nonpage: NonPageState,
 }
 
 impl WalIngest {
     /// Starts ingesting into `tl` at its ingest position (reads the relation directory).
     pub fn new(tl: Timeline, conf: IngestConf) -> Result<WalIngest, IngestError> {
         let dir = RelDirectory::load(&tl, tl.last_record_end())?;
+        let nonpage = NonPageState::load(&tl, tl.last_record_end())?;
         Ok(WalIngest {
+            nonpage,
             tl,
             dir,
             conf,
@@ -164,6 +172,11 @@ impl WalIngest {
 
     pub fn directory(&self) -> &RelDirectory {
         &self.dir
+    }
+
+    /// The non-page state as of the last ingested record.
+    pub fn nonpage_state(&self) -> &NonPageState {
+        &self.nonpage
     }
 
     pub fn stats(&self) -> &IngestStats {
@@ -237,16 +250,21 @@ impl WalIngest {
         let mut sizes: BTreeMap<(RelFileNode, u8), u32> = BTreeMap::new();
         let mut checks = Vec::new();
         let mut structural = Structural::None;
-        match rmgr::parse(rec) {
-            Ok(Some(ParsedRecord::Smgr(s))) => structural = Structural::Smgr(s),
-            Ok(Some(ParsedRecord::Dbase(d))) => structural = Structural::Dbase(d),
-            Ok(_) => {}
-            Err(e) if matches!(rec.rmid(), rmgr::RM_SMGR_ID | rmgr::RM_DBASE_ID) => {
-                return Err(Self::err(rec, e.to_string()))
-            }
+        let parsed = match rmgr::parse(rec) {
+            Ok(p) => p,
+            Err(e) if needs_parse(rec) => return Err(Self::err(rec, e.to_string())),
             // Other rmgrs' main data is only needed by redo, which reports its own errors.
-            Err(_) => {}
+            Err(_) => None,
+        };
+        match &parsed {
+            Some(ParsedRecord::Smgr(s)) => structural = Structural::Smgr(*s),
+            Some(ParsedRecord::Dbase(d)) => structural = Structural::Dbase(d.clone()),
+            _ => {}
         }
+        let nonpage = self
+            .nonpage
+            .record_values(rec, parsed.as_ref())
+            .map_err(|e| Self::err(rec, e))?;
         let mut unsupported = Vec::new();
         let stripped = if self.conf.strip_check_images && has_native_redo(rec.rmid()) {
             strip::strip_check_images(rec).map_err(|e| Self::err(rec, e))?
@@ -436,6 +454,10 @@ impl WalIngest {
         if db_list_changed {
             values.insert(Key::db_dir(), Value::image(self.dir.db_dir_value()));
         }
+        let new_nonpage = nonpage.map(|(state, vals)| {
+            values.extend(vals);
+            state
+        });
         for (key, value) in &values {
             // An error here is an I/O error (the values were checked above): the open layer
             // may hold part of the record, and the timeline must be reopened from its
@@ -443,6 +465,9 @@ impl WalIngest {
             self.tl.put(*key, lsn, value)?;
         }
         self.tl.finish_record(rec.lsn, rec.end_lsn)?;
+        if let Some(state) = new_nonpage {
+            self.nonpage = state;
+        }
         self.stats.records += 1;
         self.stats.wal_bytes += rec.header.tot_len as u64;
         self.stats.values += values.len() as u64;
@@ -454,6 +479,27 @@ impl WalIngest {
         }
         self.checks.extend(checks);
         Ok(Outcome::Ingested)
+    }
+}
+
+/// Whether a record's main data must parse: its resource manager changes relation
+/// structure or non-page state Strata tracks.
+fn needs_parse(rec: &DecodedRecord) -> bool {
+    use walproto::rmgr::xlog::{
+        XLOG_CHECKPOINT_ONLINE, XLOG_CHECKPOINT_SHUTDOWN, XLOG_NEXTOID, XLOG_RESTORE_POINT,
+    };
+    match rec.rmid() {
+        rmgr::RM_SMGR_ID
+        | rmgr::RM_DBASE_ID
+        | rmgr::RM_XACT_ID
+        | rmgr::RM_CLOG_ID
+        | rmgr::RM_MULTIXACT_ID
+        | rmgr::RM_RELMAP_ID => true,
+        rmgr::RM_XLOG_ID => matches!(
+            rec.header.info & 0xF0,
+            XLOG_CHECKPOINT_SHUTDOWN | XLOG_CHECKPOINT_ONLINE | XLOG_NEXTOID | XLOG_RESTORE_POINT
+        ),
+        _ => false,
     }
 }
 

@@ -34,6 +34,7 @@ pub mod mask;
 pub mod page;
 mod page_compact;
 pub mod seq;
+pub mod slru;
 pub mod store;
 pub mod verify;
 pub mod vm;

@@ -83,12 +83,10 @@
 //!
 //! # Automatic compaction and `verify-redo`
 //!
-//! [`CompactionConf::auto`] compacts after a flush once the L0 threshold is reached; it is
-//! off by default until `verify-redo`'s `--final` comparison accepts pages whose newest
-//! version is an image made by compaction (`PageVersion::writer` is `None` for them, and that
-//! comparison skips such pages). With it on, `tests/timeline_ingest.rs` passes everything
-//! else: 282,548 consistency images verified against GetPage through L1 runs and compaction
-//! images (reads p99 3, max 4 layers, against 76 without compaction), the kill -9 and resume.
+//! [`CompactionConf::auto`] (on by default) compacts after a flush once the L0 threshold is
+//! reached, so `verify-redo` checks consistency images against GetPage through L0 layers, L1
+//! runs and compaction images alike. Its `--final` comparison takes the masking of a page whose
+//! newest version is an image from the page's layout (heap, b-tree, VM).
 //!
 //! # Crash safety
 //!
@@ -119,9 +117,7 @@ const INDEX_ENTRY_BYTES: u64 = 43;
 /// Tunables of compaction.
 #[derive(Clone, Debug)]
 pub struct CompactionConf {
-    /// Compact after a flush when the thresholds are reached. Off by default for now:
-    /// `verify-redo`'s final comparison only compares pages whose newest version is a record
-    /// (a compaction image has no writer), see the module documentation.
+    /// Compact after a flush when the thresholds are reached (the default).
     pub auto: bool,
     /// Merge the L0 layers into an L1 run once there are this many.
     pub l0_threshold: usize,
@@ -136,7 +132,7 @@ pub struct CompactionConf {
 impl Default for CompactionConf {
     fn default() -> Self {
         CompactionConf {
-            auto: false,
+            auto: true,
             l0_threshold: 2,
             image_threshold: 3,
             target_file_bytes: 128 * 1024 * 1024,

@@ -284,12 +284,17 @@ impl Timeline {
             let raw = match v {
                 Value::WalRecord(r) => match r.payload {
                     RecordPayload::Postgres(raw) => raw,
-                    RecordPayload::Strata { kind, .. } => {
-                        return Err(TimelineError::Reconstruct {
-                            key,
-                            lsn: l,
-                            reason: format!("Strata record kind {kind} is not a page record"),
-                        })
+                    // Strata's own records: SLRU page changes (CLOG status, multixact).
+                    RecordPayload::Strata { kind, data } => {
+                        redo::slru::apply(kind, &data, &mut page).map_err(|e| {
+                            TimelineError::Reconstruct {
+                                key,
+                                lsn: l,
+                                reason: e.to_string(),
+                            }
+                        })?;
+                        (newest, writer) = (l, None);
+                        continue;
                     }
                 },
                 Value::Image(_) => unreachable!("images end a chain"),

@@ -1,0 +1,56 @@
+//! Keys of the non-page state that has no key kind of its own in `layer-format`.
+//!
+//! They reuse the relmapper key kind (0x05) with tablespace 0, which is `InvalidOid`: no
+//! tablespace has it, so no real relmapper file is ever stored there. Field 2 (the database)
+//! selects what the key holds:
+//!
+//! | db field                 | value (always an image)                                   |
+//! |--------------------------|-----------------------------------------------------------|
+//! | `0 ..= MAX_COMMIT_ENTRY` | commit-time index entry `n` ([`super::index`])            |
+//! | `0xFFFF_FFF0 + slru`     | directory of an SLRU's segments ([`super::slru`])         |
+//! | `0xFFFF_FFFD`            | live prepared transactions ([`super::twophase`])           |
+//! | `0xFFFF_FFFE`            | number of commit-time index entries                        |
+//! | `0xFFFF_FFFF`            | restore points                                             |
+//!
+//! A reader enumerating relmapper files must take them from the database directory (as a
+//! basebackup does), never from a key-range scan of kind 0x05, or it would see these.
+
+use layer_format::{Key, SlruKind};
+
+/// The tablespace field value reserved for Strata's own non-page state.
+pub const RESERVED_SPC: u32 = 0;
+/// The largest commit-time index entry number (4,294,967,279 commits).
+pub const MAX_COMMIT_ENTRY: u32 = 0xFFFF_FFEF;
+
+/// Restore points: name, LSN and time of every `XLOG/RESTORE_POINT`.
+pub fn restore_points() -> Key {
+    Key::relmap(RESERVED_SPC, 0xFFFF_FFFF)
+}
+
+/// How many commit-time index entries exist.
+pub fn commit_count() -> Key {
+    Key::relmap(RESERVED_SPC, 0xFFFF_FFFE)
+}
+
+/// The xids that are prepared (PREPARE seen, no COMMIT/ABORT PREPARED yet).
+pub fn twophase_dir() -> Key {
+    Key::relmap(RESERVED_SPC, 0xFFFF_FFFD)
+}
+
+/// The segments of one SLRU (segment number and pages).
+pub fn slru_dir(slru: SlruKind) -> Key {
+    let code = match slru {
+        SlruKind::Clog => 0,
+        SlruKind::MultiXactOffsets => 1,
+        SlruKind::MultiXactMembers => 2,
+    };
+    Key::relmap(RESERVED_SPC, 0xFFFF_FFF0 + code)
+}
+
+/// Commit-time index entry `n`, if `n` is in range.
+pub fn commit_entry(n: u64) -> Option<Key> {
+    u32::try_from(n)
+        .ok()
+        .filter(|n| *n <= MAX_COMMIT_ENTRY)
+        .map(|n| Key::relmap(RESERVED_SPC, n))
+}

@@ -1,0 +1,371 @@
+//! The non-page state a basebackup needs, derived from the WAL: CLOG and MultiXact SLRU pages,
+//! two-phase state files, relmapper files, the checkpoint counters, restore points and the
+//! LSN↔commit-time index.
+//!
+//! [`NonPageState`] holds what ingest must know to produce the next values (the counters,
+//! which SLRU segments exist, which xacts are prepared, how many commits are indexed); it is
+//! loaded from the timeline when ingest starts, so a resumed ingest continues where the
+//! durable state ends. [`NonPageState::record_values`] turns one record into values without
+//! changing the state; the caller commits the returned state only once the values are stored.
+//!
+//! What is stored (keys: [`keys`] and `layer-format`):
+//! - CLOG pages (`Key::slru_block(Clog, ..)`): COMMIT / ABORT (and the `_PREPARED` forms)
+//!   become one [`crate::redo::slru::KIND_CLOG_SET`] record per CLOG page the transaction tree
+//!   touches, setting the final status (a committed tree's subxacts end COMMITTED, as in
+//!   Postgres's files after redo); ZEROPAGE is a zero image (`will_init`).
+//! - MultiXact offsets / members pages: ZERO_OFF_PAGE / ZERO_MEM_PAGE are zero images;
+//!   CREATE_ID sets `offsets[mid]` and, as PostgreSQL 15.15 and later do, `offsets[mid + 1]`
+//!   (the end of the members), and each member's xid and flag byte.
+//! - SLRU segments: `Key::slru_segment_size(slru, segno)` holds the segment's page count
+//!   (`u32` LE; an empty image once truncated away) and [`keys::slru_dir`] lists the live
+//!   segments, so a reader knows which segments exist without a key-range scan. TRUNCATE
+//!   records remove segments the way `SimpleLruTruncate` / `PerformMembersTruncation` do.
+//! - Two-phase: PREPARE stores its main data (the state file's contents without the trailing
+//!   CRC) at `Key::two_phase(xid)`; COMMIT/ABORT PREPARED store an empty image there (a
+//!   tombstone), and [`keys::twophase_dir`] lists the live prepared xids.
+//! - RelMap UPDATE: the 512-byte file as an image at `Key::relmap(spc, db)`.
+//! - Checkpoint counters ([`counters`]) at `Key::checkpoint()`, an image per change.
+//! - Restore points and commit times ([`index`]).
+
+pub mod counters;
+pub mod index;
+pub mod keys;
+pub mod read;
+pub mod slru;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use layer_format::{Key, Lsn, SlruKind, Value};
+use walproto::record::DecodedRecord;
+use walproto::rmgr::clog::ClogRecord;
+use walproto::rmgr::multixact::MultiXactRecord;
+use walproto::rmgr::xact::XactRecord;
+use walproto::rmgr::xlog::XlogRecord;
+use walproto::rmgr::ParsedRecord;
+
+use crate::redo::slru as fmt;
+use crate::timeline::{Timeline, TimelineError};
+use counters::CheckpointState;
+use index::{CommitEntry, RestorePoint};
+use slru::SlruSegments;
+
+/// The state after a record, and the values it stores.
+pub type RecordValues = (NonPageState, Vec<(Key, Value)>);
+
+/// What ingest tracks of the non-page state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NonPageState {
+    pub checkpoint: CheckpointState,
+    pub restore_points: Vec<RestorePoint>,
+    pub prepared: BTreeSet<u32>,
+    /// Commit-time index entries stored so far.
+    pub commits: u64,
+    /// The largest commit time indexed so far (see [`index`]).
+    pub max_commit_time: i64,
+    pub segments: SlruSegments,
+}
+
+impl NonPageState {
+    /// The state as of `lsn` (the ingest position) in `tl`.
+    pub fn load(tl: &Timeline, lsn: Lsn) -> Result<NonPageState, TimelineError> {
+        let bad = |key: Key, reason: String| TimelineError::Reconstruct { key, lsn, reason };
+        let mut s = NonPageState::default();
+        if let Some(b) = tl.get_image_value(Key::checkpoint(), lsn)? {
+            s.checkpoint = CheckpointState::decode(&b).map_err(|e| bad(Key::checkpoint(), e))?;
+        }
+        if let Some(b) = tl.get_image_value(keys::restore_points(), lsn)? {
+            s.restore_points =
+                index::decode_restore_points(&b).map_err(|e| bad(keys::restore_points(), e))?;
+        }
+        if let Some(b) = tl.get_image_value(keys::twophase_dir(), lsn)? {
+            s.prepared = index::decode_u32_set(&b)
+                .map_err(|e| bad(keys::twophase_dir(), e))?
+                .into_iter()
+                .collect();
+        }
+        if let Some(b) = tl.get_image_value(keys::commit_count(), lsn)? {
+            let (n, max) =
+                index::decode_commit_count(&b).map_err(|e| bad(keys::commit_count(), e))?;
+            s.commits = n;
+            s.max_commit_time = max;
+        }
+        s.segments = SlruSegments::load(tl, lsn)?;
+        Ok(s)
+    }
+
+    /// The values `rec` implies, and the state after it. `Ok(None)`: the record changes
+    /// nothing of the non-page state. Errors name what is wrong; the caller adds the record
+    /// and LSN.
+    pub fn record_values(
+        &self,
+        rec: &DecodedRecord,
+        parsed: Option<&ParsedRecord>,
+    ) -> Result<Option<RecordValues>, String> {
+        let relevant = matches!(
+            parsed,
+            Some(
+                ParsedRecord::Xact(_)
+                    | ParsedRecord::Clog(_)
+                    | ParsedRecord::MultiXact(_)
+                    | ParsedRecord::RelMap(_)
+                    | ParsedRecord::Xlog(
+                        XlogRecord::CheckpointShutdown(_)
+                            | XlogRecord::CheckpointOnline(_)
+                            | XlogRecord::NextOid(_)
+                            | XlogRecord::RestorePoint { .. }
+                    )
+            )
+        );
+        let mut probe = self.checkpoint;
+        probe.advance_next_xid_past(rec.xid());
+        if !relevant && probe == self.checkpoint {
+            return Ok(None);
+        }
+        let mut s = self.clone();
+        let mut out = Out::default();
+        // `ApplyWalRecord`: nextXid moves past every record's xid.
+        s.checkpoint.advance_next_xid_past(rec.xid());
+        match parsed {
+            Some(ParsedRecord::Xact(x)) => s.xact(rec, x, &mut out)?,
+            Some(ParsedRecord::Clog(c)) => s.clog(c, &mut out),
+            Some(ParsedRecord::MultiXact(m)) => s.multixact(rec, m, &mut out),
+            Some(ParsedRecord::RelMap(m)) => {
+                out.put(Key::relmap(m.tsid, m.dbid), Value::image(m.data.clone()));
+            }
+            Some(ParsedRecord::Xlog(x)) => match x {
+                XlogRecord::CheckpointShutdown(cp) => s.checkpoint.apply_shutdown_checkpoint(cp),
+                XlogRecord::CheckpointOnline(cp) => s.checkpoint.apply_online_checkpoint(cp),
+                XlogRecord::NextOid(oid) => s.checkpoint.next_oid = *oid,
+                XlogRecord::RestorePoint { time, name } => {
+                    s.restore_points.push(RestorePoint {
+                        name: name.clone(),
+                        lsn: rec.end_lsn,
+                        time: *time,
+                    });
+                    out.put(
+                        keys::restore_points(),
+                        Value::image(index::encode_restore_points(&s.restore_points)),
+                    );
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+        if s.checkpoint != self.checkpoint {
+            out.put(Key::checkpoint(), Value::image(s.checkpoint.encode()));
+        }
+        s.segments.emit_changes(&self.segments, &mut out.values);
+        Ok(Some((s, out.finish())))
+    }
+
+    fn xact(&mut self, rec: &DecodedRecord, x: &XactRecord, out: &mut Out) -> Result<(), String> {
+        match x {
+            XactRecord::Commit(p)
+            | XactRecord::CommitPrepared(p)
+            | XactRecord::Abort(p)
+            | XactRecord::AbortPrepared(p) => {
+                let prepared = matches!(
+                    x,
+                    XactRecord::CommitPrepared(_) | XactRecord::AbortPrepared(_)
+                );
+                let commit = matches!(x, XactRecord::Commit(_) | XactRecord::CommitPrepared(_));
+                let xid = if p.twophase_xid != 0 {
+                    p.twophase_xid
+                } else {
+                    rec.xid()
+                };
+                if xid == 0 {
+                    return Err(
+                        "no transaction id (neither the record's nor a two-phase one)".into(),
+                    );
+                }
+                let status = if commit {
+                    fmt::CLOG_COMMITTED
+                } else {
+                    fmt::CLOG_ABORTED
+                };
+                let mut by_page: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+                for &x in std::iter::once(&xid).chain(&p.subxacts) {
+                    by_page
+                        .entry(x / fmt::CLOG_XACTS_PER_PAGE)
+                        .or_default()
+                        .push(x);
+                    // `TransactionIdLatest` + `AdvanceNextFullTransactionIdPastXid`.
+                    self.checkpoint.advance_next_xid_past(x);
+                }
+                for (page, xids) in by_page {
+                    let key = self.segments.touch(SlruKind::Clog, page);
+                    let data = fmt::encode_clog_set(status, &xids);
+                    out.put(key, Value::strata_record(false, fmt::KIND_CLOG_SET, data));
+                }
+                if commit {
+                    self.max_commit_time = self.max_commit_time.max(p.xact_time);
+                    let entry = CommitEntry {
+                        lsn: rec.end_lsn,
+                        time: p.xact_time,
+                        max_time: self.max_commit_time,
+                    };
+                    let key = keys::commit_entry(self.commits)
+                        .ok_or("the commit-time index is full (2^32 - 16 commits)")?;
+                    out.put(key, Value::image(entry.encode()));
+                    self.commits += 1;
+                    out.put(
+                        keys::commit_count(),
+                        Value::image(index::encode_commit_count(
+                            self.commits,
+                            self.max_commit_time,
+                        )),
+                    );
+                }
+                if prepared {
+                    self.prepared.remove(&xid);
+                    out.put(Key::two_phase(xid), Value::image(Bytes::new()));
+                    out.put(
+                        keys::twophase_dir(),
+                        Value::image(index::encode_u32_set(&self.prepared)),
+                    );
+                }
+            }
+            XactRecord::Prepare(p) => {
+                if p.xid == 0 {
+                    return Err("PREPARE of transaction id 0".into());
+                }
+                self.checkpoint.advance_next_xid_past(p.xid);
+                for &x in &p.subxacts {
+                    self.checkpoint.advance_next_xid_past(x);
+                }
+                self.prepared.insert(p.xid);
+                out.put(Key::two_phase(p.xid), Value::image(rec.main_data_bytes()));
+                out.put(
+                    keys::twophase_dir(),
+                    Value::image(index::encode_u32_set(&self.prepared)),
+                );
+            }
+            XactRecord::Assignment { xtop, subxacts } => {
+                self.checkpoint.advance_next_xid_past(*xtop);
+                for &x in subxacts {
+                    self.checkpoint.advance_next_xid_past(x);
+                }
+            }
+            XactRecord::Invalidations { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn clog(&mut self, c: &ClogRecord, out: &mut Out) {
+        match *c {
+            ClogRecord::ZeroPage { pageno } => {
+                let key = self.segments.touch(SlruKind::Clog, pageno as u32);
+                out.put(key, zero_page());
+            }
+            ClogRecord::Truncate {
+                pageno,
+                oldest_xact,
+                oldest_xact_db,
+            } => {
+                self.segments
+                    .truncate(SlruKind::Clog, pageno as u32, slru::clog_page_precedes);
+                self.checkpoint
+                    .advance_oldest_xid(oldest_xact, oldest_xact_db);
+            }
+        }
+    }
+
+    fn multixact(&mut self, rec: &DecodedRecord, m: &MultiXactRecord, out: &mut Out) {
+        match m {
+            MultiXactRecord::ZeroOffPage { pageno } => {
+                let key = self
+                    .segments
+                    .touch(SlruKind::MultiXactOffsets, *pageno as u32);
+                out.put(key, zero_page());
+            }
+            MultiXactRecord::ZeroMemPage { pageno } => {
+                let key = self
+                    .segments
+                    .touch(SlruKind::MultiXactMembers, *pageno as u32);
+                out.put(key, zero_page());
+            }
+            MultiXactRecord::CreateId { mid, moff, members } => {
+                // `RecordNewMultiXact`: offsets[mid] and offsets[mid + 1].
+                let mut next = mid.wrapping_add(1);
+                if next == 0 {
+                    next = 1;
+                }
+                let mut next_off = moff.wrapping_add(members.len() as u32);
+                if next_off == 0 {
+                    next_off = 1;
+                }
+                let mut offs: BTreeMap<u32, Vec<(u32, u32)>> = BTreeMap::new();
+                for (m, off) in [(*mid, *moff), (next, next_off)] {
+                    offs.entry(m / fmt::MULTIXACT_OFFSETS_PER_PAGE)
+                        .or_default()
+                        .push((m % fmt::MULTIXACT_OFFSETS_PER_PAGE, off));
+                }
+                for (page, entries) in offs {
+                    let key = self.segments.touch(SlruKind::MultiXactOffsets, page);
+                    let data = fmt::encode_mxoff_set(&entries);
+                    out.put(key, Value::strata_record(false, fmt::KIND_MXOFF_SET, data));
+                }
+                let mut mems: BTreeMap<u32, Vec<(u32, u32, u32)>> = BTreeMap::new();
+                let mut max_xid = rec.xid();
+                for (i, mem) in members.iter().enumerate() {
+                    let off = moff.wrapping_add(i as u32);
+                    mems.entry(off / fmt::MULTIXACT_MEMBERS_PER_PAGE)
+                        .or_default()
+                        .push((off, mem.xid, mem.status));
+                    if counters::xid_precedes(max_xid, mem.xid) {
+                        max_xid = mem.xid;
+                    }
+                }
+                for (page, entries) in mems {
+                    let key = self.segments.touch(SlruKind::MultiXactMembers, page);
+                    let data = fmt::encode_mxmember_set(&entries);
+                    out.put(
+                        key,
+                        Value::strata_record(false, fmt::KIND_MXMEMBER_SET, data),
+                    );
+                }
+                self.checkpoint.advance_next_xid_past(max_xid);
+                self.checkpoint
+                    .advance_multi(mid.wrapping_add(1), moff.wrapping_add(members.len() as u32));
+            }
+            MultiXactRecord::TruncateId(t) => {
+                let cutoff =
+                    counters::previous_multi(t.end_trunc_off) / fmt::MULTIXACT_OFFSETS_PER_PAGE;
+                self.segments.truncate(
+                    SlruKind::MultiXactOffsets,
+                    cutoff,
+                    slru::offsets_page_precedes,
+                );
+                self.segments
+                    .truncate_members(t.start_trunc_memb, t.end_trunc_memb);
+                // `SetMultiXactIdLimit(endTruncOff, oldestMultiDB)`.
+                self.checkpoint.oldest_multi = t.end_trunc_off;
+                self.checkpoint.oldest_multi_db = t.oldest_multi_db;
+            }
+        }
+    }
+}
+
+fn zero_page() -> Value {
+    Value::image(Bytes::from(vec![0u8; walproto::consts::BLCKSZ]))
+}
+
+/// The values of one record; a key set twice keeps the last value.
+#[derive(Default)]
+struct Out {
+    values: BTreeMap<Key, Value>,
+}
+
+impl Out {
+    fn put(&mut self, key: Key, v: Value) {
+        // Two changes to one SLRU page in a record are merged by the callers; the remaining
+        // duplicates (directory images) are whole values, so the last one wins.
+        self.values.insert(key, v);
+    }
+
+    fn finish(self) -> Vec<(Key, Value)> {
+        self.values.into_iter().collect()
+    }
+}
