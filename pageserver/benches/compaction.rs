@@ -131,19 +131,9 @@ fn main() -> anyhow::Result<()> {
     let scale = env_u64("STRATA_BENCH_SCALE", 4);
     let seconds = env_u64("STRATA_BENCH_SECONDS", 10);
     let freeze = env_u64("STRATA_BENCH_FREEZE_MIB", 8) * 1024 * 1024;
-    let opts = InitOptions::default()
-        .set("wal_keep_size", "10GB")
-        .set("max_wal_size", "10GB")
-        .set("checkpoint_timeout", "1h")
-        .set("autovacuum", "off");
+    let opts = InitOptions::default().keep_all_wal();
     let pg = PgCluster::init(&opts)?;
-    let base = pg.base_dir().join("bench-base");
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(pg.data_dir())
-        .arg(&base)
-        .status()?;
-    anyhow::ensure!(st.success());
+    let base = pg.copy_data_dir("bench-base")?;
     pg.start()?;
     pg.pgbench(&["-i", "-s", &scale.to_string(), "-q"])?;
     pg.pgbench(&["-c", "4", "-j", "2", "-T", &seconds.to_string()])?;

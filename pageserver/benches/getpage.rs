@@ -30,19 +30,9 @@ struct Setup {
 }
 
 fn setup() -> anyhow::Result<Setup> {
-    let opts = InitOptions::default()
-        .set("wal_keep_size", "10GB")
-        .set("max_wal_size", "10GB")
-        .set("checkpoint_timeout", "1h")
-        .set("autovacuum", "off");
+    let opts = InitOptions::default().keep_all_wal();
     let pg = PgCluster::init(&opts)?;
-    let base = pg.base_dir().join("bench-base");
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(pg.data_dir())
-        .arg(&base)
-        .status()?;
-    anyhow::ensure!(st.success());
+    let base = pg.copy_data_dir("bench-base")?;
     pg.start()?;
     pg.pgbench(&["-i", "-s", "4", "-q"])?;
     pg.pgbench(&["-c", "4", "-j", "2", "-T", "10"])?;

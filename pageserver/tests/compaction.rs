@@ -27,19 +27,9 @@ struct Workload {
 }
 
 fn workload() -> anyhow::Result<Workload> {
-    let opts = InitOptions::default()
-        .set("wal_keep_size", "10GB")
-        .set("max_wal_size", "10GB")
-        .set("checkpoint_timeout", "1h")
-        .set("autovacuum", "off");
+    let opts = InitOptions::default().keep_all_wal();
     let pg = PgCluster::init(&opts)?;
-    let base = pg.base_dir().join("compaction-base");
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(pg.data_dir())
-        .arg(&base)
-        .status()?;
-    anyhow::ensure!(st.success(), "copying the base failed");
+    let base = pg.copy_data_dir("compaction-base")?;
     pg.start()?;
     pg.pgbench(&["-i", "-s", "2", "-q"])?;
     pg.pgbench(&["-c", "4", "-j", "2", "-T", "5"])?;

@@ -77,13 +77,7 @@ fn run_workload() -> Result<Run> {
         controldata_u64(&cd, "Latest checkpoint's NextMultiOffset")? + 1,
         MULTIXACT_MEMBERS_PER_PAGE,
     );
-    let base = pg.base_dir().join("nonpage-base");
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(pg.data_dir())
-        .arg(&base)
-        .status()?;
-    ensure!(st.success(), "copying the base failed");
+    let base = pg.copy_data_dir("nonpage-base")?;
     pg.pg_resetwal(&[
         "-x",
         &xid.to_string(),

@@ -53,13 +53,7 @@ fn fixture() -> anyhow::Result<Fixture> {
     let pg = PgCluster::init(&opts)?;
     // The base: the data directory as initdb left it (a clean shutdown). The workload's
     // pg_resetwal only rewrites pg_control and pg_wal, so relation files stay valid.
-    let base = pg.base_dir().join("redo-base");
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(pg.data_dir())
-        .arg(&base)
-        .status()?;
-    anyhow::ensure!(status.success(), "copying the base failed");
+    let base = pg.copy_data_dir("redo-base")?;
     let report = run_full_workload(&pg)?;
     pg.stop(StopMode::Fast)?;
     Ok(Fixture {

@@ -330,13 +330,7 @@ mod fixture {
         }
         let opts = opts.set("wal_consistency_checking", "all");
         let pg = PgCluster::init(&opts)?;
-        let base = pg.base_dir().join("redo-base");
-        let status = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(pg.data_dir())
-            .arg(&base)
-            .status()?;
-        anyhow::ensure!(status.success(), "copying the base failed");
+        let base = pg.copy_data_dir("redo-base")?;
         let report = run_full_workload(&pg)?;
         pg.stop(StopMode::Fast)?;
         Ok(Fixture {

@@ -53,6 +53,15 @@ impl InitOptions {
         self.settings.push((name.to_string(), value.to_string()));
         self
     }
+
+    /// For tests that read every byte of WAL the cluster writes: no segment recycled, no
+    /// checkpoint or autovacuum in the middle of the workload.
+    pub fn keep_all_wal(self) -> Self {
+        self.set("wal_keep_size", "10GB")
+            .set("max_wal_size", "10GB")
+            .set("checkpoint_timeout", "1h")
+            .set("autovacuum", "off")
+    }
 }
 
 /// How to stop the server (`pg_ctl stop -m`).
@@ -190,6 +199,26 @@ impl PgCluster {
             self.sock.display(),
             self.port()
         )
+    }
+
+    /// Copies the data directory (while stopped: as initdb or a clean shutdown left it) to
+    /// `name` inside the cluster's temporary directory, as a base to import WAL onto.
+    pub fn copy_data_dir(&self, name: &str) -> Result<PathBuf> {
+        ensure!(!self.is_running(), "copy_data_dir: stop the cluster first");
+        let dest = self.tmp.path().join(name);
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&self.data)
+            .arg(&dest)
+            .status()
+            .context("running cp")?;
+        ensure!(
+            status.success(),
+            "copying {} to {} failed",
+            self.data.display(),
+            dest.display()
+        );
+        Ok(dest)
     }
 
     /// Creates a directory inside the cluster's temporary directory, owned by the Postgres
