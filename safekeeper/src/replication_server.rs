@@ -275,6 +275,57 @@ async fn session(
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
+/// Decodes the WAL on its way out, so that a safekeeper whose disk damaged committed WAL
+/// refuses to serve it rather than handing it on: every record must be whole, in sequence and
+/// match its CRC. Checking starts at the first page boundary at or after the stream's start
+/// (a record in progress there cannot be checked from its middle).
+struct WalChecker {
+    decoder: walproto::WalStreamDecoder,
+    from: Lsn,
+}
+
+impl WalChecker {
+    fn new(start: Lsn) -> WalChecker {
+        let from = if start.is_page_start() {
+            start
+        } else {
+            Lsn(start.page_start().0 + walproto::consts::WAL_PAGE_SIZE)
+        };
+        WalChecker {
+            decoder: walproto::WalStreamDecoder::new(from),
+            from,
+        }
+    }
+
+    /// Checks the WAL `data` at `pos` (contiguous with the previous call) before it is sent.
+    fn check(&mut self, pos: Lsn, data: &[u8]) -> Result<(), ConnError> {
+        let end = pos.0 + data.len() as u64;
+        if end <= self.from.0 {
+            return Ok(());
+        }
+        let skip = self.from.0.saturating_sub(pos.0) as usize;
+        self.decoder.feed(&data[skip..]);
+        loop {
+            match self.decoder.next() {
+                Ok(walproto::Decoded::Record(_)) => {}
+                Ok(walproto::Decoded::NeedMore) => return Ok(()),
+                Ok(walproto::Decoded::EndOfWal { lsn, reason }) => {
+                    return Err(err(
+                        "XX001",
+                        format!("refusing to serve WAL: committed WAL at {lsn} is not valid on this safekeeper ({reason})"),
+                    ))
+                }
+                Err(e) => {
+                    return Err(err(
+                        "XX001",
+                        format!("refusing to serve WAL: {e} on this safekeeper"),
+                    ))
+                }
+            }
+        }
+    }
+}
+
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
@@ -417,6 +468,7 @@ async fn stream_wal(
     let mut pos = start;
     let mut buf = vec![0u8; MAX_SEND];
     let mut last_send = Instant::now();
+    let mut checker = WalChecker::new(start);
     loop {
         // Client messages first: status updates are only informative, CopyDone ends the stream.
         while let Ok(msg) = rx.try_recv() {
@@ -453,6 +505,7 @@ async fn stream_wal(
                     format!("WAL segment for {pos} is missing on this safekeeper"),
                 ));
             }
+            checker.check(pos, &buf[..got])?;
             let msg = ReplicationMessage::XLogData {
                 start: pos,
                 wal_end: commit,

@@ -179,5 +179,33 @@ async fn pg_receivewal_gets_byte_identical_wal() {
             .unwrap()
     };
     assert!(String::from_utf8_lossy(&non_replication.stderr).contains("only physical replication"));
+
+    // Damage one byte of committed WAL on the safekeeper's disk: it refuses to serve it.
+    let seg_dir = sk.timeline_dir();
+    let seg = std::fs::read_dir(&seg_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&start.segment_file_name(1))
+        })
+        .expect("the segment file");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[wal.len() / 2] ^= 0x20;
+    std::fs::write(&seg, bytes).unwrap();
+    let out = pg
+        .command("pg_receivewal")
+        .arg("-D")
+        .arg(pg.make_postgres_dir("received3").unwrap())
+        .args(["-d", &connstr(&pg_addr, &options)])
+        .args(["--no-loop", "-E", &endpos, "--no-sync"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "corrupt WAL was served");
+    assert!(stderr.contains("refusing to serve WAL"), "{stderr}");
     drop(sk);
 }
