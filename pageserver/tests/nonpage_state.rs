@@ -22,7 +22,7 @@ use pageserver::ingest::nonpage::read::{
 };
 use pageserver::ingest::{IngestConf, WalIngest};
 use pageserver::timeline::TimelineConf;
-use strata_tests::workload::workload_settings;
+use strata_tests::workload::{share_lock_rounds, workload_settings};
 use strata_tests::{InitOptions, PgCluster, StopMode};
 use walproto::rmgr::xact::XactRecord;
 use walproto::rmgr::ParsedRecord;
@@ -88,7 +88,6 @@ fn run_workload() -> Result<Run> {
     ])?;
     let start = pg.latest_checkpoint()?;
     pg.start()?;
-    let conn = pg.connstr("postgres");
     pg.psql(
         "CREATE EXTENSION dblink;
          CREATE TABLE t (id int, note text);
@@ -120,19 +119,7 @@ fn run_workload() -> Result<Run> {
     }
     pg.psql(&sql)?;
     // Multixacts: two sessions share-lock the same rows (the second through dblink).
-    let mut sql = String::new();
-    for round in 0..4 {
-        sql.push_str(&format!(
-            "BEGIN;
-             SELECT count(*) FROM (SELECT * FROM mx WHERE id <= {n} FOR SHARE) s;
-             SELECT * FROM dblink('{conn}',
-                 'SELECT count(*) FROM (SELECT * FROM mx WHERE id <= {n} FOR KEY SHARE) s')
-                 AS t(c bigint);
-             COMMIT;\n",
-            n = round + 2
-        ));
-    }
-    pg.psql(&sql)?;
+    share_lock_rounds(&pg, 4)?;
     // Prepared transactions: committed, rolled back, and one left prepared (with a subxact).
     let prepared_gid = "strata_left_prepared".to_string();
     pg.psql(&format!(

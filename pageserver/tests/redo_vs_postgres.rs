@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use pageserver::redo::datadir::compare_with_data_dir;
 use pageserver::redo::verify::{replay, VerifyOptions, VerifyReport};
 use pageserver::redo::{has_native_redo, redo_block, Page};
-use strata_tests::workload::{run_full_workload, workload_settings};
-use strata_tests::{InitOptions, PgCluster, StopMode};
+use strata_tests::workload::consistency_checked_workload;
+use strata_tests::PgCluster;
 use walproto::record::DecodedRecord;
 use walproto::walfiles::WalDirReader;
 use walproto::Lsn;
@@ -44,18 +44,7 @@ fn fixture() -> anyhow::Result<Fixture> {
             start: v[2].parse()?,
         });
     }
-    let mut opts = InitOptions::default();
-    for (k, v) in workload_settings() {
-        opts = opts.set(&k, &v);
-    }
-    // Data checksums are the harness default (FPI_FOR_HINT, XLogHintBitIsNeeded).
-    let opts = opts.set("wal_consistency_checking", "all");
-    let pg = PgCluster::init(&opts)?;
-    // The base: the data directory as initdb left it (a clean shutdown). The workload's
-    // pg_resetwal only rewrites pg_control and pg_wal, so relation files stay valid.
-    let base = pg.copy_data_dir("redo-base")?;
-    let report = run_full_workload(&pg)?;
-    pg.stop(StopMode::Fast)?;
+    let (pg, base, report) = consistency_checked_workload("redo-base")?;
     Ok(Fixture {
         base,
         data: pg.data_dir().to_path_buf(),

@@ -296,8 +296,8 @@ fn bad_input(f: &Fixture, scratch: &Path) -> anyhow::Result<()> {
 mod fixture {
     use std::path::PathBuf;
 
-    use strata_tests::workload::{run_full_workload, workload_settings};
-    use strata_tests::{InitOptions, PgCluster, StopMode};
+    use strata_tests::workload::consistency_checked_workload;
+    use strata_tests::PgCluster;
     use walproto::Lsn;
 
     /// A finished workload: the base copy, the WAL, the final data directory, the start LSN.
@@ -324,15 +324,7 @@ mod fixture {
                 start: v[3].parse()?,
             });
         }
-        let mut opts = InitOptions::default();
-        for (k, v) in workload_settings() {
-            opts = opts.set(&k, &v);
-        }
-        let opts = opts.set("wal_consistency_checking", "all");
-        let pg = PgCluster::init(&opts)?;
-        let base = pg.copy_data_dir("redo-base")?;
-        let report = run_full_workload(&pg)?;
-        pg.stop(StopMode::Fast)?;
+        let (pg, base, report) = consistency_checked_workload("redo-base")?;
         Ok(Fixture {
             base,
             wal: pg.wal_dir(),

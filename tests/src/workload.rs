@@ -365,12 +365,20 @@ fn transactions(pg: &PgCluster) -> Result<()> {
 /// multixacts (MultiXact CREATE_ID, and ZERO_OFF_PAGE / ZERO_MEM_PAGE thanks to the
 /// pg_resetwal boundaries). Each round uses new xids, so new member sets, so new multis.
 fn multixacts(pg: &PgCluster) -> Result<()> {
-    let conn = pg.connstr("postgres");
-    let mut sql = String::from(
+    pg.psql(
         "CREATE TABLE mx (id int PRIMARY KEY, v int);
-         INSERT INTO mx SELECT g, 0 FROM generate_series(1, 10) g;\n",
-    );
-    for round in 0..3 {
+         INSERT INTO mx SELECT g, 0 FROM generate_series(1, 10) g;",
+    )?;
+    share_lock_rounds(pg, 3)
+}
+
+/// `rounds` transactions in which two sessions share-lock the same rows of table `mx` (the
+/// second through dblink, which needs `CREATE EXTENSION dblink`): each round locks one more
+/// row, so each creates new multixacts.
+pub fn share_lock_rounds(pg: &PgCluster, rounds: u32) -> Result<()> {
+    let conn = pg.connstr("postgres");
+    let mut sql = String::new();
+    for round in 0..rounds {
         sql.push_str(&format!(
             "BEGIN;
              SELECT count(*) FROM (SELECT * FROM mx WHERE id <= {n} FOR SHARE) s;
@@ -383,6 +391,25 @@ fn multixacts(pg: &PgCluster) -> Result<()> {
     }
     pg.psql(&sql)?;
     Ok(())
+}
+
+/// A base and the WAL of [`run_full_workload`] with `wal_consistency_checking = all` on top
+/// of it: the data directory copied right after initdb (relation files that the workload's
+/// `pg_resetwal` leaves valid), then the workload, then a clean stop. Returns the stopped
+/// cluster (its `wal_dir()` holds the WAL), the base, and the workload's report.
+pub fn consistency_checked_workload(
+    base_name: &str,
+) -> Result<(PgCluster, std::path::PathBuf, WorkloadReport)> {
+    let mut opts = crate::pg::InitOptions::default();
+    for (k, v) in workload_settings() {
+        opts = opts.set(&k, &v);
+    }
+    // Data checksums are the harness default (FPI_FOR_HINT, XLogHintBitIsNeeded).
+    let pg = PgCluster::init(&opts.set("wal_consistency_checking", "all"))?;
+    let base = pg.copy_data_dir(base_name)?;
+    let report = run_full_workload(&pg)?;
+    pg.stop(StopMode::Fast)?;
+    Ok((pg, base, report))
 }
 
 /// VACUUM (Heap2 PRUNE/VACUUM/VISIBLE), VACUUM FREEZE (FREEZE_PAGE), truncation of empty
