@@ -2,5 +2,6 @@
 //! Postgres 15 as a physical replication client and replicates it to the safekeepers, and the
 //! compute lifecycle.
 
-pub mod pg;
+/// The Postgres protocol client now lives in walproto (the pageserver streams with it too).
+pub use walproto::pgclient as pg;
 pub mod walproposer;

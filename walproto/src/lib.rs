@@ -7,6 +7,7 @@ pub mod decoder;
 pub mod encoder;
 pub mod image;
 pub mod lsn;
+pub mod pgclient;
 pub mod pglz;
 pub mod pgwire;
 pub mod proto;

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use walproto::replication::{pg_now, ReplicationMessage};
-use walproto::Lsn;
+use crate::replication::{pg_now, ReplicationMessage};
+use crate::Lsn;
 
 use super::conn::{PgConnection, PgError};
 
@@ -97,17 +97,31 @@ impl WalStream {
     }
 
     /// Reports positions to the server. `flushed` is what the server may treat as durable
-    /// (a synchronous commit waits for it); Strata never promises apply, so `applied` stays 0.
+    /// (a synchronous commit waits for it); the walproposer never promises apply to Postgres,
+    /// so `applied` stays 0.
     pub async fn send_status(
         &mut self,
         written: Lsn,
         flushed: Lsn,
         reply_requested: bool,
     ) -> Result<(), PgError> {
+        self.send_positions(written, flushed, Lsn::INVALID, reply_requested)
+            .await
+    }
+
+    /// Reports all three positions. A safekeeper reads `applied` from a pageserver as the
+    /// LSN up to which the pageserver made the WAL durable remotely.
+    pub async fn send_positions(
+        &mut self,
+        written: Lsn,
+        flushed: Lsn,
+        applied: Lsn,
+        reply_requested: bool,
+    ) -> Result<(), PgError> {
         let msg = ReplicationMessage::StandbyStatus {
             written,
             flushed,
-            applied: Lsn::INVALID,
+            applied,
             send_time: pg_now(),
             reply_requested,
         };

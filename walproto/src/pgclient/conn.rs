@@ -20,15 +20,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("cannot connect to Postgres at {target}: {source}")]
+    #[error("cannot connect to {target}: {source}")]
     Connect {
         target: String,
         #[source]
         source: io::Error,
     },
-    #[error("I/O error talking to Postgres: {0}")]
+    #[error("I/O error on the connection: {0}")]
     Io(#[from] io::Error),
-    #[error("Postgres {severity} {code}: {message}{}", detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    #[error("server {severity} {code}: {message}{}", detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
     Server {
         severity: String,
         code: String,
@@ -37,9 +37,9 @@ pub enum PgError {
     },
     #[error("authentication failed: {0}")]
     Auth(String),
-    #[error("unexpected message from Postgres: {0}")]
+    #[error("unexpected message from the server: {0}")]
     Protocol(String),
-    #[error("Postgres closed the connection")]
+    #[error("the server closed the connection")]
     Closed,
 }
 
@@ -103,6 +103,9 @@ impl PgConnection {
         ];
         if let Some(app) = &cfg.application_name {
             params.push(("application_name", app));
+        }
+        if let Some(options) = &cfg.options {
+            params.push(("options", options));
         }
         if cfg.replication {
             params.push(("replication", "true"));

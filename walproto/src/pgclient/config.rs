@@ -13,6 +13,9 @@ pub struct ConnConfig {
     pub dbname: String,
     pub password: Option<String>,
     pub application_name: Option<String>,
+    /// Command-line options for the server session (`-c name=value ...`); a safekeeper
+    /// reads the tenant and timeline from them.
+    pub options: Option<String>,
     /// Open a physical replication connection (`replication=true`).
     pub replication: bool,
 }
@@ -21,7 +24,7 @@ pub struct ConnConfig {
 pub enum ConnConfigError {
     #[error("connection string: {0:?} is not key=value")]
     NotKeyValue(String),
-    #[error("connection string: unknown key {0:?} (known: host, port, user, dbname, password, application_name, replication)")]
+    #[error("connection string: unknown key {0:?} (known: host, port, user, dbname, password, application_name, options, replication)")]
     UnknownKey(String),
     #[error("connection string: port {0:?} is not a port number")]
     BadPort(String),
@@ -38,6 +41,7 @@ impl Default for ConnConfig {
             dbname: "postgres".to_string(),
             password: None,
             application_name: None,
+            options: None,
             replication: false,
         }
     }
@@ -55,6 +59,7 @@ impl ConnConfig {
                 "dbname" => cfg.dbname = value,
                 "password" => cfg.password = Some(value),
                 "application_name" => cfg.application_name = Some(value),
+                "options" => cfg.options = Some(value),
                 "replication" => {
                     cfg.replication = matches!(value.as_str(), "true" | "on" | "1" | "yes")
                 }
@@ -106,15 +111,21 @@ fn split_pairs(s: &str) -> Result<Vec<(String, String)>, ConnConfigError> {
 }
 
 impl fmt::Display for ConnConfig {
-    /// The connection string, without the password.
+    /// The connection string, without the password; `parse` reads it back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "host={} port={} user={} dbname={}",
-            self.host, self.port, self.user, self.dbname
+            quoted(&self.host),
+            self.port,
+            quoted(&self.user),
+            quoted(&self.dbname)
         )?;
         if let Some(app) = &self.application_name {
-            write!(f, " application_name={app}")?;
+            write!(f, " application_name={}", quoted(app))?;
+        }
+        if let Some(options) = &self.options {
+            write!(f, " options={}", quoted(options))?;
         }
         if self.replication {
             write!(f, " replication=true")?;
@@ -123,13 +134,32 @@ impl fmt::Display for ConnConfig {
     }
 }
 
+/// A value as libpq's connection strings write it: single-quoted with `\` escapes when it is
+/// empty or holds spaces, quotes or backslashes.
+fn quoted(value: &str) -> String {
+    if !value.is_empty() && !value.contains(|c: char| c.is_whitespace() || c == '\'' || c == '\\') {
+        return value.to_string();
+    }
+    let mut out = String::from("'");
+    for c in value.chars() {
+        if c == '\'' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn parses_connection_strings() {
-        let c = ConnConfig::parse("host=/tmp/x port=5433 user=alice dbname='my db' application_name=strata replication=true").unwrap();
+        let c = ConnConfig::parse("host=/tmp/x port=5433 user=alice dbname='my db' application_name=strata options='-c a=1 -c b=\\'x' replication=true").unwrap();
+        assert_eq!(c.options.as_deref(), Some("-c a=1 -c b='x"));
+        assert_eq!(ConnConfig::parse(&c.to_string()).unwrap(), c);
         assert_eq!(c.host, "/tmp/x");
         assert_eq!(c.port, 5433);
         assert_eq!(c.dbname, "my db");
