@@ -49,6 +49,21 @@ pub enum Compression {
     /// lz4 for values that shrink enough (the default).
     #[default]
     Lz4,
+    /// lz4 for page images that shrink enough; records are stored as they are. For L0 delta
+    /// layers: ingest does not spend its time compressing WAL records, which compaction
+    /// rewrites (compressed) into L1 layers anyway.
+    Lz4Images,
+}
+
+impl Compression {
+    /// Whether a value of this kind is tried.
+    pub(crate) fn tries(self, is_image: bool) -> bool {
+        match self {
+            Compression::None => false,
+            Compression::Lz4 => true,
+            Compression::Lz4Images => is_image,
+        }
+    }
 }
 
 /// Compresses `input` into `out` (cleared first) if it is worth it; returns whether it did.

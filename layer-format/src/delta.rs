@@ -51,7 +51,18 @@ impl DeltaLayerWriter {
     pub fn put(&mut self, key: Key, lsn: Lsn, value: &Value) -> Result<()> {
         self.buf.clear();
         value.encode(&mut self.buf);
-        self.raw.put(key, lsn, value.will_init(), &self.buf)
+        self.raw
+            .put_kind(key, lsn, value.will_init(), &self.buf, value.is_image())
+    }
+
+    /// Appends a value already encoded by [`Value::encode`] (an in-memory layer's bytes)
+    /// without decoding it; its tag and flags are checked.
+    pub fn put_encoded(&mut self, key: Key, lsn: Lsn, encoded: &[u8]) -> Result<()> {
+        let (will_init, is_image) = Value::check_encoded(encoded).map_err(|e| {
+            self.raw
+                .invalid(format!("encoded value of ({key}, {lsn}): {e}"))
+        })?;
+        self.raw.put_kind(key, lsn, will_init, encoded, is_image)
     }
 
     /// Finishes the file: index tail, footer, fsync, rename into place, fsync of the directory.

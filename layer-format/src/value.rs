@@ -131,6 +131,29 @@ impl Value {
         }
     }
 
+    /// Checks the tag and flags of an encoded value without decoding (copying) it; returns
+    /// (`will_init`, is an image). The payload itself is not checked: it is opaque bytes.
+    pub fn check_encoded(buf: &[u8]) -> Result<(bool, bool), ValueError> {
+        let (&tag, rest) = buf.split_first().ok_or(ValueError::Empty)?;
+        let min = match tag {
+            TAG_IMAGE => return Ok((true, true)),
+            TAG_PG_RECORD => 1,
+            TAG_STRATA_RECORD => 2,
+            other => return Err(ValueError::UnknownTag(other)),
+        };
+        if rest.len() < min {
+            return Err(ValueError::Truncated {
+                tag,
+                len: buf.len(),
+            });
+        }
+        let flags = rest[0];
+        if flags & !FLAG_WILL_INIT != 0 {
+            return Err(ValueError::UnknownFlags { tag, flags });
+        }
+        Ok((flags & FLAG_WILL_INIT != 0, false))
+    }
+
     /// Decodes a value written by [`Value::encode`] (copies the payload).
     pub fn decode(buf: &[u8]) -> Result<Value, ValueError> {
         let (&tag, rest) = buf.split_first().ok_or(ValueError::Empty)?;
@@ -187,6 +210,10 @@ mod tests {
             v.encode(&mut buf);
             assert_eq!(buf.len(), v.encoded_len());
             assert_eq!(Value::decode(&buf).unwrap(), v);
+            assert_eq!(
+                Value::check_encoded(&buf).unwrap(),
+                (v.will_init(), v.is_image())
+            );
         }
         assert!(Value::image(Bytes::new()).will_init());
         assert!(!Value::pg_record(false, Bytes::new()).will_init());
@@ -208,5 +235,17 @@ mod tests {
             Value::decode(&[TAG_PG_RECORD, 0x80]),
             Err(ValueError::UnknownFlags { .. })
         ));
+        for bad in [
+            &[][..],
+            &[0x7F, 1],
+            &[TAG_PG_RECORD],
+            &[TAG_STRATA_RECORD, 0],
+            &[TAG_PG_RECORD, 0x80],
+        ] {
+            assert_eq!(
+                Value::check_encoded(bad).unwrap_err(),
+                Value::decode(bad).unwrap_err()
+            );
+        }
     }
 }

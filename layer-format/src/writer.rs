@@ -109,7 +109,7 @@ impl RawWriter {
         Ok(w)
     }
 
-    fn invalid(&self, reason: String) -> LayerError {
+    pub(crate) fn invalid(&self, reason: String) -> LayerError {
         LayerError::InvalidInput {
             path: self.final_path.clone(),
             reason,
@@ -140,6 +140,18 @@ impl RawWriter {
     /// Appends one value. `(key, lsn)` must be strictly greater than the previous one and
     /// inside the layer's ranges.
     pub fn put(&mut self, key: Key, lsn: Lsn, will_init: bool, value: &[u8]) -> Result<()> {
+        self.put_kind(key, lsn, will_init, value, true)
+    }
+
+    /// Like [`RawWriter::put`]; `is_image` says whether [`Compression::Lz4Images`] tries it.
+    pub fn put_kind(
+        &mut self,
+        key: Key,
+        lsn: Lsn,
+        will_init: bool,
+        value: &[u8],
+        is_image: bool,
+    ) -> Result<()> {
         if self.failed {
             return Err(self.invalid("an earlier write failed; the layer is abandoned".into()));
         }
@@ -171,13 +183,13 @@ impl RawWriter {
 
         let mut flags = if will_init { FLAG_WILL_INIT } else { 0 };
         let mut scratch = std::mem::take(&mut self.scratch);
-        let stored: &[u8] =
-            if self.compression == Compression::Lz4 && try_compress(value, &mut scratch) {
-                flags |= FLAG_LZ4;
-                &scratch
-            } else {
-                value
-            };
+        let stored: &[u8] = if self.compression.tries(is_image) && try_compress(value, &mut scratch)
+        {
+            flags |= FLAG_LZ4;
+            &scratch
+        } else {
+            value
+        };
         let entry = RawEntry {
             key,
             lsn,

@@ -3,18 +3,32 @@
 //! A throw-away Postgres 15 writes pgbench WAL (`pgbench -i -s $STRATA_BENCH_SCALE`, default
 //! 40, then `$STRATA_BENCH_SECONDS`, default 60, with 4 clients) on top of a copied base. Then:
 //! - **Strata**: the base is imported and all the WAL ingested into a timeline through the
-//!   normal ingest path (with automatic compaction), flushed durably;
+//!   normal ingest path (with automatic compaction), then flushed durably: the time runs until
+//!   every layer is written and fsynced and the metadata listing them is stored — background
+//!   flushes and compactions included, since `flush` waits for them;
 //! - **Postgres**: the same base is started as a standby over the same WAL in `pg_wal`, and
 //!   timed until `pg_last_wal_replay_lsn()` reaches the end of the WAL.
 //!
+//! Also printed: the decoder alone over the same WAL, Strata's ingest without automatic
+//! compaction (decode + in-memory layers + L0 flushes, until durable) followed by an explicit
+//! compaction timed on its own, and CPU seconds, so the cost of each stage shows. Each side
+//! runs `$STRATA_BENCH_RUNS` (default 3) times and the fastest run counts (the machine may be
+//! shared).
+//!
+//! `STRATA_BENCH_NO_PG=1` skips Postgres's side (for profiling).
+//! `STRATA_BENCH_FIXTURE=<dir>` keeps the generated base and WAL in `<dir>` and reuses them in
+//! later runs (the WAL generation takes minutes; delete the directory to start over).
+//!
 //! `cargo bench -p pageserver --bench ingest_vs_recovery` prints the table.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use pageserver::import::{import_datadir, read_control};
 use pageserver::ingest::{IngestConf, WalIngest};
-use pageserver::timeline::TimelineConf;
+use pageserver::timeline::{CompactionConf, TimelineConf};
 use strata_tests::waldump::wal_end_after_clean_stop;
 use strata_tests::{InitOptions, PgCluster, StopMode};
 use walproto::walfiles::WalDirReader;
@@ -27,11 +41,41 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; this is a load tool with a printed report.
+fn cp(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let status = Command::new("cp").arg("-a").arg(from).arg(to).status()?;
+    ensure!(
+        status.success(),
+        "copying {} to {} failed",
+        from.display(),
+        to.display()
+    );
+    Ok(())
+}
+
+/// A base data directory and the WAL written on top of it (`wal` holds every segment).
+struct Fixture {
+    base: PathBuf,
+    wal: PathBuf,
+    start: Lsn,
+    end: Lsn,
+}
+
+/// Writes the pgbench WAL, or reuses the one kept in `STRATA_BENCH_FIXTURE`.
+fn fixture(pg: &PgCluster) -> anyhow::Result<Fixture> {
+    let keep = std::env::var_os("STRATA_BENCH_FIXTURE").map(PathBuf::from);
+    if let Some(dir) = keep.as_ref().filter(|d| d.join("range").exists()) {
+        let range = std::fs::read_to_string(dir.join("range"))?;
+        let (s, e) = range.trim().split_once(' ').context("bad fixture range")?;
+        println!("reusing the WAL kept in {}", dir.display());
+        return Ok(Fixture {
+            base: dir.join("base"),
+            wal: dir.join("wal"),
+            start: s.parse()?,
+            end: e.parse()?,
+        });
+    }
     let scale = env_u64("STRATA_BENCH_SCALE", 40);
     let seconds = env_u64("STRATA_BENCH_SECONDS", 60);
-    let pg = PgCluster::init(&InitOptions::default().keep_all_wal())?;
     let base = pg.copy_data_dir("base")?;
     pg.start()?;
     println!("writing WAL: pgbench -i -s {scale}, then {seconds} s with 4 clients");
@@ -39,53 +83,155 @@ fn main() -> anyhow::Result<()> {
     pg.pgbench(&["-c", "4", "-j", "2", "-T", &seconds.to_string()])?;
     pg.stop(StopMode::Fast)?;
     let start = read_control(&base)?.checkpoint;
-    let end = wal_end_after_clean_stop(&pg)?;
-    let wal_mb = (end.0 - start.0) as f64 / 1e6;
-    println!("WAL {start} .. {end}: {wal_mb:.0} MB");
-
-    // Strata: import the base, ingest everything, flush.
-    let dir = tempfile::tempdir_in(pg.base_dir())?;
-    let t0 = Instant::now();
-    let (tl, _) = import_datadir(&base, &dir.path().join("tl"), TimelineConf::default(), None)?;
-    let import_secs = t0.elapsed().as_secs_f64();
-    let mut ingest = WalIngest::new(tl, IngestConf::default())?;
-    let mut reader = WalDirReader::open(&pg.wal_dir(), start, Some(end), None)?;
-    let t1 = Instant::now();
-    while let Some(rec) = reader.next_record()? {
-        ingest.ingest_record(&rec)?;
+    let end = wal_end_after_clean_stop(pg)?;
+    let wal = pg.base_dir().join("wal");
+    cp(&pg.wal_dir(), &wal)?;
+    let mut f = Fixture {
+        base,
+        wal,
+        start,
+        end,
+    };
+    if let Some(dir) = keep {
+        std::fs::create_dir_all(&dir)?;
+        cp(&f.base, &dir.join("base"))?;
+        cp(&f.wal, &dir.join("wal"))?;
+        std::fs::write(dir.join("range"), format!("{start} {end}\n"))?;
+        f.base = dir.join("base");
+        f.wal = dir.join("wal");
     }
-    ingest.timeline_mut().flush()?;
-    let strata_secs = t1.elapsed().as_secs_f64();
-    let records = ingest.stats().records;
-    drop(ingest);
+    Ok(f)
+}
 
-    // Postgres: the same base as a standby replaying the same WAL from pg_wal.
+/// Seconds of one timed stage.
+struct Timed {
+    import: f64,
+    ingest: f64,
+    flush: f64,
+    /// CPU seconds of the process (all threads) during ingest + flush.
+    cpu: f64,
+    /// An explicit compaction after the durable ingest, if asked for.
+    compaction: Option<(f64, String)>,
+    records: u64,
+    layer_bytes: u64,
+    l0_bytes: u64,
+}
+
+/// CPU seconds (user + system, all threads) used by this process so far.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) : utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // Linux reports them in USER_HZ, 100 per second.
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
+}
+
+/// Imports the base into a fresh timeline under `scratch`, ingests all the WAL (decoding on a
+/// thread of its own) and flushes; then compacts explicitly if `compact_after`.
+fn strata(
+    f: &Fixture,
+    scratch: &Path,
+    conf: TimelineConf,
+    compact_after: bool,
+) -> anyhow::Result<Timed> {
+    let dir = tempfile::tempdir_in(scratch)?;
+    let t0 = Instant::now();
+    let (tl, _) = import_datadir(&f.base, &dir.path().join("tl"), conf, None)?;
+    let import = t0.elapsed().as_secs_f64();
+    let mut ingest = WalIngest::new(tl, IngestConf::default())?;
+    let mut reader = WalDirReader::open(&f.wal, f.start, Some(f.end), None)?;
+    let (t1, cpu0) = (Instant::now(), cpu_secs());
+    ingest.ingest_pipelined(|| reader.next_record())?;
+    let ingest_secs = t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    ingest.timeline_mut().flush()?;
+    let flush = t2.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
+    let compaction = if compact_after {
+        let t3 = Instant::now();
+        let rep = ingest.timeline_mut().compact()?;
+        Some((
+            t3.elapsed().as_secs_f64(),
+            format!(
+                "{} L0 merged into {} L1 files ({:.0} MB), {} image layers ({:.0} MB)",
+                rep.l0_merged,
+                rep.l1_layers_written,
+                rep.l1_bytes as f64 / 1e6,
+                rep.image_layers_written,
+                rep.image_bytes as f64 / 1e6
+            ),
+        ))
+    } else {
+        None
+    };
+    let w = ingest.timeline().write_stats();
+    Ok(Timed {
+        import,
+        ingest: ingest_secs,
+        flush,
+        cpu,
+        compaction,
+        records: ingest.stats().records,
+        layer_bytes: w.layer_bytes - w.import_bytes,
+        l0_bytes: w.l0_bytes,
+    })
+}
+
+/// The decoder alone over the same WAL (the second of two passes: the first brings the WAL
+/// into the page cache, as it is for the other runs).
+fn decode_only(f: &Fixture) -> anyhow::Result<f64> {
+    let mut secs = 0.0;
+    for _ in 0..2 {
+        let mut reader = WalDirReader::open(&f.wal, f.start, Some(f.end), None)?;
+        let t = Instant::now();
+        let mut n = 0u64;
+        while let Some(rec) = reader.next_record()? {
+            n += rec.raw.len() as u64;
+        }
+        std::hint::black_box(n);
+        secs = t.elapsed().as_secs_f64();
+    }
+    Ok(secs)
+}
+
+/// Postgres: the same base as a standby replaying the same WAL from `pg_wal`.
+fn postgres(pg: &PgCluster, f: &Fixture) -> anyhow::Result<f64> {
     let data = pg.data_dir().to_path_buf();
-    let primary = pg.base_dir().join("primary-data");
-    std::fs::rename(&data, &primary)?;
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&base)
-        .arg(&data)
-        .status()?;
-    ensure!(status.success(), "copying the base failed");
+    let old = pg.base_dir().join("replaced-data");
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    std::fs::rename(&data, &old)?;
+    cp(&f.base, &data)?;
     for entry in std::fs::read_dir(data.join("pg_wal"))? {
         let entry = entry?;
         if entry.file_type()?.is_file() {
             std::fs::remove_file(entry.path())?;
         }
     }
-    let status = std::process::Command::new("sh")
+    let status = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "cp -a {}/pg_wal/0* {}/pg_wal/",
-            primary.display(),
+            "cp -a {}/0* {}/pg_wal/",
+            f.wal.display(),
             data.display()
         ))
         .status()?;
     ensure!(status.success(), "copying the WAL failed");
+    // A kept base carries another cluster's port and socket directory.
+    pg.set_config(&[
+        ("port".into(), pg.port().to_string()),
+        (
+            "unix_socket_directories".into(),
+            pg.socket_dir().display().to_string(),
+        ),
+    ])?;
     pg.make_standby_signal()?;
-    let t2 = Instant::now();
+    let t = Instant::now();
     pg.start()?;
     loop {
         let replayed: Lsn = pg
@@ -93,31 +239,107 @@ fn main() -> anyhow::Result<()> {
             .trim()
             .parse()
             .context("pg_last_wal_replay_lsn")?;
-        if replayed >= end {
+        if replayed >= f.end {
             break;
         }
         ensure!(
-            t2.elapsed() < Duration::from_secs(3600),
-            "Postgres recovery did not reach {end} (at {replayed})"
+            t.elapsed() < Duration::from_secs(3600),
+            "Postgres recovery did not reach {} (at {replayed})",
+            f.end
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let pg_secs = t2.elapsed().as_secs_f64();
+    let secs = t.elapsed().as_secs_f64();
     pg.stop(StopMode::Immediate)?;
+    Ok(secs)
+}
 
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; this is a load tool with a printed report.
+    let pg = PgCluster::init(&InitOptions::default().keep_all_wal())?;
+    let f = fixture(&pg)?;
+    let wal_mb = (f.end.0 - f.start.0) as f64 / 1e6;
+    println!("WAL {} .. {}: {wal_mb:.0} MB", f.start, f.end);
+
+    let decode = decode_only(&f)?;
+    let no_compaction = TimelineConf {
+        compaction: CompactionConf {
+            auto: false,
+            ..CompactionConf::default()
+        },
+        ..TimelineConf::default()
+    };
+    // The machine may be shared: every side runs `runs` times, the fastest run counts.
+    let runs = env_u64("STRATA_BENCH_RUNS", 3).max(1);
+    let best = |a: Timed, b: Timed| {
+        if b.ingest + b.flush < a.ingest + a.flush {
+            b
+        } else {
+            a
+        }
+    };
+    let mut l0 = strata(&f, pg.base_dir(), no_compaction.clone(), true)?;
+    let mut full = strata(&f, pg.base_dir(), TimelineConf::default(), false)?;
+    for _ in 1..runs {
+        l0 = best(l0, strata(&f, pg.base_dir(), no_compaction.clone(), true)?);
+        full = best(
+            full,
+            strata(&f, pg.base_dir(), TimelineConf::default(), false)?,
+        );
+    }
+    // STRATA_BENCH_NO_PG=1 skips Postgres's side (for profiling Strata's).
+    let mut pg_secs = f64::NAN;
+    if std::env::var_os("STRATA_BENCH_NO_PG").is_none() {
+        for _ in 0..runs {
+            pg_secs = postgres(&pg, &f)?.min(pg_secs);
+        }
+    }
+
+    let records = full.records;
+    let row = |what: &str, secs: f64| {
+        println!(
+            "| {what} | {secs:.2} | {:.0} | {:.0} | {:.1}x |",
+            wal_mb / secs,
+            records as f64 / secs,
+            pg_secs / secs
+        )
+    };
     println!();
-    println!("| replay of {wal_mb:.0} MB of pgbench WAL ({records} records) | seconds | MB/s | records/s |");
-    println!("| --- | ---: | ---: | ---: |");
-    println!(
-        "| Postgres 15 recovery (standby from pg_wal, start to replay end) | {pg_secs:.2} | {:.0} | {:.0} |",
-        wal_mb / pg_secs,
-        records as f64 / pg_secs
+    println!("| replay of {wal_mb:.0} MB of pgbench WAL ({records} records), best of {runs} runs | seconds | MB/s | records/s | vs Postgres |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    row(
+        "Postgres 15 recovery (standby from pg_wal, start to replay end)",
+        pg_secs,
     );
-    println!(
-        "| Strata ingest (decode, layers, compaction, flush; import of the base {import_secs:.2} s not included) | {strata_secs:.2} | {:.0} | {:.0} |",
-        wal_mb / strata_secs,
-        records as f64 / strata_secs
+    row(
+        "Strata ingest until durable: decode, in-memory layers, background L0 flushes, final flush (compaction separate, below)",
+        l0.ingest + l0.flush,
     );
-    println!("Strata / Postgres: {:.1}x", pg_secs / strata_secs);
+    row(
+        "Strata ingest with automatic compaction (background L0→L1 merges, images), until durable and compacted",
+        full.ingest + full.flush,
+    );
+    row("WAL decoder alone", decode);
+    println!();
+    for (name, t) in [("L0 only", &l0), ("with compaction", &full)] {
+        println!(
+            "Strata {name}: ingest loop {:.2} s + final flush {:.2} s, {:.2} CPU s; {:.0} MB of layers written ({:.2}x the WAL; L0 {:.0} MB); import of the base {:.2} s (not included)",
+            t.ingest,
+            t.flush,
+            t.cpu,
+            t.layer_bytes as f64 / 1e6,
+            t.layer_bytes as f64 / 1e6 / wal_mb,
+            t.l0_bytes as f64 / 1e6,
+            t.import
+        );
+        if let Some((secs, what)) = &t.compaction {
+            println!("  then an explicit compaction: {secs:.2} s: {what}");
+        }
+    }
+    println!(
+        "Strata (until durable) / Postgres: {:.1}x; with compaction: {:.1}x",
+        pg_secs / (l0.ingest + l0.flush),
+        pg_secs / (full.ingest + full.flush)
+    );
     Ok(())
 }

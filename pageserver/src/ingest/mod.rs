@@ -20,8 +20,6 @@ pub mod nonpage;
 pub mod reldir;
 pub mod strip;
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 use layer_format::{Key, Lsn, Value};
 use walproto::consts::{BLCKSZ, VISIBILITYMAP_FORKNUM};
@@ -246,8 +244,9 @@ impl WalIngest {
         }
         let lsn = rec.end_lsn;
         // Everything is computed first, then stored, so an error leaves no partial record.
-        let mut values: BTreeMap<Key, Value> = BTreeMap::new();
-        let mut sizes: BTreeMap<(RelFileNode, u8), u32> = BTreeMap::new();
+        // A record has a few values: small vectors, no tree nodes to allocate per record.
+        let mut values: SmallMap<Key, Value> = SmallMap::default();
+        let mut sizes: SmallMap<(RelFileNode, u8), u32> = SmallMap::default();
         let mut checks = Vec::new();
         let mut structural = Structural::None;
         let parsed = match rmgr::parse(rec) {
@@ -327,7 +326,7 @@ impl WalIngest {
             }
             // Two references to one page in a record: the record is stored once and redo
             // applies every reference to the page.
-            values.entry(key).or_insert(value);
+            values.insert_if_absent(key, || value);
         }
         let extras = extra_targets(rec).map_err(|e| Self::err(rec, e.to_string()))?;
         for t in extras {
@@ -343,15 +342,11 @@ impl WalIngest {
                     if !exists {
                         sizes.insert((t.rel, t.fork), t.blkno + 1);
                     }
-                    values
-                        .entry(key)
-                        .or_insert_with(|| Value::pg_record(!exists, raw.clone()));
+                    values.insert_if_absent(key, || Value::pg_record(!exists, raw.clone()));
                 }
                 // Only an existing page is changed.
                 ExtraOp::VmTruncate { .. } if exists => {
-                    values
-                        .entry(key)
-                        .or_insert_with(|| Value::pg_record(false, raw.clone()));
+                    values.insert_if_absent(key, || Value::pg_record(false, raw.clone()));
                 }
                 ExtraOp::VmTruncate { .. } => {}
             }
@@ -412,6 +407,12 @@ impl WalIngest {
                     }
                     sizes.insert((rel, fork), n);
                 }
+                // The copied directory includes the template's pg_filenode.map; WAL has no
+                // RelMap UPDATE for it, so the copy must carry it over.
+                let src_map = Key::relmap(src_tablespace_id, src_db_id);
+                if let Some(map) = self.tl.get_image_value(src_map, at)? {
+                    values.insert(Key::relmap(tablespace_id, db_id), Value::image(map));
+                }
                 db_list_changed = true;
                 dbs_changed.push(dst);
             }
@@ -435,7 +436,7 @@ impl WalIngest {
                 }
             }
         }
-        for (&(rel, fork), &n) in &sizes {
+        for &((rel, fork), n) in &sizes.0 {
             let had_db = self.dir.has_db((rel.spc, rel.db));
             if self.dir.set_size(rel, fork, n) {
                 dbs_changed.push((rel.spc, rel.db));
@@ -455,10 +456,13 @@ impl WalIngest {
             values.insert(Key::db_dir(), Value::image(self.dir.db_dir_value()));
         }
         let new_nonpage = nonpage.map(|(state, vals)| {
-            values.extend(vals);
+            for (k, v) in vals {
+                values.insert(k, v);
+            }
             state
         });
-        for (key, value) in &values {
+        values.0.sort_unstable_by_key(|(k, _)| *k);
+        for (key, value) in &values.0 {
             // An error here is an I/O error (the values were checked above): the open layer
             // may hold part of the record, and the timeline must be reopened from its
             // durable state.
@@ -470,7 +474,7 @@ impl WalIngest {
         }
         self.stats.records += 1;
         self.stats.wal_bytes += rec.header.tot_len as u64;
-        self.stats.values += values.len() as u64;
+        self.stats.values += values.0.len() as u64;
         self.stats.unsupported += unsupported.len() as u64;
         for u in unsupported {
             if self.stats.problems.len() < 20 {
@@ -479,6 +483,97 @@ impl WalIngest {
         }
         self.checks.extend(checks);
         Ok(Outcome::Ingested)
+    }
+}
+
+/// A map as a vector searched linearly: the values and sizes of one record (a handful, or a
+/// few thousand for a CREATE DATABASE copy, once).
+struct SmallMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for SmallMap<K, V> {
+    fn default() -> Self {
+        SmallMap(Vec::new())
+    }
+}
+
+impl<K: PartialEq + Copy, V> SmallMap<K, V> {
+    fn get(&self, k: &K) -> Option<&V> {
+        self.0.iter().find(|(x, _)| x == k).map(|(_, v)| v)
+    }
+
+    /// Inserts or replaces.
+    fn insert(&mut self, k: K, v: V) {
+        match self.0.iter_mut().find(|(x, _)| *x == k) {
+            Some(slot) => slot.1 = v,
+            None => self.0.push((k, v)),
+        }
+    }
+
+    /// Inserts unless the key is there already (the first value wins).
+    fn insert_if_absent(&mut self, k: K, v: impl FnOnce() -> V) {
+        if self.get(&k).is_none() {
+            self.0.push((k, v()));
+        }
+    }
+}
+
+/// Why [`WalIngest::ingest_pipelined`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    Ingest(IngestError),
+    #[error("reading the WAL: {0}")]
+    Read(#[source] E),
+}
+
+/// Records handed from the decoding thread to the ingesting thread at a time (amortizes the
+/// channel's synchronization over many small records).
+const PIPELINE_BATCH: usize = 256;
+/// Batches in flight between the threads (bounds the memory ahead of ingest).
+const PIPELINE_DEPTH: usize = 16;
+
+impl WalIngest {
+    /// Ingests every record `next` yields, decoding on a thread of its own while this thread
+    /// ingests (the two overlap; ingest order is the WAL's). Stops at the first error of
+    /// either side.
+    pub fn ingest_pipelined<E: std::error::Error + Send + 'static>(
+        &mut self,
+        mut next: impl FnMut() -> Result<Option<DecodedRecord>, E> + Send,
+    ) -> Result<(), PipelineError<E>> {
+        use std::sync::mpsc::sync_channel;
+        let (tx, rx) = sync_channel::<Result<Vec<DecodedRecord>, E>>(PIPELINE_DEPTH);
+        std::thread::scope(|scope| {
+            scope.spawn(move || loop {
+                let mut batch = Vec::with_capacity(PIPELINE_BATCH);
+                let end = loop {
+                    match next() {
+                        Ok(Some(rec)) => {
+                            batch.push(rec);
+                            if batch.len() == PIPELINE_BATCH {
+                                break false;
+                            }
+                        }
+                        Ok(None) => break true,
+                        Err(e) => {
+                            let _ = tx.send(Ok(batch));
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                };
+                // A closed channel: the ingesting side stopped on an error.
+                if tx.send(Ok(batch)).is_err() || end {
+                    return;
+                }
+            });
+            // Dropping `rx` on an error ends the decoding thread at its next send.
+            for batch in rx {
+                for rec in batch.map_err(PipelineError::Read)? {
+                    self.ingest_record(&rec).map_err(PipelineError::Ingest)?;
+                }
+            }
+            Ok(())
+        })
     }
 }
 

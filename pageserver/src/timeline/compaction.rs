@@ -84,7 +84,10 @@
 //! # Automatic compaction and `verify-redo`
 //!
 //! [`CompactionConf::auto`] (on by default) compacts after a flush once the L0 threshold is
-//! reached, so `verify-redo` checks consistency images against GetPage through L0 layers, L1
+//! reached: during ingest the L0 → L1 merge ([`merge_l0`]) runs on the timeline's background
+//! thread ([`super::flush`]) and the ingest thread installs it (then makes images if no L0 is
+//! left); [`Timeline::flush`] and explicit compactions wait for it and compact synchronously.
+//! So `verify-redo` checks consistency images against GetPage through L0 layers, L1
 //! runs and compaction images alike. Its `--final` comparison takes the masking of a page whose
 //! newest version is an image from the page's layout (heap, b-tree, VM).
 //!
@@ -101,6 +104,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
 
 use layer_format::{
@@ -264,6 +268,90 @@ impl<'a> Merge<'a> {
     }
 }
 
+/// The files of an L0 → L1 merge, written and durable but not yet listed anywhere.
+pub struct L0Merge {
+    /// The L0 layers the runs replace.
+    pub removed: Vec<LayerDesc>,
+    pub written: Vec<WrittenLayer>,
+    pub report: CompactionReport,
+}
+
+/// Writes each group of L0 layers as one L1 run (does not touch the timeline's state, so it
+/// can run on the background thread while ingest goes on).
+pub fn merge_l0(dir: &Path, target_file_bytes: u64, groups: &[Vec<Arc<Layer>>]) -> Result<L0Merge> {
+    let mut rep = CompactionReport::default();
+    let mut removed = Vec::new();
+    let mut written = Vec::new();
+    for g in groups {
+        let lsn_range = g[0].desc.lsn_range.start..g[g.len() - 1].desc.lsn_range.end;
+        let chunks = plan_chunks(target_file_bytes, g)?;
+        if g.len() == 1 && chunks.len() == 1 && chunks[0] == g[0].desc.key_range {
+            continue; // would rewrite the file as it is
+        }
+        let mut merge = Merge::new(g)?;
+        let mut chunk = 0;
+        let mut w: Option<DeltaLayerWriter> = None;
+        while let Some((i, e)) = merge.next_entry()? {
+            while e.key >= chunks[chunk].end {
+                if let Some(w) = w.take() {
+                    written.push(w.finish()?);
+                }
+                chunk += 1;
+            }
+            if w.is_none() {
+                w = Some(DeltaLayerWriter::new(
+                    dir,
+                    chunks[chunk].clone(),
+                    lsn_range.clone(),
+                )?);
+            }
+            let LayerFile::Delta(d) = &g[i].file else {
+                unreachable!("Merge::new checked the kinds")
+            };
+            let v = d.read_value(&e.handle)?;
+            w.as_mut().expect("a writer").put(e.key, e.lsn, &v)?;
+        }
+        if let Some(w) = w.take() {
+            written.push(w.finish()?);
+        }
+        rep.l0_merged += g.len();
+        rep.l1_runs_written += 1;
+        removed.extend(g.iter().map(|l| l.desc.clone()));
+    }
+    rep.l1_layers_written = written.len();
+    rep.l1_bytes = written.iter().map(|w| w.file_size).sum();
+    Ok(L0Merge {
+        removed,
+        written,
+        report: rep,
+    })
+}
+
+/// The key ranges of the output files of merging `layers`: cut between two keys once a
+/// file holds `target_file_bytes`; each range runs from its first key to just past its
+/// last.
+fn plan_chunks(target_file_bytes: u64, layers: &[Arc<Layer>]) -> Result<Vec<Range<Key>>> {
+    let target = target_file_bytes.max(1);
+    let mut merge = Merge::new(layers)?;
+    let mut chunks = Vec::new();
+    let mut cur: Option<(Key, Key, u64)> = None; // first, last, bytes
+    while let Some((_, e)) = merge.next_entry()? {
+        let size = e.handle.stored_len() as u64 + INDEX_ENTRY_BYTES;
+        cur = Some(match cur {
+            None => (e.key, e.key, size),
+            Some((first, last, bytes)) if e.key != last && bytes >= target => {
+                chunks.push(first..last.next());
+                (e.key, e.key, size)
+            }
+            Some((first, _, bytes)) => (first, e.key, bytes + size),
+        });
+    }
+    if let Some((first, last, _)) = cur {
+        chunks.push(first..last.next());
+    }
+    Ok(chunks)
+}
+
 impl Timeline {
     /// Compacts now, whatever the thresholds say about L0 layers: merges every L0 layer into
     /// an L1 run, then materializes the partitions whose reads cross `image_threshold` delta
@@ -278,6 +366,8 @@ impl Timeline {
     /// directory as a crash would; the timeline must then be dropped and reopened.
     #[doc(hidden)]
     pub fn compact_with(&mut self, force: bool, fp: FailPoint) -> Result<CompactionReport> {
+        // Never alongside a background merge of the same L0 layers.
+        self.drain_background()?;
         let mut rep = CompactionReport::default();
         let l0 = self.l0_layers();
         let want = if force {
@@ -293,11 +383,34 @@ impl Timeline {
             let r = self.create_images(fp)?;
             rep.add(&r);
         }
+        self.count_compaction(&rep);
+        Ok(rep)
+    }
+
+    fn count_compaction(&mut self, rep: &CompactionReport) {
         self.writes.compactions += 1;
         self.writes.compaction_bytes += rep.l1_bytes;
         self.writes.image_bytes += rep.image_bytes;
         self.writes.layer_bytes += rep.l1_bytes + rep.image_bytes;
-        Ok(rep)
+    }
+
+    /// The L0 layers to merge on the background thread, if automatic compaction is due.
+    pub(super) fn due_l0_merge(&self) -> Option<Vec<Vec<Arc<Layer>>>> {
+        let c = &self.conf.compaction;
+        let l0 = self.l0_layers();
+        (c.auto && l0.len() >= c.l0_threshold.max(1)).then(|| self.l0_groups(l0))
+    }
+
+    /// Installs a background L0 merge, then makes images as [`Timeline::compact_with`] would
+    /// (only once no L0 layer is left).
+    pub(super) fn finish_background_merge(&mut self, merged: L0Merge) -> Result<()> {
+        let mut rep = self.install_l0_merge(merged, FailPoint::None)?;
+        if self.l0_layers().is_empty() {
+            let r = self.create_images(FailPoint::None)?;
+            rep.add(&r);
+        }
+        self.count_compaction(&rep);
+        Ok(())
     }
 
     /// Called after a flush: compacts if enabled and the L0 layers reached the threshold.
@@ -365,6 +478,14 @@ impl Timeline {
     /// Merges L0 layers (oldest first) into L1 runs: one run per group of consecutive layers
     /// that no image lies inside.
     fn compact_l0(&mut self, l0: Vec<Arc<Layer>>, fp: FailPoint) -> Result<CompactionReport> {
+        let groups = self.l0_groups(l0);
+        let merged = merge_l0(&self.dir, self.conf.compaction.target_file_bytes, &groups)?;
+        self.install_l0_merge(merged, fp)
+    }
+
+    /// Groups L0 layers (oldest first) for [`merge_l0`]: consecutive layers that no image
+    /// lies inside.
+    pub(super) fn l0_groups(&self, l0: Vec<Arc<Layer>>) -> Vec<Vec<Arc<Layer>>> {
         let images = self.image_lsns();
         let mut groups: Vec<Vec<Arc<Layer>>> = Vec::new();
         for l in l0 {
@@ -381,76 +502,19 @@ impl Timeline {
                 groups.last_mut().expect("a group").push(l);
             }
         }
-        let mut rep = CompactionReport::default();
-        let mut removed = Vec::new();
-        let mut written = Vec::new();
-        for g in groups {
-            let lsn_range = g[0].desc.lsn_range.start..g[g.len() - 1].desc.lsn_range.end;
-            let chunks = self.plan_chunks(&g)?;
-            if g.len() == 1 && chunks.len() == 1 && chunks[0] == g[0].desc.key_range {
-                continue; // would rewrite the file as it is
-            }
-            let mut merge = Merge::new(&g)?;
-            let mut chunk = 0;
-            let mut w: Option<DeltaLayerWriter> = None;
-            while let Some((i, e)) = merge.next_entry()? {
-                while e.key >= chunks[chunk].end {
-                    if let Some(w) = w.take() {
-                        written.push(w.finish()?);
-                    }
-                    chunk += 1;
-                }
-                if w.is_none() {
-                    w = Some(DeltaLayerWriter::new(
-                        &self.dir,
-                        chunks[chunk].clone(),
-                        lsn_range.clone(),
-                    )?);
-                }
-                let LayerFile::Delta(d) = &g[i].file else {
-                    unreachable!("Merge::new checked the kinds")
-                };
-                let v = d.read_value(&e.handle)?;
-                w.as_mut().expect("a writer").put(e.key, e.lsn, &v)?;
-            }
-            if let Some(w) = w.take() {
-                written.push(w.finish()?);
-            }
-            rep.l0_merged += g.len();
-            rep.l1_runs_written += 1;
-            removed.extend(g.iter().map(|l| l.desc.clone()));
-        }
-        rep.l1_layers_written = written.len();
-        rep.l1_bytes = written.iter().map(|w| w.file_size).sum();
-        if !removed.is_empty() {
-            self.replace_layers(&removed, &written, fp)?;
-        }
-        Ok(rep)
+        groups
     }
 
-    /// The key ranges of the output files of merging `layers`: cut between two keys once a
-    /// file holds `target_file_bytes`; each range runs from its first key to just past its
-    /// last.
-    fn plan_chunks(&self, layers: &[Arc<Layer>]) -> Result<Vec<Range<Key>>> {
-        let target = self.conf.compaction.target_file_bytes.max(1);
-        let mut merge = Merge::new(layers)?;
-        let mut chunks = Vec::new();
-        let mut cur: Option<(Key, Key, u64)> = None; // first, last, bytes
-        while let Some((_, e)) = merge.next_entry()? {
-            let size = e.handle.stored_len() as u64 + INDEX_ENTRY_BYTES;
-            cur = Some(match cur {
-                None => (e.key, e.key, size),
-                Some((first, last, bytes)) if e.key != last && bytes >= target => {
-                    chunks.push(first..last.next());
-                    (e.key, e.key, size)
-                }
-                Some((first, _, bytes)) => (first, e.key, bytes + size),
-            });
+    /// Replaces the merged L0 layers with their L1 runs (see [`merge_l0`]).
+    pub(super) fn install_l0_merge(
+        &mut self,
+        merged: L0Merge,
+        fp: FailPoint,
+    ) -> Result<CompactionReport> {
+        if !merged.removed.is_empty() {
+            self.replace_layers(&merged.removed, &merged.written, fp)?;
         }
-        if let Some((first, last, _)) = cur {
-            chunks.push(first..last.next());
-        }
-        Ok(chunks)
+        Ok(merged.report)
     }
 
     /// Every key of every durable layer (built on first use, extended at each flush).
@@ -476,6 +540,8 @@ impl Timeline {
                     }
                 }
             }
+            // A branch's images must also hold the keys it inherits (see `ancestor`).
+            keys.extend(self.ancestor_keys()?);
             self.keyspace = Some(keys);
         }
         Ok(self.keyspace.as_ref().expect("just built"))

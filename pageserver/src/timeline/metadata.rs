@@ -18,6 +18,8 @@
 //!
 //! - `start_lsn`: where the timeline's history begins (the import LSN, or the branch point).
 //!   Nothing below it can be ingested or read.
+//! - `ancestor`: `none`, or `<ancestor timeline id> <branch LSN>` for a branch, whose reads
+//!   continue in the ancestor as of the branch LSN (equal to `start_lsn`).
 //! - `disk_consistent_lsn`: the end LSN of the last record whose every value is in the listed
 //!   layers; ingest resumes with the record that starts there.
 //! - `last_record_lsn`: that record's start (the `xl_prev` the next record must carry), or
@@ -40,7 +42,7 @@ const HEADER: &str = "strata-timeline-metadata 1";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TimelineMetadata {
     pub start_lsn: Lsn,
-    /// (ancestor timeline id, branch LSN); branching is not built yet, always `None`.
+    /// (ancestor timeline id, branch LSN) of a branch (see `super::ancestor`).
     pub ancestor: Option<(String, Lsn)>,
     pub disk_consistent_lsn: Lsn,
     pub last_record_lsn: Lsn,

@@ -9,19 +9,25 @@
 //! <timeline dir>/
 //!   metadata                     durable LSNs and the list of live layers (see `metadata`)
 //!   <key range>__<lsn range>.delta / <key range>__<lsn>.image   layer files
-//!   ephemeral/ephemeral-<n>      the open layer's values; wiped at open
 //! ```
 //!
-//! Writes are single-threaded (`&mut self`): ingest puts a record's values, then
-//! [`Timeline::finish_record`] moves the ingest position and, when the open layer reached
-//! [`TimelineConf::freeze_bytes`], freezes it and writes it out synchronously, then compacts
-//! if [`CompactionConf::auto`] and the L0 layers reached their threshold. Reads take
-//! `&self`. Crash safety: a layer file is durable (fsynced, renamed, directory fsynced) before
-//! the metadata that lists it is replaced; at open, files the metadata does not list are
-//! deleted, and ingest resumes with the record at `disk_consistent_lsn`.
+//! Writes are single-threaded (`&mut self`): ingest puts a record's values into the in-memory
+//! open layer ([`open_layer`]), then [`Timeline::finish_record`] moves the ingest position and,
+//! when the open layer reached [`TimelineConf::freeze_bytes`], freezes it and hands it to the
+//! background flush thread ([`flush`]), which writes the L0 file while ingest goes on. Finished
+//! L0 files are installed by the ingest thread (layer map, metadata), which then compacts if
+//! [`CompactionConf::auto`] and the L0 layers reached their threshold. [`Timeline::flush`]
+//! freezes and waits for every pending flush. Reads take `&self` and see frozen layers until
+//! their files are installed. Crash safety: a layer file is durable (fsynced, renamed,
+//! directory fsynced) before the metadata that lists it is replaced, and the metadata's
+//! `disk_consistent_lsn` is the end of the last record of the newest *installed* layer; at
+//! open, files the metadata does not list are deleted, and ingest resumes with the record at
+//! `disk_consistent_lsn`.
 
+pub mod ancestor;
 pub mod compaction;
 pub mod error;
+pub mod flush;
 pub mod layer_map;
 pub mod metadata;
 pub mod open_layer;
@@ -31,13 +37,13 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use layer_format::{DeltaLayerWriter, Key, LayerDesc, Lsn, Value};
+use layer_format::{Key, LayerDesc, Lsn, Value};
 
 pub use compaction::{CompactionConf, CompactionReport, FailPoint, LayerStats};
 pub use error::{Result, TimelineError};
 use layer_map::{Layer, LayerMap};
 pub use metadata::TimelineMetadata;
-use open_layer::OpenLayer;
+use open_layer::{FrozenLayer, InMemoryLayers, OpenLayer};
 pub use read::{PageVersion, ReadStats};
 
 /// Tunables of a timeline.
@@ -98,8 +104,12 @@ pub struct Timeline {
     /// The durable state, as last stored.
     meta: TimelineMetadata,
     layers: LayerMap,
-    open: OpenLayer,
-    next_ephemeral: u64,
+    /// The open layer and the frozen layers not yet installed as files.
+    open: InMemoryLayers,
+    flusher: flush::Flusher,
+    /// Set when a flush failed: the in-memory state is no longer backed by what was written,
+    /// so writes are refused until the timeline is reopened from its durable state.
+    broken: Option<String>,
     /// Start and end of the last record ingested (not necessarily durable yet).
     last_record_lsn: Lsn,
     last_record_end: Lsn,
@@ -108,6 +118,9 @@ pub struct Timeline {
     writes: WriteStats,
     /// Every key of the durable layers, once compaction needed it (see [`compaction`]).
     keyspace: Option<BTreeSet<Key>>,
+    /// A branch's parent, for reads that reach below the branch's own history
+    /// (see [`ancestor`]); attached after open.
+    ancestor: Option<ancestor::Ancestor>,
 }
 
 impl Timeline {
@@ -148,11 +161,11 @@ impl Timeline {
                 std::fs::remove_file(e.path()).map_err(TimelineError::io("remove", e.path()))?;
             }
         }
+        // Older versions kept the open layer in files there.
         let eph = dir.join("ephemeral");
         if eph.exists() {
             std::fs::remove_dir_all(&eph).map_err(TimelineError::io("remove", &eph))?;
         }
-        std::fs::create_dir_all(&eph).map_err(TimelineError::io("create directory", &eph))?;
         metadata::fsync_dir(dir)?;
         let mut layers = LayerMap::default();
         let opened = meta
@@ -162,8 +175,9 @@ impl Timeline {
             .collect::<Result<Vec<_>>>()?;
         layers.insert(opened)?;
         Ok(Timeline {
-            open: OpenLayer::create(&eph, 0)?,
-            next_ephemeral: 1,
+            open: InMemoryLayers::default(),
+            flusher: flush::Flusher::new(dir),
+            broken: None,
             dir: dir.to_path_buf(),
             last_record_lsn: meta.last_record_lsn,
             last_record_end: meta.disk_consistent_lsn,
@@ -174,6 +188,7 @@ impl Timeline {
             layers,
             writes: WriteStats::default(),
             keyspace: None,
+            ancestor: None,
         })
     }
 
@@ -217,6 +232,7 @@ impl Timeline {
     /// Stores one value of the record being ingested. `lsn` must be above the last record's
     /// end; values of one record share its end LSN.
     pub fn put(&mut self, key: Key, lsn: Lsn, value: &Value) -> Result<()> {
+        self.check_not_broken()?;
         if lsn <= self.last_record_end && self.last_record_lsn != Lsn::INVALID
             || lsn <= self.meta.start_lsn
         {
@@ -225,53 +241,168 @@ impl Timeline {
                 self.last_record_end
             )));
         }
-        self.open.put(key, lsn, value)
+        self.open.open.put(key, lsn, value)
     }
 
-    /// Ends a record: moves the ingest position and freezes and flushes the open layer if it
-    /// reached its size (so a layer always ends at a record boundary).
+    /// Ends a record: moves the ingest position, installs L0 layers the flush thread finished,
+    /// and freezes the open layer if it reached its size (so a layer always ends at a record
+    /// boundary).
     pub fn finish_record(&mut self, lsn: Lsn, end_lsn: Lsn) -> Result<()> {
+        self.check_not_broken()?;
         self.last_record_lsn = lsn;
         self.last_record_end = end_lsn;
+        if self.flusher.has_ready() {
+            self.install_background(false)?;
+        }
         if self.open.size() >= self.conf.freeze_bytes {
-            self.flush()?;
+            self.freeze()?;
         }
         Ok(())
     }
 
-    /// Freezes the open layer, writes it as an L0 delta layer (if it holds anything) and makes
-    /// everything ingested so far durable.
+    /// Freezes the open layer, waits until every frozen layer is written as an L0 delta layer
+    /// and installed, and makes everything ingested so far durable.
     pub fn flush(&mut self) -> Result<()> {
-        let eph = self.dir.join("ephemeral");
-        let fresh = OpenLayer::create(&eph, self.next_ephemeral)?;
-        self.next_ephemeral += 1;
-        let frozen = std::mem::replace(&mut self.open, fresh);
-        let mut new_layers = Vec::new();
-        if let Some((lo, hi)) = frozen.lsn_bounds() {
-            let range = lo..Lsn(hi.0 + 1);
-            let mut w = DeltaLayerWriter::new(&self.dir, Key::MIN..Key::MAX, range)?;
-            let mut last = None;
-            for (key, e) in frozen.iter() {
-                let v = frozen.read(key, e)?;
-                w.put(key, e.lsn, &v)?;
-                if let Some(ks) = self.keyspace.as_mut().filter(|_| last != Some(key)) {
-                    ks.insert(key);
-                    last = Some(key);
-                }
+        self.check_not_broken()?;
+        if let Some(frozen) = self.take_frozen() {
+            if self.flusher.in_flight() == 0 {
+                self.flusher.submit(frozen)?;
+            } else {
+                // The thread is still writing older layers: write this one here meanwhile
+                // (installed after them, in order).
+                let own = flush::write_l0(&self.dir, &frozen);
+                drop(frozen);
+                self.drain_background()?;
+                self.install_done(flush::Done::Flushed(own))?;
             }
-            let written = w.finish()?;
-            self.writes.l0_flushes += 1;
-            self.writes.layer_bytes += written.file_size;
-            self.writes.l0_bytes += written.file_size;
-            new_layers.push(Arc::new(Layer::open(&self.dir, &written.desc)?));
         }
-        self.add_layers(new_layers)?;
+        self.drain_background()?;
+        if (self.meta.disk_consistent_lsn, self.meta.last_record_lsn)
+            != (self.last_record_end, self.last_record_lsn)
+        {
+            // Records without values moved the position.
+            self.meta.disk_consistent_lsn = self.last_record_end;
+            self.meta.last_record_lsn = self.last_record_lsn;
+            self.meta.store(&self.dir)?;
+        }
         self.maybe_compact()
     }
 
+    fn check_not_broken(&self) -> Result<()> {
+        match &self.broken {
+            None => Ok(()),
+            Some(why) => Err(TimelineError::Invalid(format!(
+                "timeline {} refuses writes after a failed flush ({why}); reopen it",
+                self.dir.display()
+            ))),
+        }
+    }
+
+    /// Hands the open layer (if it holds values) to the flush thread, first waiting for the
+    /// oldest frozen layer if [`flush::MAX_FROZEN`] are in flight.
+    fn freeze(&mut self) -> Result<()> {
+        if self.open.open.is_empty() {
+            return Ok(());
+        }
+        while self.open.frozen.len() >= flush::MAX_FROZEN {
+            self.install_background(true)?;
+        }
+        match self.take_frozen() {
+            Some(frozen) => self.flusher.submit(frozen),
+            None => Ok(()),
+        }
+    }
+
+    /// Turns the open layer (if it holds values) into the newest frozen layer, which reads see
+    /// until it is installed as a file.
+    fn take_frozen(&mut self) -> Option<Arc<FrozenLayer>> {
+        if self.open.open.is_empty() {
+            return None;
+        }
+        let (keys, entries) = (self.open.open.key_count(), self.open.open.entry_count());
+        let fresh = OpenLayer::with_capacity(keys, entries);
+        let frozen = Arc::new(FrozenLayer {
+            layer: std::mem::replace(&mut self.open.open, fresh),
+            last_record_lsn: self.last_record_lsn,
+            last_record_end: self.last_record_end,
+        });
+        self.open.frozen.push_back(frozen.clone());
+        Some(frozen)
+    }
+
+    /// Installs what the background thread finished, in submission order: an L0 layer joins
+    /// the layer map, its frozen layer leaves memory, and the metadata moves to the frozen
+    /// layer's ingest position; a merge replaces its L0 layers. With `wait`, waits for at
+    /// least one result. Then starts a background L0 merge if one is due.
+    fn install_background(&mut self, wait: bool) -> Result<()> {
+        let mut wait = wait;
+        while let Some(done) = self.flusher.take(wait) {
+            wait = false;
+            self.install_done(done)?;
+        }
+        if !self.flusher.merging() {
+            if let Some(groups) = self.due_l0_merge() {
+                let target = self.conf.compaction.target_file_bytes;
+                self.flusher.submit_merge(groups, target)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every background job and installs its result (no new merge is started).
+    pub(super) fn drain_background(&mut self) -> Result<()> {
+        while let Some(done) = self.flusher.take(true) {
+            self.install_done(done)?;
+        }
+        Ok(())
+    }
+
+    /// Installs one background result; an error (the thread's or the installation's) marks
+    /// the timeline broken.
+    fn install_done(&mut self, done: flush::Done) -> Result<()> {
+        let res = match done {
+            flush::Done::Flushed(r) => r.and_then(|f| self.install_one(f)),
+            flush::Done::Merged(r) => r.and_then(|m| self.finish_background_merge(m)),
+        };
+        if let Err(e) = &res {
+            self.broken = Some(e.to_string());
+        }
+        res
+    }
+
+    fn install_one(&mut self, flushed: Option<flush::FlushedLayer>) -> Result<()> {
+        let frozen = self.open.frozen.pop_front().ok_or_else(|| {
+            TimelineError::Invalid("a flushed layer without a frozen layer".into())
+        })?;
+        let mut meta = self.meta.clone();
+        if let Some(f) = &flushed {
+            meta.layers.push(f.layer.desc.clone());
+            self.layers.insert(vec![f.layer.clone()])?;
+            self.writes.l0_flushes += 1;
+            self.writes.layer_bytes += f.file_size;
+            self.writes.l0_bytes += f.file_size;
+        }
+        meta.disk_consistent_lsn = frozen.last_record_end;
+        meta.last_record_lsn = frozen.last_record_lsn;
+        meta.store(&self.dir)?;
+        self.meta = meta;
+        if let Some(ks) = self.keyspace.as_mut() {
+            ks.extend(frozen.layer.sorted_keys());
+        }
+        Ok(())
+    }
+
     /// Adds finished layer files (already durable in the directory) and stores the metadata
-    /// with the current ingest position.
+    /// with the current ingest position (after any pending flush; the open layer must hold
+    /// nothing, as after an import).
     pub fn add_layers(&mut self, layers: Vec<Arc<Layer>>) -> Result<()> {
+        self.check_not_broken()?;
+        self.drain_background()?;
+        if !self.open.open.is_empty() {
+            return Err(TimelineError::Invalid(
+                "add_layers: the open layer holds values that are not durable; flush first".into(),
+            ));
+        }
         for l in &layers {
             self.meta.layers.push(l.desc.clone());
         }

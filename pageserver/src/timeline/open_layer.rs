@@ -1,90 +1,150 @@
-//! The open layer: where ingest puts new values until they are written as an L0 delta layer.
+//! The in-memory layers: where ingest puts new values until they are written as an L0 delta
+//! layer.
 //!
-//! Values are appended to an ephemeral file (never fsynced: after a crash it is worthless, the
-//! WAL is replayed from the durable LSN instead) through an in-memory tail buffer; an
-//! in-memory index maps each key to its versions (LSN, offset, length, `will_init`) in LSN
-//! order. Memory is the index plus at most one tail buffer, so an open layer of 64 MiB of
-//! values costs a few MiB of RAM. When frozen, the same structure serves reads until its L0
-//! file is written, then it is dropped and its file deleted.
+//! The **open layer** keeps encoded values in an append-only arena of 1 MiB chunks (a value
+//! never spans two chunks, so reads and the flush see contiguous bytes), one flat vector of
+//! version entries each linked to the key's previous version, and a hash index from key to
+//! its newest version: a put costs one hash probe and no allocation of its own. Nothing is written to disk: after a crash the open layer
+//! is worthless anyway — the WAL is replayed from the durable LSN, which the safekeepers
+//! keep — so a file would only cost a write and, at flush, a read back.
+//!
+//! At the freeze size the open layer becomes a **frozen layer** (immutable, shared with the
+//! flush thread through an `Arc`), which keeps serving reads until its L0 file is durable and
+//! listed in the metadata. [`InMemoryLayers`] is what reads see: the frozen layers, oldest
+//! first, then the open layer.
 
-use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use layer_format::{Key, Lsn, Value};
 
 use super::error::{Result, TimelineError};
 
-/// Tail bytes kept in memory before they are written to the file.
-const TAIL_MAX: usize = 256 * 1024;
+/// Arena chunk size; a value larger than this gets a chunk of its own.
+const CHUNK: usize = 1024 * 1024;
 
-/// One version of a key in the open layer.
+/// No previous version.
+const NONE: u32 = u32::MAX;
+
+/// One version of a key in an in-memory layer.
 #[derive(Clone, Copy, Debug)]
 pub struct OpenEntry {
     pub lsn: Lsn,
-    off: u64,
-    len: u32,
     pub will_init: bool,
+    chunk: u32,
+    off: u32,
+    len: u32,
+    /// The key's previous version in `OpenLayer::entries`, or `NONE`.
+    prev: u32,
 }
 
-/// An append-only ephemeral file of encoded values plus its index.
+/// A fast hash for the 18-byte keys (the index is private memory, so no DoS concern):
+/// multiply-rotate over 8-byte words.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            h = (h.rotate_left(5) ^ b as u64).wrapping_mul(K);
+        }
+        self.0 = h;
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0.rotate_left(5) ^ n as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn finish(&self) -> u64 {
+        // Fold the high bits down: hashbrown uses the top 7 bits and the low bits.
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
+
+/// Encoded values in memory plus their index.
+#[derive(Default)]
 pub struct OpenLayer {
-    path: PathBuf,
-    file: File,
-    /// Bytes already in the file; the tail buffer starts there.
-    written: u64,
-    tail: Vec<u8>,
-    index: BTreeMap<Key, Vec<OpenEntry>>,
+    chunks: Vec<Vec<u8>>,
+    entries: Vec<OpenEntry>,
+    /// Key → its newest version in `entries`.
+    index: KeyMap<u32>,
+    /// Bytes of encoded values.
+    size: u64,
     /// Lowest and highest LSN of any value.
     lsn_bounds: Option<(Lsn, Lsn)>,
-    entries: u64,
 }
 
 impl OpenLayer {
-    /// Creates `dir/ephemeral-<n>` (the directory is wiped when the timeline opens).
-    pub fn create(dir: &Path, n: u64) -> Result<OpenLayer> {
-        let path = dir.join(format!("ephemeral-{n}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(TimelineError::io("create", &path))?;
-        Ok(OpenLayer {
-            path,
-            file,
-            written: 0,
-            tail: Vec::with_capacity(TAIL_MAX),
-            index: BTreeMap::new(),
-            lsn_bounds: None,
-            entries: 0,
-        })
+    pub fn new() -> OpenLayer {
+        OpenLayer::default()
+    }
+
+    /// An open layer expected to hold about `keys` keys and `entries` versions (the previous
+    /// layer's counts), so that the index is not rehashed as it grows.
+    pub fn with_capacity(keys: usize, entries: usize) -> OpenLayer {
+        OpenLayer {
+            index: KeyMap::with_capacity_and_hasher(keys, Default::default()),
+            entries: Vec::with_capacity(entries),
+            ..OpenLayer::default()
+        }
     }
 
     /// Bytes of values stored.
     pub fn size(&self) -> u64 {
-        self.written + self.tail.len() as u64
+        self.size
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries == 0
+        self.entries.is_empty()
     }
 
-    pub fn entry_count(&self) -> u64 {
-        self.entries
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.index.len()
     }
 
     pub fn lsn_bounds(&self) -> Option<(Lsn, Lsn)> {
         self.lsn_bounds
     }
 
+    /// Room for `len` more bytes at the end of the arena.
+    fn chunk_for(&mut self, len: usize) -> usize {
+        let fits = self
+            .chunks
+            .last()
+            .is_some_and(|c| c.capacity() - c.len() >= len);
+        if !fits {
+            self.chunks.push(Vec::with_capacity(len.max(CHUNK)));
+        }
+        self.chunks.len() - 1
+    }
+
     /// Appends a version. Its LSN must be above every version of `key` already here.
     pub fn put(&mut self, key: Key, lsn: Lsn, value: &Value) -> Result<()> {
-        let versions = self.index.entry(key).or_default();
-        if let Some(last) = versions.last() {
+        let len = value.encoded_len();
+        if len > u32::MAX as usize || self.entries.len() >= NONE as usize {
+            return Err(TimelineError::Invalid(format!(
+                "value of key {key} at {lsn}: {len} bytes do not fit the open layer"
+            )));
+        }
+        let chunk = self.chunk_for(len);
+        let new = self.entries.len() as u32;
+        let head = self.index.entry(key).or_insert(NONE);
+        let prev = *head;
+        if let Some(last) = self.entries.get(prev as usize) {
             if last.lsn >= lsn {
                 return Err(TimelineError::Invalid(format!(
                     "key {key}: version at {lsn} is not newer than the stored {}",
@@ -92,72 +152,157 @@ impl OpenLayer {
                 )));
             }
         }
-        let off = self.written + self.tail.len() as u64;
-        value.encode(&mut self.tail);
-        let len = (self.written + self.tail.len() as u64 - off) as u32;
-        versions.push(OpenEntry {
+        *head = new;
+        let buf = &mut self.chunks[chunk];
+        let off = buf.len();
+        value.encode(buf);
+        debug_assert_eq!(buf.len() - off, len);
+        self.entries.push(OpenEntry {
             lsn,
-            off,
-            len,
             will_init: value.will_init(),
+            chunk: chunk as u32,
+            off: off as u32,
+            len: len as u32,
+            prev,
         });
-        self.entries += 1;
+        self.size += len as u64;
         self.lsn_bounds = Some(match self.lsn_bounds {
             None => (lsn, lsn),
             Some((lo, hi)) => (lo.min(lsn), hi.max(lsn)),
         });
-        if self.tail.len() >= TAIL_MAX {
-            self.file
-                .write_all(&self.tail)
-                .map_err(TimelineError::io("write", &self.path))?;
-            self.written += self.tail.len() as u64;
-            self.tail.clear();
-        }
         Ok(())
     }
 
-    /// `key`'s versions with LSN ≤ `lsn`, oldest first.
-    pub fn versions(&self, key: Key, lsn: Lsn) -> &[OpenEntry] {
-        match self.index.get(&key) {
-            None => &[],
-            Some(v) => &v[..v.partition_point(|e| e.lsn <= lsn)],
+    /// Appends `key`'s versions with LSN ≤ `lsn` to `out`, newest first.
+    pub fn versions_newest_first(&self, key: Key, lsn: Lsn, out: &mut Vec<OpenEntry>) {
+        let Some(&head) = self.index.get(&key) else {
+            return;
+        };
+        self.chain(head, lsn, out);
+    }
+
+    /// Appends the versions from entry `at` back, skipping those above `lsn`.
+    fn chain(&self, mut at: u32, lsn: Lsn, out: &mut Vec<OpenEntry>) {
+        while let Some(e) = self.entries.get(at as usize) {
+            if e.lsn <= lsn {
+                out.push(*e);
+            }
+            at = e.prev;
         }
+    }
+
+    /// `key`'s versions with LSN ≤ `lsn`, oldest first.
+    pub fn versions(&self, key: Key, lsn: Lsn) -> Vec<OpenEntry> {
+        let mut out = Vec::new();
+        self.versions_newest_first(key, lsn, &mut out);
+        out.reverse();
+        out
+    }
+
+    /// The encoded bytes of one version ([`Value::encode`]'s output).
+    pub fn encoded(&self, e: &OpenEntry) -> &[u8] {
+        let at = e.off as usize;
+        &self.chunks[e.chunk as usize][at..at + e.len as usize]
     }
 
     /// Reads and decodes one version.
     pub fn read(&self, key: Key, e: &OpenEntry) -> Result<Value> {
-        let mut buf = vec![0u8; e.len as usize];
-        if e.off >= self.written {
-            let at = (e.off - self.written) as usize;
-            buf.copy_from_slice(&self.tail[at..at + e.len as usize]);
-        } else {
-            self.file
-                .read_exact_at(&mut buf, e.off)
-                .map_err(TimelineError::io("read", &self.path))?;
-        }
-        Value::decode(&buf).map_err(|source| TimelineError::Value {
+        Value::decode(self.encoded(e)).map_err(|source| TimelineError::Value {
             key,
             lsn: e.lsn,
-            place: self.path.display().to_string(),
+            place: "the in-memory layer".into(),
             source,
         })
     }
 
-    /// Every (key, version) in (key, LSN) order: what an L0 delta layer is written from.
-    pub fn iter(&self) -> impl Iterator<Item = (Key, &OpenEntry)> + '_ {
-        self.index
-            .iter()
-            .flat_map(|(k, v)| v.iter().map(move |e| (*k, e)))
+    /// The keys in order.
+    pub fn sorted_keys(&self) -> Vec<Key> {
+        let mut keys: Vec<Key> = self.index.keys().copied().collect();
+        keys.sort_unstable();
+        keys
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Calls `f` with every key in order and its versions oldest first: what an L0 delta layer
+    /// is written from.
+    pub fn for_each_sorted<E>(
+        &self,
+        mut f: impl FnMut(Key, &[OpenEntry]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut heads: Vec<(Key, u32)> = self.index.iter().map(|(k, h)| (*k, *h)).collect();
+        heads.sort_unstable_by_key(|(k, _)| *k);
+        let mut buf = Vec::new();
+        for (key, head) in heads {
+            buf.clear();
+            self.chain(head, Lsn::MAX, &mut buf);
+            buf.reverse();
+            f(key, &buf)?;
+        }
+        Ok(())
     }
 }
 
-impl Drop for OpenLayer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+/// An open layer that takes no more values, with the ingest position at its freeze: once its
+/// L0 file is durable, that position is durable.
+pub struct FrozenLayer {
+    pub layer: OpenLayer,
+    /// Start and end of the last record whose values it holds.
+    pub last_record_lsn: Lsn,
+    pub last_record_end: Lsn,
+}
+
+/// A version in one of the in-memory layers (see [`InMemoryLayers::versions`]).
+#[derive(Clone, Copy, Debug)]
+pub struct MemEntry {
+    pub lsn: Lsn,
+    pub will_init: bool,
+    /// Index in the frozen layers, or their count for the open layer.
+    layer: usize,
+    entry: OpenEntry,
+}
+
+/// What reads see of the values not yet in layer files: frozen layers waiting for (or in)
+/// their flush, oldest first, then the open layer.
+#[derive(Default)]
+pub struct InMemoryLayers {
+    pub(super) frozen: VecDeque<Arc<FrozenLayer>>,
+    pub(super) open: OpenLayer,
+}
+
+impl InMemoryLayers {
+    fn layer(&self, i: usize) -> &OpenLayer {
+        match self.frozen.get(i) {
+            Some(f) => &f.layer,
+            None => &self.open,
+        }
+    }
+
+    /// `key`'s versions with LSN ≤ `lsn` in every in-memory layer, oldest first.
+    pub fn versions(&self, key: Key, lsn: Lsn) -> Vec<MemEntry> {
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        // Newest first, then reversed.
+        for i in (0..=self.frozen.len()).rev() {
+            buf.clear();
+            self.layer(i).versions_newest_first(key, lsn, &mut buf);
+            out.extend(buf.iter().map(|e| MemEntry {
+                lsn: e.lsn,
+                will_init: e.will_init,
+                layer: i,
+                entry: *e,
+            }));
+        }
+        out.reverse();
+        out
+    }
+
+    /// Reads and decodes one version found by [`InMemoryLayers::versions`].
+    pub fn read(&self, key: Key, e: &MemEntry) -> Result<Value> {
+        self.layer(e.layer).read(key, &e.entry)
+    }
+
+    /// Bytes of values in the open layer.
+    pub fn size(&self) -> u64 {
+        self.open.size()
     }
 }
 
@@ -167,24 +312,75 @@ mod tests {
 
     #[test]
     fn put_read_versions() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut l = OpenLayer::create(dir.path(), 0).unwrap();
+        let mut l = OpenLayer::new();
         let k = Key::checkpoint();
-        // Enough values to spill the tail to the file several times.
-        for i in 1..=100u64 {
+        // Enough values to fill several arena chunks.
+        for i in 1..=300u64 {
             let v = Value::image(vec![i as u8; 8192]);
             l.put(k, Lsn(i * 8), &v).unwrap();
         }
         assert!(l.put(k, Lsn(8), &Value::image(vec![])).is_err());
         let vs = l.versions(k, Lsn(400));
         assert_eq!(vs.len(), 50);
-        for e in vs {
-            let Value::Image(b) = l.read(k, e).unwrap() else {
+        for e in l.versions(k, Lsn::MAX) {
+            let Value::Image(b) = l.read(k, &e).unwrap() else {
                 panic!()
             };
-            assert_eq!(b[0] as u64 * 8, e.lsn.0);
+            assert_eq!(b.len(), 8192);
+            assert_eq!(b[0], (e.lsn.0 / 8) as u8);
         }
-        assert_eq!(l.iter().count(), 100);
+        let mut n = 0;
+        l.for_each_sorted(|_, vs| {
+            assert!(vs.windows(2).all(|w| w[0].lsn < w[1].lsn));
+            n += vs.len();
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        assert_eq!(n, 300);
         assert!(l.versions(Key::control_file(), Lsn::MAX).is_empty());
+        // A value bigger than a chunk.
+        let big = Value::image(vec![3u8; 3 * CHUNK]);
+        l.put(Key::control_file(), Lsn(9), &big).unwrap();
+        let e = l.versions(Key::control_file(), Lsn::MAX)[0];
+        assert_eq!(l.read(Key::control_file(), &e).unwrap(), big);
+    }
+
+    #[test]
+    fn iter_is_sorted_and_in_memory_layers_merge() {
+        let mut a = OpenLayer::new();
+        let keys = [Key::control_file(), Key::checkpoint(), Key::db_dir()];
+        for (i, k) in keys.iter().enumerate() {
+            a.put(*k, Lsn(10 + i as u64), &Value::image(vec![1]))
+                .unwrap();
+        }
+        let mut order = Vec::new();
+        a.for_each_sorted(|k, _| {
+            order.push(k);
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        let mut sorted = keys.to_vec();
+        sorted.sort();
+        assert_eq!(order, sorted);
+
+        let mut mem = InMemoryLayers::default();
+        mem.frozen.push_back(Arc::new(FrozenLayer {
+            layer: a,
+            last_record_lsn: Lsn(12),
+            last_record_end: Lsn(13),
+        }));
+        mem.open
+            .put(Key::db_dir(), Lsn(20), &Value::image(vec![2]))
+            .unwrap();
+        let vs = mem.versions(Key::db_dir(), Lsn::MAX);
+        assert_eq!(
+            vs.iter().map(|e| e.lsn).collect::<Vec<_>>(),
+            [Lsn(12), Lsn(20)]
+        );
+        assert_eq!(
+            mem.read(Key::db_dir(), &vs[1]).unwrap(),
+            Value::image(vec![2])
+        );
+        assert_eq!(mem.versions(Key::db_dir(), Lsn(15)).len(), 1);
     }
 }

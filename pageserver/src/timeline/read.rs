@@ -2,6 +2,9 @@
 //! map, down to an image, a `will_init` record, or a page already materialized in the page
 //! cache; then apply the records oldest-first with the native redo.
 //!
+//! On a branch, a key whose history does not begin in the branch's own layers continues in the
+//! ancestor as of the branch point ([`super::ancestor`]).
+//!
 //! Postgres records are stored raw, once per page they change; which of the record's block
 //! references (or visibility-map pages changed outside them, [`crate::redo::extra_targets`])
 //! apply is found again by the key's (relation, fork, block).
@@ -218,7 +221,19 @@ impl Timeline {
                 }
             }
         }
-        done(cached_base(&cached), records, visited)
+        if cached.is_some() {
+            return done(cached_base(&cached), records, visited);
+        }
+        // A branch: the history below its own continues in the ancestor as of the branch
+        // point (see `ancestor`). The child's records are newer, so they come first.
+        match self.ancestor_for_read(key, lsn)? {
+            Some(a) => {
+                let below = a.read(|t| t.collect(key, lsn.min(a.lsn), None))?;
+                records.extend(below.records);
+                done(below.base, records, visited + below.layers_visited)
+            }
+            None => done(Base::Absent, records, visited),
+        }
     }
 
     /// The page of relation-block key `key` as of `lsn`, or `None` if it does not exist then.
@@ -251,11 +266,13 @@ impl Timeline {
     /// GetPage; `user` reads count in the read statistics and fill the page cache.
     fn page_version(&self, key: Key, lsn: Lsn, user: bool) -> Result<Option<PageVersion>> {
         if lsn < self.meta.start_lsn {
-            return Err(TimelineError::Reconstruct {
-                key,
-                lsn,
-                reason: format!("below the timeline's start {}", self.meta.start_lsn),
-            });
+            let reason = match self.ancestor_link() {
+                Some((id, at)) => format!(
+                    "below the branch's start {at}: older history is read on its ancestor {id}"
+                ),
+                None => format!("below the timeline's start {}", self.meta.start_lsn),
+            };
+            return Err(TimelineError::Reconstruct { key, lsn, reason });
         }
         let cached = self.cache.lock().ok().and_then(|c| c.get(&key, lsn));
         let chain = self.collect(key, lsn, cached)?;
