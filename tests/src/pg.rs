@@ -531,6 +531,124 @@ impl PgCluster {
     }
 }
 
+/// Clusters from data directories Postgres did not create itself (a Strata basebackup), and
+/// the tools that copy and dump a running one.
+impl PgCluster {
+    /// A cluster whose data directory `fill` writes (into a path that does not exist yet),
+    /// given to the Postgres user (mode 0700), with this harness's connection settings and `-A trust`
+    /// authentication (replacing its `pg_hba.conf`) and then `settings`. Not started.
+    pub fn from_data_dir(
+        fill: impl FnOnce(&Path) -> Result<()>,
+        settings: &[(String, String)],
+    ) -> Result<PgCluster> {
+        let bin = pg_bin_dir();
+        let run_as = os_user::postgres_user()?;
+        let tmp = tempfile::Builder::new()
+            .prefix("strata-pg-")
+            .tempdir()
+            .context("creating the cluster's temporary directory")?;
+        os_user::give_to(run_as, tmp.path())?;
+        let data = tmp.path().join("data");
+        let sock = tmp.path().join("sock");
+        std::fs::create_dir(&sock)?;
+        os_user::give_to(run_as, &sock)?;
+        fill(&data).context("writing the data directory")?;
+        give_tree_to(run_as, &data)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
+        }
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhost all all 127.0.0.1/32 trust\n\
+             local replication all trust\nhost replication all 127.0.0.1/32 trust\n",
+        )?;
+        let cluster = PgCluster {
+            log: tmp.path().join("postgres.log"),
+            tmp,
+            bin,
+            run_as,
+            data,
+            sock,
+            port: Cell::new(free_port()?),
+            running: Cell::new(false),
+        };
+        let mut all: Vec<(String, String)> = vec![
+            ("listen_addresses".into(), "127.0.0.1".into()),
+            (
+                "unix_socket_directories".into(),
+                cluster.sock.display().to_string(),
+            ),
+            ("logging_collector".into(), "off".into()),
+            ("log_line_prefix".into(), "%m [%p] ".into()),
+        ];
+        all.extend(settings.iter().cloned());
+        cluster.set_config(&all)?;
+        cluster.write_port()?;
+        Ok(cluster)
+    }
+
+    /// `pg_basebackup -Fp -X <wal_method> -c fast` of the running server into `name` inside
+    /// the cluster's temporary directory.
+    pub fn pg_basebackup(&self, name: &str, wal_method: &str) -> Result<PathBuf> {
+        ensure!(self.is_running(), "pg_basebackup: cluster not running");
+        let dest = self.tmp.path().join(name);
+        self.run_ok(
+            "pg_basebackup",
+            &[
+                "-h".into(),
+                self.sock.display().to_string(),
+                "-p".into(),
+                self.port().to_string(),
+                "-U".into(),
+                "postgres".into(),
+                "-D".into(),
+                dest.display().to_string(),
+                "-Fp".into(),
+                "-X".into(),
+                wal_method.into(),
+                "-c".into(),
+                "fast".into(),
+                "--no-sync".into(),
+            ],
+        )?;
+        Ok(dest)
+    }
+
+    /// `pg_dump` of database `db` (plain SQL) with extra arguments, without the lines that
+    /// carry pg_dump's random `\restrict` key (15.14 and later), so two dumps compare.
+    pub fn pg_dump(&self, db: &str, extra: &[&str]) -> Result<String> {
+        ensure!(self.is_running(), "pg_dump: cluster not running");
+        let mut args: Vec<String> = vec![
+            "-h".into(),
+            self.sock.display().to_string(),
+            "-p".into(),
+            self.port().to_string(),
+            "-U".into(),
+            "postgres".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(db.into());
+        let out = self.run_ok("pg_dump", &args)?;
+        Ok(out
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
+            .map(|l| format!("{l}\n"))
+            .collect())
+    }
+}
+
+/// Gives a whole tree to the Postgres OS user (no-op when not root).
+fn give_tree_to(run_as: Option<RunAs>, path: &Path) -> Result<()> {
+    os_user::give_to(run_as, path)?;
+    if path.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            give_tree_to(run_as, &e?.path())?;
+        }
+    }
+    Ok(())
+}
+
 impl Drop for PgCluster {
     fn drop(&mut self) {
         if self.is_running() {
