@@ -1,0 +1,444 @@
+//! The walreceiver: streams one timeline's committed WAL from the safekeepers into a sink.
+//!
+//! The safekeepers serve the Postgres replication protocol up to their commit LSN. The
+//! receiver asks each one where it stands (`IDENTIFY_SYSTEM`, whose `xlogpos` is that
+//! safekeeper's commit LSN), streams from the most advanced one with
+//! `START_REPLICATION PHYSICAL <start>` and hands every XLogData to the [`WalSink`], whose
+//! positions it reports back in standby status updates: write = received, flush = durable
+//! locally, apply = durable remotely (a safekeeper removes WAL only below what a client named
+//! `pageserver*` reported as applied, and what is offloaded).
+//!
+//! It moves to another safekeeper when the connection dies, when the server sends nothing for
+//! [`WalReceiverConf::stream_timeout`], or when another safekeeper's commit LSN stays more
+//! than [`WalReceiverConf::max_lag`] bytes ahead for [`WalReceiverConf::lag_patience`]
+//! (a lagging or stuck safekeeper). Every stream starts at [`WalSink::start_lsn`], announced
+//! with [`WalSink::restart`]: bytes handed to the sink always continue what it has.
+//!
+//! - [`probe`]: connecting to one safekeeper and asking where it stands.
+//! - [`monitor`]: the other safekeepers' positions, polled while streaming.
+//! - [`session`]: one stream from one safekeeper, and why it ended.
+
+mod monitor;
+mod probe;
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{info, info_span, warn, Instrument};
+use walproto::Lsn;
+
+use session::{SessionEnd, SessionError};
+
+/// Where to stream from and how patient to be.
+#[derive(Clone, Debug)]
+pub struct WalReceiverConf {
+    /// `host:port` of each safekeeper's replication server (`--listen-pg`).
+    pub safekeepers: Vec<String>,
+    /// 32 hex characters each, as the safekeepers name the timeline.
+    pub tenant_id: String,
+    pub timeline_id: String,
+    /// Connecting and authenticating, and each `IDENTIFY_SYSTEM`.
+    pub connect_timeout: Duration,
+    /// Nothing received from the server for this long: move on. A safekeeper sends a keepalive
+    /// every 10 s while idle, so this must be well above that.
+    pub stream_timeout: Duration,
+    /// How often to send a standby status update.
+    pub status_interval: Duration,
+    /// How often to ask the other safekeepers where they stand while streaming.
+    pub probe_interval: Duration,
+    /// Another safekeeper this many bytes ahead of the one streamed from…
+    pub max_lag: u64,
+    /// …for this long: switch to it.
+    pub lag_patience: Duration,
+    /// Waits between rounds of failed connections, doubling from `backoff_min`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl WalReceiverConf {
+    pub fn new(safekeepers: Vec<String>, tenant_id: &str, timeline_id: &str) -> WalReceiverConf {
+        WalReceiverConf {
+            safekeepers,
+            tenant_id: tenant_id.to_string(),
+            timeline_id: timeline_id.to_string(),
+            ..WalReceiverConf::default()
+        }
+    }
+}
+
+impl Default for WalReceiverConf {
+    fn default() -> Self {
+        WalReceiverConf {
+            safekeepers: Vec::new(),
+            tenant_id: String::new(),
+            timeline_id: String::new(),
+            connect_timeout: Duration::from_secs(5),
+            stream_timeout: Duration::from_secs(30),
+            status_interval: Duration::from_secs(1),
+            probe_interval: Duration::from_secs(2),
+            max_lag: 16 << 20,
+            lag_patience: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The sink's positions, reported to the safekeeper.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Feedback {
+    /// The end of the WAL handed to the sink.
+    pub received: Lsn,
+    /// Up to here the sink's state is durable on local disk.
+    pub durable_local: Lsn,
+    /// Up to here the sink's state is durable in the object store (`Lsn(0)`: nothing yet).
+    pub durable_remote: Lsn,
+}
+
+/// Where the WAL goes.
+pub trait WalSink: Send + Sync {
+    /// Where streaming must (re)start: the end of the last record made durable or ingested.
+    fn start_lsn(&self) -> Lsn;
+    /// A new stream begins at `at` (the value `start_lsn` just returned): bytes received
+    /// beyond it so far (a record in progress) are to be forgotten, and the next `receive`
+    /// starts at `at`. Called before the first `receive` of every stream, the first included.
+    /// An error ends [`run`] with it.
+    fn restart(&self, at: Lsn) -> anyhow::Result<()>;
+    /// WAL bytes beginning at `start`, contiguous with the previous call since the last
+    /// `restart`. An error ends [`run`] with it: WAL cannot be skipped.
+    fn receive(&self, start: Lsn, wal: &[u8]) -> anyhow::Result<()>;
+    fn feedback(&self) -> Feedback;
+}
+
+/// What the receiver is doing, for status pages and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReceiverStatus {
+    /// The safekeeper streamed from now.
+    pub streaming_from: Option<String>,
+    /// Streams started, the first included.
+    pub streams: u64,
+    /// Why the last stream ended.
+    pub last_switch_reason: Option<String>,
+    /// The end of the WAL handed to the sink since the last restart.
+    pub received: Lsn,
+    /// Why no safekeeper could be streamed from at the last attempt (cleared by a stream).
+    pub last_error: Option<String>,
+}
+
+/// Streams the timeline's WAL into `sink` until `shutdown` turns true (then `Ok`), or until
+/// something that moving to another safekeeper cannot fix: the sink refuses WAL, or a
+/// safekeeper serves another system or Postgres timeline than the stream so far.
+pub async fn run(
+    conf: WalReceiverConf,
+    sink: Arc<dyn WalSink>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    WalReceiver::new(conf).run(sink, shutdown).await
+}
+
+/// [`run`], with a view of what it is doing.
+pub struct WalReceiver {
+    conf: WalReceiverConf,
+    status: watch::Sender<ReceiverStatus>,
+}
+
+impl WalReceiver {
+    pub fn new(conf: WalReceiverConf) -> WalReceiver {
+        WalReceiver {
+            conf,
+            status: watch::Sender::new(ReceiverStatus::default()),
+        }
+    }
+
+    pub fn status(&self) -> watch::Receiver<ReceiverStatus> {
+        self.status.subscribe()
+    }
+
+    pub async fn run(
+        self,
+        sink: Arc<dyn WalSink>,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let span = info_span!("walreceiver", tenant = %self.conf.tenant_id, timeline = %self.conf.timeline_id);
+        self.run_inner(sink, shutdown).instrument(span).await
+    }
+
+    async fn run_inner(
+        self,
+        sink: Arc<dyn WalSink>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let conf = Arc::new(self.conf);
+        anyhow::ensure!(
+            !conf.safekeepers.is_empty(),
+            "walreceiver for {}/{}: no safekeepers to stream from",
+            conf.tenant_id,
+            conf.timeline_id
+        );
+        let mut pinned: Option<probe::Identity> = None;
+        let mut backoff = conf.backoff_min;
+        // The safekeeper just left because of a failure: not chosen again on a tie.
+        let mut avoid: Option<usize> = None;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let start = sink.start_lsn();
+            let probes = tokio::select! {
+                p = probe::probe_all(&conf) => p,
+                Ok(_) = shutdown.wait_for(|s| *s) => return Ok(()),
+            };
+            let found: Vec<Result<probe::Identity, String>> = probes
+                .iter()
+                .map(|p| p.as_ref().map(|p| p.identity.clone()).map_err(Clone::clone))
+                .collect();
+            let idx = match choose(&conf.safekeepers, &found, start, avoid, &mut pinned) {
+                Ok(i) => i,
+                Err(Choice::Fatal(e)) => return Err(e),
+                Err(Choice::Wait(why)) => {
+                    warn!("no safekeeper to stream from, retrying in {backoff:?}: {why}");
+                    self.status.send_modify(|s| {
+                        s.last_error = Some(format!("no safekeeper to stream from: {why}"))
+                    });
+                    if sleep_or_shutdown(backoff, &mut shutdown).await {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(conf.backoff_max);
+                    continue;
+                }
+            };
+            let Some(Ok(probe)) = probes.into_iter().nth(idx) else {
+                continue; // choose returns the index of a successful probe
+            };
+            let addr = conf.safekeepers[idx].clone();
+            info!(safekeeper = %addr, commit_lsn = %probe.identity.commit_lsn, %start, "streaming from safekeeper");
+            self.status.send_modify(|s| {
+                s.streaming_from = Some(addr.clone());
+                s.streams += 1;
+                s.last_error = None;
+                s.received = start;
+            });
+            sink.restart(start)?;
+            let monitor = monitor::Monitor::spawn(conf.clone(), idx);
+            let result = session::stream(
+                &conf,
+                probe,
+                start,
+                sink.as_ref(),
+                &monitor,
+                &self.status,
+                &mut shutdown,
+            )
+            .await;
+            drop(monitor);
+            self.status.send_modify(|s| s.streaming_from = None);
+            let (reason, failure) = match result {
+                Ok(SessionEnd::Shutdown) => return Ok(()),
+                Ok(SessionEnd::Lagging(why)) => (why, false),
+                Err(SessionError::Sink(e)) => return Err(e),
+                Err(SessionError::Connection(why)) => (why, true),
+            };
+            warn!(safekeeper = %addr, "left safekeeper: {reason}");
+            self.status
+                .send_modify(|s| s.last_switch_reason = Some(format!("{addr}: {reason}")));
+            avoid = failure.then_some(idx);
+            if failure && sink.start_lsn() <= start {
+                // Nothing was gained from that stream: do not spin on a failing server.
+                if sleep_or_shutdown(backoff, &mut shutdown).await {
+                    return Ok(());
+                }
+                backoff = (backoff * 2).min(conf.backoff_max);
+            } else {
+                backoff = conf.backoff_min;
+            }
+        }
+    }
+}
+
+enum Choice {
+    /// Nothing to stream from now; try again later.
+    Wait(String),
+    /// A safekeeper serves a different system or Postgres timeline.
+    Fatal(anyhow::Error),
+}
+
+/// The most advanced safekeeper that holds `start` (index into `addrs`), preferring not to
+/// go back to `avoid` on a tie. The safekeepers must agree on the system id and Postgres
+/// timeline, and keep serving the ones of the first stream (`pinned`, set here): anything
+/// else is a misconfiguration or a timeline switch, which the receiver does not follow.
+fn choose(
+    addrs: &[String],
+    found: &[Result<probe::Identity, String>],
+    start: Lsn,
+    avoid: Option<usize>,
+    pinned: &mut Option<probe::Identity>,
+) -> Result<usize, Choice> {
+    let same = |a: &probe::Identity, b: &probe::Identity| {
+        a.system_id == b.system_id && a.pg_timeline == b.pg_timeline
+    };
+    let reachable: Vec<(usize, &probe::Identity)> = found
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| f.as_ref().ok().map(|id| (i, id)))
+        .collect();
+    let reference = pinned.as_ref().or(reachable.first().map(|(_, id)| *id));
+    if let Some(reference) = reference {
+        if reachable.iter().any(|(_, id)| !same(id, reference)) {
+            let seen: Vec<String> = reachable
+                .iter()
+                .map(|(i, id)| {
+                    format!(
+                        "{} serves system {} timeline {}",
+                        addrs[*i], id.system_id, id.pg_timeline
+                    )
+                })
+                .collect();
+            let streamed = pinned
+                .as_ref()
+                .map(|p| {
+                    format!(
+                        " (this walreceiver streamed system {} timeline {})",
+                        p.system_id, p.pg_timeline
+                    )
+                })
+                .unwrap_or_default();
+            return Err(Choice::Fatal(anyhow::anyhow!(
+                "the safekeepers disagree on the system or Postgres timeline: {}{streamed}; \
+                 a switch of system or timeline is not supported",
+                seen.join(", ")
+            )));
+        }
+    }
+    let mut problems = Vec::new();
+    let mut best: Option<(usize, Lsn)> = None;
+    for (i, (addr, found)) in addrs.iter().zip(found).enumerate() {
+        let id = match found {
+            Ok(id) => id,
+            Err(e) => {
+                problems.push(format!("{addr}: {e}"));
+                continue;
+            }
+        };
+        if id.commit_lsn < start {
+            problems.push(format!(
+                "{addr}: its commit LSN {} is behind the start {start}",
+                id.commit_lsn
+            ));
+            continue;
+        }
+        let better = match best {
+            None => true,
+            Some((b, lsn)) => {
+                id.commit_lsn > lsn
+                    || (id.commit_lsn == lsn && Some(b) == avoid && Some(i) != avoid)
+            }
+        };
+        if better {
+            best = Some((i, id.commit_lsn));
+        }
+    }
+    match best {
+        Some((i, _)) => {
+            if let Ok(id) = &found[i] {
+                pinned.get_or_insert_with(|| id.clone());
+            }
+            Ok(i)
+        }
+        None => Err(Choice::Wait(problems.join("; "))),
+    }
+}
+
+/// Sleeps `d`; `true` if shutdown was requested meanwhile.
+async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        Ok(_) = shutdown.wait_for(|s| *s) => {}
+    }
+    *shutdown.borrow()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use probe::Identity;
+
+    fn at(lsn: u64) -> Result<Identity, String> {
+        Ok(Identity {
+            system_id: 7,
+            pg_timeline: 1,
+            commit_lsn: Lsn(lsn),
+        })
+    }
+
+    fn pick(
+        found: &[Result<Identity, String>],
+        start: u64,
+        avoid: Option<usize>,
+    ) -> Result<usize, String> {
+        let addrs: Vec<String> = (0..found.len()).map(|i| format!("sk{i}:1")).collect();
+        match choose(&addrs, found, Lsn(start), avoid, &mut None) {
+            Ok(i) => Ok(i),
+            Err(Choice::Wait(w)) => Err(format!("wait: {w}")),
+            Err(Choice::Fatal(e)) => Err(format!("fatal: {e}")),
+        }
+    }
+
+    #[test]
+    fn chooses_the_most_advanced_safekeeper() {
+        assert_eq!(pick(&[at(10), at(30), at(20)], 5, None), Ok(1));
+        // A tie: not the one just left after a failure.
+        assert_eq!(pick(&[at(30), at(30), at(20)], 5, Some(0)), Ok(1));
+        assert_eq!(pick(&[at(30), at(30)], 5, Some(1)), Ok(0));
+        // Unreachable or behind the start: skipped, and said why when none is left.
+        assert_eq!(pick(&[Err("refused".into()), at(9)], 5, None), Ok(1));
+        let w = pick(&[Err("refused".into()), at(4)], 5, None).unwrap_err();
+        assert!(
+            w.starts_with("wait: ") && w.contains("sk0:1: refused"),
+            "{w}"
+        );
+        assert!(
+            w.contains("sk1:1: its commit LSN 0/00000004 is behind the start 0/00000005"),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn another_system_or_timeline_is_fatal() {
+        let mut other = at(50);
+        other.as_mut().unwrap().pg_timeline = 2;
+        let e = pick(&[at(10), other], 5, None).unwrap_err();
+        assert!(
+            e.starts_with("fatal: ") && e.contains("sk1:1 serves system 7 timeline 2"),
+            "{e}"
+        );
+        // Pinned by the first stream, even when that safekeeper is now unreachable.
+        let addrs = vec!["a:1".to_string(), "b:1".to_string()];
+        let mut pinned = None;
+        assert!(choose(&addrs, &[at(10), at(10)], Lsn(5), None, &mut pinned).is_ok());
+        assert_eq!(pinned.as_ref().map(|p| p.system_id), Some(7));
+        let mut moved = at(20);
+        moved.as_mut().unwrap().system_id = 8;
+        match choose(
+            &addrs,
+            &[Err("down".into()), moved],
+            Lsn(5),
+            None,
+            &mut pinned,
+        ) {
+            Err(Choice::Fatal(e)) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("b:1 serves system 8") && e.contains("streamed system 7"),
+                    "{e}"
+                );
+            }
+            _ => panic!("a moved system must be fatal"),
+        }
+        // Nothing is pinned until a safekeeper is chosen.
+        let mut pinned = None;
+        assert!(choose(&addrs, &[at(1), at(2)], Lsn(5), None, &mut pinned).is_err());
+        assert!(pinned.is_none());
+    }
+}
