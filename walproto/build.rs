@@ -2,7 +2,7 @@
 //! Strata needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/safekeeper.proto"];
+    let protos = ["proto/safekeeper.proto", "proto/pageserver.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -6,3 +6,9 @@ pub mod safekeeper {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("strata.safekeeper.v1");
 }
+
+/// The pageserver's management and read service (`proto/pageserver.proto`).
+pub mod pageserver {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("strata.pageserver.v1");
+}

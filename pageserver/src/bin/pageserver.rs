@@ -1,0 +1,152 @@
+//! The `pageserver` binary: tenants and timelines under `--data-dir`, served over gRPC
+//! (`strata.pageserver.v1.Pageserver`) on `--listen`.
+//!
+//! Configuration comes from an optional TOML file (`--config`) with the same keys as the
+//! flags (`data_dir`, `listen`, `remote_storage`); flags win. Once the server accepts
+//! connections it prints exactly `pageserver listening on <addr>` on stdout (the real port
+//! when asked for port 0); logs go to stderr (`RUST_LOG`, default `info`). SIGTERM or SIGINT
+//! stop it cleanly: no new requests, WAL streams stopped, every timeline flushed, a last
+//! upload to remote storage.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde::Deserialize;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+use tracing::info;
+
+use pageserver::remote::RemoteStorage;
+use pageserver::service::PageserverService;
+use pageserver::tenant::TenantManager;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pageserver",
+    version,
+    about = "Strata pageserver: WAL into layer files, pages at any LSN, branches"
+)]
+struct Args {
+    /// Directory of the tenants and timelines (`tenants/<tenant>/timelines/<timeline>/`);
+    /// created if missing.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the gRPC service, e.g. 127.0.0.1:9898 (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+    /// Object store for layer files: a directory, file://…, or s3://bucket/prefix.
+    #[arg(long, value_name = "URL")]
+    remote_storage: Option<String>,
+    /// TOML configuration file with the same keys as the flags.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    remote_storage: Option<String>,
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:9898";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("pageserver: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let file = match &args.config {
+        Some(p) => {
+            let text = fs::read_to_string(p)
+                .with_context(|| format!("reading config file {}", p.display()))?;
+            toml::from_str::<FileConfig>(&text)
+                .with_context(|| format!("parsing config file {}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .context("no data directory: pass --data-dir or set `data_dir` in the config file")?;
+    let listen = match args.listen.or(file.listen) {
+        Some(a) => a,
+        None => DEFAULT_LISTEN.parse()?,
+    };
+    let remote = match args.remote_storage.or(file.remote_storage) {
+        Some(url) => {
+            Some(RemoteStorage::from_url(&url).with_context(|| format!("remote storage {url:?}"))?)
+        }
+        None => None,
+    };
+    fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let manager = Arc::new(
+        TenantManager::load(&data_dir)
+            .with_context(|| format!("loading {}", data_dir.display()))?,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(manager, listen, remote))
+}
+
+async fn serve(
+    manager: Arc<TenantManager>,
+    listen: SocketAddr,
+    remote: Option<RemoteStorage>,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the gRPC address {listen}"))?;
+    let addr = listener.local_addr()?;
+    let service = PageserverService::start(manager.clone(), remote);
+    let timelines: usize = manager.tenants().iter().map(|t| t.timelines().len()).sum();
+    info!(%addr, data_dir = %manager.data_dir().display(), tenants = manager.tenants().len(),
+          timelines, "pageserver starting");
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        info!("shutting down");
+    };
+    // The listener is bound, so connections are accepted (queued) from here on.
+    println!("pageserver listening on {addr}");
+    // GetPage is small request/response traffic: Nagle's algorithm with delayed ACKs would
+    // add ~40 ms to each call.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn {
+            let _ = c.set_nodelay(true);
+        }
+        conn
+    });
+    tonic::transport::Server::builder()
+        .add_service(service.clone().into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("gRPC server failed")?;
+    service.shutdown().await;
+    info!("pageserver stopped");
+    Ok(())
+}

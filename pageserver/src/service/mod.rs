@@ -1,0 +1,497 @@
+//! The `strata.pageserver.v1.Pageserver` gRPC service (`walproto/proto/pageserver.proto`):
+//! tenants, timelines, branches, LSN for a time, restore points, compaction, GetPage and
+//! basebackup, over the [`TenantManager`]. Every request's disk work runs on tokio's blocking
+//! pool; errors become statuses whose message says what is possible ([`convert::to_status`]).
+
+pub mod background;
+pub mod convert;
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use layer_format::{Key, KeyKind, Lsn, KEY_SIZE};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use tracing::info;
+use walproto::proto::pageserver as pb;
+use walproto::record::RelFileNode;
+
+use crate::basebackup::{basebackup_tar, BasebackupError, BasebackupOptions, Mode};
+use crate::remote::RemoteStorage;
+use crate::tenant::{branch, BranchTarget, TenantConf, TenantError, TenantManager, TimelineHandle};
+use background::Background;
+use convert::{tenant_info, timeline_info, timeline_tree, to_status};
+
+/// The service: shared by every connection.
+#[derive(Clone)]
+pub struct PageserverService {
+    manager: Arc<TenantManager>,
+    background: Arc<Background>,
+}
+
+/// Runs blocking tenant work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, TenantError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("request task failed: {e}")))?
+        .map_err(to_status)
+}
+
+fn lsn_or(lsn: u64, default: Lsn) -> Lsn {
+    if lsn == 0 {
+        default
+    } else {
+        Lsn(lsn)
+    }
+}
+
+/// Checks that `lsn` is readable on the timeline: `[start, last record end]`.
+fn check_read_lsn(h: &TimelineHandle, lsn: Lsn) -> Result<(), TenantError> {
+    let (start, end, anc) = h.read(|t| {
+        (
+            t.start_lsn(),
+            t.last_record_end(),
+            t.ancestor_link().map(|(id, _)| id.to_string()),
+        )
+    });
+    let name = format!("{}/{}", h.tenant_id(), h.timeline_id());
+    if lsn > end {
+        return Err(TenantError::OutOfRange(format!(
+            "LSN {lsn} is beyond timeline {name}'s last record end {end}; readable: {start}..={end}"
+        )));
+    }
+    if lsn < start {
+        let older = anc.map_or(String::new(), |a| {
+            format!("; older history is on its ancestor {a}")
+        });
+        return Err(TenantError::OutOfRange(format!(
+            "LSN {lsn} is below timeline {name}'s start {start}; readable: {start}..={end}{older}"
+        )));
+    }
+    Ok(())
+}
+
+type BasebackupStream = Pin<Box<dyn Stream<Item = Result<pb::BasebackupChunk, Status>> + Send>>;
+
+/// Tar chunks sent on the basebackup stream.
+const CHUNK: usize = 256 * 1024;
+
+/// A `Write` that sends what it is given as stream chunks (from a blocking thread); fails
+/// once the client is gone, which ends the basebackup.
+struct ChunkWriter {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Result<pb::BasebackupChunk, Status>>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .blocking_send(Ok(pb::BasebackupChunk { data }))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        // Chunks stay below gRPC's default message limit whatever the writer hands over.
+        let n = b.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&b[..n]);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl PageserverService {
+    /// Loads the data directory's tenants and starts their timelines' background work (call
+    /// inside a tokio runtime).
+    pub fn start(manager: Arc<TenantManager>, remote: Option<RemoteStorage>) -> Self {
+        let background = Arc::new(Background::new(remote));
+        for t in manager.tenants() {
+            for h in t.timelines() {
+                background.start_timeline(&h);
+            }
+        }
+        PageserverService {
+            manager,
+            background,
+        }
+    }
+
+    pub fn manager(&self) -> &Arc<TenantManager> {
+        &self.manager
+    }
+
+    pub fn into_server(self) -> pb::pageserver_server::PageserverServer<Self> {
+        pb::pageserver_server::PageserverServer::new(self)
+    }
+
+    /// A clean stop: no more WAL, everything ingested flushed, a last upload.
+    pub async fn shutdown(&self) {
+        self.background.stop_walreceivers().await;
+        let m = self.manager.clone();
+        let errs = tokio::task::spawn_blocking(move || m.flush_all())
+            .await
+            .unwrap_or_default();
+        info!(failures = errs.len(), "timelines flushed");
+        self.background.shutdown_uploaders().await;
+    }
+
+    /// A timeline's status, computed off the async threads (it takes the timeline's locks).
+    async fn status(h: Arc<TimelineHandle>) -> Result<pb::TimelineInfo, Status> {
+        blocking(move || Ok(timeline_info(h.status()))).await
+    }
+
+    async fn handle(
+        &self,
+        tenant: String,
+        timeline: String,
+    ) -> Result<Arc<TimelineHandle>, Status> {
+        // In-memory lookups only: no need for the blocking pool.
+        self.manager.timeline(&tenant, &timeline).map_err(to_status)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::pageserver_server::Pageserver for PageserverService {
+    async fn create_tenant(
+        &self,
+        req: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::TenantInfo>, Status> {
+        let r = req.into_inner();
+        let conf = if r.config_toml.trim().is_empty() {
+            TenantConf::default()
+        } else {
+            TenantConf::parse(&r.config_toml, "in the request").map_err(to_status)?
+        };
+        let m = self.manager.clone();
+        let t = blocking(move || m.create_tenant(Some(r.tenant_id), conf)).await?;
+        Ok(Response::new(tenant_info(&t)))
+    }
+
+    async fn list_tenants(
+        &self,
+        _req: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        let tenants = self
+            .manager
+            .tenants()
+            .iter()
+            .map(|t| tenant_info(t))
+            .collect();
+        Ok(Response::new(pb::ListTenantsResponse { tenants }))
+    }
+
+    async fn import_timeline(
+        &self,
+        req: Request<pb::ImportTimelineRequest>,
+    ) -> Result<Response<pb::TimelineInfo>, Status> {
+        let r = req.into_inner();
+        if r.datadir.is_empty() {
+            return Err(Status::invalid_argument(
+                "datadir is empty: give the path of a cleanly shut down data directory on the pageserver's host",
+            ));
+        }
+        let m = self.manager.clone();
+        let h = blocking(move || {
+            let t = m.tenant(&r.tenant_id)?;
+            let lsn = (r.lsn != 0).then_some(Lsn(r.lsn));
+            t.import_timeline(
+                Some(r.timeline_id),
+                &PathBuf::from(&r.datadir),
+                lsn,
+                r.safekeepers,
+            )
+        })
+        .await?;
+        self.background.start_timeline(&h);
+        Ok(Response::new(Self::status(h).await?))
+    }
+
+    async fn create_branch(
+        &self,
+        req: Request<pb::CreateBranchRequest>,
+    ) -> Result<Response<pb::TimelineInfo>, Status> {
+        use pb::create_branch_request::Target;
+        let r = req.into_inner();
+        let target = match r.target {
+            None => BranchTarget::Tip,
+            Some(Target::Lsn(l)) => BranchTarget::Lsn(Lsn(l)),
+            Some(Target::TimestampMicros(t)) => BranchTarget::Timestamp {
+                unix_micros: t,
+                inclusive: r.inclusive,
+            },
+            Some(Target::RestorePoint(n)) => BranchTarget::RestorePoint(n),
+        };
+        let m = self.manager.clone();
+        let h = blocking(move || {
+            let t = m.tenant(&r.tenant_id)?;
+            t.create_branch(
+                &r.parent_timeline_id,
+                Some(r.timeline_id),
+                &target,
+                r.safekeepers,
+            )
+        })
+        .await?;
+        self.background.start_timeline(&h);
+        Ok(Response::new(Self::status(h).await?))
+    }
+
+    async fn list_timelines(
+        &self,
+        req: Request<pb::ListTimelinesRequest>,
+    ) -> Result<Response<pb::ListTimelinesResponse>, Status> {
+        let r = req.into_inner();
+        let m = self.manager.clone();
+        let timelines = blocking(move || Ok(timeline_tree(&*m.tenant(&r.tenant_id)?))).await?;
+        Ok(Response::new(pb::ListTimelinesResponse { timelines }))
+    }
+
+    async fn timeline_status(
+        &self,
+        req: Request<pb::TimelineRequest>,
+    ) -> Result<Response<pb::TimelineInfo>, Status> {
+        let r = req.into_inner();
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        let s = blocking(move || Ok(h.status())).await?;
+        Ok(Response::new(timeline_info(s)))
+    }
+
+    async fn delete_timeline(
+        &self,
+        req: Request<pb::TimelineRequest>,
+    ) -> Result<Response<pb::DeleteTimelineResponse>, Status> {
+        let r = req.into_inner();
+        let m = self.manager.clone();
+        let (tenant, timeline) = (r.tenant_id.clone(), r.timeline_id.clone());
+        let t = blocking(move || m.tenant(&tenant)).await?;
+        // Refuse early (branches) before stopping anything.
+        let has_branches = t
+            .timelines()
+            .iter()
+            .any(|h| h.parent().is_some_and(|p| p.timeline_id() == timeline));
+        if !has_branches {
+            self.background
+                .stop_timeline(&r.tenant_id, &r.timeline_id)
+                .await;
+        }
+        blocking(move || t.delete_timeline(&r.timeline_id)).await?;
+        Ok(Response::new(pb::DeleteTimelineResponse {}))
+    }
+
+    async fn set_safekeepers(
+        &self,
+        req: Request<pb::SetSafekeepersRequest>,
+    ) -> Result<Response<pb::TimelineInfo>, Status> {
+        let r = req.into_inner();
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        let h2 = h.clone();
+        blocking(move || h2.set_safekeepers(r.safekeepers)).await?;
+        self.background.start_timeline(&h);
+        Ok(Response::new(Self::status(h).await?))
+    }
+
+    async fn lsn_for_timestamp(
+        &self,
+        req: Request<pb::LsnForTimestampRequest>,
+    ) -> Result<Response<pb::LsnForTimestampResponse>, Status> {
+        let r = req.into_inner();
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        let lsn = blocking(move || {
+            let name = format!("{}/{}", h.tenant_id(), h.timeline_id());
+            h.read(|t| branch::lsn_for_time(t, &name, r.timestamp_micros, r.inclusive))
+        })
+        .await?;
+        Ok(Response::new(pb::LsnForTimestampResponse { lsn: lsn.0 }))
+    }
+
+    async fn list_restore_points(
+        &self,
+        req: Request<pb::TimelineRequest>,
+    ) -> Result<Response<pb::ListRestorePointsResponse>, Status> {
+        let r = req.into_inner();
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        let pts = blocking(move || h.read(branch::restore_points)).await?;
+        let restore_points = pts
+            .into_iter()
+            .map(|(name, lsn, t)| pb::RestorePoint {
+                name,
+                lsn: lsn.0,
+                timestamp_micros: t,
+            })
+            .collect();
+        Ok(Response::new(pb::ListRestorePointsResponse {
+            restore_points,
+        }))
+    }
+
+    async fn compact(
+        &self,
+        req: Request<pb::TimelineRequest>,
+    ) -> Result<Response<pb::CompactResponse>, Status> {
+        let r = req.into_inner();
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        let (summary, layers) = blocking(move || {
+            let rep = h.compact()?;
+            let (stats, layers) = h.read(|t| (t.layer_stats(), t.layer_descs().len()));
+            let summary = format!(
+                "merged {} L0 layers into {} L1 runs ({} layers, {} bytes); wrote {} image layers ({} bytes), skipped {} partitions; now {}",
+                rep.l0_merged,
+                rep.l1_runs_written,
+                rep.l1_layers_written,
+                rep.l1_bytes,
+                rep.image_layers_written,
+                rep.image_bytes,
+                rep.image_partitions_skipped,
+                stats.summary()
+            );
+            Ok((summary, layers))
+        })
+        .await?;
+        Ok(Response::new(pb::CompactResponse {
+            summary,
+            layers: layers as u32,
+        }))
+    }
+
+    async fn flush(
+        &self,
+        req: Request<pb::TimelineRequest>,
+    ) -> Result<Response<pb::TimelineInfo>, Status> {
+        let r = req.into_inner();
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        let s = blocking(move || {
+            h.flush()?;
+            Ok(h.status())
+        })
+        .await?;
+        Ok(Response::new(timeline_info(s)))
+    }
+
+    type BasebackupStream = BasebackupStream;
+
+    async fn basebackup(
+        &self,
+        req: Request<pb::BasebackupRequest>,
+    ) -> Result<Response<Self::BasebackupStream>, Status> {
+        let r = req.into_inner();
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        let lsn = blocking({
+            let h = h.clone();
+            move || {
+                let lsn = lsn_or(r.lsn, h.read(|t| t.last_record_end()));
+                check_read_lsn(&h, lsn)?;
+                Ok(lsn)
+            }
+        })
+        .await?;
+        let mut opts = BasebackupOptions::new(
+            lsn,
+            if r.read_only {
+                Mode::ReadOnly
+            } else {
+                Mode::ReadWrite
+            },
+        );
+        opts.prev_lsn = (r.prev_lsn != 0).then_some(Lsn(r.prev_lsn));
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::task::spawn_blocking(move || {
+            let mut out = ChunkWriter {
+                buf: Vec::with_capacity(CHUNK),
+                tx: tx.clone(),
+            };
+            // The timeline stays read-locked while the tar is written (ingest waits).
+            let res = h.read(|t| basebackup_tar(t, &opts, &mut out));
+            let res = res.and_then(|rep| {
+                out.send()
+                    .map(|_| rep)
+                    .map_err(|source| BasebackupError::Io {
+                        path: "the gRPC stream".into(),
+                        source,
+                    })
+            });
+            match res {
+                Ok(rep) => info!(tenant = %h.tenant_id(), timeline = %h.timeline_id(),
+                                 lsn = %rep.lsn, bytes = rep.bytes, files = rep.files,
+                                 "basebackup sent"),
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Status::failed_precondition(e.to_string())));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_page(
+        &self,
+        req: Request<pb::GetPageRequest>,
+    ) -> Result<Response<pb::GetPageResponse>, Status> {
+        use pb::get_page_request::Target;
+        let r = req.into_inner();
+        let key = match r.target {
+            Some(Target::RelBlock(b)) => {
+                let fork = u8::try_from(b.fork).map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "fork {} is not a fork number (0..=3)",
+                        b.fork
+                    ))
+                })?;
+                Key::rel_block(
+                    RelFileNode {
+                        spc: b.spc,
+                        db: b.db,
+                        rel: b.rel,
+                    },
+                    fork,
+                    b.blkno,
+                )
+            }
+            Some(Target::Key(k)) => {
+                let bytes: [u8; KEY_SIZE] = k.as_slice().try_into().map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "key of {} bytes; a key is {KEY_SIZE} bytes",
+                        k.len()
+                    ))
+                })?;
+                Key::from_bytes(bytes)
+            }
+            None => return Err(Status::invalid_argument("no target: give rel_block or key")),
+        };
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        let (page, lsn) = blocking(move || {
+            let lsn = lsn_or(r.lsn, h.read(|t| t.last_record_end()));
+            check_read_lsn(&h, lsn)?;
+            let ctx = format!("reading key {key} at {lsn}");
+            let page = h
+                .read(|t| match key.kind() {
+                    Some(KeyKind::RelBlock { .. } | KeyKind::SlruBlock { .. }) => t
+                        .get_page(key, lsn)
+                        .map(|p| p.map(|p| Bytes::copy_from_slice(&p[..]))),
+                    _ => t.get_image_value(key, lsn),
+                })
+                .map_err(TenantError::timeline(ctx))?;
+            Ok((page, lsn))
+        })
+        .await?;
+        Ok(Response::new(pb::GetPageResponse {
+            exists: page.is_some(),
+            page: page.map(|p| p.to_vec()).unwrap_or_default(),
+            lsn: lsn.0,
+        }))
+    }
+}

@@ -1,0 +1,409 @@
+//! One timeline as the service shares it: its [`WalIngest`] behind a read-write lock (reads —
+//! GetPage, basebackup, status — share it; ingest takes it exclusively for one batch of
+//! records at a time), the WAL stream decoder of the walreceiver feeding it, and its list of
+//! safekeepers (`timeline.toml`).
+//!
+//! Lock order: `stream` before `ingest`; a branch's `ingest` before its ancestor's (reads
+//! only). Nothing takes them the other way round.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use layer_format::Lsn;
+use serde::{Deserialize, Serialize};
+use walproto::decoder::{Decoded, WalStreamDecoder};
+
+use super::error::{Result, TenantError};
+use super::layout::{write_atomic, TIMELINE_CONF};
+use crate::ingest::{IngestConf, WalIngest};
+use crate::timeline::ancestor::{Ancestor, AncestorTimeline};
+use crate::timeline::{CompactionReport, Timeline, TimelineConf};
+use crate::walreceiver::{Feedback, WalSink};
+
+const BLCKSZ: u64 = 8192;
+
+/// `timeline.toml`: what the service needs to know of a timeline besides its storage.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimelineServiceConf {
+    /// `host:port` of the safekeepers' replication listeners (`--listen-pg`).
+    pub safekeepers: Vec<String>,
+}
+
+/// What a status request reports.
+#[derive(Clone, Debug)]
+pub struct TimelineStatus {
+    pub tenant_id: String,
+    pub timeline_id: String,
+    /// (ancestor timeline id, branch LSN).
+    pub ancestor: Option<(String, Lsn)>,
+    pub start_lsn: Lsn,
+    pub last_record_lsn: Lsn,
+    pub last_record_end: Lsn,
+    pub disk_consistent_lsn: Lsn,
+    /// `0/0` when no remote storage is configured or nothing is uploaded yet.
+    pub remote_consistent_lsn: Lsn,
+    /// The oldest LSN readable on this timeline. No GC yet: the start.
+    pub gc_cutoff_lsn: Lsn,
+    /// Sum of the relation forks' sizes at the ingest position, in bytes.
+    pub logical_size: u64,
+    pub layers: usize,
+    /// WAL received by the walreceiver (may be ahead of `last_record_end` by a partial record).
+    pub received_lsn: Lsn,
+    pub safekeepers: Vec<String>,
+}
+
+/// The walreceiver's view of a timeline's progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalProgress {
+    pub received: Lsn,
+    pub durable_local: Lsn,
+    pub durable_remote: Lsn,
+}
+
+pub struct TimelineHandle {
+    tenant_id: String,
+    timeline_id: String,
+    dir: PathBuf,
+    ingest: RwLock<WalIngest>,
+    /// Decoder of the WAL stream; `None` until the first chunk, and again after an error (the
+    /// next stream starts at the ingest position).
+    stream: Mutex<Option<WalStreamDecoder>>,
+    service_conf: Mutex<TimelineServiceConf>,
+    remote_consistent_lsn: AtomicU64,
+    /// The ancestor's handle, kept alive as long as the branch.
+    parent: Option<Arc<TimelineHandle>>,
+    /// Set when storing a record failed midway (an I/O error): the open layer may hold part
+    /// of it, so no more WAL is taken until the timeline is reopened from its durable state.
+    ingest_failed: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Checks `host:port`.
+pub fn check_safekeeper_addr(a: &str) -> Result<()> {
+    let ok = a
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(TenantError::InvalidArgument(format!(
+            "safekeeper address {a:?}: expected host:port of its replication listener"
+        )))
+    }
+}
+
+impl TimelineHandle {
+    /// Opens the timeline in `dir` at its durable state; a branch needs its parent's handle.
+    pub fn open(
+        tenant_id: &str,
+        timeline_id: &str,
+        dir: &Path,
+        conf: TimelineConf,
+        parent: Option<Arc<TimelineHandle>>,
+    ) -> Result<Arc<TimelineHandle>> {
+        let ctx = || format!("timeline {tenant_id}/{timeline_id}");
+        let mut tl = Timeline::open(dir, conf).map_err(TenantError::timeline(ctx()))?;
+        match (tl.ancestor_link(), &parent) {
+            (Some((id, lsn)), Some(p)) if id == p.timeline_id => {
+                let a = Ancestor {
+                    id: id.to_string(),
+                    lsn,
+                    timeline: p.clone(),
+                };
+                tl.attach_ancestor(a)
+                    .map_err(TenantError::timeline(ctx()))?;
+            }
+            (None, None) => {}
+            (link, _) => {
+                return Err(TenantError::FailedPrecondition(format!(
+                    "{}: its metadata names ancestor {:?}, the handle given is {:?}",
+                    ctx(),
+                    link.map(|l| l.0),
+                    parent.as_ref().map(|p| &p.timeline_id)
+                )))
+            }
+        }
+        Self::from_timeline(tenant_id, timeline_id, tl, parent)
+    }
+
+    /// Wraps an open (and, for a branch, attached) timeline.
+    pub fn from_timeline(
+        tenant_id: &str,
+        timeline_id: &str,
+        tl: Timeline,
+        parent: Option<Arc<TimelineHandle>>,
+    ) -> Result<Arc<TimelineHandle>> {
+        let dir = tl.dir().to_path_buf();
+        let ingest = WalIngest::new(tl, IngestConf::default()).map_err(TenantError::ingest(
+            format!("loading the ingest state of {tenant_id}/{timeline_id}"),
+        ))?;
+        let conf_path = dir.join(TIMELINE_CONF);
+        let service_conf = match std::fs::read_to_string(&conf_path) {
+            Ok(t) => toml::from_str(&t).map_err(|e| {
+                TenantError::InvalidArgument(format!("{}: {e}", conf_path.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => TimelineServiceConf::default(),
+            Err(e) => return Err(TenantError::io("read", &conf_path)(e)),
+        };
+        Ok(Arc::new(TimelineHandle {
+            tenant_id: tenant_id.to_string(),
+            timeline_id: timeline_id.to_string(),
+            dir,
+            ingest: RwLock::new(ingest),
+            stream: Mutex::new(None),
+            service_conf: Mutex::new(service_conf),
+            remote_consistent_lsn: AtomicU64::new(0),
+            parent,
+            ingest_failed: Mutex::new(None),
+        }))
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        &self.tenant_id
+    }
+
+    pub fn timeline_id(&self) -> &str {
+        &self.timeline_id
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn parent(&self) -> Option<&Arc<TimelineHandle>> {
+        self.parent.as_ref()
+    }
+
+    fn read_guard(&self) -> RwLockReadGuard<'_, WalIngest> {
+        self.ingest.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_guard(&self) -> RwLockWriteGuard<'_, WalIngest> {
+        self.ingest.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` with the timeline read-locked.
+    pub fn read<T>(&self, f: impl FnOnce(&Timeline) -> T) -> T {
+        f(self.read_guard().timeline())
+    }
+
+    /// Runs `f` with the ingest write-locked (keep it short: reads wait).
+    pub fn with_ingest<T>(&self, f: impl FnOnce(&mut WalIngest) -> T) -> T {
+        f(&mut self.write_guard())
+    }
+
+    fn ctx(&self) -> String {
+        format!("timeline {}/{}", self.tenant_id, self.timeline_id)
+    }
+
+    pub fn status(&self) -> TimelineStatus {
+        let received = self.wal_progress().received;
+        let g = self.read_guard();
+        let tl = g.timeline();
+        let logical_size = g
+            .directory()
+            .all_forks()
+            .iter()
+            .map(|(_, _, n)| *n as u64 * BLCKSZ)
+            .sum();
+        TimelineStatus {
+            tenant_id: self.tenant_id.clone(),
+            timeline_id: self.timeline_id.clone(),
+            ancestor: tl.ancestor_link().map(|(id, l)| (id.to_string(), l)),
+            start_lsn: tl.start_lsn(),
+            last_record_lsn: tl.last_record_lsn(),
+            last_record_end: tl.last_record_end(),
+            disk_consistent_lsn: tl.disk_consistent_lsn(),
+            remote_consistent_lsn: Lsn(self.remote_consistent_lsn.load(Ordering::Relaxed)),
+            gc_cutoff_lsn: tl.start_lsn(),
+            logical_size,
+            layers: tl.layer_descs().len(),
+            received_lsn: received,
+            safekeepers: self.safekeepers(),
+        }
+    }
+
+    pub fn safekeepers(&self) -> Vec<String> {
+        lock(&self.service_conf).safekeepers.clone()
+    }
+
+    /// Stores a new safekeeper list (durably, before it takes effect).
+    pub fn set_safekeepers(&self, list: Vec<String>) -> Result<()> {
+        for a in &list {
+            check_safekeeper_addr(a)?;
+        }
+        let mut c = lock(&self.service_conf);
+        let new = TimelineServiceConf { safekeepers: list };
+        let text = toml::to_string(&new).expect("a list of strings serializes");
+        write_atomic(&self.dir.join(TIMELINE_CONF), text.as_bytes())?;
+        *c = new;
+        Ok(())
+    }
+
+    /// Published by the remote uploader.
+    pub fn set_remote_consistent_lsn(&self, lsn: Lsn) {
+        self.remote_consistent_lsn
+            .fetch_max(lsn.0, Ordering::Relaxed);
+    }
+
+    /// Freezes and writes the open layer: everything ingested becomes durable.
+    pub fn flush(&self) -> Result<()> {
+        self.write_guard()
+            .timeline_mut()
+            .flush()
+            .map_err(TenantError::timeline(format!("flushing {}", self.ctx())))
+    }
+
+    pub fn compact(&self) -> Result<CompactionReport> {
+        self.write_guard()
+            .timeline_mut()
+            .compact()
+            .map_err(TenantError::timeline(format!("compacting {}", self.ctx())))
+    }
+
+    fn new_decoder(&self) -> WalStreamDecoder {
+        let g = self.read_guard();
+        let tl = g.timeline();
+        let d = WalStreamDecoder::new(tl.last_record_end());
+        match tl.last_record_lsn() {
+            Lsn::INVALID => d,
+            prev => d.expect_prev(prev),
+        }
+    }
+
+    /// Where a WAL stream must (re)start: the end of the last record ingested.
+    pub fn wal_start_lsn(&self) -> Lsn {
+        self.read(|t| t.last_record_end())
+    }
+
+    /// Begins a new WAL stream at `at`, which must be [`TimelineHandle::wal_start_lsn`]:
+    /// a record received only in part is forgotten.
+    pub fn restart_wal_stream(&self, at: Lsn) -> Result<()> {
+        let mut stream = lock(&self.stream);
+        let dec = self.new_decoder();
+        if dec.input_lsn() != at {
+            *stream = None;
+            return Err(TenantError::InvalidArgument(format!(
+                "{}: a WAL stream must start at the ingest position {}, not at {at}",
+                self.ctx(),
+                dec.input_lsn()
+            )));
+        }
+        *stream = Some(dec);
+        Ok(())
+    }
+
+    pub fn wal_progress(&self) -> WalProgress {
+        let received = lock(&self.stream).as_ref().map(|d| d.input_lsn());
+        let g = self.read_guard();
+        let tl = g.timeline();
+        WalProgress {
+            received: received.unwrap_or(tl.last_record_end()),
+            durable_local: tl.disk_consistent_lsn(),
+            durable_remote: Lsn(self.remote_consistent_lsn.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Forgets the stream (the next one starts at the ingest position).
+    pub fn reset_wal_stream(&self) {
+        *lock(&self.stream) = None;
+    }
+
+    /// Takes the next chunk of a WAL stream, which must start where the previous chunk ended
+    /// (the first at [`TimelineHandle::wal_start_lsn`], unless a stream was begun with
+    /// [`TimelineHandle::restart_wal_stream`]), and ingests every record it
+    /// completes, under one write lock. Returns the number of records ingested. On any error
+    /// the stream is forgotten: the sender must restart at `wal_start_lsn()`.
+    pub fn receive_wal(&self, start: Lsn, wal: &[u8]) -> Result<usize> {
+        let mut stream = lock(&self.stream);
+        if let Some(why) = lock(&self.ingest_failed).as_ref() {
+            return Err(TenantError::FailedPrecondition(format!(
+                "{}: takes no WAL until the pageserver restarts (storing a record failed: {why})",
+                self.ctx()
+            )));
+        }
+        let dec = match stream.as_mut() {
+            Some(d) => d,
+            None => stream.insert(self.new_decoder()),
+        };
+        if start != dec.input_lsn() {
+            return Err(TenantError::InvalidArgument(format!(
+                "{}: WAL chunk starts at {start}, but the stream is at {}; chunks must be contiguous",
+                self.ctx(),
+                dec.input_lsn()
+            )));
+        }
+        dec.feed(wal);
+        let mut records = Vec::new();
+        let failed = loop {
+            match dec.next() {
+                Ok(Decoded::Record(r)) => records.push(r),
+                Ok(Decoded::NeedMore) => break None,
+                Ok(Decoded::EndOfWal { lsn, reason }) => {
+                    break Some(TenantError::InvalidArgument(format!(
+                        "{}: the WAL stream has no record at {lsn} ({reason})",
+                        self.ctx()
+                    )))
+                }
+                Err(e) => break Some(TenantError::InvalidArgument(format!("{}: {e}", self.ctx()))),
+            }
+        };
+        let mut ingested = 0;
+        if !records.is_empty() {
+            let mut g = self.write_guard();
+            for r in &records {
+                if let Err(e) = g.ingest_record(r) {
+                    *stream = None;
+                    // Refusals (a gap, a bad record) store nothing; a storage error may have
+                    // stored part of the record.
+                    if matches!(e, crate::ingest::IngestError::Timeline(_)) {
+                        *lock(&self.ingest_failed) = Some(e.to_string());
+                    }
+                    return Err(TenantError::ingest(self.ctx())(e));
+                }
+                ingested += 1;
+            }
+        }
+        if let Some(e) = failed {
+            *stream = None;
+            return Err(e);
+        }
+        Ok(ingested)
+    }
+}
+
+/// The walreceiver feeds the timeline through its handle.
+impl WalSink for TimelineHandle {
+    fn start_lsn(&self) -> Lsn {
+        self.wal_start_lsn()
+    }
+
+    fn restart(&self, at: Lsn) -> anyhow::Result<()> {
+        Ok(self.restart_wal_stream(at)?)
+    }
+
+    fn receive(&self, start: Lsn, wal: &[u8]) -> anyhow::Result<()> {
+        self.receive_wal(start, wal)?;
+        Ok(())
+    }
+
+    fn feedback(&self) -> Feedback {
+        let p = self.wal_progress();
+        Feedback {
+            received: p.received,
+            durable_local: p.durable_local,
+            durable_remote: p.durable_remote,
+        }
+    }
+}
+
+impl AncestorTimeline for TimelineHandle {
+    fn with_timeline(&self, f: &mut dyn FnMut(&Timeline)) {
+        f(self.read_guard().timeline())
+    }
+}

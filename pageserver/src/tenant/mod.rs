@@ -1,0 +1,443 @@
+//! Tenants and their timelines on one pageserver: creation (empty tenant, timeline by import
+//! of a data directory, branch of a timeline at an LSN, a time or a restore point), listing,
+//! deletion, and loading everything at start, each timeline at its durable state.
+//!
+//! - [`layout`]: the directories and the crash-safe way they are created and deleted.
+//! - [`conf`]: a tenant's TOML configuration.
+//! - [`ids`]: 32-hex-character ids.
+//! - [`handle`]: one timeline as the service shares it (locks, WAL stream, safekeepers).
+//! - [`branch`]: where a branch may start.
+//!
+//! Creations and deletions in one tenant are serialized by a per-tenant lock; reads of
+//! existing timelines never wait for them.
+
+pub mod branch;
+pub mod conf;
+pub mod error;
+pub mod handle;
+pub mod ids;
+pub mod layout;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use layer_format::Lsn;
+use tracing::{error, info, warn};
+
+pub use branch::BranchTarget;
+pub use conf::TenantConf;
+pub use error::{Result, TenantError};
+pub use handle::{TimelineHandle, TimelineServiceConf, TimelineStatus, WalProgress};
+
+use crate::import::import_datadir;
+use crate::timeline::ancestor::Ancestor;
+use crate::timeline::{Timeline, TimelineMetadata};
+use layout::{
+    create_dir_durable, rename_durable, tenant_dir, tenants_dir, timelines_dir, write_atomic,
+    TENANT_CONF, TIMELINE_CONF, TMP_SUFFIX,
+};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One tenant: its configuration and timelines.
+pub struct Tenant {
+    id: String,
+    dir: PathBuf,
+    conf: TenantConf,
+    timelines: Mutex<BTreeMap<String, Arc<TimelineHandle>>>,
+    /// Timelines that failed to load, with the reason (never served; kept for listings).
+    broken: Mutex<BTreeMap<String, String>>,
+    /// Serializes creations and deletions of timelines.
+    changes: Mutex<()>,
+}
+
+impl Tenant {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn conf(&self) -> &TenantConf {
+        &self.conf
+    }
+
+    pub fn timelines(&self) -> Vec<Arc<TimelineHandle>> {
+        lock(&self.timelines).values().cloned().collect()
+    }
+
+    /// Timelines that could not be loaded, and why.
+    pub fn broken_timelines(&self) -> BTreeMap<String, String> {
+        lock(&self.broken).clone()
+    }
+
+    pub fn timeline(&self, id: &str) -> Result<Arc<TimelineHandle>> {
+        if let Some(t) = lock(&self.timelines).get(id) {
+            return Ok(t.clone());
+        }
+        if let Some(why) = lock(&self.broken).get(id) {
+            return Err(TenantError::FailedPrecondition(format!(
+                "timeline {}/{id} failed to load: {why}",
+                self.id
+            )));
+        }
+        ids::check_id("timeline", id)?;
+        Err(TenantError::NotFound(format!(
+            "tenant {} has no timeline {id}",
+            self.id
+        )))
+    }
+
+    fn timelines_dir(&self) -> PathBuf {
+        timelines_dir(&self.dir)
+    }
+
+    /// Loads every timeline in the directory, parents before branches. A timeline that fails
+    /// (or whose ancestor failed) is logged and listed as broken.
+    fn load_timelines(&self) -> Result<()> {
+        let dir = self.timelines_dir();
+        let mut metas: BTreeMap<String, TimelineMetadata> = BTreeMap::new();
+        let mut broken = BTreeMap::new();
+        for e in std::fs::read_dir(&dir).map_err(TenantError::io("list", &dir))? {
+            let e = e.map_err(TenantError::io("list", &dir))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(TMP_SUFFIX) {
+                // An interrupted creation or deletion.
+                info!(path = %e.path().display(), "removing an unfinished timeline directory");
+                std::fs::remove_dir_all(e.path()).map_err(TenantError::io("remove", e.path()))?;
+                continue;
+            }
+            if ids::check_id("timeline", &name).is_err() {
+                warn!(path = %e.path().display(), "ignoring an entry that is not a timeline id");
+                continue;
+            }
+            match TimelineMetadata::load(&e.path()) {
+                Ok(Some(m)) => {
+                    metas.insert(name, m);
+                }
+                Ok(None) => {
+                    broken.insert(name, "no metadata file".to_string());
+                }
+                Err(err) => {
+                    broken.insert(name, err.to_string());
+                }
+            }
+        }
+        let tl_conf = self.conf.timeline_conf();
+        // Parents first: repeatedly open the timelines whose ancestor is open (or absent).
+        let mut pending = metas;
+        while !pending.is_empty() {
+            let ready: Vec<String> = pending
+                .iter()
+                .filter(|(_, m)| match &m.ancestor {
+                    None => true,
+                    Some((a, _)) => {
+                        lock(&self.timelines).contains_key(a)
+                            || broken.contains_key(a)
+                            || !pending.contains_key(a)
+                    }
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            if ready.is_empty() {
+                for id in pending.keys() {
+                    broken.insert(id.clone(), "its ancestors form a cycle".into());
+                }
+                break;
+            }
+            for id in ready {
+                let m = pending.remove(&id).expect("listed as ready");
+                let parent = match &m.ancestor {
+                    None => None,
+                    Some((a, _)) => match lock(&self.timelines).get(a) {
+                        Some(p) => Some(p.clone()),
+                        None => {
+                            broken.insert(id, format!("its ancestor {a} is missing or broken"));
+                            continue;
+                        }
+                    },
+                };
+                match TimelineHandle::open(&self.id, &id, &dir.join(&id), tl_conf.clone(), parent) {
+                    Ok(h) => {
+                        let s = h.status();
+                        info!(tenant = %self.id, timeline = %id, start = %s.start_lsn,
+                              disk_consistent = %s.disk_consistent_lsn, "timeline loaded");
+                        lock(&self.timelines).insert(id, h);
+                    }
+                    Err(e) => {
+                        broken.insert(id, e.to_string());
+                    }
+                }
+            }
+        }
+        for (id, why) in &broken {
+            error!(tenant = %self.id, timeline = %id, reason = %why, "timeline not loaded");
+        }
+        *lock(&self.broken) = broken;
+        Ok(())
+    }
+
+    /// A new timeline id (given or generated) that is not taken.
+    fn new_timeline_id(&self, id: Option<String>) -> Result<String> {
+        let id = match id.filter(|s| !s.is_empty()) {
+            Some(id) => {
+                ids::check_id("timeline", &id)?;
+                id
+            }
+            None => ids::generate_id()?,
+        };
+        if lock(&self.timelines).contains_key(&id)
+            || lock(&self.broken).contains_key(&id)
+            || self.timelines_dir().join(&id).exists()
+        {
+            return Err(TenantError::AlreadyExists(format!(
+                "timeline {}/{id} already exists",
+                self.id
+            )));
+        }
+        Ok(id)
+    }
+
+    /// A fresh `.tmp` directory to build timeline `id` in.
+    fn tmp_dir(&self, id: &str) -> Result<PathBuf> {
+        let tmp = self.timelines_dir().join(format!("{id}{TMP_SUFFIX}"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(TenantError::io("remove", &tmp))?;
+        }
+        Ok(tmp)
+    }
+
+    /// Moves a finished timeline directory into place and opens it.
+    fn install(
+        &self,
+        id: &str,
+        tmp: &Path,
+        safekeepers: Vec<String>,
+        parent: Option<Arc<TimelineHandle>>,
+    ) -> Result<Arc<TimelineHandle>> {
+        let conf = TimelineServiceConf { safekeepers };
+        let text = toml::to_string(&conf).expect("a list of strings serializes");
+        write_atomic(&tmp.join(TIMELINE_CONF), text.as_bytes())?;
+        let dir = self.timelines_dir().join(id);
+        rename_durable(tmp, &dir)?;
+        let h = TimelineHandle::open(&self.id, id, &dir, self.conf.timeline_conf(), parent)?;
+        lock(&self.timelines).insert(id.to_string(), h.clone());
+        Ok(h)
+    }
+
+    /// Creates a timeline from a cleanly shut down data directory, at its checkpoint LSN
+    /// (or `lsn`).
+    pub fn import_timeline(
+        &self,
+        id: Option<String>,
+        datadir: &Path,
+        lsn: Option<Lsn>,
+        safekeepers: Vec<String>,
+    ) -> Result<Arc<TimelineHandle>> {
+        for a in &safekeepers {
+            handle::check_safekeeper_addr(a)?;
+        }
+        let _changes = lock(&self.changes);
+        let id = self.new_timeline_id(id)?;
+        let tmp = self.tmp_dir(&id)?;
+        let (tl, rep) =
+            import_datadir(datadir, &tmp, self.conf.timeline_conf(), lsn).map_err(|source| {
+                TenantError::Import {
+                    datadir: datadir.to_path_buf(),
+                    source: Box::new(source),
+                }
+            })?;
+        drop(tl);
+        info!(tenant = %self.id, timeline = %id, lsn = %rep.lsn, blocks = rep.blocks,
+              datadir = %datadir.display(), "imported a data directory");
+        self.install(&id, &tmp, safekeepers, None)
+    }
+
+    /// Creates a branch of `parent_id` at `target`.
+    pub fn create_branch(
+        &self,
+        parent_id: &str,
+        id: Option<String>,
+        target: &BranchTarget,
+        safekeepers: Vec<String>,
+    ) -> Result<Arc<TimelineHandle>> {
+        for a in &safekeepers {
+            handle::check_safekeeper_addr(a)?;
+        }
+        let _changes = lock(&self.changes);
+        let parent = self.timeline(parent_id)?;
+        let name = format!("{}/{parent_id}", self.id);
+        let lsn = parent.read(|t| branch::resolve(t, &name, target))?;
+        // The branch reads the parent's layers as of `lsn`: they must hold all of it.
+        if parent.read(|t| t.disk_consistent_lsn()) < lsn {
+            parent.flush()?;
+        }
+        let id = self.new_timeline_id(id)?;
+        let tmp = self.tmp_dir(&id)?;
+        let ancestor = Ancestor {
+            id: parent_id.to_string(),
+            lsn,
+            timeline: parent.clone(),
+        };
+        let tl = Timeline::create_branch(&tmp, self.conf.timeline_conf(), ancestor).map_err(
+            TenantError::timeline(format!("creating branch {}/{id}", self.id)),
+        )?;
+        drop(tl);
+        info!(tenant = %self.id, timeline = %id, parent = %parent_id, %lsn, "branch created");
+        self.install(&id, &tmp, safekeepers, Some(parent))
+    }
+
+    /// Deletes a timeline that has no branches.
+    pub fn delete_timeline(&self, id: &str) -> Result<()> {
+        let _changes = lock(&self.changes);
+        let known = lock(&self.timelines).contains_key(id) || lock(&self.broken).contains_key(id);
+        if !known {
+            self.timeline(id)?;
+        }
+        let children: Vec<String> = self
+            .timelines()
+            .iter()
+            .filter(|t| t.parent().is_some_and(|p| p.timeline_id() == id))
+            .map(|t| t.timeline_id().to_string())
+            .collect();
+        if !children.is_empty() {
+            return Err(TenantError::FailedPrecondition(format!(
+                "timeline {}/{id} has branches {children:?}; delete them first",
+                self.id
+            )));
+        }
+        lock(&self.timelines).remove(id);
+        lock(&self.broken).remove(id);
+        let dir = self.timelines_dir().join(id);
+        let tmp = self.tmp_dir(id)?;
+        rename_durable(&dir, &tmp)?;
+        std::fs::remove_dir_all(&tmp).map_err(TenantError::io("remove", &tmp))?;
+        info!(tenant = %self.id, timeline = %id, "timeline deleted");
+        Ok(())
+    }
+}
+
+/// Every tenant of a pageserver's data directory.
+pub struct TenantManager {
+    data_dir: PathBuf,
+    tenants: RwLock<BTreeMap<String, Arc<Tenant>>>,
+    /// Serializes tenant creation.
+    creating: Mutex<()>,
+}
+
+impl TenantManager {
+    /// Opens `data_dir` (created if missing) and loads every tenant and timeline in it.
+    pub fn load(data_dir: &Path) -> Result<TenantManager> {
+        let root = tenants_dir(data_dir);
+        std::fs::create_dir_all(&root).map_err(TenantError::io("create directory", &root))?;
+        let mut tenants = BTreeMap::new();
+        for e in std::fs::read_dir(&root).map_err(TenantError::io("list", &root))? {
+            let e = e.map_err(TenantError::io("list", &root))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(TMP_SUFFIX) {
+                std::fs::remove_dir_all(e.path()).map_err(TenantError::io("remove", e.path()))?;
+                continue;
+            }
+            if ids::check_id("tenant", &name).is_err() {
+                warn!(path = %e.path().display(), "ignoring an entry that is not a tenant id");
+                continue;
+            }
+            let conf_path = e.path().join(TENANT_CONF);
+            let text =
+                std::fs::read_to_string(&conf_path).map_err(TenantError::io("read", &conf_path))?;
+            let conf = TenantConf::parse(&text, &conf_path.display().to_string())?;
+            let t = Arc::new(Tenant {
+                id: name.clone(),
+                dir: e.path(),
+                conf,
+                timelines: Mutex::new(BTreeMap::new()),
+                broken: Mutex::new(BTreeMap::new()),
+                changes: Mutex::new(()),
+            });
+            t.load_timelines()?;
+            tenants.insert(name, t);
+        }
+        Ok(TenantManager {
+            data_dir: data_dir.to_path_buf(),
+            tenants: RwLock::new(tenants),
+            creating: Mutex::new(()),
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn tenants(&self) -> Vec<Arc<Tenant>> {
+        let g = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+        g.values().cloned().collect()
+    }
+
+    pub fn tenant(&self, id: &str) -> Result<Arc<Tenant>> {
+        let g = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = g.get(id) {
+            return Ok(t.clone());
+        }
+        ids::check_id("tenant", id)?;
+        Err(TenantError::NotFound(format!("no tenant {id}")))
+    }
+
+    pub fn timeline(&self, tenant: &str, timeline: &str) -> Result<Arc<TimelineHandle>> {
+        self.tenant(tenant)?.timeline(timeline)
+    }
+
+    /// Creates an empty tenant (id generated if not given).
+    pub fn create_tenant(&self, id: Option<String>, conf: TenantConf) -> Result<Arc<Tenant>> {
+        conf.validate()?;
+        let id = match id.filter(|s| !s.is_empty()) {
+            Some(id) => {
+                ids::check_id("tenant", &id)?;
+                id
+            }
+            None => ids::generate_id()?,
+        };
+        let _creating = lock(&self.creating);
+        let dir = tenant_dir(&self.data_dir, &id);
+        if self.tenant(&id).is_ok() || dir.exists() {
+            return Err(TenantError::AlreadyExists(format!(
+                "tenant {id} already exists"
+            )));
+        }
+        let tmp = tenants_dir(&self.data_dir).join(format!("{id}{TMP_SUFFIX}"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(TenantError::io("remove", &tmp))?;
+        }
+        create_dir_durable(&timelines_dir(&tmp))?;
+        write_atomic(&tmp.join(TENANT_CONF), conf.to_toml().as_bytes())?;
+        rename_durable(&tmp, &dir)?;
+        let t = Arc::new(Tenant {
+            id: id.clone(),
+            dir,
+            conf,
+            timelines: Mutex::new(BTreeMap::new()),
+            broken: Mutex::new(BTreeMap::new()),
+            changes: Mutex::new(()),
+        });
+        self.tenants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), t.clone());
+        info!(tenant = %id, "tenant created");
+        Ok(t)
+    }
+
+    /// Makes everything ingested durable (a clean shutdown). Returns the failures.
+    pub fn flush_all(&self) -> Vec<TenantError> {
+        let mut errs = Vec::new();
+        for t in self.tenants() {
+            for h in t.timelines() {
+                if let Err(e) = h.flush() {
+                    error!(tenant = %t.id, timeline = %h.timeline_id(), error = %e, "flush failed");
+                    errs.push(e);
+                }
+            }
+        }
+        errs
+    }
+}
