@@ -92,6 +92,11 @@ install_s3s_fs() {
         say "s3s-fs already installed: $(command -v s3s-fs)"
         return
     fi
+    # `cargo install` puts it in ~/.cargo/bin, which may not be on PATH (the tests look there).
+    if [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
+        say "s3s-fs already installed: ${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs"
+        return
+    fi
     say "cargo install s3s-fs@0.14.1 --locked --features binary"
     cargo install s3s-fs@0.14.1 --locked --features binary
 }

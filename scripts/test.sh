@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh
+# STRATA_SETUP_S3=1: the safekeeper offload tests run against s3s-fs, a local S3 server.
+STRATA_SETUP_S3=1 scripts/setup.sh
 echo "==> cargo fmt --check"
 cargo fmt --all --check
 echo "==> cargo clippy"

@@ -245,6 +245,8 @@ impl Acceptor {
         if s.flush_lsn == p.flush_lsn
             && s.commit_lsn == p.commit_lsn
             && s.truncate_lsn == p.truncate_lsn
+            && s.offloaded_lsn == p.offloaded_lsn
+            && s.consumer_durable_lsn == p.consumer_durable_lsn
         {
             return false;
         }
@@ -270,6 +272,53 @@ impl Acceptor {
     fn durable_now(&mut self) -> (Lsn, Lsn) {
         let d = self.wal.durable().borrow().lsn;
         self.on_durable(d)
+    }
+
+    /// Every complete segment below `lsn` is in the object store (ours or a peer's upload);
+    /// kept in memory now and persisted with the next control file write.
+    pub fn advance_offloaded(&mut self, lsn: Lsn) {
+        self.state.offloaded_lsn = self.state.offloaded_lsn.max(lsn);
+    }
+
+    /// A pageserver made WAL up to `lsn` durable remotely. Never above our commit LSN: a
+    /// consumer cannot have made durable what was not committed.
+    pub fn advance_consumer_durable(&mut self, lsn: Lsn) {
+        let lsn = lsn.min(self.state.commit_lsn);
+        self.state.consumer_durable_lsn = self.state.consumer_durable_lsn.max(lsn);
+    }
+
+    /// Where local WAL may be removed up to (a segment boundary), or `None` if nothing may
+    /// go: only below what is both offloaded and made durable by a consumer, and never the
+    /// segment holding the commit LSN (the proposer and readers still need it).
+    pub fn removal_horizon(&self) -> Option<Lsn> {
+        let s = &self.state;
+        if s.consumer_durable_lsn == Lsn(0) || s.offloaded_lsn == Lsn(0) {
+            return None;
+        }
+        let horizon = s
+            .offloaded_lsn
+            .min(s.consumer_durable_lsn)
+            .min(s.commit_lsn)
+            .segment_start();
+        (horizon > s.local_start_lsn.segment_start()).then_some(horizon)
+    }
+
+    /// Removes the local segments below [`Acceptor::removal_horizon`]: the control file first
+    /// says the WAL starts there (so a crash never leaves a control file pointing at removed
+    /// files), then the files go and the directory is fsynced. Returns the new WAL start.
+    pub fn remove_old_wal(&mut self) -> Result<Option<Lsn>, AcceptorError> {
+        let Some(horizon) = self.removal_horizon() else {
+            return Ok(None);
+        };
+        let first = self.state.local_start_lsn.segment_number();
+        self.state.local_start_lsn = horizon;
+        self.persist()?;
+        crate::wal_storage::remove_segments(
+            &self.dir,
+            self.state.pg_timeline,
+            first..horizon.segment_number(),
+        )?;
+        Ok(Some(horizon))
     }
 
     /// Handles a vote request (see the module docs).

@@ -254,3 +254,57 @@ fn bad_elections_are_refused_without_harm() {
         .unwrap();
     assert!(a.wal().flush_blocking().unwrap() > START);
 }
+
+#[test]
+fn old_wal_is_removed_only_below_offloaded_and_consumer_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    // 3000-byte records: 16000 of them span about three segments.
+    let (mut a, _, bytes) = with_wal(dir.path(), 16_000);
+    let end = Lsn(START.0 + bytes.len() as u64);
+    a.append(1, end, Bytes::new(), end, Lsn(0)).unwrap();
+    let (_, commit) = a.on_durable(end);
+    assert_eq!(commit, end);
+    let seg = |n: u64| Lsn(n * WAL_SEGMENT_SIZE);
+    assert!(end.segment_number() >= 3, "{end}");
+    let files = |d: &Path| -> usize {
+        std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("0000000100"))
+            .count()
+    };
+    let before = files(dir.path());
+
+    // Offloaded but no consumer has reported: nothing goes.
+    a.advance_offloaded(seg(3));
+    assert_eq!(a.remove_old_wal().unwrap(), None);
+    // A consumer reports: removal stops at the lower of the two, at a segment boundary.
+    a.advance_consumer_durable(Lsn(seg(2).0 + 100));
+    assert_eq!(a.remove_old_wal().unwrap(), Some(seg(2)));
+    assert_eq!(files(dir.path()), before - 1);
+    assert_eq!(a.state().local_start_lsn, seg(2));
+    assert_eq!(
+        control_file::load(dir.path())
+            .unwrap()
+            .unwrap()
+            .local_start_lsn,
+        seg(2),
+        "the new WAL start is durable"
+    );
+    assert_eq!(a.remove_old_wal().unwrap(), None, "nothing more to remove");
+    // A consumer can never be ahead of the commit LSN, and the segment holding the commit
+    // LSN always stays.
+    a.advance_consumer_durable(Lsn(u64::MAX));
+    assert_eq!(a.state().consumer_durable_lsn, commit);
+    a.advance_offloaded(Lsn(u64::MAX - WAL_SEGMENT_SIZE + 1));
+    assert_eq!(a.remove_old_wal().unwrap(), Some(commit.segment_start()));
+    assert_eq!(
+        read(dir.path(), commit.segment_start(), commit),
+        bytes[(commit.segment_start().0 - START.0) as usize..]
+    );
+    drop(a);
+    // Restart: the WAL starts where the removal left it, everything after it intact.
+    let a = Acceptor::open(dir.path(), id()).unwrap().unwrap();
+    assert_eq!(a.state().local_start_lsn, commit.segment_start());
+    assert_eq!(a.state().flush_lsn, end);
+}

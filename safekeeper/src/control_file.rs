@@ -6,13 +6,17 @@
 //! a temporary file, fsynced, renamed over the old one, and the directory fsynced, so a crash
 //! leaves either the old or the new state, never a mix.
 //!
-//! Layout (little-endian), format version 1:
+//! Layout (little-endian), format version 2:
 //!
 //! ```text
 //! magic u32 "SKCF" | version u32 | tenant [16] | timeline [16] | system_id u64 | pg_timeline u32
 //! | wal_seg_size u32 | term u64 | flush_lsn u64 | commit_lsn u64 | truncate_lsn u64
-//! | local_start_lsn u64 | history_len u32 | history_len × (term u64, start_lsn u64) | crc32c u32
+//! | local_start_lsn u64 | offloaded_lsn u64 | consumer_durable_lsn u64
+//! | history_len u32 | history_len × (term u64, start_lsn u64) | crc32c u32
 //! ```
+//!
+//! Version 1 is the same without `offloaded_lsn` and `consumer_durable_lsn` (read as 0); it is
+//! still read, and rewritten as version 2 on the next store.
 //!
 //! The crc32c covers every byte before it. The file length must match `history_len` exactly.
 
@@ -27,9 +31,12 @@ use crate::term_history::{TermHistory, TermSwitch};
 
 pub const CONTROL_FILE_NAME: &str = "safekeeper.control";
 const MAGIC: u32 = u32::from_le_bytes(*b"SKCF");
-const FORMAT_VERSION: u32 = 1;
-/// Bytes before the history entries.
-const FIXED_LEN: usize = 4 + 4 + 16 + 16 + 8 + 4 + 4 + 8 * 5 + 4;
+const FORMAT_VERSION: u32 = 2;
+/// Bytes before the history entries, per format version.
+const fn fixed_len(version: u32) -> usize {
+    let lsns = if version >= 2 { 7 } else { 5 };
+    4 + 4 + 16 + 16 + 8 + 4 + 4 + 8 * lsns + 4
+}
 /// A history longer than this is a corrupt length, not a real history.
 const MAX_HISTORY: u32 = 1 << 20;
 
@@ -51,6 +58,12 @@ pub struct ControlState {
     pub truncate_lsn: Lsn,
     /// Where this acceptor's WAL begins; 0 = no WAL yet.
     pub local_start_lsn: Lsn,
+    /// Every complete segment below this LSN is in the object store (a segment boundary;
+    /// 0 = nothing offloaded).
+    pub offloaded_lsn: Lsn,
+    /// The highest LSN a pageserver reported as durable in the object store (the `apply`
+    /// field of its standby status updates); 0 = none reported yet.
+    pub consumer_durable_lsn: Lsn,
 }
 
 /// Why the control file could not be read or written. Names the file and the failed check.
@@ -76,12 +89,15 @@ impl ControlState {
             commit_lsn: Lsn(0),
             truncate_lsn: Lsn(0),
             local_start_lsn: Lsn(0),
+            offloaded_lsn: Lsn(0),
+            consumer_durable_lsn: Lsn(0),
         }
     }
 
     /// The file's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(FIXED_LEN + 16 * self.term_history.0.len() + 4);
+        let mut b =
+            Vec::with_capacity(fixed_len(FORMAT_VERSION) + 16 * self.term_history.0.len() + 4);
         b.extend_from_slice(&MAGIC.to_le_bytes());
         b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         b.extend_from_slice(&self.id.tenant.0);
@@ -95,6 +111,8 @@ impl ControlState {
             self.commit_lsn.0,
             self.truncate_lsn.0,
             self.local_start_lsn.0,
+            self.offloaded_lsn.0,
+            self.consumer_durable_lsn.0,
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
@@ -114,11 +132,11 @@ impl ControlState {
             path: path.to_path_buf(),
             check,
         };
-        if b.len() < FIXED_LEN + 4 {
+        if b.len() < fixed_len(1) + 4 {
             return Err(corrupt(format!(
                 "file is {} bytes, shorter than the {} bytes of an empty state",
                 b.len(),
-                FIXED_LEN + 4
+                fixed_len(1) + 4
             )));
         }
         let mut r = Reader { b, pos: 0 };
@@ -129,14 +147,21 @@ impl ControlState {
             )));
         }
         let version = r.u32();
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != 1 {
             return Err(corrupt(format!(
-                "unsupported format version {version} (this build reads {FORMAT_VERSION})"
+                "unsupported format version {version} (this build reads 1 and {FORMAT_VERSION})"
             )));
         }
-        let history_len =
-            u32::from_le_bytes(b[FIXED_LEN - 4..FIXED_LEN].try_into().unwrap_or_default());
-        let want = (history_len <= MAX_HISTORY).then(|| FIXED_LEN + 16 * history_len as usize + 4);
+        let fixed = fixed_len(version);
+        if b.len() < fixed + 4 {
+            return Err(corrupt(format!(
+                "file is {} bytes, shorter than the {} bytes of an empty version {version} state",
+                b.len(),
+                fixed + 4
+            )));
+        }
+        let history_len = u32::from_le_bytes(b[fixed - 4..fixed].try_into().unwrap_or_default());
+        let want = (history_len <= MAX_HISTORY).then(|| fixed + 16 * history_len as usize + 4);
         if want != Some(b.len()) {
             return Err(corrupt(format!(
                 "file is {} bytes but its term history length {history_len} needs {}",
@@ -162,6 +187,11 @@ impl ControlState {
         let commit_lsn = Lsn(r.u64());
         let truncate_lsn = Lsn(r.u64());
         let local_start_lsn = Lsn(r.u64());
+        let (offloaded_lsn, consumer_durable_lsn) = if version >= 2 {
+            (Lsn(r.u64()), Lsn(r.u64()))
+        } else {
+            (Lsn(0), Lsn(0))
+        };
         let _len = r.u32();
         let mut entries = Vec::with_capacity(history_len as usize);
         for _ in 0..history_len {
@@ -197,6 +227,8 @@ impl ControlState {
             commit_lsn,
             truncate_lsn,
             local_start_lsn,
+            offloaded_lsn,
+            consumer_durable_lsn,
         })
     }
 }
@@ -282,6 +314,8 @@ mod tests {
         s.commit_lsn = Lsn(0x20f_0000);
         s.truncate_lsn = Lsn(0x1f0_0000);
         s.local_start_lsn = Lsn(0x100_0000);
+        s.offloaded_lsn = Lsn(0x200_0000);
+        s.consumer_durable_lsn = Lsn(0x1f8_0000);
         s
     }
 
@@ -342,5 +376,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("bytes"));
+    }
+
+    #[test]
+    fn version_1_files_are_still_read() {
+        let mut s = sample();
+        s.offloaded_lsn = Lsn(0);
+        s.consumer_durable_lsn = Lsn(0);
+        let v2 = s.encode();
+        // A version 1 file: no offload LSNs, version field 1, its own checksum.
+        let fixed2 = fixed_len(2);
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(&v2[..4]);
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&v2[8..fixed2 - 4 - 16]);
+        v1.extend_from_slice(&v2[fixed2 - 4..v2.len() - 4]);
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        let path = Path::new("/x/safekeeper.control");
+        assert_eq!(ControlState::decode(path, &v1).unwrap(), s);
     }
 }

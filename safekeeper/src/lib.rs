@@ -6,13 +6,21 @@
 //! - [`group_commit`]: the writer thread that batches fsyncs;
 //! - [`acceptor`]: the Paxos rules for one timeline;
 //! - [`service`]: the gRPC service (`strata.safekeeper.v1.Safekeeper`);
-//! - [`replication_server`]: the Postgres replication protocol over the committed WAL.
+//! - [`replication_server`]: the Postgres replication protocol over the committed WAL;
+//! - [`remote_storage`]: the object store WAL is offloaded to;
+//! - [`peers`]: the other safekeepers and the offloader choice;
+//! - [`offload`]: uploads, shared offload/consumer LSNs, local WAL removal;
+//! - [`recovery`]: rebuilding a timeline lost from disk from the peers and the object store.
 
 pub mod acceptor;
 pub mod control_file;
 mod convert;
 pub mod group_commit;
 pub mod ids;
+pub mod offload;
+pub mod peers;
+mod recovery;
+pub mod remote_storage;
 pub mod replication_server;
 pub mod service;
 pub mod term_history;

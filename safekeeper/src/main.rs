@@ -1,13 +1,15 @@
 //! The `safekeeper` binary: a Paxos acceptor serving `strata.safekeeper.v1.Safekeeper` over gRPC.
 //!
 //! Configuration comes from an optional TOML file (`--config`) with the same keys as the flags
-//! (`datadir`, `listen_grpc`, `listen_pg`, `id`); flags win. On start it prints
+//! (`datadir`, `listen_grpc`, `listen_pg`, `id`, `remote_storage`, `s3_endpoint`, `s3_region`,
+//! `peers`, `partial_offload_interval_secs`); flags win. On start it prints
 //! `safekeeper <id> listening on <addr>` to stdout (with the real port when asked for port 0),
 //! so scripts and tests can find it.
 
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -16,7 +18,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 use tracing::info;
 
-use safekeeper::service::SafekeeperService;
+use safekeeper::peers::Peer;
+use safekeeper::remote_storage::{RemoteStorage, S3Options};
+use safekeeper::service::{SafekeeperService, ServiceConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,6 +43,23 @@ struct Args {
     /// a private network.
     #[arg(long, value_name = "ADDR:PORT")]
     listen_pg: Option<SocketAddr>,
+    /// Object store for offloaded WAL: a directory, file:///dir, or s3://bucket/prefix (S3
+    /// settings from the AWS_* environment variables: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION). Without it nothing is offloaded or removed.
+    #[arg(long, value_name = "URL")]
+    remote_storage: Option<String>,
+    /// S3 endpoint (e.g. http://127.0.0.1:9000), overriding AWS_ENDPOINT_URL.
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// S3 region, overriding AWS_REGION.
+    #[arg(long)]
+    s3_region: Option<String>,
+    /// The other safekeepers: comma-separated id=host:port (their gRPC addresses).
+    #[arg(long, value_name = "ID=ADDR,...", value_delimiter = ',')]
+    peers: Vec<Peer>,
+    /// Seconds between uploads of the segment being written (complete segments go at once).
+    #[arg(long, value_name = "SECS")]
+    partial_offload_interval_secs: Option<u64>,
     /// TOML configuration file with the same keys as the flags.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -51,9 +72,16 @@ struct FileConfig {
     listen_grpc: Option<SocketAddr>,
     id: Option<u64>,
     listen_pg: Option<SocketAddr>,
+    remote_storage: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    peers: Option<Vec<String>>,
+    partial_offload_interval_secs: Option<u64>,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:7676";
+/// How long a SIGTERM waits for open gRPC calls before the state is persisted and we exit.
+const GRACE: Duration = Duration::from_secs(1);
 const ID_FILE: &str = "safekeeper.id";
 
 /// The node id is written into the datadir on first start; starting the same datadir under
@@ -86,6 +114,13 @@ fn check_node_id(datadir: &Path, id: u64) -> Result<()> {
     Ok(())
 }
 
+/// Prints a line for scripts on stdout; a reader that went away is no reason to stop.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
 /// Stops the replication server when `serve` returns.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -109,6 +144,7 @@ fn run() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let file = match &args.config {
@@ -144,7 +180,41 @@ fn run() -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let listen_pg = args.listen_pg.or(file.listen_pg);
-    rt.block_on(serve(datadir, listen, listen_pg, id))
+    let peers = if args.peers.is_empty() {
+        file.peers
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.parse::<Peer>())
+            .collect::<Result<Vec<_>, _>>()
+            .context("config file `peers`")?
+    } else {
+        args.peers
+    };
+    if let Some(p) = peers.iter().find(|p| p.id == id) {
+        bail!("--peers lists this safekeeper's own id: {p}");
+    }
+    let s3 = S3Options {
+        endpoint: args.s3_endpoint.or(file.s3_endpoint),
+        region: args.s3_region.or(file.s3_region),
+    };
+    let mut config = ServiceConfig {
+        peers,
+        ..ServiceConfig::default()
+    };
+    if let Some(secs) = args
+        .partial_offload_interval_secs
+        .or(file.partial_offload_interval_secs)
+    {
+        config.partial_offload_interval = Duration::from_secs(secs);
+    }
+    let remote_url = args.remote_storage.or(file.remote_storage);
+    rt.block_on(async move {
+        // The S3 client wants a runtime even to be built.
+        if let Some(url) = &remote_url {
+            config.remote = Some(RemoteStorage::parse(url, &s3)?);
+        }
+        serve(datadir, listen, listen_pg, id, config).await
+    })
 }
 
 async fn serve(
@@ -152,22 +222,32 @@ async fn serve(
     listen: SocketAddr,
     listen_pg: Option<SocketAddr>,
     id: u64,
+    mut config: ServiceConfig,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the gRPC address {listen}"))?;
     let addr = listener.local_addr()?;
-    let service = SafekeeperService::new(id, datadir.clone());
-    info!(id, %addr, datadir = %datadir.display(), "safekeeper starting");
-    println!("safekeeper {id} listening on {addr}");
-    let _replication = match listen_pg {
+    let pg_listener = match listen_pg {
         Some(pg_addr) => {
-            let pg_listener = tokio::net::TcpListener::bind(pg_addr)
+            let l = tokio::net::TcpListener::bind(pg_addr)
                 .await
                 .with_context(|| format!("binding the replication address {pg_addr}"))?;
+            config.replication_addr = Some(l.local_addr()?.to_string());
+            Some(l)
+        }
+        None => None,
+    };
+    let remote = config.remote.clone();
+    info!(id, %addr, datadir = %datadir.display(), remote_storage = ?remote.as_ref().map(|r| r.url()), peers = ?config.peers, "safekeeper starting");
+    let service = SafekeeperService::with_config(id, datadir.clone(), config);
+    service.open_all();
+    announce(&format!("safekeeper {id} listening on {addr}"));
+    let _replication = match pg_listener {
+        Some(pg_listener) => {
             let pg_addr = pg_listener.local_addr()?;
             info!(%pg_addr, "serving the Postgres replication protocol");
-            println!("safekeeper {id} serving replication on {pg_addr}");
+            announce(&format!("safekeeper {id} serving replication on {pg_addr}"));
             Some(AbortOnDrop(tokio::spawn(
                 safekeeper::replication_server::serve(pg_listener, service.clone()),
             )))
@@ -190,11 +270,26 @@ async fn serve(
         }
         conn
     });
-    tonic::transport::Server::builder()
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .add_service(service.clone().into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .context("gRPC server failed")?;
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r.context("gRPC server failed")?,
+        _ = shutdown => {
+            let _ = stop_tx.send(());
+            // A graceful stop waits for every stream, and a proposer's session never ends on
+            // its own: give in-flight calls a moment, then go on without them.
+            match tokio::time::timeout(GRACE, &mut server).await {
+                Ok(r) => r.context("gRPC server failed")?,
+                Err(_) => info!("proposer sessions still open after {GRACE:?}; closing them"),
+            }
+        }
+    }
+    safekeeper::offload::final_upload(service.open_timelines(), id, remote).await;
     tokio::task::spawn_blocking(move || service.shutdown()).await?;
     Ok(())
 }

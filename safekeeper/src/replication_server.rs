@@ -25,6 +25,7 @@ use walproto::replication::{pg_now, ReplicationMessage};
 use walproto::Lsn;
 
 use crate::ids::TenantTimeline;
+use crate::remote_storage::RemoteStorage;
 use crate::service::{SafekeeperService, Timeline};
 use crate::wal_storage::read_wal;
 
@@ -94,9 +95,15 @@ async fn handle(stream: TcpStream, service: SafekeeperService) -> Result<(), Con
         }
     };
     let mut w = BackendWriter::default();
+    let client = Client {
+        consumer: params
+            .iter()
+            .any(|(k, v)| k == "application_name" && v.starts_with("pageserver")),
+        remote: service.config().remote.clone(),
+    };
     match open_timeline(&service, &params) {
         Ok(tl) => {
-            let result = session(&tl, rd, &mut wr, rbuf).await;
+            let result = session(&tl, &client, rd, &mut wr, rbuf).await;
             if let Err(e) = &result {
                 w.error(e.code, &e.message);
                 let _ = wr.write_all(&w.take()).await;
@@ -214,8 +221,17 @@ async fn read_client(
     }
 }
 
+/// Who is connected and what serves WAL removed from the local disk.
+struct Client {
+    /// A pageserver (`application_name` starting with `pageserver`): the `applied` position of
+    /// its status updates is the LSN it has made durable in the object store.
+    consumer: bool,
+    remote: Option<RemoteStorage>,
+}
+
 async fn session(
     tl: &Arc<Timeline>,
+    client: &Client,
     rd: OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
     rbuf: BytesMut,
@@ -250,7 +266,7 @@ async fn session(
         match msg? {
             FrontendMessage::Query(q) => {
                 if let Some(start) = parse_start_replication(&q, state.pg_timeline)? {
-                    stream_wal(tl, start, wr, &mut rx).await?;
+                    stream_wal(tl, client, start, wr, &mut rx).await?;
                     let mut w = BackendWriter::default();
                     w.command_complete("START_STREAMING");
                     w.ready_for_query();
@@ -277,23 +293,42 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 /// Decodes the WAL on its way out, so that a safekeeper whose disk damaged committed WAL
 /// refuses to serve it rather than handing it on: every record must be whole, in sequence and
-/// match its CRC. Checking starts at the first page boundary at or after the stream's start
-/// (a record in progress there cannot be checked from its middle).
+/// match its CRC.
+///
+/// A stream that starts at a page start (pg_receivewal, standbys) is checked from there. One
+/// that starts inside a page (a pageserver resuming at its last record end) is first decoded
+/// as a record boundary, so an XLOG_SWITCH right there is seen and the zeroed rest of its
+/// segment is not mistaken for damage; if the first record does not decode, the start was
+/// inside a record, and checking restarts at the next page boundary.
 struct WalChecker {
     decoder: walproto::WalStreamDecoder,
     from: Lsn,
+    /// Bytes fed since a mid-page start, kept until its first record decodes.
+    probe: Option<Vec<u8>>,
 }
+
+/// A first record larger than this cannot be probed; checking starts at the next page.
+const MAX_PROBE: usize = 32 << 20;
 
 impl WalChecker {
     fn new(start: Lsn) -> WalChecker {
-        let from = if start.is_page_start() {
-            start
-        } else {
-            Lsn(start.page_start().0 + walproto::consts::WAL_PAGE_SIZE)
-        };
         WalChecker {
-            decoder: walproto::WalStreamDecoder::new(from),
-            from,
+            decoder: walproto::WalStreamDecoder::new(start),
+            from: start,
+            probe: (!start.is_page_start()).then(Vec::new),
+        }
+    }
+
+    /// Gives up the record-boundary guess: checking restarts at the next page boundary with
+    /// the bytes fed so far.
+    fn restart_at_next_page(&mut self) {
+        let probed = self.probe.take().unwrap_or_default();
+        let next_page = Lsn(self.from.page_start().0 + walproto::consts::WAL_PAGE_SIZE);
+        let skip = (next_page.0 - self.from.0) as usize;
+        self.decoder = walproto::WalStreamDecoder::new(next_page);
+        self.from = next_page;
+        if probed.len() > skip {
+            self.decoder.feed(&probed[skip..]);
         }
     }
 
@@ -304,24 +339,33 @@ impl WalChecker {
             return Ok(());
         }
         let skip = self.from.0.saturating_sub(pos.0) as usize;
+        if let Some(p) = &mut self.probe {
+            p.extend_from_slice(&data[skip..]);
+        }
         self.decoder.feed(&data[skip..]);
         loop {
-            match self.decoder.next() {
-                Ok(walproto::Decoded::Record(_)) => {}
-                Ok(walproto::Decoded::NeedMore) => return Ok(()),
-                Ok(walproto::Decoded::EndOfWal { lsn, reason }) => {
-                    return Err(err(
-                        "XX001",
-                        format!("refusing to serve WAL: committed WAL at {lsn} is not valid on this safekeeper ({reason})"),
-                    ))
+            let failure = match self.decoder.next() {
+                Ok(walproto::Decoded::Record(_)) => {
+                    self.probe = None;
+                    continue;
                 }
-                Err(e) => {
-                    return Err(err(
-                        "XX001",
-                        format!("refusing to serve WAL: {e} on this safekeeper"),
-                    ))
+                Ok(walproto::Decoded::NeedMore) => {
+                    if self.probe.as_ref().is_some_and(|p| p.len() > MAX_PROBE) {
+                        self.restart_at_next_page();
+                        continue;
+                    }
+                    return Ok(());
                 }
+                Ok(walproto::Decoded::EndOfWal { lsn, reason }) => format!(
+                    "refusing to serve WAL: committed WAL at {lsn} is not valid on this safekeeper ({reason})"
+                ),
+                Err(e) => format!("refusing to serve WAL: {e} on this safekeeper"),
+            };
+            if self.probe.is_some() {
+                self.restart_at_next_page();
+                continue;
             }
+            return Err(err("XX001", failure));
         }
     }
 }
@@ -438,13 +482,14 @@ fn parse_start_replication(q: &str, our_tli: u32) -> Result<Option<Lsn>, ConnErr
 /// Streams WAL from `start` up to the commit LSN as it grows, until the client ends the copy.
 async fn stream_wal(
     tl: &Arc<Timeline>,
+    client: &Client,
     start: Lsn,
     wr: &mut OwnedWriteHalf,
     rx: &mut mpsc::Receiver<Result<FrontendMessage, ConnError>>,
 ) -> Result<(), ConnError> {
     let state = tl.state();
     let commit = tl.commit_lsn();
-    if start < state.local_start_lsn {
+    if start < state.local_start_lsn && client.remote.is_none() {
         return Err(err(
             "58P01",
             format!(
@@ -469,6 +514,7 @@ async fn stream_wal(
     let mut buf = vec![0u8; MAX_SEND];
     let mut last_send = Instant::now();
     let mut checker = WalChecker::new(start);
+    let mut remote_segment: Option<(u64, bytes::Bytes)> = None;
     loop {
         // Client messages first: status updates are only informative, CopyDone ends the stream.
         while let Ok(msg) = rx.try_recv() {
@@ -483,6 +529,7 @@ async fn stream_wal(
                 FrontendMessage::CopyFail(m) => {
                     return Err(err("57014", format!("client failed the copy: {m}")))
                 }
+                FrontendMessage::CopyData(payload) => on_status(tl, client, payload),
                 _ => {}
             }
         }
@@ -498,12 +545,10 @@ async fn stream_wal(
             .await
             .map_err(|e| err("58000", format!("reading WAL failed: {e}")))?;
             buf = buf2;
-            let got = read.map_err(|e| err("58030", e.to_string()))?;
-            if got == 0 {
-                return Err(err(
-                    "58P01",
-                    format!("WAL segment for {pos} is missing on this safekeeper"),
-                ));
+            let mut got = read.map_err(|e| err("58030", e.to_string()))?;
+            if got == 0 || pos < tl.state().local_start_lsn {
+                // Removed locally (or never here): the object store has it, if anyone does.
+                got = read_remote(tl, client, pos, &mut remote_segment, &mut buf[..n]).await?;
             }
             checker.check(pos, &buf[..got])?;
             let msg = ReplicationMessage::XLogData {
@@ -539,10 +584,150 @@ async fn stream_wal(
                     return Ok(());
                 }
                 Some(Ok(FrontendMessage::Terminate)) | None => return Err(err("08006", "client went away")),
+                Some(Ok(FrontendMessage::CopyData(payload))) => on_status(tl, client, payload),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e),
             },
             _ = tokio::time::sleep(POLL) => {}
         }
+    }
+}
+
+/// A standby status update: from a pageserver, `applied` is what it made durable remotely.
+/// Anything else the client sends while streaming is informative only.
+fn on_status(tl: &Timeline, client: &Client, payload: bytes::Bytes) {
+    if !client.consumer {
+        return;
+    }
+    if let Ok(ReplicationMessage::StandbyStatus { applied, .. }) =
+        ReplicationMessage::parse(payload)
+    {
+        if applied != Lsn(0) {
+            tl.report_consumer_durable(applied);
+        }
+    }
+}
+
+/// Reads WAL at `pos` that is no longer on the local disk from the object store's copy of
+/// its segment (downloaded once, checked against its crc32c, kept while the stream is in it).
+async fn read_remote(
+    tl: &Timeline,
+    client: &Client,
+    pos: Lsn,
+    cache: &mut Option<(u64, bytes::Bytes)>,
+    out: &mut [u8],
+) -> Result<usize, ConnError> {
+    let segno = pos.segment_number();
+    let name = walproto::lsn::segment_file_name(tl.state().pg_timeline, segno);
+    let Some(remote) = &client.remote else {
+        return Err(err(
+            "58P01",
+            format!("WAL at {pos} is not on this safekeeper (segment {name} is missing) and no object store is configured"),
+        ));
+    };
+    if cache.as_ref().is_none_or(|(s, _)| *s != segno) {
+        let data = remote.get_wal(&tl.id, &name).await.map_err(|e| {
+            err(
+                "58030",
+                format!("reading WAL at {pos} from the object store: {e}"),
+            )
+        })?;
+        let Some(data) = data else {
+            return Err(err(
+                "58P01",
+                format!("requested WAL at {pos} has been removed from this safekeeper and segment {name} is not in the object store {}", remote.url()),
+            ));
+        };
+        if data.len() as u64 != walproto::consts::WAL_SEGMENT_SIZE {
+            return Err(err(
+                "XX001",
+                format!(
+                    "segment {name} in the object store is {} bytes, not a whole segment",
+                    data.len()
+                ),
+            ));
+        }
+        *cache = Some((segno, data));
+    }
+    let (_, data) = cache.as_ref().expect("just filled");
+    let off = pos.segment_offset() as usize;
+    let n = out.len().min(data.len() - off);
+    out[..n].copy_from_slice(&data[off..off + n]);
+    Ok(n)
+}
+
+#[cfg(test)]
+mod checker_tests {
+    use super::*;
+    use walproto::consts::{WAL_PAGE_SIZE, WAL_SEGMENT_SIZE};
+    use walproto::encoder::{build_record, WalWriter};
+
+    const RM_XLOG: u8 = 0;
+    const XLOG_NOOP: u8 = 0x20;
+    const XLOG_SWITCH: u8 = 0x40;
+
+    /// A segment: a few records from its start, an XLOG_SWITCH, then zeroes to its end (as
+    /// Postgres leaves a switched segment); returns the bytes and the record boundaries.
+    fn switched_segment() -> (Vec<u8>, Vec<Lsn>) {
+        let start = Lsn(WAL_SEGMENT_SIZE);
+        let mut w = WalWriter::new(7, 1, start, Lsn(0));
+        let mut bounds = Vec::new();
+        for i in 0..40u32 {
+            let (_, end) = w.append(&build_record(
+                RM_XLOG,
+                XLOG_NOOP,
+                0,
+                Lsn(0),
+                &[],
+                &[i as u8; 300],
+            ));
+            bounds.push(end);
+        }
+        let (_, end) = w.append(&build_record(RM_XLOG, XLOG_SWITCH, 0, Lsn(0), &[], &[]));
+        bounds.push(end);
+        w.pad_to(Lsn(2 * WAL_SEGMENT_SIZE));
+        (w.into_bytes(), bounds)
+    }
+
+    fn check_from(bytes: &[u8], seg_start: Lsn, from: Lsn) -> Result<(), String> {
+        let mut c = WalChecker::new(from);
+        let data = &bytes[(from.0 - seg_start.0) as usize..];
+        for (i, chunk) in data.chunks(100_000).enumerate() {
+            let pos = Lsn(from.0 + (i * 100_000) as u64);
+            if let Err(e) = c.check(pos, chunk) {
+                return Err(format!("{e:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_switch_just_before_a_mid_page_start_is_not_damage() {
+        let (bytes, bounds) = switched_segment();
+        let seg = Lsn(WAL_SEGMENT_SIZE);
+        // Streams starting at record boundaries inside a page, just before the switch.
+        let before_switch = bounds[bounds.len() - 2];
+        assert!(!before_switch.is_page_start());
+        check_from(&bytes, seg, before_switch).unwrap();
+        // From the segment start, as pg_receivewal does.
+        check_from(&bytes, seg, seg).unwrap();
+        // From inside a record: the guess fails, checking restarts at the next page.
+        let inside = Lsn(bounds[3].0 + 40);
+        check_from(&bytes, seg, inside).unwrap();
+    }
+
+    #[test]
+    fn damage_after_a_mid_page_start_is_still_refused() {
+        let (mut bytes, bounds) = switched_segment();
+        let seg = Lsn(WAL_SEGMENT_SIZE);
+        // Damage a record on the page after the start's page.
+        let victim = bounds
+            .iter()
+            .find(|b| b.0 > seg.0 + WAL_PAGE_SIZE + 64)
+            .copied()
+            .unwrap();
+        bytes[(victim.0 - seg.0) as usize + 30] ^= 0xFF;
+        let e = check_from(&bytes, seg, bounds[2]).unwrap_err();
+        assert!(e.contains("refusing to serve WAL"), "{e}");
     }
 }

@@ -7,9 +7,10 @@
 //! of them share one fsync. Blocking work (control file fsyncs, truncation, recovery) runs on
 //! tokio's blocking pool.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
@@ -25,6 +26,9 @@ use crate::acceptor::{Acceptor, AcceptorError, GreetingInfo};
 use crate::convert::{history_from_pb, history_to_pb, parse_ids, to_status};
 use crate::group_commit::{Durable, WalStats};
 use crate::ids::TenantTimeline;
+use crate::offload::OffloadStatus;
+use crate::peers::Peer;
+use crate::remote_storage::RemoteStorage;
 
 /// WAL queued but not yet durable, per session, before reading more appends from the stream.
 const MAX_IN_FLIGHT: u64 = 64 << 20;
@@ -35,6 +39,8 @@ pub struct Timeline {
     acceptor: Mutex<Acceptor>,
     durable: watch::Receiver<Durable>,
     stats: Arc<WalStats>,
+    /// What the offload task last decided and uploaded.
+    pub offload: Mutex<OffloadStatus>,
 }
 
 impl Timeline {
@@ -44,11 +50,12 @@ impl Timeline {
             durable: acceptor.wal().durable(),
             stats: acceptor.wal().stats().clone(),
             acceptor: Mutex::new(acceptor),
+            offload: Mutex::new(OffloadStatus::default()),
         })
     }
 
     /// The acceptor; a panic elsewhere does not make it unusable (its state is always whole).
-    fn lock(&self) -> MutexGuard<'_, Acceptor> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Acceptor> {
         self.acceptor.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -68,12 +75,64 @@ impl Timeline {
     pub fn wal_dir(&self) -> PathBuf {
         self.lock().dir().to_path_buf()
     }
+
+    /// (flush LSN, commit LSN) as of now.
+    pub fn lsns(&self) -> (Lsn, Lsn) {
+        let d = self.durable.borrow().lsn;
+        self.lock().on_durable(d)
+    }
+
+    /// A pageserver reported WAL up to `lsn` durable in the object store.
+    pub fn report_consumer_durable(&self, lsn: Lsn) {
+        self.commit_lsn();
+        self.lock().advance_consumer_durable(lsn);
+    }
+
+    fn offload_status(&self) -> OffloadStatus {
+        self.offload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
-struct Inner {
-    node_id: u64,
+/// What the service needs beyond its node id and data directory; the default is a
+/// stand-alone safekeeper without an object store.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// The other safekeepers of the cluster.
+    pub peers: Vec<Peer>,
+    /// Where WAL is offloaded; `None`: nothing is offloaded and no WAL is removed.
+    pub remote: Option<RemoteStorage>,
+    /// How often the offload task looks at peers, uploads complete segments and removes WAL.
+    pub offload_tick: Duration,
+    /// How often the segment being written is uploaded (as `.partial`).
+    pub partial_offload_interval: Duration,
+    /// The replication server's address, told to peers that recover from us.
+    pub replication_addr: Option<String>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            peers: Vec::new(),
+            remote: None,
+            offload_tick: Duration::from_secs(1),
+            partial_offload_interval: Duration::from_secs(10),
+            replication_addr: None,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) node_id: u64,
     datadir: PathBuf,
     timelines: Mutex<HashMap<TenantTimeline, Arc<Timeline>>>,
+    pub(crate) config: ServiceConfig,
+    /// Starts each opened timeline's offload task (absent outside a tokio runtime).
+    runtime: Option<tokio::runtime::Handle>,
+    /// Timelines being recovered from peers right now.
+    recovering: Mutex<HashSet<TenantTimeline>>,
 }
 
 /// The `strata.safekeeper.v1.Safekeeper` service.
@@ -94,13 +153,45 @@ async fn blocking<T: Send + 'static>(
 
 impl SafekeeperService {
     pub fn new(node_id: u64, datadir: PathBuf) -> Self {
+        Self::with_config(node_id, datadir, ServiceConfig::default())
+    }
+
+    /// A service with peers, an object store and offload settings. Inside a tokio runtime,
+    /// every timeline opened gets an offload task (see [`crate::offload`]).
+    pub fn with_config(node_id: u64, datadir: PathBuf, config: ServiceConfig) -> Self {
         SafekeeperService {
             inner: Arc::new(Inner {
                 node_id,
                 datadir,
                 timelines: Mutex::new(HashMap::new()),
+                config,
+                runtime: tokio::runtime::Handle::try_current().ok(),
+                recovering: Mutex::new(HashSet::new()),
             }),
         }
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.inner.config
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.inner.node_id
+    }
+
+    /// Opens every timeline on disk, so that their offload tasks run before any proposer
+    /// or reader connects.
+    pub fn open_all(&self) {
+        for id in self.timelines_on_disk() {
+            if let Err(e) = self.inner.timeline(id, None) {
+                warn!(timeline = %id, %e, "could not open timeline");
+            }
+        }
+    }
+
+    /// The open timelines.
+    pub fn open_timelines(&self) -> Vec<Arc<Timeline>> {
+        self.inner.lock_map().values().cloned().collect()
     }
 
     pub fn into_server(self) -> pb::safekeeper_server::SafekeeperServer<Self> {
@@ -160,12 +251,23 @@ impl SafekeeperService {
 }
 
 impl Inner {
-    fn lock_map(&self) -> MutexGuard<'_, HashMap<TenantTimeline, Arc<Timeline>>> {
+    pub(crate) fn lock_map(&self) -> MutexGuard<'_, HashMap<TenantTimeline, Arc<Timeline>>> {
         self.timelines.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The directory of timeline `id`.
+    pub(crate) fn timeline_dir(&self, id: TenantTimeline) -> PathBuf {
+        self.datadir
+            .join(id.tenant.to_string())
+            .join(id.timeline.to_string())
+    }
+
+    pub(crate) fn recovering(&self) -> MutexGuard<'_, HashSet<TenantTimeline>> {
+        self.recovering.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The open timeline, opened from disk if it exists there, created if `create` is given.
-    fn timeline(
+    pub(crate) fn timeline(
         &self,
         id: TenantTimeline,
         create: Option<&GreetingInfo>,
@@ -177,10 +279,7 @@ impl Inner {
             }
             return Ok(Some(tl.clone()));
         }
-        let dir = self
-            .datadir
-            .join(id.tenant.to_string())
-            .join(id.timeline.to_string());
+        let dir = self.timeline_dir(id);
         let acceptor = match create {
             Some(g) => Some(Acceptor::open_or_create(&dir, id, g)?),
             None => Acceptor::open(&dir, id)?,
@@ -189,6 +288,13 @@ impl Inner {
             info!(timeline = %id, dir = %dir.display(), flush_lsn = %a.state().flush_lsn, term = a.state().term, "timeline opened");
             let tl = Timeline::new(a);
             map.insert(id, tl.clone());
+            if let Some(rt) = &self.runtime {
+                let span = info_span!("offload", tenant = %id.tenant, timeline = %id.timeline);
+                rt.spawn(
+                    crate::offload::run(tl.clone(), self.node_id, self.config.clone())
+                        .instrument(span),
+                );
+            }
             tl
         }))
     }
@@ -271,7 +377,9 @@ impl pb::safekeeper_server::Safekeeper for SafekeeperService {
         let d = tl.durable.borrow().lsn;
         let mut a = tl.lock();
         let (flush, commit) = a.on_durable(d);
-        let s = a.state();
+        let s = a.state().clone();
+        drop(a);
+        let offload = tl.offload_status();
         Ok(Response::new(pb::TimelineStatusResponse {
             acceptor_id: self.inner.node_id,
             term: s.term,
@@ -284,6 +392,16 @@ impl pb::safekeeper_server::Safekeeper for SafekeeperService {
             pg_timeline: s.pg_timeline,
             wal_fsyncs: tl.stats.fsyncs.load(std::sync::atomic::Ordering::Relaxed),
             wal_appends: tl.stats.appends.load(std::sync::atomic::Ordering::Relaxed),
+            offloaded_lsn: s.offloaded_lsn.0,
+            consumer_durable_lsn: s.consumer_durable_lsn.0,
+            offloader_id: offload.offloader_id,
+            replication_addr: self
+                .inner
+                .config
+                .replication_addr
+                .clone()
+                .unwrap_or_default(),
+            partial_offloaded_lsn: offload.partial_offloaded_lsn.0,
         }))
     }
 }
@@ -301,6 +419,7 @@ async fn session(
         pg_timeline: g.pg_timeline,
         wal_seg_size: g.wal_seg_size,
     };
+    crate::recovery::ensure_timeline(&inner, id, &info).await?;
     let inner2 = inner.clone();
     let tl = blocking(move || inner2.timeline(id, Some(&info)))
         .await?

@@ -108,6 +108,35 @@ pub fn read_wal(dir: &Path, tli: u32, lsn: Lsn, buf: &mut [u8]) -> Result<usize,
     Ok(0)
 }
 
+/// Removes segments `segnos` (under either name) and fsyncs the directory. Only for
+/// segments the writer is done with: complete and below the flush LSN.
+pub fn remove_segments(
+    dir: &Path,
+    tli: u32,
+    segnos: std::ops::Range<u64>,
+) -> Result<usize, WalError> {
+    let mut removed = 0;
+    for segno in segnos {
+        for partial in [false, true] {
+            let p = dir.join(file_name(tli, segno, partial));
+            match fs::remove_file(&p) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&p)(e)),
+            }
+        }
+    }
+    fsync_dir(dir).map_err(io_err(dir))?;
+    Ok(removed)
+}
+
+/// Reads the whole of segment `segno` (16 MiB) under either name; `None` if it is absent.
+pub fn read_segment(dir: &Path, tli: u32, segno: u64) -> Result<Option<Vec<u8>>, WalError> {
+    let mut buf = vec![0u8; WAL_SEGMENT_SIZE as usize];
+    let n = read_wal(dir, tli, Lsn(segno * WAL_SEGMENT_SIZE), &mut buf)?;
+    Ok((n == buf.len()).then_some(buf))
+}
+
 /// The segment currently written: its number and open file.
 struct Open {
     segno: u64,

@@ -1,6 +1,8 @@
 //! Helpers for tests that run the real `safekeeper` binary and talk to it over gRPC.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
