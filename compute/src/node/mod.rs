@@ -1,0 +1,290 @@
+//! The compute's lifecycle: a vanilla Postgres 15 data directory (from `initdb`, or unpacked
+//! from a pageserver basebackup), configured for Strata, started and stopped with `pg_ctl`.
+//!
+//! Nothing the compute holds locally is needed again: a compute is always recreated from a
+//! basebackup, so its data directory is scratch space.
+
+pub mod os_user;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use anyhow::{bail, Context, Result};
+
+use os_user::RunAs;
+
+/// PostgreSQL 15's programs, run as the right OS user.
+#[derive(Clone, Debug)]
+pub struct PgPrograms {
+    pub bin: PathBuf,
+    pub run_as: Option<RunAs>,
+}
+
+impl PgPrograms {
+    pub fn new(bin: &Path) -> Result<PgPrograms> {
+        if !bin.join("postgres").exists() {
+            bail!(
+                "no PostgreSQL 15 in {} (no `postgres` program): install postgresql-15 \
+                 (scripts/setup.sh) or point to its bin directory",
+                bin.display()
+            );
+        }
+        Ok(PgPrograms {
+            bin: bin.to_path_buf(),
+            run_as: os_user::postgres_user()?,
+        })
+    }
+
+    /// Runs `prog args…`; fails with its output if it exits non-zero.
+    pub fn run(&self, prog: &str, args: &[&str]) -> Result<Output> {
+        let out = os_user::command_as(self.run_as, &self.bin.join(prog))
+            .args(args)
+            .current_dir("/")
+            .output()
+            .with_context(|| format!("running {prog}"))?;
+        if !out.status.success() {
+            bail!(
+                "{prog} {} failed ({}): {}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out)
+    }
+
+    /// A fresh directory (created, or emptied) that the Postgres OS user owns.
+    pub fn make_dir(&self, dir: &Path) -> Result<()> {
+        if dir.exists() {
+            fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        os_user::give_to(self.run_as, dir)
+    }
+
+    /// `initdb` with data checksums, for a new tenant: the directory is imported into the
+    /// pageserver and then thrown away.
+    pub fn initdb(&self, dir: &Path) -> Result<()> {
+        self.make_dir(dir)?;
+        let d = dir.display().to_string();
+        self.run(
+            "initdb",
+            &[
+                "-D",
+                &d,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--data-checksums",
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// How a compute runs.
+#[derive(Clone, Debug)]
+pub struct ComputeSpec {
+    pub port: u16,
+    /// A hot standby that stays at the basebackup's LSN: no walproposer, no writes.
+    pub read_only: bool,
+    /// The walproposer's application name, which synchronous_standby_names must name.
+    pub standby_name: String,
+}
+
+/// One Postgres data directory run as a compute.
+#[derive(Clone, Debug)]
+pub struct ComputeNode {
+    pub pg: PgPrograms,
+    pub data_dir: PathBuf,
+    pub socket_dir: PathBuf,
+    pub log_file: PathBuf,
+}
+
+impl ComputeNode {
+    /// `dir/data` (the data directory), `dir/sock`, `dir/postgres.log`.
+    pub fn new(pg: PgPrograms, dir: &Path) -> ComputeNode {
+        ComputeNode {
+            pg,
+            data_dir: dir.join("data"),
+            socket_dir: dir.join("sock"),
+            log_file: dir.join("postgres.log"),
+        }
+    }
+
+    /// Unpacks a basebackup tar into a fresh data directory (mode 0700, owned by the Postgres
+    /// OS user). Entries that would escape the directory are refused.
+    pub fn unpack_basebackup(&self, tar: impl std::io::Read) -> Result<()> {
+        self.pg.make_dir(&self.data_dir)?;
+        let mut archive = tar::Archive::new(tar);
+        archive.set_preserve_permissions(false);
+        for entry in archive.entries().context("reading the basebackup tar")? {
+            let mut entry = entry.context("reading the basebackup tar")?;
+            let path = entry.path()?.into_owned();
+            // unpack_in refuses paths with `..` or absolute roots (returns false).
+            if !entry
+                .unpack_in(&self.data_dir)
+                .with_context(|| format!("unpacking {}", path.display()))?
+            {
+                bail!(
+                    "the basebackup holds a path outside the data directory: {}",
+                    path.display()
+                );
+            }
+        }
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&self.data_dir, fs::Permissions::from_mode(0o700))?;
+        os_user::give_tree_to(self.pg.run_as, &self.data_dir)
+    }
+
+    /// Writes the settings Strata needs into the data directory: an included
+    /// `strata.conf` (so a user's postgresql.conf stays theirs), and standby.signal for a
+    /// read-only compute.
+    pub fn configure(&self, spec: &ComputeSpec) -> Result<()> {
+        self.pg.make_dir(&self.socket_dir)?;
+        let mut settings: Vec<(&str, String)> = vec![
+            ("port", spec.port.to_string()),
+            ("listen_addresses", "'127.0.0.1'".into()),
+            (
+                "unix_socket_directories",
+                format!("'{}'", self.socket_dir.display()),
+            ),
+            // The WAL leaves through the walproposer: physical replication, one slot.
+            ("wal_level", "replica".into()),
+            ("max_wal_senders", "10".into()),
+            ("max_replication_slots", "10".into()),
+            ("synchronous_commit", "on".into()),
+            (
+                "synchronous_standby_names",
+                format!("'{}'", spec.standby_name),
+            ),
+            // Strata keeps the history: the compute needs no archive of its own.
+            ("archive_mode", "off".into()),
+            ("max_prepared_transactions", "10".into()),
+            ("hot_standby", "on".into()),
+            ("logging_collector", "off".into()),
+            ("log_line_prefix", "'%m [%p] '".into()),
+        ];
+        if spec.read_only {
+            settings.retain(|(k, _)| *k != "synchronous_standby_names");
+        }
+        let mut conf = String::from("# Written by Strata: how this compute runs.\n");
+        for (k, v) in settings {
+            conf.push_str(&format!("{k} = {v}\n"));
+        }
+        self.write_file("strata.conf", conf.as_bytes())?;
+        let main_conf = self.data_dir.join("postgresql.conf");
+        let existing = fs::read_to_string(&main_conf).unwrap_or_default();
+        if !existing.contains("include_if_exists = 'strata.conf'") {
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&main_conf)
+                .with_context(|| format!("opening {}", main_conf.display()))?;
+            writeln!(f, "\ninclude_if_exists = 'strata.conf'")?;
+            os_user::give_to(self.pg.run_as, &main_conf)?;
+        }
+        // A local compute: trust on the Unix socket and loopback only (the walproposer and
+        // the strata CLI connect as postgres).
+        self.write_file(
+            "pg_hba.conf",
+            b"local all all trust\nhost all all 127.0.0.1/32 trust\nlocal replication all trust\nhost replication all 127.0.0.1/32 trust\n",
+        )?;
+        if !self.data_dir.join("pg_ident.conf").exists() {
+            self.write_file("pg_ident.conf", b"")?;
+        }
+        if spec.read_only {
+            self.write_file("standby.signal", b"")?;
+        }
+        Ok(())
+    }
+
+    fn write_file(&self, name: &str, content: &[u8]) -> Result<()> {
+        let p = self.data_dir.join(name);
+        fs::write(&p, content).with_context(|| format!("writing {}", p.display()))?;
+        os_user::give_to(self.pg.run_as, &p)
+    }
+
+    /// Starts Postgres and waits until it accepts connections.
+    pub fn start(&self) -> Result<()> {
+        let d = self.data_dir.display().to_string();
+        let l = self.log_file.display().to_string();
+        if let Some(parent) = self.log_file.parent() {
+            os_user::give_to(self.pg.run_as, parent)?;
+        }
+        self.pg
+            .run("pg_ctl", &["start", "-w", "-t", "120", "-D", &d, "-l", &l])
+            .map_err(|e| {
+                e.context(format!(
+                    "starting the compute in {}; server log tail:\n{}",
+                    self.data_dir.display(),
+                    tail(&self.log_file, 30)
+                ))
+            })?;
+        Ok(())
+    }
+
+    /// Stops Postgres; `immediate` skips the shutdown checkpoint (nothing local matters).
+    pub fn stop(&self, immediate: bool) -> Result<()> {
+        if !self.is_running() {
+            return Ok(());
+        }
+        let d = self.data_dir.display().to_string();
+        let mode = if immediate { "immediate" } else { "fast" };
+        self.pg
+            .run("pg_ctl", &["stop", "-w", "-t", "60", "-m", mode, "-D", &d])?;
+        Ok(())
+    }
+
+    /// Whether a postmaster runs on this data directory.
+    pub fn is_running(&self) -> bool {
+        let d = self.data_dir.display().to_string();
+        self.pg.run("pg_ctl", &["status", "-D", &d]).is_ok()
+    }
+
+    /// A libpq connection string over the Unix socket.
+    pub fn connstr(&self, port: u16, db: &str) -> String {
+        format!(
+            "host={} port={port} user=postgres dbname={db}",
+            self.socket_dir.display()
+        )
+    }
+
+    /// Runs one SQL statement with psql and returns its unaligned output.
+    pub fn psql(&self, port: u16, db: &str, sql: &str) -> Result<String> {
+        let out = self.pg.run(
+            "psql",
+            &[
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &self.socket_dir.display().to_string(),
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    }
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

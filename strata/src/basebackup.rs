@@ -1,0 +1,116 @@
+//! `strata import` and `strata basebackup`: offline tools over a timeline directory.
+//!
+//! - `import`: a PostgreSQL 15 data directory (cleanly shut down, or a `pg_basebackup -Fp -X
+//!   stream|fetch` output with its WAL) becomes a new timeline.
+//! - `basebackup`: a data directory (tar or directory) of a timeline at an LSN that vanilla
+//!   Postgres starts from, read-write or read-only (hot standby).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use pageserver::basebackup::{
+    basebackup_tar, basebackup_to_dir, record_ending_at, BasebackupOptions, Mode,
+};
+use pageserver::import::import;
+use pageserver::timeline::{Timeline, TimelineConf};
+use walproto::Lsn;
+
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// The data directory: cleanly shut down, or a pg_basebackup output (with backup_label).
+    #[arg(long)]
+    datadir: PathBuf,
+    /// The new timeline's directory (must not hold a timeline).
+    #[arg(long)]
+    timeline_dir: PathBuf,
+}
+
+pub fn run_import(args: ImportArgs) -> Result<ExitCode> {
+    let (tl, rep) = import(&args.datadir, &args.timeline_dir, TimelineConf::default())
+        .with_context(|| format!("importing {}", args.datadir.display()))?;
+    println!(
+        "imported {}: {} forks, {} blocks, {} SLRU pages, {} prepared, {} relmaps at {}",
+        args.datadir.display(),
+        rep.forks,
+        rep.blocks,
+        rep.slru_pages,
+        rep.prepared_xacts,
+        rep.relmaps,
+        rep.lsn
+    );
+    if rep.from_backup {
+        println!(
+            "ingested {} WAL records to {}; consistent from {}",
+            rep.wal_records, rep.wal_end, rep.consistent_lsn
+        );
+    }
+    println!(
+        "timeline {}: {}..={}",
+        args.timeline_dir.display(),
+        tl.start_lsn(),
+        tl.last_record_end()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct BasebackupArgs {
+    #[arg(long)]
+    timeline_dir: PathBuf,
+    /// The LSN (a record boundary); default: the timeline's last record end.
+    #[arg(long)]
+    lsn: Option<Lsn>,
+    /// WAL segment files to find the record that ends at --lsn (needed for an LSN other than
+    /// the timeline's start or last record end).
+    #[arg(long)]
+    wal: Option<PathBuf>,
+    /// Start a read-only hot standby at the LSN instead of a read-write primary.
+    #[arg(long)]
+    read_only: bool,
+    /// Write a tar file here.
+    #[arg(long, conflicts_with = "dir")]
+    tar: Option<PathBuf>,
+    /// Write into this (empty or missing) directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+pub fn run_basebackup(args: BasebackupArgs) -> Result<ExitCode> {
+    let tl = Timeline::open(&args.timeline_dir, TimelineConf::default())
+        .with_context(|| format!("opening {}", args.timeline_dir.display()))?;
+    let lsn = args.lsn.unwrap_or(tl.last_record_end());
+    let mode = if args.read_only {
+        Mode::ReadOnly
+    } else {
+        Mode::ReadWrite
+    };
+    let mut opts = BasebackupOptions::new(lsn, mode);
+    if let Some(wal) = &args.wal {
+        opts.prev_lsn = Some(record_ending_at(wal, lsn)?);
+    }
+    let rep = match (&args.tar, &args.dir) {
+        (Some(t), None) => {
+            let f =
+                std::fs::File::create(t).with_context(|| format!("creating {}", t.display()))?;
+            let rep = basebackup_tar(&tl, &opts, std::io::BufWriter::new(&f))?;
+            f.sync_all()?;
+            rep
+        }
+        (None, Some(d)) => basebackup_to_dir(&tl, &opts, d)?,
+        _ => bail!("give --tar FILE or --dir DIR"),
+    };
+    println!(
+        "basebackup at {}: {} files, {} bytes ({} relation pages, {} SLRU pages, {} prepared); \
+         checkpoint at {}, the server continues at {}",
+        rep.lsn,
+        rep.files,
+        rep.bytes,
+        rep.rel_pages,
+        rep.slru_pages,
+        rep.prepared_xacts,
+        rep.checkpoint_lsn,
+        rep.checkpoint_end
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,165 @@
+//! The local cluster's configuration: `<cluster dir>/strata.toml`, written by `strata init` and
+//! read by every other command. Ports are chosen once, at init, so connection strings stay the
+//! same across restarts.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+pub const CONFIG_FILE: &str = "strata.toml";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Where the object store lives: a directory (the default, `<cluster dir>/remote`) or an
+    /// `s3://bucket/prefix` URL (endpoint and keys from the AWS_* environment variables).
+    pub remote_storage: String,
+    /// PostgreSQL 15's programs.
+    pub pg_bin: PathBuf,
+    pub pageserver: PageserverConfig,
+    pub safekeepers: Vec<SafekeeperConfig>,
+    /// Computes get ports from here upwards.
+    pub compute_base_port: u16,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PageserverConfig {
+    pub grpc_port: u16,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SafekeeperConfig {
+    pub id: u64,
+    pub grpc_port: u16,
+    /// The Postgres replication protocol (pageserver, pg_receivewal).
+    pub pg_port: u16,
+}
+
+impl SafekeeperConfig {
+    pub fn grpc_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.grpc_port)
+    }
+    pub fn pg_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.pg_port)
+    }
+}
+
+impl PageserverConfig {
+    pub fn grpc_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.grpc_port)
+    }
+}
+
+impl ClusterConfig {
+    /// A new configuration with `n_safekeepers` safekeepers and free loopback ports.
+    pub fn generate(
+        dir: &Path,
+        n_safekeepers: usize,
+        remote: Option<String>,
+        pg_bin: PathBuf,
+    ) -> Result<ClusterConfig> {
+        if n_safekeepers == 0 || n_safekeepers.is_multiple_of(2) {
+            bail!("the number of safekeepers must be odd (1, 3, 5…) so a majority is well defined, got {n_safekeepers}");
+        }
+        // Hold every listener until all ports are chosen, so no two services get the same one.
+        let mut held = Vec::new();
+        let mut port = || -> Result<u16> {
+            let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+            let p = l.local_addr()?.port();
+            held.push(l);
+            Ok(p)
+        };
+        let pageserver = PageserverConfig { grpc_port: port()? };
+        let mut safekeepers = Vec::new();
+        for i in 0..n_safekeepers {
+            safekeepers.push(SafekeeperConfig {
+                id: i as u64 + 1,
+                grpc_port: port()?,
+                pg_port: port()?,
+            });
+        }
+        let compute_base_port = free_port_block(20)?;
+        let remote_storage =
+            remote.unwrap_or_else(|| dir.join("remote").to_string_lossy().into_owned());
+        Ok(ClusterConfig {
+            remote_storage,
+            pg_bin,
+            pageserver,
+            safekeepers,
+            compute_base_port,
+        })
+    }
+
+    pub fn load(dir: &Path) -> Result<ClusterConfig> {
+        let path = dir.join(CONFIG_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "no Strata cluster in {} (no {CONFIG_FILE}); run `strata init` first, or pass --dir",
+                dir.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    pub fn store(&self, dir: &Path) -> Result<()> {
+        let text = toml::to_string_pretty(self)?;
+        let path = dir.join(CONFIG_FILE);
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn safekeeper_grpc_addrs(&self) -> Vec<String> {
+        self.safekeepers.iter().map(|s| s.grpc_addr()).collect()
+    }
+
+    pub fn safekeeper_pg_addrs(&self) -> Vec<String> {
+        self.safekeepers.iter().map(|s| s.pg_addr()).collect()
+    }
+}
+
+/// The first port of `n` consecutive free loopback ports (best effort: free now).
+fn free_port_block(n: u16) -> Result<u16> {
+    for _ in 0..50 {
+        let base = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if base > u16::MAX - n {
+            continue;
+        }
+        if (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return Ok(base);
+        }
+    }
+    bail!("could not find {n} consecutive free ports on 127.0.0.1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_config_round_trips_and_ports_differ() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ClusterConfig::generate(dir.path(), 3, None, "/usr/lib/postgresql/15/bin".into())
+            .unwrap();
+        c.store(dir.path()).unwrap();
+        assert_eq!(ClusterConfig::load(dir.path()).unwrap(), c);
+        let mut ports = vec![c.pageserver.grpc_port];
+        for s in &c.safekeepers {
+            ports.extend([s.grpc_port, s.pg_port]);
+        }
+        let n = ports.len();
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), n, "ports must be distinct");
+        assert!(ClusterConfig::generate(dir.path(), 2, None, "/x".into()).is_err());
+    }
+
+    #[test]
+    fn missing_config_says_run_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = ClusterConfig::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("strata init"), "{e}");
+    }
+}

@@ -1,0 +1,204 @@
+//! The local cluster: `strata init`, `strata start`, `strata stop`, `strata status`.
+//!
+//! A cluster directory holds everything:
+//!
+//! ```text
+//! <dir>/strata.toml            ports, object store, Postgres binaries (written by init)
+//! <dir>/safekeeper-<id>/       each safekeeper's WAL and control files
+//! <dir>/pageserver/            the pageserver's tenants, timelines and layer files
+//! <dir>/remote/                the object store, when it is a local directory
+//! <dir>/computes/<name>/       compute data directories
+//! <dir>/run/*.pid, logs/*.log  the background services
+//! ```
+
+pub mod config;
+pub mod daemon;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+pub use config::ClusterConfig;
+use daemon::{Daemon, State};
+
+/// Where the cluster lives: `--dir`, else `$STRATA_DIR`, else `./.strata`.
+#[derive(Args, Clone, Debug)]
+pub struct DirArg {
+    /// The cluster directory (default: $STRATA_DIR, else ./.strata).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+impl DirArg {
+    pub fn path(&self) -> PathBuf {
+        self.dir
+            .clone()
+            .or_else(|| std::env::var_os("STRATA_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(".strata"))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Number of safekeepers (odd).
+    #[arg(long, default_value_t = 3)]
+    pub safekeepers: usize,
+    /// Object store: a directory, or s3://bucket/prefix (endpoint and keys from AWS_* variables).
+    /// Default: <dir>/remote.
+    #[arg(long, value_name = "URL")]
+    pub remote_storage: Option<String>,
+    /// Directory with PostgreSQL 15's programs.
+    #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
+    pub pg_bin: PathBuf,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+pub fn init(dir: &Path, args: &InitArgs) -> Result<()> {
+    if dir.join(config::CONFIG_FILE).exists() {
+        bail!(
+            "{} already holds a Strata cluster; `strata start` runs it (or remove the directory to start over)",
+            dir.display()
+        );
+    }
+    if !args.pg_bin.join("postgres").exists() {
+        bail!(
+            "no PostgreSQL 15 at {} (no `postgres` there); install postgresql-15 (scripts/setup.sh) or pass --pg-bin",
+            args.pg_bin.display()
+        );
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    let cfg = ClusterConfig::generate(
+        &dir,
+        args.safekeepers,
+        args.remote_storage.clone(),
+        args.pg_bin.clone(),
+    )?;
+    for sub in ["run", "logs", "computes", "pageserver"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    if !cfg.remote_storage.contains("://") {
+        fs::create_dir_all(&cfg.remote_storage).with_context(|| {
+            format!("creating the object store directory {}", cfg.remote_storage)
+        })?;
+    }
+    for sk in &cfg.safekeepers {
+        fs::create_dir_all(safekeeper_dir(&dir, sk.id))?;
+    }
+    cfg.store(&dir)?;
+    println!("initialized a Strata cluster in {}", dir.display());
+    println!(
+        "  {} safekeepers, a pageserver on {}, object store {}",
+        cfg.safekeepers.len(),
+        cfg.pageserver.grpc_addr(),
+        cfg.remote_storage
+    );
+    println!("next: strata start");
+    Ok(())
+}
+
+fn safekeeper_dir(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("safekeeper-{id}"))
+}
+
+/// The directory holding the running `strata` binary, where its sibling binaries
+/// (`safekeeper`, `pageserver`, `compute`) are built.
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the strata binary")?;
+    let path = exe
+        .parent()
+        .map(|d| d.join(name))
+        .context("the strata binary has no parent directory")?;
+    if !path.exists() {
+        bail!(
+            "{} not found next to strata ({}); build it with `cargo build --release --bins`",
+            name,
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn services(dir: &Path, cfg: &ClusterConfig) -> Vec<Daemon> {
+    let mut v: Vec<Daemon> = cfg
+        .safekeepers
+        .iter()
+        .map(|s| Daemon::new(dir, &format!("safekeeper-{}", s.id)))
+        .collect();
+    v.push(Daemon::new(dir, "pageserver"));
+    v
+}
+
+pub fn start(dir: &Path) -> Result<()> {
+    let cfg = ClusterConfig::load(dir)?;
+    let safekeeper = sibling_binary("safekeeper")?;
+    let pageserver = sibling_binary("pageserver")?;
+    for sk in &cfg.safekeepers {
+        let d = Daemon::new(dir, &format!("safekeeper-{}", sk.id));
+        if let State::Running(pid) = d.state()? {
+            println!("{} already running (pid {pid})", d.name);
+            continue;
+        }
+        let mut cmd = Command::new(&safekeeper);
+        cmd.arg("--datadir")
+            .arg(safekeeper_dir(dir, sk.id))
+            .args(["--id", &sk.id.to_string()])
+            .args(["--listen-grpc", &sk.grpc_addr()])
+            .args(["--listen-pg", &sk.pg_addr()])
+            .args(["--remote-storage", &cfg.remote_storage]);
+        let peers: Vec<String> = cfg
+            .safekeepers
+            .iter()
+            .filter(|p| p.id != sk.id)
+            .map(|p| format!("{}={}", p.id, p.grpc_addr()))
+            .collect();
+        cmd.args(["--peers", &peers.join(",")]);
+        let pid = d.start(cmd, "serving replication on", START_TIMEOUT)?;
+        println!("started {} (pid {pid}) on {}", d.name, sk.grpc_addr());
+    }
+    let d = Daemon::new(dir, "pageserver");
+    if let State::Running(pid) = d.state()? {
+        println!("pageserver already running (pid {pid})");
+    } else {
+        let mut cmd = Command::new(&pageserver);
+        cmd.arg("--data-dir")
+            .arg(dir.join("pageserver"))
+            .args(["--listen", &cfg.pageserver.grpc_addr()])
+            .args(["--remote-storage", &cfg.remote_storage]);
+        let pid = d.start(cmd, "pageserver listening on", START_TIMEOUT)?;
+        println!(
+            "started pageserver (pid {pid}) on {}",
+            cfg.pageserver.grpc_addr()
+        );
+    }
+    Ok(())
+}
+
+pub fn stop(dir: &Path) -> Result<()> {
+    let cfg = ClusterConfig::load(dir)?;
+    // Computes first: they depend on the safekeepers for every commit.
+    crate::compute_cmd::stop_all(dir, &cfg)?;
+    // The pageserver before the safekeepers it streams from.
+    for d in services(dir, &cfg).iter().rev() {
+        if d.stop(STOP_GRACE)? {
+            println!("stopped {}", d.name);
+        }
+    }
+    Ok(())
+}
+
+pub fn status(dir: &Path) -> Result<Vec<(String, State)>> {
+    let cfg = ClusterConfig::load(dir)?;
+    services(dir, &cfg)
+        .into_iter()
+        .map(|d| Ok((d.name.clone(), d.state()?)))
+        .collect()
+}

@@ -1,0 +1,369 @@
+//! Computes of the local cluster: each is a vanilla Postgres 15 in
+//! `<cluster dir>/computes/<name>/`, started from a pageserver basebackup, plus (read-write
+//! computes) a walproposer streaming its WAL to the safekeepers.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use compute::node::{ComputeNode, ComputeSpec, PgPrograms};
+use serde::{Deserialize, Serialize};
+use walproto::Lsn;
+
+use crate::cluster::daemon::Daemon;
+use crate::cluster::ClusterConfig;
+use crate::mgmt::Pageserver;
+use crate::names::Names;
+use crate::output::{Output, Progress};
+use crate::target::Target;
+
+const RECORD_FILE: &str = "compute.toml";
+
+/// What `strata compute start` recorded about a compute.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ComputeRecord {
+    pub name: String,
+    pub branch: String,
+    pub tenant_id: String,
+    pub timeline_id: String,
+    pub port: u16,
+    pub read_only: bool,
+    /// The LSN the basebackup was taken at.
+    pub lsn: String,
+    /// Unix time after which a time-travel compute is stopped and removed.
+    pub expires_at: Option<u64>,
+}
+
+pub fn computes_dir(dir: &Path) -> PathBuf {
+    dir.join("computes")
+}
+
+pub fn compute_dir(dir: &Path, name: &str) -> PathBuf {
+    computes_dir(dir).join(name)
+}
+
+pub fn walproposer_daemon(dir: &Path, name: &str) -> Daemon {
+    Daemon::new(dir, &format!("compute-{name}-walproposer"))
+}
+
+impl ComputeRecord {
+    pub fn load(dir: &Path, name: &str) -> Result<ComputeRecord> {
+        let p = compute_dir(dir, name).join(RECORD_FILE);
+        let text = fs::read_to_string(&p)
+            .with_context(|| format!("no compute named {name:?} ({} unreadable)", p.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+    }
+
+    pub fn store(&self, dir: &Path) -> Result<()> {
+        let d = compute_dir(dir, &self.name);
+        fs::create_dir_all(&d)?;
+        let p = d.join(RECORD_FILE);
+        fs::write(&p, toml::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", p.display()))
+    }
+
+    pub fn list(dir: &Path) -> Result<Vec<ComputeRecord>> {
+        let d = computes_dir(dir);
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", d.display())),
+        };
+        for e in entries {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if compute_dir(dir, &name).join(RECORD_FILE).exists() {
+                out.push(ComputeRecord::load(dir, &name)?);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
+pub fn node(dir: &Path, cfg: &ClusterConfig, name: &str) -> Result<ComputeNode> {
+    Ok(ComputeNode::new(
+        PgPrograms::new(&cfg.pg_bin)?,
+        &compute_dir(dir, name),
+    ))
+}
+
+/// Stops one compute: Postgres first (its commits need the walproposer until the end), then
+/// the walproposer.
+pub fn stop_one(dir: &Path, cfg: &ClusterConfig, name: &str) -> Result<bool> {
+    let n = node(dir, cfg, name)?;
+    let was_running = n.is_running();
+    n.stop(false)?;
+    let wp = walproposer_daemon(dir, name).stop(Duration::from_secs(10))?;
+    Ok(was_running || wp)
+}
+
+pub fn stop_all(dir: &Path, cfg: &ClusterConfig) -> Result<()> {
+    for rec in ComputeRecord::list(dir)? {
+        if stop_one(dir, cfg, &rec.name)? {
+            println!("stopped compute {}", rec.name);
+        }
+    }
+    Ok(())
+}
+
+/// How `strata compute start` was asked to run.
+pub struct StartRequest<'a> {
+    pub branch: &'a str,
+    pub tenant: Option<&'a str>,
+    pub at: Option<Target>,
+    pub read_only: bool,
+    pub name: Option<String>,
+    /// For time-travel computes: stop and remove after this many seconds.
+    pub ttl_secs: Option<u64>,
+}
+
+/// How long a read-write compute waits for the pageserver to have every committed record.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecord> {
+    let cfg = ClusterConfig::load(dir)?;
+    let names = Names::load(dir)?;
+    let (tenant, tenant_id) = names.tenant(req.tenant)?;
+    let timeline_id = names.timeline(&tenant, req.branch)?;
+    if req.at.is_some() && !req.read_only {
+        bail!(
+            "a compute at a past point is read-only (add --read-only); to write from there, branch \
+             first: strata branch create NAME --from {} --at …",
+            req.branch
+        );
+    }
+    let existing = ComputeRecord::list(dir)?;
+    if !req.read_only {
+        if let Some(c) = existing
+            .iter()
+            .find(|c| c.timeline_id == timeline_id && !c.read_only)
+        {
+            bail!(
+                "branch {} already has a read-write compute ({}, port {}); one writer per branch \
+                 (stop it with `strata compute stop {}`)",
+                req.branch,
+                c.name,
+                c.port,
+                c.name
+            );
+        }
+    }
+    let name = match req.name {
+        Some(n) => n,
+        None => unused_name(&existing, req.branch),
+    };
+    if existing.iter().any(|c| c.name == name) {
+        bail!("a compute named {name:?} exists; stop it first (strata compute stop {name})");
+    }
+    let port = (cfg.compute_base_port..cfg.compute_base_port.saturating_add(100))
+        .find(|p| existing.iter().all(|c| c.port != *p) && port_free(*p))
+        .context("no free port for the compute")?;
+
+    let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
+    // Every target is resolved against all that is committed now: a time or restore point
+    // after the pageserver's position would otherwise resolve to an older state.
+    let latest =
+        wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &timeline_id, !req.read_only, out)?;
+    let lsn = match &req.at {
+        Some(t) => crate::branch_cmd::resolve_lsn(&mut ps, &tenant_id, &timeline_id, t, true)?,
+        None => latest,
+    };
+    out.step(&format!("basebackup of {} at {lsn}", req.branch));
+    let node = node(dir, &cfg, &name)?;
+    let tar_path = compute_dir(dir, &name).join("basebackup.tar");
+    fs::create_dir_all(compute_dir(dir, &name))?;
+    {
+        let mut f = std::io::BufWriter::new(
+            fs::File::create(&tar_path)
+                .with_context(|| format!("creating {}", tar_path.display()))?,
+        );
+        let mut bar = Progress::new("basebackup");
+        let mut total = 0;
+        ps.basebackup(
+            &tenant_id,
+            &timeline_id,
+            lsn.0,
+            req.read_only,
+            &mut f,
+            &mut |n| {
+                total = n;
+                bar.bytes(n)
+            },
+        )?;
+        bar.done(total);
+        std::io::Write::flush(&mut f)?;
+    }
+    node.unpack_basebackup(std::io::BufReader::new(fs::File::open(&tar_path)?))?;
+    fs::remove_file(&tar_path).ok();
+    node.configure(&ComputeSpec {
+        port,
+        read_only: req.read_only,
+        standby_name: STANDBY_NAME.into(),
+    })?;
+    let record = ComputeRecord {
+        name: name.clone(),
+        branch: req.branch.to_string(),
+        tenant_id: tenant_id.clone(),
+        timeline_id: timeline_id.clone(),
+        port,
+        read_only: req.read_only,
+        lsn: lsn.to_string(),
+        expires_at: req.ttl_secs.map(|s| unix_now() + s),
+    };
+    record.store(dir)?;
+    let started = (|| {
+        out.step(&format!("starting Postgres on port {port}"));
+        node.start()?;
+        if !req.read_only {
+            out.step("starting the walproposer");
+            start_walproposer(dir, &cfg, &record, &node, lsn)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = started {
+        // A compute that did not start is not kept: its directory is scratch.
+        let _ = node.stop(true);
+        let _ = fs::remove_dir_all(compute_dir(dir, &name));
+        return Err(e);
+    }
+    Ok(record)
+}
+
+/// The application name Postgres waits for before a commit returns.
+const STANDBY_NAME: &str = "strata";
+
+fn start_walproposer(
+    dir: &Path,
+    cfg: &ClusterConfig,
+    rec: &ComputeRecord,
+    node: &ComputeNode,
+    lsn: Lsn,
+) -> Result<()> {
+    let bin = crate::cluster::sibling_binary("compute")?;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("walproposer")
+        .args(["--pg", &node.connstr(rec.port, "postgres")])
+        .args(["--safekeepers", &cfg.safekeeper_grpc_addrs().join(",")])
+        .args(["--tenant", &rec.tenant_id])
+        .args(["--timeline", &rec.timeline_id])
+        .args(["--application-name", STANDBY_NAME])
+        // Used only when no safekeeper has WAL of this timeline yet: the new history begins
+        // with the basebackup's checkpoint record.
+        .args(["--start-lsn", &lsn.to_string()]);
+    walproposer_daemon(dir, &rec.name).start(
+        cmd,
+        "streaming from Postgres",
+        Duration::from_secs(60),
+    )?;
+    Ok(())
+}
+
+/// The LSN every committed record of the branch ends at, once the pageserver has ingested all
+/// of it (a new read-write compute continues exactly there). A writer also needs a safekeeper
+/// majority and no uncommitted tail.
+pub fn wait_for_committed_wal(
+    cfg: &ClusterConfig,
+    ps: &mut Pageserver,
+    tenant_id: &str,
+    timeline_id: &str,
+    for_writer: bool,
+    out: &Output,
+) -> Result<Lsn> {
+    let statuses =
+        crate::mgmt::safekeeper_statuses(&cfg.safekeeper_grpc_addrs(), tenant_id, timeline_id);
+    let mut commit = 0u64;
+    let mut flush = 0u64;
+    let mut answered = 0;
+    for s in statuses.into_iter().flatten() {
+        answered += 1;
+        let Some(s) = s else { continue };
+        commit = commit.max(s.commit_lsn);
+        flush = flush.max(s.flush_lsn);
+    }
+    if for_writer && answered * 2 <= cfg.safekeepers.len() {
+        bail!(
+            "only {answered} of {} safekeepers answer: a read-write compute needs a majority (strata status)",
+            cfg.safekeepers.len()
+        );
+    }
+    if for_writer && flush > commit {
+        bail!(
+            "a safekeeper holds WAL up to {} beyond the commit LSN {} (a compute stopped uncleanly); \
+             start a read-only compute, or branch at {}",
+            Lsn(flush),
+            Lsn(commit),
+            Lsn(commit)
+        );
+    }
+    let deadline = std::time::Instant::now() + CATCH_UP_TIMEOUT;
+    let mut announced = false;
+    loop {
+        let st = ps.timeline_status(tenant_id, timeline_id)?;
+        if st.last_record_end >= commit {
+            return Ok(Lsn(st.last_record_end));
+        }
+        if !announced {
+            out.step(&format!(
+                "waiting for the pageserver to ingest up to {} (at {})",
+                Lsn(commit),
+                Lsn(st.last_record_end)
+            ));
+            announced = true;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the pageserver has ingested up to {} but the safekeepers committed up to {}; \
+                 still behind after {:?} (see logs/pageserver.log)",
+                Lsn(st.last_record_end),
+                Lsn(commit),
+                CATCH_UP_TIMEOUT
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn unused_name(existing: &[ComputeRecord], branch: &str) -> String {
+    (0..)
+        .map(|i| {
+            if i == 0 {
+                branch.to_string()
+            } else {
+                format!("{branch}-{i}")
+            }
+        })
+        .find(|n| existing.iter().all(|c| &c.name != n))
+        .expect("an unused name exists")
+}
+
+fn port_free(p: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Stops and forgets a compute (its data directory is scratch: everything is in Strata).
+pub fn remove(dir: &Path, cfg: &ClusterConfig, name: &str) -> Result<()> {
+    stop_one(dir, cfg, name)?;
+    let d = compute_dir(dir, name);
+    fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))
+}
+
+/// Removes time-travel computes whose TTL has passed.
+pub fn reap_expired(dir: &Path, cfg: &ClusterConfig) -> Result<()> {
+    let now = unix_now();
+    for c in ComputeRecord::list(dir)? {
+        if c.expires_at.is_some_and(|t| t <= now) {
+            remove(dir, cfg, &c.name)?;
+            eprintln!("removed time-travel compute {} (its TTL passed)", c.name);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! `strata query --at TIME "SQL"`: time travel. An ephemeral read-only compute starts from a
+//! basebackup at that moment, answers the query, and is removed (or kept for --ttl seconds for
+//! more queries); no durable branch is created.
+
+use std::path::Path;
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use crate::cluster::ClusterConfig;
+use crate::compute_cmd::{self, StartRequest};
+use crate::output::Output;
+use crate::target::Target;
+
+#[derive(Args, Debug)]
+pub struct QueryArgs {
+    /// The SQL to run (psql syntax; several statements allowed).
+    pub sql: String,
+    /// The moment: an LSN, a time, or a restore point name.
+    #[arg(long)]
+    pub at: String,
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    #[arg(long)]
+    pub tenant: Option<String>,
+    #[arg(long, default_value = "postgres")]
+    pub database: String,
+    /// Keep the time-travel compute this many seconds for further queries (default: remove
+    /// it at once). Expired ones are removed by the next strata command.
+    #[arg(long)]
+    pub ttl: Option<u64>,
+}
+
+pub fn run(dir: &Path, a: QueryArgs, out: &Output) -> Result<()> {
+    let cfg = ClusterConfig::load(dir)?;
+    let target = Target::parse(&a.at)?;
+    let name = format!("timetravel-{}-{}", a.branch, std::process::id());
+    let rec = compute_cmd::start(
+        dir,
+        StartRequest {
+            branch: &a.branch,
+            tenant: a.tenant.as_deref(),
+            at: Some(target),
+            read_only: true,
+            name: Some(name.clone()),
+            ttl_secs: a.ttl,
+        },
+        out,
+    )?;
+    let node = compute_cmd::node(dir, &cfg, &name)?;
+    let result = node.psql(rec.port, &a.database, &a.sql);
+    if a.ttl.is_none() {
+        compute_cmd::remove(dir, &cfg, &name)?;
+    }
+    let rows = result?;
+    out.result(&rows, json!({"lsn": rec.lsn, "output": rows}));
+    Ok(())
+}

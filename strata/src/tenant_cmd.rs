@@ -1,0 +1,106 @@
+//! `strata tenant create|list`: a new database is `initdb`, imported into the pageserver as
+//! page images at its checkpoint LSN (initdb's bootstrap is not in the WAL), with a `main`
+//! branch whose WAL the pageserver streams from the safekeepers.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use compute::node::PgPrograms;
+use serde_json::json;
+use walproto::Lsn;
+
+use crate::cluster::ClusterConfig;
+use crate::mgmt::Pageserver;
+use crate::names::Names;
+use crate::output::Output;
+
+#[derive(Subcommand, Debug)]
+pub enum TenantCommand {
+    /// Create a tenant: initdb, import into the pageserver, a `main` branch.
+    Create(CreateArgs),
+    /// List the tenants.
+    List,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// The tenant's name (default: "main" for the first, else required).
+    pub name: Option<String>,
+}
+
+pub fn run(dir: &Path, cmd: TenantCommand, out: &Output) -> Result<()> {
+    match cmd {
+        TenantCommand::Create(a) => create(dir, a, out),
+        TenantCommand::List => list(dir, out),
+    }
+}
+
+fn create(dir: &Path, args: CreateArgs, out: &Output) -> Result<()> {
+    let cfg = ClusterConfig::load(dir)?;
+    let mut names = Names::load(dir)?;
+    let name = match args.name {
+        Some(n) => n,
+        None if names.tenants.is_empty() => "main".to_string(),
+        None => anyhow::bail!("name the tenant: strata tenant create NAME"),
+    };
+    if names.tenants.contains_key(&name) {
+        anyhow::bail!("a tenant named {name:?} exists already");
+    }
+    let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
+    let t0 = Instant::now();
+    let pg = PgPrograms::new(&cfg.pg_bin)?;
+    let initdb_dir = dir.join("tmp").join(format!("initdb-{name}"));
+    out.step(&format!("initdb for tenant {name}"));
+    pg.initdb(&initdb_dir)
+        .with_context(|| format!("initdb in {}", initdb_dir.display()))?;
+    let tenant = ps.create_tenant()?;
+    out.step("importing the new database into the pageserver");
+    let tl = ps.import_timeline(
+        &tenant.tenant_id,
+        &initdb_dir.to_string_lossy(),
+        cfg.safekeeper_pg_addrs(),
+    )?;
+    std::fs::remove_dir_all(&initdb_dir).ok();
+    names.add_tenant(&name, &tenant.tenant_id)?;
+    names.add_branch(&name, "main", &tl.timeline_id)?;
+    names.store(dir)?;
+    let lsn = Lsn(tl.last_record_end);
+    out.result(
+        &format!(
+            "created tenant {name} ({}) with branch main ({}) at {lsn} in {:.1} s",
+            tenant.tenant_id,
+            tl.timeline_id,
+            t0.elapsed().as_secs_f64()
+        ),
+        json!({
+            "tenant": name,
+            "tenant_id": tenant.tenant_id,
+            "branch": "main",
+            "timeline_id": tl.timeline_id,
+            "lsn": lsn.to_string(),
+            "seconds": t0.elapsed().as_secs_f64(),
+        }),
+    );
+    Ok(())
+}
+
+fn list(dir: &Path, out: &Output) -> Result<()> {
+    let names = Names::load(dir)?;
+    let mut lines = Vec::new();
+    let mut items = Vec::new();
+    for (name, id) in &names.tenants {
+        let default = names.default_tenant.as_deref() == Some(name.as_str());
+        lines.push(format!(
+            "{name}{} {id}",
+            if default { " (default)" } else { "" }
+        ));
+        items.push(json!({"tenant": name, "tenant_id": id, "default": default}));
+    }
+    if lines.is_empty() {
+        lines.push("no tenants: strata tenant create".into());
+    }
+    out.result(&lines.join("\n"), json!(items));
+    Ok(())
+}
