@@ -104,6 +104,38 @@ impl Pageserver {
             .map_err(|s| status_error("listing timelines", s))
     }
 
+    /// GC of one timeline (`None`: every timeline of the tenant).
+    pub fn gc(&mut self, tenant: &str, timeline: Option<&str>) -> Result<ps::GcResponse> {
+        let req = ps::GcRequest {
+            tenant_id: tenant.into(),
+            timeline_id: timeline.unwrap_or_default().into(),
+        };
+        self.rt
+            .block_on(self.client.gc(req))
+            .map(|r| r.into_inner())
+            .map_err(|s| status_error("garbage collection", s))
+    }
+
+    /// A lease keeping `lsn` readable for `ttl_seconds`.
+    pub fn create_lease(
+        &mut self,
+        tenant: &str,
+        timeline: &str,
+        lsn: u64,
+        ttl_seconds: u64,
+    ) -> Result<ps::LeaseResponse> {
+        let req = ps::CreateLeaseRequest {
+            tenant_id: tenant.into(),
+            timeline_id: timeline.into(),
+            lsn,
+            ttl_seconds,
+        };
+        self.rt
+            .block_on(self.client.create_lease(req))
+            .map(|r| r.into_inner())
+            .map_err(|s| status_error("creating the lease", s))
+    }
+
     pub fn timeline_status(&mut self, tenant: &str, timeline: &str) -> Result<ps::TimelineInfo> {
         let req = ps::TimelineRequest {
             tenant_id: tenant.into(),

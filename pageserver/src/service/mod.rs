@@ -50,19 +50,26 @@ fn lsn_or(lsn: u64, default: Lsn) -> Lsn {
     }
 }
 
-/// Checks that `lsn` is readable on the timeline: `[start, last record end]`.
+/// Checks that `lsn` is readable on the timeline: `[start or GC cutoff, last record end]`.
 fn check_read_lsn(h: &TimelineHandle, lsn: Lsn) -> Result<(), TenantError> {
-    let (start, end, anc) = h.read(|t| {
+    let (start, end, anc, cutoff) = h.read(|t| {
         (
             t.start_lsn(),
             t.last_record_end(),
             t.ancestor_link().map(|(id, _)| id.to_string()),
+            t.gc_cutoff_lsn(),
         )
     });
     let name = format!("{}/{}", h.tenant_id(), h.timeline_id());
     if lsn > end {
         return Err(TenantError::OutOfRange(format!(
             "LSN {lsn} is beyond timeline {name}'s last record end {end}; readable: {start}..={end}"
+        )));
+    }
+    if lsn < cutoff && cutoff > start {
+        return Err(TenantError::OutOfRange(format!(
+            "LSN {lsn} is below timeline {name}'s GC cutoff {cutoff}: older history is garbage \
+             collected; readable: {cutoff}..={end}"
         )));
     }
     if lsn < start {
@@ -492,6 +499,51 @@ impl pb::pageserver_server::Pageserver for PageserverService {
             exists: page.is_some(),
             page: page.map(|p| p.to_vec()).unwrap_or_default(),
             lsn: lsn.0,
+        }))
+    }
+
+    async fn gc(&self, req: Request<pb::GcRequest>) -> Result<Response<pb::GcResponse>, Status> {
+        let r = req.into_inner();
+        let tenant = self.manager.tenant(&r.tenant_id).map_err(to_status)?;
+        let results = blocking(move || {
+            let which = Some(r.timeline_id.as_str()).filter(|s| !s.is_empty());
+            tenant.gc(which)
+        })
+        .await?;
+        let timelines = results
+            .into_iter()
+            .map(|g| pb::TimelineGcResult {
+                timeline_id: g.timeline_id,
+                cutoff_lsn: g.report.cutoff_lsn.0,
+                pitr_lsn: g.parts.pitr_lsn.0,
+                branch_points: g.parts.branch_points.iter().map(|l| l.0).collect(),
+                lease_lsns: g.parts.leases.iter().map(|l| l.0).collect(),
+                image_lsn: g.report.image_lsn.0,
+                image_layers_written: g.report.image_layers_written as u32,
+                image_bytes_written: g.report.image_bytes_written,
+                layers_removed: g.report.layers_removed as u32,
+                bytes_removed: g.report.bytes_removed,
+                layers_kept_below: g.report.layers_kept_below as u32,
+                partitions_skipped: g.report.partitions_skipped as u32,
+            })
+            .collect();
+        Ok(Response::new(pb::GcResponse { timelines }))
+    }
+
+    async fn create_lease(
+        &self,
+        req: Request<pb::CreateLeaseRequest>,
+    ) -> Result<Response<pb::LeaseResponse>, Status> {
+        let r = req.into_inner();
+        if r.lsn == 0 {
+            return Err(Status::invalid_argument("no LSN: give the LSN to lease"));
+        }
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        let ttl = std::time::Duration::from_secs(r.ttl_seconds);
+        let expires = blocking(move || h.create_lease(Lsn(r.lsn), ttl)).await?;
+        Ok(Response::new(pb::LeaseResponse {
+            lsn: r.lsn,
+            expires_unix_ms: expires,
         }))
     }
 }

@@ -170,6 +170,13 @@ pub fn check_branch_lsn(tl: &Timeline, name: &str, lsn: Lsn) -> Result<()> {
              start at {start}..={end}"
         )));
     }
+    let cutoff = tl.gc_cutoff_lsn();
+    if lsn < cutoff {
+        return Err(TenantError::OutOfRange(format!(
+            "LSN {lsn} is below timeline {name}'s GC cutoff {cutoff}: its history there is \
+             garbage collected; a branch of it can start at {cutoff}..={end}"
+        )));
+    }
     if !lsn.0.is_multiple_of(8) {
         return Err(TenantError::InvalidArgument(format!(
             "LSN {lsn} is not a record boundary: records start and end on 8-byte boundaries"

@@ -1,7 +1,7 @@
 //! A tenant's configuration: `<data dir>/tenants/<tenant>/tenant.toml`, for example
 //!
 //! ```toml
-//! pitr_interval = "7d"      # history kept readable (s, m, h, d); GC will honour it
+//! pitr_interval = "7d"      # history kept readable (s, m, h, d); GC honours it (tenant::gc)
 //! freeze_mib = 64           # open layer size at which it is written as an L0 layer
 //! page_cache_pages = 8192   # materialized pages kept per timeline
 //! auto_compaction = true

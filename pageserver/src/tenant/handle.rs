@@ -44,7 +44,7 @@ pub struct TimelineStatus {
     pub disk_consistent_lsn: Lsn,
     /// `0/0` when no remote storage is configured or nothing is uploaded yet.
     pub remote_consistent_lsn: Lsn,
-    /// The oldest LSN readable on this timeline. No GC yet: the start.
+    /// The oldest LSN readable on this timeline: the GC cutoff, or the start before GC.
     pub gc_cutoff_lsn: Lsn,
     /// Sum of the relation forks' sizes at the ingest position, in bytes.
     pub logical_size: u64,
@@ -77,6 +77,8 @@ pub struct TimelineHandle {
     /// Set when storing a record failed midway (an I/O error): the open layer may hold part
     /// of it, so no more WAL is taken until the timeline is reopened from its durable state.
     ingest_failed: Mutex<Option<String>>,
+    /// LSN leases (see `super::gc`).
+    leases: Mutex<super::gc::Leases>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,6 +152,7 @@ impl TimelineHandle {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => TimelineServiceConf::default(),
             Err(e) => return Err(TenantError::io("read", &conf_path)(e)),
         };
+        let leases = super::gc::Leases::load(&dir)?;
         Ok(Arc::new(TimelineHandle {
             tenant_id: tenant_id.to_string(),
             timeline_id: timeline_id.to_string(),
@@ -160,6 +163,7 @@ impl TimelineHandle {
             remote_consistent_lsn: AtomicU64::new(0),
             parent,
             ingest_failed: Mutex::new(None),
+            leases: Mutex::new(leases),
         }))
     }
 
@@ -177,6 +181,10 @@ impl TimelineHandle {
 
     pub fn parent(&self) -> Option<&Arc<TimelineHandle>> {
         self.parent.as_ref()
+    }
+
+    pub(super) fn leases(&self) -> &Mutex<super::gc::Leases> {
+        &self.leases
     }
 
     fn read_guard(&self) -> RwLockReadGuard<'_, WalIngest> {
@@ -220,7 +228,7 @@ impl TimelineHandle {
             last_record_end: tl.last_record_end(),
             disk_consistent_lsn: tl.disk_consistent_lsn(),
             remote_consistent_lsn: Lsn(self.remote_consistent_lsn.load(Ordering::Relaxed)),
-            gc_cutoff_lsn: tl.start_lsn(),
+            gc_cutoff_lsn: tl.gc_cutoff_lsn(),
             logical_size,
             layers: tl.layer_descs().len(),
             received_lsn: received,

@@ -7,6 +7,7 @@
 //! - [`ids`]: 32-hex-character ids.
 //! - [`handle`]: one timeline as the service shares it (locks, WAL stream, safekeepers).
 //! - [`branch`]: where a branch may start.
+//! - [`gc`]: retention (PITR window, branch points, leases) and GC.
 //!
 //! Creations and deletions in one tenant are serialized by a per-tenant lock; reads of
 //! existing timelines never wait for them.
@@ -14,6 +15,7 @@
 pub mod branch;
 pub mod conf;
 pub mod error;
+pub mod gc;
 pub mod handle;
 pub mod ids;
 pub mod layout;
@@ -227,7 +229,7 @@ impl Tenant {
     }
 
     /// Creates a timeline from a cleanly shut down data directory, at its checkpoint LSN
-    /// (or `lsn`).
+    /// (or `lsn`), or from a pg_basebackup output (no `lsn`), readable from the backup's end.
     pub fn import_timeline(
         &self,
         id: Option<String>,
@@ -241,13 +243,16 @@ impl Tenant {
         let _changes = lock(&self.changes);
         let id = self.new_timeline_id(id)?;
         let tmp = self.tmp_dir(&id)?;
-        let (tl, rep) =
-            import_datadir(datadir, &tmp, self.conf.timeline_conf(), lsn).map_err(|source| {
-                TenantError::Import {
-                    datadir: datadir.to_path_buf(),
-                    source: Box::new(source),
-                }
-            })?;
+        // Without an LSN either kind of data directory: a clean shutdown, or a pg_basebackup
+        // output (with a backup_label) whose WAL is ingested through the backup's end.
+        let imported = match lsn {
+            None => crate::import::import(datadir, &tmp, self.conf.timeline_conf()),
+            Some(_) => import_datadir(datadir, &tmp, self.conf.timeline_conf(), lsn),
+        };
+        let (tl, rep) = imported.map_err(|source| TenantError::Import {
+            datadir: datadir.to_path_buf(),
+            source: Box::new(source),
+        })?;
         drop(tl);
         info!(tenant = %self.id, timeline = %id, lsn = %rep.lsn, blocks = rep.blocks,
               datadir = %datadir.display(), "imported a data directory");

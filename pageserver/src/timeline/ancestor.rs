@@ -82,6 +82,7 @@ impl Timeline {
             ancestor: Some((ancestor.id.clone(), ancestor.lsn)),
             disk_consistent_lsn: ancestor.lsn,
             last_record_lsn: Lsn::INVALID,
+            gc_cutoff_lsn: Lsn::INVALID,
             layers: Vec::new(),
         };
         meta.store(dir)?;

@@ -401,12 +401,22 @@ impl Timeline {
         (c.auto && l0.len() >= c.l0_threshold.max(1)).then(|| self.l0_groups(l0))
     }
 
-    /// Installs a background L0 merge, then makes images as [`Timeline::compact_with`] would
-    /// (only once no L0 layer is left).
+    /// Installs a background L0 merge, then makes images where reads need them. Ingest goes
+    /// on during a background merge, so newer L0 layers usually exist by now: the images are
+    /// then placed at the end of the merged run, below every remaining L0 layer, so no later
+    /// merge makes a delta run that spans them. (Waiting for a moment with no L0 layer left
+    /// would starve image creation under steady ingest, and historic reads would cross
+    /// ever more runs.)
     pub(super) fn finish_background_merge(&mut self, merged: L0Merge) -> Result<()> {
+        let merged_end = merged.written.iter().map(|w| w.desc.lsn_range.end).max();
         let mut rep = self.install_l0_merge(merged, FailPoint::None)?;
-        if self.l0_layers().is_empty() {
-            let r = self.create_images(FailPoint::None)?;
+        let at = if self.l0_layers().is_empty() {
+            Some(self.meta.disk_consistent_lsn)
+        } else {
+            merged_end.map(|end| Lsn(end.0 - 1))
+        };
+        if let Some(lsn) = at {
+            let r = self.create_images_at(lsn, FailPoint::None)?;
             rep.add(&r);
         }
         self.count_compaction(&rep);
@@ -518,7 +528,7 @@ impl Timeline {
     }
 
     /// Every key of every durable layer (built on first use, extended at each flush).
-    fn keyspace(&mut self) -> Result<&BTreeSet<Key>> {
+    pub(super) fn keyspace(&mut self) -> Result<&BTreeSet<Key>> {
         if self.keyspace.is_none() {
             let mut keys = BTreeSet::new();
             for l in self.layers.layers() {
@@ -549,7 +559,7 @@ impl Timeline {
 
     /// The key space cut into partitions of at most `image_partition_pages` keys of one kind;
     /// together they cover from the first key to just past the last.
-    fn partitions(&mut self) -> Result<Vec<Range<Key>>> {
+    pub(super) fn partitions(&mut self) -> Result<Vec<Range<Key>>> {
         let max = self.conf.compaction.image_partition_pages.max(1);
         let keys = self.keyspace()?;
         let mut starts: Vec<Key> = Vec::new();
@@ -613,8 +623,13 @@ impl Timeline {
     /// Image layers, at the disk-consistent LSN, for the partitions whose reads cross
     /// `image_threshold` delta runs.
     fn create_images(&mut self, fp: FailPoint) -> Result<CompactionReport> {
+        self.create_images_at(self.meta.disk_consistent_lsn, fp)
+    }
+
+    /// Image layers at `lsn` for the partitions whose reads at `lsn` cross `image_threshold`
+    /// delta runs. Every delta at or below `lsn` must be in an L1 run already.
+    fn create_images_at(&mut self, lsn: Lsn, fp: FailPoint) -> Result<CompactionReport> {
         let mut rep = CompactionReport::default();
-        let lsn = self.meta.disk_consistent_lsn;
         let threshold = self.conf.compaction.image_threshold.max(1);
         let delta_runs = self
             .layers
@@ -659,7 +674,7 @@ impl Timeline {
     }
 
     /// Materializes every key of `range` at `lsn` through the read path.
-    fn write_image(&mut self, range: &Range<Key>, lsn: Lsn) -> Result<WrittenLayer> {
+    pub(super) fn write_image(&mut self, range: &Range<Key>, lsn: Lsn) -> Result<WrittenLayer> {
         let keys: Vec<Key> = self.keyspace()?.range(range.clone()).copied().collect();
         let mut w = ImageLayerWriter::new(&self.dir, range.clone(), lsn)?;
         for k in keys {
@@ -672,7 +687,7 @@ impl Timeline {
 
     /// Replaces the layers `remove` with the durable files `add`: checks the new set, stores
     /// the metadata, then deletes the replaced files.
-    fn replace_layers(
+    pub(super) fn replace_layers(
         &mut self,
         remove: &[LayerDesc],
         add: &[WrittenLayer],

@@ -11,6 +11,7 @@
 //! ancestor none
 //! disk_consistent_lsn 0/3A41F10
 //! last_record_lsn 0/3A41EB8
+//! gc_cutoff_lsn 0/03000000       (optional: only once GC ran)
 //! layer <file name>
 //! ...
 //! crc32c 1A2B3C4D
@@ -24,6 +25,8 @@
 //!   layers; ingest resumes with the record that starts there.
 //! - `last_record_lsn`: that record's start (the `xl_prev` the next record must carry), or
 //!   `0/0` before the first record.
+//! - `gc_cutoff_lsn`: reads below it are refused, GC may have removed their history
+//!   (see `super::gc`); absent before the first GC.
 //! - `layer`: every live layer file. A layer file in the directory that is not listed is left
 //!   over from a crash between writing it and writing this file, and is deleted at open.
 
@@ -46,6 +49,9 @@ pub struct TimelineMetadata {
     pub ancestor: Option<(String, Lsn)>,
     pub disk_consistent_lsn: Lsn,
     pub last_record_lsn: Lsn,
+    /// Reads below this LSN are refused: GC may have removed their history (`0/0`: no GC
+    /// yet). Stored as an optional `gc_cutoff_lsn` line, so files without it still load.
+    pub gc_cutoff_lsn: Lsn,
     pub layers: Vec<LayerDesc>,
 }
 
@@ -60,6 +66,9 @@ impl TimelineMetadata {
             "disk_consistent_lsn {}\nlast_record_lsn {}\n",
             self.disk_consistent_lsn, self.last_record_lsn
         ));
+        if self.gc_cutoff_lsn != Lsn::INVALID {
+            s.push_str(&format!("gc_cutoff_lsn {}\n", self.gc_cutoff_lsn));
+        }
         for l in &self.layers {
             s.push_str(&format!("layer {}\n", l.file_name()));
         }
@@ -111,7 +120,12 @@ impl TimelineMetadata {
         let disk_consistent_lsn = lsn(field("disk_consistent_lsn")?, "disk_consistent_lsn")?;
         let last_record_lsn = lsn(field("last_record_lsn")?, "last_record_lsn")?;
         let mut layers = Vec::new();
+        let mut gc_cutoff_lsn = Lsn::INVALID;
         for line in lines {
+            if let Some(v) = line.strip_prefix("gc_cutoff_lsn ") {
+                gc_cutoff_lsn = lsn(v.to_string(), "gc_cutoff_lsn")?;
+                continue;
+            }
             let name = line
                 .strip_prefix("layer ")
                 .ok_or_else(|| bad(format!("unexpected line {line:?}")))?;
@@ -122,6 +136,7 @@ impl TimelineMetadata {
             ancestor,
             disk_consistent_lsn,
             last_record_lsn,
+            gc_cutoff_lsn,
             layers,
         })
     }
@@ -167,6 +182,7 @@ mod tests {
             ancestor: None,
             disk_consistent_lsn: Lsn(0x0300_0000),
             last_record_lsn: Lsn(0x02FF_FFC8),
+            gc_cutoff_lsn: Lsn::INVALID,
             layers: vec![
                 LayerDesc::image(Key::MIN..Key::MAX, Lsn(0x0200_0028)),
                 LayerDesc::delta(Key::MIN..Key::MAX, Lsn(0x0200_0050)..Lsn(0x0300_0001)),
@@ -197,5 +213,21 @@ mod tests {
         assert_eq!(TimelineMetadata::load(dir.path()).unwrap(), None);
         sample().store(dir.path()).unwrap();
         assert_eq!(TimelineMetadata::load(dir.path()).unwrap(), Some(sample()));
+    }
+
+    #[test]
+    fn gc_cutoff_line_is_optional() {
+        let p = Path::new("metadata");
+        let old = sample();
+        assert!(!old.encode().contains("gc_cutoff_lsn"));
+        let mut m = sample();
+        m.gc_cutoff_lsn = Lsn(0x0280_0000);
+        let text = m.encode();
+        assert!(
+            text.contains(&format!("gc_cutoff_lsn {}\n", m.gc_cutoff_lsn)),
+            "{text}"
+        );
+        assert_eq!(TimelineMetadata::decode(&text, p).unwrap(), m);
+        assert_eq!(TimelineMetadata::decode(&old.encode(), p).unwrap(), old);
     }
 }

@@ -28,6 +28,7 @@ pub mod ancestor;
 pub mod compaction;
 pub mod error;
 pub mod flush;
+pub mod gc;
 pub mod layer_map;
 pub mod metadata;
 pub mod open_layer;
@@ -41,6 +42,7 @@ use layer_format::{Key, LayerDesc, Lsn, Value};
 
 pub use compaction::{CompactionConf, CompactionReport, FailPoint, LayerStats};
 pub use error::{Result, TimelineError};
+pub use gc::GcReport;
 use layer_map::{Layer, LayerMap};
 pub use metadata::TimelineMetadata;
 use open_layer::{FrozenLayer, InMemoryLayers, OpenLayer};
@@ -139,6 +141,7 @@ impl Timeline {
             ancestor: None,
             disk_consistent_lsn: start_lsn,
             last_record_lsn: Lsn::INVALID,
+            gc_cutoff_lsn: Lsn::INVALID,
             layers: Vec::new(),
         };
         meta.store(dir)?;

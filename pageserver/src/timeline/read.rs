@@ -274,6 +274,9 @@ impl Timeline {
             };
             return Err(TimelineError::Reconstruct { key, lsn, reason });
         }
+        if user {
+            self.check_gc_cutoff(key, lsn)?;
+        }
         let cached = self.cache.lock().ok().and_then(|c| c.get(&key, lsn));
         let chain = self.collect(key, lsn, cached)?;
         if user {
@@ -344,6 +347,7 @@ impl Timeline {
 
     /// The newest image value of a non-page key (a relation size, a directory) at `lsn`.
     pub fn get_image_value(&self, key: Key, lsn: Lsn) -> Result<Option<Bytes>> {
+        self.check_gc_cutoff(key, lsn)?;
         let chain = self.collect(key, lsn, None)?;
         if let Some((l, _)) = chain.records.first() {
             return Err(TimelineError::Reconstruct {

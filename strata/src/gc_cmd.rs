@@ -1,0 +1,152 @@
+//! `strata gc [--branch B] [--tenant T]`: garbage collection on the pageserver; prints, per
+//! branch, the cutoff (and what set it) and the layers and bytes removed.
+
+use std::path::Path;
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+use walproto::proto::pageserver as ps;
+use walproto::Lsn;
+
+use crate::cluster::ClusterConfig;
+use crate::mgmt::Pageserver;
+use crate::names::Names;
+use crate::output::Output;
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Only this branch (default: every branch of the tenant).
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Tenant name (default: the default tenant).
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+fn lsns(v: &[u64]) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    v.iter()
+        .map(|l| Lsn(*l).to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One branch's result as a line of text.
+fn describe(name: &str, g: &ps::TimelineGcResult) -> String {
+    let cut = if g.image_lsn == 0 {
+        "nothing below it could go yet".to_string()
+    } else {
+        format!(
+            "history cut at {} (wrote {} image layers, {} bytes)",
+            Lsn(g.image_lsn),
+            g.image_layers_written,
+            g.image_bytes_written
+        )
+    };
+    format!(
+        "{name}: cutoff {} (PITR window from {}, branch points: {}, leases: {}); {cut}; \
+         removed {} layers, {} bytes; {} older layers kept",
+        Lsn(g.cutoff_lsn),
+        Lsn(g.pitr_lsn),
+        lsns(&g.branch_points),
+        lsns(&g.lease_lsns),
+        g.layers_removed,
+        g.bytes_removed,
+        g.layers_kept_below
+    )
+}
+
+pub fn run(dir: &Path, a: GcArgs, out: &Output) -> Result<()> {
+    let cfg = ClusterConfig::load(dir)?;
+    let names = Names::load(dir)?;
+    let (tenant, tenant_id) = names.tenant(a.tenant.as_deref())?;
+    let timeline = a
+        .branch
+        .as_deref()
+        .map(|b| names.timeline(&tenant, b))
+        .transpose()?;
+    let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
+    let res = ps.gc(&tenant_id, timeline.as_deref())?;
+    let mut lines = Vec::new();
+    let mut values = Vec::new();
+    for g in &res.timelines {
+        let name = names
+            .branch_of(&tenant, &g.timeline_id)
+            .unwrap_or(&g.timeline_id)
+            .to_string();
+        lines.push(describe(&name, g));
+        values.push(json!({
+            "branch": name,
+            "timeline_id": g.timeline_id,
+            "cutoff_lsn": Lsn(g.cutoff_lsn).to_string(),
+            "pitr_lsn": Lsn(g.pitr_lsn).to_string(),
+            "branch_points": g.branch_points.iter().map(|l| Lsn(*l).to_string()).collect::<Vec<_>>(),
+            "lease_lsns": g.lease_lsns.iter().map(|l| Lsn(*l).to_string()).collect::<Vec<_>>(),
+            "image_lsn": Lsn(g.image_lsn).to_string(),
+            "image_layers_written": g.image_layers_written,
+            "image_bytes_written": g.image_bytes_written,
+            "layers_removed": g.layers_removed,
+            "bytes_removed": g.bytes_removed,
+            "layers_kept_below": g.layers_kept_below,
+        }));
+    }
+    let removed: u64 = res.timelines.iter().map(|g| g.bytes_removed).sum();
+    let layers: u32 = res.timelines.iter().map(|g| g.layers_removed).sum();
+    lines.push(format!("total: removed {layers} layers, {removed} bytes"));
+    out.result(
+        &lines.join("\n"),
+        json!({"tenant": tenant, "timelines": values, "layers_removed": layers, "bytes_removed": removed}),
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct LeaseArgs {
+    /// The point to keep readable: an LSN, a time or a restore point name.
+    pub at: String,
+    /// How long: <n>s, <n>m, <n>h or <n>d.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+/// `<n><unit>` (s, m, h, d) in seconds.
+fn parse_ttl(s: &str) -> Result<u64> {
+    let bad = || anyhow::anyhow!("TTL {s:?}: expected a number and a unit (s, m, h, d), e.g. 1h");
+    let unit = s.chars().last().ok_or_else(bad)?;
+    let mult = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
+        _ => return Err(bad()),
+    };
+    let n: u64 = s[..s.len() - 1].trim().parse().map_err(|_| bad())?;
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+/// `strata lease AT [--ttl 1h] [--branch B]`: keeps a point of a branch readable (GC keeps
+/// its history) until the lease expires.
+pub fn lease(dir: &Path, a: LeaseArgs, out: &Output) -> Result<()> {
+    let ttl = parse_ttl(&a.ttl)?;
+    let cfg = ClusterConfig::load(dir)?;
+    let names = Names::load(dir)?;
+    let (tenant, tenant_id) = names.tenant(a.tenant.as_deref())?;
+    let timeline = names.timeline(&tenant, &a.branch)?;
+    let target = crate::target::Target::parse(&a.at)?;
+    let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
+    let lsn = crate::branch_cmd::resolve_lsn(&mut ps, &tenant_id, &timeline, &target, true)?;
+    let r = ps.create_lease(&tenant_id, &timeline, lsn.0, ttl)?;
+    let expires = crate::target::format_time(r.expires_unix_ms as i64 * 1000);
+    out.result(
+        &format!("lease on {} at {lsn} until {expires}", a.branch),
+        json!({"branch": a.branch, "lsn": lsn.to_string(), "expires_unix_ms": r.expires_unix_ms}),
+    );
+    Ok(())
+}
