@@ -145,8 +145,9 @@ async fn remote_layer_names(remote: &RemoteStorage) -> anyhow::Result<Vec<String
     Ok(names)
 }
 
+/// The object keys the manifest lists.
 fn manifest_names(m: &Manifest) -> Vec<String> {
-    let mut v: Vec<String> = m.layers.iter().map(|l| l.file_name()).collect();
+    let mut v: Vec<String> = m.layers.iter().map(|l| l.key.clone()).collect();
     v.sort();
     v
 }
@@ -193,8 +194,9 @@ fn remote_storage_against_postgres() -> anyhow::Result<()> {
     )?;
 
     // s3s-fs keeps per-object files named by the base64 of bucket and key, so it fails
-    // (ENAMETOOLONG) on a multipart upload of a key of over ~130 bytes, which every layer key
-    // is: layers go up in single PUTs there, and multipart is checked on a short key.
+    // (ENAMETOOLONG) on a multipart upload of a key of over ~130 bytes; layer keys are short
+    // (`longest_key_fits_s3s_fs`), but the ids here are short too: layers go up in single
+    // PUTs, and multipart is checked on its own.
     let server = s3s::S3sFs::start(&s3s_bin, &scratch.join("s3s"), "strata")?;
     let s3 = RemoteStorage::from_url_with("s3://strata/ps1", &server.options())?
         .with_part_bytes(256 * 1024 * 1024);
@@ -390,7 +392,7 @@ fn corruption(
     let victim = &m.layers[m.layers.len() / 2];
     let obj = remote
         .layers_path(TENANT, TIMELINE)?
-        .join(victim.file_name().as_str());
+        .join(victim.key.as_str());
     let flip = |obj: &object_store::path::Path, at: usize| -> anyhow::Result<Bytes> {
         rt.block_on(async {
             let orig = remote.store().get(obj).await?.bytes().await?;
@@ -637,6 +639,58 @@ fn background_uploader(
         &reference,
         &read_pages(&tl, &keys, &[last])?,
     );
+    Ok(())
+}
+
+/// The longest key Strata writes, with real 32-hex ids and the longest prefix it accepts, goes
+/// up to s3s-fs in a multipart upload (the path that keeps per-upload files named by the key)
+/// and comes back byte for byte; a prefix one byte longer is refused with a clear error.
+#[test]
+fn longest_key_fits_s3s_fs() -> anyhow::Result<()> {
+    use pageserver::remote::storage::MAX_KEY_BYTES;
+    let s3s_bin = s3s::find()?;
+    let tmp = tempfile::tempdir()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let server = s3s::S3sFs::start(&s3s_bin, &tmp.path().join("s3s"), "strata")?;
+    // Find the longest prefix accepted.
+    let mut prefix = String::new();
+    while RemoteStorage::from_url_with(&format!("s3://strata/{prefix}x"), &server.options()).is_ok()
+    {
+        prefix.push('x');
+        anyhow::ensure!(prefix.len() < 1000, "no prefix is too long");
+    }
+    let e = RemoteStorage::from_url_with(&format!("s3://strata/{prefix}x"), &server.options())
+        .unwrap_err();
+    println!("a prefix of {} bytes: {e}", prefix.len() + 1);
+    assert!(e.to_string().contains("too long"), "{e}");
+    let s3 = RemoteStorage::from_url_with(&format!("s3://strata/{prefix}"), &server.options())?
+        .with_part_bytes(5 * 1024 * 1024);
+    assert_eq!(s3.longest_key_len(), MAX_KEY_BYTES);
+    let id = "0123456789abcdef0123456789abcdef";
+    let key = format!("{}-{}", "f".repeat(8), u32::MAX);
+    let obj = s3.layers_path(id, id)?.join(key.as_str());
+    assert_eq!(obj.as_ref().len(), MAX_KEY_BYTES, "{obj}");
+    println!("longest key ({} bytes): {obj}", obj.as_ref().len());
+    let path = tmp.path().join("big");
+    let data: Vec<u8> = (0..11 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(&path, &data)?;
+    let (size, crc) = rt.block_on(pageserver::remote::upload_file(&s3, &obj, &path))?;
+    assert_eq!((size, crc), (data.len() as u64, crc32c::crc32c(&data)));
+    let back = rt.block_on(async { s3.store().get(&obj).await?.bytes().await })?;
+    assert!(back[..] == data[..], "the object came back different");
+    // The manifest and config keys are shorter and work too.
+    let m = s3.manifest_path(id, id)?;
+    rt.block_on(
+        s3.store()
+            .put(&m, PutPayload::from(Bytes::from_static(b"x"))),
+    )?;
+    rt.block_on(s3.put_timeline_config(id, id, Bytes::from_static(b"safekeepers = []\n")))?;
+    assert!(rt.block_on(s3.get_timeline_config(id, id))?.is_some());
     Ok(())
 }
 

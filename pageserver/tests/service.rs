@@ -497,7 +497,7 @@ async fn pageserver_binary() -> Result<()> {
         assert!(t0.elapsed().as_secs() < 60, "nothing uploaded: {st:?}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let manifest = remote.join(format!("tenants/{TENANT}/timelines/{AT_RP}/manifest"));
+    let manifest = remote.join(format!("t/{TENANT}/{AT_RP}/manifest"));
     let text = std::fs::read_to_string(&manifest)?;
     assert!(text.contains(&format!("ancestor {PARENT}")), "{text}");
 

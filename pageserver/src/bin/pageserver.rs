@@ -7,6 +7,11 @@
 //! when asked for port 0); logs go to stderr (`RUST_LOG`, default `info`). SIGTERM or SIGINT
 //! stop it cleanly: no new requests, WAL streams stopped, every timeline flushed, a last
 //! upload to remote storage.
+//!
+//! With remote storage, every tenant and timeline the object store holds and the data
+//! directory lacks is restored before the tenants are loaded (`remote::startup`), so a
+//! pageserver whose disk was wiped comes back with its timelines and resumes ingest from the
+//! safekeepers where the object store's copy ends.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -18,9 +23,9 @@ use clap::Parser;
 use serde::Deserialize;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
-use tracing::info;
+use tracing::{error, info};
 
-use pageserver::remote::RemoteStorage;
+use pageserver::remote::{restore_missing, RemoteStorage};
 use pageserver::service::PageserverService;
 use pageserver::tenant::TenantManager;
 
@@ -98,15 +103,47 @@ fn run() -> Result<()> {
     };
     fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-    let manager = Arc::new(
-        TenantManager::load(&data_dir)
-            .with_context(|| format!("loading {}", data_dir.display()))?,
-    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if let Some(remote) = &remote {
+        // A wiped (or new) data directory gets what the object store holds before loading.
+        match rt.block_on(restore_missing(remote, &data_dir)) {
+            Ok(rep) => {
+                info!(
+                    remote_tenants = rep.remote_tenants,
+                    restored = rep.timelines_restored.len(),
+                    present = rep.timelines_present,
+                    failed = rep.failed.len(),
+                    "remote storage checked"
+                );
+            }
+            // With local tenants, serve them (their uploaders retry); with none, the object
+            // store is all there is: refuse to start empty.
+            Err(e) if has_local_tenants(&data_dir) => {
+                error!(error = %e, "could not check remote storage; starting with the local tenants");
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "restoring the empty data directory {} from {remote}",
+                    data_dir.display()
+                )))
+            }
+        }
+    }
+    let manager = Arc::new(
+        TenantManager::load(&data_dir)
+            .with_context(|| format!("loading {}", data_dir.display()))?,
+    );
     rt.block_on(serve(manager, listen, remote))
+}
+
+/// Whether the data directory holds any tenant.
+fn has_local_tenants(data_dir: &std::path::Path) -> bool {
+    fs::read_dir(pageserver::tenant::layout::tenants_dir(data_dir))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
 }
 
 async fn serve(

@@ -4,10 +4,15 @@
 //! Object layout under the storage's prefix:
 //!
 //! ```text
-//! <prefix>/tenants/<tenant>/config                                  tenant config (opaque bytes)
-//! <prefix>/tenants/<tenant>/timelines/<timeline>/manifest           see `manifest`
-//! <prefix>/tenants/<tenant>/timelines/<timeline>/layers/<file name> immutable layer files
+//! <prefix>/t/<tenant>/config                 tenant config (`tenant.toml`, opaque bytes)
+//! <prefix>/t/<tenant>/<timeline>/manifest    see `manifest`
+//! <prefix>/t/<tenant>/<timeline>/conf        the timeline's safekeepers (`timeline.toml`)
+//! <prefix>/t/<tenant>/<timeline>/l/<key>     immutable layer files; the manifest maps each
+//!                                            layer file name to its key
 //! ```
+//!
+//! Keys are kept short (at most [`storage::MAX_KEY_BYTES`]) because some S3-compatible stores
+//! (s3s-fs) keep them in file names.
 //!
 //! - [`storage`]: `--remote-storage <path | file://… | s3://bucket/prefix>` → an object store.
 //! - [`manifest`]: the timeline's durable remote state: LSNs and every live layer with its size
@@ -17,10 +22,12 @@
 //! - [`uploader`]: [`spawn_uploader`]: the same in the background, publishing
 //!   `remote_consistent_lsn`.
 //! - [`restore`]: [`restore_timeline`] into an empty directory, and listings of what is stored.
+//! - [`startup`]: [`restore_missing`]: at start, everything the data directory lacks.
 
 pub mod error;
 pub mod manifest;
 pub mod restore;
+pub mod startup;
 pub mod storage;
 pub mod upload;
 pub mod uploader;
@@ -30,6 +37,7 @@ pub use manifest::{Manifest, RemoteLayer};
 pub use restore::{
     download_manifest, list_remote_tenants, list_remote_timelines, restore_timeline, RestoreReport,
 };
+pub use startup::{restore_missing, StartupRestoreReport};
 pub use storage::{RemoteStorage, S3Options};
 pub use upload::{
     delete_remote_timeline, sync_timeline, sync_timeline_with, upload_file, SyncFailPoint,

@@ -117,9 +117,9 @@ async fn restore_layer(
     if local_copy_matches(&dst, layer).await? {
         return Ok(None);
     }
-    let obj = layers_path.clone().join(name.as_str());
+    let obj = layers_path.clone().join(layer.key.as_str());
     let corrupt = |reason: String| RemoteError::LayerCorrupt {
-        layer: obj.to_string(),
+        layer: format!("{name} ({obj})"),
         reason,
     };
     let got = match remote.store().get(&obj).await {

@@ -144,6 +144,7 @@ impl RemoteStorage {
         let prefix = prefix.trim_matches('/');
         let prefix = Path::parse(prefix)
             .map_err(|e| RemoteError::Config(format!("prefix {prefix:?}: {e}")))?;
+        check_prefix(&prefix)?;
         Ok(RemoteStorage {
             store: Arc::new(store),
             url: format!("s3://{bucket}/{prefix}"),
@@ -156,6 +157,7 @@ impl RemoteStorage {
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Result<RemoteStorage> {
         let p = Path::parse(prefix.trim_matches('/'))
             .map_err(|e| RemoteError::Config(format!("prefix {prefix:?}: {e}")))?;
+        check_prefix(&p)?;
         Ok(RemoteStorage {
             url: format!("{store}/{p}"),
             store,
@@ -178,8 +180,9 @@ impl RemoteStorage {
         &self.store
     }
 
+    /// Where the tenants are: `<prefix>/t`.
     pub fn tenants_path(&self) -> Path {
-        self.prefix.clone().join("tenants")
+        self.prefix.clone().join("t")
     }
 
     pub fn tenant_path(&self, tenant: &str) -> Result<Path> {
@@ -187,8 +190,10 @@ impl RemoteStorage {
         Ok(self.tenants_path().join(tenant))
     }
 
+    /// Where a tenant's timelines are: the tenant's own directory (its `config` object is no
+    /// directory, so a listing of directories finds the timelines only).
     pub fn timelines_path(&self, tenant: &str) -> Result<Path> {
-        Ok(self.tenant_path(tenant)?.join("timelines"))
+        self.tenant_path(tenant)
     }
 
     pub fn timeline_path(&self, tenant: &str, timeline: &str) -> Result<Path> {
@@ -200,8 +205,42 @@ impl RemoteStorage {
         Ok(self.timeline_path(tenant, timeline)?.join("manifest"))
     }
 
+    /// The timeline's service config (`timeline.toml`: its safekeepers), opaque bytes.
+    pub fn timeline_config_path(&self, tenant: &str, timeline: &str) -> Result<Path> {
+        Ok(self.timeline_path(tenant, timeline)?.join("conf"))
+    }
+
     pub fn layers_path(&self, tenant: &str, timeline: &str) -> Result<Path> {
-        Ok(self.timeline_path(tenant, timeline)?.join("layers"))
+        Ok(self.timeline_path(tenant, timeline)?.join("l"))
+    }
+
+    /// The longest object key this storage writes for 32-character ids (a layer key with a
+    /// collision suffix); see [`MAX_KEY_BYTES`].
+    pub fn longest_key_len(&self) -> usize {
+        let id = "0".repeat(32);
+        let p = self.layers_path(&id, &id).expect("a valid id");
+        p.as_ref().len() + 1 + super::manifest::LONGEST_LAYER_KEY
+    }
+
+    /// Stores a timeline's service config.
+    pub async fn put_timeline_config(
+        &self,
+        tenant: &str,
+        timeline: &str,
+        config: Bytes,
+    ) -> Result<()> {
+        let path = self.timeline_config_path(tenant, timeline)?;
+        self.store
+            .put(&path, PutPayload::from(config))
+            .await
+            .map_err(RemoteError::store("put", &path))?;
+        Ok(())
+    }
+
+    /// A timeline's service config, or `None` if none was stored.
+    pub async fn get_timeline_config(&self, tenant: &str, timeline: &str) -> Result<Option<Bytes>> {
+        let path = self.timeline_config_path(tenant, timeline)?;
+        self.get_optional(&path).await
     }
 
     /// Stores the tenant's config (its format belongs to the tenant manager).
@@ -230,6 +269,34 @@ impl RemoteStorage {
             Err(e) => Err(RemoteError::store("get", path)(e)),
         }
     }
+}
+
+/// The longest object key Strata writes, in bytes. Some S3-compatible servers keep keys in
+/// file names: s3s-fs names its bookkeeping files after the base64 of the key (4 bytes per
+/// 3), and file names end at 255 bytes, so it fails on keys of roughly 130 bytes and more.
+/// With 32-character ids the longest key (a layer's) is 84 bytes plus the prefix, so a
+/// prefix may have up to 44 bytes.
+pub const MAX_KEY_BYTES: usize = 128;
+
+/// Refuses a prefix that would make keys longer than [`MAX_KEY_BYTES`].
+fn check_prefix(prefix: &Path) -> Result<()> {
+    let id = "0".repeat(32);
+    let longest = prefix.as_ref().len()
+        + usize::from(!prefix.as_ref().is_empty())
+        + "t//".len()
+        + 2 * id.len()
+        + "/l/".len()
+        + super::manifest::LONGEST_LAYER_KEY;
+    if longest > MAX_KEY_BYTES {
+        return Err(RemoteError::Config(format!(
+            "prefix {:?} is too long: object keys would reach {longest} bytes, over the \
+             {MAX_KEY_BYTES} Strata keeps them within (s3s-fs fails on longer ones); use a \
+             prefix of at most {} bytes",
+            prefix.as_ref(),
+            prefix.as_ref().len() - (longest - MAX_KEY_BYTES)
+        )));
+    }
+    Ok(())
 }
 
 /// Tenant and timeline ids become object path segments: letters, digits, `-` and `_` only.
@@ -272,10 +339,7 @@ mod tests {
         let root = dir.path().join("store");
         let r = RemoteStorage::from_url(&format!("file://{}", root.display())).unwrap();
         assert!(root.is_dir());
-        assert_eq!(
-            r.layers_path("t1", "tl1").unwrap().as_ref(),
-            "tenants/t1/timelines/tl1/layers"
-        );
+        assert_eq!(r.layers_path("t1", "tl1").unwrap().as_ref(), "t/t1/tl1/l");
         RemoteStorage::from_url(root.join("plain").to_str().unwrap()).unwrap();
         assert!(root.join("plain").is_dir());
 
@@ -288,7 +352,7 @@ mod tests {
         let r = RemoteStorage::from_url_with("s3://bucket/some/prefix/", &o).unwrap();
         assert_eq!(
             r.manifest_path("a", "b").unwrap().as_ref(),
-            "some/prefix/tenants/a/timelines/b/manifest"
+            "some/prefix/t/a/b/manifest"
         );
         let far = S3Options {
             endpoint: Some("http://example.com:9000".into()),

@@ -7,8 +7,11 @@
 //!    does not change what is read; a listed file already gone means the metadata changed:
 //!    re-read it and start over);
 //! 2. write the new manifest (one atomic PUT);
-//! 3. delete every object under `layers/` the new manifest does not list (layers replaced by
-//!    compaction, and uploads orphaned by a crash before step 2).
+//! 3. delete every layer object (under `l/`) the new manifest does not list (layers replaced
+//!    by compaction, and uploads orphaned by a crash before step 2).
+//!
+//! A new layer's object key ([`super::manifest::layer_key`]) is never one the old manifest
+//! lists, so step 1 never overwrites an object the old manifest needs.
 //!
 //! One uploader per timeline: two pageservers syncing the same timeline would delete each
 //! other's layers in step 3.
@@ -23,7 +26,7 @@ use tokio::io::AsyncReadExt;
 use tracing::{debug, info};
 
 use super::error::{RemoteError, Result};
-use super::manifest::{Manifest, RemoteLayer};
+use super::manifest::{layer_key, Manifest, RemoteLayer};
 use super::restore::download_manifest;
 use super::storage::RemoteStorage;
 use crate::timeline::TimelineMetadata;
@@ -187,6 +190,10 @@ async fn upload_layers(
 ) -> Result<Option<Vec<RemoteLayer>>> {
     let layers_path = remote.layers_path(tenant, timeline)?;
     let mut out = Vec::with_capacity(meta.layers.len());
+    // Keys of the old manifest stay taken until a manifest without them is written.
+    let mut taken: HashSet<String> = old
+        .map(|o| o.layers.iter().map(|l| l.key.clone()).collect())
+        .unwrap_or_default();
     for desc in &meta.layers {
         let name = desc.file_name();
         let path = dir.join(&name);
@@ -204,14 +211,17 @@ async fn upload_layers(
             out.push(r.clone());
             continue;
         }
-        let obj = layers_path.clone().join(name.as_str());
+        let key = layer_key(&name, &taken);
+        taken.insert(key.clone());
+        let obj = layers_path.clone().join(key.as_str());
         let crc = upload_open_file(remote, &obj, file, size, &path).await?;
         rep.layers_uploaded += 1;
         rep.multipart_uploads += usize::from(size > remote.part_bytes() as u64);
         rep.bytes_uploaded += size;
-        debug!(layer = %name, size, "layer uploaded");
+        debug!(layer = %name, %obj, size, "layer uploaded");
         out.push(RemoteLayer {
             desc: desc.clone(),
+            key,
             size,
             crc32c: crc,
         });
@@ -306,7 +316,7 @@ fn check_size(path: &FsPath, expected: u64, read: u64) -> Result<()> {
     )))
 }
 
-/// Deletes the objects under `layers/` that `manifest` does not list; returns how many.
+/// Deletes the layer objects (under `l/`) that `manifest` does not list; returns how many.
 async fn delete_unlisted(
     remote: &RemoteStorage,
     tenant: &str,
@@ -314,7 +324,7 @@ async fn delete_unlisted(
     manifest: &Manifest,
 ) -> Result<usize> {
     let layers_path = remote.layers_path(tenant, timeline)?;
-    let live: HashSet<String> = manifest.layers.iter().map(|l| l.file_name()).collect();
+    let live: HashSet<&str> = manifest.layers.iter().map(|l| l.key.as_str()).collect();
     let mut stale = Vec::new();
     let mut listing = remote.store().list(Some(&layers_path));
     while let Some(obj) = listing.next().await {
@@ -354,6 +364,7 @@ pub async fn delete_remote_timeline(
         ancestor: None,
         remote_consistent_lsn: Lsn::INVALID,
         last_record_lsn: Lsn::INVALID,
+        gc_cutoff_lsn: Lsn::INVALID,
         layers: Vec::new(),
     };
     delete_unlisted(remote, tenant, timeline, &empty).await
@@ -382,6 +393,7 @@ mod tests {
             ancestor: None,
             disk_consistent_lsn: Lsn(lsn),
             last_record_lsn: Lsn(lsn - 0x10),
+            gc_cutoff_lsn: Lsn::INVALID,
             layers: layers.to_vec(),
         }
         .store(dir)

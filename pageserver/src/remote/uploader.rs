@@ -109,6 +109,12 @@ impl UploaderHandle {
         res
     }
 
+    /// Stops the task without a last sync, after the sync under way (if any) ends.
+    pub async fn stop(self) {
+        drop(self.requests);
+        let _ = self.task.await;
+    }
+
     async fn send(&self, r: Request) -> Result<()> {
         self.requests
             .send(r)

@@ -1,6 +1,12 @@
 //! Per-timeline background work the service runs: the remote uploader (when the pageserver
 //! has remote storage) and the walreceiver (when the timeline has safekeepers).
 //!
+//! With remote storage, the tenant's config (`tenant.toml`) and the timeline's
+//! (`timeline.toml`: its safekeepers) are uploaded too, whenever a timeline starts or its
+//! safekeepers change (retried until done), so that a wiped pageserver restores them
+//! (`crate::remote::startup`). A deleted timeline is deleted from the object store as well,
+//! so that it does not come back at the next start.
+//!
 //! The walreceiver ([`crate::walreceiver::run`]) feeds the timeline's handle, which is its
 //! [`crate::walreceiver::WalSink`]. If it ends with an error (the timeline refused WAL), it
 //! is started again after a growing delay: WAL is never skipped, and a transient problem
@@ -16,7 +22,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::remote::{spawn_uploader, RemoteStorage, UploaderConf, UploaderHandle};
+use crate::remote::{
+    delete_remote_timeline, spawn_uploader, RemoteStorage, UploaderConf, UploaderHandle,
+};
+use crate::tenant::layout::{TENANT_CONF, TIMELINE_CONF};
 use crate::tenant::TimelineHandle;
 use crate::walreceiver::{self, WalReceiverConf, WalSink};
 
@@ -33,6 +42,7 @@ struct TimelineTasks {
     uploader: Option<UploaderHandle>,
     forwarder: Option<JoinHandle<()>>,
     flusher: Option<JoinHandle<()>>,
+    config_upload: Option<JoinHandle<()>>,
     walreceiver: Option<WalReceiverTask>,
 }
 
@@ -99,6 +109,73 @@ fn spawn_flusher(h: Arc<TimelineHandle>) -> JoinHandle<()> {
     })
 }
 
+/// Puts `data` at `obj` unless the store holds it already.
+async fn put_if_changed(
+    remote: &RemoteStorage,
+    obj: &object_store::path::Path,
+    data: Vec<u8>,
+) -> crate::remote::Result<bool> {
+    use object_store::ObjectStoreExt;
+    if remote.get_optional(obj).await?.is_some_and(|b| b == data) {
+        return Ok(false);
+    }
+    remote
+        .store()
+        .put(obj, object_store::PutPayload::from(data))
+        .await
+        .map_err(crate::remote::RemoteError::store("put", obj))?;
+    Ok(true)
+}
+
+/// Uploads the tenant's and the timeline's config files, retrying until both are stored.
+fn spawn_config_upload(remote: RemoteStorage, h: &TimelineHandle) -> JoinHandle<()> {
+    let (tenant, timeline) = key(h);
+    let tl_conf = h.dir().join(TIMELINE_CONF);
+    // <data dir>/tenants/<tenant>/timelines/<timeline>
+    let tenant_conf = h
+        .dir()
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join(TENANT_CONF));
+    tokio::spawn(async move {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let res: crate::remote::Result<()> = async {
+                let files = [
+                    (
+                        tenant_conf.clone(),
+                        remote.tenant_path(&tenant)?.join("config"),
+                    ),
+                    (
+                        Some(tl_conf.clone()),
+                        remote.timeline_config_path(&tenant, &timeline)?,
+                    ),
+                ];
+                for (file, obj) in files {
+                    let Some(file) = file else { continue };
+                    let data = match tokio::fs::read(&file).await {
+                        Ok(d) => d,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(crate::remote::RemoteError::io("read", &file)(e)),
+                    };
+                    if put_if_changed(&remote, &obj, data).await? {
+                        info!(%tenant, %timeline, object = %obj, "config uploaded");
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            match res {
+                Ok(()) => return,
+                Err(e) => warn!(%tenant, %timeline, error = %e, retry_in = ?delay,
+                                "config upload failed"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(60));
+        }
+    })
+}
+
 impl Background {
     pub fn new(remote: Option<RemoteStorage>) -> Background {
         Background {
@@ -117,6 +194,13 @@ impl Background {
         let t = tasks.entry(key(h)).or_default();
         if t.flusher.is_none() {
             t.flusher = Some(spawn_flusher(h.clone()));
+        }
+        if let Some(remote) = &self.remote {
+            // Again on every call: the safekeepers may have changed.
+            if let Some(old) = t.config_upload.take() {
+                old.abort();
+            }
+            t.config_upload = Some(spawn_config_upload(remote.clone(), h));
         }
         if let (Some(remote), None) = (&self.remote, &t.uploader) {
             match spawn_uploader(
@@ -169,17 +253,31 @@ impl Background {
         }
     }
 
-    /// Stops everything of a timeline (being deleted): no final upload.
+    /// Stops everything of a timeline (being deleted): no final upload; its copy in the
+    /// object store is deleted (a failure is logged: the copy would come back at the next
+    /// start of a wiped pageserver).
     pub async fn stop_timeline(&self, tenant: &str, timeline: &str) {
         let t = self
             .lock()
             .remove(&(tenant.to_string(), timeline.to_string()));
         if let Some(t) = t {
             Self::stop_walreceiver(t.walreceiver).await;
-            for task in [t.forwarder, t.flusher].into_iter().flatten() {
+            for task in [t.forwarder, t.flusher, t.config_upload]
+                .into_iter()
+                .flatten()
+            {
                 task.abort();
             }
-            drop(t.uploader);
+            if let Some(u) = t.uploader {
+                u.stop().await;
+            }
+        }
+        if let Some(remote) = &self.remote {
+            match delete_remote_timeline(remote, tenant, timeline).await {
+                Ok(n) => info!(%tenant, %timeline, layers = n, "deleted from remote storage"),
+                Err(e) => warn!(%tenant, %timeline, error = %e,
+                                "could not delete the timeline from remote storage"),
+            }
         }
     }
 
