@@ -22,6 +22,11 @@ pub enum TenantCommand {
     Create(CreateArgs),
     /// List the tenants.
     List,
+    /// Import a running PostgreSQL 15 (pg_basebackup, then its WAL through a walproposer)
+    /// as a tenant with a `main` branch; the source stays its writer.
+    Import(crate::tenant_import::ImportArgs),
+    /// Start an imported tenant's walproposer again (after `strata stop`).
+    Reconnect(crate::tenant_import::ReconnectArgs),
 }
 
 #[derive(Args, Debug)]
@@ -34,6 +39,8 @@ pub fn run(dir: &Path, cmd: TenantCommand, out: &Output) -> Result<()> {
     match cmd {
         TenantCommand::Create(a) => create(dir, a, out),
         TenantCommand::List => list(dir, out),
+        TenantCommand::Import(a) => crate::tenant_import::run(dir, a, out),
+        TenantCommand::Reconnect(a) => crate::tenant_import::reconnect(dir, a, out),
     }
 }
 
