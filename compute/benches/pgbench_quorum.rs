@@ -236,9 +236,16 @@ fn main() {
             );
             rows.push(row);
         }
-        if let Replicas::Strata(_, wp, _) = &replicas {
+        if let Replicas::Strata(sks, wp, _) = &replicas {
             for line in wp.log_text().lines().filter(|l| l.contains(" stats ")) {
                 eprintln!("walproposer: {}", line.trim());
+            }
+            for sk in sks {
+                let log =
+                    std::fs::read_to_string(sk.datadir.join("safekeeper.log")).unwrap_or_default();
+                for line in log.lines().filter(|l| l.contains("wal writer stats")) {
+                    eprintln!("safekeeper {}: {}", sk.id, line.trim());
+                }
             }
         }
         drop(replicas);

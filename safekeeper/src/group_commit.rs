@@ -1,17 +1,21 @@
-//! Group commit: one writer thread owns a timeline's [`WalStorage`]; appends are queued to it,
-//! and one `fdatasync` covers every append that arrived while the previous one ran.
+//! Group commit: a timeline's [`WalStorage`] sits behind a mutex shared by a writer thread and
+//! the callers; one `fdatasync` covers every append written while the previous one ran.
 //!
-//! The thread takes everything queued, writes it, fsyncs once, then publishes the durable LSN
-//! on a `watch` channel. Appends that arrive during the fsync wait in the queue and form the
-//! next batch, so under load the number of fsyncs is the number of batches, not of appends,
-//! and a single proposer stream pipelining appends gets the disk's sequential write rate.
+//! An append is written to the OS by the caller (cheap: the page cache). Then either the
+//! writer thread is asked to sync (it takes everything queued, fsyncs once, publishes the
+//! durable LSN on a `watch` channel), or, on the latency path of a proposer session, the
+//! caller syncs itself right after writing a batch of appends ([`caller_syncs`],
+//! [`WalSyncer::sync`]), which saves two thread hand-offs per acknowledgement. Appends written
+//! during an fsync wait for the lock and are covered by the next one, so under load the number
+//! of fsyncs is the number of batches, not of appends.
 //!
 //! An I/O error poisons the writer: the error is published and every later command fails, since
 //! what is on disk is then unknown until a restart re-reads it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
@@ -22,11 +26,9 @@ use crate::wal_storage::{WalError, WalStorage};
 type Reply = std_mpsc::Sender<Result<Lsn, WalError>>;
 
 enum Command {
-    Write {
-        lsn: Lsn,
-        data: Bytes,
-    },
-    /// Replies once everything queued before it is durable.
+    /// Make everything written so far durable (no reply: durability is published).
+    Sync,
+    /// Replies once everything written before it is durable.
     Flush(Reply),
     Truncate {
         lsn: Lsn,
@@ -52,10 +54,90 @@ pub struct WalStats {
     pub appends: AtomicU64,
 }
 
-/// The handle to a timeline's writer thread. Dropping it stops the thread after it drains the
-/// queue (and waits for it, so the files are closed when the drop returns).
+/// The storage and its poison, shared by the writer thread and inline syncs.
+struct State {
+    storage: WalStorage,
+    poisoned: Option<String>,
+    timing: BatchTiming,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    durable_tx: watch::Sender<Durable>,
+    stats: Arc<WalStats>,
+    /// A `Sync` is queued and not yet taken by the thread.
+    sync_queued: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// fsyncs what is written (if anything) and publishes the durable LSN; under the lock.
+    fn sync_locked(&self, st: &mut State, commands: usize) {
+        if st.poisoned.is_none() {
+            let before = st.storage.fsyncs();
+            let t = Instant::now();
+            if let Err(e) = st.storage.flush() {
+                st.poisoned = Some(e.to_string());
+            }
+            let n = st.storage.fsyncs() - before;
+            if n > 0 {
+                self.stats.fsyncs.fetch_add(n, Ordering::Relaxed);
+                st.timing.record(commands, t.elapsed());
+            }
+        }
+        publish(&self.durable_tx, st.storage.flush_lsn(), &st.poisoned);
+        st.timing.maybe_log();
+    }
+}
+
+thread_local! {
+    static CALLER_SYNCS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (which writes WAL on this thread) without asking the writer thread to sync: the
+/// caller promises to call [`WalSyncer::sync`] next, with no `.await` in between.
+pub fn caller_syncs<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CALLER_SYNCS.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(CALLER_SYNCS.with(|c| c.replace(true)));
+    f()
+}
+
+/// A cheap handle that makes written WAL durable from the caller's thread (see
+/// [`WalSyncer::sync`]).
+#[derive(Clone)]
+pub struct WalSyncer(Arc<Shared>);
+
+impl WalSyncer {
+    /// fsyncs everything written so far on this thread, publishes the durable LSN and returns
+    /// it. This saves the hop to the writer thread and back on the latency path of an append;
+    /// concurrent callers and the writer serialize on the storage, and a sync that finds
+    /// nothing new written costs nothing.
+    pub fn sync(&self) -> Result<Lsn, WalError> {
+        let mut st = self.0.lock();
+        self.0.sync_locked(&mut st, 1);
+        match &st.poisoned {
+            None => Ok(st.storage.flush_lsn()),
+            Some(p) => Err(WalError::Poisoned(p.clone())),
+        }
+    }
+}
+
+/// The handle to a timeline's writer. Appends are written to the OS by the caller
+/// ([`WalWriterHandle::write`]); the writer thread fsyncs them, one `fdatasync` for everything
+/// written while the previous one ran, unless a caller made them durable first
+/// ([`WalSyncer::sync`]). Dropping the handle stops the thread after it drains the queue (and
+/// waits for it, so the files are closed when the drop returns).
 pub struct WalWriterHandle {
     tx: Option<mpsc::UnboundedSender<Command>>,
+    shared: Arc<Shared>,
     durable: watch::Receiver<Durable>,
     stats: Arc<WalStats>,
     thread: Option<JoinHandle<()>>,
@@ -70,16 +152,27 @@ impl WalWriterHandle {
             error: None,
         });
         let stats = Arc::new(WalStats::default());
-        let thread_stats = stats.clone();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                storage,
+                poisoned: None,
+                timing: BatchTiming::new(),
+            }),
+            durable_tx,
+            stats: stats.clone(),
+            sync_queued: AtomicBool::new(false),
+        });
+        let thread_shared = shared.clone();
         let span = tracing::Span::current();
         let thread = std::thread::Builder::new()
             .name(format!("wal-{name}"))
             .spawn(move || {
                 let _enter = span.enter();
-                run(storage, rx, durable_tx, thread_stats)
+                run(thread_shared, rx)
             })?;
         Ok(WalWriterHandle {
             tx: Some(tx),
+            shared,
             durable,
             stats,
             thread: Some(thread),
@@ -100,13 +193,41 @@ impl WalWriterHandle {
             .map_err(|_| WalError::Poisoned("WAL writer thread stopped before replying".into()))?
     }
 
-    /// Queues a write; durability is announced on [`WalWriterHandle::durable`].
+    /// Writes WAL at `lsn` (to the OS, not yet durable) and asks the writer thread to make it
+    /// durable; durability is announced on [`WalWriterHandle::durable`]. A write error poisons
+    /// the writer.
     pub fn write(&self, lsn: Lsn, data: Bytes) -> Result<(), WalError> {
         self.stats.appends.fetch_add(1, Ordering::Relaxed);
-        self.send(Command::Write { lsn, data })
+        {
+            let mut st = self.shared.lock();
+            if let Some(p) = &st.poisoned {
+                return Err(WalError::Poisoned(p.clone()));
+            }
+            if let Err(e) = st.storage.write(lsn, &data) {
+                st.poisoned = Some(e.to_string());
+                publish(
+                    &self.shared.durable_tx,
+                    st.storage.flush_lsn(),
+                    &st.poisoned,
+                );
+                return Err(e);
+            }
+        }
+        if CALLER_SYNCS.with(|c| c.get()) {
+            return Ok(());
+        }
+        if !self.shared.sync_queued.swap(true, Ordering::AcqRel) {
+            self.send(Command::Sync)?;
+        }
+        Ok(())
     }
 
-    /// Blocks until everything queued so far is durable; returns the durable LSN.
+    /// A handle for inline syncs that does not borrow this one.
+    pub fn syncer(&self) -> WalSyncer {
+        WalSyncer(self.shared.clone())
+    }
+
+    /// Blocks until everything written so far is durable; returns the durable LSN.
     pub fn flush_blocking(&self) -> Result<Lsn, WalError> {
         self.call(Command::Flush)
     }
@@ -140,24 +261,20 @@ impl Drop for WalWriterHandle {
     }
 }
 
-fn run(
-    mut storage: WalStorage,
-    mut rx: mpsc::UnboundedReceiver<Command>,
-    durable_tx: watch::Sender<Durable>,
-    stats: Arc<WalStats>,
-) {
-    let mut poisoned: Option<String> = None;
+fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Command>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
+        shared.sync_queued.store(false, Ordering::Release);
+        let commands = batch.len();
         let mut waiters = Vec::new();
-        let fsyncs_before = storage.fsyncs();
+        let mut st = shared.lock();
         for cmd in batch {
-            if let Some(p) = &poisoned {
+            if let Some(p) = &st.poisoned {
                 match cmd {
-                    Command::Write { .. } => {}
+                    Command::Sync => {}
                     Command::Flush(r)
                     | Command::Truncate { reply: r, .. }
                     | Command::Reset { reply: r, .. } => {
@@ -166,50 +283,83 @@ fn run(
                 }
                 continue;
             }
-            let result = match cmd {
-                Command::Write { lsn, data } => storage.write(lsn, &data).map(|_| None),
+            let (reply, r) = match cmd {
+                Command::Sync => continue,
                 Command::Flush(reply) => {
                     waiters.push(reply);
-                    Ok(None)
+                    continue;
                 }
-                Command::Truncate { lsn, reply } => {
-                    let r = storage.truncate(lsn).map(|_| storage.flush_lsn());
-                    Ok(Some((reply, r)))
-                }
-                Command::Reset { start, reply } => {
-                    let r = storage.reset(start).map(|_| storage.flush_lsn());
-                    Ok(Some((reply, r)))
-                }
+                Command::Truncate { lsn, reply } => (
+                    reply,
+                    st.storage.truncate(lsn).map(|_| st.storage.flush_lsn()),
+                ),
+                Command::Reset { start, reply } => (
+                    reply,
+                    st.storage.reset(start).map(|_| st.storage.flush_lsn()),
+                ),
             };
-            match result {
-                Ok(None) => {}
-                Ok(Some((reply, r))) => {
-                    if let Err(e) = &r {
-                        poisoned = Some(e.to_string());
-                    }
-                    publish(&durable_tx, storage.flush_lsn(), &poisoned);
-                    let _ = reply.send(r);
-                }
-                Err(e) => poisoned = Some(e.to_string()),
+            if let Err(e) = &r {
+                st.poisoned = Some(e.to_string());
             }
+            publish(&shared.durable_tx, st.storage.flush_lsn(), &st.poisoned);
+            let _ = reply.send(r);
         }
-        if poisoned.is_none() {
-            if let Err(e) = storage.flush() {
-                poisoned = Some(e.to_string());
-            }
-        }
-        stats
-            .fsyncs
-            .fetch_add(storage.fsyncs() - fsyncs_before, Ordering::Relaxed);
-        publish(&durable_tx, storage.flush_lsn(), &poisoned);
+        shared.sync_locked(&mut st, commands);
         for w in waiters {
-            let _ = w.send(match &poisoned {
-                None => Ok(storage.flush_lsn()),
+            let _ = w.send(match &st.poisoned {
+                None => Ok(st.storage.flush_lsn()),
                 Some(p) => Err(WalError::Poisoned(p.clone())),
             });
         }
     }
-    let _ = storage.flush();
+    let _ = shared.lock().storage.flush();
+}
+
+/// How often the writer logs its batch sizes and fsync times.
+const TIMING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Batch sizes and fsync durations since the last log line.
+struct BatchTiming {
+    since: Instant,
+    commands: usize,
+    fsync_us: Vec<u64>,
+}
+
+impl BatchTiming {
+    fn new() -> Self {
+        BatchTiming {
+            since: Instant::now(),
+            commands: 0,
+            fsync_us: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, commands: usize, fsync: Duration) {
+        self.commands += commands;
+        if self.fsync_us.len() < 1_000_000 {
+            self.fsync_us.push(fsync.as_micros() as u64);
+        }
+    }
+
+    fn maybe_log(&mut self) {
+        if self.since.elapsed() < TIMING_INTERVAL || self.fsync_us.is_empty() {
+            return;
+        }
+        self.fsync_us.sort_unstable();
+        let pct = |p: f64| {
+            let i = ((self.fsync_us.len() - 1) as f64 * p) as usize;
+            self.fsync_us[i] as f64 / 1000.0
+        };
+        tracing::info!(
+            batches = self.fsync_us.len(),
+            requests = self.commands,
+            flush_ms_p50 = pct(0.5),
+            flush_ms_p99 = pct(0.99),
+            flush_ms_max = pct(1.0),
+            "wal writer stats"
+        );
+        *self = BatchTiming::new();
+    }
 }
 
 fn publish(tx: &watch::Sender<Durable>, lsn: Lsn, poisoned: &Option<String>) {
@@ -222,4 +372,66 @@ fn publish(tx: &watch::Sender<Durable>, lsn: Lsn, poisoned: &Option<String>) {
         *d = new;
         changed
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::WalGen;
+    use walproto::consts::WAL_SEGMENT_SIZE;
+
+    const START: Lsn = Lsn(2 * WAL_SEGMENT_SIZE);
+
+    fn handle(dir: &std::path::Path) -> WalWriterHandle {
+        let mut s = WalStorage::open(dir, 1, Lsn(0), Lsn(0)).unwrap();
+        s.reset(START).unwrap();
+        WalWriterHandle::start(s, "test".into()).unwrap()
+    }
+
+    #[test]
+    fn caller_sync_makes_writes_durable_without_the_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = handle(dir.path());
+        let (wal, _) = WalGen::new(7, 1, START).records(20, 500);
+        let end = Lsn(START.0 + wal.len() as u64);
+        caller_syncs(|| h.write(START, Bytes::from(wal.clone()))).unwrap();
+        // Nothing asked the thread to sync: not durable until the caller syncs.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(h.durable().borrow().lsn, START);
+        assert_eq!(h.syncer().sync().unwrap(), end);
+        assert_eq!(h.durable().borrow().lsn, end);
+        assert_eq!(h.stats().fsyncs.load(Ordering::Relaxed), 1);
+        // A second sync with nothing new written costs no fsync.
+        assert_eq!(h.syncer().sync().unwrap(), end);
+        assert_eq!(h.stats().fsyncs.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn plain_writes_are_synced_by_the_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = handle(dir.path());
+        let (wal, _) = WalGen::new(7, 1, START).records(20, 500);
+        let mut at = START;
+        for c in wal.chunks(999) {
+            h.write(at, Bytes::copy_from_slice(c)).unwrap();
+            at = Lsn(at.0 + c.len() as u64);
+        }
+        let mut durable = h.durable();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), durable.wait_for(|d| d.lsn == at))
+                .await
+                .expect("the writer thread syncs queued writes")
+                .unwrap();
+        });
+        assert_eq!(h.flush_blocking().unwrap(), at);
+        // A failed write poisons the writer: what is on disk is no longer known.
+        assert!(h.write(Lsn(at.0 + 8), Bytes::from_static(b"x")).is_err());
+        assert!(h.durable().borrow().error.is_some());
+        assert!(matches!(h.syncer().sync(), Err(WalError::Poisoned(_))));
+        assert!(matches!(h.flush_blocking(), Err(WalError::Poisoned(_))));
+    }
 }

@@ -24,7 +24,7 @@ use walproto::Lsn;
 
 use crate::acceptor::{Acceptor, AcceptorError, GreetingInfo};
 use crate::convert::{history_from_pb, history_to_pb, parse_ids, to_status};
-use crate::group_commit::{Durable, WalStats};
+use crate::group_commit::{caller_syncs, Durable, WalStats, WalSyncer};
 use crate::ids::TenantTimeline;
 use crate::offload::OffloadStatus;
 use crate::peers::Peer;
@@ -33,12 +33,17 @@ use crate::remote_storage::RemoteStorage;
 /// WAL queued but not yet durable, per session, before reading more appends from the stream.
 const MAX_IN_FLIGHT: u64 = 64 << 20;
 
+/// WAL a session writes before it syncs, when appends keep arriving.
+const MAX_UNSYNCED: u64 = 8 << 20;
+
 /// One timeline's acceptor and the channels the sessions watch.
 pub struct Timeline {
     pub id: TenantTimeline,
     acceptor: Mutex<Acceptor>,
     durable: watch::Receiver<Durable>,
     stats: Arc<WalStats>,
+    /// Makes a session's appends durable on its own thread.
+    syncer: WalSyncer,
     /// What the offload task last decided and uploaded.
     pub offload: Mutex<OffloadStatus>,
 }
@@ -49,6 +54,7 @@ impl Timeline {
             id: acceptor.state().id,
             durable: acceptor.wal().durable(),
             stats: acceptor.wal().stats().clone(),
+            syncer: acceptor.wal().syncer(),
             acceptor: Mutex::new(acceptor),
             offload: Mutex::new(OffloadStatus::default()),
         })
@@ -441,7 +447,28 @@ async fn session(
     let mut elected: Option<u64> = None;
     let mut _acks: Option<AbortOnDrop> = None;
     let mut durable = tl.durable.clone();
-    while let Some(msg) = inbound.message().await? {
+    // Appends written but not yet synced by this session (and their bytes).
+    let mut unsynced = 0u64;
+    loop {
+        // Take every append already received before syncing, so one fsync covers them all.
+        let ready = if unsynced < MAX_UNSYNCED {
+            next_ready(&mut inbound)
+        } else {
+            None
+        };
+        let msg = match ready {
+            Some(m) => m?,
+            None => {
+                if unsynced > 0 {
+                    unsynced = 0;
+                    tl.syncer
+                        .sync()
+                        .map_err(|e| Status::internal(format!("WAL write failed: {e}")))?;
+                }
+                inbound.message().await?
+            }
+        };
+        let Some(msg) = msg else { break };
         match msg.msg {
             Some(In::VoteRequest(v)) => {
                 let tl2 = tl.clone();
@@ -514,17 +541,24 @@ async fn session(
                     )));
                 }
                 let empty = r.wal_data.is_empty();
+                let len = r.wal_data.len() as u64;
                 let data = Bytes::from(r.wal_data);
                 let (write_lsn, heartbeat) = {
                     let mut a = tl.lock();
-                    a.append(
-                        r.term,
-                        Lsn(r.begin_lsn),
-                        data,
-                        Lsn(r.commit_lsn),
-                        Lsn(r.truncate_lsn),
-                    )
+                    // This session syncs after the batch (above), not the writer thread.
+                    caller_syncs(|| {
+                        a.append(
+                            r.term,
+                            Lsn(r.begin_lsn),
+                            data,
+                            Lsn(r.commit_lsn),
+                            Lsn(r.truncate_lsn),
+                        )
+                    })
                     .map_err(to_status)?;
+                    if !empty {
+                        unsynced += len.max(1);
+                    }
                     // A heartbeat is answered now: nothing new will become durable.
                     let heartbeat = empty.then(|| {
                         let d = tl.durable.borrow().lsn;
@@ -541,8 +575,11 @@ async fn session(
                     send(tx, Out::AppendResponse(resp)).await?;
                     continue;
                 }
-                // Back-pressure: do not queue unbounded WAL ahead of the disk.
-                if write_lsn.0.saturating_sub(durable.borrow().lsn.0) > MAX_IN_FLIGHT {
+                // Back-pressure: do not queue unbounded WAL ahead of the disk (only while
+                // nothing of ours is waiting for this session's own sync).
+                if unsynced == 0
+                    && write_lsn.0.saturating_sub(durable.borrow().lsn.0) > MAX_IN_FLIGHT
+                {
                     durable
                         .wait_for(|d| d.error.is_some() || d.lsn.0 + MAX_IN_FLIGHT >= write_lsn.0)
                         .await
@@ -555,7 +592,24 @@ async fn session(
             None => return Err(Status::invalid_argument("empty ProposerMessage")),
         }
     }
+    if unsynced > 0 {
+        tl.syncer
+            .sync()
+            .map_err(|e| Status::internal(format!("WAL write failed: {e}")))?;
+    }
     Ok(())
+}
+
+/// The next message if it has already arrived (never waits).
+fn next_ready(
+    inbound: &mut Streaming<pb::ProposerMessage>,
+) -> Option<Result<Option<pb::ProposerMessage>, Status>> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let fut = std::pin::pin!(inbound.message());
+    match std::future::Future::poll(fut, &mut cx) {
+        std::task::Poll::Ready(r) => Some(r),
+        std::task::Poll::Pending => None,
+    }
 }
 
 /// Sends an `AppendResponse` each time the durable LSN moves; persists lazily kept LSNs.
@@ -579,16 +633,18 @@ async fn ack_loop(tl: Arc<Timeline>, tx: Tx, mut last_sent: Lsn) {
             };
             (resp, a.persist_due())
         };
-        if persist {
-            let tl2 = tl.clone();
-            if let Err(e) = blocking(move || tl2.lock().maybe_persist()).await {
-                warn!(%e, "could not persist the control file");
-            }
-        }
+        // Answer first: the proposer waits on this; the control file only keeps lazily
+        // persisted LSNs, which may trail.
         if Lsn(resp.flush_lsn) != last_sent {
             last_sent = Lsn(resp.flush_lsn);
             if send(&tx, Out::AppendResponse(resp)).await.is_err() {
                 return;
+            }
+        }
+        if persist {
+            let tl2 = tl.clone();
+            if let Err(e) = blocking(move || tl2.lock().maybe_persist()).await {
+                warn!(%e, "could not persist the control file");
             }
         }
         if durable.changed().await.is_err() {

@@ -95,8 +95,61 @@ pub fn stop_one(dir: &Path, cfg: &ClusterConfig, name: &str) -> Result<bool> {
     let n = node(dir, cfg, name)?;
     let was_running = n.is_running();
     n.stop(false)?;
-    let wp = walproposer_daemon(dir, name).stop(Duration::from_secs(10))?;
-    Ok(was_running || wp)
+    let wp = walproposer_daemon(dir, name);
+    if was_running && matches!(wp.state()?, crate::cluster::daemon::State::Running(_)) {
+        match (ComputeRecord::load(dir, name), shutdown_checkpoint(&n)) {
+            (Ok(rec), Ok(ckpt)) => wait_for_commit_past(cfg, &rec, ckpt),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("warning: not waiting for the final commit of compute {name}: {e:#}")
+            }
+        }
+    }
+    let wp_ran = wp.stop(Duration::from_secs(10))?;
+    Ok(was_running || wp_ran)
+}
+
+/// Where the stopped compute's shutdown checkpoint record starts (`pg_controldata`).
+fn shutdown_checkpoint(n: &ComputeNode) -> Result<Lsn> {
+    let out =
+        n.pg.run("pg_controldata", &["-D", &n.data_dir.display().to_string()])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Latest checkpoint location:"))
+        .context("pg_controldata printed no checkpoint location")?;
+    line.trim()
+        .parse::<Lsn>()
+        .map_err(|e| anyhow::anyhow!("pg_controldata: {e}"))
+}
+
+/// A stopped compute's last record is its shutdown checkpoint; the walproposer tells the
+/// safekeepers the commit LSN covering it only with its next message. Wait for that before
+/// stopping the walproposer, or the branch would end in uncommitted WAL and the next compute
+/// could not start there.
+fn wait_for_commit_past(cfg: &ClusterConfig, rec: &ComputeRecord, ckpt: Lsn) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let committed = crate::mgmt::safekeeper_statuses(
+            &cfg.safekeeper_grpc_addrs(),
+            &rec.tenant_id,
+            &rec.timeline_id,
+        )
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|s| s.commit_lsn)
+        .max()
+        .unwrap_or(0);
+        if committed > ckpt.0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "warning: the safekeepers did not learn that compute {}'s shutdown checkpoint ({ckpt}) \
+         is committed within 10 s",
+        rec.name
+    );
 }
 
 pub fn stop_all(dir: &Path, cfg: &ClusterConfig) -> Result<()> {

@@ -153,6 +153,7 @@ async fn stream(
     let mut catchup: Option<mpsc::Receiver<Result<(Lsn, Bytes), String>>> = None;
     let mut pending: Option<(Lsn, Bytes)> = None;
     let mut last_send = Instant::now();
+    let mut rtt = RoundTrips::default();
     loop {
         let p = *progress.borrow_and_update();
         let mut sent_any = false;
@@ -211,6 +212,7 @@ async fn stream(
                 proposer_flush_lsn: p.end.0,
             }))
             .await?;
+            rtt.sent(end);
             sent = end;
             sent_any = true;
         }
@@ -252,6 +254,7 @@ async fn stream(
                     }
                     if f > flush {
                         flush = f;
+                        rtt.flushed(flush);
                         if events.send(Event::Flushed { idx, flush }).is_err() {
                             return Ok(());
                         }
@@ -283,6 +286,64 @@ async fn stream(
                     }
                 }
             }
+        }
+    }
+}
+
+/// How often each acceptor task logs its append round trips.
+const RTT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Append round trips (sent → reported fsynced) since the last log line.
+struct RoundTrips {
+    pending: std::collections::VecDeque<(Lsn, Instant)>,
+    appends: u64,
+    us: Vec<u64>,
+    since: Instant,
+}
+
+impl Default for RoundTrips {
+    fn default() -> Self {
+        RoundTrips {
+            pending: Default::default(),
+            appends: 0,
+            us: Vec::new(),
+            since: Instant::now(),
+        }
+    }
+}
+
+impl RoundTrips {
+    fn sent(&mut self, end: Lsn) {
+        self.appends += 1;
+        if self.pending.len() < 100_000 {
+            self.pending.push_back((end, Instant::now()));
+        }
+    }
+
+    fn flushed(&mut self, flush: Lsn) {
+        while let Some(&(end, at)) = self.pending.front() {
+            if end > flush {
+                break;
+            }
+            if self.us.len() < 1_000_000 {
+                self.us.push(at.elapsed().as_micros() as u64);
+            }
+            self.pending.pop_front();
+        }
+        if self.since.elapsed() >= RTT_LOG_INTERVAL && !self.us.is_empty() {
+            self.us.sort_unstable();
+            let pct = |p: f64| self.us[((self.us.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
+            info!(
+                appends = self.appends,
+                acks = self.us.len(),
+                rtt_ms_p50 = pct(0.5),
+                rtt_ms_p99 = pct(0.99),
+                rtt_ms_max = pct(1.0),
+                "append stats"
+            );
+            self.appends = 0;
+            self.us.clear();
+            self.since = Instant::now();
         }
     }
 }

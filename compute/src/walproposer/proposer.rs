@@ -204,7 +204,17 @@ async fn stream_loop(
                 }
             },
             m = stream.next(Duration::from_millis(100)), if !backpressure => {
-                match m.context("reading the replication stream from Postgres")? {
+                let m = match m {
+                    Ok(m) => m,
+                    // Postgres ended the stream (a shutdown): what it sent must still become
+                    // committed on the safekeepers before this walproposer goes.
+                    Err(e) => {
+                        let e = anyhow::Error::new(e)
+                            .context("reading the replication stream from Postgres");
+                        return drain_after_stream_end(shared, events, &mut flushes, term_start, received, e).await;
+                    }
+                };
+                match m {
                     Some(ReplicationMessage::XLogData { start, data, .. }) => {
                         let len = data.len() as u64;
                         shared
@@ -296,6 +306,48 @@ async fn stream_loop(
                 .context("sending the standby status to Postgres")?;
             reported = commit;
             last_status = Instant::now();
+        }
+    }
+}
+
+/// After Postgres ended the replication stream: keeps counting acknowledgements until
+/// everything received is committed, publishes that commit LSN and gives the acceptor tasks
+/// time to send it (a commit-only append), then ends cleanly. Without this, a compute's last
+/// records (its shutdown checkpoint) would stay uncommitted on the safekeepers, and the next
+/// compute of the branch could not start there. Returns `err` if that does not happen in 5 s.
+async fn drain_after_stream_end(
+    shared: &Shared,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    flushes: &mut [Option<Lsn>],
+    term_start: Lsn,
+    received: Lsn,
+    err: anyhow::Error,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let q = quorum_lsn(flushes);
+        if q >= term_start && q >= received {
+            shared
+                .progress
+                .send_modify(|p| p.commit = p.commit.max(received));
+            // Acceptors send a commit-only append after their short commit delay.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            info!(commit = %received, "Postgres ended the replication stream; all it sent is committed");
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(err.context(format!(
+                "Postgres ended the stream and WAL up to {received} was not committed within 5 s (quorum at {q})"
+            )));
+        }
+        match tokio::time::timeout(left, events.recv()).await {
+            Ok(Some(Event::Joined { idx, flush })) | Ok(Some(Event::Flushed { idx, flush })) => {
+                flushes[idx] = Some(flush)
+            }
+            Ok(Some(Event::Left { .. })) => {}
+            Ok(Some(Event::Fatal(e))) => return Err(anyhow::Error::new(e)),
+            Ok(None) | Err(_) => return Err(err),
         }
     }
 }
