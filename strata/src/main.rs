@@ -6,6 +6,7 @@ mod branch_cmd;
 mod cluster;
 mod compute_cmd;
 mod demo_cmd;
+mod gc_cmd;
 mod mgmt;
 mod names;
 mod output;
@@ -13,6 +14,7 @@ mod query_cmd;
 mod status_cmd;
 mod target;
 mod tenant_cmd;
+mod tenant_import;
 mod verify_redo;
 mod waldump;
 
@@ -65,6 +67,11 @@ enum Command {
     /// The whole story in one command: a cluster, pgbench, a dropped table, found again by
     /// time and by restore point, branched, and back; prints each step's time.
     Demo(demo_cmd::DemoArgs),
+    /// Garbage collection: remove history older than the tenant's PITR window (kept: branch
+    /// points, leases); prints what was removed.
+    Gc(gc_cmd::GcArgs),
+    /// Keep a point of a branch readable (GC keeps its history) until the lease expires.
+    Lease(gc_cmd::LeaseArgs),
     /// Decode PostgreSQL 15 WAL files and print their records the way pg_waldump does.
     Waldump(waldump::WaldumpArgs),
     /// Import a base data directory, ingest WAL into a timeline and check every natively
@@ -167,6 +174,8 @@ fn main() -> ExitCode {
         )),
         Command::Query(a) => ok(query_cmd::run(&dir, a, &out)),
         Command::Demo(a) => ok(demo_cmd::run(cli.dir.dir.clone(), a, &out)),
+        Command::Gc(a) => ok(gc_cmd::run(&dir, a, &out)),
+        Command::Lease(a) => ok(gc_cmd::lease(&dir, a, &out)),
         Command::Waldump(args) => waldump::run(args),
         Command::VerifyRedo(args) => verify_redo::run(args),
         Command::Import(args) => basebackup::run_import(args),
