@@ -59,8 +59,11 @@ impl Daemon {
     /// Starts `cmd` in the background and waits until its log shows a line containing `ready`
     /// (the service's "listening on" line), or fails with the log's tail if it exits first.
     pub fn start(&self, mut cmd: Command, ready: &str, timeout: Duration) -> Result<i32> {
-        if let State::Running(pid) = self.state()? {
-            bail!("{} is already running (pid {pid})", self.name);
+        match self.state()? {
+            State::Running(pid) => bail!("{} is already running (pid {pid})", self.name),
+            // A process still exiting may still hold its listening port: let it finish.
+            State::Dead(pid) => wait_until_exited(pid, Duration::from_secs(10)),
+            State::Stopped => {}
         }
         for p in [&self.pid_file, &self.log_file] {
             if let Some(d) = p.parent() {
@@ -123,19 +126,14 @@ impl Daemon {
             State::Running(pid) => pid,
         };
         signal(pid, libc::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if alive(pid) {
+        wait_until_exited(pid, grace);
+        if !exited(pid) {
             eprintln!(
                 "{} did not stop within {grace:?}: sending SIGKILL",
                 self.name
             );
             signal(pid, libc::SIGKILL);
-            while alive(pid) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            wait_until_exited(pid, Duration::from_secs(30));
         }
         let _ = fs::remove_file(&self.pid_file);
         Ok(true)
@@ -155,13 +153,43 @@ pub fn alive(pid: i32) -> bool {
     if unsafe { libc::kill(pid, 0) } != 0 {
         return false;
     }
-    // A zombie still answers kill(0): look at its state.
+    // A zombie, or a process still exiting (its memory, and with it its command line, is
+    // released before it becomes a zombie), still answers kill(0).
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if cmdline.is_empty() {
+        return false;
+    }
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => !s
             .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .map(|(_, rest)| {
+                let state = rest.trim_start();
+                state.starts_with('Z') || state.starts_with('X')
+            })
             .unwrap_or(false),
         Err(_) => false,
+    }
+}
+
+/// Gone, or a zombie: its files (listening sockets) are closed.
+fn exited(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return true;
+    }
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .map(|(_, rest)| matches!(rest.trim_start().as_bytes().first(), Some(b'Z' | b'X')))
+            .unwrap_or(false),
+        Err(_) => true,
+    }
+}
+
+fn wait_until_exited(pid: i32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !exited(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
