@@ -1,10 +1,12 @@
 //! Test harness: real Postgres 15 processes and workloads.
 //!
 //! - [`pg`]: `PgCluster`, a throw-away Postgres 15 cluster per test.
+//! - [`cluster`]: the `strata` command and Postgres clients against a Strata local cluster.
 //! - [`workload`]: SQL that makes Postgres write (nearly) every WAL record type.
 //! - [`waldump`]: running and parsing `pg_waldump` / `strata waldump`, and comparing them.
 //! - [`walgen`]: small pgbench WAL samples for benchmarks and fuzz seeds.
 
+pub mod cluster;
 pub mod os_user;
 pub mod pg;
 pub mod waldump;

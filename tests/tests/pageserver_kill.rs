@@ -4,47 +4,28 @@
 //! the safekeepers, not the pageserver). Once the writes stop, a new read-only compute at the
 //! latest LSN holds every acknowledged commit and its `pg_dump` equals the running compute's.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use strata_tests::cluster::{pg_dump, psql, StrataCli};
 use strata_tests::pg::pg_bin_dir;
 use strata_tests::waldump::strata_bin;
 
-struct Strata {
-    bin: PathBuf,
-    dir: PathBuf,
+/// The shared CLI driver, plus this test's own helpers.
+struct Strata(StrataCli);
+
+impl std::ops::Deref for Strata {
+    type Target = StrataCli;
+    fn deref(&self) -> &StrataCli {
+        &self.0
+    }
 }
 
 impl Strata {
-    fn run(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.bin)
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "strata {} failed ({}): {}{}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
-
-    fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let s = self.run(&all)?;
-        serde_json::from_str(&s).with_context(|| format!("strata printed no JSON: {s}"))
-    }
-
     /// The pageserver's ingested LSN of a branch (None while it does not answer).
     fn ingested(&self, branch: &str) -> Option<String> {
         let st = self.json(&["status"]).ok()?;
@@ -54,38 +35,6 @@ impl Strata {
             .find(|b| b["branch"] == branch)
             .and_then(|b| b["last_record_end"].as_str().map(str::to_string))
     }
-}
-
-/// psql over TCP to a compute (trusted on loopback).
-fn psql(port: u16, sql: &str) -> Result<String> {
-    let out = Command::new(pg_bin_dir().join("psql"))
-        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"])
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
-        .args(["-d", "postgres", "-c", sql])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "psql {sql:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn pg_dump(port: u16) -> Result<String> {
-    let out = Command::new(pg_bin_dir().join("pg_dump"))
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
-        .arg("postgres")
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
-        .map(|l| format!("{l}\n"))
-        .collect())
 }
 
 fn pgbench(port: u16, args: &[&str]) -> Result<()> {
@@ -153,10 +102,10 @@ fn pageserver_kill_9_mid_ingest_loses_nothing() -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
     }
-    let s = Strata {
+    let s = Strata(StrataCli {
         bin: strata_bin()?,
         dir: tmp.path().join("cluster"),
-    };
+    });
     s.run(&["init"])?;
     let result = scenario(&s);
     let _ = s.run(&["stop"]);

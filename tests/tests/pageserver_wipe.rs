@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use strata_tests::cluster::{pg_dump, psql};
 use strata_tests::pg::{free_port, pg_bin_dir};
 use strata_tests::waldump::strata_bin;
 use walproto::Lsn;
@@ -180,38 +181,6 @@ impl Strata {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-}
-
-fn psql(port: u16, sql: &str) -> Result<String> {
-    let out = Command::new(pg_bin_dir().join("psql"))
-        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"])
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
-        .args(["-p", &port.to_string(), "-c", sql])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "psql {sql:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn pg_dump(port: u16) -> Result<String> {
-    let out = Command::new(pg_bin_dir().join("pg_dump"))
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
-        .arg("postgres")
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // pg_dump 15.14+ prints a random \restrict key: leave it out so two dumps compare.
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
-        .map(|l| format!("{l}\n"))
-        .collect())
 }
 
 fn pgbench(port: u16, args: &[&str]) -> Result<()> {

@@ -5,95 +5,27 @@
 //! with `recovery_target_lsn` / `recovery_target_time` / `recovery_target_name` to the same
 //! point, replaying the compute's own WAL.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use strata_tests::cluster::{pg_dump, psql, StrataCli};
 use strata_tests::pg::pg_bin_dir;
 use strata_tests::waldump::strata_bin;
 use strata_tests::PgCluster;
 
-struct Strata {
-    bin: PathBuf,
-    dir: PathBuf,
-}
+/// The shared CLI driver, plus this test's own helpers.
+struct Strata(StrataCli);
 
-impl Strata {
-    fn run(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.bin)
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "strata {} failed ({}): {}{}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
-
-    fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let s = self.run(&all)?;
-        serde_json::from_str(&s).with_context(|| format!("strata printed no JSON: {s}"))
+impl std::ops::Deref for Strata {
+    type Target = StrataCli;
+    fn deref(&self) -> &StrataCli {
+        &self.0
     }
 }
 
-/// psql over TCP to a compute (trusted on loopback).
-fn psql(port: u16, sql: &str) -> Result<String> {
-    let out = Command::new(pg_bin_dir().join("psql"))
-        .args([
-            "-X",
-            "-q",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-        ])
-        .args(["-p", &port.to_string(), "-d", "postgres", "-c", sql])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "psql {sql:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn pg_dump(port: u16) -> Result<String> {
-    let out = Command::new(pg_bin_dir().join("pg_dump"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-p",
-            &port.to_string(),
-            "postgres",
-        ])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // pg_dump 15.14+ prints a random \restrict key: leave it out so two dumps compare.
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
-        .map(|l| format!("{l}\n"))
-        .collect())
-}
+impl Strata {}
 
 /// One moment to compare, as each side names it.
 struct Point {
@@ -171,10 +103,10 @@ fn strata_reads_the_past_exactly_as_postgres_recovery_does() -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
     }
-    let s = Strata {
+    let s = Strata(StrataCli {
         bin: strata_bin()?,
         dir: tmp.path().join("cluster"),
-    };
+    });
     s.run(&["init"])?;
     let result = scenario(&s, tmp.path());
     let _ = s.run(&["stop"]);

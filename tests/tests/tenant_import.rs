@@ -3,49 +3,30 @@
 //! the import; once the writes stop and the pageserver has the source's WAL up to its current
 //! position, `pg_dump` of a Strata read-only compute equals `pg_dump` of the source.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use strata_tests::cluster::StrataCli;
 use strata_tests::pg::pg_bin_dir;
 use strata_tests::waldump::strata_bin;
 use strata_tests::{InitOptions, PgCluster};
 use walproto::Lsn;
 
-struct Strata {
-    bin: PathBuf,
-    dir: PathBuf,
+/// The shared CLI driver, plus this test's own helpers.
+struct Strata(StrataCli);
+
+impl std::ops::Deref for Strata {
+    type Target = StrataCli;
+    fn deref(&self) -> &StrataCli {
+        &self.0
+    }
 }
 
 impl Strata {
-    fn run(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.bin)
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "strata {} failed ({}): {}{}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
-
-    fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let s = self.run(&all)?;
-        serde_json::from_str(&s).with_context(|| format!("strata printed no JSON: {s}"))
-    }
-
     /// Waits until the pageserver has ingested the branch up to `lsn`.
     fn wait_ingested(&self, branch: &str, lsn: Lsn) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -125,10 +106,10 @@ fn import_of_a_running_postgres_that_keeps_writing() -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
     }
-    let s = Strata {
+    let s = Strata(StrataCli {
         bin: strata_bin()?,
         dir: tmp.path().join("cluster"),
-    };
+    });
     s.run(&["init"])?;
     let result = scenario(&s);
     let _ = s.run(&["stop"]);

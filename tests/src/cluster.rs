@@ -1,0 +1,97 @@
+//! Driving a Strata local cluster from tests: the `strata` command (`--dir` a scratch
+//! directory, `--json` results) and the Postgres client programs against its computes over
+//! loopback TCP (trusted there).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::pg::pg_bin_dir;
+use crate::waldump::strata_bin;
+
+/// The `strata` binary pointed at one cluster directory.
+pub struct StrataCli {
+    pub bin: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl StrataCli {
+    /// The built `strata` binary (see [`strata_bin`]) with `dir` as its cluster directory.
+    pub fn new(dir: &Path) -> Result<StrataCli> {
+        Ok(StrataCli {
+            bin: strata_bin()?,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Runs `strata --dir DIR args…`; its stdout, trimmed, or an error with both outputs.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.bin)
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "strata {} failed ({}): {}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Runs `strata --json args…` and parses what it printed.
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let s = self.run(&all)?;
+        serde_json::from_str(&s).with_context(|| format!("strata printed no JSON: {s}"))
+    }
+}
+
+/// A scratch directory under /tmp that the Postgres OS user can traverse (computes' data
+/// directories live below it).
+pub fn scratch_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp")?;
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755))?;
+    Ok(t)
+}
+
+/// One SQL command through psql over TCP to a compute; unaligned output, trimmed.
+pub fn psql(port: u16, sql: &str) -> Result<String> {
+    let out = Command::new(pg_bin_dir().join("psql"))
+        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"])
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+        .args(["-p", &port.to_string(), "-c", sql])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "psql {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `pg_dump` of the `postgres` database of a compute, without pg_dump 15.14+'s random
+/// `\restrict` key lines, so two dumps compare.
+pub fn pg_dump(port: u16) -> Result<String> {
+    let out = Command::new(pg_bin_dir().join("pg_dump"))
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
+        .arg("postgres")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
+        .map(|l| format!("{l}\n"))
+        .collect())
+}
