@@ -5,17 +5,12 @@
 
 use std::process::Command;
 
+use strata_tests::cluster::scratch_dir;
 use strata_tests::waldump::strata_bin;
 
 #[test]
 fn strata_demo_brings_the_dropped_table_back() -> anyhow::Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("strata-demo-test-")
-        .tempdir_in("/tmp")?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    }
+    let dir = scratch_dir("strata-demo-test-")?;
     let cluster = dir.path().join("cluster");
     let out = Command::new(strata_bin()?)
         .arg("--dir")

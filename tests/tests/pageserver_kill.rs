@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use strata_tests::cluster::{pg_dump, psql, StrataCli};
+use strata_tests::cluster::{pg_dump, psql, scratch_dir, StrataCli};
 use strata_tests::pg::pg_bin_dir;
-use strata_tests::waldump::strata_bin;
 
 /// The shared CLI driver, plus this test's own helpers.
 struct Strata(StrataCli);
@@ -95,17 +94,8 @@ fn gone(pid: i32) -> bool {
 
 #[test]
 fn pageserver_kill_9_mid_ingest_loses_nothing() -> Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("strata-pskill-")
-        .tempdir_in("/tmp")?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
-    }
-    let s = Strata(StrataCli {
-        bin: strata_bin()?,
-        dir: tmp.path().join("cluster"),
-    });
+    let tmp = scratch_dir("strata-pskill-")?;
+    let s = Strata(StrataCli::new(&tmp.path().join("cluster"))?);
     s.run(&["init"])?;
     let result = scenario(&s);
     let _ = s.run(&["stop"]);

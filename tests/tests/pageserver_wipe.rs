@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use strata_tests::cluster::{pg_dump, psql};
+use strata_tests::cluster::{pg_dump, psql, scratch_dir};
 use strata_tests::pg::{free_port, pg_bin_dir};
 use strata_tests::waldump::strata_bin;
 use walproto::Lsn;
@@ -225,13 +225,7 @@ fn object_keys(root: &Path) -> Vec<String> {
 
 #[test]
 fn wiped_pageserver_comes_back_from_s3() -> Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("strata-wipe-")
-        .tempdir_in("/tmp")?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
-    }
+    let tmp = scratch_dir("strata-wipe-")?;
     let s3_root = tmp.path().join("s3");
     let server = S3sFs::start(&s3_root)?;
     let s = Strata {

@@ -10,9 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use strata_tests::cluster::{pg_dump, psql, StrataCli};
+use strata_tests::cluster::{pg_dump, psql, scratch_dir, StrataCli};
 use strata_tests::pg::pg_bin_dir;
-use strata_tests::waldump::strata_bin;
 use strata_tests::PgCluster;
 
 /// The shared CLI driver, plus this test's own helpers.
@@ -96,17 +95,8 @@ fn postgres_pitr(base: &Path, wal_dir: &Path, point: &Point) -> Result<String> {
 
 #[test]
 fn strata_reads_the_past_exactly_as_postgres_recovery_does() -> Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("strata-pitr-")
-        .tempdir_in("/tmp")?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
-    }
-    let s = Strata(StrataCli {
-        bin: strata_bin()?,
-        dir: tmp.path().join("cluster"),
-    });
+    let tmp = scratch_dir("strata-pitr-")?;
+    let s = Strata(StrataCli::new(&tmp.path().join("cluster"))?);
     s.run(&["init"])?;
     let result = scenario(&s, tmp.path());
     let _ = s.run(&["stop"]);

@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use strata_tests::cluster::StrataCli;
+use strata_tests::cluster::{scratch_dir, StrataCli};
 use strata_tests::pg::pg_bin_dir;
-use strata_tests::waldump::strata_bin;
 use strata_tests::{InitOptions, PgCluster};
 use walproto::Lsn;
 
@@ -99,17 +98,8 @@ fn writer(sock: String, port: u16, stop: Arc<AtomicBool>) -> Result<u32> {
 
 #[test]
 fn import_of_a_running_postgres_that_keeps_writing() -> Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("strata-import-")
-        .tempdir_in("/tmp")?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
-    }
-    let s = Strata(StrataCli {
-        bin: strata_bin()?,
-        dir: tmp.path().join("cluster"),
-    });
+    let tmp = scratch_dir("strata-import-")?;
+    let s = Strata(StrataCli::new(&tmp.path().join("cluster"))?);
     s.run(&["init"])?;
     let result = scenario(&s);
     let _ = s.run(&["stop"]);
