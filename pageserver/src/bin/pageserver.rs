@@ -2,11 +2,12 @@
 //! (`strata.pageserver.v1.Pageserver`) on `--listen`.
 //!
 //! Configuration comes from an optional TOML file (`--config`) with the same keys as the
-//! flags (`data_dir`, `listen`, `remote_storage`); flags win. Once the server accepts
-//! connections it prints exactly `pageserver listening on <addr>` on stdout (the real port
-//! when asked for port 0); logs go to stderr (`RUST_LOG`, default `info`). SIGTERM or SIGINT
-//! stop it cleanly: no new requests, WAL streams stopped, every timeline flushed, a last
-//! upload to remote storage.
+//! flags (`data_dir`, `listen`, `remote_storage`, `gc_interval`); flags win. Once the server
+//! accepts connections it prints exactly `pageserver listening on <addr>` on stdout (the real
+//! port when asked for port 0); logs go to stderr (`RUST_LOG`, default `info`). Every
+//! `--gc-interval` (default 10 min, 0: off) every tenant is garbage collected. SIGTERM or
+//! SIGINT stop it cleanly: no new requests, periodic GC stopped (the tenant being collected
+//! finishes), WAL streams stopped, every timeline flushed, a last upload to remote storage.
 //!
 //! With remote storage, every tenant and timeline the object store holds and the data
 //! directory lacks is restored before the tenants are loaded (`remote::startup`), so a
@@ -17,6 +18,7 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -26,6 +28,7 @@ use tokio_stream::StreamExt;
 use tracing::{error, info};
 
 use pageserver::remote::{restore_missing, RemoteStorage};
+use pageserver::service::background::DEFAULT_GC_INTERVAL;
 use pageserver::service::PageserverService;
 use pageserver::tenant::TenantManager;
 
@@ -49,6 +52,39 @@ struct Args {
     /// TOML configuration file with the same keys as the flags.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// How often every tenant is garbage collected (each timeline's history below its GC
+    /// cutoff — the tenant's pitr_interval, branch points and leases — is removed), as
+    /// <n><unit> with unit ms, s, m, h or d; 0 turns periodic GC off (the Gc RPC and
+    /// `strata gc` still work). A tenant whose GC is already running is skipped that round.
+    /// Default 10m.
+    #[arg(long, value_name = "INTERVAL", value_parser = parse_duration)]
+    gc_interval: Option<Duration>,
+}
+
+/// `0` or `<n><unit>` with unit ms, s, m, h or d.
+fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} has no unit: write e.g. 10m, 30s, 500ms, 1h or 0 (off)"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and a unit (ms, s, m, h, d), e.g. 10m"))?;
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        u => return Err(format!("{s:?}: unknown unit {u:?}; use ms, s, m, h or d")),
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -57,6 +93,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     remote_storage: Option<String>,
+    /// Like `--gc-interval`, e.g. "10m" or "0".
+    gc_interval: Option<String>,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9898";
@@ -101,6 +139,13 @@ fn run() -> Result<()> {
         }
         None => None,
     };
+    let gc_interval = match (args.gc_interval, &file.gc_interval) {
+        (Some(d), _) => d,
+        (None, Some(s)) => {
+            parse_duration(s).map_err(|e| anyhow::anyhow!("gc_interval in the config file: {e}"))?
+        }
+        (None, None) => DEFAULT_GC_INTERVAL,
+    };
     fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -136,7 +181,7 @@ fn run() -> Result<()> {
         TenantManager::load(&data_dir)
             .with_context(|| format!("loading {}", data_dir.display()))?,
     );
-    rt.block_on(serve(manager, listen, remote))
+    rt.block_on(serve(manager, listen, remote, gc_interval))
 }
 
 /// Whether the data directory holds any tenant.
@@ -150,21 +195,26 @@ async fn serve(
     manager: Arc<TenantManager>,
     listen: SocketAddr,
     remote: Option<RemoteStorage>,
+    gc_interval: Duration,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the gRPC address {listen}"))?;
     let addr = listener.local_addr()?;
     let service = PageserverService::start(manager.clone(), remote);
+    service.start_periodic_gc(gc_interval);
     let timelines: usize = manager.tenants().iter().map(|t| t.timelines().len()).sum();
     info!(%addr, data_dir = %manager.data_dir().display(), tenants = manager.tenants().len(),
           timelines, "pageserver starting");
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    // The handlers are installed before the first line is printed: a SIGTERM right after
+    // it is a clean stop, not the default action's death.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let shutdown = async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            _ = int.recv() => {}
+            _ = term.recv() => {}
         }
         info!("shutting down");
     };
@@ -186,4 +236,20 @@ async fn serve(
     service.shutdown().await;
     info!("pageserver stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(2 * 86400)));
+        for bad in ["", "10", "m", "10x", "-1s", "1.5s", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

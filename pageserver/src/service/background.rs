@@ -13,6 +13,12 @@
 //! (a full disk) heals. A periodic flush makes what was ingested durable within
 //! [`FLUSH_INTERVAL`] even when the open layer stays small, so `durable_local` (which lets
 //! the safekeepers remove WAL) keeps moving.
+//!
+//! Periodic GC ([`Background::start_gc`], the pageserver's `--gc-interval`) runs GC of every
+//! timeline of every tenant once per interval, one tenant at a time on the blocking pool. A
+//! tenant whose GC (the Gc RPC) or branch creation is running is skipped until the next
+//! round: GC of a tenant holds its `changes` lock, so two GCs of one tenant never overlap.
+//! Stopping waits for the GC in progress (one tenant's) to finish.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,7 +32,7 @@ use crate::remote::{
     delete_remote_timeline, spawn_uploader, RemoteStorage, UploaderConf, UploaderHandle,
 };
 use crate::tenant::layout::{TENANT_CONF, TIMELINE_CONF};
-use crate::tenant::TimelineHandle;
+use crate::tenant::{TenantManager, TimelineHandle};
 use crate::walreceiver::{self, WalReceiverConf, WalSink};
 
 type TimelineKey = (String, String);
@@ -49,6 +55,51 @@ struct TimelineTasks {
 pub struct Background {
     remote: Option<RemoteStorage>,
     tasks: Mutex<HashMap<TimelineKey, TimelineTasks>>,
+    gc: Mutex<Option<GcTask>>,
+}
+
+/// The periodic GC loop.
+struct GcTask {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The default GC interval (the pageserver's `--gc-interval`).
+pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(600);
+
+/// One round of periodic GC: every tenant once, unless `stop` turns true in between.
+async fn gc_round(manager: &Arc<TenantManager>, stop: &watch::Receiver<bool>) {
+    for tenant in manager.tenants() {
+        if *stop.borrow() {
+            return;
+        }
+        let t = tenant.clone();
+        let res = tokio::task::spawn_blocking(move || t.try_gc()).await;
+        let id = tenant.id();
+        match res {
+            Err(e) => warn!(tenant = %id, error = %e, "periodic GC task failed"),
+            Ok(None) => info!(tenant = %id,
+                              "periodic GC skipped: the tenant is busy (a GC or a branch \
+                               creation is running); next round"),
+            Ok(Some(Err(e))) => warn!(tenant = %id, error = %e, "periodic GC failed"),
+            Ok(Some(Ok(results))) => {
+                for g in results {
+                    let r = &g.report;
+                    if r.layers_removed > 0 || r.image_layers_written > 0 {
+                        info!(tenant = %id, timeline = %g.timeline_id, cutoff = %r.cutoff_lsn,
+                              image_lsn = %r.image_lsn, layers_removed = r.layers_removed,
+                              bytes_removed = r.bytes_removed,
+                              image_layers_written = r.image_layers_written,
+                              image_bytes_written = r.image_bytes_written,
+                              "periodic GC removed history");
+                    } else {
+                        tracing::debug!(tenant = %id, timeline = %g.timeline_id,
+                                        cutoff = %r.cutoff_lsn, "periodic GC: nothing to remove");
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn key(h: &TimelineHandle) -> TimelineKey {
@@ -181,6 +232,45 @@ impl Background {
         Background {
             remote,
             tasks: Mutex::new(HashMap::new()),
+            gc: Mutex::new(None),
+        }
+    }
+
+    /// Runs GC of every tenant every `interval` (on the current tokio runtime) until
+    /// [`Background::stop_gc`]; replaces a loop already running. A zero interval: no loop.
+    pub fn start_gc(&self, manager: Arc<TenantManager>, interval: Duration) {
+        let mut gc = self.gc.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = gc.take() {
+            let _ = old.stop.send(true);
+            old.task.abort();
+        }
+        if interval.is_zero() {
+            return;
+        }
+        let (stop, mut rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            info!(interval = ?interval, "periodic GC started");
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = rx.wait_for(|s| *s) => return,
+                }
+                gc_round(&manager, &rx).await;
+            }
+        });
+        *gc = Some(GcTask { stop, task });
+    }
+
+    /// Stops the periodic GC, waiting for the tenant being collected (if any) to finish.
+    pub async fn stop_gc(&self) {
+        let gc = self.gc.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(g) = gc {
+            let _ = g.stop.send(true);
+            let _ = g.task.await;
+            info!("periodic GC stopped");
         }
     }
 

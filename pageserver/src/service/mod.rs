@@ -1,17 +1,20 @@
 //! The `strata.pageserver.v1.Pageserver` gRPC service (`walproto/proto/pageserver.proto`):
-//! tenants, timelines, branches, LSN for a time, restore points, compaction, GetPage and
-//! basebackup, over the [`TenantManager`]. Every request's disk work runs on tokio's blocking
-//! pool; errors become statuses whose message says what is possible ([`convert::to_status`]).
+//! tenants, timelines, branches, LSN for a time, restore points, compaction, GetPage, the
+//! other reads at an LSN ([`reads`]: relation size and existence, database size, SLRU
+//! segments), basebackup and GC (on request, and periodically: [`background`]), over the
+//! [`TenantManager`]. Every request's disk work runs on tokio's blocking pool; errors become
+//! statuses whose message says what is possible ([`convert::to_status`]).
 
 pub mod background;
 pub mod convert;
+pub mod reads;
 
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use layer_format::{Key, KeyKind, Lsn, KEY_SIZE};
+use layer_format::{Key, KeyKind, Lsn, SlruKind, KEY_SIZE};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -83,6 +86,39 @@ fn check_read_lsn(h: &TimelineHandle, lsn: Lsn) -> Result<(), TenantError> {
     Ok(())
 }
 
+fn rel_of(r: &pb::RelRequest) -> RelFileNode {
+    RelFileNode {
+        spc: r.spcnode,
+        db: r.dbnode,
+        rel: r.relnode,
+    }
+}
+
+/// A fork number from a request (0..=3).
+fn fork_of(fork: u32) -> Result<u8, Status> {
+    u8::try_from(fork).ok().filter(|f| *f <= 3).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "fork {fork} is not a fork number (0 main, 1 fsm, 2 vm, 3 init)"
+        ))
+    })
+}
+
+/// Runs `f` on the timeline at the request's LSN (0: the last record end), after checking
+/// that the LSN is readable; returns its result and the LSN read.
+async fn read_at<T: Send + 'static>(
+    h: Arc<TimelineHandle>,
+    lsn: u64,
+    f: impl FnOnce(&crate::timeline::Timeline, Lsn) -> Result<T, TenantError> + Send + 'static,
+) -> Result<(T, Lsn), Status> {
+    blocking(move || {
+        let lsn = lsn_or(lsn, h.read(|t| t.last_record_end()));
+        check_read_lsn(&h, lsn)?;
+        let v = h.read(|t| f(t, lsn))?;
+        Ok((v, lsn))
+    })
+    .await
+}
+
 type BasebackupStream = Pin<Box<dyn Stream<Item = Result<pb::BasebackupChunk, Status>> + Send>>;
 
 /// Tar chunks sent on the basebackup stream.
@@ -147,8 +183,15 @@ impl PageserverService {
         pb::pageserver_server::PageserverServer::new(self)
     }
 
-    /// A clean stop: no more WAL, everything ingested flushed, a last upload.
+    /// Runs GC of every tenant every `interval` from now on (zero: never); see
+    /// [`background`]. Call inside a tokio runtime.
+    pub fn start_periodic_gc(&self, interval: std::time::Duration) {
+        self.background.start_gc(self.manager.clone(), interval);
+    }
+
+    /// A clean stop: no more GC or WAL, everything ingested flushed, a last upload.
     pub async fn shutdown(&self) {
+        self.background.stop_gc().await;
         self.background.stop_walreceivers().await;
         let m = self.manager.clone();
         let errs = tokio::task::spawn_blocking(move || m.flush_all())
@@ -545,5 +588,73 @@ impl pb::pageserver_server::Pageserver for PageserverService {
             lsn: r.lsn,
             expires_unix_ms: expires,
         }))
+    }
+
+    async fn rel_size(
+        &self,
+        req: Request<pb::RelRequest>,
+    ) -> Result<Response<pb::RelSizeResponse>, Status> {
+        let r = req.into_inner();
+        let (rel, fork) = (rel_of(&r), fork_of(r.forknum)?);
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        let (nblocks, lsn) =
+            read_at(h, r.lsn, move |t, lsn| reads::rel_size(t, rel, fork, lsn)).await?;
+        Ok(Response::new(pb::RelSizeResponse {
+            nblocks,
+            lsn: lsn.0,
+        }))
+    }
+
+    async fn rel_exists(
+        &self,
+        req: Request<pb::RelRequest>,
+    ) -> Result<Response<pb::RelExistsResponse>, Status> {
+        let r = req.into_inner();
+        let (rel, fork) = (rel_of(&r), fork_of(r.forknum)?);
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        let (exists, lsn) =
+            read_at(h, r.lsn, move |t, lsn| reads::rel_exists(t, rel, fork, lsn)).await?;
+        Ok(Response::new(pb::RelExistsResponse { exists, lsn: lsn.0 }))
+    }
+
+    async fn db_size(
+        &self,
+        req: Request<pb::DbSizeRequest>,
+    ) -> Result<Response<pb::DbSizeResponse>, Status> {
+        let r = req.into_inner();
+        let (spc, db) = (r.spcnode, r.dbnode);
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        let ((bytes, forks), lsn) =
+            read_at(h, r.lsn, move |t, lsn| reads::db_size(t, spc, db, lsn)).await?;
+        Ok(Response::new(pb::DbSizeResponse {
+            bytes,
+            forks,
+            lsn: lsn.0,
+        }))
+    }
+
+    async fn slru_segment(
+        &self,
+        req: Request<pb::SlruSegmentRequest>,
+    ) -> Result<Response<pb::SlruSegmentResponse>, Status> {
+        let r = req.into_inner();
+        let kind = match pb::SlruKind::try_from(r.kind) {
+            Ok(pb::SlruKind::Clog) => SlruKind::Clog,
+            Ok(pb::SlruKind::MultixactOffsets) => SlruKind::MultiXactOffsets,
+            Ok(pb::SlruKind::MultixactMembers) => SlruKind::MultiXactMembers,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "SLRU kind {} is unknown: 0 CLOG, 1 MULTIXACT_OFFSETS, 2 MULTIXACT_MEMBERS",
+                    r.kind
+                )))
+            }
+        };
+        let segno = r.segno;
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        let (data, lsn) = read_at(h, r.lsn, move |t, lsn| {
+            reads::slru_segment(t, kind, segno, lsn)
+        })
+        .await?;
+        Ok(Response::new(pb::SlruSegmentResponse { data, lsn: lsn.0 }))
     }
 }

@@ -257,9 +257,31 @@ impl Tenant {
         })
     }
 
-    /// Collects garbage on `timeline` (every timeline if `None`).
+    /// Collects garbage on `timeline` (every timeline if `None`). Waits for a GC of the
+    /// tenant already running (GC holds the tenant's `changes` lock): one GC of a tenant
+    /// at a time.
     pub fn gc(&self, timeline: Option<&str>) -> Result<Vec<TimelineGc>> {
-        let _changes = super::lock(&self.changes);
+        let changes = super::lock(&self.changes);
+        self.gc_locked(timeline, changes)
+    }
+
+    /// GC of every timeline unless the tenant is busy (a GC, a branch being created, an
+    /// import or a deletion holds its `changes` lock): `None` then, for the periodic GC to
+    /// try again at its next round instead of queueing behind the other GC.
+    pub fn try_gc(&self) -> Option<Result<Vec<TimelineGc>>> {
+        let changes = match self.changes.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(self.gc_locked(None, changes))
+    }
+
+    fn gc_locked(
+        &self,
+        timeline: Option<&str>,
+        _changes: MutexGuard<'_, ()>,
+    ) -> Result<Vec<TimelineGc>> {
         let handles = match timeline {
             Some(id) => vec![self.timeline(id)?],
             None => self.timelines(),
