@@ -3,16 +3,20 @@
 //! base backup at several multiples of the database size.
 //!
 //! 1. A Strata cluster through the CLI (`strata init/start/tenant create/compute start main`).
-//! 2. `pgbench -i -s N` on the compute, which keeps all its WAL (`wal_keep_size`), then a
-//!    `pg_basebackup` of it.
-//! 3. pgbench until the WAL since the backup is 1×, 5×, 20× (`--multiples`) the database
-//!    size; at each, the workload pauses, main's answer is noted, and a restore point's end
-//!    LSN is T.
+//! 2. `pgbench -i -s N -F 50` on the compute, which keeps all its WAL (`wal_keep_size`), then
+//!    a `pg_basebackup` of it.
+//! 3. pgbench until the WAL since the backup is 1×, 5×, 20× (`--multiples`) the database's
+//!    size at that moment (measured at every check and printed); at each, the workload
+//!    pauses, main's answer is noted, and a restore point's end LSN is T. The default
+//!    `steady` workload keeps the database's size about constant (HOT updates on half-full
+//!    pages, a VACUUM after every pgbench run); `bulk` is the same updates bloating the
+//!    database (fillfactor 100, no VACUUM), `tpcb` pgbench's own transactions.
 //! 4. For each T: Strata — `strata branch create --at T` + `strata compute start` + the first
 //!    query; Postgres — copy the base backup, `recovery_target_lsn = T` with a
 //!    `restore_command` reading the compute's pg_wal, start, wait for the promotion, the same
 //!    query. Both answers must equal main's at T.
-//! 5. A table: WAL multiple, WAL bytes, Strata seconds, Postgres seconds, ratio.
+//! 5. A table: WAL multiple, WAL bytes, database size at T, Strata seconds, Postgres
+//!    seconds, ratio; then `strata compute start`'s own breakdown of its time at each T.
 //!
 //! Build and run with release binaries:
 //! `cargo build --release --bins && target/release/branch_vs_pitr --scale 5`
@@ -30,11 +34,16 @@ use walproto::Lsn;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Workload {
+    /// The bulk updates on `pgbench -i -F <fillfactor>` tables with a VACUUM of the accounts
+    /// after each pgbench run: the updates are HOT and pruning and VACUUM reuse the space,
+    /// so the database stays about its size while the WAL grows (the honest default).
+    Steady,
+    /// A pgbench script updating 1,000 consecutive accounts per transaction (much more WAL
+    /// per second: reaches 20× in minutes on a small machine); fillfactor 100 and no VACUUM,
+    /// so the database bloats as the WAL grows.
+    Bulk,
     /// pgbench's built-in TPC-B-like transactions.
     Tpcb,
-    /// A pgbench script updating 1,000 consecutive accounts per transaction (much more WAL
-    /// per second: reaches 20× in minutes on a small machine).
-    Bulk,
 }
 
 #[derive(Parser, Debug)]
@@ -47,8 +56,12 @@ struct Args {
     /// WAL since the base backup, in multiples of the database size, at which T is taken.
     #[arg(long, value_delimiter = ',', default_value = "1,5,20")]
     multiples: Vec<f64>,
-    #[arg(long, value_enum, default_value_t = Workload::Bulk)]
+    #[arg(long, value_enum, default_value_t = Workload::Steady)]
     workload: Workload,
+    /// `pgbench -i -F`: the tables' fillfactor for the `steady` workload (room on each page
+    /// for the HOT updates' new row versions).
+    #[arg(long, default_value_t = 50)]
+    fillfactor: u32,
     /// pgbench clients.
     #[arg(long, default_value_t = 2)]
     clients: u32,
@@ -89,6 +102,10 @@ fn main() {
 
 fn run(a: Args) -> Result<()> {
     ensure!(a.scale > 0, "--scale must be at least 1");
+    ensure!(
+        (10..=100).contains(&a.fillfactor),
+        "--fillfactor must be between 10 and 100"
+    );
     ensure!(
         !a.multiples.is_empty() && a.multiples.iter().all(|m| *m > 0.0),
         "--multiples needs positive numbers, e.g. 1,5,20"
@@ -187,13 +204,15 @@ fn bench(
     main.sql("CREATE TABLE bench_marks(name text PRIMARY KEY, lsn pg_lsn)")?;
 
     let scale = a.scale.to_string();
-    step(&format!("pgbench -i -s {scale}"), || {
-        main.pgbench(&["-i", "-q", "-s", &scale])
+    let fillfactor = match a.workload {
+        Workload::Steady => a.fillfactor,
+        Workload::Bulk | Workload::Tpcb => 100,
+    }
+    .to_string();
+    step(&format!("pgbench -i -s {scale} -F {fillfactor}"), || {
+        main.pgbench(&["-i", "-q", "-s", &scale, "-F", &fillfactor])
     })?;
-    let db_bytes: u64 = main
-        .sql("SELECT pg_database_size('postgres')")?
-        .parse()
-        .context("pg_database_size")?;
+    let db_bytes = db_size(&main)?;
     eprintln!("  database size: {:.1} MiB", mib(db_bytes));
     let backup_dir = work.join("basebackup");
     step("pg_basebackup of the compute", || {
@@ -219,14 +238,18 @@ fn bench(
     // WAL bytes per second of the last pgbench run: the next run is just long enough.
     let mut rate: Option<f64> = None;
     for &m in multiples {
-        let goal = (m * db_bytes as f64) as u64;
         loop {
             let now = main.lsn("SELECT pg_current_wal_lsn()")?;
             let since = now.0.saturating_sub(backup_lsn.0);
+            // The multiple is of the database's size now (at T), not at the base backup.
+            let db_now = db_size(&main)?;
+            let goal = (m * db_now as f64) as u64;
             eprintln!(
-                "  WAL since the base backup: {:.0} MiB ({:.2}×, goal {m}×) after {:.0} s",
+                "  WAL since the base backup: {:.0} MiB ({:.2}× of the database's {:.1} MiB, \
+                 goal {m}×) after {:.0} s",
                 mib(since),
-                since as f64 / db_bytes as f64,
+                since as f64 / db_now as f64,
+                mib(db_now),
                 t_load.elapsed().as_secs_f64()
             );
             if since >= goal {
@@ -282,19 +305,28 @@ fn run_workload(a: &Args, main: &Server, script: &Path, secs: u32) -> Result<()>
     let mut args = vec!["-n", "-c", &c, "-j", "2", "-T", &t];
     match a.workload {
         Workload::Tpcb => args.extend(["-b", "tpcb-like"]),
-        Workload::Bulk => args.extend(["-f", &s]),
+        Workload::Bulk | Workload::Steady => args.extend(["-f", &s]),
     }
-    main.pgbench(&args).map(|_| ())
+    main.pgbench(&args)?;
+    if matches!(a.workload, Workload::Steady) {
+        // Dead row versions the HOT pruning left behind become free space again.
+        main.sql("VACUUM pgbench_accounts")?;
+    }
+    Ok(())
+}
+
+/// `pg_database_size` of the benchmark's database.
+fn db_size(main: &Server) -> Result<u64> {
+    main.sql("SELECT pg_database_size('postgres')")?
+        .parse()
+        .context("pg_database_size")
 }
 
 /// Notes main's answer and makes T: the end LSN of a restore point written right after (a
 /// true record end; nothing between changes pgbench_accounts).
 fn mark(main: &Server, m: f64) -> Result<Mark> {
     let answer = main.sql(QUERY)?;
-    let db_bytes: u64 = main
-        .sql("SELECT pg_database_size('postgres')")?
-        .parse()
-        .context("pg_database_size")?;
+    let db_bytes = db_size(main)?;
     let name = format!("bench-{m}x");
     let lsn = main.lsn(&format!("SELECT pg_create_restore_point('{name}')"))?;
     main.sql(&format!(
@@ -325,15 +357,17 @@ fn measure(
     let branch = format!("at-{}x", mk.multiple).replace('.', "_");
 
     // Strata: branch at T, a compute on it, the first query.
-    let (strata_secs, branch_secs, compute_secs, s_answer) = step(
+    let (strata_secs, branch_secs, compute_secs, query_secs, breakdown, s_answer) = step(
         &format!("Strata: branch at {lsn} ({}×) → first query", mk.multiple),
         || {
             let t0 = Instant::now();
             let got = strata.branch_create(TENANT, &branch, "main", Some(&lsn))?;
             ensure!(got == lsn, "the branch is at {got}, not at {lsn}");
             let branch_secs = t0.elapsed().as_secs_f64();
-            let port = strata.compute_start(TENANT, &branch)?;
+            let (port, breakdown) = strata.compute_start_timed(TENANT, &branch)?;
             let compute_secs = t0.elapsed().as_secs_f64() - branch_secs;
+            eprintln!("  compute start breakdown: {breakdown}");
+            let t_query = Instant::now();
             let answer = Server {
                 progs: progs.clone(),
                 port,
@@ -343,6 +377,8 @@ fn measure(
                 t0.elapsed().as_secs_f64(),
                 branch_secs,
                 compute_secs,
+                t_query.elapsed().as_secs_f64(),
+                breakdown,
                 answer,
             ))
         },
@@ -385,6 +421,8 @@ fn measure(
         pg_secs,
         pg_copy_secs: copy_secs,
         answer: mk.answer.clone(),
+        strata_breakdown: breakdown,
+        strata_query_secs: query_secs,
     })
 }
 

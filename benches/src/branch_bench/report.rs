@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 /// One point in time T, measured both ways.
 #[derive(Clone, Debug)]
 pub struct Row {
-    /// WAL since the base backup, as a multiple of the database size (asked for).
+    /// WAL since the base backup, as a multiple of the database size at T (asked for).
     pub multiple: f64,
     /// The LSN of T.
     pub lsn: String,
@@ -25,13 +25,18 @@ pub struct Row {
     pub pg_copy_secs: f64,
     /// The first query's answer on both (they must match each other and main at T).
     pub answer: String,
+    /// `strata compute start`'s own breakdown of its time (its `compute start breakdown:`
+    /// line), and the first query's seconds.
+    pub strata_breakdown: String,
+    pub strata_query_secs: f64,
 }
 
 pub fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
 
-/// The table, one line per T, under a header naming the command.
+/// The table, one line per T, under a header naming the command; then Strata's breakdown
+/// per T.
 pub fn table(command: &str, db_bytes: u64, rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "command: {command}");
@@ -39,6 +44,10 @@ pub fn table(command: &str, db_bytes: u64, rows: &[Row]) -> String {
         s,
         "database size at the base backup: {:.1} MiB; query: SELECT count(*), sum(abalance) FROM pgbench_accounts",
         mib(db_bytes)
+    );
+    let _ = writeln!(
+        s,
+        "× actual: WAL since the base backup / the database's size at T"
     );
     let _ = writeln!(
         s,
@@ -54,8 +63,8 @@ pub fn table(command: &str, db_bytes: u64, rows: &[Row]) -> String {
     );
     let _ = writeln!(s, "{}", "-".repeat(136));
     for r in rows {
-        let actual = if db_bytes > 0 {
-            r.wal_bytes as f64 / db_bytes as f64
+        let actual = if r.db_bytes_at_t > 0 {
+            r.wal_bytes as f64 / r.db_bytes_at_t as f64
         } else {
             0.0
         };
@@ -81,6 +90,22 @@ pub fn table(command: &str, db_bytes: u64, rows: &[Row]) -> String {
             r.answer
         );
     }
+    let _ = writeln!(s, "Strata's time at each T:");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "  {}×: branch create {:.2} s; compute start {:.2} s ({}); first query {:.2} s",
+            r.multiple,
+            r.strata_branch_secs,
+            r.strata_compute_secs,
+            if r.strata_breakdown.is_empty() {
+                "no breakdown printed"
+            } else {
+                &r.strata_breakdown
+            },
+            r.strata_query_secs
+        );
+    }
     s
 }
 
@@ -101,17 +126,20 @@ mod tests {
             pg_secs: 30.0,
             pg_copy_secs: 3.0,
             answer: "1000000|42".into(),
+            strata_breakdown: "basebackup 1.00 s".into(),
+            strata_query_secs: 0.25,
         };
         let t = table("branch_vs_pitr --scale 10", 100 << 20, &[row.clone(), row]);
+        assert!(t.contains("4.17"), "× actual is of the size at T: {t}");
+        assert!(t.contains("(basebackup 1.00 s); first query 0.25 s"), "{t}");
         assert!(t.starts_with("command: branch_vs_pitr --scale 10\n"));
         assert_eq!(t.lines().filter(|l| l.contains("0/5000028")).count(), 2);
         assert!(t.contains("15.0×"), "{t}");
-        assert!(t.contains("5.00"), "{t}");
         assert!(t.contains("120.0"), "{t}");
         assert!(t.contains("2.00 (   0.50,     1.25)"), "{t}");
         // The header's columns line up with the rows'.
-        let header = t.lines().nth(2).unwrap();
-        let first = t.lines().nth(4).unwrap();
+        let header = t.lines().nth(3).unwrap();
+        let first = t.lines().nth(5).unwrap();
         assert_eq!(
             header.char_indices().filter(|(_, c)| *c == '|').count(),
             first.char_indices().filter(|(_, c)| *c == '|').count() - 1,

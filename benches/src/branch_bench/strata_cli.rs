@@ -35,6 +35,11 @@ impl StrataCli {
 
     /// Runs `strata --dir D [--json] <args>`; returns its stdout.
     fn exec(&self, json: bool, args: &[&str]) -> Result<String> {
+        self.exec_both(json, args).map(|(out, _)| out)
+    }
+
+    /// Runs `strata --dir D [--json] <args>`; returns its stdout and stderr.
+    fn exec_both(&self, json: bool, args: &[&str]) -> Result<(String, String)> {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--dir").arg(&self.dir);
         if json {
@@ -54,7 +59,10 @@ impl StrataCli {
                 String::from_utf8_lossy(&out.stderr).trim_end()
             );
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok((
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// Runs `strata --dir D <args>` (init, start, stop: commands that print text only).
@@ -71,12 +79,27 @@ impl StrataCli {
 
     /// `strata compute start BRANCH --tenant T`: the compute's port.
     pub fn compute_start(&self, tenant: &str, branch: &str) -> Result<u16> {
-        let v = self.run_json(&["compute", "start", branch, "--tenant", tenant])?;
+        self.compute_start_timed(tenant, branch).map(|(p, _)| p)
+    }
+
+    /// `strata compute start BRANCH --tenant T`: the compute's port and the breakdown of its
+    /// time it printed (`compute start breakdown: …` on stderr; empty if none).
+    pub fn compute_start_timed(&self, tenant: &str, branch: &str) -> Result<(u16, String)> {
+        let args = ["compute", "start", branch, "--tenant", tenant];
+        let (text, err) = self.exec_both(true, &args)?;
+        let v: serde_json::Value = serde_json::from_str(text.trim())
+            .with_context(|| format!("strata {} printed no JSON: {text}", args.join(" ")))?;
+        let breakdown = err
+            .lines()
+            .find_map(|l| l.split_once("compute start breakdown: "))
+            .map(|(_, b)| b.trim().to_string())
+            .unwrap_or_default();
         let port = v
             .get("port")
             .and_then(|p| p.as_u64())
             .with_context(|| format!("strata compute start printed no port: {v}"))?;
-        u16::try_from(port).with_context(|| format!("port {port} out of range"))
+        let port = u16::try_from(port).with_context(|| format!("port {port} out of range"))?;
+        Ok((port, breakdown))
     }
 
     /// `strata branch create NAME --from PARENT --at AT --tenant T`: the branch's LSN.

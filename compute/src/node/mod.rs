@@ -5,6 +5,7 @@
 //! basebackup, so its data directory is scratch space.
 
 pub mod os_user;
+pub mod unpack;
 
 use std::fs;
 use std::io::Write;
@@ -119,29 +120,16 @@ impl ComputeNode {
         }
     }
 
-    /// Unpacks a basebackup tar into a fresh data directory (mode 0700, owned by the Postgres
-    /// OS user). Entries that would escape the directory are refused.
-    pub fn unpack_basebackup(&self, tar: impl std::io::Read) -> Result<()> {
-        self.pg.make_dir(&self.data_dir)?;
-        let mut archive = tar::Archive::new(tar);
-        archive.set_preserve_permissions(false);
-        for entry in archive.entries().context("reading the basebackup tar")? {
-            let mut entry = entry.context("reading the basebackup tar")?;
-            let path = entry.path()?.into_owned();
-            // unpack_in refuses paths with `..` or absolute roots (returns false).
-            if !entry
-                .unpack_in(&self.data_dir)
-                .with_context(|| format!("unpacking {}", path.display()))?
-            {
-                bail!(
-                    "the basebackup holds a path outside the data directory: {}",
-                    path.display()
-                );
-            }
-        }
+    /// Unpacks a basebackup tar as the data directory (mode 0700, owned by the Postgres OS
+    /// user). A data directory already there (a removed compute's, see
+    /// [`unpack::unpack_over`]) is reused: afterwards it holds exactly the tar's entries.
+    /// Entries that would escape the directory are refused.
+    pub fn unpack_basebackup(&self, tar: impl std::io::Read) -> Result<unpack::UnpackReport> {
+        let rep = unpack::unpack_over(&self.data_dir, tar)?;
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&self.data_dir, fs::Permissions::from_mode(0o700))?;
-        os_user::give_tree_to(self.pg.run_as, &self.data_dir)
+        os_user::give_tree_to(self.pg.run_as, &self.data_dir)?;
+        Ok(rep)
     }
 
     /// Writes the settings Strata needs into the data directory: an included
@@ -213,22 +201,54 @@ impl ComputeNode {
     }
 
     /// Starts Postgres and waits until it accepts connections.
+    ///
+    /// `pg_ctl start -w` decides, but looks only every 100 ms; the postmaster's own
+    /// `postmaster.pid` status line says "ready" as soon as it is, so that is polled more
+    /// often and ends the wait early (pg_ctl then finishes on its own).
     pub fn start(&self) -> Result<()> {
         let d = self.data_dir.display().to_string();
         let l = self.log_file.display().to_string();
         if let Some(parent) = self.log_file.parent() {
             os_user::give_to(self.pg.run_as, parent)?;
         }
-        self.pg
-            .run("pg_ctl", &["start", "-w", "-t", "120", "-D", &d, "-l", &l])
-            .map_err(|e| {
-                e.context(format!(
-                    "starting the compute in {}; server log tail:\n{}",
-                    self.data_dir.display(),
-                    tail(&self.log_file, 30)
-                ))
-            })?;
-        Ok(())
+        let fail = |what: String| {
+            anyhow::anyhow!(
+                "starting the compute in {}: {what}; server log tail:\n{}",
+                self.data_dir.display(),
+                tail(&self.log_file, 30)
+            )
+        };
+        let pid_file = self.data_dir.join("postmaster.pid");
+        // A lock file left by an earlier server is not this server's word.
+        let stale = fs::read_to_string(&pid_file).ok();
+        let mut pg_ctl = os_user::command_as(self.pg.run_as, &self.pg.bin.join("pg_ctl"))
+            .args(["start", "-w", "-t", "120", "-D", &d, "-l", &l])
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running pg_ctl")?;
+        loop {
+            if let Some(status) = pg_ctl.try_wait().context("waiting for pg_ctl")? {
+                if status.success() {
+                    return Ok(());
+                }
+                let mut err = String::new();
+                if let Some(mut e) = pg_ctl.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                return Err(fail(format!(
+                    "pg_ctl start failed ({status}): {}",
+                    err.trim()
+                )));
+            }
+            if postmaster_ready(&pid_file, stale.as_deref()) {
+                // pg_ctl sees the same within 100 ms and exits 0; it is not waited for.
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Stops Postgres; `immediate` skips the shutdown checkpoint (nothing local matters).
@@ -281,6 +301,22 @@ impl ComputeNode {
         )?;
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
     }
+}
+
+/// Whether `postmaster.pid` says the server accepts connections: its 8th line (the status)
+/// is "ready", or "standby" (a standby without hot_standby), as `pg_ctl -w` decides. A file
+/// identical to `stale` (there before the start) does not count.
+fn postmaster_ready(pid_file: &Path, stale: Option<&str>) -> bool {
+    let Ok(text) = fs::read_to_string(pid_file) else {
+        return false;
+    };
+    if stale == Some(text.as_str()) {
+        return false;
+    }
+    matches!(
+        text.lines().nth(7).map(str::trim),
+        Some("ready" | "standby")
+    )
 }
 
 fn tail(path: &Path, n: usize) -> String {

@@ -32,6 +32,7 @@
 //! [`record_ending_at`] over the WAL).
 
 pub mod checksum;
+pub mod pages;
 pub mod sink;
 pub mod wal;
 
@@ -39,7 +40,7 @@ use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::path::Path;
 
-use layer_format::{Key, Lsn};
+use layer_format::Lsn;
 use walproto::consts::{BLCKSZ, INIT_FORKNUM, MAIN_FORKNUM};
 use walproto::record::RelFileNode;
 use walproto::rmgr::xlog::CheckPoint;
@@ -53,8 +54,7 @@ use crate::ingest::nonpage::read::{
 };
 use crate::ingest::nonpage::slru::KINDS;
 use crate::ingest::reldir::RelDirectory;
-use crate::redo::page;
-use crate::timeline::{Timeline, TimelineError};
+use crate::timeline::{ReadStats, Timeline, TimelineError};
 use sink::{DirSink, Sink, TarSink};
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +87,8 @@ pub struct BasebackupOptions {
     pub mode: Mode,
     /// The Postgres timeline ID of the generated WAL.
     pub pg_timeline: u32,
+    /// Threads reconstructing a relation's pages at once (1: the calling thread only).
+    pub threads: usize,
 }
 
 impl BasebackupOptions {
@@ -96,6 +98,7 @@ impl BasebackupOptions {
             prev_lsn: None,
             mode,
             pg_timeline: 1,
+            threads: pages::default_threads(),
         }
     }
 }
@@ -117,6 +120,10 @@ pub struct BasebackupReport {
     pub prepared_xacts: usize,
     pub files: u64,
     pub bytes: u64,
+    /// Layer files visited per page read while the relation pages were reconstructed (with
+    /// any other reads of the timeline at the same time): the read amplification at the LSN.
+    pub page_reads: ReadStats,
+    pub elapsed_secs: f64,
 }
 
 /// The directories of a PostgreSQL 15 data directory that hold no Strata state.
@@ -302,6 +309,8 @@ pub fn basebackup(
     opts: &BasebackupOptions,
     sink: &mut dyn Sink,
 ) -> Result<BasebackupReport, BasebackupError> {
+    let t0 = std::time::Instant::now();
+    let stats_before = tl.read_stats();
     let lsn = opts.lsn;
     let missing = |reason: &str| BasebackupError::Missing {
         lsn,
@@ -408,26 +417,21 @@ pub fn basebackup(
         }
     }
 
-    let checksums = control.data_checksums();
+    let reader = pages::PageReader {
+        tl,
+        lsn,
+        checksums: control.data_checksums(),
+        threads: opts.threads.max(1),
+    };
     for &(rel, fork, n) in &forks {
         let unlogged = dir.size(rel, INIT_FORKNUM).is_some();
         if unlogged && fork != INIT_FORKNUM {
             continue;
         }
-        write_fork(&mut out, tl, lsn, catver, rel, fork, fork, n, checksums)?;
+        write_fork(&mut out, &reader, catver, rel, fork, fork, n)?;
         if unlogged {
             // As ResetUnloggedRelations after a crash: the main fork is the init fork.
-            write_fork(
-                &mut out,
-                tl,
-                lsn,
-                catver,
-                rel,
-                fork,
-                MAIN_FORKNUM,
-                n,
-                checksums,
-            )?;
+            write_fork(&mut out, &reader, catver, rel, fork, MAIN_FORKNUM, n)?;
         }
         out.rep.forks += 1;
     }
@@ -467,21 +471,42 @@ pub fn basebackup(
         out.file("standby.signal", b"")?;
     }
     out.sink.finish().map_err(Out::err("(end)"))?;
-    Ok(out.rep)
+    let mut rep = out.rep;
+    rep.page_reads = reads_since(&stats_before, &tl.read_stats());
+    rep.elapsed_secs = t0.elapsed().as_secs_f64();
+    tracing::info!(
+        lsn = %rep.lsn,
+        files = rep.files,
+        bytes = rep.bytes,
+        rel_pages = rep.rel_pages,
+        threads = reader.threads,
+        secs = format!("{:.3}", rep.elapsed_secs),
+        "basebackup generated; {}",
+        rep.page_reads.summary()
+    );
+    Ok(rep)
+}
+
+/// The reads counted in `after` but not in `before`.
+fn reads_since(before: &ReadStats, after: &ReadStats) -> ReadStats {
+    let hist = after
+        .hist
+        .iter()
+        .enumerate()
+        .map(|(n, c)| c.saturating_sub(before.hist.get(n).copied().unwrap_or(0)))
+        .collect();
+    ReadStats { hist }
 }
 
 /// Writes one fork's pages (read as `src_fork`) as the segment files of `dst_fork`.
-#[allow(clippy::too_many_arguments)]
 fn write_fork(
     out: &mut Out<'_>,
-    tl: &Timeline,
-    lsn: Lsn,
+    reader: &pages::PageReader<'_>,
     catver: u32,
     rel: RelFileNode,
     src_fork: u8,
     dst_fork: u8,
     nblocks: u32,
-    checksums: bool,
 ) -> Result<(), BasebackupError> {
     let dir = db_path(rel.spc, rel.db, catver);
     let n = nblocks as u64;
@@ -493,16 +518,10 @@ fn write_fork(
         out.sink
             .begin_file(&path, count * BLCKSZ as u64)
             .map_err(Out::err(&path))?;
-        for blk in first..first + count {
-            let blk = blk as u32;
-            let mut p = tl
-                .get_page(Key::rel_block(rel, src_fork, blk), lsn)?
-                .unwrap_or_else(|| Box::new([0u8; BLCKSZ]));
-            if checksums && !page::is_new(&p) {
-                checksum::set_page_checksum(&mut p, blk);
-            }
-            out.sink.write(&p[..]).map_err(Out::err(&path))?;
-        }
+        let sink = &mut *out.sink;
+        reader.read_range(rel, src_fork, first as u32, count as u32, &mut |pages| {
+            sink.write(pages).map_err(Out::err(&path))
+        })?;
         out.sink.end_file().map_err(Out::err(&path))?;
         out.rep.files += 1;
         out.rep.bytes += count * BLCKSZ as u64;
