@@ -4,7 +4,8 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use compute::node::{ComputeNode, ComputeSpec, PgPrograms};
@@ -176,6 +177,7 @@ pub struct StartRequest<'a> {
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecord> {
+    let t0 = Instant::now();
     let cfg = ClusterConfig::load(dir)?;
     let names = Names::load(dir)?;
     let (tenant, tenant_id) = names.tenant(req.tenant)?;
@@ -187,6 +189,7 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
             req.branch
         );
     }
+    forget_stopped_computes(dir, &cfg, out)?;
     let existing = ComputeRecord::list(dir)?;
     if !req.read_only {
         if let Some(c) = existing
@@ -223,33 +226,17 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
         Some(t) => crate::branch_cmd::resolve_lsn(&mut ps, &tenant_id, &timeline_id, t, true)?,
         None => latest,
     };
+    let resolved = t0.elapsed();
     out.step(&format!("basebackup of {} at {lsn}", req.branch));
     let node = node(dir, &cfg, &name)?;
-    let tar_path = compute_dir(dir, &name).join("basebackup.tar");
     fs::create_dir_all(compute_dir(dir, &name))?;
-    {
-        let mut f = std::io::BufWriter::new(
-            fs::File::create(&tar_path)
-                .with_context(|| format!("creating {}", tar_path.display()))?,
-        );
-        let mut bar = Progress::new("basebackup");
-        let mut total = 0;
-        ps.basebackup(
-            &tenant_id,
-            &timeline_id,
-            lsn.0,
-            req.read_only,
-            &mut f,
-            &mut |n| {
-                total = n;
-                bar.bytes(n)
-            },
-        )?;
-        bar.done(total);
-        std::io::Write::flush(&mut f)?;
+    take_spare_data_dir(dir, &node.data_dir);
+    let bb = stream_basebackup(&mut ps, &node, &tenant_id, &timeline_id, lsn, req.read_only);
+    if bb.is_err() {
+        let _ = fs::remove_dir_all(compute_dir(dir, &name));
     }
-    node.unpack_basebackup(std::io::BufReader::new(fs::File::open(&tar_path)?))?;
-    fs::remove_file(&tar_path).ok();
+    let bb = bb?;
+    let unpacked = t0.elapsed();
     node.configure(&ComputeSpec {
         port,
         read_only: req.read_only,
@@ -266,9 +253,12 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
         expires_at: req.ttl_secs.map(|s| unix_now() + s),
     };
     record.store(dir)?;
+    let configured = t0.elapsed();
+    let mut pg_started = configured;
     let started = (|| {
         out.step(&format!("starting Postgres on port {port}"));
         node.start()?;
+        pg_started = t0.elapsed();
         if !req.read_only {
             out.step("starting the walproposer");
             start_walproposer(dir, &cfg, &record, &node, lsn)?;
@@ -281,7 +271,168 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
         let _ = fs::remove_dir_all(compute_dir(dir, &name));
         return Err(e);
     }
+    let done = t0.elapsed();
+    let secs = |d: Duration| d.as_secs_f64();
+    // One line, on stderr, that tools (benches/branch_vs_pitr) pick up.
+    eprintln!(
+        "compute start breakdown: resolve target {:.2} s; basebackup {:.2} s (generation, \
+         transfer and unpack streamed together: first byte after {:.2} s, last byte after {:.2} \
+         s, {:.1} MiB, unpacking busy {:.2} s, {} files of which {} reused, {} leftovers \
+         removed); configure {:.2} s; Postgres start {:.2} s; \
+         walproposer {:.2} s; total {:.2} s",
+        secs(resolved),
+        secs(unpacked - resolved),
+        secs(bb.first_byte),
+        secs(bb.last_byte),
+        bb.bytes as f64 / (1u64 << 20) as f64,
+        secs(bb.unpack_busy),
+        bb.unpack.files,
+        bb.unpack.reused_files,
+        bb.unpack.removed,
+        secs(configured - unpacked),
+        secs(pg_started - configured),
+        secs(done - pg_started),
+        secs(done)
+    );
     Ok(record)
+}
+
+/// What streaming a basebackup into a data directory took.
+struct Streamed {
+    /// From the request to the first tar byte (the pageserver's planning).
+    first_byte: Duration,
+    /// From the request to the last tar byte.
+    last_byte: Duration,
+    bytes: u64,
+    /// Time the unpacker spent not waiting for bytes.
+    unpack_busy: Duration,
+    unpack: compute::node::unpack::UnpackReport,
+}
+
+/// Fetches the basebackup at `lsn` and unpacks it into the compute's data directory while it
+/// arrives: the tar is never stored whole (a 1 GB database does not need 1 GB of scratch
+/// first, and unpacking overlaps with the pageserver's page reconstruction).
+fn stream_basebackup(
+    ps: &mut Pageserver,
+    node: &ComputeNode,
+    tenant_id: &str,
+    timeline_id: &str,
+    lsn: Lsn,
+    read_only: bool,
+) -> Result<Streamed> {
+    // Chunks in flight between the gRPC stream and the unpacker (256 KiB each).
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(16);
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        let unpacker = s.spawn(move || {
+            let mut r = ChunkReader {
+                rx,
+                cur: Vec::new(),
+                pos: 0,
+                waited: Duration::ZERO,
+            };
+            let t = Instant::now();
+            let res = node.unpack_basebackup(&mut r);
+            // Whatever a complete tar left unread (its zero padding) is drained, so that the
+            // sender never blocks on a full channel; after an error, dropping the reader
+            // stops the sender.
+            if res.is_ok() {
+                let _ = std::io::copy(&mut r, &mut std::io::sink());
+            }
+            res.map(|rep| (t.elapsed().saturating_sub(r.waited), rep))
+        });
+        let mut w = ChunkWriter { tx: Some(tx) };
+        let mut bar = Progress::new("basebackup");
+        let mut total = 0;
+        let mut first_byte = None;
+        let fetched = ps.basebackup(tenant_id, timeline_id, lsn.0, read_only, &mut w, &mut |n| {
+            first_byte.get_or_insert_with(|| t0.elapsed());
+            total = n;
+            bar.bytes(n)
+        });
+        let last_byte = t0.elapsed();
+        bar.done(total);
+        // The end of the stream: the unpacker sees EOF.
+        drop(w);
+        let unpacked = unpacker
+            .join()
+            .map_err(|_| anyhow::anyhow!("the basebackup unpacker panicked"))?;
+        // The pageserver's error explains an unpacker that saw a broken stream; an unpacker
+        // error explains a stream that stopped because nobody read it.
+        match (fetched, unpacked) {
+            (Ok(()), Ok((unpack_busy, unpack))) => Ok(Streamed {
+                first_byte: first_byte.unwrap_or(last_byte),
+                last_byte,
+                bytes: total,
+                unpack_busy,
+                unpack,
+            }),
+            (Err(e), _) if !is_broken_pipe(&e) => Err(e),
+            (_, Err(e)) => Err(e.context("unpacking the basebackup")),
+            (Err(e), Ok(_)) => Err(e),
+        }
+    })
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The sending half of the basebackup pipe: each write is one chunk.
+struct ChunkWriter {
+    tx: Option<mpsc::SyncSender<Vec<u8>>>,
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if b.is_empty() {
+            return Ok(0);
+        }
+        let gone = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the unpacker stopped");
+        self.tx
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(b.to_vec())
+            .map_err(|_| gone())?;
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The receiving half: EOF once the writer is dropped.
+struct ChunkReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+    /// Time spent waiting for the next chunk.
+    waited: Duration,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.cur.len() {
+            let t = Instant::now();
+            let next = self.rx.recv();
+            self.waited += t.elapsed();
+            match next {
+                Ok(c) => {
+                    self.cur = c;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// The application name Postgres waits for before a commit returns.
@@ -402,11 +553,93 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Stops and forgets a compute (its data directory is scratch: everything is in Strata).
+/// Forgets the computes whose Postgres and walproposer are both gone (`strata stop`, a crash,
+/// a reboot): a compute's data directory is only a cache, so a stale record must not hold its
+/// name, its port or its branch's single writer slot.
+fn forget_stopped_computes(dir: &Path, cfg: &ClusterConfig, out: &Output) -> Result<()> {
+    for rec in ComputeRecord::list(dir)? {
+        let pg_running = node(dir, cfg, &rec.name).is_ok_and(|n| n.is_running());
+        let wp_running = matches!(
+            walproposer_daemon(dir, &rec.name).state()?,
+            crate::cluster::daemon::State::Running(_)
+        );
+        if !pg_running && !wp_running {
+            out.step(&format!(
+                "forgetting compute {} (branch {}): it is not running",
+                rec.name, rec.branch
+            ));
+            remove(dir, cfg, &rec.name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Stops and forgets a compute (its data directory is scratch: everything is in Strata). Its
+/// data directory is kept as a spare for the next compute (see [`take_spare_data_dir`]).
 pub fn remove(dir: &Path, cfg: &ClusterConfig, name: &str) -> Result<()> {
     stop_one(dir, cfg, name)?;
     let d = compute_dir(dir, name);
+    keep_spare_data_dir(dir, &d.join("data"));
     fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))
+}
+
+/// Where removed computes' data directories wait to be reused (no compute.toml: not listed).
+fn spare_dir(dir: &Path) -> PathBuf {
+    computes_dir(dir).join(".spare")
+}
+
+/// Spare data directories kept at most.
+const MAX_SPARES: usize = 2;
+
+/// Moves a removed compute's data directory to the spares, its WAL and the server's own
+/// leftovers removed (they would only take space). Creating files is the dearest part of
+/// unpacking a basebackup on some file systems, and the next compute of the tenant has mostly
+/// the same relation files: `ComputeNode::unpack_basebackup` overwrites them in place. Any
+/// failure leaves the directory to be deleted with the compute.
+fn keep_spare_data_dir(dir: &Path, data: &Path) {
+    let spares = spare_dir(dir);
+    if !data.is_dir() || fs::create_dir_all(&spares).is_err() {
+        return;
+    }
+    let count = fs::read_dir(&spares)
+        .map(|r| r.count())
+        .unwrap_or(usize::MAX);
+    if count >= MAX_SPARES {
+        return;
+    }
+    if let Ok(segs) = fs::read_dir(data.join("pg_wal")) {
+        for e in segs.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    let _ = fs::remove_file(data.join("postmaster.pid"));
+    let target = spares.join(format!("{}-{}", std::process::id(), unix_now_nanos()));
+    let _ = fs::rename(data, target);
+}
+
+/// Makes a spare data directory (if any) the new compute's `data`, to be overwritten by the
+/// basebackup. Without one (or if the move fails), the data directory starts empty.
+fn take_spare_data_dir(dir: &Path, data: &Path) {
+    if data.exists() {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(spare_dir(dir)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if fs::rename(e.path(), data).is_ok() {
+            return;
+        }
+    }
+}
+
+fn unix_now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 /// Removes time-travel computes whose TTL has passed.
