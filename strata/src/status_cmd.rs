@@ -41,11 +41,22 @@ pub fn run(dir: &Path, out: &Output) -> Result<ExitCode> {
         } else {
             "read-write"
         };
+        // `strata stop` stops computes but keeps their records: say which ones do not run.
+        let running = crate::compute_cmd::node(dir, &cfg, &c.name)
+            .map(|n| n.is_running())
+            .unwrap_or(false);
+        let shown = if running {
+            format!("postgresql://postgres@127.0.0.1:{}/postgres", c.port)
+        } else {
+            format!("stopped (remove it with `strata compute stop {}`)", c.name)
+        };
         lines.push(format!(
-            "compute {:<10} branch {} at {} {mode}, postgresql://postgres@127.0.0.1:{}/postgres",
-            c.name, c.branch, c.lsn, c.port
+            "compute {:<10} branch {} at {} {mode}, {shown}",
+            c.name, c.branch, c.lsn
         ));
-        computes.push(serde_json::to_value(&c)?);
+        let mut v = serde_json::to_value(&c)?;
+        v["running"] = json!(running);
+        computes.push(v);
     }
     let names = Names::load(dir)?;
     let mut branches = Vec::new();

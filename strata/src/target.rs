@@ -38,13 +38,16 @@ impl Target {
     }
 }
 
+/// Hex on both sides of a `/`, or a mistyped LSN: a short number, a `/`, then anything
+/// (`0/XYZ`, `0/16B37A8Z`), which gets "not a valid LSN" rather than "no restore point named".
+/// Restore point names that start like that are not reachable by name through `--at`.
 fn looks_like_lsn(s: &str) -> bool {
     match s.split_once('/') {
         Some((a, b)) => {
-            !a.is_empty()
-                && !b.is_empty()
-                && a.bytes().all(|c| c.is_ascii_hexdigit())
-                && b.bytes().all(|c| c.is_ascii_hexdigit())
+            let hex = |x: &str| !x.is_empty() && x.bytes().all(|c| c.is_ascii_hexdigit());
+            let short_number =
+                !a.is_empty() && a.len() <= 8 && a.bytes().all(|c| c.is_ascii_digit());
+            (hex(a) && hex(b)) || (short_number && !b.is_empty())
         }
         None => false,
     }
@@ -182,6 +185,15 @@ mod tests {
             Target::RestorePoint("before-drop".into())
         );
         assert!(Target::parse("").is_err());
+        for bad in ["0/XYZ", "0/16B37A8Z", "1/123456789"] {
+            let e = Target::parse(bad).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains("not a valid LSN"), "{bad}: {e}");
+        }
+        assert!(matches!(Target::parse("12/"), Ok(Target::RestorePoint(_))));
+        assert_eq!(
+            Target::parse("cafe/v2").unwrap(),
+            Target::RestorePoint("cafe/v2".into())
+        );
         assert!(Target::parse("2026-13-01 00:00").is_err());
     }
 
