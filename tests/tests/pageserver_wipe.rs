@@ -3,7 +3,8 @@
 //! runs a workload through a compute; once the pageserver's `remote_consistent_lsn` reaches
 //! the committed LSN, the pageserver is SIGKILLed and its data directory wiped. `strata start`
 //! starts it again: it restores the tenant config, the timeline and its safekeepers from the
-//! object store, and resumes ingest where the manifest ends. A new compute's `pg_dump` must
+//! object store without downloading a layer (they are downloaded on demand, at the first read
+//! that visits each), and resumes ingest where the manifest ends. A new compute's `pg_dump` must
 //! equal the one taken before the wipe, and writes made after the restart must arrive too.
 //!
 //! s3s-fs must be installed (`STRATA_SETUP_S3=1 scripts/setup.sh`); without it the test fails.
@@ -325,6 +326,18 @@ fn scenario(s: &Strata, s3_root: &Path) -> Result<()> {
         data.join("tenants").read_dir()?.count() == 1,
         "the tenant directory was not restored"
     );
+    // Nothing was downloaded at start: the layers come on demand.
+    let restore_line = log
+        .lines()
+        .find(|l| l.contains("restored from remote storage at start"))
+        .unwrap_or_default();
+    ensure!(
+        restore_line.contains("layers_downloaded=0")
+            && !restore_line.contains("layers_on_demand=0"),
+        "the start downloaded layers, or left none on demand: {restore_line}"
+    );
+    let on_demand = |log: &str| log.matches("layer downloaded on demand").count();
+    let at_start = on_demand(&s.log("pageserver"));
 
     // The same database, through a new compute on the restored pageserver.
     let ro = compute_port(s, "after", true)?;
@@ -346,6 +359,15 @@ fn scenario(s: &Strata, s3_root: &Path) -> Result<()> {
         );
     }
     eprintln!("identical pg_dump after the wipe ({} bytes)", after.len());
+    let downloaded = on_demand(&s.log("pageserver"));
+    eprintln!(
+        "layers downloaded on demand: {at_start} once loaded, {downloaded} after the dump, of {layers} in the store"
+    );
+    ensure!(
+        downloaded > 0,
+        "the dump read nothing from the object store: {}",
+        s.log_tail("pageserver", 20)
+    );
 
     // Writes after the restart (by the writer that ran across it) reach the restored
     // pageserver: a fresh compute sees them.

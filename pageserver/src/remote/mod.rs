@@ -11,6 +11,12 @@
 //!                                            layer file name to its key
 //! ```
 //!
+//! A wiped pageserver restores lazily: at start ([`restore_missing`]) each missing timeline
+//! gets its metadata from the manifest and a list of its remote layers, and opens without
+//! downloading anything; a read fetches each layer it visits the first time
+//! ([`ondemand`]), checked against the manifest's size and crc32c. Ingest resumes at the
+//! manifest's `remote_consistent_lsn`.
+//!
 //! Keys are kept short (at most [`storage::MAX_KEY_BYTES`]) because some S3-compatible stores
 //! (s3s-fs) keep them in file names.
 //!
@@ -21,11 +27,17 @@
 //!   manifest lacks, then the manifest, then deletes what it no longer lists.
 //! - [`uploader`]: [`spawn_uploader`]: the same in the background, publishing
 //!   `remote_consistent_lsn`.
-//! - [`restore`]: [`restore_timeline`] into an empty directory, and listings of what is stored.
+//! - [`restore`]: [`restore_timeline_on_demand`] (downloads nothing) or [`restore_timeline`]
+//!   (downloads every layer) into an empty directory, and listings of what is stored.
+//! - [`ondemand`]: the remote layer list of a restored timeline, and the download of a layer
+//!   at its first read (one per layer, verified, durable), with counters.
+//! - [`download`]: one layer downloaded and verified into place.
 //! - [`startup`]: [`restore_missing`]: at start, everything the data directory lacks.
 
+pub mod download;
 pub mod error;
 pub mod manifest;
+pub mod ondemand;
 pub mod restore;
 pub mod startup;
 pub mod storage;
@@ -34,8 +46,10 @@ pub mod uploader;
 
 pub use error::{RemoteError, Result};
 pub use manifest::{Manifest, RemoteLayer};
+pub use ondemand::process_stats as on_demand_stats;
 pub use restore::{
-    download_manifest, list_remote_tenants, list_remote_timelines, restore_timeline, RestoreReport,
+    download_manifest, list_remote_tenants, list_remote_timelines, restore_timeline,
+    restore_timeline_on_demand, RestoreReport,
 };
 pub use startup::{restore_missing, StartupRestoreReport};
 pub use storage::{RemoteStorage, S3Options};

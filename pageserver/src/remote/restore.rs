@@ -1,23 +1,33 @@
 //! Restoring a timeline from the object store into an empty (wiped) local directory, and
 //! listing what the store holds, for a pageserver that starts with nothing.
 //!
-//! Restore is eager: every layer the manifest lists is downloaded and checked (size and
-//! crc32c against the manifest) into a temporary file, fsynced and renamed into place; the
-//! directory is fsynced; only then is the local metadata written. A crash midway leaves no
-//! metadata (so the directory is not a timeline yet) and a second restore reuses the layers
-//! already in place whose size and crc32c match.
+//! Two ways:
+//!
+//! - [`restore_timeline_on_demand`] (what a pageserver does at start): downloads nothing. It
+//!   writes the remote layer list ([`super::ondemand`]: the manifest and the store it came
+//!   from), fsynced, then the local metadata from the manifest. The timeline opens at once
+//!   with its layers *remote*; a read fetches each layer it visits the first time. Layer
+//!   files already in the directory (a partly wiped timeline) are kept only if their size and
+//!   crc32c are the manifest's, and removed otherwise.
+//! - [`restore_timeline`] (eager): every layer the manifest lists is downloaded and checked
+//!   (size and crc32c against the manifest) into a temporary file, fsynced and renamed into
+//!   place; the directory is fsynced; only then is the local metadata written. A second
+//!   restore reuses the layers already in place whose size and crc32c match.
+//!
+//! Either way the metadata comes last: a crash midway leaves no metadata, so the directory is
+//! not a timeline yet and nothing in it is believed.
 
 use std::collections::HashSet;
 use std::path::Path as FsPath;
 
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::ObjectStoreExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
+use super::download::{download_layer, fsync_dir, local_copy_matches};
 use super::error::{RemoteError, Result};
 use super::manifest::{Manifest, RemoteLayer};
+use super::ondemand;
 use super::storage::{check_id, RemoteStorage};
 use crate::timeline::TimelineMetadata;
 
@@ -31,8 +41,12 @@ pub struct RestoreReport {
     pub layers_downloaded: usize,
     pub bytes_downloaded: u64,
     /// Layers already in the directory with the right size and crc32c (an earlier, interrupted
-    /// restore).
+    /// restore, or a partly wiped timeline).
     pub layers_reused: usize,
+    /// Layers left in the object store, fetched at their first read (an on-demand restore).
+    pub layers_on_demand: usize,
+    /// Their bytes.
+    pub bytes_on_demand: u64,
 }
 
 /// The timeline's manifest, checked; `None` if it has none (it does not exist remotely).
@@ -58,16 +72,14 @@ pub async fn download_manifest(
     Ok(Some(m))
 }
 
-/// Restores `tenant`/`timeline` into `local_dir`, which must not hold a timeline (see the
-/// module docs). Afterwards `Timeline::open(local_dir)` works and ingest resumes at the
-/// manifest's `remote_consistent_lsn`. A branch needs its ancestor restored too (the caller
-/// restores in the order [`list_remote_timelines`] returns).
-pub async fn restore_timeline(
+/// The manifest of a timeline to restore into `local_dir`, which must not hold a timeline;
+/// creates the directory.
+async fn prepare(
     remote: &RemoteStorage,
     tenant: &str,
     timeline: &str,
     local_dir: &FsPath,
-) -> Result<RestoreReport> {
+) -> Result<Manifest> {
     let manifest = download_manifest(remote, tenant, timeline)
         .await?
         .ok_or_else(|| RemoteError::NoManifest {
@@ -83,24 +95,89 @@ pub async fn restore_timeline(
     tokio::fs::create_dir_all(local_dir)
         .await
         .map_err(RemoteError::io("create directory", local_dir))?;
+    Ok(manifest)
+}
+
+/// Restores `tenant`/`timeline` into `local_dir`, which must not hold a timeline, downloading
+/// every layer first (see the module docs). Afterwards `Timeline::open(local_dir)` works and
+/// ingest resumes at the manifest's `remote_consistent_lsn`. A branch needs its ancestor
+/// restored too (the caller restores in the order [`list_remote_timelines`] returns).
+pub async fn restore_timeline(
+    remote: &RemoteStorage,
+    tenant: &str,
+    timeline: &str,
+    local_dir: &FsPath,
+) -> Result<RestoreReport> {
+    let manifest = prepare(remote, tenant, timeline, local_dir).await?;
     let layers_path = remote.layers_path(tenant, timeline)?;
     let results: Vec<Option<u64>> = futures_util::stream::iter(&manifest.layers)
         .map(|l| restore_layer(remote, &layers_path, local_dir, l))
         .buffer_unordered(DOWNLOADS_IN_FLIGHT)
         .try_collect()
         .await?;
+    // Everything is local: a remote layer list of an earlier restore does not apply.
+    ondemand::remove_remote_layers(local_dir)?;
     fsync_dir(local_dir).await?;
     manifest.to_metadata().store(local_dir)?;
     let rep = RestoreReport {
         layers_downloaded: results.iter().flatten().count(),
         bytes_downloaded: results.iter().flatten().sum(),
         layers_reused: results.iter().filter(|r| r.is_none()).count(),
+        layers_on_demand: 0,
+        bytes_on_demand: 0,
         manifest,
     };
     info!(
         tenant, timeline, lsn = %rep.manifest.remote_consistent_lsn,
         downloaded = rep.layers_downloaded, bytes = rep.bytes_downloaded,
         reused = rep.layers_reused, "timeline restored from remote storage"
+    );
+    Ok(rep)
+}
+
+/// Restores `tenant`/`timeline` into `local_dir` (which must not hold a timeline) without
+/// downloading: its layers are fetched from `remote` at their first read (see the module
+/// docs). Afterwards `Timeline::open(local_dir)` works, and ingest resumes at the manifest's
+/// `remote_consistent_lsn`.
+pub async fn restore_timeline_on_demand(
+    remote: &RemoteStorage,
+    tenant: &str,
+    timeline: &str,
+    local_dir: &FsPath,
+) -> Result<RestoreReport> {
+    let manifest = prepare(remote, tenant, timeline, local_dir).await?;
+    let (mut reused, mut remote_bytes) = (0, 0);
+    for l in &manifest.layers {
+        let path = local_dir.join(l.file_name());
+        if local_copy_matches(&path, l).await? {
+            reused += 1;
+            continue;
+        }
+        remote_bytes += l.size;
+        if path.exists() {
+            // Not the layer the manifest lists (torn, or another version): not believed.
+            tokio::fs::remove_file(&path)
+                .await
+                .map_err(RemoteError::io("remove", &path))?;
+        }
+    }
+    ondemand::register(remote);
+    ondemand::write_remote_layers(local_dir, remote, &manifest)?;
+    fsync_dir(local_dir).await?;
+    manifest.to_metadata().store(local_dir)?;
+    let rep = RestoreReport {
+        layers_downloaded: 0,
+        bytes_downloaded: 0,
+        layers_reused: reused,
+        layers_on_demand: manifest.layers.len() - reused,
+        bytes_on_demand: remote_bytes,
+        manifest,
+    };
+    info!(
+        tenant, timeline, lsn = %rep.manifest.remote_consistent_lsn,
+        on_demand = rep.layers_on_demand, on_demand_bytes = rep.bytes_on_demand,
+        reused = rep.layers_reused,
+        "timeline restored from remote storage; layers are downloaded at first read"
     );
     Ok(rep)
 }
@@ -112,112 +189,11 @@ async fn restore_layer(
     dir: &FsPath,
     layer: &RemoteLayer,
 ) -> Result<Option<u64>> {
-    let name = layer.file_name();
-    let dst = dir.join(&name);
-    if local_copy_matches(&dst, layer).await? {
+    if local_copy_matches(&dir.join(layer.file_name()), layer).await? {
         return Ok(None);
     }
     let obj = layers_path.clone().join(layer.key.as_str());
-    let corrupt = |reason: String| RemoteError::LayerCorrupt {
-        layer: format!("{name} ({obj})"),
-        reason,
-    };
-    let got = match remote.store().get(&obj).await {
-        Ok(g) => g,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(corrupt(
-                "missing from the object store, yet the manifest lists it".into(),
-            ))
-        }
-        Err(e) => return Err(RemoteError::store("get", &obj)(e)),
-    };
-    let tmp = dir.join(format!("{name}.download.tmp"));
-    let mut f = tokio::fs::File::create(&tmp)
-        .await
-        .map_err(RemoteError::io("create", &tmp))?;
-    let mut stream = got.into_stream();
-    let (mut size, mut crc) = (0u64, 0u32);
-    let mut problem = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(RemoteError::store("read", &obj))?;
-        size += chunk.len() as u64;
-        if size > layer.size {
-            problem = Some(format!(
-                "longer than the {} bytes of the manifest",
-                layer.size
-            ));
-            break;
-        }
-        crc = crc32c::crc32c_append(crc, &chunk);
-        f.write_all(&chunk)
-            .await
-            .map_err(RemoteError::io("write", &tmp))?;
-    }
-    if problem.is_none() {
-        problem = verdict(layer, size, crc);
-    }
-    if let Some(reason) = problem {
-        drop(f);
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(corrupt(reason));
-    }
-    f.sync_all().await.map_err(RemoteError::io("fsync", &tmp))?;
-    drop(f);
-    tokio::fs::rename(&tmp, &dst)
-        .await
-        .map_err(RemoteError::io("rename", &dst))?;
-    Ok(Some(size))
-}
-
-fn verdict(layer: &RemoteLayer, size: u64, crc: u32) -> Option<String> {
-    if size != layer.size {
-        Some(format!("{size} bytes, the manifest says {}", layer.size))
-    } else if crc != layer.crc32c {
-        Some(format!(
-            "crc32c {crc:08X}, the manifest says {:08X}",
-            layer.crc32c
-        ))
-    } else {
-        None
-    }
-}
-
-/// Whether `path` already holds exactly `layer`.
-async fn local_copy_matches(path: &FsPath, layer: &RemoteLayer) -> Result<bool> {
-    let mut f = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(RemoteError::io("open", path)(e)),
-    };
-    let len = f
-        .metadata()
-        .await
-        .map_err(RemoteError::io("stat", path))?
-        .len();
-    if len != layer.size {
-        return Ok(false);
-    }
-    let mut buf = vec![0u8; 1024 * 1024];
-    let mut crc = 0u32;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .await
-            .map_err(RemoteError::io("read", path))?;
-        if n == 0 {
-            break;
-        }
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
-    }
-    Ok(crc == layer.crc32c)
-}
-
-async fn fsync_dir(dir: &FsPath) -> Result<()> {
-    let d = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || std::fs::File::open(&d).and_then(|f| f.sync_all()))
-        .await
-        .map_err(|e| RemoteError::Invalid(format!("fsync task failed: {e}")))?
-        .map_err(RemoteError::io("fsync directory", dir))
+    download_layer(remote, &obj, dir, layer).await.map(Some)
 }
 
 /// The tenants with anything stored.

@@ -5,16 +5,19 @@
 //! - a tenant directory that is missing is created (in `<tenant>.tmp`, renamed into place)
 //!   with the tenant config from the store (the default config if none was stored, with a
 //!   warning); a tenant directory without `tenant.toml` gets it back;
-//! - each timeline with a manifest and no local metadata is restored, ancestors before their
-//!   branches: into `<timeline>.tmp` (renamed into place once complete) when its directory is
-//!   missing, in place when the directory exists without metadata (a partly wiped timeline;
-//!   layers already there with the right size and crc32c are kept). Its `timeline.toml` (the
+//! - each timeline with a manifest and no local metadata is restored on demand
+//!   ([`restore_timeline_on_demand`]: metadata and the remote layer list, no layer
+//!   downloaded; reads fetch them), ancestors before their branches: into `<timeline>.tmp`
+//!   (renamed into place once complete) when its directory is missing, in place when the
+//!   directory exists without metadata (a partly wiped timeline; layers already there with
+//!   the right size and crc32c are kept, others removed). Its `timeline.toml` (the
 //!   safekeepers) comes from the store first, so a restored timeline resumes ingest from its
 //!   safekeepers at the manifest's `remote_consistent_lsn`;
 //! - a timeline that has local metadata is left alone, whatever the store holds.
 //!
 //! A crash midway leaves `.tmp` directories, which [`restore_missing`] reuses (their verified
-//! layers) and `TenantManager::load` removes; the next start restores again.
+//! layers) and `TenantManager::load` removes; the next start restores again. `remote` is
+//! registered for the on-demand downloads of this process ([`super::ondemand::register`]).
 //!
 //! A timeline deleted locally but still in the store comes back: timeline deletion deletes
 //! the remote copy first (the manifest, then the layers).
@@ -24,7 +27,7 @@ use std::path::{Path, PathBuf};
 use tracing::{error, info, warn};
 
 use super::error::{RemoteError, Result};
-use super::restore::{list_remote_tenants, list_remote_timelines, restore_timeline};
+use super::restore::{list_remote_tenants, list_remote_timelines, restore_timeline_on_demand};
 use super::storage::RemoteStorage;
 use crate::tenant::layout::{
     tenant_dir, tenants_dir, timelines_dir, TENANT_CONF, TIMELINE_CONF, TMP_SUFFIX,
@@ -43,8 +46,13 @@ pub struct StartupRestoreReport {
     pub timelines_restored: Vec<String>,
     /// Timelines left alone because they are complete locally.
     pub timelines_present: usize,
+    /// Layers downloaded at start: none (restores are on demand); kept for callers.
     pub layers_downloaded: usize,
     pub bytes_downloaded: u64,
+    /// Layers of the restored timelines left in the object store until a read needs them.
+    pub layers_on_demand: usize,
+    /// Their bytes.
+    pub bytes_on_demand: u64,
     /// `tenant` or `tenant/timeline` that could not be restored, and why.
     pub failed: Vec<(String, String)>,
 }
@@ -58,6 +66,7 @@ pub async fn restore_missing(
     data_dir: &Path,
 ) -> Result<StartupRestoreReport> {
     let mut rep = StartupRestoreReport::default();
+    super::ondemand::register(remote);
     let tenants = list_remote_tenants(remote).await?;
     rep.remote_tenants = tenants.len();
     for tenant in &tenants {
@@ -68,7 +77,8 @@ pub async fn restore_missing(
     }
     if !rep.timelines_restored.is_empty() || rep.tenants_created > 0 {
         info!(tenants = rep.tenants_created, timelines = ?rep.timelines_restored,
-              layers = rep.layers_downloaded, bytes = rep.bytes_downloaded,
+              layers_downloaded = rep.layers_downloaded, bytes_downloaded = rep.bytes_downloaded,
+              layers_on_demand = rep.layers_on_demand, bytes_on_demand = rep.bytes_on_demand,
               "restored from remote storage at start");
     }
     Ok(rep)
@@ -137,12 +147,14 @@ async fn restore_one(
         warn!(%tenant, timeline = %id,
               "no timeline config in remote storage: restored without safekeepers");
     }
-    let r = restore_timeline(remote, tenant, id, &target).await?;
+    let r = restore_timeline_on_demand(remote, tenant, id, &target).await?;
     if !in_place {
         rename_durable(&target, &dir).await?;
     }
     rep.layers_downloaded += r.layers_downloaded;
     rep.bytes_downloaded += r.bytes_downloaded;
+    rep.layers_on_demand += r.layers_on_demand;
+    rep.bytes_on_demand += r.bytes_on_demand;
     rep.timelines_restored.push(format!("{tenant}/{id}"));
     Ok(())
 }

@@ -199,7 +199,17 @@ async fn upload_layers(
         let path = dir.join(&name);
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Not downloaded yet (restored on demand, `super::ondemand`): the uploaded
+                // object is the layer. Otherwise compaction replaced it meanwhile.
+                match old.and_then(|o| o.layer(desc)) {
+                    Some(r) if is_on_demand(dir) => {
+                        out.push(r.clone());
+                        continue;
+                    }
+                    _ => return Ok(None),
+                }
+            }
             Err(e) => return Err(RemoteError::io("open", &path)(e)),
         };
         let size = file
@@ -227,6 +237,11 @@ async fn upload_layers(
         });
     }
     Ok(Some(out))
+}
+
+/// Whether the timeline in `dir` was restored on demand (its layers may be remote).
+fn is_on_demand(dir: &FsPath) -> bool {
+    dir.join(super::ondemand::REMOTE_LAYERS_FILE).exists()
 }
 
 /// Uploads the file at `path` to `obj` (in parts if it is larger than the storage's part

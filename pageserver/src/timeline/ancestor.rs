@@ -162,7 +162,7 @@ impl Timeline {
             if l.desc.lsn_range.start > lsn {
                 continue;
             }
-            match &l.file {
+            match l.file()? {
                 LayerFile::Delta(d) => {
                     let mut last = None;
                     for e in d.entries() {

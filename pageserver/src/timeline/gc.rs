@@ -186,7 +186,7 @@ impl Timeline {
                     tiles.iter().any(|t| t.contains(&k)) && !skipped.iter().any(|s| s.contains(&k))
                 };
                 let mut all = true;
-                match &l.file {
+                match l.file()? {
                     LayerFile::Delta(dl) => {
                         for e in dl.entries() {
                             if !ok(e?.key) {

@@ -7,10 +7,16 @@
 //! ordering them by LSN (newest first) is the order a read needs. Inside a run the layer that
 //! holds K is found by binary search on key ranges. A read therefore costs
 //! O(runs × log(layers per run)); compaction keeps the number of runs small.
+//!
+//! A [`Layer`] is *resident* (its file open) or *remote* (listed in the metadata, its file not
+//! on the local disk yet, as after a restore from the object store): the map only looks at
+//! descriptions, so reads plan the same either way, and [`Layer::file`] fetches a remote
+//! layer through its timeline's [`LayerFetch`] when a read (or compaction, GC) first needs
+//! its content.
 
 use std::ops::Range;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use layer_format::{DeltaLayerReader, ImageLayerReader, Key, LayerDesc, LayerKind, Lsn};
 
@@ -22,31 +28,143 @@ pub enum LayerFile {
     Image(ImageLayerReader),
 }
 
-/// One layer file and what it covers.
+impl LayerFile {
+    fn open(path: &Path, kind: LayerKind) -> Result<LayerFile> {
+        Ok(match kind {
+            LayerKind::Delta => LayerFile::Delta(DeltaLayerReader::open(path)?),
+            LayerKind::Image => LayerFile::Image(ImageLayerReader::open(path)?),
+        })
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            LayerFile::Delta(d) => d.file_size(),
+            LayerFile::Image(i) => i.file_size(),
+        }
+    }
+}
+
+/// Where the layers of a timeline that are listed but not on the local disk come from (the
+/// object store: `crate::remote::ondemand`). One per timeline, shared by its layers.
+pub trait LayerFetch: Send + Sync {
+    /// The size of `desc` where it is fetched from; `None` if it does not hold that layer.
+    fn size(&self, desc: &LayerDesc) -> Option<u64>;
+    /// Makes `path` hold layer `desc`, complete, verified and durable (never a partial file
+    /// under that name); returns the bytes fetched. Blocks; callable from any thread that is
+    /// not driving async tasks.
+    fn fetch(&self, desc: &LayerDesc, path: &Path) -> Result<u64>;
+    /// Fetches so far.
+    fn stats(&self) -> FetchStats;
+}
+
+/// Counts of a [`LayerFetch`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FetchStats {
+    /// Layers downloaded (each at most once per process unless its file is removed).
+    pub downloads: u64,
+    pub bytes: u64,
+    /// Downloads that failed (the read failed; a later read tries again).
+    pub failures: u64,
+}
+
+/// Which of a timeline's layers are on the local disk, and what was fetched on demand.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Residence {
+    /// Layers with an open local file.
+    pub resident: usize,
+    /// Layers listed but not fetched yet.
+    pub remote: usize,
+    /// Bytes of the layers not fetched yet.
+    pub remote_bytes: u64,
+    pub fetched: FetchStats,
+}
+
+/// A layer that is not resident: what fetches it.
+struct RemoteSource {
+    fetch: Arc<dyn LayerFetch>,
+    /// Serializes fetches of this layer: concurrent readers wait for one download.
+    lock: Mutex<()>,
+}
+
+/// One layer file and what it covers. Either *resident* (its file is open) or *remote*:
+/// listed, with its size known, and fetched by the first read that needs its content
+/// ([`Layer::file`]); a layer map is built from descriptions alone either way.
 pub struct Layer {
     pub desc: LayerDesc,
-    pub file: LayerFile,
+    path: PathBuf,
+    size: u64,
+    file: OnceLock<LayerFile>,
+    remote: Option<RemoteSource>,
 }
 
 impl Layer {
     /// Opens `dir/<desc>` and checks that the file is what its name says.
     pub fn open(dir: &Path, desc: &LayerDesc) -> Result<Layer> {
         let path = dir.join(desc.file_name());
-        let file = match desc.kind {
-            LayerKind::Delta => LayerFile::Delta(DeltaLayerReader::open(&path)?),
-            LayerKind::Image => LayerFile::Image(ImageLayerReader::open(&path)?),
-        };
+        let file = LayerFile::open(&path, desc.kind)?;
         Ok(Layer {
             desc: desc.clone(),
-            file,
+            size: file.size(),
+            path,
+            file: OnceLock::from(file),
+            remote: None,
         })
     }
 
-    pub fn file_size(&self) -> u64 {
-        match &self.file {
-            LayerFile::Delta(d) => d.file_size(),
-            LayerFile::Image(i) => i.file_size(),
+    /// A layer listed for `dir` whose file is not there: `fetch` brings it at first use.
+    pub fn remote(dir: &Path, desc: &LayerDesc, fetch: Arc<dyn LayerFetch>) -> Result<Layer> {
+        let size = fetch.size(desc).ok_or_else(|| {
+            TimelineError::Invalid(format!(
+                "layer {} is neither in {} nor in the remote layer list",
+                desc.file_name(),
+                dir.display()
+            ))
+        })?;
+        Ok(Layer {
+            desc: desc.clone(),
+            path: dir.join(desc.file_name()),
+            size,
+            file: OnceLock::new(),
+            remote: Some(RemoteSource {
+                fetch,
+                lock: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The open file, fetched first if the layer is not resident (one fetch for concurrent
+    /// callers; a failed fetch is returned, and the next call tries again).
+    pub fn file(&self) -> Result<&LayerFile> {
+        if let Some(f) = self.file.get() {
+            return Ok(f);
         }
+        let Some(src) = &self.remote else {
+            // Unreachable: a layer without a source is opened at construction.
+            return Err(TimelineError::Invalid(format!(
+                "layer {} is not open",
+                self.path.display()
+            )));
+        };
+        let _one = src.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = self.file.get() {
+            return Ok(f);
+        }
+        // A file in place is complete: fetches rename verified files into place.
+        if !self.path.exists() {
+            src.fetch.fetch(&self.desc, &self.path)?;
+        }
+        let file = LayerFile::open(&self.path, self.desc.kind)?;
+        Ok(self.file.get_or_init(|| file))
+    }
+
+    /// Whether the file is open (a remote layer becomes resident at its first read).
+    pub fn is_resident(&self) -> bool {
+        self.file.get().is_some()
+    }
+
+    /// The file's size (a remote layer's as recorded remotely).
+    pub fn file_size(&self) -> u64 {
+        self.file.get().map_or(self.size, LayerFile::size)
     }
 }
 

@@ -9,6 +9,9 @@
 //! <timeline dir>/
 //!   metadata                     durable LSNs and the list of live layers (see `metadata`)
 //!   <key range>__<lsn range>.delta / <key range>__<lsn>.image   layer files
+//!   remote_layers                only in a timeline restored from the object store: where
+//!                                its listed layers not yet downloaded are (see
+//!                                `crate::remote::ondemand`); they are fetched at first read
 //! ```
 //!
 //! Writes are single-threaded (`&mut self`): ingest puts a record's values into the in-memory
@@ -123,6 +126,9 @@ pub struct Timeline {
     /// A branch's parent, for reads that reach below the branch's own history
     /// (see [`ancestor`]); attached after open.
     ancestor: Option<ancestor::Ancestor>,
+    /// Where listed layers missing from `dir` come from (a timeline restored from remote
+    /// storage: `crate::remote::ondemand`); `None`: every layer is local.
+    fetch: Option<Arc<dyn layer_map::LayerFetch>>,
 }
 
 impl Timeline {
@@ -170,11 +176,18 @@ impl Timeline {
             std::fs::remove_dir_all(&eph).map_err(TimelineError::io("remove", &eph))?;
         }
         metadata::fsync_dir(dir)?;
+        // Restored from remote storage: layers not here yet are fetched at first read.
+        let fetch = crate::remote::ondemand::fetcher_for(dir)?;
         let mut layers = LayerMap::default();
         let opened = meta
             .layers
             .iter()
-            .map(|d| Layer::open(dir, d).map(Arc::new))
+            .map(|d| match &fetch {
+                Some(f) if !dir.join(d.file_name()).exists() => {
+                    Layer::remote(dir, d, f.clone()).map(Arc::new)
+                }
+                _ => Layer::open(dir, d).map(Arc::new),
+            })
             .collect::<Result<Vec<_>>>()?;
         layers.insert(opened)?;
         Ok(Timeline {
@@ -192,6 +205,7 @@ impl Timeline {
             writes: WriteStats::default(),
             keyspace: None,
             ancestor: None,
+            fetch,
         })
     }
 
@@ -425,7 +439,7 @@ impl Timeline {
         self.writes.import_bytes += bytes;
         if let Some(ks) = self.keyspace.as_mut() {
             for l in &layers {
-                if let layer_map::LayerFile::Image(img) = &l.file {
+                if let layer_map::LayerFile::Image(img) = l.file()? {
                     for k in img.keys() {
                         ks.insert(k?);
                     }

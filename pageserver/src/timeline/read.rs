@@ -10,6 +10,7 @@
 //! apply is found again by the key's (relation, fork, block).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use layer_format::{Key, KeyKind, LayerDesc, Lsn, RecordPayload, Value};
@@ -17,7 +18,7 @@ use walproto::consts::BLCKSZ;
 use walproto::record::decode_record_body;
 
 use super::error::{Result, TimelineError};
-use super::layer_map::LayerFile;
+use super::layer_map::{Layer, LayerFile, Residence};
 use super::Timeline;
 use crate::redo::{self, Page};
 
@@ -195,7 +196,7 @@ impl Timeline {
         let mut visited = 0;
         for layer in self.layers.search(key, lsn) {
             visited += 1;
-            match &layer.file {
+            match layer.file()? {
                 LayerFile::Delta(d) => {
                     for e in d.versions(key, lsn)? {
                         let e = e?;
@@ -372,6 +373,42 @@ impl Timeline {
         if let Ok(mut s) = self.stats.lock() {
             *s = ReadStats::default();
         }
+    }
+
+    /// Which layers are on the local disk and what was fetched on demand (a timeline restored
+    /// from remote storage opens with its layers remote; see [`super::layer_map`]).
+    pub fn residence(&self) -> Residence {
+        let mut r = Residence::default();
+        for l in self.layers.layers() {
+            if l.is_resident() {
+                r.resident += 1;
+            } else {
+                r.remote += 1;
+                r.remote_bytes += l.file_size();
+            }
+        }
+        if let Some(f) = &self.fetch {
+            r.fetched = f.stats();
+        }
+        r
+    }
+
+    /// The live layer `desc` (fetched at its first [`Layer::file`] if remote), or else the
+    /// file `desc` in the timeline's directory, opened.
+    pub fn layer(&self, desc: &LayerDesc) -> Result<Arc<Layer>> {
+        match self.layers.layers().find(|l| l.desc == *desc) {
+            Some(l) => Ok(l.clone()),
+            None => Layer::open(&self.dir, desc).map(Arc::new),
+        }
+    }
+
+    /// The layers whose files are open (resident), oldest run first.
+    pub fn resident_layers(&self) -> Vec<LayerDesc> {
+        self.layers
+            .layers()
+            .filter(|l| l.is_resident())
+            .map(|l| l.desc.clone())
+            .collect()
     }
 
     /// Descriptions of the layers a read of `key` at `lsn` would visit (for tests and tools).

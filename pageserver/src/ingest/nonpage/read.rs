@@ -16,7 +16,7 @@ use super::counters::CheckpointState;
 use super::index::{self, CommitEntry, RestorePoint};
 use super::{keys, slru};
 use crate::redo::{slru as slru_redo, Page};
-use crate::timeline::layer_map::{Layer, LayerFile};
+use crate::timeline::layer_map::LayerFile;
 use crate::timeline::{Timeline, TimelineError};
 
 type Result<T> = std::result::Result<T, TimelineError>;
@@ -155,8 +155,8 @@ fn reconstruct_from_layers(tl: &Timeline, key: Key, lsn: Lsn) -> Result<Option<B
         if !desc.key_range.contains(&key) || desc.lsn_range.start > lsn {
             continue;
         }
-        let layer = Layer::open(tl.dir(), &desc)?;
-        match (&layer.file, desc.kind) {
+        let layer = tl.layer(&desc)?;
+        match (layer.file()?, desc.kind) {
             (LayerFile::Delta(d), LayerKind::Delta) => {
                 for e in d.versions(key, lsn)? {
                     let e = e?;
