@@ -65,6 +65,34 @@ impl DeltaLayerWriter {
         self.raw.put_kind(key, lsn, will_init, encoded, is_image)
     }
 
+    /// Appends a value of another delta layer as that layer stores it ([`DeltaLayerReader::
+    /// read_stored`]): a compressed value is copied without decompressing it (and keeps its
+    /// crc), an uncompressed one is checked like [`DeltaLayerWriter::put_encoded`] and
+    /// compressed if this writer's policy says so. For merges: no decode, no re-encode.
+    pub fn put_stored(
+        &mut self,
+        key: Key,
+        lsn: Lsn,
+        handle: &ValueHandle,
+        stored: &[u8],
+    ) -> Result<()> {
+        if handle.is_compressed() {
+            return self
+                .raw
+                .put_stored(key, lsn, handle.will_init(), true, stored, handle.crc());
+        }
+        let (will_init, is_image) = Value::check_encoded(stored).map_err(|e| {
+            self.raw
+                .invalid(format!("encoded value of ({key}, {lsn}): {e}"))
+        })?;
+        if will_init != handle.will_init() {
+            return Err(self.raw.invalid(format!(
+                "value of ({key}, {lsn}): will_init differs between index and value"
+            )));
+        }
+        self.raw.put_kind(key, lsn, will_init, stored, is_image)
+    }
+
     /// Finishes the file: index tail, footer, fsync, rename into place, fsync of the directory.
     pub fn finish(self) -> Result<WrittenLayer> {
         self.raw.finish()
@@ -181,6 +209,13 @@ impl DeltaLayerReader {
             ));
         }
         Ok(value)
+    }
+
+    /// A value's bytes as stored (lz4-compressed if `handle.is_compressed()`), checked
+    /// against its crc: for copying into another layer with [`DeltaLayerWriter::put_stored`].
+    pub fn read_stored(&self, handle: &ValueHandle) -> Result<&[u8]> {
+        self.file
+            .read_stored(handle, || format!("value at {}", handle.offset()))
     }
 
     /// Every entry in (key, LSN) order, without values (for compaction and checks).

@@ -51,6 +51,11 @@ impl ValueHandle {
     pub fn is_compressed(&self) -> bool {
         self.flags & FLAG_LZ4 != 0
     }
+
+    /// The crc32c of the stored bytes.
+    pub(crate) fn crc(&self) -> u32 {
+        self.crc
+    }
 }
 
 impl RawEntry {
@@ -353,11 +358,20 @@ impl LayerFile {
     }
 
     /// The stored bytes of a value, checked against the entry's crc and decompressed.
-    pub fn read_value(
-        &self,
-        h: &ValueHandle,
-        what: impl FnOnce() -> String,
-    ) -> Result<Cow<'_, [u8]>> {
+    pub fn read_value(&self, h: &ValueHandle, what: impl Fn() -> String) -> Result<Cow<'_, [u8]>> {
+        let stored = self.read_stored(h, &what)?;
+        if h.flags & FLAG_LZ4 != 0 {
+            decompress(stored)
+                .map(Cow::Owned)
+                .map_err(|reason| self.corrupt(h.offset, format!("{}: {reason}", what())))
+        } else {
+            Ok(Cow::Borrowed(stored))
+        }
+    }
+
+    /// The stored bytes of a value as they are in the file (compressed if the handle says
+    /// so), checked against the entry's crc.
+    pub fn read_stored(&self, h: &ValueHandle, what: impl Fn() -> String) -> Result<&[u8]> {
         let start = h.offset;
         let end = start.checked_add(u64::from(h.len));
         if start < HEADER_LEN as u64 || end.is_none_or(|e| e > self.fence_offset as u64) {
@@ -388,13 +402,7 @@ impl LayerFile {
                 ),
             ));
         }
-        if h.flags & FLAG_LZ4 != 0 {
-            decompress(stored)
-                .map(Cow::Owned)
-                .map_err(|reason| self.corrupt(start, format!("{}: {reason}", what())))
-        } else {
-            Ok(Cow::Borrowed(stored))
-        }
+        Ok(stored)
     }
 }
 

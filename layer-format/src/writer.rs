@@ -152,6 +152,44 @@ impl RawWriter {
         value: &[u8],
         is_image: bool,
     ) -> Result<()> {
+        let sk = self.check_entry(key, lsn, value.len())?;
+        let mut flags = if will_init { FLAG_WILL_INIT } else { 0 };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let stored: &[u8] = if self.compression.tries(is_image) && try_compress(value, &mut scratch)
+        {
+            flags |= FLAG_LZ4;
+            &scratch
+        } else {
+            value
+        };
+        let crc = crc32c::crc32c(stored);
+        let res = self.append(sk, key, lsn, flags, stored, crc);
+        self.scratch = scratch;
+        res
+    }
+
+    /// Appends a value exactly as another layer file stores it (`lz4` says whether it is
+    /// compressed; `crc` is the crc32c of `stored`, already checked by the reader): a merge
+    /// copies compressed values without decompressing and compressing them again.
+    pub fn put_stored(
+        &mut self,
+        key: Key,
+        lsn: Lsn,
+        will_init: bool,
+        lz4: bool,
+        stored: &[u8],
+        crc: u32,
+    ) -> Result<()> {
+        let sk = self.check_entry(key, lsn, stored.len())?;
+        let mut flags = if will_init { FLAG_WILL_INIT } else { 0 };
+        if lz4 {
+            flags |= FLAG_LZ4;
+        }
+        self.append(sk, key, lsn, flags, stored, crc)
+    }
+
+    /// Checks that `(key, lsn)` may come next; returns its sort key.
+    fn check_entry(&self, key: Key, lsn: Lsn, len: usize) -> Result<[u8; SORT_LEN]> {
         if self.failed {
             return Err(self.invalid("an earlier write failed; the layer is abandoned".into()));
         }
@@ -177,30 +215,31 @@ impl RawWriter {
                 )));
             }
         }
-        if value.len() > u32::MAX as usize - 8 {
-            return Err(self.invalid(format!("value of {} bytes is too large", value.len())));
+        if len > u32::MAX as usize - 8 {
+            return Err(self.invalid(format!("value of {len} bytes is too large")));
         }
+        Ok(sk)
+    }
 
-        let mut flags = if will_init { FLAG_WILL_INIT } else { 0 };
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let stored: &[u8] = if self.compression.tries(is_image) && try_compress(value, &mut scratch)
-        {
-            flags |= FLAG_LZ4;
-            &scratch
-        } else {
-            value
-        };
+    /// Writes a checked entry's stored bytes and indexes them.
+    fn append(
+        &mut self,
+        sk: [u8; SORT_LEN],
+        key: Key,
+        lsn: Lsn,
+        flags: u8,
+        stored: &[u8],
+        crc: u32,
+    ) -> Result<()> {
         let entry = RawEntry {
             key,
             lsn,
             offset: self.pos,
             len: stored.len() as u32,
-            crc: crc32c::crc32c(stored),
+            crc,
             flags,
         };
-        let res = self.write(stored);
-        self.scratch = scratch;
-        res?;
+        self.write(stored)?;
 
         if self.block_count == 0 {
             self.block_first = sk;

@@ -175,6 +175,139 @@ impl DecodedRecord {
     }
 }
 
+impl DecodedRecord {
+    /// Some block reference carries an image only for `wal_consistency_checking` (an image
+    /// without `BKPIMAGE_APPLY`).
+    pub fn has_check_images(&self) -> bool {
+        self.blocks
+            .iter()
+            .any(|b| b.image.as_ref().is_some_and(|i| !i.apply()))
+    }
+
+    /// The record's bytes as Postgres would have written them without
+    /// `wal_consistency_checking`: every image without `BKPIMAGE_APPLY` removed from its block
+    /// reference (images that redo restores stay), `XLR_CHECK_CONSISTENCY` cleared, `xl_tot_len`
+    /// and the CRC rewritten; the header order and everything else unchanged. `None` if the
+    /// record has no such image.
+    pub fn raw_without_check_images(&self) -> Result<Option<Bytes>, RecordFormatError> {
+        if !self.has_check_images() {
+            return Ok(None);
+        }
+        let raw = &self.raw[..];
+        let mut cur = Cursor {
+            buf: raw,
+            pos: SIZE_OF_XLOG_RECORD,
+        };
+        let mut headers: Vec<u8> = Vec::with_capacity(64);
+        // Per block reference, in order: (image length, keep the image, data length).
+        let mut payloads: Vec<(usize, bool, usize)> = Vec::with_capacity(self.blocks.len());
+        let mut main_len = 0usize;
+        let mut datatotal = 0usize;
+        while raw.len() - cur.pos > datatotal {
+            let start = cur.pos;
+            match cur.u8("block id")? {
+                XLR_BLOCK_ID_DATA_SHORT => {
+                    main_len = cur.u8("main data length")? as usize;
+                    headers.extend_from_slice(&raw[start..cur.pos]);
+                    break;
+                }
+                XLR_BLOCK_ID_DATA_LONG => {
+                    main_len = cur.u32("main data length")? as usize;
+                    headers.extend_from_slice(&raw[start..cur.pos]);
+                    break;
+                }
+                XLR_BLOCK_ID_ORIGIN => {
+                    cur.u16("replication origin")?;
+                    headers.extend_from_slice(&raw[start..cur.pos]);
+                }
+                XLR_BLOCK_ID_TOPLEVEL_XID => {
+                    cur.u32("top-level xid")?;
+                    headers.extend_from_slice(&raw[start..cur.pos]);
+                }
+                id if id <= XLR_MAX_BLOCK_ID => {
+                    let flags = cur.u8("fork flags")?;
+                    let data_len = cur.u16("block data length")? as usize;
+                    // (image header bytes, image length, BKPIMAGE_APPLY)
+                    let mut img = None;
+                    if flags & BKPBLOCK_HAS_IMAGE != 0 {
+                        let img_start = cur.pos;
+                        let bimg_len = cur.u16("image length")? as usize;
+                        cur.u16("image hole offset")?;
+                        let info = cur.u8("image info")?;
+                        if info & BKPIMAGE_COMPRESSED_MASK != 0 && info & BKPIMAGE_HAS_HOLE != 0 {
+                            cur.u16("image hole length")?;
+                        }
+                        img = Some((img_start..cur.pos, bimg_len, info & BKPIMAGE_APPLY != 0));
+                    }
+                    let tail_start = cur.pos;
+                    if flags & BKPBLOCK_SAME_REL == 0 {
+                        cur.take::<12>("relfilenode")?;
+                    }
+                    cur.u32("block number")?;
+                    let keep = img.as_ref().is_none_or(|i| i.2);
+                    headers.push(id);
+                    headers.push(if keep {
+                        flags
+                    } else {
+                        flags & !BKPBLOCK_HAS_IMAGE
+                    });
+                    headers.extend_from_slice(&(data_len as u16).to_le_bytes());
+                    if let (true, Some((r, _, _))) = (keep, img.as_ref()) {
+                        headers.extend_from_slice(&raw[r.clone()]);
+                    }
+                    headers.extend_from_slice(&raw[tail_start..cur.pos]);
+                    let bimg_len = img.as_ref().map_or(0, |i| i.1);
+                    datatotal += bimg_len + data_len;
+                    payloads.push((bimg_len, keep, data_len));
+                }
+                other => return fmt_err(format!("invalid block_id {other} at offset {start}")),
+            }
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        out.extend_from_slice(&raw[..SIZE_OF_XLOG_RECORD]);
+        out.extend_from_slice(&headers);
+        let mut pos = cur.pos;
+        let mut payload = |n: usize, what: &str| -> Result<&[u8], RecordFormatError> {
+            let s = raw
+                .get(pos..pos + n)
+                .ok_or_else(|| RecordFormatError(format!("record truncated in {what}")))?;
+            pos += n;
+            Ok(s)
+        };
+        for (img_len, keep, data_len) in payloads {
+            let img = payload(img_len, "a block image")?;
+            if keep {
+                out.extend_from_slice(img);
+            }
+            out.extend_from_slice(payload(data_len, "block data")?);
+        }
+        out.extend_from_slice(payload(main_len, "the main data")?);
+        if pos != raw.len() {
+            return fmt_err(format!(
+                "{} bytes left over after the payloads",
+                raw.len() - pos
+            ));
+        }
+        let len = out.len() as u32;
+        out[0..4].copy_from_slice(&len.to_le_bytes());
+        out[16] &= !XLR_CHECK_CONSISTENCY;
+        let crc = record_crc(&out);
+        out[20..24].copy_from_slice(&crc.to_le_bytes());
+        Ok(Some(out.into()))
+    }
+
+    /// The record as Postgres would have written it without `wal_consistency_checking`
+    /// ([`DecodedRecord::raw_without_check_images`]), decoded; `None` if it has no image
+    /// without `BKPIMAGE_APPLY`. The LSNs stay those of the record (a shorter record would
+    /// move every later LSN; callers comparing two ingests want them equal).
+    pub fn without_check_images(&self) -> Result<Option<DecodedRecord>, RecordFormatError> {
+        let Some(raw) = self.raw_without_check_images()? else {
+            return Ok(None);
+        };
+        decode_record_body(self.lsn, self.end_lsn, raw).map(Some)
+    }
+}
+
 /// Why a record's body cannot be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]
@@ -389,4 +522,82 @@ pub fn decode_record_body(
 pub fn record_crc(raw: &[u8]) -> u32 {
     let crc = crc32c::crc32c(&raw[SIZE_OF_XLOG_RECORD..]);
     crc32c::crc32c_append(crc, &raw[..20])
+}
+
+#[cfg(test)]
+mod strip_tests {
+    use super::*;
+    use crate::encoder::build_record;
+
+    /// Block 0: a consistency-check image (no APPLY) with a hole, and data; block 1 (same
+    /// relation): a full-page write (APPLY) with a hole, no data.
+    fn record(block0_apply: bool) -> DecodedRecord {
+        let hole_len = 4000u16;
+        let bimg_len = (BLCKSZ as u16) - hole_len;
+        let mut headers = Vec::new();
+        let mut payloads = Vec::new();
+        for (id, apply) in [(0u8, block0_apply), (1u8, true)] {
+            let mut flags = BKPBLOCK_HAS_IMAGE;
+            let data: &[u8] = if id == 0 { &[9, 8, 7, 6] } else { &[] };
+            if !data.is_empty() {
+                flags |= BKPBLOCK_HAS_DATA;
+            }
+            if id == 1 {
+                flags |= BKPBLOCK_SAME_REL;
+            }
+            headers.push(id);
+            headers.push(flags);
+            headers.extend_from_slice(&(data.len() as u16).to_le_bytes());
+            headers.extend_from_slice(&bimg_len.to_le_bytes());
+            headers.extend_from_slice(&100u16.to_le_bytes());
+            let info = BKPIMAGE_HAS_HOLE | if apply { BKPIMAGE_APPLY } else { 0 };
+            headers.push(info);
+            if id == 0 {
+                for v in [1663u32, 5, 16384] {
+                    headers.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            headers.extend_from_slice(&(10 + id as u32).to_le_bytes());
+            payloads.extend(std::iter::repeat_n(id + 1, bimg_len as usize));
+            payloads.extend_from_slice(data);
+        }
+        headers.extend_from_slice(&payloads);
+        let raw = build_record(
+            10,
+            XLR_CHECK_CONSISTENCY,
+            7,
+            Lsn(0x0100_0000),
+            &headers,
+            &[],
+        );
+        decode_record_body(Lsn(0x0200_0000), Lsn(0x0200_4000), raw.into()).unwrap()
+    }
+
+    #[test]
+    fn without_check_images_drops_only_them() {
+        let rec = record(false);
+        assert!(rec.has_check_images());
+        let s = rec
+            .without_check_images()
+            .unwrap()
+            .expect("an image to strip");
+        assert_eq!((s.lsn, s.end_lsn), (rec.lsn, rec.end_lsn));
+        // The image and its 5-byte header are gone.
+        let image = rec.blocks[0].image.as_ref().unwrap().stored.len();
+        assert_eq!(s.raw.len(), rec.raw.len() - image - 5);
+        assert_eq!(s.header.tot_len as usize, s.raw.len());
+        assert_eq!(record_crc(&s.raw), s.header.crc);
+        assert_eq!(s.header.info & XLR_CHECK_CONSISTENCY, 0);
+        assert_eq!(s.blocks.len(), 2);
+        let (a, b) = (&s.blocks[0], &s.blocks[1]);
+        assert!(a.image.is_none() && a.flags & BKPBLOCK_HAS_IMAGE == 0);
+        assert_eq!((a.rel, a.blkno), (rec.blocks[0].rel, 10));
+        assert_eq!(s.block_data(a), &[9, 8, 7, 6]);
+        assert_eq!(b.image, rec.blocks[1].image);
+        assert_eq!((b.rel, b.blkno), (a.rel, 11));
+        assert!(!s.has_check_images());
+        assert!(s.without_check_images().unwrap().is_none());
+        // Only full-page writes: nothing to strip.
+        assert!(record(true).without_check_images().unwrap().is_none());
+    }
 }

@@ -249,11 +249,16 @@ impl WalIngest {
         let mut sizes: SmallMap<(RelFileNode, u8), u32> = SmallMap::default();
         let mut checks = Vec::new();
         let mut structural = Structural::None;
-        let parsed = match rmgr::parse(rec) {
-            Ok(p) => p,
-            Err(e) if needs_parse(rec) => return Err(Self::err(rec, e.to_string())),
-            // Other rmgrs' main data is only needed by redo, which reports its own errors.
-            Err(_) => None,
+        // Only the rmgrs whose main data ingest uses are parsed (heap, b-tree... records are
+        // parsed by redo, which reports its own errors).
+        let parsed = if parse_used(rec.rmid()) {
+            match rmgr::parse(rec) {
+                Ok(p) => p,
+                Err(e) if needs_parse(rec) => return Err(Self::err(rec, e.to_string())),
+                Err(_) => None,
+            }
+        } else {
+            None
         };
         match &parsed {
             Some(ParsedRecord::Smgr(s)) => structural = Structural::Smgr(*s),
@@ -575,6 +580,22 @@ impl WalIngest {
             Ok(())
         })
     }
+}
+
+/// Whether ingest looks at what [`rmgr::parse`] makes of this rmgr's records: structure
+/// (SMGR, DATABASE) and the non-page state ([`NonPageState::record_values`]). The parse of
+/// the others (heap, b-tree, ...) would be thrown away.
+fn parse_used(rmid: u8) -> bool {
+    matches!(
+        rmid,
+        rmgr::RM_SMGR_ID
+            | rmgr::RM_DBASE_ID
+            | rmgr::RM_XACT_ID
+            | rmgr::RM_CLOG_ID
+            | rmgr::RM_MULTIXACT_ID
+            | rmgr::RM_RELMAP_ID
+            | rmgr::RM_XLOG_ID
+    )
 }
 
 /// Whether a record's main data must parse: its resource manager changes relation

@@ -115,6 +115,9 @@ use super::error::{Result, TimelineError};
 use super::layer_map::{Layer, LayerFile, LayerMap};
 use super::{metadata, Timeline};
 
+/// Threads that rebuild image partitions at once (at most the machine's cores).
+const IMAGE_THREADS: usize = 4;
+
 /// Bytes of an index entry in a layer file (for sizing output files).
 const INDEX_ENTRY_BYTES: u64 = 43;
 
@@ -236,7 +239,7 @@ impl<'a> Merge<'a> {
             heap: BinaryHeap::new(),
         };
         for (i, l) in layers.iter().enumerate() {
-            let LayerFile::Delta(d) = &l.file else {
+            let LayerFile::Delta(d) = l.file()? else {
                 return Err(TimelineError::Invalid(format!(
                     "{} is not a delta layer",
                     l.desc.file_name()
@@ -305,11 +308,15 @@ pub fn merge_l0(dir: &Path, target_file_bytes: u64, groups: &[Vec<Arc<Layer>>]) 
                     lsn_range.clone(),
                 )?);
             }
-            let LayerFile::Delta(d) = &g[i].file else {
+            let LayerFile::Delta(d) = g[i].file()? else {
                 unreachable!("Merge::new checked the kinds")
             };
-            let v = d.read_value(&e.handle)?;
-            w.as_mut().expect("a writer").put(e.key, e.lsn, &v)?;
+            // Compressed values (L0 page images) are copied as they are stored; records
+            // are compressed on the way (L0 keeps them raw).
+            let stored = d.read_stored(&e.handle)?;
+            w.as_mut()
+                .expect("a writer")
+                .put_stored(e.key, e.lsn, &e.handle, stored)?;
         }
         if let Some(w) = w.take() {
             written.push(w.finish()?);
@@ -532,7 +539,7 @@ impl Timeline {
         if self.keyspace.is_none() {
             let mut keys = BTreeSet::new();
             for l in self.layers.layers() {
-                match &l.file {
+                match l.file()? {
                     LayerFile::Delta(d) => {
                         let mut last = None;
                         for e in d.entries() {
@@ -654,8 +661,8 @@ impl Timeline {
             })
             .collect();
         let mut written = Vec::new();
-        for p in parts {
-            match self.write_image(&p, lsn) {
+        for res in self.write_images_parallel(parts, lsn)? {
+            match res {
                 Ok(w) => written.push(w),
                 Err(
                     TimelineError::Reconstruct { .. }
@@ -676,13 +683,77 @@ impl Timeline {
     /// Materializes every key of `range` at `lsn` through the read path.
     pub(super) fn write_image(&mut self, range: &Range<Key>, lsn: Lsn) -> Result<WrittenLayer> {
         let keys: Vec<Key> = self.keyspace()?.range(range.clone()).copied().collect();
+        self.write_image_keys(range, &keys, lsn)
+    }
+
+    /// Writes the image layer of `range` at `lsn` holding `keys` (those of `range`).
+    fn write_image_keys(&self, range: &Range<Key>, keys: &[Key], lsn: Lsn) -> Result<WrittenLayer> {
         let mut w = ImageLayerWriter::new(&self.dir, range.clone(), lsn)?;
-        for k in keys {
+        for &k in keys {
             if let Some(v) = self.reconstruct_value(k, lsn)? {
                 w.put(k, &v)?;
             }
         }
         Ok(w.finish()?)
+    }
+
+    /// Writes the image layers of `parts` at `lsn`, on up to [`IMAGE_THREADS`] threads (a
+    /// page's rebuild is independent of every other's, and the reads only take `&self`, so
+    /// the ingest thread that waits for the images waits for less). One result per
+    /// partition, in order.
+    fn write_images_parallel(
+        &mut self,
+        parts: Vec<Range<Key>>,
+        lsn: Lsn,
+    ) -> Result<Vec<Result<WrittenLayer>>> {
+        let keyspace = self.keyspace()?;
+        let jobs: Vec<(Range<Key>, Vec<Key>)> = parts
+            .into_iter()
+            .map(|p| {
+                let keys = keyspace.range(p.clone()).copied().collect();
+                (p, keys)
+            })
+            .collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(IMAGE_THREADS)
+            .min(jobs.len());
+        if threads <= 1 {
+            return Ok(jobs
+                .iter()
+                .map(|(p, keys)| self.write_image_keys(p, keys, lsn))
+                .collect());
+        }
+        let this: &Timeline = self;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut results: Vec<Option<Result<WrittenLayer>>> =
+            (0..jobs.len()).map(|_| None).collect();
+        let done: Vec<Vec<(usize, Result<WrittenLayer>)>> = std::thread::scope(|scope| {
+            let work = || {
+                let mut out = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((p, keys)) = jobs.get(i) else {
+                        return out;
+                    };
+                    out.push((i, this.write_image_keys(p, keys, lsn)));
+                }
+            };
+            let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+            let mut all = vec![work()];
+            for h in helpers {
+                // A panicking image writer is a bug; propagate it.
+                all.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            }
+            all
+        });
+        for (i, r) in done.into_iter().flatten() {
+            results[i] = Some(r);
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every partition was written"))
+            .collect())
     }
 
     /// Replaces the layers `remove` with the durable files `add`: checks the new set, stores
@@ -728,7 +799,11 @@ impl Timeline {
         }
         for d in remove {
             let path = self.dir.join(d.file_name());
-            std::fs::remove_file(&path).map_err(TimelineError::io("remove", &path))?;
+            match std::fs::remove_file(&path) {
+                // A layer never fetched from remote storage has no local file.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r.map_err(TimelineError::io("remove", &path))?,
+            }
         }
         metadata::fsync_dir(&self.dir)
     }
