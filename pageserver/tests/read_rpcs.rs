@@ -25,8 +25,7 @@
 //!   database or SLRU segment (NOT_FOUND), and, after GC, an LSN below the GC cutoff
 //!   (OUT_OF_RANGE naming it).
 //!
-//! Relation drops: see `dropped_table_does_not_exist_after_the_drop` at the end (ignored: a
-//! known ingest gap).
+//! Relation drops: `dropped_table_does_not_exist_after_the_drop` at the end.
 
 mod service_support;
 
@@ -558,13 +557,7 @@ async fn read_rpcs_match_postgres() -> Result<()> {
 }
 
 /// RelExists of a dropped table: true before the DROP commits, false after; RelSize after
-/// the drop is NOT_FOUND.
-///
-/// Fails today: ingest (`pageserver/src/ingest/mod.rs`) does not remove the relations a
-/// commit record drops (`XactParsed::rels`) from the relation directory, so a dropped table
-/// keeps existing in Strata with its last size (and the basebackup writes its files). Run
-/// with `--ignored` once ingest handles it.
-#[ignore = "ingest keeps relations dropped at commit (xl_xact_commit rels are not applied)"]
+/// the drop is NOT_FOUND. (Ingest applies the commit record's dropped relations.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_table_does_not_exist_after_the_drop() -> Result<()> {
     let opts = InitOptions::default().keep_all_wal().set("fsync", "off");

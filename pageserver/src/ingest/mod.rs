@@ -27,6 +27,7 @@ use walproto::image::BlockImage;
 use walproto::record::{BlockRef, DecodedRecord, RelFileNode};
 use walproto::rmgr::dbase::DbaseRecord;
 use walproto::rmgr::smgr::{SmgrRecord, SMGR_TRUNCATE_HEAP, SMGR_TRUNCATE_VM};
+use walproto::rmgr::xact::XactRecord;
 use walproto::rmgr::{self, ParsedRecord};
 
 use crate::redo::{self, extra_targets, has_native_redo, may_create, page, record_name, ExtraOp};
@@ -263,6 +264,11 @@ impl WalIngest {
         match &parsed {
             Some(ParsedRecord::Smgr(s)) => structural = Structural::Smgr(*s),
             Some(ParsedRecord::Dbase(d)) => structural = Structural::Dbase(d.clone()),
+            Some(ParsedRecord::Xact(x)) => {
+                if let Some(rels) = dropped_rels(x) {
+                    structural = Structural::DropRels(rels.to_vec());
+                }
+            }
             _ => {}
         }
         let nonpage = self
@@ -360,6 +366,18 @@ impl WalIngest {
         let mut db_list_changed = false;
         match structural {
             Structural::None => {}
+            // The relation's files go with the transaction's end (smgrdounlinkall at commit,
+            // or the files of relations created by an aborted transaction): it no longer
+            // exists, so a basebackup or RelExists must not show it. Its old pages stay in
+            // the layers for reads at earlier LSNs.
+            Structural::DropRels(rels) => {
+                for rel in rels {
+                    sizes.0.retain(|((r, _), _)| *r != rel);
+                    if self.dir.drop_rel(rel) {
+                        dbs_changed.push((rel.spc, rel.db));
+                    }
+                }
+            }
             Structural::Smgr(SmgrRecord::Create { rnode, fork }) => {
                 let fork = u8::try_from(fork).map_err(|_| Self::err(rec, "bad fork"))?;
                 if self.dir.size(rnode, fork).is_none() {
@@ -582,6 +600,21 @@ impl WalIngest {
     }
 }
 
+/// The relations whose files a transaction record drops, if any.
+fn dropped_rels(x: &XactRecord) -> Option<&[RelFileNode]> {
+    match x {
+        XactRecord::Commit(p)
+        | XactRecord::Abort(p)
+        | XactRecord::CommitPrepared(p)
+        | XactRecord::AbortPrepared(p)
+            if !p.rels.is_empty() =>
+        {
+            Some(&p.rels)
+        }
+        _ => None,
+    }
+}
+
 /// Whether ingest looks at what [`rmgr::parse`] makes of this rmgr's records: structure
 /// (SMGR, DATABASE) and the non-page state ([`NonPageState::record_values`]). The parse of
 /// the others (heap, b-tree, ...) would be thrown away.
@@ -621,6 +654,7 @@ fn needs_parse(rec: &DecodedRecord) -> bool {
 
 enum Structural {
     None,
+    DropRels(Vec<RelFileNode>),
     Smgr(SmgrRecord),
     Dbase(DbaseRecord),
 }

@@ -81,6 +81,17 @@ impl RelDirectory {
         db.insert((rel.rel, fork), n).is_none()
     }
 
+    /// Forgets every fork of a relation (its files are dropped: a commit or abort record's
+    /// dropped relations). Returns true if any fork existed.
+    pub fn drop_rel(&mut self, rel: RelFileNode) -> bool {
+        let Some(db) = self.dbs.get_mut(&(rel.spc, rel.db)) else {
+            return false;
+        };
+        let before = db.len();
+        db.retain(|&(r, _), _| r != rel.rel);
+        db.len() != before
+    }
+
     /// Forgets a database and everything in it. Returns true if it existed.
     pub fn drop_db(&mut self, db: DbId) -> bool {
         self.dbs.remove(&db).is_some()
