@@ -19,6 +19,8 @@
 //! still read, and rewritten as version 2 on the next store.
 //!
 //! The crc32c covers every byte before it. The file length must match `history_len` exactly.
+//! A file failing any check makes its timeline quarantined and recovered from the peers
+//! ([`crate::quarantine`]) instead of failing to open forever.
 
 use std::fs::{self, File};
 use std::io::{self, Write};

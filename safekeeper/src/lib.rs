@@ -10,7 +10,9 @@
 //! - [`remote_storage`]: the object store WAL is offloaded to;
 //! - [`peers`]: the other safekeepers and the offloader choice;
 //! - [`offload`]: uploads, shared offload/consumer LSNs, local WAL removal;
-//! - [`recovery`]: rebuilding a timeline lost from disk from the peers and the object store.
+//! - [`recovery`]: rebuilding a timeline lost from disk from the peers and the object store;
+//! - [`quarantine`]: verifying a timeline before it is opened (control file, every WAL record
+//!   up to the flush LSN), moving a damaged one aside and having it recovered from the peers.
 
 pub mod acceptor;
 pub mod control_file;
@@ -19,6 +21,7 @@ pub mod group_commit;
 pub mod ids;
 pub mod offload;
 pub mod peers;
+pub mod quarantine;
 mod recovery;
 pub mod remote_storage;
 pub mod replication_server;

@@ -42,12 +42,17 @@ pub struct OffloadStatus {
     last_partial_upload: Option<Instant>,
 }
 
-/// Runs until the timeline is dropped from the service (it never is while the process runs).
+/// Runs until the timeline is quarantined ([`crate::quarantine`]); otherwise for as long as the
+/// process runs.
 pub async fn run(tl: Arc<Timeline>, node_id: u64, config: ServiceConfig) {
     let mut tick = tokio::time::interval(config.offload_tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if tl.is_quarantined() {
+            info!("timeline quarantined: offload task ends");
+            return;
+        }
         if let Err(e) = step(&tl, node_id, &config).await {
             warn!("offload: {e}");
         }

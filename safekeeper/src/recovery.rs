@@ -14,6 +14,13 @@
 //!   Everything is written to `<timeline>.recovering/` and renamed into place with its control
 //!   file last, so a crash mid-way leaves no half-recovered timeline.
 //!
+//! A timeline found damaged on disk is quarantined ([`crate::quarantine`]) and then is absent
+//! like a lost one: it is recovered the same way, on the next greeting or at once in the
+//! background ([`recover_in_background`]), the identity (system id, Postgres timeline) taken
+//! from the peers that hold it. A quarantined timeline is never recreated empty by a greeting
+//! (without `--peers`, or when no peer holds it): that could forget the term it promised; the
+//! greeting fails with FAILED_PRECONDITION naming the quarantined copy.
+//!
 //! Paxos safety: a wiped acceptor forgot the highest term it promised. By adopting the highest
 //! term of all its peers, it refuses every vote and election at or below any term a peer knows;
 //! since every election needs a majority, any term that completed an election, and any term
@@ -23,11 +30,11 @@
 //! truncates below its commit LSN, so such a proposer cannot erase recovered commits on it.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tonic::Status;
-use tracing::info;
+use tracing::{error, info, warn};
 use walproto::consts::WAL_SEGMENT_SIZE;
 use walproto::lsn::segment_file_name;
 use walproto::pgclient::replication::WalStream;
@@ -40,7 +47,8 @@ use crate::acceptor::GreetingInfo;
 use crate::control_file::{self, fsync_dir, ControlState, CONTROL_FILE_NAME};
 use crate::ids::TenantTimeline;
 use crate::peers::{self, PeerAnswer};
-use crate::service::Inner;
+use crate::quarantine::Corruption;
+use crate::service::{Inner, Timeline};
 use crate::term_history::TermHistory;
 use crate::wal_storage::WalStorage;
 
@@ -54,12 +62,23 @@ pub(crate) async fn ensure_timeline(
     info: &GreetingInfo,
 ) -> Result<(), Status> {
     let peers = &inner.config.peers;
-    if peers.is_empty() || inner.lock_map().contains_key(&id) {
+    if inner.lock_map().contains_key(&id) {
         return Ok(());
     }
     let dir = inner.timeline_dir(id);
     if dir.join(CONTROL_FILE_NAME).exists() {
         return Ok(());
+    }
+    if peers.is_empty() {
+        return match crate::quarantine::quarantined_copies(&dir).last() {
+            Some(q) => Err(Status::failed_precondition(format!(
+                "timeline {id} was quarantined as damaged ({}) and this safekeeper has no \
+                 --peers to recover it from; it is not recreated empty (that would forget its \
+                 term): restore it by hand",
+                q.display()
+            ))),
+            None => Ok(()),
+        };
     }
     if !inner.recovering().insert(id) {
         return Err(Status::unavailable(format!(
@@ -99,6 +118,14 @@ pub(crate) async fn ensure_timeline(
                  safekeepers answered; it is created only when a majority confirms it is new \
                  (unreachable: {})",
                 unreachable.join("; ")
+            )));
+        }
+        if let Some(q) = crate::quarantine::quarantined_copies(&dir).last() {
+            return Err(Status::failed_precondition(format!(
+                "timeline {id} was quarantined here as damaged ({}) and no peer holds it to \
+                 recover it from; it is not recreated empty (that could forget the term it \
+                 promised): restore it by hand, or remove the quarantined copy to start afresh",
+                q.display()
             )));
         }
         return Ok(());
@@ -210,8 +237,98 @@ async fn recover(
     if let Some(datadir) = tenant_dir.parent() {
         fsync_dir(datadir).map_err(|e| io("fsync", datadir, e))?;
     }
+    if inner.quarantined().remove(&id).is_some() {
+        info!("the quarantined timeline is rebuilt from the peers");
+    }
     info!(%term, %start, %commit, "timeline recovered from the peers and the object store");
     Ok(())
+}
+
+/// How often background recovery retries.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Recovers quarantined timeline `id` without waiting for a greeting. `pending`: the open
+/// timeline found damaged and what is wrong; its directory is quarantined once every user
+/// (proposer session, readers, offload task) has let go of it, so that its WAL writer thread
+/// has stopped. Then retries every [`RETRY`] until the timeline is rebuilt and opened (or a
+/// greeting did it first).
+pub(crate) async fn recover_in_background(
+    inner: Arc<Inner>,
+    id: TenantTimeline,
+    pending: Option<(Weak<Timeline>, Corruption)>,
+) {
+    let dir = inner.timeline_dir(id);
+    if let Some((weak, c)) = pending {
+        let mut waited = 0u64;
+        while weak.strong_count() > 0 {
+            if waited.is_multiple_of(30) {
+                warn!("waiting for the sessions of the damaged timeline to end before quarantining it");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            waited += 1;
+        }
+        let dir2 = dir.clone();
+        match tokio::task::spawn_blocking(move || crate::quarantine::quarantine(&dir2, &c)).await {
+            Ok(Ok(moved)) => {
+                let reason = format!(
+                    "{}; kept in {}",
+                    inner.quarantine_reason(id).unwrap_or_default(),
+                    moved.display()
+                );
+                inner.quarantined().insert(id, reason);
+            }
+            Ok(Err(e)) => return error!(%e, "could not quarantine the timeline"),
+            Err(e) => return error!(%e, "quarantine task failed"),
+        }
+    }
+    if inner.config.peers.is_empty() {
+        return error!("timeline is quarantined and no --peers are configured to recover it from");
+    }
+    let mut attempt = 0u64;
+    loop {
+        if inner.lock_map().contains_key(&id) {
+            return;
+        }
+        if dir.join(CONTROL_FILE_NAME).exists() && inner.quarantine_reason(id).is_none() {
+            let inner2 = inner.clone();
+            match tokio::task::spawn_blocking(move || inner2.timeline(id, None)).await {
+                Ok(Ok(Some(_))) => return info!("recovered timeline opened"),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => warn!(%e, "opening the recovered timeline"),
+                Err(e) => warn!(%e, "opening the recovered timeline"),
+            }
+        } else {
+            let answers = peers::statuses(&inner.config.peers, id).await;
+            let info = answers.iter().find_map(|(_, a)| match a {
+                PeerAnswer::Status(s) if s.term > 0 || s.local_start_lsn != 0 => {
+                    Some(GreetingInfo {
+                        system_id: s.system_id,
+                        pg_timeline: s.pg_timeline,
+                        wal_seg_size: WAL_SEGMENT_SIZE as u32,
+                    })
+                }
+                _ => None,
+            });
+            match info {
+                Some(info) => match ensure_timeline(&inner, id, &info).await {
+                    Ok(()) if dir.join(CONTROL_FILE_NAME).exists() => continue,
+                    Ok(()) => {}
+                    Err(s) => {
+                        if attempt.is_multiple_of(15) {
+                            warn!("recovering the quarantined timeline: {}", s.message());
+                        }
+                    }
+                },
+                None => {
+                    if attempt.is_multiple_of(15) {
+                        warn!("no peer holds the quarantined timeline yet; retrying");
+                    }
+                }
+            }
+        }
+        attempt += 1;
+        tokio::time::sleep(RETRY).await;
+    }
 }
 
 /// Streams WAL from the donor's replication server from `fetch.pos` up to `commit`, or up to

@@ -6,9 +6,11 @@
 //!   variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //!   `AWS_REGION`, ...) overridden by [`S3Options`]; an `http://` endpoint is allowed.
 //!
-//! WAL objects: `<prefix>/tenants/<tenant>/timelines/<timeline>/wal/<segment name>[.partial]`,
-//! each with a side object `<name>.crc32c` holding `<crc32c hex> <size>`: a download is
-//! checked against it, so a damaged or half-written object is never taken for WAL.
+//! WAL objects: `<prefix>/wal/<tenant>/<timeline>/<segment name>[.partial]`, each with a side
+//! object `<name>.crc32c` holding `<crc32c hex> <size>`: a download is checked against it, so
+//! a damaged or half-written object is never taken for WAL. Keys are kept short: the longest,
+//! `wal/<32 hex>/<32 hex>/<24 hex>.partial.crc32c`, is 109 bytes plus the prefix (some S3
+//! servers, like `s3s-fs`, turn keys into file names and fail on long ones).
 
 use std::sync::Arc;
 
@@ -108,15 +110,13 @@ impl RemoteStorage {
         &self.store
     }
 
-    /// `<prefix>/tenants/<tenant>/timelines/<timeline>/wal/<name>`.
+    /// `<prefix>/wal/<tenant>/<timeline>/<name>`.
     pub fn wal_object(&self, id: &TenantTimeline, name: &str) -> ObjectPath {
         let mut p = self.prefix.clone();
         for part in [
-            "tenants",
-            &id.tenant.to_string(),
-            "timelines",
-            &id.timeline.to_string(),
             "wal",
+            &id.tenant.to_string(),
+            &id.timeline.to_string(),
             name,
         ] {
             p = p.clone().join(part);
@@ -250,7 +250,7 @@ mod tests {
         assert_eq!(rs.get_wal(&id(), name).await.unwrap().unwrap(), data);
         let file = dir
             .path()
-            .join("store/tenants/00112233445566778899aabbccddeeff/timelines/ffeeddccbbaa99887766554433221100/wal")
+            .join("store/wal/00112233445566778899aabbccddeeff/ffeeddccbbaa99887766554433221100")
             .join(name);
         let mut bytes = std::fs::read(&file).unwrap();
         bytes[10] ^= 1;
@@ -282,7 +282,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             rs.wal_object(&id(), "x").to_string(),
-            "some/prefix/tenants/00112233445566778899aabbccddeeff/timelines/ffeeddccbbaa99887766554433221100/wal/x"
+            "some/prefix/wal/00112233445566778899aabbccddeeff/ffeeddccbbaa99887766554433221100/x"
         );
+        // The longest key stays well below what s3s-fs can turn into a file name.
+        let longest = rs
+            .wal_object(&id(), "000000010000000000000002.partial.crc32c")
+            .to_string();
+        assert_eq!(longest.len(), "some/prefix/".len() + 109, "{longest}");
     }
 }

@@ -8,6 +8,11 @@
 //! timeline the options may be left out. Authentication is `trust`: bind the listener to
 //! loopback or a private network.
 //!
+//! Every record is checked before it is sent; a bad one is never sent, ends the stream, and
+//! when it came from the local disk has the timeline verified and, if the damage is
+//! confirmed, quarantined and recovered from the peers ([`crate::quarantine`]). A quarantined
+//! timeline is not served.
+//!
 //! Commands: `IDENTIFY_SYSTEM`, `SHOW wal_segment_size`, `SHOW data_directory_mode`,
 //! `TIMELINE_HISTORY`, `START_REPLICATION [SLOT s] [PHYSICAL] X/X [TIMELINE n]`.
 
@@ -101,7 +106,12 @@ async fn handle(stream: TcpStream, service: SafekeeperService) -> Result<(), Con
             .any(|(k, v)| k == "application_name" && v.starts_with("pageserver")),
         remote: service.config().remote.clone(),
     };
-    match open_timeline(&service, &params) {
+    // Opening a timeline verifies it on disk: not on the async threads.
+    let (svc, p) = (service.clone(), params.clone());
+    let opened = tokio::task::spawn_blocking(move || open_timeline(&svc, &p))
+        .await
+        .unwrap_or_else(|e| Err(err("58000", format!("opening the timeline failed: {e}"))));
+    match opened {
         Ok(tl) => {
             let result = session(&tl, &client, rd, &mut wr, rbuf).await;
             if let Err(e) = &result {
@@ -183,11 +193,15 @@ fn open_timeline(
     service
         .existing_timeline(id)
         .map_err(|e| err("58000", e.to_string()))?
-        .ok_or_else(|| {
-            err(
+        .ok_or_else(|| match service.quarantine_reason(id) {
+            Some(reason) => err(
+                "XX001",
+                format!("timeline {id} is quarantined on this safekeeper as damaged and not recovered yet: {reason}"),
+            ),
+            None => err(
                 "3D000",
                 format!("timeline {id} does not exist on this safekeeper"),
-            )
+            ),
         })
 }
 
@@ -533,6 +547,15 @@ async fn stream_wal(
                 _ => {}
             }
         }
+        if tl.is_quarantined() {
+            return Err(err(
+                "XX001",
+                format!(
+                    "timeline {} was found damaged on this safekeeper and is quarantined",
+                    tl.id
+                ),
+            ));
+        }
         let commit = tl.commit_lsn();
         if pos < commit {
             let n = ((commit.0 - pos.0) as usize).min(MAX_SEND);
@@ -546,11 +569,18 @@ async fn stream_wal(
             .map_err(|e| err("58000", format!("reading WAL failed: {e}")))?;
             buf = buf2;
             let mut got = read.map_err(|e| err("58030", e.to_string()))?;
+            let mut local = true;
             if got == 0 || pos < tl.state().local_start_lsn {
                 // Removed locally (or never here): the object store has it, if anyone does.
                 got = read_remote(tl, client, pos, &mut remote_segment, &mut buf[..n]).await?;
+                local = false;
             }
-            checker.check(pos, &buf[..got])?;
+            if let Err(e) = checker.check(pos, &buf[..got]) {
+                if local {
+                    tl.report_bad_wal(e.message.clone());
+                }
+                return Err(e);
+            }
             let msg = ReplicationMessage::XLogData {
                 start: pos,
                 wal_end: commit,

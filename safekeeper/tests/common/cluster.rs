@@ -340,13 +340,9 @@ fn find_s3s_fs() -> Option<PathBuf> {
     })
 }
 
-/// `<root>/tenants/<tenant>/timelines/<timeline>/wal`: where a directory store keeps the WAL.
+/// `<root>/wal/<tenant>/<timeline>`: where a directory store keeps the WAL.
 pub fn wal_objects(root: &Path) -> PathBuf {
-    root.join("tenants")
-        .join(TENANT)
-        .join("timelines")
-        .join(TIMELINE)
-        .join("wal")
+    root.join("wal").join(TENANT).join(TIMELINE)
 }
 
 /// Polls `f` until it is true or `timeout` passes.
