@@ -8,7 +8,11 @@
 //! ```
 //! `STRATA_BENCH_SECS` (default 10) sets each pgbench run's duration, `STRATA_BENCH_SCALE`
 //! (default 10) the pgbench scale, `STRATA_BENCH_ONLY=<word>` runs only the setups whose name
-//! contains it (`strata`, `native`, `no replication`).
+//! contains it (`strata`, `native`, `no replication`). `STRATA_BENCH_ORDER=reverse` runs the
+//! setups in the opposite order (Strata first): the setup order shifts the numbers on a shared
+//! disk, so compare both orders. Between setups the page cache is written back (`sync`) and the
+//! machine gets a few seconds to settle, so one setup's writeback does not land in the next
+//! one's measurement.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -196,6 +200,14 @@ fn run_pgbench(pg: &PgCluster, setup: Setup, clients: u32, secs: u64) -> Row {
     }
 }
 
+/// Writes back the page cache (the previous setup's files) and waits a moment, so that
+/// writeback does not compete with the next measurement.
+fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::thread::sleep(Duration::from_secs(3));
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is expected.
     let secs = env_u64("STRATA_BENCH_SECS", 10);
@@ -218,10 +230,16 @@ fn main() {
     }
     let mut rows = Vec::new();
     let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
-    for setup in [Setup::NoReplication, Setup::NativeQuorum, Setup::Strata] {
+    let mut setups = vec![Setup::NoReplication, Setup::NativeQuorum, Setup::Strata];
+    let reverse = std::env::var("STRATA_BENCH_ORDER").is_ok_and(|o| o == "reverse");
+    if reverse {
+        setups.reverse();
+    }
+    for setup in setups {
         if !only.is_empty() && !setup.name().to_lowercase().contains(&only.to_lowercase()) {
             continue;
         }
+        settle();
         let (pg, replicas) = start(setup);
         pg.pgbench(&["-i", "-q", "-s", &scale]).expect("pgbench -i");
         for clients in [1, 16] {
@@ -253,7 +271,8 @@ fn main() {
     }
     println!();
     println!(
-        "pgbench TPC-B-like, scale {scale}, {secs} s per run, one run each (safekeeper binary: {})",
+        "pgbench TPC-B-like, scale {scale}, {secs} s per run, one run each, order {} (safekeeper binary: {})",
+        if reverse { "reverse" } else { "none, native, Strata" },
         common::safekeeper_bin().display()
     );
     println!("| setup | clients | TPS | p50 ms | p99 ms | transactions | TPS vs native quorum |");

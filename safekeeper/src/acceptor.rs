@@ -15,8 +15,16 @@
 //! - **Flush LSN** moves only after fsync (it comes from the group-commit writer).
 //! - **Commit LSN** = max(previous, min(proposer's commit LSN, our flush LSN)); persisted lazily,
 //!   always together with a flush LSN at least as high.
+//!
+//! Lazy persistence runs outside the acceptor's lock ([`Acceptor::lazy_persist`] takes a
+//! snapshot, [`PersistJob::run`] writes it, [`Acceptor::finish_persist`] records it), so appends
+//! never queue behind a control-file fsync. Every snapshot gets a sequence number under the
+//! lock, and the file is written under a separate file lock that remembers the sequence number
+//! on disk: a snapshot older than what is on disk is never written, so a lazy write can never
+//! undo a term, a history or a lowered flush LSN persisted synchronously after it was taken.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -79,6 +87,14 @@ pub struct Acceptor {
     /// Current state; its LSNs run ahead of `persisted`.
     state: ControlState,
     persisted: ControlState,
+    /// The sequence number of `persisted`.
+    persisted_seq: u64,
+    /// Snapshots of `state` taken for writing so far.
+    snapshot_seq: u64,
+    /// Held while the control file is written; holds the sequence number of the state on disk.
+    file: Arc<Mutex<u64>>,
+    /// A lazy write runs outside the lock.
+    lazy_in_flight: bool,
     last_persist: Instant,
     wal: WalWriterHandle,
     /// End of the WAL handed to the writer (durable or not).
@@ -170,6 +186,10 @@ impl Acceptor {
             dir: dir.to_path_buf(),
             state,
             persisted,
+            persisted_seq: 0,
+            snapshot_seq: 0,
+            file: Arc::new(Mutex::new(0)),
+            lazy_in_flight: false,
             last_persist: Instant::now(),
             wal,
             write_lsn: flush,
@@ -219,11 +239,48 @@ impl Acceptor {
         self.write_lsn
     }
 
+    /// Writes the current state now (under the acceptor's lock: for the writes the Paxos rules
+    /// wait on). Waits for a lazy write in progress; one taken before this is never written
+    /// after it.
     fn persist(&mut self) -> Result<(), AcceptorError> {
-        control_file::store(&self.dir, &self.state)?;
+        self.snapshot_seq += 1;
+        let seq = self.snapshot_seq;
+        {
+            let mut on_disk = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            control_file::store(&self.dir, &self.state)?;
+            *on_disk = seq;
+        }
         self.persisted = self.state.clone();
+        self.persisted_seq = seq;
         self.last_persist = Instant::now();
         Ok(())
+    }
+
+    /// If [`Acceptor::persist_due`] and no lazy write is running: a snapshot of the state to
+    /// write outside the lock ([`PersistJob::run`]), then report with
+    /// [`Acceptor::finish_persist`].
+    pub fn lazy_persist(&mut self) -> Option<PersistJob> {
+        if self.lazy_in_flight || !self.persist_due() {
+            return None;
+        }
+        self.lazy_in_flight = true;
+        self.snapshot_seq += 1;
+        Some(PersistJob {
+            dir: self.dir.clone(),
+            state: self.state.clone(),
+            seq: self.snapshot_seq,
+            file: self.file.clone(),
+        })
+    }
+
+    /// Records the outcome of a lazy write started by [`Acceptor::lazy_persist`].
+    pub fn finish_persist(&mut self, job: PersistJob, result: &Result<(), AcceptorError>) {
+        self.lazy_in_flight = false;
+        if result.is_ok() && job.seq > self.persisted_seq {
+            self.persisted = job.state;
+            self.persisted_seq = job.seq;
+            self.last_persist = Instant::now();
+        }
     }
 
     /// Takes in the writer's durable LSN; returns (flush LSN, commit LSN).
@@ -471,6 +528,28 @@ impl Acceptor {
         self.proposer_commit = self.proposer_commit.max(commit);
         // The hint can only name WAL everyone holds, so never beyond our own end.
         self.state.truncate_lsn = self.state.truncate_lsn.max(truncate_hint.min(end));
+        Ok(())
+    }
+}
+
+/// A snapshot of the acceptor's state to write to the control file outside the acceptor's lock.
+pub struct PersistJob {
+    dir: PathBuf,
+    state: ControlState,
+    seq: u64,
+    file: Arc<Mutex<u64>>,
+}
+
+impl PersistJob {
+    /// Writes the snapshot (blocking: write, fsync, rename, directory fsync), unless a newer
+    /// state is on disk already.
+    pub fn run(&self) -> Result<(), AcceptorError> {
+        let mut on_disk = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if *on_disk >= self.seq {
+            return Ok(());
+        }
+        control_file::store(&self.dir, &self.state)?;
+        *on_disk = self.seq;
         Ok(())
     }
 }

@@ -308,3 +308,51 @@ fn old_wal_is_removed_only_below_offloaded_and_consumer_durable() {
     assert_eq!(a.state().local_start_lsn, commit.segment_start());
     assert_eq!(a.state().flush_lsn, end);
 }
+
+#[test]
+fn lazy_persist_runs_outside_the_lock_and_never_undoes_a_newer_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _, bytes) = with_wal(dir.path(), 3);
+    let end = Lsn(START.0 + bytes.len() as u64);
+    // Due once the interval passed; nothing else is written meanwhile.
+    a.last_persist = Instant::now() - PERSIST_INTERVAL;
+    let job = a
+        .lazy_persist()
+        .expect("the flush LSN moved: a write is due");
+    assert!(a.lazy_persist().is_none(), "one lazy write at a time");
+    // The job runs with the acceptor free to take appends and votes.
+    let r = job.run();
+    assert!(r.is_ok());
+    a.finish_persist(job, &r);
+    assert_eq!(
+        control_file::load(dir.path()).unwrap().unwrap().flush_lsn,
+        end
+    );
+    assert!(!a.persist_due());
+
+    // A snapshot taken before a vote must not be written after it: the term would regress.
+    a.on_durable(end);
+    a.advance_offloaded(Lsn(WAL_SEGMENT_SIZE));
+    a.last_persist = Instant::now() - PERSIST_INTERVAL;
+    let stale = a.lazy_persist().expect("the offloaded LSN moved");
+    assert!(a.vote(5).unwrap().granted);
+    let r = stale.run();
+    assert!(r.is_ok());
+    a.finish_persist(stale, &r);
+    let on_disk = control_file::load(dir.path()).unwrap().unwrap();
+    assert_eq!(
+        on_disk.term, 5,
+        "the older snapshot was not written over the vote"
+    );
+    assert_eq!(on_disk.offloaded_lsn, Lsn(WAL_SEGMENT_SIZE));
+    assert_eq!(&on_disk, a.state());
+    // And a lazy write can start again afterwards.
+    a.advance_offloaded(Lsn(2 * WAL_SEGMENT_SIZE));
+    a.last_persist = Instant::now() - PERSIST_INTERVAL;
+    let job = a.lazy_persist().expect("due again");
+    let r = job.run();
+    a.finish_persist(job, &r);
+    let on_disk = control_file::load(dir.path()).unwrap().unwrap();
+    assert_eq!(on_disk.offloaded_lsn, Lsn(2 * WAL_SEGMENT_SIZE));
+    assert_eq!(on_disk.term, 5);
+}

@@ -1,22 +1,28 @@
 //! The gRPC service: one acceptor per (tenant, timeline), created on the first greeting and kept
 //! under `<datadir>/<tenant>/<timeline>/`.
 //!
-//! A `Propose` stream is a session: greeting, optional vote, Elected, then appends. Appends are
-//! handed to the timeline's group-commit writer without waiting; a per-session task sends an
-//! `AppendResponse` whenever the durable LSN moves, so a proposer can pipeline appends and many
-//! of them share one fsync. Blocking work (control file fsyncs, truncation, recovery) runs on
-//! tokio's blocking pool.
+//! A `Propose` stream is a session: greeting, optional vote, Elected, then appends. The session
+//! writes every append already received, fsyncs once for all of them, and answers with an
+//! `AppendResponse` itself (it also answers when the writer thread makes WAL durable), so a
+//! proposer can pipeline appends and many of them share one fsync, with no task hop per
+//! acknowledgement. Blocking work (control file fsyncs, truncation, recovery) runs on tokio's
+//! blocking pool; lazy control-file writes run there outside the acceptor's lock.
+//!
+//! A timeline is verified before it is opened (control file checks and every WAL record up to
+//! the persisted flush LSN); a damaged one is quarantined and rebuilt from the peers, see
+//! [`crate::quarantine`].
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{error, info, info_span, warn, Instrument};
 use walproto::proto::safekeeper as pb;
 use walproto::proto::safekeeper::acceptor_message::Msg as Out;
 use walproto::proto::safekeeper::proposer_message::Msg as In;
@@ -46,10 +52,16 @@ pub struct Timeline {
     syncer: WalSyncer,
     /// What the offload task last decided and uploaded.
     pub offload: Mutex<OffloadStatus>,
+    /// The service, to report damage found while the timeline is open.
+    service: Weak<Inner>,
+    /// Damage was confirmed: the timeline is out of the service and serves nothing more.
+    quarantined: AtomicBool,
+    /// A verification triggered by a bad read is running.
+    checking: AtomicBool,
 }
 
 impl Timeline {
-    fn new(acceptor: Acceptor) -> Arc<Self> {
+    fn new(acceptor: Acceptor, service: Weak<Inner>) -> Arc<Self> {
         Arc::new(Timeline {
             id: acceptor.state().id,
             durable: acceptor.wal().durable(),
@@ -57,7 +69,49 @@ impl Timeline {
             syncer: acceptor.wal().syncer(),
             acceptor: Mutex::new(acceptor),
             offload: Mutex::new(OffloadStatus::default()),
+            service,
+            quarantined: AtomicBool::new(false),
+            checking: AtomicBool::new(false),
         })
+    }
+
+    /// Damage was found and confirmed on disk: the timeline is being quarantined (its
+    /// sessions, readers and offload task should stop; it is recovered from the peers).
+    pub fn is_quarantined(&self) -> bool {
+        self.quarantined.load(Ordering::Acquire)
+    }
+
+    /// A reader met a bad record (`what`): verifies the WAL on disk up to the durable LSN in
+    /// the background and quarantines the timeline if the damage is confirmed.
+    pub fn report_bad_wal(self: &Arc<Self>, what: String) {
+        let Some(inner) = self.service.upgrade() else {
+            return;
+        };
+        if self.is_quarantined() || self.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(rt) = inner.runtime.clone() else {
+            self.checking.store(false, Ordering::Release);
+            return;
+        };
+        let tl = self.clone();
+        rt.spawn(async move {
+            warn!(timeline = %tl.id, "a reader met bad WAL ({what}); verifying the timeline on disk");
+            let (dir, bound) = (tl.wal_dir(), tl.lsns().0);
+            let r = tokio::task::spawn_blocking(move || {
+                crate::quarantine::verify(&dir, Some(bound))
+            })
+            .await;
+            tl.checking.store(false, Ordering::Release);
+            match r {
+                Ok(Ok(Err(c))) => inner.quarantine_open(tl, c),
+                Ok(Ok(Ok(_))) => {
+                    info!(timeline = %tl.id, "the WAL on disk verified; the bad read was not local damage")
+                }
+                Ok(Err(e)) => warn!(timeline = %tl.id, %e, "could not verify the timeline"),
+                Err(e) => warn!(timeline = %tl.id, %e, "verification task failed"),
+            }
+        });
     }
 
     /// The acceptor; a panic elsewhere does not make it unusable (its state is always whole).
@@ -139,6 +193,10 @@ pub(crate) struct Inner {
     runtime: Option<tokio::runtime::Handle>,
     /// Timelines being recovered from peers right now.
     recovering: Mutex<HashSet<TenantTimeline>>,
+    /// Quarantined timelines not yet recovered, and what was wrong.
+    quarantined: Mutex<HashMap<TenantTimeline, String>>,
+    /// This, for the tasks it starts.
+    me: Weak<Inner>,
 }
 
 /// The `strata.safekeeper.v1.Safekeeper` service.
@@ -166,13 +224,15 @@ impl SafekeeperService {
     /// every timeline opened gets an offload task (see [`crate::offload`]).
     pub fn with_config(node_id: u64, datadir: PathBuf, config: ServiceConfig) -> Self {
         SafekeeperService {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
                 node_id,
                 datadir,
                 timelines: Mutex::new(HashMap::new()),
                 config,
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 recovering: Mutex::new(HashSet::new()),
+                quarantined: Mutex::new(HashMap::new()),
+                me: me.clone(),
             }),
         }
     }
@@ -187,12 +247,29 @@ impl SafekeeperService {
 
     /// Opens every timeline on disk, so that their offload tasks run before any proposer
     /// or reader connects.
+    ///
+    /// Damaged timelines are quarantined (and recovered in the background with `--peers`), as
+    /// are the ones quarantined before a restart and not recovered yet.
     pub fn open_all(&self) {
         for id in self.timelines_on_disk() {
             if let Err(e) = self.inner.timeline(id, None) {
                 warn!(timeline = %id, %e, "could not open timeline");
             }
         }
+        for (t, l) in crate::quarantine::pending_on_disk(&self.inner.datadir) {
+            if let Ok(id) = parse_ids(&t, &l) {
+                if self.inner.quarantine_reason(id).is_some() {
+                    continue; // quarantined just now, its recovery already started
+                }
+                warn!(timeline = %id, "timeline was quarantined before the restart and is not recovered yet");
+                self.inner.start_recovery(id);
+            }
+        }
+    }
+
+    /// Why the timeline is quarantined here, if it is.
+    pub fn quarantine_reason(&self, id: TenantTimeline) -> Option<String> {
+        self.inner.quarantine_reason(id)
     }
 
     /// The open timelines.
@@ -272,6 +349,60 @@ impl Inner {
         self.recovering.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub(crate) fn quarantined(&self) -> MutexGuard<'_, HashMap<TenantTimeline, String>> {
+        self.quarantined.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn quarantine_reason(&self, id: TenantTimeline) -> Option<String> {
+        self.quarantined().get(&id).cloned()
+    }
+
+    /// The error for a greeting of a quarantined timeline.
+    fn quarantined_error(id: TenantTimeline, reason: &str) -> AcceptorError {
+        AcceptorError::Invalid(format!(
+            "timeline {id} is quarantined on this safekeeper ({reason}); it takes part again \
+             once it is recovered from the peers"
+        ))
+    }
+
+    /// Recovers quarantined timeline `id` from the peers in the background (nothing without
+    /// `--peers` or a runtime).
+    pub(crate) fn start_recovery(&self, id: TenantTimeline) {
+        if self.config.peers.is_empty() {
+            error!(timeline = %id, "timeline is quarantined and no --peers are configured to recover it from: restore it by hand");
+            return;
+        }
+        if let (Some(rt), Some(inner)) = (&self.runtime, self.me.upgrade()) {
+            let span = info_span!("recovery", tenant = %id.tenant, timeline = %id.timeline);
+            rt.spawn(crate::recovery::recover_in_background(inner, id, None).instrument(span));
+        }
+    }
+
+    /// Damage confirmed in open timeline `tl`: out of the map at once; once every user let go
+    /// of it (its WAL writer thread stopped), its directory is quarantined and recovered.
+    pub(crate) fn quarantine_open(&self, tl: Arc<Timeline>, c: crate::quarantine::Corruption) {
+        let id = tl.id;
+        {
+            let mut map = self.lock_map();
+            if tl.quarantined.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            if map.get(&id).is_some_and(|t| Arc::ptr_eq(t, &tl)) {
+                map.remove(&id);
+            }
+            self.quarantined().insert(id, c.to_string());
+        }
+        error!(timeline = %id, "damage confirmed on disk: {c}; the timeline is quarantined once its sessions end");
+        let weak = Arc::downgrade(&tl);
+        drop(tl);
+        if let (Some(rt), Some(inner)) = (&self.runtime, self.me.upgrade()) {
+            let span = info_span!("recovery", tenant = %id.tenant, timeline = %id.timeline);
+            rt.spawn(
+                crate::recovery::recover_in_background(inner, id, Some((weak, c))).instrument(span),
+            );
+        }
+    }
+
     /// The open timeline, opened from disk if it exists there, created if `create` is given.
     pub(crate) fn timeline(
         &self,
@@ -285,14 +416,43 @@ impl Inner {
             }
             return Ok(Some(tl.clone()));
         }
+        if let Some(reason) = self.quarantine_reason(id) {
+            return match create {
+                Some(_) => Err(Self::quarantined_error(id, &reason)),
+                None => Ok(None),
+            };
+        }
         let dir = self.timeline_dir(id);
+        match crate::quarantine::verify(&dir, None) {
+            Ok(Ok(_)) => {}
+            Ok(Err(c)) => {
+                let moved =
+                    crate::quarantine::quarantine(&dir, &c).map_err(|e| AcceptorError::Io {
+                        path: e.path,
+                        source: std::io::Error::other(e.message),
+                    })?;
+                let reason = format!("{c}; kept in {}", moved.display());
+                self.quarantined().insert(id, reason.clone());
+                self.start_recovery(id);
+                return match create {
+                    Some(_) => Err(Self::quarantined_error(id, &reason)),
+                    None => Ok(None),
+                };
+            }
+            Err(e) => {
+                return Err(AcceptorError::Io {
+                    path: e.path,
+                    source: std::io::Error::other(e.message),
+                })
+            }
+        }
         let acceptor = match create {
             Some(g) => Some(Acceptor::open_or_create(&dir, id, g)?),
             None => Acceptor::open(&dir, id)?,
         };
         Ok(acceptor.map(|a| {
             info!(timeline = %id, dir = %dir.display(), flush_lsn = %a.state().flush_lsn, term = a.state().term, "timeline opened");
-            let tl = Timeline::new(a);
+            let tl = Timeline::new(a, self.me.clone());
             map.insert(id, tl.clone());
             if let Some(rt) = &self.runtime {
                 let span = info_span!("offload", tenant = %id.tenant, timeline = %id.timeline);
@@ -312,15 +472,6 @@ async fn send(tx: &Tx, msg: Out) -> Result<(), Status> {
     tx.send(Ok(pb::AcceptorMessage { msg: Some(msg) }))
         .await
         .map_err(|_| Status::cancelled("proposer went away"))
-}
-
-/// Aborts the session's ack task when the session ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[tonic::async_trait]
@@ -377,8 +528,13 @@ impl pb::safekeeper_server::Safekeeper for SafekeeperService {
         let inner = self.inner.clone();
         let tl = blocking(move || inner.timeline(id, None))
             .await?
-            .ok_or_else(|| {
-                Status::not_found(format!("timeline {id} does not exist on this safekeeper"))
+            .ok_or_else(|| match self.inner.quarantine_reason(id) {
+                Some(reason) => Status::not_found(format!(
+                    "timeline {id} is quarantined on this safekeeper and not recovered yet: {reason}"
+                )),
+                None => {
+                    Status::not_found(format!("timeline {id} does not exist on this safekeeper"))
+                }
             })?;
         let d = tl.durable.borrow().lsn;
         let mut a = tl.lock();
@@ -425,6 +581,21 @@ async fn session(
         pg_timeline: g.pg_timeline,
         wal_seg_size: g.wal_seg_size,
     };
+    // Opening verifies it: a damaged timeline is quarantined here and recovered just below.
+    let inner2 = inner.clone();
+    blocking(move || inner2.timeline(id, None)).await?;
+    if let Some(reason) = inner.quarantine_reason(id) {
+        if inner
+            .timeline_dir(id)
+            .join(crate::control_file::CONTROL_FILE_NAME)
+            .exists()
+        {
+            return Err(Status::unavailable(format!(
+                "timeline {id} is quarantined on this safekeeper ({reason}); it is recovered \
+                 from the peers once its old sessions end: retry"
+            )));
+        }
+    }
     crate::recovery::ensure_timeline(&inner, id, &info).await?;
     let inner2 = inner.clone();
     let tl = blocking(move || inner2.timeline(id, Some(&info)))
@@ -445,11 +616,19 @@ async fn session(
     send(tx, Out::GreetingResponse(greeting)).await?;
 
     let mut elected: Option<u64> = None;
-    let mut _acks: Option<AbortOnDrop> = None;
-    let mut durable = tl.durable.clone();
+    // Set by Elected: this session answers its appends itself (no task hop per ack).
+    let mut acks: Option<Acks> = None;
     // Appends written but not yet synced by this session (and their bytes).
     let mut unsynced = 0u64;
     loop {
+        // Damage found by a reader: stop accepting, so the directory can be moved aside and
+        // recovered from the peers (the proposer reconnects and greets again).
+        if tl.is_quarantined() {
+            return Err(Status::unavailable(format!(
+                "timeline {id} was quarantined on this safekeeper (damaged WAL); it is being \
+                 recovered from the peers: retry"
+            )));
+        }
         // Take every append already received before syncing, so one fsync covers them all.
         let ready = if unsynced < MAX_UNSYNCED {
             next_ready(&mut inbound)
@@ -464,8 +643,22 @@ async fn session(
                     tl.syncer
                         .sync()
                         .map_err(|e| Status::internal(format!("WAL write failed: {e}")))?;
+                    if let Some(a) = acks.as_mut() {
+                        a.answer(&tl, tx).await?;
+                    }
                 }
-                inbound.message().await?
+                match acks.as_mut() {
+                    // Durability made by someone else (the writer thread) is answered too.
+                    Some(a) => tokio::select! {
+                        m = inbound.message() => m?,
+                        c = a.durable.changed() => {
+                            c.map_err(|_| Status::internal("WAL writer stopped"))?;
+                            a.answer(&tl, tx).await?;
+                            continue;
+                        }
+                    },
+                    None => inbound.message().await?,
+                }
             }
         };
         let Some(msg) = msg else { break };
@@ -514,9 +707,13 @@ async fn session(
                     }),
                 )
                 .await?;
-                _acks = Some(AbortOnDrop(tokio::spawn(
-                    ack_loop(tl.clone(), tx.clone(), flush).in_current_span(),
-                )));
+                let mut a = Acks {
+                    durable: tl.durable.clone(),
+                    last_sent: flush,
+                };
+                // Durability that moved since the election is answered at once.
+                a.durable.mark_changed();
+                acks = Some(a);
             }
             Some(In::AppendRequest(r)) => {
                 if elected != Some(r.term) {
@@ -572,18 +769,26 @@ async fn session(
                     (a.write_lsn(), heartbeat)
                 };
                 if let Some(resp) = heartbeat {
+                    if let Some(a) = acks.as_mut() {
+                        a.last_sent = a.last_sent.max(Lsn(resp.flush_lsn));
+                    }
                     send(tx, Out::AppendResponse(resp)).await?;
                     continue;
                 }
                 // Back-pressure: do not queue unbounded WAL ahead of the disk (only while
                 // nothing of ours is waiting for this session's own sync).
-                if unsynced == 0
-                    && write_lsn.0.saturating_sub(durable.borrow().lsn.0) > MAX_IN_FLIGHT
-                {
-                    durable
-                        .wait_for(|d| d.error.is_some() || d.lsn.0 + MAX_IN_FLIGHT >= write_lsn.0)
-                        .await
-                        .map_err(|_| Status::internal("WAL writer stopped"))?;
+                if let Some(a) = acks.as_mut() {
+                    if unsynced == 0
+                        && write_lsn.0.saturating_sub(a.durable.borrow().lsn.0) > MAX_IN_FLIGHT
+                    {
+                        a.durable
+                            .wait_for(|d| {
+                                d.error.is_some() || d.lsn.0 + MAX_IN_FLIGHT >= write_lsn.0
+                            })
+                            .await
+                            .map_err(|_| Status::internal("WAL writer stopped"))?;
+                        a.answer(&tl, tx).await?;
+                    }
                 }
             }
             Some(In::Greeting(_)) => {
@@ -596,6 +801,9 @@ async fn session(
         tl.syncer
             .sync()
             .map_err(|e| Status::internal(format!("WAL write failed: {e}")))?;
+        if let Some(a) = acks.as_mut() {
+            a.answer(&tl, tx).await?;
+        }
     }
     Ok(())
 }
@@ -612,18 +820,23 @@ fn next_ready(
     }
 }
 
-/// Sends an `AppendResponse` each time the durable LSN moves; persists lazily kept LSNs.
-async fn ack_loop(tl: Arc<Timeline>, tx: Tx, mut last_sent: Lsn) {
-    let mut durable = tl.durable.clone();
-    loop {
-        let d = durable.borrow_and_update().clone();
+/// The acknowledgements of an elected session: an `AppendResponse` each time the durable LSN
+/// moves, sent by the session itself right after its own sync (one task, no hop per ack).
+struct Acks {
+    durable: watch::Receiver<Durable>,
+    last_sent: Lsn,
+}
+
+impl Acks {
+    /// Answers the durable LSN as of now if it moved since the last answer, and starts a lazy
+    /// control-file write when one is due (in the background, outside the acceptor's lock:
+    /// the proposer waits on the answer, the control file only keeps lazily persisted LSNs).
+    async fn answer(&mut self, tl: &Arc<Timeline>, tx: &Tx) -> Result<(), Status> {
+        let d = self.durable.borrow_and_update().clone();
         if let Some(e) = d.error {
-            let _ = tx
-                .send(Err(Status::internal(format!("WAL write failed: {e}"))))
-                .await;
-            return;
+            return Err(Status::internal(format!("WAL write failed: {e}")));
         }
-        let (resp, persist) = {
+        let (resp, job) = {
             let mut a = tl.lock();
             let (flush, commit) = a.on_durable(d.lsn);
             let resp = pb::AppendResponse {
@@ -631,24 +844,22 @@ async fn ack_loop(tl: Arc<Timeline>, tx: Tx, mut last_sent: Lsn) {
                 flush_lsn: flush.0,
                 commit_lsn: commit.0,
             };
-            (resp, a.persist_due())
+            (resp, a.lazy_persist())
         };
-        // Answer first: the proposer waits on this; the control file only keeps lazily
-        // persisted LSNs, which may trail.
-        if Lsn(resp.flush_lsn) != last_sent {
-            last_sent = Lsn(resp.flush_lsn);
-            if send(&tx, Out::AppendResponse(resp)).await.is_err() {
-                return;
-            }
+        if let Some(job) = job {
+            let tl = tl.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = job.run();
+                if let Err(e) = &r {
+                    warn!(timeline = %tl.id, %e, "could not persist the control file");
+                }
+                tl.lock().finish_persist(job, &r);
+            });
         }
-        if persist {
-            let tl2 = tl.clone();
-            if let Err(e) = blocking(move || tl2.lock().maybe_persist()).await {
-                warn!(%e, "could not persist the control file");
-            }
+        if Lsn(resp.flush_lsn) != self.last_sent {
+            self.last_sent = Lsn(resp.flush_lsn);
+            send(tx, Out::AppendResponse(resp)).await?;
         }
-        if durable.changed().await.is_err() {
-            return;
-        }
+        Ok(())
     }
 }

@@ -6,6 +6,15 @@
 //! (zeros), so a write never grows a file and a reader sees zeros, the normal end of WAL, past
 //! what was written.
 //!
+//! Segments are zero-filled ahead of use: once the segment being written is half full, a
+//! background thread writes the next one as real zeros under a name that is not a segment
+//! name ([`PREALLOC_FILE`]) and fsyncs it; the switch renames it into place. An `fdatasync`
+//! into such a segment then only writes data: into a sparse file it would also have to commit
+//! the block allocation to the file system's journal, every time (Postgres zero-fills its WAL
+//! segments for the same reason). When the next segment is not ready in time (or at the first
+//! segment of a timeline), it is created sparse (`set_len`) instead: still correct, only
+//! slower to sync. A leftover preallocated file (a crash) is removed on open.
+//!
 //! This type is synchronous and owned by one writer thread ([`crate::group_commit`]); readers
 //! use [`read_wal`], which only opens files by name.
 //!
@@ -20,6 +29,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use tracing::{info, warn};
 use walproto::consts::WAL_SEGMENT_SIZE;
@@ -143,6 +155,38 @@ struct Open {
     file: File,
 }
 
+/// The name of the next segment while it is zero-filled ahead of use; not a segment name, so
+/// nothing else (readers, offload, recovery) ever takes it for WAL.
+pub const PREALLOC_FILE: &str = "next-segment.prealloc";
+
+/// The next segment being zero-filled by a background thread.
+struct Prealloc {
+    segno: u64,
+    cancel: Arc<AtomicBool>,
+    /// `Ok(true)`: written in full and fsynced.
+    thread: JoinHandle<io::Result<bool>>,
+}
+
+/// Writes a whole segment of zeros to `path` and fsyncs it; `Ok(false)` if cancelled.
+fn zero_fill(path: &Path, cancel: &AtomicBool) -> io::Result<bool> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < WAL_SEGMENT_SIZE {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        file.write_all_at(&zeros, off)?;
+        off += zeros.len() as u64;
+    }
+    file.sync_all()?;
+    Ok(!cancel.load(Ordering::Relaxed))
+}
+
 /// The WAL of one timeline on disk.
 pub struct WalStorage {
     dir: PathBuf,
@@ -155,6 +199,9 @@ pub struct WalStorage {
     completed: Vec<Open>,
     dir_dirty: bool,
     fsyncs: u64,
+    prealloc: Option<Prealloc>,
+    /// Segments that were switched to preallocated (zero-filled) files.
+    preallocated: u64,
 }
 
 impl WalStorage {
@@ -176,7 +223,10 @@ impl WalStorage {
             completed: Vec::new(),
             dir_dirty: false,
             fsyncs: 0,
+            prealloc: None,
+            preallocated: 0,
         };
+        s.remove_prealloc_file()?;
         if local_start == Lsn(0) {
             return Ok(s);
         }
@@ -225,6 +275,7 @@ impl WalStorage {
     fn cut_tail(&mut self, end: Lsn) -> Result<(), WalError> {
         self.current = None;
         self.completed.clear();
+        self.cancel_prealloc()?;
         let segno = end.segment_number();
         for s in list_segments(&self.dir, self.tli)? {
             if s > segno {
@@ -289,9 +340,89 @@ impl WalStorage {
         self.tli
     }
 
+    /// Segments switched to a zero-filled file prepared in the background.
+    pub fn preallocated(&self) -> u64 {
+        self.preallocated
+    }
+
+    /// Removes a preallocated file left behind (not WAL: never renamed into place).
+    fn remove_prealloc_file(&self) -> Result<(), WalError> {
+        let p = self.dir.join(PREALLOC_FILE);
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&p)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops a background zero-fill (waits for its thread) and removes its file.
+    fn cancel_prealloc(&mut self) -> Result<(), WalError> {
+        if let Some(p) = self.prealloc.take() {
+            p.cancel.store(true, Ordering::Relaxed);
+            let _ = p.thread.join();
+            self.remove_prealloc_file()?;
+        }
+        Ok(())
+    }
+
+    /// Starts zero-filling segment `segno` in the background, unless that is under way.
+    fn start_prealloc(&mut self, segno: u64) {
+        if self.prealloc.is_some() {
+            return;
+        }
+        let path = self.dir.join(PREALLOC_FILE);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let c = cancel.clone();
+        match std::thread::Builder::new()
+            .name("wal-prealloc".into())
+            .spawn(move || zero_fill(&path, &c))
+        {
+            Ok(thread) => {
+                self.prealloc = Some(Prealloc {
+                    segno,
+                    cancel,
+                    thread,
+                })
+            }
+            Err(e) => warn!(%e, "could not start zero-filling the next WAL segment"),
+        }
+    }
+
+    /// Renames the zero-filled file into place as segment `segno` (`.partial`), if it is
+    /// ready and for that segment; true if it was. Anything else is cancelled and removed.
+    fn take_prealloc(&mut self, segno: u64, path: &Path) -> Result<bool, WalError> {
+        let Some(p) = self.prealloc.take() else {
+            return Ok(false);
+        };
+        if p.segno != segno || !p.thread.is_finished() {
+            self.prealloc = Some(p);
+            self.cancel_prealloc()?;
+            return Ok(false);
+        }
+        match p.thread.join() {
+            Ok(Ok(true)) => {
+                let from = self.dir.join(PREALLOC_FILE);
+                fs::rename(&from, path).map_err(io_err(&from))?;
+                self.preallocated += 1;
+                Ok(true)
+            }
+            Ok(Err(e)) => {
+                warn!(%e, "zero-filling the next WAL segment failed; creating it sparse");
+                self.remove_prealloc_file()?;
+                Ok(false)
+            }
+            _ => {
+                self.remove_prealloc_file()?;
+                Ok(false)
+            }
+        }
+    }
+
     /// Opens (creating at full size if needed) the segment `segno` for writing.
     fn open_segment(&mut self, segno: u64) -> Result<Open, WalError> {
         let path = self.dir.join(file_name(self.tli, segno, true));
+        if !path.exists() && self.take_prealloc(segno, &path)? {
+            self.dir_dirty = true;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -338,6 +469,14 @@ impl WalStorage {
             pos = Lsn(pos.0 + n as u64);
         }
         self.write_lsn = pos;
+        // Half way through a segment: prepare the next one.
+        if pos.segment_offset() >= WAL_SEGMENT_SIZE / 2 {
+            let next = pos.segment_number() + 1;
+            if self.prealloc.as_ref().is_none_or(|p| p.segno != next) {
+                self.cancel_prealloc()?;
+                self.start_prealloc(next);
+            }
+        }
         Ok(())
     }
 
@@ -387,6 +526,7 @@ impl WalStorage {
     pub fn reset(&mut self, start: Lsn) -> Result<(), WalError> {
         self.current = None;
         self.completed.clear();
+        self.cancel_prealloc()?;
         for s in list_segments(&self.dir, self.tli)? {
             for partial in [false, true] {
                 let p = self.dir.join(file_name(self.tli, s, partial));
@@ -401,6 +541,14 @@ impl WalStorage {
         self.write_lsn = start;
         self.flush_lsn = start;
         Ok(())
+    }
+}
+
+impl Drop for WalStorage {
+    fn drop(&mut self) {
+        if let Err(e) = self.cancel_prealloc() {
+            warn!(%e, "could not remove the preallocated WAL segment");
+        }
     }
 }
 

@@ -19,10 +19,12 @@ fn read_all(dir: &Path, from: Lsn, len: usize) -> Vec<u8> {
     out
 }
 
+/// The segment files in `dir` (not the next segment being zero-filled in the background).
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != PREALLOC_FILE)
         .collect();
     v.sort();
     v
@@ -135,4 +137,94 @@ fn read_of_a_missing_segment_is_empty() {
     let dir = tempfile::tempdir().unwrap();
     let mut buf = [0u8; 16];
     assert_eq!(read_wal(dir.path(), 1, Lsn(5 * SEG), &mut buf).unwrap(), 0);
+}
+
+/// Blocks allocated to `path`, in bytes (a sparse file has fewer than its length).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn next_segment_is_zero_filled_ahead_and_switched_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = WalStorage::open(dir.path(), 1, Lsn(0), Lsn(0)).unwrap();
+    s.reset(START).unwrap();
+    let mut gen = WalGen::new(SYSID, 1, START);
+    // Into segment 2 and past its middle: segment 3 is zero-filled in the background.
+    let mut wal = Vec::new();
+    while START.0 + (wal.len() as u64) < 2 * SEG + SEG / 2 + 8192 {
+        wal.extend(gen.records(100, 8000).0);
+    }
+    write_chunked(&mut s, &wal, 1 << 20);
+    let prealloc = dir.path().join(PREALLOC_FILE);
+    let t = std::time::Instant::now();
+    while !s.prealloc.as_ref().is_some_and(|p| p.thread.is_finished()) {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "zero-fill never finished"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(prealloc.exists());
+    // Segment 2 was created sparse (nothing was ready), the next one is all real zeros.
+    assert_eq!(s.preallocated(), 0);
+    // Cross into segment 3: it is the preallocated file, renamed into place.
+    let mut at = Lsn(START.0 + wal.len() as u64);
+    let mut more = Vec::new();
+    while at.0 + (more.len() as u64) < 3 * SEG + 65536 {
+        more.extend(gen.records(100, 8000).0);
+    }
+    for c in more.chunks(1 << 20) {
+        s.write(at, c).unwrap();
+        at = Lsn(at.0 + c.len() as u64);
+    }
+    assert_eq!(s.flush().unwrap(), at);
+    assert_eq!(s.preallocated(), 1);
+    assert!(!prealloc.exists());
+    let seg3 = dir.path().join("000000010000000000000003.partial");
+    assert!(allocated(&seg3) >= SEG, "segment 3 is not fully allocated");
+    assert_eq!(fs::metadata(&seg3).unwrap().len(), SEG);
+    wal.extend_from_slice(&more);
+    assert_eq!(read_all(dir.path(), START, wal.len()), wal);
+    // Past the last record, the preallocated segment reads as zeros: the end of WAL.
+    let tail = read_all(dir.path(), at, 8192);
+    assert!(tail.iter().all(|&b| b == 0));
+    drop(s);
+    // A leftover preallocated file (a crash while zero-filling) is removed on open, and the
+    // end of WAL is found by decoding as before.
+    fs::write(&prealloc, b"not WAL").unwrap();
+    let s = WalStorage::open(dir.path(), 1, START, START).unwrap();
+    assert_eq!(s.flush_lsn(), at);
+    assert!(!prealloc.exists());
+    assert_eq!(
+        names(dir.path()),
+        [
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000003.partial"
+        ]
+    );
+}
+
+#[test]
+fn truncate_and_reset_cancel_the_zero_fill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = WalStorage::open(dir.path(), 1, Lsn(0), Lsn(0)).unwrap();
+    let start = Lsn(SEG + SEG / 2);
+    s.reset(start).unwrap();
+    let (wal, ends) = WalGen::new(SYSID, 1, start).records(10, 3000);
+    s.write(start, &wal).unwrap();
+    s.flush().unwrap();
+    assert!(s.prealloc.is_some(), "past the middle of the segment");
+    s.truncate(ends[4]).unwrap();
+    assert!(s.prealloc.is_none());
+    assert!(!dir.path().join(PREALLOC_FILE).exists());
+    s.write(ends[4], &wal[(ends[4].0 - start.0) as usize..])
+        .unwrap();
+    assert!(s.prealloc.is_some());
+    s.reset(Lsn(4 * SEG)).unwrap();
+    assert!(s.prealloc.is_none());
+    assert!(names(dir.path()).is_empty());
+    assert!(!dir.path().join(PREALLOC_FILE).exists());
 }
