@@ -63,6 +63,11 @@ struct WpArgs {
     /// Pause reading from Postgres while a majority is this many MiB behind.
     #[arg(long, default_value_t = 16)]
     max_lag_mb: u64,
+    /// Appends sent to one safekeeper and not yet answered. WAL that arrives meanwhile waits
+    /// and goes in the next append, so each append (and each safekeeper fsync) carries more
+    /// commits: fewer, larger appends cost less CPU per commit.
+    #[arg(long, default_value_t = 1)]
+    max_appends_in_flight: usize,
     /// Most WAL in MiB kept in memory for lagging or reconnecting safekeepers.
     #[arg(long, default_value_t = 512)]
     max_buffer_mb: u64,
@@ -102,6 +107,7 @@ fn run(cli: Cli) -> Result<()> {
     cfg.start_lsn = a.start_lsn;
     cfg.max_lag = a.max_lag_mb << 20;
     cfg.max_inflight = cfg.max_lag;
+    cfg.max_appends_in_flight = a.max_appends_in_flight.max(1);
     cfg.max_buffer = a.max_buffer_mb << 20;
     cfg.timeout = Duration::from_secs(a.timeout_secs.max(1));
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -157,7 +157,10 @@ async fn stream(
     loop {
         let p = *progress.borrow_and_update();
         let mut sent_any = false;
-        while sent.0 - flush.0 < shared.max_inflight {
+        // Appends answered are popped from `rtt.pending` (capped far above any window).
+        while sent.0 - flush.0 < shared.max_inflight
+            && rtt.pending.len() < shared.max_appends_in_flight
+        {
             let (begin, data) = if let Some(x) = pending.take() {
                 x
             } else if let Some(rx) = catchup.as_mut() {

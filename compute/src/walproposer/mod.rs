@@ -57,6 +57,9 @@ pub struct Config {
     pub max_lag: u64,
     /// Bytes in flight (sent, not yet fsynced) per safekeeper.
     pub max_inflight: u64,
+    /// Appends in flight (sent, not yet answered) per safekeeper; WAL arriving meanwhile
+    /// is coalesced into the next append.
+    pub max_appends_in_flight: usize,
     /// Most WAL kept in memory for safekeepers that lag or reconnect.
     pub max_buffer: u64,
     /// Timeout for connecting and for each election step.
@@ -82,6 +85,7 @@ impl Config {
             start_lsn: None,
             max_lag: 16 << 20,
             max_inflight: 16 << 20,
+            max_appends_in_flight: 1,
             max_buffer: 512 << 20,
             timeout: Duration::from_secs(5),
         }
@@ -107,6 +111,7 @@ pub struct Shared {
     pub buffer: Mutex<WalBuffer>,
     pub progress: watch::Sender<Progress>,
     pub max_inflight: u64,
+    pub max_appends_in_flight: usize,
     pub timeout: Duration,
     /// A replication connection's settings for catching up an acceptor from Postgres
     /// (application name `<app>_catchup`, never a synchronous standby).

@@ -102,6 +102,7 @@ async fn run_inner(cfg: Config, tenant: String, timeline: String) -> Result<()> 
         buffer: Mutex::new(WalBuffer::new(stream_start)),
         progress,
         max_inflight: cfg.max_inflight,
+        max_appends_in_flight: cfg.max_appends_in_flight.max(1),
         timeout: cfg.timeout,
         catchup_pg: {
             let mut c = repl.clone();
