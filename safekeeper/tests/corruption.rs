@@ -136,20 +136,6 @@ fn log(sk: &Sk) -> String {
     std::fs::read_to_string(sk.datadir.with_extension("log")).unwrap_or_default()
 }
 
-/// Postgres's pg_wal bytes over `[from, to)`.
-fn pg_wal_range(pg: &strata_tests::PgCluster, from: Lsn, to: Lsn) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut at = from;
-    while at < to {
-        let seg = pg_segment(pg, at.segment_number());
-        let off = at.segment_offset() as usize;
-        let n = (WAL_SEGMENT_SIZE as usize - off).min((to.0 - at.0) as usize);
-        out.extend_from_slice(&seg[off..off + n]);
-        at = Lsn(at.0 + n as u64);
-    }
-    out
-}
-
 /// A record near the middle of segment `segno` of `wal` (Postgres's bytes for it).
 fn record_in_segment(segno: u64, wal: &[u8]) -> Lsn {
     let start = Lsn(segno * WAL_SEGMENT_SIZE);

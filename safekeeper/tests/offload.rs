@@ -93,20 +93,6 @@ async fn stream_range(sk: &Sk, from: Lsn, to: Lsn) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Postgres's pg_wal bytes over `[from, to)`.
-fn pg_wal_range(pg: &strata_tests::PgCluster, from: Lsn, to: Lsn) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut at = from;
-    while at < to {
-        let seg = pg_segment(pg, at.segment_number());
-        let off = at.segment_offset() as usize;
-        let n = (WAL_SEGMENT_SIZE as usize - off).min((to.0 - at.0) as usize);
-        out.extend_from_slice(&seg[off..off + n]);
-        at = Lsn(at.0 + n as u64);
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offload_to_s3_removal_after_consumer_report_and_serving_removed_wal() {
     let base = tempfile::tempdir().unwrap();

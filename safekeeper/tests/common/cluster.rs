@@ -388,6 +388,20 @@ pub fn pg_segment(pg: &PgCluster, segno: u64) -> Vec<u8> {
     .unwrap()
 }
 
+/// Postgres's pg_wal bytes over `[from, to)`.
+pub fn pg_wal_range(pg: &PgCluster, from: Lsn, to: Lsn) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut at = from;
+    while at < to {
+        let seg = pg_segment(pg, at.segment_number());
+        let off = at.segment_offset() as usize;
+        let n = (WAL_SEGMENT_SIZE as usize - off).min((to.0 - at.0) as usize);
+        out.extend_from_slice(&seg[off..off + n]);
+        at = Lsn(at.0 + n as u64);
+    }
+    out
+}
+
 /// Runs `sql` over a client connection; false if it was not acknowledged within `timeout`
 /// (a commit waits for the safekeeper quorum).
 pub async fn commit_within(pg: &PgCluster, sql: &str, timeout: Duration) -> bool {
