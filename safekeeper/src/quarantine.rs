@@ -37,7 +37,7 @@ use walproto::lsn::segment_file_name;
 use walproto::{Decoded, Lsn, WalStreamDecoder};
 
 use crate::control_file::{self, fsync_dir, ControlFileError, CONTROL_FILE_NAME};
-use crate::wal_storage::read_wal;
+use crate::wal_storage::{find_segment, read_wal};
 
 /// Suffix of a quarantined timeline directory, before the unix time.
 pub const QUARANTINE_SUFFIX: &str = ".corrupt-";
@@ -125,17 +125,9 @@ pub fn verify(
 
 /// The segment file holding `lsn` (either name) for messages.
 fn segment_path(dir: &Path, tli: u32, lsn: Lsn) -> PathBuf {
-    let name = segment_file_name(tli, lsn.segment_number());
-    let full = dir.join(&name);
-    if full.exists() {
-        return full;
-    }
-    let partial = dir.join(format!("{name}.partial"));
-    if partial.exists() {
-        partial
-    } else {
-        full
-    }
+    let segno = lsn.segment_number();
+    find_segment(dir, tli, segno)
+        .map_or_else(|| dir.join(segment_file_name(tli, segno)), |(p, _)| p)
 }
 
 /// Decodes every record in `[from, to)`; `from` is a record boundary or a segment start.

@@ -73,7 +73,7 @@ fn file_name(tli: u32, segno: u64, partial: bool) -> String {
 }
 
 /// The path of segment `segno` if it exists under either name, and whether it is `.partial`.
-fn find_segment(dir: &Path, tli: u32, segno: u64) -> Option<(PathBuf, bool)> {
+pub(crate) fn find_segment(dir: &Path, tli: u32, segno: u64) -> Option<(PathBuf, bool)> {
     [false, true].into_iter().find_map(|partial| {
         let p = dir.join(file_name(tli, segno, partial));
         p.exists().then_some((p, partial))
