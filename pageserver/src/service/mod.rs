@@ -523,19 +523,14 @@ impl pb::pageserver_server::Pageserver for PageserverService {
             None => return Err(Status::invalid_argument("no target: give rel_block or key")),
         };
         let h = self.handle(r.tenant_id, r.timeline_id).await?;
-        let (page, lsn) = blocking(move || {
-            let lsn = lsn_or(r.lsn, h.read(|t| t.last_record_end()));
-            check_read_lsn(&h, lsn)?;
-            let ctx = format!("reading key {key} at {lsn}");
-            let page = h
-                .read(|t| match key.kind() {
-                    Some(KeyKind::RelBlock { .. } | KeyKind::SlruBlock { .. }) => t
-                        .get_page(key, lsn)
-                        .map(|p| p.map(|p| Bytes::copy_from_slice(&p[..]))),
-                    _ => t.get_image_value(key, lsn),
-                })
-                .map_err(TenantError::timeline(ctx))?;
-            Ok((page, lsn))
+        let (page, lsn) = read_at(h, r.lsn, move |t, lsn| {
+            match key.kind() {
+                Some(KeyKind::RelBlock { .. } | KeyKind::SlruBlock { .. }) => t
+                    .get_page(key, lsn)
+                    .map(|p| p.map(|p| Bytes::copy_from_slice(&p[..]))),
+                _ => t.get_image_value(key, lsn),
+            }
+            .map_err(TenantError::timeline(format!("reading key {key} at {lsn}")))
         })
         .await?;
         Ok(Response::new(pb::GetPageResponse {
