@@ -311,14 +311,6 @@ impl Acceptor {
         segment_filled || self.last_persist.elapsed() >= PERSIST_INTERVAL
     }
 
-    /// Persists the lazily kept LSNs if [`Acceptor::persist_due`].
-    pub fn maybe_persist(&mut self) -> Result<(), AcceptorError> {
-        if self.persist_due() {
-            self.persist()?;
-        }
-        Ok(())
-    }
-
     /// Persists the current state now (clean shutdown).
     pub fn persist_now(&mut self) -> Result<(), AcceptorError> {
         let d = self.wal.flush_blocking()?;

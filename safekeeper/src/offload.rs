@@ -111,9 +111,16 @@ async fn step(tl: &Arc<Timeline>, node_id: u64, config: &ServiceConfig) -> Resul
     }
     let tl2 = tl.clone();
     tokio::task::spawn_blocking(move || {
-        let mut a = tl2.lock();
-        let removed = a.remove_old_wal()?;
-        a.maybe_persist()?;
+        let (removed, job) = {
+            let mut a = tl2.lock();
+            (a.remove_old_wal()?, a.lazy_persist())
+        };
+        // The control file is written outside the acceptor lock, as on the append path.
+        if let Some(job) = job {
+            let r = job.run();
+            tl2.lock().finish_persist(job, &r);
+            r?;
+        }
         Ok::<_, crate::acceptor::AcceptorError>(removed)
     })
     .await
