@@ -230,11 +230,7 @@ pub fn write_l0(dir: &Path, frozen: &FrozenLayer) -> Result<Option<FlushedLayer>
         lo..Lsn(hi.0 + 1),
         L0_COMPRESSION,
     )?;
-    l.for_each_sorted(|key, versions| {
-        versions
-            .iter()
-            .try_for_each(|e| w.put_encoded(key, e.lsn, l.encoded(e)))
-    })?;
+    l.for_each_sorted(|key, lsn, encoded| w.put_encoded(key, lsn, encoded))?;
     let written = w.finish()?;
     let layer = Layer::open(dir, &written.desc)?;
     Ok(Some(FlushedLayer {

@@ -249,6 +249,18 @@ impl Timeline {
     /// Stores one value of the record being ingested. `lsn` must be above the last record's
     /// end; values of one record share its end LSN.
     pub fn put(&mut self, key: Key, lsn: Lsn, value: &Value) -> Result<()> {
+        self.check_put(key, lsn)?;
+        self.open.open.put(key, lsn, value)
+    }
+
+    /// Like [`Timeline::put`] for `Value::pg_record(will_init, rec)`, without building the
+    /// value.
+    pub fn put_pg_record(&mut self, key: Key, lsn: Lsn, will_init: bool, rec: &[u8]) -> Result<()> {
+        self.check_put(key, lsn)?;
+        self.open.open.put_pg_record(key, lsn, will_init, rec)
+    }
+
+    fn check_put(&self, key: Key, lsn: Lsn) -> Result<()> {
         self.check_not_broken()?;
         if lsn <= self.last_record_end && self.last_record_lsn != Lsn::INVALID
             || lsn <= self.meta.start_lsn
@@ -258,7 +270,7 @@ impl Timeline {
                 self.last_record_end
             )));
         }
-        self.open.open.put(key, lsn, value)
+        Ok(())
     }
 
     /// Ends a record: moves the ingest position, installs L0 layers the flush thread finished,
@@ -336,8 +348,7 @@ impl Timeline {
         if self.open.open.is_empty() {
             return None;
         }
-        let (keys, entries) = (self.open.open.key_count(), self.open.open.entry_count());
-        let fresh = OpenLayer::with_capacity(keys, entries);
+        let fresh = OpenLayer::with_capacity(self.open.open.key_count());
         let frozen = Arc::new(FrozenLayer {
             layer: std::mem::replace(&mut self.open.open, fresh),
             last_record_lsn: self.last_record_lsn,

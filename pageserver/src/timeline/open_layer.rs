@@ -37,6 +37,8 @@ pub struct OpenEntry {
     len: u32,
     /// The key's previous version in `OpenLayer::entries`, or `NONE`.
     prev: u32,
+    /// The key's number in `OpenLayer::keys`.
+    key_id: u32,
 }
 
 /// A fast hash for the 18-byte keys (the index is private memory, so no DoS concern):
@@ -75,9 +77,12 @@ type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
 #[derive(Default)]
 pub struct OpenLayer {
     chunks: Vec<Vec<u8>>,
-    entries: Vec<OpenEntry>,
-    /// Key → its newest version in `entries`.
-    index: KeyMap<u32>,
+    entries: Entries,
+    /// Key → its newest version in `entries`, that version's LSN (kept here so a put checks
+    /// the order without touching the old entry: one cache miss fewer), and the key's number.
+    index: KeyMap<Head>,
+    /// The keys by number, in order of first appearance.
+    keys: Vec<Key>,
     /// Bytes of encoded values.
     size: u64,
     /// Lowest and highest LSN of any value.
@@ -91,11 +96,23 @@ impl OpenLayer {
 
     /// An open layer expected to hold about `keys` keys and `entries` versions (the previous
     /// layer's counts), so that the index is not rehashed as it grows.
-    pub fn with_capacity(keys: usize, entries: usize) -> OpenLayer {
+    /// A dropped layer's index structures are reused when they are big enough: fresh ones of
+    /// several MiB cost page faults and zeroing on first touch.
+    pub fn with_capacity(keys: usize) -> OpenLayer {
+        let reused = INDEX_POOL
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .filter(|r| r.index.capacity() >= keys);
+        let r = reused.unwrap_or_else(|| IndexParts {
+            index: KeyMap::with_capacity_and_hasher(keys, Default::default()),
+            keys: Vec::with_capacity(keys),
+        });
         OpenLayer {
             chunks: Vec::new(),
-            entries: Vec::with_capacity(entries),
-            index: KeyMap::with_capacity_and_hasher(keys, Default::default()),
+            entries: Entries::default(),
+            index: r.index,
+            keys: r.keys,
             size: 0,
             lsn_bounds: None,
         }
@@ -138,7 +155,28 @@ impl OpenLayer {
 
     /// Appends a version. Its LSN must be above every version of `key` already here.
     pub fn put(&mut self, key: Key, lsn: Lsn, value: &Value) -> Result<()> {
-        let len = value.encoded_len();
+        self.put_with(key, lsn, value.encoded_len(), value.will_init(), |buf| {
+            value.encode(buf)
+        })
+    }
+
+    /// Like [`OpenLayer::put`] for `Value::pg_record(will_init, rec)`, without the value.
+    pub fn put_pg_record(&mut self, key: Key, lsn: Lsn, will_init: bool, rec: &[u8]) -> Result<()> {
+        let len = Value::pg_record_encoded_len(rec.len());
+        self.put_with(key, lsn, len, will_init, |buf| {
+            Value::encode_pg_record(will_init, rec, buf)
+        })
+    }
+
+    /// Appends a version whose encoding `encode` writes (`len` bytes).
+    fn put_with(
+        &mut self,
+        key: Key,
+        lsn: Lsn,
+        len: usize,
+        will_init: bool,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<()> {
         if len > u32::MAX as usize || self.entries.len() >= NONE as usize {
             return Err(TimelineError::Invalid(format!(
                 "value of key {key} at {lsn}: {len} bytes do not fit the open layer"
@@ -146,28 +184,37 @@ impl OpenLayer {
         }
         let chunk = self.chunk_for(len);
         let new = self.entries.len() as u32;
-        let head = self.index.entry(key).or_insert(NONE);
-        let prev = *head;
-        if let Some(last) = self.entries.get(prev as usize) {
-            if last.lsn >= lsn {
-                return Err(TimelineError::Invalid(format!(
-                    "key {key}: version at {lsn} is not newer than the stored {}",
-                    last.lsn
-                )));
-            }
+        let next_id = self.keys.len() as u32;
+        let head = self.index.entry(key).or_insert(Head {
+            newest: NONE,
+            lsn: Lsn::INVALID,
+            key_id: next_id,
+        });
+        let prev = head.newest;
+        if prev != NONE && head.lsn >= lsn {
+            return Err(TimelineError::Invalid(format!(
+                "key {key}: version at {lsn} is not newer than the stored {}",
+                head.lsn
+            )));
         }
-        *head = new;
+        head.newest = new;
+        head.lsn = lsn;
+        let key_id = head.key_id;
+        if key_id == next_id {
+            self.keys.push(key);
+        }
         let buf = &mut self.chunks[chunk];
         let off = buf.len();
-        value.encode(buf);
+        encode(buf);
         debug_assert_eq!(buf.len() - off, len);
         self.entries.push(OpenEntry {
             lsn,
-            will_init: value.will_init(),
+            will_init,
             chunk: chunk as u32,
             off: off as u32,
             len: len as u32,
             prev,
+            key_id,
         });
         self.size += len as u64;
         self.lsn_bounds = Some(match self.lsn_bounds {
@@ -179,7 +226,7 @@ impl OpenLayer {
 
     /// Appends `key`'s versions with LSN ≤ `lsn` to `out`, newest first.
     pub fn versions_newest_first(&self, key: Key, lsn: Lsn, out: &mut Vec<OpenEntry>) {
-        let Some(&head) = self.index.get(&key) else {
+        let Some(&Head { newest: head, .. }) = self.index.get(&key) else {
             return;
         };
         self.chain(head, lsn, out);
@@ -187,7 +234,7 @@ impl OpenLayer {
 
     /// Appends the versions from entry `at` back, skipping those above `lsn`.
     fn chain(&self, mut at: u32, lsn: Lsn, out: &mut Vec<OpenEntry>) {
-        while let Some(e) = self.entries.get(at as usize) {
+        while let Some(e) = self.entries.get(at) {
             if e.lsn <= lsn {
                 out.push(*e);
             }
@@ -226,29 +273,174 @@ impl OpenLayer {
         keys
     }
 
-    /// Calls `f` with every key in order and its versions oldest first: what an L0 delta layer
-    /// is written from.
+    /// Calls `f` with every version in (key, LSN) order and its encoded bytes: what an L0
+    /// delta layer is written from.
+    ///
+    /// The arena and the entries are in arrival order, so key order visits them at random:
+    /// each first touch would be a cache miss, paid one after the other. So the order is
+    /// computed from sequential passes ([`OpenLayer::sorted_order`]), and each entry and then
+    /// its value is prefetched a few steps before `f` reads it, so the misses overlap.
     pub fn for_each_sorted<E>(
         &self,
-        mut f: impl FnMut(Key, &[OpenEntry]) -> Result<(), E>,
+        mut f: impl FnMut(Key, Lsn, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut heads: Vec<(Key, u32)> = self.index.iter().map(|(k, h)| (*k, *h)).collect();
-        heads.sort_unstable_by_key(|(k, _)| *k);
-        let mut buf = Vec::new();
-        for (key, head) in heads {
-            buf.clear();
-            self.chain(head, Lsn::MAX, &mut buf);
-            buf.reverse();
-            f(key, &buf)?;
+        const AHEAD: usize = 8;
+        let order = self.sorted_order();
+        for (i, &at) in order.iter().enumerate() {
+            if let Some(&far) = order.get(i + 2 * AHEAD) {
+                prefetch_entry(self.entries.at(far));
+            }
+            if let Some(&near) = order.get(i + AHEAD) {
+                prefetch(self.encoded(self.entries.at(near)));
+            }
+            let e = self.entries.at(at);
+            f(self.keys[e.key_id as usize], e.lsn, self.encoded(e))?;
         }
         Ok(())
+    }
+
+    /// Every version's index in `entries`, in (key, LSN) order: a counting sort of the
+    /// entries by their key's rank, which keeps each key's versions in arrival (LSN) order.
+    fn sorted_order(&self) -> Vec<u32> {
+        // Rank of each key number in key order. Keys compare as two big-endian integers,
+        // cheaper than a byte-wise compare.
+        let mut by_key: Vec<u32> = (0..self.keys.len() as u32).collect();
+        by_key.sort_unstable_by_key(|&id| split_key(&self.keys[id as usize]));
+        // start[rank] = where that key's versions begin in the output.
+        let mut count = vec![0u32; self.keys.len() + 1];
+        for e in self.entries.iter() {
+            count[e.key_id as usize] += 1;
+        }
+        let mut start = vec![0u32; self.keys.len()];
+        let mut at = 0u32;
+        for &id in &by_key {
+            start[id as usize] = at;
+            at += count[id as usize];
+        }
+        let mut order = vec![0u32; self.entries.len()];
+        for (i, e) in self.entries.iter().enumerate() {
+            let slot = &mut start[e.key_id as usize];
+            order[*slot as usize] = i as u32;
+            *slot += 1;
+        }
+        order
+    }
+}
+
+/// A key as (first 16 bytes, last 2 bytes) big-endian: the same order as the bytes.
+fn split_key(k: &Key) -> (u128, u16) {
+    let b = k.as_bytes();
+    let hi = u128::from_be_bytes(b[..16].try_into().expect("16 bytes"));
+    (hi, u16::from_be_bytes([b[16], b[17]]))
+}
+
+/// What the index keeps per key.
+#[derive(Clone, Copy, Debug)]
+struct Head {
+    /// The newest version in `entries`.
+    newest: u32,
+    lsn: Lsn,
+    key_id: u32,
+}
+
+/// Asks the CPU to start loading the first cache lines of `bytes` (a hint: no effect on
+/// results).
+#[inline]
+fn prefetch(bytes: &[u8]) {
+    prefetch_line(bytes.as_ptr());
+    if bytes.len() > 64 {
+        prefetch_line(bytes[64..].as_ptr());
+    }
+}
+
+#[inline]
+fn prefetch_entry(e: &OpenEntry) {
+    prefetch_line((e as *const OpenEntry).cast());
+}
+
+#[inline]
+fn prefetch_line(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint that never faults and never changes memory, whatever the
+    // address (here always one inside a live allocation).
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Entries per chunk of [`Entries`]: 2 MiB, one huge page.
+const ENTRY_CHUNK: usize = 1 << 16;
+
+/// Entry chunks kept for the next layers (process-wide; 64 MiB).
+const POOL_ENTRY_CHUNKS: usize = 32;
+
+static ENTRY_POOL: std::sync::Mutex<Vec<Vec<OpenEntry>>> = std::sync::Mutex::new(Vec::new());
+
+/// The version entries of a layer, numbered in arrival order, in fixed-size chunks: growing
+/// never copies, and the chunks of dropped layers are reused (a fresh one costs page faults
+/// and zeroing, which was a fifth of a put).
+#[derive(Default)]
+struct Entries {
+    chunks: Vec<Vec<OpenEntry>>,
+    len: usize,
+}
+
+impl Entries {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn push(&mut self, e: OpenEntry) {
+        if self.len == self.chunks.len() * ENTRY_CHUNK {
+            let reused = ENTRY_POOL.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            self.chunks
+                .push(reused.unwrap_or_else(|| Vec::with_capacity(ENTRY_CHUNK)));
+        }
+        self.chunks[self.len / ENTRY_CHUNK].push(e);
+        self.len += 1;
+    }
+
+    fn get(&self, i: u32) -> Option<&OpenEntry> {
+        let i = i as usize;
+        self.chunks.get(i / ENTRY_CHUNK)?.get(i % ENTRY_CHUNK)
+    }
+
+    /// Entry `i`, which must exist.
+    fn at(&self, i: u32) -> &OpenEntry {
+        let i = i as usize;
+        &self.chunks[i / ENTRY_CHUNK][i % ENTRY_CHUNK]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &OpenEntry> {
+        self.chunks.iter().flatten()
+    }
+
+    /// Hands the chunks to the pool (up to [`POOL_ENTRY_CHUNKS`]).
+    fn recycle(&mut self) {
+        let mut pool = ENTRY_POOL.lock().unwrap_or_else(|p| p.into_inner());
+        for mut c in self.chunks.drain(..) {
+            if pool.len() >= POOL_ENTRY_CHUNKS {
+                break;
+            }
+            c.clear();
+            pool.push(c);
+        }
+        self.len = 0;
     }
 }
 
 /// Arena chunks of dropped layers kept for the next ones (at most this many, process-wide):
 /// a fresh chunk costs page faults and zeroing on first touch, about a tenth of ingest's
-/// time, while a recycled one is already mapped. Bounded to two default-size frozen layers.
-const POOL_CHUNKS: usize = 128;
+/// time, while a recycled one is already mapped. Bounded to three default-size layers (the
+/// open one, one being flushed, one waiting).
+const POOL_CHUNKS: usize = 192;
 
 static CHUNK_POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 
@@ -256,18 +448,46 @@ fn take_pooled_chunk() -> Option<Vec<u8>> {
     CHUNK_POOL.lock().unwrap_or_else(|p| p.into_inner()).pop()
 }
 
+/// The emptied index structures of a dropped layer, for the next one.
+struct IndexParts {
+    index: KeyMap<Head>,
+    keys: Vec<Key>,
+}
+
+/// At most this many sets of index structures are kept (process-wide).
+const POOL_INDEXES: usize = 2;
+
+static INDEX_POOL: std::sync::Mutex<Vec<IndexParts>> = std::sync::Mutex::new(Vec::new());
+
 impl Drop for OpenLayer {
-    /// Hands the standard-size chunks to the pool (up to [`POOL_CHUNKS`]).
+    /// Hands the standard-size chunks (up to [`POOL_CHUNKS`]) and the index structures (up to
+    /// [`POOL_INDEXES`]) to the pools.
     fn drop(&mut self) {
-        let mut pool = CHUNK_POOL.lock().unwrap_or_else(|p| p.into_inner());
-        for mut c in self.chunks.drain(..) {
-            if pool.len() >= POOL_CHUNKS {
-                break;
+        {
+            let mut pool = CHUNK_POOL.lock().unwrap_or_else(|p| p.into_inner());
+            for mut c in self.chunks.drain(..) {
+                if pool.len() >= POOL_CHUNKS {
+                    break;
+                }
+                if c.capacity() == CHUNK {
+                    c.clear();
+                    pool.push(c);
+                }
             }
-            if c.capacity() == CHUNK {
-                c.clear();
-                pool.push(c);
-            }
+        }
+        self.entries.recycle();
+        if self.index.capacity() == 0 {
+            return;
+        }
+        let mut parts = IndexParts {
+            index: std::mem::take(&mut self.index),
+            keys: std::mem::take(&mut self.keys),
+        };
+        parts.index.clear();
+        parts.keys.clear();
+        let mut pool = INDEX_POOL.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_INDEXES {
+            pool.push(parts);
         }
     }
 }
@@ -360,14 +580,14 @@ mod tests {
             assert_eq!(b.len(), 8192);
             assert_eq!(b[0], (e.lsn.0 / 8) as u8);
         }
-        let mut n = 0;
-        l.for_each_sorted(|_, vs| {
-            assert!(vs.windows(2).all(|w| w[0].lsn < w[1].lsn));
-            n += vs.len();
+        let mut lsns = Vec::new();
+        l.for_each_sorted(|_, lsn, encoded| {
+            assert_eq!(encoded.len(), Value::image(vec![0; 8192]).encoded_len());
+            lsns.push(lsn);
             Ok::<_, ()>(())
         })
         .unwrap();
-        assert_eq!(n, 300);
+        assert_eq!(lsns, (1..=300).map(|i| Lsn(i * 8)).collect::<Vec<_>>());
         assert!(l.versions(Key::control_file(), Lsn::MAX).is_empty());
         // A value bigger than a chunk.
         let big = Value::image(vec![3u8; 3 * CHUNK]);
@@ -385,7 +605,7 @@ mod tests {
                 .unwrap();
         }
         let mut order = Vec::new();
-        a.for_each_sorted(|k, _| {
+        a.for_each_sorted(|k, _, _| {
             order.push(k);
             Ok::<_, ()>(())
         })
