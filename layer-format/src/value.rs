@@ -101,7 +101,7 @@ impl Value {
         match self {
             Value::Image(page) => 1 + page.len(),
             Value::WalRecord(WalRecord { payload, .. }) => match payload {
-                RecordPayload::Postgres(rec) => 2 + rec.len(),
+                RecordPayload::Postgres(rec) => Value::pg_record_encoded_len(rec.len()),
                 RecordPayload::Strata { data, .. } => 3 + data.len(),
             },
         }
@@ -118,10 +118,7 @@ impl Value {
             Value::WalRecord(WalRecord { will_init, payload }) => {
                 let flags = if *will_init { FLAG_WILL_INIT } else { 0 };
                 match payload {
-                    RecordPayload::Postgres(rec) => {
-                        out.extend_from_slice(&[TAG_PG_RECORD, flags]);
-                        out.extend_from_slice(rec);
-                    }
+                    RecordPayload::Postgres(rec) => Value::encode_pg_record(*will_init, rec, out),
                     RecordPayload::Strata { kind, data } => {
                         out.extend_from_slice(&[TAG_STRATA_RECORD, flags, *kind]);
                         out.extend_from_slice(data);
@@ -129,6 +126,19 @@ impl Value {
                 }
             }
         }
+    }
+
+    /// Length of the encoding of a raw Postgres record value of `rec_len` bytes.
+    pub fn pg_record_encoded_len(rec_len: usize) -> usize {
+        2 + rec_len
+    }
+
+    /// Appends the encoding of `Value::pg_record(will_init, rec)` without building the value
+    /// (ingest stores a record's bytes under several keys straight from the decoded record).
+    pub fn encode_pg_record(will_init: bool, rec: &[u8], out: &mut Vec<u8>) {
+        let flags = if will_init { FLAG_WILL_INIT } else { 0 };
+        out.extend_from_slice(&[TAG_PG_RECORD, flags]);
+        out.extend_from_slice(rec);
     }
 
     /// Checks the tag and flags of an encoded value without decoding (copying) it; returns

@@ -246,7 +246,7 @@ impl WalIngest {
         let lsn = rec.end_lsn;
         // Everything is computed first, then stored, so an error leaves no partial record.
         // A record has a few values: small vectors, no tree nodes to allocate per record.
-        let mut values: SmallMap<Key, Value> = SmallMap::default();
+        let mut values: SmallMap<Key, Pending> = SmallMap::default();
         let mut sizes: SmallMap<(RelFileNode, u8), u32> = SmallMap::default();
         let mut checks = Vec::new();
         let mut structural = Structural::None;
@@ -281,7 +281,8 @@ impl WalIngest {
         } else {
             None
         };
-        let raw = stripped.unwrap_or_else(|| rec.raw.clone());
+        // The bytes stored for the record's pages (written straight from here, no copy).
+        let raw: &[u8] = stripped.as_deref().unwrap_or(&rec.raw);
         for blk in &rec.blocks {
             let key = Key::rel_block(blk.rel, blk.fork, blk.blkno);
             let cur = sizes
@@ -291,7 +292,7 @@ impl WalIngest {
             let native = has_native_redo(rec.rmid());
             let check_image = blk.image.as_ref().filter(|i| !i.apply());
             let value = if blk.applies_image() || (!native && check_image.is_some()) {
-                Value::image(restore_image(rec, blk)?)
+                Pending::Value(Value::image(restore_image(rec, blk)?))
             } else if native {
                 // Heap2 VISIBLE's VM page may not exist yet: then redo starts from zeroes.
                 let missing = cur.is_none_or(|n| blk.blkno >= n);
@@ -307,7 +308,7 @@ impl WalIngest {
                         image: img.clone(),
                     });
                 }
-                Value::pg_record(init, raw.clone())
+                Pending::Record { will_init: init }
             } else {
                 let e = IngestError::Unsupported {
                     record: record_name(rec),
@@ -353,11 +354,11 @@ impl WalIngest {
                     if !exists {
                         sizes.insert((t.rel, t.fork), t.blkno + 1);
                     }
-                    values.insert_if_absent(key, || Value::pg_record(!exists, raw.clone()));
+                    values.insert_if_absent(key, || Pending::Record { will_init: !exists });
                 }
                 // Only an existing page is changed.
                 ExtraOp::VmTruncate { .. } if exists => {
-                    values.insert_if_absent(key, || Value::pg_record(false, raw.clone()));
+                    values.insert_if_absent(key, || Pending::Record { will_init: false });
                 }
                 ExtraOp::VmTruncate { .. } => {}
             }
@@ -381,7 +382,7 @@ impl WalIngest {
             Structural::Smgr(SmgrRecord::Create { rnode, fork }) => {
                 let fork = u8::try_from(fork).map_err(|_| Self::err(rec, "bad fork"))?;
                 if self.dir.size(rnode, fork).is_none() {
-                    sizes.insert((rnode, fork), 0);
+                    sizes.insert((rnode, fork), 0u32);
                 }
             }
             Structural::Smgr(SmgrRecord::Truncate {
@@ -489,7 +490,12 @@ impl WalIngest {
             // An error here is an I/O error (the values were checked above): the open layer
             // may hold part of the record, and the timeline must be reopened from its
             // durable state.
-            self.tl.put(*key, lsn, value)?;
+            match value {
+                Pending::Record { will_init } => {
+                    self.tl.put_pg_record(*key, lsn, *will_init, raw)?
+                }
+                Pending::Value(v) => self.tl.put(*key, lsn, v)?,
+            }
         }
         self.tl.finish_record(rec.lsn, rec.end_lsn)?;
         if let Some(state) = new_nonpage {
@@ -509,6 +515,31 @@ impl WalIngest {
     }
 }
 
+/// A value of the record being ingested.
+enum Pending {
+    /// The record itself (`Value::pg_record(will_init, <the stored record bytes>)`), written
+    /// from the decoded record's bytes without a copy or a reference count per key.
+    Record {
+        will_init: bool,
+    },
+    Value(Value),
+}
+
+impl Pending {
+    fn will_init(&self) -> bool {
+        match self {
+            Pending::Record { will_init } => *will_init,
+            Pending::Value(v) => v.will_init(),
+        }
+    }
+}
+
+impl From<Value> for Pending {
+    fn from(v: Value) -> Pending {
+        Pending::Value(v)
+    }
+}
+
 /// A map as a vector searched linearly: the values and sizes of one record (a handful, or a
 /// few thousand for a CREATE DATABASE copy, once).
 struct SmallMap<K, V>(Vec<(K, V)>);
@@ -525,7 +556,8 @@ impl<K: PartialEq + Copy, V> SmallMap<K, V> {
     }
 
     /// Inserts or replaces.
-    fn insert(&mut self, k: K, v: V) {
+    fn insert(&mut self, k: K, v: impl Into<V>) {
+        let v = v.into();
         match self.0.iter_mut().find(|(x, _)| *x == k) {
             Some(slot) => slot.1 = v,
             None => self.0.push((k, v)),

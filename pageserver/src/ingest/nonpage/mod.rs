@@ -155,7 +155,7 @@ impl NonPageState {
         if s.checkpoint != self.checkpoint {
             out.put(Key::checkpoint(), Value::image(s.checkpoint.encode()));
         }
-        s.segments.emit_changes(&self.segments, &mut out.values);
+        s.segments.emit_changes(&self.segments, &mut out);
         Ok(Some((s, out.finish())))
     }
 
@@ -352,20 +352,24 @@ fn zero_page() -> Value {
     Value::image(Bytes::from(vec![0u8; walproto::consts::BLCKSZ]))
 }
 
-/// The values of one record; a key set twice keeps the last value.
+/// The values of one record; a key set twice keeps the last value. A record has a handful,
+/// so a vector searched linearly (no tree nodes to allocate per commit record).
 #[derive(Default)]
-struct Out {
-    values: BTreeMap<Key, Value>,
+pub(crate) struct Out {
+    values: Vec<(Key, Value)>,
 }
 
 impl Out {
-    fn put(&mut self, key: Key, v: Value) {
+    pub(crate) fn put(&mut self, key: Key, v: Value) {
         // Two changes to one SLRU page in a record are merged by the callers; the remaining
         // duplicates (directory images) are whole values, so the last one wins.
-        self.values.insert(key, v);
+        match self.values.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = v,
+            None => self.values.push((key, v)),
+        }
     }
 
     fn finish(self) -> Vec<(Key, Value)> {
-        self.values.into_iter().collect()
+        self.values
     }
 }

@@ -6,6 +6,7 @@
 //! image once removed) and the SLRU's segment directory ([`super::keys::slru_dir`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use layer_format::{Key, Lsn, SlruKind, Value};
@@ -24,9 +25,12 @@ pub const KINDS: [SlruKind; 3] = [
 ];
 
 /// Segment number → pages in it, per SLRU.
+///
+/// Shared copy-on-write: ingest clones the non-page state for every commit record, and a
+/// commit almost never changes the segments (only the first write to a new CLOG page does).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SlruSegments {
-    pub segs: BTreeMap<SlruKind, BTreeMap<u32, u32>>,
+    segs: Arc<BTreeMap<SlruKind, BTreeMap<u32, u32>>>,
 }
 
 /// Encodes a segment directory: (segno, pages) pairs of `u32` LE.
@@ -78,7 +82,7 @@ impl SlruSegments {
                     lsn,
                     reason,
                 })?;
-                s.segs.insert(k, d);
+                Arc::make_mut(&mut s.segs).insert(k, d);
             }
         }
         Ok(s)
@@ -95,8 +99,11 @@ impl SlruSegments {
             pageno / SLRU_PAGES_PER_SEGMENT,
             pageno % SLRU_PAGES_PER_SEGMENT,
         );
-        let n = self.segs.entry(slru).or_default().entry(segno).or_insert(0);
-        *n = (*n).max(blk + 1);
+        let have = self.segs.get(&slru).and_then(|d| d.get(&segno));
+        if have.is_none_or(|&n| n <= blk) {
+            let segs = Arc::make_mut(&mut self.segs);
+            segs.entry(slru).or_default().insert(segno, blk + 1);
+        }
         Key::slru_block(slru, segno, blk)
     }
 
@@ -104,7 +111,7 @@ impl SlruSegments {
     /// cutoff page's segment.
     pub fn truncate(&mut self, slru: SlruKind, cutoff: u32, precedes: fn(u32, u32) -> bool) {
         let cutoff = cutoff - cutoff % SLRU_PAGES_PER_SEGMENT;
-        if let Some(d) = self.segs.get_mut(&slru) {
+        if let Some(d) = Arc::make_mut(&mut self.segs).get_mut(&slru) {
             d.retain(|&segno, _| {
                 let first = segno.wrapping_mul(SLRU_PAGES_PER_SEGMENT);
                 let last = first.wrapping_add(SLRU_PAGES_PER_SEGMENT - 1);
@@ -118,7 +125,7 @@ impl SlruSegments {
     pub fn truncate_members(&mut self, start: u32, end: u32) {
         let seg = |off: u32| off / MULTIXACT_MEMBERS_PER_PAGE / SLRU_PAGES_PER_SEGMENT;
         let max = seg(u32::MAX);
-        let Some(d) = self.segs.get_mut(&SlruKind::MultiXactMembers) else {
+        let Some(d) = Arc::make_mut(&mut self.segs).get_mut(&SlruKind::MultiXactMembers) else {
             return;
         };
         let (mut s, e) = (seg(start), seg(end));
@@ -133,27 +140,32 @@ impl SlruSegments {
     }
 
     /// Values for what changed since `old`: size keys and directories.
-    pub fn emit_changes(&self, old: &SlruSegments, out: &mut BTreeMap<Key, Value>) {
+    pub(crate) fn emit_changes(&self, old: &SlruSegments, out: &mut super::Out) {
+        if Arc::ptr_eq(&self.segs, &old.segs) {
+            return;
+        }
+        let none = BTreeMap::new();
         for k in KINDS {
-            let (a, b) = (old.of(k), self.of(k));
+            let a = old.segs.get(&k).unwrap_or(&none);
+            let b = self.segs.get(&k).unwrap_or(&none);
             if a == b {
                 continue;
             }
-            for (segno, n) in &b {
+            for (segno, n) in b {
                 if a.get(segno) != Some(n) {
-                    out.insert(
+                    out.put(
                         Key::slru_segment_size(k, *segno),
                         Value::image(Bytes::copy_from_slice(&n.to_le_bytes())),
                     );
                 }
             }
             for segno in a.keys().filter(|s| !b.contains_key(s)) {
-                out.insert(
+                out.put(
                     Key::slru_segment_size(k, *segno),
                     Value::image(Bytes::new()),
                 );
             }
-            out.insert(super::keys::slru_dir(k), Value::image(encode_dir(&b)));
+            out.put(super::keys::slru_dir(k), Value::image(encode_dir(b)));
         }
     }
 }
