@@ -15,11 +15,16 @@
 //! runs `$STRATA_BENCH_RUNS` (default 3) times and the fastest run counts (the machine may be
 //! shared).
 //!
-//! `STRATA_BENCH_NO_PG=1` skips Postgres's side (for profiling).
+//! `STRATA_BENCH_NO_PG=1` skips Postgres's side, and `STRATA_BENCH_ONLY=l0` (ingest until
+//! durable, no explicit compaction) or `=full` runs only one of Strata's (for profiling).
 //! `STRATA_BENCH_FIXTURE=<dir>` keeps the generated base and WAL in `<dir>` and reuses them in
 //! later runs (the WAL generation takes minutes; delete the directory to start over).
 //!
 //! `cargo bench -p pageserver --bench ingest_vs_recovery` prints the table.
+
+// The pageserver binary's allocator (src/bin/pageserver.rs), so ingest runs as it does there.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -278,14 +283,26 @@ fn main() -> anyhow::Result<()> {
             a
         }
     };
-    let mut l0 = strata(&f, pg.base_dir(), no_compaction.clone(), true)?;
-    let mut full = strata(&f, pg.base_dir(), TimelineConf::default(), false)?;
-    for _ in 1..runs {
-        l0 = best(l0, strata(&f, pg.base_dir(), no_compaction.clone(), true)?);
-        full = best(
-            full,
-            strata(&f, pg.base_dir(), TimelineConf::default(), false)?,
-        );
+    // STRATA_BENCH_ONLY=l0 (without the explicit compaction) or =full runs only that side.
+    let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
+    let (want_l0, want_full) = (only != "full", only != "l0");
+    let mut l0 = None;
+    let mut full = None;
+    for _ in 0..runs {
+        if want_l0 {
+            let t = strata(&f, pg.base_dir(), no_compaction.clone(), only != "l0")?;
+            l0 = Some(match l0 {
+                Some(a) => best(a, t),
+                None => t,
+            });
+        }
+        if want_full {
+            let t = strata(&f, pg.base_dir(), TimelineConf::default(), false)?;
+            full = Some(match full {
+                Some(a) => best(a, t),
+                None => t,
+            });
+        }
     }
     // STRATA_BENCH_NO_PG=1 skips Postgres's side (for profiling Strata's).
     let mut pg_secs = f64::NAN;
@@ -295,7 +312,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    let records = full.records;
+    let records = l0.as_ref().or(full.as_ref()).map_or(0, |t| t.records);
     let row = |what: &str, secs: f64| {
         println!(
             "| {what} | {secs:.2} | {:.0} | {:.0} | {:.1}x |",
@@ -311,17 +328,22 @@ fn main() -> anyhow::Result<()> {
         "Postgres 15 recovery (standby from pg_wal, start to replay end)",
         pg_secs,
     );
-    row(
-        "Strata ingest until durable: decode, in-memory layers, background L0 flushes, final flush (compaction separate, below)",
-        l0.ingest + l0.flush,
-    );
-    row(
-        "Strata ingest with automatic compaction (background L0→L1 merges, images), until durable and compacted",
-        full.ingest + full.flush,
-    );
+    if let Some(t) = &l0 {
+        row(
+            "Strata ingest until durable: decode, in-memory layers, background L0 flushes, final flush (compaction separate, below)",
+            t.ingest + t.flush,
+        );
+    }
+    if let Some(t) = &full {
+        row(
+            "Strata ingest with automatic compaction (background L0→L1 merges, images), until durable and compacted",
+            t.ingest + t.flush,
+        );
+    }
     row("WAL decoder alone", decode);
     println!();
     for (name, t) in [("L0 only", &l0), ("with compaction", &full)] {
+        let Some(t) = t else { continue };
         println!(
             "Strata {name}: ingest loop {:.2} s + final flush {:.2} s, {:.2} CPU s; {:.0} MB of layers written ({:.2}x the WAL; L0 {:.0} MB); import of the base {:.2} s (not included)",
             t.ingest,
@@ -336,10 +358,14 @@ fn main() -> anyhow::Result<()> {
             println!("  then an explicit compaction: {secs:.2} s: {what}");
         }
     }
+    let ratio = |t: &Option<Timed>| {
+        t.as_ref()
+            .map_or(f64::NAN, |t| pg_secs / (t.ingest + t.flush))
+    };
     println!(
         "Strata (until durable) / Postgres: {:.1}x; with compaction: {:.1}x",
-        pg_secs / (l0.ingest + l0.flush),
-        pg_secs / (full.ingest + full.flush)
+        ratio(&l0),
+        ratio(&full)
     );
     Ok(())
 }
