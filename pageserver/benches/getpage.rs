@@ -5,7 +5,7 @@
 //! Setup (once, ~30 s): a throw-away Postgres 15 is initialized and `pgbench -i -s 4` fills
 //! it; its data directory, cleanly stopped, is copied as the base; then a 10 s pgbench run
 //! with 4 clients writes the WAL. The base is imported (image layers) and the WAL ingested
-//! into a timeline (64 MiB L0 layers, the default compaction): pages the run changed need
+//! into a timeline (32 MiB L0 layers, the default compaction): pages the run changed need
 //! redo, the others read the base's image.
 //! The page cache is off, so every read collects its versions from the layers (and runs
 //! redo when it needs to).
