@@ -374,6 +374,16 @@ async fn pageserver_binary() -> Result<()> {
         Code::InvalidArgument,
         &["18 bytes"],
     );
+    // Forks are 0..=3 (main, fsm, vm, init); a key for fork 7 would name no Postgres file.
+    let mut bad_fork = page_req(PARENT, Lsn(0), w.db, w.rel, 0);
+    if let Some(pb::get_page_request::Target::RelBlock(b)) = bad_fork.target.as_mut() {
+        b.fork = 7;
+    }
+    expect_status(
+        c.get_page(bad_fork).await,
+        Code::InvalidArgument,
+        &["fork 7", "0 main"],
+    );
     expect_status(
         c.timeline_status(tl("nope")).await,
         Code::InvalidArgument,

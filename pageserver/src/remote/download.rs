@@ -39,47 +39,56 @@ pub(crate) async fn download_layer(
         Err(e) => return Err(RemoteError::store("get", obj)(e)),
     };
     let tmp = dir.join(format!("{name}.download.tmp"));
-    let mut f = tokio::fs::File::create(&tmp)
+    // Whatever goes wrong (the store, the local disk, the check), no temporary file stays.
+    match write_checked(got, obj, &tmp, layer, corrupt).await {
+        Ok(size) => {
+            tokio::fs::rename(&tmp, &dst)
+                .await
+                .map_err(RemoteError::io("rename", &dst))
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(&tmp);
+                })?;
+            Ok(size)
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(e)
+        }
+    }
+}
+
+/// Streams the object into `tmp`, checks it against the manifest and fsyncs it; returns its
+/// size.
+async fn write_checked(
+    got: object_store::GetResult,
+    obj: &Path,
+    tmp: &FsPath,
+    layer: &RemoteLayer,
+    corrupt: impl Fn(String) -> RemoteError,
+) -> Result<u64> {
+    let mut f = tokio::fs::File::create(tmp)
         .await
-        .map_err(RemoteError::io("create", &tmp))?;
+        .map_err(RemoteError::io("create", tmp))?;
     let mut stream = got.into_stream();
     let (mut size, mut crc) = (0u64, 0u32);
-    let mut problem = None;
     while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                drop(f);
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(RemoteError::store("read", obj)(e));
-            }
-        };
+        let chunk = chunk.map_err(RemoteError::store("read", obj))?;
         size += chunk.len() as u64;
         if size > layer.size {
-            problem = Some(format!(
+            return Err(corrupt(format!(
                 "longer than the {} bytes of the manifest",
                 layer.size
-            ));
-            break;
+            )));
         }
         crc = crc32c::crc32c_append(crc, &chunk);
         f.write_all(&chunk)
             .await
-            .map_err(RemoteError::io("write", &tmp))?;
+            .map_err(RemoteError::io("write", tmp))?;
     }
-    if problem.is_none() {
-        problem = verdict(layer, size, crc);
-    }
-    if let Some(reason) = problem {
-        drop(f);
-        let _ = tokio::fs::remove_file(&tmp).await;
+    if let Some(reason) = verdict(layer, size, crc) {
         return Err(corrupt(reason));
     }
-    f.sync_all().await.map_err(RemoteError::io("fsync", &tmp))?;
-    drop(f);
-    tokio::fs::rename(&tmp, &dst)
-        .await
-        .map_err(RemoteError::io("rename", &dst))?;
+    f.sync_all().await.map_err(RemoteError::io("fsync", tmp))?;
     Ok(size)
 }
 

@@ -495,12 +495,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         let r = req.into_inner();
         let key = match r.target {
             Some(Target::RelBlock(b)) => {
-                let fork = u8::try_from(b.fork).map_err(|_| {
-                    Status::invalid_argument(format!(
-                        "fork {} is not a fork number (0..=3)",
-                        b.fork
-                    ))
-                })?;
+                let fork = fork_of(b.fork)?;
                 Key::rel_block(
                     RelFileNode {
                         spc: b.spc,
