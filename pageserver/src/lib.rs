@@ -16,6 +16,7 @@
 //! - [`remote`]: layer files and a manifest per timeline in an object store; restore.
 
 pub mod basebackup;
+pub mod durable;
 pub mod import;
 pub mod ingest;
 pub mod redo;

@@ -139,8 +139,8 @@ pub(crate) async fn local_copy_matches(path: &FsPath, layer: &RemoteLayer) -> Re
 /// Makes the entries of `dir` durable.
 pub(crate) async fn fsync_dir(dir: &FsPath) -> Result<()> {
     let d = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || std::fs::File::open(&d).and_then(|f| f.sync_all()))
+    tokio::task::spawn_blocking(move || crate::durable::fsync_dir(&d))
         .await
         .map_err(|e| RemoteError::Invalid(format!("fsync task failed: {e}")))?
-        .map_err(RemoteError::io("fsync directory", dir))
+        .map_err(|f| RemoteError::io(f.op, f.path)(f.source))
 }

@@ -107,22 +107,12 @@ impl RemoteLayers {
 
 /// Writes `dir/remote_layers` durably (see the module docs).
 pub fn write_remote_layers(dir: &Path, remote: &RemoteStorage, manifest: &Manifest) -> Result<()> {
-    use std::io::Write;
     let rl = RemoteLayers {
         storage: remote.to_string(),
         manifest: manifest.clone(),
     };
-    let path = dir.join(REMOTE_LAYERS_FILE);
-    let tmp = dir.join(format!("{REMOTE_LAYERS_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp).map_err(RemoteError::io("create", &tmp))?;
-    f.write_all(rl.encode().as_bytes())
-        .map_err(RemoteError::io("write", &tmp))?;
-    f.sync_all().map_err(RemoteError::io("fsync", &tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(RemoteError::io("rename", &path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(RemoteError::io("fsync directory", dir))
+    crate::durable::write_atomic(&dir.join(REMOTE_LAYERS_FILE), rl.encode().as_bytes())
+        .map_err(|f| RemoteError::io(f.op, f.path)(f.source))
 }
 
 /// Removes `dir/remote_layers` if it is there (the directory entry is made durable by the

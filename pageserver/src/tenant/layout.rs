@@ -11,8 +11,7 @@
 //! import writes many layer files before it is a timeline), and deleted by renaming it back
 //! to `.tmp` first: a `.tmp` directory found at start is always garbage and is removed.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::error::{Result, TenantError};
@@ -36,26 +35,22 @@ pub fn timelines_dir(tenant_dir: &Path) -> PathBuf {
 }
 
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(TenantError::io("fsync directory", dir))
+    crate::durable::fsync_dir(dir).map_err(io_failure)
 }
 
 /// Replaces `path` with `data` atomically and durably.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("toml.tmp");
-    let mut f = File::create(&tmp).map_err(TenantError::io("create", &tmp))?;
-    f.write_all(data).map_err(TenantError::io("write", &tmp))?;
-    f.sync_all().map_err(TenantError::io("fsync", &tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(TenantError::io("rename", path))?;
-    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+    crate::durable::write_atomic(path, data).map_err(io_failure)
+}
+
+fn io_failure(f: crate::durable::IoFailure) -> TenantError {
+    TenantError::io(f.op, f.path)(f.source)
 }
 
 /// Renames `from` to `to` durably (both in the same directory).
 pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
     fs::rename(from, to).map_err(TenantError::io("rename", from))?;
-    fsync_dir(to.parent().unwrap_or(Path::new(".")))
+    fsync_dir(crate::durable::parent(to))
 }
 
 /// Creates `dir` and makes its entry in the parent durable.

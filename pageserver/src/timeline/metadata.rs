@@ -30,8 +30,7 @@
 //! - `layer`: every live layer file. A layer file in the directory that is not listed is left
 //!   over from a crash between writing it and writing this file, and is deleted at open.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::Path;
 
 use layer_format::{LayerDesc, Lsn};
@@ -153,22 +152,17 @@ impl TimelineMetadata {
 
     /// Replaces `dir/metadata` atomically and durably.
     pub fn store(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(METADATA_FILE);
-        let tmp = dir.join(format!("{METADATA_FILE}.tmp"));
-        let mut f = File::create(&tmp).map_err(TimelineError::io("create", &tmp))?;
-        f.write_all(self.encode().as_bytes())
-            .map_err(TimelineError::io("write", &tmp))?;
-        f.sync_all().map_err(TimelineError::io("fsync", &tmp))?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(TimelineError::io("rename", &path))?;
-        fsync_dir(dir)
+        crate::durable::write_atomic(&dir.join(METADATA_FILE), self.encode().as_bytes())
+            .map_err(io_failure)
     }
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(TimelineError::io("fsync directory", dir))
+    crate::durable::fsync_dir(dir).map_err(io_failure)
+}
+
+fn io_failure(f: crate::durable::IoFailure) -> TimelineError {
+    TimelineError::io(f.op, f.path)(f.source)
 }
 
 #[cfg(test)]
