@@ -6,13 +6,21 @@
 //! ```sh
 //! cargo build --release --bins && cargo bench -p compute --bench pgbench_quorum
 //! ```
-//! `STRATA_BENCH_SECS` (default 10) sets each pgbench run's duration, `STRATA_BENCH_SCALE`
-//! (default 10) the pgbench scale, `STRATA_BENCH_ONLY=<word>` runs only the setups whose name
-//! contains it (`strata`, `native`, `no replication`). `STRATA_BENCH_ORDER=reverse` runs the
+//! `STRATA_BENCH_SECS` (default 20; the whole bench then takes about 2.5 minutes) sets each
+//! pgbench run's duration, `STRATA_BENCH_SCALE` (default 10) the pgbench scale,
+//! `STRATA_BENCH_WP_ARGS` adds flags to the walproposer (e.g. `--max-appends-in-flight 2`),
+//! `STRATA_BENCH_ONLY=<word>` runs only the setups whose name contains it (`strata`, `native`, `no replication`). `STRATA_BENCH_ORDER=reverse` runs the
 //! setups in the opposite order (Strata first): the setup order shifts the numbers on a shared
 //! disk, so compare both orders. Between setups the page cache is written back (`sync`) and the
 //! machine gets a few seconds to settle, so one setup's writeback does not land in the next
 //! one's measurement.
+//!
+//! Besides TPS and latency, each run reports CPU time per transaction (from
+//! `/proc/<pid>/stat`, user + system, all threads): of the replicas (the three safekeepers and
+//! the walproposer, or the three `pg_receivewal`), of the Postgres server processes (backends,
+//! walsenders, background processes), and of the whole machine (`/proc/stat`, busy time,
+//! pgbench included). CPU per transaction varies less between runs than TPS on a loaded
+//! machine, and both setups are CPU-bound on two cores.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -54,6 +62,122 @@ struct Row {
     p50_ms: f64,
     p99_ms: f64,
     txns: usize,
+    cpu: CpuPerTxn,
+}
+
+/// CPU microseconds per transaction during one pgbench run.
+#[derive(Clone, Copy, Debug)]
+struct CpuPerTxn {
+    replicas_us: f64,
+    /// Each replica process separately (for Strata: the safekeepers, then the walproposer).
+    each_us: [f64; 4],
+    postgres_us: f64,
+    machine_us: f64,
+}
+
+/// Clock ticks per second of `/proc` CPU times.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no memory effects.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// A process's CPU ticks (user + system, all threads), the ticks of its children that it
+/// waited for, and its parent pid, from `/proc/<pid>/stat`; `None` if it is gone.
+fn proc_stat(pid: u32) -> Option<(u64, u64, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields start after the last `)`.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    // After the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
+    let ppid = f.get(1)?.parse().ok()?;
+    Some((num(11)? + num(12)?, num(13)? + num(14)?, ppid))
+}
+
+/// CPU ticks used so far by these processes.
+fn ticks_of(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|&p| proc_stat(p)).map(|s| s.0).sum()
+}
+
+/// CPU ticks used so far by the Postgres server: the postmaster, its live children (backends,
+/// walsenders, background processes) and the children that already exited (pgbench's
+/// backends of a finished run, counted in the postmaster's children time).
+fn postgres_ticks(pg: &PgCluster) -> u64 {
+    let Some(master) = std::fs::read_to_string(pg.data_dir().join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+    else {
+        return 0;
+    };
+    let Some((own, waited, _)) = proc_stat(master) else {
+        return 0;
+    };
+    let mut total = own + waited;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
+                if let Some((t, _, ppid)) = proc_stat(pid) {
+                    if ppid == master {
+                        total += t;
+                    }
+                }
+            }
+        }
+    }
+    total
+}
+
+/// Busy CPU ticks of the whole machine (everything but idle and iowait).
+fn machine_busy_ticks() -> u64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().next() else {
+        return 0;
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    v.iter().take(8).sum::<u64>() - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0)
+}
+
+/// CPU counters at the start of a run.
+struct CpuMark {
+    replicas: u64,
+    each: [u64; 4],
+    postgres: u64,
+    machine: u64,
+}
+
+impl CpuMark {
+    fn take(replica_pids: &[u32], pg: &PgCluster) -> CpuMark {
+        CpuMark {
+            replicas: ticks_of(replica_pids),
+            each: std::array::from_fn(|i| replica_pids.get(i).map_or(0, |&p| ticks_of(&[p]))),
+            postgres: postgres_ticks(pg),
+            machine: machine_busy_ticks(),
+        }
+    }
+
+    /// CPU per transaction since `self` (processes that ended meanwhile are not counted).
+    fn per_txn(&self, replica_pids: &[u32], pg: &PgCluster, txns: usize) -> CpuPerTxn {
+        let now = CpuMark::take(replica_pids, pg);
+        let us = |a: u64, b: u64| {
+            a.saturating_sub(b) as f64 / clock_ticks() * 1e6 / (txns.max(1) as f64)
+        };
+        CpuPerTxn {
+            replicas_us: us(now.replicas, self.replicas),
+            each_us: std::array::from_fn(|i| us(now.each[i], self.each[i])),
+            postgres_us: us(now.postgres, self.postgres),
+            machine_us: us(now.machine, self.machine),
+        }
+    }
 }
 
 /// Processes kept alive for one setup (held only to be dropped at its end).
@@ -62,6 +186,21 @@ enum Replicas {
     None,
     Receivers(Vec<Child>),
     Strata(Vec<common::Sk>, common::Wp, tempfile::TempDir),
+}
+
+impl Replicas {
+    /// The replica processes: the safekeepers and the walproposer, or the receivers.
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Replicas::None => Vec::new(),
+            Replicas::Receivers(children) => children.iter().map(|c| c.id()).collect(),
+            Replicas::Strata(sks, wp, _) => sks
+                .iter()
+                .filter_map(|s| s.child.as_ref().map(|c| c.id()))
+                .chain(std::iter::once(wp.child.id()))
+                .collect(),
+        }
+    }
 }
 
 impl Drop for Replicas {
@@ -119,7 +258,9 @@ fn start(setup: Setup) -> (PgCluster, Replicas) {
         Setup::Strata => {
             let tmp = tempfile::tempdir().expect("tempdir");
             let sks: Vec<common::Sk> = (1..=3).map(|i| common::Sk::new(tmp.path(), i)).collect();
-            let wp = common::Wp::start(&pg, &sks, &tmp.path().join("wp.log"), &[]);
+            let extra = std::env::var("STRATA_BENCH_WP_ARGS").unwrap_or_default();
+            let extra: Vec<&str> = extra.split_whitespace().collect();
+            let wp = common::Wp::start(&pg, &sks, &tmp.path().join("wp.log"), &extra);
             Replicas::Strata(sks, wp, tmp)
         }
     };
@@ -164,12 +305,14 @@ fn latencies(dir: &Path, prefix: &str) -> Vec<f64> {
     out
 }
 
-fn run_pgbench(pg: &PgCluster, setup: Setup, clients: u32, secs: u64) -> Row {
+fn run_pgbench(pg: &PgCluster, replicas: &Replicas, setup: Setup, clients: u32, secs: u64) -> Row {
     let prefix = format!("pgb_{clients}");
     let log_prefix: PathBuf = pg.base_dir().join(&prefix);
     let c = clients.to_string();
     let j = clients.min(4).to_string();
     let t = secs.to_string();
+    let replica_pids = replicas.pids();
+    let mark = CpuMark::take(&replica_pids, pg);
     let out = pg
         .pgbench(&[
             "-c",
@@ -190,6 +333,7 @@ fn run_pgbench(pg: &PgCluster, setup: Setup, clients: u32, secs: u64) -> Row {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no tps in pgbench output:\n{out}"));
     let lat = latencies(pg.base_dir(), &prefix);
+    let cpu = mark.per_txn(&replica_pids, pg, lat.len());
     Row {
         setup,
         clients,
@@ -197,6 +341,7 @@ fn run_pgbench(pg: &PgCluster, setup: Setup, clients: u32, secs: u64) -> Row {
         p50_ms: percentile(&lat, 0.50),
         p99_ms: percentile(&lat, 0.99),
         txns: lat.len(),
+        cpu,
     }
 }
 
@@ -210,7 +355,7 @@ fn settle() {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is expected.
-    let secs = env_u64("STRATA_BENCH_SECS", 10);
+    let secs = env_u64("STRATA_BENCH_SECS", 20);
     let scale = env_u64("STRATA_BENCH_SCALE", 10).to_string();
     if std::env::var_os("STRATA_SAFEKEEPER_BIN").is_none() {
         let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -243,14 +388,19 @@ fn main() {
         let (pg, replicas) = start(setup);
         pg.pgbench(&["-i", "-q", "-s", &scale]).expect("pgbench -i");
         for clients in [1, 16] {
-            let row = run_pgbench(&pg, setup, clients, secs);
+            let row = run_pgbench(&pg, &replicas, setup, clients, secs);
             eprintln!(
-                "{:<34} {:>3} clients: {:>8.1} tps, p50 {:.2} ms, p99 {:.2} ms",
+                "{:<34} {:>3} clients: {:>8.1} tps, p50 {:.2} ms, p99 {:.2} ms, CPU/txn: \
+                 replicas {:.0} µs (each {:.0?}), Postgres {:.0} µs, machine {:.0} µs",
                 setup.name(),
                 clients,
                 row.tps,
                 row.p50_ms,
-                row.p99_ms
+                row.p99_ms,
+                row.cpu.replicas_us,
+                row.cpu.each_us,
+                row.cpu.postgres_us,
+                row.cpu.machine_us
             );
             rows.push(row);
         }
@@ -275,8 +425,11 @@ fn main() {
         if reverse { "reverse" } else { "none, native, Strata" },
         common::safekeeper_bin().display()
     );
-    println!("| setup | clients | TPS | p50 ms | p99 ms | transactions | TPS vs native quorum |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| setup | clients | TPS | p50 ms | p99 ms | transactions | TPS vs native quorum | \
+         replicas CPU µs/txn | Postgres CPU µs/txn | machine CPU µs/txn | other CPU µs/txn |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &rows {
         let native = rows
             .iter()
@@ -284,14 +437,24 @@ fn main() {
             .map(|n| n.tps)
             .unwrap_or(f64::NAN);
         println!(
-            "| {} | {} | {:.1} | {:.2} | {:.2} | {} | {:.2}x |",
+            "| {} | {} | {:.1} | {:.2} | {:.2} | {} | {:.2}x | {:.0} | {:.0} | {:.0} | {:.0} |",
             r.setup.name(),
             r.clients,
             r.tps,
             r.p50_ms,
             r.p99_ms,
             r.txns,
-            r.tps / native
+            r.tps / native,
+            r.cpu.replicas_us,
+            r.cpu.postgres_us,
+            r.cpu.machine_us,
+            r.cpu.machine_us - r.cpu.replicas_us - r.cpu.postgres_us
         );
     }
+    println!(
+        "CPU µs per transaction: user + system time of the replicas (safekeepers and walproposer, \
+         or the pg_receivewal processes), of the Postgres server processes, and busy time of the \
+         whole machine; `other` is the rest (pgbench, kernel threads, anything else running: \
+         a large value means the run shared the machine)."
+    );
 }

@@ -117,10 +117,17 @@ fn run(cli: Cli) -> Result<()> {
     rt.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
-        tokio::select! {
-            r = walproposer::run(cfg) => r,
+        // The walproposer runs as a task, not as the future `block_on` polls: waking that
+        // future writes the runtime's eventfd (a syscall and an extra epoll round) every time,
+        // which the main loop would pay on each acknowledgement and each WAL message; a task
+        // woken on the runtime's own thread is only queued.
+        let mut wp = tokio::spawn(walproposer::run(cfg));
+        let r = tokio::select! {
+            r = &mut wp => r.context("the walproposer task failed")?,
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); Ok(()) }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
-        }
+        };
+        wp.abort();
+        r
     })
 }

@@ -81,7 +81,9 @@ pub async fn run(
             if events.send(Event::Joined { idx, flush: start }).is_err() {
                 return;
             }
-            match stream(idx, session, start, &shared, &events).await {
+            let r = stream(idx, session, start, &shared, &events).await;
+            shared.set_hungry(idx, false);
+            match r {
                 Ok(()) => return,
                 Err(e @ SessionError::Superseded { .. }) => {
                     let _ = events.send(Event::Fatal(e));
@@ -219,6 +221,14 @@ async fn stream(
             sent = end;
             sent_any = true;
         }
+        shared.set_hungry(
+            idx,
+            catchup.is_none()
+                && pending.is_none()
+                && sent >= p.end
+                && sent.0 - flush.0 < shared.max_inflight
+                && rtt.pending.len() < shared.max_appends_in_flight,
+        );
         if sent_any {
             sent_commit = p.commit;
             last_send = Instant::now();

@@ -24,6 +24,8 @@ use crate::pg::PgConnection;
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the quorum latency is logged.
 const STATS_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest pause in reading from Postgres while every acceptor has an append in flight.
+const MAX_READ_PAUSE: Duration = Duration::from_millis(10);
 
 /// Runs the walproposer until a fatal error (it never returns `Ok` on its own): checks
 /// Postgres, wins an election, then streams.
@@ -110,6 +112,10 @@ async fn run_inner(cfg: Config, tenant: String, timeline: String) -> Result<()> 
             c
         },
         pg_timeline: id.timeline,
+        hungry: (0..cfg.safekeepers.len())
+            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .collect(),
+        hungry_notify: tokio::sync::Notify::new(),
     });
 
     let mut stream = WalStream::start(conn, Some(&cfg.slot), stream_start, id.timeline)
@@ -175,6 +181,7 @@ async fn stream_loop(
     let mut inflight: std::collections::VecDeque<(Lsn, Instant)> = Default::default();
     let mut lat_us: Vec<u64> = Vec::new();
     let mut last_stats = Instant::now();
+    let mut last_read = Instant::now();
     loop {
         let quorum_flush = quorum_lsn(&flushes);
         let backpressure = received.0.saturating_sub(quorum_flush.0) > cfg.max_lag;
@@ -188,6 +195,9 @@ async fn stream_loop(
             }
         }
         let mut reply_now = false;
+        // Read Postgres only when an acceptor can take WAL now (or after a short pause).
+        let read_pause = MAX_READ_PAUSE.saturating_sub(last_read.elapsed());
+        let want_wal = !backpressure && (read_pause.is_zero() || shared.any_hungry());
         tokio::select! {
             ev = events.recv() => match ev {
                 None => bail!("all safekeeper tasks ended"),
@@ -204,7 +214,8 @@ async fn stream_loop(
                     )))
                 }
             },
-            m = stream.next(Duration::from_millis(100)), if !backpressure => {
+            m = stream.next(Duration::from_millis(100)), if want_wal => {
+                last_read = Instant::now();
                 let m = match m {
                     Ok(m) => m,
                     // Postgres ended the stream (a shutdown): what it sent must still become
@@ -237,6 +248,8 @@ async fn stream_loop(
                 }
             },
             _ = tokio::time::sleep(Duration::from_millis(50)), if backpressure => {}
+            _ = shared.hungry_notify.notified(), if !want_wal && !backpressure => {}
+            _ = tokio::time::sleep(read_pause), if !want_wal && !backpressure => {}
         }
 
         // The commit LSN: fsynced by a majority in this term, and this term's WAL start

@@ -33,6 +33,10 @@ impl SessionError {
 }
 
 pub const MAX_MESSAGE: usize = 64 << 20;
+/// HTTP/2 flow-control window of the session stream (each direction, as the receiver).
+pub const H2_STREAM_WINDOW: u32 = 64 << 20;
+/// HTTP/2 flow-control window of the whole connection.
+pub const H2_CONNECTION_WINDOW: u32 = 128 << 20;
 
 /// An open session (greeted).
 pub struct Session {
@@ -73,6 +77,11 @@ impl Session {
                 })?
                 .connect_timeout(timeout)
                 .tcp_nodelay(true)
+                // Flow-control windows far above what is ever in flight (16 MiB by default),
+                // fixed: no WINDOW_UPDATE round trip or BDP ping is ever waited for.
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .http2_adaptive_window(false)
                 .http2_keep_alive_interval(Duration::from_secs(5))
                 .keep_alive_timeout(Duration::from_secs(10))
                 .keep_alive_while_idle(true);
