@@ -18,11 +18,7 @@ pub struct IoFailure {
 
 fn fail(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IoFailure {
     let path = path.to_path_buf();
-    move |source| IoFailure {
-        op,
-        path,
-        source,
-    }
+    move |source| IoFailure { op, path, source }
 }
 
 /// Makes the entries of `dir` (creations, renames, removals) durable.
