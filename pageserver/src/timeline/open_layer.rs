@@ -94,10 +94,9 @@ impl OpenLayer {
         OpenLayer::default()
     }
 
-    /// An open layer expected to hold about `keys` keys and `entries` versions (the previous
-    /// layer's counts), so that the index is not rehashed as it grows.
-    /// A dropped layer's index structures are reused when they are big enough: fresh ones of
-    /// several MiB cost page faults and zeroing on first touch.
+    /// An open layer expected to hold about `keys` keys (the previous layer's count), so that
+    /// the index is not rehashed as it grows. A dropped layer's index is reused when it is big
+    /// enough: a fresh one of several MiB costs page faults and zeroing on first touch.
     pub fn with_capacity(keys: usize) -> OpenLayer {
         let reused = INDEX_POOL
             .lock()
@@ -307,7 +306,7 @@ impl OpenLayer {
         let mut by_key: Vec<u32> = (0..self.keys.len() as u32).collect();
         by_key.sort_unstable_by_key(|&id| split_key(&self.keys[id as usize]));
         // start[rank] = where that key's versions begin in the output.
-        let mut count = vec![0u32; self.keys.len() + 1];
+        let mut count = vec![0u32; self.keys.len()];
         for e in self.entries.iter() {
             count[e.key_id as usize] += 1;
         }
@@ -438,9 +437,9 @@ impl Entries {
 
 /// Arena chunks of dropped layers kept for the next ones (at most this many, process-wide):
 /// a fresh chunk costs page faults and zeroing on first touch, about a tenth of ingest's
-/// time, while a recycled one is already mapped. Bounded to three default-size layers (the
-/// open one, one being flushed, one waiting).
-const POOL_CHUNKS: usize = 192;
+/// time, while a recycled one is already mapped. Bounded to 128 MiB: four layers of the default
+/// 32 MiB (the open one, two frozen in flight, one being dropped).
+const POOL_CHUNKS: usize = 128;
 
 static CHUNK_POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 
@@ -594,6 +593,51 @@ mod tests {
         l.put(Key::control_file(), Lsn(9), &big).unwrap();
         let e = l.versions(Key::control_file(), Lsn::MAX)[0];
         assert_eq!(l.read(Key::control_file(), &e).unwrap(), big);
+    }
+
+    #[test]
+    fn many_entries_span_chunks_and_sort_by_key_then_lsn() {
+        // More versions than one entry chunk holds, keys arriving interleaved; twice, so the
+        // second layer runs on the first one's recycled chunks and index.
+        for _ in 0..2 {
+            let mut l = OpenLayer::with_capacity(16);
+            let keys: Vec<Key> = (0..997u32)
+                .map(|b| {
+                    let rel = walproto::RelFileNode {
+                        spc: 1663,
+                        db: 5,
+                        rel: 7,
+                    };
+                    Key::rel_block(rel, 0, b * 31 % 997)
+                })
+                .collect();
+            let n = 2 * ENTRY_CHUNK + 123;
+            for i in 0..n {
+                let v = Value::image(vec![(i % 251) as u8; 3]);
+                l.put(keys[i % keys.len()], Lsn(16 + i as u64), &v).unwrap();
+            }
+            assert_eq!(l.entry_count(), n);
+            let mut seen = Vec::with_capacity(n);
+            l.for_each_sorted(|k, lsn, encoded| {
+                let i = (lsn.0 - 16) as usize;
+                assert_eq!(k, keys[i % keys.len()]);
+                let mut want = Vec::new();
+                Value::image(vec![(i % 251) as u8; 3]).encode(&mut want);
+                assert_eq!(encoded, &want[..]);
+                seen.push((k, lsn));
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+            assert_eq!(seen.len(), n);
+            assert!(
+                seen.windows(2).all(|w| w[0] < w[1]),
+                "not in (key, LSN) order"
+            );
+            let k = keys[5];
+            let vs = l.versions(k, Lsn::MAX);
+            assert_eq!(vs.len(), (0..n).filter(|i| i % keys.len() == 5).count());
+            assert!(vs.windows(2).all(|w| w[0].lsn < w[1].lsn));
+        }
     }
 
     #[test]
