@@ -15,6 +15,12 @@
 //! machine gets a few seconds to settle, so one setup's writeback does not land in the next
 //! one's measurement.
 //!
+//! The replicas are reached over TCP in both replicated setups: Strata's walproposer talks to
+//! its safekeepers over loopback TCP, and the three `pg_receivewal` connect to Postgres at
+//! `127.0.0.1`, as replicas on other machines would. `STRATA_BENCH_NATIVE_VIA=socket`
+//! connects them through Postgres's Unix socket instead (cheaper per message than any
+//! network link; the walproposer, which runs beside Postgres, always uses the socket).
+//!
 //! Besides TPS and latency, each run reports CPU time per transaction (from
 //! `/proc/<pid>/stat`, user + system, all threads): of the replicas (the three safekeepers and
 //! the walproposer, or the three `pg_receivewal`), of the Postgres server processes (backends,
@@ -241,7 +247,7 @@ fn start(setup: Setup) -> (PgCluster, Replicas) {
                     .arg("-d")
                     .arg(format!(
                         "host={} port={} user=postgres application_name=rw{i}",
-                        pg.socket_dir().display(),
+                        native_host(&pg),
                         pg.port()
                     ))
                     .arg("-D")
@@ -271,6 +277,15 @@ fn start(setup: Setup) -> (PgCluster, Replicas) {
         std::thread::sleep(Duration::from_millis(200));
     }
     (pg, replicas)
+}
+
+/// Where the native replicas reach Postgres: `127.0.0.1` (TCP, the default) or the Unix
+/// socket directory with `STRATA_BENCH_NATIVE_VIA=socket`.
+fn native_host(pg: &PgCluster) -> String {
+    match std::env::var("STRATA_BENCH_NATIVE_VIA").as_deref() {
+        Ok("socket") => pg.socket_dir().display().to_string(),
+        _ => "127.0.0.1".to_string(),
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -421,8 +436,17 @@ fn main() {
     }
     println!();
     println!(
-        "pgbench TPC-B-like, scale {scale}, {secs} s per run, one run each, order {} (safekeeper binary: {})",
-        if reverse { "reverse" } else { "none, native, Strata" },
+        "pgbench TPC-B-like, scale {scale}, {secs} s per run, one run each, order {}, native \
+         replicas connect to Postgres at {} (safekeeper binary: {})",
+        if reverse {
+            "reverse"
+        } else {
+            "none, native, Strata"
+        },
+        match std::env::var("STRATA_BENCH_NATIVE_VIA").as_deref() {
+            Ok("socket") => "its Unix socket",
+            _ => "127.0.0.1 (TCP)",
+        },
         common::safekeeper_bin().display()
     );
     println!(
