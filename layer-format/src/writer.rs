@@ -16,7 +16,7 @@ use walproto::Lsn;
 use crate::compress::{try_compress, Compression};
 use crate::error::{LayerError, Result};
 use crate::format::*;
-use crate::key::{Key, KEY_SIZE};
+use crate::key::Key;
 use crate::name::LayerDesc;
 
 /// What a finished writer produced.
@@ -208,10 +208,10 @@ impl RawWriter {
         }
         let sk = sort_key(key, lsn);
         if let Some(last) = self.last {
-            if ordinal(&sk) <= last {
+            if ordinal(key, lsn) <= last {
                 return Err(self.invalid(format!(
                     "entries out of order: ({key}, {lsn}) after ({}, {})",
-                    key_of_ordinal(last),
+                    Key::from_ordinal((last.0, last.1)),
                     Lsn(last.2)
                 )));
             }
@@ -248,7 +248,7 @@ impl RawWriter {
         entry.encode_into(&mut self.block);
         self.block_count += 1;
         self.entry_count += 1;
-        self.last = Some(ordinal(&sk));
+        self.last = Some(ordinal(key, lsn));
         if self.block_count == MAX_ENTRIES_PER_BLOCK {
             self.flush_block()?;
         }
@@ -333,20 +333,8 @@ impl Drop for RawWriter {
     }
 }
 
-/// A sort key as big-endian integers: compares like the bytes, without a `memcmp` call.
-fn ordinal(sk: &[u8; SORT_LEN]) -> (u128, u16, u64) {
-    let mut hi = [0u8; 16];
-    hi.copy_from_slice(&sk[..16]);
-    (
-        u128::from_be_bytes(hi),
-        u16::from_be_bytes([sk[16], sk[17]]),
-        be_u64(sk, KEY_SIZE),
-    )
-}
-
-fn key_of_ordinal(o: (u128, u16, u64)) -> Key {
-    let mut b = [0u8; KEY_SIZE];
-    b[..16].copy_from_slice(&o.0.to_be_bytes());
-    b[16..].copy_from_slice(&o.1.to_be_bytes());
-    Key::from_bytes(b)
+/// (key, LSN) as integers: compares like the entries' sort keys, without a `memcmp` call.
+fn ordinal(key: Key, lsn: Lsn) -> (u128, u16, u64) {
+    let (hi, lo) = key.ordinal();
+    (hi, lo, lsn.0)
 }

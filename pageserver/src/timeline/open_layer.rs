@@ -301,10 +301,9 @@ impl OpenLayer {
     /// Every version's index in `entries`, in (key, LSN) order: a counting sort of the
     /// entries by their key's rank, which keeps each key's versions in arrival (LSN) order.
     fn sorted_order(&self) -> Vec<u32> {
-        // Rank of each key number in key order. Keys compare as two big-endian integers,
-        // cheaper than a byte-wise compare.
+        // Rank of each key number in key order.
         let mut by_key: Vec<u32> = (0..self.keys.len() as u32).collect();
-        by_key.sort_unstable_by_key(|&id| split_key(&self.keys[id as usize]));
+        by_key.sort_unstable_by_key(|&id| self.keys[id as usize].ordinal());
         // start[rank] = where that key's versions begin in the output.
         let mut count = vec![0u32; self.keys.len()];
         for e in self.entries.iter() {
@@ -324,13 +323,6 @@ impl OpenLayer {
         }
         order
     }
-}
-
-/// A key as (first 16 bytes, last 2 bytes) big-endian: the same order as the bytes.
-fn split_key(k: &Key) -> (u128, u16) {
-    let b = k.as_bytes();
-    let hi = u128::from_be_bytes(b[..16].try_into().expect("16 bytes"));
-    (hi, u16::from_be_bytes([b[16], b[17]]))
 }
 
 /// What the index keeps per key.
