@@ -344,8 +344,11 @@ async fn drain_after_stream_end(
             shared
                 .progress
                 .send_modify(|p| p.commit = p.commit.max(received));
-            // Acceptors send a commit-only append after their short commit delay.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Acceptors send a commit-only append after their short commit delay (20 ms);
+            // the wait leaves room for a loaded machine, since a safekeeper left without the
+            // final commit LSN makes the next read-write start refuse (flush beyond commit).
+            // TODO: wait for each acceptor to have sent it instead of a fixed time.
+            tokio::time::sleep(Duration::from_millis(1000)).await;
             info!(commit = %received, "Postgres ended the replication stream; all it sent is committed");
             return Ok(());
         }
