@@ -209,13 +209,7 @@ async fn damaged_safekeeper_recovers(
     // It recovers from its peers and follows the commits of the running ledger.
     ledger_advances(&ledger, 50, "after the restart").await;
     let target = pg.current_wal_insert_lsn().unwrap();
-    let ok = wait_until(Duration::from_secs(60), || async {
-        sks[2]
-            .status()
-            .await
-            .is_some_and(|s| Lsn(s.commit_lsn) >= target)
-    })
-    .await;
+    let ok = sks[2].wait_commit(target, Duration::from_secs(60)).await;
     assert!(ok, "safekeeper 3 did not recover:\n{}", sks[2].log_tail());
     let s3 = sks[2].status().await.unwrap();
     assert!(s3.term >= before.term, "the recovered node forgot its term");
@@ -247,11 +241,7 @@ async fn damaged_safekeeper_recovers(
     let acked = ledger.finish().await;
 
     // No acknowledged transfer is lost, and the money adds up.
-    let rows = psql(&pg, &wp, "SELECT n FROM ledger ORDER BY n");
-    let present: std::collections::HashSet<i64> =
-        rows.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    let lost: Vec<&i64> = acked.iter().filter(|n| !present.contains(n)).collect();
-    assert!(lost.is_empty(), "acknowledged transfers lost: {lost:?}");
+    assert_none_lost(&pg, &wp, &acked);
     assert_eq!(
         psql(&pg, &wp, "SELECT sum(balance) FROM accounts").trim(),
         (ACCOUNTS * BALANCE).to_string()
@@ -398,13 +388,7 @@ async fn bad_wal_met_by_a_reader_quarantines_the_running_timeline() {
     );
     ledger_advances(&ledger, 30, "after the quarantine").await;
     let target = pg.current_wal_insert_lsn().unwrap();
-    let ok = wait_until(Duration::from_secs(60), || async {
-        sks[2]
-            .status()
-            .await
-            .is_some_and(|s| Lsn(s.commit_lsn) >= target)
-    })
-    .await;
+    let ok = sks[2].wait_commit(target, Duration::from_secs(60)).await;
     assert!(ok, "safekeeper 3 did not recover:\n{}", sks[2].log_tail());
     let commit = Lsn(sks[2].status().await.unwrap().commit_lsn);
     let ours = read_segments(&sks[2].timeline_dir(), start, commit);
@@ -420,11 +404,7 @@ async fn bad_wal_met_by_a_reader_quarantines_the_running_timeline() {
     sks[0].kill();
     ledger_advances(&ledger, 20, "with safekeepers 2 and 3").await;
     let acked = ledger.finish().await;
-    let rows = psql(&pg, &wp, "SELECT n FROM ledger ORDER BY n");
-    let present: std::collections::HashSet<i64> =
-        rows.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    let lost: Vec<&i64> = acked.iter().filter(|n| !present.contains(n)).collect();
-    assert!(lost.is_empty(), "acknowledged transfers lost: {lost:?}");
+    assert_none_lost(&pg, &wp, &acked);
     drop(wp);
 }
 
@@ -505,4 +485,13 @@ async fn without_peers_a_quarantined_timeline_is_refused_not_recreated() {
         assert_eq!(copies.len(), 1, "one quarantined copy");
         assert!(std::fs::read(copies[0].path().join("safekeeper.control")).unwrap() == b);
     }
+}
+
+/// Every acknowledged transfer of the ledger is in the table.
+fn assert_none_lost(pg: &strata_tests::PgCluster, wp: &Wp, acked: &[i64]) {
+    let rows = psql(pg, wp, "SELECT n FROM ledger ORDER BY n");
+    let present: std::collections::HashSet<i64> =
+        rows.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let lost: Vec<&i64> = acked.iter().filter(|n| !present.contains(n)).collect();
+    assert!(lost.is_empty(), "acknowledged transfers lost: {lost:?}");
 }

@@ -299,13 +299,7 @@ async fn local_directory_offload_and_a_wiped_safekeeper_recovers() {
     psql(&pg, &wp, "INSERT INTO t VALUES (-1, 'after the wipe')");
     let term = sks[0].status().await.unwrap().term;
     let target = pg.current_wal_insert_lsn().unwrap();
-    let ok = wait_until(Duration::from_secs(30), || async {
-        sks[2]
-            .status()
-            .await
-            .is_some_and(|s| Lsn(s.commit_lsn) >= target)
-    })
-    .await;
+    let ok = sks[2].wait_commit(target, Duration::from_secs(30)).await;
     assert!(ok, "safekeeper 3 did not recover:\n{}", sks[2].log_tail());
     let s3 = sks[2].status().await.unwrap();
     assert_eq!(s3.term, term, "the recovered node took the peers' term");

@@ -163,6 +163,16 @@ impl Sk {
         .ok()
         .map(|r| r.into_inner())
     }
+
+    /// Waits until this safekeeper's commit LSN reaches `target`; false on timeout.
+    pub async fn wait_commit(&self, target: walproto::Lsn, timeout: Duration) -> bool {
+        wait_until(timeout, || async {
+            self.status()
+                .await
+                .is_some_and(|s| walproto::Lsn(s.commit_lsn) >= target)
+        })
+        .await
+    }
 }
 
 impl Drop for Sk {
