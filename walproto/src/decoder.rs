@@ -71,7 +71,7 @@ const ARENA_CHUNK: usize = 256 * 1024;
 pub struct WalStreamDecoder {
     /// Input not yet consumed; its first byte is at LSN `pos`. Records lying whole in it are
     /// split off without a copy.
-    input: BytesMut,
+    input: Bytes,
     pos: Lsn,
     /// Where decoding began: a continuation found on this page belongs to an earlier record.
     start: Lsn,
@@ -97,7 +97,7 @@ impl WalStreamDecoder {
     /// start of a page (then a continuation at the top of the page is skipped).
     pub fn new(start: Lsn) -> Self {
         WalStreamDecoder {
-            input: BytesMut::new(),
+            input: Bytes::new(),
             pos: start,
             start,
             state: State::RecordStart,
@@ -138,9 +138,33 @@ impl WalStreamDecoder {
         self.state == State::InRecord
     }
 
-    /// Appends the next bytes of the WAL.
+    /// Appends the next bytes of the WAL (copied).
     pub fn feed(&mut self, data: &[u8]) {
-        self.input.extend_from_slice(data);
+        if self.input.is_empty() {
+            self.input = Bytes::copy_from_slice(data);
+        } else {
+            self.append_copy(data);
+        }
+    }
+
+    /// Appends the next bytes of the WAL, keeping `data` itself (records lying whole in it
+    /// share its buffer) when all earlier input is consumed, as it is when the input comes in
+    /// whole WAL pages; otherwise like [`WalStreamDecoder::feed`].
+    pub fn feed_bytes(&mut self, data: Bytes) {
+        if self.input.is_empty() {
+            self.input = data;
+        } else {
+            self.append_copy(&data);
+        }
+    }
+
+    /// The unconsumed input followed by `data`, in a new buffer: the records already split off
+    /// keep the old one.
+    fn append_copy(&mut self, data: &[u8]) {
+        let mut joined = BytesMut::with_capacity(self.input.len() + data.len());
+        joined.extend_from_slice(&self.input);
+        joined.extend_from_slice(data);
+        self.input = joined.freeze();
     }
 
     fn available(&self) -> &[u8] {
@@ -280,7 +304,7 @@ impl WalStreamDecoder {
         let len = tot_len as usize;
         if len <= page_left && self.available().len() >= len {
             // Fast path: the whole record is on this page and in the input: no copy.
-            let raw = self.input.split_to(len).freeze();
+            let raw = self.input.split_to(len);
             self.pos = Lsn(self.pos.0 + len as u64);
             return self.finish_record(raw).map(|r| Some(Decoded::Record(r)));
         }

@@ -4,6 +4,9 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
 
 use crate::consts::WAL_SEGMENT_SIZE;
 use crate::decoder::{DecodeError, Decoded, WalStreamDecoder};
@@ -36,8 +39,51 @@ pub struct WalEnd {
     pub reason: String,
 }
 
-/// Bytes handed to the decoder at a time.
-const READ_CHUNK: usize = 1024 * 1024;
+/// Bytes read and handed to the decoder at a time. Records share the buffer they were read
+/// into until the last of them is dropped, usually by another thread (ingest). Small buffers
+/// keep that thread's reference-count updates off the buffer the decoder is splitting (with
+/// 1 MiB, the two threads contended for one counter), and the buffers are recycled
+/// ([`ReadBuffers`]), so they are not page-faulted in again.
+const READ_CHUNK: usize = 128 * 1024;
+
+/// Read buffers kept for reuse: enough for the records a pipelined ingest holds in flight.
+const POOLED_BUFFERS: usize = 32;
+
+/// Read buffers whose records are all dropped, shared with the buffers out there.
+#[derive(Default)]
+struct ReadBuffers(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl ReadBuffers {
+    fn take(&self) -> Vec<u8> {
+        let pooled = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        pooled.unwrap_or_else(|| vec![0; READ_CHUNK])
+    }
+}
+
+/// The filled part of a read buffer; goes back to its pool when the last record in it is
+/// dropped.
+struct ReadBuffer {
+    buf: Vec<u8>,
+    len: usize,
+    pool: Weak<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl AsRef<[u8]> for ReadBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for ReadBuffer {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < POOLED_BUFFERS {
+                pool.push(std::mem::take(&mut self.buf));
+            }
+        }
+    }
+}
 
 /// Reads records from segment files in one directory, starting at the first record at or after
 /// a given LSN (pg_waldump's `-s`), and stopping before any record that does not end by an
@@ -51,7 +97,7 @@ pub struct WalDirReader {
     file: Option<(File, PathBuf)>,
     /// LSN of the next byte to read from files.
     read_lsn: Lsn,
-    buf: Vec<u8>,
+    buffers: ReadBuffers,
     finished: Option<WalEnd>,
 }
 
@@ -79,7 +125,7 @@ impl WalDirReader {
             decoder: WalStreamDecoder::new(from),
             file: None,
             read_lsn: from,
-            buf: vec![0; READ_CHUNK],
+            buffers: ReadBuffers::default(),
             finished: None,
         };
         if !reader.open_segment()? {
@@ -138,8 +184,9 @@ impl WalDirReader {
             want = want.min((end.0 - self.read_lsn.0) as usize);
         }
         let (file, path) = self.file.as_mut().expect("segment opened above");
+        let mut buf = self.buffers.take();
         let n = file
-            .read(&mut self.buf[..want])
+            .read(&mut buf[..want])
             .map_err(|source| WalReadError::Io {
                 path: path.clone(),
                 source,
@@ -148,7 +195,11 @@ impl WalDirReader {
             // A short (partial or truncated) segment: nothing more to read in it.
             return Ok(false);
         }
-        self.decoder.feed(&self.buf[..n]);
+        self.decoder.feed_bytes(Bytes::from_owner(ReadBuffer {
+            buf,
+            len: n,
+            pool: Arc::downgrade(&self.buffers.0),
+        }));
         self.read_lsn = Lsn(self.read_lsn.0 + n as u64);
         if self.read_lsn.is_segment_start() {
             self.file = None;
