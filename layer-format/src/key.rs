@@ -51,9 +51,24 @@ pub const SIZE_BLKNO: u32 = u32::MAX;
 /// OID of the `pg_global` tablespace, which holds the shared relmapper file.
 pub const GLOBAL_TABLESPACE_OID: u32 = 1664;
 
-/// A fixed-width key; see the module documentation for the layout.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A fixed-width key; see the module documentation for the layout. Keys order like their
+/// bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Key([u8; KEY_SIZE]);
+
+impl Ord for Key {
+    /// The bytes' order, compared as two integers ([`Key::ordinal`]): a derived order would
+    /// call `memcmp` for every comparison, which showed up in layer writing and sorting.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.ordinal().cmp(&other.ordinal())
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// Which SLRU an SLRU key belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -415,12 +430,25 @@ mod tests {
             Key::rel_block(rel(1663, 5, 7), 1, 0),
             Key::rel_block(rel(1663, 6, 1), 0, 0),
             Key::checkpoint(),
+            Key::from_bytes({
+                let mut b = [0xFF; KEY_SIZE];
+                b[KEY_SIZE - 1] = 0;
+                b
+            }),
+            // Differs from `Key::MIN` only in the last two bytes.
+            Key::from_bytes({
+                let mut b = [0u8; KEY_SIZE];
+                b[16] = 1;
+                b
+            }),
             Key::MAX,
         ];
         for a in keys {
             assert_eq!(Key::from_ordinal(a.ordinal()), a);
             for b in keys {
-                assert_eq!(a.ordinal().cmp(&b.ordinal()), a.cmp(&b), "{a} vs {b}");
+                // `Ord` is defined through the ordinal: check both against the bytes.
+                assert_eq!(a.ordinal().cmp(&b.ordinal()), a.0.cmp(&b.0), "{a} vs {b}");
+                assert_eq!(a.cmp(&b), a.0.cmp(&b.0), "{a} vs {b}");
             }
         }
     }
