@@ -591,15 +591,25 @@ impl WalIngest {
     /// Ingests every record `next` yields, decoding on a thread of its own while this thread
     /// ingests (the two overlap; ingest order is the WAL's). Stops at the first error of
     /// either side.
+    ///
+    /// Ingested batches go back to the decoding thread, which drops the records there: their
+    /// memory was allocated on that thread, and freeing it there is a local free instead of a
+    /// cross-thread one, and the batch vector is reused.
     pub fn ingest_pipelined<E: std::error::Error + Send + 'static>(
         &mut self,
         mut next: impl FnMut() -> Result<Option<DecodedRecord>, E> + Send,
     ) -> Result<(), PipelineError<E>> {
         use std::sync::mpsc::sync_channel;
         let (tx, rx) = sync_channel::<Result<Vec<DecodedRecord>, E>>(PIPELINE_DEPTH);
+        let (done_tx, done_rx) = sync_channel::<Vec<DecodedRecord>>(PIPELINE_DEPTH + 2);
         std::thread::scope(|scope| {
             scope.spawn(move || loop {
-                let mut batch = Vec::with_capacity(PIPELINE_BATCH);
+                let mut spare = None;
+                while let Ok(mut used) = done_rx.try_recv() {
+                    used.clear();
+                    spare = Some(used);
+                }
+                let mut batch = spare.unwrap_or_else(|| Vec::with_capacity(PIPELINE_BATCH));
                 let end = loop {
                     match next() {
                         Ok(Some(rec)) => {
@@ -623,9 +633,12 @@ impl WalIngest {
             });
             // Dropping `rx` on an error ends the decoding thread at its next send.
             for batch in rx {
-                for rec in batch.map_err(PipelineError::Read)? {
-                    self.ingest_record(&rec).map_err(PipelineError::Ingest)?;
+                let batch = batch.map_err(PipelineError::Read)?;
+                for rec in &batch {
+                    self.ingest_record(rec).map_err(PipelineError::Ingest)?;
                 }
+                // Full (the decoder is not taking them back, e.g. it has ended): drop here.
+                let _ = done_tx.try_send(batch);
             }
             Ok(())
         })

@@ -98,6 +98,9 @@ impl OpenLayer {
     /// the index is not rehashed as it grows. A dropped layer's index is reused when it is big
     /// enough: a fresh one of several MiB costs page faults and zeroing on first touch.
     pub fn with_capacity(keys: usize) -> OpenLayer {
+        // A quarter more than expected: growing the index mid-layer rehashes every key, and a
+        // pooled index a little too small would be thrown away.
+        let keys = keys + keys / 4;
         let reused = INDEX_POOL
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -301,9 +304,19 @@ impl OpenLayer {
     /// Every version's index in `entries`, in (key, LSN) order: a counting sort of the
     /// entries by their key's rank, which keeps each key's versions in arrival (LSN) order.
     fn sorted_order(&self) -> Vec<u32> {
-        // Rank of each key number in key order.
-        let mut by_key: Vec<u32> = (0..self.keys.len() as u32).collect();
-        by_key.sort_unstable_by_key(|&id| self.keys[id as usize].ordinal());
+        // Key numbers in key order. The sort runs over (ordinal, number) values in one
+        // contiguous vector: comparing through `keys[id]` was a random read per comparison.
+        let mut sorted: Vec<(u128, u16, u32)> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(id, k)| {
+                let (hi, lo) = k.ordinal();
+                (hi, lo, id as u32)
+            })
+            .collect();
+        sorted.sort_unstable();
+        let by_key = sorted.iter().map(|&(_, _, id)| id);
         // start[rank] = where that key's versions begin in the output.
         let mut count = vec![0u32; self.keys.len()];
         for e in self.entries.iter() {
@@ -311,7 +324,7 @@ impl OpenLayer {
         }
         let mut start = vec![0u32; self.keys.len()];
         let mut at = 0u32;
-        for &id in &by_key {
+        for id in by_key {
             start[id as usize] = at;
             at += count[id as usize];
         }
