@@ -12,6 +12,7 @@ use compute::node::{ComputeNode, ComputeSpec, PgPrograms};
 use serde::{Deserialize, Serialize};
 use walproto::Lsn;
 
+use crate::cluster::config::COMPUTE_PORTS;
 use crate::cluster::daemon::Daemon;
 use crate::cluster::ClusterConfig;
 use crate::mgmt::Pageserver;
@@ -213,7 +214,7 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
     if existing.iter().any(|c| c.name == name) {
         bail!("a compute named {name:?} exists; stop it first (strata compute stop {name})");
     }
-    let port = (cfg.compute_base_port..cfg.compute_base_port.saturating_add(100))
+    let port = (cfg.compute_base_port..cfg.compute_base_port.saturating_add(COMPUTE_PORTS))
         .find(|p| existing.iter().all(|c| c.port != *p) && port_free(*p))
         .context("no free port for the compute")?;
 

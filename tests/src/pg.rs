@@ -666,7 +666,6 @@ impl Drop for PgCluster {
     }
 }
 
-/// A TCP port that was free a moment ago (bind to port 0 and let the kernel choose).
 /// A loopback port free now, below the kernel's ephemeral range: a server restarted on it later
 /// (the kill/restart tests) cannot find it taken by some client connection's local port, as
 /// happens with a port from the ephemeral range. Random, so parallel tests rarely collide.

@@ -63,24 +63,21 @@ impl ClusterConfig {
         if n_safekeepers == 0 || n_safekeepers.is_multiple_of(2) {
             bail!("the number of safekeepers must be odd (1, 3, 5…) so a majority is well defined, got {n_safekeepers}");
         }
-        // Hold every listener until all ports are chosen, so no two services get the same one.
-        let mut held = Vec::new();
-        let mut port = || -> Result<u16> {
-            let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-            let p = l.local_addr()?.port();
-            held.push(l);
-            Ok(p)
-        };
-        let pageserver = PageserverConfig { grpc_port: port()? };
+        // One block of consecutive ports: the services' first, then the computes'.
+        let services = 1 + 2 * n_safekeepers as u16;
+        let base = free_port_block(services + COMPUTE_PORTS)?;
+        let mut next = base..base + services;
+        let mut port = || next.next().expect("the block holds a port per service");
+        let pageserver = PageserverConfig { grpc_port: port() };
         let mut safekeepers = Vec::new();
         for i in 0..n_safekeepers {
             safekeepers.push(SafekeeperConfig {
                 id: i as u64 + 1,
-                grpc_port: port()?,
-                pg_port: port()?,
+                grpc_port: port(),
+                pg_port: port(),
             });
         }
-        let compute_base_port = free_port_block(20)?;
+        let compute_base_port = base + services;
         let remote_storage =
             remote.unwrap_or_else(|| dir.join("remote").to_string_lossy().into_owned());
         Ok(ClusterConfig {
@@ -120,18 +117,34 @@ impl ClusterConfig {
     }
 }
 
-/// The first port of `n` consecutive free loopback ports (best effort: free now).
+/// Ports for computes, from `compute_base_port` up (`strata compute start` takes the first
+/// free one among them).
+pub const COMPUTE_PORTS: u16 = 100;
+
+/// The first port of `n` consecutive loopback ports free now, below the kernel's ephemeral
+/// port range. The cluster keeps its ports across restarts, and a port from the ephemeral range
+/// could meanwhile be taken as the local port of some outgoing connection, so a restarted
+/// server would not get it back. The search starts at a random place (several clusters on one
+/// machine rarely collide) and wraps around the range once.
 fn free_port_block(n: u16) -> Result<u16> {
-    for _ in 0..50 {
-        let base = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if base > u16::MAX - n {
-            continue;
-        }
+    use std::hash::{BuildHasher, RandomState};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOWEST: u16 = 10_000;
+    let bases = ephemeral_low.saturating_sub(n).saturating_sub(LOWEST);
+    if bases == 0 {
+        bail!("no room for {n} ports between {LOWEST} and the ephemeral port range ({ephemeral_low}…)");
+    }
+    let start = (RandomState::new().hash_one(std::process::id()) % u64::from(bases)) as u16;
+    for i in 0..bases {
+        let base = LOWEST + (start + i) % bases;
         if (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return Ok(base);
         }
     }
-    bail!("could not find {n} consecutive free ports on 127.0.0.1")
+    bail!("could not find {n} consecutive free ports on 127.0.0.1 below {ephemeral_low}")
 }
 
 #[cfg(test)]
@@ -145,7 +158,7 @@ mod tests {
             .unwrap();
         c.store(dir.path()).unwrap();
         assert_eq!(ClusterConfig::load(dir.path()).unwrap(), c);
-        let mut ports = vec![c.pageserver.grpc_port];
+        let mut ports = vec![c.pageserver.grpc_port, c.compute_base_port];
         for s in &c.safekeepers {
             ports.extend([s.grpc_port, s.pg_port]);
         }
@@ -154,6 +167,17 @@ mod tests {
         ports.dedup();
         assert_eq!(ports.len(), n, "ports must be distinct");
         assert!(ClusterConfig::generate(dir.path(), 2, None, "/x".into()).is_err());
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap();
+        assert!(
+            ports.iter().all(|&p| (10_000..ephemeral_low).contains(&p)),
+            "ports {ports:?} must lie below the ephemeral range ({ephemeral_low}…)"
+        );
     }
 
     #[test]
