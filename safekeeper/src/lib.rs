@@ -6,6 +6,7 @@
 //! - [`group_commit`]: the writer thread that batches fsyncs;
 //! - [`acceptor`]: the Paxos rules for one timeline;
 //! - [`service`]: the gRPC service (`strata.safekeeper.v1.Safekeeper`);
+//! - [`conn_threads`]: gRPC connections served each on its own thread;
 //! - [`replication_server`]: the Postgres replication protocol over the committed WAL;
 //! - [`remote_storage`]: the object store WAL is offloaded to;
 //! - [`peers`]: the other safekeepers and the offloader choice;
@@ -15,6 +16,7 @@
 //!   up to the flush LSN), moving a damaged one aside and having it recovered from the peers.
 
 pub mod acceptor;
+pub mod conn_threads;
 pub mod control_file;
 mod convert;
 pub mod group_commit;

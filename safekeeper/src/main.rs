@@ -60,13 +60,16 @@ struct Args {
     /// Seconds between uploads of the segment being written (complete segments go at once).
     #[arg(long, value_name = "SECS")]
     partial_offload_interval_secs: Option<u64>,
-    /// How the async work is scheduled: `multi-thread` (default) uses one worker per core, so
-    /// timelines fsync in parallel, at the cost of wake-ups between threads on every append.
-    /// `current-thread` runs every session, the replication server and the offload tasks on
-    /// one thread, which fsyncs a session's WAL inline (as `pg_receivewal` does): ~9% less
-    /// CPU per append with one busy timeline, but an fsync of one timeline stalls all the
-    /// others for its duration, so only for a safekeeper that serves one or a few
-    /// timelines. Blocking work (control files, recovery) runs on a thread pool either way.
+    /// How the async work is scheduled. `per-connection` (default) serves each gRPC
+    /// connection on its own thread with a current-thread runtime: a proposer session's
+    /// appends are read, written, fsynced inline and answered on one thread with no wake-up
+    /// of another thread, and an fsync stalls only its own connection (one proposer session,
+    /// one timeline); the replication server and the offload tasks run on a multi-thread
+    /// runtime. `multi-thread` runs everything on one worker per core (timelines fsync in
+    /// parallel, at the cost of wake-ups between the workers on every append).
+    /// `current-thread` runs everything on one thread: an fsync of one timeline stalls all the
+    /// others, so only for a safekeeper that serves one or a few timelines. Blocking work
+    /// (control files, recovery) runs on a thread pool either way.
     #[arg(long, value_enum)]
     runtime: Option<RuntimeKind>,
     /// TOML configuration file with the same keys as the flags.
@@ -94,8 +97,9 @@ struct FileConfig {
 #[serde(rename_all = "kebab-case")]
 enum RuntimeKind {
     CurrentThread,
-    #[default]
     MultiThread,
+    #[default]
+    PerConnection,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:7676";
@@ -197,7 +201,9 @@ fn run() -> Result<()> {
     let kind = args.runtime.or(file.runtime).unwrap_or_default();
     let rt = match kind {
         RuntimeKind::CurrentThread => tokio::runtime::Builder::new_current_thread(),
-        RuntimeKind::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+        RuntimeKind::MultiThread | RuntimeKind::PerConnection => {
+            tokio::runtime::Builder::new_multi_thread()
+        }
     }
     .enable_all()
     .build()
@@ -237,7 +243,7 @@ fn run() -> Result<()> {
             config.remote = Some(RemoteStorage::parse(url, &s3)?);
         }
         info!(runtime = ?kind, "async runtime");
-        serve(datadir, listen, listen_pg, id, config).await
+        serve(datadir, listen, listen_pg, id, config, kind).await
     })
 }
 
@@ -247,6 +253,7 @@ async fn serve(
     listen_pg: Option<SocketAddr>,
     id: u64,
     mut config: ServiceConfig,
+    kind: RuntimeKind,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -287,40 +294,74 @@ async fn serve(
         }
         info!("shutting down");
     };
-    // Appends are small and latency-bound: do not let Nagle's algorithm hold acknowledgements.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(c) = &conn {
-            let _ = c.set_nodelay(true);
+    if kind == RuntimeKind::PerConnection {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let svc = service.clone();
+        let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accept = safekeeper::conn_threads::serve(
+            listener,
+            move || grpc_server().add_service(svc.clone().into_server()),
+            stop_rx,
+            live.clone(),
+        );
+        tokio::pin!(accept);
+        tokio::select! {
+            r = &mut accept => r.context("accepting gRPC connections failed")?,
+            _ = shutdown => {
+                let _ = stop_tx.send(true);
+                // The connections shut down gracefully on their threads; a proposer's session
+                // never ends on its own: give in-flight calls a moment, then go on without them.
+                let deadline = tokio::time::Instant::now() + GRACE;
+                while live.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                    if tokio::time::Instant::now() >= deadline {
+                        info!("proposer sessions still open after {GRACE:?}; closing them");
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
         }
-        conn
-    });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    // Flow-control windows above anything a proposer keeps in flight (the session stops
-    // reading at 64 MiB unsynced), fixed: no WINDOW_UPDATE round trip or BDP ping on the
-    // append path. Frames up to 1 MiB carry a large append in few frames.
-    let server = tonic::transport::Server::builder()
-        .initial_stream_window_size(Some(64 << 20))
-        .initial_connection_window_size(Some(128 << 20))
-        .http2_adaptive_window(Some(false))
-        .max_frame_size(Some(1 << 20))
-        .add_service(service.clone().into_server())
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
+    } else {
+        // Appends are small and latency-bound: do not let Nagle's algorithm hold
+        // acknowledgements.
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            if let Ok(c) = &conn {
+                let _ = c.set_nodelay(true);
+            }
+            conn
         });
-    tokio::pin!(server);
-    tokio::select! {
-        r = &mut server => r.context("gRPC server failed")?,
-        _ = shutdown => {
-            let _ = stop_tx.send(());
-            // A graceful stop waits for every stream, and a proposer's session never ends on
-            // its own: give in-flight calls a moment, then go on without them.
-            match tokio::time::timeout(GRACE, &mut server).await {
-                Ok(r) => r.context("gRPC server failed")?,
-                Err(_) => info!("proposer sessions still open after {GRACE:?}; closing them"),
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = grpc_server()
+            .add_service(service.clone().into_server())
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            });
+        tokio::pin!(server);
+        tokio::select! {
+            r = &mut server => r.context("gRPC server failed")?,
+            _ = shutdown => {
+                let _ = stop_tx.send(());
+                // A graceful stop waits for every stream, and a proposer's session never ends
+                // on its own: give in-flight calls a moment, then go on without them.
+                match tokio::time::timeout(GRACE, &mut server).await {
+                    Ok(r) => r.context("gRPC server failed")?,
+                    Err(_) => info!("proposer sessions still open after {GRACE:?}; closing them"),
+                }
             }
         }
     }
     safekeeper::offload::final_upload(service.open_timelines(), id, remote).await;
     tokio::task::spawn_blocking(move || service.shutdown()).await?;
     Ok(())
+}
+
+/// The gRPC server settings. Flow-control windows above anything a proposer keeps in flight
+/// (the session stops reading at 64 MiB unsynced), fixed: no WINDOW_UPDATE round trip or BDP
+/// ping on the append path. Frames up to 1 MiB carry a large append in few frames.
+fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(64 << 20))
+        .initial_connection_window_size(Some(128 << 20))
+        .http2_adaptive_window(Some(false))
+        .max_frame_size(Some(1 << 20))
 }
