@@ -156,6 +156,9 @@ async fn stream(
     let mut pending: Option<(Lsn, Bytes)> = None;
     let mut last_send = Instant::now();
     let mut rtt = RoundTrips::default();
+    // One timer for the commit delay, moved only when its deadline changes (a new timer per
+    // iteration, earlier than the runtime's next wake-up, would write its eventfd each time).
+    let mut commit_timer = std::pin::pin!(tokio::time::sleep(COMMIT_DELAY));
     loop {
         let p = *progress.borrow_and_update();
         let mut sent_any = false;
@@ -249,6 +252,12 @@ async fn stream(
         }
         // A commit LSN move rides on the next append; alone it is sent after COMMIT_DELAY.
         let commit_wait = (p.commit > sent_commit).then(|| last_send + COMMIT_DELAY);
+        if let Some(at) = commit_wait {
+            let at = tokio::time::Instant::from_std(at);
+            if commit_timer.deadline() != at {
+                commit_timer.as_mut().reset(at);
+            }
+        }
         tokio::select! {
             m = s.recv() => match m? {
                 Out::AppendResponse(r) => {
@@ -285,7 +294,7 @@ async fn stream(
                     return Ok(());
                 }
             }
-            _ = sleep_until_opt(commit_wait) => {}
+            _ = &mut commit_timer, if commit_wait.is_some() => {}
             m = recv_catchup(&mut catchup), if catchup.is_some() && pending.is_none()
                 && sent.0 - flush.0 < shared.max_inflight => {
                 match m {
@@ -419,11 +428,4 @@ fn spawn_catchup(
         }
     });
     rx
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
 }

@@ -26,6 +26,11 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 const STATS_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest pause in reading from Postgres while every acceptor has an append in flight.
 const MAX_READ_PAUSE: Duration = Duration::from_millis(10);
+/// How often the main loop wakes when nothing happens (status to Postgres, stats).
+const TICK: Duration = Duration::from_millis(100);
+/// The read timeout on the replication stream: long, so that its timer, created per read,
+/// is never the runtime's next wake-up (the tick is); see the timers in `stream_loop`.
+const READ_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Runs the walproposer until a fatal error (it never returns `Ok` on its own): checks
 /// Postgres, wins an election, then streams.
@@ -182,6 +187,12 @@ async fn stream_loop(
     let mut lat_us: Vec<u64> = Vec::new();
     let mut last_stats = Instant::now();
     let mut last_read = Instant::now();
+    // Timers live across iterations and are only moved later: registering a timer earlier
+    // than the runtime's next wake-up writes its eventfd (a syscall and an extra epoll round),
+    // which a fresh timer per iteration would cost on every acknowledgement.
+    let mut pause_timer = std::pin::pin!(tokio::time::sleep(MAX_READ_PAUSE));
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let quorum_flush = quorum_lsn(&flushes);
         let backpressure = received.0.saturating_sub(quorum_flush.0) > cfg.max_lag;
@@ -198,6 +209,10 @@ async fn stream_loop(
         // Read Postgres only when an acceptor can take WAL now (or after a short pause).
         let read_pause = MAX_READ_PAUSE.saturating_sub(last_read.elapsed());
         let want_wal = !backpressure && (read_pause.is_zero() || shared.any_hungry());
+        let pause_until = tokio::time::Instant::from_std(last_read + MAX_READ_PAUSE);
+        if !want_wal && !backpressure && pause_timer.deadline() != pause_until {
+            pause_timer.as_mut().reset(pause_until);
+        }
         tokio::select! {
             ev = events.recv() => match ev {
                 None => bail!("all safekeeper tasks ended"),
@@ -214,7 +229,8 @@ async fn stream_loop(
                     )))
                 }
             },
-            m = stream.next(Duration::from_millis(100)), if want_wal => {
+            // No short timeout here: the tick below wakes the loop for the status and stats.
+            m = stream.next(READ_TIMEOUT), if want_wal => {
                 last_read = Instant::now();
                 let m = match m {
                     Ok(m) => m,
@@ -249,7 +265,8 @@ async fn stream_loop(
             },
             _ = tokio::time::sleep(Duration::from_millis(50)), if backpressure => {}
             _ = shared.hungry_notify.notified(), if !want_wal && !backpressure => {}
-            _ = tokio::time::sleep(read_pause), if !want_wal && !backpressure => {}
+            _ = &mut pause_timer, if !want_wal && !backpressure => {}
+            _ = tick.tick() => {}
         }
 
         // The commit LSN: fsynced by a majority in this term, and this term's WAL start
