@@ -7,7 +7,10 @@
 //! cargo build --release --bins && cargo bench -p compute --bench pgbench_quorum
 //! ```
 //! `STRATA_BENCH_SECS` (default 20; the whole bench then takes about 2.5 minutes) sets each
-//! pgbench run's duration, `STRATA_BENCH_SCALE` (default 10) the pgbench scale,
+//! pgbench run's duration, `STRATA_BENCH_SCALE` (default 50) the pgbench scale (pgbench's
+//! documentation asks for a scale at least as large as the number of clients: below that, the
+//! clients queue on the few `pgbench_branches` rows, whose locks are held through the
+//! synchronous-commit wait, and the run measures lock convoys more than replication),
 //! `STRATA_BENCH_WP_ARGS` adds flags to the walproposer (e.g. `--max-appends-in-flight 2`),
 //! `STRATA_BENCH_ONLY=<word>` runs only the setups whose name contains it (`strata`, `native`, `no replication`). `STRATA_BENCH_ORDER=reverse` runs the
 //! setups in the opposite order (Strata first): the setup order shifts the numbers on a shared
@@ -371,7 +374,7 @@ fn settle() {
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is expected.
     let secs = env_u64("STRATA_BENCH_SECS", 20);
-    let scale = env_u64("STRATA_BENCH_SCALE", 10).to_string();
+    let scale = env_u64("STRATA_BENCH_SCALE", 50).to_string();
     if std::env::var_os("STRATA_SAFEKEEPER_BIN").is_none() {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
