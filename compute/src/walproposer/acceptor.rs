@@ -267,6 +267,7 @@ async fn stream(
                             message: format!("append answered in term {}, ours is {}", r.term, shared.term),
                         });
                     }
+                    shared.set_acked_commit(idx, Lsn(r.commit_lsn));
                     let f = Lsn(r.flush_lsn);
                     if f > sent {
                         return Err(SessionError::Rejected {

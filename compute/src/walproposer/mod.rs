@@ -21,7 +21,7 @@ pub mod history;
 pub mod proposer;
 pub mod session;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -123,6 +123,10 @@ pub struct Shared {
     pub hungry: Vec<AtomicBool>,
     /// Woken when an acceptor becomes hungry.
     pub hungry_notify: Notify,
+    /// Per acceptor: the highest commit LSN it has acknowledged (each append answer carries
+    /// it). After Postgres ends the stream, the walproposer waits for these to reach the final
+    /// commit before it goes (see `drain_after_stream_end`).
+    pub acked_commit: Vec<AtomicU64>,
 }
 
 impl Shared {
@@ -141,5 +145,20 @@ impl Shared {
     /// and costs no latency (nobody could have sent it earlier).
     pub fn any_hungry(&self) -> bool {
         self.hungry.iter().any(|h| h.load(Ordering::Relaxed))
+    }
+
+    /// Records a commit LSN acceptor `idx` acknowledged.
+    pub fn set_acked_commit(&self, idx: usize, commit: Lsn) {
+        if let Some(a) = self.acked_commit.get(idx) {
+            a.fetch_max(commit.0, Ordering::Relaxed);
+        }
+    }
+
+    /// The highest commit LSN acceptor `idx` acknowledged.
+    pub fn acked_commit(&self, idx: usize) -> Lsn {
+        Lsn(self
+            .acked_commit
+            .get(idx)
+            .map_or(0, |a| a.load(Ordering::Relaxed)))
     }
 }

@@ -121,6 +121,9 @@ async fn run_inner(cfg: Config, tenant: String, timeline: String) -> Result<()> 
             .map(|_| std::sync::atomic::AtomicBool::new(false))
             .collect(),
         hungry_notify: tokio::sync::Notify::new(),
+        acked_commit: (0..cfg.safekeepers.len())
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect(),
     });
 
     let mut stream = WalStream::start(conn, Some(&cfg.slot), stream_start, id.timeline)
@@ -342,10 +345,11 @@ async fn stream_loop(
 }
 
 /// After Postgres ended the replication stream: keeps counting acknowledgements until
-/// everything received is committed, publishes that commit LSN and gives the acceptor tasks
-/// time to send it (a commit-only append), then ends cleanly. Without this, a compute's last
-/// records (its shutdown checkpoint) would stay uncommitted on the safekeepers, and the next
-/// compute of the branch could not start there. Returns `err` if that does not happen in 5 s.
+/// everything received is committed, publishes that commit LSN, waits until every acceptor
+/// that holds all of it has acknowledged it (a commit-only append, answered at once), then
+/// ends cleanly. Without this, a compute's last records (its shutdown checkpoint) would stay
+/// uncommitted on the safekeepers, and the next compute of the branch could not start there.
+/// Returns `err` if the WAL is not committed within 5 s.
 async fn drain_after_stream_end(
     shared: &Shared,
     events: &mut mpsc::UnboundedReceiver<Event>,
@@ -355,33 +359,75 @@ async fn drain_after_stream_end(
     err: anyhow::Error,
 ) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
+    let mut left = vec![false; flushes.len()];
     loop {
         let q = quorum_lsn(flushes);
         if q >= term_start && q >= received {
             shared
                 .progress
                 .send_modify(|p| p.commit = p.commit.max(received));
-            // Acceptors send a commit-only append after their short commit delay (20 ms);
-            // the wait leaves room for a loaded machine, since a safekeeper left without the
-            // final commit LSN makes the next read-write start refuse (flush beyond commit).
-            // TODO: wait for each acceptor to have sent it instead of a fixed time.
-            tokio::time::sleep(Duration::from_millis(1000)).await;
-            info!(commit = %received, "Postgres ended the replication stream; all it sent is committed");
-            return Ok(());
+            return await_commit_acks(shared, events, flushes, &mut left, received).await;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
             return Err(err.context(format!(
                 "Postgres ended the stream and WAL up to {received} was not committed within 5 s (quorum at {q})"
             )));
         }
-        match tokio::time::timeout(left, events.recv()).await {
-            Ok(Some(Event::Joined { idx, flush })) | Ok(Some(Event::Flushed { idx, flush })) => {
-                flushes[idx] = Some(flush)
-            }
-            Ok(Some(Event::Left { .. })) => {}
-            Ok(Some(Event::Fatal(e))) => return Err(anyhow::Error::new(e)),
+        match tokio::time::timeout(remaining, events.recv()).await {
+            Ok(Some(ev)) => note_event(ev, flushes, &mut left)?,
             Ok(None) | Err(_) => return Err(err),
         }
     }
+}
+
+/// Longest wait, after the final commit is published, for the acceptors to acknowledge it
+/// (normally one commit delay and a round trip; more on a loaded machine).
+const COMMIT_ACK_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits until each connected acceptor whose flush reached `commit` has acknowledged `commit`,
+/// at most [`COMMIT_ACK_WAIT`]. Acceptors still behind are not waited for: they cannot take
+/// that commit LSN before they hold the WAL, which they get from the next proposer.
+async fn await_commit_acks(
+    shared: &Shared,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    flushes: &mut [Option<Lsn>],
+    left: &mut [bool],
+    commit: Lsn,
+) -> Result<()> {
+    let deadline = Instant::now() + COMMIT_ACK_WAIT;
+    loop {
+        let waiting: Vec<usize> = (0..flushes.len())
+            .filter(|&i| !left[i] && flushes[i].is_some_and(|f| f >= commit))
+            .filter(|&i| shared.acked_commit(i) < commit)
+            .collect();
+        if waiting.is_empty() {
+            info!(%commit, "Postgres ended the replication stream; all it sent is committed and acknowledged");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            warn!(%commit, acceptors = ?waiting, "Postgres ended the replication stream; all it sent is committed, but these acceptors did not acknowledge the final commit LSN within {COMMIT_ACK_WAIT:?}");
+            return Ok(());
+        }
+        // The acknowledgements arrive without an event: look again shortly.
+        match tokio::time::timeout(Duration::from_millis(5), events.recv()).await {
+            Ok(Some(ev)) => note_event(ev, flushes, left)?,
+            // Every acceptor task ended: nothing more can be acknowledged.
+            Ok(None) => return Ok(()),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Applies an acceptor event while draining: flush positions and who is connected.
+fn note_event(ev: Event, flushes: &mut [Option<Lsn>], left: &mut [bool]) -> Result<()> {
+    match ev {
+        Event::Joined { idx, flush } | Event::Flushed { idx, flush } => {
+            flushes[idx] = Some(flush);
+            left[idx] = false;
+        }
+        Event::Left { idx } => left[idx] = true,
+        Event::Fatal(e) => return Err(anyhow::Error::new(e)),
+    }
+    Ok(())
 }
