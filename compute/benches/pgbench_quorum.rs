@@ -12,7 +12,8 @@
 //! clients queue on the few `pgbench_branches` rows, whose locks are held through the
 //! synchronous-commit wait, and the run measures lock convoys more than replication),
 //! `STRATA_BENCH_WP_ARGS` adds flags to the walproposer (e.g. `--max-appends-in-flight 2`),
-//! `STRATA_BENCH_ONLY=<word>` runs only the setups whose name contains it (`strata`, `native`, `no replication`). `STRATA_BENCH_ORDER=reverse` runs the
+//! `STRATA_BENCH_CLIENTS=16` runs only that client count (a comma-separated list; default
+//! `1,16`), `STRATA_BENCH_ONLY=<word>` runs only the setups whose name contains it (`strata`, `native`, `no replication`). `STRATA_BENCH_ORDER=reverse` runs the
 //! setups in the opposite order (Strata first): the setup order shifts the numbers on a shared
 //! disk, so compare both orders. Between setups the page cache is written back (`sync`) and the
 //! machine gets a few seconds to settle, so one setup's writeback does not land in the next
@@ -393,6 +394,18 @@ fn main() {
     }
     let mut rows = Vec::new();
     let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
+    // `STRATA_BENCH_CLIENTS=16` runs one client count only (for profiling).
+    let client_counts: Vec<u32> = match std::env::var("STRATA_BENCH_CLIENTS") {
+        Ok(v) => v
+            .split(',')
+            .map(|c| {
+                c.trim()
+                    .parse()
+                    .expect("STRATA_BENCH_CLIENTS: client counts, e.g. 1,16")
+            })
+            .collect(),
+        Err(_) => vec![1, 16],
+    };
     let mut setups = vec![Setup::NoReplication, Setup::NativeQuorum, Setup::Strata];
     let reverse = std::env::var("STRATA_BENCH_ORDER").is_ok_and(|o| o == "reverse");
     if reverse {
@@ -405,7 +418,7 @@ fn main() {
         settle();
         let (pg, replicas) = start(setup);
         pg.pgbench(&["-i", "-q", "-s", &scale]).expect("pgbench -i");
-        for clients in [1, 16] {
+        for &clients in &client_counts {
             let row = run_pgbench(&pg, &replicas, setup, clients, secs);
             eprintln!(
                 "{:<34} {:>3} clients: {:>8.1} tps, p50 {:.2} ms, p99 {:.2} ms, CPU/txn: \
