@@ -291,6 +291,11 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..runs {
         if want_l0 {
             let t = strata(&f, pg.base_dir(), no_compaction.clone(), only != "l0")?;
+            eprintln!(
+                "run: ingest until durable {:.2} s, {:.2} CPU s",
+                t.ingest + t.flush,
+                t.cpu
+            );
             l0 = Some(match l0 {
                 Some(a) => best(a, t),
                 None => t,
@@ -298,6 +303,11 @@ fn main() -> anyhow::Result<()> {
         }
         if want_full {
             let t = strata(&f, pg.base_dir(), TimelineConf::default(), false)?;
+            eprintln!(
+                "run: ingest with compaction {:.2} s, {:.2} CPU s",
+                t.ingest + t.flush,
+                t.cpu
+            );
             full = Some(match full {
                 Some(a) => best(a, t),
                 None => t,

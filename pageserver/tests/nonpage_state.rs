@@ -16,9 +16,11 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use layer_format::{Lsn, SlruKind};
 use pageserver::import::import_datadir;
+use pageserver::ingest::nonpage::counters::XID_STRIDE;
+use pageserver::ingest::nonpage::index::COUNT_STRIDE;
 use pageserver::ingest::nonpage::read::{
-    checkpoint_state_at, lsn_for_timestamp, prepared_xacts, relmap_at, restore_points,
-    slru_page_at, slru_segments,
+    checkpoint_state_at, commit_count_at, lsn_for_timestamp, prepared_xacts, relmap_at,
+    restore_points, slru_page_at, slru_segments,
 };
 use pageserver::ingest::{IngestConf, WalIngest};
 use pageserver::timeline::TimelineConf;
@@ -118,6 +120,17 @@ fn run_workload() -> Result<Run> {
         }
     }
     pg.psql(&sql)?;
+    // Enough commits for the commit-time index to cross two strides of its stored count.
+    pg.psql(
+        "SET synchronous_commit = off;
+         DO $$
+         BEGIN
+             FOR i IN 1..2100 LOOP
+                 INSERT INTO t VALUES (i, 'one of many commits');
+                 COMMIT;
+             END LOOP;
+         END $$;",
+    )?;
     // Multixacts: two sessions share-lock the same rows (the second through dblink).
     share_lock_rounds(&pg, 4)?;
     // Prepared transactions: committed, rolled back, and one left prepared (with a subxact).
@@ -227,13 +240,22 @@ fn nonpage_state_against_postgres() -> Result<()> {
     let mut reader = WalDirReader::open(&run.pg.wal_dir(), run.start, None, None)?;
     let mut commit_end: BTreeMap<u32, Lsn> = BTreeMap::new();
     let mut commit_ends: Vec<Lsn> = Vec::new();
+    // Every commit the commit-time index holds (COMMIT PREPARED too).
+    let mut indexed_ends: Vec<Lsn> = Vec::new();
     let mut last_end = run.start;
     let mut before_last = run.start;
     while let Some(rec) = reader.next_record()? {
         ingest.ingest_record(&rec)?;
-        if let Ok(Some(ParsedRecord::Xact(XactRecord::Commit(_)))) = walproto::rmgr::parse(&rec) {
-            commit_end.insert(rec.xid(), rec.end_lsn);
-            commit_ends.push(rec.end_lsn);
+        match walproto::rmgr::parse(&rec) {
+            Ok(Some(ParsedRecord::Xact(XactRecord::Commit(_)))) => {
+                commit_end.insert(rec.xid(), rec.end_lsn);
+                commit_ends.push(rec.end_lsn);
+                indexed_ends.push(rec.end_lsn);
+            }
+            Ok(Some(ParsedRecord::Xact(XactRecord::CommitPrepared(_)))) => {
+                indexed_ends.push(rec.end_lsn)
+            }
+            _ => {}
         }
         before_last = last_end;
         last_end = rec.end_lsn;
@@ -303,18 +325,21 @@ fn nonpage_state_against_postgres() -> Result<()> {
         controldata_u64(&cd, "Latest checkpoint's oldestMultiXid")?,
         "oldestMultiXid"
     );
-    // Just before the shutdown checkpoint the counters come from the WAL alone: nextXid and
-    // the multixact counters are exact; nextOid is the last XLOG/NEXTOID's, which reserves
-    // up to VAR_OID_PREFETCH OIDs ahead of what the server had handed out.
+    // Just before the shutdown checkpoint the counters come from the WAL alone: the multixact
+    // counters are exact; nextXid is stored rounded up to a multiple of XID_STRIDE (never
+    // below Postgres's, less than a stride above); nextOid is the last XLOG/NEXTOID's, which
+    // reserves up to VAR_OID_PREFETCH OIDs ahead of what the server had handed out.
     assert_eq!(
         before_last, ckpt,
         "the shutdown checkpoint is the last record"
     );
     let b = checkpoint_state_at(tl, before_last)?.context("no state before the checkpoint")?;
-    assert_eq!(
-        b.next_xid32() as u64,
-        next_xid,
-        "NextXID from the WAL alone"
+    let wal_next_xid = b.next_xid32() as u64;
+    assert!(
+        wal_next_xid >= next_xid
+            && wal_next_xid - next_xid < XID_STRIDE
+            && wal_next_xid.is_multiple_of(XID_STRIDE),
+        "NextXID from the WAL alone {wal_next_xid} vs Postgres {next_xid}"
     );
     assert_eq!(b.next_multi, s.next_multi);
     assert_eq!(b.next_multi_offset, s.next_multi_offset);
@@ -342,6 +367,35 @@ fn nonpage_state_against_postgres() -> Result<()> {
         lsn_for_timestamp(tl, i64::MAX)?,
         commit_ends.last().copied()
     );
+    // The exact number of indexed commits at an LSN, across the stored count's strides: at
+    // each commit's end it includes that commit, just before it it does not.
+    let n = indexed_ends.len();
+    assert!(n > 2 * COUNT_STRIDE as usize, "{n} commits indexed");
+    let stride = COUNT_STRIDE as usize;
+    for i in [
+        0,
+        1,
+        stride - 2,
+        stride - 1,
+        stride,
+        2 * stride - 1,
+        2 * stride,
+        n - 1,
+    ] {
+        let end = indexed_ends[i];
+        let (count, newest) = commit_count_at(tl, end)?.context("no commits indexed")?;
+        assert_eq!(
+            (count, newest.lsn),
+            (i as u64 + 1, end),
+            "at commit {i}'s end"
+        );
+        let before = commit_count_at(tl, Lsn(end.0 - 1))?.map(|(c, _)| c);
+        assert_eq!(
+            before,
+            (i > 0).then_some(i as u64),
+            "just before commit {i}'s end"
+        );
+    }
 
     // Relmapper files: the database's (pg_class moved) and the global one (pg_authid moved).
     let mut relmaps = 0;

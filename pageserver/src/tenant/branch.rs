@@ -21,7 +21,7 @@
 use layer_format::Lsn;
 
 use super::error::{Result, TenantError};
-use crate::ingest::nonpage::index::{decode_commit_count, CommitEntry};
+use crate::ingest::nonpage::index::CommitEntry;
 use crate::ingest::nonpage::{keys, read};
 use crate::timeline::Timeline;
 
@@ -72,14 +72,10 @@ fn timeline_err(tl: &Timeline) -> impl FnOnce(crate::timeline::TimelineError) ->
 /// The first indexed commit (time in Unix µs, end LSN), if any.
 fn first_commit(tl: &Timeline) -> Result<Option<(i64, Lsn)>> {
     let at = tl.last_record_end();
-    let Some(b) = tl
-        .get_image_value(keys::commit_count(), at)
+    if read::commit_count_at(tl, at)
         .map_err(timeline_err(tl))?
-    else {
-        return Ok(None);
-    };
-    let (n, _) = decode_commit_count(&b).map_err(TenantError::InvalidArgument)?;
-    if n == 0 {
+        .is_none()
+    {
         return Ok(None);
     }
     let key = keys::commit_entry(0).expect("entry 0 is in range");

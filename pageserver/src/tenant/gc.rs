@@ -32,8 +32,7 @@ use super::error::{Result, TenantError};
 use super::handle::TimelineHandle;
 use super::layout::write_atomic;
 use super::Tenant;
-use crate::ingest::nonpage::index::{decode_commit_count, CommitEntry};
-use crate::ingest::nonpage::{keys, read};
+use crate::ingest::nonpage::read;
 use crate::timeline::{GcReport, Timeline};
 
 pub const LEASES_FILE: &str = "leases.toml";
@@ -135,24 +134,8 @@ fn timeline_err(tl: &Timeline) -> impl FnOnce(crate::timeline::TimelineError) ->
 /// The newest indexed commit's time (Postgres µs), if any.
 fn newest_commit_time(tl: &Timeline) -> Result<Option<i64>> {
     let at = tl.last_record_end();
-    let Some(b) = tl
-        .get_image_value(keys::commit_count(), at)
-        .map_err(timeline_err(tl))?
-    else {
-        return Ok(None);
-    };
-    let (n, _) = decode_commit_count(&b).map_err(TenantError::InvalidArgument)?;
-    if n == 0 {
-        return Ok(None);
-    }
-    let Some(key) = keys::commit_entry(n - 1) else {
-        return Ok(None);
-    };
-    let Some(b) = tl.get_image_value(key, at).map_err(timeline_err(tl))? else {
-        return Ok(None);
-    };
-    let e = CommitEntry::decode(&b).map_err(TenantError::InvalidArgument)?;
-    Ok(Some(e.max_time))
+    let newest = read::commit_count_at(tl, at).map_err(timeline_err(tl))?;
+    Ok(newest.map(|(_, e)| e.max_time))
 }
 
 /// The LSN the PITR window starts at: the end of the last commit at or before the newest

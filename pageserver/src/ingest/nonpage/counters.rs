@@ -4,13 +4,17 @@
 //! A basebackup at LSN L writes a shutdown checkpoint whose counters must be the ones a
 //! server replaying the WAL up to L would have; the control file's copy is stale. The state is
 //! stored as a small versioned image at `Key::checkpoint()`, one version per record that
-//! changes it.
+//! changes it. nextXid is the one exception: between checkpoint records ingest keeps it
+//! rounded up to a multiple of [`XID_STRIDE`] (see [`CheckpointState::reserve_next_xid_past`]),
+//! so it changes once per 1,024 transactions instead of with each.
 
 use bytes::Bytes;
 
 /// Encoding version of [`CheckpointState`].
 const VERSION: u8 = 1;
 const ENCODED_LEN: usize = 1 + 8 + 4 * 7;
+/// Stored nextXid values are multiples of this ([`CheckpointState::reserve_next_xid_past`]).
+pub const XID_STRIDE: u64 = 1024;
 /// `FirstNormalTransactionId`.
 const FIRST_NORMAL_XID: u32 = 3;
 /// `FirstMultiXactId`.
@@ -107,6 +111,31 @@ impl CheckpointState {
             epoch = epoch.wrapping_add(1);
         }
         self.next_xid = ((epoch as u64) << 32) | new as u64;
+    }
+
+    /// What ingest stores: nextXid moved past `xid` as [`Self::advance_next_xid_past`] does,
+    /// then rounded up to a multiple of [`XID_STRIDE`]. nextXid changes with nearly every
+    /// transaction, and storing each change would cost a value per transaction; rounded, it
+    /// changes once per 1,024 xids. A basebackup's nextXid is then up to 1,023 above Postgres's
+    /// own (never below, so no xid in the WAL is handed out again): xids a new primary skips
+    /// are simply never used, as after Postgres's own prefetch of OIDs. The rounding stays on
+    /// the CLOG page of the xids before it, or lands on the first xid of the next page (1,024
+    /// divides `CLOG_XACTS_PER_PAGE`), so the page Postgres reads at startup (`TrimCLOG`)
+    /// exists.
+    pub fn reserve_next_xid_past(&mut self, xid: u32) {
+        let before = self.next_xid;
+        self.advance_next_xid_past(xid);
+        if self.next_xid == before {
+            return;
+        }
+        let epoch = self.next_xid >> 32;
+        let rounded = (self.next_xid & 0xFFFF_FFFF).next_multiple_of(XID_STRIDE);
+        self.next_xid = if rounded > u32::MAX as u64 {
+            // Past the last xid: the next epoch's first normal xid.
+            ((epoch + 1) << 32) | FIRST_NORMAL_XID as u64
+        } else {
+            (epoch << 32) | rounded
+        };
     }
 
     /// `MultiXactAdvanceNextMXact`: both counters only move forward.
@@ -215,5 +244,27 @@ mod tests {
         s.next_xid = u32::MAX as u64 - 1;
         s.advance_next_xid_past(u32::MAX);
         assert_eq!(s.next_xid, (1 << 32) | 3);
+    }
+
+    #[test]
+    fn reserved_next_xid_rounds_up_to_the_stride() {
+        let mut s = CheckpointState {
+            next_xid: (5 << 32) | 100,
+            ..Default::default()
+        };
+        s.reserve_next_xid_past(50);
+        assert_eq!(s.next_xid, (5 << 32) | 100, "an older xid changes nothing");
+        s.reserve_next_xid_past(100);
+        assert_eq!(s.next_xid, (5 << 32) | 1024);
+        s.reserve_next_xid_past(1023);
+        assert_eq!(s.next_xid, (5 << 32) | 1024, "inside the reserved stride");
+        s.reserve_next_xid_past(1024);
+        assert_eq!(s.next_xid, (5 << 32) | 2048);
+        // The last stride of an epoch rounds to the next epoch's first normal xid.
+        s.next_xid = (5 << 32) | (u32::MAX as u64 - 10);
+        s.reserve_next_xid_past(u32::MAX - 5);
+        assert_eq!(s.next_xid, (6 << 32) | 3);
+        s.reserve_next_xid_past(3);
+        assert_eq!(s.next_xid, (6 << 32) | 1024);
     }
 }

@@ -2,8 +2,12 @@
 //!
 //! Restore points are few: one image lists them all and is rewritten by each one.
 //!
-//! Commits are many, so each commit gets its own small image (entry `n`, [`CommitEntry`]) and a
-//! count; [`super::read::lsn_for_timestamp`] binary-searches entries by point reads. Commit
+//! Commits are many, so each commit gets its own small image (entry `n`, [`CommitEntry`]), and
+//! the count of entries is stored only every [`COUNT_STRIDE`] commits: a reader finds the exact
+//! count at an LSN from the stored one plus a binary search over the next entries' existence
+//! ([`super::read::commit_count_at`]), so a commit costs two values (its CLOG update and its
+//! entry) instead of three. [`super::read::lsn_for_timestamp`] binary-searches entries by point
+//! reads. Commit
 //! timestamps are taken before the commit record is inserted, so concurrent commits can appear
 //! in the WAL slightly out of time order; each entry therefore also keeps the largest commit
 //! time up to it (`max_time`), which is monotonic in LSN and is what the search orders by.
@@ -59,6 +63,11 @@ impl CommitEntry {
         })
     }
 }
+
+/// The stored entry count is rewritten when the count reaches a multiple of this, so the exact
+/// count at any LSN lies in `[stored, stored + COUNT_STRIDE)`. (Timelines written when every
+/// commit stored the count hold exact counts that are not multiples; the same bound holds.)
+pub const COUNT_STRIDE: u64 = 1024;
 
 /// The commit-time index's entry count and largest time.
 pub fn encode_commit_count(n: u64, max_time: i64) -> Bytes {

@@ -9,7 +9,7 @@
 //! | `0 ..= MAX_COMMIT_ENTRY` | commit-time index entry `n` ([`super::index`])            |
 //! | `0xFFFF_FFF0 + slru`     | directory of an SLRU's segments ([`super::slru`])         |
 //! | `0xFFFF_FFFD`            | live prepared transactions ([`super::twophase`])           |
-//! | `0xFFFF_FFFE`            | number of commit-time index entries                        |
+//! | `0xFFFF_FFFE`            | commit-time index entries, every 1024 ([`super::index`])   |
 //! | `0xFFFF_FFFF`            | restore points                                             |
 //!
 //! A reader enumerating relmapper files must take them from the database directory (as a
@@ -27,7 +27,8 @@ pub fn restore_points() -> Key {
     Key::relmap(RESERVED_SPC, 0xFFFF_FFFF)
 }
 
-/// How many commit-time index entries exist.
+/// How many commit-time index entries exist, stored when the count reaches a multiple of
+/// [`super::index::COUNT_STRIDE`] (the exact count: [`super::read::commit_count_at`]).
 pub fn commit_count() -> Key {
     Key::relmap(RESERVED_SPC, 0xFFFF_FFFE)
 }

@@ -24,7 +24,8 @@
 //!   CRC) at `Key::two_phase(xid)`; COMMIT/ABORT PREPARED store an empty image there (a
 //!   tombstone), and [`keys::twophase_dir`] lists the live prepared xids.
 //! - RelMap UPDATE: the 512-byte file as an image at `Key::relmap(spc, db)`.
-//! - Checkpoint counters ([`counters`]) at `Key::checkpoint()`, an image per change.
+//! - Checkpoint counters ([`counters`]) at `Key::checkpoint()`, an image per change (nextXid
+//!   rounded up to a multiple of 1,024 between checkpoints, so not one per transaction).
 //! - Restore points and commit times ([`index`]).
 
 pub mod counters;
@@ -84,11 +85,9 @@ impl NonPageState {
                 .into_iter()
                 .collect();
         }
-        if let Some(b) = tl.get_image_value(keys::commit_count(), lsn)? {
-            let (n, max) =
-                index::decode_commit_count(&b).map_err(|e| bad(keys::commit_count(), e))?;
+        if let Some((n, newest)) = read::commit_count_at(tl, lsn)? {
             s.commits = n;
-            s.max_commit_time = max;
+            s.max_commit_time = newest.max_time;
         }
         s.segments = SlruSegments::load(tl, lsn)?;
         Ok(s)
@@ -118,14 +117,14 @@ impl NonPageState {
             )
         );
         let mut probe = self.checkpoint;
-        probe.advance_next_xid_past(rec.xid());
+        probe.reserve_next_xid_past(rec.xid());
         if !relevant && probe == self.checkpoint {
             return Ok(None);
         }
         let mut s = self.clone();
         let mut out = Out::default();
-        // `ApplyWalRecord`: nextXid moves past every record's xid.
-        s.checkpoint.advance_next_xid_past(rec.xid());
+        // `ApplyWalRecord`: nextXid moves past every record's xid (stored rounded up).
+        s.checkpoint.reserve_next_xid_past(rec.xid());
         match parsed {
             Some(ParsedRecord::Xact(x)) => s.xact(rec, x, &mut out)?,
             Some(ParsedRecord::Clog(c)) => s.clog(c, &mut out),
@@ -192,7 +191,7 @@ impl NonPageState {
                         .or_default()
                         .push(x);
                     // `TransactionIdLatest` + `AdvanceNextFullTransactionIdPastXid`.
-                    self.checkpoint.advance_next_xid_past(x);
+                    self.checkpoint.reserve_next_xid_past(x);
                 }
                 for (page, xids) in by_page {
                     let key = self.segments.touch(SlruKind::Clog, page);
@@ -210,13 +209,15 @@ impl NonPageState {
                         .ok_or("the commit-time index is full (2^32 - 16 commits)")?;
                     out.put(key, Value::image(entry.encode()));
                     self.commits += 1;
-                    out.put(
-                        keys::commit_count(),
-                        Value::image(index::encode_commit_count(
-                            self.commits,
-                            self.max_commit_time,
-                        )),
-                    );
+                    if self.commits.is_multiple_of(index::COUNT_STRIDE) {
+                        out.put(
+                            keys::commit_count(),
+                            Value::image(index::encode_commit_count(
+                                self.commits,
+                                self.max_commit_time,
+                            )),
+                        );
+                    }
                 }
                 if prepared {
                     self.prepared.remove(&xid);
@@ -231,9 +232,9 @@ impl NonPageState {
                 if p.xid == 0 {
                     return Err("PREPARE of transaction id 0".into());
                 }
-                self.checkpoint.advance_next_xid_past(p.xid);
+                self.checkpoint.reserve_next_xid_past(p.xid);
                 for &x in &p.subxacts {
-                    self.checkpoint.advance_next_xid_past(x);
+                    self.checkpoint.reserve_next_xid_past(x);
                 }
                 self.prepared.insert(p.xid);
                 out.put(Key::two_phase(p.xid), Value::image(rec.main_data_bytes()));
@@ -243,9 +244,9 @@ impl NonPageState {
                 );
             }
             XactRecord::Assignment { xtop, subxacts } => {
-                self.checkpoint.advance_next_xid_past(*xtop);
+                self.checkpoint.reserve_next_xid_past(*xtop);
                 for &x in subxacts {
-                    self.checkpoint.advance_next_xid_past(x);
+                    self.checkpoint.reserve_next_xid_past(x);
                 }
             }
             XactRecord::Invalidations { .. } => {}
@@ -326,7 +327,7 @@ impl NonPageState {
                         Value::strata_record(false, fmt::KIND_MXMEMBER_SET, data),
                     );
                 }
-                self.checkpoint.advance_next_xid_past(max_xid);
+                self.checkpoint.reserve_next_xid_past(max_xid);
                 self.checkpoint
                     .advance_multi(mid.wrapping_add(1), moff.wrapping_add(members.len() as u32));
             }

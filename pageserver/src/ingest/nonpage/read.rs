@@ -58,16 +58,49 @@ fn commit_entry(tl: &Timeline, n: u64, at: Lsn) -> Result<CommitEntry> {
     CommitEntry::decode(&b).map_err(|e| bad(key, at, e))
 }
 
+/// How many commit-time entries exist at `at`, and the newest one; `None` before the first
+/// commit. The stored count is a lower bound (see [`index::COUNT_STRIDE`]): the entries after
+/// it exist as a contiguous run, whose end a binary search over their existence finds.
+pub fn commit_count_at(tl: &Timeline, at: Lsn) -> Result<Option<(u64, CommitEntry)>> {
+    let key = keys::commit_count();
+    let stored = match tl.get_image_value(key, at)? {
+        Some(b) => {
+            index::decode_commit_count(&b)
+                .map_err(|e| bad(key, at, e))?
+                .0
+        }
+        None => 0,
+    };
+    let exists = |n: u64| -> Result<bool> {
+        match keys::commit_entry(n) {
+            Some(k) => Ok(tl.get_image_value(k, at)?.is_some()),
+            None => Ok(false),
+        }
+    };
+    // The count n is in [stored, stored + COUNT_STRIDE): entries stored..n-1 exist, n does not.
+    let (mut lo, mut hi) = (stored, stored + index::COUNT_STRIDE);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if exists(mid)? {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if lo == 0 {
+        return Ok(None);
+    }
+    Ok(Some((lo, commit_entry(tl, lo - 1, at)?)))
+}
+
 /// The end LSN of the last commit at or before time `t` (Postgres microseconds since 2000),
 /// as ingested so far; `None` if no commit is that old. With commits slightly out of time
 /// order in the WAL, this is the last commit before which every commit is at or before `t`.
 pub fn lsn_for_timestamp(tl: &Timeline, t: i64) -> Result<Option<Lsn>> {
     let at = tl.last_record_end();
-    let key = keys::commit_count();
-    let Some(b) = tl.get_image_value(key, at)? else {
+    let Some((n, _)) = commit_count_at(tl, at)? else {
         return Ok(None);
     };
-    let (n, _) = index::decode_commit_count(&b).map_err(|e| bad(key, at, e))?;
     // The number of entries whose max_time <= t (max_time is monotonic).
     let (mut lo, mut hi) = (0u64, n);
     while lo < hi {
