@@ -12,6 +12,10 @@
 //! clients queue on the few `pgbench_branches` rows, whose locks are held through the
 //! synchronous-commit wait, and the run measures lock convoys more than replication),
 //! `STRATA_BENCH_WP_ARGS` adds flags to the walproposer (e.g. `--max-appends-in-flight 2`),
+//! `STRATA_BENCH_ROUNDS=N` (default 1) runs every setup N times, the order reversed in every
+//! other round so that a machine whose speed drifts during the bench (this shared one does, by
+//! tens of percent within minutes) favours no setup, and adds the medians over the rounds;
+//! each run's ratio is against the native run of its own round.
 //! `STRATA_BENCH_CLIENTS=16` runs only that client count (a comma-separated list; default
 //! `1,16`), `STRATA_BENCH_ONLY=<word>` runs only the setups whose name contains it (`strata`, `native`, `no replication`). `STRATA_BENCH_ORDER=reverse` runs the
 //! setups in the opposite order (Strata first): the setup order shifts the numbers on a shared
@@ -67,6 +71,8 @@ impl Setup {
 
 struct Row {
     setup: Setup,
+    /// Which round of `STRATA_BENCH_ROUNDS` (from 1).
+    round: u64,
     clients: u32,
     tps: f64,
     p50_ms: f64,
@@ -355,6 +361,7 @@ fn run_pgbench(pg: &PgCluster, replicas: &Replicas, setup: Setup, clients: u32, 
     let cpu = mark.per_txn(&replica_pids, pg, lat.len());
     Row {
         setup,
+        round: 0,
         clients,
         tps,
         p50_ms: percentile(&lat, 0.50),
@@ -411,17 +418,28 @@ fn main() {
     if reverse {
         setups.reverse();
     }
-    for setup in setups {
-        if !only.is_empty() && !setup.name().to_lowercase().contains(&only.to_lowercase()) {
-            continue;
-        }
+    setups.retain(|s| only.is_empty() || s.name().to_lowercase().contains(&only.to_lowercase()));
+    // Rounds alternate the order (A B C, C B A, A B C, ...), so that a machine whose speed
+    // drifts during the bench favours no setup.
+    let rounds = env_u64("STRATA_BENCH_ROUNDS", 1).max(1);
+    let schedule: Vec<(u64, Setup)> = (1..=rounds)
+        .flat_map(|round| {
+            let mut order = setups.clone();
+            if round % 2 == 0 {
+                order.reverse();
+            }
+            order.into_iter().map(move |s| (round, s))
+        })
+        .collect();
+    for (round, setup) in schedule {
         settle();
         let (pg, replicas) = start(setup);
         pg.pgbench(&["-i", "-q", "-s", &scale]).expect("pgbench -i");
         for &clients in &client_counts {
-            let row = run_pgbench(&pg, &replicas, setup, clients, secs);
+            let mut row = run_pgbench(&pg, &replicas, setup, clients, secs);
+            row.round = round;
             eprintln!(
-                "{:<34} {:>3} clients: {:>8.1} tps, p50 {:.2} ms, p99 {:.2} ms, CPU/txn: \
+                "round {round}: {:<34} {:>3} clients: {:>8.1} tps, p50 {:.2} ms, p99 {:.2} ms, CPU/txn: \
                  replicas {:.0} µs (each {:.0?}), Postgres {:.0} µs, machine {:.0} µs",
                 setup.name(),
                 clients,
@@ -452,8 +470,8 @@ fn main() {
     }
     println!();
     println!(
-        "pgbench TPC-B-like, scale {scale}, {secs} s per run, one run each, order {}, native \
-         replicas connect to Postgres at {} (safekeeper binary: {})",
+        "pgbench TPC-B-like, scale {scale}, {secs} s per run, {rounds} round(s), first order {}, \
+         native replicas connect to Postgres at {} (safekeeper binary: {})",
         if reverse {
             "reverse"
         } else {
@@ -466,18 +484,24 @@ fn main() {
         common::safekeeper_bin().display()
     );
     println!(
-        "| setup | clients | TPS | p50 ms | p99 ms | transactions | TPS vs native quorum | \
+        "| round | setup | clients | TPS | p50 ms | p99 ms | transactions | TPS vs native quorum | \
          replicas CPU µs/txn | Postgres CPU µs/txn | machine CPU µs/txn | other CPU µs/txn |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for r in &rows {
+        // Against the native run of the same round.
         let native = rows
             .iter()
-            .find(|n| n.setup == Setup::NativeQuorum && n.clients == r.clients)
+            .find(|n| {
+                n.setup == Setup::NativeQuorum && n.clients == r.clients && n.round == r.round
+            })
             .map(|n| n.tps)
             .unwrap_or(f64::NAN);
         println!(
-            "| {} | {} | {:.1} | {:.2} | {:.2} | {} | {:.2}x | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {} | {:.2}x | {:.0} | {:.0} | {:.0} | {:.0} |",
+            r.round,
             r.setup.name(),
             r.clients,
             r.tps,
@@ -491,10 +515,62 @@ fn main() {
             r.cpu.machine_us - r.cpu.replicas_us - r.cpu.postgres_us
         );
     }
+    if rounds > 1 {
+        print_medians(&rows, &setups, &client_counts);
+    }
     println!(
         "CPU µs per transaction: user + system time of the replicas (safekeepers and walproposer, \
          or the pg_receivewal processes), of the Postgres server processes, and busy time of the \
          whole machine; `other` is the rest (pgbench, kernel threads, anything else running: \
          a large value means the run shared the machine)."
     );
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Per setup and client count, the median over the rounds; the ratio is of the medians.
+fn print_medians(rows: &[Row], setups: &[Setup], client_counts: &[u32]) {
+    println!();
+    println!("Medians over the rounds:");
+    println!(
+        "| setup | clients | runs | TPS | TPS vs native quorum | p50 ms | p99 ms | replicas CPU µs/txn | machine CPU µs/txn |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let med = |setup: Setup, clients: u32, f: &dyn Fn(&Row) -> f64| {
+        median(
+            rows.iter()
+                .filter(|r| r.setup == setup && r.clients == clients)
+                .map(f)
+                .collect(),
+        )
+    };
+    for &clients in client_counts {
+        let native = med(Setup::NativeQuorum, clients, &|r| r.tps);
+        for &setup in setups {
+            let runs = rows
+                .iter()
+                .filter(|r| r.setup == setup && r.clients == clients)
+                .count();
+            let tps = med(setup, clients, &|r| r.tps);
+            println!(
+                "| {} | {} | {} | {:.1} | {:.2}x | {:.2} | {:.2} | {:.0} | {:.0} |",
+                setup.name(),
+                clients,
+                runs,
+                tps,
+                tps / native,
+                med(setup, clients, &|r| r.p50_ms),
+                med(setup, clients, &|r| r.p99_ms),
+                med(setup, clients, &|r| r.cpu.replicas_us),
+                med(setup, clients, &|r| r.cpu.machine_us),
+            );
+        }
+    }
 }
