@@ -13,7 +13,8 @@
 //! compaction (decode + in-memory layers + L0 flushes, until durable) followed by an explicit
 //! compaction timed on its own, and CPU seconds, so the cost of each stage shows. Each side
 //! runs `$STRATA_BENCH_RUNS` (default 3) times and the fastest run counts (the machine may be
-//! shared).
+//! shared); the runs go in rounds (Strata, then Postgres, then again), so that a drift of the
+//! machine's speed during the bench affects both sides alike. Each run's time is printed.
 //!
 //! `STRATA_BENCH_NO_PG=1` skips Postgres's side, and `STRATA_BENCH_ONLY=l0` (ingest until
 //! durable, no explicit compaction) or `=full` runs only one of Strata's (for profiling).
@@ -286,8 +287,13 @@ fn main() -> anyhow::Result<()> {
     // STRATA_BENCH_ONLY=l0 (without the explicit compaction) or =full runs only that side.
     let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
     let (want_l0, want_full) = (only != "full", only != "l0");
+    // STRATA_BENCH_NO_PG=1 skips Postgres's side (for profiling Strata's).
+    let with_pg = std::env::var_os("STRATA_BENCH_NO_PG").is_none();
     let mut l0 = None;
     let mut full = None;
+    let mut pg_secs = f64::NAN;
+    // Each round runs every side once, so that a machine whose speed drifts during the bench
+    // (this shared one does) slows or speeds up both sides alike.
     for _ in 0..runs {
         if want_l0 {
             let t = strata(&f, pg.base_dir(), no_compaction.clone(), only != "l0")?;
@@ -313,12 +319,10 @@ fn main() -> anyhow::Result<()> {
                 None => t,
             });
         }
-    }
-    // STRATA_BENCH_NO_PG=1 skips Postgres's side (for profiling Strata's).
-    let mut pg_secs = f64::NAN;
-    if std::env::var_os("STRATA_BENCH_NO_PG").is_none() {
-        for _ in 0..runs {
-            pg_secs = postgres(&pg, &f)?.min(pg_secs);
+        if with_pg {
+            let secs = postgres(&pg, &f)?;
+            eprintln!("run: Postgres recovery {secs:.2} s");
+            pg_secs = secs.min(pg_secs);
         }
     }
 
