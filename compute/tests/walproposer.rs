@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use strata_tests::PgCluster;
+use strata_tests::{PgCluster, StopMode};
 use walproto::Lsn;
 
 /// Inserts rows one transaction at a time, logging each acknowledged id, until `stop`.
@@ -173,6 +173,48 @@ async fn ledger_commits_are_on_a_majority_byte_identical() {
     check_rows(&pg, &acked).await;
     // The walproposer logs name the tenant and timeline.
     assert!(wp.log_text().contains(TENANT), "{}", wp.log_text());
+}
+
+/// Postgres's fast shutdown ends the replication stream once the walproposer reported its
+/// shutdown checkpoint flushed. The walproposer then publishes that commit LSN, waits until
+/// the safekeepers holding it have acknowledged it, and exits cleanly: every safekeeper's
+/// commit LSN covers the shutdown checkpoint, so the branch's next compute can start there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_shutdown_leaves_the_final_commit_on_every_safekeeper() {
+    let pg = postgres();
+    let tmp = tempfile::tempdir().unwrap();
+    let sks = three(tmp.path());
+    let mut wp = Wp::start(&pg, &sks, &tmp.path().join("wp.log"), &[]);
+    create_ledger(&pg, &[&wp]).await;
+    let ledger = Ledger::start(&pg).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acked = ledger.finish().await;
+    pg.stop(StopMode::Fast).unwrap();
+    let ckpt = pg.latest_checkpoint().unwrap();
+    let mut exit = None;
+    for _ in 0..150 {
+        exit = wp.child.try_wait().unwrap();
+        if exit.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = wp.log_text();
+    let exit = exit.unwrap_or_else(|| panic!("the walproposer did not exit within 15 s\n{log}"));
+    assert!(exit.success(), "the walproposer exited with {exit}\n{log}");
+    for sk in &sks {
+        let st = sk.status().await.expect("safekeeper status");
+        let (flush, commit) = (Lsn(st.flush_lsn), Lsn(st.commit_lsn));
+        assert!(
+            commit > ckpt && commit == flush,
+            "safekeeper {}: flush {flush}, commit {commit}, shutdown checkpoint at {ckpt}\n{log}",
+            sk.id
+        );
+    }
+    eprintln!(
+        "{} commits, then shutdown: every safekeeper committed past the checkpoint at {ckpt}",
+        acked.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -32,8 +32,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// is never the runtime's next wake-up (the tick is); see the timers in `stream_loop`.
 const READ_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Runs the walproposer until a fatal error (it never returns `Ok` on its own): checks
-/// Postgres, wins an election, then streams.
+/// Checks Postgres, wins an election, then streams; returns an error when this walproposer
+/// can no longer commit, and `Ok` once Postgres has ended the replication stream (a shutdown)
+/// and everything it sent is committed and acknowledged.
 pub async fn run(cfg: Config) -> Result<()> {
     let tenant = parse_id("tenant", &cfg.tenant_id)?;
     let timeline = parse_id("timeline", &cfg.timeline_id)?;
