@@ -150,16 +150,28 @@ fn three(base: &std::path::Path) -> Vec<Sk> {
     (1..=3).map(|i| Sk::new(base, i)).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ledger_commits_are_on_a_majority_byte_identical() {
+/// Postgres, three safekeepers and a walproposer (its log in the temporary directory), with
+/// the ledger table created through them.
+async fn cluster_with_ledger() -> (PgCluster, tempfile::TempDir, Vec<Sk>, Wp) {
     let pg = postgres();
     let tmp = tempfile::tempdir().unwrap();
     let sks = three(tmp.path());
-    let mut wp = Wp::start(&pg, &sks, &tmp.path().join("wp.log"), &[]);
+    let wp = Wp::start(&pg, &sks, &tmp.path().join("wp.log"), &[]);
     create_ledger(&pg, &[&wp]).await;
-    let ledger = Ledger::start(&pg).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let acked = ledger.finish().await;
+    (pg, tmp, sks, wp)
+}
+
+/// Commits ledger rows for `run`; the acknowledged ids.
+async fn ledger_for(pg: &PgCluster, run: Duration) -> Vec<i64> {
+    let ledger = Ledger::start(pg).await;
+    tokio::time::sleep(run).await;
+    ledger.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ledger_commits_are_on_a_majority_byte_identical() {
+    let (pg, _tmp, sks, mut wp) = cluster_with_ledger().await;
+    let acked = ledger_for(&pg, Duration::from_secs(4)).await;
     assert!(acked.len() > 50, "only {} commits in 4 s", acked.len());
     // Freeze: what Postgres was told is durable must be on a majority now.
     let reported = reported_flush(&pg).await;
@@ -181,14 +193,8 @@ async fn ledger_commits_are_on_a_majority_byte_identical() {
 /// commit LSN covers the shutdown checkpoint, so the branch's next compute can start there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_shutdown_leaves_the_final_commit_on_every_safekeeper() {
-    let pg = postgres();
-    let tmp = tempfile::tempdir().unwrap();
-    let sks = three(tmp.path());
-    let mut wp = Wp::start(&pg, &sks, &tmp.path().join("wp.log"), &[]);
-    create_ledger(&pg, &[&wp]).await;
-    let ledger = Ledger::start(&pg).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let acked = ledger.finish().await;
+    let (pg, _tmp, sks, mut wp) = cluster_with_ledger().await;
+    let acked = ledger_for(&pg, Duration::from_secs(1)).await;
     pg.stop(StopMode::Fast).unwrap();
     let ckpt = pg.latest_checkpoint().unwrap();
     let mut exit = None;
@@ -219,11 +225,7 @@ async fn postgres_shutdown_leaves_the_final_commit_on_every_safekeeper() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_one_safekeeper_repeatedly_under_load() {
-    let pg = postgres();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut sks = three(tmp.path());
-    let mut wp = Wp::start(&pg, &sks, &tmp.path().join("wp.log"), &[]);
-    create_ledger(&pg, &[&wp]).await;
+    let (pg, _tmp, mut sks, mut wp) = cluster_with_ledger().await;
     let ledger = Ledger::start(&pg).await;
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -270,11 +272,7 @@ async fn sigkill_one_safekeeper_repeatedly_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_of_three_down_commits_wait_then_continue() {
-    let pg = postgres();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut sks = three(tmp.path());
-    let wp = Wp::start(&pg, &sks, &tmp.path().join("wp.log"), &[]);
-    create_ledger(&pg, &[&wp]).await;
+    let (pg, _tmp, mut sks, wp) = cluster_with_ledger().await;
     sks[1].kill();
     sks[2].kill();
     let mut c = client(&pg).await;
