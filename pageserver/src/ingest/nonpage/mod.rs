@@ -116,15 +116,15 @@ impl NonPageState {
                     )
             )
         );
-        let mut probe = self.checkpoint;
-        probe.reserve_next_xid_past(rec.xid());
-        if !relevant && probe == self.checkpoint {
+        // `ApplyWalRecord`: nextXid moves past every record's xid (stored rounded up).
+        let mut checkpoint = self.checkpoint;
+        checkpoint.reserve_next_xid_past(rec.xid());
+        if !relevant && checkpoint == self.checkpoint {
             return Ok(None);
         }
         let mut s = self.clone();
+        s.checkpoint = checkpoint;
         let mut out = Out::default();
-        // `ApplyWalRecord`: nextXid moves past every record's xid (stored rounded up).
-        s.checkpoint.reserve_next_xid_past(rec.xid());
         match parsed {
             Some(ParsedRecord::Xact(x)) => s.xact(rec, x, &mut out)?,
             Some(ParsedRecord::Clog(c)) => s.clog(c, &mut out),
