@@ -32,6 +32,7 @@ pub mod compaction;
 pub mod error;
 pub mod flush;
 pub mod gc;
+mod key_index;
 pub mod layer_map;
 pub mod metadata;
 pub mod open_layer;
@@ -258,6 +259,13 @@ impl Timeline {
     pub fn put_pg_record(&mut self, key: Key, lsn: Lsn, will_init: bool, rec: &[u8]) -> Result<()> {
         self.check_put(key, lsn)?;
         self.open.open.put_pg_record(key, lsn, will_init, rec)
+    }
+
+    /// Starts loading what a put of `key` into the open layer reads first (a hint: no effect
+    /// on results); see [`key_index`].
+    #[inline]
+    pub fn prefetch_put(&self, key: &Key) {
+        self.open.open.prefetch_key(key);
     }
 
     fn check_put(&self, key: Key, lsn: Lsn) -> Result<()> {

@@ -4,8 +4,9 @@
 //! The **open layer** keeps encoded values in an append-only arena of 1 MiB chunks (a value
 //! never spans two chunks, so reads and the flush see contiguous bytes), one flat vector of
 //! version entries each linked to the key's previous version, and a hash index from key to
-//! its newest version: a put costs one hash probe and no allocation of its own. Nothing is written to disk: after a crash the open layer
-//! is worthless anyway — the WAL is replayed from the durable LSN, which the safekeepers
+//! its newest version ([`super::key_index`], whose probe ingest can prefetch): a put costs one
+//! hash probe and no allocation of its own. Nothing is written to disk: after a crash the open
+//! layer is worthless anyway — the WAL is replayed from the durable LSN, which the safekeepers
 //! keep — so a file would only cost a write and, at flush, a read back.
 //!
 //! At the freeze size the open layer becomes a **frozen layer** (immutable, shared with the
@@ -13,13 +14,13 @@
 //! listed in the metadata. [`InMemoryLayers`] is what reads see: the frozen layers, oldest
 //! first, then the open layer.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use layer_format::{Key, Lsn, Value};
 
 use super::error::{Result, TimelineError};
+use super::key_index::{KeyIndex, Put};
 
 /// Arena chunk size; a value larger than this gets a chunk of its own.
 const CHUNK: usize = 1024 * 1024;
@@ -41,38 +42,6 @@ pub struct OpenEntry {
     key_id: u32,
 }
 
-/// A fast hash for the 18-byte keys (the index is private memory, so no DoS concern):
-/// multiply-rotate over 8-byte words.
-#[derive(Default)]
-pub struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut h = self.0;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-            h = (h.rotate_left(5) ^ w).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            h = (h.rotate_left(5) ^ b as u64).wrapping_mul(K);
-        }
-        self.0 = h;
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.0 = (self.0.rotate_left(5) ^ n as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn finish(&self) -> u64 {
-        // Fold the high bits down: hashbrown uses the top 7 bits and the low bits.
-        self.0 ^ (self.0 >> 29)
-    }
-}
-
-type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
-
 /// Encoded values in memory plus their index.
 #[derive(Default)]
 pub struct OpenLayer {
@@ -80,7 +49,7 @@ pub struct OpenLayer {
     entries: Entries,
     /// Key → its newest version in `entries`, that version's LSN (kept here so a put checks
     /// the order without touching the old entry: one cache miss fewer), and the key's number.
-    index: KeyMap<Head>,
+    index: KeyIndex,
     /// The keys by number, in order of first appearance.
     keys: Vec<Key>,
     /// Bytes of encoded values.
@@ -107,7 +76,7 @@ impl OpenLayer {
             .pop()
             .filter(|r| r.index.capacity() >= keys);
         let r = reused.unwrap_or_else(|| IndexParts {
-            index: KeyMap::with_capacity_and_hasher(keys, Default::default()),
+            index: KeyIndex::with_capacity(keys),
             keys: Vec::with_capacity(keys),
         });
         OpenLayer {
@@ -155,6 +124,13 @@ impl OpenLayer {
         self.chunks.len() - 1
     }
 
+    /// Starts loading what a put of `key` reads first, so that a put a few records later does
+    /// not wait for memory (a hint: no effect on results).
+    #[inline]
+    pub fn prefetch_key(&self, key: &Key) {
+        self.index.prefetch(key);
+    }
+
     /// Appends a version. Its LSN must be above every version of `key` already here.
     pub fn put(&mut self, key: Key, lsn: Lsn, value: &Value) -> Result<()> {
         self.put_with(key, lsn, value.encoded_len(), value.will_init(), |buf| {
@@ -187,24 +163,18 @@ impl OpenLayer {
         let chunk = self.chunk_for(len);
         let new = self.entries.len() as u32;
         let next_id = self.keys.len() as u32;
-        let head = self.index.entry(key).or_insert(Head {
-            newest: NONE,
-            lsn: Lsn::INVALID,
-            key_id: next_id,
-        });
-        let prev = head.newest;
-        if prev != NONE && head.lsn >= lsn {
-            return Err(TimelineError::Invalid(format!(
-                "key {key}: version at {lsn} is not newer than the stored {}",
-                head.lsn
-            )));
-        }
-        head.newest = new;
-        head.lsn = lsn;
-        let key_id = head.key_id;
-        if key_id == next_id {
-            self.keys.push(key);
-        }
+        let (prev, key_id) = match self.index.put(key, new, lsn, next_id) {
+            Put::Inserted => {
+                self.keys.push(key);
+                (NONE, next_id)
+            }
+            Put::Updated(head) => (head.newest, head.key_id),
+            Put::NotNewer(stored) => {
+                return Err(TimelineError::Invalid(format!(
+                    "key {key}: version at {lsn} is not newer than the stored {stored}"
+                )))
+            }
+        };
         let buf = &mut self.chunks[chunk];
         let off = buf.len();
         encode(buf);
@@ -228,10 +198,10 @@ impl OpenLayer {
 
     /// Appends `key`'s versions with LSN ≤ `lsn` to `out`, newest first.
     pub fn versions_newest_first(&self, key: Key, lsn: Lsn, out: &mut Vec<OpenEntry>) {
-        let Some(&Head { newest: head, .. }) = self.index.get(&key) else {
+        let Some(head) = self.index.get(&key) else {
             return;
         };
-        self.chain(head, lsn, out);
+        self.chain(head.newest, lsn, out);
     }
 
     /// Appends the versions from entry `at` back, skipping those above `lsn`.
@@ -270,7 +240,7 @@ impl OpenLayer {
 
     /// The keys in order.
     pub fn sorted_keys(&self) -> Vec<Key> {
-        let mut keys: Vec<Key> = self.index.keys().copied().collect();
+        let mut keys = self.keys.clone();
         keys.sort_unstable();
         keys
     }
@@ -338,15 +308,6 @@ impl OpenLayer {
     }
 }
 
-/// What the index keeps per key.
-#[derive(Clone, Copy, Debug)]
-struct Head {
-    /// The newest version in `entries`.
-    newest: u32,
-    lsn: Lsn,
-    key_id: u32,
-}
-
 /// Asks the CPU to start loading the first cache lines of `bytes` (a hint: no effect on
 /// results).
 #[inline]
@@ -363,7 +324,7 @@ fn prefetch_entry(e: &OpenEntry) {
 }
 
 #[inline]
-fn prefetch_line(p: *const u8) {
+pub(super) fn prefetch_line(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint that never faults and never changes memory, whatever the
     // address (here always one inside a live allocation).
@@ -454,7 +415,7 @@ fn take_pooled_chunk() -> Option<Vec<u8>> {
 
 /// The emptied index structures of a dropped layer, for the next one.
 struct IndexParts {
-    index: KeyMap<Head>,
+    index: KeyIndex,
     keys: Vec<Key>,
 }
 
@@ -480,7 +441,7 @@ impl Drop for OpenLayer {
             }
         }
         self.entries.recycle();
-        if self.index.capacity() == 0 {
+        if self.keys.capacity() == 0 {
             return;
         }
         let mut parts = IndexParts {
