@@ -374,6 +374,30 @@ impl PgCluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// A `psql` that stays connected, for queries repeated often (a poll): each query costs a
+    /// round trip instead of a process and a backend. The connection is made at the first
+    /// query, which fails if the server does not take connections yet.
+    pub fn session(&self) -> Result<PsqlSession> {
+        let port = self.port().to_string();
+        let sock = self.sock.display().to_string();
+        let mut child = self
+            .command("psql")
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-q", "-h", &sock])
+            .args(["-p", &port, "-U", "postgres", "-d", "postgres"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning psql")?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        Ok(PsqlSession {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
     /// Runs `pgbench <args> postgres` against this cluster and returns its output.
     pub fn pgbench(&self, args: &[&str]) -> Result<String> {
         ensure!(self.is_running(), "pgbench: cluster not running");
@@ -706,4 +730,39 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// A connected `psql` (see [`PgCluster::session`]); killed when dropped.
+pub struct PsqlSession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl PsqlSession {
+    /// Runs one statement that returns one row and returns that row.
+    pub fn query_row(&mut self, sql: &str) -> Result<String> {
+        use std::io::BufRead;
+        writeln!(self.stdin, "{sql};").context("psql session: writing the query")?;
+        self.stdin
+            .flush()
+            .context("psql session: writing the query")?;
+        let mut line = String::new();
+        let n = self
+            .stdout
+            .read_line(&mut line)
+            .context("psql session: reading the answer")?;
+        ensure!(
+            n > 0,
+            "psql session ended (not connected, or the query failed)"
+        );
+        Ok(line.trim_end().to_string())
+    }
+}
+
+impl Drop for PsqlSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
