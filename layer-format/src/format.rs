@@ -147,7 +147,7 @@ impl Header {
         b[30..48].copy_from_slice(self.key_end.as_bytes());
         b[48..56].copy_from_slice(&self.lsn_start.0.to_be_bytes());
         b[56..64].copy_from_slice(&self.lsn_end.0.to_be_bytes());
-        let crc = crc32c::crc32c(&b[..64]);
+        let crc = walproto::crc::crc32c(&b[..64]);
         b[64..68].copy_from_slice(&crc.to_be_bytes());
         b
     }
@@ -168,7 +168,7 @@ impl Header {
             ));
         }
         let stored = be_u32(b, 64);
-        let actual = crc32c::crc32c(&b[..64]);
+        let actual = walproto::crc::crc32c(&b[..64]);
         if stored != actual {
             return Err((
                 64,
@@ -209,7 +209,7 @@ impl Footer {
         b[12..16].copy_from_slice(&self.fence_crc.to_be_bytes());
         b[16..24].copy_from_slice(&self.entry_count.to_be_bytes());
         b[24..32].copy_from_slice(FOOTER_MAGIC);
-        let crc = crc32c::crc32c(&b[..32]);
+        let crc = walproto::crc::crc32c(&b[..32]);
         b[32..36].copy_from_slice(&crc.to_be_bytes());
         b
     }
@@ -221,7 +221,7 @@ impl Footer {
             return Err((24, format!("bad footer magic {:02X?}", &b[24..32])));
         }
         let stored = be_u32(b, 32);
-        let actual = crc32c::crc32c(&b[..32]);
+        let actual = walproto::crc::crc32c(&b[..32]);
         if stored != actual {
             return Err((
                 32,

@@ -166,7 +166,7 @@ impl LayerFile {
         }
         let fence_offset = fence_offset as usize;
         let fences = &map[fence_offset..footer_at];
-        let actual = crc32c::crc32c(fences);
+        let actual = walproto::crc::crc32c(fences);
         if actual != footer.fence_crc {
             return Err(corrupt(
                 fence_offset as u64,
@@ -306,7 +306,7 @@ impl LayerFile {
             ));
         }
         let stored = be_u32(block, len - 4);
-        let actual = crc32c::crc32c(&block[..len - 4]);
+        let actual = walproto::crc::crc32c(&block[..len - 4]);
         if stored != actual {
             return Err(self.corrupt(
                 offset as u64,
@@ -391,7 +391,7 @@ impl LayerFile {
             ));
         }
         let stored = &self.map[start as usize..start as usize + h.len as usize];
-        let actual = crc32c::crc32c(stored);
+        let actual = walproto::crc::crc32c(stored);
         if actual != h.crc {
             return Err(self.corrupt(
                 start,

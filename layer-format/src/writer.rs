@@ -163,7 +163,7 @@ impl RawWriter {
         } else {
             value
         };
-        let crc = crc32c::crc32c(stored);
+        let crc = walproto::crc::crc32c(stored);
         let res = self.append(sk, key, lsn, flags, stored, crc);
         self.scratch = scratch;
         res
@@ -261,8 +261,8 @@ impl RawWriter {
         }
         let offset = self.pos;
         let count = self.block_count as u16;
-        let mut crc = crc32c::crc32c(&count.to_be_bytes());
-        crc = crc32c::crc32c_append(crc, &self.block);
+        let mut crc = walproto::crc::crc32c(&count.to_be_bytes());
+        crc = walproto::crc::crc32c_append(crc, &self.block);
         let block = std::mem::take(&mut self.block);
         let res = self
             .write(&count.to_be_bytes())
@@ -288,7 +288,7 @@ impl RawWriter {
         let footer = Footer {
             fence_offset: self.pos,
             block_count: self.fence_count,
-            fence_crc: crc32c::crc32c(&self.fences),
+            fence_crc: walproto::crc::crc32c(&self.fences),
             entry_count: self.entry_count,
         };
         let fences = std::mem::take(&mut self.fences);

@@ -3,6 +3,7 @@
 //! replication protocol and the gRPC services.
 
 pub mod consts;
+pub mod crc;
 pub mod decoder;
 pub mod encoder;
 pub mod image;

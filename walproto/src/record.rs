@@ -520,8 +520,8 @@ pub fn decode_record_body(
 /// CRC32C of a record as Postgres computes it: the payload after the header, then the header up
 /// to (not including) `xl_crc`.
 pub fn record_crc(raw: &[u8]) -> u32 {
-    let crc = crc32c::crc32c(&raw[SIZE_OF_XLOG_RECORD..]);
-    crc32c::crc32c_append(crc, &raw[..20])
+    let crc = crate::crc::crc32c(&raw[SIZE_OF_XLOG_RECORD..]);
+    crate::crc::crc32c_append(crc, &raw[..20])
 }
 
 #[cfg(test)]
