@@ -184,18 +184,28 @@ impl NonPageState {
                 } else {
                     fmt::CLOG_ABORTED
                 };
-                let mut by_page: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+                // The xids grouped by CLOG page, pages ascending, each page's xids in the
+                // record's order (a stable sort). Most commits have no subtransactions: then
+                // nothing is allocated.
+                let with_subxacts: Vec<u32>;
+                let xids: &[u32] = if p.subxacts.is_empty() {
+                    std::slice::from_ref(&xid)
+                } else {
+                    let mut all: Vec<u32> = std::iter::once(xid)
+                        .chain(p.subxacts.iter().copied())
+                        .collect();
+                    all.sort_by_key(|x| x / fmt::CLOG_XACTS_PER_PAGE);
+                    with_subxacts = all;
+                    &with_subxacts
+                };
                 for &x in std::iter::once(&xid).chain(&p.subxacts) {
-                    by_page
-                        .entry(x / fmt::CLOG_XACTS_PER_PAGE)
-                        .or_default()
-                        .push(x);
                     // `TransactionIdLatest` + `AdvanceNextFullTransactionIdPastXid`.
                     self.checkpoint.reserve_next_xid_past(x);
                 }
-                for (page, xids) in by_page {
-                    let key = self.segments.touch(SlruKind::Clog, page);
-                    let data = fmt::encode_clog_set(status, &xids);
+                let page_of = |x: &u32| x / fmt::CLOG_XACTS_PER_PAGE;
+                for group in xids.chunk_by(|a, b| page_of(a) == page_of(b)) {
+                    let key = self.segments.touch(SlruKind::Clog, page_of(&group[0]));
+                    let data = fmt::encode_clog_set(status, group);
                     out.put(key, Value::strata_record(false, fmt::KIND_CLOG_SET, data));
                 }
                 if commit {
