@@ -313,8 +313,6 @@ fn main() -> anyhow::Result<()> {
     let mut l0 = None;
     let mut full = None;
     let mut pg_secs = f64::NAN;
-    // Each round runs every side once, so that a machine whose speed drifts during the bench
-    // (this shared one does) slows or speeds up both sides alike.
     // A pageserver is a long-running process: its first ingest faults in the memory its
     // in-memory layers then reuse (arena, entry and index pools). One untimed run first, so
     // that every timed run sees the steady state.
@@ -327,6 +325,8 @@ fn main() -> anyhow::Result<()> {
     }
     // Postgres's run over Strata's (until durable) in each round.
     let mut round_ratios = Vec::new();
+    // Each round runs every side once, so that a machine whose speed drifts during the bench
+    // (this shared one does) slows or speeds up both sides alike.
     for _ in 0..runs {
         let mut round_strata = None;
         if want_l0 {

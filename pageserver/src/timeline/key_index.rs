@@ -35,6 +35,16 @@ struct Slot {
     key: Key,
 }
 
+impl Slot {
+    fn head(&self) -> Head {
+        Head {
+            newest: self.newest,
+            lsn: self.lsn,
+            key_id: self.key_id,
+        }
+    }
+}
+
 const EMPTY: Slot = Slot {
     lsn: Lsn(0),
     newest: 0,
@@ -154,14 +164,7 @@ impl KeyIndex {
 
     pub fn get(&self, key: &Key) -> Option<Head> {
         let (i, found) = self.find(key);
-        found.then(|| {
-            let s = &self.slots[i];
-            Head {
-                newest: s.newest,
-                lsn: s.lsn,
-                key_id: s.key_id,
-            }
-        })
+        found.then(|| self.slots[i].head())
     }
 
     /// Makes the version `newest` at `lsn` the newest of `key`, unless the key has one at
@@ -171,11 +174,7 @@ impl KeyIndex {
         let (i, found) = self.find(&key);
         if found {
             let s = &mut self.slots[i];
-            let prev = Head {
-                newest: s.newest,
-                lsn: s.lsn,
-                key_id: s.key_id,
-            };
+            let prev = s.head();
             if prev.lsn >= lsn {
                 return Put::NotNewer(prev.lsn);
             }
@@ -215,12 +214,7 @@ impl KeyIndex {
         for s in &self.slots {
             if s.generation == self.generation {
                 let (i, _) = bigger.find(&s.key);
-                let head = Head {
-                    newest: s.newest,
-                    lsn: s.lsn,
-                    key_id: s.key_id,
-                };
-                bigger.fill(i, s.key, head);
+                bigger.fill(i, s.key, s.head());
             }
         }
         *self = bigger;

@@ -187,16 +187,14 @@ impl NonPageState {
                 // The xids grouped by CLOG page, pages ascending, each page's xids in the
                 // record's order (a stable sort). Most commits have no subtransactions: then
                 // nothing is allocated.
-                let with_subxacts: Vec<u32>;
+                let mut all = Vec::new();
                 let xids: &[u32] = if p.subxacts.is_empty() {
                     std::slice::from_ref(&xid)
                 } else {
-                    let mut all: Vec<u32> = std::iter::once(xid)
-                        .chain(p.subxacts.iter().copied())
-                        .collect();
+                    all.push(xid);
+                    all.extend_from_slice(&p.subxacts);
                     all.sort_by_key(|x| x / fmt::CLOG_XACTS_PER_PAGE);
-                    with_subxacts = all;
-                    &with_subxacts
+                    &all
                 };
                 for &x in std::iter::once(&xid).chain(&p.subxacts) {
                     // `TransactionIdLatest` + `AdvanceNextFullTransactionIdPastXid`.
