@@ -187,20 +187,20 @@ impl NonPageState {
                 // The xids grouped by CLOG page, pages ascending, each page's xids in the
                 // record's order (a stable sort). Most commits have no subtransactions: then
                 // nothing is allocated.
+                let page_of = |x: &u32| x / fmt::CLOG_XACTS_PER_PAGE;
                 let mut all = Vec::new();
                 let xids: &[u32] = if p.subxacts.is_empty() {
                     std::slice::from_ref(&xid)
                 } else {
                     all.push(xid);
                     all.extend_from_slice(&p.subxacts);
-                    all.sort_by_key(|x| x / fmt::CLOG_XACTS_PER_PAGE);
+                    all.sort_by_key(page_of);
                     &all
                 };
                 for &x in std::iter::once(&xid).chain(&p.subxacts) {
                     // `TransactionIdLatest` + `AdvanceNextFullTransactionIdPastXid`.
                     self.checkpoint.reserve_next_xid_past(x);
                 }
-                let page_of = |x: &u32| x / fmt::CLOG_XACTS_PER_PAGE;
                 for group in xids.chunk_by(|a, b| page_of(a) == page_of(b)) {
                     let key = self.segments.touch(SlruKind::Clog, page_of(&group[0]));
                     let data = fmt::encode_clog_set(status, group);
