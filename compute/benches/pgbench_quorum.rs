@@ -88,6 +88,8 @@ struct CpuPerTxn {
     /// Each replica process separately (for Strata: the safekeepers, then the walproposer).
     each_us: [f64; 4],
     postgres_us: f64,
+    /// The part of `postgres_us` spent in walsenders (one per replica connection).
+    walsenders_us: f64,
     machine_us: f64,
 }
 
@@ -122,30 +124,38 @@ fn ticks_of(pids: &[u32]) -> u64 {
 
 /// CPU ticks used so far by the Postgres server: the postmaster, its live children (backends,
 /// walsenders, background processes) and the children that already exited (pgbench's
-/// backends of a finished run, counted in the postmaster's children time).
-fn postgres_ticks(pg: &PgCluster) -> u64 {
+/// backends of a finished run, counted in the postmaster's children time). The second value
+/// is the part used by the live walsenders.
+fn postgres_ticks(pg: &PgCluster) -> (u64, u64) {
     let Some(master) = std::fs::read_to_string(pg.data_dir().join("postmaster.pid"))
         .ok()
         .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
     else {
-        return 0;
+        return (0, 0);
     };
     let Some((own, waited, _)) = proc_stat(master) else {
-        return 0;
+        return (0, 0);
     };
     let mut total = own + waited;
+    let mut walsenders = 0;
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
             if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
                 if let Some((t, _, ppid)) = proc_stat(pid) {
                     if ppid == master {
                         total += t;
+                        // Postgres sets its children's titles: `postgres: walsender …`.
+                        let title =
+                            std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                        if title.starts_with(b"postgres: walsender") {
+                            walsenders += t;
+                        }
                     }
                 }
             }
         }
     }
-    total
+    (total, walsenders)
 }
 
 /// Busy CPU ticks of the whole machine (everything but idle and iowait).
@@ -168,15 +178,18 @@ struct CpuMark {
     replicas: u64,
     each: [u64; 4],
     postgres: u64,
+    walsenders: u64,
     machine: u64,
 }
 
 impl CpuMark {
     fn take(replica_pids: &[u32], pg: &PgCluster) -> CpuMark {
+        let (postgres, walsenders) = postgres_ticks(pg);
         CpuMark {
             replicas: ticks_of(replica_pids),
             each: std::array::from_fn(|i| replica_pids.get(i).map_or(0, |&p| ticks_of(&[p]))),
-            postgres: postgres_ticks(pg),
+            postgres,
+            walsenders,
             machine: machine_busy_ticks(),
         }
     }
@@ -191,6 +204,7 @@ impl CpuMark {
             replicas_us: us(now.replicas, self.replicas),
             each_us: std::array::from_fn(|i| us(now.each[i], self.each[i])),
             postgres_us: us(now.postgres, self.postgres),
+            walsenders_us: us(now.walsenders, self.walsenders),
             machine_us: us(now.machine, self.machine),
         }
     }
@@ -440,7 +454,7 @@ fn main() {
             row.round = round;
             eprintln!(
                 "round {round}: {:<34} {:>3} clients: {:>8.1} tps, p50 {:.2} ms, p99 {:.2} ms, CPU/txn: \
-                 replicas {:.0} µs (each {:.0?}), Postgres {:.0} µs, machine {:.0} µs",
+                 replicas {:.0} µs (each {:.0?}), Postgres {:.0} µs (walsenders {:.0}), machine {:.0} µs",
                 setup.name(),
                 clients,
                 row.tps,
@@ -449,6 +463,7 @@ fn main() {
                 row.cpu.replicas_us,
                 row.cpu.each_us,
                 row.cpu.postgres_us,
+                row.cpu.walsenders_us,
                 row.cpu.machine_us
             );
             rows.push(row);
@@ -485,10 +500,11 @@ fn main() {
     );
     println!(
         "| round | setup | clients | TPS | p50 ms | p99 ms | transactions | TPS vs native quorum | \
-         replicas CPU µs/txn | Postgres CPU µs/txn | machine CPU µs/txn | other CPU µs/txn |"
+         replicas CPU µs/txn | Postgres CPU µs/txn | of which walsenders | machine CPU µs/txn | \
+         other CPU µs/txn |"
     );
     println!(
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for r in &rows {
         // Against the native run of the same round.
@@ -500,7 +516,7 @@ fn main() {
             .map(|n| n.tps)
             .unwrap_or(f64::NAN);
         println!(
-            "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {} | {:.2}x | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {} | {:.2}x | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             r.round,
             r.setup.name(),
             r.clients,
@@ -511,6 +527,7 @@ fn main() {
             r.tps / native,
             r.cpu.replicas_us,
             r.cpu.postgres_us,
+            r.cpu.walsenders_us,
             r.cpu.machine_us,
             r.cpu.machine_us - r.cpu.replicas_us - r.cpu.postgres_us
         );
@@ -520,8 +537,8 @@ fn main() {
     }
     println!(
         "CPU µs per transaction: user + system time of the replicas (safekeepers and walproposer, \
-         or the pg_receivewal processes), of the Postgres server processes, and busy time of the \
-         whole machine; `other` is the rest (pgbench, kernel threads, anything else running: \
+         or the pg_receivewal processes), of the Postgres server processes (and of its walsenders \
+         among them: one per replica connection), and busy time of the whole machine; `other` is the rest (pgbench, kernel threads, anything else running: \
          a large value means the run shared the machine)."
     );
 }

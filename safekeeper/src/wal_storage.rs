@@ -495,8 +495,10 @@ impl WalStorage {
         }
         if let Some(open) = &self.current {
             if self.write_lsn > self.flush_lsn {
-                let p = self.dir.join(file_name(self.tli, open.segno, true));
-                open.file.sync_data().map_err(io_err(&p))?;
+                // The path is built only for an error: this runs on every append's fsync.
+                open.file.sync_data().map_err(|e| {
+                    io_err(&self.dir.join(file_name(self.tli, open.segno, true)))(e)
+                })?;
                 self.fsyncs += 1;
             }
         }
