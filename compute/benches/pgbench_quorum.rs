@@ -125,25 +125,27 @@ fn ticks_of(pids: &[u32]) -> u64 {
 /// CPU ticks used so far by the Postgres server: the postmaster, its live children (backends,
 /// walsenders, background processes) and the children that already exited (pgbench's
 /// backends of a finished run, counted in the postmaster's children time). The second value
-/// is the part used by the live walsenders.
-fn postgres_ticks(pg: &PgCluster) -> (u64, u64) {
+/// is the part used by the live walsenders, the third the number of live children.
+fn postgres_ticks(pg: &PgCluster) -> (u64, u64, usize) {
     let Some(master) = std::fs::read_to_string(pg.data_dir().join("postmaster.pid"))
         .ok()
         .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
     else {
-        return (0, 0);
+        return (0, 0, 0);
     };
     let Some((own, waited, _)) = proc_stat(master) else {
-        return (0, 0);
+        return (0, 0, 0);
     };
     let mut total = own + waited;
     let mut walsenders = 0;
+    let mut children = 0;
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
             if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
                 if let Some((t, _, ppid)) = proc_stat(pid) {
                     if ppid == master {
                         total += t;
+                        children += 1;
                         // Postgres sets its children's titles: `postgres: walsender …`.
                         let title =
                             std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -155,7 +157,17 @@ fn postgres_ticks(pg: &PgCluster) -> (u64, u64) {
             }
         }
     }
-    (total, walsenders)
+    (total, walsenders, children)
+}
+
+/// Waits (at most 5 s) until the Postgres server has at most `n` children again: the
+/// backends of a finished pgbench run exit and are reaped after pgbench returns, and one
+/// reaped between the two reads of [`postgres_ticks`] would be counted in neither.
+fn wait_for_backends_gone(pg: &PgCluster, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while postgres_ticks(pg).2 > n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Busy CPU ticks of the whole machine (everything but idle and iowait).
@@ -184,7 +196,7 @@ struct CpuMark {
 
 impl CpuMark {
     fn take(replica_pids: &[u32], pg: &PgCluster) -> CpuMark {
-        let (postgres, walsenders) = postgres_ticks(pg);
+        let (postgres, walsenders, _) = postgres_ticks(pg);
         CpuMark {
             replicas: ticks_of(replica_pids),
             each: std::array::from_fn(|i| replica_pids.get(i).map_or(0, |&p| ticks_of(&[p]))),
@@ -351,6 +363,7 @@ fn run_pgbench(pg: &PgCluster, replicas: &Replicas, setup: Setup, clients: u32, 
     let j = clients.min(4).to_string();
     let t = secs.to_string();
     let replica_pids = replicas.pids();
+    let children = postgres_ticks(pg).2;
     let mark = CpuMark::take(&replica_pids, pg);
     let out = pg
         .pgbench(&[
@@ -372,6 +385,7 @@ fn run_pgbench(pg: &PgCluster, replicas: &Replicas, setup: Setup, clients: u32, 
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no tps in pgbench output:\n{out}"));
     let lat = latencies(pg.base_dir(), &prefix);
+    wait_for_backends_gone(pg, children);
     let cpu = mark.per_txn(&replica_pids, pg, lat.len());
     Row {
         setup,
