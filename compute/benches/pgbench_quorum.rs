@@ -124,40 +124,51 @@ fn ticks_of(pids: &[u32]) -> u64 {
 
 /// CPU ticks used so far by the Postgres server: the postmaster, its live children (backends,
 /// walsenders, background processes) and the children that already exited (pgbench's
-/// backends of a finished run, counted in the postmaster's children time). The second value
-/// is the part used by the live walsenders, the third the number of live children.
-fn postgres_ticks(pg: &PgCluster) -> (u64, u64, usize) {
+/// backends of a finished run, counted in the postmaster's children time).
+fn postgres_ticks(pg: &PgCluster) -> PgTicks {
     let Some(master) = std::fs::read_to_string(pg.data_dir().join("postmaster.pid"))
         .ok()
         .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
     else {
-        return (0, 0, 0);
+        return PgTicks::default();
     };
     let Some((own, waited, _)) = proc_stat(master) else {
-        return (0, 0, 0);
+        return PgTicks::default();
     };
-    let mut total = own + waited;
-    let mut walsenders = 0;
-    let mut children = 0;
+    let mut ticks = PgTicks {
+        total: own + waited,
+        ..PgTicks::default()
+    };
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
             if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
                 if let Some((t, _, ppid)) = proc_stat(pid) {
                     if ppid == master {
-                        total += t;
-                        children += 1;
+                        ticks.total += t;
+                        ticks.children += 1;
                         // Postgres sets its children's titles: `postgres: walsender …`.
                         let title =
                             std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                         if title.starts_with(b"postgres: walsender") {
-                            walsenders += t;
+                            ticks.walsenders += t;
                         }
                     }
                 }
             }
         }
     }
-    (total, walsenders, children)
+    ticks
+}
+
+/// What [`postgres_ticks`] reads.
+#[derive(Default)]
+struct PgTicks {
+    /// CPU ticks of the whole server.
+    total: u64,
+    /// The part of `total` used by the live walsenders.
+    walsenders: u64,
+    /// Live children of the postmaster.
+    children: usize,
 }
 
 /// Waits (at most 5 s) until the Postgres server has at most `n` children again: the
@@ -165,7 +176,7 @@ fn postgres_ticks(pg: &PgCluster) -> (u64, u64, usize) {
 /// reaped between the two reads of [`postgres_ticks`] would be counted in neither.
 fn wait_for_backends_gone(pg: &PgCluster, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while postgres_ticks(pg).2 > n && Instant::now() < deadline {
+    while postgres_ticks(pg).children > n && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -196,12 +207,12 @@ struct CpuMark {
 
 impl CpuMark {
     fn take(replica_pids: &[u32], pg: &PgCluster) -> CpuMark {
-        let (postgres, walsenders, _) = postgres_ticks(pg);
+        let pg_ticks = postgres_ticks(pg);
         CpuMark {
             replicas: ticks_of(replica_pids),
             each: std::array::from_fn(|i| replica_pids.get(i).map_or(0, |&p| ticks_of(&[p]))),
-            postgres,
-            walsenders,
+            postgres: pg_ticks.total,
+            walsenders: pg_ticks.walsenders,
             machine: machine_busy_ticks(),
         }
     }
@@ -363,7 +374,7 @@ fn run_pgbench(pg: &PgCluster, replicas: &Replicas, setup: Setup, clients: u32, 
     let j = clients.min(4).to_string();
     let t = secs.to_string();
     let replica_pids = replicas.pids();
-    let children = postgres_ticks(pg).2;
+    let children = postgres_ticks(pg).children;
     let mark = CpuMark::take(&replica_pids, pg);
     let out = pg
         .pgbench(&[
