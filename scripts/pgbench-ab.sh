@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
-cargo bench -p compute --bench pgbench_quorum --no-run >/dev/null 2>&1
+cargo bench -q -p compute --bench pgbench_quorum --no-run >/dev/null
 bin=$(ls -t target/release/deps/pgbench_quorum-* | grep -v '\.d$' | head -1)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

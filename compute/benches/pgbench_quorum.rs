@@ -202,6 +202,8 @@ struct CpuMark {
     each: [u64; 4],
     postgres: u64,
     walsenders: u64,
+    /// The postmaster's live children when the mark was taken.
+    pg_children: usize,
     machine: u64,
 }
 
@@ -213,6 +215,7 @@ impl CpuMark {
             each: std::array::from_fn(|i| replica_pids.get(i).map_or(0, |&p| ticks_of(&[p]))),
             postgres: pg_ticks.total,
             walsenders: pg_ticks.walsenders,
+            pg_children: pg_ticks.children,
             machine: machine_busy_ticks(),
         }
     }
@@ -374,7 +377,6 @@ fn run_pgbench(pg: &PgCluster, replicas: &Replicas, setup: Setup, clients: u32, 
     let j = clients.min(4).to_string();
     let t = secs.to_string();
     let replica_pids = replicas.pids();
-    let children = postgres_ticks(pg).children;
     let mark = CpuMark::take(&replica_pids, pg);
     let out = pg
         .pgbench(&[
@@ -396,7 +398,7 @@ fn run_pgbench(pg: &PgCluster, replicas: &Replicas, setup: Setup, clients: u32, 
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no tps in pgbench output:\n{out}"));
     let lat = latencies(pg.base_dir(), &prefix);
-    wait_for_backends_gone(pg, children);
+    wait_for_backends_gone(pg, mark.pg_children);
     let cpu = mark.per_txn(&replica_pids, pg, lat.len());
     Row {
         setup,
@@ -563,8 +565,9 @@ fn main() {
     println!(
         "CPU µs per transaction: user + system time of the replicas (safekeepers and walproposer, \
          or the pg_receivewal processes), of the Postgres server processes (and of its walsenders \
-         among them: one per replica connection), and busy time of the whole machine; `other` is the rest (pgbench, kernel threads, anything else running: \
-         a large value means the run shared the machine)."
+         among them: one per replica connection), and busy time of the whole machine; `other` is \
+         the rest (pgbench, kernel threads, anything else running: a large value means the run \
+         shared the machine)."
     );
 }
 

@@ -64,12 +64,22 @@ fn fresh_acceptor(dir: &Path) -> Acceptor {
 /// An acceptor writing WAL, kept across timed calls; a fresh one every RESET_EVERY bytes
 /// (outside the timed region), so the benchmark does not fill the disk.
 struct AcceptorWriter {
-    state: Option<(tempfile::TempDir, Acceptor, Lsn, u64)>,
+    run: Option<AcceptorRun>,
+}
+
+/// One acceptor's life in [`AcceptorWriter`].
+struct AcceptorRun {
+    _dir: tempfile::TempDir,
+    acceptor: Acceptor,
+    /// The end of its WAL.
+    at: Lsn,
+    /// Timed rounds so far, each of which must have reached the disk.
+    rounds: u64,
 }
 
 impl AcceptorWriter {
     fn new() -> Self {
-        AcceptorWriter { state: None }
+        AcceptorWriter { run: None }
     }
 
     /// Times `iters` rounds of `batch` appends each (waiting for durability after each round).
@@ -77,34 +87,44 @@ impl AcceptorWriter {
         let mut total = Duration::ZERO;
         for _ in 0..iters {
             if self
-                .state
+                .run
                 .as_ref()
-                .is_none_or(|(_, _, at, _)| at.0 - START.0 >= RESET_EVERY)
+                .is_none_or(|r| r.at.0 - START.0 >= RESET_EVERY)
             {
                 self.finish();
                 let dir = tempfile::tempdir_in(tmp_root()).unwrap();
-                let a = fresh_acceptor(dir.path());
-                self.state = Some((dir, a, START, 0));
+                self.run = Some(AcceptorRun {
+                    acceptor: fresh_acceptor(dir.path()),
+                    _dir: dir,
+                    at: START,
+                    rounds: 0,
+                });
             }
-            let (_, a, at, rounds) = self.state.as_mut().unwrap();
+            let r = self.run.as_mut().unwrap();
             let t = Instant::now();
             for _ in 0..batch {
-                a.append(1, *at, data.clone(), Lsn(0), Lsn(0)).unwrap();
-                *at = Lsn(at.0 + data.len() as u64);
+                r.acceptor
+                    .append(1, r.at, data.clone(), Lsn(0), Lsn(0))
+                    .unwrap();
+                r.at = Lsn(r.at.0 + data.len() as u64);
             }
-            let durable = a.wal().flush_blocking().unwrap();
+            let durable = r.acceptor.wal().flush_blocking().unwrap();
             total += t.elapsed();
-            assert_eq!(durable, *at);
-            *rounds += 1;
+            assert_eq!(durable, r.at);
+            r.rounds += 1;
         }
         total
     }
 
     /// Checks that every round really reached the disk (at least one fdatasync each).
     fn finish(&mut self) {
-        if let Some((_, a, _, rounds)) = self.state.take() {
-            let fsyncs = a.wal().stats().fsyncs.load(Ordering::Relaxed);
-            assert!(fsyncs >= rounds, "{fsyncs} fsyncs for {rounds} rounds");
+        if let Some(r) = self.run.take() {
+            let fsyncs = r.acceptor.wal().stats().fsyncs.load(Ordering::Relaxed);
+            assert!(
+                fsyncs >= r.rounds,
+                "{fsyncs} fsyncs for {} rounds",
+                r.rounds
+            );
         }
     }
 }
