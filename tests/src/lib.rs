@@ -4,11 +4,13 @@
 //! - [`cluster`]: the `strata` command and Postgres clients against a Strata local cluster.
 //! - [`workload`]: SQL that makes Postgres write (nearly) every WAL record type.
 //! - [`waldump`]: running and parsing `pg_waldump` / `strata waldump`, and comparing them.
+//! - [`redo_run`]: a short SQL workload on a fresh cluster, for one resource manager's redo.
 //! - [`walgen`]: small pgbench WAL samples for benchmarks and fuzz seeds.
 
 pub mod cluster;
 pub mod os_user;
 pub mod pg;
+pub mod redo_run;
 pub mod waldump;
 pub mod walgen;
 pub mod workload;

@@ -15,7 +15,10 @@
 use std::path::Path;
 
 use walproto::consts::VISIBILITYMAP_FORKNUM;
-use walproto::rmgr::{RM_BTREE_ID, RM_HEAP2_ID, RM_HEAP_ID};
+use walproto::rmgr::{
+    RM_BRIN_ID, RM_BTREE_ID, RM_GENERIC_ID, RM_GIN_ID, RM_GIST_ID, RM_HASH_ID, RM_HEAP2_ID,
+    RM_HEAP_ID, RM_SPGIST_ID,
+};
 
 use super::store::{PageKey, PageStore};
 use super::{diff, mask, page};
@@ -77,7 +80,19 @@ pub fn compare_page(
     max_reported: usize,
 ) -> std::io::Result<()> {
     let vm_page = key.1 == VISIBILITYMAP_FORKNUM;
-    if !vm_page && !matches!(rmid, RM_HEAP_ID | RM_HEAP2_ID | RM_BTREE_ID) {
+    let comparable = matches!(
+        rmid,
+        RM_HEAP_ID
+            | RM_HEAP2_ID
+            | RM_BTREE_ID
+            | RM_HASH_ID
+            | RM_GIN_ID
+            | RM_GIST_ID
+            | RM_SPGIST_ID
+            | RM_BRIN_ID
+            | RM_GENERIC_ID
+    );
+    if !vm_page && !comparable {
         rep.skipped += 1;
         return Ok(());
     }

@@ -108,11 +108,20 @@ pub fn seq_mask(p: &mut Page) {
 
 /// Masks `p` with the `rm_mask` of resource manager `rmid`; false if it has none here.
 pub fn mask_for_rmgr(rmid: u8, p: &mut Page, blkno: u32) -> bool {
-    use walproto::rmgr::{RM_BTREE_ID, RM_HEAP2_ID, RM_HEAP_ID, RM_SEQ_ID};
+    use walproto::rmgr::{
+        RM_BRIN_ID, RM_BTREE_ID, RM_GENERIC_ID, RM_GIN_ID, RM_GIST_ID, RM_HASH_ID, RM_HEAP2_ID,
+        RM_HEAP_ID, RM_SEQ_ID, RM_SPGIST_ID,
+    };
     match rmid {
         RM_HEAP_ID | RM_HEAP2_ID => heap_mask(p, blkno),
         RM_BTREE_ID => btree_mask(p),
+        RM_HASH_ID => super::hash::mask(p),
+        RM_GIN_ID => super::gin::mask(p),
+        RM_GIST_ID => super::gist::mask(p),
         RM_SEQ_ID => seq_mask(p),
+        RM_SPGIST_ID => super::spgist::mask(p),
+        RM_BRIN_ID => super::brin::mask(p),
+        RM_GENERIC_ID => super::generic::mask(p),
         _ => return false,
     }
     true

@@ -16,16 +16,21 @@
 //! `wal_log_hints` (`XLogHintBitIsNeeded`), which Strata requires; FSM pages are not redone
 //! (Postgres does not WAL-log them either, except as full-page images).
 //!
-//! Heap, Heap2, Btree, Sequence and XLOG (full-page images) have native redo. Every other
-//! resource manager's records are [`RedoError::Unsupported`] unless the block carries an image
-//! to apply: the production design has the compute run `wal_consistency_checking` for those
-//! resource managers, and the image (applying or not) is then the page.
+//! Every built-in resource manager that changes relation pages has native redo, one module
+//! each: heap, heap2, btree, hash, gin, gist, seq, spgist, brin, generic, and XLOG (full-page
+//! images). A custom resource manager's records (ids 128..=255, from extensions) are
+//! [`RedoError::Unsupported`] unless the block carries an image to apply.
 
+pub mod brin;
 pub mod btree;
 mod btree_dedup;
 pub mod datadir;
 pub mod diff;
 pub mod extra;
+pub mod generic;
+pub mod gin;
+pub mod gist;
+pub mod hash;
 pub mod heap;
 pub mod heap2;
 pub mod htup;
@@ -35,12 +40,16 @@ pub mod page;
 mod page_compact;
 pub mod seq;
 pub mod slru;
+pub mod spgist;
 pub mod store;
 pub mod verify;
 pub mod vm;
 
 use walproto::record::DecodedRecord;
-use walproto::rmgr::{self, RM_BTREE_ID, RM_HEAP2_ID, RM_HEAP_ID, RM_SEQ_ID, RM_XLOG_ID};
+use walproto::rmgr::{
+    self, RM_BRIN_ID, RM_BTREE_ID, RM_GENERIC_ID, RM_GIN_ID, RM_GIST_ID, RM_HASH_ID, RM_HEAP2_ID,
+    RM_HEAP_ID, RM_SEQ_ID, RM_SPGIST_ID, RM_XLOG_ID,
+};
 use walproto::Lsn;
 
 pub use extra::{extra_targets, redo_extra, ExtraOp, ExtraTarget};
@@ -89,7 +98,17 @@ pub fn record_name(rec: &DecodedRecord) -> String {
 pub fn has_native_redo(rmid: u8) -> bool {
     matches!(
         rmid,
-        RM_HEAP_ID | RM_HEAP2_ID | RM_BTREE_ID | RM_SEQ_ID | RM_XLOG_ID
+        RM_HEAP_ID
+            | RM_HEAP2_ID
+            | RM_BTREE_ID
+            | RM_HASH_ID
+            | RM_GIN_ID
+            | RM_GIST_ID
+            | RM_SEQ_ID
+            | RM_SPGIST_ID
+            | RM_BRIN_ID
+            | RM_GENERIC_ID
+            | RM_XLOG_ID
     )
 }
 
@@ -143,7 +162,13 @@ pub fn redo_block(rec: &DecodedRecord, block_id: u8, page: &mut Page) -> Result<
         RM_HEAP_ID => heap::redo(rec, blk, page),
         RM_HEAP2_ID => heap2::redo(rec, blk, page),
         RM_BTREE_ID => btree::redo(rec, blk, page),
+        RM_HASH_ID => hash::redo(rec, blk, page),
+        RM_GIN_ID => gin::redo(rec, blk, page),
+        RM_GIST_ID => gist::redo(rec, blk, page),
         RM_SEQ_ID => seq::redo(rec, page),
+        RM_SPGIST_ID => spgist::redo(rec, blk, page),
+        RM_BRIN_ID => brin::redo(rec, blk, page),
+        RM_GENERIC_ID => generic::redo(rec, blk, page),
         RM_XLOG_ID => Err(page::PageError(
             "XLOG record block without an image to restore".into(),
         )),
