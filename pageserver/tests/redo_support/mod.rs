@@ -105,7 +105,10 @@ pub fn check_production_wal(w: &Workload) -> anyhow::Result<(VerifyReport, DataD
     assert_eq!(rep.missing, 0, "records on pages that do not exist");
     let disk = compare_with_data_dir(&store, run.pg.data_dir(), 10)?;
     println!("end state vs data directory: {disk:?}");
-    assert_eq!(disk.differing, 0, "final pages differ from the data directory");
+    assert_eq!(
+        disk.differing, 0,
+        "final pages differ from the data directory"
+    );
     assert!(disk.equal > 0, "no page compared: {disk:?}");
     Ok((rep, disk))
 }
