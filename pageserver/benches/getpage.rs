@@ -16,6 +16,12 @@
 //! read timed on its own. The table gives p50 / p99 / mean latency, reads per second, and
 //! layer files visited per read (p50 / max).
 //!
+//! `STRATA_BENCH_WORKLOAD=indexes`: the index-heavy workload instead
+//! (`strata_tests::index_workload`): the base holds the table and its GIN, GiST, SP-GiST, hash,
+//! BRIN and B-tree indexes with 20,000 rows, the WAL inserts 20,000 more; the keys are every
+//! block of the indexes, and the table has one row per access method and class, so the latency
+//! of pages rebuilt by each index AM's native redo shows.
+//!
 //! `cargo bench -p pageserver --bench getpage`
 
 use std::time::{Duration, Instant};
@@ -24,34 +30,64 @@ use layer_format::Key;
 use pageserver::import::{import_datadir, read_control};
 use pageserver::ingest::{IngestConf, WalIngest};
 use pageserver::timeline::{Timeline, TimelineConf};
-use strata_tests::{InitOptions, PgCluster, StopMode};
+use strata_tests::{index_workload, InitOptions, PgCluster, StopMode};
 use walproto::walfiles::WalDirReader;
 use walproto::Lsn;
 
 struct Setup {
     ingest: WalIngest,
-    keys: Vec<Key>,
+    /// Keys to read, by group (`all`, or one per index access method).
+    groups: Vec<(String, Vec<Key>)>,
     latest: Lsn,
     halfway: Lsn,
     _pg: PgCluster,
     _dir: tempfile::TempDir,
 }
 
+/// `STRATA_BENCH_WORKLOAD=indexes`.
+fn index_heavy() -> bool {
+    std::env::var("STRATA_BENCH_WORKLOAD").is_ok_and(|w| w == "indexes")
+}
+
+/// (relfilenode, group name) of the relations whose blocks are read.
+fn relations(pg: &PgCluster) -> anyhow::Result<Vec<(u32, String)>> {
+    let sql = if index_heavy() {
+        "SELECT pg_relation_filenode(c.oid), a.amname FROM pg_class c \
+         JOIN pg_am a ON a.oid = c.relam WHERE c.relkind = 'i' AND c.relname LIKE 'docs\\_%'"
+    } else {
+        "SELECT pg_relation_filenode(oid), 'all' FROM pg_class \
+         WHERE relname LIKE 'pgbench\\_%' AND relkind IN ('r', 'i')"
+    };
+    Ok(pg
+        .psql(sql)?
+        .lines()
+        .filter_map(|l| {
+            let (rel, group) = l.split_once('|')?;
+            Some((rel.trim().parse().ok()?, group.trim().to_string()))
+        })
+        .collect())
+}
+
 fn setup() -> anyhow::Result<Setup> {
     let opts = InitOptions::default().keep_all_wal();
     let pg = PgCluster::init(&opts)?;
     pg.start()?;
-    pg.pgbench(&["-i", "-s", "4", "-q"])?;
-    let rels = pg.psql(
-        "SELECT pg_relation_filenode(oid) FROM pg_class \
-         WHERE relname LIKE 'pgbench\\_%' AND relkind IN ('r', 'i')",
-    )?;
-    let rels: Vec<u32> = rels.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    if index_heavy() {
+        pg.psql(index_workload::SCHEMA)?;
+        index_workload::insert_rows(&pg, 1, 20_000)?;
+    } else {
+        pg.pgbench(&["-i", "-s", "4", "-q"])?;
+    }
+    let rels = relations(&pg)?;
     pg.stop(StopMode::Fast)?;
-    // The base holds the pgbench tables: the run's WAL changes some of their pages.
+    // The base holds the tables: the run's WAL changes some of their pages.
     let base = pg.copy_data_dir("bench-base")?;
     pg.start()?;
-    pg.pgbench(&["-c", "4", "-j", "2", "-T", "10"])?;
+    if index_heavy() {
+        index_workload::insert_rows(&pg, 20_001, 40_000)?;
+    } else {
+        pg.pgbench(&["-c", "4", "-j", "2", "-T", "10"])?;
+    }
     pg.stop(StopMode::Fast)?;
     let start = read_control(&base)?.checkpoint;
     let dir = tempfile::tempdir()?;
@@ -78,16 +114,28 @@ fn setup() -> anyhow::Result<Setup> {
     );
     let latest = ingest.timeline().last_record_end();
     let halfway = Lsn(start.0 + (latest.0 - start.0) / 2);
-    let keys = ingest
-        .directory()
-        .all_forks()
-        .into_iter()
-        .filter(|(rel, fork, _)| *fork == 0 && rels.contains(&rel.rel))
-        .flat_map(|(rel, fork, n)| (0..n).step_by(3).map(move |b| Key::rel_block(rel, fork, b)))
-        .collect();
+    // Every 3rd block of pgbench's relations; every block of the (smaller) indexes.
+    let step = if index_heavy() { 1 } else { 3 };
+    let forks = ingest.directory().all_forks();
+    let mut groups: Vec<(String, Vec<Key>)> = Vec::new();
+    for (relno, group) in rels {
+        let keys = forks
+            .iter()
+            .filter(|(rel, fork, _)| *fork == 0 && rel.rel == relno)
+            .flat_map(|&(rel, fork, n)| {
+                (0..n)
+                    .step_by(step)
+                    .map(move |b| Key::rel_block(rel, fork, b))
+            });
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, k)) => k.extend(keys),
+            None => groups.push((group, keys.collect())),
+        }
+    }
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Setup {
         ingest,
-        keys,
+        groups,
         latest,
         halfway,
         _pg: pg,
@@ -116,10 +164,16 @@ fn q(sorted: &[Duration], q: f64) -> f64 {
 }
 
 /// The table for `tl` as it is now.
-fn table(tl: &Timeline, keys: &[Key], latest: Lsn, halfway: Lsn) -> anyhow::Result<()> {
+fn table(
+    tl: &Timeline,
+    group: &str,
+    keys: &[Key],
+    latest: Lsn,
+    halfway: Lsn,
+) -> anyhow::Result<()> {
     println!(
-        "{:<8} {:<8} {:>6} {:>9} {:>9} {:>9} {:>10} {:>15}",
-        "lsn", "class", "keys", "p50 µs", "p99 µs", "mean µs", "reads/s", "layers p50/max"
+        "{:<7} {:<8} {:<8} {:>6} {:>9} {:>9} {:>9} {:>10} {:>15}",
+        "group", "lsn", "class", "keys", "p50 µs", "p99 µs", "mean µs", "reads/s", "layers p50/max"
     );
     let mut p50s = Vec::new();
     for (name, lsn) in [("latest", latest), ("halfway", halfway)] {
@@ -133,7 +187,7 @@ fn table(tl: &Timeline, keys: &[Key], latest: Lsn, halfway: Lsn) -> anyhow::Resu
         }
         for (class, keys) in [("no-redo", &image), ("redo", &redo)] {
             if keys.is_empty() {
-                println!("{name:<8} {class:<8} {:>6}", 0);
+                println!("{group:<7} {name:<8} {class:<8} {:>6}", 0);
                 continue;
             }
             tl.reset_read_stats();
@@ -142,7 +196,7 @@ fn table(tl: &Timeline, keys: &[Key], latest: Lsn, halfway: Lsn) -> anyhow::Resu
             lat.sort_unstable();
             let mean = total.as_secs_f64() * 1e6 / lat.len() as f64;
             println!(
-                "{name:<8} {class:<8} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>10.0} {:>11}/{}",
+                "{group:<7} {name:<8} {class:<8} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>10.0} {:>11}/{}",
                 keys.len(),
                 q(&lat, 0.5),
                 q(&lat, 0.99),
@@ -157,7 +211,7 @@ fn table(tl: &Timeline, keys: &[Key], latest: Lsn, halfway: Lsn) -> anyhow::Resu
     for class in ["no-redo", "redo"] {
         let get = |n: &str| p50s.iter().find(|x| x.0 == n && x.1 == class).map(|x| x.2);
         if let (Some(l), Some(h)) = (get("latest"), get("halfway")) {
-            println!("{class}: halfway p50 / latest p50 = {:.2}", h / l);
+            println!("{group} {class}: halfway p50 / latest p50 = {:.2}", h / l);
         }
     }
     Ok(())
@@ -165,13 +219,19 @@ fn table(tl: &Timeline, keys: &[Key], latest: Lsn, halfway: Lsn) -> anyhow::Resu
 
 fn main() -> anyhow::Result<()> {
     let s = setup()?;
+    let what = if index_heavy() {
+        "every block of the docs table's indexes, by access method"
+    } else {
+        "every 3rd block of the pgbench tables and indexes"
+    };
+    let n: usize = s.groups.iter().map(|(_, k)| k.len()).sum();
     println!(
-        "{} keys (every 3rd block of the pgbench tables and indexes); latest {}, halfway {}",
-        s.keys.len(),
-        s.latest,
-        s.halfway
+        "{n} keys ({what}); latest {}, halfway {}",
+        s.latest, s.halfway
     );
     println!("\nAs ingested:");
-    table(s.ingest.timeline(), &s.keys, s.latest, s.halfway)?;
+    for (group, keys) in &s.groups {
+        table(s.ingest.timeline(), group, keys, s.latest, s.halfway)?;
+    }
     Ok(())
 }

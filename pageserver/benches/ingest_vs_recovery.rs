@@ -19,6 +19,11 @@
 //! machine's speed during the bench affects both sides alike. Each run's time is printed, and
 //! each round's ratio (Postgres's run over Strata's until-durable run of the same round).
 //!
+//! `STRATA_BENCH_WORKLOAD=indexes` writes an index-heavy WAL instead
+//! (`strata_tests::index_workload`: GIN on jsonb and tsvector, GiST, SP-GiST, hash and BRIN
+//! beside the heap and its B-tree key; `$STRATA_BENCH_ROWS` rows, default 300,000), so the
+//! native redo of every index access method is on the measured path.
+//!
 //! `STRATA_BENCH_NO_PG=1` skips Postgres's side, and `STRATA_BENCH_ONLY=l0` (ingest until
 //! durable, no explicit compaction) or `=full` runs only one of Strata's (for profiling).
 //! `STRATA_BENCH_FIXTURE=<dir>` keeps the generated base and WAL in `<dir>` and reuses them in
@@ -38,6 +43,7 @@ use anyhow::{ensure, Context};
 use pageserver::import::{import_datadir, read_control};
 use pageserver::ingest::{IngestConf, WalIngest};
 use pageserver::timeline::{CompactionConf, TimelineConf};
+use strata_tests::index_workload::run_index_workload;
 use strata_tests::waldump::wal_end_after_clean_stop;
 use strata_tests::{InitOptions, PgCluster, StopMode};
 use walproto::walfiles::WalDirReader;
@@ -59,6 +65,11 @@ fn cp(from: &Path, to: &Path) -> anyhow::Result<()> {
         to.display()
     );
     Ok(())
+}
+
+/// `STRATA_BENCH_WORKLOAD=indexes`: the index-heavy workload instead of pgbench.
+fn index_heavy() -> bool {
+    std::env::var("STRATA_BENCH_WORKLOAD").is_ok_and(|w| w == "indexes")
 }
 
 /// A base data directory and the WAL written on top of it (`wal` holds every segment).
@@ -83,13 +94,19 @@ fn fixture(pg: &PgCluster) -> anyhow::Result<Fixture> {
             end: e.parse()?,
         });
     }
-    let scale = env_u64("STRATA_BENCH_SCALE", 40);
-    let seconds = env_u64("STRATA_BENCH_SECONDS", 300);
     let base = pg.copy_data_dir("base")?;
     pg.start()?;
-    println!("writing WAL: pgbench -i -s {scale}, then {seconds} s with 4 clients");
-    pg.pgbench(&["-i", "-s", &scale.to_string(), "-q"])?;
-    pg.pgbench(&["-c", "4", "-j", "2", "-T", &seconds.to_string()])?;
+    if index_heavy() {
+        let rows = env_u64("STRATA_BENCH_ROWS", 300_000);
+        println!("writing WAL: the index-heavy workload, {rows} rows");
+        run_index_workload(pg, rows)?;
+    } else {
+        let scale = env_u64("STRATA_BENCH_SCALE", 40);
+        let seconds = env_u64("STRATA_BENCH_SECONDS", 300);
+        println!("writing WAL: pgbench -i -s {scale}, then {seconds} s with 4 clients");
+        pg.pgbench(&["-i", "-s", &scale.to_string(), "-q"])?;
+        pg.pgbench(&["-c", "4", "-j", "2", "-T", &seconds.to_string()])?;
+    }
     pg.stop(StopMode::Fast)?;
     let start = read_control(&base)?.checkpoint;
     let end = wal_end_after_clean_stop(pg)?;
@@ -374,7 +391,12 @@ fn main() -> anyhow::Result<()> {
         )
     };
     println!();
-    println!("| replay of {wal_mb:.0} MB of pgbench WAL ({records} records), best of {runs} runs | seconds | MB/s | records/s | vs Postgres |");
+    let kind = if index_heavy() {
+        "index-heavy"
+    } else {
+        "pgbench"
+    };
+    println!("| replay of {wal_mb:.0} MB of {kind} WAL ({records} records), best of {runs} runs | seconds | MB/s | records/s | vs Postgres |");
     println!("| --- | ---: | ---: | ---: | ---: |");
     row(
         "Postgres 15 recovery (standby from pg_wal, start to replay end)",

@@ -3,11 +3,13 @@
 //! - [`pg`]: `PgCluster`, a throw-away Postgres 15 cluster per test.
 //! - [`cluster`]: the `strata` command and Postgres clients against a Strata local cluster.
 //! - [`workload`]: SQL that makes Postgres write (nearly) every WAL record type.
+//! - [`index_workload`]: every index access method on one table, for benchmarks.
 //! - [`waldump`]: running and parsing `pg_waldump` / `strata waldump`, and comparing them.
 //! - [`redo_run`]: a short SQL workload on a fresh cluster, for one resource manager's redo.
 //! - [`walgen`]: small pgbench WAL samples for benchmarks and fuzz seeds.
 
 pub mod cluster;
+pub mod index_workload;
 pub mod os_user;
 pub mod pg;
 pub mod redo_run;
