@@ -30,7 +30,7 @@ pub const SCHEMA: &str = "
     CREATE INDEX docs_at ON docs USING brin (at) WITH (pages_per_range = 4);";
 
 /// One batch of `n` rows starting at row number `from`.
-fn insert_batch(from: u64, n: u64) -> String {
+pub fn insert_batch(from: u64, n: u64) -> String {
     format!(
         "INSERT INTO docs (at, code, title, body, words, loc, span)
          SELECT timestamptz '2026-01-01' + g * interval '1 second',
