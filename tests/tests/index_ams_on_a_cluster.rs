@@ -45,10 +45,7 @@ const QUERIES: &[(&str, &str)] = &[
         "docs_at",
         "SELECT count(*) FROM docs WHERE at BETWEEN '2026-01-01 01:00' AND '2026-01-01 02:00'",
     ),
-    (
-        "docs_bloom",
-        "SELECT count(*) FROM docs WHERE code = 777 AND grp = 3",
-    ),
+    ("docs_bloom", "SELECT count(*) FROM docs WHERE grp = 3"),
 ];
 
 /// Planner settings that leave an index scan the only cheap way.
@@ -99,12 +96,12 @@ fn scenario(s: &StrataCli) -> Result<()> {
     let then_lsn = psql(port, "SELECT pg_current_wal_insert_lsn()")?;
 
     // More of everything after that moment: deletes, vacuum, inserts that split pages.
+    psql(port, "DELETE FROM docs WHERE id % 10 = 7")?;
     psql(
         port,
-        "DELETE FROM docs WHERE id % 10 = 7;
-         UPDATE docs SET body = body || '{\"k\": 17}' WHERE id % 100 = 1;
-         VACUUM docs;",
+        "UPDATE docs SET body = body || '{\"k\": 17}' WHERE id % 100 = 1",
     )?;
+    psql(port, "VACUUM docs")?;
     for from in (20_001..=30_000).step_by(5_000) {
         psql(port, &insert_batch(from, 5_000))?;
     }
