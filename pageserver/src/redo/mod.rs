@@ -156,6 +156,10 @@ pub fn redo_block(rec: &DecodedRecord, block_id: u8, page: &mut Page) -> Result<
         if !page::is_new(page) {
             page::set_lsn(page, rec.end_lsn.0);
         }
+        if rec.rmid() == RM_GIST_ID {
+            // GiST changes a split's left child even when its image is restored.
+            gist::after_image(rec, blk, page).map_err(|e| fail(e.0))?;
+        }
         return Ok(());
     }
     let res = match rec.rmid() {
