@@ -104,10 +104,9 @@ fn split_tuples(d: &[u8]) -> PResult<Vec<&[u8]>> {
 
 /// `gistfillbuffer` at the end of the page, as redo always calls it.
 fn append_tuples(p: &mut Page, tuples: &[&[u8]]) -> PResult<()> {
-    let mut off = page::max_offset(p) + 1;
-    for t in tuples {
+    let first = page::max_offset(p) + 1;
+    for (off, t) in (first..).zip(tuples) {
         page::add_item(p, t, off, AddItem::default())?;
-        off += 1;
     }
     Ok(())
 }
