@@ -2,6 +2,8 @@
 
 mod redo_support;
 
+use std::collections::BTreeMap;
+
 use redo_support::{check_against_images, check_production_wal, check_tamper_is_caught, Workload};
 use strata_tests::redo_run::{redo_run, RedoRun};
 use strata_tests::waldump::{run_pg_waldump, wal_end_after_clean_stop};
@@ -96,29 +98,45 @@ fn tamper(rec: &walproto::record::DecodedRecord, p: &mut pageserver::redo::Page)
     }
 }
 
-/// How often each GiST record type appears in the run's WAL, by pg_waldump.
-fn gist_record_counts(run: &RedoRun) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+/// How often each GiST record type appears in the run's WAL, by pg_waldump, and how many
+/// root splits each index had (a PAGE_SPLIT whose first page is block 0).
+type Counts = BTreeMap<String, usize>;
+
+fn gist_record_counts(run: &RedoRun) -> anyhow::Result<(Counts, Counts)> {
     let end = wal_end_after_clean_stop(&run.pg)?;
     let out = run_pg_waldump(&run.pg.wal_dir(), run.start, end, &["-r", "Gist"])?;
-    let mut m = std::collections::BTreeMap::new();
+    let (mut types, mut root_splits) = (Counts::new(), Counts::new());
+    let mut in_split = false;
     for line in out.lines() {
         if let Some((_, rest)) = line.split_once("desc: ") {
             let t = rest.split_whitespace().next().unwrap_or("").to_string();
-            *m.entry(t).or_insert(0) += 1;
+            in_split = t == "PAGE_SPLIT";
+            *types.entry(t).or_insert(0) += 1;
+        } else if let Some((_, rest)) = line.split_once("blkref #1: rel ") {
+            let mut words = rest.split_whitespace();
+            let rel = words.next().unwrap_or("").to_string();
+            if in_split && words.nth(2) == Some("blk") && words.next() == Some("0") {
+                *root_splits.entry(rel).or_insert(0) += 1;
+            }
         }
     }
-    println!("GiST records in the WAL: {m:?}");
-    Ok(m)
+    println!("GiST records in the WAL: {types:?}; root splits by index: {root_splits:?}");
+    Ok((types, root_splits))
 }
 
 #[test]
 fn gist_redo_matches_postgres() -> anyhow::Result<()> {
     let run = check_against_images(&WORKLOAD, MUST_VERIFY)?;
     // PAGE_REUSE registers no block, so it is never "verified": check it was replayed.
-    let counts = gist_record_counts(&run)?;
+    let (counts, root_splits) = gist_record_counts(&run)?;
     assert!(
         counts.get("PAGE_REUSE").copied().unwrap_or(0) > 0,
         "no PAGE_REUSE in the WAL"
+    );
+    // Two root splits: some index is at least three levels deep.
+    assert!(
+        root_splits.values().any(|&n| n >= 2),
+        "no index grew past two levels"
     );
     check_tamper_is_caught(&run, "Gist/", tamper)?;
     check_production_wal(&WORKLOAD)?;
@@ -130,7 +148,7 @@ fn gist_assign_lsn_replays() -> anyhow::Result<()> {
     // ASSIGN_LSN registers no block either: check it is in the WAL and the replay of that WAL
     // (the index arrives as page images at commit) ends with the data directory's pages.
     let run = redo_run(false, UNLOGGED_BUILD.settings, UNLOGGED_BUILD.steps)?;
-    let counts = gist_record_counts(&run)?;
+    let (counts, _) = gist_record_counts(&run)?;
     assert!(
         counts.get("ASSIGN_LSN").copied().unwrap_or(0) > 0,
         "no ASSIGN_LSN in the WAL"

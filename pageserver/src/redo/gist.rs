@@ -287,9 +287,9 @@ fn split_page(rec: &DecodedRecord, blk: &BlockRef, p: &mut Page) -> PResult<()> 
         let next = if last {
             x.origrlink
         } else {
-            match rec.block(blk.id + 1) {
+            match blk.id.checked_add(1).and_then(|id| rec.block(id)) {
                 Some(b) => b.blkno,
-                None => return perr!("split page {i} has no next block {}", blk.id + 1),
+                None => return perr!("split page {i} of {npage} has no next block"),
             }
         };
         set_rightlink(p, next)?;
