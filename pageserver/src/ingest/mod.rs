@@ -747,5 +747,10 @@ fn restore_image(rec: &DecodedRecord, blk: &BlockRef) -> Result<Bytes, IngestErr
     if !page::is_new(&p) {
         page::set_lsn(&mut p, rec.end_lsn.0);
     }
+    if rec.rmid() == rmgr::RM_GIST_ID && blk.applies_image() {
+        // GiST redo changes a split's left child after restoring its image (as redo_block).
+        redo::gist::after_image(rec, blk, &mut p)
+            .map_err(|e| WalIngest::err(rec, format!("block {}: {}", blk.id, e.0)))?;
+    }
     Ok(Bytes::copy_from_slice(&p[..]))
 }
