@@ -509,6 +509,9 @@ pub fn wait_for_committed_wal(
         if st.last_record_end >= commit {
             return Ok(Lsn(st.last_record_end));
         }
+        if let Some(why) = crate::mgmt::ingest_stopped(&st) {
+            bail!("{why}");
+        }
         if !announced {
             out.step(&format!(
                 "waiting for the pageserver to ingest up to {} (at {})",

@@ -17,6 +17,25 @@ pub struct Pageserver {
     client: PageserverClient<Channel>,
 }
 
+/// Why waiting for the pageserver to ingest further is pointless: its ingest of the timeline
+/// is stopped (a record it cannot ingest); `None` if it is not.
+pub fn ingest_stopped(st: &ps::TimelineInfo) -> Option<String> {
+    let s = st.ingest_stop.as_ref()?;
+    let resume = if s.needs_restart {
+        "restart the pageserver to resume"
+    } else {
+        "an upgraded pageserver resumes from there after a restart"
+    };
+    Some(format!(
+        "the pageserver stopped ingesting this branch at {} ({} cannot be ingested: {}); \
+         readable up to {}; {resume} (see `strata status`)",
+        walproto::Lsn(s.record_lsn),
+        s.record,
+        s.reason,
+        walproto::Lsn(st.last_record_end)
+    ))
+}
+
 fn status_error(what: &str, s: tonic::Status) -> anyhow::Error {
     anyhow!("{what}: {}", s.message())
 }

@@ -8,9 +8,12 @@
 //! so that it does not come back at the next start.
 //!
 //! The walreceiver ([`crate::walreceiver::run`]) feeds the timeline's handle, which is its
-//! [`crate::walreceiver::WalSink`]. If it ends with an error (the timeline refused WAL), it
-//! is started again after a growing delay: WAL is never skipped, and a transient problem
-//! (a full disk) heals. A periodic flush makes what was ingested durable within
+//! [`crate::walreceiver::WalSink`]. If it ends because ingest stopped at a record the
+//! timeline cannot ingest ([`crate::tenant::IngestStop`]), it is not started again until the
+//! stop is lifted (`ResumeIngest`; a restart starts afresh): no retry loop, the WAL waits in
+//! the safekeepers. If it ends with another error (WAL that cannot be decoded), it is started
+//! again after a growing delay: WAL is never skipped, and a transient problem heals. A
+//! periodic flush makes what was ingested durable within
 //! [`FLUSH_INTERVAL`] even when the open layer stays small, so `durable_local` (which lets
 //! the safekeepers remove WAL) keeps moving.
 //!
@@ -120,11 +123,27 @@ fn spawn_walreceiver(
         let mut delay = Duration::from_secs(1);
         loop {
             let sink: Arc<dyn WalSink> = h.clone();
-            match walreceiver::run(conf.clone(), sink, stop.clone()).await {
-                Ok(()) => return,
-                Err(e) => warn!(tenant = %h.tenant_id(), timeline = %h.timeline_id(),
-                                error = %format!("{e:#}"), retry_in = ?delay,
-                                "walreceiver stopped"),
+            let res = walreceiver::run(conf.clone(), sink, stop.clone()).await;
+            if let Ok(()) = res {
+                return;
+            }
+            if h.ingest_stop().is_some() {
+                // Logged once by the handle when it stopped; nothing to retry until lifted.
+                info!(tenant = %h.tenant_id(), timeline = %h.timeline_id(),
+                      "walreceiver paused: ingest is stopped until a restart or ResumeIngest");
+                let mut lifted = h.watch_ingest_stop();
+                tokio::select! {
+                    _ = lifted.wait_for(|s| s.is_none()) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                info!(tenant = %h.tenant_id(), timeline = %h.timeline_id(),
+                      "ingest resumed: streaming again");
+                delay = Duration::from_secs(1);
+                continue;
+            }
+            if let Err(e) = res {
+                warn!(tenant = %h.tenant_id(), timeline = %h.timeline_id(),
+                      error = %format!("{e:#}"), retry_in = ?delay, "walreceiver stopped");
             }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}

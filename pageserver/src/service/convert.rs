@@ -42,6 +42,14 @@ pub fn timeline_info(s: TimelineStatus) -> pb::TimelineInfo {
         received_lsn: s.received_lsn.0,
         safekeepers: s.safekeepers,
         broken_reason: String::new(),
+        ingest_stop: s.ingest_stop.map(|st| pb::IngestStop {
+            record_lsn: st.record_lsn.0,
+            record: st.record,
+            reason: st.reason,
+            since_unix_ms: st.since_unix_ms,
+            needs_restart: st.needs_restart,
+        }),
+        walreceiver_problem: s.walreceiver_problem.unwrap_or_default(),
     }
 }
 

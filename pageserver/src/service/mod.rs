@@ -65,6 +65,14 @@ fn check_read_lsn(h: &TimelineHandle, lsn: Lsn) -> Result<(), TenantError> {
     });
     let name = format!("{}/{}", h.tenant_id(), h.timeline_id());
     if lsn > end {
+        // It will not get there by waiting: say why.
+        if let Some(stop) = h.ingest_stop() {
+            return Err(TenantError::FailedPrecondition(format!(
+                "LSN {lsn} is beyond timeline {name}'s last record end {end}, and the timeline \
+                 takes no WAL: {}; readable: {start}..={end}",
+                stop.describe()
+            )));
+        }
         return Err(TenantError::OutOfRange(format!(
             "LSN {lsn} is beyond timeline {name}'s last record end {end}; readable: {start}..={end}"
         )));
@@ -646,5 +654,20 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         })
         .await?;
         Ok(Response::new(pb::SlruSegmentResponse { data, lsn: lsn.0 }))
+    }
+
+    async fn resume_ingest(
+        &self,
+        req: Request<pb::TimelineRequest>,
+    ) -> Result<Response<pb::TimelineInfo>, Status> {
+        let r = req.into_inner();
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        let h2 = h.clone();
+        let cleared = blocking(move || h2.resume_ingest()).await?;
+        if let Some(s) = cleared {
+            info!(tenant = %h.tenant_id(), timeline = %h.timeline_id(), record_lsn = %s.record_lsn,
+                  "ingest resumed on request: the record is tried again");
+        }
+        Ok(Response::new(Self::status(h).await?))
     }
 }

@@ -5,6 +5,16 @@
 //!
 //! Lock order: `stream` before `ingest`; a branch's `ingest` before its ancestor's (reads
 //! only). Nothing takes them the other way round.
+//!
+//! **Stopped ingest.** A record ingest refuses (a custom resource manager's record, a record
+//! needing redo this pageserver lacks, a relation that does not exist...) would be refused
+//! again however often it is retried, so the timeline *stops* at it ([`IngestStop`]): it
+//! takes no WAL until the pageserver restarts (an upgrade that can ingest it) or
+//! [`TimelineHandle::resume_ingest`]. Everything before the record stays readable, and the
+//! safekeepers keep the WAL from the record on (the positions reported to them stop there).
+//! A storage failure midway through a record stops the timeline too, until a restart reopens
+//! it from its durable state. WAL that cannot be decoded is not a stop: it may be one
+//! safekeeper's problem, and the stream is retried.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +22,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use layer_format::Lsn;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::error;
 use walproto::decoder::{Decoded, WalStreamDecoder};
+use walproto::record::DecodedRecord;
 
 use super::error::{Result, TenantError};
 use super::layout::{write_atomic, TIMELINE_CONF};
@@ -52,6 +65,76 @@ pub struct TimelineStatus {
     /// WAL received by the walreceiver (may be ahead of `last_record_end` by a partial record).
     pub received_lsn: Lsn,
     pub safekeepers: Vec<String>,
+    /// Set while the timeline takes no WAL.
+    pub ingest_stop: Option<IngestStop>,
+    /// Why the walreceiver is not streaming now, if it says so.
+    pub walreceiver_problem: Option<String>,
+}
+
+/// Why a timeline takes no more WAL: the record it could not ingest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestStop {
+    /// Start LSN of the record (everything before it is ingested: it equals the timeline's
+    /// last record end).
+    pub record_lsn: Lsn,
+    /// Its type, as pg_waldump names it, or its custom resource manager id.
+    pub record: String,
+    /// What is wrong, in plain words.
+    pub reason: String,
+    pub since_unix_ms: u64,
+    /// Storing the record failed midway: the open layer may hold part of it, so only a
+    /// restart (reopening from the durable state) resumes.
+    pub needs_restart: bool,
+}
+
+impl IngestStop {
+    /// One sentence for logs, errors and status pages.
+    pub fn describe(&self) -> String {
+        let how = if self.needs_restart {
+            "a pageserver restart resumes it"
+        } else {
+            "a pageserver restart (after an upgrade that can ingest it) or ResumeIngest resumes it"
+        };
+        format!(
+            "ingest stopped at {} record at {}: {}; WAL from there waits in the safekeepers, \
+             reads before it work; {how}",
+            self.record, self.record_lsn, self.reason
+        )
+    }
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The record's type for an [`IngestStop`]: a custom resource manager's id, which tells an
+/// operator which extension wrote it.
+fn record_label(r: &DecodedRecord) -> String {
+    let rmid = r.rmid();
+    if rmid >= walproto::rmgr::RM_MIN_CUSTOM_ID {
+        format!(
+            "a custom resource manager {rmid} (info {:#04x})",
+            r.header.info
+        )
+    } else {
+        format!("a {}", crate::redo::record_name(r))
+    }
+}
+
+/// What is wrong with `r`, which ingest refused with `e`.
+fn stop_reason(r: &DecodedRecord, e: &crate::ingest::IngestError) -> String {
+    let rmid = r.rmid();
+    if rmid >= walproto::rmgr::RM_MIN_CUSTOM_ID {
+        format!(
+            "records of custom resource manager {rmid} (written by a Postgres extension) \
+             cannot be ingested by this pageserver ({e})"
+        )
+    } else {
+        e.to_string()
+    }
 }
 
 /// The walreceiver's view of a timeline's progress.
@@ -74,9 +157,11 @@ pub struct TimelineHandle {
     remote_consistent_lsn: AtomicU64,
     /// The ancestor's handle, kept alive as long as the branch.
     parent: Option<Arc<TimelineHandle>>,
-    /// Set when storing a record failed midway (an I/O error): the open layer may hold part
-    /// of it, so no more WAL is taken until the timeline is reopened from its durable state.
-    ingest_failed: Mutex<Option<String>>,
+    /// Set when ingest stopped at a record (see the module doc); watched by the walreceiver's
+    /// task, which waits for it to clear.
+    ingest_stop: watch::Sender<Option<IngestStop>>,
+    /// Why the walreceiver is not streaming, as it last said.
+    walreceiver_problem: Mutex<Option<String>>,
     /// LSN leases (see `super::gc`).
     leases: Mutex<super::gc::Leases>,
 }
@@ -162,7 +247,8 @@ impl TimelineHandle {
             service_conf: Mutex::new(service_conf),
             remote_consistent_lsn: AtomicU64::new(0),
             parent,
-            ingest_failed: Mutex::new(None),
+            ingest_stop: watch::Sender::new(None),
+            walreceiver_problem: Mutex::new(None),
             leases: Mutex::new(leases),
         }))
     }
@@ -233,7 +319,49 @@ impl TimelineHandle {
             layers: tl.layer_descs().len(),
             received_lsn: received,
             safekeepers: self.safekeepers(),
+            ingest_stop: self.ingest_stop(),
+            walreceiver_problem: lock(&self.walreceiver_problem).clone(),
         }
+    }
+
+    /// Why the timeline takes no WAL, if it does not.
+    pub fn ingest_stop(&self) -> Option<IngestStop> {
+        self.ingest_stop.borrow().clone()
+    }
+
+    /// Follows [`TimelineHandle::ingest_stop`].
+    pub fn watch_ingest_stop(&self) -> watch::Receiver<Option<IngestStop>> {
+        self.ingest_stop.subscribe()
+    }
+
+    /// Takes WAL again from the record ingest stopped at (which is tried again): for when the
+    /// cause is gone without a restart. Returns the stop that was cleared, if any. Refused
+    /// after a storage failure midway through a record: only a restart clears that.
+    pub fn resume_ingest(&self) -> Result<Option<IngestStop>> {
+        let _stream = lock(&self.stream);
+        let cur = self.ingest_stop();
+        if let Some(s) = &cur {
+            if s.needs_restart {
+                return Err(TenantError::FailedPrecondition(format!(
+                    "{}: {}; it cannot be resumed without a restart",
+                    self.ctx(),
+                    s.describe()
+                )));
+            }
+            self.ingest_stop.send_replace(None);
+        }
+        Ok(cur)
+    }
+
+    /// Records why the walreceiver is not streaming (`None`: it streams, or has nothing to do).
+    pub fn set_walreceiver_problem(&self, problem: Option<String>) {
+        *lock(&self.walreceiver_problem) = problem;
+    }
+
+    fn stop_ingest(&self, stop: IngestStop) {
+        error!(tenant = %self.tenant_id, timeline = %self.timeline_id,
+               record_lsn = %stop.record_lsn, "{}", stop.describe());
+        self.ingest_stop.send_replace(Some(stop));
     }
 
     pub fn safekeepers(&self) -> Vec<String> {
@@ -329,10 +457,12 @@ impl TimelineHandle {
     /// the stream is forgotten: the sender must restart at `wal_start_lsn()`.
     pub fn receive_wal(&self, start: Lsn, wal: &[u8]) -> Result<usize> {
         let mut stream = lock(&self.stream);
-        if let Some(why) = lock(&self.ingest_failed).as_ref() {
+        if let Some(stop) = self.ingest_stop() {
+            *stream = None;
             return Err(TenantError::FailedPrecondition(format!(
-                "{}: takes no WAL until the pageserver restarts (storing a record failed: {why})",
-                self.ctx()
+                "{}: takes no WAL: {}",
+                self.ctx(),
+                stop.describe()
             )));
         }
         let dec = match stream.as_mut() {
@@ -368,10 +498,19 @@ impl TimelineHandle {
                 if let Err(e) = g.ingest_record(r) {
                     *stream = None;
                     // Refusals (a gap, a bad record) store nothing; a storage error may have
-                    // stored part of the record.
-                    if matches!(e, crate::ingest::IngestError::Timeline(_)) {
-                        *lock(&self.ingest_failed) = Some(e.to_string());
-                    }
+                    // stored part of the record. Either way the same record would fail again.
+                    let needs_restart = matches!(e, crate::ingest::IngestError::Timeline(_));
+                    self.stop_ingest(IngestStop {
+                        record_lsn: r.lsn,
+                        record: record_label(r),
+                        reason: if needs_restart {
+                            format!("storing it failed: {e}")
+                        } else {
+                            stop_reason(r, &e)
+                        },
+                        since_unix_ms: unix_ms_now(),
+                        needs_restart,
+                    });
                     return Err(TenantError::ingest(self.ctx())(e));
                 }
                 ingested += 1;
@@ -389,6 +528,14 @@ impl TimelineHandle {
 impl WalSink for TimelineHandle {
     fn start_lsn(&self) -> Lsn {
         self.wal_start_lsn()
+    }
+
+    fn stopped(&self) -> Option<String> {
+        self.ingest_stop().map(|s| s.describe())
+    }
+
+    fn problem(&self, problem: Option<String>) {
+        self.set_walreceiver_problem(problem);
     }
 
     fn restart(&self, at: Lsn) -> anyhow::Result<()> {

@@ -30,7 +30,7 @@ use tracing::{error, info, warn};
 pub use branch::BranchTarget;
 pub use conf::TenantConf;
 pub use error::{Result, TenantError};
-pub use handle::{TimelineHandle, TimelineServiceConf, TimelineStatus, WalProgress};
+pub use handle::{IngestStop, TimelineHandle, TimelineServiceConf, TimelineStatus, WalProgress};
 
 use crate::import::import_datadir;
 use crate::timeline::ancestor::Ancestor;

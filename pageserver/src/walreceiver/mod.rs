@@ -14,6 +14,13 @@
 //! (a lagging or stuck safekeeper). Every stream starts at [`WalSink::start_lsn`], announced
 //! with [`WalSink::restart`]: bytes handed to the sink always continue what it has.
 //!
+//! A sink that has stopped taking WAL for good ([`WalSink::stopped`]: a record it can never
+//! ingest) ends [`run`] at once with that reason: retrying would only fail the same way, so
+//! the caller waits for the stop to be lifted. While no safekeeper can be streamed from (no
+//! compute has written the timeline yet, all are down), the receiver retries with backoff,
+//! tells the sink why ([`WalSink::problem`]) and warns at most once per
+//! [`WAIT_WARN_INTERVAL`].
+//!
 //! - [`probe`]: connecting to one safekeeper and asking where it stands.
 //! - [`monitor`]: the other safekeepers' positions, polled while streaming.
 //! - [`session`]: one stream from one safekeeper, and why it ended.
@@ -23,10 +30,10 @@ mod probe;
 mod session;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 use walproto::Lsn;
 
 use session::{SessionEnd, SessionError};
@@ -110,6 +117,45 @@ pub trait WalSink: Send + Sync {
     /// `restart`. An error ends [`run`] with it: WAL cannot be skipped.
     fn receive(&self, start: Lsn, wal: &[u8]) -> anyhow::Result<()>;
     fn feedback(&self) -> Feedback;
+    /// `Some(why)` when the sink takes no more WAL whatever is sent (a record it cannot
+    /// ingest): [`run`] then ends with that error instead of streaming again.
+    fn stopped(&self) -> Option<String> {
+        None
+    }
+    /// Why no WAL can be streamed now (`None` once a stream starts), for status pages.
+    fn problem(&self, _problem: Option<String>) {}
+}
+
+/// "No safekeeper to stream from" is warned about at most this often while it lasts (a
+/// timeline without a compute would otherwise warn at every retry, for as long as it exists).
+pub const WAIT_WARN_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Rate limit of the "no safekeeper to stream from" warning.
+#[derive(Debug, Default)]
+struct WaitWarnings {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl WaitWarnings {
+    /// `Some(n)`: warn now, `n` warnings having been left out since the last one.
+    fn should_warn(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < WAIT_WARN_INTERVAL => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+
+    /// Streaming again: the next wait warns at once.
+    fn reset(&mut self) {
+        *self = WaitWarnings::default();
+    }
 }
 
 /// What the receiver is doing, for status pages and tests.
@@ -181,9 +227,14 @@ impl WalReceiver {
         let mut backoff = conf.backoff_min;
         // The safekeeper just left because of a failure: not chosen again on a tie.
         let mut avoid: Option<usize> = None;
+        let mut waits = WaitWarnings::default();
         loop {
             if *shutdown.borrow() {
                 return Ok(());
+            }
+            if let Some(why) = sink.stopped() {
+                sink.problem(None);
+                anyhow::bail!("{why}");
             }
             let start = sink.start_lsn();
             let probes = tokio::select! {
@@ -198,10 +249,21 @@ impl WalReceiver {
                 Ok(i) => i,
                 Err(Choice::Fatal(e)) => return Err(e),
                 Err(Choice::Wait(why)) => {
-                    warn!("no safekeeper to stream from, retrying in {backoff:?}: {why}");
-                    self.status.send_modify(|s| {
-                        s.last_error = Some(format!("no safekeeper to stream from: {why}"))
-                    });
+                    match waits.should_warn(Instant::now()) {
+                        Some(0) => {
+                            warn!("no safekeeper to stream from, retrying in {backoff:?}: {why}")
+                        }
+                        Some(n) => warn!(
+                            "still no safekeeper to stream from ({n} retries since the last \
+                             warning), retrying in {backoff:?}: {why}"
+                        ),
+                        None => {
+                            debug!("no safekeeper to stream from, retrying in {backoff:?}: {why}")
+                        }
+                    }
+                    let problem = format!("no safekeeper to stream from: {why}");
+                    sink.problem(Some(problem.clone()));
+                    self.status.send_modify(|s| s.last_error = Some(problem));
                     if sleep_or_shutdown(backoff, &mut shutdown).await {
                         return Ok(());
                     }
@@ -214,6 +276,8 @@ impl WalReceiver {
             };
             let addr = conf.safekeepers[idx].clone();
             info!(safekeeper = %addr, commit_lsn = %probe.identity.commit_lsn, %start, "streaming from safekeeper");
+            waits.reset();
+            sink.problem(None);
             self.status.send_modify(|s| {
                 s.streaming_from = Some(addr.clone());
                 s.streams += 1;
@@ -383,6 +447,20 @@ mod tests {
             Err(Choice::Wait(w)) => Err(format!("wait: {w}")),
             Err(Choice::Fatal(e)) => Err(format!("fatal: {e}")),
         }
+    }
+
+    #[test]
+    fn waiting_warns_once_per_interval() {
+        let mut w = WaitWarnings::default();
+        let t0 = Instant::now();
+        assert_eq!(w.should_warn(t0), Some(0));
+        for i in 1..100 {
+            assert_eq!(w.should_warn(t0 + Duration::from_secs(i)), None);
+        }
+        assert_eq!(w.should_warn(t0 + WAIT_WARN_INTERVAL), Some(99));
+        assert_eq!(w.should_warn(t0 + WAIT_WARN_INTERVAL), None);
+        w.reset();
+        assert_eq!(w.should_warn(t0 + WAIT_WARN_INTERVAL), Some(0));
     }
 
     #[test]
