@@ -124,16 +124,20 @@ fn record_label(r: &DecodedRecord) -> String {
     }
 }
 
-/// What is wrong with `r`, which ingest refused with `e`.
+/// What is wrong with `r`, which ingest refused with `e` (without the record's name and LSN,
+/// which the stop gives already).
 fn stop_reason(r: &DecodedRecord, e: &crate::ingest::IngestError) -> String {
+    let full = e.to_string();
+    let named = format!("{} at {}: ", crate::redo::record_name(r), r.lsn);
+    let what = full.strip_prefix(&named).unwrap_or(&full);
     let rmid = r.rmid();
     if rmid >= walproto::rmgr::RM_MIN_CUSTOM_ID {
         format!(
             "records of custom resource manager {rmid} (written by a Postgres extension) \
-             cannot be ingested by this pageserver ({e})"
+             cannot be ingested by this pageserver: {what}"
         )
     } else {
-        e.to_string()
+        what.to_string()
     }
 }
 
