@@ -352,13 +352,28 @@ async fn an_unknown_rmgr_record_stops_ingest_visibly_and_a_restart_resumes() -> 
     println!(
         "imported at {start}; the custom rmgr's record is at {bad_at}, the WAL ends at {bad_end}"
     );
-    served.set(start, bad_wal);
     c.set_safekeepers(pb::SetSafekeepersRequest {
         tenant_id: TENANT.into(),
         timeline_id: TIMELINE.into(),
         safekeepers: vec![sk_addr.clone()],
     })
     .await?;
+
+    // No WAL on the server yet (a branch without a compute): the status says why nothing
+    // streams, and the retries warn once, not at every attempt.
+    let st = wait_status(&mut c, "not streaming", |s| {
+        !s.walreceiver_problem.is_empty()
+    })
+    .await?;
+    assert!(
+        st.walreceiver_problem
+            .contains("no safekeeper to stream from")
+            && st.walreceiver_problem.contains("behind the start"),
+        "{st:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count_in_log(&log, "no safekeeper to stream from"), 1);
+    served.set(start, bad_wal);
 
     // The stop, in the status: the record, its LSN, the reason.
     let st = wait_status(&mut c, "ingest stopped", |s| s.ingest_stop.is_some()).await?;
@@ -380,6 +395,7 @@ async fn an_unknown_rmgr_record_stops_ingest_visibly_and_a_restart_resumes() -> 
         "{stop:?}"
     );
     assert!(!stop.needs_restart, "{stop:?}");
+    assert!(st.walreceiver_problem.is_empty(), "{st:?}");
     assert!(stop.since_unix_ms > 0);
     // Listed too (what `strata status` shows).
     let listed = c
