@@ -31,7 +31,8 @@ pub fn describe(ours: &Page, theirs: &Page, max_ranges: usize) -> String {
         let b = page::item_id(theirs, off).ok();
         let same_bytes = match (a, b) {
             (Some(x), Some(y)) if x == y && x.has_storage() => {
-                let r = x.off..(x.off + x.len).min(ours.len());
+                let end = (x.off + x.len).min(ours.len());
+                let r = x.off.min(end)..end;
                 ours[r.clone()] == theirs[r]
             }
             _ => a == b,
