@@ -95,8 +95,7 @@ impl<'a> Cursor<'a> {
 
     /// An unaligned leaf tuple: its size is the 30-bit field above `tupstate`.
     fn leaf_tuple(&mut self) -> PResult<&'a [u8]> {
-        let w = page::get_u32(self.d, self.pos)
-            .or_else(|_| perr!("record data too short for a leaf tuple header"))?;
+        let w = page::get_u32(self.d, self.pos).map_err(|_| short("a leaf tuple header"))?;
         let size = (w >> 2) as usize;
         if size < LEAF_HDR {
             return perr!("leaf tuple of size {size} is shorter than its header");
@@ -107,8 +106,7 @@ impl<'a> Cursor<'a> {
     /// An unaligned inner tuple: its size is the uint16 after the bit fields.
     fn inner_tuple(&mut self) -> PResult<&'a [u8]> {
         let size = page::get_u16(self.d, self.pos + 4)
-            .or_else(|_| perr!("record data too short for an inner tuple header"))?
-            as usize;
+            .map_err(|_| short("an inner tuple header"))? as usize;
         if size < INNER_HDR {
             return perr!("inner tuple of size {size} is shorter than its header");
         }
@@ -116,16 +114,20 @@ impl<'a> Cursor<'a> {
     }
 }
 
+fn short(what: &str) -> page::PageError {
+    page::PageError(format!("record data too short for {what}"))
+}
+
 fn overflow(what: &str) -> page::PageError {
     page::PageError(format!("size overflow reading {what}"))
 }
 
 fn u16_at(d: &[u8], off: usize, what: &str) -> PResult<u16> {
-    page::get_u16(d, off).or_else(|_| perr!("record data too short for {what}"))
+    page::get_u16(d, off).map_err(|_| short(what))
 }
 
 fn u32_at(d: &[u8], off: usize, what: &str) -> PResult<u32> {
-    page::get_u32(d, off).or_else(|_| perr!("record data too short for {what}"))
+    page::get_u32(d, off).map_err(|_| short(what))
 }
 
 fn bool_at(d: &[u8], off: usize, what: &str) -> PResult<bool> {
@@ -153,7 +155,7 @@ fn other_blkno(rec: &DecodedRecord, id: u8) -> PResult<u32> {
 
 fn opaque_pos(p: &Page) -> PResult<usize> {
     let s = page::special(p);
-    if s.checked_add(OPAQUE_SIZE).map_or(true, |e| e > BLCKSZ) {
+    if s.checked_add(OPAQUE_SIZE).is_none_or(|e| e > BLCKSZ) {
         return perr!("pd_special {s} leaves no room for the SP-GiST opaque data");
     }
     Ok(s)
