@@ -702,6 +702,43 @@ mod tests {
     }
 
     #[test]
+    fn node_links_and_redirect_cleanup() {
+        let mut p = Box::new([0u8; BLCKSZ]);
+        init_page(&mut p, 0);
+        // An inner tuple with an 8-byte prefix and three 8-byte nodes.
+        let mut inner = vec![0u8; 40];
+        inner[0..4].copy_from_slice(&((3u32 << 3) | (8u32 << 16)).to_le_bytes());
+        inner[4..6].copy_from_slice(&40u16.to_le_bytes());
+        for n in 0..3 {
+            inner[16 + n * 8 + 6] = 8;
+        }
+        add_or_replace(&mut p, &inner, 1).unwrap();
+        update_node_link(&mut p, 1, 2, 0x0001_0002, 7).unwrap();
+        let r = page::item_range(&p, 1).unwrap();
+        assert_eq!(&p[r.start + 32..r.start + 38], &[1, 0, 2, 0, 7, 0]);
+        assert!(update_node_link(&mut p, 1, 3, 1, 1).is_err());
+
+        let mut p = Box::new([0u8; BLCKSZ]);
+        init_page(&mut p, SPGIST_LEAF);
+        for i in 1..=3u16 {
+            add_or_replace(&mut p, &leaf(24, i as u8), i).unwrap();
+        }
+        let st = XlState {
+            my_xid: 5,
+            is_build: false,
+        };
+        multi_delete_to_dead(&mut p, &[2, 3], REDIRECT, PLACEHOLDER, (9, 5), st).unwrap();
+        let s = page::special(&p);
+        assert_eq!(page::get_u16(&p[..], s + 2).unwrap(), 1);
+        assert_eq!(page::get_u16(&p[..], s + 4).unwrap(), 1);
+        vacuum_redirect(&[1, 0, 2, 0, 5, 0, 0, 0, 2, 0], 0, &mut p).unwrap();
+        assert_eq!(page::max_offset(&p), 1);
+        assert_eq!(page::get_u16(&p[..], s + 2).unwrap(), 0);
+        assert_eq!(page::get_u16(&p[..], s + 4).unwrap(), 0);
+        assert_eq!(page::item_range(&p, 1).unwrap().len(), 24);
+    }
+
+    #[test]
     fn short_records_are_errors() {
         let mut p = Box::new([0u8; BLCKSZ]);
         init_page(&mut p, 0);
