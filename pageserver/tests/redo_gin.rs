@@ -82,7 +82,23 @@ fn record_types(run: &strata_tests::redo_run::RedoRun) -> anyhow::Result<BTreeMa
     let mut r = WalDirReader::open(&run.pg.wal_dir(), run.start, None, None)?;
     let mut n = BTreeMap::new();
     while let Some(rec) = r.next_record()? {
-        *n.entry(pageserver::redo::record_name(&rec)).or_insert(0) += 1;
+        let name = pageserver::redo::record_name(&rec);
+        // INSERT and SPLIT by page kind, to show each redo path was taken.
+        let flags_at = match name.as_str() {
+            "Gin/INSERT" => Some(0),
+            "Gin/SPLIT" => Some(24),
+            _ => None,
+        };
+        if let Some(f) = flags_at.and_then(|at| rec.main_data().get(at)) {
+            let kind = format!(
+                "{name} {}{}{}",
+                if f & 1 != 0 { "data" } else { "entry" },
+                if f & 2 != 0 { " leaf" } else { " internal" },
+                if f & 4 != 0 { " root" } else { "" }
+            );
+            *n.entry(kind).or_insert(0) += 1;
+        }
+        *n.entry(name).or_insert(0) += 1;
     }
     Ok(n)
 }
