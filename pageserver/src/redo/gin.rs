@@ -295,14 +295,13 @@ fn insert_data(p: &mut Page, leaf: bool, rightchild: u32, data: &[u8]) -> PResul
 /// UPDATE_META_PAGE with tuples: they go after the tail page's last item, and the page
 /// counts one more heap tuple.
 fn append_to_tail(p: &mut Page, data: &[u8], ntuples: usize) -> PResult<()> {
-    let mut off = if page::is_empty(p) {
+    let first = if page::is_empty(p) {
         1
     } else {
         page::max_offset(p) + 1
     };
-    for t in packed_tuples(data, ntuples)? {
-        page::add_item(p, t, off, NO_SHUFFLE)?;
-        off += 1;
+    for (i, t) in packed_tuples(data, ntuples)?.into_iter().enumerate() {
+        page::add_item(p, t, first + i, NO_SHUFFLE)?;
     }
     let mut o = opaque(p)?;
     o.maxoff = o.maxoff.wrapping_add(1);
