@@ -201,3 +201,65 @@ pub fn delete_item(p: &mut Page, offset: usize) -> PResult<()> {
     set_opaque(p, o)?;
     set_data_size(p, (maxoff - 1) * POSTING_ITEM_SIZE)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redo::gin::{init_page, GIN_DATA, GIN_LEAF};
+
+    fn tid(block: u32, off: u16) -> Tid {
+        Tid { block, off }
+    }
+
+    fn leaf(segments: &[Vec<u8>]) -> Box<Page> {
+        let mut p = Box::new([0u8; BLCKSZ]);
+        init_page(&mut p, GIN_DATA | GIN_LEAF | GIN_COMPRESSED).unwrap();
+        let all: Vec<u8> = segments.concat();
+        p[DATA_START..DATA_START + all.len()].copy_from_slice(&all);
+        set_data_size(&mut p, all.len()).unwrap();
+        p
+    }
+
+    fn seg(items: &[Tid]) -> Vec<u8> {
+        posting::encode(items, BLCKSZ).unwrap().0
+    }
+
+    #[test]
+    fn segment_actions() {
+        let s0 = seg(&[tid(1, 1), tid(1, 2)]);
+        let s1 = seg(&[tid(5, 1), tid(6, 3)]);
+        let s2 = seg(&[tid(9, 1)]);
+        let mut p = leaf(&[s0.clone(), s1.clone(), s2.clone()]);
+        let new = seg(&[tid(7, 1), tid(7, 2), tid(8, 1)]);
+        // ADDITEMS to segment 0, DELETE segment 1, INSERT a segment before segment 2.
+        let mut rec = vec![3, 0, 0, 4, 1, 0];
+        tid(1, 5).write(&mut rec);
+        rec.extend_from_slice(&[1, 1, 2, 2]);
+        rec.extend_from_slice(&new);
+        recompress(&mut p, &rec).unwrap();
+        let merged = seg(&[tid(1, 1), tid(1, 2), tid(1, 5)]);
+        let want = [merged, new, s2].concat();
+        assert_eq!(page::lower(&p), DATA_START + want.len());
+        assert_eq!(&p[DATA_START..DATA_START + want.len()], &want[..]);
+        // A truncated record, or a segment past the end, is an error.
+        assert!(recompress(&mut p, &[1, 0, 7, 1]).is_err());
+        assert!(recompress(&mut p, &[1, 0, 0, 3, 1]).is_err());
+    }
+
+    #[test]
+    fn posting_items() {
+        let mut p = Box::new([0u8; BLCKSZ]);
+        init_page(&mut p, GIN_DATA).unwrap();
+        add_item(&mut p, &[0, 0, 10, 0, 0, 0, 1, 0, 1, 0], 0).unwrap();
+        add_item(&mut p, &[0, 0, 11, 0, 0, 0, 2, 0, 1, 0], 1).unwrap();
+        assert_eq!(opaque(&p).unwrap().maxoff, 2);
+        assert_eq!(page::lower(&p), DATA_START + 2 * POSTING_ITEM_SIZE);
+        assert_eq!(p[DATA_START + 2], 11);
+        set_item_child(&mut p, 2, 0x0001_0002).unwrap();
+        assert_eq!(&p[DATA_START + 10..DATA_START + 14], &[1, 0, 2, 0]);
+        delete_item(&mut p, 1).unwrap();
+        assert_eq!(p[DATA_START + 2], 2);
+        assert!(delete_item(&mut p, 2).is_err());
+        assert!(add_item(&mut p, &[0; 10], 3).is_err());
+    }
+}
