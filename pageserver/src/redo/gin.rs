@@ -107,7 +107,8 @@ fn restore_meta(p: &mut Page, meta: &[u8]) -> PResult<()> {
 
 /// The index tuples of a pending-list record, packed one after another (no alignment).
 fn packed_tuples(data: &[u8], n: usize) -> PResult<Vec<&[u8]>> {
-    let mut out = Vec::with_capacity(n);
+    // A malformed count must not reserve memory the data cannot back.
+    let mut out = Vec::with_capacity(n.min(data.len()));
     let mut pos = 0;
     for _ in 0..n {
         let rest = data.get(pos..).unwrap_or(&[]);
