@@ -26,9 +26,13 @@ const WORKLOAD: Workload = Workload {
          SELECT count(*) FROM h WHERE k = 9;",
         // ... so the next insert there removes them first (VACUUM_ONE_PAGE).
         "INSERT INTO h SELECT g, 9 FROM generate_series(40001, 40050) g;",
-        // An index built over existing rows.
-        "CREATE TABLE h2 AS SELECT g AS id, g % 1000 AS k FROM generate_series(1, 5000) g;
-         CREATE INDEX h2_k ON h2 USING hash (k);",
+        // An index built over existing rows: with a low fill factor the metapage starts
+        // with over 512 buckets (multi-phase splitpoints). An unlogged index logs its init
+        // fork's metapage and bitmap.
+        "CREATE TABLE h2 AS SELECT g AS id, g % 1000 AS k FROM generate_series(1, 40000) g;
+         CREATE INDEX h2_k ON h2 USING hash (k) WITH (fillfactor = 10);
+         CREATE UNLOGGED TABLE u (k int);
+         CREATE INDEX u_k ON u USING hash (k);",
     ],
 };
 
