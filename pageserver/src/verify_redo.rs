@@ -7,8 +7,9 @@
 //! and compared with the image, masked as Postgres masks (hint bits, LSN, checksum, unused
 //! space, ...). Checks are collected during ingest and run in batches after each layer flush
 //! (or every [`CHECK_BATCH`] checks), so reads exercise L0 files as well as the open layer.
-//! With `final_dir`, every page of the final (cleanly shut down) data directory last written
-//! by a natively redone record is compared with GetPage at its checkpoint LSN.
+//! With `final_dir`, every block of every relation fork of the final (cleanly shut down) data
+//! directory and of the timeline is compared with GetPage at the directory's checkpoint LSN,
+//! or skipped for a reason `redo::datadir` names and counts.
 //!
 //! A timeline directory that already holds an imported timeline is resumed from its durable
 //! state, which is how the crash test restarts an ingest it killed.
@@ -23,7 +24,10 @@ use walproto::Lsn;
 
 use crate::import::{import_datadir, read_control, ImportError, ImportReport};
 use crate::ingest::{ImageCheck, IngestConf, IngestError, IngestStats, WalIngest};
-use crate::redo::datadir::{compare_page, DataDirReport};
+use crate::redo::datadir::{
+    compare_block, count_temp_files, for_each_fork, BlockContext, DataDirReport,
+};
+use crate::redo::store::scan_rel_files;
 use crate::redo::store::PageStore;
 use crate::redo::{diff, mask};
 use crate::timeline::{
@@ -75,6 +79,8 @@ pub struct VerifyRedoReport {
     /// Of the mismatched: GetPage failed (a redo or storage error).
     pub read_errors: u64,
     pub per_type: BTreeMap<String, TypeCounts>,
+    /// Records ingested per resource manager (by name).
+    pub per_rmgr: BTreeMap<String, u64>,
     pub problems: Vec<String>,
     pub last_lsn: Lsn,
     pub reads: ReadStats,
@@ -82,6 +88,8 @@ pub struct VerifyRedoReport {
     pub layers: usize,
     pub final_lsn: Option<Lsn>,
     pub final_report: Option<DataDirReport>,
+    /// Time the final-directory comparison took.
+    pub final_elapsed: Duration,
     pub elapsed: Duration,
 }
 
@@ -149,11 +157,18 @@ impl VerifyRedoReport {
                 c.verified, c.mismatched
             );
         }
+        for (r, n) in &self.per_rmgr {
+            s += &format!("rmgr {r} records {n}\n");
+        }
         if let (Some(l), Some(f)) = (self.final_lsn, &self.final_report) {
             s += &format!(
-                "final data directory at {l}: equal {} (VM {}), differing {}, VM bits lost by wal_log copy {}, gone {}, skipped {}\n",
-                f.equal, f.vm_equal, f.differing, f.vm_bits_lost_by_wal_log_copy, f.gone, f.skipped
+                "final data directory at {l} (compared in {:.1?}): {}\n",
+                self.final_elapsed,
+                f.summary()
             );
+            for o in &f.one_sided {
+                s += &format!("  one side only: {o}\n");
+            }
             for p in &f.problems {
                 s += &format!("--- {p}\n");
             }
@@ -224,6 +239,8 @@ pub fn verify_redo(opts: &VerifyRedoOptions) -> Result<VerifyRedoReport, VerifyR
     while let Some(rec) = reader.next_record()? {
         ingest.ingest_record(&rec)?;
         rep.last_lsn = rec.lsn;
+        let rmgr = walproto::rmgr::rmgr_name(rec.rmid()).unwrap_or("custom");
+        *rep.per_rmgr.entry(rmgr.to_string()).or_default() += 1;
         let now = ingest.timeline().write_stats().l0_flushes;
         if opts.verify && (now != flushes || ingest_pending(&ingest) >= CHECK_BATCH) {
             flushes = now;
@@ -235,7 +252,9 @@ pub fn verify_redo(opts: &VerifyRedoOptions) -> Result<VerifyRedoReport, VerifyR
     let checks = ingest.take_checks();
     run_checks(ingest.timeline(), checks, &mut rep, opts.max_reported);
     if let (true, Some(dir)) = (opts.verify, &opts.final_dir) {
+        let t = Instant::now();
         compare_final(&ingest, dir, &mut rep, opts.max_reported)?;
+        rep.final_elapsed = t.elapsed();
     }
     let tl = ingest.timeline();
     rep.ingest = ingest.stats().clone();
@@ -333,8 +352,8 @@ fn run_checks(tl: &Timeline, checks: Vec<ImageCheck>, rep: &mut VerifyRedoReport
     }
 }
 
-/// Every page of the final data directory last written by a natively redone record, against
-/// GetPage at the directory's checkpoint.
+/// Every block of every relation fork, of the final data directory and of the timeline,
+/// against GetPage at the directory's checkpoint.
 fn compare_final(
     ingest: &WalIngest,
     dir: &std::path::Path,
@@ -351,66 +370,56 @@ fn compare_final(
         )));
     }
     rep.final_lsn = Some(lsn);
+    let io_err =
+        |e: std::io::Error| VerifyRedoError::Other(format!("reading {}: {e}", dir.display()));
+    let files = scan_rel_files(dir).map_err(io_err)?;
     let disk = PageStore::new(dir);
+    let ours: BTreeMap<_, _> = ingest
+        .directory()
+        .all_forks()
+        .into_iter()
+        .map(|(rel, fork, n)| ((rel, fork), n))
+        .collect();
     let mut out = DataDirReport::default();
-    for (rel, fork, n) in ingest.directory().all_forks() {
+    count_temp_files(&mut out, &files);
+    for_each_fork(&mut out, &ours, &files, max, |out, rel, fork, n| {
+        let ctx = BlockContext {
+            unlogged: files.is_unlogged(rel),
+            wal_log_db: ingest.is_wal_log_db(rel.spc, rel.db),
+            untouched: false,
+        };
+        let in_timeline = ours.get(&(rel, fork)).copied().unwrap_or(0);
         for blk in 0..n {
-            let key = Key::rel_block(rel, fork, blk);
-            let v = match tl.get_page_version(key, lsn) {
-                Ok(Some(v)) => v,
-                Ok(None) => {
-                    out.skipped += 1;
-                    continue;
-                }
-                Err(e) => {
-                    out.differing += 1;
-                    if out.problems.len() < max {
-                        out.problems.push(format!("GetPage {key} at {lsn}: {e}"));
+            let pkey = (rel, fork, blk);
+            let theirs = disk.get(&pkey).map_err(io_err)?;
+            let (page, writer) = if blk < in_timeline {
+                let key = Key::rel_block(rel, fork, blk);
+                match tl.get_page_version(key, lsn) {
+                    Ok(Some(v)) => (Some(v.page), v.writer),
+                    Ok(None) => (None, None),
+                    Err(e) => {
+                        out.differing += 1;
+                        if out.problems.len() < max {
+                            out.problems.push(format!("GetPage {key} at {lsn}: {e}"));
+                        }
+                        continue;
                     }
-                    continue;
                 }
+            } else {
+                (None, None)
             };
-            // A page whose newest version is an image (imported, or made by compaction) has
-            // no record to name its resource manager: take the masking from its layout.
-            let Some(rmid) = v.writer.or_else(|| rmgr_of_image_page(fork, &v.page)) else {
-                out.skipped += 1;
-                continue;
-            };
-            compare_page(
-                &mut out,
-                &disk,
-                &(rel, fork, blk),
-                &v.page,
-                rmid,
-                ingest.is_wal_log_db(rel.spc, rel.db),
+            compare_block(
+                out,
+                &pkey,
+                page.as_deref(),
+                writer,
+                theirs.as_deref(),
+                ctx,
                 max,
-            )
-            .map_err(|e| VerifyRedoError::Other(format!("reading {}: {e}", dir.display())))?;
+            );
         }
-    }
+        Ok::<(), VerifyRedoError>(())
+    })?;
     rep.final_report = Some(out);
     Ok(())
-}
-
-/// The resource manager whose masking fits a page known only as an image, from its layout:
-/// a visibility map page (any rmid: VM pages are compared bit for bit); a heap page has no
-/// special space; a b-tree page has a 16-byte special space without the page id that hash
-/// (0xFF80) and GiST (0xFF81) pages end with. Anything else is not compared.
-fn rmgr_of_image_page(fork: u8, p: &crate::redo::Page) -> Option<u8> {
-    use walproto::consts::{BLCKSZ, MAIN_FORKNUM};
-    use walproto::rmgr::{RM_BTREE_ID, RM_HEAP2_ID, RM_HEAP_ID};
-    if fork == VISIBILITYMAP_FORKNUM {
-        return Some(RM_HEAP2_ID);
-    }
-    if fork != MAIN_FORKNUM || crate::redo::page::is_new(p) {
-        return None;
-    }
-    match BLCKSZ.checked_sub(crate::redo::page::special(p))? {
-        0 => Some(RM_HEAP_ID),
-        16 => {
-            let page_id = u16::from_le_bytes([p[BLCKSZ - 2], p[BLCKSZ - 1]]);
-            (!matches!(page_id, 0xFF80 | 0xFF81)).then_some(RM_BTREE_ID)
-        }
-        _ => None,
-    }
 }

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use walproto::consts::BLCKSZ;
+use walproto::consts::{BLCKSZ, INIT_FORKNUM};
 use walproto::record::RelFileNode;
 
 use super::page::Page;
@@ -126,6 +126,24 @@ impl PageStore {
         self.writers.get(key).copied()
     }
 
+    /// Every relation fork as replay sees it, with its size in blocks: the base's files
+    /// (less dropped databases and truncated tails) and the pages replay wrote.
+    pub fn fork_sizes(&self) -> io::Result<BTreeMap<(RelFileNode, u8), u32>> {
+        let mut sizes = BTreeMap::new();
+        for ((rel, fork), n) in scan_rel_files(&self.base)?.forks {
+            if self.hidden_dbs.contains(&(rel.spc, rel.db)) {
+                continue;
+            }
+            let cut = self.cutoff.get(&(rel, fork)).copied().unwrap_or(u32::MAX);
+            sizes.insert((rel, fork), n.min(cut));
+        }
+        for &(rel, fork, blk) in self.pages.keys() {
+            let n = sizes.entry((rel, fork)).or_insert(0);
+            *n = (*n).max(blk.saturating_add(1));
+        }
+        Ok(sizes)
+    }
+
     fn fork_range(rel: RelFileNode, fork: u8, from: u32) -> std::ops::RangeInclusive<PageKey> {
         (rel, fork, from)..=(rel, fork, u32::MAX)
     }
@@ -211,6 +229,91 @@ impl PageStore {
         self.pages.extend(copied);
         Ok(n)
     }
+}
+
+/// The relation files of a data directory.
+#[derive(Clone, Debug, Default)]
+pub struct RelFiles {
+    /// Every fork with a file (empty ones too), with its size in blocks.
+    pub forks: BTreeMap<(RelFileNode, u8), u32>,
+    /// Temporary relation files (`t<backend>_<relfilenode>...`).
+    pub temp_files: u64,
+}
+
+impl RelFiles {
+    /// An unlogged relation: it has an init fork.
+    pub fn is_unlogged(&self, rel: RelFileNode) -> bool {
+        self.forks.contains_key(&(rel, INIT_FORKNUM))
+    }
+}
+
+/// Lists the relation files under `dir`: `global/`, `base/<db>/` and
+/// `pg_tblspc/<spc>/PG_15_*/<db>/` (a symlink or, for in-place tablespaces, a directory).
+pub fn scan_rel_files(dir: &Path) -> io::Result<RelFiles> {
+    let mut out = RelFiles::default();
+    scan_db_dir(&mut out, &dir.join("global"), GLOBAL_TABLESPACE, 0)?;
+    for (db, path) in numbered_subdirs(&dir.join("base"))? {
+        scan_db_dir(&mut out, &path, DEFAULT_TABLESPACE, db)?;
+    }
+    for (spc, path) in numbered_subdirs(&dir.join("pg_tblspc"))? {
+        for e in read_dir_or_empty(&path)? {
+            let e = e?;
+            if !e.file_name().to_string_lossy().starts_with("PG_15_") {
+                continue;
+            }
+            for (db, p) in numbered_subdirs(&e.path())? {
+                scan_db_dir(&mut out, &p, spc, db)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn read_dir_or_empty(dir: &Path) -> io::Result<Vec<io::Result<std::fs::DirEntry>>> {
+    match std::fs::read_dir(dir) {
+        Ok(r) => Ok(r.collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Subdirectories named by a number (database or tablespace oids), following symlinks.
+fn numbered_subdirs(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in read_dir_or_empty(dir)? {
+        let e = e?;
+        if let Ok(n) = e.file_name().to_string_lossy().parse::<u32>() {
+            if e.path().is_dir() {
+                out.push((n, e.path()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn scan_db_dir(out: &mut RelFiles, dir: &Path, spc: u32, db: u32) -> io::Result<()> {
+    for e in read_dir_or_empty(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('t') && name[1..].starts_with(|c: char| c.is_ascii_digit()) {
+            out.temp_files += 1;
+            continue;
+        }
+        let Some((rel, fork, seg)) = parse_rel_file_name(&name) else {
+            continue;
+        };
+        let meta = e.metadata()?;
+        if !meta.is_file() {
+            continue;
+        }
+        let blocks = (meta.len() / BLCKSZ as u64).min(RELSEG_SIZE as u64) as u32;
+        let rel = RelFileNode { spc, db, rel };
+        let n = out.forks.entry((rel, fork)).or_insert(0);
+        if blocks > 0 {
+            *n = (*n).max(seg.saturating_mul(RELSEG_SIZE).saturating_add(blocks));
+        }
+    }
+    Ok(())
 }
 
 /// `<relfilenode>[_fsm|_vm|_init][.<segment>]` → (relfilenode, fork, segment).
