@@ -15,7 +15,7 @@
 //! | kind | name          | f1        | f2    | f3  | f4   | f5                              |
 //! |------|---------------|-----------|-------|-----|------|---------------------------------|
 //! | 0x01 | relation data | spcnode   | dbnode| relnode | fork | block number; `u32::MAX` = the fork's size |
-//! | 0x02 | SLRU          | SLRU kind (0 pg_xact, 1 multixact offsets, 2 multixact members) | segment number | 0 | 0 | block in segment; `u32::MAX` = segment size/existence |
+//! | 0x02 | SLRU          | SLRU kind (0 pg_xact, 1 multixact offsets, 2 multixact members, 3 pg_commit_ts) | segment number | 0 | 0 | block in segment; `u32::MAX` = segment size/existence |
 //! | 0x03 | database directory (list of databases) | 0 | 0 | 0 | 0 | 0 |
 //! | 0x04 | relation directory of a database | spcnode | dbnode | 0 | 0 | 0 |
 //! | 0x05 | relmapper file (`pg_filenode.map`) | spcnode | dbnode (global map: spc 1664, db 0) | 0 | 0 | 0 |
@@ -79,6 +79,8 @@ pub enum SlruKind {
     MultiXactOffsets,
     /// `pg_multixact/members`.
     MultiXactMembers,
+    /// `pg_commit_ts` (commit timestamps, kept when `track_commit_timestamp` is on).
+    CommitTs,
 }
 
 impl SlruKind {
@@ -87,6 +89,7 @@ impl SlruKind {
             SlruKind::Clog => 0,
             SlruKind::MultiXactOffsets => 1,
             SlruKind::MultiXactMembers => 2,
+            SlruKind::CommitTs => 3,
         }
     }
 
@@ -95,6 +98,7 @@ impl SlruKind {
             0 => Some(SlruKind::Clog),
             1 => Some(SlruKind::MultiXactOffsets),
             2 => Some(SlruKind::MultiXactMembers),
+            3 => Some(SlruKind::CommitTs),
             _ => None,
         }
     }
@@ -105,6 +109,7 @@ impl SlruKind {
             SlruKind::Clog => "pg_xact",
             SlruKind::MultiXactOffsets => "pg_multixact/offsets",
             SlruKind::MultiXactMembers => "pg_multixact/members",
+            SlruKind::CommitTs => "pg_commit_ts",
         }
     }
 }

@@ -126,6 +126,10 @@ pub fn member_position(offset: u32) -> (usize, usize, u32) {
 /// Applies Strata SLRU record `kind` with `data` to `page`; a missing page starts as zeroes.
 /// Never panics on bad input: a malformed record is an error and leaves `page` unchanged.
 pub fn apply(kind: u8, data: &[u8], page: &mut Option<Box<Page>>) -> Result<(), SlruRedoError> {
+    // pg_commit_ts records are defined with the rest of the commit timestamp state.
+    if kind == crate::ingest::nonpage::commit_ts::KIND_COMMIT_TS_SET {
+        return crate::ingest::nonpage::commit_ts::apply_set(data, page);
+    }
     let bad_len = || SlruRedoError::BadLength {
         kind,
         len: data.len(),

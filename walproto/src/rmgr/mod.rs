@@ -12,14 +12,17 @@ use crate::record::DecodedRecord;
 
 pub mod btree;
 pub mod clog;
+pub mod committs;
 pub mod dbase;
 pub mod heap;
 pub mod multixact;
 pub mod other;
 pub mod relmap;
+pub mod replorigin;
 pub mod seq;
 pub mod smgr;
 pub mod standby;
+pub mod tblspc;
 pub mod util;
 pub mod xact;
 pub mod xlog;

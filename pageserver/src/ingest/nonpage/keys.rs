@@ -8,6 +8,9 @@
 //! |--------------------------|-----------------------------------------------------------|
 //! | `0 ..= MAX_COMMIT_ENTRY` | commit-time index entry `n` ([`super::index`])            |
 //! | `0xFFFF_FFF0 + slru`     | directory of an SLRU's segments ([`super::slru`])         |
+//! | `0xFFFF_FFFA`            | tablespaces created by the WAL and not dropped            |
+//! | `0xFFFF_FFFB`            | commit timestamp limits ([`super::commit_ts`])            |
+//! | `0xFFFF_FFFC`            | replication origin progress ([`super::origins`])          |
 //! | `0xFFFF_FFFD`            | live prepared transactions ([`super::twophase`])           |
 //! | `0xFFFF_FFFE`            | commit-time index entries, every 1024 ([`super::index`])   |
 //! | `0xFFFF_FFFF`            | restore points                                             |
@@ -44,6 +47,7 @@ pub fn slru_dir(slru: SlruKind) -> Key {
         SlruKind::Clog => 0,
         SlruKind::MultiXactOffsets => 1,
         SlruKind::MultiXactMembers => 2,
+        SlruKind::CommitTs => 3,
     };
     Key::relmap(RESERVED_SPC, 0xFFFF_FFF0 + code)
 }
@@ -54,4 +58,19 @@ pub fn commit_entry(n: u64) -> Option<Key> {
         .ok()
         .filter(|n| *n <= MAX_COMMIT_ENTRY)
         .map(|n| Key::relmap(RESERVED_SPC, n))
+}
+
+/// The tablespaces `Tablespace/CREATE` made and no `Tablespace/DROP` removed.
+pub fn tablespaces() -> Key {
+    Key::relmap(RESERVED_SPC, 0xFFFF_FFFA)
+}
+
+/// Whether commit timestamps are kept, and the xid range they are kept for.
+pub fn commit_ts_state() -> Key {
+    Key::relmap(RESERVED_SPC, 0xFFFF_FFFB)
+}
+
+/// The replication origins' progress slots.
+pub fn replication_origins() -> Key {
+    Key::relmap(RESERVED_SPC, 0xFFFF_FFFC)
 }

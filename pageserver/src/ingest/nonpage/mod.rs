@@ -28,9 +28,11 @@
 //!   rounded up to a multiple of 1,024 between checkpoints, so not one per transaction).
 //! - Restore points and commit times ([`index`]).
 
+pub mod commit_ts;
 pub mod counters;
 pub mod index;
 pub mod keys;
+pub mod origins;
 pub mod read;
 pub mod slru;
 
@@ -40,15 +42,20 @@ use bytes::Bytes;
 use layer_format::{Key, Lsn, SlruKind, Value};
 use walproto::record::DecodedRecord;
 use walproto::rmgr::clog::ClogRecord;
+use walproto::rmgr::committs::CommitTsRecord;
 use walproto::rmgr::multixact::MultiXactRecord;
+use walproto::rmgr::replorigin::ReplOriginRecord;
+use walproto::rmgr::tblspc::TblspcRecord;
 use walproto::rmgr::xact::XactRecord;
 use walproto::rmgr::xlog::XlogRecord;
-use walproto::rmgr::ParsedRecord;
+use walproto::rmgr::{self as rmgrs, ParsedRecord};
 
 use crate::redo::slru as fmt;
 use crate::timeline::{Timeline, TimelineError};
+use commit_ts::CommitTsState;
 use counters::CheckpointState;
 use index::{CommitEntry, RestorePoint};
+use origins::Origins;
 use slru::SlruSegments;
 
 /// The state after a record, and the values it stores.
@@ -65,6 +72,30 @@ pub struct NonPageState {
     /// The largest commit time indexed so far (see [`index`]).
     pub max_commit_time: i64,
     pub segments: SlruSegments,
+    /// `pg_commit_ts`'s shared state ([`commit_ts`]).
+    pub commit_ts: CommitTsState,
+    pub origins: Origins,
+    /// Tablespaces the WAL created (and did not drop).
+    pub tablespaces: BTreeSet<u32>,
+}
+
+/// The records of resource managers that ingest does not parse itself ([`rmgrs::parse`]
+/// has no typed parser for them) but whose state is kept here.
+enum OwnParsed {
+    CommitTs(CommitTsRecord),
+    ReplOrigin(ReplOriginRecord),
+    Tblspc(TblspcRecord),
+}
+
+fn parse_own(rec: &DecodedRecord) -> Result<Option<OwnParsed>, String> {
+    let (info, data) = (rec.header.info, rec.main_data_bytes());
+    let r = match rec.rmid() {
+        rmgrs::RM_COMMIT_TS_ID => CommitTsRecord::parse(info, &data).map(OwnParsed::CommitTs),
+        rmgrs::RM_REPLORIGIN_ID => ReplOriginRecord::parse(info, &data).map(OwnParsed::ReplOrigin),
+        rmgrs::RM_TBLSPC_ID => TblspcRecord::parse(info, &data).map(OwnParsed::Tblspc),
+        _ => return Ok(None),
+    };
+    r.map(Some).map_err(|e| e.to_string())
 }
 
 impl NonPageState {
@@ -90,7 +121,22 @@ impl NonPageState {
             s.max_commit_time = newest.max_time;
         }
         s.segments = SlruSegments::load(tl, lsn)?;
+        s.commit_ts = commit_ts::state_at(tl, lsn)?;
+        s.origins = origins::origins_at(tl, lsn)?;
+        s.tablespaces = Self::load_tablespaces(tl, lsn)?;
         Ok(s)
+    }
+
+    /// The tablespaces the WAL created and did not drop, as of `lsn`.
+    pub fn load_tablespaces(tl: &Timeline, lsn: Lsn) -> Result<BTreeSet<u32>, TimelineError> {
+        let key = keys::tablespaces();
+        match tl.get_image_value(key, lsn)? {
+            Some(b) => Ok(index::decode_u32_set(&b)
+                .map_err(|reason| TimelineError::Reconstruct { key, lsn, reason })?
+                .into_iter()
+                .collect()),
+            None => Ok(BTreeSet::new()),
+        }
     }
 
     /// The values `rec` implies, and the state after it. `Ok(None)`: the record changes
@@ -113,13 +159,15 @@ impl NonPageState {
                             | XlogRecord::CheckpointOnline(_)
                             | XlogRecord::NextOid(_)
                             | XlogRecord::RestorePoint { .. }
+                            | XlogRecord::ParameterChange(_)
                     )
             )
         );
+        let own = parse_own(rec)?;
         // `ApplyWalRecord`: nextXid moves past every record's xid (stored rounded up).
         let mut checkpoint = self.checkpoint;
         checkpoint.reserve_next_xid_past(rec.xid());
-        if !relevant && checkpoint == self.checkpoint {
+        if !relevant && own.is_none() && checkpoint == self.checkpoint {
             return Ok(None);
         }
         let mut s = self.clone();
@@ -136,6 +184,22 @@ impl NonPageState {
                 XlogRecord::CheckpointShutdown(cp) => s.checkpoint.apply_shutdown_checkpoint(cp),
                 XlogRecord::CheckpointOnline(cp) => s.checkpoint.apply_online_checkpoint(cp),
                 XlogRecord::NextOid(oid) => s.checkpoint.next_oid = *oid,
+                // `CommitTsParameterChange`.
+                XlogRecord::ParameterChange(p) => {
+                    if p.track_commit_timestamp && !s.commit_ts.active {
+                        // nextXid is exact here in practice: the record follows the
+                        // shutdown checkpoint of the restart that changed the setting.
+                        s.commit_ts.activate(s.checkpoint.next_xid32());
+                        let page = commit_ts::page_of(s.checkpoint.next_xid32());
+                        if !s.segments.has_page(SlruKind::CommitTs, page) {
+                            let key = s.segments.touch(SlruKind::CommitTs, page);
+                            out.put(key, zero_page());
+                        }
+                    } else if !p.track_commit_timestamp && s.commit_ts.active {
+                        s.commit_ts.deactivate();
+                        s.segments.remove_all(SlruKind::CommitTs);
+                    }
+                }
                 XlogRecord::RestorePoint { time, name } => {
                     s.restore_points.push(RestorePoint {
                         name: name.clone(),
@@ -151,8 +215,49 @@ impl NonPageState {
             },
             _ => {}
         }
+        match own {
+            Some(OwnParsed::CommitTs(CommitTsRecord::ZeroPage { pageno })) => {
+                let key = s.segments.touch(SlruKind::CommitTs, pageno as u32);
+                out.put(key, zero_page());
+            }
+            Some(OwnParsed::CommitTs(CommitTsRecord::Truncate { pageno, oldest_xid })) => {
+                s.commit_ts.advance_oldest(oldest_xid);
+                s.segments
+                    .truncate(SlruKind::CommitTs, pageno as u32, commit_ts::page_precedes);
+            }
+            Some(OwnParsed::ReplOrigin(ReplOriginRecord::Set {
+                remote_lsn,
+                node_id,
+                force,
+            })) => s.origins.advance(node_id, remote_lsn, rec.end_lsn.0, force),
+            Some(OwnParsed::ReplOrigin(ReplOriginRecord::Drop { node_id })) => {
+                s.origins.drop_origin(node_id)
+            }
+            Some(OwnParsed::Tblspc(TblspcRecord::Create { ts_id, .. })) => {
+                s.tablespaces.insert(ts_id);
+            }
+            Some(OwnParsed::Tblspc(TblspcRecord::Drop { ts_id })) => {
+                s.tablespaces.remove(&ts_id);
+            }
+            None => {}
+        }
         if s.checkpoint != self.checkpoint {
             out.put(Key::checkpoint(), Value::image(s.checkpoint.encode()));
+        }
+        if s.commit_ts != self.commit_ts {
+            out.put(keys::commit_ts_state(), Value::image(s.commit_ts.encode()));
+        }
+        if s.origins != self.origins {
+            out.put(
+                keys::replication_origins(),
+                Value::image(s.origins.encode()),
+            );
+        }
+        if s.tablespaces != self.tablespaces {
+            out.put(
+                keys::tablespaces(),
+                Value::image(index::encode_u32_set(&s.tablespaces)),
+            );
         }
         s.segments.emit_changes(&self.segments, &mut out);
         Ok(Some((s, out.finish())))
@@ -205,6 +310,41 @@ impl NonPageState {
                     let key = self.segments.touch(SlruKind::Clog, page_of(&group[0]));
                     let data = fmt::encode_clog_set(status, group);
                     out.put(key, Value::strata_record(false, fmt::KIND_CLOG_SET, data));
+                }
+                // `xact_redo_commit` / `xact_redo_abort`: the session origin's progress.
+                let origin = rec.origin.unwrap_or(0);
+                if p.has_origin() {
+                    self.origins
+                        .advance(origin, p.origin_lsn.0, rec.end_lsn.0, false);
+                }
+                if commit && self.commit_ts.active {
+                    // `TransactionTreeSetCommitTsData`: an applied remote transaction keeps
+                    // its origin's commit time.
+                    let time = if p.has_origin() {
+                        p.origin_timestamp
+                    } else {
+                        p.xact_time
+                    };
+                    let ts_page = |x: &u32| commit_ts::page_of(*x);
+                    let mut tree: Vec<u32> = std::iter::once(xid)
+                        .chain(p.subxacts.iter().copied())
+                        .collect();
+                    tree.sort_by_key(ts_page);
+                    for group in tree.chunk_by(|a, b| ts_page(a) == ts_page(b)) {
+                        let key = self.segments.touch(SlruKind::CommitTs, ts_page(&group[0]));
+                        let data = commit_ts::encode_set(time, origin, group);
+                        out.put(
+                            key,
+                            Value::strata_record(false, commit_ts::KIND_COMMIT_TS_SET, data),
+                        );
+                    }
+                    let mut latest = xid;
+                    for &x in &p.subxacts {
+                        if counters::xid_precedes(latest, x) {
+                            latest = x;
+                        }
+                    }
+                    self.commit_ts.committed(latest);
                 }
                 if commit {
                     self.max_commit_time = self.max_commit_time.max(p.xact_time);

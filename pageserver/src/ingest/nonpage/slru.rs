@@ -18,10 +18,11 @@ use crate::redo::slru::{
 };
 use crate::timeline::{Timeline, TimelineError};
 
-pub const KINDS: [SlruKind; 3] = [
+pub const KINDS: [SlruKind; 4] = [
     SlruKind::Clog,
     SlruKind::MultiXactOffsets,
     SlruKind::MultiXactMembers,
+    SlruKind::CommitTs,
 ];
 
 /// Segment number → pages in it, per SLRU.
@@ -118,6 +119,25 @@ impl SlruSegments {
                 !(precedes(first, cutoff) && precedes(last, cutoff))
             });
         }
+    }
+
+    /// `DeactivateCommitTs`: every segment of `slru` goes.
+    pub fn remove_all(&mut self, slru: SlruKind) {
+        if self.segs.get(&slru).is_some_and(|d| !d.is_empty()) {
+            Arc::make_mut(&mut self.segs).insert(slru, BTreeMap::new());
+        }
+    }
+
+    /// Whether page `pageno` of `slru` exists (`SimpleLruDoesPhysicalPageExist`).
+    pub fn has_page(&self, slru: SlruKind, pageno: u32) -> bool {
+        let (segno, blk) = (
+            pageno / SLRU_PAGES_PER_SEGMENT,
+            pageno % SLRU_PAGES_PER_SEGMENT,
+        );
+        self.segs
+            .get(&slru)
+            .and_then(|d| d.get(&segno))
+            .is_some_and(|&n| blk < n)
     }
 
     /// `PerformMembersTruncation`: removes the members segments from the one holding `start`
