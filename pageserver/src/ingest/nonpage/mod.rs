@@ -1,6 +1,6 @@
-//! The non-page state a basebackup needs, derived from the WAL: CLOG and MultiXact SLRU pages,
-//! two-phase state files, relmapper files, the checkpoint counters, restore points and the
-//! LSN↔commit-time index.
+//! The non-page state a basebackup needs, derived from the WAL: CLOG, MultiXact and commit
+//! timestamp SLRU pages, two-phase state files, relmapper files, the checkpoint counters,
+//! restore points, the LSN↔commit-time index, replication origin progress and tablespaces.
 //!
 //! [`NonPageState`] holds what ingest must know to produce the next values (the counters,
 //! which SLRU segments exist, which xacts are prepared, how many commits are indexed); it is
@@ -27,6 +27,31 @@
 //! - Checkpoint counters ([`counters`]) at `Key::checkpoint()`, an image per change (nextXid
 //!   rounded up to a multiple of 1,024 between checkpoints, so not one per transaction).
 //! - Restore points and commit times ([`index`]).
+//! - `pg_commit_ts` ([`commit_ts`]): while `track_commit_timestamp` is on (as the control
+//!   file at import, then `XLOG/PARAMETER_CHANGE`, set it), CommitTs ZEROPAGE is a zero image,
+//!   a commit one [`commit_ts::KIND_COMMIT_TS_SET`] record per page, TRUNCATE removes
+//!   segments; the module's on/off state and oldest/newest xids at
+//!   [`keys::commit_ts_state`]. Switching it off removes every segment, as Postgres does.
+//! - Replication origins ([`origins`]): the progress slots at [`keys::replication_origins`]
+//!   after ReplicationOrigin SET / DROP and commits or aborts made with an origin.
+//! - Tablespaces: the OIDs Tablespace CREATE made and DROP did not remove, at
+//!   [`keys::tablespaces`] (a basebackup gives even an empty one its directory).
+//!
+//! Records that carry no state a basebackup needs (nothing above is derived from them):
+//! - XLOG NOOP, SWITCH (segment padding), BACKUP_END, FPW_CHANGE, END_OF_RECOVERY,
+//!   OVERWRITE_CONTRECORD: they mark WAL positions or a server's recovery; the basebackup
+//!   writes its own shutdown checkpoint. FPI / FPI_FOR_HINT carry page images, stored as pages.
+//! - XLOG PARAMETER_CHANGE beyond `track_commit_timestamp`: the other settings (wal_level,
+//!   max_connections, ...) only constrain a hot standby; the basebackup writes the imported
+//!   control file's values (a compute may need to raise them in its own configuration).
+//! - Standby RUNNING_XACTS, LOCK, INVALIDATIONS: a hot standby's snapshot, AccessExclusive
+//!   locks and cache invalidations while replaying; a basebackup starts from a shutdown
+//!   checkpoint with no transaction running and empty caches.
+//! - LogicalMessage MESSAGE: only logical decoding reads it; it changes no file.
+//! - Heap2 NEW_CID, XLOG/XACT records' invalidation lists: for logical decoding and caches.
+//! - Tablespace CREATE's location: computes use in-place directories in `pg_tblspc`.
+//! - Relation pages of every rmgr (heap, index AMs, sequences, Generic): pages, not
+//!   non-page state ([`crate::redo`]).
 
 pub mod commit_ts;
 pub mod counters;
