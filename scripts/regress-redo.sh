@@ -44,6 +44,7 @@ if [ -z "$PG_TARBALL" ]; then
     done
 fi
 [ -f "$PG_TARBALL" ] || die "no postgresql-15.18.tar.bz2 (set PG_TARBALL)"
+STRATA_SETUP_REGRESS=1 "$REPO/scripts/setup.sh" >&2
 [ -x "$PG_REGRESS" ] || die "no $PG_REGRESS: install postgresql-server-dev-15 (scripts/setup.sh)"
 INC=$(pg_config --includedir-server 2>/dev/null || true)
 [ -f "$INC/postgres.h" ] || die "no server headers ($INC): install postgresql-server-dev-15 (scripts/setup.sh)"

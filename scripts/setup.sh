@@ -6,6 +6,8 @@
 #     apt-get only when missing. The tests start their own throw-away clusters, so the
 #     Debian system cluster is kept from running.
 #   - With STRATA_SETUP_S3=1: s3s-fs, a local S3 server for the object-storage tests.
+#   - With STRATA_SETUP_REGRESS=1: postgresql-server-dev-15 (pg_regress and the server headers
+#     that scripts/regress-redo.sh needs to run PostgreSQL's regression suite).
 # Prints what it did. Run as root or as a user with sudo.
 set -euo pipefail
 
@@ -34,7 +36,7 @@ have_postgres() {
         [ -x "$PG_BIN/$prog" ] || return 1
     done
     # contrib modules the workload needs
-    for ext in bloom dblink; do
+    for ext in bloom dblink pg_trgm btree_gist; do
         [ -f "/usr/share/postgresql/15/extension/$ext.control" ] || return 1
     done
     [ -f /usr/lib/postgresql/15/lib/test_decoding.so ] || return 1
@@ -104,6 +106,14 @@ install_s3s_fs() {
 install_c_toolchain
 install_postgres
 stop_system_cluster
+if [ "${STRATA_SETUP_REGRESS:-0}" = "1" ]; then
+    if [ -x /usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress ] \
+        && [ -f "$(pg_config --includedir-server 2>/dev/null)/postgres.h" ]; then
+        say "postgresql-server-dev-15 already installed"
+    else
+        apt_install postgresql-server-dev-15
+    fi
+fi
 if [ "${STRATA_SETUP_S3:-0}" = "1" ]; then
     install_s3s_fs
 else
