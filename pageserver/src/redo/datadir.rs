@@ -16,6 +16,10 @@
 //!   init fork is logged. Init forks themselves are compared.
 //! - Temporary relation files (`t<backend>_<relfilenode>`): never logged.
 //!
+//! Masked further than `rm_mask`: the SP-GiST metapage's last-used-pages cache, which
+//! `SpGistUpdateMetaPage` writes without WAL (a hint for where to insert); its magic number is
+//! compared.
+//!
 //! Classified, not counted as differing:
 //! - VM pages of a database created with `STRATEGY wal_log`: PG15 logs every copied block as
 //!   a standard page (`log_newpage_buffer(.., true)`), so a VM page's bitmap lies in the
@@ -205,6 +209,23 @@ pub fn rmgr_of_page(p: &page::Page) -> Option<u8> {
     }
 }
 
+/// `SPGIST_META` in the SP-GiST page opaque's flags (its first field).
+const SPGIST_META: u16 = 1;
+
+/// Zeroes an SP-GiST metapage's last-used-pages cache (after the 4-byte magic number, up to
+/// pd_lower): Postgres updates it without WAL, so the data directory's copy is newer than any
+/// replay's. Other pages are left alone.
+fn mask_spgist_meta_cache(p: &mut page::Page) {
+    let special = page::special(p);
+    let is_meta = special + 2 <= BLCKSZ
+        && u16::from_le_bytes([p[special], p[special + 1]]) & SPGIST_META != 0;
+    let cache_start = page::SIZE_OF_PAGE_HEADER + 4;
+    let cache_end = page::lower(p).min(special);
+    if is_meta && cache_start < cache_end {
+        p[cache_start..cache_end].fill(0);
+    }
+}
+
 /// Resource managers whose records write access-method pages (their mask fits the page).
 fn is_page_rmgr(rmid: u8) -> bool {
     matches!(
@@ -385,6 +406,10 @@ pub fn compare_block(
             mask::mask_page_lsn_and_checksum(&mut a);
             mask::mask_page_lsn_and_checksum(&mut b);
         }
+    }
+    if rmid == Some(RM_SPGIST_ID) {
+        mask_spgist_meta_cache(&mut a);
+        mask_spgist_meta_cache(&mut b);
     }
     let compared = |rep: &mut DataDirReport| {
         if !vm_page && by_writer.is_none() {
