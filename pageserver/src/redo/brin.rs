@@ -17,7 +17,8 @@
 use walproto::consts::BLCKSZ;
 use walproto::record::{BlockRef, DecodedRecord};
 
-use super::page::{self, perr, AddItem, PResult, Page, ITEM_ID_SIZE, SIZE_OF_PAGE_HEADER};
+use super::fields::Fields;
+use super::page::{self, perr, AddItem, PResult, Page, SIZE_OF_PAGE_HEADER};
 
 pub const XLOG_BRIN_CREATE_INDEX: u8 = 0x00;
 pub const XLOG_BRIN_INSERT: u8 = 0x10;
@@ -65,31 +66,6 @@ fn page_init(p: &mut Page, page_type: u16) -> PResult<()> {
     page::put_u16(p, BLCKSZ - 2, page_type)
 }
 
-/// Little-endian field reader over a record's main data, with the record type for errors.
-struct Fields<'a> {
-    data: &'a [u8],
-    what: &'static str,
-}
-
-impl Fields<'_> {
-    fn need(&self, len: usize) -> PResult<()> {
-        if self.data.len() < len {
-            return perr!(
-                "{} main data has {} bytes, needs {len}",
-                self.what,
-                self.data.len()
-            );
-        }
-        Ok(())
-    }
-    fn u16(&self, off: usize) -> PResult<u16> {
-        page::get_u16(self.data, off)
-    }
-    fn u32(&self, off: usize) -> PResult<u32> {
-        page::get_u32(self.data, off)
-    }
-}
-
 /// `xl_brin_insert`, alone or inside `xl_brin_update`.
 #[derive(Clone, Copy, Debug)]
 struct Insert {
@@ -129,7 +105,7 @@ pub fn redo(rec: &DecodedRecord, blk: &BlockRef, p: &mut Page) -> PResult<()> {
         }
         (XLOG_BRIN_UPDATE, 2) => {
             f.need(2)?;
-            index_tuple_delete_no_compact(p, f.u16(0)? as usize)?;
+            page::index_tuple_delete_no_compact(p, f.u16(0)? as usize)?;
         }
         (XLOG_BRIN_UPDATE, id) => {
             let ins = Insert::parse(&f, 4)?;
@@ -160,7 +136,7 @@ pub fn redo(rec: &DecodedRecord, blk: &BlockRef, p: &mut Page) -> PResult<()> {
             if id == 0 {
                 set_revmap_entry(p, ppr, heap_blk, INVALID_BLOCK, 0)?;
             } else {
-                index_tuple_delete_no_compact(p, f.u16(8)? as usize)?;
+                page::index_tuple_delete_no_compact(p, f.u16(8)? as usize)?;
             }
         }
         (op, id) => return perr!("BRIN record {op:#x} has no block {id} to redo"),
@@ -247,49 +223,6 @@ fn set_revmap_entry(
     page::put_u16(p, at + 4, offnum)
 }
 
-/// `PageIndexTupleDeleteNoCompact`: remove an index tuple's bytes but keep the other items'
-/// offsets; its line pointer becomes unused, or goes away if it is the last one.
-pub(crate) fn index_tuple_delete_no_compact(p: &mut Page, offnum: usize) -> PResult<()> {
-    page::check_header(p)?;
-    let mut nline = page::max_offset(p);
-    if offnum == 0 || offnum > nline {
-        return perr!("invalid index offnum: {offnum} (max {nline})");
-    }
-    let mut id = page::item_id(p, offnum)?;
-    let (offset, u, s) = (id.off, page::upper(p), page::special(p));
-    if offset < u || offset + id.len > s || offset != page::maxalign(offset) {
-        return perr!(
-            "corrupted line pointer: offset = {offset}, size = {}",
-            id.len
-        );
-    }
-    let size = page::maxalign(id.len);
-    if offnum < nline {
-        id = page::ItemId::UNUSED;
-        page::set_item_id(p, offnum, id)?;
-    } else {
-        page::set_lower(p, page::lower(p) - ITEM_ID_SIZE);
-        nline -= 1;
-    }
-    if u + size > BLCKSZ {
-        return perr!("corrupted line pointer: offset = {offset}, size = {size}");
-    }
-    if offset > u {
-        p.copy_within(u..offset, u + size);
-    }
-    page::set_upper(p, u + size);
-    if !page::is_empty(p) {
-        for i in 1..=nline {
-            let mut ii = page::item_id(p, i)?;
-            if ii.has_storage() && ii.off <= offset {
-                ii.off += size;
-                page::set_item_id(p, i, ii)?;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// This resource manager's `rm_mask` (`brin_mask`).
 pub fn mask(p: &mut Page) {
     super::mask::mask_page_lsn_and_checksum(p);
@@ -324,16 +257,16 @@ mod tests {
         for (i, b) in [1u8, 2, 3].iter().enumerate() {
             page::add_item(&mut p, &[*b; 16], i + 1, add).unwrap();
         }
-        index_tuple_delete_no_compact(&mut p, 2).unwrap();
+        page::index_tuple_delete_no_compact(&mut p, 2).unwrap();
         assert_eq!(page::max_offset(&p), 3);
         assert!(!page::item_id(&p, 2).unwrap().is_used());
         let r3 = page::item_range(&p, 3).unwrap();
         assert_eq!(&p[r3], &[3u8; 16]);
         let r1 = page::item_range(&p, 1).unwrap();
         assert_eq!(&p[r1], &[1u8; 16]);
-        index_tuple_delete_no_compact(&mut p, 3).unwrap();
+        page::index_tuple_delete_no_compact(&mut p, 3).unwrap();
         assert_eq!(page::max_offset(&p), 2);
         assert_eq!(page::upper(&p), BLCKSZ - SPECIAL_SIZE - 16);
-        assert!(index_tuple_delete_no_compact(&mut p, 2).is_err());
+        assert!(page::index_tuple_delete_no_compact(&mut p, 2).is_err());
     }
 }

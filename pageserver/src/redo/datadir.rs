@@ -39,7 +39,7 @@ use walproto::consts::{BLCKSZ, FSM_FORKNUM, INIT_FORKNUM, VISIBILITYMAP_FORKNUM}
 use walproto::record::RelFileNode;
 use walproto::rmgr::{
     RM_BRIN_ID, RM_BTREE_ID, RM_GENERIC_ID, RM_GIN_ID, RM_GIST_ID, RM_HASH_ID, RM_HEAP2_ID,
-    RM_HEAP_ID, RM_SEQ_ID, RM_SPGIST_ID,
+    RM_HEAP_ID, RM_SEQ_ID, RM_SPGIST_ID, RM_XLOG_ID,
 };
 
 use super::store::{scan_rel_files, PageKey, PageStore, RelFiles};
@@ -226,21 +226,10 @@ fn mask_spgist_meta_cache(p: &mut page::Page) {
     }
 }
 
-/// Resource managers whose records write access-method pages (their mask fits the page).
+/// Resource managers whose records write access-method pages (their mask fits the page):
+/// every natively redone one but XLOG, whose full-page images say nothing of the page's kind.
 fn is_page_rmgr(rmid: u8) -> bool {
-    matches!(
-        rmid,
-        RM_HEAP_ID
-            | RM_HEAP2_ID
-            | RM_BTREE_ID
-            | RM_HASH_ID
-            | RM_GIN_ID
-            | RM_GIST_ID
-            | RM_SEQ_ID
-            | RM_SPGIST_ID
-            | RM_BRIN_ID
-            | RM_GENERIC_ID
-    )
+    rmid != RM_XLOG_ID && super::has_native_redo(rmid)
 }
 
 /// Compares every block of every relation fork of the replay (`store`: the base plus what

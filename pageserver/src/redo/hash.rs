@@ -10,6 +10,7 @@ pub mod layout;
 use walproto::record::{BlockRef, DecodedRecord};
 
 use self::layout::*;
+use super::fields::Fields;
 use super::itup::IndexTuple;
 use super::page::{self, perr, AddItem, PResult, Page};
 
@@ -36,42 +37,6 @@ const PLAIN_ADD: AddItem = AddItem {
     overwrite: false,
     is_heap: false,
 };
-
-/// Bounds-checked little-endian reads of a record's main or block data.
-struct Fields<'a> {
-    data: &'a [u8],
-    what: &'static str,
-}
-
-impl Fields<'_> {
-    fn need(&self, len: usize) -> PResult<()> {
-        if self.data.len() < len {
-            return perr!("{} of {} bytes, need {len}", self.what, self.data.len());
-        }
-        Ok(())
-    }
-    fn u8(&self, off: usize) -> PResult<u8> {
-        self.need(off + 1)?;
-        Ok(self.data[off])
-    }
-    fn flag(&self, off: usize) -> PResult<bool> {
-        Ok(self.u8(off)? != 0)
-    }
-    fn u16(&self, off: usize) -> PResult<u16> {
-        self.need(off + 2)?;
-        page::get_u16(self.data, off)
-    }
-    fn u32(&self, off: usize) -> PResult<u32> {
-        self.need(off + 4)?;
-        page::get_u32(self.data, off)
-    }
-    fn f64(&self, off: usize) -> PResult<f64> {
-        self.need(off + 8)?;
-        Ok(f64::from_le_bytes(
-            self.data[off..off + 8].try_into().unwrap(),
-        ))
-    }
-}
 
 fn main_fields(rec: &DecodedRecord) -> Fields<'_> {
     Fields {

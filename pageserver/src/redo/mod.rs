@@ -27,6 +27,7 @@ mod btree_dedup;
 pub mod datadir;
 pub mod diff;
 pub mod extra;
+mod fields;
 pub mod generic;
 pub mod gin;
 pub mod gist;

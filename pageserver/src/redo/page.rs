@@ -10,8 +10,8 @@
 use walproto::consts::BLCKSZ;
 
 pub use super::page_compact::{
-    index_multi_delete, index_tuple_delete, index_tuple_overwrite, repair_fragmentation,
-    truncate_line_pointer_array,
+    index_multi_delete, index_tuple_delete, index_tuple_delete_no_compact, index_tuple_overwrite,
+    repair_fragmentation, truncate_line_pointer_array,
 };
 
 /// One page.

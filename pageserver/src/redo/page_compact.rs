@@ -263,6 +263,49 @@ pub fn truncate_line_pointer_array(p: &mut Page) -> PResult<()> {
     Ok(())
 }
 
+/// `PageIndexTupleDeleteNoCompact`: remove an index tuple's bytes but keep the other items'
+/// offsets; its line pointer becomes unused, or goes away if it is the last one.
+pub fn index_tuple_delete_no_compact(p: &mut Page, offnum: usize) -> PResult<()> {
+    check_header(p)?;
+    let mut nline = max_offset(p);
+    if offnum == 0 || offnum > nline {
+        return perr!("invalid index offnum: {offnum} (max {nline})");
+    }
+    let mut id = item_id(p, offnum)?;
+    let (offset, u, s) = (id.off, upper(p), special(p));
+    if offset < u || offset + id.len > s || offset != maxalign(offset) {
+        return perr!(
+            "corrupted line pointer: offset = {offset}, size = {}",
+            id.len
+        );
+    }
+    let size = maxalign(id.len);
+    if offnum < nline {
+        id = ItemId::UNUSED;
+        set_item_id(p, offnum, id)?;
+    } else {
+        set_lower(p, lower(p) - ITEM_ID_SIZE);
+        nline -= 1;
+    }
+    if u + size > BLCKSZ {
+        return perr!("corrupted line pointer: offset = {offset}, size = {size}");
+    }
+    if offset > u {
+        p.copy_within(u..offset, u + size);
+    }
+    set_upper(p, u + size);
+    if !is_empty(p) {
+        for i in 1..=nline {
+            let mut ii = item_id(p, i)?;
+            if ii.has_storage() && ii.off <= offset {
+                ii.off += size;
+                set_item_id(p, i, ii)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
