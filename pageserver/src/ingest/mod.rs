@@ -30,7 +30,7 @@ use walproto::rmgr::smgr::{SmgrRecord, SMGR_TRUNCATE_HEAP, SMGR_TRUNCATE_VM};
 use walproto::rmgr::xact::XactRecord;
 use walproto::rmgr::{self, ParsedRecord};
 
-use crate::redo::{self, extra_targets, has_native_redo, may_create, page, record_name, ExtraOp};
+use crate::redo::{self, extra_targets, has_native_redo, may_create, record_name, ExtraOp};
 use crate::timeline::{Timeline, TimelineError};
 use nonpage::NonPageState;
 use reldir::{size_value, RelDirectory};
@@ -732,25 +732,11 @@ enum Structural {
     Dbase(DbaseRecord),
 }
 
-/// The page an image-carrying block reference holds after the record: the image, with the
-/// record's end LSN as `pd_lsn` (redo's `PageSetLSN`; a consistency image is taken before it).
+/// The page an image-carrying block reference holds after the record
+/// ([`redo::restore_image`]).
 fn restore_image(rec: &DecodedRecord, blk: &BlockRef) -> Result<Bytes, IngestError> {
-    let Some(img) = blk.image.as_ref() else {
-        return Err(WalIngest::err(
-            rec,
-            format!("block {} has no image", blk.id),
-        ));
-    };
     let mut p = Box::new([0u8; BLCKSZ]);
-    img.restore_into(&mut p)
-        .map_err(|e| WalIngest::err(rec, format!("block {} image: {e}", blk.id)))?;
-    if !page::is_new(&p) {
-        page::set_lsn(&mut p, rec.end_lsn.0);
-    }
-    if rec.rmid() == rmgr::RM_GIST_ID && blk.applies_image() {
-        // GiST redo changes a split's left child after restoring its image (as redo_block).
-        redo::gist::after_image(rec, blk, &mut p)
-            .map_err(|e| WalIngest::err(rec, format!("block {}: {}", blk.id, e.0)))?;
-    }
+    redo::restore_image(rec, blk, &mut p)
+        .map_err(|e| WalIngest::err(rec, format!("block {}: {}", blk.id, e.0)))?;
     Ok(Bytes::copy_from_slice(&p[..]))
 }

@@ -46,7 +46,7 @@ pub mod store;
 pub mod verify;
 pub mod vm;
 
-use walproto::record::DecodedRecord;
+use walproto::record::{BlockRef, DecodedRecord};
 use walproto::rmgr::{
     self, RM_BRIN_ID, RM_BTREE_ID, RM_GENERIC_ID, RM_GIN_ID, RM_GIST_ID, RM_HASH_ID, RM_HEAP2_ID,
     RM_HEAP_ID, RM_SEQ_ID, RM_SPGIST_ID, RM_XLOG_ID,
@@ -117,13 +117,34 @@ pub fn has_native_redo(rmid: u8) -> bool {
 /// the record initializes it, restores an image into it, or is Heap2 VISIBLE's VM page, which
 /// Postgres reads with `RBM_ZERO_ON_ERROR` and initializes. Any other absent block means the
 /// page store is missing a page the record needs.
-pub fn may_create(rec: &DecodedRecord, blk: &walproto::record::BlockRef) -> bool {
+pub fn may_create(rec: &DecodedRecord, blk: &BlockRef) -> bool {
     blk.will_init()
         || blk.applies_image()
         || (rec.rmid() == RM_HEAP2_ID
             && rec.rmgr_info() & walproto::rmgr::heap::XLOG_HEAP_OPMASK
                 == walproto::rmgr::heap::XLOG_HEAP2_VISIBLE
             && blk.id == 0)
+}
+
+/// The page a block's image gives after the record: the image, with the record's end LSN as
+/// `pd_lsn` unless it is an all-zero page (what `XLogReadBufferForRedoExtended` does; a
+/// consistency image is taken before the primary sets it). An image that applies to a GiST
+/// split's left child is then changed as Postgres changes it after restoring (NSN,
+/// F_FOLLOW_RIGHT): the primary made that change after taking the image.
+pub fn restore_image(rec: &DecodedRecord, blk: &BlockRef, page: &mut Page) -> page::PResult<()> {
+    let Some(image) = blk.image.as_ref() else {
+        return page::perr!("block {} has no image", blk.id);
+    };
+    image
+        .restore_into(page)
+        .map_err(|e| page::PageError(format!("restoring the image: {e}")))?;
+    if !page::is_new(page) {
+        page::set_lsn(page, rec.end_lsn.0);
+    }
+    if rec.rmid() == RM_GIST_ID && blk.applies_image() {
+        gist::after_image(rec, blk, page)?;
+    }
+    Ok(())
 }
 
 /// Applies `rec` to its block `block_id`. `page` is the block as it was before the record
@@ -150,18 +171,8 @@ pub fn redo_block(rec: &DecodedRecord, block_id: u8, page: &mut Page) -> Result<
         ),
         problem,
     };
-    if let Some(image) = blk.image.as_ref().filter(|i| i.apply()) {
-        image
-            .restore_into(page)
-            .map_err(|e| fail(format!("restoring the image: {e}")))?;
-        if !page::is_new(page) {
-            page::set_lsn(page, rec.end_lsn.0);
-        }
-        if rec.rmid() == RM_GIST_ID {
-            // GiST changes a split's left child even when its image is restored.
-            gist::after_image(rec, blk, page).map_err(|e| fail(e.0))?;
-        }
-        return Ok(());
+    if blk.applies_image() {
+        return restore_image(rec, blk, page).map_err(|e| fail(e.0));
     }
     let res = match rec.rmid() {
         RM_HEAP_ID => heap::redo(rec, blk, page),

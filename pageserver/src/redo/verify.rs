@@ -18,8 +18,8 @@ use walproto::Lsn;
 
 use super::store::{PageKey, PageStore};
 use super::{
-    diff, extra_targets, has_native_redo, mask, may_create, page, record_name, redo_block,
-    redo_extra, Page,
+    diff, extra_targets, has_native_redo, mask, may_create, record_name, redo_block, redo_extra,
+    restore_image, Page,
 };
 
 /// What to replay and how.
@@ -252,26 +252,22 @@ fn replay_block(
         }
     };
     if !native && !applies {
-        let Some(img) = check_image else {
+        if check_image.is_none() {
             rep.unsupported += 1;
             rep.problem(opts.max_reported, || {
                 format!("no native redo for {} at {}", record_name(rec), rec.lsn)
             });
             return Ok(());
-        };
-        match img.restore_into(&mut page) {
+        }
+        match restore_image(rec, blk, &mut page) {
             Ok(()) => {
-                // The image was taken before the primary set the page's LSN.
-                if !page::is_new(&page) {
-                    page::set_lsn(&mut page, rec.end_lsn.0);
-                }
                 rep.nonnative_images += 1;
                 store.put_by(key, page, rec.rmid());
             }
             Err(e) => {
                 rep.errors += 1;
                 rep.problem(opts.max_reported, || {
-                    format!("{} at {}: image: {e}", record_name(rec), rec.lsn)
+                    format!("{} at {}: {e}", record_name(rec), rec.lsn)
                 });
             }
         }
