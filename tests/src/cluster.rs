@@ -62,6 +62,21 @@ pub fn scratch_dir(prefix: &str) -> Result<tempfile::TempDir> {
     Ok(t)
 }
 
+/// Runs `scenario` on a new local cluster (`strata init` in a scratch directory named with
+/// `prefix`), then `strata stop` whatever the outcome. With `STRATA_KEEP_TMP` set, a failed
+/// run's directory is kept and named.
+pub fn on_new_cluster(prefix: &str, scenario: impl FnOnce(&StrataCli) -> Result<()>) -> Result<()> {
+    let tmp = scratch_dir(prefix)?;
+    let s = StrataCli::new(&tmp.path().join("cluster"))?;
+    s.run(&["init"])?;
+    let result = scenario(&s);
+    let _ = s.run(&["stop"]);
+    if result.is_err() && std::env::var_os("STRATA_KEEP_TMP").is_some() {
+        eprintln!("STRATA_KEEP_TMP: keeping {}", tmp.keep().display());
+    }
+    result
+}
+
 /// One SQL command through psql over TCP to a compute; unaligned output, trimmed.
 pub fn psql(port: u16, sql: &str) -> Result<String> {
     let out = Command::new(pg_bin_dir().join("psql"))

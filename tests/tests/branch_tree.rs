@@ -4,7 +4,7 @@
 //! branch point; `branch list` shows the tree; a cluster restart changes nothing.
 
 use anyhow::{ensure, Context, Result};
-use strata_tests::cluster::{psql, scratch_dir, StrataCli};
+use strata_tests::cluster::{on_new_cluster, psql, StrataCli};
 
 const SELECT_ALL: &str = "SELECT branch || ':' || n FROM log ORDER BY branch, n";
 
@@ -46,15 +46,7 @@ fn port_of(v: &serde_json::Value) -> Result<u16> {
 
 #[test]
 fn a_branch_of_a_branch_sees_exactly_its_own_history() -> Result<()> {
-    let tmp = scratch_dir("strata-branchtree-")?;
-    let s = StrataCli::new(&tmp.path().join("cluster"))?;
-    s.run(&["init"])?;
-    let result = scenario(&s);
-    let _ = s.run(&["stop"]);
-    if result.is_err() && std::env::var_os("STRATA_KEEP_TMP").is_some() {
-        eprintln!("STRATA_KEEP_TMP: keeping {}", tmp.keep().display());
-    }
-    result
+    on_new_cluster("strata-branchtree-", scenario)
 }
 
 fn scenario(s: &StrataCli) -> Result<()> {

@@ -7,7 +7,7 @@
 //! with redo are the ones Postgres wrote.
 
 use anyhow::{ensure, Context, Result};
-use strata_tests::cluster::{psql, scratch_dir, StrataCli};
+use strata_tests::cluster::{on_new_cluster, psql, StrataCli};
 use strata_tests::index_workload::{insert_batch, SCHEMA};
 
 /// (index that must serve it, query). Each counts rows so results are small and exact.
@@ -64,15 +64,7 @@ fn answers(port: u16) -> Result<Vec<String>> {
 
 #[test]
 fn every_index_access_method_is_served_from_native_redo() -> Result<()> {
-    let tmp = scratch_dir("strata-index-ams-")?;
-    let s = StrataCli::new(&tmp.path().join("cluster"))?;
-    s.run(&["init"])?;
-    let result = scenario(&s);
-    let _ = s.run(&["stop"]);
-    if result.is_err() && std::env::var_os("STRATA_KEEP_TMP").is_some() {
-        eprintln!("STRATA_KEEP_TMP: keeping {}", tmp.keep().display());
-    }
-    result
+    on_new_cluster("strata-index-ams-", scenario)
 }
 
 fn scenario(s: &StrataCli) -> Result<()> {

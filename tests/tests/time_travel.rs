@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use strata_tests::cluster::{psql, scratch_dir, StrataCli};
+use strata_tests::cluster::{on_new_cluster, psql, StrataCli};
 
 const ROWS: u32 = 200;
 
@@ -36,15 +36,7 @@ const SELECT_ALL: &str = "SELECT id, qty, note FROM items ORDER BY id";
 
 #[test]
 fn time_travel_before_a_delete_shows_the_deleted_rows() -> Result<()> {
-    let tmp = scratch_dir("strata-timetravel-")?;
-    let s = StrataCli::new(&tmp.path().join("cluster"))?;
-    s.run(&["init"])?;
-    let result = scenario(&s);
-    let _ = s.run(&["stop"]);
-    if result.is_err() && std::env::var_os("STRATA_KEEP_TMP").is_some() {
-        eprintln!("STRATA_KEEP_TMP: keeping {}", tmp.keep().display());
-    }
-    result
+    on_new_cluster("strata-timetravel-", scenario)
 }
 
 /// A failed `strata` run: its exit status was not success; stdout and stderr.
