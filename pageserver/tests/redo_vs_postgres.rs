@@ -9,11 +9,14 @@
 //! `STRATA_REDO_FIXTURE=<file>` (three lines: base dir, WAL dir, start LSN) replays an
 //! existing run instead of starting Postgres; useful when working on redo.
 
+mod redo_support;
+
 use std::path::PathBuf;
 
 use pageserver::redo::datadir::compare_with_data_dir;
-use pageserver::redo::verify::{replay, VerifyOptions, VerifyReport};
+use pageserver::redo::verify::{replay, VerifyOptions};
 use pageserver::redo::{has_native_redo, redo_block, Page};
+use redo_support::print;
 use strata_tests::workload::consistency_checked_workload;
 use strata_tests::PgCluster;
 use walproto::record::DecodedRecord;
@@ -63,19 +66,6 @@ fn options(f: &Fixture, check_images: bool) -> VerifyOptions {
         check_images,
         max_reported: 20,
         tamper: None,
-    }
-}
-
-fn print(rep: &VerifyReport) {
-    println!("{}", rep.summary());
-    for (t, c) in &rep.per_type {
-        println!(
-            "  {t:<28} verified {:>7} mismatched {:>5}",
-            c.verified, c.mismatched
-        );
-    }
-    for p in &rep.problems {
-        println!("--- {p}");
     }
 }
 
