@@ -243,13 +243,25 @@ impl Acceptor {
     /// wait on). Waits for a lazy write in progress; one taken before this is never written
     /// after it.
     fn persist(&mut self) -> Result<(), AcceptorError> {
+        self.persist_changed(|_| {})
+    }
+
+    /// Like [`Acceptor::persist`], with `change` applied to the state: in memory only once it
+    /// is on disk, so a failed write (a full disk) leaves the state as it was.
+    fn persist_changed(
+        &mut self,
+        change: impl FnOnce(&mut ControlState),
+    ) -> Result<(), AcceptorError> {
+        let mut next = self.state.clone();
+        change(&mut next);
         self.snapshot_seq += 1;
         let seq = self.snapshot_seq;
         {
             let mut on_disk = self.file.lock().unwrap_or_else(|p| p.into_inner());
-            control_file::store(&self.dir, &self.state)?;
+            control_file::store(&self.dir, &next)?;
             *on_disk = seq;
         }
+        self.state = next;
         self.persisted = self.state.clone();
         self.persisted_seq = seq;
         self.last_persist = Instant::now();
@@ -311,9 +323,14 @@ impl Acceptor {
         segment_filled || self.last_persist.elapsed() >= PERSIST_INTERVAL
     }
 
-    /// Persists the current state now (clean shutdown).
+    /// Persists the current state now (clean shutdown, a new offloaded LSN). The WAL is
+    /// flushed first; a writer that failed (a full disk) does not stop the rest of the state
+    /// from being saved with the flush LSN it last made durable.
     pub fn persist_now(&mut self) -> Result<(), AcceptorError> {
-        let d = self.wal.flush_blocking()?;
+        let d = match self.wal.flush_blocking() {
+            Ok(d) => d,
+            Err(_) => self.wal.durable().borrow().lsn,
+        };
         self.on_durable(d);
         self.persist()
     }
@@ -338,7 +355,10 @@ impl Acceptor {
 
     /// Where local WAL may be removed up to (a segment boundary), or `None` if nothing may
     /// go: only below what is both offloaded and made durable by a consumer, and never the
-    /// segment holding the commit LSN (the proposer and readers still need it).
+    /// segment holding the commit LSN (the proposer and readers still need it). A commit LSN
+    /// on a segment boundary (after a WAL switch) belongs to the next segment: the one before
+    /// it is complete, and the writer closed and renamed it when it flushed its end
+    /// ([`WalStorage::write`]), so removing it never pulls a file from under the writer.
     pub fn removal_horizon(&self) -> Option<Lsn> {
         let s = &self.state;
         if s.consumer_durable_lsn == Lsn(0) || s.offloaded_lsn == Lsn(0) {
@@ -355,13 +375,16 @@ impl Acceptor {
     /// Removes the local segments below [`Acceptor::removal_horizon`]: the control file first
     /// says the WAL starts there (so a crash never leaves a control file pointing at removed
     /// files), then the files go and the directory is fsynced. Returns the new WAL start.
+    /// The WAL start moves in memory only once it is on disk: if the save fails, the next
+    /// attempt removes from the same start (nothing is leaked), and segments left by a crash
+    /// after the save are removed when the timeline opens. The save works on a full disk
+    /// ([`control_file::store`]), so removal is what frees space there.
     pub fn remove_old_wal(&mut self) -> Result<Option<Lsn>, AcceptorError> {
         let Some(horizon) = self.removal_horizon() else {
             return Ok(None);
         };
         let first = self.state.local_start_lsn.segment_number();
-        self.state.local_start_lsn = horizon;
-        self.persist()?;
+        self.persist_changed(|s| s.local_start_lsn = horizon)?;
         crate::wal_storage::remove_segments(
             &self.dir,
             self.state.pg_timeline,
@@ -424,8 +447,10 @@ impl Acceptor {
                 "start streaming LSN 0/0 is invalid: WAL never starts at 0".into(),
             ));
         }
-        // Everything queued becomes durable first, so the WAL's end is known.
-        let flush = self.wal.flush_blocking()?;
+        // Everything queued becomes durable first, so the WAL's end is known. After a failed
+        // write or fsync the WAL is cut back to the last flushed LSN here: the proposer
+        // rejoining is what lets a writer that failed (a full disk) go on.
+        let flush = self.wal.recover_blocking()?;
         self.on_durable(flush);
         if self.state.local_start_lsn == Lsn(0) {
             // No WAL yet: ours begins where the proposer starts streaming.

@@ -355,3 +355,71 @@ fn lazy_persist_runs_outside_the_lock_and_never_undoes_a_newer_state() {
     assert_eq!(on_disk.offloaded_lsn, Lsn(2 * WAL_SEGMENT_SIZE));
     assert_eq!(on_disk.term, 5);
 }
+
+/// Issue 17, wedge 1: after a WAL switch the commit LSN sits exactly on a segment boundary and
+/// WAL removal goes up to it. The writer must not lose its open segment: the next append (an
+/// INSERT after `pg_switch_wal()`) is written and flushed.
+#[test]
+fn removal_up_to_a_segment_boundary_commit_leaves_the_writer_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _, bytes) = with_wal(dir.path(), 10);
+    let end = Lsn(START.0 + bytes.len() as u64);
+    let boundary = Lsn(end.segment_start().0 + WAL_SEGMENT_SIZE);
+    // The switch record's padding: zeros to the end of the segment.
+    let pad = vec![0u8; (boundary.0 - end.0) as usize];
+    a.append(1, end, Bytes::from(pad), boundary, Lsn(0))
+        .unwrap();
+    assert_eq!(a.wal().flush_blocking().unwrap(), boundary);
+    assert_eq!(a.on_durable(boundary), (boundary, boundary));
+    a.advance_offloaded(boundary);
+    a.advance_consumer_durable(boundary);
+    assert_eq!(a.remove_old_wal().unwrap(), Some(boundary));
+    let (more, _) = WalGen::new(SYSID, 1, boundary).records(3, 100);
+    let more_end = Lsn(boundary.0 + more.len() as u64);
+    a.append(1, boundary, Bytes::from(more.clone()), boundary, Lsn(0))
+        .unwrap();
+    assert_eq!(
+        a.wal().flush_blocking().unwrap(),
+        more_end,
+        "the append after the removal is durable"
+    );
+    assert_eq!(read(dir.path(), boundary, more_end), more);
+}
+
+/// Issue 17, wedge 2: a failed control-file save (a full disk) leaves the WAL start where
+/// it was, so the next attempt removes the same segments: none is leaked.
+#[test]
+fn a_failed_removal_save_moves_nothing_and_the_retry_removes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _, bytes) = with_wal(dir.path(), 16_000);
+    let end = Lsn(START.0 + bytes.len() as u64);
+    a.append(1, end, Bytes::new(), end, Lsn(0)).unwrap();
+    a.on_durable(end);
+    a.advance_offloaded(end.segment_start());
+    a.advance_consumer_durable(end);
+    let start = a.state().local_start_lsn;
+    // Make the save fail: the temporary file's name is taken by a directory with a file in it.
+    let blocker = dir.path().join("safekeeper.control.tmp");
+    let _ = std::fs::remove_file(&blocker);
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("x"), b"x").unwrap();
+    assert!(a.remove_old_wal().is_err());
+    assert_eq!(a.state().local_start_lsn, start, "unchanged in memory");
+    assert!(
+        read_wal(dir.path(), 1, START, &mut [0u8; 8]).unwrap() == 8,
+        "the first segment is still there"
+    );
+    std::fs::remove_dir_all(&blocker).unwrap();
+    assert_eq!(a.remove_old_wal().unwrap(), Some(end.segment_start()));
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("0000000100"))
+        .collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "only the segment holding the commit LSN: {left:?}"
+    );
+}

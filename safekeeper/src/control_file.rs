@@ -22,8 +22,9 @@
 //! A file failing any check makes its timeline quarantined and recovered from the peers
 //! ([`crate::quarantine`]) instead of failing to open forever.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use walproto::Lsn;
@@ -266,20 +267,69 @@ pub fn load(dir: &Path) -> Result<Option<ControlState>, ControlFileError> {
     }
 }
 
-/// Atomically replaces `<dir>/safekeeper.control` with `state`.
+/// The file the next state is written to before it is renamed over the control file.
+const TMP_NAME: &str = "safekeeper.control.tmp";
+/// The replaced control file, kept for a moment to become the next [`TMP_NAME`].
+const OLD_NAME: &str = "safekeeper.control.old";
+
+/// Atomically replaces `<dir>/safekeeper.control` with `state`: written to a temporary file,
+/// fsynced, renamed over the old one, the directory fsynced.
+///
+/// It works on a full disk: the temporary file is the previous control file's own file (kept
+/// by a hard link across the rename), so writing the new state overwrites blocks that are
+/// already allocated and needs no free space. WAL removal, which is what frees space, saves
+/// the new WAL start here first.
 pub fn store(dir: &Path, state: &ControlState) -> Result<(), ControlFileError> {
     let path = dir.join(CONTROL_FILE_NAME);
-    let tmp = dir.join(format!("{CONTROL_FILE_NAME}.tmp"));
+    let tmp = dir.join(TMP_NAME);
+    let old = dir.join(OLD_NAME);
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ControlFileError::Io { path, source }
     };
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(&state.encode()).map_err(io_err(&tmp))?;
+    reuse_old_as_tmp(&old, &tmp).map_err(io_err(&tmp))?;
+    let bytes = state.encode();
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all_at(&bytes, 0).map_err(io_err(&tmp))?;
+    f.set_len(bytes.len() as u64).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     drop(f);
+    // Keep the file about to be replaced: the next store writes into it. Optional (it only
+    // saves allocating), so a failure here just means the next store allocates.
+    let kept = fs::hard_link(&path, &old).is_ok();
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    fsync_dir(dir).map_err(io_err(dir))
+    fsync_dir(dir).map_err(io_err(dir))?;
+    if kept {
+        let _ = fs::rename(&old, &tmp);
+    }
+    Ok(())
+}
+
+/// Before a store: a leftover `old` becomes the temporary file if it is no longer the control
+/// file itself (a crash before the rename leaves it a second name of the live file, which must
+/// never be written into); a temporary file with another name is dropped for the same reason.
+fn reuse_old_as_tmp(old: &Path, tmp: &Path) -> io::Result<()> {
+    for p in [old, tmp] {
+        match fs::symlink_metadata(p) {
+            Ok(m) if !m.is_file() || m.nlink() != 1 => fs::remove_file(p)?,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if old.exists() {
+        if tmp.exists() {
+            fs::remove_file(old)?;
+        } else {
+            fs::rename(old, tmp)?;
+        }
+    }
+    Ok(())
 }
 
 /// Makes a rename or a file creation in `dir` durable.
@@ -331,8 +381,43 @@ mod tests {
         let mut s2 = s;
         s2.term = 9;
         store(dir.path(), &s2).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(s2.clone()));
+        // A shorter state written into the previous, longer file: no stale bytes remain.
+        s2.term_history.0.truncate(1);
+        s2.term = 2;
+        store(dir.path(), &s2).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(s2));
-        assert!(!dir.path().join("safekeeper.control.tmp").exists());
+    }
+
+    #[test]
+    fn the_next_store_writes_into_the_replaced_file_never_into_the_live_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, tmp, old) = (
+            dir.path().join(CONTROL_FILE_NAME),
+            dir.path().join(TMP_NAME),
+            dir.path().join(OLD_NAME),
+        );
+        let mut s = sample();
+        store(dir.path(), &s).unwrap();
+        let first = fs::metadata(&path).unwrap().ino();
+        s.term = 8;
+        store(dir.path(), &s).unwrap();
+        assert_eq!(
+            fs::metadata(&tmp).unwrap().ino(),
+            first,
+            "the replaced control file is kept as the next temporary file"
+        );
+        assert!(!old.exists());
+        // A crash between the hard link and the rename: `old` is the live file's second name.
+        fs::hard_link(&path, &old).unwrap();
+        let witness = dir.path().join("witness");
+        fs::hard_link(&path, &witness).unwrap();
+        s.term = 9;
+        store(dir.path(), &s).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(s.clone()));
+        // The file that was live was never written in place: it still holds term 8.
+        let was_live = fs::read(&witness).unwrap();
+        assert_eq!(ControlState::decode(&path, &was_live).unwrap().term, 8);
     }
 
     #[test]

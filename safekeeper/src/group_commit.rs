@@ -9,8 +9,12 @@
 //! during an fsync wait for the lock and are covered by the next one, so under load the number
 //! of fsyncs is the number of batches, not of appends.
 //!
-//! An I/O error poisons the writer: the error is published and every later command fails, since
-//! what is on disk is then unknown until a restart re-reads it.
+//! An I/O error (a full disk, say) stops the writer until the proposer rejoins: the error is
+//! published, the failing session ends, and writes and flushes fail, since what was written
+//! after the last flush is then unknown. The proposer's next `Elected`
+//! ([`WalWriterHandle::recover_blocking`]) cuts the WAL back to the last flushed LSN (all that
+//! was ever acknowledged) and the writer goes on from there: a failure is not sticky, and
+//! nothing that was not fsynced is ever acknowledged.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
@@ -38,6 +42,8 @@ enum Command {
         start: Lsn,
         reply: Reply,
     },
+    /// After a failure: cut back to the last flushed LSN and go on; then as `Flush`.
+    Recover(Reply),
 }
 
 /// What the writer has made durable, or why it stopped.
@@ -54,11 +60,40 @@ pub struct WalStats {
     pub appends: AtomicU64,
 }
 
-/// The storage and its poison, shared by the writer thread and inline syncs.
+/// The storage and its last failure, shared by the writer thread and inline syncs.
 struct State {
     storage: WalStorage,
-    poisoned: Option<String>,
+    /// Set by a failed write or fsync; cleared by [`State::recover`].
+    failed: Option<String>,
     timing: BatchTiming,
+}
+
+impl State {
+    /// The error to answer while failed.
+    fn check(&self) -> Result<(), WalError> {
+        match &self.failed {
+            None => Ok(()),
+            Some(p) => Err(WalError::Failed(p.clone())),
+        }
+    }
+
+    /// If failed: cuts the WAL back to the last flushed LSN so writing can go on from there.
+    /// Stays failed (with the new error) if that fails too; a later call tries again.
+    fn recover(&mut self) -> Result<(), WalError> {
+        let Some(was) = self.failed.take() else {
+            return Ok(());
+        };
+        match self.storage.recover() {
+            Ok(at) => {
+                tracing::info!(%at, failure = %was, "WAL writer recovered: the WAL continues from the last flushed LSN");
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = Some(format!("{was}; recovering failed too: {e}"));
+                self.check()
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -76,11 +111,12 @@ impl Shared {
 
     /// fsyncs what is written (if anything) and publishes the durable LSN; under the lock.
     fn sync_locked(&self, st: &mut State, commands: usize) {
-        if st.poisoned.is_none() {
+        if st.failed.is_none() {
             let before = st.storage.fsyncs();
             let t = Instant::now();
             if let Err(e) = st.storage.flush() {
-                st.poisoned = Some(e.to_string());
+                tracing::error!(%e, "WAL fsync failed; writes stop until the proposer rejoins");
+                st.failed = Some(e.to_string());
             }
             let n = st.storage.fsyncs() - before;
             if n > 0 {
@@ -88,7 +124,7 @@ impl Shared {
                 st.timing.record(commands, t.elapsed());
             }
         }
-        publish(&self.durable_tx, st.storage.flush_lsn(), &st.poisoned);
+        publish(&self.durable_tx, st.storage.flush_lsn(), &st.failed);
         st.timing.maybe_log();
     }
 }
@@ -123,10 +159,7 @@ impl WalSyncer {
     pub fn sync(&self) -> Result<Lsn, WalError> {
         let mut st = self.0.lock();
         self.0.sync_locked(&mut st, 1);
-        match &st.poisoned {
-            None => Ok(st.storage.flush_lsn()),
-            Some(p) => Err(WalError::Poisoned(p.clone())),
-        }
+        st.check().map(|()| st.storage.flush_lsn())
     }
 }
 
@@ -155,7 +188,7 @@ impl WalWriterHandle {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 storage,
-                poisoned: None,
+                failed: None,
                 timing: BatchTiming::new(),
             }),
             durable_tx,
@@ -183,33 +216,28 @@ impl WalWriterHandle {
         self.tx
             .as_ref()
             .and_then(|tx| tx.send(cmd).ok())
-            .ok_or_else(|| WalError::Poisoned("WAL writer thread has stopped".into()))
+            .ok_or_else(|| WalError::Failed("WAL writer thread has stopped".into()))
     }
 
     fn call(&self, make: impl FnOnce(Reply) -> Command) -> Result<Lsn, WalError> {
         let (reply, rx) = std_mpsc::channel();
         self.send(make(reply))?;
         rx.recv()
-            .map_err(|_| WalError::Poisoned("WAL writer thread stopped before replying".into()))?
+            .map_err(|_| WalError::Failed("WAL writer thread stopped before replying".into()))?
     }
 
     /// Writes WAL at `lsn` (to the OS, not yet durable) and asks the writer thread to make it
-    /// durable; durability is announced on [`WalWriterHandle::durable`]. A write error poisons
-    /// the writer.
+    /// durable; durability is announced on [`WalWriterHandle::durable`]. A write error stops
+    /// the writer until [`WalWriterHandle::recover_blocking`].
     pub fn write(&self, lsn: Lsn, data: Bytes) -> Result<(), WalError> {
         self.stats.appends.fetch_add(1, Ordering::Relaxed);
         {
             let mut st = self.shared.lock();
-            if let Some(p) = &st.poisoned {
-                return Err(WalError::Poisoned(p.clone()));
-            }
+            st.check()?;
             if let Err(e) = st.storage.write(lsn, &data) {
-                st.poisoned = Some(e.to_string());
-                publish(
-                    &self.shared.durable_tx,
-                    st.storage.flush_lsn(),
-                    &st.poisoned,
-                );
+                tracing::error!(%e, "WAL write failed; writes stop until the proposer rejoins");
+                st.failed = Some(e.to_string());
+                publish(&self.shared.durable_tx, st.storage.flush_lsn(), &st.failed);
                 return Err(e);
             }
         }
@@ -230,6 +258,13 @@ impl WalWriterHandle {
     /// Blocks until everything written so far is durable; returns the durable LSN.
     pub fn flush_blocking(&self) -> Result<Lsn, WalError> {
         self.call(Command::Flush)
+    }
+
+    /// Like [`WalWriterHandle::flush_blocking`], but first, if a write or fsync failed, cuts
+    /// the WAL back to the last flushed LSN so appends can go on from there (a proposer
+    /// rejoining). Returns the durable LSN, which is where appends continue.
+    pub fn recover_blocking(&self) -> Result<Lsn, WalError> {
+        self.call(Command::Recover)
     }
 
     /// Blocks until the WAL is durably cut back to `lsn`.
@@ -272,47 +307,54 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Command>) {
         let mut waiters = Vec::new();
         let mut st = shared.lock();
         for cmd in batch {
-            if let Some(p) = &st.poisoned {
-                match cmd {
-                    Command::Sync => {}
-                    Command::Flush(r)
-                    | Command::Truncate { reply: r, .. }
-                    | Command::Reset { reply: r, .. } => {
-                        let _ = r.send(Err(WalError::Poisoned(p.clone())));
-                    }
-                }
-                continue;
-            }
             let (reply, r) = match cmd {
                 Command::Sync => continue,
                 Command::Flush(reply) => {
                     waiters.push(reply);
                     continue;
                 }
+                Command::Recover(reply) => {
+                    match st.recover() {
+                        Ok(()) => waiters.push(reply),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                    publish(&shared.durable_tx, st.storage.flush_lsn(), &st.failed);
+                    continue;
+                }
+                // Both rewrite the WAL's end durably, so a failure before them is recovered.
                 Command::Truncate { lsn, reply } => (
                     reply,
-                    st.storage.truncate(lsn).map(|_| st.storage.flush_lsn()),
+                    st.recover()
+                        .and_then(|()| st.storage.truncate(lsn))
+                        .map(|_| st.storage.flush_lsn()),
                 ),
                 Command::Reset { start, reply } => (
                     reply,
-                    st.storage.reset(start).map(|_| st.storage.flush_lsn()),
+                    st.recover()
+                        .and_then(|()| st.storage.reset(start))
+                        .map(|_| st.storage.flush_lsn()),
                 ),
             };
             if let Err(e) = &r {
-                st.poisoned = Some(e.to_string());
+                if st.failed.is_none() {
+                    st.failed = Some(e.to_string());
+                }
             }
-            publish(&shared.durable_tx, st.storage.flush_lsn(), &st.poisoned);
+            publish(&shared.durable_tx, st.storage.flush_lsn(), &st.failed);
             let _ = reply.send(r);
         }
         shared.sync_locked(&mut st, commands);
         for w in waiters {
-            let _ = w.send(match &st.poisoned {
-                None => Ok(st.storage.flush_lsn()),
-                Some(p) => Err(WalError::Poisoned(p.clone())),
-            });
+            let _ = w.send(st.check().map(|()| st.storage.flush_lsn()));
         }
     }
-    let _ = shared.lock().storage.flush();
+    // Never flush after a failure: what was written since the last flush is unknown.
+    let mut st = shared.lock();
+    if st.failed.is_none() {
+        let _ = st.storage.flush();
+    }
 }
 
 /// How often the writer logs its batch sizes and fsync times.
@@ -362,10 +404,10 @@ impl BatchTiming {
     }
 }
 
-fn publish(tx: &watch::Sender<Durable>, lsn: Lsn, poisoned: &Option<String>) {
+fn publish(tx: &watch::Sender<Durable>, lsn: Lsn, failed: &Option<String>) {
     let new = Durable {
         lsn,
-        error: poisoned.clone(),
+        error: failed.clone(),
     };
     tx.send_if_modified(|d| {
         let changed = *d != new;
@@ -428,10 +470,40 @@ mod tests {
                 .unwrap();
         });
         assert_eq!(h.flush_blocking().unwrap(), at);
-        // A failed write poisons the writer: what is on disk is no longer known.
+        // A failed write stops the writer: what was written since the last flush is unknown.
         assert!(h.write(Lsn(at.0 + 8), Bytes::from_static(b"x")).is_err());
         assert!(h.durable().borrow().error.is_some());
-        assert!(matches!(h.syncer().sync(), Err(WalError::Poisoned(_))));
-        assert!(matches!(h.flush_blocking(), Err(WalError::Poisoned(_))));
+        assert!(matches!(h.syncer().sync(), Err(WalError::Failed(_))));
+        assert!(matches!(h.flush_blocking(), Err(WalError::Failed(_))));
+        assert!(h.write(at, Bytes::from_static(b"x")).is_err());
+        // Until the proposer rejoins: then it goes on from the last flushed LSN.
+        assert_eq!(h.recover_blocking().unwrap(), at);
+        assert_eq!(h.durable().borrow().error, None);
+        let (more, _) = WalGen::new(7, 1, at).records(3, 500);
+        h.write(at, Bytes::from(more.clone())).unwrap();
+        let end = Lsn(at.0 + more.len() as u64);
+        assert_eq!(h.flush_blocking().unwrap(), end);
+    }
+
+    #[test]
+    fn a_failure_drops_what_was_written_after_the_last_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = handle(dir.path());
+        let (wal, _) = WalGen::new(7, 1, START).records(20, 500);
+        let flushed = Lsn(START.0 + wal.len() as u64);
+        h.write(START, Bytes::from(wal)).unwrap();
+        assert_eq!(h.flush_blocking().unwrap(), flushed);
+        // Written, never flushed, then a failure: never acknowledged, so it goes.
+        let (unflushed, _) = WalGen::new(7, 1, flushed).records(5, 500);
+        let unflushed_end = Lsn(flushed.0 + unflushed.len() as u64);
+        caller_syncs(|| h.write(flushed, Bytes::from(unflushed))).unwrap();
+        assert!(h
+            .write(Lsn(unflushed_end.0 + 1), Bytes::from_static(b"x"))
+            .is_err());
+        assert_eq!(h.recover_blocking().unwrap(), flushed);
+        let mut tail = vec![0xffu8; 4096];
+        let n = crate::wal_storage::read_wal(dir.path(), 1, flushed, &mut tail).unwrap();
+        assert_eq!(n, tail.len());
+        assert!(tail.iter().all(|&b| b == 0), "the unflushed tail is zeroed");
     }
 }

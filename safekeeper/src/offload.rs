@@ -98,17 +98,36 @@ async fn step(tl: &Arc<Timeline>, node_id: u64, config: &ServiceConfig) -> Resul
     if changed {
         info!(offloader = ?offloader, candidates = ?caught_up, %cluster_commit, "offloader chosen");
     }
-    if let (Some(remote), Some(true)) = (&config.remote, offloader.map(|o| o == node_id)) {
-        upload_complete(tl, remote, commit).await?;
-        let due = {
-            let st = tl.offload.lock().unwrap_or_else(|p| p.into_inner());
-            st.last_partial_upload
-                .is_none_or(|t| t.elapsed() >= config.partial_offload_interval)
-        };
-        if due {
-            upload_partial(tl, remote, commit).await?;
-        }
+    let uploaded = match (&config.remote, offloader.map(|o| o == node_id)) {
+        (Some(remote), Some(true)) => upload(tl, remote, commit, config).await,
+        _ => Ok(()),
+    };
+    // Removal runs even when an upload failed: on a full disk it is what frees space.
+    let removed = remove_old_wal(tl).await;
+    uploaded.and(removed)
+}
+
+/// The offloader's uploads of one tick: complete segments, then the partial one when due.
+async fn upload(
+    tl: &Arc<Timeline>,
+    remote: &RemoteStorage,
+    commit: Lsn,
+    config: &ServiceConfig,
+) -> Result<(), String> {
+    upload_complete(tl, remote, commit).await?;
+    let due = {
+        let st = tl.offload.lock().unwrap_or_else(|p| p.into_inner());
+        st.last_partial_upload
+            .is_none_or(|t| t.elapsed() >= config.partial_offload_interval)
+    };
+    if due {
+        upload_partial(tl, remote, commit).await?;
     }
+    Ok(())
+}
+
+/// Removes local WAL below the removal horizon, then writes a due lazy control-file save.
+async fn remove_old_wal(tl: &Arc<Timeline>) -> Result<(), String> {
     let tl2 = tl.clone();
     tokio::task::spawn_blocking(move || {
         let (removed, job) = {

@@ -51,8 +51,9 @@ pub enum WalError {
         "cannot truncate WAL to {lsn}: it must lie between the WAL start {start} and end {end}"
     )]
     TruncateOutOfRange { lsn: Lsn, start: Lsn, end: Lsn },
-    #[error("WAL writer failed earlier: {0}")]
-    Poisoned(String),
+    /// A write or fsync failed; the writer goes on once the proposer rejoins.
+    #[error("WAL writer failed: {0}; waiting for the proposer to rejoin, which cuts the WAL back to the last flushed LSN")]
+    Failed(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
@@ -230,10 +231,26 @@ impl WalStorage {
         if local_start == Lsn(0) {
             return Ok(s);
         }
+        s.remove_below_start()?;
         let end = s.scan_end(s.flush_lsn)?;
         s.cut_tail(end)?;
         info!(%end, "found end of WAL");
         Ok(s)
+    }
+
+    /// Removes segments wholly below the WAL start: the control file already says the WAL
+    /// starts later, so a crash between saving it and removing them left them behind.
+    fn remove_below_start(&self) -> Result<(), WalError> {
+        let first = self.local_start.segment_number();
+        let stale: Vec<u64> = list_segments(&self.dir, self.tli)?
+            .into_iter()
+            .filter(|&s| s < first)
+            .collect();
+        if let (Some(&lo), Some(&hi)) = (stale.first(), stale.last()) {
+            let n = remove_segments(&self.dir, self.tli, lo..hi + 1)?;
+            info!(removed = n, start = %self.local_start, "removed segments left below the WAL start");
+        }
+        Ok(())
     }
 
     /// Decodes from a record boundary or segment start at or below `base` to the end of the last
@@ -467,6 +484,14 @@ impl WalStorage {
             }
             left = &left[n..];
             pos = Lsn(pos.0 + n as u64);
+            // A segment written to its end is complete now, not at the next write: the flush
+            // that makes its end durable also gives it its final name, so nothing (WAL
+            // removal at a flush LSN on the boundary) ever sees it as the open `.partial`.
+            if pos.segment_offset() == 0 {
+                if let Some(done) = self.current.take() {
+                    self.completed.push(done);
+                }
+            }
         }
         self.write_lsn = pos;
         // Half way through a segment: prepare the next one.
@@ -522,6 +547,22 @@ impl WalStorage {
             });
         }
         self.cut_tail(lsn)
+    }
+
+    /// After a failed write or fsync (a full disk, an I/O error): drops every open file and
+    /// cuts the WAL back to the last flushed LSN, reopening its segment. What was written
+    /// after it was never acknowledged and may or may not have reached the disk, so it goes;
+    /// the proposer sends it again. Everything up to the flush LSN was fsynced before.
+    pub fn recover(&mut self) -> Result<Lsn, WalError> {
+        let end = self.flush_lsn;
+        if self.local_start == Lsn(0) {
+            self.current = None;
+            self.completed.clear();
+            self.write_lsn = end;
+            return Ok(end);
+        }
+        self.cut_tail(end)?;
+        Ok(end)
     }
 
     /// Forgets all WAL: the timeline's WAL now starts (empty) at `start`.

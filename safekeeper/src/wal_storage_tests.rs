@@ -228,3 +228,84 @@ fn truncate_and_reset_cancel_the_zero_fill() {
     assert!(names(dir.path()).is_empty());
     assert!(!dir.path().join(PREALLOC_FILE).exists());
 }
+
+/// Issue 17, wedge 1: WAL that ends exactly on a segment boundary (a WAL switch). The flush
+/// that makes the boundary durable completes the segment (final name, file closed), so WAL
+/// removal up to the boundary takes a finished file and the writer goes on into the next one.
+#[test]
+fn a_flush_on_a_segment_boundary_completes_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = WalStorage::open(dir.path(), 1, Lsn(0), Lsn(0)).unwrap();
+    s.reset(START).unwrap();
+    let boundary = Lsn(2 * SEG);
+    // Records, then zeros to the end of the segment (as an XLOG_SWITCH leaves it).
+    let (mut wal, _) = WalGen::new(SYSID, 1, START).records(3, 3000);
+    wal.resize((boundary.0 - START.0) as usize, 0);
+    write_chunked(&mut s, &wal, 8192);
+    assert_eq!(s.flush_lsn(), boundary);
+    assert_eq!(names(dir.path()), ["000000010000000000000001"]);
+    // Removal up to the boundary (the flush LSN's segment_start) takes segment 1.
+    assert_eq!(remove_segments(dir.path(), 1, 1..2).unwrap(), 1);
+    let (more, _) = WalGen::new(SYSID, 1, boundary).records(3, 3000);
+    s.write(boundary, &more).unwrap();
+    let end = Lsn(boundary.0 + more.len() as u64);
+    assert_eq!(
+        s.flush().unwrap(),
+        end,
+        "the writer goes on after the removal"
+    );
+    assert_eq!(names(dir.path()), ["000000010000000000000002.partial"]);
+    assert_eq!(read_all(dir.path(), boundary, more.len()), more);
+}
+
+/// After a failed write the storage is cut back to its flush LSN: later segments go, the
+/// tail of the flush LSN's segment is zeroed, and writing goes on from there.
+#[test]
+fn recover_cuts_back_to_the_flush_lsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = WalStorage::open(dir.path(), 1, Lsn(0), Lsn(0)).unwrap();
+    s.reset(START).unwrap();
+    let mut gen = WalGen::new(SYSID, 1, START);
+    let (wal, _) = gen.records(5, 3000);
+    write_chunked(&mut s, &wal, 4096);
+    let flushed = s.flush_lsn();
+    // Unflushed WAL into the next segment, then (say) ENOSPC: recover.
+    let (unflushed, _) = gen.records(20, 3000);
+    s.write(flushed, &unflushed).unwrap();
+    assert!(s.write_lsn().segment_number() > flushed.segment_number());
+    assert_eq!(s.recover().unwrap(), flushed);
+    assert_eq!((s.write_lsn(), s.flush_lsn()), (flushed, flushed));
+    assert_eq!(names(dir.path()), ["000000010000000000000001.partial"]);
+    let tail = read_all(dir.path(), flushed, (2 * SEG - flushed.0) as usize);
+    assert!(tail.iter().all(|&b| b == 0));
+    s.write(flushed, &unflushed).unwrap();
+    let end = Lsn(flushed.0 + unflushed.len() as u64);
+    assert_eq!(s.flush().unwrap(), end);
+    drop(s);
+    assert_eq!(
+        WalStorage::open(dir.path(), 1, START, end)
+            .unwrap()
+            .flush_lsn(),
+        end
+    );
+}
+
+/// A crash after the control file moved the WAL start but before the segments below it were
+/// removed: they are removed on open.
+#[test]
+fn segments_below_the_start_are_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = WalStorage::open(dir.path(), 1, Lsn(0), Lsn(0)).unwrap();
+    s.reset(START).unwrap();
+    let mut wal = Vec::new();
+    let mut gen = WalGen::new(SYSID, 1, START);
+    while START.0 + (wal.len() as u64) < 3 * SEG + 8192 {
+        wal.extend(gen.records(100, 8000).0);
+    }
+    write_chunked(&mut s, &wal, 1 << 20);
+    let end = s.flush_lsn();
+    drop(s);
+    let s = WalStorage::open(dir.path(), 1, Lsn(3 * SEG), end).unwrap();
+    assert_eq!(s.flush_lsn(), end);
+    assert_eq!(names(dir.path()), ["000000010000000000000003.partial"]);
+}
