@@ -33,7 +33,8 @@ pub struct TenantArg {
 
 #[derive(Args, Debug)]
 pub struct CreateArgs {
-    /// The new branch's name.
+    /// The new branch's name: 1 to 63 letters, digits, '_' or '-'.
+    #[arg(value_parser = crate::names::new_branch_name)]
     pub name: String,
     /// The branch to start from.
     #[arg(long, default_value = "main")]

@@ -16,7 +16,7 @@ use crate::cluster::config::COMPUTE_PORTS;
 use crate::cluster::daemon::Daemon;
 use crate::cluster::ClusterConfig;
 use crate::mgmt::Pageserver;
-use crate::names::Names;
+use crate::names::{self, Names};
 use crate::output::{Output, Progress};
 use crate::target::Target;
 
@@ -51,6 +51,7 @@ pub fn walproposer_daemon(dir: &Path, name: &str) -> Daemon {
 
 impl ComputeRecord {
     pub fn load(dir: &Path, name: &str) -> Result<ComputeRecord> {
+        names::path_component(names::Kind::Compute, name)?;
         let p = compute_dir(dir, name).join(RECORD_FILE);
         let text = fs::read_to_string(&p)
             .with_context(|| format!("no compute named {name:?} ({} unreadable)", p.display()))?;
@@ -85,10 +86,7 @@ impl ComputeRecord {
 }
 
 pub fn node(dir: &Path, cfg: &ClusterConfig, name: &str) -> Result<ComputeNode> {
-    Ok(ComputeNode::new(
-        PgPrograms::new(&cfg.pg_bin)?,
-        &compute_dir(dir, name),
-    ))
+    ComputeNode::new(PgPrograms::new(&cfg.pg_bin)?, &compute_dir(dir, name))
 }
 
 /// Stops one compute: Postgres first (its commits need the walproposer until the end), then
@@ -174,11 +172,11 @@ pub struct StartRequest<'a> {
     pub ttl_secs: Option<u64>,
 }
 
-/// How long a read-write compute waits for the pageserver to have every committed record.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
-
 pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecord> {
     let t0 = Instant::now();
+    if let Some(n) = &req.name {
+        names::validate(names::Kind::Compute, n)?;
+    }
     let cfg = ClusterConfig::load(dir)?;
     let names = Names::load(dir)?;
     let (tenant, tenant_id) = names.tenant(req.tenant)?;
@@ -209,7 +207,15 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
     }
     let name = match req.name {
         Some(n) => n,
-        None => unused_name(&existing, req.branch),
+        None => {
+            let n = unused_name(&existing, req.branch);
+            if let Err(e) = names::validate(names::Kind::Compute, &n) {
+                bail!(
+                    "{e} (a compute is named after its branch unless --name NAME says otherwise)"
+                );
+            }
+            n
+        }
     };
     if existing.iter().any(|c| c.name == name) {
         bail!("a compute named {name:?} exists; stop it first (strata compute stop {name})");
@@ -468,6 +474,11 @@ fn start_walproposer(
 /// The LSN every committed record of the branch ends at, once the pageserver has ingested all
 /// of it (a new read-write compute continues exactly there). A writer also needs a safekeeper
 /// majority and no uncommitted tail.
+///
+/// Never waits for WAL that cannot come: it fails at once when no safekeeper answers (what is
+/// committed is unknown) or the pageserver reports its ingest of the branch stopped, and after
+/// [`crate::mgmt::wait_limit`] otherwise, saying where the pageserver is, what it waited for
+/// and what the pageserver's walreceiver reports.
 pub fn wait_for_committed_wal(
     cfg: &ClusterConfig,
     ps: &mut Pageserver,
@@ -476,21 +487,95 @@ pub fn wait_for_committed_wal(
     for_writer: bool,
     out: &Output,
 ) -> Result<Lsn> {
+    let limit = crate::mgmt::wait_limit()?;
+    let committed = committed_on_safekeepers(cfg, tenant_id, timeline_id, for_writer)?;
+    let deadline = Instant::now() + limit;
+    let mut announced = false;
+    let mut last_problem = String::new();
+    loop {
+        let st = ps.timeline_status(tenant_id, timeline_id)?;
+        if st.last_record_end >= committed {
+            return Ok(Lsn(st.last_record_end));
+        }
+        if let Some(why) = crate::mgmt::ingest_stopped(&st) {
+            bail!("cannot reach the committed LSN {}: {why}", Lsn(committed));
+        }
+        if !announced {
+            out.step(&format!(
+                "waiting up to {} s for the pageserver to ingest up to {} (at {})",
+                limit.as_secs(),
+                Lsn(committed),
+                Lsn(st.last_record_end)
+            ));
+            announced = true;
+        }
+        if st.walreceiver_problem != last_problem && !st.walreceiver_problem.is_empty() {
+            out.step(&format!(
+                "the pageserver reports: {}",
+                st.walreceiver_problem
+            ));
+        }
+        last_problem = st.walreceiver_problem;
+        if Instant::now() > deadline {
+            let reason = if last_problem.is_empty() {
+                "its walreceiver reports no problem (slow ingest? see logs/pageserver.log)"
+                    .to_string()
+            } else {
+                format!("its walreceiver reports: {last_problem}")
+            };
+            bail!(
+                "the pageserver is at {}, and the safekeepers committed up to {}: still behind \
+                 after waiting {} s; {reason} (wait longer with {}=SECONDS)",
+                Lsn(st.last_record_end),
+                Lsn(committed),
+                limit.as_secs(),
+                crate::mgmt::WAIT_ENV
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The highest commit LSN the safekeepers report for the branch (0: they have none of its
+/// WAL yet). Fails when none answers: then nobody can tell what is committed, and a read "as
+/// of now" could silently miss acknowledged commits.
+fn committed_on_safekeepers(
+    cfg: &ClusterConfig,
+    tenant_id: &str,
+    timeline_id: &str,
+    for_writer: bool,
+) -> Result<u64> {
     let statuses =
         crate::mgmt::safekeeper_statuses(&cfg.safekeeper_grpc_addrs(), tenant_id, timeline_id);
     let mut commit = 0u64;
     let mut flush = 0u64;
-    let mut answered = 0;
-    for s in statuses.into_iter().flatten() {
-        answered += 1;
-        let Some(s) = s else { continue };
-        commit = commit.max(s.commit_lsn);
-        flush = flush.max(s.flush_lsn);
+    let mut answered = 0usize;
+    let mut failures = Vec::new();
+    for s in statuses {
+        match s {
+            Ok(s) => {
+                answered += 1;
+                if let Some(s) = s {
+                    commit = commit.max(s.commit_lsn);
+                    flush = flush.max(s.flush_lsn);
+                }
+            }
+            Err(e) => failures.push(format!("{e:#}")),
+        }
     }
-    if for_writer && answered * 2 <= cfg.safekeepers.len() {
+    if answered == 0 {
         bail!(
-            "only {answered} of {} safekeepers answer: a read-write compute needs a majority (strata status)",
-            cfg.safekeepers.len()
+            "no safekeeper reachable, so what is committed on this branch is unknown: {} \
+             (`strata status`; `strata start` starts stopped ones)",
+            failures.join("; ")
+        );
+    }
+    if for_writer && answered.saturating_mul(2) <= cfg.safekeepers.len() {
+        bail!(
+            "only {answered} of {} safekeepers answer: a read-write compute needs a majority \
+             ({}; `strata status`)",
+            cfg.safekeepers.len(),
+            failures.join("; ")
         );
     }
     if for_writer && flush > commit {
@@ -502,35 +587,7 @@ pub fn wait_for_committed_wal(
             Lsn(commit)
         );
     }
-    let deadline = std::time::Instant::now() + CATCH_UP_TIMEOUT;
-    let mut announced = false;
-    loop {
-        let st = ps.timeline_status(tenant_id, timeline_id)?;
-        if st.last_record_end >= commit {
-            return Ok(Lsn(st.last_record_end));
-        }
-        if let Some(why) = crate::mgmt::ingest_stopped(&st) {
-            bail!("{why}");
-        }
-        if !announced {
-            out.step(&format!(
-                "waiting for the pageserver to ingest up to {} (at {})",
-                Lsn(commit),
-                Lsn(st.last_record_end)
-            ));
-            announced = true;
-        }
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "the pageserver has ingested up to {} but the safekeepers committed up to {}; \
-                 still behind after {:?} (see logs/pageserver.log)",
-                Lsn(st.last_record_end),
-                Lsn(commit),
-                CATCH_UP_TIMEOUT
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    Ok(commit)
 }
 
 fn unused_name(existing: &[ComputeRecord], branch: &str) -> String {
@@ -581,6 +638,8 @@ fn forget_stopped_computes(dir: &Path, cfg: &ClusterConfig, out: &Output) -> Res
 /// Stops and forgets a compute (its data directory is scratch: everything is in Strata). Its
 /// data directory is kept as a spare for the next compute (see [`take_spare_data_dir`]).
 pub fn remove(dir: &Path, cfg: &ClusterConfig, name: &str) -> Result<()> {
+    // Never the computes directory itself or a path outside it.
+    names::path_component(names::Kind::Compute, name)?;
     stop_one(dir, cfg, name)?;
     let d = compute_dir(dir, name);
     keep_spare_data_dir(dir, &d.join("data"));

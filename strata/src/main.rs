@@ -131,7 +131,13 @@ struct LsnAtArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let dir = cli.dir.path();
+    let (dir, demo_dir) = match (cli.dir.path(), cli.dir.explicit()) {
+        (Ok(d), Ok(explicit)) => (d, explicit),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("strata: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let out = output::Output::new(cli.json);
     let ok = |r: anyhow::Result<()>| r.map(|_| ExitCode::SUCCESS);
     let cluster_cmd = !matches!(
@@ -173,7 +179,7 @@ fn main() -> ExitCode {
             &out,
         )),
         Command::Query(a) => ok(query_cmd::run(&dir, a, &out)),
-        Command::Demo(a) => ok(demo_cmd::run(cli.dir.dir.clone(), a, &out)),
+        Command::Demo(a) => ok(demo_cmd::run(demo_dir, a, &out)),
         Command::Gc(a) => ok(gc_cmd::run(&dir, a, &out)),
         Command::Lease(a) => ok(gc_cmd::lease(&dir, a, &out)),
         Command::Waldump(args) => waldump::run(args),

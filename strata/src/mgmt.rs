@@ -1,7 +1,10 @@
 //! Clients of the services' gRPC APIs, for the CLI: the pageserver's management service and the
-//! safekeepers' timeline status. Every call is blocking (the CLI is synchronous) and turns a
-//! gRPC status into an error that keeps the server's message (it says what is possible).
+//! safekeepers' timeline status. Every call is blocking (the CLI is synchronous), has a
+//! deadline (a stopped or wedged service makes the command fail, naming the call, instead of
+//! hanging), and turns a gRPC status into an error that keeps the server's message (it says
+//! what is possible).
 
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -40,6 +43,55 @@ fn status_error(what: &str, s: tonic::Status) -> anyhow::Error {
     anyhow!("{what}: {}", s.message())
 }
 
+/// A request the pageserver answers from what it has (status, lookups, a branch).
+const QUICK_CALL: Duration = Duration::from_secs(30);
+/// Requests whose work grows with the data: importing a data directory, GC.
+const LONG_CALL: Duration = Duration::from_secs(30 * 60);
+/// Longest pause between two basebackup chunks.
+const BASEBACKUP_STALL: Duration = Duration::from_secs(120);
+
+/// Environment variable overriding [`DEFAULT_WAIT`].
+pub const WAIT_ENV: &str = "STRATA_WAIT_SECS";
+/// How long a command waits for the cluster to make progress it needs (the pageserver
+/// ingesting what the safekeepers committed).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+/// The progress deadline: `$STRATA_WAIT_SECS` seconds, else [`DEFAULT_WAIT`].
+pub fn wait_limit() -> Result<Duration> {
+    match std::env::var(WAIT_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(DEFAULT_WAIT),
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .with_context(|| format!("{WAIT_ENV}={v:?} is not a number of seconds")),
+        Err(e) => Err(anyhow!("{WAIT_ENV}: {e}")),
+    }
+}
+
+/// Runs one gRPC call on `rt`, failing after `limit` with an error naming the call.
+fn call<T>(
+    rt: &tokio::runtime::Runtime,
+    what: &str,
+    limit: Duration,
+    fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T> {
+    // The timer is made inside the runtime (it needs its clock).
+    match rt.block_on(async { tokio::time::timeout(limit, fut).await }) {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(status_error(what, s)),
+        Err(_) => Err(no_answer(what, limit)),
+    }
+}
+
+fn no_answer(what: &str, limit: Duration) -> anyhow::Error {
+    anyhow!(
+        "{what}: the pageserver did not answer within {} s (is it stopped or overloaded? \
+         `strata status`, logs/pageserver.log)",
+        limit.as_secs()
+    )
+}
+
 impl Pageserver {
     pub fn connect(addr: &str) -> Result<Pageserver> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -66,10 +118,12 @@ impl Pageserver {
 
     pub fn create_tenant(&mut self) -> Result<ps::TenantInfo> {
         let req = ps::CreateTenantRequest::default();
-        self.rt
-            .block_on(self.client.create_tenant(req))
-            .map(|r| r.into_inner())
-            .map_err(|s| status_error("creating the tenant", s))
+        call(
+            &self.rt,
+            "creating the tenant",
+            QUICK_CALL,
+            self.client.create_tenant(req),
+        )
     }
 
     pub fn import_timeline(
@@ -85,10 +139,12 @@ impl Pageserver {
             lsn: 0,
             safekeepers,
         };
-        self.rt
-            .block_on(self.client.import_timeline(req))
-            .map(|r| r.into_inner())
-            .map_err(|s| status_error("importing the data directory", s))
+        call(
+            &self.rt,
+            "importing the data directory",
+            LONG_CALL,
+            self.client.import_timeline(req),
+        )
     }
 
     pub fn create_branch(
@@ -107,20 +163,25 @@ impl Pageserver {
             inclusive,
             safekeepers,
         };
-        self.rt
-            .block_on(self.client.create_branch(req))
-            .map(|r| r.into_inner())
-            .map_err(|s| status_error("creating the branch", s))
+        call(
+            &self.rt,
+            "creating the branch",
+            QUICK_CALL,
+            self.client.create_branch(req),
+        )
     }
 
     pub fn list_timelines(&mut self, tenant: &str) -> Result<Vec<ps::TimelineInfo>> {
         let req = ps::ListTimelinesRequest {
             tenant_id: tenant.into(),
         };
-        self.rt
-            .block_on(self.client.list_timelines(req))
-            .map(|r| r.into_inner().timelines)
-            .map_err(|s| status_error("listing timelines", s))
+        call(
+            &self.rt,
+            "listing timelines",
+            QUICK_CALL,
+            self.client.list_timelines(req),
+        )
+        .map(|r| r.timelines)
     }
 
     /// GC of one timeline (`None`: every timeline of the tenant).
@@ -129,10 +190,12 @@ impl Pageserver {
             tenant_id: tenant.into(),
             timeline_id: timeline.unwrap_or_default().into(),
         };
-        self.rt
-            .block_on(self.client.gc(req))
-            .map(|r| r.into_inner())
-            .map_err(|s| status_error("garbage collection", s))
+        call(
+            &self.rt,
+            "garbage collection",
+            LONG_CALL,
+            self.client.gc(req),
+        )
     }
 
     /// A lease keeping `lsn` readable for `ttl_seconds`.
@@ -149,10 +212,12 @@ impl Pageserver {
             lsn,
             ttl_seconds,
         };
-        self.rt
-            .block_on(self.client.create_lease(req))
-            .map(|r| r.into_inner())
-            .map_err(|s| status_error("creating the lease", s))
+        call(
+            &self.rt,
+            "creating the lease",
+            QUICK_CALL,
+            self.client.create_lease(req),
+        )
     }
 
     pub fn timeline_status(&mut self, tenant: &str, timeline: &str) -> Result<ps::TimelineInfo> {
@@ -160,10 +225,12 @@ impl Pageserver {
             tenant_id: tenant.into(),
             timeline_id: timeline.into(),
         };
-        self.rt
-            .block_on(self.client.timeline_status(req))
-            .map(|r| r.into_inner())
-            .map_err(|s| status_error("timeline status", s))
+        call(
+            &self.rt,
+            "timeline status",
+            QUICK_CALL,
+            self.client.timeline_status(req),
+        )
     }
 
     pub fn lsn_for_timestamp(
@@ -179,10 +246,13 @@ impl Pageserver {
             timestamp_micros: micros,
             inclusive,
         };
-        self.rt
-            .block_on(self.client.lsn_for_timestamp(req))
-            .map(|r| r.into_inner().lsn)
-            .map_err(|s| status_error("finding the LSN for that time", s))
+        call(
+            &self.rt,
+            "finding the LSN for that time",
+            QUICK_CALL,
+            self.client.lsn_for_timestamp(req),
+        )
+        .map(|r| r.lsn)
     }
 
     pub fn restore_points(
@@ -194,10 +264,13 @@ impl Pageserver {
             tenant_id: tenant.into(),
             timeline_id: timeline.into(),
         };
-        self.rt
-            .block_on(self.client.list_restore_points(req))
-            .map(|r| r.into_inner().restore_points)
-            .map_err(|s| status_error("listing restore points", s))
+        call(
+            &self.rt,
+            "listing restore points",
+            QUICK_CALL,
+            self.client.list_restore_points(req),
+        )
+        .map(|r| r.restore_points)
     }
 
     /// Streams a basebackup tar into `sink`, calling `progress` with the bytes so far.
@@ -219,19 +292,19 @@ impl Pageserver {
         };
         let client = &mut self.client;
         self.rt.block_on(async {
-            let mut stream = client
-                .basebackup(req)
+            let mut stream = tokio::time::timeout(QUICK_CALL, client.basebackup(req))
                 .await
+                .map_err(|_| no_answer("basebackup", QUICK_CALL))?
                 .map_err(|s| status_error("basebackup", s))?
                 .into_inner();
             let mut total = 0u64;
-            while let Some(chunk) = stream
-                .message()
+            while let Some(chunk) = tokio::time::timeout(BASEBACKUP_STALL, stream.message())
                 .await
+                .map_err(|_| no_answer("basebackup (the next chunk)", BASEBACKUP_STALL))?
                 .map_err(|s| status_error("basebackup", s))?
             {
                 sink.write_all(&chunk.data)?;
-                total += chunk.data.len() as u64;
+                total = total.saturating_add(chunk.data.len() as u64);
                 progress(total);
             }
             Ok(())
@@ -239,8 +312,11 @@ impl Pageserver {
     }
 }
 
-/// Timeline status from each safekeeper: `Ok(None)` if it answers but has no WAL of the
-/// timeline yet, `Err` if it does not answer.
+/// How long a safekeeper has to answer a status request.
+const SAFEKEEPER_ANSWER: Duration = Duration::from_secs(5);
+
+/// Timeline status from each safekeeper, asked all at once: `Ok(None)` if it answers but has
+/// no WAL of the timeline yet, `Err` (saying why) if it does not answer within 5 s.
 pub fn safekeeper_statuses(
     addrs: &[String],
     tenant: &str,
@@ -253,26 +329,47 @@ pub fn safekeeper_statuses(
         Ok(rt) => rt,
         Err(e) => return addrs.iter().map(|_| Err(anyhow!("runtime: {e}"))).collect(),
     };
-    addrs
+    let asked: Vec<_> = addrs
         .iter()
         .map(|a| {
-            rt.block_on(async {
-                let ch = Channel::from_shared(format!("http://{a}"))?
-                    .connect_timeout(Duration::from_secs(3))
-                    .timeout(Duration::from_secs(5))
-                    .connect()
-                    .await
-                    .with_context(|| format!("connecting to the safekeeper at {a}"))?;
-                let req = sk::TimelineStatusRequest {
-                    tenant_id: tenant.into(),
-                    timeline_id: timeline.into(),
-                };
-                match SafekeeperClient::new(ch).timeline_status(req).await {
-                    Ok(r) => Ok(Some(r.into_inner())),
-                    Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-                    Err(s) => Err(anyhow!("safekeeper {a}: {}", s.message())),
+            let req = sk::TimelineStatusRequest {
+                tenant_id: tenant.into(),
+                timeline_id: timeline.into(),
+            };
+            let a = a.clone();
+            rt.spawn(async move {
+                let answer = tokio::time::timeout(SAFEKEEPER_ANSWER, safekeeper_status(&a, req));
+                match answer.await {
+                    Ok(r) => r,
+                    Err(_) => Err(anyhow!(
+                        "safekeeper {a} did not answer within {} s (stopped or overloaded?)",
+                        SAFEKEEPER_ANSWER.as_secs()
+                    )),
                 }
             })
         })
+        .collect();
+    asked
+        .into_iter()
+        .map(|h| {
+            rt.block_on(h)
+                .unwrap_or_else(|e| Err(anyhow!("safekeeper status task: {e}")))
+        })
         .collect()
+}
+
+async fn safekeeper_status(
+    addr: &str,
+    req: sk::TimelineStatusRequest,
+) -> Result<Option<sk::TimelineStatusResponse>> {
+    let ch = Channel::from_shared(format!("http://{addr}"))?
+        .connect_timeout(SAFEKEEPER_ANSWER)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the safekeeper at {addr}"))?;
+    match SafekeeperClient::new(ch).timeline_status(req).await {
+        Ok(r) => Ok(Some(r.into_inner())),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+        Err(s) => Err(anyhow!("safekeeper {addr}: {}", s.message())),
+    }
 }

@@ -1,6 +1,14 @@
-//! Names people type for tenants and branches, mapped to the ids the services use:
+//! Names people type for tenants, branches and computes: the one rule a new name must follow
+//! ([`validate`]), and the map of tenant and branch names to the ids the services use,
 //! `<cluster dir>/names.toml`. The pageserver knows timelines by id and their ancestry; the
 //! names are the CLI's.
+//!
+//! Names become directory names (`computes/<name>`, `tmp/initdb-<tenant>`) and command-line
+//! arguments, so an empty name, a slash or a space would write into the wrong directory or
+//! break later. New names are checked where they enter (clap's value parsers, and
+//! [`Names::add_tenant`]/[`Names::add_branch`] behind them); names stored before the rule
+//! existed are still looked up as they are, and a compute's name is used as a path only if
+//! it is one plain path component ([`path_component`]).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -10,6 +18,109 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 const NAMES_FILE: &str = "names.toml";
+
+/// The longest name: Postgres's identifier limit, so a name fits wherever Postgres sees it.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// What a name names, for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Tenant,
+    Branch,
+    Compute,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Tenant => "tenant",
+            Kind::Branch => "branch",
+            Kind::Compute => "compute",
+        })
+    }
+}
+
+/// A name that breaks the rule, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameError {
+    pub kind: Kind,
+    pub name: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for NameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} is not a valid {} name: {}; a name is 1 to {MAX_NAME_LEN} letters, digits, \
+             '_' or '-', not starting with '-'",
+            self.name, self.kind, self.why
+        )
+    }
+}
+
+impl std::error::Error for NameError {}
+
+/// The rule for every new tenant, branch and compute name: 1..=63 characters of
+/// `[A-Za-z0-9_-]`, not starting with '-' (it would read as an option). That excludes "",
+/// ".", "..", slashes and spaces.
+pub fn validate(kind: Kind, name: &str) -> Result<(), NameError> {
+    let fail = |why: String| {
+        Err(NameError {
+            kind,
+            name: name.to_string(),
+            why,
+        })
+    };
+    if name.is_empty() {
+        return fail("it is empty".into());
+    }
+    let len = name.chars().count();
+    if len > MAX_NAME_LEN {
+        return fail(format!("it is {len} characters long"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return fail(format!("it contains {c:?}"));
+    }
+    if name.starts_with('-') {
+        return fail("it starts with '-'".into());
+    }
+    Ok(())
+}
+
+/// clap value parser for a new tenant's name.
+pub fn new_tenant_name(s: &str) -> Result<String, NameError> {
+    validate(Kind::Tenant, s).map(|()| s.to_string())
+}
+
+/// clap value parser for a new branch's name.
+pub fn new_branch_name(s: &str) -> Result<String, NameError> {
+    validate(Kind::Branch, s).map(|()| s.to_string())
+}
+
+/// `name` if it can be used as one directory name under another: not empty, not "." or
+/// "..", no '/' or NUL. Weaker than [`validate`] so that a compute named before the rule
+/// existed can still be stopped and removed, but never lets a name reach the parent
+/// directory (`compute stop ''` must not remove every compute).
+pub fn path_component(kind: Kind, name: &str) -> Result<&str, NameError> {
+    let why = if name.is_empty() {
+        "it is empty"
+    } else if name == "." || name == ".." {
+        "it names a directory itself"
+    } else if name.contains(['/', '\0']) {
+        "it contains '/' or NUL"
+    } else {
+        return Ok(name);
+    };
+    Err(NameError {
+        kind,
+        name: name.to_string(),
+        why: why.into(),
+    })
+}
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Names {
@@ -58,6 +169,7 @@ impl Names {
     }
 
     pub fn add_tenant(&mut self, name: &str, id: &str) -> Result<()> {
+        validate(Kind::Tenant, name)?;
         if self.tenants.contains_key(name) {
             bail!("a tenant named {name:?} exists already");
         }
@@ -80,6 +192,7 @@ impl Names {
     }
 
     pub fn add_branch(&mut self, tenant: &str, branch: &str, timeline_id: &str) -> Result<()> {
+        validate(Kind::Branch, branch)?;
         let b = self.branches.entry(tenant.into()).or_default();
         if b.contains_key(branch) {
             bail!("tenant {tenant:?} already has a branch named {branch:?}");
@@ -130,5 +243,50 @@ mod tests {
         let e = n.timeline("shop", "dev").unwrap_err().to_string();
         assert!(e.contains("main"), "{e}");
         assert_eq!(n.branch_of("shop", "t1"), Some("main"));
+    }
+
+    #[test]
+    fn the_name_rule() {
+        for ok in [
+            "main",
+            "a",
+            "dev-2",
+            "_x",
+            "A_b-9",
+            &"x".repeat(MAX_NAME_LEN),
+        ] {
+            assert_eq!(validate(Kind::Branch, ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            (".", "'.'"),
+            ("..", "'.'"),
+            ("a b", "' '"),
+            ("a/b", "'/'"),
+            ("-x", "starts with '-'"),
+            ("é", "'é'"),
+            (&"x".repeat(MAX_NAME_LEN + 1), "64 characters"),
+        ] {
+            let e = validate(Kind::Compute, bad).unwrap_err().to_string();
+            assert!(
+                e.contains(why) && e.contains("compute name"),
+                "{bad:?}: {e}"
+            );
+        }
+        let mut n = Names::default();
+        assert!(n.add_tenant("", "aa").is_err());
+        n.add_tenant("t", "aa").unwrap();
+        assert!(n.add_branch("t", "x/y", "t1").is_err());
+    }
+
+    #[test]
+    fn stored_names_are_path_components_or_refused() {
+        assert_eq!(
+            path_component(Kind::Compute, "old name").unwrap(),
+            "old name"
+        );
+        for bad in ["", ".", "..", "a/b", "/", "a\0b"] {
+            assert!(path_component(Kind::Compute, bad).is_err(), "{bad:?}");
+        }
     }
 }

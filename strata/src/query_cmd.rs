@@ -35,7 +35,7 @@ pub struct QueryArgs {
 pub fn run(dir: &Path, a: QueryArgs, out: &Output) -> Result<()> {
     let cfg = ClusterConfig::load(dir)?;
     let target = Target::parse(&a.at)?;
-    let name = format!("timetravel-{}-{}", a.branch, std::process::id());
+    let name = time_travel_name(&a.branch);
     let rec = compute_cmd::start(
         dir,
         StartRequest {
@@ -56,4 +56,16 @@ pub fn run(dir: &Path, a: QueryArgs, out: &Output) -> Result<()> {
     let rows = result?;
     out.result(&rows, json!({"lsn": rec.lsn, "output": rows}));
     Ok(())
+}
+
+/// The ephemeral compute's name: with the branch's name when that makes a valid name (a
+/// branch named before the name rule, or a long one, does not).
+fn time_travel_name(branch: &str) -> String {
+    let pid = std::process::id();
+    let with_branch = format!("timetravel-{branch}-{pid}");
+    if crate::names::validate(crate::names::Kind::Compute, &with_branch).is_ok() {
+        with_branch
+    } else {
+        format!("timetravel-{pid}")
+    }
 }

@@ -31,7 +31,9 @@ pub enum TenantCommand {
 
 #[derive(Args, Debug)]
 pub struct CreateArgs {
-    /// The tenant's name (default: "main" for the first, else required).
+    /// The tenant's name (default: "main" for the first, else required): 1 to 63 letters,
+    /// digits, '_' or '-'.
+    #[arg(value_parser = crate::names::new_tenant_name)]
     pub name: Option<String>,
 }
 

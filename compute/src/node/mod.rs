@@ -33,7 +33,7 @@ impl PgPrograms {
             );
         }
         Ok(PgPrograms {
-            bin: bin.to_path_buf(),
+            bin: absolute(bin)?,
             run_as: os_user::postgres_user()?,
         })
     }
@@ -69,6 +69,7 @@ impl PgPrograms {
     /// `initdb` with data checksums, for a new tenant: the directory is imported into the
     /// pageserver and then thrown away.
     pub fn initdb(&self, dir: &Path) -> Result<()> {
+        let dir = &absolute(dir)?;
         self.make_dir(dir)?;
         let d = dir.display().to_string();
         self.run(
@@ -110,14 +111,15 @@ pub struct ComputeNode {
 }
 
 impl ComputeNode {
-    /// `dir/data` (the data directory), `dir/sock`, `dir/postgres.log`.
-    pub fn new(pg: PgPrograms, dir: &Path) -> ComputeNode {
-        ComputeNode {
+    /// `dir/data` (the data directory), `dir/sock`, `dir/postgres.log`, as absolute paths.
+    pub fn new(pg: PgPrograms, dir: &Path) -> Result<ComputeNode> {
+        let dir = absolute(dir)?;
+        Ok(ComputeNode {
             pg,
             data_dir: dir.join("data"),
             socket_dir: dir.join("sock"),
             log_file: dir.join("postgres.log"),
-        }
+        })
     }
 
     /// Unpacks a basebackup tar as the data directory (mode 0700, owned by the Postgres OS
@@ -317,6 +319,13 @@ fn postmaster_ready(pid_file: &Path, stale: Option<&str>) -> bool {
         text.lines().nth(7).map(str::trim),
         Some("ready" | "standby")
     )
+}
+
+/// `path` made absolute against the current directory. Postgres programs run with cwd `/`
+/// (as another OS user, who may not reach ours), and the server itself runs in its data
+/// directory, so every path handed to them must be absolute.
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("making {} an absolute path", path.display()))
 }
 
 fn tail(path: &Path, n: usize) -> String {

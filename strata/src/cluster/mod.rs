@@ -34,11 +34,30 @@ pub struct DirArg {
 }
 
 impl DirArg {
-    pub fn path(&self) -> PathBuf {
-        self.dir
+    /// The cluster directory as an absolute path (it need not exist yet). Every path derived
+    /// from it reaches child processes that run elsewhere (Postgres programs run with cwd `/`
+    /// as the postgres user, services keep running after a `cd`), so a relative one would
+    /// name the wrong place.
+    pub fn path(&self) -> Result<PathBuf> {
+        let given = self
+            .dir
             .clone()
             .or_else(|| std::env::var_os("STRATA_DIR").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(".strata"))
+            .unwrap_or_else(|| PathBuf::from(".strata"));
+        std::path::absolute(&given).with_context(|| {
+            format!(
+                "making the cluster directory {:?} an absolute path (from the current directory)",
+                given.display()
+            )
+        })
+    }
+
+    /// `--dir` as given on the command line, made absolute; `None` without `--dir`.
+    pub fn explicit(&self) -> Result<Option<PathBuf>> {
+        match &self.dir {
+            Some(_) => self.path().map(Some),
+            None => Ok(None),
+        }
     }
 }
 
