@@ -619,6 +619,11 @@ pub fn unix_now() -> u64 {
 /// name, its port or its branch's single writer slot.
 fn forget_stopped_computes(dir: &Path, cfg: &ClusterConfig, out: &Output) -> Result<()> {
     for rec in ComputeRecord::list(dir)? {
+        // An import's walproposer is not scratch: its source waits for it (`strata start`
+        // starts it again; only `strata tenant detach` ends it).
+        if crate::tenant_import::tenant_of_compute(dir, &rec.name).is_some() {
+            continue;
+        }
         let pg_running = node(dir, cfg, &rec.name).is_ok_and(|n| n.is_running());
         let wp_running = matches!(
             walproposer_daemon(dir, &rec.name).state()?,
@@ -640,6 +645,12 @@ fn forget_stopped_computes(dir: &Path, cfg: &ClusterConfig, out: &Output) -> Res
 pub fn remove(dir: &Path, cfg: &ClusterConfig, name: &str) -> Result<()> {
     // Never the computes directory itself or a path outside it.
     names::path_component(names::Kind::Compute, name)?;
+    if let Some(tenant) = crate::tenant_import::tenant_of_compute(dir, name) {
+        bail!(
+            "compute {name} streams the imported source of tenant {tenant}, whose commits wait \
+             for it: hand the source back with `strata tenant detach {tenant}`"
+        );
+    }
     stop_one(dir, cfg, name)?;
     let d = compute_dir(dir, name);
     keep_spare_data_dir(dir, &d.join("data"));

@@ -25,8 +25,13 @@ pub enum TenantCommand {
     /// Import a running PostgreSQL 15 (pg_basebackup, then its WAL through a walproposer)
     /// as a tenant with a `main` branch; the source stays its writer.
     Import(crate::tenant_import::ImportArgs),
-    /// Start an imported tenant's walproposer again (after `strata stop`).
+    /// Start an imported tenant's walproposer again (`strata start` does it for every
+    /// imported tenant; this is for a walproposer that could not start then).
     Reconnect(crate::tenant_import::ReconnectArgs),
+    /// Hand an imported source back: its synchronous_standby_names no longer names Strata,
+    /// what it acknowledged is streamed, the walproposer and the slot go; the tenant stays
+    /// readable in Strata with the history up to now. Works with the cluster stopped too.
+    Detach(crate::tenant_import::DetachArgs),
 }
 
 #[derive(Args, Debug)]
@@ -43,6 +48,7 @@ pub fn run(dir: &Path, cmd: TenantCommand, out: &Output) -> Result<()> {
         TenantCommand::List => list(dir, out),
         TenantCommand::Import(a) => crate::tenant_import::run(dir, a, out),
         TenantCommand::Reconnect(a) => crate::tenant_import::reconnect(dir, a, out),
+        TenantCommand::Detach(a) => crate::tenant_import::detach(dir, a, out),
     }
 }
 

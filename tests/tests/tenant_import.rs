@@ -2,50 +2,54 @@
 //! pgbench runs against a vanilla Postgres (the harness's PgCluster) before, during and after
 //! the import; once the writes stop and the pageserver has the source's WAL up to its current
 //! position, `pg_dump` of a Strata read-only compute equals `pg_dump` of the source.
+//!
+//! And the source is never left unable to commit: it keeps committing across `strata stop` /
+//! `strata start` and a compute start of another branch, and `strata tenant detach` hands it
+//! back (with the cluster running or stopped) with every acknowledged commit readable in
+//! Strata.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use strata_tests::cluster::{scratch_dir, StrataCli};
+use strata_tests::cluster::{on_new_cluster, psql, StrataCli};
 use strata_tests::pg::pg_bin_dir;
 use strata_tests::{InitOptions, PgCluster};
 use walproto::Lsn;
 
-/// The shared CLI driver, plus this test's own helpers.
-struct Strata(StrataCli);
-
-impl std::ops::Deref for Strata {
-    type Target = StrataCli;
-    fn deref(&self) -> &StrataCli {
-        &self.0
+/// Waits until the pageserver has ingested the branch up to `lsn`.
+fn wait_ingested(s: &StrataCli, branch: &str, lsn: Lsn) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let st = s.json(&["status"])?;
+        let at: Option<Lsn> = st["branches"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["branch"] == branch)
+            .and_then(|b| b["last_record_end"].as_str()?.parse().ok());
+        if at.is_some_and(|a| a >= lsn) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the pageserver has {branch} only up to {at:?}, not {lsn}:\n{st:#}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-impl Strata {
-    /// Waits until the pageserver has ingested the branch up to `lsn`.
-    fn wait_ingested(&self, branch: &str, lsn: Lsn) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let st = self.json(&["status"])?;
-            let at: Option<Lsn> = st["branches"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|b| b["branch"] == branch)
-                .and_then(|b| b["last_record_end"].as_str()?.parse().ok());
-            if at.is_some_and(|a| a >= lsn) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the pageserver has {branch} only up to {at:?}, not {lsn}:\n{st:#}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
+/// Runs `scenario` on a new cluster; on failure prints the tails of the cluster's logs.
+fn on_cluster(prefix: &str, scenario: impl FnOnce(&StrataCli) -> Result<()>) -> Result<()> {
+    on_new_cluster(prefix, |s| {
+        let result = scenario(s);
+        if result.is_err() {
+            eprintln!("{}", logs(&s.dir));
         }
-    }
+        result
+    })
 }
 
 fn pg_dump(args: &[&str]) -> Result<String> {
@@ -98,21 +102,10 @@ fn writer(sock: String, port: u16, stop: Arc<AtomicBool>) -> Result<u32> {
 
 #[test]
 fn import_of_a_running_postgres_that_keeps_writing() -> Result<()> {
-    let tmp = scratch_dir("strata-import-")?;
-    let s = Strata(StrataCli::new(&tmp.path().join("cluster"))?);
-    s.run(&["init"])?;
-    let result = scenario(&s);
-    let _ = s.run(&["stop"]);
-    if result.is_err() {
-        eprintln!("{}", logs(&s.dir));
-        if std::env::var_os("STRATA_KEEP_TMP").is_some() {
-            eprintln!("STRATA_KEEP_TMP: keeping {}", tmp.keep().display());
-        }
-    }
-    result
+    on_cluster("strata-import-", scenario)
 }
 
-fn scenario(s: &Strata) -> Result<()> {
+fn scenario(s: &StrataCli) -> Result<()> {
     s.run(&["start"])?;
     // Frequent checkpoints: the source would recycle the WAL the walproposer still needs if
     // the import's replication slot did not hold it.
@@ -194,7 +187,7 @@ fn scenario(s: &Strata) -> Result<()> {
         &src.port().to_string(),
     ])?;
     let target = src.current_wal_lsn()?;
-    s.wait_ingested("main", target)?;
+    wait_ingested(s, "main", target)?;
     let c = s.json(&["compute", "start", "main", "--read-only", "--name", "check"])?;
     let port = c["port"].as_u64().context("port")? as u16;
     let strata_dump = pg_dump(&["-h", "127.0.0.1", "-p", &port.to_string()])?;
@@ -231,11 +224,15 @@ fn scenario(s: &Strata) -> Result<()> {
         "strata stop stopped the import's walproposer"
     );
 
-    // After a restart of the cluster the walproposer resumes from the source's slot; the
-    // source's commits flow again.
+    // `strata start` starts the walproposer again, from the source's slot; the source's
+    // commits flow again.
     s.run(&["start"])?;
-    s.run(&["tenant", "reconnect"])?;
-    ensure!(pid.exists(), "tenant reconnect started the walproposer");
+    ensure!(pid.exists(), "strata start started the walproposer");
+    let again = s.json(&["tenant", "reconnect"])?;
+    ensure!(
+        again["started"] == false,
+        "reconnect of a running import: {again}"
+    );
     src.psql(
         "INSERT INTO after_import SELECT g, 'again' FROM generate_series(5001, 6000) g;
          UPDATE pgbench_accounts SET abalance = abalance - 7 WHERE aid % 10 = 0;",
@@ -247,7 +244,7 @@ fn scenario(s: &Strata) -> Result<()> {
         &src.port().to_string(),
     ])?;
     let target = src.current_wal_lsn()?;
-    s.wait_ingested("main", target)?;
+    wait_ingested(s, "main", target)?;
     let c = s.json(&[
         "compute",
         "start",
@@ -282,4 +279,249 @@ fn logs(cluster: &Path) -> String {
         }
     }
     s
+}
+
+/// A statement on the source in its own psql, which may wait (for a synchronous standby).
+struct Pending {
+    child: Child,
+    sql: String,
+}
+
+impl Pending {
+    fn start(src: &PgCluster, sql: &str) -> Result<Pending> {
+        let child = src
+            .command("psql")
+            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-U", "postgres"])
+            .args(["-h", &src.socket_dir().display().to_string()])
+            .args(["-p", &src.port().to_string(), "-d", "postgres", "-c", sql])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning psql")?;
+        Ok(Pending {
+            child,
+            sql: sql.to_string(),
+        })
+    }
+
+    fn waiting(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_none())
+    }
+
+    /// Waits for the statement to return, at most `timeout`; it must have succeeded.
+    fn finish_within(mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.waiting()? {
+            if Instant::now() > deadline {
+                bail!(
+                    "the source's commit did not return within {timeout:?} (it waits for its \
+                     synchronous standby): {}",
+                    self.sql
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut stderr)?;
+        }
+        let status = self.child.wait()?;
+        ensure!(
+            status.success() && !stderr.contains("synchronous replication"),
+            "{} on the source: {status}: {stderr}",
+            self.sql
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A commit on the source that must return within `timeout`.
+fn commit_within(src: &PgCluster, sql: &str, timeout: Duration) -> Result<()> {
+    Pending::start(src, sql)?.finish_within(timeout)
+}
+
+const COMMIT_DEADLINE: Duration = Duration::from_secs(20);
+
+/// A source with a table `t` of 100 rows, imported as tenant `main` with --configure-sync.
+fn imported_source(s: &StrataCli) -> Result<PgCluster> {
+    s.run(&["start"])?;
+    let src = PgCluster::init(&InitOptions::default())?;
+    src.start()?;
+    src.psql(
+        "CREATE TABLE t(id int PRIMARY KEY, note text);
+         INSERT INTO t SELECT g, 'before import' FROM generate_series(1, 100) g;",
+    )?;
+    s.json(&[
+        "tenant",
+        "import",
+        "--from",
+        &src.connstr("postgres"),
+        "--configure-sync",
+    ])?;
+    commit_within(
+        &src,
+        "INSERT INTO t SELECT g, 'imported' FROM generate_series(101, 200) g",
+        COMMIT_DEADLINE,
+    )?;
+    Ok(src)
+}
+
+/// `SELECT sql` on a read-only compute of `main` at the latest committed LSN.
+fn query_strata(s: &StrataCli, name: &str, sql: &str) -> Result<String> {
+    let c = s.json(&["compute", "start", "main", "--read-only", "--name", name])?;
+    let port = c["port"].as_u64().context("port")? as u16;
+    let rows = psql(port, sql);
+    s.run(&["compute", "stop", name])?;
+    rows
+}
+
+/// `strata ARGS`; its stderr (warnings, progress) as well as its success.
+fn strata_stderr(s: &StrataCli, args: &[&str]) -> Result<String> {
+    let out = Command::new(&s.bin)
+        .arg("--dir")
+        .arg(&s.dir)
+        .args(args)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(out.status.success(), "strata {args:?}: {stderr}");
+    Ok(stderr)
+}
+
+fn sync_names(src: &PgCluster) -> Result<String> {
+    Ok(src
+        .psql("SHOW synchronous_standby_names")?
+        .trim()
+        .to_string())
+}
+
+fn slots(src: &PgCluster) -> Result<String> {
+    Ok(src
+        .psql("SELECT count(*) FROM pg_replication_slots")?
+        .trim()
+        .to_string())
+}
+
+/// Issue 17 item 7: a restart of the cluster and a compute start of another branch used to
+/// forget the import (its record deleted as a stopped compute's), and every commit of the
+/// source then waited for ever.
+#[test]
+fn imported_source_commits_across_a_cluster_restart() -> Result<()> {
+    on_cluster("strata-import-restart-", |s| {
+        let src = imported_source(s)?;
+        let warned = strata_stderr(s, &["stop"])?;
+        s.run(&["start"])?;
+        s.run(&["branch", "create", "b1"])?;
+        s.json(&["compute", "start", "b1"])?;
+        commit_within(
+            &src,
+            "INSERT INTO t SELECT g, 'after restart' FROM generate_series(201, 300) g",
+            COMMIT_DEADLINE,
+        )?;
+        let refused = s.run(&["compute", "stop", "import-main"]);
+        ensure!(
+            refused
+                .as_ref()
+                .is_err_and(|e| format!("{e:#}").contains("strata tenant detach main")),
+            "compute stop of the import's walproposer is refused: {refused:?}"
+        );
+        wait_ingested(s, "main", src.current_wal_lsn()?)?;
+        let rows = query_strata(s, "check", "SELECT count(*) FROM t")?;
+        ensure!(rows == "300", "Strata has {rows} of the source's 300 rows");
+        ensure!(
+            warned.contains("tenant main streams the imported Postgres")
+                && warned.contains(&src.connstr("postgres"))
+                && warned.contains("strata tenant detach main"),
+            "strata stop warns that the source's commits wait: {warned}"
+        );
+        Ok(())
+    })
+}
+
+/// `strata tenant detach` with the cluster running: the source no longer names Strata, its
+/// slot is gone, what it committed before is readable in Strata, and it commits with the
+/// cluster stopped. A second detach does nothing.
+#[test]
+fn tenant_detach_hands_the_source_back() -> Result<()> {
+    on_cluster("strata-import-detach-", |s| {
+        let src = imported_source(s)?;
+        let detached = s.json(&["tenant", "detach"])?;
+        ensure!(
+            detached["was_attached"] == true && detached["streamed_to"].is_string(),
+            "{detached}"
+        );
+        ensure!(
+            sync_names(&src)?.is_empty(),
+            "synchronous_standby_names cleared"
+        );
+        ensure!(slots(&src)? == "0", "the import's slot is dropped");
+        let again = s.json(&["tenant", "detach"])?;
+        ensure!(again["was_attached"] == false, "detach again: {again}");
+        let streamed_to = detached["streamed_to"].as_str().unwrap_or_default();
+        wait_ingested(s, "main", streamed_to.parse()?)?;
+        let rows = query_strata(s, "check", "SELECT count(*) FROM t")?;
+        ensure!(
+            rows == "200",
+            "Strata has {rows} of the 200 rows committed before the detach"
+        );
+        let status = s.json(&["status"])?;
+        ensure!(
+            !status.to_string().contains("import-main"),
+            "the walproposer is no longer listed: {status}"
+        );
+        s.run(&["stop"])?;
+        commit_within(
+            &src,
+            "INSERT INTO t VALUES (1000, 'cluster stopped')",
+            COMMIT_DEADLINE,
+        )
+    })
+}
+
+/// `strata tenant detach` with the cluster stopped: the commit the source was waiting with
+/// returns, the setting and the slot are gone, and `strata start` does not reconnect.
+#[test]
+fn tenant_detach_with_the_cluster_stopped_releases_waiting_commits() -> Result<()> {
+    on_cluster("strata-import-detach-stopped-", |s| {
+        let src = imported_source(s)?;
+        s.run(&["stop"])?;
+        let mut waiting = Pending::start(&src, "INSERT INTO t VALUES (1000, 'waiting')")?;
+        std::thread::sleep(Duration::from_secs(2));
+        ensure!(
+            waiting.waiting()?,
+            "with the cluster stopped, the source's commit waits for Strata"
+        );
+        s.json(&["tenant", "detach", "main"])?;
+        waiting.finish_within(COMMIT_DEADLINE)?;
+        ensure!(
+            sync_names(&src)?.is_empty(),
+            "synchronous_standby_names cleared"
+        );
+        ensure!(slots(&src)? == "0", "the import's slot is dropped");
+        commit_within(
+            &src,
+            "INSERT INTO t VALUES (1001, 'after')",
+            COMMIT_DEADLINE,
+        )?;
+        s.run(&["start"])?;
+        ensure!(
+            !s.dir
+                .join("run/compute-import-main-walproposer.pid")
+                .exists(),
+            "strata start does not reconnect a detached source"
+        );
+        let rows = query_strata(s, "check", "SELECT count(*) FROM t")?;
+        ensure!(
+            rows == "200",
+            "Strata has {rows} of the 200 rows committed before the stop"
+        );
+        Ok(())
+    })
 }

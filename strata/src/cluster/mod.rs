@@ -198,11 +198,12 @@ pub fn start(dir: &Path) -> Result<()> {
             cfg.pageserver.grpc_addr()
         );
     }
-    Ok(())
+    crate::tenant_import::reconnect_all(dir, &cfg, &crate::output::Output::new(false))
 }
 
 pub fn stop(dir: &Path) -> Result<()> {
     let cfg = ClusterConfig::load(dir)?;
+    crate::tenant_import::warn_before_stop(dir)?;
     // Computes first: they depend on the safekeepers for every commit.
     crate::compute_cmd::stop_all(dir, &cfg)?;
     // The pageserver before the safekeepers it streams from.
