@@ -53,7 +53,7 @@ pub struct ImportArgs {
     #[arg(long, value_name = "CONNSTR")]
     pub from: String,
     /// The tenant's name (default: "main" for the first tenant, else required).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::names::new_tenant_name)]
     pub name: Option<String>,
     /// Set the source's synchronous_standby_names to the walproposer (ALTER SYSTEM and
     /// pg_reload_conf) right before the walproposer starts; without it the import requires
