@@ -18,7 +18,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use strata_tests::cluster::{psql, scratch_dir, StrataCli};
+use strata_tests::cluster::{on_new_cluster, psql, scratch_dir, StrataCli};
 use strata_tests::pg::pg_bin_dir;
 
 /// Runs one SQL command, failing if it has not finished within `limit` (psql is killed).
@@ -117,24 +117,19 @@ fn on_cluster(
     setup: impl FnOnce(&Path) -> Result<()>,
     scenario: impl FnOnce(&StrataCli, u16) -> Result<()>,
 ) -> Result<()> {
-    let tmp = scratch_dir(prefix)?;
-    let s = StrataCli::new(&tmp.path().join("cluster"))?;
-    s.run(&["init"])?;
-    let result = setup(&s.dir).and_then(|()| {
-        s.run(&["start"])?;
-        s.run(&["tenant", "create"])?;
-        let c = s.json(&["compute", "start", "main"])?;
-        let port = c["port"].as_u64().context("the compute's port")? as u16;
-        scenario(&s, port)
-    });
-    let _ = s.run(&["stop"]);
-    if result.is_err() {
-        eprintln!("{}", logs(&s.dir));
-        if std::env::var_os("STRATA_KEEP_TMP").is_some() {
-            eprintln!("STRATA_KEEP_TMP: keeping {}", tmp.keep().display());
+    on_new_cluster(prefix, |s| {
+        let result = setup(&s.dir).and_then(|()| {
+            s.run(&["start"])?;
+            s.run(&["tenant", "create"])?;
+            let c = s.json(&["compute", "start", "main"])?;
+            let port = c["port"].as_u64().context("the compute's port")? as u16;
+            scenario(s, port)
+        });
+        if result.is_err() {
+            eprintln!("{}", logs(&s.dir));
         }
-    }
-    result
+        result
+    })
 }
 
 #[test]
