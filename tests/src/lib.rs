@@ -6,6 +6,7 @@
 //! - [`index_workload`]: every index access method on one table, for benchmarks.
 //! - [`waldump`]: running and parsing `pg_waldump` / `strata waldump`, and comparing them.
 //! - [`redo_run`]: a short SQL workload on a fresh cluster, for one resource manager's redo.
+//! - [`soak`]: the randomized fault soak (ledger, fault injector, report).
 //! - [`walgen`]: small pgbench WAL samples for benchmarks and fuzz seeds.
 
 pub mod cluster;
@@ -13,6 +14,7 @@ pub mod index_workload;
 pub mod os_user;
 pub mod pg;
 pub mod redo_run;
+pub mod soak;
 pub mod waldump;
 pub mod walgen;
 pub mod workload;

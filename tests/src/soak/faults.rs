@@ -1,0 +1,265 @@
+//! The fault injector: one fault at a time, chosen by the seeded generator, each healed within
+//! a bounded time (SIGCONT after a pause, the filler removed, or — for a SIGKILL — the
+//! cluster's own supervisor restarting the process; the soak restarts nothing). So at most one
+//! minority is down at a time, plus occasional 2-of-3 safekeeper outages. After each fault
+//! heals, a commit must be acknowledged within the wedge deadline.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::components::{signal, wait_gone, Component};
+use super::disk::SmallDisk;
+use super::ledger::Ledger;
+use super::rng::SoakRng;
+
+/// How long a killed process may stay down before the soak calls it not restarted.
+pub const RESTART_DEADLINE: Duration = Duration::from_secs(60);
+/// How long after a fault healed commits may stay stalled before the soak calls it a wedge.
+pub const WEDGE_DEADLINE: Duration = Duration::from_secs(60);
+/// A disk-full episode roughly this often (the first one early in the run).
+const DISK_FULL_EVERY: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    KillSafekeeper,
+    PauseSafekeeper,
+    KillPageserver,
+    PausePageserver,
+    KillWalproposer,
+    PauseWalproposer,
+    /// Two of three safekeepers stopped or killed together: commits stall until they are back.
+    QuorumOutage,
+    /// The small disk of two safekeepers filled, then freed.
+    DiskFull,
+}
+
+impl FaultKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::KillSafekeeper => "safekeeper SIGKILL",
+            FaultKind::PauseSafekeeper => "safekeeper SIGSTOP",
+            FaultKind::KillPageserver => "pageserver SIGKILL",
+            FaultKind::PausePageserver => "pageserver SIGSTOP",
+            FaultKind::KillWalproposer => "walproposer SIGKILL",
+            FaultKind::PauseWalproposer => "walproposer SIGSTOP",
+            FaultKind::QuorumOutage => "2 of 3 safekeepers down",
+            FaultKind::DiskFull => "disk full (2 of 3 safekeepers)",
+        }
+    }
+}
+
+/// The random choice among faults (the disk-full episode is scheduled, not drawn).
+const DRAWN: [(FaultKind, u64); 7] = [
+    (FaultKind::KillSafekeeper, 3),
+    (FaultKind::PauseSafekeeper, 3),
+    (FaultKind::KillPageserver, 2),
+    (FaultKind::PausePageserver, 2),
+    (FaultKind::KillWalproposer, 2),
+    (FaultKind::PauseWalproposer, 1),
+    (FaultKind::QuorumOutage, 1),
+];
+
+/// Sends SIGCONT to what it stopped, even when the soak fails in between.
+struct Paused(Vec<i32>);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = signal(*pid, libc::SIGCONT);
+        }
+    }
+}
+
+pub struct Injector<'a> {
+    pub cluster: PathBuf,
+    pub compute: String,
+    pub safekeepers: Vec<u64>,
+    pub disk: Option<&'a SmallDisk>,
+    pub ledger: Ledger,
+    pub rng: SoakRng,
+    /// Faults injected so far, by kind.
+    pub counts: BTreeMap<FaultKind, u32>,
+    started: Instant,
+}
+
+impl<'a> Injector<'a> {
+    pub fn new(
+        cluster: &Path,
+        compute: &str,
+        safekeepers: Vec<u64>,
+        disk: Option<&'a SmallDisk>,
+        ledger: Ledger,
+        seed: u64,
+    ) -> Injector<'a> {
+        Injector {
+            cluster: cluster.to_path_buf(),
+            compute: compute.to_string(),
+            safekeepers,
+            disk,
+            ledger,
+            rng: SoakRng::new(seed),
+            counts: BTreeMap::new(),
+            started: Instant::now(),
+        }
+    }
+
+    fn log(&self, what: &str) {
+        eprintln!(
+            "soak [{:7.1} s] {what}",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Injects faults for `duration`; fails on the first component not restarted or wedge.
+    pub fn run(&mut self, duration: Duration) -> Result<()> {
+        self.started = Instant::now();
+        let end = self.started + duration;
+        let first_disk = duration.mul_f64(0.2 + 0.4 * self.rng.below(1000) as f64 / 1000.0);
+        let mut disk_due = self
+            .disk
+            .map(|_| self.started + first_disk.min(DISK_FULL_EVERY));
+        while Instant::now() < end {
+            let calm = self
+                .rng
+                .between(Duration::from_millis(500), Duration::from_secs(3));
+            std::thread::sleep(calm);
+            let kind = match disk_due {
+                Some(due) if Instant::now() >= due => {
+                    disk_due = Some(Instant::now() + DISK_FULL_EVERY);
+                    FaultKind::DiskFull
+                }
+                _ => {
+                    let weights: Vec<u64> = DRAWN.iter().map(|(_, w)| *w).collect();
+                    DRAWN[self.rng.weighted(&weights)].0
+                }
+            };
+            let healed = self
+                .inject(kind)
+                .with_context(|| format!("fault {}", kind.name()))?;
+            *self.counts.entry(kind).or_default() += 1;
+            self.ledger.wait_for_ack_after(
+                healed,
+                WEDGE_DEADLINE,
+                &format!("{} healed", kind.name()),
+            )?;
+            self.log(&format!(
+                "  first commit {:.2} s after it healed",
+                self.ledger
+                    .last_ack()
+                    .map(|t| t.saturating_duration_since(healed).as_secs_f64())
+                    .unwrap_or_default()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Injects one fault and heals it; when it was healed.
+    fn inject(&mut self, kind: FaultKind) -> Result<Instant> {
+        let sk = |me: &mut Self| {
+            let i = me.rng.below(me.safekeepers.len() as u64) as usize;
+            Component::Safekeeper(me.safekeepers[i])
+        };
+        let wp = Component::Walproposer(self.compute.clone());
+        match kind {
+            FaultKind::KillSafekeeper => {
+                let c = sk(self);
+                self.kill(&[c])
+            }
+            FaultKind::PauseSafekeeper => {
+                let c = sk(self);
+                self.pause(&[c], Duration::from_secs(1), Duration::from_secs(10))
+            }
+            FaultKind::KillPageserver => self.kill(&[Component::Pageserver]),
+            FaultKind::PausePageserver => self.pause(
+                &[Component::Pageserver],
+                Duration::from_secs(1),
+                Duration::from_secs(10),
+            ),
+            FaultKind::KillWalproposer => self.kill(&[wp]),
+            FaultKind::PauseWalproposer => {
+                self.pause(&[wp], Duration::from_secs(1), Duration::from_secs(5))
+            }
+            FaultKind::QuorumOutage => {
+                let spared = self.rng.below(self.safekeepers.len() as u64) as usize;
+                let two: Vec<Component> = (0..self.safekeepers.len())
+                    .filter(|i| *i != spared)
+                    .map(|i| Component::Safekeeper(self.safekeepers[i]))
+                    .collect();
+                if self.rng.below(3) == 0 {
+                    self.kill(&two)
+                } else {
+                    self.pause(&two, Duration::from_secs(2), Duration::from_secs(15))
+                }
+            }
+            FaultKind::DiskFull => self.disk_full(),
+        }
+    }
+
+    fn pid(&self, c: &Component) -> Result<i32> {
+        c.running_pid(&self.cluster)
+            .with_context(|| format!("{c} is not running before the fault"))
+    }
+
+    /// SIGKILL, then wait until the supervisor started each again.
+    fn kill(&mut self, targets: &[Component]) -> Result<Instant> {
+        let mut killed = Vec::new();
+        for c in targets {
+            let pid = self.pid(c)?;
+            signal(pid, libc::SIGKILL)?;
+            self.log(&format!("SIGKILL {c} (pid {pid})"));
+            killed.push((c, pid));
+        }
+        for (_, pid) in &killed {
+            wait_gone(*pid, Duration::from_secs(10))?;
+        }
+        let t0 = Instant::now();
+        for (c, pid) in &killed {
+            let new = c.wait_restarted(&self.cluster, *pid, RESTART_DEADLINE)?;
+            self.log(&format!(
+                "  {c} back by itself as pid {new} after {:.2} s",
+                t0.elapsed().as_secs_f64()
+            ));
+        }
+        Ok(Instant::now())
+    }
+
+    /// SIGSTOP, a random pause in `lo..=hi`, SIGCONT.
+    fn pause(&mut self, targets: &[Component], lo: Duration, hi: Duration) -> Result<Instant> {
+        let pause = self.rng.between(lo, hi);
+        let mut paused = Paused(Vec::new());
+        for c in targets {
+            let pid = self.pid(c)?;
+            signal(pid, libc::SIGSTOP)?;
+            paused.0.push(pid);
+            self.log(&format!("SIGSTOP {c} (pid {pid}) for {pause:?}"));
+        }
+        std::thread::sleep(pause);
+        drop(paused);
+        Ok(Instant::now())
+    }
+
+    fn disk_full(&mut self) -> Result<Instant> {
+        let disk = self.disk.context("no small disk mounted")?;
+        let hold = self
+            .rng
+            .between(Duration::from_secs(3), Duration::from_secs(12));
+        let bytes = match disk.fill() {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = disk.free();
+                return Err(e);
+            }
+        };
+        self.log(&format!(
+            "disk full: filler of {} MiB, held {hold:?}",
+            bytes >> 20
+        ));
+        std::thread::sleep(hold);
+        disk.free()?;
+        self.log("  filler removed");
+        Ok(Instant::now())
+    }
+}
