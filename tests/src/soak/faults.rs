@@ -136,10 +136,18 @@ impl<'a> Injector<'a> {
                     DRAWN[self.rng.weighted(&weights)].0
                 }
             };
+            let acked_before = self.ledger.acknowledged_count();
             let healed = self
                 .inject(kind)
                 .with_context(|| format!("fault {}", kind.name()))?;
             *self.counts.entry(kind).or_default() += 1;
+            let during = self
+                .ledger
+                .acknowledged_count()
+                .saturating_sub(acked_before);
+            self.log(&format!(
+                "  healed; {during} commits acknowledged during the fault"
+            ));
             self.ledger.wait_for_ack_after(
                 healed,
                 WEDGE_DEADLINE,
