@@ -5,15 +5,16 @@
 //! heals, a commit must be acknowledged within the wedge deadline.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 
 use super::components::{signal, wait_gone, Component};
 use super::disk::SmallDisk;
 use super::ledger::Ledger;
 use super::rng::SoakRng;
+use crate::cluster::StrataCli;
 
 /// How long a killed process may stay down before the soak calls it not restarted.
 pub const RESTART_DEADLINE: Duration = Duration::from_secs(60);
@@ -74,6 +75,7 @@ impl Drop for Paused {
 }
 
 pub struct Injector<'a> {
+    cli: &'a StrataCli,
     pub cluster: PathBuf,
     pub compute: String,
     pub safekeepers: Vec<u64>,
@@ -87,7 +89,7 @@ pub struct Injector<'a> {
 
 impl<'a> Injector<'a> {
     pub fn new(
-        cluster: &Path,
+        cli: &'a StrataCli,
         compute: &str,
         safekeepers: Vec<u64>,
         disk: Option<&'a SmallDisk>,
@@ -95,7 +97,8 @@ impl<'a> Injector<'a> {
         seed: u64,
     ) -> Injector<'a> {
         Injector {
-            cluster: cluster.to_path_buf(),
+            cli,
+            cluster: cli.dir.clone(),
             compute: compute.to_string(),
             safekeepers,
             disk,
@@ -126,6 +129,9 @@ impl<'a> Injector<'a> {
                 .rng
                 .between(Duration::from_millis(500), Duration::from_secs(3));
             std::thread::sleep(calm);
+            // A process still down (restarting after a crash of its own) plus a new fault could
+            // make two minorities: every fault starts from a whole cluster.
+            self.wait_all_running(RESTART_DEADLINE, "before the next fault")?;
             let kind = match disk_due {
                 Some(due) if Instant::now() >= due => {
                     disk_due = Some(Instant::now() + DISK_FULL_EVERY);
@@ -203,6 +209,44 @@ impl<'a> Injector<'a> {
                 }
             }
             FaultKind::DiskFull => self.disk_full(),
+        }
+    }
+
+    /// Every process of the cluster: safekeepers, pageserver, the compute's Postgres and
+    /// walproposer.
+    fn components(&self) -> Vec<Component> {
+        let mut all: Vec<Component> = self
+            .safekeepers
+            .iter()
+            .map(|id| Component::Safekeeper(*id))
+            .collect();
+        all.push(Component::Pageserver);
+        all.push(Component::Postgres(self.compute.clone()));
+        all.push(Component::Walproposer(self.compute.clone()));
+        all
+    }
+
+    /// Waits until every component runs (restarted by the cluster itself, not by the soak) and
+    /// `strata status` says so, at most `deadline`.
+    pub fn wait_all_running(&self, deadline: Duration, when: &str) -> Result<()> {
+        let until = Instant::now() + deadline;
+        loop {
+            let down: Vec<String> = self
+                .components()
+                .iter()
+                .filter(|c| c.running_pid(&self.cluster).is_none())
+                .map(|c| c.to_string())
+                .collect();
+            let status = self.cli.run(&["status"]);
+            if down.is_empty() && status.is_ok() {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < until,
+                "{when}: not every component runs after {deadline:?}: down {down:?}; \
+                 strata status: {status:?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
         }
     }
 

@@ -18,10 +18,9 @@ pub mod rng;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::cluster::{psql, StrataCli};
-use components::Component;
 use disk::SmallDisk;
 use faults::{Injector, RESTART_DEADLINE, WEDGE_DEADLINE};
 use ledger::{Ledger, Writers};
@@ -83,7 +82,7 @@ pub fn run(s: &StrataCli, disk: &SmallDisk, cfg: &SoakConfig) -> Result<SoakRepo
     let writes_began = Instant::now();
     let writers = Writers::start(port, cfg.writers, &ledger);
     let mut injector = Injector::new(
-        &s.dir,
+        s,
         &compute,
         components::safekeeper_ids(&s.dir)?,
         Some(disk),
@@ -93,18 +92,7 @@ pub fn run(s: &StrataCli, disk: &SmallDisk, cfg: &SoakConfig) -> Result<SoakRepo
     let faulted = (|| {
         ledger.wait_for_ack_after(writes_began, WEDGE_DEADLINE, "the writers started")?;
         injector.run(Duration::from_secs(cfg.fault_secs))?;
-        let mut all = vec![
-            Component::Pageserver,
-            Component::Walproposer(compute.clone()),
-            Component::Postgres(compute.clone()),
-        ];
-        all.extend(
-            injector
-                .safekeepers
-                .iter()
-                .map(|id| Component::Safekeeper(*id)),
-        );
-        wait_all_running(s, &all, RESTART_DEADLINE)?;
+        injector.wait_all_running(RESTART_DEADLINE, "after the last fault")?;
         ledger.wait_for_ack_after(Instant::now(), WEDGE_DEADLINE, "the last fault")?;
         std::thread::sleep(FINAL_WRITES);
         Ok(())
@@ -170,27 +158,4 @@ fn present_ids(port: u16) -> Result<Vec<u64>> {
         .filter(|l| !l.is_empty())
         .map(|l| l.parse::<u64>().with_context(|| format!("id {l:?}")))
         .collect()
-}
-
-/// Waits until every component runs (restarted by the cluster itself) and `strata status`
-/// says so, at most `deadline`.
-fn wait_all_running(s: &StrataCli, all: &[Component], deadline: Duration) -> Result<()> {
-    let until = Instant::now() + deadline;
-    loop {
-        let down: Vec<String> = all
-            .iter()
-            .filter(|c| c.running_pid(&s.dir).is_none())
-            .map(|c| c.to_string())
-            .collect();
-        let status = s.run(&["status"]);
-        if down.is_empty() && status.is_ok() {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < until,
-            "not every component runs {deadline:?} after the faults ended: down {down:?}; \
-             strata status: {status:?}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
