@@ -20,8 +20,11 @@ use crate::cluster::StrataCli;
 pub const RESTART_DEADLINE: Duration = Duration::from_secs(60);
 /// How long after a fault healed commits may stay stalled before the soak calls it a wedge.
 pub const WEDGE_DEADLINE: Duration = Duration::from_secs(60);
-/// A disk-full episode roughly this often (the first one early in the run).
-const DISK_FULL_EVERY: Duration = Duration::from_secs(300);
+/// A typical fault's whole cycle (calm, fault, recovery): places the disk-full episodes by
+/// fault number, so the seed alone fixes the sequence of faults, whatever the timing.
+const TYPICAL_CYCLE: Duration = Duration::from_secs(6);
+/// A disk-full episode every this many faults (the first between 20% and 60% of the run).
+const DISK_FULL_EVERY: u64 = 50;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FaultKind {
@@ -120,11 +123,14 @@ impl<'a> Injector<'a> {
     pub fn run(&mut self, duration: Duration) -> Result<()> {
         self.started = Instant::now();
         let end = self.started + duration;
-        let first_disk = duration.mul_f64(0.2 + 0.4 * self.rng.below(1000) as f64 / 1000.0);
-        let mut disk_due = self
-            .disk
-            .map(|_| self.started + first_disk.min(DISK_FULL_EVERY));
-        while Instant::now() < end {
+        let expected = (duration.as_secs() / TYPICAL_CYCLE.as_secs()).max(1);
+        let first_disk = (expected / 5 + self.rng.below((expected * 2 / 5).max(1)))
+            .min(DISK_FULL_EVERY.saturating_sub(1));
+        let mut number = 0u64;
+        // A run whose faults were slower than typical still gets its disk-full episode.
+        let disk_owed =
+            |me: &Self| me.disk.is_some() && !me.counts.contains_key(&FaultKind::DiskFull);
+        while Instant::now() < end || disk_owed(self) {
             let calm = self
                 .rng
                 .between(Duration::from_millis(500), Duration::from_secs(3));
@@ -132,15 +138,13 @@ impl<'a> Injector<'a> {
             // A process still down (restarting after a crash of its own) plus a new fault could
             // make two minorities: every fault starts from a whole cluster.
             self.wait_all_running(RESTART_DEADLINE, "before the next fault")?;
-            let kind = match disk_due {
-                Some(due) if Instant::now() >= due => {
-                    disk_due = Some(Instant::now() + DISK_FULL_EVERY);
-                    FaultKind::DiskFull
-                }
-                _ => {
-                    let weights: Vec<u64> = DRAWN.iter().map(|(_, w)| *w).collect();
-                    DRAWN[self.rng.weighted(&weights)].0
-                }
+            let disk_turn = number % DISK_FULL_EVERY == first_disk || Instant::now() >= end;
+            number = number.saturating_add(1);
+            let kind = if disk_turn && self.disk.is_some() {
+                FaultKind::DiskFull
+            } else {
+                let weights: Vec<u64> = DRAWN.iter().map(|(_, w)| *w).collect();
+                DRAWN[self.rng.weighted(&weights)].0
             };
             let acked_before = self.ledger.acknowledged_count();
             let healed = self
