@@ -94,11 +94,13 @@ fn collect_restarts(v: &serde_json::Value, path: &str, found: &mut Vec<(String, 
                 .find_map(|k| map.get(*k).and_then(|n| n.as_str()))
                 .map(str::to_string)
                 .unwrap_or_else(|| path.to_string());
+            // An object with its own count: its parts (e.g. `supervision`) repeat it.
+            if let Some(n) = map.get("restarts").and_then(|n| n.as_u64()) {
+                found.push((label, n));
+                return;
+            }
             for (k, child) in map {
-                match (k.as_str(), child.as_u64()) {
-                    ("restarts", Some(n)) => found.push((label.clone(), n)),
-                    _ => collect_restarts(child, &format!("{label}.{k}"), found),
-                }
+                collect_restarts(child, &format!("{label}.{k}"), found);
             }
         }
         serde_json::Value::Array(items) => {
@@ -117,14 +119,17 @@ mod tests {
     #[test]
     fn restarts_are_found_wherever_the_status_puts_them() {
         let st = serde_json::json!({
-            "services": [{"service": "safekeeper-1", "restarts": 2}, {"service": "pageserver"}],
+            "services": [
+                {"service": "safekeeper-1", "restarts": 2, "supervision": {"restarts": 2}},
+                {"service": "pageserver"},
+            ],
             "computes": [{"name": "main", "walproposer": {"restarts": 3}}],
         });
         assert_eq!(
             restarts_in_status(&st),
             vec![
-                ("safekeeper-1".to_string(), 2),
-                ("main.walproposer".to_string(), 3)
+                ("main.walproposer".to_string(), 3),
+                ("safekeeper-1".to_string(), 2)
             ]
         );
     }
