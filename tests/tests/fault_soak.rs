@@ -8,7 +8,8 @@
 
 use anyhow::{ensure, Result};
 use strata_tests::cluster::{scratch_dir, StrataCli};
-use strata_tests::soak::{self, components::safekeeper_ids, disk::SmallDisk, SoakConfig};
+use strata_tests::soak::components::{kill_leftovers, safekeeper_ids};
+use strata_tests::soak::{self, disk::SmallDisk, SoakConfig};
 
 /// Two of three safekeepers' directories share this much space.
 const SMALL_DISK: &str = "96m";
@@ -33,6 +34,10 @@ fn fault_soak_loses_no_acknowledged_commit_and_heals_itself() -> Result<()> {
         }
     }
     let stopped = s.run(&["stop"]);
+    if stopped.is_err() {
+        let killed = kill_leftovers(&s.dir);
+        eprintln!("strata stop failed; SIGKILLed what still ran: {killed:?}");
+    }
     drop(disk);
     if result.is_err() && std::env::var_os("STRATA_KEEP_TMP").is_some() {
         eprintln!("STRATA_KEEP_TMP: keeping {}", tmp.keep().display());

@@ -126,3 +126,44 @@ pub fn wait_gone(pid: i32, deadline: Duration) -> Result<()> {
     }
     Ok(())
 }
+
+/// After a `strata stop` that failed (a wedged cluster can make it give up), SIGKILLs what
+/// still runs of this cluster so a failed soak leaks no daemons: every pid in `run/*.pid`
+/// and every compute's postmaster whose command line names the cluster directory (a pid
+/// file's pid may have been reused by an unrelated process). Returns what it killed.
+pub fn kill_leftovers(cluster: &Path) -> Vec<String> {
+    let mut pid_files: Vec<PathBuf> = std::fs::read_dir(cluster.join("run"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pid"))
+        .collect();
+    pid_files.extend(
+        std::fs::read_dir(cluster.join("computes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("data/postmaster.pid")),
+    );
+    let needle = cluster.to_string_lossy().into_owned();
+    let mut killed = Vec::new();
+    for f in pid_files {
+        let Some(pid) = std::fs::read_to_string(&f)
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
+            .filter(|p| *p > 0 && alive(*p))
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        if cmdline.contains(&needle) && signal(pid, libc::SIGKILL).is_ok() {
+            // Gone before the caller unmounts the disks it held open.
+            let _ = wait_gone(pid, Duration::from_secs(5));
+            killed.push(format!("{pid} ({})", f.display()));
+        }
+    }
+    killed
+}
