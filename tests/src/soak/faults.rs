@@ -138,7 +138,8 @@ impl<'a> Injector<'a> {
             // A process still down (restarting after a crash of its own) plus a new fault could
             // make two minorities: every fault starts from a whole cluster.
             self.wait_all_running(RESTART_DEADLINE, "before the next fault")?;
-            let disk_turn = number % DISK_FULL_EVERY == first_disk || Instant::now() >= end;
+            let disk_turn = number % DISK_FULL_EVERY == first_disk
+                || (Instant::now() >= end && disk_owed(self));
             number = number.saturating_add(1);
             let kind = if disk_turn && self.disk.is_some() {
                 FaultKind::DiskFull
