@@ -2,7 +2,8 @@
 //!
 //! Configuration comes from an optional TOML file (`--config`) with the same keys as the flags
 //! (`datadir`, `listen_grpc`, `listen_pg`, `id`, `remote_storage`, `s3_endpoint`, `s3_region`,
-//! `peers`, `partial_offload_interval_secs`, `runtime`); flags win. On start it prints
+//! `peers`, `partial_offload_interval_secs`, `runtime`, `max_connections`, `connection_threads`,
+//! `idle_timeout_secs`); flags win. On start it prints
 //! `safekeeper <id> listening on <addr>` to stdout (with the real port when asked for port 0),
 //! so scripts and tests can find it.
 
@@ -14,10 +15,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Deserialize;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 use tracing::info;
 
+use safekeeper::conn_threads::ConnLimits;
 use safekeeper::peers::Peer;
 use safekeeper::remote_storage::{RemoteStorage, S3Options};
 use safekeeper::service::{SafekeeperService, ServiceConfig};
@@ -72,6 +72,18 @@ struct Args {
     /// (control files, recovery) runs on a thread pool either way.
     #[arg(long, value_enum)]
     runtime: Option<RuntimeKind>,
+    /// gRPC connections open at once (default 1024). At the cap, the connection quiet the
+    /// longest is closed to admit a new one; if all are busy, the new one is refused.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// gRPC connections served each on its own thread with `--runtime per-connection`
+    /// (default 64); further ones are served on the shared runtime.
+    #[arg(long, value_name = "N")]
+    connection_threads: Option<usize>,
+    /// Seconds after which a gRPC connection that sent and received nothing is closed
+    /// (default 60; a walproposer pings every 5 s).
+    #[arg(long, value_name = "SECS")]
+    idle_timeout_secs: Option<u64>,
     /// TOML configuration file with the same keys as the flags.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -90,6 +102,9 @@ struct FileConfig {
     peers: Option<Vec<String>>,
     partial_offload_interval_secs: Option<u64>,
     runtime: Option<RuntimeKind>,
+    max_connections: Option<usize>,
+    connection_threads: Option<usize>,
+    idle_timeout_secs: Option<u64>,
 }
 
 /// The `--runtime` choices.
@@ -236,6 +251,12 @@ fn run() -> Result<()> {
     {
         config.partial_offload_interval = Duration::from_secs(secs);
     }
+    let limits = conn_limits(
+        kind,
+        args.max_connections.or(file.max_connections),
+        args.connection_threads.or(file.connection_threads),
+        args.idle_timeout_secs.or(file.idle_timeout_secs),
+    )?;
     let remote_url = args.remote_storage.or(file.remote_storage);
     rt.block_on(async move {
         // The S3 client wants a runtime even to be built.
@@ -243,7 +264,7 @@ fn run() -> Result<()> {
             config.remote = Some(RemoteStorage::parse(url, &s3)?);
         }
         info!(runtime = ?kind, "async runtime");
-        serve(datadir, listen, listen_pg, id, config, kind).await
+        serve(datadir, listen, listen_pg, id, config, limits).await
     })
 }
 
@@ -253,7 +274,7 @@ async fn serve(
     listen_pg: Option<SocketAddr>,
     id: u64,
     mut config: ServiceConfig,
-    kind: RuntimeKind,
+    limits: ConnLimits,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -294,65 +315,63 @@ async fn serve(
         }
         info!("shutting down");
     };
-    if kind == RuntimeKind::PerConnection {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let svc = service.clone();
-        let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let accept = safekeeper::conn_threads::serve(
-            listener,
-            move || grpc_server().add_service(svc.clone().into_server()),
-            stop_rx,
-            live.clone(),
-        );
-        tokio::pin!(accept);
-        tokio::select! {
-            r = &mut accept => r.context("accepting gRPC connections failed")?,
-            _ = shutdown => {
-                let _ = stop_tx.send(true);
-                // The connections shut down gracefully on their threads; a proposer's session
-                // never ends on its own: give in-flight calls a moment, then go on without them.
-                let deadline = tokio::time::Instant::now() + GRACE;
-                while live.load(std::sync::atomic::Ordering::Acquire) > 0 {
-                    if tokio::time::Instant::now() >= deadline {
-                        info!("proposer sessions still open after {GRACE:?}; closing them");
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let svc = service.clone();
+    let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    info!(?limits, "gRPC connection limits");
+    let accept = safekeeper::conn_threads::serve(
+        listener,
+        move || grpc_server().add_service(svc.clone().into_server()),
+        stop_rx,
+        live.clone(),
+        limits,
+    );
+    tokio::pin!(accept);
+    tokio::select! {
+        r = &mut accept => r.context("accepting gRPC connections failed")?,
+        _ = shutdown => {
+            let _ = stop_tx.send(true);
+            // The connections shut down gracefully; a proposer's session never ends on its
+            // own: give in-flight calls a moment, then go on without them.
+            let deadline = tokio::time::Instant::now() + GRACE;
+            while live.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                if tokio::time::Instant::now() >= deadline {
+                    info!("proposer sessions still open after {GRACE:?}; closing them");
+                    break;
                 }
-            }
-        }
-    } else {
-        // Appends are small and latency-bound: do not let Nagle's algorithm hold
-        // acknowledgements.
-        let incoming = TcpListenerStream::new(listener).map(|conn| {
-            if let Ok(c) = &conn {
-                let _ = c.set_nodelay(true);
-            }
-            conn
-        });
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = grpc_server()
-            .add_service(service.clone().into_server())
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stop_rx.await;
-            });
-        tokio::pin!(server);
-        tokio::select! {
-            r = &mut server => r.context("gRPC server failed")?,
-            _ = shutdown => {
-                let _ = stop_tx.send(());
-                // A graceful stop waits for every stream, and a proposer's session never ends
-                // on its own: give in-flight calls a moment, then go on without them.
-                match tokio::time::timeout(GRACE, &mut server).await {
-                    Ok(r) => r.context("gRPC server failed")?,
-                    Err(_) => info!("proposer sessions still open after {GRACE:?}; closing them"),
-                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
     safekeeper::offload::final_upload(service.open_timelines(), id, remote).await;
     tokio::task::spawn_blocking(move || service.shutdown()).await?;
     Ok(())
+}
+
+/// The connection limits from the flags and config file; dedicated connection threads only
+/// with `--runtime per-connection`.
+fn conn_limits(
+    kind: RuntimeKind,
+    max_connections: Option<usize>,
+    connection_threads: Option<usize>,
+    idle_timeout_secs: Option<u64>,
+) -> Result<ConnLimits> {
+    let default = ConnLimits::default();
+    let limits = ConnLimits {
+        dedicated_threads: match kind {
+            RuntimeKind::PerConnection => connection_threads.unwrap_or(default.dedicated_threads),
+            RuntimeKind::MultiThread | RuntimeKind::CurrentThread => 0,
+        },
+        max_connections: max_connections.unwrap_or(default.max_connections),
+        idle_timeout: idle_timeout_secs.map_or(default.idle_timeout, Duration::from_secs),
+    };
+    if limits.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    if limits.idle_timeout.is_zero() {
+        bail!("--idle-timeout-secs must be at least 1");
+    }
+    Ok(limits)
 }
 
 /// The gRPC server settings. Flow-control windows above anything a proposer keeps in flight

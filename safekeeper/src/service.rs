@@ -1,5 +1,12 @@
-//! The gRPC service: one acceptor per (tenant, timeline), created on the first greeting and kept
-//! under `<datadir>/<tenant>/<timeline>/`.
+//! The gRPC service: one acceptor per (tenant, timeline), kept under
+//! `<datadir>/<tenant>/<timeline>/`. A timeline is created only by a greeting that asks for it
+//! (`create_timeline`, set by the walproposer that owns it): any other greeting for a timeline
+//! this safekeeper does not hold fails with NOT_FOUND and leaves nothing on disk.
+//!
+//! A vote or election for a term that no later election could exceed (above
+//! [`walproto::term_history::MAX_TERM`], or a jump of more than
+//! [`walproto::term_history::MAX_TERM_STEP`]) is refused with INVALID_ARGUMENT before anything
+//! is persisted, so no single message can lock a timeline.
 //!
 //! A `Propose` stream is a session: greeting, optional vote, Elected, then appends. The session
 //! writes every append already received, fsyncs once for all of them, and answers with an
@@ -26,6 +33,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 use walproto::proto::safekeeper as pb;
 use walproto::proto::safekeeper::acceptor_message::Msg as Out;
 use walproto::proto::safekeeper::proposer_message::Msg as In;
+use walproto::term_history::term_raise_refusal;
 use walproto::Lsn;
 
 use crate::acceptor::{Acceptor, AcceptorError, GreetingInfo};
@@ -583,8 +591,15 @@ async fn session(
     };
     // Opening verifies it: a damaged timeline is quarantined here and recovered just below.
     let inner2 = inner.clone();
-    blocking(move || inner2.timeline(id, None)).await?;
-    if let Some(reason) = inner.quarantine_reason(id) {
+    let existing = blocking(move || inner2.timeline(id, None)).await?;
+    let quarantined = inner.quarantine_reason(id);
+    if existing.is_none() && quarantined.is_none() && !g.create_timeline {
+        return Err(Status::not_found(format!(
+            "timeline {id} does not exist on this safekeeper, and the greeting did not ask to \
+             create it (only its walproposer does)"
+        )));
+    }
+    if let Some(reason) = quarantined {
         if inner
             .timeline_dir(id)
             .join(crate::control_file::CONTROL_FILE_NAME)
@@ -664,6 +679,7 @@ async fn session(
         let Some(msg) = msg else { break };
         match msg.msg {
             Some(In::VoteRequest(v)) => {
+                refuse_unreachable_term(&tl, v.term)?;
                 let tl2 = tl.clone();
                 let vote = blocking(move || tl2.lock().vote(v.term)).await?;
                 info!(term = v.term, granted = vote.granted, flush_lsn = %vote.flush_lsn, "vote");
@@ -686,6 +702,7 @@ async fn session(
                 if elected.is_some() {
                     return Err(Status::invalid_argument("a second Elected in one session"));
                 }
+                refuse_unreachable_term(&tl, e.term)?;
                 let (term, start, trunc) =
                     (e.term, Lsn(e.start_streaming_at), Lsn(e.truncate_to_lsn));
                 let history = history_from_pb(e.term_history);
@@ -806,6 +823,22 @@ async fn session(
         }
     }
     Ok(())
+}
+
+/// Refuses a vote or election for a term no later election could exceed, or a jump toward
+/// one, before anything is persisted: one message must never lock the timeline.
+fn refuse_unreachable_term(tl: &Timeline, requested: u64) -> Result<(), Status> {
+    let current = tl.lock().state().term;
+    match term_raise_refusal(current, requested) {
+        None => Ok(()),
+        Some(why) => {
+            warn!(requested, current, "refused a term: {why}");
+            Err(Status::invalid_argument(format!(
+                "timeline {}: refused: {why}",
+                tl.id
+            )))
+        }
+    }
 }
 
 /// The next message if it has already arrived (never waits).

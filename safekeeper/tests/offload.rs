@@ -368,6 +368,7 @@ async fn a_timeline_is_not_created_without_a_majority_of_answers() {
             pg_timeline: 1,
             wal_seg_size: WAL_SEGMENT_SIZE as u32,
             acceptor_id: 0,
+            create_timeline: true,
         })),
     };
     let mut rx = client

@@ -58,6 +58,7 @@ async fn replicate(sk: &Safekeeper, sysid: u64, start: Lsn, wal: &[u8]) {
         pg_timeline: 1,
         wal_seg_size: WAL_SEGMENT_SIZE as u32,
         acceptor_id: 0,
+        create_timeline: true,
     });
     let (mut p, _) = Session::open_with(sk, greeting).await;
     assert!(p.vote(1).await.vote_granted);

@@ -10,6 +10,38 @@
 use crate::lsn::Lsn;
 use crate::proto::safekeeper as pb;
 
+/// The highest term an acceptor takes. Terms grow by one per election, so a term at the
+/// top of `u64` could never be exceeded and would lock its timeline for good.
+pub const MAX_TERM: u64 = i64::MAX as u64;
+
+/// The most one request may raise an acceptor's term: an election asks for one above the
+/// highest term of a majority, so a legitimate step is small; a hostile client needs billions
+/// of requests (each persisted) to push a timeline to [`MAX_TERM`].
+pub const MAX_TERM_STEP: u64 = 1 << 32;
+
+/// Why an acceptor at term `current` refuses to move to term `requested` (None: it may).
+pub fn term_raise_refusal(current: u64, requested: u64) -> Option<String> {
+    if requested > MAX_TERM {
+        return Some(format!(
+            "term {requested} is above the highest term {MAX_TERM}: no later election could \
+             exceed it"
+        ));
+    }
+    let step = requested.checked_sub(current)?;
+    (step > MAX_TERM_STEP).then(|| {
+        format!(
+            "term {requested} is {step} above the current term {current}; a term may rise by \
+             at most {MAX_TERM_STEP} at once"
+        )
+    })
+}
+
+/// The term a proposer asks for after greeting acceptors whose highest term is `highest`, or
+/// None when none is left (`highest` is at [`MAX_TERM`] or beyond).
+pub fn next_term(highest: u64) -> Option<u64> {
+    highest.checked_add(1).filter(|t| *t <= MAX_TERM)
+}
+
 /// A term and the LSN where its WAL begins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TermSwitch {
@@ -202,5 +234,23 @@ mod tests {
             hist.extended(Lsn(300), 7, Lsn(300)),
             h(&[(1, 100), (2, 200), (7, 300)])
         );
+    }
+
+    #[test]
+    fn terms_that_could_not_be_exceeded_are_refused() {
+        assert_eq!(next_term(0), Some(1));
+        assert_eq!(next_term(MAX_TERM - 1), Some(MAX_TERM));
+        assert_eq!(next_term(MAX_TERM), None);
+        assert_eq!(next_term(u64::MAX), None);
+        assert!(term_raise_refusal(5, 6).is_none());
+        assert!(
+            term_raise_refusal(5, 3).is_none(),
+            "a lower term is a refused vote, not bad input"
+        );
+        assert!(term_raise_refusal(0, MAX_TERM_STEP).is_none());
+        assert!(term_raise_refusal(0, MAX_TERM_STEP + 1).is_some());
+        assert!(term_raise_refusal(MAX_TERM - 1, MAX_TERM).is_none());
+        assert!(term_raise_refusal(MAX_TERM, u64::MAX).is_some());
+        assert!(term_raise_refusal(u64::MAX - 1, u64::MAX).is_some());
     }
 }

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 use walproto::proto::safekeeper as pb;
+use walproto::term_history::{next_term, MAX_TERM};
 use walproto::Lsn;
 
 use super::history::{majority, start_point, TermHistory, TermSwitch};
@@ -76,7 +77,7 @@ pub async fn campaign(
             backoff = (backoff * 2).min(Duration::from_secs(2));
             continue;
         }
-        let term = greeted.iter().map(|(_, _, g)| g.term).max().unwrap_or(0) + 1;
+        let term = term_above(safekeepers, &greeted)?;
         info!(term, "requesting votes");
         let mut set = JoinSet::new();
         for (idx, mut s, _) in greeted {
@@ -111,6 +112,25 @@ pub async fn campaign(
         warn!(term, votes = voters.len(), "no majority of votes; retrying");
         tokio::time::sleep(backoff).await;
     }
+}
+
+/// The term to ask for: one above the highest term any greeted safekeeper holds. A term at
+/// the ceiling cannot be exceeded: an error naming the safekeeper, never a wrapped term.
+fn term_above(
+    safekeepers: &[String],
+    greeted: &[(usize, Session, pb::GreetingResponse)],
+) -> Result<u64> {
+    let Some((idx, _, highest)) = greeted.iter().max_by_key(|(_, _, g)| g.term) else {
+        bail!("no safekeeper was greeted");
+    };
+    next_term(highest.term).ok_or_else(|| {
+        anyhow::anyhow!(
+            "safekeeper {} is at term {}, and no term above it may be used (the highest is \
+             {MAX_TERM}): no election can be won on this timeline; its term must be reset by hand",
+            safekeepers[*idx],
+            highest.term
+        )
+    })
 }
 
 /// The new term's history and where each voter's stream starts.

@@ -66,6 +66,7 @@ async fn run_inner(cfg: Config, tenant: String, timeline: String) -> Result<()> 
         pg_timeline: id.timeline,
         wal_seg_size: WAL_SEGMENT_SIZE as u32,
         acceptor_id: 0,
+        create_timeline: true,
     };
     let won = campaign(&cfg.safekeepers, &greeting, cfg.timeout).await?;
     // Postgres's position now, after the vote: nothing a safekeeper holds may be beyond it.

@@ -141,6 +141,7 @@ pub fn greeting(proposer: &str) -> In {
         pg_timeline: 1,
         wal_seg_size: 16 << 20,
         acceptor_id: 0,
+        create_timeline: true,
     })
 }
 
