@@ -48,7 +48,8 @@ struct Args {
     /// AWS_SECRET_ACCESS_KEY, AWS_REGION). Without it nothing is offloaded or removed.
     #[arg(long, value_name = "URL")]
     remote_storage: Option<String>,
-    /// S3 endpoint (e.g. http://127.0.0.1:9000), overriding AWS_ENDPOINT_URL.
+    /// S3 endpoint (e.g. http://127.0.0.1:9000), overriding AWS_ENDPOINT_URL; plain http only
+    /// to a loopback endpoint unless AWS_ALLOW_HTTP=true.
     #[arg(long, value_name = "URL")]
     s3_endpoint: Option<String>,
     /// S3 region, overriding AWS_REGION.
@@ -237,9 +238,11 @@ fn run() -> Result<()> {
     if let Some(p) = peers.iter().find(|p| p.id == id) {
         bail!("--peers lists this safekeeper's own id: {p}");
     }
+    let from_env = S3Options::from_env();
     let s3 = S3Options {
-        endpoint: args.s3_endpoint.or(file.s3_endpoint),
-        region: args.s3_region.or(file.s3_region),
+        endpoint: args.s3_endpoint.or(file.s3_endpoint).or(from_env.endpoint),
+        region: args.s3_region.or(file.s3_region).or(from_env.region),
+        ..from_env
     };
     let mut config = ServiceConfig {
         peers,

@@ -29,6 +29,7 @@ fn the_longest_wal_key_uploads_to_s3s_fs_single_and_multipart() {
             &S3Options {
                 endpoint: Some(s3.endpoint.clone()),
                 region: Some("us-east-1".into()),
+                ..S3Options::from_env()
             },
         )
         .unwrap();

@@ -62,4 +62,18 @@ impl RemoteError {
     }
 }
 
+impl From<remote_store::StoreError> for RemoteError {
+    fn from(e: remote_store::StoreError) -> Self {
+        use remote_store::StoreError as S;
+        match e {
+            S::Config { url, message } => RemoteError::Config(format!("{url:?}: {message}")),
+            S::Store { op, path, source } => RemoteError::Store { op, path, source },
+            S::Corrupt { path, check } => RemoteError::LayerCorrupt {
+                layer: path,
+                reason: check,
+            },
+        }
+    }
+}
+
 pub type Result<T, E = RemoteError> = std::result::Result<T, E>;

@@ -1,59 +1,23 @@
-//! Where remote data lives: `--remote-storage <URL or path>` parsed into an object store plus
-//! a key prefix, and the object layout of tenants and timelines under that prefix.
-//!
-//! - a plain path or `file:///path` → [`LocalFileSystem`] rooted there (created if missing),
-//!   with fsync of files and directories on every write, so an acknowledged upload survives
-//!   power loss just as it would in S3;
-//! - `s3://bucket[/prefix]` → [`AmazonS3`], endpoint and credentials from [`S3Options`]
-//!   (by default the `AWS_*` environment variables). Plain `http` is allowed only for a
-//!   loopback endpoint (a local test server) unless `AWS_ALLOW_HTTP=true`.
+//! Where remote data lives: `--remote-storage <URL or path>` parsed into the shared object
+//! store ([`remote_store::Store`]: a local directory fsynced on every write, or S3; see that
+//! crate for the URL forms and S3 settings), and the object layout of tenants and timelines
+//! under its prefix.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::ObjectStore;
+use remote_store::Store;
+
+pub use remote_store::S3Options;
 
 use super::error::{RemoteError, Result};
 
-/// Endpoint and credentials of an S3-compatible store. Unset fields fall back to what
-/// `object_store` finds itself (instance credentials, `~/.aws` is not read).
-#[derive(Clone, Debug, Default)]
-pub struct S3Options {
-    /// `AWS_ENDPOINT_URL`, e.g. `http://127.0.0.1:9000`; unset means AWS itself.
-    pub endpoint: Option<String>,
-    /// `AWS_ACCESS_KEY_ID`.
-    pub access_key_id: Option<String>,
-    /// `AWS_SECRET_ACCESS_KEY`.
-    pub secret_access_key: Option<String>,
-    /// `AWS_REGION` (default `us-east-1`).
-    pub region: Option<String>,
-    /// `AWS_ALLOW_HTTP=true`: plain http to a non-loopback endpoint.
-    pub allow_http: bool,
-}
-
-impl S3Options {
-    pub fn from_env() -> S3Options {
-        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-        S3Options {
-            endpoint: var("AWS_ENDPOINT_URL"),
-            access_key_id: var("AWS_ACCESS_KEY_ID"),
-            secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
-            region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
-            allow_http: var("AWS_ALLOW_HTTP").is_some_and(|v| v.eq_ignore_ascii_case("true")),
-        }
-    }
-}
-
-/// An object store and the prefix Strata's objects live under.
+/// The object store and the prefix Strata's objects live under.
 #[derive(Clone, Debug)]
 pub struct RemoteStorage {
-    store: Arc<dyn ObjectStore>,
-    prefix: Path,
-    url: String,
+    inner: Store,
     part_bytes: usize,
 }
 
@@ -63,11 +27,19 @@ pub const DEFAULT_PART_BYTES: usize = 8 * 1024 * 1024;
 
 impl std::fmt::Display for RemoteStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.url)
+        f.write_str(self.inner.url())
     }
 }
 
 impl RemoteStorage {
+    fn with_layout(inner: Store) -> Result<RemoteStorage> {
+        check_prefix(inner.prefix())?;
+        Ok(RemoteStorage {
+            inner,
+            part_bytes: DEFAULT_PART_BYTES,
+        })
+    }
+
     /// Parses a `--remote-storage` value; S3 settings come from the environment.
     pub fn from_url(url: &str) -> Result<RemoteStorage> {
         Self::from_url_with(url, &S3Options::from_env())
@@ -75,95 +47,17 @@ impl RemoteStorage {
 
     /// Parses a `--remote-storage` value with explicit S3 settings.
     pub fn from_url_with(url: &str, s3: &S3Options) -> Result<RemoteStorage> {
-        let url = url.trim();
-        if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            return Self::s3(bucket, prefix, s3);
-        }
-        if let Some(path) = url.strip_prefix("file://") {
-            return Self::local(std::path::Path::new(path));
-        }
-        if url.contains("://") {
-            return Err(RemoteError::Config(format!(
-                "{url:?}: unsupported scheme (use a path, file:///path or s3://bucket/prefix)"
-            )));
-        }
-        if url.is_empty() {
-            return Err(RemoteError::Config("empty remote storage location".into()));
-        }
-        Self::local(std::path::Path::new(url))
+        Self::with_layout(Store::from_url(url, s3)?)
     }
 
     /// A local directory as the object store (created if missing).
     pub fn local(root: &std::path::Path) -> Result<RemoteStorage> {
-        let root = std::path::absolute(root).map_err(RemoteError::io("resolve", root))?;
-        std::fs::create_dir_all(&root).map_err(RemoteError::io("create directory", &root))?;
-        let fs = LocalFileSystem::new_with_prefix(&root)
-            .map_err(|e| RemoteError::Config(format!("{}: {e}", root.display())))?
-            .with_fsync(true);
-        Ok(RemoteStorage {
-            store: Arc::new(fs),
-            prefix: Path::default(),
-            url: format!("file://{}", root.display()),
-            part_bytes: DEFAULT_PART_BYTES,
-        })
-    }
-
-    fn s3(bucket: &str, prefix: &str, o: &S3Options) -> Result<RemoteStorage> {
-        if bucket.is_empty() {
-            return Err(RemoteError::Config(
-                "s3:// URL without a bucket (s3://bucket/prefix)".into(),
-            ));
-        }
-        let mut b = AmazonS3Builder::new()
-            .with_bucket_name(bucket)
-            .with_region(o.region.clone().unwrap_or_else(|| "us-east-1".into()))
-            .with_retry(RetryConfig {
-                max_retries: 5,
-                retry_timeout: Duration::from_secs(60),
-                ..RetryConfig::default()
-            });
-        if let Some(ep) = &o.endpoint {
-            let http = ep.starts_with("http://");
-            if http && !o.allow_http && !is_loopback_url(ep) {
-                return Err(RemoteError::Config(format!(
-                    "endpoint {ep}: plain http is allowed for loopback only (set AWS_ALLOW_HTTP=true to force)"
-                )));
-            }
-            b = b.with_endpoint(ep).with_allow_http(http);
-        }
-        if let Some(k) = &o.access_key_id {
-            b = b.with_access_key_id(k);
-        }
-        if let Some(s) = &o.secret_access_key {
-            b = b.with_secret_access_key(s);
-        }
-        let store = b
-            .build()
-            .map_err(|e| RemoteError::Config(format!("s3://{bucket}: {e}")))?;
-        let prefix = prefix.trim_matches('/');
-        let prefix = Path::parse(prefix)
-            .map_err(|e| RemoteError::Config(format!("prefix {prefix:?}: {e}")))?;
-        check_prefix(&prefix)?;
-        Ok(RemoteStorage {
-            store: Arc::new(store),
-            url: format!("s3://{bucket}/{prefix}"),
-            prefix,
-            part_bytes: DEFAULT_PART_BYTES,
-        })
+        Self::with_layout(Store::local(root)?)
     }
 
     /// Any object store (tests, other backends).
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Result<RemoteStorage> {
-        let p = Path::parse(prefix.trim_matches('/'))
-            .map_err(|e| RemoteError::Config(format!("prefix {prefix:?}: {e}")))?;
-        check_prefix(&p)?;
-        Ok(RemoteStorage {
-            url: format!("{store}/{p}"),
-            store,
-            prefix: p,
-            part_bytes: DEFAULT_PART_BYTES,
-        })
+        Self::with_layout(Store::new(store, prefix)?)
     }
 
     /// Sets the multipart part size (and threshold); for S3 keep it at 5 MiB or more.
@@ -177,12 +71,12 @@ impl RemoteStorage {
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
+        self.inner.store()
     }
 
     /// Where the tenants are: `<prefix>/t`.
     pub fn tenants_path(&self) -> Path {
-        self.prefix.clone().join("t")
+        self.inner.key(&["t"])
     }
 
     pub fn tenant_path(&self, tenant: &str) -> Result<Path> {
@@ -230,11 +124,7 @@ impl RemoteStorage {
         config: Bytes,
     ) -> Result<()> {
         let path = self.timeline_config_path(tenant, timeline)?;
-        self.store
-            .put(&path, PutPayload::from(config))
-            .await
-            .map_err(RemoteError::store("put", &path))?;
-        Ok(())
+        Ok(self.inner.put(&path, config).await?)
     }
 
     /// A timeline's service config, or `None` if none was stored.
@@ -246,11 +136,7 @@ impl RemoteStorage {
     /// Stores the tenant's config (its format belongs to the tenant manager).
     pub async fn put_tenant_config(&self, tenant: &str, config: Bytes) -> Result<()> {
         let path = self.tenant_path(tenant)?.join("config");
-        self.store
-            .put(&path, PutPayload::from(config))
-            .await
-            .map_err(RemoteError::store("put", &path))?;
-        Ok(())
+        Ok(self.inner.put(&path, config).await?)
     }
 
     /// The tenant's config, or `None` if none was stored.
@@ -261,13 +147,7 @@ impl RemoteStorage {
 
     /// The whole object, or `None` if it does not exist.
     pub(crate) async fn get_optional(&self, path: &Path) -> Result<Option<Bytes>> {
-        match self.store.get(path).await {
-            Ok(r) => Ok(Some(
-                r.bytes().await.map_err(RemoteError::store("read", path))?,
-            )),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(RemoteError::store("get", path)(e)),
-        }
+        Ok(self.inner.get_optional(path).await?)
     }
 }
 
@@ -315,20 +195,6 @@ pub fn check_id(what: &str, id: &str) -> Result<()> {
     }
 }
 
-fn is_loopback_url(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let host_port = rest.split('/').next().unwrap_or("");
-    let host = if let Some(v6) = host_port.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
-    } else {
-        host_port.split(':').next().unwrap_or("")
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,8 +231,5 @@ mod tests {
         assert!(RemoteStorage::from_url("").is_err());
         assert!(r.timeline_path("a", "../b").is_err());
         assert!(r.tenant_path("").is_err());
-        assert!(is_loopback_url("http://[::1]:80/"));
-        assert!(is_loopback_url("http://localhost"));
-        assert!(!is_loopback_url("http://10.0.0.1:80"));
     }
 }
