@@ -89,14 +89,32 @@ pub fn node(dir: &Path, cfg: &ClusterConfig, name: &str) -> Result<ComputeNode> 
     ComputeNode::new(PgPrograms::new(&cfg.pg_bin)?, &compute_dir(dir, name))
 }
 
+/// The supervisor's name for a compute's Postgres.
+pub fn postgres_service(name: &str) -> String {
+    format!("compute-{name}-postgres")
+}
+
+/// How long a compute's fast shutdown may take. Its shutdown checkpoint is a commit like any
+/// other: without a safekeeper majority it never returns, and stopping must go on.
+const FAST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Stops one compute: Postgres first (its commits need the walproposer until the end), then
-/// the walproposer.
+/// the walproposer; neither is restarted by the supervisor afterwards. A Postgres whose
+/// fast shutdown does not finish in time (its shutdown checkpoint cannot be committed) is
+/// stopped immediately, with a warning saying so.
 pub fn stop_one(dir: &Path, cfg: &ClusterConfig, name: &str) -> Result<bool> {
+    crate::cluster::spec::forget(dir, &postgres_service(name))?;
     let n = node(dir, cfg, name)?;
     let was_running = n.is_running();
-    n.stop(false)?;
+    let pg_stopped = if was_running {
+        stop_postgres_bounded(&n, name)
+    } else {
+        Ok(false)
+    };
     let wp = walproposer_daemon(dir, name);
-    if was_running && matches!(wp.state()?, crate::cluster::daemon::State::Running(_)) {
+    if pg_stopped.as_ref().is_ok_and(|checkpointed| *checkpointed)
+        && matches!(wp.state()?, crate::cluster::daemon::State::Running(_))
+    {
         match (ComputeRecord::load(dir, name), shutdown_checkpoint(&n)) {
             (Ok(rec), Ok(ckpt)) => wait_for_commit_past(cfg, &rec, ckpt),
             (Err(e), _) | (_, Err(e)) => {
@@ -104,8 +122,37 @@ pub fn stop_one(dir: &Path, cfg: &ClusterConfig, name: &str) -> Result<bool> {
             }
         }
     }
+    // The walproposer goes even if Postgres could not be stopped: nothing more would commit.
     let wp_ran = wp.stop(Duration::from_secs(10))?;
+    pg_stopped?;
     Ok(was_running || wp_ran)
+}
+
+/// `pg_ctl stop -m fast` for at most [`FAST_SHUTDOWN_TIMEOUT`], then `-m immediate`. Returns
+/// whether the fast shutdown (with its checkpoint) finished.
+fn stop_postgres_bounded(n: &ComputeNode, name: &str) -> Result<bool> {
+    let d = n.data_dir.display().to_string();
+    let secs = FAST_SHUTDOWN_TIMEOUT.as_secs().to_string();
+    let fast = n.pg.run(
+        "pg_ctl",
+        &["stop", "-w", "-t", &secs, "-m", "fast", "-D", &d],
+    );
+    let Err(fast) = fast else {
+        return Ok(true);
+    };
+    eprintln!(
+        "warning: compute {name} could not checkpoint: its fast shutdown did not finish within \
+         {FAST_SHUTDOWN_TIMEOUT:?} (its shutdown checkpoint must be committed by a safekeeper \
+         majority; are the safekeepers up? `strata status`); stopping it immediately: its WAL \
+         after the last commit is not on the safekeepers ({})",
+        fast.to_string().lines().next().unwrap_or_default()
+    );
+    n.pg.run(
+        "pg_ctl",
+        &["stop", "-w", "-t", "30", "-m", "immediate", "-D", &d],
+    )
+    .with_context(|| format!("stopping compute {name} immediately"))?;
+    Ok(false)
 }
 
 /// Where the stopped compute's shutdown checkpoint record starts (`pg_controldata`).
@@ -152,11 +199,19 @@ fn wait_for_commit_past(cfg: &ClusterConfig, rec: &ComputeRecord, ckpt: Lsn) {
     );
 }
 
+/// Stops every compute, going on past one that cannot be stopped; fails at the end naming
+/// each such compute.
 pub fn stop_all(dir: &Path, cfg: &ClusterConfig) -> Result<()> {
+    let mut failed = Vec::new();
     for rec in ComputeRecord::list(dir)? {
-        if stop_one(dir, cfg, &rec.name)? {
-            println!("stopped compute {}", rec.name);
+        match stop_one(dir, cfg, &rec.name) {
+            Ok(true) => println!("stopped compute {}", rec.name),
+            Ok(false) => {}
+            Err(e) => failed.push(format!("compute {}: {e:#}", rec.name)),
         }
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("\n  "));
     }
     Ok(())
 }
@@ -265,6 +320,12 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
     let started = (|| {
         out.step(&format!("starting Postgres on port {port}"));
         node.start()?;
+        crate::cluster::supervisor::watch_postgres(
+            dir,
+            &postgres_service(&name),
+            &cfg.pg_bin,
+            &node,
+        )?;
         pg_started = t0.elapsed();
         if !req.read_only {
             out.step("starting the walproposer");
@@ -274,6 +335,7 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
     })();
     if let Err(e) = started {
         // A compute that did not start is not kept: its directory is scratch.
+        let _ = crate::cluster::spec::forget(dir, &postgres_service(&name));
         let _ = node.stop(true);
         let _ = fs::remove_dir_all(compute_dir(dir, &name));
         return Err(e);
@@ -614,9 +676,10 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Forgets the computes whose Postgres and walproposer are both gone (`strata stop`, a crash,
-/// a reboot): a compute's data directory is only a cache, so a stale record must not hold its
-/// name, its port or its branch's single writer slot.
+/// Forgets the computes whose Postgres and walproposer are both gone and not meant to run
+/// (`strata stop`, a reboot): a compute's data directory is only a cache, so a stale record
+/// must not hold its name, its port or its branch's single writer slot. A compute the
+/// supervisor is restarting is kept.
 fn forget_stopped_computes(dir: &Path, cfg: &ClusterConfig, out: &Output) -> Result<()> {
     for rec in ComputeRecord::list(dir)? {
         // An import's walproposer is not scratch: its source waits for it (`strata start`
@@ -625,11 +688,11 @@ fn forget_stopped_computes(dir: &Path, cfg: &ClusterConfig, out: &Output) -> Res
             continue;
         }
         let pg_running = node(dir, cfg, &rec.name).is_ok_and(|n| n.is_running());
-        let wp_running = matches!(
-            walproposer_daemon(dir, &rec.name).state()?,
-            crate::cluster::daemon::State::Running(_)
-        );
-        if !pg_running && !wp_running {
+        let wp = walproposer_daemon(dir, &rec.name);
+        let wp_running = matches!(wp.state()?, crate::cluster::daemon::State::Running(_));
+        let supervised = crate::cluster::spec::is_supervised(dir, &postgres_service(&rec.name))
+            || crate::cluster::spec::is_supervised(dir, &wp.name);
+        if !pg_running && !wp_running && !supervised {
             out.step(&format!(
                 "forgetting compute {} (branch {}): it is not running",
                 rec.name, rec.branch

@@ -83,6 +83,9 @@ enum Command {
     /// Write a data directory (tar or directory) of a timeline directory at an LSN that
     /// vanilla Postgres starts from (read-write, or read-only as a hot standby).
     Basebackup(basebackup::BasebackupArgs),
+    /// The cluster's supervisor (started by `strata start`): restarts services that die.
+    #[command(hide = true)]
+    Supervise,
 }
 
 #[derive(Subcommand)]
@@ -148,7 +151,18 @@ fn main() -> ExitCode {
             | Command::VerifyRedo(_)
             | Command::Import(_)
             | Command::Basebackup(_)
+            | Command::Supervise
     );
+    // Services meant to run need their supervisor: restart it if it died (not while the
+    // cluster is being stopped).
+    if cluster_cmd && !matches!(cli.command, Command::Stop) {
+        let meant_to_run = cluster::spec::supervised_names(&dir).is_ok_and(|n| !n.is_empty());
+        if meant_to_run {
+            if let Err(e) = cluster::supervisor::ensure_running(&dir) {
+                eprintln!("strata: warning: the supervisor is not running: {e:#}");
+            }
+        }
+    }
     if cluster_cmd {
         if let Ok(cfg) = cluster::ClusterConfig::load(&dir) {
             if let Err(e) = compute_cmd::reap_expired(&dir, &cfg) {
@@ -186,6 +200,7 @@ fn main() -> ExitCode {
         Command::VerifyRedo(args) => verify_redo::run(args),
         Command::Import(args) => basebackup::run_import(args),
         Command::Basebackup(args) => basebackup::run_basebackup(args),
+        Command::Supervise => ok(cluster::supervisor::run(&dir)),
     };
     match result {
         Ok(code) => code,

@@ -8,8 +8,9 @@ use serde_json::json;
 use walproto::proto::pageserver::{IngestStop, TimelineInfo};
 use walproto::Lsn;
 
+use crate::cluster::supervisor::{supervision, Supervision};
 use crate::cluster::{self, daemon::State};
-use crate::compute_cmd::ComputeRecord;
+use crate::compute_cmd::{self, ComputeRecord};
 use crate::mgmt::Pageserver;
 use crate::names::Names;
 use crate::output::Output;
@@ -23,6 +24,13 @@ fn stop_json(s: &IngestStop) -> serde_json::Value {
         "since_unix_ms": s.since_unix_ms,
         "needs_restart": s.needs_restart,
     })
+}
+
+fn node_log(dir: &Path, name: &str) -> String {
+    compute_cmd::compute_dir(dir, name)
+        .join("postgres.log")
+        .display()
+        .to_string()
 }
 
 /// Lines under a branch saying why it does not follow its WAL, if it does not.
@@ -51,26 +59,78 @@ fn ingest_notes(t: &TimelineInfo) -> Vec<String> {
     out
 }
 
+/// ", restarted 2 times (last: killed by signal 9 (SIGKILL))" for a service the supervisor
+/// restarted, else nothing.
+fn restarts_note(s: &Supervision) -> String {
+    if s.state.restarts == 0 {
+        return String::new();
+    }
+    format!(
+        ", restarted {} time{}{}",
+        s.state.restarts,
+        if s.state.restarts == 1 { "" } else { "s" },
+        s.state
+            .last_exit
+            .as_ref()
+            .map(|e| format!(" (last exit: {e})"))
+            .unwrap_or_default()
+    )
+}
+
+/// The `--json` object of a service's supervision.
+fn supervision_json(s: &Supervision) -> serde_json::Value {
+    json!({
+        "supervised": s.supervised,
+        "restarts": s.state.restarts,
+        "last_exit": s.state.last_exit,
+        "last_error": s.state.last_error,
+        "last_restart_unix_ms": s.state.last_restart_unix_ms,
+        "next_restart_unix_ms": s.state.next_restart_unix_ms,
+    })
+}
+
+/// How a service that should be running but is not is shown.
+fn down_note(s: &Supervision, log: &str) -> String {
+    if s.supervised {
+        let last = s.state.last_exit.as_deref().unwrap_or("it exited");
+        format!("down ({last}); the supervisor restarts it (see {log})")
+    } else {
+        format!("dead (see {log})")
+    }
+}
+
 pub fn run(dir: &Path, out: &Output) -> Result<ExitCode> {
     let cfg = cluster::ClusterConfig::load(dir)?;
     let mut all_up = true;
     let mut lines = Vec::new();
     let mut services = Vec::new();
-    for (name, state) in cluster::status(dir)? {
-        let (shown, pid) = match state {
+    for svc in cluster::status(dir)? {
+        let name = &svc.name;
+        let log = format!("{}/logs/{name}.log", dir.display());
+        let (shown, pid) = match svc.state {
             State::Running(pid) => (format!("running (pid {pid})"), Some(pid)),
+            State::Stopped if svc.supervision.supervised => {
+                (down_note(&svc.supervision, &log), None)
+            }
             State::Stopped => ("stopped".to_string(), None),
             State::Dead(pid) => (
-                format!(
-                    "dead (pid {pid} is gone; see {}/logs/{name}.log)",
-                    dir.display()
-                ),
+                format!("pid {pid} is gone: {}", down_note(&svc.supervision, &log)),
                 None,
             ),
         };
-        all_up &= pid.is_some();
-        lines.push(format!("{name:<16} {shown}"));
-        services.push(json!({"service": name, "state": shown, "pid": pid}));
+        // The supervisor is not a service of the data path: `strata` restarts it.
+        if name != cluster::supervisor::SUPERVISOR {
+            all_up &= pid.is_some();
+        }
+        lines.push(format!(
+            "{name:<16} {shown}{}",
+            restarts_note(&svc.supervision)
+        ));
+        let mut v = json!({"service": name, "state": shown, "pid": pid});
+        v["supervision"] = supervision_json(&svc.supervision);
+        v["restarts"] = json!(svc.supervision.state.restarts);
+        v["last_error"] = json!(svc.supervision.state.last_error);
+        services.push(v);
     }
     let mut computes = Vec::new();
     for c in ComputeRecord::list(dir)? {
@@ -83,17 +143,42 @@ pub fn run(dir: &Path, out: &Output) -> Result<ExitCode> {
         let running = crate::compute_cmd::node(dir, &cfg, &c.name)
             .map(|n| n.is_running())
             .unwrap_or(false);
+        let pg = supervision(dir, &compute_cmd::postgres_service(&c.name));
+        let wp_daemon = compute_cmd::walproposer_daemon(dir, &c.name);
+        let wp = supervision(dir, &wp_daemon.name);
+        let wp_running = matches!(wp_daemon.state()?, State::Running(_));
         let shown = if running {
             format!("postgresql://postgres@127.0.0.1:{}/postgres", c.port)
+        } else if pg.supervised {
+            format!("Postgres {}", down_note(&pg, &node_log(dir, &c.name)))
         } else {
             format!("stopped (remove it with `strata compute stop {}`)", c.name)
         };
+        let mut parts = vec![shown + &restarts_note(&pg)];
+        // A writer commits only through its walproposer: say when it is not there.
+        if !c.read_only && (wp.supervised || wp_running) {
+            parts.push(if wp_running {
+                format!("walproposer running{}", restarts_note(&wp))
+            } else {
+                format!(
+                    "walproposer {}{}",
+                    down_note(&wp, &wp_daemon.log_file.display().to_string()),
+                    restarts_note(&wp)
+                )
+            });
+        }
         lines.push(format!(
-            "compute {:<10} branch {} at {} {mode}, {shown}",
-            c.name, c.branch, c.lsn
+            "compute {:<10} branch {} at {} {mode}, {}",
+            c.name,
+            c.branch,
+            c.lsn,
+            parts.join("; ")
         ));
         let mut v = serde_json::to_value(&c)?;
         v["running"] = json!(running);
+        v["postgres"] = supervision_json(&pg);
+        v["walproposer"] = supervision_json(&wp);
+        v["walproposer"]["running"] = json!(wp_running);
         computes.push(v);
     }
     let names = Names::load(dir)?;

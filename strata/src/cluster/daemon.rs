@@ -1,7 +1,12 @@
 //! Background services of the local cluster: started detached (their own process group, so a
 //! Ctrl-C in the terminal that ran `strata start` does not reach them), stdout and stderr to a
 //! log file, a pid file, and a readiness line the service prints once it accepts connections.
+//!
+//! Every service started here is supervised: once ready, its spec is recorded
+//! (`run/<name>.spec`) and the cluster's supervisor restarts it whenever it dies, until
+//! [`Daemon::stop`] (which removes the spec first, so a deliberate stop is never undone).
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
@@ -11,9 +16,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub use super::process::alive;
+use super::process::{signal, wait_until_exited};
+use super::spec::{self, Launch, ServiceLock, Spec};
+
 /// One service's run files: `<run dir>/<name>.pid` and `<log dir>/<name>.log`.
 #[derive(Clone, Debug)]
 pub struct Daemon {
+    pub cluster_dir: PathBuf,
     pub name: String,
     pub pid_file: PathBuf,
     pub log_file: PathBuf,
@@ -31,6 +41,7 @@ pub enum State {
 impl Daemon {
     pub fn new(cluster_dir: &Path, name: &str) -> Daemon {
         Daemon {
+            cluster_dir: cluster_dir.to_path_buf(),
             name: name.to_string(),
             pid_file: cluster_dir.join("run").join(format!("{name}.pid")),
             log_file: cluster_dir.join("logs").join(format!("{name}.log")),
@@ -58,23 +69,65 @@ impl Daemon {
 
     /// Starts `cmd` in the background and waits until its log shows a line containing `ready`
     /// (the service's "listening on" line), or fails with the log's tail if it exits first.
-    pub fn start(&self, mut cmd: Command, ready: &str, timeout: Duration) -> Result<i32> {
+    /// Once ready, the service is supervised (see the module's comment).
+    pub fn start(&self, cmd: Command, ready: &str, timeout: Duration) -> Result<i32> {
+        let spec = self.spec_of(&cmd, ready);
+        let pid = {
+            let _lock = ServiceLock::acquire(&self.cluster_dir, &self.name, spec::LOCK_TIMEOUT)?;
+            let pid = self.start_unsupervised(cmd, ready, timeout)?;
+            spec::write_spec(&self.cluster_dir, &spec)?;
+            spec::reset_state(&self.cluster_dir, &self.name)?;
+            pid
+        };
+        if let Err(e) = super::supervisor::ensure_running(&self.cluster_dir) {
+            eprintln!(
+                "warning: {} runs, but nothing restarts it if it dies: {e:#}",
+                self.name
+            );
+        }
+        Ok(pid)
+    }
+
+    /// How the supervisor starts `cmd` again: the same program, arguments, directory and
+    /// environment (this process's, with the command's changes).
+    fn spec_of(&self, cmd: &Command, ready: &str) -> Spec {
+        let mut env: BTreeMap<String, String> = std::env::vars().collect();
+        for (k, v) in cmd.get_envs() {
+            let k = k.to_string_lossy().into_owned();
+            match v {
+                Some(v) => env.insert(k, v.to_string_lossy().into_owned()),
+                None => env.remove(&k),
+            };
+        }
+        Spec {
+            name: self.name.clone(),
+            launch: Launch::Process {
+                program: PathBuf::from(cmd.get_program()),
+                args: cmd
+                    .get_args()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect(),
+                env,
+                cwd: cmd.get_current_dir().map(Path::to_path_buf),
+                ready: ready.to_string(),
+                log_file: self.log_file.clone(),
+            },
+        }
+    }
+
+    fn start_unsupervised(&self, mut cmd: Command, ready: &str, timeout: Duration) -> Result<i32> {
         match self.state()? {
             State::Running(pid) => bail!("{} is already running (pid {pid})", self.name),
             // A process still exiting may still hold its listening port: let it finish.
-            State::Dead(pid) => wait_until_exited(pid, Duration::from_secs(10)),
+            State::Dead(pid) => {
+                wait_until_exited(pid, Duration::from_secs(10));
+            }
             State::Stopped => {}
         }
-        for p in [&self.pid_file, &self.log_file] {
-            if let Some(d) = p.parent() {
-                fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            }
+        if let Some(d) = self.pid_file.parent() {
+            fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_file)
-            .with_context(|| format!("opening {}", self.log_file.display()))?;
+        let log = open_log(&self.log_file)?;
         let log_start = log.metadata()?.len();
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -115,8 +168,10 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM, then SIGKILL if it has not exited within `grace`. Returns whether it ran.
+    /// Stops supervising it, then SIGTERM (and SIGCONT, so that a stopped process handles
+    /// it), then SIGKILL if it has not exited within `grace`. Returns whether it ran.
     pub fn stop(&self, grace: Duration) -> Result<bool> {
+        spec::forget(&self.cluster_dir, &self.name)?;
         let pid = match self.state()? {
             State::Stopped => return Ok(false),
             State::Dead(_) => {
@@ -126,71 +181,35 @@ impl Daemon {
             State::Running(pid) => pid,
         };
         signal(pid, libc::SIGTERM);
-        wait_until_exited(pid, grace);
-        if !exited(pid) {
+        signal(pid, libc::SIGCONT);
+        if !wait_until_exited(pid, grace) {
             eprintln!(
                 "{} did not stop within {grace:?}: sending SIGKILL",
                 self.name
             );
             signal(pid, libc::SIGKILL);
-            wait_until_exited(pid, Duration::from_secs(30));
+            if !wait_until_exited(pid, Duration::from_secs(30)) {
+                bail!(
+                    "{} (pid {pid}) is still there 30 s after SIGKILL (stuck in the kernel?)",
+                    self.name
+                );
+            }
         }
         let _ = fs::remove_file(&self.pid_file);
         Ok(true)
     }
 }
 
-fn signal(pid: i32, sig: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe {
-        libc::kill(pid, sig);
+/// A service's log, opened for appending (its directory created if needed).
+pub fn open_log(path: &Path) -> Result<File> {
+    if let Some(d) = path.parent() {
+        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-}
-
-/// Whether `pid` exists and is not a zombie we (or init) have yet to reap.
-pub fn alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    if unsafe { libc::kill(pid, 0) } != 0 {
-        return false;
-    }
-    // A zombie, or a process still exiting (its memory, and with it its command line, is
-    // released before it becomes a zombie), still answers kill(0).
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if cmdline.is_empty() {
-        return false;
-    }
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit_once(')')
-            .map(|(_, rest)| {
-                let state = rest.trim_start();
-                state.starts_with('Z') || state.starts_with('X')
-            })
-            .unwrap_or(false),
-        Err(_) => false,
-    }
-}
-
-/// Gone, or a zombie: its files (listening sockets) are closed.
-fn exited(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    if unsafe { libc::kill(pid, 0) } != 0 {
-        return true;
-    }
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(')')
-            .map(|(_, rest)| matches!(rest.trim_start().as_bytes().first(), Some(b'Z' | b'X')))
-            .unwrap_or(false),
-        Err(_) => true,
-    }
-}
-
-fn wait_until_exited(pid: i32, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while !exited(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
 }
 
 fn log_has_line(path: &Path, from: u64, needle: &str) -> Result<bool> {

@@ -9,10 +9,14 @@
 //! <dir>/remote/                the object store, when it is a local directory
 //! <dir>/computes/<name>/       compute data directories
 //! <dir>/run/*.pid, logs/*.log  the background services
+//! <dir>/run/*.spec, *.state    what the supervisor restarts, and what it saw
 //! ```
 
 pub mod config;
 pub mod daemon;
+pub mod process;
+pub mod spec;
+pub mod supervisor;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -201,24 +205,59 @@ pub fn start(dir: &Path) -> Result<()> {
     crate::tenant_import::reconnect_all(dir, &cfg, &crate::output::Output::new(false))
 }
 
+/// Stops everything it can: computes (each bounded, see `compute_cmd::stop_one`), then the
+/// pageserver and the safekeepers even if a compute could not be stopped, then the
+/// supervisor. Fails at the end, naming what it could not stop.
 pub fn stop(dir: &Path) -> Result<()> {
     let cfg = ClusterConfig::load(dir)?;
     crate::tenant_import::warn_before_stop(dir)?;
+    let mut failed = Vec::new();
     // Computes first: they depend on the safekeepers for every commit.
-    crate::compute_cmd::stop_all(dir, &cfg)?;
+    if let Err(e) = crate::compute_cmd::stop_all(dir, &cfg) {
+        failed.push(format!("{e:#}"));
+    }
     // The pageserver before the safekeepers it streams from.
     for d in services(dir, &cfg).iter().rev() {
-        if d.stop(STOP_GRACE)? {
-            println!("stopped {}", d.name);
+        match d.stop(STOP_GRACE) {
+            Ok(true) => println!("stopped {}", d.name),
+            Ok(false) => {}
+            Err(e) => failed.push(format!("{}: {e:#}", d.name)),
         }
+    }
+    let left = spec::supervised_names(dir)?;
+    if left.is_empty() {
+        supervisor::stop(dir)?;
+    } else {
+        failed.push(format!(
+            "still supervised (restarted if they die): {}",
+            left.join(", ")
+        ));
+    }
+    if !failed.is_empty() {
+        bail!("could not stop everything:\n  {}", failed.join("\n  "));
     }
     Ok(())
 }
 
-pub fn status(dir: &Path) -> Result<Vec<(String, State)>> {
+/// One service as `strata status` shows it.
+pub struct ServiceStatus {
+    pub name: String,
+    pub state: State,
+    pub supervision: supervisor::Supervision,
+}
+
+/// The cluster's services, then its supervisor.
+pub fn status(dir: &Path) -> Result<Vec<ServiceStatus>> {
     let cfg = ClusterConfig::load(dir)?;
-    services(dir, &cfg)
-        .into_iter()
-        .map(|d| Ok((d.name.clone(), d.state()?)))
+    let mut all = services(dir, &cfg);
+    all.push(Daemon::new(dir, supervisor::SUPERVISOR));
+    all.into_iter()
+        .map(|d| {
+            Ok(ServiceStatus {
+                state: d.state()?,
+                supervision: supervisor::supervision(dir, &d.name),
+                name: d.name,
+            })
+        })
         .collect()
 }
