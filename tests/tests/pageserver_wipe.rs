@@ -292,12 +292,26 @@ fn scenario(s: &Strata, s3_root: &Path) -> Result<()> {
     );
     ensure!(longest <= 128, "a key of {longest} bytes: {keys:?}");
 
-    // SIGKILL the pageserver and wipe its disk.
+    // Wipe the pageserver's disk while it is frozen, then SIGKILL it: the cluster's supervisor
+    // restarts it on the empty directory.
     let pid = s.pageserver_pid()?;
-    let st = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()?;
-    ensure!(st.success(), "kill -KILL {pid}");
+    let signal = |sig: &str| -> Result<()> {
+        let st = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()?;
+        ensure!(st.success(), "kill {sig} {pid}");
+        Ok(())
+    };
+    // The restarted pageserver's restore, then its readiness, in its log.
+    let count = |what: &str| s.log("pageserver").matches(what).count();
+    let restored = "restored from remote storage at start";
+    let listening = "pageserver listening on";
+    let (restores_before, listens_before) = (count(restored), count(listening));
+    signal("-STOP")?;
+    let data = s.dir.join("pageserver");
+    std::fs::remove_dir_all(&data)?;
+    std::fs::create_dir_all(&data)?;
+    signal("-KILL")?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while Path::new(&format!("/proc/{pid}")).exists() {
         // A zombie still has /proc/<pid>, but no cmdline.
@@ -311,10 +325,15 @@ fn scenario(s: &Strata, s3_root: &Path) -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let data = s.dir.join("pageserver");
-    std::fs::remove_dir_all(&data)?;
-    std::fs::create_dir_all(&data)?;
-
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(restored) == restores_before || count(listening) == listens_before {
+        ensure!(
+            Instant::now() < deadline,
+            "the supervisor's restart of the pageserver did not restore and listen within 60 s:\n{}",
+            s.log_tail("pageserver", 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     s.run(&["start"])?;
     let log = s.log("pageserver");
     ensure!(
