@@ -148,7 +148,7 @@ fn stream_what_was_acknowledged(
     }
     let cluster_runs = crate::cluster::status(dir)?
         .iter()
-        .any(|(name, state)| name.starts_with("safekeeper") && matches!(state, State::Running(_)));
+        .any(|s| s.name.starts_with("safekeeper") && matches!(s.state, State::Running(_)));
     if !cluster_runs {
         out.step(
             "the cluster is stopped: Strata keeps the source's history up to where it streamed \
