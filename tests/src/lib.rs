@@ -1,6 +1,7 @@
 //! Test harness: real Postgres 15 processes and workloads.
 //!
 //! - [`pg`]: `PgCluster`, a throw-away Postgres 15 cluster per test.
+//! - [`pitr`]: Postgres's own point-in-time recovery, the oracle for past states.
 //! - [`cluster`]: the `strata` command and Postgres clients against a Strata local cluster.
 //! - [`workload`]: SQL that makes Postgres write (nearly) every WAL record type.
 //! - [`index_workload`]: every index access method on one table, for benchmarks.
@@ -13,6 +14,7 @@ pub mod cluster;
 pub mod index_workload;
 pub mod os_user;
 pub mod pg;
+pub mod pitr;
 pub mod redo_run;
 pub mod soak;
 pub mod waldump;

@@ -7,12 +7,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use strata_tests::cluster::{pg_dump, psql, scratch_dir, StrataCli};
 use strata_tests::pg::pg_bin_dir;
-use strata_tests::PgCluster;
+use strata_tests::pitr::postgres_pitr;
 
 /// The shared CLI driver, plus this test's own helpers.
 struct Strata(StrataCli);
@@ -46,51 +46,6 @@ fn lsn_point(label: &str, lsn: &str) -> Point {
             ("recovery_target_inclusive".into(), "off".into()),
         ],
     }
-}
-
-/// Postgres's PITR of `base` to `point`, replaying WAL from `wal_dir`; returns its pg_dump.
-fn postgres_pitr(base: &Path, wal_dir: &Path, point: &Point) -> Result<String> {
-    let mut settings: Vec<(String, String)> = vec![
-        (
-            "restore_command".into(),
-            format!("cp {}/%f %p", wal_dir.display()),
-        ),
-        // Promote at the target: a paused standby would still hold the locks of transactions
-        // in progress there (a DROP not yet committed), and pg_dump would wait on them.
-        ("recovery_target_action".into(), "promote".into()),
-        ("wal_keep_size".into(), "0".into()),
-    ];
-    settings.extend(point.recovery.iter().cloned());
-    let pg = PgCluster::from_data_dir(
-        |d| {
-            let st = Command::new("cp").arg("-a").arg(base).arg(d).status()?;
-            ensure!(st.success(), "copying the base backup");
-            // The base backup's own settings file would point at the compute's sockets.
-            std::fs::write(d.join("recovery.signal"), "")?;
-            let _ = std::fs::remove_file(d.join("standby.signal"));
-            Ok(())
-        },
-        &settings,
-    )?;
-    pg.start()?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        // Connections are refused until recovery is consistent: keep asking.
-        if let Ok(r) = pg.psql("SELECT pg_is_in_recovery()") {
-            if r.trim() == "f" {
-                break;
-            }
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "Postgres's recovery to {} did not reach its target:\n{}",
-                point.label,
-                pg.log_tail(30)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    pg.pg_dump("postgres", &[])
 }
 
 #[test]
@@ -196,7 +151,7 @@ fn scenario(s: &Strata, tmp: &Path) -> Result<()> {
         let port = c["port"].as_u64().context("port")? as u16;
         let strata_dump = pg_dump(port)?;
         s.run(&["compute", "stop", &name])?;
-        let pg_dump = postgres_pitr(&base, &wal_dir, p)?;
+        let pg_dump = postgres_pitr(&base, &wal_dir, &p.label, &p.recovery)?;
         ensure!(
             strata_dump.len() > 1000,
             "{}: the dump is suspiciously small",

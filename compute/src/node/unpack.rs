@@ -11,6 +11,12 @@
 //! Nothing is fsynced: a compute's files are never needed again after a crash (the compute
 //! is recreated from a basebackup), and Postgres does not expect its files synced at start
 //! from a clean shutdown.
+//!
+//! Tablespaces: the tar's symbolic link `pg_tblspc/<oid>` (the only links it may hold)
+//! becomes a link to `<root>/../tablespaces/<oid>`, a directory beside the data directory
+//! that the compute owns, whatever target the tar names: a compute never writes into another
+//! server's tablespace. Entries below the link land there; leftovers there are removed like
+//! the data directory's, and so are the directories of tablespaces the tar no longer has.
 
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
@@ -42,6 +48,8 @@ pub fn unpack_over(root: &Path, tar: impl Read) -> Result<UnpackReport> {
         .with_context(|| format!("creating {}", root.display()))?;
     let mut rep = UnpackReport::default();
     let mut kept: HashSet<PathBuf> = HashSet::new();
+    // Tablespace OIDs linked from pg_tblspc.
+    let mut linked: HashSet<String> = HashSet::new();
     let mut archive = tar::Archive::new(tar);
     let mut buf = vec![0u8; 1 << 20];
     for entry in archive.entries().context("reading the basebackup tar")? {
@@ -66,6 +74,12 @@ pub fn unpack_over(root: &Path, tar: impl Read) -> Result<UnpackReport> {
                 }
                 rep.dirs += 1;
             }
+            tar::EntryType::Symlink => {
+                let oid = tablespace_oid(&rel)?;
+                link_tablespace(root, &path, oid)?;
+                linked.insert(oid.to_string());
+                rep.dirs += 1;
+            }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let reused = write_over(&path, &mut entry, &mut buf, &mut rep.bytes)
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -73,7 +87,8 @@ pub fn unpack_over(root: &Path, tar: impl Read) -> Result<UnpackReport> {
                 rep.reused_files += u64::from(reused);
             }
             other => bail!(
-                "the basebackup holds {} of type {other:?}: only files and directories are expected",
+                "the basebackup holds {} of type {other:?}: only files, directories and \
+                 pg_tblspc links are expected",
                 rel.display()
             ),
         }
@@ -88,7 +103,90 @@ pub fn unpack_over(root: &Path, tar: impl Read) -> Result<UnpackReport> {
         }
     }
     rep.removed = remove_others(root, Path::new(""), &kept)?;
+    rep.removed += remove_unlinked_tablespaces(root, &linked)?;
     Ok(rep)
+}
+
+/// Where the compute keeps the tablespaces of the data directory `root`.
+pub fn tablespaces_dir(root: &Path) -> PathBuf {
+    root.parent().unwrap_or(root).join("tablespaces")
+}
+
+/// The OID of a tablespace link entry: the tar may hold links only at `pg_tblspc/<oid>`.
+fn tablespace_oid(rel: &Path) -> Result<u32> {
+    let mut parts = rel.components();
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Component::Normal(dir)), Some(Component::Normal(oid)), None)
+            if dir == "pg_tblspc" =>
+        {
+            if let Some(oid) = oid.to_str().and_then(|s| s.parse::<u32>().ok()) {
+                return Ok(oid);
+            }
+        }
+        _ => {}
+    }
+    bail!(
+        "the basebackup holds a symbolic link {}: links are expected only at pg_tblspc/<oid>",
+        rel.display()
+    )
+}
+
+/// Makes `link` (`pg_tblspc/<oid>`) a link to the compute's own directory of tablespace `oid`.
+fn link_tablespace(root: &Path, link: &Path, oid: u32) -> Result<()> {
+    let spcs = tablespaces_dir(root);
+    // Traversable by the Postgres OS user; each tablespace inside is its own, mode 0700.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&spcs)
+        .with_context(|| format!("creating {}", spcs.display()))?;
+    let target = std::path::absolute(spcs.join(oid.to_string()))
+        .with_context(|| format!("the path of tablespace {oid}"))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&target)
+        .with_context(|| format!("creating {}", target.display()))?;
+    match fs::symlink_metadata(link) {
+        Ok(m) if m.is_symlink() && fs::read_link(link).is_ok_and(|t| t == target) => return Ok(()),
+        Ok(m) if m.is_dir() => fs::remove_dir_all(link),
+        Ok(_) => fs::remove_file(link),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+    .with_context(|| format!("replacing {}", link.display()))?;
+    std::os::unix::fs::symlink(&target, link)
+        .with_context(|| format!("linking {} to {}", link.display(), target.display()))
+}
+
+/// Removes the tablespace directories beside `root` that no link of the tar names.
+fn remove_unlinked_tablespaces(root: &Path, linked: &HashSet<String>) -> Result<u64> {
+    let spcs = tablespaces_dir(root);
+    let entries = match fs::read_dir(&spcs) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", spcs.display())),
+    };
+    let mut removed = 0;
+    for e in entries {
+        let e = e?;
+        if linked.contains(&*e.file_name().to_string_lossy()) {
+            continue;
+        }
+        remove_entry(&e.path(), e.file_type()?)?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// Removes a directory entry of type `t` (a directory with everything below it).
+fn remove_entry(p: &Path, t: fs::FileType) -> Result<()> {
+    if t.is_dir() {
+        fs::remove_dir_all(p)
+    } else {
+        fs::remove_file(p)
+    }
+    .with_context(|| format!("removing {}", p.display()))
 }
 
 /// Refuses absolute paths and `..`.
@@ -164,18 +262,13 @@ fn remove_others(root: &Path, rel: &Path, kept: &HashSet<PathBuf>) -> Result<u64
         let r = rel.join(e.file_name());
         let t = e.file_type()?;
         if kept.contains(&r) {
-            if t.is_dir() {
+            // A kept link is a tablespace's: clean its directory too.
+            if t.is_dir() || (t.is_symlink() && e.path().is_dir()) {
                 removed += remove_others(root, &r, kept)?;
             }
             continue;
         }
-        let p = e.path();
-        if t.is_dir() {
-            fs::remove_dir_all(&p)
-        } else {
-            fs::remove_file(&p)
-        }
-        .with_context(|| format!("removing {}", p.display()))?;
+        remove_entry(&e.path(), t)?;
         removed += 1;
     }
     Ok(removed)
@@ -277,6 +370,77 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["PG_VERSION", "base", "global", "pg_wal"]);
+    }
+
+    #[test]
+    fn tablespace_links_become_the_computes_own_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("data");
+        let mut b = tar::Builder::new(Vec::new());
+        let dir = |b: &mut tar::Builder<Vec<u8>>, path: &str| {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            h.set_mode(0o700);
+            b.append_data(&mut h, path, &[][..]).unwrap();
+        };
+        dir(&mut b, "pg_tblspc");
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        // Whatever the tar names (here: someone else's directory), the compute's own is used.
+        b.append_link(&mut h, "pg_tblspc/16384", "/var/lib/elsewhere")
+            .unwrap();
+        dir(&mut b, "pg_tblspc/16384/PG_15_202209061");
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(3);
+        h.set_mode(0o600);
+        b.append_data(&mut h, "pg_tblspc/16384/PG_15_202209061/x", &b"abc"[..])
+            .unwrap();
+        let t = b.into_inner().unwrap();
+        // Leftovers of an earlier compute: a stale file in the tablespace, another tablespace.
+        fs::create_dir_all(d.path().join("tablespaces/16384/PG_15_202209061")).unwrap();
+        fs::write(d.path().join("tablespaces/16384/PG_15_202209061/old"), b"o").unwrap();
+        fs::create_dir_all(d.path().join("tablespaces/99999")).unwrap();
+        let rep = unpack_over(&root, &t[..]).unwrap();
+        let link = root.join("pg_tblspc/16384");
+        assert!(link.is_symlink());
+        let target = fs::read_link(&link).unwrap();
+        assert!(target.is_absolute(), "{}", target.display());
+        assert!(
+            target.ends_with("tablespaces/16384"),
+            "{}",
+            target.display()
+        );
+        assert_eq!(
+            read(&d.path().join("tablespaces/16384/PG_15_202209061/x")),
+            b"abc"
+        );
+        assert!(!d
+            .path()
+            .join("tablespaces/16384/PG_15_202209061/old")
+            .exists());
+        assert!(!d.path().join("tablespaces/99999").exists());
+        assert_eq!(rep.removed, 2);
+        // Unpacking again over it keeps the link and the file.
+        unpack_over(&root, &t[..]).unwrap();
+        assert_eq!(read(&link.join("PG_15_202209061/x")), b"abc");
+    }
+
+    #[test]
+    fn links_elsewhere_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, "base/1", "/etc").unwrap();
+        let t = b.into_inner().unwrap();
+        let err = unpack_over(&d.path().join("data"), &t[..]).unwrap_err();
+        assert!(format!("{err:#}").contains("only at pg_tblspc"), "{err:#}");
     }
 
     #[test]

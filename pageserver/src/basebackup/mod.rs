@@ -20,9 +20,13 @@
 //!   control file records, which a hot standby must at least match), `pg_hba.conf` (peer on
 //!   the local socket only), `pg_ident.conf`, `postgresql.auto.conf`: the caller appends or
 //!   replaces what it needs (port, sockets, replication).
-//! - Non-default tablespaces become directories inside `pg_tblspc` (in-place tablespaces),
-//!   not symlinks: a compute's data directory is self-contained. Every tablespace the WAL
-//!   created and did not drop gets its directory, even while it holds no relation.
+//! - Non-default tablespaces are what Postgres expects (and `pg_basebackup`'s tar has): a
+//!   symbolic link `pg_tblspc/<oid>` to a directory holding `PG_15_<catversion>/<db>/…`.
+//!   The link points at `../../tablespaces/<oid>`, beside the data directory; a compute's
+//!   unpacker makes that a directory the compute owns (`compute::node::unpack`). In-place
+//!   directories would make a hot standby PANIC ("unexpected directory entry") and turn a
+//!   branch's tablespace into an in-place one. Every tablespace the WAL created and did not
+//!   drop gets its link and directory, even while it holds no relation.
 //!
 //! Modes: [`Mode::ReadWrite`] starts a primary that writes WAL after the checkpoint on the
 //! same Postgres timeline ID (1 by default): a Strata branch is a Strata timeline, the
@@ -386,17 +390,17 @@ pub fn basebackup(
     let forks = dir.all_forks();
     let dbs: BTreeSet<(u32, u32)> = forks.iter().map(|(r, _, _)| (r.spc, r.db)).collect();
     let mut spcs = BTreeSet::new();
-    for &spc in &tablespaces {
+    let user_spcs = tablespaces.iter().copied().chain(dbs.iter().map(|d| d.0));
+    for spc in user_spcs {
         if spc != GLOBAL_TABLESPACE && spc != DEFAULT_TABLESPACE && spcs.insert(spc) {
-            out.dir(&format!("pg_tblspc/{spc}"))?;
+            let link = format!("pg_tblspc/{spc}");
+            out.sink
+                .dir_link(&link, &sink::tablespace_link_target(spc))
+                .map_err(Out::err(&link))?;
             out.dir(&format!("pg_tblspc/{spc}/PG_15_{catver}"))?;
         }
     }
     for &(spc, db) in &dbs {
-        if spc != GLOBAL_TABLESPACE && spc != DEFAULT_TABLESPACE && spcs.insert(spc) {
-            out.dir(&format!("pg_tblspc/{spc}"))?;
-            out.dir(&format!("pg_tblspc/{spc}/PG_15_{catver}"))?;
-        }
         if spc != GLOBAL_TABLESPACE {
             out.dir(&db_path(spc, db, catver))?;
         }

@@ -3,6 +3,11 @@
 //!
 //! Entries arrive parents first. A file's length is announced before its bytes (a tar header
 //! needs it); a sink refuses a file whose bytes do not add up to it.
+//!
+//! A tablespace is a symbolic link `pg_tblspc/<oid>` to a directory outside the data
+//! directory, as in a `pg_basebackup` tar; entries below the link go through it. The link's
+//! target is relative to the link ([`tablespace_link_target`]): `tar -x` into `D` and the
+//! [`DirSink`] put tablespace `<oid>` in `D/../tablespaces/<oid>`, beside `D`.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -18,6 +23,9 @@ pub trait Sink {
     fn end_file(&mut self) -> io::Result<()>;
     /// Ends the output (the tar trailer; the directories' fsync).
     fn finish(&mut self) -> io::Result<()>;
+    /// A symbolic link at `path` to the directory `target` (relative to the link's
+    /// directory): a tablespace's `pg_tblspc/<oid>`.
+    fn dir_link(&mut self, path: &str, target: &str) -> io::Result<()>;
 
     /// A whole file at once.
     fn file(&mut self, path: &str, data: &[u8]) -> io::Result<()> {
@@ -25,6 +33,12 @@ pub trait Sink {
         self.write(data)?;
         self.end_file()
     }
+}
+
+/// Where a basebackup's `pg_tblspc/<oid>` link points: `tablespaces/<oid>` beside the data
+/// directory (a compute's unpacker puts it in its own directory there).
+pub fn tablespace_link_target(oid: u32) -> String {
+    format!("../../tablespaces/{oid}")
 }
 
 fn bad(msg: String) -> io::Error {
@@ -84,7 +98,7 @@ impl<W: Write> TarSink<W> {
         self.out
     }
 
-    fn header(&mut self, path: &str, len: u64, dir: bool) -> io::Result<()> {
+    fn header(&mut self, path: &str, len: u64, kind: TarKind) -> io::Result<()> {
         let mut h = [0u8; 512];
         let (prefix, name) = split_name(path)?;
         h[..name.len()].copy_from_slice(name.as_bytes());
@@ -93,7 +107,20 @@ impl<W: Write> TarSink<W> {
             let s = format!("{v:0w$o}", w = width - 1);
             h[at..at + width - 1].copy_from_slice(s.as_bytes());
         };
-        octal(&mut h, 100, 8, if dir { 0o700 } else { 0o600 });
+        let (mode, flag) = match kind {
+            TarKind::File => (0o600, b'0'),
+            TarKind::Dir => (0o700, b'5'),
+            TarKind::Link(target) => {
+                if target.len() > 100 {
+                    return Err(bad(format!(
+                        "{path}: link target {target} is too long for ustar"
+                    )));
+                }
+                h[157..157 + target.len()].copy_from_slice(target.as_bytes());
+                (0o777, b'2')
+            }
+        };
+        octal(&mut h, 100, 8, mode);
         octal(&mut h, 108, 8, 0);
         octal(&mut h, 116, 8, 0);
         if len >= 0o77777777777 {
@@ -101,7 +128,7 @@ impl<W: Write> TarSink<W> {
         }
         octal(&mut h, 124, 12, len);
         octal(&mut h, 136, 12, self.mtime);
-        h[156] = if dir { b'5' } else { b'0' };
+        h[156] = flag;
         h[257..263].copy_from_slice(b"ustar\0");
         h[263..265].copy_from_slice(b"00");
         // The checksum is computed with its own field as spaces.
@@ -111,6 +138,14 @@ impl<W: Write> TarSink<W> {
         h[148..156].copy_from_slice(s.as_bytes());
         self.out.write_all(&h)
     }
+}
+
+/// What a tar header announces.
+enum TarKind<'a> {
+    File,
+    Dir,
+    /// A symbolic link to this target.
+    Link(&'a str),
 }
 
 /// Splits a path into ustar's prefix (up to 155 bytes) and name (up to 100 bytes).
@@ -128,14 +163,18 @@ fn split_name(path: &str) -> io::Result<(&str, &str)> {
 
 impl<W: Write> Sink for TarSink<W> {
     fn dir(&mut self, path: &str) -> io::Result<()> {
-        self.header(&format!("{path}/"), 0, true)
+        self.header(&format!("{path}/"), 0, TarKind::Dir)
+    }
+
+    fn dir_link(&mut self, path: &str, target: &str) -> io::Result<()> {
+        self.header(path, 0, TarKind::Link(target))
     }
 
     fn begin_file(&mut self, path: &str, len: u64) -> io::Result<()> {
         if let Some(c) = &self.cur {
             return Err(bad(format!("{path}: {} is still open", c.path)));
         }
-        self.header(path, len, false)?;
+        self.header(path, len, TarKind::File)?;
         self.cur = Some(Current {
             path: path.to_string(),
             len,
@@ -219,6 +258,31 @@ impl Sink for DirSink {
         Ok(())
     }
 
+    /// Creates the target directory (which must be missing or empty: no other data
+    /// directory's tablespace) and the link.
+    fn dir_link(&mut self, path: &str, target: &str) -> io::Result<()> {
+        let p = self.path(path)?;
+        let parent = p
+            .parent()
+            .ok_or_else(|| bad(format!("{path}: no parent directory")))?;
+        let real = parent.join(target);
+        if real.exists() && std::fs::read_dir(&real)?.next().is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("tablespace directory {} is not empty", real.display()),
+            ));
+        }
+        std::fs::create_dir_all(&real)?;
+        set_mode(&real, 0o700)?;
+        std::os::unix::fs::symlink(target, &p)?;
+        if let Some(up) = real.parent() {
+            self.dirs.push(up.to_path_buf());
+        }
+        self.dirs.push(real);
+        self.dirs.push(parent.to_path_buf());
+        Ok(())
+    }
+
     fn begin_file(&mut self, path: &str, len: u64) -> io::Result<()> {
         if let Some((_, c)) = &self.cur {
             return Err(bad(format!("{path}: {} is still open", c.path)));
@@ -283,5 +347,40 @@ mod tests {
         assert!(split_name(&"a/".repeat(200)).is_err());
         let long = format!("{}/{}", "p".repeat(120), "n".repeat(90));
         assert_eq!(split_name(&long).unwrap().1.len(), 90);
+    }
+
+    #[test]
+    fn tablespace_links_are_tar_symlinks_and_real_directories() {
+        let mut t = TarSink::new(Vec::new());
+        t.dir("pg_tblspc").unwrap();
+        t.dir_link("pg_tblspc/16384", &tablespace_link_target(16384))
+            .unwrap();
+        t.finish().unwrap();
+        let out = t.into_inner();
+        let h = &out[512..1024];
+        assert_eq!(&h[..15], b"pg_tblspc/16384");
+        assert_eq!(h[156], b'2');
+        assert_eq!(&h[157..180], b"../../tablespaces/16384");
+
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("data");
+        let mut s = DirSink::new(&root).unwrap();
+        s.dir("pg_tblspc").unwrap();
+        s.dir_link("pg_tblspc/16384", &tablespace_link_target(16384))
+            .unwrap();
+        s.dir("pg_tblspc/16384/PG_15_1").unwrap();
+        s.file("pg_tblspc/16384/PG_15_1/x", b"x").unwrap();
+        s.finish().unwrap();
+        assert!(root.join("pg_tblspc/16384").is_symlink());
+        assert_eq!(
+            std::fs::read(d.path().join("tablespaces/16384/PG_15_1/x")).unwrap(),
+            b"x"
+        );
+        // A second data directory beside it must not share the tablespace.
+        let mut s = DirSink::new(&d.path().join("data2")).unwrap();
+        s.dir("pg_tblspc").unwrap();
+        assert!(s
+            .dir_link("pg_tblspc/16384", &tablespace_link_target(16384))
+            .is_err());
     }
 }

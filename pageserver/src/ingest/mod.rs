@@ -215,7 +215,8 @@ impl WalIngest {
         }
         let (last, last_end) = (self.tl.last_record_lsn(), self.tl.last_record_end());
         if last == Lsn::INVALID {
-            if rec.lsn != start {
+            // A branch at a page start: its first record follows the page header.
+            if rec.lsn != start && rec.lsn != crate::timeline::boundary::first_record_lsn(start) {
                 return Err(IngestError::NotAtStart {
                     lsn: rec.lsn,
                     start,

@@ -73,6 +73,15 @@ fn check_read_lsn(h: &TimelineHandle, lsn: Lsn) -> Result<(), TenantError> {
                 stop.describe()
             )));
         }
+        let received = h.wal_progress().received;
+        if lsn <= received {
+            // Waiting cannot help until a writer commits the rest of that record.
+            return Err(TenantError::OutOfRange(format!(
+                "LSN {lsn} is beyond timeline {name}'s last record end {end}: the WAL received \
+                 up to {received} ends inside the record starting at {end}, whose rest is not \
+                 committed; the latest state is at {end}; readable: {start}..={end}"
+            )));
+        }
         return Err(TenantError::OutOfRange(format!(
             "LSN {lsn} is beyond timeline {name}'s last record end {end}; readable: {start}..={end}"
         )));
@@ -454,7 +463,18 @@ impl pb::pageserver_server::Pageserver for PageserverService {
             move || {
                 let lsn = lsn_or(r.lsn, h.read(|t| t.last_record_end()));
                 check_read_lsn(&h, lsn)?;
-                Ok(lsn)
+                // An LSN inside a record means the state after it, as in Postgres's recovery.
+                let resolved = h
+                    .read(|t| crate::timeline::boundary::resolve(t, lsn))
+                    .map_err(TenantError::timeline(format!(
+                        "resolving {lsn} on {}/{}",
+                        h.tenant_id(),
+                        h.timeline_id()
+                    )))?;
+                if let Some(why) = resolved.describe() {
+                    info!(tenant = %h.tenant_id(), timeline = %h.timeline_id(), "basebackup: {why}");
+                }
+                Ok(resolved.lsn())
             }
         })
         .await?;

@@ -1,10 +1,13 @@
 //! Where a branch starts: an LSN, the state as of a time, or a named restore point, checked
 //! against what the parent timeline holds.
 //!
-//! - **LSN**: any LSN in `[parent start, parent last record end]` that can be a record
-//!   boundary (8-byte aligned, not inside a WAL page header). The pageserver keeps no WAL, so
-//!   it cannot tell a record's end from a position inside a record; an LSN inside a record
-//!   means the state before that record (page versions are keyed by record end LSN).
+//! - **LSN**: any LSN in `[parent start, parent last record end]`, resolved to the record
+//!   boundary it denotes as Postgres's `recovery_target_lsn` with `recovery_target_inclusive
+//!   = off` does: every record starting before it ([`crate::timeline::boundary`]). An LSN
+//!   inside a record that crosses a WAL page (every page- or segment-aligned LSN inside a
+//!   record) or inside a page header is moved to that record's end (the page start);
+//!   otherwise it must be 8-byte aligned, and one inside a record lying within a page means
+//!   the state before that record (the pageserver keeps no WAL to tell).
 //! - **Time T, inclusive** (`recovery_target_inclusive = on`): the state after every commit
 //!   whose time is ≤ T: the end LSN of the last such commit (`lsn_for_timestamp`). With
 //!   commits slightly out of time order in the WAL, it stops before the first commit later
@@ -23,7 +26,7 @@ use layer_format::Lsn;
 use super::error::{Result, TenantError};
 use crate::ingest::nonpage::index::CommitEntry;
 use crate::ingest::nonpage::{keys, read};
-use crate::timeline::Timeline;
+use crate::timeline::{boundary, Timeline};
 
 /// Microseconds from the Unix epoch to Postgres's (2000-01-01 UTC).
 pub const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
@@ -86,12 +89,39 @@ fn first_commit(tl: &Timeline) -> Result<Option<(i64, Lsn)>> {
     Ok(Some((e.time + PG_EPOCH_UNIX_MICROS, e.lsn)))
 }
 
+/// PostgreSQL's timestamp range in its own microseconds since 2000-01-01
+/// (`MIN_TIMESTAMP`..`END_TIMESTAMP` in `datatype/timestamp.h`: 4714-11-24 BC to 294276 AD).
+const PG_MIN_TIMESTAMP: i64 = -211_813_488_000_000_000;
+const PG_END_TIMESTAMP: i64 = 9_223_371_331_200_000_000;
+
+/// `unix_micros` as Postgres microseconds since 2000, or an error if no Postgres timestamp
+/// can be that time (a commit time never is): far outside that range, the conversion itself
+/// would overflow.
+pub fn pg_time_of_unix_micros(unix_micros: i64) -> Result<i64> {
+    unix_micros
+        .checked_sub(PG_EPOCH_UNIX_MICROS)
+        .filter(|t| (PG_MIN_TIMESTAMP..PG_END_TIMESTAMP).contains(t))
+        .ok_or_else(|| {
+            TenantError::InvalidArgument(format!(
+                "timestamp {unix_micros} µs since the Unix epoch is outside PostgreSQL's \
+                 timestamp range (4714-11-24 BC to 294276 AD): no commit can have that time"
+            ))
+        })
+}
+
 /// The LSN of the state as of `unix_micros` (see the module doc).
 pub fn lsn_for_time(tl: &Timeline, name: &str, unix_micros: i64, inclusive: bool) -> Result<Lsn> {
-    let pg_time = unix_micros.saturating_sub(PG_EPOCH_UNIX_MICROS);
-    let t = if inclusive { pg_time } else { pg_time - 1 };
-    if let Some(lsn) = read::lsn_for_timestamp(tl, t).map_err(timeline_err(tl))? {
-        return Ok(lsn);
+    let pg_time = pg_time_of_unix_micros(unix_micros)?;
+    // Exclusive: strictly before T. Nothing is before the first representable time.
+    let t = if inclusive {
+        Some(pg_time)
+    } else {
+        pg_time.checked_sub(1)
+    };
+    if let Some(t) = t {
+        if let Some(lsn) = read::lsn_for_timestamp(tl, t).map_err(timeline_err(tl))? {
+            return Ok(lsn);
+        }
     }
     let when = format_unix_micros(unix_micros);
     let rel = if inclusive { "at or before" } else { "before" };
@@ -120,7 +150,14 @@ pub fn restore_points(tl: &Timeline) -> Result<Vec<(String, Lsn, i64)>> {
 pub fn resolve(tl: &Timeline, name: &str, target: &BranchTarget) -> Result<Lsn> {
     let lsn = match target {
         BranchTarget::Tip => tl.last_record_end(),
-        BranchTarget::Lsn(l) => *l,
+        BranchTarget::Lsn(l) => {
+            check_lsn_range(tl, name, *l)?;
+            let b = boundary::resolve(tl, *l).map_err(timeline_err(tl))?;
+            if let Some(why) = b.describe() {
+                tracing::info!("branch of {name}: {why}");
+            }
+            b.lsn()
+        }
         BranchTarget::Timestamp {
             unix_micros,
             inclusive,
@@ -149,6 +186,25 @@ pub fn resolve(tl: &Timeline, name: &str, target: &BranchTarget) -> Result<Lsn> 
 
 /// Checks that a branch of `tl` can start at `lsn` (see the module doc).
 pub fn check_branch_lsn(tl: &Timeline, name: &str, lsn: Lsn) -> Result<()> {
+    check_lsn_range(tl, name, lsn)?;
+    if !lsn.0.is_multiple_of(8) {
+        return Err(TenantError::InvalidArgument(format!(
+            "LSN {lsn} is not a record boundary: records start and end on 8-byte boundaries"
+        )));
+    }
+    let header = boundary::page_header_size(lsn.page_start());
+    let off = lsn.page_offset();
+    if off > 0 && off < header {
+        return Err(TenantError::InvalidArgument(format!(
+            "LSN {lsn} is inside a WAL page header, not a record boundary (the page starts at {})",
+            lsn.page_start()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `lsn` is in the part of `tl`'s history a branch can start in.
+fn check_lsn_range(tl: &Timeline, name: &str, lsn: Lsn) -> Result<()> {
     let (start, end) = (tl.start_lsn(), tl.last_record_end());
     let older = match tl.ancestor_link() {
         Some((id, _)) => format!("; older history is on its ancestor {id}"),
@@ -173,25 +229,36 @@ pub fn check_branch_lsn(tl: &Timeline, name: &str, lsn: Lsn) -> Result<()> {
              garbage collected; a branch of it can start at {cutoff}..={end}"
         )));
     }
-    if !lsn.0.is_multiple_of(8) {
-        return Err(TenantError::InvalidArgument(format!(
-            "LSN {lsn} is not a record boundary: records start and end on 8-byte boundaries"
-        )));
-    }
-    let header = if lsn.segment_offset() < 8192 { 40 } else { 24 };
-    let off = lsn.page_offset();
-    if off > 0 && off < header {
-        return Err(TenantError::InvalidArgument(format!(
-            "LSN {lsn} is inside a WAL page header, not a record boundary (the page starts at {})",
-            lsn.page_start()
-        )));
-    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_times_are_invalid_arguments() {
+        for us in [i64::MIN, i64::MIN + 1, i64::MAX, -300_000_000_000_000_000] {
+            let e = pg_time_of_unix_micros(us).unwrap_err();
+            assert!(
+                matches!(&e, TenantError::InvalidArgument(m) if m.contains("outside PostgreSQL's timestamp range")),
+                "{us}: {e}"
+            );
+        }
+        assert_eq!(pg_time_of_unix_micros(PG_EPOCH_UNIX_MICROS).unwrap(), 0);
+        assert_eq!(pg_time_of_unix_micros(0).unwrap(), -PG_EPOCH_UNIX_MICROS);
+        let first = PG_MIN_TIMESTAMP + PG_EPOCH_UNIX_MICROS;
+        assert_eq!(pg_time_of_unix_micros(first).unwrap(), PG_MIN_TIMESTAMP);
+        assert!(pg_time_of_unix_micros(first - 1).is_err());
+        assert!(
+            format_unix_micros(i64::MIN).len() > 10,
+            "formats without overflow"
+        );
+        assert!(
+            format_unix_micros(i64::MAX).len() > 10,
+            "formats without overflow"
+        );
+    }
 
     #[test]
     fn formats_times() {

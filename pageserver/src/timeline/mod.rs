@@ -28,6 +28,7 @@
 //! `disk_consistent_lsn`.
 
 pub mod ancestor;
+pub mod boundary;
 pub mod compaction;
 pub mod error;
 pub mod flush;
@@ -286,6 +287,10 @@ impl Timeline {
     /// boundary).
     pub fn finish_record(&mut self, lsn: Lsn, end_lsn: Lsn) -> Result<()> {
         self.check_not_broken()?;
+        // Which page starts the record covers: what an LSN there means (`boundary`).
+        for (key, value) in boundary::crossing_values(lsn, end_lsn) {
+            self.put(key, end_lsn, &value)?;
+        }
         self.last_record_lsn = lsn;
         self.last_record_end = end_lsn;
         if self.flusher.has_ready() {

@@ -8,12 +8,17 @@
 //! |--------------------------|-----------------------------------------------------------|
 //! | `0 ..= MAX_COMMIT_ENTRY` | commit-time index entry `n` ([`super::index`])            |
 //! | `0xFFFF_FFF0 + slru`     | directory of an SLRU's segments ([`super::slru`])         |
+//! | `0xFFFF_FFF9`            | the record crossing into WAL page `(f3 << 32) \| f5`: its  |
+//! |                          | start and end ([`crate::timeline::boundary`])             |
 //! | `0xFFFF_FFFA`            | tablespaces created by the WAL and not dropped            |
 //! | `0xFFFF_FFFB`            | commit timestamp limits ([`super::commit_ts`])            |
 //! | `0xFFFF_FFFC`            | replication origin progress ([`super::origins`])          |
 //! | `0xFFFF_FFFD`            | live prepared transactions ([`super::twophase`])           |
 //! | `0xFFFF_FFFE`            | commit-time index entries, every 1024 ([`super::index`])   |
 //! | `0xFFFF_FFFF`            | restore points                                             |
+//!
+//! The record-crossing keys alone use fields 3 and 5 (the WAL page number), so
+//! `Key::kind()` names none of them.
 //!
 //! A reader enumerating relmapper files must take them from the database directory (as a
 //! basebackup does), never from a key-range scan of kind 0x05, or it would see these.
@@ -73,4 +78,14 @@ pub fn commit_ts_state() -> Key {
 /// The replication origins' progress slots.
 pub fn replication_origins() -> Key {
     Key::relmap(RESERVED_SPC, 0xFFFF_FFFC)
+}
+
+/// The record that continues onto WAL page number `page` (LSN / 8 KiB): its start and end
+/// LSNs ([`crate::timeline::boundary`]).
+pub fn record_crossing(page: u64) -> Key {
+    let mut b = [0u8; layer_format::KEY_SIZE];
+    b.copy_from_slice(Key::relmap(RESERVED_SPC, 0xFFFF_FFF9).as_bytes());
+    b[9..13].copy_from_slice(&((page >> 32) as u32).to_be_bytes());
+    b[14..18].copy_from_slice(&(page as u32).to_be_bytes());
+    Key::from_bytes(b)
 }

@@ -49,7 +49,8 @@
 //!   checkpoint with no transaction running and empty caches.
 //! - LogicalMessage MESSAGE: only logical decoding reads it; it changes no file.
 //! - Heap2 NEW_CID, XLOG/XACT records' invalidation lists: for logical decoding and caches.
-//! - Tablespace CREATE's location: computes use in-place directories in `pg_tblspc`.
+//! - Tablespace CREATE's location: a basebackup links `pg_tblspc/<oid>` to a directory the
+//!   compute owns, never to the primary's location.
 //! - Relation pages of every rmgr (heap, index AMs, sequences, Generic): pages, not
 //!   non-page state ([`crate::redo`]).
 
