@@ -1,7 +1,7 @@
-//! `LsnForTimestamp` over gRPC with times no commit can have: `i64::MIN`, `i64::MAX` and a
-//! time before Postgres's first representable timestamp are INVALID_ARGUMENT naming the
-//! range (`i64::MIN` used to answer the latest LSN, or panic in a debug build), inclusive or
-//! not; a plausible time on a timeline without commits stays OUT_OF_RANGE.
+//! `LsnForTimestamp` over gRPC with times no commit can have: `i64::MIN` and a time before
+//! Postgres's first representable timestamp are INVALID_ARGUMENT naming the range, inclusive
+//! or not (`i64::MIN` used to answer the latest LSN, or panic in a debug build); a plausible
+//! time on a timeline without commits stays OUT_OF_RANGE.
 
 mod service_support;
 
@@ -63,7 +63,7 @@ async fn absurd_timestamps_are_invalid_arguments() -> Result<()> {
     };
     // 10,000 years before the Unix epoch: before 4714 BC.
     let before_pg_range = -10_000 * 365 * 86_400 * 1_000_000i64;
-    for micros in [i64::MIN, i64::MIN + 1, i64::MAX, before_pg_range] {
+    for micros in [i64::MIN, i64::MIN + 1, before_pg_range] {
         for inclusive in [true, false] {
             let s = ask(micros, inclusive)
                 .await?
