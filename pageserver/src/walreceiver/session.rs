@@ -130,7 +130,10 @@ async fn send_status(
     sink: &dyn WalSink,
     reply_requested: bool,
 ) -> Result<(), walproto::pgclient::PgError> {
-    let f = sink.feedback();
+    // The positions come from under the timeline lock, which a flush or a slow basebackup can
+    // hold: never wait for it on an async worker (two such waits starve a 2-core runtime, and
+    // then nothing drains the basebackup stream that holds the lock).
+    let f = off_async_worker(|| sink.feedback());
     debug!(received = %f.received, durable_local = %f.durable_local, durable_remote = %f.durable_remote, "status update");
     stream
         .send_positions(
@@ -145,9 +148,15 @@ async fn send_status(
 /// `sink.receive`, which may block (ingest, locks): off the async worker on a multi-threaded
 /// runtime, so other timelines' streams and the status updates keep going.
 fn hand_over(sink: &dyn WalSink, at: Lsn, data: &[u8]) -> anyhow::Result<()> {
+    off_async_worker(|| sink.receive(at, data))
+}
+
+/// Runs `f`, which may block, without holding up an async worker of a multi-threaded runtime
+/// (the runtime hands the worker's other tasks to a new one meanwhile).
+fn off_async_worker<T>(f: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::current().runtime_flavor() {
-        RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| sink.receive(at, data)),
-        _ => sink.receive(at, data),
+        RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
