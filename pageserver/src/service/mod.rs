@@ -148,15 +148,43 @@ struct ChunkWriter {
     tx: tokio::sync::mpsc::Sender<Result<pb::BasebackupChunk, Status>>,
 }
 
+/// How long a basebackup waits for its client to take the next chunk. The tar is written under
+/// the timeline's read lock, which ingest waits for: a client that stops reading (stopped,
+/// hung) must not stall the timeline for longer than this.
+const STALLED_CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl ChunkWriter {
+    /// Hands the buffered bytes to the gRPC stream (called on a blocking thread of the runtime).
     fn send(&mut self) -> std::io::Result<()> {
+        use std::io::{Error, ErrorKind};
+        use tokio::sync::mpsc::error::TrySendError;
         if self.buf.is_empty() {
             return Ok(());
         }
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx
-            .blocking_send(Ok(pb::BasebackupChunk { data }))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))
+        let chunk = match self.tx.try_send(Ok(pb::BasebackupChunk { data })) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Closed(_)) => {
+                return Err(Error::new(ErrorKind::BrokenPipe, "client gone"))
+            }
+            Err(TrySendError::Full(chunk)) => chunk,
+        };
+        let sent = tokio::runtime::Handle::current().block_on(tokio::time::timeout(
+            STALLED_CLIENT_TIMEOUT,
+            self.tx.send(chunk),
+        ));
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::new(ErrorKind::BrokenPipe, "client gone")),
+            Err(_) => Err(Error::new(
+                ErrorKind::TimedOut,
+                format!(
+                    "the client took no data for {} s (the basebackup holds the timeline's read \
+                     lock, which ingest waits for)",
+                    STALLED_CLIENT_TIMEOUT.as_secs()
+                ),
+            )),
+        }
     }
 }
 
