@@ -99,12 +99,10 @@ pub fn init(dir: &Path, args: &InitArgs) -> Result<()> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))?;
-    let cfg = ClusterConfig::generate(
-        &dir,
-        args.safekeepers,
-        args.remote_storage.clone(),
-        args.pg_bin.clone(),
-    )?;
+    // Stored absolute: every later command, wherever it runs, starts the same programs.
+    let pg_bin = std::path::absolute(&args.pg_bin)
+        .with_context(|| format!("resolving {}", args.pg_bin.display()))?;
+    let cfg = ClusterConfig::generate(&dir, args.safekeepers, args.remote_storage.clone(), pg_bin)?;
     for sub in ["run", "logs", "computes", "pageserver"] {
         fs::create_dir_all(dir.join(sub))?;
     }
