@@ -103,7 +103,18 @@ install_s3s_fs() {
     cargo install s3s-fs@0.14.1 --locked --features binary
 }
 
+install_test_tools() {
+    # strace: a safekeeper test checks the fsyncs of an offload by tracing the system calls.
+    # mount (util-linux) and tmpfs: the disk-full tests run a safekeeper on a small filesystem.
+    if command -v strace >/dev/null 2>&1; then
+        say "strace present"
+    else
+        apt_install strace
+    fi
+}
+
 install_c_toolchain
+install_test_tools
 install_postgres
 stop_system_cluster
 if [ "${STRATA_SETUP_REGRESS:-0}" = "1" ]; then
