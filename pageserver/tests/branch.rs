@@ -23,6 +23,7 @@ use pageserver::redo::datadir::{compare_page, DataDirReport};
 use pageserver::redo::store::PageStore;
 use pageserver::tenant::branch::{lsn_for_time, restore_points};
 use pageserver::tenant::{BranchTarget, TenantConf, TenantError, TenantManager};
+use pageserver::timeline::boundary::Boundary;
 use service_support::{all_pages, differing, feed_wal, query_i64, query_lsn};
 use strata_tests::waldump::wal_end_after_clean_stop;
 use strata_tests::{InitOptions, PgCluster, StopMode};
@@ -216,10 +217,20 @@ fn branches_on_real_wal() -> Result<()> {
         &["8-byte"],
     );
     let next_page = (h.fork.0 | 8191) + 1;
-    expect_err(
-        tenant.create_branch(&pid, None, &lsn(next_page + 8), vec![]),
-        "inside a page header",
-        &["page header"],
+    // An LSN inside a page header denotes a record boundary, as recovery_target_lsn does:
+    // the end of the record that continues onto the page, or the page start if none does.
+    let in_header = Lsn(next_page + 8);
+    let resolved = parent.read(|t| pageserver::timeline::boundary::resolve(t, in_header))?;
+    match resolved {
+        Boundary::InsideRecord { start, end, .. } => {
+            assert!(start.0 < next_page && end.0 > next_page + 8, "{resolved:?}")
+        }
+        Boundary::InPageHeader { page, .. } => assert_eq!(page, Lsn(next_page)),
+        Boundary::AsGiven(_) => panic!("{in_header} inside a page header taken as a boundary"),
+    }
+    println!(
+        "inside a page header: {}",
+        resolved.describe().unwrap_or_default()
     );
     expect_err(
         tenant.create_branch(
