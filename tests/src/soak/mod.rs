@@ -62,9 +62,9 @@ impl SoakConfig {
 }
 
 /// Runs the soak on a started cluster with no tenant yet; `disk` is the small disk under two
-/// of its safekeepers. The report is returned whether or not commits were lost (the caller
+/// of its safekeepers (`None`: no disk-full episode). The report is returned whether or not commits were lost (the caller
 /// asserts); a wedge or a component not restarted is an error.
-pub fn run(s: &StrataCli, disk: &SmallDisk, cfg: &SoakConfig) -> Result<SoakReport> {
+pub fn run(s: &StrataCli, disk: Option<&SmallDisk>, cfg: &SoakConfig) -> Result<SoakReport> {
     eprintln!(
         "fault soak: seed {} (STRATA_SOAK_SEED={} reproduces the fault choice), {} s of faults, {} writers",
         cfg.seed, cfg.seed, cfg.fault_secs, cfg.writers
@@ -85,7 +85,7 @@ pub fn run(s: &StrataCli, disk: &SmallDisk, cfg: &SoakConfig) -> Result<SoakRepo
         s,
         &compute,
         components::safekeeper_ids(&s.dir)?,
-        Some(disk),
+        disk,
         ledger.clone(),
         cfg.seed,
     );
