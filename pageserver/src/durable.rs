@@ -16,6 +16,18 @@ pub struct IoFailure {
     pub source: std::io::Error,
 }
 
+impl std::fmt::Display for IoFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.op, self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for IoFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
 fn fail(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IoFailure {
     let path = path.to_path_buf();
     move |source| IoFailure { op, path, source }

@@ -4,10 +4,11 @@
 //! detach removes it, and it is written durably (its loss would leave the source's commits
 //! waiting for a standby nobody starts).
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use pageserver::durable;
 use serde::{Deserialize, Serialize};
 use walproto::pgclient::ConnConfig;
 use walproto::Lsn;
@@ -109,20 +110,9 @@ impl ImportRecord {
         let d = imports_dir(dir);
         fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         let p = record_path(dir, &self.tenant);
-        let tmp = p.with_extension("toml.tmp");
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = File::create(&tmp)?;
-            f.write_all(
-                toml::to_string_pretty(self)
-                    .map_err(std::io::Error::other)?
-                    .as_bytes(),
-            )?;
-            f.sync_all()?;
-            fs::rename(&tmp, &p)?;
-            File::open(&d)?.sync_all()
-        };
-        write().with_context(|| format!("writing {} durably", p.display()))
+        let text = toml::to_string_pretty(self)?;
+        durable::write_atomic(&p, text.as_bytes())
+            .with_context(|| format!("writing {} durably", p.display()))
     }
 
     /// Forgets the import (after a detach), durably.
@@ -133,10 +123,7 @@ impl ImportRecord {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
         }
-        let d = imports_dir(dir);
-        File::open(&d)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("syncing {}", d.display()))
+        durable::fsync_dir(&imports_dir(dir)).map_err(anyhow::Error::from)
     }
 }
 
