@@ -11,7 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -115,7 +115,7 @@ impl Daemon {
         }
     }
 
-    fn start_unsupervised(&self, mut cmd: Command, ready: &str, timeout: Duration) -> Result<i32> {
+    fn start_unsupervised(&self, cmd: Command, ready: &str, timeout: Duration) -> Result<i32> {
         match self.state()? {
             State::Running(pid) => bail!("{} is already running (pid {pid})", self.name),
             // A process still exiting may still hold its listening port: let it finish.
@@ -124,21 +124,9 @@ impl Daemon {
             }
             State::Stopped => {}
         }
-        if let Some(d) = self.pid_file.parent() {
-            fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        }
-        let log = open_log(&self.log_file)?;
-        let log_start = log.metadata()?.len();
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {} ({:?})", self.name, cmd.get_program()))?;
+        let log_start = fs::metadata(&self.log_file).map(|m| m.len()).unwrap_or(0);
+        let mut child = self.spawn_detached(cmd)?;
         let pid = child.id() as i32;
-        fs::write(&self.pid_file, format!("{pid}\n"))
-            .with_context(|| format!("writing {}", self.pid_file.display()))?;
         let deadline = Instant::now() + timeout;
         loop {
             if log_has_line(&self.log_file, log_start, ready)? {
@@ -166,6 +154,26 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Spawns `cmd` in its own process group (a Ctrl-C of the terminal does not reach it),
+    /// stdin closed, output appended to the log, and records its pid. Used for the first start
+    /// and for the supervisor's restarts.
+    pub(super) fn spawn_detached(&self, mut cmd: Command) -> Result<Child> {
+        if let Some(d) = self.pid_file.parent() {
+            fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let log = open_log(&self.log_file)?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} ({:?})", self.name, cmd.get_program()))?;
+        fs::write(&self.pid_file, format!("{}\n", child.id()))
+            .with_context(|| format!("writing {}", self.pid_file.display()))?;
+        Ok(child)
     }
 
     /// Stops supervising it, then SIGTERM (and SIGCONT, so that a stopped process handles

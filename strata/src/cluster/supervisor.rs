@@ -376,29 +376,15 @@ fn restart(cluster_dir: &Path, spec: &Spec) -> Result<Restarted> {
             args,
             env,
             cwd,
-            log_file,
             ..
         } => {
-            let log = open_log(log_file)?;
             let mut cmd = Command::new(program);
-            cmd.args(args)
-                .env_clear()
-                .envs(env)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .process_group(0);
+            cmd.args(args).env_clear().envs(env);
             if let Some(d) = cwd {
                 cmd.current_dir(d);
             }
-            let child = cmd
-                .spawn()
-                .with_context(|| format!("starting {}", program.display()))?;
-            let pid = child.id() as i32;
-            let pid_file = Daemon::new(cluster_dir, &spec.name).pid_file;
-            fs::write(&pid_file, format!("{pid}\n"))
-                .with_context(|| format!("writing {}", pid_file.display()))?;
-            Ok(Restarted::Pid(pid))
+            let child = Daemon::new(cluster_dir, &spec.name).spawn_detached(cmd)?;
+            Ok(Restarted::Pid(child.id() as i32))
         }
         Launch::Postgres {
             pg_bin,
