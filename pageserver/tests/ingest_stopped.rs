@@ -297,6 +297,7 @@ async fn basebackup(c: &mut Client, lsn: Lsn) -> Result<usize> {
             lsn: lsn.0,
             read_only: true,
             prev_lsn: 0,
+            without_relation_files: false,
         })
         .await?
         .into_inner();

@@ -425,6 +425,7 @@ async fn pageserver_binary() -> Result<()> {
             lsn: 0,
             read_only: false,
             prev_lsn: 0,
+            without_relation_files: false,
         })
         .await?
         .into_inner();

@@ -194,6 +194,7 @@ async fn wal_flows_from_postgres_through_a_safekeeper_into_the_pageserver() -> R
             lsn: 0,
             read_only: false,
             prev_lsn: 0,
+            without_relation_files: false,
         })
         .await?
         .into_inner();

@@ -289,6 +289,7 @@ impl Pageserver {
             lsn,
             read_only,
             prev_lsn: 0,
+            without_relation_files: false,
         };
         let client = &mut self.client;
         self.rt.block_on(async {

@@ -137,6 +137,7 @@ async fn read_at<T: Send + 'static>(
 }
 
 type BasebackupStream = Pin<Box<dyn Stream<Item = Result<pb::BasebackupChunk, Status>> + Send>>;
+type GetPagesStream = Pin<Box<dyn Stream<Item = Result<pb::GetPagesResponse, Status>> + Send>>;
 
 /// Tar chunks sent on the basebackup stream.
 const CHUNK: usize = 256 * 1024;
@@ -717,5 +718,21 @@ impl pb::pageserver_server::Pageserver for PageserverService {
                   "ingest resumed on request: the record is tried again");
         }
         Ok(Response::new(Self::status(h).await?))
+    }
+
+    async fn list_relations(
+        &self,
+        _req: Request<pb::ListRelationsRequest>,
+    ) -> Result<Response<pb::ListRelationsResponse>, Status> {
+        Err(Status::unimplemented("ListRelations is not built yet"))
+    }
+
+    type GetPagesStream = GetPagesStream;
+
+    async fn get_pages(
+        &self,
+        _req: Request<tonic::Streaming<pb::GetPagesRequest>>,
+    ) -> Result<Response<Self::GetPagesStream>, Status> {
+        Err(Status::unimplemented("GetPages is not built yet"))
     }
 }
