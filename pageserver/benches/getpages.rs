@@ -56,6 +56,12 @@ fn setup(dir: &std::path::Path) -> Result<(PgCluster, Arc<TenantManager>, Vec<Re
     let t0 = Instant::now();
     pg.pgbench(&["-i", "-s", &s, "-q"])?;
     println!("pgbench -i -s {s}: {:.1} s", t0.elapsed().as_secs_f64());
+    pg.stop(StopMode::Fast)?;
+    let base = pg.copy_data_dir("bench-base")?;
+    let start = pageserver::import::read_control(&base)?.checkpoint;
+    pg.start()?;
+    pg.pgbench(&["-c", "4", "-j", "2", "-T", "10"])?;
+    // After the run: pgbench truncates pgbench_history first (a new relfilenode).
     let db: u32 = pg
         .psql("SELECT oid FROM pg_database WHERE datname = 'postgres'")?
         .trim()
@@ -68,11 +74,6 @@ fn setup(dir: &std::path::Path) -> Result<(PgCluster, Arc<TenantManager>, Vec<Re
             .parse()?;
         rels.push(Rel { name, db, rel });
     }
-    pg.stop(StopMode::Fast)?;
-    let base = pg.copy_data_dir("bench-base")?;
-    let start = pageserver::import::read_control(&base)?.checkpoint;
-    pg.start()?;
-    pg.pgbench(&["-c", "4", "-j", "2", "-T", "10"])?;
     pg.stop(StopMode::Fast)?;
     let m = Arc::new(TenantManager::load(dir)?);
     let t = m.create_tenant(Some(TENANT.into()), TenantConf::default())?;

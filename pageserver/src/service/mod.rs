@@ -105,6 +105,32 @@ fn check_read_lsn(h: &TimelineHandle, lsn: Lsn) -> Result<(), TenantError> {
     Ok(())
 }
 
+/// The state a request's LSN denotes (0: the last record end), checked to be readable: an LSN
+/// inside a record means the state after it, as in Postgres's recovery. The basebackup and a
+/// lazy compute's reads (ListRelations, GetPages) resolve it alike.
+fn resolved_read_lsn(h: &TimelineHandle, lsn: u64, what: &str) -> Result<Lsn, TenantError> {
+    let lsn = lsn_or(lsn, h.read(|t| t.last_record_end()));
+    check_read_lsn(h, lsn)?;
+    let resolved = h
+        .read(|t| crate::timeline::boundary::resolve(t, lsn))
+        .map_err(TenantError::timeline(format!(
+            "resolving {lsn} on {}/{}",
+            h.tenant_id(),
+            h.timeline_id()
+        )))?;
+    match resolved.describe() {
+        // Said once per compute start; per GetPages request it would flood the log.
+        Some(why) if what == "basebackup" => {
+            info!(tenant = %h.tenant_id(), timeline = %h.timeline_id(), "{what}: {why}")
+        }
+        Some(why) => {
+            tracing::debug!(tenant = %h.tenant_id(), timeline = %h.timeline_id(), "{what}: {why}")
+        }
+        None => {}
+    }
+    Ok(resolved.lsn())
+}
+
 fn rel_of(r: &pb::RelRequest) -> RelFileNode {
     RelFileNode {
         spc: r.spcnode,
@@ -491,22 +517,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         let h = self.handle(r.tenant_id, r.timeline_id).await?;
         let lsn = blocking({
             let h = h.clone();
-            move || {
-                let lsn = lsn_or(r.lsn, h.read(|t| t.last_record_end()));
-                check_read_lsn(&h, lsn)?;
-                // An LSN inside a record means the state after it, as in Postgres's recovery.
-                let resolved = h
-                    .read(|t| crate::timeline::boundary::resolve(t, lsn))
-                    .map_err(TenantError::timeline(format!(
-                        "resolving {lsn} on {}/{}",
-                        h.tenant_id(),
-                        h.timeline_id()
-                    )))?;
-                if let Some(why) = resolved.describe() {
-                    info!(tenant = %h.tenant_id(), timeline = %h.timeline_id(), "basebackup: {why}");
-                }
-                Ok(resolved.lsn())
-            }
+            move || resolved_read_lsn(&h, r.lsn, "basebackup")
         })
         .await?;
         let mut opts = BasebackupOptions::new(

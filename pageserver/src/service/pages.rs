@@ -2,6 +2,9 @@
 //! files are the full basebackup's ([`crate::basebackup::relfiles`]), and so are their
 //! pages ([`crate::basebackup::pages::page_at`]: checksum set, zeros without history).
 //!
+//! Both read at the LSN the slim basebackup starts from for the same request LSN: one inside a
+//! record means the state after that record.
+//!
 //! GetPages works on up to [`MAX_IN_FLIGHT`] requests of a stream at once, each cut into
 //! parts of at least [`MIN_PART`] blocks read on blocking threads at the same time, and
 //! answers each when it is done, in any order. Memory is bounded: the stream takes no new
@@ -19,7 +22,7 @@ use walproto::proto::pageserver as pb;
 use walproto::record::RelFileNode;
 
 use super::convert::to_status;
-use super::{check_read_lsn, lsn_or, reads};
+use super::{reads, resolved_read_lsn};
 use crate::basebackup::pages::{default_threads, page_at};
 use crate::basebackup::relfiles::relation_files_at;
 use crate::import::info::ImportInfo;
@@ -39,8 +42,7 @@ type Answers = ReceiverStream<std::result::Result<pb::GetPagesResponse, Status>>
 
 /// The relation files of the timeline's data directory at `lsn` (0: the last record end).
 pub fn list_relations(h: &TimelineHandle, lsn: u64) -> Result<pb::ListRelationsResponse> {
-    let lsn = lsn_or(lsn, h.read(|t| t.last_record_end()));
-    check_read_lsn(h, lsn)?;
+    let lsn = resolved_read_lsn(h, lsn, "ListRelations")?;
     let files = h
         .read(|t| relation_files_at(t, lsn))
         .map_err(TenantError::timeline(format!(
@@ -174,8 +176,7 @@ fn plan(manager: &TenantManager, req: pb::GetPagesRequest) -> Result<Plan> {
         )));
     }
     let h = manager.timeline(&req.tenant_id, &req.timeline_id)?;
-    let lsn = lsn_or(req.lsn, h.read(|t| t.last_record_end()));
-    check_read_lsn(&h, lsn)?;
+    let lsn = resolved_read_lsn(&h, req.lsn, "GetPages")?;
     let mut blocks = Vec::with_capacity(req.blocks.len());
     // Requests usually name one fork: its size is read once.
     let mut last: Option<(RelFileNode, u8, u32)> = None;
