@@ -259,3 +259,346 @@ fn daemon_exits_with_a_message_on_bad_arguments_or_no_pageserver() -> Result<()>
     assert_eq!(std::fs::read_dir(&mount)?.count(), 0, "nothing mounted");
     Ok(())
 }
+
+/// A stand-in for the pageserver's read path, serving `ListRelations`, `GetPages` and
+/// `CreateLease` from a stopped Postgres's data directory over real gRPC (the real pageserver
+/// implements them on branch w18-ps); every other call is UNIMPLEMENTED.
+mod fake_pageserver {
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use compute::pagefs::names::RelTag;
+    use compute::pagefs::{DataDirSource, PageSource};
+    use tokio_stream::Stream;
+    use tonic::{Request, Response, Status, Streaming};
+    use walproto::proto::pageserver as pb;
+    use walproto::proto::pageserver::pageserver_server::{Pageserver, PageserverServer};
+
+    type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+    pub struct Fake {
+        pub source: Arc<DataDirSource>,
+        pub leases: Arc<AtomicU64>,
+    }
+
+    // Written out as `async_trait` expands methods: the attribute does not see into macros.
+    macro_rules! unimplemented_rpcs {
+        ($($name:ident($req:ident) -> $resp:ident;)*) => {$(
+            fn $name<'life0, 'async_trait>(
+                &'life0 self,
+                _: Request<pb::$req>,
+            ) -> Pin<Box<dyn std::future::Future<Output = Result<Response<pb::$resp>, Status>>
+                + Send + 'async_trait>>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                Box::pin(async { Err(Status::unimplemented(stringify!($name))) })
+            }
+        )*};
+    }
+
+    #[tonic::async_trait]
+    impl Pageserver for Fake {
+        type BasebackupStream = BoxStream<pb::BasebackupChunk>;
+        type GetPagesStream = BoxStream<pb::GetPagesResponse>;
+
+        unimplemented_rpcs! {
+            create_tenant(CreateTenantRequest) -> TenantInfo;
+            list_tenants(ListTenantsRequest) -> ListTenantsResponse;
+            import_timeline(ImportTimelineRequest) -> TimelineInfo;
+            create_branch(CreateBranchRequest) -> TimelineInfo;
+            list_timelines(ListTimelinesRequest) -> ListTimelinesResponse;
+            timeline_status(TimelineRequest) -> TimelineInfo;
+            delete_timeline(TimelineRequest) -> DeleteTimelineResponse;
+            set_safekeepers(SetSafekeepersRequest) -> TimelineInfo;
+            lsn_for_timestamp(LsnForTimestampRequest) -> LsnForTimestampResponse;
+            list_restore_points(TimelineRequest) -> ListRestorePointsResponse;
+            compact(TimelineRequest) -> CompactResponse;
+            flush(TimelineRequest) -> TimelineInfo;
+            get_page(GetPageRequest) -> GetPageResponse;
+            gc(GcRequest) -> GcResponse;
+            rel_size(RelRequest) -> RelSizeResponse;
+            rel_exists(RelRequest) -> RelExistsResponse;
+            db_size(DbSizeRequest) -> DbSizeResponse;
+            slru_segment(SlruSegmentRequest) -> SlruSegmentResponse;
+            resume_ingest(TimelineRequest) -> TimelineInfo;
+        }
+
+        async fn basebackup(
+            &self,
+            _: Request<pb::BasebackupRequest>,
+        ) -> Result<Response<Self::BasebackupStream>, Status> {
+            Err(Status::unimplemented("basebackup"))
+        }
+
+        async fn create_lease(
+            &self,
+            req: Request<pb::CreateLeaseRequest>,
+        ) -> Result<Response<pb::LeaseResponse>, Status> {
+            self.leases.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(pb::LeaseResponse {
+                lsn: req.into_inner().lsn,
+                expires_unix_ms: 0,
+            }))
+        }
+
+        async fn list_relations(
+            &self,
+            req: Request<pb::ListRelationsRequest>,
+        ) -> Result<Response<pb::ListRelationsResponse>, Status> {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let forks = self
+                .source
+                .list_relations(deadline)
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let files = forks
+                .into_iter()
+                .map(|f| pb::RelationFile {
+                    spc: f.tag.spc,
+                    db: f.tag.db,
+                    rel: f.tag.rel,
+                    fork: f.tag.fork,
+                    nblocks: f.nblocks,
+                    source_fork: f.source_fork,
+                })
+                .collect();
+            Ok(Response::new(pb::ListRelationsResponse {
+                files,
+                lsn: req.into_inner().lsn,
+            }))
+        }
+
+        async fn get_pages(
+            &self,
+            req: Request<Streaming<pb::GetPagesRequest>>,
+        ) -> Result<Response<Self::GetPagesStream>, Status> {
+            let mut requests = req.into_inner();
+            let source = self.source.clone();
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            tokio::spawn(async move {
+                while let Ok(Some(r)) = requests.message().await {
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    let mut pages = Vec::new();
+                    let mut error = None;
+                    for b in &r.blocks {
+                        let tag = RelTag {
+                            spc: b.spc,
+                            db: b.db,
+                            rel: b.rel,
+                            fork: b.fork,
+                        };
+                        match source.get_pages(tag, b.blkno, 1, deadline) {
+                            Ok(mut p) => pages.append(&mut p),
+                            Err(e) => {
+                                error = Some(pb::PagesError {
+                                    code: tonic::Code::NotFound as i32,
+                                    message: e.to_string(),
+                                });
+                                break;
+                            }
+                        }
+                    }
+                    if error.is_some() {
+                        pages.clear();
+                    }
+                    let resp = pb::GetPagesResponse {
+                        request_id: r.request_id,
+                        pages,
+                        lsn: r.lsn,
+                        error,
+                    };
+                    if tx.send(Ok(resp)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(Response::new(Box::pin(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )))
+        }
+    }
+
+    /// A running fake pageserver; `stop` kills it as a crash would (streams cut).
+    pub struct Running {
+        rt: Option<tokio::runtime::Runtime>,
+    }
+
+    impl Running {
+        pub fn start(port: u16, fake: Fake) -> anyhow::Result<Running> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))?;
+            rt.spawn(
+                tonic::transport::Server::builder()
+                    .add_service(PageserverServer::new(fake))
+                    .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+            );
+            Ok(Running { rt: Some(rt) })
+        }
+
+        pub fn stop(mut self) {
+            if let Some(rt) = self.rt.take() {
+                rt.shutdown_background();
+            }
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Some(rt) = self.rt.take() {
+                rt.shutdown_background();
+            }
+        }
+    }
+}
+
+/// The `compute pagefs` daemon; stopped with SIGTERM (SIGKILL and a lazy unmount if that
+/// fails) when dropped.
+struct Daemon {
+    child: std::process::Child,
+    mount: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn terminate(&mut self, wait: Duration) -> Result<std::process::ExitStatus> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "compute pagefs did not exit within {wait:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.terminate(Duration::from_secs(10)).is_err() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        }
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let p = path.display().to_string();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+}
+
+#[test]
+fn daemon_serves_postgres_over_grpc_survives_a_pageserver_restart_and_unmounts() -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let orig = PgCluster::init(&InitOptions::default().set("autovacuum", "off"))?;
+    orig.start()?;
+    orig.psql(
+        "CREATE TABLE early AS SELECT g AS id FROM generate_series(1, 1000) g;
+         CREATE TABLE late AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30000) g;",
+    )?;
+    orig.stop(StopMode::Fast)?;
+    let source = Arc::new(DataDirSource::new(orig.data_dir())?);
+    let leases = Arc::new(AtomicU64::new(0));
+    let fake = || fake_pageserver::Fake {
+        source: source.clone(),
+        leases: leases.clone(),
+    };
+    let port = strata_tests::pg::free_port()?;
+    let server = fake_pageserver::Running::start(port, fake())?;
+
+    let local = orig.make_postgres_dir("slim")?;
+    slim_copy(orig.data_dir(), &local, Path::new(""))?;
+    let ready = orig.base_dir().join("pagefs.ready");
+    let log = orig.base_dir().join("pagefs.log");
+    let mut daemon = None;
+    let lazy = PgCluster::from_data_dir(
+        |data| {
+            std::fs::create_dir(data)?;
+            let child = Command::new(env!("CARGO_BIN_EXE_compute"))
+                .args(["pagefs", "--local"])
+                .arg(&local)
+                .arg("--mount")
+                .arg(data)
+                .args(["--pageserver", &format!("127.0.0.1:{port}")])
+                .args(["--tenant", &"a".repeat(32), "--timeline", &"b".repeat(32)])
+                .args(["--lsn", "0/16B3748", "--read-deadline-secs", "30"])
+                .args(["--lease-ttl-secs", "3", "--ready-file"])
+                .arg(&ready)
+                .stderr(std::fs::File::create(&log)?)
+                .spawn()?;
+            daemon = Some(Daemon {
+                child,
+                mount: data.to_path_buf(),
+            });
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !ready.exists() {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "no ready file within 30 s: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(())
+        },
+        &settings(),
+    )?;
+    // `daemon` was declared before `lazy`: it drops (unmounts) after Postgres stops.
+    lazy.start()?;
+    assert_eq!(
+        lazy.psql("SELECT count(*), sum(id) FROM early")?,
+        "1000|500500\n"
+    );
+
+    // The pageserver goes away; a scan of pages never read waits for it to come back.
+    server.stop();
+    const LATE: &str = "SELECT count(*), sum(id), md5(string_agg(v, ',' ORDER BY id)) FROM late";
+    let next_server = fake();
+    let restart = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        fake_pageserver::Running::start(port, next_server)
+    });
+    let scan = lazy.psql(LATE);
+    let server_again = restart.join().expect("the restart thread");
+    let _server_again = server_again?;
+    let expect = {
+        let plain = full_copy(&orig)?;
+        plain.start()?;
+        plain.psql(LATE)?
+    };
+    assert_eq!(scan?, expect, "the scan across the restart is right");
+    let daemon_log = std::fs::read_to_string(&log)?;
+    assert!(
+        daemon_log.contains("retrying"),
+        "the scan met the pageserver down: {daemon_log}"
+    );
+    assert!(
+        leases.load(Ordering::SeqCst) >= 1,
+        "the daemon took a lease"
+    );
+
+    // SIGTERM with a file open in the mount: a lazy unmount, and a clean exit.
+    lazy.stop(StopMode::Fast)?;
+    let daemon = daemon.as_mut().context("the daemon started")?;
+    let mount = daemon.mount.clone();
+    let open_file = std::fs::File::open(mount.join("PG_VERSION"))?;
+    assert!(is_mounted(&mount));
+    let status = daemon.terminate(Duration::from_secs(15))?;
+    assert!(status.success(), "compute pagefs exited with {status}");
+    assert!(!is_mounted(&mount), "still mounted after SIGTERM");
+    drop(open_file);
+    Ok(())
+}

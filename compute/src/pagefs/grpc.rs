@@ -192,7 +192,7 @@ impl GrpcSource {
         if let Some(e) = resp.error {
             return Err(code_error(&what, e.code, &e.message));
         }
-        Ok(resp.pages.into_iter().map(|p| p.to_vec()).collect())
+        Ok(resp.pages)
     }
 
     /// Takes (or renews) a lease on the LSN for `ttl`.
