@@ -58,7 +58,7 @@ fn main() -> Result<()> {
     orig.start()?;
     // ~1 KiB rows: `mb` MiB of heap in two tables (one for sequential reads, one for latency).
     let rows = mb * 1024 / 2;
-    for t in ["seqscan", "points"] {
+    for t in ["seqscan", "points", "pgscan", "smallreads"] {
         orig.psql(&format!(
             "CREATE TABLE {t} AS SELECT g, repeat(md5(g::text), 30) AS v \
              FROM generate_series(1, {rows}) g"
@@ -71,6 +71,11 @@ fn main() -> Result<()> {
             .to_string())
     };
     let (seq_file, point_file) = (relpath("seqscan")?, relpath("points")?);
+    let small_file = relpath("smallreads")?;
+    let pgscan_bytes: u64 = orig
+        .psql("SELECT pg_relation_size('pgscan')")?
+        .trim()
+        .parse()?;
     orig.stop(StopMode::Fast)?;
 
     let source = Arc::new(DataDirSource::new(orig.data_dir())?);
@@ -88,6 +93,9 @@ fn main() -> Result<()> {
     anyhow::ensure!(bytes == mbytes, "sizes differ: {bytes} vs {mbytes}");
     let requests = source.requests_served();
     let (_, cached_t) = read_all(&mnt.join(&seq_file), 1 << 20)?;
+    let before = source.requests_served();
+    let (small_bytes, small_t) = read_all(&mnt.join(&small_file), 8192)?;
+    let small_requests = source.requests_served() - before;
 
     // Single 8 KiB reads of cold pages, spread over the file.
     let f = File::open(mnt.join(&point_file))?;
@@ -118,6 +126,11 @@ fn main() -> Result<()> {
         mb_per_s(bytes, cached_t)
     );
     println!(
+        "  mount cold, 8 KiB reads (as Postgres):  {:8.1} MB/s  ({} source requests)",
+        mb_per_s(small_bytes, small_t),
+        small_requests
+    );
+    println!(
         "  cold single-page read latency: p50 {:?}  p99 {:?}  max {:?} ({} reads)",
         pct(50),
         pct(99),
@@ -126,5 +139,52 @@ fn main() -> Result<()> {
     );
     drop(f);
     mounted.unmount(Duration::from_secs(5))?;
+
+    // Postgres's own sequential scan (8 KiB reads, the kernel's read-ahead) of a table never
+    // read, on a lazy Postgres and on a full copy.
+    let settings = [("shared_buffers".to_string(), "16MB".to_string())];
+    let local2 = orig.make_postgres_dir("slim2")?;
+    slim_copy(orig.data_dir(), &local2, Path::new(""))?;
+    let mut mounted2 = None;
+    let lazy = PgCluster::from_data_dir(
+        |data| {
+            std::fs::create_dir(data)?;
+            mounted2 = Some(pagefs::mount(&Options::new(&local2, data), source.clone())?);
+            Ok(())
+        },
+        &settings,
+    )?;
+    let copy = PgCluster::from_data_dir(
+        |data| {
+            let ok = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(orig.data_dir())
+                .arg(data)
+                .status()?
+                .success();
+            anyhow::ensure!(ok, "cp -a failed");
+            Ok(())
+        },
+        &settings,
+    )?;
+    let scan = |c: &PgCluster| -> Result<Duration> {
+        c.psql("SELECT 1")?; // connection and catalog warm-up
+        let t = Instant::now();
+        c.psql("SELECT count(*) FROM pgscan")?;
+        Ok(t.elapsed())
+    };
+    lazy.start()?;
+    copy.start()?;
+    let (lazy_scan, copy_scan) = (scan(&lazy)?, scan(&copy)?);
+    println!(
+        "  Postgres seq scan of a {} MiB table: lazy (cold) {:8.1} MB/s, full copy {:8.1} MB/s",
+        pgscan_bytes >> 20,
+        mb_per_s(pgscan_bytes, lazy_scan),
+        mb_per_s(pgscan_bytes, copy_scan)
+    );
+    lazy.stop(StopMode::Fast)?;
+    if let Some(m) = mounted2 {
+        m.unmount(Duration::from_secs(5))?;
+    }
     Ok(())
 }

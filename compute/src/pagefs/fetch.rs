@@ -3,13 +3,15 @@
 //! never a zeroed page.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cache::PageCache;
+use super::names::RelTag;
 use super::names::BLOCK_SIZE;
 use super::relfile::SourceRun;
-use super::source::{retry_until, PageSource, MAX_BLOCKS_PER_REQUEST};
+use super::source::{retry_until, PageSource, SourceError, MAX_BLOCKS_PER_REQUEST};
 
 /// Read-ahead starts at this many blocks (128 KiB) once reads are sequential...
 const READ_AHEAD_MIN_BLOCKS: u32 = 16;
@@ -21,26 +23,54 @@ const READ_AHEAD_MAX_BLOCKS: u32 = 512;
 pub struct ReadPattern {
     next_offset: u64,
     ahead_blocks: u32,
+    /// File block up to which read-ahead was already asked for.
+    prefetched_to: u32,
+}
+
+/// Blocks of a file to fetch ahead, in the background.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ahead {
+    pub first_block: u32,
+    pub count: u32,
 }
 
 impl ReadPattern {
-    /// Records a read and says how many blocks to fetch ahead of it.
-    pub fn on_read(&mut self, offset: u64, size: u32) -> u32 {
-        self.ahead_blocks = if offset == self.next_offset && offset > 0 {
-            (self.ahead_blocks * 2).clamp(READ_AHEAD_MIN_BLOCKS, READ_AHEAD_MAX_BLOCKS)
-        } else {
-            0
-        };
-        self.next_offset = offset.saturating_add(u64::from(size));
-        self.ahead_blocks
+    /// Records a read; when reads are sequential, says which blocks to fetch ahead (keeping
+    /// at least half a window ahead of the reader, the window doubling up to 4 MiB).
+    pub fn on_read(&mut self, offset: u64, size: u32) -> Option<Ahead> {
+        let end = offset.saturating_add(u64::from(size));
+        let sequential = offset == self.next_offset && offset > 0;
+        self.next_offset = end;
+        if !sequential {
+            self.ahead_blocks = 0;
+            return None;
+        }
+        self.ahead_blocks =
+            (self.ahead_blocks * 2).clamp(READ_AHEAD_MIN_BLOCKS, READ_AHEAD_MAX_BLOCKS);
+        let end_block = u32::try_from(end.div_ceil(BLOCK_SIZE)).ok()?;
+        let from = self.prefetched_to.max(end_block);
+        let to = end_block.saturating_add(self.ahead_blocks);
+        if from.saturating_sub(end_block) > self.ahead_blocks / 2 || from >= to {
+            return None; // far enough ahead already
+        }
+        self.prefetched_to = to;
+        Some(Ahead {
+            first_block: from,
+            count: to - from,
+        })
     }
 }
 
 pub struct Fetcher {
     source: Arc<dyn PageSource>,
-    cache: PageCache,
+    cache: Arc<PageCache>,
     read_deadline: Duration,
+    /// Background read-ahead fetches running (bounded).
+    prefetching: Arc<AtomicUsize>,
 }
+
+/// Most background read-ahead fetches at once.
+const MAX_PREFETCHES: usize = 8;
 
 impl Fetcher {
     pub fn new(
@@ -50,13 +80,14 @@ impl Fetcher {
     ) -> Fetcher {
         Fetcher {
             source,
-            cache: PageCache::new(cache_pages),
+            cache: Arc::new(PageCache::new(cache_pages)),
             read_deadline,
+            prefetching: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// The pages of `run`, fetching up to `ahead` more blocks into the cache.
-    pub fn fetch(&self, run: &SourceRun, ahead: Option<u32>) -> io::Result<Vec<Vec<u8>>> {
+    /// The pages of `run` (from the cache where read-ahead put them).
+    pub fn fetch(&self, run: &SourceRun) -> io::Result<Vec<Vec<u8>>> {
         let mut pages: Vec<Option<Vec<u8>>> = (0..run.count)
             .map(|i| {
                 let page = self.cache.take(run.tag, run.first_block.saturating_add(i));
@@ -67,25 +98,17 @@ impl Fetcher {
             return Ok(pages.into_iter().flatten().collect());
         };
         let from = run.first_block.saturating_add(first_missing as u32);
-        let end = run
-            .first_block
-            .saturating_add(run.count)
-            .saturating_add(ahead.unwrap_or(0))
-            .min(
-                run.source_end
-                    .max(run.first_block.saturating_add(run.count)),
-            );
-        let fetched = self.fetch_range(run, from, end)?;
+        let end = run.first_block.saturating_add(run.count);
+        let fetched =
+            fetch_range(&*self.source, self.read_deadline, run.tag, from, end).map_err(|e| {
+                tracing::error!("{e}: answering EIO");
+                io::Error::from_raw_os_error(libc::EIO)
+            })?;
         for (i, page) in fetched.into_iter().enumerate() {
             let block = from.saturating_add(i as u32);
             let index = (block - run.first_block) as usize;
-            match pages.get_mut(index) {
-                Some(slot) => {
-                    if slot.is_none() {
-                        *slot = Some(page);
-                    }
-                }
-                None => self.cache.insert(run.tag, block, Arc::new(page)),
+            if let Some(slot @ None) = pages.get_mut(index) {
+                *slot = Some(page);
             }
         }
         pages
@@ -94,57 +117,82 @@ impl Fetcher {
             .collect()
     }
 
-    /// Blocks `from..end` of the run's fork: one request per 256 blocks, all in flight at once.
-    fn fetch_range(&self, run: &SourceRun, from: u32, end: u32) -> io::Result<Vec<Vec<u8>>> {
-        let deadline = Instant::now() + self.read_deadline;
-        let chunks: Vec<(u32, u32)> = (from..end)
-            .step_by(MAX_BLOCKS_PER_REQUEST as usize)
-            .map(|start| (start, (end - start).min(MAX_BLOCKS_PER_REQUEST)))
-            .collect();
-        let get = |(start, count): (u32, u32)| {
-            let what = format!("reading blocks {start}..{} of {:?}", start + count, run.tag);
-            retry_until(deadline, &what, || {
-                self.source.get_pages(run.tag, start, count, deadline)
-            })
-            .and_then(|pages| {
-                let complete = pages.len() == count as usize
-                    && pages.iter().all(|p| p.len() == BLOCK_SIZE as usize);
-                if complete {
-                    Ok(pages)
-                } else {
-                    Err(super::source::SourceError::Refused(format!(
-                        "{what}: the source returned a wrong number or size of pages"
-                    )))
-                }
-            })
-        };
-        let results: Vec<_> = if chunks.len() == 1 {
-            vec![get(chunks[0])]
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = chunks.iter().map(|c| s.spawn(move || get(*c))).collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(super::source::SourceError::Refused(
-                                "a fetch thread panicked".into(),
-                            ))
-                        })
-                    })
-                    .collect()
-            })
-        };
-        let mut out = Vec::with_capacity((end - from) as usize);
-        for r in results {
-            match r {
-                Ok(pages) => out.extend(pages),
-                Err(e) => {
-                    tracing::error!("{e}: answering EIO");
-                    return Err(io::Error::from_raw_os_error(libc::EIO));
-                }
-            }
+    /// Fetches `count` fork blocks from `first` of `tag` into the cache in the background,
+    /// unless enough read-ahead is running already. Failures are left to the reads.
+    pub fn prefetch(&self, tag: RelTag, first: u32, count: u32) {
+        if count == 0 || self.prefetching.fetch_add(1, Ordering::SeqCst) >= MAX_PREFETCHES {
+            self.prefetching.fetch_sub(1, Ordering::SeqCst);
+            return;
         }
-        Ok(out)
+        let (source, cache, deadline) =
+            (self.source.clone(), self.cache.clone(), self.read_deadline);
+        let running = self.prefetching.clone();
+        let end = first.saturating_add(count);
+        let spawned = std::thread::Builder::new()
+            .name("pagefs-ahead".into())
+            .spawn(move || {
+                match fetch_range(&*source, deadline, tag, first, end) {
+                    Ok(pages) => {
+                        for (i, page) in pages.into_iter().enumerate() {
+                            cache.insert(tag, first.saturating_add(i as u32), Arc::new(page));
+                        }
+                    }
+                    Err(e) => tracing::warn!("read-ahead: {e}"),
+                }
+                running.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            self.prefetching.fetch_sub(1, Ordering::SeqCst);
+        }
     }
+}
+
+/// Blocks `from..end` of fork `tag`: one request per 256 blocks, all in flight at once, each
+/// retried until the read deadline.
+fn fetch_range(
+    source: &dyn PageSource,
+    read_deadline: Duration,
+    tag: RelTag,
+    from: u32,
+    end: u32,
+) -> Result<Vec<Vec<u8>>, SourceError> {
+    let deadline = Instant::now() + read_deadline;
+    let chunks: Vec<(u32, u32)> = (from..end)
+        .step_by(MAX_BLOCKS_PER_REQUEST as usize)
+        .map(|start| (start, (end - start).min(MAX_BLOCKS_PER_REQUEST)))
+        .collect();
+    let get = |(start, count): (u32, u32)| {
+        let what = format!("reading blocks {start}..{} of {tag:?}", start + count);
+        let pages = retry_until(deadline, &what, || {
+            source.get_pages(tag, start, count, deadline)
+        })?;
+        let complete =
+            pages.len() == count as usize && pages.iter().all(|p| p.len() == BLOCK_SIZE as usize);
+        if !complete {
+            return Err(SourceError::Refused(format!(
+                "{what}: the source returned a wrong number or size of pages"
+            )));
+        }
+        Ok(pages)
+    };
+    let results: Vec<_> = if chunks.len() == 1 {
+        vec![get(chunks[0])]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunks.iter().map(|c| s.spawn(move || get(*c))).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(SourceError::Refused("a fetch thread panicked".into()))
+                    })
+                })
+                .collect()
+        })
+    };
+    let mut out = Vec::with_capacity((end - from) as usize);
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
 }

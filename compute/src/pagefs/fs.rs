@@ -197,7 +197,7 @@ impl PageFs {
         };
         match rel {
             Some(rel) => rel
-                .set_size(size, &|run| self.fetcher.fetch(run, None))
+                .set_size(size, &|run| self.fetcher.fetch(run))
                 .map_err(errno),
             None => OpenOptions::new()
                 .write(true)
@@ -544,7 +544,13 @@ impl fuser::Filesystem for PageFs {
                     let mut p = pattern.lock().unwrap_or_else(|p| p.into_inner());
                     p.on_read(offset, size)
                 };
-                rel.read(offset, size, &|run| self.fetcher.fetch(run, Some(ahead)))
+                // Read-ahead runs in the background, overlapping this read.
+                if let Some(ahead) = ahead {
+                    if let Some((tag, first, count)) = rel.source_span(ahead) {
+                        self.fetcher.prefetch(tag, first, count);
+                    }
+                }
+                rel.read(offset, size, &|run| self.fetcher.fetch(run))
                     .map_err(errno)
             }
             Handle::Local(f) => {
@@ -583,7 +589,7 @@ impl fuser::Filesystem for PageFs {
     ) {
         let result = self.handle(fh).and_then(|handle| match &*handle {
             Handle::Rel(rel, _) => rel
-                .write(offset, data, &|run| self.fetcher.fetch(run, None))
+                .write(offset, data, &|run| self.fetcher.fetch(run))
                 .map_err(errno),
             Handle::Local(f) => f.write_all_at(data, offset).map_err(errno),
             Handle::Dir(_) => Err(Errno::EISDIR),
@@ -750,7 +756,7 @@ impl fuser::Filesystem for PageFs {
                     other => other?,
                 };
                 if flags & libc::O_TRUNC != 0 {
-                    rel.set_size(0, &|run| self.fetcher.fetch(run, None))
+                    rel.set_size(0, &|run| self.fetcher.fetch(run))
                         .map_err(errno)?;
                 }
                 let attr = self.attr(ino, &Node::Rel(rel.clone()));

@@ -28,8 +28,6 @@ pub struct SourceRun {
     pub tag: RelTag,
     pub first_block: u32,
     pub count: u32,
-    /// The fork block where this file's source pages end (read-ahead stays below it).
-    pub source_end: u32,
 }
 
 /// Fetches source blocks (from a cache, the page source, with retries): `count` pages of
@@ -110,20 +108,37 @@ impl RelFile {
         if st.is_written(block) {
             read_overlay(st, block, &mut page)?;
         } else if let (Some(src), true) = (self.source, block < st.source_blocks) {
-            let run = self.run(src, st, 0, block, 1);
+            let run = self.run(src, 0, block, 1);
             page = fetch(&run)?.pop().unwrap_or(page);
         }
         Ok(page)
     }
 
-    fn run(&self, src: SourceRange, st: &State, index: usize, block: u32, count: u32) -> SourceRun {
+    fn run(&self, src: SourceRange, index: usize, block: u32, count: u32) -> SourceRun {
         SourceRun {
             index,
             tag: src.tag,
             first_block: src.first_block.saturating_add(block),
             count,
-            source_end: src.first_block.saturating_add(st.source_blocks),
         }
+    }
+
+    /// The source fork blocks behind file blocks `ahead` that may be read from the source
+    /// (below the size at the LSN and never truncated away): what read-ahead may fetch.
+    pub fn source_span(&self, ahead: super::fetch::Ahead) -> Option<(RelTag, u32, u32)> {
+        let src = self.source?;
+        let st = self.lock();
+        let end = ahead
+            .first_block
+            .saturating_add(ahead.count)
+            .min(st.source_blocks);
+        (end > ahead.first_block).then(|| {
+            (
+                src.tag,
+                src.first_block.saturating_add(ahead.first_block),
+                end - ahead.first_block,
+            )
+        })
     }
 
     /// Reads up to `size` bytes at `offset` (short at the end of the file).
@@ -147,7 +162,7 @@ impl RelFile {
                         Some(SourceRun {
                             index: i, count, ..
                         }) if *i + *count as usize == index => *count += 1,
-                        _ => runs.push(self.run(src, &st, index, block, 1)),
+                        _ => runs.push(self.run(src, index, block, 1)),
                     }
                 }
             }

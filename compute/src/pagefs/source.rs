@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::names::{self, RelTag, RelationFork, BLOCKS_PER_SEGMENT, BLOCK_SIZE};
@@ -72,7 +72,7 @@ pub struct DataDirSource {
     data_dir: PathBuf,
     /// Every fork's first segment path (`.N` appended for later ones) and size.
     forks: HashMap<RelTag, (PathBuf, u32)>,
-    files: Mutex<HashMap<PathBuf, File>>,
+    files: Mutex<HashMap<PathBuf, Arc<File>>>,
     unavailable: AtomicBool,
     pages_served: AtomicU64,
     requests_served: AtomicU64,
@@ -152,11 +152,18 @@ impl DataDirSource {
         };
         let mut page = vec![0u8; BLOCK_SIZE as usize];
         let offset = u64::from(blkno % BLOCKS_PER_SEGMENT) * BLOCK_SIZE;
-        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        if !files.contains_key(&path) {
-            files.insert(path.clone(), File::open(&path)?);
-        }
-        let file = &files[&path];
+        // Read without the lock: concurrent requests overlap.
+        let file = {
+            let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            match files.get(&path) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = Arc::new(File::open(&path)?);
+                    files.insert(path.clone(), f.clone());
+                    f
+                }
+            }
+        };
         let mut done = 0;
         while done < page.len() {
             let n = file.read_at(&mut page[done..], offset + done as u64)?;
