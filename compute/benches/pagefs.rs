@@ -12,23 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use compute::pagefs::source::copy_data_dir;
 use compute::pagefs::{self, names, DataDirSource, Options};
 use strata_tests::{InitOptions, PgCluster, StopMode};
-
-fn slim_copy(data: &Path, dest: &Path, rel: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(data.join(rel))? {
-        let entry = entry?;
-        let rel_path = rel.join(entry.file_name());
-        let to = dest.join(&rel_path);
-        if entry.file_type()?.is_dir() {
-            std::fs::create_dir(&to)?;
-            slim_copy(data, dest, &rel_path)?;
-        } else if names::rel_file_of_path(&rel_path).is_none() {
-            std::fs::copy(entry.path(), &to)?;
-        }
-    }
-    Ok(())
-}
 
 /// Reads `path` from start to end in `chunk`-byte reads; returns (bytes, elapsed).
 fn read_all(path: &Path, chunk: usize) -> Result<(u64, Duration)> {
@@ -79,8 +65,8 @@ fn main() -> Result<()> {
     orig.stop(StopMode::Fast)?;
 
     let source = Arc::new(DataDirSource::new(orig.data_dir())?);
-    let local = orig.make_postgres_dir("slim")?;
-    slim_copy(orig.data_dir(), &local, Path::new(""))?;
+    let local = orig.base_dir().join("slim");
+    copy_data_dir(orig.data_dir(), &local, false)?;
     let mnt = orig.make_postgres_dir("mnt")?;
     let mounted = pagefs::mount(&Options::new(&local, &mnt), source.clone())?;
 
@@ -143,8 +129,8 @@ fn main() -> Result<()> {
     // Postgres's own sequential scan (8 KiB reads, the kernel's read-ahead) of a table never
     // read, on a lazy Postgres and on a full copy.
     let settings = [("shared_buffers".to_string(), "16MB".to_string())];
-    let local2 = orig.make_postgres_dir("slim2")?;
-    slim_copy(orig.data_dir(), &local2, Path::new(""))?;
+    let local2 = orig.base_dir().join("slim2");
+    copy_data_dir(orig.data_dir(), &local2, false)?;
     let mut mounted2 = None;
     let lazy = PgCluster::from_data_dir(
         |data| {
@@ -155,16 +141,7 @@ fn main() -> Result<()> {
         &settings,
     )?;
     let copy = PgCluster::from_data_dir(
-        |data| {
-            let ok = std::process::Command::new("cp")
-                .arg("-a")
-                .arg(orig.data_dir())
-                .arg(data)
-                .status()?
-                .success();
-            anyhow::ensure!(ok, "cp -a failed");
-            Ok(())
-        },
+        |data| Ok(copy_data_dir(orig.data_dir(), data, true)?),
         &settings,
     )?;
     let scan = |c: &PgCluster| -> Result<Duration> {

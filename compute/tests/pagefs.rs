@@ -9,30 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use compute::pagefs::{self, names, DataDirSource, MountedFs, Options};
+use compute::pagefs::source::copy_data_dir;
+use compute::pagefs::{self, DataDirSource, MountedFs, Options};
 use strata_tests::{InitOptions, PgCluster, StopMode};
-
-/// Copies every file of `data` but relation files into `dest` (a slim basebackup).
-fn slim_copy(data: &Path, dest: &Path, rel: &Path) -> Result<()> {
-    let from = data.join(rel);
-    for entry in std::fs::read_dir(&from)? {
-        let entry = entry?;
-        let rel_path = rel.join(entry.file_name());
-        let kind = entry.file_type()?;
-        let to = dest.join(&rel_path);
-        if kind.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &to)?;
-        } else if kind.is_dir() {
-            std::fs::create_dir(&to)?;
-            slim_copy(data, dest, &rel_path)?;
-        } else if names::rel_file_of_path(&rel_path).is_none()
-            && entry.file_name() != "postmaster.pid"
-        {
-            std::fs::copy(entry.path(), &to)?;
-        }
-    }
-    Ok(())
-}
 
 fn settings() -> Vec<(String, String)> {
     vec![
@@ -53,8 +32,8 @@ struct Lazy {
 /// stopped), with a slim copy of its other files as the local directory.
 fn lazy_cluster(orig: &PgCluster, read_deadline: Duration) -> Result<Lazy> {
     let source = Arc::new(DataDirSource::new(orig.data_dir())?);
-    let local = orig.make_postgres_dir("slim")?;
-    slim_copy(orig.data_dir(), &local, Path::new(""))?;
+    let local = orig.base_dir().join("slim");
+    copy_data_dir(orig.data_dir(), &local, false)?;
     let mut mounted = None;
     let cluster = PgCluster::from_data_dir(
         |data| {
@@ -76,16 +55,7 @@ fn lazy_cluster(orig: &PgCluster, read_deadline: Duration) -> Result<Lazy> {
 /// A plain full copy of `orig`'s data directory (`orig` stopped).
 fn full_copy(orig: &PgCluster) -> Result<PgCluster> {
     PgCluster::from_data_dir(
-        |data| {
-            let ok = Command::new("cp")
-                .arg("-a")
-                .arg(orig.data_dir())
-                .arg(data)
-                .status()?
-                .success();
-            anyhow::ensure!(ok, "cp -a failed");
-            Ok(())
-        },
+        |data| Ok(copy_data_dir(orig.data_dir(), data, true)?),
         &settings(),
     )
 }
@@ -519,8 +489,8 @@ fn daemon_serves_postgres_over_grpc_survives_a_pageserver_restart_and_unmounts()
     let port = strata_tests::pg::free_port()?;
     let server = fake_pageserver::Running::start(port, fake())?;
 
-    let local = orig.make_postgres_dir("slim")?;
-    slim_copy(orig.data_dir(), &local, Path::new(""))?;
+    let local = orig.base_dir().join("slim");
+    copy_data_dir(orig.data_dir(), &local, false)?;
     let ready = orig.base_dir().join("pagefs.ready");
     let log = orig.base_dir().join("pagefs.log");
     let mut daemon = None;

@@ -222,3 +222,30 @@ impl PageSource for DataDirSource {
         Ok(pages)
     }
 }
+
+/// Copies a stopped Postgres's data directory from `data` to `dest` (which must not exist),
+/// symbolic links as links; without relation files unless `relation_files` (a slim copy is
+/// what a page filesystem's local directory holds). For tests and benchmarks.
+pub fn copy_data_dir(data: &Path, dest: &Path, relation_files: bool) -> std::io::Result<()> {
+    std::fs::create_dir(dest)?;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(data.join(&dir))? {
+            let entry = entry?;
+            let rel_path = dir.join(entry.file_name());
+            let kind = entry.file_type()?;
+            let to = dest.join(&rel_path);
+            if kind.is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &to)?;
+            } else if kind.is_dir() {
+                std::fs::create_dir(&to)?;
+                stack.push(rel_path);
+            } else if entry.file_name() != "postmaster.pid"
+                && (relation_files || names::rel_file_of_path(&rel_path).is_none())
+            {
+                std::fs::copy(entry.path(), &to)?;
+            }
+        }
+    }
+    Ok(())
+}
