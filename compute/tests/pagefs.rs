@@ -31,6 +31,12 @@ struct Lazy {
 /// A Postgres whose data directory is a page filesystem over `orig`'s relation files (`orig`
 /// stopped), with a slim copy of its other files as the local directory.
 fn lazy_cluster(orig: &PgCluster, read_deadline: Duration) -> Result<Lazy> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
     let source = Arc::new(DataDirSource::new(orig.data_dir())?);
     let local = orig.base_dir().join("slim");
     copy_data_dir(orig.data_dir(), &local, false)?;

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use super::fetch::Fetcher;
@@ -31,11 +31,15 @@ pub struct PageFs {
     wal_link: Option<PathBuf>,
     tree: RwLock<Tree>,
     fetcher: Fetcher,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// Open files and directories by handle, with their inode.
+    handles: Mutex<HashMap<u64, (u64, Arc<Handle>)>>,
     next_fh: AtomicU64,
     /// Chown what callers create to them (only root can).
     chown_created: bool,
     started: SystemTime,
+    /// The kernel's writeback cache: writes are gathered in the page cache and sent in large
+    /// batches (at fsync, close or memory pressure) instead of one request per 8 KiB page.
+    writeback: bool,
 }
 
 enum Handle {
@@ -61,6 +65,7 @@ impl PageFs {
         wal_link: Option<PathBuf>,
         tree: Tree,
         fetcher: Fetcher,
+        writeback: bool,
     ) -> io::Result<PageFs> {
         std::fs::metadata(&local)?;
         Ok(PageFs {
@@ -72,6 +77,7 @@ impl PageFs {
             next_fh: AtomicU64::new(1),
             chown_created: unsafe { libc::geteuid() } == 0,
             started: SystemTime::now(),
+            writeback,
         })
     }
 
@@ -162,7 +168,38 @@ impl PageFs {
 
     fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
         let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-        handles.get(&fh.0).cloned().ok_or(Errno::EBADF)
+        handles
+            .get(&fh.0)
+            .map(|(_, h)| h.clone())
+            .ok_or(Errno::EBADF)
+    }
+
+    /// The open file behind `fh`, or, for an inode whose path is gone (unlinked while open:
+    /// the kernel still asks for its attributes and sets its times), any open file of it.
+    fn open_file(&self, ino: u64, fh: Option<FileHandle>) -> Option<Arc<Handle>> {
+        let path_known = self.tree_read().path(ino).is_some();
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        let is_file = |h: &Arc<Handle>| !matches!(**h, Handle::Dir(_));
+        if let Some((_, h)) = fh.and_then(|fh| handles.get(&fh.0)) {
+            if is_file(h) {
+                return Some(h.clone());
+            }
+        }
+        if path_known {
+            return None;
+        }
+        handles
+            .values()
+            .find(|(i, h)| *i == ino && is_file(h))
+            .map(|(_, h)| h.clone())
+    }
+
+    fn open_file_attr(&self, ino: u64, handle: &Handle) -> Result<FileAttr, Errno> {
+        match handle {
+            Handle::Rel(rel, _) => Ok(self.attr(ino, &Node::Rel(rel.clone()))),
+            Handle::Local(f) => Ok(meta_attr(ino, &f.metadata().map_err(errno)?)),
+            Handle::Dir(_) => Err(Errno::EISDIR),
+        }
     }
 
     fn close(&self, fh: FileHandle) {
@@ -170,10 +207,10 @@ impl PageFs {
         handles.remove(&fh.0);
     }
 
-    fn add_handle(&self, handle: Handle) -> FileHandle {
+    fn add_handle(&self, ino: u64, handle: Handle) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-        handles.insert(fh, Arc::new(handle));
+        handles.insert(fh, (ino, Arc::new(handle)));
         FileHandle(fh)
     }
 
@@ -185,26 +222,26 @@ impl PageFs {
         Ok(())
     }
 
-    fn truncate(&self, path: &Path, fh: Option<FileHandle>, size: u64) -> Result<(), Errno> {
-        let handle = fh.and_then(|fh| self.handle(fh).ok());
-        let rel = match handle.as_deref() {
-            Some(Handle::Rel(rel, _)) => Some(rel.clone()),
+    fn truncate(&self, ino: u64, fh: Option<FileHandle>, size: u64) -> Result<(), Errno> {
+        let rel = match self.open_file(ino, fh).as_deref() {
+            Some(Handle::Rel(rel, _)) => rel.clone(),
             Some(Handle::Local(f)) => return f.set_len(size).map_err(errno),
-            _ => match self.node(path)? {
-                Node::Rel(rel) => Some(rel),
-                _ => None,
-            },
+            _ => {
+                let path = self.path_of(INodeNo(ino))?;
+                match self.node(&path)? {
+                    Node::Rel(rel) => rel,
+                    _ => {
+                        return OpenOptions::new()
+                            .write(true)
+                            .open(self.local_path(&path))
+                            .and_then(|f| f.set_len(size))
+                            .map_err(errno)
+                    }
+                }
+            }
         };
-        match rel {
-            Some(rel) => rel
-                .set_size(size, &|run| self.fetcher.fetch(run))
-                .map_err(errno),
-            None => OpenOptions::new()
-                .write(true)
-                .open(self.local_path(path))
-                .and_then(|f| f.set_len(size))
-                .map_err(errno),
-        }
+        rel.set_size(size, &|run| self.fetcher.fetch(run))
+            .map_err(errno)
     }
 
     fn dir_listing(&self, path: &Path) -> Result<Vec<(u64, FileType, std::ffi::OsString)>, Errno> {
@@ -285,28 +322,41 @@ fn meta_attr(ino: u64, meta: &Metadata) -> FileAttr {
     }
 }
 
-/// The open(2) flags passed on to local files.
-fn passed_flags(flags: i32) -> i32 {
-    flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME)
-}
-
-fn open_options(flags: i32) -> OpenOptions {
+/// How a local file is opened for an open(2) with `flags`. With the writeback cache the
+/// kernel reads to fill partial pages even through write-only opens, and it places appends
+/// itself (it knows the size), so those become read-write opens without O_APPEND.
+fn open_options(flags: i32, writeback: bool) -> OpenOptions {
     let mut opts = OpenOptions::new();
     match flags & libc::O_ACCMODE {
-        libc::O_WRONLY => opts.write(true),
-        libc::O_RDWR => opts.read(true).write(true),
+        libc::O_WRONLY if !writeback => opts.write(true),
+        libc::O_WRONLY | libc::O_RDWR => opts.read(true).write(true),
         _ => opts.read(true),
     };
-    opts.custom_flags(passed_flags(flags));
+    let mut passed = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
+    if !writeback {
+        passed |= libc::O_APPEND;
+    }
+    opts.custom_flags(flags & passed);
     opts
 }
 
 impl fuser::Filesystem for PageFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // Large reads and read-ahead: a sequential scan becomes few large source requests.
-        let _ = config.set_max_readahead(4 << 20);
+        if let Err(kernel_max) = config.set_max_readahead(4 << 20) {
+            let _ = config.set_max_readahead(kernel_max);
+        }
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        // Symbolic links (pg_wal, pg_tblspc) cached; lookups in one directory in parallel.
+        let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        if self.writeback {
+            if let Err(e) = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE) {
+                tracing::warn!("the kernel offers no writeback cache ({e:?}): writing through");
+                self.writeback = false;
+            }
+        }
         Ok(())
     }
 
@@ -319,20 +369,11 @@ impl fuser::Filesystem for PageFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         // An open file may be unlinked already: its handle still knows it.
-        if let Some(handle) = fh.and_then(|fh| self.handle(fh).ok()) {
-            match &*handle {
-                Handle::Rel(rel, _) => {
-                    let attr = self.attr(ino.0, &Node::Rel(rel.clone()));
-                    return reply.attr(&TTL, &attr);
-                }
-                Handle::Local(f) => {
-                    return match f.metadata() {
-                        Ok(m) => reply.attr(&TTL, &meta_attr(ino.0, &m)),
-                        Err(e) => reply.error(errno(e)),
-                    };
-                }
-                Handle::Dir(_) => {}
-            }
+        if let Some(handle) = self.open_file(ino.0, fh) {
+            return match self.open_file_attr(ino.0, &handle) {
+                Ok(attr) => reply.attr(&TTL, &attr),
+                Err(e) => reply.error(e),
+            };
         }
         match self.path_of(ino).and_then(|p| self.node(&p)) {
             Ok(node) => reply.attr(&TTL, &self.attr(ino.0, &node)),
@@ -359,11 +400,24 @@ impl fuser::Filesystem for PageFs {
         reply: ReplyAttr,
     ) {
         let result = (|| {
-            let path = self.path_of(ino)?;
             if let Some(size) = size {
-                self.truncate(&path, fh, size)?;
+                self.truncate(ino.0, fh, size)?;
             }
-            // Relation files keep their fixed owner and mode (Postgres never changes them).
+            // Relation files keep their fixed owner and mode (Postgres never changes them);
+            // times are not kept (Postgres never reads them).
+            if let Some(handle) = self.open_file(ino.0, fh) {
+                if let Handle::Local(f) = &*handle {
+                    if let Some(mode) = mode {
+                        f.set_permissions(std::fs::Permissions::from_mode(mode))
+                            .map_err(errno)?;
+                    }
+                    if uid.is_some() || gid.is_some() {
+                        std::os::unix::fs::fchown(f, uid, gid).map_err(errno)?;
+                    }
+                }
+                return self.open_file_attr(ino.0, &handle);
+            }
+            let path = self.path_of(ino)?;
             if let Node::Local(_) = self.node(&path)? {
                 let local = self.local_path(&path);
                 if let Some(mode) = mode {
@@ -515,14 +569,14 @@ impl fuser::Filesystem for PageFs {
                 // Content at the LSN never changes and writes go through the kernel's cache.
                 FopenFlags::FOPEN_KEEP_CACHE,
             )),
-            Node::Local(_) => open_options(flags.0)
+            Node::Local(_) => open_options(flags.0, self.writeback)
                 .open(self.local_path(&path))
                 .map(|f| (Handle::Local(f), FopenFlags::empty()))
                 .map_err(errno),
             Node::WalLink(_) => Err(Errno::ELOOP),
         });
         match result {
-            Ok((handle, open_flags)) => reply.opened(self.add_handle(handle), open_flags),
+            Ok((handle, open_flags)) => reply.opened(self.add_handle(ino.0, handle), open_flags),
             Err(e) => reply.error(e),
         }
     }
@@ -596,7 +650,14 @@ impl fuser::Filesystem for PageFs {
         });
         match result {
             Ok(()) => reply.written(data.len() as u32),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                tracing::warn!(
+                    "write of {} bytes at {offset} (fh {}): {e:?}",
+                    data.len(),
+                    fh.0
+                );
+                reply.error(e)
+            }
         }
     }
 
@@ -647,7 +708,10 @@ impl fuser::Filesystem for PageFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.path_of(ino).and_then(|p| self.dir_listing(&p)) {
-            Ok(listing) => reply.opened(self.add_handle(Handle::Dir(listing)), FopenFlags::empty()),
+            Ok(listing) => {
+                let fh = self.add_handle(ino.0, Handle::Dir(listing));
+                reply.opened(fh, FopenFlags::empty())
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -764,7 +828,7 @@ impl fuser::Filesystem for PageFs {
                 return Ok((attr, handle, FopenFlags::FOPEN_KEEP_CACHE));
             }
             let local = self.local_path(&path);
-            let mut opts = open_options(flags);
+            let mut opts = open_options(flags, self.writeback);
             opts.mode(mode & !umask);
             if exclusive {
                 opts.create_new(true);
@@ -784,7 +848,7 @@ impl fuser::Filesystem for PageFs {
         });
         match result {
             Ok((attr, handle, open_flags)) => {
-                let fh = self.add_handle(handle);
+                let fh = self.add_handle(attr.ino.0, handle);
                 reply.created(&TTL, &attr, Generation(0), fh, open_flags)
             }
             Err(e) => reply.error(e),
@@ -806,8 +870,7 @@ impl fuser::Filesystem for PageFs {
             match &*self.handle(fh)? {
                 Handle::Rel(rel, _) if mode == 0 => {
                     if end > rel.size() {
-                        let path = self.path_of(ino)?;
-                        self.truncate(&path, Some(fh), end)?;
+                        self.truncate(ino.0, Some(fh), end)?;
                     }
                     Ok(())
                 }

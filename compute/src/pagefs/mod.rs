@@ -39,6 +39,8 @@ pub struct Options {
     pub threads: usize,
     /// Read-ahead cache size in 8 KiB pages.
     pub cache_pages: usize,
+    /// Use the kernel's writeback cache (batched writes).
+    pub writeback_cache: bool,
 }
 
 impl Options {
@@ -49,6 +51,7 @@ impl Options {
             read_deadline: Duration::from_secs(30),
             threads: 4,
             cache_pages: 8192,
+            writeback_cache: true,
         }
     }
 }
@@ -181,7 +184,8 @@ pub fn mount(opts: &Options, source: Arc<dyn PageSource>) -> Result<MountedFs> {
     let wal = local.join("pg_wal");
     let wal_link = wal.is_dir().then_some(wal);
     let fetcher = fetch::Fetcher::new(source, opts.cache_pages, opts.read_deadline);
-    let fs = fs::PageFs::new(local.clone(), wal_link, tree::Tree::new(rels), fetcher)
+    let tree = tree::Tree::new(rels);
+    let fs = fs::PageFs::new(local.clone(), wal_link, tree, fetcher, opts.writeback_cache)
         .context("reading the local directory")?;
     let root = unsafe { libc::geteuid() } == 0;
     let mut config = fuser::Config::default();
