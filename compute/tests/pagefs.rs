@@ -553,31 +553,22 @@ fn is_mounted(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
 }
 
-#[test]
-fn daemon_serves_postgres_over_grpc_survives_a_pageserver_restart_and_unmounts() -> Result<()> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let orig = PgCluster::init(&InitOptions::default().set("autovacuum", "off"))?;
-    orig.start()?;
-    orig.psql(
-        "CREATE TABLE early AS SELECT g AS id FROM generate_series(1, 1000) g;
-         CREATE TABLE late AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30000) g;",
-    )?;
-    orig.stop(StopMode::Fast)?;
-    let source = Arc::new(DataDirSource::new(orig.data_dir())?);
-    let leases = Arc::new(AtomicU64::new(0));
-    let fake = || fake_pageserver::Fake {
-        source: source.clone(),
-        leases: leases.clone(),
-    };
-    let port = strata_tests::pg::free_port()?;
-    let server = fake_pageserver::Running::start(port, fake())?;
+/// Postgres on a mount served by the `compute pagefs` daemon; Postgres stops (drops) first.
+struct DaemonCluster {
+    pg: PgCluster,
+    daemon: Daemon,
+    log: std::path::PathBuf,
+}
 
+/// Starts `compute pagefs` over the (fake) pageserver at `port` on a slim copy of `orig`
+/// (stopped), waits for its ready file, and gives the mount to a Postgres (not started).
+fn daemon_cluster(orig: &PgCluster, port: u16) -> Result<DaemonCluster> {
     let local = orig.base_dir().join("slim");
     copy_data_dir(orig.data_dir(), &local, false)?;
     let ready = orig.base_dir().join("pagefs.ready");
     let log = orig.base_dir().join("pagefs.log");
     let mut daemon = None;
-    let lazy = PgCluster::from_data_dir(
+    let pg = PgCluster::from_data_dir(
         |data| {
             std::fs::create_dir(data)?;
             let child = Command::new(env!("CARGO_BIN_EXE_compute"))
@@ -609,7 +600,34 @@ fn daemon_serves_postgres_over_grpc_survives_a_pageserver_restart_and_unmounts()
         },
         &settings(),
     )?;
-    // `daemon` was declared before `lazy`: it drops (unmounts) after Postgres stops.
+    Ok(DaemonCluster {
+        pg,
+        daemon: daemon.context("the daemon started")?,
+        log,
+    })
+}
+
+#[test]
+fn daemon_serves_postgres_over_grpc_survives_a_pageserver_restart_and_unmounts() -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let orig = PgCluster::init(&InitOptions::default().set("autovacuum", "off"))?;
+    orig.start()?;
+    orig.psql(
+        "CREATE TABLE early AS SELECT g AS id FROM generate_series(1, 1000) g;
+         CREATE TABLE late AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30000) g;",
+    )?;
+    orig.stop(StopMode::Fast)?;
+    let source = Arc::new(DataDirSource::new(orig.data_dir())?);
+    let leases = Arc::new(AtomicU64::new(0));
+    let fake = || fake_pageserver::Fake {
+        source: source.clone(),
+        leases: leases.clone(),
+    };
+    let port = strata_tests::pg::free_port()?;
+    let server = fake_pageserver::Running::start(port, fake())?;
+
+    let mut dc = daemon_cluster(&orig, port)?;
+    let lazy = &dc.pg;
     lazy.start()?;
     assert_eq!(
         lazy.psql("SELECT count(*), sum(id) FROM early")?,
@@ -633,7 +651,7 @@ fn daemon_serves_postgres_over_grpc_survives_a_pageserver_restart_and_unmounts()
         plain.psql(LATE)?
     };
     assert_eq!(scan?, expect, "the scan across the restart is right");
-    let daemon_log = std::fs::read_to_string(&log)?;
+    let daemon_log = std::fs::read_to_string(&dc.log)?;
     assert!(
         daemon_log.contains("retrying"),
         "the scan met the pageserver down: {daemon_log}"
@@ -645,7 +663,7 @@ fn daemon_serves_postgres_over_grpc_survives_a_pageserver_restart_and_unmounts()
 
     // SIGTERM with a file open in the mount: a lazy unmount, and a clean exit.
     lazy.stop(StopMode::Fast)?;
-    let daemon = daemon.as_mut().context("the daemon started")?;
+    let daemon = &mut dc.daemon;
     let mount = daemon.mount.clone();
     let open_file = std::fs::File::open(mount.join("PG_VERSION"))?;
     assert!(is_mounted(&mount));
@@ -653,5 +671,59 @@ fn daemon_serves_postgres_over_grpc_survives_a_pageserver_restart_and_unmounts()
     assert!(status.success(), "compute pagefs exited with {status}");
     assert!(!is_mounted(&mount), "still mounted after SIGTERM");
     drop(open_file);
+    Ok(())
+}
+
+#[test]
+fn a_killed_daemon_makes_queries_fail_instead_of_hanging() -> Result<()> {
+    let orig = PgCluster::init(&InitOptions::default().set("autovacuum", "off"))?;
+    orig.start()?;
+    orig.psql("CREATE TABLE big AS SELECT g AS id FROM generate_series(1, 50000) g")?;
+    orig.stop(StopMode::Fast)?;
+    let fake = fake_pageserver::Fake {
+        source: Arc::new(DataDirSource::new(orig.data_dir())?),
+        leases: Arc::default(),
+    };
+    let port = strata_tests::pg::free_port()?;
+    let _server = fake_pageserver::Running::start(port, fake)?;
+    let mut dc = daemon_cluster(&orig, port)?;
+    dc.pg.start()?;
+    assert_eq!(dc.pg.psql("SELECT 1")?, "1\n");
+    let pid_file = std::fs::read_to_string(dc.pg.data_dir().join("postmaster.pid"))?;
+    let postmaster: i32 = pid_file.lines().next().unwrap_or("").trim().parse()?;
+
+    dc.daemon.child.kill()?;
+    dc.daemon.child.wait()?;
+    let t = Instant::now();
+    let err = dc
+        .pg
+        .psql("SELECT count(*) FROM big")
+        .expect_err("a query on a dead filesystem must fail");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("Transport endpoint is not connected") || msg.contains("could not"),
+        "{msg}"
+    );
+
+    // Postgres cannot be stopped through its data directory any more: signal it.
+    // SAFETY: signalling the postmaster this test started.
+    unsafe { libc::kill(postmaster, libc::SIGQUIT) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    // SAFETY: signal 0 only checks that the process exists.
+    while unsafe { libc::kill(postmaster, 0) } == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above; a postmaster still there after 15 s is killed.
+    unsafe { libc::kill(postmaster, libc::SIGKILL) };
+    let status = Command::new("umount")
+        .arg("-l")
+        .arg(&dc.daemon.mount)
+        .status()?;
+    assert!(status.success(), "umount -l of the dead mount");
     Ok(())
 }
