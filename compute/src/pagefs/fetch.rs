@@ -18,6 +18,9 @@ const READ_AHEAD_MIN_BLOCKS: u32 = 16;
 /// ...and doubles with every sequential read up to this (4 MiB).
 const READ_AHEAD_MAX_BLOCKS: u32 = 512;
 
+/// How far from where the last read ended a read still counts as sequential.
+const SEQUENTIAL_SLACK: u64 = 1 << 20;
+
 /// Sequential-read detection for one open relation file.
 #[derive(Default)]
 pub struct ReadPattern {
@@ -39,12 +42,16 @@ impl ReadPattern {
     /// at least half a window ahead of the reader, the window doubling up to 4 MiB).
     pub fn on_read(&mut self, offset: u64, size: u32) -> Option<Ahead> {
         let end = offset.saturating_add(u64::from(size));
-        let sequential = offset == self.next_offset && offset > 0;
-        self.next_offset = end;
+        // The kernel splits a large read (or its own read-ahead) into requests that run on
+        // several threads and arrive a little out of order: near the last end counts.
+        let sequential = offset > 0 && offset.abs_diff(self.next_offset) <= SEQUENTIAL_SLACK;
         if !sequential {
+            self.next_offset = end;
             self.ahead_blocks = 0;
+            self.prefetched_to = 0;
             return None;
         }
+        self.next_offset = self.next_offset.max(end);
         self.ahead_blocks =
             (self.ahead_blocks * 2).clamp(READ_AHEAD_MIN_BLOCKS, READ_AHEAD_MAX_BLOCKS);
         let end_block = u32::try_from(end.div_ceil(BLOCK_SIZE)).ok()?;
@@ -195,4 +202,34 @@ fn fetch_range(
         out.extend(r?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequential_reads_fetch_ahead_and_random_ones_do_not() {
+        let mut p = ReadPattern::default();
+        assert_eq!(p.on_read(0, 8192), None, "a first read is not a pattern");
+        let ahead = p.on_read(8192, 8192).expect("sequential");
+        assert_eq!(ahead.first_block, 2);
+        assert_eq!(ahead.count, READ_AHEAD_MIN_BLOCKS);
+        // The next read asks for more as the window doubles, never for blocks asked for.
+        let next = p.on_read(16384, 8192).expect("the window grew");
+        assert_eq!(next.first_block, ahead.first_block + ahead.count);
+        // Out of order by a little: still sequential; the window grows to its maximum.
+        let mut last = None;
+        for pair in 0..1000u64 {
+            let block = 3 + 2 * pair;
+            last = p.on_read((block + 1) * 8192, 8192).or(last);
+            last = p.on_read(block * 8192, 8192).or(last);
+        }
+        let last = last.expect("read-ahead went on");
+        assert!(last.first_block + last.count <= 2001 + READ_AHEAD_MAX_BLOCKS);
+        assert_eq!(p.ahead_blocks, READ_AHEAD_MAX_BLOCKS);
+        // A jump far away is random: no read-ahead, and the pattern starts over.
+        assert_eq!(p.on_read(1 << 32, 8192), None);
+        assert_eq!(p.ahead_blocks, 0);
+    }
 }

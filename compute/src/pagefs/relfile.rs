@@ -266,3 +266,92 @@ fn read_overlay(st: &State, block: u32, page: &mut [u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAG: RelTag = RelTag {
+        spc: 1663,
+        db: 5,
+        rel: 16384,
+        fork: 0,
+    };
+
+    /// Source pages at the LSN: every byte is the fork block number + 1.
+    fn source(run: &SourceRun) -> io::Result<Vec<Vec<u8>>> {
+        Ok((0..run.count)
+            .map(|i| vec![(run.first_block + i + 1) as u8; BLOCK])
+            .collect())
+    }
+
+    fn block(file: &RelFile, n: u64) -> Vec<u8> {
+        file.read(n * BLOCK_SIZE, BLOCK as u32, &source).unwrap()
+    }
+
+    #[test]
+    fn overlay_reads_writes_truncations_and_extensions() {
+        let dir = tempfile::tempdir().unwrap();
+        let range = SourceRange {
+            tag: TAG,
+            first_block: 131_072,
+        };
+        let file = RelFile::new(Some(range), 4, dir.path());
+        assert_eq!(file.size(), 4 * BLOCK_SIZE);
+        // Never written: the page at the LSN (this is segment 1: fork block 131072 + n).
+        assert_eq!(block(&file, 2), vec![3u8; BLOCK]);
+        // A whole-block write and a partial one read back; neighbours keep the LSN's pages.
+        file.write(BLOCK_SIZE, &[9u8; BLOCK], &source).unwrap();
+        file.write(2 * BLOCK_SIZE + 100, &[7u8; 10], &source)
+            .unwrap();
+        assert_eq!(block(&file, 1), vec![9u8; BLOCK]);
+        let b2 = block(&file, 2);
+        assert_eq!(&b2[..100], &[3u8; 100][..]);
+        assert_eq!(&b2[100..110], &[7u8; 10][..]);
+        assert_eq!(&b2[110..], &vec![3u8; BLOCK - 110][..]);
+        assert_eq!(block(&file, 0), vec![1u8; BLOCK]);
+        // A read across blocks and past the end is cut at the size.
+        let all = file.read(0, 10 * BLOCK as u32, &source).unwrap();
+        assert_eq!(all.len(), 4 * BLOCK);
+        // Truncated to one block and grown again: the blocks cut away read as zeros, never
+        // as the LSN's pages or the old writes.
+        file.set_size(BLOCK_SIZE, &source).unwrap();
+        file.set_size(4 * BLOCK_SIZE, &source).unwrap();
+        assert_eq!(block(&file, 0), vec![1u8; BLOCK]);
+        for n in 1..4 {
+            assert_eq!(block(&file, n), vec![0u8; BLOCK], "block {n}");
+        }
+        // Writing past the end extends; the gap reads as zeros.
+        file.write(6 * BLOCK_SIZE, &[5u8; BLOCK], &source).unwrap();
+        assert_eq!(file.size(), 7 * BLOCK_SIZE);
+        assert_eq!(block(&file, 5), vec![0u8; BLOCK]);
+        assert_eq!(block(&file, 6), vec![5u8; BLOCK]);
+        // Cut inside a block: its tail reads as zeros after growing again.
+        file.set_size(BLOCK_SIZE / 2, &source).unwrap();
+        file.set_size(BLOCK_SIZE, &source).unwrap();
+        let b0 = block(&file, 0);
+        assert_eq!(&b0[..BLOCK / 2], &vec![1u8; BLOCK / 2][..]);
+        assert_eq!(&b0[BLOCK / 2..], &vec![0u8; BLOCK / 2][..]);
+    }
+
+    #[test]
+    fn a_failing_source_fails_the_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let range = SourceRange {
+            tag: TAG,
+            first_block: 0,
+        };
+        let file = RelFile::new(Some(range), 2, dir.path());
+        let failing = |_: &SourceRun| -> io::Result<Vec<Vec<u8>>> {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        };
+        let err = file.read(0, BLOCK as u32, &failing).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO));
+        // A block written meanwhile needs no source.
+        file.write(0, &[4u8; BLOCK], &failing).unwrap();
+        assert_eq!(
+            file.read(0, BLOCK as u32, &failing).unwrap(),
+            vec![4u8; BLOCK]
+        );
+    }
+}
