@@ -13,7 +13,7 @@
 
 pub mod http;
 
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Instant;
 
 pub use prometheus;
@@ -39,13 +39,26 @@ pub const COUNT_BUCKETS: [f64; 12] = [
     0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0,
 ];
 
-static ENABLED: LazyLock<bool> =
-    LazyLock::new(|| std::env::var("STRATA_METRICS").map_or(true, |v| v != "off"));
+// 0: not read from the environment yet; 1: on; 2: off.
+static ENABLED: AtomicU8 = AtomicU8::new(0);
 
 /// Whether recording is on (`STRATA_METRICS=off` turns it off; read once).
 #[inline]
 pub fn enabled() -> bool {
-    *ENABLED
+    match ENABLED.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let on = std::env::var("STRATA_METRICS").map_or(true, |v| v != "off");
+            set_enabled(on);
+            on
+        }
+    }
+}
+
+/// Turns recording on or off (benchmarks compare both in one process).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
 }
 
 /// A start time, taken only while recording is on.
@@ -120,6 +133,23 @@ pub fn render() -> String {
     out
 }
 
+/// The lines of `expected` that [`render`] does not print (for tests of metric names).
+pub fn missing(expected: &[&str]) -> Vec<String> {
+    let text = render();
+    expected
+        .iter()
+        .filter(|want| !text.lines().any(|l| l == **want))
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// The value of one series as [`render`] prints it (`name` or `name{labels}`), if present.
+pub fn value(series: &str) -> Option<f64> {
+    render()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Per-timeline gauges computed when scraped (positions, lags), so the paths that move them
 /// pay nothing: a collector refills `gauges` from the service's state on every scrape.
 pub struct ScrapeGauges {
@@ -186,8 +216,7 @@ mod tests {
         );
         h.observe(0.000_3); // in (0.25 ms, 0.5 ms]
         h.observe(3.0); // in (2.5 s, 5 s]
-        let text = render();
-        for line in [
+        let missing = missing(&[
             "# TYPE strata_test_latency_seconds histogram",
             "strata_test_latency_seconds_bucket{le=\"0.00025\"} 0",
             "strata_test_latency_seconds_bucket{le=\"0.0005\"} 1",
@@ -196,12 +225,8 @@ mod tests {
             "strata_test_latency_seconds_bucket{le=\"+Inf\"} 2",
             "strata_test_latency_seconds_sum 3.0003",
             "strata_test_latency_seconds_count 2",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "{line:?} missing in:\n{text}"
-            );
-        }
+        ]);
+        assert!(missing.is_empty(), "missing: {missing:?} in\n{}", render());
     }
 
     #[test]

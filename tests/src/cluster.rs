@@ -92,6 +92,21 @@ pub fn psql(port: u16, sql: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// `pgbench <args> postgres` over TCP against a compute.
+pub fn pgbench(port: u16, args: &[&str]) -> Result<()> {
+    let out = Command::new(pg_bin_dir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
+        .args(args)
+        .arg("postgres")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "pgbench {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// `pg_dump` of the `postgres` database of a compute, without pg_dump 15.14+'s random
 /// `\restrict` key lines, so two dumps compare.
 pub fn pg_dump(port: u16) -> Result<String> {
