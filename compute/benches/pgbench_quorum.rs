@@ -29,6 +29,11 @@
 //! connects them through Postgres's Unix socket instead (cheaper per message than any
 //! network link; the walproposer, which runs beside Postgres, always uses the socket).
 //!
+//! `STRATA_BENCH_METRICS_AB=1` adds a fourth setup, Strata with `STRATA_METRICS=off` in the
+//! safekeepers' and walproposer's environment (no metrics recorded), to measure what the
+//! metrics cost on the commit path; with `STRATA_BENCH_ONLY=strata` only the two Strata setups
+//! run, alternating.
+//!
 //! Besides TPS and latency, each run reports CPU time per transaction (from
 //! `/proc/<pid>/stat`, user + system, all threads): of the replicas (the three safekeepers and
 //! the walproposer, or the three `pg_receivewal`), of the Postgres server processes (backends,
@@ -57,6 +62,7 @@ enum Setup {
     NoReplication,
     NativeQuorum,
     Strata,
+    StrataNoMetrics,
 }
 
 impl Setup {
@@ -65,6 +71,7 @@ impl Setup {
             Setup::NoReplication => "no replication",
             Setup::NativeQuorum => "native ANY 2 of 3 pg_receivewal",
             Setup::Strata => "Strata 3 safekeepers",
+            Setup::StrataNoMetrics => "Strata 3 safekeepers, metrics off",
         }
     }
 }
@@ -280,7 +287,9 @@ fn start(setup: Setup) -> (PgCluster, Replicas) {
     opts = match setup {
         Setup::NoReplication => opts,
         Setup::NativeQuorum => opts.set("synchronous_standby_names", "ANY 2 (rw1, rw2, rw3)"),
-        Setup::Strata => opts.set("synchronous_standby_names", "strata"),
+        Setup::Strata | Setup::StrataNoMetrics => {
+            opts.set("synchronous_standby_names", "strata")
+        }
     };
     let pg = PgCluster::init(&opts).expect("initdb");
     pg.start().expect("start Postgres");
@@ -311,12 +320,17 @@ fn start(setup: Setup) -> (PgCluster, Replicas) {
             }
             Replicas::Receivers(children)
         }
-        Setup::Strata => {
+        Setup::Strata | Setup::StrataNoMetrics => {
+            // Children inherit it; only this thread runs while they start.
+            if setup == Setup::StrataNoMetrics {
+                std::env::set_var("STRATA_METRICS", "off");
+            }
             let tmp = tempfile::tempdir().expect("tempdir");
             let sks: Vec<common::Sk> = (1..=3).map(|i| common::Sk::new(tmp.path(), i)).collect();
             let extra = std::env::var("STRATA_BENCH_WP_ARGS").unwrap_or_default();
             let extra: Vec<&str> = extra.split_whitespace().collect();
             let wp = common::Wp::start(&pg, &sks, &tmp.path().join("wp.log"), &extra);
+            std::env::remove_var("STRATA_METRICS");
             Replicas::Strata(sks, wp, tmp)
         }
     };
@@ -455,6 +469,9 @@ fn main() {
         Err(_) => vec![1, 16],
     };
     let mut setups = vec![Setup::NoReplication, Setup::NativeQuorum, Setup::Strata];
+    if std::env::var_os("STRATA_BENCH_METRICS_AB").is_some() {
+        setups.push(Setup::StrataNoMetrics);
+    }
     let reverse = std::env::var("STRATA_BENCH_ORDER").is_ok_and(|o| o == "reverse");
     if reverse {
         setups.reverse();

@@ -79,6 +79,11 @@ struct WpArgs {
     /// Timeout in seconds for connecting and election steps.
     #[arg(long, default_value_t = 5)]
     timeout_secs: u64,
+    /// Address of the HTTP endpoint for Prometheus metrics (`/metrics`) and health checks
+    /// (`/health/live`; `/health/ready`: elected and streaming), e.g. 127.0.0.1:9900; prints
+    /// `walproposer metrics on <addr>`. Not served if not given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -118,6 +123,7 @@ fn run(cli: Cli) -> Result<()> {
     cfg.max_appends_in_flight = a.max_appends_in_flight.max(1);
     cfg.max_buffer = a.max_buffer_mb << 20;
     cfg.timeout = Duration::from_secs(a.timeout_secs.max(1));
+    let metrics_listen = a.metrics_listen;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -125,6 +131,13 @@ fn run(cli: Cli) -> Result<()> {
     rt.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
+        if let Some(addr) = metrics_listen {
+            walproposer::metrics::init();
+            let bound =
+                strata_metrics::http::start(addr, std::sync::Arc::new(walproposer::metrics::ready))
+                    .await?;
+            println!("walproposer metrics on {bound}");
+        }
         // The walproposer runs as a task, not as the future `block_on` polls: waking that
         // future writes the runtime's eventfd (a syscall and an extra epoll round) every time,
         // which the main loop would pay on each acknowledgement and each WAL message; a task

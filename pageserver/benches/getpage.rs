@@ -22,6 +22,11 @@
 //! block of the indexes, and the table has one row per access method and class, so the latency
 //! of pages rebuilt by each index AM's native redo shows.
 //!
+//! `STRATA_BENCH_METRICS_AB=1`: the cost of the metrics instead: the latest LSN's no-redo and
+//! redo classes are read in alternating rounds with recording on and off
+//! (`strata_metrics::set_enabled`), 1 s each, 8 rounds per mode; prints each round's p50 and
+//! the median p50 per mode.
+//!
 //! `cargo bench -p pageserver --bench getpage`
 
 use std::time::{Duration, Instant};
@@ -217,8 +222,79 @@ fn table(
     Ok(())
 }
 
+/// p50 latency in µs of `keys` at `lsn`, read for 1 s.
+fn p50(tl: &Timeline, keys: &[Key], lsn: Lsn) -> f64 {
+    let (mut lat, _) = measure(tl, keys, lsn, Duration::from_secs(1));
+    lat.sort_unstable();
+    q(&lat, 0.5)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `STRATA_BENCH_METRICS_AB`: GetPage p50 with the metrics on and off, alternating.
+fn metrics_ab(s: &Setup) -> anyhow::Result<()> {
+    const ROUNDS: usize = 8;
+    let tl = s.ingest.timeline();
+    let keys: Vec<Key> = s
+        .groups
+        .iter()
+        .flat_map(|(_, k)| k.iter().copied())
+        .collect();
+    let (mut image, mut redo) = (Vec::new(), Vec::new());
+    for &k in &keys {
+        match tl.get_page_version(k, s.latest)? {
+            Some(v) if v.writer.is_none() => image.push(k),
+            Some(_) => redo.push(k),
+            None => {}
+        }
+    }
+    println!("metrics on/off, latest LSN, {ROUNDS} alternating rounds of 1 s per class and mode");
+    println!(
+        "{:<8} {:<6} {:>7} {:>8}",
+        "class", "round", "metrics", "p50 µs"
+    );
+    for (class, keys) in [("no-redo", &image), ("redo", &redo)] {
+        if keys.is_empty() {
+            continue;
+        }
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            // Alternate which mode goes first, so drift does not favour one.
+            let order = if round % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for enabled in order {
+                strata_metrics::set_enabled(enabled);
+                let p = p50(tl, keys, s.latest);
+                let mode = if enabled { "on" } else { "off" };
+                println!("{class:<8} {round:<6} {mode:>7} {p:>8.2}");
+                if enabled {
+                    on.push(p)
+                } else {
+                    off.push(p)
+                }
+            }
+        }
+        strata_metrics::set_enabled(true);
+        let (m_on, m_off) = (median(on), median(off));
+        println!(
+            "{class}: median p50 {m_on:.2} µs with metrics, {m_off:.2} µs without ({:+.1}%)",
+            (m_on / m_off - 1.0) * 100.0
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let s = setup()?;
+    if std::env::var_os("STRATA_BENCH_METRICS_AB").is_some() {
+        return metrics_ab(&s);
+    }
     let what = if index_heavy() {
         "every block of the docs table's indexes, by access method"
     } else {

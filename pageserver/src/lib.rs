@@ -19,6 +19,7 @@ pub mod basebackup;
 pub mod durable;
 pub mod import;
 pub mod ingest;
+pub mod metrics;
 pub mod redo;
 pub mod remote;
 pub mod service;

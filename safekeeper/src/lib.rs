@@ -21,6 +21,7 @@ pub mod control_file;
 mod convert;
 pub mod group_commit;
 pub mod ids;
+pub mod metrics;
 pub mod offload;
 pub mod peers;
 pub mod quarantine;

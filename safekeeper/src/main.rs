@@ -6,15 +6,23 @@
 //! `idle_timeout_secs`); flags win. On start it prints
 //! `safekeeper <id> listening on <addr>` to stdout (with the real port when asked for port 0),
 //! so scripts and tests can find it.
+//!
+//! With `--metrics-listen ADDR` (config key `metrics_listen`) it serves Prometheus metrics on
+//! `http://ADDR/metrics` and `/health/live`, `/health/ready` (ready once the timelines' control
+//! files are loaded), and prints `safekeeper <id> metrics on <addr>`; the gRPC port answers
+//! the standard health service (`grpc.health.v1.Health`) too.
 
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Deserialize;
+use strata_metrics::http::ReadyCheck;
 use tracing::info;
 
 use safekeeper::conn_threads::ConnLimits;
@@ -85,6 +93,10 @@ struct Args {
     /// (default 60; a walproposer pings every 5 s).
     #[arg(long, value_name = "SECS")]
     idle_timeout_secs: Option<u64>,
+    /// Address of the HTTP endpoint for Prometheus metrics (`/metrics`) and health checks
+    /// (`/health/live`, `/health/ready`), e.g. 127.0.0.1:7680; not served if not given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<SocketAddr>,
     /// TOML configuration file with the same keys as the flags.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -106,6 +118,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     connection_threads: Option<usize>,
     idle_timeout_secs: Option<u64>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// The `--runtime` choices.
@@ -122,6 +135,8 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:7676";
 /// How long a SIGTERM waits for open gRPC calls before the state is persisted and we exit.
 const GRACE: Duration = Duration::from_secs(1);
 const ID_FILE: &str = "safekeeper.id";
+/// The gRPC service's name, as health checks ask for it.
+const SAFEKEEPER_SERVICE: &str = "strata.safekeeper.v1.Safekeeper";
 
 /// The node id is written into the datadir on first start; starting the same datadir under
 /// another id would make two nodes out of one and is refused.
@@ -261,13 +276,23 @@ fn run() -> Result<()> {
         args.idle_timeout_secs.or(file.idle_timeout_secs),
     )?;
     let remote_url = args.remote_storage.or(file.remote_storage);
+    let metrics_listen = args.metrics_listen.or(file.metrics_listen);
     rt.block_on(async move {
         // The S3 client wants a runtime even to be built.
         if let Some(url) = &remote_url {
             config.remote = Some(RemoteStorage::parse(url, &s3)?);
         }
         info!(runtime = ?kind, "async runtime");
-        serve(datadir, listen, listen_pg, id, config, limits).await
+        serve(
+            datadir,
+            listen,
+            listen_pg,
+            id,
+            config,
+            limits,
+            metrics_listen,
+        )
+        .await
     })
 }
 
@@ -278,7 +303,20 @@ async fn serve(
     id: u64,
     mut config: ServiceConfig,
     limits: ConnLimits,
+    metrics_listen: Option<SocketAddr>,
 ) -> Result<()> {
+    // Live from here on; ready once the control files are loaded.
+    let loaded = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = metrics_listen {
+        safekeeper::metrics::init();
+        let flag = loaded.clone();
+        let ready: ReadyCheck = Arc::new(move || match flag.load(Ordering::Acquire) {
+            true => Ok(()),
+            false => Err("the timelines' control files are being loaded".into()),
+        });
+        let bound = strata_metrics::http::start(addr, ready).await?;
+        announce(&format!("safekeeper {id} metrics on {bound}"));
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the gRPC address {listen}"))?;
@@ -297,6 +335,12 @@ async fn serve(
     info!(id, %addr, datadir = %datadir.display(), remote_storage = ?remote.as_ref().map(|r| r.url()), peers = ?config.peers, "safekeeper starting");
     let service = SafekeeperService::with_config(id, datadir.clone(), config);
     service.open_all();
+    safekeeper::metrics::TimelineCollector::register(service.clone());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(SAFEKEEPER_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
+    loaded.store(true, Ordering::Release);
     announce(&format!("safekeeper {id} listening on {addr}"));
     let _replication = match pg_listener {
         Some(pg_listener) => {
@@ -324,7 +368,11 @@ async fn serve(
     info!(?limits, "gRPC connection limits");
     let accept = safekeeper::conn_threads::serve(
         listener,
-        move || grpc_server().add_service(svc.clone().into_server()),
+        move || {
+            grpc_server()
+                .add_service(health_service.clone())
+                .add_service(svc.clone().into_server())
+        },
         stop_rx,
         live.clone(),
         limits,

@@ -458,6 +458,7 @@ impl WalStorage {
     /// Writes `data` at `lsn`, which must be the current end of WAL. Not durable until
     /// [`WalStorage::flush`].
     pub fn write(&mut self, lsn: Lsn, data: &[u8]) -> Result<(), WalError> {
+        let timer = strata_metrics::Timer::start();
         if lsn != self.write_lsn || self.local_start == Lsn(0) {
             return Err(WalError::NotContiguous {
                 lsn,
@@ -494,6 +495,7 @@ impl WalStorage {
             }
         }
         self.write_lsn = pos;
+        crate::metrics::wal_written(timer, data.len());
         // Half way through a segment: prepare the next one.
         if pos.segment_offset() >= WAL_SEGMENT_SIZE / 2 {
             let next = pos.segment_number() + 1;
@@ -510,6 +512,7 @@ impl WalStorage {
         if self.flush_lsn == self.write_lsn && self.completed.is_empty() && !self.dir_dirty {
             return Ok(self.flush_lsn);
         }
+        let timer = strata_metrics::Timer::start();
         for done in std::mem::take(&mut self.completed) {
             let partial = self.dir.join(file_name(self.tli, done.segno, true));
             done.file.sync_data().map_err(io_err(&partial))?;
@@ -532,6 +535,7 @@ impl WalStorage {
             self.dir_dirty = false;
         }
         self.flush_lsn = self.write_lsn;
+        crate::metrics::wal_synced(timer);
         Ok(self.flush_lsn)
     }
 

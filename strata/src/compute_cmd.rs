@@ -652,7 +652,9 @@ pub(crate) fn start_walproposer(
         .args(["--application-name", STANDBY_NAME])
         // Used only when no safekeeper has WAL of this timeline yet: the new history begins
         // with the basebackup's checkpoint record.
-        .args(["--start-lsn", &lsn.to_string()]);
+        .args(["--start-lsn", &lsn.to_string()])
+        // A free port each start; the address is in the log ("walproposer metrics on").
+        .args(["--metrics-listen", "127.0.0.1:0"]);
     walproposer_daemon(dir, &rec.name).start(
         cmd,
         "streaming from Postgres",

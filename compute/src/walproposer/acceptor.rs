@@ -335,11 +335,19 @@ impl Default for RoundTrips {
     }
 }
 
+/// A session that ends abandons its appends in flight.
+impl Drop for RoundTrips {
+    fn drop(&mut self) {
+        super::metrics::appends_in_flight(-(self.pending.len() as i64));
+    }
+}
+
 impl RoundTrips {
     fn sent(&mut self, end: Lsn) {
         self.appends += 1;
         if self.pending.len() < 100_000 {
             self.pending.push_back((end, Instant::now()));
+            super::metrics::appends_in_flight(1);
         }
     }
 
@@ -351,6 +359,8 @@ impl RoundTrips {
             if self.us.len() < 1_000_000 {
                 self.us.push(at.elapsed().as_micros() as u64);
             }
+            super::metrics::append_acked(at.elapsed());
+            super::metrics::appends_in_flight(-1);
             self.pending.pop_front();
         }
         if self.since.elapsed() >= RTT_LOG_INTERVAL && !self.us.is_empty() {

@@ -18,6 +18,7 @@ pub mod buffer;
 pub mod checks;
 pub mod election;
 pub mod history;
+pub mod metrics;
 pub mod proposer;
 pub mod session;
 

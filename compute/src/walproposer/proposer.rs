@@ -79,6 +79,7 @@ async fn run_inner(cfg: Config, tenant: String, timeline: String) -> Result<()> 
     let bootstrap = cfg.start_lsn.unwrap_or(now.xlogpos.segment_start());
     let plan = plan(&won, now.xlogpos, bootstrap)?;
     let term = won.term;
+    super::metrics::elected(term);
     info!(
         term,
         donor = won.donor().idx + 1,
@@ -137,6 +138,7 @@ async fn run_inner(cfg: Config, tenant: String, timeline: String) -> Result<()> 
             )
         })?;
     info!(%stream_start, "streaming from Postgres");
+    super::metrics::set_streaming(true);
 
     let n = cfg.safekeepers.len();
     let (ev_tx, mut events) = mpsc::unbounded_channel();
@@ -168,6 +170,7 @@ async fn run_inner(cfg: Config, tenant: String, timeline: String) -> Result<()> 
         flushes,
     )
     .await;
+    super::metrics::set_streaming(false);
     tasks.abort_all();
     result
 }
@@ -258,6 +261,7 @@ async fn stream_loop(
                             .map_err(anyhow::Error::msg)?;
                         received = Lsn(received.0 + len);
                         shared.progress.send_modify(|p| p.end = received);
+                        super::metrics::received(received);
                         if inflight.len() < 100_000 {
                             inflight.push_back((received, Instant::now()));
                         }
@@ -284,6 +288,7 @@ async fn stream_loop(
                     break;
                 }
                 lat_us.push(at.elapsed().as_micros() as u64);
+                super::metrics::quorum_reached(at.elapsed());
                 inflight.pop_front();
             }
         }
@@ -341,6 +346,7 @@ async fn stream_loop(
                 .await
                 .context("sending the standby status to Postgres")?;
             reported = commit;
+            super::metrics::reported_flush(commit);
             last_status = Instant::now();
         }
     }

@@ -13,6 +13,11 @@
 //! directory lacks is restored before the tenants are loaded (`remote::startup`), so a
 //! pageserver whose disk was wiped comes back with its timelines and resumes ingest from the
 //! safekeepers where the object store's copy ends.
+//!
+//! With `--metrics-listen ADDR` (config key `metrics_listen`) it serves Prometheus metrics on
+//! `http://ADDR/metrics` and `/health/live`, `/health/ready` (ready once the tenants are
+//! loaded), and prints `pageserver metrics on <addr>`; the gRPC port answers the standard
+//! health service (`grpc.health.v1.Health`) too.
 
 // mimalloc: ingest allocates and frees many small values across threads (decode and
 // ingest); it measured ~10% faster than the system allocator (benches/ingest_vs_recovery.rs).
@@ -22,16 +27,19 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use serde::Deserialize;
+use strata_metrics::http::ReadyCheck;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 use tracing::{error, info};
 
+use pageserver::metrics::TimelineCollector;
 use pageserver::remote::{restore_missing, RemoteStorage};
 use pageserver::service::background::DEFAULT_GC_INTERVAL;
 use pageserver::service::PageserverService;
@@ -64,6 +72,10 @@ struct Args {
     /// Default 10m.
     #[arg(long, value_name = "INTERVAL", value_parser = parse_duration)]
     gc_interval: Option<Duration>,
+    /// Address of the HTTP endpoint for Prometheus metrics (`/metrics`) and health checks
+    /// (`/health/live`, `/health/ready`), e.g. 127.0.0.1:9899; not served if not given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// `0` or `<n><unit>` with unit ms, s, m, h or d.
@@ -100,9 +112,12 @@ struct FileConfig {
     remote_storage: Option<String>,
     /// Like `--gc-interval`, e.g. "10m" or "0".
     gc_interval: Option<String>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9898";
+/// The gRPC service's name, as health checks ask for it.
+const PAGESERVER_SERVICE: &str = "strata.pageserver.v1.Pageserver";
 
 fn main() {
     if let Err(e) = run() {
@@ -157,6 +172,18 @@ fn run() -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // The endpoint answers from the start: live while tenants load, ready once they are.
+    let loaded = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = args.metrics_listen.or(file.metrics_listen) {
+        pageserver::metrics::init();
+        let flag = loaded.clone();
+        let ready: ReadyCheck = Arc::new(move || match flag.load(Ordering::Acquire) {
+            true => Ok(()),
+            false => Err("tenants are being loaded".into()),
+        });
+        let bound = rt.block_on(strata_metrics::http::start(addr, ready))?;
+        println!("pageserver metrics on {bound}");
+    }
     if let Some(remote) = &remote {
         // A wiped (or new) data directory gets what the object store holds before loading.
         match rt.block_on(restore_missing(remote, &data_dir)) {
@@ -186,7 +213,16 @@ fn run() -> Result<()> {
         TenantManager::load(&data_dir)
             .with_context(|| format!("loading {}", data_dir.display()))?,
     );
-    rt.block_on(serve(manager, listen, remote, gc_interval))
+    let collector = TimelineCollector::register(manager.clone(), remote.is_some());
+    // Lags in seconds count from when WAL was first seen, not from the next scrape.
+    std::thread::Builder::new()
+        .name("metrics-sampler".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            collector.sample();
+        })
+        .context("starting the metrics sampler")?;
+    rt.block_on(serve(manager, listen, remote, gc_interval, loaded))
 }
 
 /// Whether the data directory holds any tenant.
@@ -201,6 +237,7 @@ async fn serve(
     listen: SocketAddr,
     remote: Option<RemoteStorage>,
     gc_interval: Duration,
+    loaded: Arc<AtomicBool>,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -233,7 +270,13 @@ async fn serve(
         }
         conn
     });
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(PAGESERVER_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
+    loaded.store(true, Ordering::Release);
     tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(service.clone().into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -16,6 +16,7 @@
 //! LSN below the timeline's start, a record for a relation that does not exist, a record that
 //! needs redo Strata lacks.
 
+mod failpoint;
 pub mod nonpage;
 pub mod reldir;
 pub mod strip;
@@ -243,6 +244,9 @@ impl WalIngest {
         if self.check_position(rec)? == Outcome::AlreadyIngested {
             self.stats.skipped += 1;
             return Ok(Outcome::AlreadyIngested);
+        }
+        if let Some(why) = failpoint::refuses(rec) {
+            return Err(Self::err(rec, why));
         }
         let lsn = rec.end_lsn;
         // Everything is computed first, then stored, so an error leaves no partial record.

@@ -237,6 +237,7 @@ impl LayerFetch for Fetcher {
             .join(layer.key.as_str());
         let dir: PathBuf = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let t0 = Instant::now();
+        let timer = strata_metrics::Timer::start();
         let res = run({
             let obj = obj.clone();
             async move {
@@ -252,6 +253,7 @@ impl LayerFetch for Fetcher {
                 e => format!("object {obj}: {e}"),
             })
         })?;
+        crate::metrics::downloaded_on_demand(n, timer);
         let downloads = self.downloads.fetch_add(1, Ordering::Relaxed) + 1;
         self.bytes.fetch_add(n, Ordering::Relaxed);
         let total = DOWNLOADS.fetch_add(1, Ordering::Relaxed) + 1;

@@ -263,6 +263,11 @@ impl Uploader {
         )
         .await?;
         self.synced_meta = Some(m.to_metadata());
+        crate::metrics::uploaded(rep.bytes_uploaded);
+        let listed: u64 = m.layers.iter().map(|l| l.size).sum();
+        crate::metrics::timeline_facts(tenant, timeline)
+            .remote_layer_bytes
+            .store(listed, std::sync::atomic::Ordering::Relaxed);
         self.known = Some(Some(m));
         self.lsn.send_if_modified(|l| {
             let advanced = rep.remote_consistent_lsn > *l;

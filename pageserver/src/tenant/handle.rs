@@ -363,6 +363,7 @@ impl TimelineHandle {
     }
 
     fn stop_ingest(&self, stop: IngestStop) {
+        crate::metrics::ingest_error();
         error!(tenant = %self.tenant_id, timeline = %self.timeline_id,
                record_lsn = %stop.record_lsn, "{}", stop.describe());
         self.ingest_stop.send_replace(Some(stop));
@@ -515,12 +516,15 @@ impl TimelineHandle {
                         since_unix_ms: unix_ms_now(),
                         needs_restart,
                     });
+                    crate::metrics::records_ingested(ingested);
                     return Err(TenantError::ingest(self.ctx())(e));
                 }
                 ingested += 1;
             }
+            crate::metrics::records_ingested(ingested);
         }
         if let Some(e) = failed {
+            crate::metrics::ingest_error();
             *stream = None;
             return Err(e);
         }

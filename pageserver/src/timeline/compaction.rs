@@ -373,6 +373,13 @@ impl Timeline {
     /// directory as a crash would; the timeline must then be dropped and reopened.
     #[doc(hidden)]
     pub fn compact_with(&mut self, force: bool, fp: FailPoint) -> Result<CompactionReport> {
+        let timer = strata_metrics::Timer::start();
+        let r = self.compact_now(force, fp);
+        crate::metrics::compaction_run(timer);
+        r
+    }
+
+    fn compact_now(&mut self, force: bool, fp: FailPoint) -> Result<CompactionReport> {
         // Never alongside a background merge of the same L0 layers.
         self.drain_background()?;
         let mut rep = CompactionReport::default();
@@ -396,6 +403,7 @@ impl Timeline {
 
     fn count_compaction(&mut self, rep: &CompactionReport) {
         self.writes.compactions += 1;
+        crate::metrics::compacted();
         self.writes.compaction_bytes += rep.l1_bytes;
         self.writes.image_bytes += rep.image_bytes;
         self.writes.layer_bytes += rep.l1_bytes + rep.image_bytes;

@@ -120,6 +120,13 @@ impl Timeline {
     /// timeline must then be dropped and reopened.
     #[doc(hidden)]
     pub fn gc_with(&mut self, cutoff: Lsn, fp: FailPoint) -> Result<GcReport> {
+        let timer = strata_metrics::Timer::start();
+        let r = self.gc_now(cutoff, fp);
+        crate::metrics::gc_run(timer);
+        r
+    }
+
+    fn gc_now(&mut self, cutoff: Lsn, fp: FailPoint) -> Result<GcReport> {
         self.drain_background()?;
         if cutoff > self.last_record_end {
             return Err(TimelineError::Invalid(format!(

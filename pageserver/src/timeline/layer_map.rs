@@ -72,6 +72,8 @@ pub struct FetchStats {
 pub struct Residence {
     /// Layers with an open local file.
     pub resident: usize,
+    /// Bytes of the resident layers' files.
+    pub resident_bytes: u64,
     /// Layers listed but not fetched yet.
     pub remote: usize,
     /// Bytes of the layers not fetched yet.

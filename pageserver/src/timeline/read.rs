@@ -264,8 +264,29 @@ impl Timeline {
             .map(|v| Bytes::copy_from_slice(&v.page[..])))
     }
 
-    /// GetPage; `user` reads count in the read statistics and fill the page cache.
+    /// GetPage; `user` reads count in the read statistics and metrics and fill the page cache.
     fn page_version(&self, key: Key, lsn: Lsn, user: bool) -> Result<Option<PageVersion>> {
+        if !user {
+            return self.page_version_inner(key, lsn, false, &mut (false, 0));
+        }
+        let timer = strata_metrics::Timer::start();
+        let mut shape = (false, 0);
+        let r = self.page_version_inner(key, lsn, true, &mut shape);
+        match &r {
+            Ok(_) => crate::metrics::page_read(timer, shape.0, shape.1),
+            Err(_) => crate::metrics::page_read_failed(),
+        }
+        r
+    }
+
+    /// [`Timeline::page_version`]; sets `shape` to (redo needed, layer files visited).
+    fn page_version_inner(
+        &self,
+        key: Key,
+        lsn: Lsn,
+        user: bool,
+        shape: &mut (bool, usize),
+    ) -> Result<Option<PageVersion>> {
         if lsn < self.meta.start_lsn {
             let reason = match self.ancestor_link() {
                 Some((id, at)) => format!(
@@ -286,6 +307,7 @@ impl Timeline {
             }
         }
         let no_records = chain.records.is_empty();
+        *shape = (!no_records, chain.layers_visited);
         let (mut page, mut newest, mut writer) =
             match chain.base {
                 Base::Absent => (None, Lsn::INVALID, None),
@@ -382,6 +404,7 @@ impl Timeline {
         for l in self.layers.layers() {
             if l.is_resident() {
                 r.resident += 1;
+                r.resident_bytes += l.file_size();
             } else {
                 r.remote += 1;
                 r.remote_bytes += l.file_size();

@@ -17,9 +17,10 @@
 //! A sink that has stopped taking WAL for good ([`WalSink::stopped`]: a record it can never
 //! ingest) ends [`run`] at once with that reason: retrying would only fail the same way, so
 //! the caller waits for the stop to be lifted. While no safekeeper can be streamed from (no
-//! compute has written the timeline yet, all are down), the receiver retries with backoff,
-//! tells the sink why ([`WalSink::problem`]) and warns at most once per
-//! [`WAIT_WARN_INTERVAL`].
+//! compute has written the timeline yet, all are down), the receiver retries with backoff and
+//! tells the sink why ([`WalSink::problem`]). A timeline no safekeeper has yet (a branch
+//! without a compute) is normal: said once at info. Anything else (a safekeeper down, behind)
+//! is warned when it starts or changes, and repeated at most once per [`WAIT_WARN_INTERVAL`].
 //!
 //! - [`probe`]: connecting to one safekeeper and asking where it stands.
 //! - [`monitor`]: the other safekeepers' positions, polled while streaming.
@@ -126,35 +127,57 @@ pub trait WalSink: Send + Sync {
     fn problem(&self, _problem: Option<String>) {}
 }
 
-/// "No safekeeper to stream from" is warned about at most this often while it lasts (a
-/// timeline without a compute would otherwise warn at every retry, for as long as it exists).
+/// The same "no safekeeper to stream from" failure is warned about again at most this often
+/// while it lasts (every retry would otherwise warn, for as long as it lasts).
 pub const WAIT_WARN_INTERVAL: Duration = Duration::from_secs(300);
 
-/// Rate limit of the "no safekeeper to stream from" warning.
+/// How a wait for a safekeeper to stream from is logged.
+#[derive(Debug, PartialEq, Eq)]
+enum WaitLog {
+    /// No safekeeper has the timeline yet (no compute wrote it): normal, said once.
+    Info,
+    /// A failure that started or changed, or the same one after [`WAIT_WARN_INTERVAL`]; with
+    /// the number of retries not logged since the last warning.
+    Warn(u64),
+    /// A repeat.
+    Debug,
+}
+
+/// What the waits so far logged.
 #[derive(Debug, Default)]
-struct WaitWarnings {
-    last: Option<Instant>,
+struct WaitLogger {
+    /// The last wait's reason, and whether it was only "no WAL yet".
+    last: Option<(bool, String)>,
+    last_warn: Option<Instant>,
     suppressed: u64,
 }
 
-impl WaitWarnings {
-    /// `Some(n)`: warn now, `n` warnings having been left out since the last one.
-    fn should_warn(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(t) if now.saturating_duration_since(t) < WAIT_WARN_INTERVAL => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
+impl WaitLogger {
+    fn on_wait(&mut self, no_wal_yet: bool, why: &str, now: Instant) -> WaitLog {
+        let previous = self.last.replace((no_wal_yet, why.to_string()));
+        if no_wal_yet {
+            self.last_warn = None;
+            self.suppressed = 0;
+            return match previous {
+                Some((true, _)) => WaitLog::Debug,
+                _ => WaitLog::Info,
+            };
         }
+        let same = previous.is_some_and(|(idle, w)| !idle && w == why);
+        let recent = self
+            .last_warn
+            .is_some_and(|t| now.saturating_duration_since(t) < WAIT_WARN_INTERVAL);
+        if same && recent {
+            self.suppressed += 1;
+            return WaitLog::Debug;
+        }
+        self.last_warn = Some(now);
+        WaitLog::Warn(std::mem::take(&mut self.suppressed))
     }
 
-    /// Streaming again: the next wait warns at once.
+    /// Streaming again: the next wait is logged afresh.
     fn reset(&mut self) {
-        *self = WaitWarnings::default();
+        *self = WaitLogger::default();
     }
 }
 
@@ -227,7 +250,7 @@ impl WalReceiver {
         let mut backoff = conf.backoff_min;
         // The safekeeper just left because of a failure: not chosen again on a tie.
         let mut avoid: Option<usize> = None;
-        let mut waits = WaitWarnings::default();
+        let mut waits = WaitLogger::default();
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -248,16 +271,20 @@ impl WalReceiver {
             let idx = match choose(&conf.safekeepers, &found, start, avoid, &mut pinned) {
                 Ok(i) => i,
                 Err(Choice::Fatal(e)) => return Err(e),
-                Err(Choice::Wait(why)) => {
-                    match waits.should_warn(Instant::now()) {
-                        Some(0) => {
+                Err(Choice::Wait { why, no_wal_yet }) => {
+                    match waits.on_wait(no_wal_yet, &why, Instant::now()) {
+                        WaitLog::Info => info!(
+                            "no safekeeper has WAL of this timeline yet (no compute has written \
+                             it); waiting for it: {why}"
+                        ),
+                        WaitLog::Warn(0) => {
                             warn!("no safekeeper to stream from, retrying in {backoff:?}: {why}")
                         }
-                        Some(n) => warn!(
+                        WaitLog::Warn(n) => warn!(
                             "still no safekeeper to stream from ({n} retries since the last \
                              warning), retrying in {backoff:?}: {why}"
                         ),
-                        None => {
+                        WaitLog::Debug => {
                             debug!("no safekeeper to stream from, retrying in {backoff:?}: {why}")
                         }
                     }
@@ -322,8 +349,9 @@ impl WalReceiver {
 }
 
 enum Choice {
-    /// Nothing to stream from now; try again later.
-    Wait(String),
+    /// Nothing to stream from now; try again later. `no_wal_yet`: only because no safekeeper
+    /// has the timeline yet.
+    Wait { why: String, no_wal_yet: bool },
     /// A safekeeper serves a different system or Postgres timeline.
     Fatal(anyhow::Error),
 }
@@ -376,15 +404,18 @@ fn choose(
         }
     }
     let mut problems = Vec::new();
+    let mut no_wal_yet = true;
     let mut best: Option<(usize, Lsn)> = None;
     for (i, (addr, found)) in addrs.iter().zip(found).enumerate() {
         let id = match found {
             Ok(id) => id,
             Err(e) => {
+                no_wal_yet &= e.ends_with(probe::NO_TIMELINE_HINT);
                 problems.push(format!("{addr}: {e}"));
                 continue;
             }
         };
+        no_wal_yet = false;
         if id.commit_lsn < start {
             problems.push(format!(
                 "{addr}: its commit LSN {} is behind the start {start}",
@@ -410,7 +441,10 @@ fn choose(
             }
             Ok(i)
         }
-        None => Err(Choice::Wait(problems.join("; "))),
+        None => Err(Choice::Wait {
+            why: problems.join("; "),
+            no_wal_yet,
+        }),
     }
 }
 
@@ -444,23 +478,82 @@ mod tests {
         let addrs: Vec<String> = (0..found.len()).map(|i| format!("sk{i}:1")).collect();
         match choose(&addrs, found, Lsn(start), avoid, &mut None) {
             Ok(i) => Ok(i),
-            Err(Choice::Wait(w)) => Err(format!("wait: {w}")),
+            Err(Choice::Wait { why, .. }) => Err(format!("wait: {why}")),
             Err(Choice::Fatal(e)) => Err(format!("fatal: {e}")),
         }
     }
 
     #[test]
-    fn waiting_warns_once_per_interval() {
-        let mut w = WaitWarnings::default();
+    fn a_failure_warns_when_it_starts_or_changes_and_once_per_interval() {
+        let mut w = WaitLogger::default();
         let t0 = Instant::now();
-        assert_eq!(w.should_warn(t0), Some(0));
+        let down = "sk0:1: connection refused";
+        assert_eq!(w.on_wait(false, down, t0), WaitLog::Warn(0));
         for i in 1..100 {
-            assert_eq!(w.should_warn(t0 + Duration::from_secs(i)), None);
+            assert_eq!(
+                w.on_wait(false, down, t0 + Duration::from_secs(i)),
+                WaitLog::Debug
+            );
         }
-        assert_eq!(w.should_warn(t0 + WAIT_WARN_INTERVAL), Some(99));
-        assert_eq!(w.should_warn(t0 + WAIT_WARN_INTERVAL), None);
+        assert_eq!(
+            w.on_wait(false, down, t0 + WAIT_WARN_INTERVAL),
+            WaitLog::Warn(99)
+        );
+        assert_eq!(
+            w.on_wait(false, down, t0 + WAIT_WARN_INTERVAL),
+            WaitLog::Debug
+        );
+        // Another failure is news.
+        let behind = "sk0:1: its commit LSN 0/10 is behind the start 0/20";
+        assert_eq!(
+            w.on_wait(false, behind, t0 + WAIT_WARN_INTERVAL),
+            WaitLog::Warn(1)
+        );
         w.reset();
-        assert_eq!(w.should_warn(t0 + WAIT_WARN_INTERVAL), Some(0));
+        assert_eq!(
+            w.on_wait(false, behind, t0 + WAIT_WARN_INTERVAL),
+            WaitLog::Warn(0)
+        );
+    }
+
+    #[test]
+    fn a_timeline_no_safekeeper_has_yet_is_said_once_at_info() {
+        let mut w = WaitLogger::default();
+        let t0 = Instant::now();
+        let none = "sk0:1: timeline t does not exist on this safekeeper";
+        assert_eq!(w.on_wait(true, none, t0), WaitLog::Info);
+        for i in 1..1000 {
+            let t = t0 + Duration::from_secs(i);
+            assert_eq!(w.on_wait(true, none, t), WaitLog::Debug);
+        }
+        // A real failure while waiting is warned; back to "no WAL yet" is said once again.
+        let later = t0 + Duration::from_secs(2000);
+        assert_eq!(w.on_wait(false, "sk0:1: refused", later), WaitLog::Warn(0));
+        assert_eq!(w.on_wait(true, none, later), WaitLog::Info);
+    }
+
+    #[test]
+    fn no_wal_yet_only_when_every_safekeeper_lacks_the_timeline() {
+        let addrs: Vec<String> = vec!["a:1".into(), "b:1".into()];
+        let missing = || {
+            Err(format!(
+                "timeline x does not exist{}",
+                probe::NO_TIMELINE_HINT
+            ))
+        };
+        let no_wal = |found: &[Result<Identity, String>]| match choose(
+            &addrs,
+            found,
+            Lsn(5),
+            None,
+            &mut None,
+        ) {
+            Err(Choice::Wait { no_wal_yet, .. }) => no_wal_yet,
+            _ => panic!("expected a wait"),
+        };
+        assert!(no_wal(&[missing(), missing()]));
+        assert!(!no_wal(&[missing(), Err("connection refused".into())]));
+        assert!(!no_wal(&[missing(), at(4)]));
     }
 
     #[test]

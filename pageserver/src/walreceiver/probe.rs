@@ -47,12 +47,17 @@ pub(super) fn conn_config(conf: &WalReceiverConf, addr: &str) -> Result<ConnConf
     })
 }
 
+/// Ends the description of a safekeeper that does not have the timeline: nothing was written
+/// to it yet (a branch without a compute), which is waiting, not a failure.
+pub(super) const NO_TIMELINE_HINT: &str =
+    " (is the compute's walproposer running for this timeline?)";
+
 /// Says what went wrong on safekeeper `addr`, with Postgres's words for server errors.
 pub(super) fn describe(e: &PgError) -> String {
     match e {
         // 3D000: the safekeeper does not have the timeline (yet).
         PgError::Server { code, message, .. } if code == "3D000" => {
-            format!("{message} (is the compute's walproposer running for this timeline?)")
+            format!("{message}{NO_TIMELINE_HINT}")
         }
         other => other.to_string(),
     }

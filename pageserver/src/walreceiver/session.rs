@@ -1,6 +1,7 @@
 //! One stream from one safekeeper: XLogData into the sink, status updates back, and the
 //! reason it ended.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -52,6 +53,10 @@ pub(super) async fn stream(
     let mut pos = start;
     // The server's commit LSN, as its messages say.
     let mut server_end = probe.identity.commit_lsn;
+    // For the lag metrics: what the safekeepers committed, even past a record ingest refuses.
+    let seen = crate::metrics::timeline_facts(&conf.tenant_id, &conf.timeline_id);
+    let see = |lsn: Lsn| seen.commit_lsn_seen.fetch_max(lsn.0, Ordering::Relaxed);
+    see(server_end);
     let mut last_message = Instant::now();
     let mut last_status: Option<Instant> = None;
     let mut ahead_since: Option<Instant> = None;
@@ -75,6 +80,7 @@ pub(super) async fn stream(
                         "the server sent WAL at {at}, but the stream is at {pos}"
                     )));
                 }
+                see(wal_end);
                 if !data.is_empty() {
                     hand_over(sink, pos, &data).map_err(SessionError::Sink)?;
                     pos = Lsn(pos.0 + data.len() as u64);
@@ -89,6 +95,7 @@ pub(super) async fn stream(
             }) => {
                 last_message = Instant::now();
                 server_end = server_end.max(wal_end);
+                see(wal_end);
                 reply_now = reply_requested;
             }
             Some(other) => {

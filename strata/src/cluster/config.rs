@@ -27,6 +27,10 @@ pub struct ClusterConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PageserverConfig {
     pub grpc_port: u16,
+    /// HTTP port of `/metrics` and `/health/*` (`--metrics-listen`); none in clusters made
+    /// before metrics existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -35,6 +39,10 @@ pub struct SafekeeperConfig {
     pub grpc_port: u16,
     /// The Postgres replication protocol (pageserver, pg_receivewal).
     pub pg_port: u16,
+    /// HTTP port of `/metrics` and `/health/*` (`--metrics-listen`); none in clusters made
+    /// before metrics existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_port: Option<u16>,
 }
 
 impl SafekeeperConfig {
@@ -44,11 +52,17 @@ impl SafekeeperConfig {
     pub fn pg_addr(&self) -> String {
         format!("127.0.0.1:{}", self.pg_port)
     }
+    pub fn metrics_addr(&self) -> Option<String> {
+        self.metrics_port.map(|p| format!("127.0.0.1:{p}"))
+    }
 }
 
 impl PageserverConfig {
     pub fn grpc_addr(&self) -> String {
         format!("127.0.0.1:{}", self.grpc_port)
+    }
+    pub fn metrics_addr(&self) -> Option<String> {
+        self.metrics_port.map(|p| format!("127.0.0.1:{p}"))
     }
 }
 
@@ -63,18 +77,23 @@ impl ClusterConfig {
         if n_safekeepers == 0 || n_safekeepers.is_multiple_of(2) {
             bail!("the number of safekeepers must be odd (1, 3, 5…) so a majority is well defined, got {n_safekeepers}");
         }
-        // One block of consecutive ports: the services' first, then the computes'.
-        let services = 1 + 2 * n_safekeepers as u16;
+        // One block of consecutive ports: the services' first (the pageserver's gRPC and
+        // metrics, each safekeeper's gRPC, replication and metrics), then the computes'.
+        let services = 2 + 3 * n_safekeepers as u16;
         let base = free_port_block(services + COMPUTE_PORTS)?;
         let mut next = base..base + services;
         let mut port = || next.next().expect("the block holds a port per service");
-        let pageserver = PageserverConfig { grpc_port: port() };
+        let pageserver = PageserverConfig {
+            grpc_port: port(),
+            metrics_port: Some(port()),
+        };
         let mut safekeepers = Vec::new();
         for i in 0..n_safekeepers {
             safekeepers.push(SafekeeperConfig {
                 id: i as u64 + 1,
                 grpc_port: port(),
                 pg_port: port(),
+                metrics_port: Some(port()),
             });
         }
         let compute_base_port = base + services;
@@ -159,9 +178,16 @@ mod tests {
         c.store(dir.path()).unwrap();
         assert_eq!(ClusterConfig::load(dir.path()).unwrap(), c);
         let mut ports = vec![c.pageserver.grpc_port, c.compute_base_port];
+        ports.extend(c.pageserver.metrics_port);
         for s in &c.safekeepers {
             ports.extend([s.grpc_port, s.pg_port]);
+            ports.extend(s.metrics_port);
         }
+        assert_eq!(
+            ports.len(),
+            2 + 1 + 3 * 3,
+            "every service has a metrics port"
+        );
         let n = ports.len();
         ports.sort();
         ports.dedup();
@@ -178,6 +204,18 @@ mod tests {
             ports.iter().all(|&p| (10_000..ephemeral_low).contains(&p)),
             "ports {ports:?} must lie below the ephemeral range ({ephemeral_low}…)"
         );
+    }
+
+    #[test]
+    fn a_config_from_before_metrics_loads_without_metrics_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = "remote_storage = \"/r\"\npg_bin = \"/b\"\ncompute_base_port = 20000\n\
+                   [pageserver]\ngrpc_port = 19000\n\
+                   [[safekeepers]]\nid = 1\ngrpc_port = 19001\npg_port = 19002\n";
+        fs::write(dir.path().join(CONFIG_FILE), old).unwrap();
+        let c = ClusterConfig::load(dir.path()).unwrap();
+        assert_eq!(c.pageserver.metrics_addr(), None);
+        assert_eq!(c.safekeepers[0].metrics_addr(), None);
     }
 
     #[test]

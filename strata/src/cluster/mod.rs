@@ -158,6 +158,18 @@ fn services(dir: &Path, cfg: &ClusterConfig) -> Vec<Daemon> {
     v
 }
 
+/// `--metrics-listen ADDR` for a service with a metrics port.
+fn metrics_listen_arg(addr: Option<String>) -> Vec<String> {
+    addr.map(|a| vec!["--metrics-listen".to_string(), a])
+        .unwrap_or_default()
+}
+
+/// `, metrics on http://ADDR/metrics` for `strata start`'s lines.
+fn metrics_note(addr: Option<String>) -> String {
+    addr.map(|a| format!(", metrics on http://{a}/metrics"))
+        .unwrap_or_default()
+}
+
 pub fn start(dir: &Path) -> Result<()> {
     let cfg = ClusterConfig::load(dir)?;
     let safekeeper = sibling_binary("safekeeper")?;
@@ -182,8 +194,14 @@ pub fn start(dir: &Path) -> Result<()> {
             .map(|p| format!("{}={}", p.id, p.grpc_addr()))
             .collect();
         cmd.args(["--peers", &peers.join(",")]);
+        cmd.args(metrics_listen_arg(sk.metrics_addr()));
         let pid = d.start(cmd, "serving replication on", START_TIMEOUT)?;
-        println!("started {} (pid {pid}) on {}", d.name, sk.grpc_addr());
+        println!(
+            "started {} (pid {pid}) on {}{}",
+            d.name,
+            sk.grpc_addr(),
+            metrics_note(sk.metrics_addr())
+        );
     }
     let d = Daemon::new(dir, "pageserver");
     if let State::Running(pid) = d.state()? {
@@ -193,11 +211,13 @@ pub fn start(dir: &Path) -> Result<()> {
         cmd.arg("--data-dir")
             .arg(dir.join("pageserver"))
             .args(["--listen", &cfg.pageserver.grpc_addr()])
-            .args(["--remote-storage", &cfg.remote_storage]);
+            .args(["--remote-storage", &cfg.remote_storage])
+            .args(metrics_listen_arg(cfg.pageserver.metrics_addr()));
         let pid = d.start(cmd, "pageserver listening on", START_TIMEOUT)?;
         println!(
-            "started pageserver (pid {pid}) on {}",
-            cfg.pageserver.grpc_addr()
+            "started pageserver (pid {pid}) on {}{}",
+            cfg.pageserver.grpc_addr(),
+            metrics_note(cfg.pageserver.metrics_addr())
         );
     }
     crate::tenant_import::reconnect_all(dir, &cfg, &crate::output::Output::new(false))
