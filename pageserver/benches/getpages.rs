@@ -9,7 +9,9 @@
 //!
 //! - Basebackup: full and slim alternately, 3 rounds each: bytes and seconds.
 //! - Latency: 1-block requests, one in flight, over every block of `pgbench_history` (every
-//!   page rebuilt by redo of the run's inserts) and every 8th block of `pgbench_accounts`;
+//!   page rebuilt by redo of the run's inserts), `pgbench_tellers` and `pgbench_branches` (few
+//!   pages, each updated by most transactions: long redo chains) and every 8th block of
+//!   `pgbench_accounts` (mostly images);
 //!   "cold" is each page's first read since the pageserver started (collect the versions,
 //!   redo), "hot" the second (the page cache holds the materialized page: no redo).
 //! - Throughput: every block of `pgbench_accounts` in 256-block requests, rounds alternating
@@ -67,7 +69,12 @@ fn setup(dir: &std::path::Path) -> Result<(PgCluster, Arc<TenantManager>, Vec<Re
         .trim()
         .parse()?;
     let mut rels = Vec::new();
-    for name in ["pgbench_accounts", "pgbench_history"] {
+    for name in [
+        "pgbench_accounts",
+        "pgbench_history",
+        "pgbench_tellers",
+        "pgbench_branches",
+    ] {
         let rel = pg
             .psql(&format!("SELECT pg_relation_filenode('{name}')"))?
             .trim()
@@ -261,8 +268,8 @@ async fn bench(manager: Arc<TenantManager>, rels: &[Rel]) -> Result<()> {
         "{:<18} {:>6} {:<5} {:>9} {:>9} {:>9}",
         "relation", "pages", "pass", "p50 µs", "p99 µs", "mean µs"
     );
-    let (accounts, history) = (&rels[0], &rels[1]);
-    for (rel, step) in [(history, 1), (accounts, 8)] {
+    let accounts = &rels[0];
+    for (rel, step) in [(&rels[1], 1), (&rels[2], 1), (&rels[3], 1), (accounts, 8)] {
         let n = nblocks(&mut c, rel).await?;
         for pass in ["cold", "hot"] {
             let reqs: Vec<_> = (0..n)
