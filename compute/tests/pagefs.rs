@@ -565,6 +565,27 @@ struct DaemonCluster {
 fn daemon_cluster(orig: &PgCluster, port: u16) -> Result<DaemonCluster> {
     let local = orig.base_dir().join("slim");
     copy_data_dir(orig.data_dir(), &local, false)?;
+    let target = DaemonTarget {
+        addr: format!("127.0.0.1:{port}"),
+        tenant: "a".repeat(32),
+        timeline: "b".repeat(32),
+        lsn: "0/16B3748".into(),
+    };
+    daemon_on(orig, &local, &target)
+}
+
+/// Which pageserver timeline and LSN the daemon serves.
+struct DaemonTarget {
+    addr: String,
+    tenant: String,
+    timeline: String,
+    lsn: String,
+}
+
+/// Starts `compute pagefs` on the slim directory `local` for `target`, waits for its ready
+/// file, and gives the mount to a Postgres (not started); scratch files go in `orig`'s
+/// directory.
+fn daemon_on(orig: &PgCluster, local: &Path, target: &DaemonTarget) -> Result<DaemonCluster> {
     let ready = orig.base_dir().join("pagefs.ready");
     let log = orig.base_dir().join("pagefs.log");
     let mut daemon = None;
@@ -573,12 +594,12 @@ fn daemon_cluster(orig: &PgCluster, port: u16) -> Result<DaemonCluster> {
             std::fs::create_dir(data)?;
             let child = Command::new(env!("CARGO_BIN_EXE_compute"))
                 .args(["pagefs", "--local"])
-                .arg(&local)
+                .arg(local)
                 .arg("--mount")
                 .arg(data)
-                .args(["--pageserver", &format!("127.0.0.1:{port}")])
-                .args(["--tenant", &"a".repeat(32), "--timeline", &"b".repeat(32)])
-                .args(["--lsn", "0/16B3748", "--read-deadline-secs", "30"])
+                .args(["--pageserver", &target.addr])
+                .args(["--tenant", &target.tenant, "--timeline", &target.timeline])
+                .args(["--lsn", &target.lsn, "--read-deadline-secs", "30"])
                 .args(["--lease-ttl-secs", "3", "--ready-file"])
                 .arg(&ready)
                 .stderr(std::fs::File::create(&log)?)
@@ -726,4 +747,169 @@ fn a_killed_daemon_makes_queries_fail_instead_of_hanging() -> Result<()> {
         .status()?;
     assert!(status.success(), "umount -l of the dead mount");
     Ok(())
+}
+
+/// The `pageserver` binary next to this test's (`cargo build -p pageserver` first), or
+/// `$STRATA_PAGESERVER_BIN`.
+fn pageserver_bin() -> Result<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("STRATA_PAGESERVER_BIN") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the test binary's directory")?;
+    let bin = dir.join("pageserver");
+    anyhow::ensure!(
+        bin.is_file(),
+        "{} missing: cargo build -p pageserver --bin pageserver",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// A pageserver process, killed when dropped.
+struct PageserverProcess {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl PageserverProcess {
+    fn start(data: &Path) -> Result<PageserverProcess> {
+        use std::io::BufRead;
+        let log = std::fs::File::create(data.with_extension("log"))?;
+        let mut child = Command::new(pageserver_bin()?)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().context("the pageserver's stdout")?;
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("pageserver listening on ")
+            .with_context(|| format!("unexpected first line {line:?}"))?
+            .to_string();
+        Ok(PageserverProcess { child, addr })
+    }
+}
+
+impl Drop for PageserverProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn lazy_postgres_on_a_real_pageserver_equals_a_full_copy() -> Result<()> {
+    use walproto::proto::pageserver as pb;
+    use walproto::proto::pageserver::pageserver_client::PageserverClient;
+    const TENANT: &str = "0123456789abcdef0123456789abcdef";
+    const TIMELINE: &str = "fedcba9876543210fedcba9876543210";
+    let orig = PgCluster::init(&InitOptions::default().set("autovacuum", "off"))?;
+    orig.start()?;
+    orig.psql(WORKLOAD)?;
+    orig.stop(StopMode::Fast)?;
+
+    let ps_dir = orig.base_dir().join("pageserver");
+    std::fs::create_dir(&ps_dir)?;
+    let ps = PageserverProcess::start(&ps_dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (lsn, slim) = rt.block_on(async {
+        let deadline = Duration::from_secs(60);
+        let mut c = tokio::time::timeout(
+            deadline,
+            PageserverClient::connect(format!("http://{}", ps.addr)),
+        )
+        .await??
+        .max_decoding_message_size(64 << 20);
+        c.create_tenant(pb::CreateTenantRequest {
+            tenant_id: TENANT.into(),
+            ..Default::default()
+        })
+        .await?;
+        let tl = c
+            .import_timeline(pb::ImportTimelineRequest {
+                tenant_id: TENANT.into(),
+                timeline_id: TIMELINE.into(),
+                datadir: orig.data_dir().display().to_string(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let lsn = tl.last_record_end;
+        let mut stream = c
+            .basebackup(pb::BasebackupRequest {
+                tenant_id: TENANT.into(),
+                timeline_id: TIMELINE.into(),
+                lsn,
+                without_relation_files: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let mut tar = Vec::new();
+        while let Some(chunk) = tokio::time::timeout(deadline, stream.message()).await?? {
+            tar.extend_from_slice(&chunk.data);
+        }
+        anyhow::Ok((lsn, tar))
+    })?;
+    let local = orig.base_dir().join("slim-from-pageserver");
+    std::fs::create_dir(&local)?;
+    tar::Archive::new(&slim[..]).unpack(&local)?;
+    // One 16 MiB WAL segment and a few MB of other files.
+    assert!(
+        slim.len() < 24 << 20,
+        "a slim basebackup of {} bytes",
+        slim.len()
+    );
+
+    let copy = full_copy(&orig)?;
+    let target = DaemonTarget {
+        addr: ps.addr.clone(),
+        tenant: TENANT.into(),
+        timeline: TIMELINE.into(),
+        lsn: walproto::Lsn(lsn).to_string(),
+    };
+    let dc = daemon_on(&orig, &local, &target)?;
+    copy.start()?;
+    dc.pg.start()?;
+    // An unlogged table's main fork at an LSN is its init fork (empty), as after a crash;
+    // the clean copy still has its rows.
+    assert_eq!(dc.pg.psql("SELECT count(*) FROM scratch")?, "0\n");
+    copy.psql("TRUNCATE scratch")?;
+    assert_same(
+        &dumps(&dc.pg)?,
+        &dumps(&copy)?,
+        "lazy on the pageserver at the LSN",
+    );
+    copy.psql(CHANGES)?;
+    dc.pg.psql(CHANGES)?;
+    assert_same(&dumps(&dc.pg)?, &dumps(&copy)?, "and its own writes");
+    dc.pg.stop(StopMode::Fast)?;
+    Ok(())
+}
+
+/// Panics with the lines that differ (dumps are too long to print whole).
+fn assert_same(lazy: &str, full: &str, what: &str) {
+    if lazy != full {
+        if let Ok(dir) = std::env::var("PAGEFS_TEST_DUMPS") {
+            let _ = std::fs::write(Path::new(&dir).join("lazy.sql"), lazy);
+            let _ = std::fs::write(Path::new(&dir).join("full.sql"), full);
+        }
+        let (a, b): (Vec<&str>, Vec<&str>) = (lazy.lines().collect(), full.lines().collect());
+        let differ: Vec<String> = (0..a.len().max(b.len()))
+            .filter(|i| a.get(*i) != b.get(*i))
+            .take(10)
+            .map(|i| format!("line {i}: lazy {:?} full {:?}", a.get(i), b.get(i)))
+            .collect();
+        panic!("{what}: {} vs {} lines; {differ:#?}", a.len(), b.len());
+    }
 }
