@@ -7,6 +7,7 @@
 
 pub mod background;
 pub mod convert;
+mod lifecycle;
 pub mod reads;
 
 use std::path::PathBuf;
@@ -734,5 +735,26 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         _req: Request<tonic::Streaming<pb::GetPagesRequest>>,
     ) -> Result<Response<Self::GetPagesStream>, Status> {
         Err(Status::unimplemented("GetPages is not built yet"))
+    }
+
+    async fn delete_tenant(
+        &self,
+        req: Request<pb::DeleteTenantRequest>,
+    ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
+        Ok(Response::new(self.delete_tenant_now(req.into_inner()).await?))
+    }
+
+    async fn list_leases(
+        &self,
+        req: Request<pb::TimelineRequest>,
+    ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        Ok(Response::new(self.list_leases_now(req.into_inner()).await?))
+    }
+
+    async fn revoke_lease(
+        &self,
+        req: Request<pb::RevokeLeaseRequest>,
+    ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        Ok(Response::new(self.revoke_lease_now(req.into_inner()).await?))
     }
 }
