@@ -14,7 +14,10 @@ use pageserver::basebackup::{
 };
 use pageserver::import::import;
 use pageserver::timeline::{Timeline, TimelineConf};
+use serde_json::json;
 use walproto::Lsn;
+
+use crate::output::{pg_lsn, Output};
 
 #[derive(clap::Args)]
 pub struct ImportArgs {
@@ -26,10 +29,10 @@ pub struct ImportArgs {
     timeline_dir: PathBuf,
 }
 
-pub fn run_import(args: ImportArgs) -> Result<ExitCode> {
+pub fn run_import(args: ImportArgs, out: &Output) -> Result<ExitCode> {
     let (tl, rep) = import(&args.datadir, &args.timeline_dir, TimelineConf::default())
         .with_context(|| format!("importing {}", args.datadir.display()))?;
-    println!(
+    let mut lines = vec![format!(
         "imported {}: {} forks, {} blocks, {} SLRU pages, {} prepared, {} relmaps at {}",
         args.datadir.display(),
         rep.forks,
@@ -38,18 +41,34 @@ pub fn run_import(args: ImportArgs) -> Result<ExitCode> {
         rep.prepared_xacts,
         rep.relmaps,
         rep.lsn
-    );
+    )];
     if rep.from_backup {
-        println!(
+        lines.push(format!(
             "ingested {} WAL records to {}; consistent from {}",
             rep.wal_records, rep.wal_end, rep.consistent_lsn
-        );
+        ));
     }
-    println!(
+    lines.push(format!(
         "timeline {}: {}..={}",
         args.timeline_dir.display(),
         tl.start_lsn(),
         tl.last_record_end()
+    ));
+    out.result(
+        &lines.join("\n"),
+        json!({
+            "datadir": args.datadir.display().to_string(),
+            "timeline_dir": args.timeline_dir.display().to_string(),
+            "forks": rep.forks, "blocks": rep.blocks, "slru_pages": rep.slru_pages,
+            "prepared_xacts": rep.prepared_xacts, "relmaps": rep.relmaps,
+            "lsn": pg_lsn(rep.lsn.0),
+            "from_backup": rep.from_backup,
+            "wal_records": rep.from_backup.then_some(rep.wal_records),
+            "wal_end": rep.from_backup.then(|| pg_lsn(rep.wal_end.0)),
+            "consistent_lsn": rep.from_backup.then(|| pg_lsn(rep.consistent_lsn.0)),
+            "start_lsn": pg_lsn(tl.start_lsn().0),
+            "last_record_end": pg_lsn(tl.last_record_end().0),
+        }),
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -69,14 +88,15 @@ pub struct BasebackupArgs {
     #[arg(long)]
     read_only: bool,
     /// Write a tar file here.
-    #[arg(long, conflicts_with = "dir")]
+    #[arg(long, conflicts_with = "out_dir")]
     tar: Option<PathBuf>,
-    /// Write into this (empty or missing) directory.
-    #[arg(long)]
-    dir: Option<PathBuf>,
+    /// Write into this (empty or missing) directory. (Not `--dir`: that is the cluster
+    /// directory of every `strata` command.)
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
 }
 
-pub fn run_basebackup(args: BasebackupArgs) -> Result<ExitCode> {
+pub fn run_basebackup(args: BasebackupArgs, out: &Output) -> Result<ExitCode> {
     let tl = Timeline::open(&args.timeline_dir, TimelineConf::default())
         .with_context(|| format!("opening {}", args.timeline_dir.display()))?;
     let lsn = args.lsn.unwrap_or(tl.last_record_end());
@@ -89,7 +109,7 @@ pub fn run_basebackup(args: BasebackupArgs) -> Result<ExitCode> {
     if let Some(wal) = &args.wal {
         opts.prev_lsn = Some(record_ending_at(wal, lsn)?);
     }
-    let rep = match (&args.tar, &args.dir) {
+    let rep = match (&args.tar, &args.out_dir) {
         (Some(t), None) => {
             let f =
                 std::fs::File::create(t).with_context(|| format!("creating {}", t.display()))?;
@@ -98,19 +118,28 @@ pub fn run_basebackup(args: BasebackupArgs) -> Result<ExitCode> {
             rep
         }
         (None, Some(d)) => basebackup_to_dir(&tl, &opts, d)?,
-        _ => bail!("give --tar FILE or --dir DIR"),
+        _ => bail!("give --tar FILE or --out-dir DIR"),
     };
-    println!(
-        "basebackup at {}: {} files, {} bytes ({} relation pages, {} SLRU pages, {} prepared); \
-         checkpoint at {}, the server continues at {}",
-        rep.lsn,
-        rep.files,
-        rep.bytes,
-        rep.rel_pages,
-        rep.slru_pages,
-        rep.prepared_xacts,
-        rep.checkpoint_lsn,
-        rep.checkpoint_end
+    out.result(
+        &format!(
+            "basebackup at {}: {} files, {} bytes ({} relation pages, {} SLRU pages, {} \
+             prepared); checkpoint at {}, the server continues at {}",
+            rep.lsn,
+            rep.files,
+            rep.bytes,
+            rep.rel_pages,
+            rep.slru_pages,
+            rep.prepared_xacts,
+            rep.checkpoint_lsn,
+            rep.checkpoint_end
+        ),
+        json!({
+            "lsn": pg_lsn(rep.lsn.0), "files": rep.files, "bytes": rep.bytes,
+            "rel_pages": rep.rel_pages, "slru_pages": rep.slru_pages,
+            "prepared_xacts": rep.prepared_xacts,
+            "checkpoint_lsn": pg_lsn(rep.checkpoint_lsn.0),
+            "checkpoint_end": pg_lsn(rep.checkpoint_end.0),
+        }),
     );
     Ok(ExitCode::SUCCESS)
 }

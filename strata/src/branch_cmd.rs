@@ -13,7 +13,7 @@ use walproto::Lsn;
 use crate::cluster::ClusterConfig;
 use crate::mgmt::Pageserver;
 use crate::names::Names;
-use crate::output::Output;
+use crate::output::{pg_lsn, Output};
 use crate::target::{format_time, Target};
 
 #[derive(Subcommand, Debug)]
@@ -22,6 +22,9 @@ pub enum BranchCommand {
     Create(CreateArgs),
     /// Show the tenant's branches as a tree.
     List(TenantArg),
+    /// Delete a branch (without branches of its own): its computes are stopped, its data
+    /// removed on the pageserver and in the object store.
+    Delete(crate::delete_cmd::BranchDeleteArgs),
 }
 
 #[derive(Args, Debug)]
@@ -55,6 +58,7 @@ pub fn run(dir: &Path, cmd: BranchCommand, out: &Output) -> Result<()> {
     match cmd {
         BranchCommand::Create(a) => create(dir, a, out),
         BranchCommand::List(a) => list(dir, a, out),
+        BranchCommand::Delete(a) => crate::delete_cmd::branch_delete(dir, a, out),
     }
 }
 
@@ -215,7 +219,7 @@ pub fn restore_points(dir: &Path, branch: &str, tenant: Option<&str>, out: &Outp
         lines.push(format!(
             "{:<24} {:<14} {}",
             p.name,
-            Lsn(p.lsn).to_string(),
+            pg_lsn(p.lsn),
             format_time(p.timestamp_micros)
         ));
     }
@@ -226,7 +230,7 @@ pub fn restore_points(dir: &Path, branch: &str, tenant: Option<&str>, out: &Outp
     }
     let items: Vec<_> = points
         .iter()
-        .map(|p| json!({"name": p.name, "lsn": Lsn(p.lsn).to_string(), "time": format_time(p.timestamp_micros)}))
+        .map(|p| json!({"name": p.name, "lsn": pg_lsn(p.lsn), "time": format_time(p.timestamp_micros)}))
         .collect();
     out.result(&lines.join("\n"), json!(items));
     Ok(())
@@ -251,10 +255,24 @@ pub fn lsn_at(
     };
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
     crate::compute_cmd::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &tl, false, out)?;
-    let lsn = Lsn(ps.lsn_for_timestamp(&tenant_id, &tl, us, true)?);
+    let lsn = ps.lsn_for_timestamp(&tenant_id, &tl, us, true)?;
+    // GC removed the history below its cutoff: the state there is gone.
+    let cutoff = ps.timeline_status(&tenant_id, &tl)?.gc_cutoff_lsn;
+    let readable = lsn >= cutoff;
+    if !readable {
+        eprintln!(
+            "strata: warning: {} is {} on branch {branch}, below its GC cutoff {}: that state is \
+             garbage collected and cannot be read; the oldest readable state is at {}",
+            format_time(us),
+            pg_lsn(lsn),
+            pg_lsn(cutoff),
+            pg_lsn(cutoff)
+        );
+    }
     out.result(
-        &lsn.to_string(),
-        json!({"time": format_time(us), "lsn": lsn.to_string()}),
+        &pg_lsn(lsn),
+        json!({"time": format_time(us), "lsn": pg_lsn(lsn), "readable": readable,
+               "gc_cutoff_lsn": pg_lsn(cutoff)}),
     );
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 use walproto::proto::pageserver as ps;
@@ -12,7 +12,7 @@ use walproto::Lsn;
 use crate::cluster::ClusterConfig;
 use crate::mgmt::Pageserver;
 use crate::names::Names;
-use crate::output::Output;
+use crate::output::{pg_lsn, Output};
 
 #[derive(Args, Debug)]
 pub struct GcArgs {
@@ -104,9 +104,12 @@ pub fn run(dir: &Path, a: GcArgs, out: &Output) -> Result<()> {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct LeaseArgs {
+    #[command(subcommand)]
+    pub command: Option<LeaseCommand>,
     /// The point to keep readable: an LSN, a time or a restore point name.
-    pub at: String,
+    pub at: Option<String>,
     /// How long: <n>s, <n>m, <n>h or <n>d.
     #[arg(long, default_value = "1h")]
     pub ttl: String,
@@ -114,6 +117,26 @@ pub struct LeaseArgs {
     pub branch: String,
     #[arg(long)]
     pub tenant: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum LeaseCommand {
+    /// The unexpired leases of a branch (default: of every branch of the tenant).
+    List {
+        #[arg(long)]
+        branch: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// End the lease on an LSN now: GC no longer keeps that point for it.
+    Revoke {
+        /// The leased LSN (as `strata lease list` prints it).
+        lsn: walproto::Lsn,
+        #[arg(long, default_value = "main")]
+        branch: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 /// `<n><unit>` (s, m, h, d) in seconds.
@@ -132,21 +155,111 @@ fn parse_ttl(s: &str) -> Result<u64> {
 }
 
 /// `strata lease AT [--ttl 1h] [--branch B]`: keeps a point of a branch readable (GC keeps
-/// its history) until the lease expires.
+/// its history) until the lease expires; `strata lease list|revoke`.
 pub fn lease(dir: &Path, a: LeaseArgs, out: &Output) -> Result<()> {
+    match a.command {
+        Some(LeaseCommand::List { branch, tenant }) => {
+            return lease_list(dir, branch.as_deref(), tenant.as_deref(), out)
+        }
+        Some(LeaseCommand::Revoke {
+            lsn,
+            branch,
+            tenant,
+        }) => return lease_revoke(dir, lsn, &branch, tenant.as_deref(), out),
+        None => {}
+    }
+    let Some(at) = a.at.as_deref() else {
+        bail!("give the point to lease (an LSN, a time or a restore point), or `lease list`");
+    };
     let ttl = parse_ttl(&a.ttl)?;
     let cfg = ClusterConfig::load(dir)?;
     let names = Names::load(dir)?;
     let (tenant, tenant_id) = names.tenant(a.tenant.as_deref())?;
     let timeline = names.timeline(&tenant, &a.branch)?;
-    let target = crate::target::Target::parse(&a.at)?;
+    let target = crate::target::Target::parse(at)?;
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
     let lsn = crate::branch_cmd::resolve_lsn(&mut ps, &tenant_id, &timeline, &target, true)?;
+    // Below the branch's start there is no history of it at all, GC or not.
+    let st = ps.timeline_status(&tenant_id, &timeline)?;
+    if lsn.0 < st.start_lsn {
+        bail!(
+            "{} is below the start of branch {} ({}): its history begins there; a lease can be \
+             taken at {}..={}",
+            pg_lsn(lsn.0),
+            a.branch,
+            pg_lsn(st.start_lsn),
+            pg_lsn(st.gc_cutoff_lsn.max(st.start_lsn)),
+            pg_lsn(st.last_record_end)
+        );
+    }
     let r = ps.create_lease(&tenant_id, &timeline, lsn.0, ttl)?;
     let expires = crate::target::format_time(r.expires_unix_ms as i64 * 1000);
     out.result(
-        &format!("lease on {} at {lsn} until {expires}", a.branch),
-        json!({"branch": a.branch, "lsn": lsn.to_string(), "expires_unix_ms": r.expires_unix_ms}),
+        &format!("lease on {} at {} until {expires}", a.branch, pg_lsn(lsn.0)),
+        json!({"branch": a.branch, "lsn": pg_lsn(lsn.0), "expires_unix_ms": r.expires_unix_ms}),
+    );
+    Ok(())
+}
+
+/// One lease as a row.
+fn lease_row(branch: &str, l: &ps::LeaseInfo) -> (String, serde_json::Value) {
+    let expires = crate::target::format_time((l.expires_unix_ms as i64).saturating_mul(1000));
+    (
+        format!("{branch:<16} {:<14} until {expires}", pg_lsn(l.lsn)),
+        json!({"branch": branch, "lsn": pg_lsn(l.lsn), "expires_unix_ms": l.expires_unix_ms}),
+    )
+}
+
+fn lease_list(dir: &Path, branch: Option<&str>, tenant: Option<&str>, out: &Output) -> Result<()> {
+    let cfg = ClusterConfig::load(dir)?;
+    let names = Names::load(dir)?;
+    let (tenant, tenant_id) = names.tenant(tenant)?;
+    let branches: Vec<String> = match branch {
+        Some(b) => vec![b.to_string()],
+        None => names
+            .branches
+            .get(&tenant)
+            .map(|b| b.keys().cloned().collect())
+            .unwrap_or_default(),
+    };
+    let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
+    let (mut lines, mut rows) = (Vec::new(), Vec::new());
+    for b in &branches {
+        let timeline = names.timeline(&tenant, b)?;
+        for l in ps.list_leases(&tenant_id, &timeline)? {
+            let (line, row) = lease_row(b, &l);
+            lines.push(line);
+            rows.push(row);
+        }
+    }
+    if lines.is_empty() {
+        lines.push("no leases: strata lease AT --ttl 1h".into());
+    }
+    out.result(&lines.join("\n"), json!(rows));
+    Ok(())
+}
+
+fn lease_revoke(
+    dir: &Path,
+    lsn: walproto::Lsn,
+    branch: &str,
+    tenant: Option<&str>,
+    out: &Output,
+) -> Result<()> {
+    let cfg = ClusterConfig::load(dir)?;
+    let names = Names::load(dir)?;
+    let (tenant, tenant_id) = names.tenant(tenant)?;
+    let timeline = names.timeline(&tenant, branch)?;
+    let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
+    let left = ps.revoke_lease(&tenant_id, &timeline, lsn.0)?;
+    let rows: Vec<serde_json::Value> = left.iter().map(|l| lease_row(branch, l).1).collect();
+    out.result(
+        &format!(
+            "revoked the lease on {branch} at {}; {} lease(s) left on {branch}",
+            pg_lsn(lsn.0),
+            left.len()
+        ),
+        json!({"branch": branch, "revoked": pg_lsn(lsn.0), "leases": rows}),
     );
     Ok(())
 }

@@ -4,7 +4,9 @@
 mod basebackup;
 mod branch_cmd;
 mod cluster;
+mod cluster_json;
 mod compute_cmd;
+mod delete_cmd;
 mod demo_cmd;
 mod gc_cmd;
 mod lazy_compute;
@@ -12,6 +14,7 @@ mod mgmt;
 mod names;
 mod output;
 mod query_cmd;
+mod status_branch;
 mod status_cmd;
 mod target;
 mod tenant_cmd;
@@ -21,7 +24,7 @@ mod waldump;
 
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -48,8 +51,9 @@ enum Command {
     Start,
     /// Stop the cluster's computes, pageserver and safekeepers.
     Stop,
-    /// Show the cluster's services, computes and timelines.
-    Status,
+    /// Show the cluster's services, computes and branches (commit, received, ingested,
+    /// durable and remote LSNs with lags) and what is wrong; exits 3 on any problem.
+    Status(status_cmd::StatusArgs),
     /// Tenants: a tenant is one Postgres database cluster and all its branches.
     #[command(subcommand)]
     Tenant(tenant_cmd::TenantCommand),
@@ -85,6 +89,12 @@ enum Command {
     /// Write a data directory (tar or directory) of a timeline directory at an LSN that
     /// vanilla Postgres starts from (read-write, or read-only as a hot standby).
     Basebackup(basebackup::BasebackupArgs),
+    /// Print a completion script for a shell, e.g. `strata completions bash >
+    /// ~/.local/share/bash-completion/completions/strata`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// The cluster's supervisor (started by `strata start`): restarts services that die.
     #[command(hide = true)]
     Supervise,
@@ -99,6 +109,8 @@ enum ComputeCommand {
         /// The compute's name (see `strata status`).
         name: String,
     },
+    /// List the computes: branch, mode, port, and whether they run.
+    List,
 }
 
 #[derive(Args)]
@@ -158,6 +170,7 @@ fn main() -> ExitCode {
             | Command::VerifyRedo(_)
             | Command::Import(_)
             | Command::Basebackup(_)
+            | Command::Completions { .. }
             | Command::Supervise
     );
     // Services meant to run need their supervisor: restart it if it died (not while the
@@ -178,14 +191,20 @@ fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Init(args) => ok(cluster::init(&dir, &args)),
-        Command::Start => ok(cluster::start(&dir)),
-        Command::Stop => ok(cluster::stop(&dir)),
-        Command::Status => status_cmd::run(&dir, &out),
+        Command::Init(args) => ok(cluster_json::quietly(&out, || cluster::init(&dir, &args))
+            .and_then(|()| cluster_json::cluster_result(&dir, &out))),
+        Command::Start => ok(cluster_json::quietly(&out, || cluster::start(&dir))
+            .and_then(|()| cluster_json::cluster_result(&dir, &out))),
+        Command::Stop => ok(cluster_json::quietly(&out, || cluster::stop(&dir))
+            .and_then(|()| cluster_json::cluster_result(&dir, &out))),
+        Command::Status(a) => status_cmd::run(&dir, &a, &out),
         Command::Tenant(c) => ok(tenant_cmd::run(&dir, c, &out)),
         Command::Branch(c) => ok(branch_cmd::run(&dir, c, &out)),
         Command::Compute(ComputeCommand::Start(a)) => ok(compute_start(&dir, a, &out)),
-        Command::Compute(ComputeCommand::Stop { name }) => ok(compute_stop(&dir, &name)),
+        Command::Compute(ComputeCommand::Stop { name }) => {
+            ok(cluster_json::compute_stop(&dir, &name, &out))
+        }
+        Command::Compute(ComputeCommand::List) => ok(cluster_json::compute_list(&dir, &out)),
         Command::LsnAt(a) => ok(branch_cmd::lsn_at(
             &dir,
             &a.time,
@@ -205,14 +224,18 @@ fn main() -> ExitCode {
         Command::Lease(a) => ok(gc_cmd::lease(&dir, a, &out)),
         Command::Waldump(args) => waldump::run(args),
         Command::VerifyRedo(args) => verify_redo::run(args),
-        Command::Import(args) => basebackup::run_import(args),
-        Command::Basebackup(args) => basebackup::run_basebackup(args),
+        Command::Import(args) => basebackup::run_import(args, &out),
+        Command::Basebackup(args) => basebackup::run_basebackup(args, &out),
+        Command::Completions { shell } => ok(completions(shell, &out)),
         Command::Supervise => ok(cluster::supervisor::run(&dir)),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("strata: error: {e:#}");
+            let text = output::error_text(&e);
+            // Services name tenants and timelines by id; the user gave names.
+            let text = names::Names::load(&dir).map_or(text.clone(), |n| n.humanize(&text));
+            eprintln!("strata: error: {text}");
             ExitCode::FAILURE
         }
     }
@@ -261,10 +284,14 @@ fn compute_start(
     Ok(())
 }
 
-fn compute_stop(dir: &std::path::Path, name: &str) -> anyhow::Result<()> {
-    let cfg = cluster::ClusterConfig::load(dir)?;
-    compute_cmd::ComputeRecord::load(dir, name)?;
-    compute_cmd::remove(dir, &cfg, name)?;
-    println!("stopped compute {name}");
+/// The completion script of `shell` (with `--json`: the script as a JSON string).
+fn completions(shell: clap_complete::Shell, out: &output::Output) -> anyhow::Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "strata", &mut script);
+    let script = String::from_utf8(script)?;
+    out.result(
+        script.trim_end(),
+        serde_json::json!({"shell": shell.to_string(), "script": script}),
+    );
     Ok(())
 }

@@ -171,6 +171,16 @@ impl Pageserver {
         )
     }
 
+    pub fn list_tenants(&mut self) -> Result<Vec<ps::TenantInfo>> {
+        call(
+            &self.rt,
+            "listing tenants",
+            QUICK_CALL,
+            self.client.list_tenants(ps::ListTenantsRequest {}),
+        )
+        .map(|r| r.tenants)
+    }
+
     pub fn list_timelines(&mut self, tenant: &str) -> Result<Vec<ps::TimelineInfo>> {
         let req = ps::ListTimelinesRequest {
             tenant_id: tenant.into(),
@@ -218,6 +228,69 @@ impl Pageserver {
             QUICK_CALL,
             self.client.create_lease(req),
         )
+    }
+
+    /// Deletes a tenant on the pageserver and in the object store.
+    pub fn delete_tenant(&mut self, tenant: &str) -> Result<ps::DeleteTenantResponse> {
+        let req = ps::DeleteTenantRequest {
+            tenant_id: tenant.into(),
+        };
+        call(
+            &self.rt,
+            "deleting the tenant",
+            LONG_CALL,
+            self.client.delete_tenant(req),
+        )
+    }
+
+    /// Deletes a timeline without branches on the pageserver and in the object store.
+    pub fn delete_timeline(&mut self, tenant: &str, timeline: &str) -> Result<()> {
+        let req = ps::TimelineRequest {
+            tenant_id: tenant.into(),
+            timeline_id: timeline.into(),
+        };
+        call(
+            &self.rt,
+            "deleting the branch",
+            LONG_CALL,
+            self.client.delete_timeline(req),
+        )
+        .map(|_| ())
+    }
+
+    pub fn list_leases(&mut self, tenant: &str, timeline: &str) -> Result<Vec<ps::LeaseInfo>> {
+        let req = ps::TimelineRequest {
+            tenant_id: tenant.into(),
+            timeline_id: timeline.into(),
+        };
+        call(
+            &self.rt,
+            "listing leases",
+            QUICK_CALL,
+            self.client.list_leases(req),
+        )
+        .map(|r| r.leases)
+    }
+
+    /// Ends the lease on `lsn`; the leases left.
+    pub fn revoke_lease(
+        &mut self,
+        tenant: &str,
+        timeline: &str,
+        lsn: u64,
+    ) -> Result<Vec<ps::LeaseInfo>> {
+        let req = ps::RevokeLeaseRequest {
+            tenant_id: tenant.into(),
+            timeline_id: timeline.into(),
+            lsn,
+        };
+        call(
+            &self.rt,
+            "revoking the lease",
+            QUICK_CALL,
+            self.client.revoke_lease(req),
+        )
+        .map(|r| r.leases)
     }
 
     pub fn timeline_status(&mut self, tenant: &str, timeline: &str) -> Result<ps::TimelineInfo> {

@@ -201,6 +201,43 @@ impl Names {
         Ok(())
     }
 
+    /// `text` with the ids of the known tenants and branches replaced by their names, so an
+    /// error from a service speaks of what the user typed ("branch shop/dev" rather than
+    /// "timeline 5b0b…/7c1d…").
+    pub fn humanize(&self, text: &str) -> String {
+        let mut s = text.to_string();
+        for (tenant, tid) in self.tenants.iter().filter(|(_, id)| !id.is_empty()) {
+            let branches = self.branches.get(tenant).into_iter().flatten();
+            for (branch, tlid) in branches.filter(|(_, id)| !id.is_empty()) {
+                s = s.replace(
+                    &format!("timeline {tid}/{tlid}"),
+                    &format!("branch {tenant}/{branch}"),
+                );
+                s = s.replace(&format!("{tid}/{tlid}"), &format!("{tenant}/{branch}"));
+                s = s.replace(&format!("timeline {tlid}"), &format!("branch {branch}"));
+                s = s.replace(tlid.as_str(), branch);
+            }
+            s = s.replace(tid.as_str(), tenant);
+        }
+        s
+    }
+
+    /// Forgets a branch's name.
+    pub fn remove_branch(&mut self, tenant: &str, branch: &str) {
+        if let Some(b) = self.branches.get_mut(tenant) {
+            b.remove(branch);
+        }
+    }
+
+    /// Forgets a tenant and its branches' names; another tenant (if any) becomes the default.
+    pub fn remove_tenant(&mut self, tenant: &str) {
+        self.tenants.remove(tenant);
+        self.branches.remove(tenant);
+        if self.default_tenant.as_deref() == Some(tenant) {
+            self.default_tenant = self.tenants.keys().next().cloned();
+        }
+    }
+
     /// The branch name of a timeline id, if it has one.
     pub fn branch_of(&self, tenant: &str, timeline_id: &str) -> Option<&str> {
         self.branches
@@ -243,6 +280,19 @@ mod tests {
         let e = n.timeline("shop", "dev").unwrap_err().to_string();
         assert!(e.contains("main"), "{e}");
         assert_eq!(n.branch_of("shop", "t1"), Some("main"));
+    }
+
+    #[test]
+    fn ids_in_errors_become_names() {
+        let mut n = Names::default();
+        n.add_tenant("shop", "aa11").unwrap();
+        n.add_branch("shop", "dev", "bb22").unwrap();
+        assert_eq!(
+            n.humanize("LSN 0/100 is below timeline aa11/bb22's GC cutoff; ancestor bb22"),
+            "LSN 0/100 is below branch shop/dev's GC cutoff; ancestor dev"
+        );
+        assert_eq!(n.humanize("tenant aa11 not found"), "tenant shop not found");
+        assert_eq!(n.humanize("nothing known"), "nothing known");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `strata status`: services, computes, and every branch's positions.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -11,14 +12,15 @@ use walproto::Lsn;
 use crate::cluster::supervisor::{supervision, Supervision};
 use crate::cluster::{self, daemon::State};
 use crate::compute_cmd::{self, ComputeRecord};
-use crate::mgmt::Pageserver;
+use crate::mgmt::{safekeeper_statuses, Pageserver};
 use crate::names::Names;
-use crate::output::Output;
+use crate::output::{pg_lsn, Output};
+use crate::status_branch::{BranchHealth, SafekeeperView};
 
 /// The `ingest_stopped` object of a branch in `--json`.
 fn stop_json(s: &IngestStop) -> serde_json::Value {
     json!({
-        "record_lsn": Lsn(s.record_lsn).to_string(),
+        "record_lsn": pg_lsn(s.record_lsn),
         "record": s.record,
         "reason": s.reason,
         "since_unix_ms": s.since_unix_ms,
@@ -31,32 +33,6 @@ fn node_log(dir: &Path, name: &str) -> String {
         .join("postgres.log")
         .display()
         .to_string()
-}
-
-/// Lines under a branch saying why it does not follow its WAL, if it does not.
-fn ingest_notes(t: &TimelineInfo) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(s) = &t.ingest_stop {
-        let resume = if s.needs_restart {
-            "restart the pageserver to resume"
-        } else {
-            "upgrade and restart the pageserver (or resume ingest) to go on"
-        };
-        out.push(format!(
-            "  INGEST STOPPED at {}: {} cannot be ingested: {}",
-            Lsn(s.record_lsn),
-            s.record,
-            s.reason
-        ));
-        out.push(format!(
-            "  reads up to {} work; the compute keeps committing and the safekeepers keep the \
-             WAL; {resume}",
-            Lsn(t.last_record_end)
-        ));
-    } else if !t.walreceiver_problem.is_empty() {
-        out.push(format!("  not streaming: {}", t.walreceiver_problem));
-    }
-    out
 }
 
 /// ", restarted 2 times (last: killed by signal 9 (SIGKILL))" for a service the supervisor
@@ -99,11 +75,137 @@ fn down_note(s: &Supervision, log: &str) -> String {
     }
 }
 
-pub fn run(dir: &Path, out: &Output) -> Result<ExitCode> {
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Refresh every SECS seconds (default 2) until interrupted; with --json, one JSON value
+    /// per line and refresh.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    pub watch: Option<u64>,
+}
+
+/// Exit code of a status that found a problem (a service down, a branch not following its
+/// WAL, a compute without its walproposer).
+const PROBLEM_EXIT: u8 = 3;
+
+pub fn run(dir: &Path, args: &StatusArgs, out: &Output) -> Result<ExitCode> {
+    let Some(secs) = args.watch else {
+        return once(dir, out);
+    };
+    let every = std::time::Duration::from_secs(secs.max(1));
+    let clear = !out.json && std::io::stdout().is_terminal();
+    loop {
+        if clear {
+            print!("\x1b[2J\x1b[H");
+        }
+        if let Err(e) = once(dir, out) {
+            eprintln!("strata: error: {e:#}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Lets a wedged compute fail its LSN query instead of hanging `status`.
+fn bound_compute_queries() {
+    std::env::set_var("PGCONNECT_TIMEOUT", "3");
+    std::env::set_var("PGOPTIONS", "-c statement_timeout=3000");
+}
+
+/// A running compute's WAL position: where its Postgres has flushed WAL (a writer) or
+/// replayed it (a read-only one).
+fn compute_lsn(dir: &Path, cfg: &cluster::ClusterConfig, c: &ComputeRecord) -> Result<u64> {
+    let sql = "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+               ELSE pg_current_wal_flush_lsn() END";
+    let text = compute_cmd::node(dir, cfg, &c.name)?.psql(c.port, "postgres", sql)?;
+    let lsn: Lsn = text
+        .trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("compute {} printed {text:?} as its LSN: {e}", c.name))?;
+    Ok(lsn.0)
+}
+
+/// How long committed WAL may wait unstreamed before it is a problem: longer than the
+/// walreceiver's longest pause between two connection attempts (5 s).
+const UNSTREAMED_GRACE: std::time::Duration = std::time::Duration::from_secs(7);
+
+/// A branch assessed; if committed WAL waits unstreamed, asked again until it streams or
+/// ingest moves, for [`UNSTREAMED_GRACE`] at most (a walreceiver between two attempts reports
+/// the last attempt's problem meanwhile).
+fn assess_settled(
+    ps: &mut Pageserver,
+    cfg: &cluster::ClusterConfig,
+    mut t: TimelineInfo,
+) -> Result<(TimelineInfo, BranchHealth)> {
+    let deadline = std::time::Instant::now() + UNSTREAMED_GRACE;
+    let first_end = t.last_record_end;
+    let assess = |t: &TimelineInfo| {
+        let answers =
+            safekeeper_statuses(&cfg.safekeeper_grpc_addrs(), &t.tenant_id, &t.timeline_id);
+        BranchHealth::assess(t, &SafekeeperView::from_answers(answers))
+    };
+    loop {
+        let mut h = assess(&t);
+        if h.unstreamed && t.last_record_end > first_end {
+            // Ingest moved meanwhile: it streams, the problem is the last attempt's.
+            h.problems.retain(|p| !p.starts_with("not streaming"));
+            h.unstreamed = false;
+        }
+        if !h.unstreamed || std::time::Instant::now() > deadline {
+            return Ok((t, h));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        t = ps.timeline_status(&t.tenant_id, &t.timeline_id)?;
+    }
+}
+
+/// Every branch of every tenant, assessed; a failure to ask the pageserver is a problem.
+fn branches(
+    dir: &Path,
+    cfg: &cluster::ClusterConfig,
+    problems: &mut Vec<String>,
+) -> Result<Vec<(String, String, TimelineInfo, BranchHealth)>> {
+    let names = Names::load(dir)?;
+    let mut found = Vec::new();
+    if names.tenants.is_empty() {
+        return Ok(found);
+    }
+    let mut ps = match Pageserver::connect(&cfg.pageserver.grpc_addr()) {
+        Ok(ps) => ps,
+        Err(e) => {
+            problems.push(format!("branches unknown: {e:#}"));
+            return Ok(found);
+        }
+    };
+    for (tenant, tenant_id) in &names.tenants {
+        let timelines = match ps.list_timelines(tenant_id) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(format!("tenant {tenant}: {e:#}"));
+                continue;
+            }
+        };
+        for t in timelines {
+            let branch = names
+                .branch_of(tenant, &t.timeline_id)
+                .unwrap_or("-")
+                .to_string();
+            let (t, h) = assess_settled(&mut ps, cfg, t)?;
+            problems.extend(
+                h.problems
+                    .iter()
+                    .map(|p| format!("branch {tenant}/{branch}: {p}")),
+            );
+            found.push((tenant.clone(), branch, t, h));
+        }
+    }
+    Ok(found)
+}
+
+fn once(dir: &Path, out: &Output) -> Result<ExitCode> {
     let cfg = cluster::ClusterConfig::load(dir)?;
-    let mut all_up = true;
+    let mut problems = Vec::new();
     let mut lines = Vec::new();
     let mut services = Vec::new();
+    let mut pageserver_up = false;
     for svc in cluster::status(dir)? {
         let name = &svc.name;
         let log = format!("{}/logs/{name}.log", dir.display());
@@ -119,9 +221,10 @@ pub fn run(dir: &Path, out: &Output) -> Result<ExitCode> {
             ),
         };
         // The supervisor is not a service of the data path: `strata` restarts it.
-        if name != cluster::supervisor::SUPERVISOR {
-            all_up &= pid.is_some();
+        if name != cluster::supervisor::SUPERVISOR && pid.is_none() {
+            problems.push(format!("{name} is not running: {shown}"));
         }
+        pageserver_up |= name == "pageserver" && pid.is_some();
         lines.push(format!(
             "{name:<16} {shown}{}",
             restarts_note(&svc.supervision)
@@ -132,91 +235,138 @@ pub fn run(dir: &Path, out: &Output) -> Result<ExitCode> {
         v["last_error"] = json!(svc.supervision.state.last_error);
         services.push(v);
     }
+    let branch_rows = if pageserver_up {
+        branches(dir, &cfg, &mut problems)?
+    } else {
+        Vec::new()
+    };
+    bound_compute_queries();
     let mut computes = Vec::new();
     for c in ComputeRecord::list(dir)? {
-        let mode = if c.read_only {
-            "read-only"
-        } else {
-            "read-write"
-        };
-        // `strata stop` stops computes but keeps their records: say which ones do not run.
-        let running = crate::compute_cmd::node(dir, &cfg, &c.name)
-            .map(|n| n.is_running())
-            .unwrap_or(false);
-        let pg = supervision(dir, &compute_cmd::postgres_service(&c.name));
-        let wp_daemon = compute_cmd::walproposer_daemon(dir, &c.name);
-        let wp = supervision(dir, &wp_daemon.name);
-        let wp_running = matches!(wp_daemon.state()?, State::Running(_));
-        let shown = if running {
-            format!("postgresql://postgres@127.0.0.1:{}/postgres", c.port)
-        } else if pg.supervised {
-            format!("Postgres {}", down_note(&pg, &node_log(dir, &c.name)))
-        } else {
-            format!("stopped (remove it with `strata compute stop {}`)", c.name)
-        };
-        let mut parts = vec![shown + &restarts_note(&pg)];
-        // A writer commits only through its walproposer: say when it is not there.
-        if !c.read_only && (wp.supervised || wp_running) {
-            parts.push(if wp_running {
-                format!("walproposer running{}", restarts_note(&wp))
-            } else {
-                format!(
-                    "walproposer {}{}",
-                    down_note(&wp, &wp_daemon.log_file.display().to_string()),
-                    restarts_note(&wp)
-                )
-            });
-        }
-        lines.push(format!(
-            "compute {:<10} branch {} at {} {mode} ({}), {}",
-            c.name,
-            c.branch,
-            c.lsn,
-            c.kind(),
-            parts.join("; ")
-        ));
-        let mut v = serde_json::to_value(&c)?;
-        v["running"] = json!(running);
-        v["postgres"] = supervision_json(&pg);
-        v["walproposer"] = supervision_json(&wp);
-        v["walproposer"]["running"] = json!(wp_running);
+        let commit = branch_rows
+            .iter()
+            .find(|(_, _, t, _)| t.timeline_id == c.timeline_id)
+            .and_then(|(_, _, _, h)| h.commit_lsn);
+        let (line, v) = compute_row(dir, &cfg, &c, commit, &mut problems)?;
+        lines.push(line);
         computes.push(v);
     }
-    let names = Names::load(dir)?;
     let mut branches = Vec::new();
-    if all_up && !names.tenants.is_empty() {
-        let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
-        for (tenant, tenant_id) in &names.tenants {
-            for t in ps.list_timelines(tenant_id)? {
-                let branch = names.branch_of(tenant, &t.timeline_id).unwrap_or("-");
-                lines.push(format!(
-                    "branch {tenant}/{branch:<12} ingested {:<12} durable {:<12} remote {}",
-                    Lsn(t.last_record_end).to_string(),
-                    Lsn(t.disk_consistent_lsn).to_string(),
-                    Lsn(t.remote_consistent_lsn)
-                ));
-                lines.extend(ingest_notes(&t));
-                branches.push(json!({
-                    "tenant": tenant, "branch": branch, "timeline_id": t.timeline_id,
-                    "last_record_end": Lsn(t.last_record_end).to_string(),
-                    "disk_consistent_lsn": Lsn(t.disk_consistent_lsn).to_string(),
-                    "remote_consistent_lsn": Lsn(t.remote_consistent_lsn).to_string(),
-                    "ingest_stopped": t.ingest_stop.as_ref().map(stop_json),
-                    "walreceiver_problem":
-                        Some(&t.walreceiver_problem).filter(|p| !p.is_empty()),
-                }));
-            }
+    for (tenant, branch, t, h) in &branch_rows {
+        lines.push(format!("branch {tenant}/{branch}: {}", h.positions_text()));
+        lines.extend(h.problems.iter().map(|p| format!("  {p}")));
+        lines.extend(h.notes.iter().map(|n| format!("  {n}")));
+        let mut v = json!({
+            "tenant": tenant, "branch": branch, "timeline_id": t.timeline_id,
+            "ingest_stopped": t.ingest_stop.as_ref().map(stop_json),
+            "walreceiver_problem": Some(&t.walreceiver_problem).filter(|p| !p.is_empty()),
+        });
+        if let (Some(o), serde_json::Value::Object(pos)) = (v.as_object_mut(), h.json()) {
+            o.extend(pos);
         }
+        branches.push(v);
+    }
+    if problems.is_empty() {
+        lines.push("healthy".to_string());
+    } else {
+        lines.push(format!("{} PROBLEM(S):", problems.len()));
+        lines.extend(problems.iter().map(|p| format!("  - {p}")));
     }
     out.result(
         &lines.join("\n"),
-        json!({"services": services, "computes": computes, "branches": branches}),
+        json!({
+            "healthy": problems.is_empty(), "problems": problems,
+            "services": services, "computes": computes, "branches": branches,
+        }),
     );
-    Ok(if all_up {
+    Ok(if problems.is_empty() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(3)
+        ExitCode::from(PROBLEM_EXIT)
     })
+}
+
+/// One compute's line and `--json` object; a supervised Postgres that is down, or a running
+/// writer without its walproposer, is a problem.
+fn compute_row(
+    dir: &Path,
+    cfg: &cluster::ClusterConfig,
+    c: &ComputeRecord,
+    commit: Option<u64>,
+    problems: &mut Vec<String>,
+) -> Result<(String, serde_json::Value)> {
+    let mode = if c.read_only {
+        "read-only"
+    } else {
+        "read-write"
+    };
+    // `strata stop` stops computes but keeps their records: say which ones do not run.
+    let running = compute_cmd::node(dir, cfg, &c.name)
+        .map(|n| n.is_running())
+        .unwrap_or(false);
+    let pg = supervision(dir, &compute_cmd::postgres_service(&c.name));
+    let wp_daemon = compute_cmd::walproposer_daemon(dir, &c.name);
+    let wp = supervision(dir, &wp_daemon.name);
+    let wp_running = matches!(wp_daemon.state()?, State::Running(_));
+    let shown = if running {
+        format!("postgresql://postgres@127.0.0.1:{}/postgres", c.port)
+    } else if pg.supervised {
+        let down = format!("Postgres {}", down_note(&pg, &node_log(dir, &c.name)));
+        problems.push(format!("compute {}: {down}", c.name));
+        down
+    } else {
+        format!("stopped (remove it with `strata compute stop {}`)", c.name)
+    };
+    let mut parts = vec![shown + &restarts_note(&pg)];
+    let lsn = if running {
+        match compute_lsn(dir, cfg, c) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                problems.push(format!("compute {}: its LSN is unknown: {e:#}", c.name));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(l) = lsn {
+        // A writer's WAL beyond the commit LSN waits for a safekeeper majority.
+        let uncommitted = commit.filter(|_| !c.read_only).map(|k| l.saturating_sub(k));
+        parts.push(match uncommitted {
+            Some(n) if n > 0 => format!("at {} ({n} B not yet committed)", pg_lsn(l)),
+            _ => format!("at {}", pg_lsn(l)),
+        });
+    }
+    // A writer commits only through its walproposer: say when it is not there.
+    if !c.read_only && (wp.supervised || wp_running || running) {
+        parts.push(if wp_running {
+            format!("walproposer running{}", restarts_note(&wp))
+        } else {
+            let down = format!(
+                "walproposer {}",
+                down_note(&wp, &wp_daemon.log_file.display().to_string())
+            );
+            if running || wp.supervised {
+                problems.push(format!("compute {}: {down}", c.name));
+            }
+            down + &restarts_note(&wp)
+        });
+    }
+    let line = format!(
+        "compute {:<10} branch {} from {} {mode} ({}), {}",
+        c.name,
+        c.branch,
+        c.lsn,
+        c.kind(),
+        parts.join("; ")
+    );
+    let mut v = serde_json::to_value(c)?;
+    v["running"] = json!(running);
+    v["current_lsn"] = json!(lsn.map(pg_lsn));
+    v["postgres"] = supervision_json(&pg);
+    v["walproposer"] = supervision_json(&wp);
+    v["walproposer"]["running"] = json!(wp_running);
+    Ok((line, v))
 }
 
 #[cfg(test)]
@@ -224,36 +374,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stopped_branch_says_so() {
-        let mut t = TimelineInfo {
-            last_record_end: 0x1000,
-            ..Default::default()
-        };
-        assert!(ingest_notes(&t).is_empty());
-        t.walreceiver_problem = "no safekeeper to stream from: sk: refused".into();
-        assert_eq!(
-            ingest_notes(&t),
-            vec!["  not streaming: no safekeeper to stream from: sk: refused".to_string()]
-        );
-        t.ingest_stop = Some(IngestStop {
+    fn a_stop_in_json() {
+        let s = IngestStop {
             record_lsn: 0x1000,
             record: "a custom resource manager 128 (info 0x00)".into(),
             reason: "records of custom resource manager 128 cannot be ingested".into(),
             since_unix_ms: 1,
             needs_restart: false,
-        });
-        let notes = ingest_notes(&t);
-        assert_eq!(notes.len(), 2, "{notes:?}");
-        assert!(
-            notes[0].contains("INGEST STOPPED at 0/00001000: a custom resource manager 128"),
-            "{notes:?}"
-        );
-        assert!(
-            notes[1].contains("reads up to 0/00001000 work"),
-            "{notes:?}"
-        );
-        let j = stop_json(t.ingest_stop.as_ref().unwrap());
-        assert_eq!(j["record_lsn"], "0/00001000");
+        };
+        let j = stop_json(&s);
+        assert_eq!(j["record_lsn"], "0/1000");
         assert_eq!(j["needs_restart"], false);
     }
 }

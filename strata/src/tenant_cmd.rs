@@ -22,6 +22,9 @@ pub enum TenantCommand {
     Create(CreateArgs),
     /// List the tenants.
     List,
+    /// Delete a tenant: its computes stopped, every branch's data removed on the pageserver
+    /// and in the object store.
+    Delete(crate::delete_cmd::TenantDeleteArgs),
     /// Import a running PostgreSQL 15 (pg_basebackup, then its WAL through a walproposer)
     /// as a tenant with a `main` branch; the source stays its writer.
     Import(crate::tenant_import::ImportArgs),
@@ -46,10 +49,38 @@ pub fn run(dir: &Path, cmd: TenantCommand, out: &Output) -> Result<()> {
     match cmd {
         TenantCommand::Create(a) => create(dir, a, out),
         TenantCommand::List => list(dir, out),
-        TenantCommand::Import(a) => crate::tenant_import::run(dir, a, out),
+        TenantCommand::Delete(a) => crate::delete_cmd::tenant_delete(dir, a, out),
+        TenantCommand::Import(a) => {
+            // Before the source's whole pg_basebackup: the cluster must take it.
+            cluster_takes_writes(&ClusterConfig::load(dir)?)?;
+            crate::tenant_import::run(dir, a, out)
+        }
         TenantCommand::Reconnect(a) => crate::tenant_import::reconnect(dir, a, out),
         TenantCommand::Detach(a) => crate::tenant_import::detach(dir, a, out),
     }
+}
+
+/// Fails unless the pageserver answers and a majority of the safekeepers do: what a new
+/// tenant's import and WAL need.
+fn cluster_takes_writes(cfg: &ClusterConfig) -> Result<()> {
+    Pageserver::connect(&cfg.pageserver.grpc_addr())?.list_tenants()?;
+    // An id no timeline has: a safekeeper that is up answers "not found".
+    let probe = "0".repeat(32);
+    let answers = crate::mgmt::safekeeper_statuses(&cfg.safekeeper_grpc_addrs(), &probe, &probe);
+    let total = answers.len();
+    let failures: Vec<String> = answers
+        .into_iter()
+        .filter_map(|a| a.err().map(|e| format!("{e:#}")))
+        .collect();
+    let answered = total.saturating_sub(failures.len());
+    if answered.saturating_mul(2) <= total {
+        anyhow::bail!(
+            "only {answered} of {total} safekeepers answer, and an imported tenant's WAL needs a \
+             majority: {} (is the cluster started? `strata start`, `strata status`)",
+            failures.join("; ")
+        );
+    }
+    Ok(())
 }
 
 fn create(dir: &Path, args: CreateArgs, out: &Output) -> Result<()> {

@@ -374,3 +374,63 @@ fn commands_fail_in_time_saying_what_they_wait_for() -> Result<()> {
         Ok(())
     })
 }
+
+// ---- issue 21, item 5: the audit's fixes on a cluster that is not started -------------------
+
+/// On an initialized cluster whose services are not running: `tenant import` fails at once
+/// naming the pageserver (before any pg_basebackup of the source, which here does not even
+/// exist), an error says each cause once, and `basebackup` takes `--out-dir` while `--dir`
+/// stays the cluster directory.
+#[test]
+fn the_audits_fixes_on_a_stopped_cluster() -> Result<()> {
+    let tmp = scratch_dir("strata-audit-")?;
+    let s = StrataCli::new(&tmp.path().join("cluster"))?;
+    s.run(&["init"])?;
+    let (line, took) = at(
+        &s,
+        &[
+            "tenant",
+            "import",
+            "--from",
+            "host=127.0.0.1 port=1 user=postgres dbname=postgres",
+            "--name",
+            "shop",
+        ],
+    )
+    .refused(Duration::from_secs(20), &["pageserver", "strata start"])?;
+    ensure!(
+        took < Duration::from_secs(10) && !line.contains("port=1") && !line.contains("source"),
+        "the import looked at the source before the cluster ({took:?}): {line}"
+    );
+    let (line, _) = at(&s, &["gc"]).refused(Duration::from_secs(20), &["no tenant"])?;
+    eprintln!("gc without tenants: {line}");
+    s.run(&["tenant", "list"])?;
+    // The pageserver is down: connecting fails; the error says each cause once.
+    let mut names = std::fs::read_to_string(s.dir.join("names.toml")).unwrap_or_default();
+    names.push_str(
+        "default_tenant = \"t\"\n[tenants]\nt = \"5b0bbed5b0bbed5b0bbed5b0bbed5b01\"\n\
+         [branches.t]\nmain = \"5b0bbed5b0bbed5b0bbed5b0bbed5b02\"\n",
+    );
+    std::fs::write(s.dir.join("names.toml"), names)?;
+    let (line, _) = at(&s, &["gc"]).refused(Duration::from_secs(30), &["pageserver"])?;
+    let parts: Vec<&str> = line.split(": ").collect();
+    for w in parts.windows(2) {
+        ensure!(w[0] != w[1], "{:?} said twice: {line}", w[0]);
+    }
+    // `--out-dir` is basebackup's; `--dir` the cluster's (here: a timeline that is missing).
+    let out = tmp.path().join("bb");
+    let missing = tmp.path().join("no-timeline");
+    let (line, _) = at(
+        &s,
+        &[
+            "basebackup",
+            "--timeline-dir",
+            &missing.display().to_string(),
+            "--out-dir",
+            &out.display().to_string(),
+        ],
+    )
+    .refused(Duration::from_secs(20), &["no-timeline"])?;
+    ensure!(!line.contains("--dir"), "{line}");
+    Ok(())
+}

@@ -372,6 +372,12 @@ pub async fn delete_remote_timeline(
         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => return Err(RemoteError::store("delete", &path)(e)),
     }
+    // The timeline's config (its safekeepers) too: a wiped pageserver must not find it.
+    let conf = remote.timeline_config_path(tenant, timeline)?;
+    match remote.store().delete(&conf).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(RemoteError::store("delete", &conf)(e)),
+    }
     let empty = Manifest {
         tenant: tenant.into(),
         timeline: timeline.into(),

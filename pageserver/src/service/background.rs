@@ -362,6 +362,11 @@ impl Background {
         }
     }
 
+    /// The object store, if the pageserver has one.
+    pub fn remote(&self) -> Option<&RemoteStorage> {
+        self.remote.as_ref()
+    }
+
     /// Stops everything of a timeline (being deleted): no final upload; its copy in the
     /// object store is deleted (a failure is logged: the copy would come back at the next
     /// start of a wiped pageserver).

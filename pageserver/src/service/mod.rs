@@ -9,6 +9,7 @@
 pub mod background;
 pub mod convert;
 pub mod pages;
+mod lifecycle;
 pub mod reads;
 
 use std::path::PathBuf;
@@ -752,5 +753,26 @@ impl pb::pageserver_server::Pageserver for PageserverService {
     ) -> Result<Response<Self::GetPagesStream>, Status> {
         let answers = pages::serve(self.manager.clone(), req.into_inner());
         Ok(Response::new(Box::pin(answers)))
+    }
+
+    async fn delete_tenant(
+        &self,
+        req: Request<pb::DeleteTenantRequest>,
+    ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
+        Ok(Response::new(self.delete_tenant_now(req.into_inner()).await?))
+    }
+
+    async fn list_leases(
+        &self,
+        req: Request<pb::TimelineRequest>,
+    ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        Ok(Response::new(self.list_leases_now(req.into_inner()).await?))
+    }
+
+    async fn revoke_lease(
+        &self,
+        req: Request<pb::RevokeLeaseRequest>,
+    ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        Ok(Response::new(self.revoke_lease_now(req.into_inner()).await?))
     }
 }

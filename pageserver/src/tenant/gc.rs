@@ -169,8 +169,17 @@ impl TimelineHandle {
             )));
         }
         let mut leases = self.leases_locked();
-        let (cutoff, end) = self.read(|t| (t.gc_cutoff_lsn(), t.last_record_end()));
+        let (start, cutoff, end) =
+            self.read(|t| (t.start_lsn(), t.gc_cutoff_lsn(), t.last_record_end()));
         let name = format!("{}/{}", self.tenant_id(), self.timeline_id());
+        // Below the start there never was history here: not GC's doing.
+        if lsn < start {
+            return Err(TenantError::OutOfRange(format!(
+                "LSN {lsn} is below timeline {name}'s start {start}, where its history begins: \
+                 a lease can be taken at {}..={end}",
+                cutoff.max(start)
+            )));
+        }
         if lsn < cutoff {
             return Err(TenantError::OutOfRange(format!(
                 "LSN {lsn} is below timeline {name}'s GC cutoff {cutoff}: its history there is \
@@ -203,6 +212,42 @@ impl TimelineHandle {
         *leases = new;
         info!(timeline = %name, %lsn, expires_unix_ms = got, "lease created");
         Ok(got)
+    }
+
+    /// The unexpired leases: (LSN, expiry in Unix ms), lowest LSN first.
+    pub fn list_leases(&self) -> Vec<(Lsn, u64)> {
+        let now = now_unix_ms();
+        let mut v: Vec<(Lsn, u64)> = self
+            .leases_locked()
+            .lease
+            .iter()
+            .filter(|l| l.expires_unix_ms > now)
+            .filter_map(|l| Some((l.lsn()?, l.expires_unix_ms)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Ends the lease on `lsn` now; stored before GC stops counting it. NotFound if there is
+    /// no unexpired lease on `lsn`.
+    pub fn revoke_lease(&self, lsn: Lsn) -> Result<()> {
+        let mut leases = self.leases_locked();
+        let now = now_unix_ms();
+        let mut new = leases.clone();
+        new.lease.retain(|l| l.expires_unix_ms > now);
+        let before = new.lease.len();
+        new.lease.retain(|l| l.lsn() != Some(lsn));
+        if new.lease.len() == before {
+            return Err(TenantError::NotFound(format!(
+                "timeline {}/{} has no lease on {lsn}",
+                self.tenant_id(),
+                self.timeline_id()
+            )));
+        }
+        new.store(self.dir())?;
+        *leases = new;
+        info!(tenant = %self.tenant_id(), timeline = %self.timeline_id(), %lsn, "lease revoked");
+        Ok(())
     }
 }
 

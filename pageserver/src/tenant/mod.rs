@@ -14,6 +14,7 @@
 
 pub mod branch;
 pub mod conf;
+mod delete;
 pub mod error;
 pub mod gc;
 pub mod handle;

@@ -1,0 +1,102 @@
+//! The lifecycle RPCs of issue 21: deleting a whole tenant (its timelines stopped, its data
+//! removed locally and in the object store), and listing and revoking a timeline's leases.
+
+use futures_util::StreamExt;
+use object_store::ObjectStoreExt;
+use tonic::Status;
+use tracing::info;
+use walproto::proto::pageserver as pb;
+
+use super::{blocking, PageserverService};
+use crate::remote::RemoteStorage;
+use crate::tenant::TimelineHandle;
+
+/// Deletes every object under the tenant's prefix (its configuration and anything a timeline
+/// deletion left); the number deleted.
+async fn delete_remote_tenant(remote: &RemoteStorage, tenant: &str) -> Result<u64, Status> {
+    let prefix = remote
+        .tenant_path(tenant)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let failed = |what: &str, e: object_store::Error| {
+        Status::unavailable(format!(
+            "deleting tenant {tenant} from the object store: {what} {prefix}: {e}"
+        ))
+    };
+    let mut objects = Vec::new();
+    let mut listing = remote.store().list(Some(&prefix));
+    while let Some(obj) = listing.next().await {
+        objects.push(obj.map_err(|e| failed("listing", e))?.location);
+    }
+    for obj in &objects {
+        match remote.store().delete(obj).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(failed("deleting an object under", e)),
+        }
+    }
+    Ok(objects.len() as u64)
+}
+
+fn lease_list(h: &TimelineHandle) -> pb::ListLeasesResponse {
+    pb::ListLeasesResponse {
+        leases: h
+            .list_leases()
+            .into_iter()
+            .map(|(lsn, expires)| pb::LeaseInfo {
+                lsn: lsn.0,
+                expires_unix_ms: expires,
+            })
+            .collect(),
+    }
+}
+
+impl PageserverService {
+    pub(super) async fn delete_tenant_now(
+        &self,
+        r: pb::DeleteTenantRequest,
+    ) -> Result<pb::DeleteTenantResponse, Status> {
+        let tenant = self
+            .manager
+            .tenant(&r.tenant_id)
+            .map_err(super::convert::to_status)?;
+        // Walreceivers and uploaders first: nothing writes into what is being deleted. Each
+        // timeline's copy in the object store goes with it.
+        for h in tenant.timelines() {
+            self.background
+                .stop_timeline(&r.tenant_id, h.timeline_id())
+                .await;
+        }
+        drop(tenant);
+        let m = self.manager.clone();
+        let id = r.tenant_id.clone();
+        let timeline_ids = blocking(move || m.delete_tenant(&id)).await?;
+        let remote_objects_deleted = match self.background.remote() {
+            Some(remote) => delete_remote_tenant(remote, &r.tenant_id).await?,
+            None => 0,
+        };
+        info!(tenant = %r.tenant_id, timelines = timeline_ids.len(), remote_objects_deleted,
+              "tenant deleted on request");
+        Ok(pb::DeleteTenantResponse {
+            timeline_ids,
+            remote_objects_deleted,
+        })
+    }
+
+    pub(super) async fn list_leases_now(
+        &self,
+        r: pb::TimelineRequest,
+    ) -> Result<pb::ListLeasesResponse, Status> {
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        Ok(lease_list(&h))
+    }
+
+    pub(super) async fn revoke_lease_now(
+        &self,
+        r: pb::RevokeLeaseRequest,
+    ) -> Result<pb::ListLeasesResponse, Status> {
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        let h2 = h.clone();
+        let lsn = layer_format::Lsn(r.lsn);
+        blocking(move || h2.revoke_lease(lsn)).await?;
+        Ok(lease_list(&h))
+    }
+}

@@ -1,0 +1,60 @@
+//! Deleting a whole tenant from a pageserver's data directory. The directory is first renamed
+//! to a temporary name (durably), so a crash in the middle leaves no half tenant that would be
+//! loaded again: [`TenantManager::load`] removes temporary entries. The caller stops the
+//! tenant's background work first and deletes its copy in the object store.
+
+use tracing::info;
+
+use super::layout::{rename_durable, tenants_dir, TMP_SUFFIX};
+use super::{lock, Result, TenantError, TenantManager};
+
+impl TenantManager {
+    /// Forgets tenant `id` and removes its directory; returns the ids of the timelines it had
+    /// (loaded or broken).
+    pub fn delete_tenant(&self, id: &str) -> Result<Vec<String>> {
+        let t = self.tenant(id)?;
+        let _creating = lock(&self.creating);
+        // No timeline is created or deleted meanwhile, and no GC of it runs.
+        let _changes = lock(&t.changes);
+        let mut timelines: Vec<String> = lock(&t.timelines).keys().cloned().collect();
+        timelines.extend(lock(&t.broken).keys().cloned());
+        self.tenants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        let tmp = tenants_dir(&self.data_dir).join(format!("{id}{TMP_SUFFIX}"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(TenantError::io("remove", &tmp))?;
+        }
+        rename_durable(&t.dir, &tmp)?;
+        std::fs::remove_dir_all(&tmp).map_err(TenantError::io("remove", &tmp))?;
+        info!(tenant = %id, timelines = timelines.len(), "tenant deleted");
+        Ok(timelines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::TenantConf;
+    use super::*;
+
+    #[test]
+    fn a_deleted_tenant_is_gone_and_stays_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = TenantManager::load(dir.path()).unwrap();
+        let keep = m.create_tenant(None, TenantConf::default()).unwrap();
+        let gone = m.create_tenant(None, TenantConf::default()).unwrap();
+        let gone_id = gone.id().to_string();
+        let gone_dir = gone.dir.clone();
+        drop(gone);
+        assert_eq!(m.delete_tenant(&gone_id).unwrap(), Vec::<String>::new());
+        assert!(!gone_dir.exists());
+        assert!(matches!(
+            m.delete_tenant(&gone_id),
+            Err(TenantError::NotFound(_))
+        ));
+        let m = TenantManager::load(dir.path()).unwrap();
+        let ids: Vec<String> = m.tenants().iter().map(|t| t.id().to_string()).collect();
+        assert_eq!(ids, vec![keep.id().to_string()]);
+    }
+}

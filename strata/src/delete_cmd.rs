@@ -1,0 +1,177 @@
+//! `strata branch delete` and `strata tenant delete`: the computes on what is deleted are
+//! stopped and removed first, unexpired leases refuse the deletion unless `--force` (a lease
+//! promised that history), then the pageserver deletes the data locally and in the object
+//! store, and the names go last (a failure before leaves everything addressable).
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use serde_json::json;
+
+use crate::cluster::ClusterConfig;
+use crate::compute_cmd::{self, ComputeRecord};
+use crate::mgmt::Pageserver;
+use crate::names::Names;
+use crate::output::{pg_lsn, Output};
+
+#[derive(Args, Debug)]
+pub struct BranchDeleteArgs {
+    /// The branch to delete (it must have no branches of its own).
+    pub name: String,
+    /// Tenant name (default: the default tenant).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Delete even if leases keep points of it.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TenantDeleteArgs {
+    /// The tenant to delete, with every branch and compute.
+    pub name: String,
+    /// Delete even if leases keep points of its branches.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Unexpired leases of `timelines` as "branch at LSN" texts.
+fn leases_of(
+    ps: &mut Pageserver,
+    tenant_id: &str,
+    timelines: &[(String, String)],
+) -> Result<Vec<String>> {
+    let mut held = Vec::new();
+    for (branch, tl) in timelines {
+        for l in ps.list_leases(tenant_id, tl)? {
+            held.push(format!("{branch} at {}", pg_lsn(l.lsn)));
+        }
+    }
+    Ok(held)
+}
+
+/// Stops and removes the computes on `timelines` (all of the tenant's if `None`); their names.
+fn remove_computes(
+    dir: &Path,
+    cfg: &ClusterConfig,
+    tenant_id: &str,
+    timelines: Option<&[(String, String)]>,
+    out: &Output,
+) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for c in ComputeRecord::list(dir)? {
+        let on_it = c.tenant_id == tenant_id
+            && timelines.is_none_or(|t| t.iter().any(|(_, id)| *id == c.timeline_id));
+        if on_it {
+            out.step(&format!(
+                "stopping compute {} (branch {})",
+                c.name, c.branch
+            ));
+            compute_cmd::remove(dir, cfg, &c.name)?;
+            removed.push(c.name);
+        }
+    }
+    Ok(removed)
+}
+
+fn refuse_leases(what: &str, held: &[String], force: bool) -> Result<()> {
+    if !held.is_empty() && !force {
+        bail!(
+            "{what} has unexpired leases ({}): revoke them with `strata lease revoke LSN --branch \
+             B`, or delete anyway with --force",
+            held.join(", ")
+        );
+    }
+    Ok(())
+}
+
+pub fn branch_delete(dir: &Path, a: BranchDeleteArgs, out: &Output) -> Result<()> {
+    let cfg = ClusterConfig::load(dir)?;
+    let mut names = Names::load(dir)?;
+    let (tenant, tenant_id) = names.tenant(a.tenant.as_deref())?;
+    let timeline = names.timeline(&tenant, &a.name)?;
+    let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
+    // Branches of it would lose their history: the pageserver refuses, say so before
+    // stopping anything.
+    let children: Vec<String> = ps
+        .list_timelines(&tenant_id)?
+        .iter()
+        .filter(|t| t.ancestor_timeline_id == timeline)
+        .map(|t| {
+            names
+                .branch_of(&tenant, &t.timeline_id)
+                .unwrap_or(&t.timeline_id)
+                .to_string()
+        })
+        .collect();
+    if !children.is_empty() {
+        bail!(
+            "branch {} has branches of its own ({}): delete them first",
+            a.name,
+            children.join(", ")
+        );
+    }
+    let this = [(a.name.clone(), timeline.clone())];
+    let held = leases_of(&mut ps, &tenant_id, &this)?;
+    refuse_leases(&format!("branch {}", a.name), &held, a.force)?;
+    let computes = remove_computes(dir, &cfg, &tenant_id, Some(&this), out)?;
+    ps.delete_timeline(&tenant_id, &timeline)?;
+    names.remove_branch(&tenant, &a.name);
+    names.store(dir)?;
+    out.result(
+        &format!(
+            "deleted branch {} of tenant {tenant} ({timeline}); computes removed: {}; leases \
+             dropped: {}",
+            a.name,
+            list(&computes),
+            list(&held)
+        ),
+        json!({"tenant": tenant, "branch": a.name, "timeline_id": timeline,
+               "computes_removed": computes, "leases_dropped": held}),
+    );
+    Ok(())
+}
+
+pub fn tenant_delete(dir: &Path, a: TenantDeleteArgs, out: &Output) -> Result<()> {
+    let cfg = ClusterConfig::load(dir)?;
+    let mut names = Names::load(dir)?;
+    let (tenant, tenant_id) = names.tenant(Some(&a.name))?;
+    let branches: Vec<(String, String)> = names
+        .branches
+        .get(&tenant)
+        .map(|b| b.iter().map(|(n, id)| (n.clone(), id.clone())).collect())
+        .unwrap_or_default();
+    let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
+    let held = leases_of(&mut ps, &tenant_id, &branches)?;
+    refuse_leases(&format!("tenant {tenant}"), &held, a.force)?;
+    let computes = remove_computes(dir, &cfg, &tenant_id, None, out)?;
+    out.step(&format!(
+        "deleting tenant {tenant} on the pageserver and in the object store"
+    ));
+    let r = ps.delete_tenant(&tenant_id)?;
+    names.remove_tenant(&tenant);
+    names.store(dir)?;
+    out.result(
+        &format!(
+            "deleted tenant {tenant} ({tenant_id}): {} branch(es), {} object(s) in the object \
+             store; computes removed: {}; leases dropped: {}",
+            r.timeline_ids.len(),
+            r.remote_objects_deleted,
+            list(&computes),
+            list(&held)
+        ),
+        json!({"tenant": tenant, "tenant_id": tenant_id, "timeline_ids": r.timeline_ids,
+               "remote_objects_deleted": r.remote_objects_deleted,
+               "computes_removed": computes, "leases_dropped": held}),
+    );
+    Ok(())
+}
+
+fn list(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
