@@ -287,9 +287,7 @@ fn start(setup: Setup) -> (PgCluster, Replicas) {
     opts = match setup {
         Setup::NoReplication => opts,
         Setup::NativeQuorum => opts.set("synchronous_standby_names", "ANY 2 (rw1, rw2, rw3)"),
-        Setup::Strata | Setup::StrataNoMetrics => {
-            opts.set("synchronous_standby_names", "strata")
-        }
+        Setup::Strata | Setup::StrataNoMetrics => opts.set("synchronous_standby_names", "strata"),
     };
     let pg = PgCluster::init(&opts).expect("initdb");
     pg.start().expect("start Postgres");

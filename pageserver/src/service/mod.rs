@@ -8,8 +8,8 @@
 
 pub mod background;
 pub mod convert;
-pub mod pages;
 mod lifecycle;
+pub mod pages;
 pub mod reads;
 
 use std::path::PathBuf;
@@ -759,7 +759,9 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::DeleteTenantRequest>,
     ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
-        Ok(Response::new(self.delete_tenant_now(req.into_inner()).await?))
+        Ok(Response::new(
+            self.delete_tenant_now(req.into_inner()).await?,
+        ))
     }
 
     async fn list_leases(
@@ -773,6 +775,8 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::RevokeLeaseRequest>,
     ) -> Result<Response<pb::ListLeasesResponse>, Status> {
-        Ok(Response::new(self.revoke_lease_now(req.into_inner()).await?))
+        Ok(Response::new(
+            self.revoke_lease_now(req.into_inner()).await?,
+        ))
     }
 }
