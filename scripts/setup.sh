@@ -5,6 +5,7 @@
 #     includes contrib: bloom, dblink, test_decoding, which the tests use), installed with
 #     apt-get only when missing. The tests start their own throw-away clusters, so the
 #     Debian system cluster is kept from running.
+#   - fuse3 (fusermount3), which the lazy compute's page filesystem mounts with.
 #   - With STRATA_SETUP_S3=1: s3s-fs, a local S3 server for the object-storage tests.
 #   - With STRATA_SETUP_REGRESS=1: postgresql-server-dev-15 (pg_regress and the server headers
 #     that scripts/regress-redo.sh needs to run PostgreSQL's regression suite).
@@ -113,9 +114,18 @@ install_test_tools() {
     fi
 }
 
+install_fuse() {
+    if command -v fusermount3 >/dev/null 2>&1; then
+        say "fuse3 already installed"
+        return
+    fi
+    apt_install fuse3
+}
+
 install_c_toolchain
 install_test_tools
 install_postgres
+install_fuse
 stop_system_cluster
 if [ "${STRATA_SETUP_REGRESS:-0}" = "1" ]; then
     if [ -x /usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress ] \

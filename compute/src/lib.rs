@@ -5,4 +5,5 @@
 /// The Postgres protocol client now lives in walproto (the pageserver streams with it too).
 pub use walproto::pgclient as pg;
 pub mod node;
+pub mod pagefs;
 pub mod walproposer;

@@ -4,6 +4,8 @@
 //! compute walproposer --pg "host=/tmp port=5432 user=postgres" \
 //!     --safekeepers 127.0.0.1:7676,127.0.0.1:7677,127.0.0.1:7678 \
 //!     --tenant <32 hex> --timeline <32 hex> [--slot strata] [--application-name strata]
+//! compute pagefs --local DIR --mount DIR --pageserver HOST:PORT --tenant HEX --timeline HEX \
+//!     --lsn X/Y [--read-only] [--ready-file PATH] [--lease-ttl-secs 600] [--read-deadline-secs 30]
 //! ```
 //!
 //! Logs go to stderr (`RUST_LOG`, default `info`). Fatal errors (bad settings, another
@@ -31,6 +33,9 @@ enum Cmd {
     /// Stream WAL from Postgres 15 to a safekeeper majority; report to Postgres as flushed only
     /// what a majority has fsynced.
     Walproposer(WpArgs),
+    /// Mount the page filesystem of a lazy compute (a data directory whose relation files are
+    /// read from the pageserver) and serve it until SIGTERM/SIGINT.
+    Pagefs(compute::pagefs::daemon::PagefsArgs),
 }
 
 #[derive(clap::Args)]
@@ -96,7 +101,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let Cmd::Walproposer(a) = cli.cmd;
+    let a = match cli.cmd {
+        Cmd::Walproposer(a) => a,
+        Cmd::Pagefs(a) => return compute::pagefs::daemon::run(a),
+    };
     let pg = ConnConfig::parse(&a.pg).context("--pg")?;
     let mut cfg = Config::new(pg, a.safekeepers, &a.tenant, &a.timeline);
     cfg.slot = a.slot;

@@ -35,6 +35,10 @@ pub struct ComputeRecord {
     pub lsn: String,
     /// Unix time after which a time-travel compute is stopped and removed.
     pub expires_at: Option<u64>,
+    /// Its data directory is a page filesystem (`compute pagefs`) over a slim basebackup,
+    /// not a full copy. Records written before lazy computes existed are full copies.
+    #[serde(default)]
+    pub lazy: bool,
 }
 
 pub fn computes_dir(dir: &Path) -> PathBuf {
@@ -64,6 +68,15 @@ impl ComputeRecord {
         let p = d.join(RECORD_FILE);
         fs::write(&p, toml::to_string_pretty(self)?)
             .with_context(|| format!("writing {}", p.display()))
+    }
+
+    /// "lazy" or "full copy", as `status` and `compute start` say it.
+    pub fn kind(&self) -> &'static str {
+        if self.lazy {
+            "lazy"
+        } else {
+            "full copy"
+        }
     }
 
     pub fn list(dir: &Path) -> Result<Vec<ComputeRecord>> {
@@ -122,10 +135,15 @@ pub fn stop_one(dir: &Path, cfg: &ClusterConfig, name: &str) -> Result<bool> {
             }
         }
     }
+    // A postmaster on a page filesystem that died is invisible to pg_ctl (its lock file is
+    // unreadable): it is found by its command line and stopped immediately.
+    let orphan = crate::lazy_compute::stop_postmaster_of(&n.data_dir, name)?;
     // The walproposer goes even if Postgres could not be stopped: nothing more would commit.
     let wp_ran = wp.stop(Duration::from_secs(10))?;
+    // The page filesystem last: Postgres read from it until the end.
+    let fs_ran = crate::lazy_compute::stop_pagefs(dir, name)?;
     pg_stopped?;
-    Ok(was_running || wp_ran)
+    Ok(was_running || orphan || wp_ran || fs_ran)
 }
 
 /// `pg_ctl stop -m fast` for at most [`FAST_SHUTDOWN_TIMEOUT`], then `-m immediate`. Returns
@@ -225,6 +243,9 @@ pub struct StartRequest<'a> {
     pub name: Option<String>,
     /// For time-travel computes: stop and remove after this many seconds.
     pub ttl_secs: Option<u64>,
+    /// Stream every page into a local data directory (the behaviour before lazy computes)
+    /// instead of mounting a page filesystem that fetches pages on first read.
+    pub full_copy: bool,
 }
 
 pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecord> {
@@ -289,22 +310,7 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
         None => latest,
     };
     let resolved = t0.elapsed();
-    out.step(&format!("basebackup of {} at {lsn}", req.branch));
-    let node = node(dir, &cfg, &name)?;
-    fs::create_dir_all(compute_dir(dir, &name))?;
-    take_spare_data_dir(dir, &node.data_dir);
-    let bb = stream_basebackup(&mut ps, &node, &tenant_id, &timeline_id, lsn, req.read_only);
-    if bb.is_err() {
-        let _ = fs::remove_dir_all(compute_dir(dir, &name));
-    }
-    let bb = bb?;
-    let unpacked = t0.elapsed();
-    node.configure(&ComputeSpec {
-        port,
-        read_only: req.read_only,
-        standby_name: STANDBY_NAME.into(),
-    })?;
-    let record = ComputeRecord {
+    let mut record = ComputeRecord {
         name: name.clone(),
         branch: req.branch.to_string(),
         tenant_id: tenant_id.clone(),
@@ -313,11 +319,17 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
         read_only: req.read_only,
         lsn: lsn.to_string(),
         expires_at: req.ttl_secs.map(|s| unix_now() + s),
+        lazy: !req.full_copy,
     };
-    record.store(dir)?;
-    let configured = t0.elapsed();
-    let mut pg_started = configured;
-    let started = (|| {
+    let node = node(dir, &cfg, &name)?;
+    fs::create_dir_all(compute_dir(dir, &name))?;
+    let mut times = StartTimes {
+        resolved,
+        ..StartTimes::default()
+    };
+    let started = (|| -> Result<()> {
+        prepare_data_dir(dir, &cfg, &mut ps, &mut record, &node, &mut times, t0, out)?;
+        record.store(dir)?;
         out.step(&format!("starting Postgres on port {port}"));
         node.start()?;
         crate::cluster::supervisor::watch_postgres(
@@ -326,7 +338,10 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
             &cfg.pg_bin,
             &node,
         )?;
-        pg_started = t0.elapsed();
+        if record.lazy {
+            crate::lazy_compute::supervise_pagefs(dir, &name)?;
+        }
+        times.pg_started = t0.elapsed();
         if !req.read_only {
             out.step("starting the walproposer");
             start_walproposer(dir, &cfg, &record, &node, lsn)?;
@@ -334,40 +349,144 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
         Ok(())
     })();
     if let Err(e) = started {
-        // A compute that did not start is not kept: its directory is scratch.
+        // A compute that did not start is not kept: its directory is scratch, and nothing of
+        // it stays mounted.
         let _ = crate::cluster::spec::forget(dir, &postgres_service(&name));
         let _ = node.stop(true);
-        let _ = fs::remove_dir_all(compute_dir(dir, &name));
+        let cleaned = stop_one(dir, &cfg, &name)
+            .and_then(|_| crate::lazy_compute::remove_compute_dir(dir, &name));
+        if let Err(c) = cleaned {
+            return Err(e.context(format!("and cleaning up the failed start failed: {c:#}")));
+        }
         return Err(e);
     }
-    let done = t0.elapsed();
-    let secs = |d: Duration| d.as_secs_f64();
+    times.done = t0.elapsed();
     // One line, on stderr, that tools (benches/branch_vs_pitr) pick up.
-    eprintln!(
-        "compute start breakdown: resolve target {:.2} s; basebackup {:.2} s (generation, \
-         transfer and unpack streamed together: first byte after {:.2} s, last byte after {:.2} \
-         s, {:.1} MiB, unpacking busy {:.2} s, {} files of which {} reused, {} leftovers \
-         removed); configure {:.2} s; Postgres start {:.2} s; \
-         walproposer {:.2} s; total {:.2} s",
-        secs(resolved),
-        secs(unpacked - resolved),
-        secs(bb.first_byte),
-        secs(bb.last_byte),
-        bb.bytes as f64 / (1u64 << 20) as f64,
-        secs(bb.unpack_busy),
-        bb.unpack.files,
-        bb.unpack.reused_files,
-        bb.unpack.removed,
-        secs(configured - unpacked),
-        secs(pg_started - configured),
-        secs(done - pg_started),
-        secs(done)
-    );
+    eprintln!("compute start breakdown: {}", times.breakdown(record.lazy));
     Ok(record)
 }
 
+/// When each part of `compute start` ended (since the command began), for its breakdown.
+#[derive(Default)]
+struct StartTimes {
+    resolved: Duration,
+    basebackup: Duration,
+    configured: Duration,
+    /// A lazy compute's page filesystem answers (the same as `configured` for a full copy).
+    mounted: Duration,
+    pg_started: Duration,
+    done: Duration,
+    streamed: Option<Streamed>,
+}
+
+impl StartTimes {
+    fn breakdown(&self, lazy: bool) -> String {
+        let secs = |d: Duration| d.as_secs_f64();
+        let bb = match &self.streamed {
+            Some(bb) => format!(
+                "first byte after {:.2} s, last byte after {:.2} s, {:.1} MiB, unpacking busy \
+                 {:.2} s, {} files of which {} reused, {} leftovers removed",
+                secs(bb.first_byte),
+                secs(bb.last_byte),
+                bb.bytes as f64 / (1u64 << 20) as f64,
+                secs(bb.unpack_busy),
+                bb.unpack.files,
+                bb.unpack.reused_files,
+                bb.unpack.removed,
+            ),
+            None => "not taken".into(),
+        };
+        let (kind, mount) = if lazy {
+            (
+                "lazy: slim basebackup",
+                format!(
+                    "; mount {:.2} s",
+                    secs(self.mounted.saturating_sub(self.configured))
+                ),
+            )
+        } else {
+            ("basebackup", String::new())
+        };
+        format!(
+            "resolve target {:.2} s; {kind} {:.2} s (generation, transfer and unpack streamed \
+             together: {bb}); configure {:.2} s{mount}; Postgres start {:.2} s; walproposer \
+             {:.2} s; total {:.2} s",
+            secs(self.resolved),
+            secs(self.basebackup.saturating_sub(self.resolved)),
+            secs(self.configured.saturating_sub(self.basebackup)),
+            secs(self.pg_started.saturating_sub(self.mounted)),
+            secs(self.done.saturating_sub(self.pg_started)),
+            secs(self.done)
+        )
+    }
+}
+
+/// Makes the compute's data directory ready for Postgres: a full copy streamed into it, or
+/// (lazy) a slim basebackup in `local/` and the page filesystem mounted over `data/`. A
+/// branch with tablespaces gets a full copy: the page filesystem serves only the data
+/// directory's own relation files.
+#[allow(clippy::too_many_arguments)]
+fn prepare_data_dir(
+    dir: &Path,
+    cfg: &ClusterConfig,
+    ps: &mut Pageserver,
+    record: &mut ComputeRecord,
+    node: &ComputeNode,
+    times: &mut StartTimes,
+    t0: Instant,
+    out: &Output,
+) -> Result<()> {
+    let lsn: Lsn = record
+        .lsn
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the compute's LSN: {e}"))?;
+    let spec = compute_spec(record);
+    if record.lazy {
+        out.step(&format!(
+            "slim basebackup of {} at {lsn} (no relation pages)",
+            record.branch
+        ));
+        let up = crate::lazy_compute::prepare(dir, cfg, ps, record, node, &spec)?;
+        if let Some(up) = up {
+            times.basebackup = times.resolved + up.basebackup;
+            times.configured = times.basebackup + up.configure;
+            times.mounted = t0.elapsed();
+            times.streamed = Some(up.streamed);
+            return Ok(());
+        }
+        out.step("the branch has tablespaces: taking a full copy instead");
+        record.lazy = false;
+    }
+    out.step(&format!("basebackup of {} at {lsn}", record.branch));
+    take_spare_data_dir(dir, &node.data_dir);
+    let bb = stream_basebackup(
+        ps,
+        node,
+        &record.tenant_id,
+        &record.timeline_id,
+        lsn,
+        record.read_only,
+        false,
+    )?;
+    times.basebackup = t0.elapsed();
+    node.configure(&spec)?;
+    times.configured = t0.elapsed();
+    times.mounted = times.configured;
+    times.streamed = Some(bb);
+    Ok(())
+}
+
+/// How a compute's Postgres runs, from its record.
+pub(crate) fn compute_spec(record: &ComputeRecord) -> ComputeSpec {
+    ComputeSpec {
+        port: record.port,
+        read_only: record.read_only,
+        standby_name: STANDBY_NAME.into(),
+    }
+}
+
 /// What streaming a basebackup into a data directory took.
-struct Streamed {
+pub struct Streamed {
     /// From the request to the first tar byte (the pageserver's planning).
     first_byte: Duration,
     /// From the request to the last tar byte.
@@ -381,13 +500,14 @@ struct Streamed {
 /// Fetches the basebackup at `lsn` and unpacks it into the compute's data directory while it
 /// arrives: the tar is never stored whole (a 1 GB database does not need 1 GB of scratch
 /// first, and unpacking overlaps with the pageserver's page reconstruction).
-fn stream_basebackup(
+pub(crate) fn stream_basebackup(
     ps: &mut Pageserver,
     node: &ComputeNode,
     tenant_id: &str,
     timeline_id: &str,
     lsn: Lsn,
     read_only: bool,
+    without_relation_files: bool,
 ) -> Result<Streamed> {
     // Chunks in flight between the gRPC stream and the unpacker (256 KiB each).
     let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(16);
@@ -414,7 +534,15 @@ fn stream_basebackup(
         let mut bar = Progress::new("basebackup");
         let mut total = 0;
         let mut first_byte = None;
-        let fetched = ps.basebackup(tenant_id, timeline_id, lsn.0, read_only, &mut w, &mut |n| {
+        let req = walproto::proto::pageserver::BasebackupRequest {
+            tenant_id: tenant_id.into(),
+            timeline_id: timeline_id.into(),
+            lsn: lsn.0,
+            read_only,
+            prev_lsn: 0,
+            without_relation_files,
+        };
+        let fetched = ps.basebackup(req, &mut w, &mut |n| {
             first_byte.get_or_insert_with(|| t0.elapsed());
             total = n;
             bar.bytes(n)
@@ -507,7 +635,7 @@ impl std::io::Read for ChunkReader {
 /// The application name Postgres waits for before a commit returns.
 const STANDBY_NAME: &str = "strata";
 
-fn start_walproposer(
+pub(crate) fn start_walproposer(
     dir: &Path,
     cfg: &ClusterConfig,
     rec: &ComputeRecord,
@@ -693,8 +821,13 @@ fn forget_stopped_computes(dir: &Path, cfg: &ClusterConfig, out: &Output) -> Res
         let pg_running = node(dir, cfg, &rec.name).is_ok_and(|n| n.is_running());
         let wp = walproposer_daemon(dir, &rec.name);
         let wp_running = matches!(wp.state()?, crate::cluster::daemon::State::Running(_));
+        // A lazy compute being recreated has only its page filesystem's spec for a while.
         let supervised = crate::cluster::spec::is_supervised(dir, &postgres_service(&rec.name))
-            || crate::cluster::spec::is_supervised(dir, &wp.name);
+            || crate::cluster::spec::is_supervised(dir, &wp.name)
+            || crate::cluster::spec::is_supervised(
+                dir,
+                &crate::lazy_compute::pagefs_daemon(dir, &rec.name).name,
+            );
         if !pg_running && !wp_running && !supervised {
             out.step(&format!(
                 "forgetting compute {} (branch {}): it is not running",
@@ -718,9 +851,12 @@ pub fn remove(dir: &Path, cfg: &ClusterConfig, name: &str) -> Result<()> {
         );
     }
     stop_one(dir, cfg, name)?;
-    let d = compute_dir(dir, name);
-    keep_spare_data_dir(dir, &d.join("data"));
-    fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))
+    let lazy = ComputeRecord::load(dir, name).is_ok_and(|r| r.lazy);
+    // A lazy compute's `data` is an (unmounted) mount point, not a data directory to reuse.
+    if !lazy {
+        keep_spare_data_dir(dir, &compute_dir(dir, name).join("data"));
+    }
+    crate::lazy_compute::remove_compute_dir(dir, name)
 }
 
 /// Where removed computes' data directories wait to be reused (no compute.toml: not listed).

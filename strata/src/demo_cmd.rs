@@ -270,5 +270,6 @@ fn start_req(branch: &str, at: Option<Target>, read_only: bool) -> StartRequest<
         read_only,
         name: None,
         ttl_secs: None,
+        full_copy: false,
     }
 }

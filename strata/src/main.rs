@@ -7,6 +7,7 @@ mod cluster;
 mod compute_cmd;
 mod demo_cmd;
 mod gc_cmd;
+mod lazy_compute;
 mod mgmt;
 mod names;
 mod output;
@@ -55,7 +56,8 @@ enum Command {
     /// Branches: copy-free forks of a branch's history at any point.
     #[command(subcommand)]
     Branch(branch_cmd::BranchCommand),
-    /// Computes: vanilla Postgres 15 started from a basebackup of a branch.
+    /// Computes: vanilla Postgres 15 on a branch, lazy (pages fetched on first read) unless
+    /// --full-copy.
     #[command(subcommand)]
     Compute(ComputeCommand),
     /// The LSN of a branch's state as of a time (after the last commit at or before it).
@@ -114,6 +116,11 @@ struct ComputeStartArgs {
     name: Option<String>,
     #[arg(long)]
     tenant: Option<String>,
+    /// Copy every page into a local data directory before Postgres starts (the default is
+    /// a lazy compute: a page filesystem fetches each page from the pageserver on first
+    /// read, so the start does not depend on the database's size).
+    #[arg(long)]
+    full_copy: bool,
 }
 
 #[derive(Args)]
@@ -227,6 +234,7 @@ fn compute_start(
             read_only,
             name: a.name,
             ttl_secs: None,
+            full_copy: a.full_copy,
         },
         out,
     )?;
@@ -238,12 +246,16 @@ fn compute_start(
     };
     out.result(
         &format!(
-            "compute {} ({mode}) on branch {} at {}: {url}",
-            rec.name, rec.branch, rec.lsn
+            "compute {} ({mode}, {}) on branch {} at {}: {url}",
+            rec.name,
+            rec.kind(),
+            rec.branch,
+            rec.lsn
         ),
         serde_json::json!({
             "name": rec.name, "branch": rec.branch, "lsn": rec.lsn,
             "read_only": rec.read_only, "port": rec.port, "connstr": url,
+            "lazy": rec.lazy,
         }),
     );
     Ok(())

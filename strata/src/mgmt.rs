@@ -273,24 +273,14 @@ impl Pageserver {
         .map(|r| r.restore_points)
     }
 
-    /// Streams a basebackup tar into `sink`, calling `progress` with the bytes so far.
+    /// Streams the basebackup `req` asks for (a full or a slim one) as a tar into `sink`,
+    /// calling `progress` with the bytes so far.
     pub fn basebackup(
         &mut self,
-        tenant: &str,
-        timeline: &str,
-        lsn: u64,
-        read_only: bool,
+        req: ps::BasebackupRequest,
         sink: &mut dyn std::io::Write,
         progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
-        let req = ps::BasebackupRequest {
-            tenant_id: tenant.into(),
-            timeline_id: timeline.into(),
-            lsn,
-            read_only,
-            prev_lsn: 0,
-            without_relation_files: false,
-        };
         let client = &mut self.client;
         self.rt.block_on(async {
             let mut stream = tokio::time::timeout(QUICK_CALL, client.basebackup(req))

@@ -1,6 +1,6 @@
-//! `strata query --at TIME "SQL"`: time travel. An ephemeral read-only compute starts from a
-//! basebackup at that moment, answers the query, and is removed (or kept for --ttl seconds for
-//! more queries); no durable branch is created.
+//! `strata query --at TIME "SQL"`: time travel. An ephemeral read-only compute (lazy unless
+//! `--full-copy`) starts at that moment, answers the query, and is removed (or kept for --ttl
+//! seconds for more queries); no durable branch is created.
 
 use std::path::Path;
 
@@ -30,6 +30,9 @@ pub struct QueryArgs {
     /// it at once). Expired ones are removed by the next strata command.
     #[arg(long)]
     pub ttl: Option<u64>,
+    /// Copy every page before the query instead of fetching pages on first read.
+    #[arg(long)]
+    pub full_copy: bool,
 }
 
 pub fn run(dir: &Path, a: QueryArgs, out: &Output) -> Result<()> {
@@ -45,6 +48,7 @@ pub fn run(dir: &Path, a: QueryArgs, out: &Output) -> Result<()> {
             read_only: true,
             name: Some(name.clone()),
             ttl_secs: a.ttl,
+            full_copy: a.full_copy,
         },
         out,
     )?;

@@ -168,10 +168,11 @@ pub fn run(dir: &Path, out: &Output) -> Result<ExitCode> {
             });
         }
         lines.push(format!(
-            "compute {:<10} branch {} at {} {mode}, {}",
+            "compute {:<10} branch {} at {} {mode} ({}), {}",
             c.name,
             c.branch,
             c.lsn,
+            c.kind(),
             parts.join("; ")
         ));
         let mut v = serde_json::to_value(&c)?;

@@ -79,9 +79,14 @@ pub fn on_new_cluster(prefix: &str, scenario: impl FnOnce(&StrataCli) -> Result<
 
 /// One SQL command through psql over TCP to a compute; unaligned output, trimmed.
 pub fn psql(port: u16, sql: &str) -> Result<String> {
+    psql_db(port, "postgres", sql)
+}
+
+/// [`psql`] in database `db`.
+pub fn psql_db(port: u16, db: &str, sql: &str) -> Result<String> {
     let out = Command::new(pg_bin_dir().join("psql"))
         .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"])
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db])
         .args(["-p", &port.to_string(), "-c", sql])
         .output()?;
     ensure!(
@@ -92,12 +97,71 @@ pub fn psql(port: u16, sql: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// `pgbench args… postgres` against a compute.
+pub fn pgbench(port: u16, args: &[&str]) -> Result<()> {
+    let out = Command::new(pg_bin_dir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
+        .args(args)
+        .arg("postgres")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "pgbench {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Waits until `check` gives a value, at most `timeout`, looking every 200 ms; the error
+/// names `what` and the last error `check` returned.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "waited {timeout:?} for {what}{}",
+                last_err
+                    .map(|e| format!(" (last error: {e:#})"))
+                    .unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The first ten lines where two texts (dumps) differ, each pair labelled, for a failure
+/// message.
+pub fn first_differences(a: &str, b: &str, label_a: &str, label_b: &str) -> String {
+    a.lines()
+        .zip(b.lines())
+        .filter(|(x, y)| x != y)
+        .take(10)
+        .map(|(x, y)| format!("{label_a}: {x}\n{label_b}: {y}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// `pg_dump` of the `postgres` database of a compute, without pg_dump 15.14+'s random
 /// `\restrict` key lines, so two dumps compare.
 pub fn pg_dump(port: u16) -> Result<String> {
+    pg_dump_db(port, "postgres")
+}
+
+/// [`pg_dump`] of database `db`.
+pub fn pg_dump_db(port: u16, db: &str) -> Result<String> {
     let out = Command::new(pg_bin_dir().join("pg_dump"))
         .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
-        .arg("postgres")
+        .arg(db)
         .output()?;
     ensure!(
         out.status.success(),
@@ -109,4 +173,27 @@ pub fn pg_dump(port: u16) -> Result<String> {
         .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
         .map(|l| format!("{l}\n"))
         .collect())
+}
+
+/// The mount points at or below `dir` (`/proc/self/mountinfo`; `dir` as the kernel shows it,
+/// i.e. canonical): what a stopped cluster must not leave behind.
+pub fn mounts_under(dir: &Path) -> Result<Vec<String>> {
+    let dir = dir.canonicalize()?;
+    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(&dir))
+        .map(str::to_string)
+        .collect())
+}
+
+/// The pid on the first line of a pid file (`run/*.pid`, `postmaster.pid`).
+pub fn read_pid(path: &Path) -> Result<i32> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("{} holds no pid", path.display()))
 }

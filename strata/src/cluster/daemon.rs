@@ -159,7 +159,7 @@ impl Daemon {
     /// Spawns `cmd` in its own process group (a Ctrl-C of the terminal does not reach it),
     /// stdin closed, output appended to the log, and records its pid. Used for the first start
     /// and for the supervisor's restarts.
-    pub(super) fn spawn_detached(&self, mut cmd: Command) -> Result<Child> {
+    pub(crate) fn spawn_detached(&self, mut cmd: Command) -> Result<Child> {
         if let Some(d) = self.pid_file.parent() {
             fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }

@@ -47,13 +47,19 @@ pub enum Launch {
         data_dir: PathBuf,
         log_file: PathBuf,
     },
+    /// A lazy compute's page filesystem (`compute pagefs`, its pid in `run/<name>.pid`). It
+    /// is not restarted alone: the compute is recreated around a new one
+    /// (`lazy_compute::recreate`).
+    LazyCompute { compute: String, log_file: PathBuf },
 }
 
 impl Spec {
     /// The file that names the running process, and the log to show when it dies.
     pub fn log_file(&self) -> &Path {
         match &self.launch {
-            Launch::Process { log_file, .. } | Launch::Postgres { log_file, .. } => log_file,
+            Launch::Process { log_file, .. }
+            | Launch::Postgres { log_file, .. }
+            | Launch::LazyCompute { log_file, .. } => log_file,
         }
     }
 }

@@ -285,7 +285,10 @@ impl Supervisor {
         let w = self.watched.entry(name.to_string()).or_default();
         match result {
             Ok(Restarted::Pid(pid)) => {
-                if matches!(spec.launch, Launch::Process { .. }) {
+                if matches!(
+                    spec.launch,
+                    Launch::Process { .. } | Launch::LazyCompute { .. }
+                ) {
                     self.children.push(pid);
                 }
                 state.restarts = state.restarts.saturating_add(1);
@@ -351,7 +354,9 @@ impl Supervisor {
 /// The pid the service runs as now, if any is recorded.
 pub fn current_pid(cluster_dir: &Path, spec: &Spec) -> Option<i32> {
     let file = match &spec.launch {
-        Launch::Process { .. } => Daemon::new(cluster_dir, &spec.name).pid_file,
+        Launch::Process { .. } | Launch::LazyCompute { .. } => {
+            Daemon::new(cluster_dir, &spec.name).pid_file
+        }
         Launch::Postgres { data_dir, .. } => data_dir.join("postmaster.pid"),
     };
     fs::read_to_string(file)
@@ -385,6 +390,14 @@ fn restart(cluster_dir: &Path, spec: &Spec) -> Result<Restarted> {
             }
             let child = Daemon::new(cluster_dir, &spec.name).spawn_detached(cmd)?;
             Ok(Restarted::Pid(child.id() as i32))
+        }
+        Launch::LazyCompute { compute, .. } => {
+            match crate::lazy_compute::recreate(cluster_dir, compute)? {
+                Some(pid) => Ok(Restarted::Pid(pid)),
+                None => Ok(Restarted::Abandoned(format!(
+                    "compute {compute} is gone (no compute record)"
+                ))),
+            }
         }
         Launch::Postgres {
             pg_bin,

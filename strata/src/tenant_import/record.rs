@@ -71,6 +71,7 @@ impl ImportRecord {
             read_only: false,
             lsn: self.backup_start.clone(),
             expires_at: None,
+            lazy: false,
         })
     }
 

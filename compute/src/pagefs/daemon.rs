@@ -1,0 +1,130 @@
+//! `compute pagefs`: mounts the page filesystem of a lazy compute and serves it in the
+//! foreground until SIGTERM/SIGINT (then unmounts, lazily if files are open) or until
+//! something else unmounts it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use walproto::Lsn;
+
+use super::grpc::{keep_lease, GrpcSource};
+use super::Options;
+
+/// How long a stop waits for the kernel to end the session after the lazy unmount.
+const UNMOUNT_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(clap::Args, Debug)]
+pub struct PagefsArgs {
+    /// The slim basebackup: every file of the data directory but relation files.
+    #[arg(long, value_name = "DIR")]
+    pub local: PathBuf,
+    /// An empty directory to mount the data directory on.
+    #[arg(long, value_name = "DIR")]
+    pub mount: PathBuf,
+    /// The pageserver's gRPC address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub pageserver: String,
+    /// Tenant id (32 hex characters).
+    #[arg(long, value_name = "HEX")]
+    pub tenant: String,
+    /// Timeline id (32 hex characters).
+    #[arg(long, value_name = "HEX")]
+    pub timeline: String,
+    /// The LSN the compute starts at: relation files as they were then.
+    #[arg(long, value_name = "X/Y")]
+    pub lsn: Lsn,
+    /// A read-only compute (pages are read at --lsn either way; hint-bit writes stay in the
+    /// overlay).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Written once the mount answers.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+    /// The LSN lease's time to live, renewed every third of it (0: no lease).
+    #[arg(long, default_value_t = 600)]
+    pub lease_ttl_secs: u64,
+    /// How long a read retries an unreachable pageserver before failing with EIO.
+    #[arg(long, default_value_t = 30)]
+    pub read_deadline_secs: u64,
+}
+
+fn check_id(name: &str, id: &str) -> Result<()> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("--{name} must be 32 hex characters, got {id:?}");
+    }
+    Ok(())
+}
+
+pub fn run(args: PagefsArgs) -> Result<()> {
+    check_id("tenant", &args.tenant)?;
+    check_id("timeline", &args.timeline)?;
+    if args.lsn == Lsn::INVALID {
+        bail!("--lsn must not be 0/0");
+    }
+    if args.read_deadline_secs == 0 {
+        bail!("--read-deadline-secs must be at least 1");
+    }
+    let source = Arc::new(
+        GrpcSource::new(&args.pageserver, &args.tenant, &args.timeline, args.lsn.0)
+            .context("starting the gRPC client")?,
+    );
+    let stop_lease = Arc::new(AtomicBool::new(false));
+    let lease = (args.lease_ttl_secs > 0).then(|| {
+        let (source, stop) = (source.clone(), stop_lease.clone());
+        let ttl = Duration::from_secs(args.lease_ttl_secs);
+        std::thread::spawn(move || keep_lease(source, ttl, stop))
+    });
+    let mut opts = Options::new(&args.local, &args.mount);
+    opts.read_deadline = Duration::from_secs(args.read_deadline_secs);
+    let mounted = super::mount(&opts, source).context("mounting the page filesystem")?;
+    if let Some(ready) = &args.ready_file {
+        write_ready_file(ready, &args)?;
+    }
+    tracing::info!(
+        "serving {} at {} ({})",
+        args.mount.display(),
+        args.lsn,
+        if args.read_only {
+            "read-only"
+        } else {
+            "read-write"
+        }
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal runtime")?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: unmounting"); break; }
+                _ = term.recv() => { tracing::info!("SIGTERM: unmounting"); break; }
+                _ = tick.tick() => if !mounted.is_serving() {
+                    tracing::info!("{} was unmounted", args.mount.display());
+                    break;
+                }
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    stop_lease.store(true, Ordering::SeqCst);
+    mounted.unmount(UNMOUNT_WAIT)?;
+    if let Some(lease) = lease {
+        let _ = lease.join();
+    }
+    Ok(())
+}
+
+fn write_ready_file(path: &std::path::Path, args: &PagefsArgs) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{}\n", args.mount.display()))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! The production page source: the pageserver's `ListRelations` and one `GetPages` stream with
+//! many requests in flight, reconnected when it breaks; and the LSN lease that keeps the
+//! compute's pages from garbage collection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::{Channel, Endpoint};
+use walproto::proto::pageserver as pb;
+use walproto::proto::pageserver::pageserver_client::PageserverClient;
+
+use super::names::{RelTag, RelationFork};
+use super::source::{PageSource, SourceError};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_MESSAGE: usize = 64 << 20;
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<pb::GetPagesResponse>>>>;
+
+/// One `GetPages` stream: requests go in through `tx`; a task hands responses to their waiters.
+struct PageStream {
+    tx: mpsc::Sender<pb::GetPagesRequest>,
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+}
+
+pub struct GrpcSource {
+    rt: tokio::runtime::Runtime,
+    url: String,
+    tenant: String,
+    timeline: String,
+    lsn: u64,
+    stream: tokio::sync::Mutex<Option<PageStream>>,
+    next_request: AtomicU64,
+}
+
+fn status_error(what: &str, s: &tonic::Status) -> SourceError {
+    code_error(what, s.code() as i32, s.message())
+}
+
+/// Unavailable, timed out, aborted and overloaded are worth retrying; the rest is final.
+fn code_error(what: &str, code: i32, message: &str) -> SourceError {
+    use tonic::Code;
+    let retry = [
+        Code::Unavailable,
+        Code::DeadlineExceeded,
+        Code::Aborted,
+        Code::ResourceExhausted,
+        Code::Cancelled,
+        Code::Unknown,
+    ];
+    let msg = format!("{what}: {} ({message})", Code::from_i32(code));
+    if retry.iter().any(|c| *c as i32 == code) {
+        SourceError::Unavailable(msg)
+    } else {
+        SourceError::Refused(msg)
+    }
+}
+
+impl GrpcSource {
+    /// A source for `tenant`/`timeline` at `lsn` on the pageserver at `addr` (`host:port`);
+    /// connects on first use.
+    pub fn new(addr: &str, tenant: &str, timeline: &str, lsn: u64) -> std::io::Result<GrpcSource> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("pagefs-grpc")
+            .enable_all()
+            .build()?;
+        Ok(GrpcSource {
+            rt,
+            url: format!("http://{addr}"),
+            tenant: tenant.to_string(),
+            timeline: timeline.to_string(),
+            lsn,
+            stream: tokio::sync::Mutex::new(None),
+            next_request: AtomicU64::new(1),
+        })
+    }
+
+    async fn client(&self) -> Result<PageserverClient<Channel>, SourceError> {
+        let endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| SourceError::Refused(format!("pageserver address {}: {e}", self.url)))?
+            .connect_timeout(CONNECT_TIMEOUT);
+        let channel = endpoint.connect().await.map_err(|e| {
+            SourceError::Unavailable(format!("connecting to the pageserver at {}: {e}", self.url))
+        })?;
+        Ok(PageserverClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    /// The live stream's sender and waiters, opening a new stream if there is none.
+    async fn stream(&self) -> Result<(mpsc::Sender<pb::GetPagesRequest>, Pending), SourceError> {
+        let mut slot = self.stream.lock().await;
+        if let Some(s) = slot.as_ref() {
+            if s.alive.load(Ordering::SeqCst) {
+                return Ok((s.tx.clone(), s.pending.clone()));
+            }
+        }
+        let mut client = self.client().await?;
+        let (tx, rx) = mpsc::channel::<pb::GetPagesRequest>(1024);
+        let mut responses = client
+            .get_pages(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| status_error("opening the GetPages stream", &s))?
+            .into_inner();
+        let pending: Pending = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let (task_pending, task_alive) = (pending.clone(), alive.clone());
+        self.rt.spawn(async move {
+            loop {
+                match responses.message().await {
+                    Ok(Some(resp)) => {
+                        let waiter = task_pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&resp.request_id);
+                        if let Some(w) = waiter {
+                            let _ = w.send(resp);
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::warn!("the pageserver ended the GetPages stream");
+                        break;
+                    }
+                    Err(s) => {
+                        tracing::warn!("the GetPages stream failed: {s}");
+                        break;
+                    }
+                }
+            }
+            task_alive.store(false, Ordering::SeqCst);
+            // Dropping the waiters' senders fails their requests: they retry on a new stream.
+            task_pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        });
+        *slot = Some(PageStream {
+            tx: tx.clone(),
+            pending: pending.clone(),
+            alive,
+        });
+        Ok((tx, pending))
+    }
+
+    async fn get_pages_async(
+        &self,
+        tag: RelTag,
+        first: u32,
+        count: u32,
+    ) -> Result<Vec<Vec<u8>>, SourceError> {
+        let (tx, pending) = self.stream().await?;
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (done_tx, done_rx) = oneshot::channel();
+        pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(request_id, done_tx);
+        let blocks = (first..first.saturating_add(count))
+            .map(|blkno| pb::RelBlock {
+                spc: tag.spc,
+                db: tag.db,
+                rel: tag.rel,
+                fork: tag.fork,
+                blkno,
+            })
+            .collect();
+        let request = pb::GetPagesRequest {
+            tenant_id: self.tenant.clone(),
+            timeline_id: self.timeline.clone(),
+            request_id,
+            lsn: self.lsn,
+            blocks,
+        };
+        let what = format!("GetPages {tag:?} blocks {first}..+{count}");
+        if tx.send(request).await.is_err() {
+            pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&request_id);
+            return Err(SourceError::Unavailable(format!(
+                "{what}: the stream is closed"
+            )));
+        }
+        let resp = done_rx
+            .await
+            .map_err(|_| SourceError::Unavailable(format!("{what}: the stream broke")))?;
+        if let Some(e) = resp.error {
+            return Err(code_error(&what, e.code, &e.message));
+        }
+        Ok(resp.pages)
+    }
+
+    /// Takes (or renews) a lease on the LSN for `ttl`.
+    pub fn create_lease(&self, ttl: Duration) -> Result<pb::LeaseResponse, SourceError> {
+        self.rt.block_on(async {
+            let mut client = self.client().await?;
+            let req = pb::CreateLeaseRequest {
+                tenant_id: self.tenant.clone(),
+                timeline_id: self.timeline.clone(),
+                lsn: self.lsn,
+                ttl_seconds: ttl.as_secs(),
+            };
+            tokio::time::timeout(CONNECT_TIMEOUT * 5, client.create_lease(req))
+                .await
+                .map_err(|_| SourceError::Unavailable("CreateLease timed out".into()))?
+                .map(|r| r.into_inner())
+                .map_err(|s| status_error("CreateLease", &s))
+        })
+    }
+}
+
+impl PageSource for GrpcSource {
+    fn list_relations(&self, deadline: Instant) -> Result<Vec<RelationFork>, SourceError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.rt.block_on(async {
+            let call = async {
+                let mut client = self.client().await?;
+                let req = pb::ListRelationsRequest {
+                    tenant_id: self.tenant.clone(),
+                    timeline_id: self.timeline.clone(),
+                    lsn: self.lsn,
+                };
+                client
+                    .list_relations(req)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| status_error("ListRelations", &s))
+            };
+            let resp = tokio::time::timeout(left, call)
+                .await
+                .map_err(|_| SourceError::Unavailable("ListRelations timed out".into()))??;
+            Ok(resp
+                .files
+                .into_iter()
+                .map(|f| RelationFork {
+                    tag: RelTag {
+                        spc: f.spc,
+                        db: f.db,
+                        rel: f.rel,
+                        fork: f.fork,
+                    },
+                    nblocks: f.nblocks,
+                    source_fork: f.source_fork,
+                })
+                .collect())
+        })
+    }
+
+    fn get_pages(
+        &self,
+        tag: RelTag,
+        first: u32,
+        count: u32,
+        deadline: Instant,
+    ) -> Result<Vec<Vec<u8>>, SourceError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.rt.block_on(async {
+            tokio::time::timeout(left, self.get_pages_async(tag, first, count))
+                .await
+                .map_err(|_| SourceError::Unavailable("GetPages timed out".into()))?
+        })
+    }
+}
+
+/// Renews the lease every third of `ttl` until `stop` is set; a failure is logged loudly and
+/// retried at the next turn.
+pub fn keep_lease(source: Arc<GrpcSource>, ttl: Duration, stop: Arc<AtomicBool>) {
+    let period = (ttl / 3).max(Duration::from_secs(1));
+    let mut next = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        if Instant::now() >= next {
+            match source.create_lease(ttl) {
+                Ok(lease) => tracing::debug!(
+                    "lease on {} until unix ms {}",
+                    walproto::Lsn(lease.lsn),
+                    lease.expires_unix_ms
+                ),
+                Err(e) => tracing::error!(
+                    "LEASE RENEWAL FAILED for {}: {e}; garbage collection may remove pages \
+                     this compute reads once the lease expires",
+                    walproto::Lsn(source.lsn)
+                ),
+            }
+            next = Instant::now() + period;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
