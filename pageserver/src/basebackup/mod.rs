@@ -28,6 +28,11 @@
 //!   branch's tablespace into an in-place one. Every tablespace the WAL created and did not
 //!   drop gets its link and directory, even while it holds no relation.
 //!
+//! Slim: with [`BasebackupOptions::without_relation_files`] every relation file
+//! ([`relfiles`]) is left out and no relation page is read; a lazy compute's page filesystem
+//! serves those files (ListRelations and GetPages, which read pages with [`pages::page_at`],
+//! the code that writes them here).
+//!
 //! Modes: [`Mode::ReadWrite`] starts a primary that writes WAL after the checkpoint on the
 //! same Postgres timeline ID (1 by default): a Strata branch is a Strata timeline, the
 //! compute's Postgres never changes its own timeline ID and the walproposer streams from
@@ -43,6 +48,7 @@
 
 pub mod checksum;
 pub mod pages;
+pub mod relfiles;
 pub mod sink;
 pub mod wal;
 
@@ -51,8 +57,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use layer_format::Lsn;
-use walproto::consts::{BLCKSZ, INIT_FORKNUM, MAIN_FORKNUM};
-use walproto::record::RelFileNode;
+use walproto::consts::{BLCKSZ, MAIN_FORKNUM};
 use walproto::rmgr::xlog::CheckPoint;
 use walproto::walfiles::{WalDirReader, WalReadError};
 
@@ -64,7 +69,6 @@ use crate::ingest::nonpage::read::{
 };
 use crate::ingest::nonpage::slru::KINDS;
 use crate::ingest::nonpage::{commit_ts, origins};
-use crate::ingest::reldir::RelDirectory;
 use crate::timeline::{ReadStats, Timeline, TimelineError};
 use sink::{DirSink, Sink, TarSink};
 
@@ -100,6 +104,10 @@ pub struct BasebackupOptions {
     pub pg_timeline: u32,
     /// Threads reconstructing a relation's pages at once (1: the calling thread only).
     pub threads: usize,
+    /// A slim basebackup: every file but the relation files ([`relfiles`]), which a lazy
+    /// compute's page filesystem serves (their directories, `PG_VERSION` and
+    /// `pg_filenode.map` are still written). No relation page is read.
+    pub without_relation_files: bool,
 }
 
 impl BasebackupOptions {
@@ -110,6 +118,7 @@ impl BasebackupOptions {
             mode,
             pg_timeline: 1,
             threads: pages::default_threads(),
+            without_relation_files: false,
         }
     }
 }
@@ -342,7 +351,7 @@ pub fn basebackup(
         .ok_or_else(|| missing("no checkpoint counters at this LSN"))?;
     let global_map = relmap_at(tl, GLOBAL_TABLESPACE, 0, lsn)?
         .ok_or_else(|| missing("no global relmapper file"))?;
-    let dir = RelDirectory::load(tl, lsn)?;
+    let rel_files = relfiles::relation_files_at(tl, lsn)?;
     let cts = commit_ts::state_at(tl, lsn)?;
     let origins = origins::origins_at(tl, lsn)?;
     let tablespaces = crate::ingest::nonpage::NonPageState::load_tablespaces(tl, lsn)?;
@@ -387,8 +396,7 @@ pub fn basebackup(
         out.dir(d)?;
     }
     let catver = control.catalog_version();
-    let forks = dir.all_forks();
-    let dbs: BTreeSet<(u32, u32)> = forks.iter().map(|(r, _, _)| (r.spc, r.db)).collect();
+    let dbs = relfiles::database_dirs(&rel_files);
     let mut spcs = BTreeSet::new();
     let user_spcs = tablespaces.iter().copied().chain(dbs.iter().map(|d| d.0));
     for spc in user_spcs {
@@ -442,17 +450,17 @@ pub fn basebackup(
         checksums: control.data_checksums(),
         threads: opts.threads.max(1),
     };
-    for &(rel, fork, n) in &forks {
-        let unlogged = dir.size(rel, INIT_FORKNUM).is_some();
-        if unlogged && fork != INIT_FORKNUM {
-            continue;
+    let written_files = if opts.without_relation_files {
+        &[][..]
+    } else {
+        &rel_files[..]
+    };
+    for f in written_files {
+        write_fork(&mut out, &reader, catver, f)?;
+        // The copy of an unlogged relation's init fork is not a fork of its own.
+        if f.fork == f.source_fork {
+            out.rep.forks += 1;
         }
-        write_fork(&mut out, &reader, catver, rel, fork, fork, n)?;
-        if unlogged {
-            // As ResetUnloggedRelations after a crash: the main fork is the init fork.
-            write_fork(&mut out, &reader, catver, rel, fork, MAIN_FORKNUM, n)?;
-        }
-        out.rep.forks += 1;
     }
 
     for kind in KINDS {
@@ -536,30 +544,32 @@ fn reads_since(before: &ReadStats, after: &ReadStats) -> ReadStats {
     ReadStats { hist }
 }
 
-/// Writes one fork's pages (read as `src_fork`) as the segment files of `dst_fork`.
+/// Writes one relation file's pages (read as its source fork) as its segment files.
 fn write_fork(
     out: &mut Out<'_>,
     reader: &pages::PageReader<'_>,
     catver: u32,
-    rel: RelFileNode,
-    src_fork: u8,
-    dst_fork: u8,
-    nblocks: u32,
+    file: &relfiles::RelationFile,
 ) -> Result<(), BasebackupError> {
+    let rel = file.rel;
     let dir = db_path(rel.spc, rel.db, catver);
-    let n = nblocks as u64;
+    let n = file.nblocks as u64;
     let segs = n.div_ceil(RELSEG_SIZE).max(1);
     for seg in 0..segs {
         let first = seg * RELSEG_SIZE;
         let count = (n - first.min(n)).min(RELSEG_SIZE);
-        let path = fork_file(&dir, rel.rel, dst_fork, seg);
+        let path = fork_file(&dir, rel.rel, file.fork, seg);
         out.sink
             .begin_file(&path, count * BLCKSZ as u64)
             .map_err(Out::err(&path))?;
         let sink = &mut *out.sink;
-        reader.read_range(rel, src_fork, first as u32, count as u32, &mut |pages| {
-            sink.write(pages).map_err(Out::err(&path))
-        })?;
+        reader.read_range(
+            rel,
+            file.source_fork,
+            first as u32,
+            count as u32,
+            &mut |pages| sink.write(pages).map_err(Out::err(&path)),
+        )?;
         out.sink.end_file().map_err(Out::err(&path))?;
         out.rep.files += 1;
         out.rep.bytes += count * BLCKSZ as u64;

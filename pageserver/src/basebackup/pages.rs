@@ -15,8 +15,8 @@ use walproto::consts::BLCKSZ;
 use walproto::record::RelFileNode;
 
 use super::{checksum, BasebackupError};
-use crate::redo::page;
-use crate::timeline::Timeline;
+use crate::redo::{page, Page};
+use crate::timeline::{Timeline, TimelineError};
 
 /// Blocks per batch (1 MiB of pages).
 const BATCH: u32 = 128;
@@ -142,16 +142,30 @@ impl PageReader<'_> {
         out: &mut Vec<u8>,
     ) -> Result<(), BasebackupError> {
         for blk in first..first + n {
-            match self.tl.get_page(Key::rel_block(rel, fork, blk), self.lsn)? {
-                Some(mut p) => {
-                    if self.checksums && !page::is_new(&p) {
-                        checksum::set_page_checksum(&mut p, blk);
-                    }
-                    out.extend_from_slice(&p[..]);
-                }
-                None => out.resize(out.len() + BLCKSZ, 0),
-            }
+            out.extend_from_slice(&page_at(self.tl, self.lsn, self.checksums, rel, fork, blk)?[..]);
         }
         Ok(())
+    }
+}
+
+/// Block `blk` of `(rel, fork)` as a data directory at `lsn` holds it: the page with its
+/// checksum set when the cluster has `checksums` (a new, all-zero page has none), or zeros for
+/// a block without history.
+pub fn page_at(
+    tl: &Timeline,
+    lsn: Lsn,
+    checksums: bool,
+    rel: RelFileNode,
+    fork: u8,
+    blk: u32,
+) -> Result<Box<Page>, TimelineError> {
+    match tl.get_page(Key::rel_block(rel, fork, blk), lsn)? {
+        Some(mut p) => {
+            if checksums && !page::is_new(&p) {
+                checksum::set_page_checksum(&mut p, blk);
+            }
+            Ok(p)
+        }
+        None => Ok(Box::new([0u8; BLCKSZ])),
     }
 }

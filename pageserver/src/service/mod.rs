@@ -1,12 +1,14 @@
 //! The `strata.pageserver.v1.Pageserver` gRPC service (`walproto/proto/pageserver.proto`):
 //! tenants, timelines, branches, LSN for a time, restore points, compaction, GetPage, the
 //! other reads at an LSN ([`reads`]: relation size and existence, database size, SLRU
-//! segments), basebackup and GC (on request, and periodically: [`background`]), over the
+//! segments), basebackup (full or slim) and the lazy compute's reads ([`pages`]: ListRelations,
+//! GetPages) and GC (on request, and periodically: [`background`]), over the
 //! [`TenantManager`]. Every request's disk work runs on tokio's blocking pool; errors become
 //! statuses whose message says what is possible ([`convert::to_status`]).
 
 pub mod background;
 pub mod convert;
+pub mod pages;
 pub mod reads;
 
 use std::path::PathBuf;
@@ -516,6 +518,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
             },
         );
         opts.prev_lsn = (r.prev_lsn != 0).then_some(Lsn(r.prev_lsn));
+        opts.without_relation_files = r.without_relation_files;
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::task::spawn_blocking(move || {
             let mut out = ChunkWriter {
@@ -722,17 +725,21 @@ impl pb::pageserver_server::Pageserver for PageserverService {
 
     async fn list_relations(
         &self,
-        _req: Request<pb::ListRelationsRequest>,
+        req: Request<pb::ListRelationsRequest>,
     ) -> Result<Response<pb::ListRelationsResponse>, Status> {
-        Err(Status::unimplemented("ListRelations is not built yet"))
+        let r = req.into_inner();
+        let h = self.handle(r.tenant_id, r.timeline_id).await?;
+        let list = blocking(move || pages::list_relations(&h, r.lsn)).await?;
+        Ok(Response::new(list))
     }
 
     type GetPagesStream = GetPagesStream;
 
     async fn get_pages(
         &self,
-        _req: Request<tonic::Streaming<pb::GetPagesRequest>>,
+        req: Request<tonic::Streaming<pb::GetPagesRequest>>,
     ) -> Result<Response<Self::GetPagesStream>, Status> {
-        Err(Status::unimplemented("GetPages is not built yet"))
+        let answers = pages::serve(self.manager.clone(), req.into_inner());
+        Ok(Response::new(Box::pin(answers)))
     }
 }
