@@ -118,25 +118,7 @@ fn run(a: Args) -> Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     eprintln!("scratch directory: {}", work.display());
 
-    let mut results = Vec::new();
-    let mut outcome = Ok(());
-    for (i, &scale) in a.scales.iter().enumerate() {
-        let last = i + 1 == a.scales.len();
-        match one_scale(&a, &progs, &starter, &cond, &kinds, scale, &work, last) {
-            Ok(r) => results.push(r),
-            Err(e) => {
-                outcome = Err(e.context(format!("at scale {scale}")));
-                break;
-            }
-        }
-    }
-    if a.keep {
-        eprintln!("kept: {}", work.display());
-        if let Some(t) = tmp {
-            let _ = t.keep();
-        }
-    }
-    let info = RunInfo {
+    let mut info = RunInfo {
         date: utc_now(),
         command,
         machine: machine::describe(),
@@ -156,7 +138,33 @@ fn run(a: Args) -> Result<()> {
         rw_secs: a.rw_secs,
         clients: a.clients,
     };
+    let mut results = Vec::new();
+    let mut outcome = Ok(());
+    for (i, &scale) in a.scales.iter().enumerate() {
+        let last = i + 1 == a.scales.len();
+        match one_scale(&a, &progs, &starter, &cond, &kinds, scale, &work, last) {
+            Ok(r) => {
+                results.push(r);
+                // The report so far, in case a later scale fails or the run is cut short.
+                if !last {
+                    info.date = utc_now();
+                    eprintln!("\nreport so far:\n{}", report::render(&info, &results));
+                }
+            }
+            Err(e) => {
+                outcome = Err(e.context(format!("at scale {scale}")));
+                break;
+            }
+        }
+    }
+    if a.keep {
+        eprintln!("kept: {}", work.display());
+        if let Some(t) = tmp {
+            let _ = t.keep();
+        }
+    }
     // What was measured is printed even when a later scale failed.
+    info.date = utc_now();
     if !results.is_empty() {
         println!();
         print!("{}", report::render(&info, &results));
