@@ -3,35 +3,14 @@
 //! answers must equal main's (the tool exits non-zero otherwise). Timing is printed, never
 //! asserted. Needs the strata binaries (`cargo build --bins`) and PostgreSQL 15.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
 
 #[test]
 fn branch_and_pitr_agree_at_two_points() {
-    let target_dir = PathBuf::from(env!("CARGO_BIN_EXE_branch_vs_pitr"))
-        .parent()
-        .expect("the binary has a directory")
-        .to_path_buf();
-    let strata = target_dir.join("strata");
-    assert!(
-        strata.exists(),
-        "{} is missing: build the binaries first (cargo build --bins)",
-        strata.display()
+    let stdout = support::run_bench(
+        env!("CARGO_BIN_EXE_branch_vs_pitr"),
+        &["--scale", "1", "--multiples", "1,3", "--chunk-secs", "2"],
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_branch_vs_pitr"))
-        .args(["--scale", "1", "--multiples", "1,3", "--chunk-secs", "2"])
-        .arg("--strata-bin")
-        .arg(&strata)
-        .output()
-        .expect("running branch_vs_pitr");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "branch_vs_pitr failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    println!("{stdout}");
     // One table line per point in time, each with the answer both sides gave.
     let rows: Vec<&str> = stdout
         .lines()

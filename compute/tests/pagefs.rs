@@ -359,6 +359,9 @@ mod fake_pageserver {
         type GetPagesStream = BoxStream<pb::GetPagesResponse>;
 
         unimplemented_rpcs! {
+            delete_tenant(DeleteTenantRequest) -> DeleteTenantResponse;
+            list_leases(TimelineRequest) -> ListLeasesResponse;
+            revoke_lease(RevokeLeaseRequest) -> ListLeasesResponse;
             create_tenant(CreateTenantRequest) -> TenantInfo;
             list_tenants(ListTenantsRequest) -> ListTenantsResponse;
             import_timeline(ImportTimelineRequest) -> TimelineInfo;

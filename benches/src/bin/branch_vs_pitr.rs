@@ -22,14 +22,15 @@
 //! `cargo build --release --bins && target/release/branch_vs_pitr --scale 5`
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, ValueEnum};
 use strata_benches::branch_bench::pgprog::{backup_start_lsn, PgProgs, Server};
 use strata_benches::branch_bench::report::{self, mib, Row};
-use strata_benches::branch_bench::{pitr, strata_cli::StrataCli};
+use strata_benches::branch_bench::tool_args::ToolArgs;
+use strata_benches::branch_bench::{machine, pitr, step, strata_cli::StrataCli};
 use walproto::Lsn;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -68,14 +69,8 @@ struct Args {
     /// The workload runs in pgbench runs of at most this many seconds between WAL checks.
     #[arg(long, default_value_t = 5)]
     chunk_secs: u32,
-    /// The strata binary (default: the one next to this program).
-    #[arg(long)]
-    strata_bin: Option<PathBuf>,
-    #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
-    pg_bin: PathBuf,
-    /// Scratch directory (default: a new one in /tmp, removed at the end).
-    #[arg(long)]
-    work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    tool: ToolArgs,
     /// Leave the Strata cluster running and the scratch directory in place.
     #[arg(long)]
     keep: bool,
@@ -112,23 +107,12 @@ fn run(a: Args) -> Result<()> {
     );
     let mut multiples = a.multiples.clone();
     multiples.sort_by(f64::total_cmp);
-    let progs = PgProgs::new(&a.pg_bin)?;
-    let (work, tmp) = match &a.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            (d.clone(), None)
-        }
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("branch-vs-pitr-")
-                .tempdir_in("/tmp")?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
+    let progs = PgProgs::new(&a.tool.pg_bin)?;
+    let (work, tmp) = machine::scratch_dir(a.tool.work_dir.as_deref(), "branch-vs-pitr-")?;
     // Postgres (the postgres user when we are root) must reach into it.
     std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755))?;
     progs.give(&work)?;
-    let strata = StrataCli::new(a.strata_bin.clone(), &work.join("strata"))?;
+    let strata = StrataCli::new(a.tool.strata_bin.clone(), &work.join("strata"))?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     eprintln!("scratch directory: {}", work.display());
 
@@ -152,15 +136,6 @@ fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// Times one step, printing it on stderr.
-fn step<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    eprintln!("… {what}");
-    let t0 = Instant::now();
-    let r = f().with_context(|| what.to_string())?;
-    eprintln!("  {what}: {:.2} s", t0.elapsed().as_secs_f64());
-    Ok(r)
-}
-
 /// A point in time on main.
 struct Mark {
     multiple: f64,
@@ -179,7 +154,7 @@ fn bench(
 ) -> Result<(u64, Vec<Row>)> {
     let dir = strata.dir.display().to_string();
     step("strata init", || {
-        strata.run(&["init", "--pg-bin", &a.pg_bin.display().to_string()])
+        strata.run(&["init", "--pg-bin", &a.tool.pg_bin.display().to_string()])
     })?;
     step("strata start", || strata.run(&["start"]))?;
     step("strata tenant create", || {
@@ -255,7 +230,7 @@ fn bench(
             if since >= goal {
                 break;
             }
-            check_free_space(work, a.min_free_gb)?;
+            machine::check_free_space(work, a.min_free_gb)?;
             let secs = match rate {
                 Some(r) if r > 0.0 => ((goal - since) as f64 / r).ceil() as u32,
                 _ => 1,
@@ -274,16 +249,7 @@ fn bench(
 
     // Strata has ingested WAL all along; let it finish before the clock starts.
     step("wait until the pageserver has all of main's WAL", || {
-        for attempt in 1.. {
-            match strata.branch_create(TENANT, "caught-up", "main", None) {
-                Ok(l) => return Ok(l),
-                Err(e) if attempt < 20 && format!("{e:#}").contains("still behind") => {
-                    eprintln!("  still ingesting: {e:#}")
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        unreachable!()
+        strata.wait_caught_up(TENANT, "main", "caught-up")
     })?;
 
     let mut rows = Vec::new();
@@ -424,28 +390,4 @@ fn measure(
         strata_breakdown: breakdown,
         strata_query_secs: query_secs,
     })
-}
-
-/// Fails when the file system holding `dir` has less than `min_gb` GB free (`df`).
-fn check_free_space(dir: &Path, min_gb: u64) -> Result<()> {
-    let out = std::process::Command::new("df")
-        .args(["--output=avail", "-B1"])
-        .arg(dir)
-        .output()
-        .context("running df")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let avail: u64 = text
-        .lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .with_context(|| format!("df printed {text:?}"))?;
-    if avail < min_gb << 30 {
-        bail!(
-            "only {:.1} GB free under {} (--min-free-gb {min_gb}): stopping the workload; use a \
-             smaller --scale or fewer --multiples",
-            avail as f64 / (1u64 << 30) as f64,
-            dir.display()
-        );
-    }
-    Ok(())
 }

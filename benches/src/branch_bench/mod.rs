@@ -7,8 +7,25 @@
 //! - [`strata_cli`]: the `strata` binary, driven through its CLI with `--json`.
 //! - [`pitr`]: Postgres's own PITR from a base backup and a directory of WAL segments.
 //! - [`report`]: the result table.
+//! - [`machine`]: free space, cores, load, and dropping the OS page cache.
+//! - [`tool_args`]: the options every benchmark program has.
 
+pub mod machine;
 pub mod pgprog;
 pub mod pitr;
 pub mod report;
 pub mod strata_cli;
+pub mod tool_args;
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+/// Runs one step of a benchmark, printing its name and its time on stderr.
+pub fn step<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    eprintln!("… {what}");
+    let t0 = Instant::now();
+    let r = f().with_context(|| what.to_string())?;
+    eprintln!("  {what}: {:.2} s", t0.elapsed().as_secs_f64());
+    Ok(r)
+}

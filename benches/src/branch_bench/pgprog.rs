@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use strata_tests::os_user::{self, RunAs};
@@ -84,23 +85,38 @@ impl Server {
 
     /// One SQL command through `psql -X -At`; the output without the trailing newline.
     pub fn sql(&self, sql: &str) -> Result<String> {
-        let mut args = self.conn_args();
-        args.extend(
-            [
-                "-X",
-                "-q",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ]
-            .map(String::from),
-        );
+        let args = self.psql_args(&[sql]);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         Ok(self.progs.run("psql", &refs)?.trim_end().to_string())
+    }
+
+    /// One SQL command on a new connection, timed: the whole psql run (start, connection,
+    /// query) by our clock, and the query alone by psql's `\timing`.
+    pub fn sql_timed(&self, sql: &str) -> Result<TimedSql> {
+        let args = self.psql_args(&["\\timing on", sql]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let t0 = Instant::now();
+        let out = self.progs.run("psql", &refs)?;
+        let wall = t0.elapsed();
+        let (output, query_ms) = split_timing(&out)?;
+        Ok(TimedSql {
+            output,
+            wall,
+            query_ms,
+        })
+    }
+
+    /// `psql` arguments running `commands` in order (`-c` each) on database postgres.
+    fn psql_args(&self, commands: &[&str]) -> Vec<String> {
+        let mut args = self.conn_args();
+        args.extend(
+            ["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", "postgres"].map(String::from),
+        );
+        for c in commands {
+            args.push("-c".into());
+            args.push(c.to_string());
+        }
+        args
     }
 
     pub fn lsn(&self, sql: &str) -> Result<Lsn> {
@@ -128,6 +144,63 @@ impl Server {
         self.progs.run("pg_basebackup", &refs)?;
         Ok(())
     }
+}
+
+/// A query's answer and how long it took.
+#[derive(Clone, Debug)]
+pub struct TimedSql {
+    /// What psql printed, without the timing line and the trailing newline.
+    pub output: String,
+    /// From starting psql to its exit: process start, connection (a new backend), query.
+    pub wall: Duration,
+    /// The query alone as psql's `\timing` measured it (sent to result received).
+    pub query_ms: f64,
+}
+
+/// Splits psql's output into the query's rows and its `Time: 1.234 ms` line (the last one).
+pub fn split_timing(out: &str) -> Result<(String, f64)> {
+    let mut rows = Vec::new();
+    let mut ms = None;
+    for line in out.lines() {
+        match line.strip_prefix("Time: ") {
+            Some(t) => {
+                let num = t.split_whitespace().next().unwrap_or_default();
+                ms = Some(
+                    num.parse::<f64>()
+                        .map_err(|e| anyhow::anyhow!("psql printed {line:?}: {e}"))?,
+                );
+            }
+            None => rows.push(line),
+        }
+    }
+    let ms = ms.with_context(|| format!("psql printed no Time: line: {out:?}"))?;
+    Ok((rows.join("\n"), ms))
+}
+
+/// What one pgbench run reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PgbenchResult {
+    /// `tps = … (without initial connection time)`.
+    pub tps: f64,
+    /// `number of transactions actually processed: N`.
+    pub transactions: u64,
+}
+
+/// Reads pgbench's summary.
+pub fn parse_pgbench(out: &str) -> Result<PgbenchResult> {
+    let tps = out
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("pgbench printed no tps line: {out}"))?;
+    let transactions = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|l| l.split(['/', ' ']).next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("pgbench printed no transaction count: {out}"))?;
+    Ok(PgbenchResult { tps, transactions })
 }
 
 /// The backup's start LSN, from the `START WAL LOCATION: 0/2000028 (file …)` line of its
@@ -162,5 +235,31 @@ mod tests {
         assert_eq!(parse_backup_label(t).unwrap(), Lsn(0x5000028));
         assert!(parse_backup_label("CHECKPOINT LOCATION: 0/5000060\n").is_err());
         assert!(parse_backup_label("START WAL LOCATION: nonsense (file x)\n").is_err());
+    }
+
+    #[test]
+    fn splits_psql_timing() {
+        let (rows, ms) = split_timing("42\nTime: 0.512 ms\n").unwrap();
+        assert_eq!((rows.as_str(), ms), ("42", 0.512));
+        let (rows, ms) = split_timing("3000000|17\nTime: 1523.250 ms (00:01.523)\n").unwrap();
+        assert_eq!((rows.as_str(), ms), ("3000000|17", 1523.25));
+        assert!(split_timing("42\n").is_err());
+    }
+
+    #[test]
+    fn reads_pgbench_summary() {
+        let out = "transaction type: <builtin: select only>\nscaling factor: 10\n\
+                   number of transactions actually processed: 81234\n\
+                   latency average = 0.246 ms\n\
+                   initial connection time = 3.117 ms\n\
+                   tps = 8123.456789 (without initial connection time)\n";
+        assert_eq!(
+            parse_pgbench(out).unwrap(),
+            PgbenchResult {
+                tps: 8123.456789,
+                transactions: 81234
+            }
+        );
+        assert!(parse_pgbench("nothing").is_err());
     }
 }

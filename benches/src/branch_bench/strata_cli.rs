@@ -3,8 +3,33 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+/// What `strata compute start` is asked for.
+#[derive(Clone, Debug, Default)]
+pub struct ComputeStart<'a> {
+    pub tenant: &'a str,
+    pub branch: &'a str,
+    /// `--at`: a read-only compute at this past point.
+    pub at: Option<&'a str>,
+    /// `--name`.
+    pub name: Option<&'a str>,
+    /// `--full-copy`: the whole database copied before Postgres starts.
+    pub full_copy: bool,
+}
+
+/// A compute `strata compute start` started.
+#[derive(Clone, Debug)]
+pub struct Started {
+    pub port: u16,
+    /// Its `compute start breakdown: …` line (empty when it printed none).
+    pub breakdown: String,
+}
+
+/// How long the pageserver may take to ingest what is committed before a measurement.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub struct StrataCli {
     pub bin: PathBuf,
@@ -85,7 +110,26 @@ impl StrataCli {
     /// `strata compute start BRANCH --tenant T`: the compute's port and the breakdown of its
     /// time it printed (`compute start breakdown: …` on stderr; empty if none).
     pub fn compute_start_timed(&self, tenant: &str, branch: &str) -> Result<(u16, String)> {
-        let args = ["compute", "start", branch, "--tenant", tenant];
+        let s = self.compute_start_with(&ComputeStart {
+            tenant,
+            branch,
+            ..ComputeStart::default()
+        })?;
+        Ok((s.port, s.breakdown))
+    }
+
+    /// `strata compute start` with the options of `req`.
+    pub fn compute_start_with(&self, req: &ComputeStart) -> Result<Started> {
+        let mut args = vec!["compute", "start", req.branch, "--tenant", req.tenant];
+        if let Some(at) = req.at {
+            args.extend(["--at", at]);
+        }
+        if let Some(name) = req.name {
+            args.extend(["--name", name]);
+        }
+        if req.full_copy {
+            args.push("--full-copy");
+        }
         let (text, err) = self.exec_both(true, &args)?;
         let v: serde_json::Value = serde_json::from_str(text.trim())
             .with_context(|| format!("strata {} printed no JSON: {text}", args.join(" ")))?;
@@ -99,7 +143,23 @@ impl StrataCli {
             .and_then(|p| p.as_u64())
             .with_context(|| format!("strata compute start printed no port: {v}"))?;
         let port = u16::try_from(port).with_context(|| format!("port {port} out of range"))?;
-        Ok((port, breakdown))
+        Ok(Started { port, breakdown })
+    }
+
+    /// `strata compute stop NAME`.
+    pub fn compute_stop(&self, name: &str) -> Result<()> {
+        self.run(&["compute", "stop", name]).map(drop)
+    }
+
+    /// Whether `strata <subcommand…> --help` lists `flag` (e.g. `--full-copy`: this strata
+    /// has lazy computes).
+    pub fn has_flag(&self, subcommand: &[&str], flag: &str) -> Result<bool> {
+        let mut args = subcommand.to_vec();
+        args.push("--help");
+        let help = self.exec(false, &args)?;
+        Ok(help
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .any(|w| w == flag))
     }
 
     /// `strata branch create NAME --from PARENT --at AT --tenant T`: the branch's LSN.
@@ -119,5 +179,26 @@ impl StrataCli {
             .and_then(|l| l.as_str())
             .map(str::to_string)
             .with_context(|| format!("strata branch create printed no lsn: {v}"))
+    }
+
+    /// Waits until the pageserver has all of `branch`'s committed WAL: creating a branch
+    /// (`probe`) at its latest state succeeds only then ("still behind" otherwise); gives up
+    /// after a few minutes.
+    pub fn wait_caught_up(&self, tenant: &str, branch: &str, probe: &str) -> Result<String> {
+        let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+        loop {
+            match self.branch_create(tenant, probe, branch, None) {
+                Ok(lsn) => return Ok(lsn),
+                Err(e) if Instant::now() < deadline && format!("{e:#}").contains("still behind") => {
+                    eprintln!("  still ingesting: {e:#}");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("waiting {CATCH_UP_TIMEOUT:?} for the pageserver to have all of {branch}'s WAL")
+                    })
+                }
+            }
+        }
     }
 }
