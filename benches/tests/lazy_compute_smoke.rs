@@ -35,9 +35,10 @@ fn every_kind_starts_at_t_and_answers_like_main() {
         .lines()
         .find(|l| l.starts_with("| 1 |"))
         .unwrap_or_else(|| panic!("no start row for scale 1:\n{stdout}"));
+    // The text before the row's first `|` is cell 0:
+    // "" | scale | DB | lazy start | lazy q | full start | full q | PITR start | PITR q | totals |
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-    // | scale | DB | lazy start | lazy q | full start | full q | PITR start | PITR q | totals |
-    for (kind, col) in [("full", 4), ("pitr", 6)] {
+    for (kind, col) in [("full", 5), ("pitr", 7)] {
         assert!(
             cells[col].parse::<f64>().is_ok_and(|s| s > 0.0),
             "{kind}'s start time in {row:?}"

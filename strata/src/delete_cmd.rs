@@ -36,16 +36,29 @@ pub struct TenantDeleteArgs {
     pub force: bool,
 }
 
-/// Unexpired leases of `timelines` as "branch at LSN" texts.
+/// Unexpired leases of `timelines` as "branch at LSN" texts. A lazy compute's page filesystem
+/// leases its start LSN while it runs; such a lease is the compute's (stopped before the
+/// delete), not a user's, and does not refuse the deletion.
 fn leases_of(
+    dir: &Path,
     ps: &mut Pageserver,
     tenant_id: &str,
     timelines: &[(String, String)],
 ) -> Result<Vec<String>> {
+    let computes = ComputeRecord::list(dir)?;
+    let held_by_a_compute = |tl: &str, lsn: u64| {
+        computes.iter().any(|c| {
+            c.lazy
+                && c.timeline_id == tl
+                && c.lsn.parse::<walproto::Lsn>().ok().map(|l| l.0) == Some(lsn)
+        })
+    };
     let mut held = Vec::new();
     for (branch, tl) in timelines {
         for l in ps.list_leases(tenant_id, tl)? {
-            held.push(format!("{branch} at {}", pg_lsn(l.lsn)));
+            if !held_by_a_compute(tl, l.lsn) {
+                held.push(format!("{branch} at {}", pg_lsn(l.lsn)));
+            }
         }
     }
     Ok(held)
@@ -113,7 +126,7 @@ pub fn branch_delete(dir: &Path, a: BranchDeleteArgs, out: &Output) -> Result<()
         );
     }
     let this = [(a.name.clone(), timeline.clone())];
-    let held = leases_of(&mut ps, &tenant_id, &this)?;
+    let held = leases_of(dir, &mut ps, &tenant_id, &this)?;
     refuse_leases(&format!("branch {}", a.name), &held, a.force)?;
     let computes = remove_computes(dir, &cfg, &tenant_id, Some(&this), out)?;
     ps.delete_timeline(&tenant_id, &timeline)?;
@@ -143,7 +156,7 @@ pub fn tenant_delete(dir: &Path, a: TenantDeleteArgs, out: &Output) -> Result<()
         .map(|b| b.iter().map(|(n, id)| (n.clone(), id.clone())).collect())
         .unwrap_or_default();
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
-    let held = leases_of(&mut ps, &tenant_id, &branches)?;
+    let held = leases_of(dir, &mut ps, &tenant_id, &branches)?;
     refuse_leases(&format!("tenant {tenant}"), &held, a.force)?;
     let computes = remove_computes(dir, &cfg, &tenant_id, None, out)?;
     out.step(&format!(
