@@ -7,8 +7,8 @@
 #     Debian system cluster is kept from running.
 #   - fuse3 (fusermount3), which the lazy compute's page filesystem mounts with.
 #   - With STRATA_SETUP_S3=1: s3s-fs, a local S3 server for the object-storage tests.
-#   - With STRATA_SETUP_REGRESS=1: postgresql-server-dev-15 (pg_regress and the server headers
-#     that scripts/regress-redo.sh needs to run PostgreSQL's regression suite).
+#   - postgresql-server-dev-15: the server headers (a test compiles a small C extension) and
+#     pg_regress (scripts/regress-redo.sh runs PostgreSQL's regression suite with it).
 # Prints what it did. Run as root or as a user with sudo.
 set -euo pipefail
 
@@ -127,13 +127,13 @@ install_test_tools
 install_postgres
 install_fuse
 stop_system_cluster
-if [ "${STRATA_SETUP_REGRESS:-0}" = "1" ]; then
-    if [ -x /usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress ] \
-        && [ -f "$(pg_config --includedir-server 2>/dev/null)/postgres.h" ]; then
-        say "postgresql-server-dev-15 already installed"
-    else
-        apt_install postgresql-server-dev-15
-    fi
+# The server headers: tests/tests/cli_lifecycle.rs compiles a small C extension (a custom
+# resource manager's record), and scripts/regress-redo.sh needs pg_regress.
+if [ -x /usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress ] \
+    && [ -f "$("$PG_BIN/pg_config" --includedir-server 2>/dev/null)/postgres.h" ]; then
+    say "postgresql-server-dev-15 already installed"
+else
+    apt_install postgresql-server-dev-15
 fi
 if [ "${STRATA_SETUP_S3:-0}" = "1" ]; then
     install_s3s_fs
