@@ -106,7 +106,8 @@ pub fn pgbench(port: u16, args: &[&str]) -> Result<()> {
         .output()?;
     ensure!(
         out.status.success(),
-        "pgbench {args:?}: {}",
+        "pgbench {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())

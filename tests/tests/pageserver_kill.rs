@@ -5,14 +5,12 @@
 //! latest LSN holds every acknowledged commit and its `pg_dump` equals the running compute's.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use strata_tests::cluster::{pg_dump, psql, scratch_dir, StrataCli};
-use strata_tests::pg::pg_bin_dir;
+use strata_tests::cluster::{pg_dump, pgbench, psql, scratch_dir, StrataCli};
 
 /// The shared CLI driver, plus this test's own helpers.
 struct Strata(StrataCli);
@@ -34,21 +32,6 @@ impl Strata {
             .find(|b| b["branch"] == branch)
             .and_then(|b| b["last_record_end"].as_str().map(str::to_string))
     }
-}
-
-fn pgbench(port: u16, args: &[&str]) -> Result<()> {
-    let out = Command::new(pg_bin_dir().join("pgbench"))
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
-        .args(args)
-        .arg("postgres")
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "pgbench {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 /// pgbench rounds plus single-row commits whose acknowledgement is recorded, until `stop`.

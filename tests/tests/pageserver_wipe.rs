@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use strata_tests::cluster::{pg_dump, psql, scratch_dir};
-use strata_tests::pg::{free_port, pg_bin_dir};
+use strata_tests::cluster::{pg_dump, pgbench, psql, scratch_dir};
+use strata_tests::pg::free_port;
 use strata_tests::waldump::strata_bin;
 use walproto::Lsn;
 
@@ -182,20 +182,6 @@ impl Strata {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-}
-
-fn pgbench(port: u16, args: &[&str]) -> Result<()> {
-    let out = Command::new(pg_bin_dir().join("pgbench"))
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
-        .args(args)
-        .arg("postgres")
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "pgbench: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 fn compute_port(s: &Strata, name: &str, read_only: bool) -> Result<u16> {

@@ -6,12 +6,11 @@
 
 use std::fs::File;
 use std::io::{Read, Seek};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use strata_tests::cluster::{on_new_cluster, StrataCli};
+use strata_tests::cluster::{on_new_cluster, read_pid, wait_for, StrataCli};
 use strata_tests::pg::pg_bin_dir;
 
 /// What a command printed, once it finished.
@@ -80,41 +79,6 @@ fn psql_within(port: u16, sql: &str, timeout: Duration) -> Result<String> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Waits until `check` gives a value, at most `timeout`; the error names `what`.
-fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    let mut last_err = None;
-    loop {
-        match check() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "waited {timeout:?} for {what}{}",
-                last_err
-                    .map(|e| format!(" (last error: {e:#})"))
-                    .unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn read_pid(path: &Path) -> Result<i32> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .with_context(|| format!("{} holds no pid", path.display()))
 }
 
 fn alive(pid: i32) -> bool {
