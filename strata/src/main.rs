@@ -67,6 +67,9 @@ enum Command {
     /// The LSN of a branch's state as of a time (after the last commit at or before it).
     LsnAt(LsnAtArgs),
     /// The restore points (pg_create_restore_point) of a branch.
+    ///
+    /// Postgres writes a restore point without flushing its WAL, so one shows here once the
+    /// compute flushes: at its next commit, or within wal_writer_delay.
     RestorePoints(BranchArgs),
     /// Time travel: run SQL on a branch as of a past moment, without creating a branch.
     Query(query_cmd::QueryArgs),

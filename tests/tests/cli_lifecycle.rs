@@ -358,6 +358,8 @@ fn lifecycle(s: &StrataCli) -> Result<()> {
         "CREATE TABLE t AS SELECT generate_series(1, 1000) AS id",
     )?;
     let rp = psql(port, "SELECT pg_create_restore_point('before-dev')")?;
+    // Postgres writes a restore point without flushing it; the next commit flushes it.
+    psql(port, "CREATE TABLE flushed_after_the_restore_point ()")?;
     let points = s.json(&["restore-points", "--tenant", "shop"])?;
     ensure!(
         points[0]["name"] == "before-dev" && points[0]["lsn"] == rp.as_str(),
