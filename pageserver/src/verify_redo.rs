@@ -208,7 +208,8 @@ pub fn verify_redo(opts: &VerifyRedoOptions) -> Result<VerifyRedoReport, VerifyR
     let existing = TimelineMetadata::load(&opts.timeline_dir)?;
     let tl = match existing {
         Some(m) if !m.layers.is_empty() => {
-            let tl = Timeline::open(&opts.timeline_dir, conf)?;
+            // Its own import: every layer is local.
+            let tl = Timeline::open(&opts.timeline_dir, conf, None)?;
             rep.resumed_from = Some(tl.disk_consistent_lsn());
             tl
         }

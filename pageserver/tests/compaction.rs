@@ -154,10 +154,10 @@ fn compaction_against_postgres() -> anyhow::Result<()> {
 
     // A crash after the new files are written, before the metadata lists them: reopening
     // deletes them, the L0 layers are all still there.
-    let mut tl = Timeline::open(&ref_dir, conf(false))?;
+    let mut tl = Timeline::open(&ref_dir, conf(false), None)?;
     assert!(tl.compact_with(true, FailPoint::AfterNewFiles).is_err());
     drop(tl);
-    let tl = Timeline::open(&ref_dir, conf(false))?;
+    let tl = Timeline::open(&ref_dir, conf(false), None)?;
     assert_files_listed(&ref_dir)?;
     assert_eq!(tl.layer_stats().l0_layers, l0);
     assert_same(
@@ -169,10 +169,10 @@ fn compaction_against_postgres() -> anyhow::Result<()> {
 
     // A crash after the metadata lists the new set, before the old files are deleted:
     // reopening deletes the old files, the L0 layers are merged.
-    let mut tl = Timeline::open(&ref_dir, conf(false))?;
+    let mut tl = Timeline::open(&ref_dir, conf(false), None)?;
     assert!(tl.compact_with(true, FailPoint::AfterMetadata).is_err());
     drop(tl);
-    let mut tl = Timeline::open(&ref_dir, conf(false))?;
+    let mut tl = Timeline::open(&ref_dir, conf(false), None)?;
     assert_files_listed(&ref_dir)?;
     let s = tl.layer_stats();
     println!("after a crash mid-compaction: {}", s.summary());
@@ -220,7 +220,7 @@ fn compaction_against_postgres() -> anyhow::Result<()> {
     drop(ing);
 
     // Reopened: the same pages.
-    let tl = Timeline::open(&auto_dir, conf(true))?;
+    let tl = Timeline::open(&auto_dir, conf(true), None)?;
     assert_same("reopened", &reference, &read_all(&tl, &keys, &lsns)?);
     Ok(())
 }

@@ -19,13 +19,14 @@ mod service_support;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
 use layer_format::{Key, LayerDesc, Lsn};
 use pageserver::basebackup::{basebackup_to_dir, BasebackupOptions, Mode};
 use pageserver::remote::{
-    download_manifest, restore_missing, sync_timeline, Manifest, RemoteStorage,
+    download_manifest, restore_missing, sync_timeline, Manifest, RemoteLayerSource, RemoteStorage,
 };
 use pageserver::tenant::{BranchTarget, TenantConf, TenantManager};
 use pageserver::timeline::{Timeline, TimelineConf};
@@ -162,9 +163,12 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
     );
     let tl_dir =
         |root: &Path, tl: &str| root.join("tenants").join(TENANT).join("timelines").join(tl);
-    on_demand_reads(&tl_dir(&b, MAIN), &man_main, &want_main)?;
+    // The restarted pageserver's layer source: the store it was configured with.
+    let layers = RemoteLayerSource::new(Some(&remote));
+    on_demand_reads(&tl_dir(&b, MAIN), &layers, &man_main, &want_main)?;
+    let opened_alone = layers.totals();
     {
-        let m = TenantManager::load(&b)?;
+        let m = TenantManager::load_with(&b, Arc::new(layers.clone()))?;
         let t = m.tenant(TENANT)?;
         assert!(
             t.broken_timelines().is_empty(),
@@ -182,10 +186,30 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
         let h = m.timeline(TENANT, MAIN)?;
         let r = h.read(|t| t.residence());
         println!("after reading every page of {MAIN} (reopened): {r:?}");
+        // The source counts the downloads of every timeline it made a fetcher for.
+        let per_timeline: Vec<_> = [MAIN, BRANCH]
+            .iter()
+            .map(|tl| {
+                m.timeline(TENANT, tl)
+                    .map(|h| h.read(|t| t.residence().fetched))
+            })
+            .collect::<Result<_, _>>()?;
+        let totals = layers.totals();
+        println!("source totals {totals:?}: {opened_alone:?} before, then {per_timeline:?}");
+        // The branch has no layers of its own: its reads download the parent's.
+        assert!(per_timeline[0].downloads > 0, "{per_timeline:?}");
+        assert_eq!(
+            totals.downloads,
+            opened_alone.downloads + per_timeline.iter().map(|f| f.downloads).sum::<u64>()
+        );
+        assert_eq!(
+            totals.bytes,
+            opened_alone.bytes + per_timeline.iter().map(|f| f.bytes).sum::<u64>()
+        );
         // A full basebackup, file by file, equals the original's.
         let lsn = h.status().last_record_end;
         let restored = h.read(|t| basebackup_dir(t, lsn, &tmp.path().join("bb-restored")))?;
-        let orig = Timeline::open(&tl_dir(&a, MAIN), TimelineConf::default())?;
+        let orig = Timeline::open(&tl_dir(&a, MAIN), TimelineConf::default(), None)?;
         let original = basebackup_dir(&orig, lsn, &tmp.path().join("bb-original"))?;
         drop(orig);
         ensure!(
@@ -228,7 +252,7 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
     assert_eq!(rep.timelines_restored, vec![format!("{TENANT}/{BRANCH}")]);
     assert_eq!(rep.timelines_present, 1);
     {
-        let m = TenantManager::load(&b)?;
+        let m = TenantManager::load_with(&b, Arc::new(layers.clone()))?;
         assert_eq!(m.tenant(TENANT)?.conf(), &conf);
         check_same(&m, &want)?;
     }
@@ -240,7 +264,8 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
     rt.block_on(sync_timeline(&bare, TENANT, MAIN, &src))?;
     let rep = rt.block_on(restore_missing(&bare, &c))?;
     assert_eq!(rep.timelines_restored, vec![format!("{TENANT}/{MAIN}")]);
-    let m = TenantManager::load(&c)?;
+    let bare_layers = RemoteLayerSource::new(Some(&bare));
+    let m = TenantManager::load_with(&c, Arc::new(bare_layers.clone()))?;
     assert_eq!(m.tenant(TENANT)?.conf(), &TenantConf::default());
     assert!(m.timeline(TENANT, MAIN)?.safekeepers().is_empty());
     check_same(&m, &want[..1])?;
@@ -259,7 +284,11 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
         !again.manifest_written && again.layers_uploaded == 0,
         "{again:?}"
     );
-    let mut tl = Timeline::open(&dir_c, TimelineConf::default())?;
+    let mut tl = Timeline::open(
+        &dir_c,
+        TimelineConf::default(),
+        bare_layers.fetcher_for(&dir_c)?,
+    )?;
     let lsn = tl.last_record_end();
     let before = tl.residence();
     ensure!(before.remote > 0, "every layer was downloaded: {before:?}");
@@ -272,7 +301,15 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
     assert_eq!(synced.remote_consistent_lsn, lsn);
     let e = tmp.path().join("e");
     rt.block_on(restore_missing(&bare, &e))?;
-    let tl = Timeline::open(&tl_dir(&e, MAIN), TimelineConf::default())?;
+    // No store configured: the fetcher builds one from the URL the restore left.
+    let dir_e = tl_dir(&e, MAIN);
+    let fetch = RemoteLayerSource::default().fetcher_for(&dir_e)?;
+    ensure!(
+        fetch.is_some(),
+        "{} was not restored on demand",
+        dir_e.display()
+    );
+    let tl = Timeline::open(&dir_e, TimelineConf::default(), fetch)?;
     ensure!(differing(&want_main, &all_pages(&tl, lsn)?).is_empty());
     drop(tl);
 
@@ -286,7 +323,11 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
         .block_on(download_manifest(&bare, TENANT, MAIN))?
         .expect("uploaded");
     let dir = tl_dir(&d, MAIN);
-    let tl = Timeline::open(&dir, TimelineConf::default())?;
+    let tl = Timeline::open(
+        &dir,
+        TimelineConf::default(),
+        bare_layers.fetcher_for(&dir)?,
+    )?;
     let lsn = tl.last_record_end();
     let (key, page) = some_page(&want_main, 3);
     let victim = man
@@ -352,8 +393,22 @@ fn local_layers(dir: &Path) -> Result<HashSet<LayerDesc>> {
 
 /// A timeline restored on demand in `dir` opens with every layer remote; one GetPage
 /// downloads exactly the layers its read visits; concurrent readers download each layer once.
-fn on_demand_reads(dir: &Path, man: &Manifest, want: &Pages) -> Result<()> {
-    let tl = Timeline::open(dir, TimelineConf::default())?;
+fn on_demand_reads(
+    dir: &Path,
+    layers: &RemoteLayerSource,
+    man: &Manifest,
+    want: &Pages,
+) -> Result<()> {
+    // Without the fetcher the layers are missing.
+    let e = Timeline::open(dir, TimelineConf::default(), None)
+        .err()
+        .context("a timeline restored on demand opened without its fetcher")?;
+    let e = e.to_string();
+    ensure!(
+        man.layers.iter().any(|l| e.contains(&l.file_name())),
+        "the error names no layer: {e}"
+    );
+    let tl = Timeline::open(dir, TimelineConf::default(), layers.fetcher_for(dir)?)?;
     let r = tl.residence();
     println!("opened: {r:?}");
     assert_eq!((r.resident, r.remote), (0, man.layers.len()), "{r:?}");

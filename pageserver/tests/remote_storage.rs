@@ -297,7 +297,7 @@ fn exercise(
     let crashed = scratch.join("restored-after-crash");
     let r = rt.block_on(restore_timeline(remote, TENANT, TIMELINE, &crashed))?;
     assert_eq!(r.manifest.remote_consistent_lsn, mid);
-    let tl = Timeline::open(&crashed, conf(false))?;
+    let tl = Timeline::open(&crashed, conf(false), None)?;
     assert_eq!(tl.disk_consistent_lsn(), mid);
     assert_same(
         "restored at halfway",
@@ -364,7 +364,7 @@ fn exercise(
         r.bytes_downloaded
     );
     assert_eq!(r.layers_downloaded, m_last.layers.len());
-    let tl = Timeline::open(&src, conf(false))?;
+    let tl = Timeline::open(&src, conf(false), None)?;
     assert_eq!(tl.disk_consistent_lsn(), last);
     assert_same(
         "wiped and restored",
@@ -520,7 +520,7 @@ fn kill_syncs(
         // Whatever the kill left, the manifest restores.
         let dir = scratch.join(format!("killed-{round}"));
         let r = rt.block_on(restore_timeline(remote, TENANT, TIMELINE, &dir))?;
-        let tl = Timeline::open(&dir, conf(false))?;
+        let tl = Timeline::open(&dir, conf(false), None)?;
         assert_eq!(tl.disk_consistent_lsn(), r.manifest.remote_consistent_lsn);
         drop(tl);
         std::fs::remove_dir_all(&dir)?;
@@ -633,7 +633,7 @@ fn background_uploader(
     );
     let restored = scratch.join("restored");
     rt.block_on(restore_timeline(&remote, TENANT, TIMELINE, &restored))?;
-    let tl = Timeline::open(&restored, conf(false))?;
+    let tl = Timeline::open(&restored, conf(false), None)?;
     assert_same(
         "restored from the background uploader",
         &reference,

@@ -204,11 +204,11 @@ fn kill_and_resume(f: &Fixture, scratch: &Path) -> anyhow::Result<()> {
 
     let conf = TimelineConf::default();
     let a = WalIngest::new(
-        Timeline::open(&killed, conf.clone())?,
+        Timeline::open(&killed, conf.clone(), None)?,
         IngestConf::default(),
     )?;
     let b = WalIngest::new(
-        Timeline::open(&opts.timeline_dir, conf)?,
+        Timeline::open(&opts.timeline_dir, conf, None)?,
         IngestConf::default(),
     )?;
     assert_eq!(

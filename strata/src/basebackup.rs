@@ -13,6 +13,7 @@ use pageserver::basebackup::{
     basebackup_tar, basebackup_to_dir, record_ending_at, BasebackupOptions, Mode,
 };
 use pageserver::import::import;
+use pageserver::remote::RemoteLayerSource;
 use pageserver::timeline::{Timeline, TimelineConf};
 use serde_json::json;
 use walproto::Lsn;
@@ -97,8 +98,12 @@ pub struct BasebackupArgs {
 }
 
 pub fn run_basebackup(args: BasebackupArgs, out: &Output) -> Result<ExitCode> {
-    let tl = Timeline::open(&args.timeline_dir, TimelineConf::default())
-        .with_context(|| format!("opening {}", args.timeline_dir.display()))?;
+    // A timeline restored on demand downloads the layers it reads from the store it names.
+    let open = || {
+        let fetch = RemoteLayerSource::default().fetcher_for(&args.timeline_dir)?;
+        Timeline::open(&args.timeline_dir, TimelineConf::default(), fetch)
+    };
+    let tl = open().with_context(|| format!("opening {}", args.timeline_dir.display()))?;
     let lsn = args.lsn.unwrap_or(tl.last_record_end());
     let mode = if args.read_only {
         Mode::ReadOnly

@@ -40,7 +40,7 @@ use tokio_stream::StreamExt;
 use tracing::{error, info};
 
 use pageserver::metrics::TimelineCollector;
-use pageserver::remote::{restore_missing, RemoteStorage};
+use pageserver::remote::{restore_missing, RemoteLayerSource, RemoteStorage};
 use pageserver::service::background::DEFAULT_GC_INTERVAL;
 use pageserver::service::PageserverService;
 use pageserver::tenant::TenantManager;
@@ -209,8 +209,10 @@ fn run() -> Result<()> {
             }
         }
     }
+    // Timelines restored on demand download from the configured store (or one their URL names).
+    let layers = Arc::new(RemoteLayerSource::new(remote.as_ref()));
     let manager = Arc::new(
-        TenantManager::load(&data_dir)
+        TenantManager::load_with(&data_dir, layers)
             .with_context(|| format!("loading {}", data_dir.display()))?,
     );
     let collector = TimelineCollector::register(manager.clone(), remote.is_some());

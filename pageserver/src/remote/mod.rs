@@ -30,7 +30,8 @@
 //! - [`restore`]: [`restore_timeline_on_demand`] (downloads nothing) or [`restore_timeline`]
 //!   (downloads every layer) into an empty directory, and listings of what is stored.
 //! - [`ondemand`]: the remote layer list of a restored timeline, and the download of a layer
-//!   at its first read (one per layer, verified, durable), with counters.
+//!   at its first read (one per layer, verified, durable), with counters: a
+//!   [`RemoteLayerSource`] makes each restored timeline's fetcher, given to `Timeline::open`.
 //! - [`download`]: one layer downloaded and verified into place.
 //! - [`startup`]: [`restore_missing`]: at start, everything the data directory lacks.
 
@@ -46,7 +47,7 @@ pub mod uploader;
 
 pub use error::{RemoteError, Result};
 pub use manifest::{Manifest, RemoteLayer};
-pub use ondemand::process_stats as on_demand_stats;
+pub use ondemand::RemoteLayerSource;
 pub use restore::{
     download_manifest, list_remote_tenants, list_remote_timelines, restore_timeline,
     restore_timeline_on_demand, RestoreReport,

@@ -11,7 +11,8 @@
 //! <the manifest the timeline was restored from, with its own crc32c line>
 //! ```
 //!
-//! `Timeline::open` reads it ([`fetcher_for`]): every layer of the metadata whose file is not
+//! [`RemoteLayerSource::fetcher_for`] reads it and makes the timeline's fetcher, which its
+//! opener passes to `Timeline::open`: every layer of the metadata whose file is not
 //! in the directory becomes a remote layer (`timeline::layer_map::Layer::remote`) with its
 //! size from the manifest, so the layer map and read planning are the same as for local
 //! layers. The first read of a remote layer calls [`LayerFetch::fetch`] (one call per layer;
@@ -22,24 +23,27 @@
 //! layers the metadata lists and the directory lacks: layers written after the restore are
 //! always local, and a layer once downloaded is an ordinary local file.
 //!
-//! The object store of a URL is the one [`register`]ed by this process (the pageserver's
-//! `--remote-storage`, registered by [`super::restore_missing`] at start), or else built from
-//! the URL ([`RemoteStorage::from_url`], S3 settings from the environment).
+//! Whoever knows the object store makes the [`RemoteLayerSource`]: the pageserver from its
+//! `--remote-storage` (handed to its tenants as their `LayerSource`), a tool or a test from the
+//! store it restored from. A fetcher downloads from the source's store of the URL in
+//! `remote_layers`, or else from one built from the URL ([`RemoteStorage::from_url`], S3
+//! settings from the environment).
 //!
 //! Reads run on blocking threads (the gRPC service's `spawn_blocking`, the flush thread,
 //! tests' plain threads); the async download runs on a small runtime of its own
 //! (`layer-download` threads), and the reading thread waits for it on a channel. It never
 //! borrows the caller's runtime, so a read cannot deadlock it by blocking its workers.
 //!
-//! Counters: per timeline (`Timeline::residence`), and per process ([`process_stats`]); each
-//! download is logged (`layer downloaded on demand`, with the layer, object, bytes and the
-//! process totals).
+//! Counters: per timeline (`Timeline::residence`), per source ([`RemoteLayerSource::totals`]),
+//! and the pageserver's metrics (`crate::metrics::downloaded_on_demand`); each download is
+//! logged (`layer downloaded on demand`, with the layer, object, bytes and the source's
+//! totals).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use layer_format::LayerDesc;
@@ -49,6 +53,7 @@ use super::download::{download_layer, fsync_dir};
 use super::error::{RemoteError, Result};
 use super::manifest::{Manifest, RemoteLayer};
 use super::storage::RemoteStorage;
+use crate::tenant::layer_source::LayerSource;
 use crate::timeline::layer_map::{FetchStats, LayerFetch};
 use crate::timeline::TimelineError;
 
@@ -57,7 +62,7 @@ pub const REMOTE_LAYERS_FILE: &str = "remote_layers";
 
 const HEADER: &str = "strata-remote-layers 1";
 
-/// Download threads of the process.
+/// Download threads of the process (one runtime for every source: it holds no state).
 const DOWNLOAD_THREADS: usize = 2;
 
 /// What `remote_layers` says: where the timeline's layers are and what they are.
@@ -127,73 +132,129 @@ pub fn remove_remote_layers(dir: &Path) -> Result<()> {
     }
 }
 
-/// Makes `remote` the object store used for its URL by on-demand downloads in this process.
-pub fn register(remote: &RemoteStorage) {
-    stores()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(remote.to_string(), remote.clone());
+/// The [`LayerSource`] of a pageserver (or a tool) that may open timelines restored on
+/// demand: each fetcher downloads from the store its `remote_layers` names, which is the
+/// configured store if it has that URL (the pageserver's `--remote-storage`), or else one
+/// built from the URL at the first download ([`RemoteStorage::from_url`], S3 settings from
+/// the environment). Counts the downloads of all its timelines ([`RemoteLayerSource::totals`]).
+#[derive(Clone, Default)]
+pub struct RemoteLayerSource {
+    shared: Arc<Shared>,
 }
 
-fn stores() -> &'static Mutex<HashMap<String, RemoteStorage>> {
-    static STORES: OnceLock<Mutex<HashMap<String, RemoteStorage>>> = OnceLock::new();
-    STORES.get_or_init(Default::default)
+/// What the fetchers of one [`RemoteLayerSource`] share.
+#[derive(Default)]
+struct Shared {
+    /// Stores by URL: the configured one, and those built for other URLs.
+    stores: Mutex<HashMap<String, RemoteStorage>>,
+    totals: Counters,
 }
 
-/// The registered store of `url`, or one built from it.
-fn storage_for(url: &str) -> Result<RemoteStorage> {
-    let mut s = stores().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(r) = s.get(url) {
-        return Ok(r.clone());
-    }
-    let r = RemoteStorage::from_url(url)?;
-    s.insert(url.to_string(), r.clone());
-    Ok(r)
-}
-
-static DOWNLOADS: AtomicU64 = AtomicU64::new(0);
-static BYTES: AtomicU64 = AtomicU64::new(0);
-static FAILURES: AtomicU64 = AtomicU64::new(0);
-
-/// On-demand downloads of every timeline of this process so far.
-pub fn process_stats() -> FetchStats {
-    FetchStats {
-        downloads: DOWNLOADS.load(Ordering::Relaxed),
-        bytes: BYTES.load(Ordering::Relaxed),
-        failures: FAILURES.load(Ordering::Relaxed),
-    }
-}
-
-/// The fetcher of the timeline in `dir` if it was restored on demand (it has
-/// `remote_layers`); `None` otherwise.
-pub fn fetcher_for(dir: &Path) -> crate::timeline::Result<Option<Arc<dyn LayerFetch>>> {
-    let path = dir.join(REMOTE_LAYERS_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(TimelineError::io("read", &path)(e)),
-    };
-    let rl = RemoteLayers::decode(&bytes, &path.to_string_lossy()).map_err(|e| {
-        TimelineError::Metadata {
-            path: path.clone(),
-            reason: e.to_string(),
+impl RemoteLayerSource {
+    /// Downloads from `configured` for its URL, and from stores built from the URL for others.
+    pub fn new(configured: Option<&RemoteStorage>) -> RemoteLayerSource {
+        let source = RemoteLayerSource::default();
+        if let Some(r) = configured {
+            lock(&source.shared.stores).insert(r.to_string(), r.clone());
         }
-    })?;
-    let layers = rl
-        .manifest
-        .layers
-        .iter()
-        .map(|l| (l.desc.clone(), l.clone()))
-        .collect();
-    Ok(Some(Arc::new(Fetcher {
-        storage: rl.storage,
-        tenant: rl.manifest.tenant,
-        timeline: rl.manifest.timeline,
-        layers,
-        downloads: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-        failures: AtomicU64::new(0),
-    })))
+        source
+    }
+
+    /// The fetcher of the timeline in `dir` if it was restored on demand (it has
+    /// `remote_layers`); `None` otherwise.
+    pub fn fetcher_for(&self, dir: &Path) -> crate::timeline::Result<Option<Arc<dyn LayerFetch>>> {
+        let path = dir.join(REMOTE_LAYERS_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(TimelineError::io("read", &path)(e)),
+        };
+        let rl = RemoteLayers::decode(&bytes, &path.to_string_lossy()).map_err(|e| {
+            TimelineError::Metadata {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let layers = rl
+            .manifest
+            .layers
+            .iter()
+            .map(|l| (l.desc.clone(), l.clone()))
+            .collect();
+        Ok(Some(Arc::new(Fetcher {
+            storage: rl.storage,
+            tenant: rl.manifest.tenant,
+            timeline: rl.manifest.timeline,
+            layers,
+            shared: self.shared.clone(),
+            own: Counters::default(),
+        })))
+    }
+
+    /// Downloads of every timeline this source made a fetcher for, so far.
+    pub fn totals(&self) -> FetchStats {
+        self.shared.totals.snapshot()
+    }
+}
+
+impl Shared {
+    /// The store of `url`: the configured one, or one built from the URL (kept for the next).
+    fn storage_for(&self, url: &str) -> Result<RemoteStorage> {
+        let mut stores = lock(&self.stores);
+        if let Some(r) = stores.get(url) {
+            return Ok(r.clone());
+        }
+        let r = RemoteStorage::from_url(url)?;
+        stores.insert(url.to_string(), r.clone());
+        Ok(r)
+    }
+}
+
+impl LayerSource for RemoteLayerSource {
+    fn fetcher_for(&self, dir: &Path) -> crate::timeline::Result<Option<Arc<dyn LayerFetch>>> {
+        RemoteLayerSource::fetcher_for(self, dir)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Download counts of one timeline, or of all of a source's.
+#[derive(Default)]
+struct Counters {
+    downloads: AtomicU64,
+    bytes: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl Counters {
+    /// Counts one download of `bytes`; returns the counts with it.
+    fn downloaded(&self, bytes: u64) -> FetchStats {
+        FetchStats {
+            downloads: self
+                .downloads
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1),
+            bytes: self
+                .bytes
+                .fetch_add(bytes, Ordering::Relaxed)
+                .saturating_add(bytes),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
+
+    fn failed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> FetchStats {
+        FetchStats {
+            downloads: self.downloads.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Fetches one timeline's layers from its object store.
@@ -202,9 +263,9 @@ struct Fetcher {
     tenant: String,
     timeline: String,
     layers: HashMap<LayerDesc, RemoteLayer>,
-    downloads: AtomicU64,
-    bytes: AtomicU64,
-    failures: AtomicU64,
+    shared: Arc<Shared>,
+    /// This timeline's downloads.
+    own: Counters,
 }
 
 impl LayerFetch for Fetcher {
@@ -214,8 +275,8 @@ impl LayerFetch for Fetcher {
 
     fn fetch(&self, desc: &LayerDesc, path: &Path) -> crate::timeline::Result<u64> {
         let fail = |msg: String| {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            FAILURES.fetch_add(1, Ordering::Relaxed);
+            self.own.failed();
+            self.shared.totals.failed();
             warn!(tenant = %self.tenant, timeline = %self.timeline, layer = %desc,
                   error = %msg, "on-demand layer download failed");
             TimelineError::Io {
@@ -230,7 +291,10 @@ impl LayerFetch for Fetcher {
                 self.tenant, self.timeline, self.storage
             )));
         };
-        let remote = storage_for(&self.storage).map_err(|e| fail(e.to_string()))?;
+        let remote = self
+            .shared
+            .storage_for(&self.storage)
+            .map_err(|e| fail(e.to_string()))?;
         let obj = remote
             .layers_path(&self.tenant, &self.timeline)
             .map_err(|e| fail(e.to_string()))?
@@ -254,23 +318,17 @@ impl LayerFetch for Fetcher {
             })
         })?;
         crate::metrics::downloaded_on_demand(n, timer);
-        let downloads = self.downloads.fetch_add(1, Ordering::Relaxed) + 1;
-        self.bytes.fetch_add(n, Ordering::Relaxed);
-        let total = DOWNLOADS.fetch_add(1, Ordering::Relaxed) + 1;
-        let total_bytes = BYTES.fetch_add(n, Ordering::Relaxed) + n;
+        let own = self.own.downloaded(n);
+        let all = self.shared.totals.downloaded(n);
         info!(tenant = %self.tenant, timeline = %self.timeline, layer = %desc, object = %obj,
-              bytes = n, ms = t0.elapsed().as_millis() as u64, timeline_downloads = downloads,
-              process_downloads = total, process_bytes = total_bytes,
+              bytes = n, ms = t0.elapsed().as_millis() as u64, timeline_downloads = own.downloads,
+              all_downloads = all.downloads, all_bytes = all.bytes,
               "layer downloaded on demand");
         Ok(n)
     }
 
     fn stats(&self) -> FetchStats {
-        FetchStats {
-            downloads: self.downloads.load(Ordering::Relaxed),
-            bytes: self.bytes.load(Ordering::Relaxed),
-            failures: self.failures.load(Ordering::Relaxed),
-        }
+        self.own.snapshot()
     }
 }
 

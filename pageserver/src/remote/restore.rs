@@ -99,9 +99,10 @@ async fn prepare(
 }
 
 /// Restores `tenant`/`timeline` into `local_dir`, which must not hold a timeline, downloading
-/// every layer first (see the module docs). Afterwards `Timeline::open(local_dir)` works and
-/// ingest resumes at the manifest's `remote_consistent_lsn`. A branch needs its ancestor
-/// restored too (the caller restores in the order [`list_remote_timelines`] returns).
+/// every layer first (see the module docs). Afterwards `Timeline::open(local_dir)` works (no
+/// fetcher needed) and ingest resumes at the manifest's `remote_consistent_lsn`. A branch
+/// needs its ancestor restored too (the caller restores in the order
+/// [`list_remote_timelines`] returns).
 pub async fn restore_timeline(
     remote: &RemoteStorage,
     tenant: &str,
@@ -137,8 +138,9 @@ pub async fn restore_timeline(
 
 /// Restores `tenant`/`timeline` into `local_dir` (which must not hold a timeline) without
 /// downloading: its layers are fetched from `remote` at their first read (see the module
-/// docs). Afterwards `Timeline::open(local_dir)` works, and ingest resumes at the manifest's
-/// `remote_consistent_lsn`.
+/// docs). Afterwards `Timeline::open(local_dir)` works given the fetcher of a
+/// [`ondemand::RemoteLayerSource`] (of `remote`, or of none: it is then built from its URL),
+/// and ingest resumes at the manifest's `remote_consistent_lsn`.
 pub async fn restore_timeline_on_demand(
     remote: &RemoteStorage,
     tenant: &str,
@@ -161,7 +163,6 @@ pub async fn restore_timeline_on_demand(
                 .map_err(RemoteError::io("remove", &path))?;
         }
     }
-    ondemand::register(remote);
     ondemand::write_remote_layers(local_dir, remote, &manifest)?;
     fsync_dir(local_dir).await?;
     manifest.to_metadata().store(local_dir)?;

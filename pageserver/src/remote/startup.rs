@@ -16,8 +16,9 @@
 //! - a timeline that has local metadata is left alone, whatever the store holds.
 //!
 //! A crash midway leaves `.tmp` directories, which [`restore_missing`] reuses (their verified
-//! layers) and `TenantManager::load` removes; the next start restores again. `remote` is
-//! registered for the on-demand downloads of this process ([`super::ondemand::register`]).
+//! layers) and `TenantManager::load` removes; the next start restores again. The restored
+//! timelines download from `remote` once the pageserver hands its tenants a
+//! [`super::ondemand::RemoteLayerSource`] of it.
 //!
 //! A timeline deleted locally but still in the store comes back: timeline deletion deletes
 //! the remote copy first (the manifest, then the layers).
@@ -66,7 +67,6 @@ pub async fn restore_missing(
     data_dir: &Path,
 ) -> Result<StartupRestoreReport> {
     let mut rep = StartupRestoreReport::default();
-    super::ondemand::register(remote);
     let tenants = list_remote_tenants(remote).await?;
     rep.remote_tenants = tenants.len();
     for tenant in &tenants {

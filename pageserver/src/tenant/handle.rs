@@ -31,6 +31,7 @@ use super::error::{Result, TenantError};
 use super::layout::{write_atomic, TIMELINE_CONF};
 use crate::ingest::{IngestConf, WalIngest};
 use crate::timeline::ancestor::{Ancestor, AncestorTimeline};
+use crate::timeline::layer_map::LayerFetch;
 use crate::timeline::{CompactionReport, Timeline, TimelineConf};
 use crate::walreceiver::{Feedback, WalSink};
 
@@ -189,16 +190,18 @@ pub fn check_safekeeper_addr(a: &str) -> Result<()> {
 }
 
 impl TimelineHandle {
-    /// Opens the timeline in `dir` at its durable state; a branch needs its parent's handle.
+    /// Opens the timeline in `dir` at its durable state, its layers not in `dir` fetched by
+    /// `fetch` (see `Timeline::open`); a branch needs its parent's handle.
     pub fn open(
         tenant_id: &str,
         timeline_id: &str,
         dir: &Path,
         conf: TimelineConf,
+        fetch: Option<Arc<dyn LayerFetch>>,
         parent: Option<Arc<TimelineHandle>>,
     ) -> Result<Arc<TimelineHandle>> {
         let ctx = || format!("timeline {tenant_id}/{timeline_id}");
-        let mut tl = Timeline::open(dir, conf).map_err(TenantError::timeline(ctx()))?;
+        let mut tl = Timeline::open(dir, conf, fetch).map_err(TenantError::timeline(ctx()))?;
         match (tl.ancestor_link(), &parent) {
             (Some((id, lsn)), Some(p)) if id == p.timeline_id => {
                 let a = Ancestor {

@@ -8,6 +8,8 @@
 //! - [`handle`]: one timeline as the service shares it (locks, WAL stream, safekeepers).
 //! - [`branch`]: where a branch may start.
 //! - [`gc`]: retention (PITR window, branch points, leases) and GC.
+//! - [`layer_source`]: where timelines get the layers their directory lacks (restored on
+//!   demand), given to the [`TenantManager`] by whoever knows the object store.
 //!
 //! Creations and deletions in one tenant are serialized by a per-tenant lock; reads of
 //! existing timelines never wait for them.
@@ -19,6 +21,7 @@ pub mod error;
 pub mod gc;
 pub mod handle;
 pub mod ids;
+pub mod layer_source;
 pub mod layout;
 
 use std::collections::BTreeMap;
@@ -32,10 +35,11 @@ pub use branch::BranchTarget;
 pub use conf::TenantConf;
 pub use error::{Result, TenantError};
 pub use handle::{IngestStop, TimelineHandle, TimelineServiceConf, TimelineStatus, WalProgress};
+pub use layer_source::{LayerSource, LocalLayers};
 
 use crate::import::import_datadir;
 use crate::timeline::ancestor::Ancestor;
-use crate::timeline::{Timeline, TimelineMetadata};
+use crate::timeline::{Timeline, TimelineConf, TimelineMetadata};
 use layout::{
     create_dir_durable, rename_durable, tenant_dir, tenants_dir, timelines_dir, write_atomic,
     TENANT_CONF, TIMELINE_CONF, TMP_SUFFIX,
@@ -55,6 +59,8 @@ pub struct Tenant {
     broken: Mutex<BTreeMap<String, String>>,
     /// Serializes creations and deletions of timelines.
     changes: Mutex<()>,
+    /// Where its timelines' layers not on the local disk come from.
+    layers: Arc<dyn LayerSource>,
 }
 
 impl Tenant {
@@ -161,7 +167,7 @@ impl Tenant {
                         }
                     },
                 };
-                match TimelineHandle::open(&self.id, &id, &dir.join(&id), tl_conf.clone(), parent) {
+                match self.open_timeline(&id, &dir.join(&id), tl_conf.clone(), parent) {
                     Ok(h) => {
                         let s = h.status();
                         info!(tenant = %self.id, timeline = %id, start = %s.start_lsn,
@@ -179,6 +185,21 @@ impl Tenant {
         }
         *lock(&self.broken) = broken;
         Ok(())
+    }
+
+    /// Opens the timeline in `dir` with the fetcher of its layers not there.
+    fn open_timeline(
+        &self,
+        id: &str,
+        dir: &Path,
+        conf: TimelineConf,
+        parent: Option<Arc<TimelineHandle>>,
+    ) -> Result<Arc<TimelineHandle>> {
+        let fetch = self
+            .layers
+            .fetcher_for(dir)
+            .map_err(TenantError::timeline(format!("timeline {}/{id}", self.id)))?;
+        TimelineHandle::open(&self.id, id, dir, conf, fetch, parent)
     }
 
     /// A new timeline id (given or generated) that is not taken.
@@ -224,7 +245,7 @@ impl Tenant {
         write_atomic(&tmp.join(TIMELINE_CONF), text.as_bytes())?;
         let dir = self.timelines_dir().join(id);
         rename_durable(tmp, &dir)?;
-        let h = TimelineHandle::open(&self.id, id, &dir, self.conf.timeline_conf(), parent)?;
+        let h = self.open_timeline(id, &dir, self.conf.timeline_conf(), parent)?;
         lock(&self.timelines).insert(id.to_string(), h.clone());
         Ok(h)
     }
@@ -330,11 +351,20 @@ pub struct TenantManager {
     tenants: RwLock<BTreeMap<String, Arc<Tenant>>>,
     /// Serializes tenant creation.
     creating: Mutex<()>,
+    /// Handed to every tenant (see [`layer_source`]).
+    layers: Arc<dyn LayerSource>,
 }
 
 impl TenantManager {
-    /// Opens `data_dir` (created if missing) and loads every tenant and timeline in it.
+    /// Opens `data_dir` (created if missing) and loads every tenant and timeline in it, each
+    /// with all its layers local.
     pub fn load(data_dir: &Path) -> Result<TenantManager> {
+        Self::load_with(data_dir, Arc::new(LocalLayers))
+    }
+
+    /// Like [`TenantManager::load`], the layers timelines lack fetched through `layers` (a
+    /// pageserver with an object store: `crate::remote::RemoteLayerSource`).
+    pub fn load_with(data_dir: &Path, layers: Arc<dyn LayerSource>) -> Result<TenantManager> {
         let root = tenants_dir(data_dir);
         std::fs::create_dir_all(&root).map_err(TenantError::io("create directory", &root))?;
         let mut tenants = BTreeMap::new();
@@ -360,6 +390,7 @@ impl TenantManager {
                 timelines: Mutex::new(BTreeMap::new()),
                 broken: Mutex::new(BTreeMap::new()),
                 changes: Mutex::new(()),
+                layers: layers.clone(),
             });
             t.load_timelines()?;
             tenants.insert(name, t);
@@ -368,6 +399,7 @@ impl TenantManager {
             data_dir: data_dir.to_path_buf(),
             tenants: RwLock::new(tenants),
             creating: Mutex::new(()),
+            layers,
         })
     }
 
@@ -424,6 +456,7 @@ impl TenantManager {
             timelines: Mutex::new(BTreeMap::new()),
             broken: Mutex::new(BTreeMap::new()),
             changes: Mutex::new(()),
+            layers: self.layers.clone(),
         });
         self.tenants
             .write()

@@ -86,7 +86,8 @@ impl Timeline {
             layers: Vec::new(),
         };
         meta.store(dir)?;
-        let mut tl = Timeline::open(dir, conf)?;
+        // New: every layer it will have is written here.
+        let mut tl = Timeline::open(dir, conf, None)?;
         tl.attach_ancestor(ancestor)?;
         Ok(tl)
     }

@@ -284,7 +284,7 @@ mod tests {
         assert_eq!(tl.disk_consistent_lsn(), Lsn(lsn));
         assert!(tl.write_stats().l0_flushes >= 10);
         drop(tl);
-        let tl = Timeline::open(dir.path(), conf()).unwrap();
+        let tl = Timeline::open(dir.path(), conf(), None).unwrap();
         assert_eq!(tl.disk_consistent_lsn(), Lsn(lsn));
         let v = tl.get_image_value(key, Lsn(lsn)).unwrap().unwrap();
         assert_eq!(v[0], 42);

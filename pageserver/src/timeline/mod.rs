@@ -11,7 +11,8 @@
 //!   <key range>__<lsn range>.delta / <key range>__<lsn>.image   layer files
 //!   remote_layers                only in a timeline restored from the object store: where
 //!                                its listed layers not yet downloaded are (see
-//!                                `crate::remote::ondemand`); they are fetched at first read
+//!                                `crate::remote::ondemand`, which makes the fetcher
+//!                                `Timeline::open` is given); they are fetched at first read
 //! ```
 //!
 //! Writes are single-threaded (`&mut self`): ingest puts a record's values into the in-memory
@@ -129,7 +130,8 @@ pub struct Timeline {
     /// (see [`ancestor`]); attached after open.
     ancestor: Option<ancestor::Ancestor>,
     /// Where listed layers missing from `dir` come from (a timeline restored from remote
-    /// storage: `crate::remote::ondemand`); `None`: every layer is local.
+    /// storage: `crate::remote::ondemand`), as given to [`Timeline::open`]; `None`: every
+    /// layer is local.
     fetch: Option<Arc<dyn layer_map::LayerFetch>>,
 }
 
@@ -153,12 +155,19 @@ impl Timeline {
             layers: Vec::new(),
         };
         meta.store(dir)?;
-        Self::open(dir, conf)
+        Self::open(dir, conf, None)
     }
 
     /// Opens the timeline in `dir` at its durable state: deletes layer files the metadata does
     /// not list (a crash between writing them and the metadata) and leftover temporary files.
-    pub fn open(dir: &Path, conf: TimelineConf) -> Result<Timeline> {
+    /// `fetch` brings the listed layers `dir` lacks (a timeline restored from an object store;
+    /// whoever knows the store makes it: `crate::remote::ondemand::RemoteLayerSource`); with
+    /// `None` every listed layer must be in `dir`.
+    pub fn open(
+        dir: &Path,
+        conf: TimelineConf,
+        fetch: Option<Arc<dyn layer_map::LayerFetch>>,
+    ) -> Result<Timeline> {
         let meta = TimelineMetadata::load(dir)?.ok_or_else(|| TimelineError::Metadata {
             path: dir.join(metadata::METADATA_FILE),
             reason: "no metadata file: not a timeline directory".into(),
@@ -178,13 +187,12 @@ impl Timeline {
             std::fs::remove_dir_all(&eph).map_err(TimelineError::io("remove", &eph))?;
         }
         metadata::fsync_dir(dir)?;
-        // Restored from remote storage: layers not here yet are fetched at first read.
-        let fetch = crate::remote::ondemand::fetcher_for(dir)?;
         let mut layers = LayerMap::default();
         let opened = meta
             .layers
             .iter()
             .map(|d| match &fetch {
+                // Restored from remote storage: layers not here yet are fetched at first read.
                 Some(f) if !dir.join(d.file_name()).exists() => {
                     Layer::remote(dir, d, f.clone()).map(Arc::new)
                 }
