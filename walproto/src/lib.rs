@@ -1,6 +1,7 @@
 //! Every format that travels between Strata's parts: LSNs, PostgreSQL 15 WAL (pages, records,
-//! block references, full-page images, per-resource-manager records) and, later, the
-//! replication protocol and the gRPC services.
+//! block references, full-page images, per-resource-manager records), Postgres's physical
+//! replication protocol (messages in [`replication`], the server side in [`pgwire`], a client
+//! in [`pgclient`]), term histories, and the gRPC services ([`proto`]).
 
 pub mod consts;
 pub mod crc;

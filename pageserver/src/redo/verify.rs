@@ -3,7 +3,9 @@
 //! resource manager with a mask function carries the page as the primary had it after the
 //! record. Redo's result and that image are masked as PG15 masks them and compared.
 //!
-//! Used by the `redo_vs_postgres` test and by `strata verify-redo`.
+//! Used by the `redo_vs_postgres` and `redo_final_dir` tests and their shared `redo_support`.
+//! `strata verify-redo` checks redo differently: through the pageserver's ingest and
+//! GetPage@LSN (`crate::verify_redo`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
