@@ -171,7 +171,7 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
             "{:?}",
             t.broken_timelines()
         );
-        assert_eq!(t.conf(), &conf);
+        assert_eq!(t.conf(), conf);
         assert_eq!(m.timeline(TENANT, MAIN)?.safekeepers(), vec![SAFEKEEPER]);
         let parent = m
             .timeline(TENANT, BRANCH)?
@@ -229,7 +229,7 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
     assert_eq!(rep.timelines_present, 1);
     {
         let m = TenantManager::load(&b)?;
-        assert_eq!(m.tenant(TENANT)?.conf(), &conf);
+        assert_eq!(m.tenant(TENANT)?.conf(), conf);
         check_same(&m, &want)?;
     }
 
@@ -241,7 +241,7 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
     let rep = rt.block_on(restore_missing(&bare, &c))?;
     assert_eq!(rep.timelines_restored, vec![format!("{TENANT}/{MAIN}")]);
     let m = TenantManager::load(&c)?;
-    assert_eq!(m.tenant(TENANT)?.conf(), &TenantConf::default());
+    assert_eq!(m.tenant(TENANT)?.conf(), TenantConf::default());
     assert!(m.timeline(TENANT, MAIN)?.safekeepers().is_empty());
     check_same(&m, &want[..1])?;
     drop(m);

@@ -293,6 +293,37 @@ impl Pageserver {
         .map(|r| r.leases)
     }
 
+    /// The tenant's configuration: every key with its value, form and meaning.
+    pub fn get_tenant_config(&mut self, tenant: &str) -> Result<ps::TenantConfigResponse> {
+        let req = ps::GetTenantConfigRequest {
+            tenant_id: tenant.into(),
+        };
+        call(
+            &self.rt,
+            "reading the tenant configuration",
+            QUICK_CALL,
+            self.client.get_tenant_config(req),
+        )
+    }
+
+    /// Changes keys of the tenant's configuration (all or none), in effect at once.
+    pub fn set_tenant_config(
+        &mut self,
+        tenant: &str,
+        settings: Vec<ps::TenantConfigSetting>,
+    ) -> Result<ps::TenantConfigResponse> {
+        let req = ps::SetTenantConfigRequest {
+            tenant_id: tenant.into(),
+            settings,
+        };
+        call(
+            &self.rt,
+            "changing the tenant configuration",
+            QUICK_CALL,
+            self.client.set_tenant_config(req),
+        )
+    }
+
     pub fn timeline_status(&mut self, tenant: &str, timeline: &str) -> Result<ps::TimelineInfo> {
         let req = ps::TimelineRequest {
             tenant_id: tenant.into(),
