@@ -115,19 +115,21 @@ fn ops(s: &StrataCli) -> Result<()> {
         "--set",
         "work_mem=3MB",
         "--set",
-        "application_name=it's mine",
+        "cluster_name=it's mine",
     ])?;
     let port = u16::try_from(c["port"].as_u64().context("port")?)?;
     ensure!(
         c["settings"]["work_mem"] == "3MB",
         "compute start --json: {c}"
     );
+    // Where the compute's own WAL begins (its segment holds nothing readable before).
+    let start = c["lsn"].as_str().context("lsn")?.to_string();
     ensure!(
         psql(port, "SHOW work_mem")? == "3MB",
         "work_mem not applied"
     );
     ensure!(
-        psql(port, "SHOW application_name")? == "it's mine",
+        psql(port, "SHOW cluster_name")? == "it's mine",
         "a quoted value is not kept whole"
     );
     let log = s.dir.join("logs").join("compute-main.log");
@@ -269,12 +271,14 @@ fn ops(s: &StrataCli) -> Result<()> {
         },
     )?;
 
-    // WAL rows: the safekeepers' segment files decoded as JSON.
-    let wal_dir = s.dir.join("safekeeper-1").join(&tenant_id).join(&main_id);
+    // WAL rows: the compute's segment files decoded as JSON.
+    let wal_dir = s.dir.join("computes/main/data/pg_wal");
     let dump = s.json(&[
         "waldump",
         "-p",
         wal_dir.to_str().context("path")?,
+        "-s",
+        &start,
         "-n",
         "20",
     ])?;
@@ -296,6 +300,8 @@ fn ops(s: &StrataCli) -> Result<()> {
         "waldump",
         "-p",
         wal_dir.to_str().context("path")?,
+        "-s",
+        &start,
         "-z",
         "-n",
         "50",
