@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
-use strata_tests::cluster::{on_new_cluster, psql, wait_for, StrataCli};
+use strata_tests::cluster::{on_new_cluster, psql, read_pid, wait_for, StrataCli};
 use walproto::Lsn;
 
 /// Longest one `strata` command may take here.
@@ -188,6 +188,21 @@ fn ops(s: &StrataCli) -> Result<()> {
         !s.dir.join("computes/bad").exists(),
         "the failed compute's directory stays"
     );
+    // The page filesystem killed: the supervisor recreates the whole compute, settings too.
+    let pagefs_pid_file = s.dir.join("run/compute-main-pagefs.pid");
+    let pagefs = read_pid(&pagefs_pid_file)?;
+    let st = Command::new("kill")
+        .args(["-9", &pagefs.to_string()])
+        .status()?;
+    ensure!(st.success(), "kill -9 {pagefs}");
+    wait_for(
+        "the recreated compute, with work_mem = 3MB",
+        Duration::from_secs(90),
+        || {
+            let again = read_pid(&pagefs_pid_file).is_ok_and(|p| p != pagefs);
+            Ok((again && psql(port, "SHOW work_mem").is_ok_and(|v| v == "3MB")).then_some(()))
+        },
+    )?;
 
     // Tenant configuration: defaults listed, one key read.
     let conf = s.json(&["tenant", "config", "get"])?;
@@ -401,6 +416,96 @@ fn ops(s: &StrataCli) -> Result<()> {
             && names("orphaned").iter().any(|m| m.ends_with("/l/stray"))
             && names("checksum_errors").is_empty(),
         "a deleted layer or a stray object is not found (exit {code}): {v}"
+    );
+    Ok(())
+}
+
+/// `waldump --json` and `verify-redo --json` on a vanilla Postgres's WAL: one row per record
+/// that Postgres's own `pg_waldump` prints, at the same LSNs, and a verify-redo report whose
+/// counts say every logged page image and the final data directory matched.
+#[test]
+fn waldump_and_verify_redo_print_json_rows() -> Result<()> {
+    let run = strata_tests::redo_run::redo_run(
+        true,
+        &[],
+        &[
+            "CREATE TABLE t (id int PRIMARY KEY, v text)",
+            "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 2000) g",
+            "UPDATE t SET v = v || '!' WHERE id % 3 = 0",
+            "DELETE FROM t WHERE id % 7 = 0",
+        ],
+    )?;
+    let scratch = strata_tests::cluster::scratch_dir("strata-ops-json-")?;
+    let s = StrataCli::new(&scratch.path().join("unused"))?;
+    let wal = run.pg.wal_dir();
+    let wal = wal.to_str().context("WAL path")?;
+    let start = run.start.to_string();
+
+    // Postgres's pg_waldump: one "rmgr: … lsn: X, prev …" line per record.
+    let pg = Command::new(strata_tests::pg::pg_bin_dir().join("pg_waldump"))
+        .args(["-p", wal, "-s", &start])
+        .output()?;
+    let text = String::from_utf8_lossy(&pg.stdout);
+    let pg_lsns: Vec<Lsn> = text
+        .lines()
+        .filter_map(|l| l.split("lsn: ").nth(1)?.split(',').next()?.parse().ok())
+        .collect();
+    ensure!(
+        pg_lsns.len() > 100,
+        "pg_waldump printed {} records",
+        pg_lsns.len()
+    );
+    let dump = s.json(&["waldump", "-p", wal, "-s", &start])?;
+    let ours: Vec<Lsn> = dump
+        .as_array()
+        .context("waldump --json is an array")?
+        .iter()
+        .map(|r| lsn(&r["lsn"]))
+        .collect::<Result<_>>()?;
+    ensure!(
+        ours == pg_lsns,
+        "waldump --json has {} records, pg_waldump {}; first difference at {:?}",
+        ours.len(),
+        pg_lsns.len(),
+        ours.iter().zip(&pg_lsns).position(|(a, b)| a != b)
+    );
+    let heap = dump
+        .as_array()
+        .context("rows")?
+        .iter()
+        .filter(|r| r["rmgr"] == "Heap" && r["blocks"][0]["blk"].is_u64())
+        .count();
+    ensure!(heap > 100, "{heap} Heap rows with a block reference");
+
+    let base = run.base.to_str().context("base")?;
+    let final_dir = run.pg.data_dir().to_str().context("data dir")?;
+    let (code, out, err) = run_with_code(
+        &s,
+        &[
+            "--json",
+            "verify-redo",
+            "--base",
+            base,
+            "--wal",
+            wal,
+            "--start",
+            &start,
+            "--final",
+            final_dir,
+        ],
+    )?;
+    let rep: Value = serde_json::from_str(out.trim())
+        .with_context(|| format!("verify-redo printed no JSON (exit {code}): {out}{err}"))?;
+    ensure!(
+        code == 0
+            && rep["ok"] == true
+            && rep["verified"].as_u64() > Some(100)
+            && rep["mismatched"] == 0
+            && rep["final"]["differing"] == 0
+            && rep["per_rmgr"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|x| x["rmgr"] == "Heap")),
+        "verify-redo --json (exit {code}): {rep}"
     );
     Ok(())
 }
