@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use serde_json::json;
 
@@ -17,7 +17,6 @@ use crate::mgmt::Pageserver;
 use crate::names::Names;
 use crate::output::{pg_lsn, Output};
 use walproto::proto::safekeeper as sk;
-use walproto::proto::safekeeper::safekeeper_client::SafekeeperClient;
 
 /// How long a safekeeper has to forget one timeline.
 const SAFEKEEPER_DELETE: Duration = Duration::from_secs(30);
@@ -59,12 +58,7 @@ impl Forgotten {
 }
 
 async fn delete_on_safekeeper(addr: &str, tenant_id: &str, timelines: &[String]) -> Result<u64> {
-    let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the safekeeper at {addr}"))?;
-    let mut client = SafekeeperClient::new(ch);
+    let mut client = crate::mgmt::safekeeper_client(addr).await?;
     let mut removed = 0;
     for tl in timelines {
         let req = sk::DeleteTimelineRequest {

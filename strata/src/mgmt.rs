@@ -453,16 +453,22 @@ pub fn safekeeper_statuses(
         .collect()
 }
 
-async fn safekeeper_status(
-    addr: &str,
-    req: sk::TimelineStatusRequest,
-) -> Result<Option<sk::TimelineStatusResponse>> {
+/// A client of the safekeeper whose gRPC service is at `addr` (connected within 5 s): every
+/// safekeeper call of the CLI connects here.
+pub async fn safekeeper_client(addr: &str) -> Result<SafekeeperClient<Channel>> {
     let ch = Channel::from_shared(format!("http://{addr}"))?
         .connect_timeout(SAFEKEEPER_ANSWER)
         .connect()
         .await
         .with_context(|| format!("connecting to the safekeeper at {addr}"))?;
-    match SafekeeperClient::new(ch).timeline_status(req).await {
+    Ok(SafekeeperClient::new(ch))
+}
+
+async fn safekeeper_status(
+    addr: &str,
+    req: sk::TimelineStatusRequest,
+) -> Result<Option<sk::TimelineStatusResponse>> {
+    match safekeeper_client(addr).await?.timeline_status(req).await {
         Ok(r) => Ok(Some(r.into_inner())),
         Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
         Err(s) => Err(anyhow!("safekeeper {addr}: {}", s.message())),

@@ -220,9 +220,17 @@ fn ops(s: &StrataCli) -> Result<()> {
     ensure!(s.run(&["tenant", "config", "get", "pitr_interval"])? == "7d");
 
     // With the default window GC keeps everything: the PITR cutoff is the start.
-    psql(
-        port,
-        "CREATE TABLE t AS SELECT generate_series(1, 1000) AS id",
+    // (The first commit after the recreation may meet the walproposer still connecting.)
+    wait_for(
+        "a commit on the recreated compute",
+        Duration::from_secs(60),
+        || {
+            Ok(psql(
+                port,
+                "CREATE TABLE t AS SELECT generate_series(1, 1000) AS id",
+            )
+            .ok())
+        },
     )?;
     let gc = s.json(&["gc", "--branch", "main"])?;
     let pitr_before = lsn(&gc["timelines"][0]["pitr_lsn"])?;
