@@ -344,7 +344,8 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
         prepare_data_dir(dir, &cfg, &mut ps, &mut record, &node, &mut times, t0, out)?;
         record.store(dir)?;
         out.step(&format!("starting Postgres on port {port}"));
-        node.start()?;
+        node.start()
+            .with_context(|| format!("compute {name} (its log: {})", node.log_file.display()))?;
         crate::cluster::supervisor::watch_postgres(
             dir,
             &postgres_service(&name),

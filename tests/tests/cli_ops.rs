@@ -181,7 +181,8 @@ fn ops(s: &StrataCli) -> Result<()> {
         ],
     )?;
     ensure!(
-        err.contains("invalid value for parameter \"shared_buffers\""),
+        err.contains("invalid value for parameter \"shared_buffers\"")
+            && err.contains("logs/compute-bad.log"),
         "Postgres's refusal is not shown: {err}"
     );
     ensure!(
