@@ -295,6 +295,42 @@ fn ops(s: &StrataCli) -> Result<()> {
         },
     )?;
 
+    // A 1 MiB freeze size without compaction, without a restart: a burst of WAL is written
+    // as several L0 layer files at once (at 32 MiB it would be at most the periodic flush's).
+    s.json(&[
+        "tenant",
+        "config",
+        "set",
+        "freeze_mib=1",
+        "auto_compaction=false",
+    ])?;
+    let tl_dir = s
+        .dir
+        .join("pageserver/tenants")
+        .join(&tenant_id)
+        .join("timelines")
+        .join(&main_id);
+    let files_before = files_under(&tl_dir)?.len();
+    let end = lsn(&Value::from(psql(
+        port,
+        "CREATE TABLE big AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 40000) g; \
+         SELECT pg_current_wal_lsn()",
+    )?))?;
+    wait_for("the burst ingested", Duration::from_secs(60), || {
+        let st = s.json(&["status"])?;
+        let b = st["branches"]
+            .as_array()
+            .and_then(|b| b.iter().find(|x| x["branch"] == "main").cloned())
+            .context("main in status")?;
+        Ok((lsn(&b["last_record_end"])? >= end).then_some(()))
+    })?;
+    let new_files = files_under(&tl_dir)?.len().saturating_sub(files_before);
+    ensure!(
+        new_files >= 5,
+        "{new_files} new files in {} after ~10 MB of WAL at freeze_mib = 1",
+        tl_dir.display()
+    );
+
     // WAL rows: the compute's segment files decoded as JSON.
     let wal_dir = s.dir.join("computes/main/data/pg_wal");
     let dump = s.json(&[
