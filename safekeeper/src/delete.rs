@@ -2,19 +2,23 @@
 //! timeline leaves the service (its offload task stops), its directory is renamed aside (a
 //! name no id parses from, so a crash midway leaves nothing that is opened again), the rename
 //! made durable, and the directory removed; its offloaded WAL goes from the object store too.
-//! A connected proposer refuses the deletion: its compute still writes there.
+//! A connected proposer refuses the deletion: its compute still writes there. Before anything
+//! is removed the deletion waits (a few seconds at most) for the timeline's offload task to
+//! end, so that it uploads nothing after the object store's copy is deleted.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::ObjectStoreExt;
 use tokio_stream::StreamExt;
 use tonic::Status;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::control_file::fsync_dir;
 use crate::ids::TenantTimeline;
 use crate::remote_storage::RemoteStorage;
-use crate::service::Inner;
+use crate::service::{Inner, Timeline};
 
 /// Suffix of a directory being deleted (`<timeline>.deleting`): never parsed as a timeline.
 const DELETING_SUFFIX: &str = ".deleting";
@@ -82,6 +86,23 @@ async fn remove_remote(remote: &RemoteStorage, id: TenantTimeline) -> Result<u64
     Ok(objects.len() as u64)
 }
 
+/// How long a deletion waits for the timeline's other users (its offload task, which ends at
+/// its next tick; a replication reader) to let go, so that none writes after the removal.
+const USERS_GONE: Duration = Duration::from_secs(5);
+
+/// Waits until `tl` has no user but this one, at most [`USERS_GONE`]; logs if some remain.
+async fn wait_for_users(tl: Arc<Timeline>) {
+    let deadline = tokio::time::Instant::now() + USERS_GONE;
+    while Arc::strong_count(&tl) > 1 {
+        if tokio::time::Instant::now() >= deadline {
+            warn!(timeline = %tl.id, users = Arc::strong_count(&tl) - 1,
+                  "deleting a timeline still in use after {USERS_GONE:?}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl Inner {
     /// Forgets timeline `id` (see the module doc): (whether it was here, remote objects
     /// deleted).
@@ -103,7 +124,9 @@ impl Inner {
             open
         };
         self.quarantined().remove(&id);
-        drop(open);
+        if let Some(tl) = open {
+            wait_for_users(tl).await;
+        }
         let existed = {
             // Holding the map while the directory goes: no one opens it meanwhile.
             let _map = self.lock_map();
