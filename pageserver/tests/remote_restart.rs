@@ -175,7 +175,7 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
             "{:?}",
             t.broken_timelines()
         );
-        assert_eq!(t.conf(), &conf);
+        assert_eq!(t.conf(), conf);
         assert_eq!(m.timeline(TENANT, MAIN)?.safekeepers(), vec![SAFEKEEPER]);
         let parent = m
             .timeline(TENANT, BRANCH)?
@@ -253,7 +253,7 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
     assert_eq!(rep.timelines_present, 1);
     {
         let m = TenantManager::load_with(&b, Arc::new(layers.clone()))?;
-        assert_eq!(m.tenant(TENANT)?.conf(), &conf);
+        assert_eq!(m.tenant(TENANT)?.conf(), conf);
         check_same(&m, &want)?;
     }
 
@@ -266,7 +266,7 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
     assert_eq!(rep.timelines_restored, vec![format!("{TENANT}/{MAIN}")]);
     let bare_layers = RemoteLayerSource::new(Some(&bare));
     let m = TenantManager::load_with(&c, Arc::new(bare_layers.clone()))?;
-    assert_eq!(m.tenant(TENANT)?.conf(), &TenantConf::default());
+    assert_eq!(m.tenant(TENANT)?.conf(), TenantConf::default());
     assert!(m.timeline(TENANT, MAIN)?.safekeepers().is_empty());
     check_same(&m, &want[..1])?;
     drop(m);

@@ -19,6 +19,7 @@ pub mod acceptor;
 pub mod conn_threads;
 pub mod control_file;
 mod convert;
+mod delete;
 pub mod group_commit;
 pub mod ids;
 pub mod metrics;

@@ -41,6 +41,12 @@ impl RemoteStorage {
         self.store.store()
     }
 
+    /// `<prefix>/wal/<tenant>/<timeline>`: every WAL object of the timeline is under it.
+    pub fn wal_prefix(&self, id: &TenantTimeline) -> ObjectPath {
+        self.store
+            .key(&["wal", &id.tenant.to_string(), &id.timeline.to_string()])
+    }
+
     /// `<prefix>/wal/<tenant>/<timeline>/<name>`.
     pub fn wal_object(&self, id: &TenantTimeline, name: &str) -> ObjectPath {
         self.store.key(&[

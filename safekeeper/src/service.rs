@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -66,6 +66,24 @@ pub struct Timeline {
     quarantined: AtomicBool,
     /// A verification triggered by a bad read is running.
     checking: AtomicBool,
+    /// Proposer sessions connected now (a deletion is refused while there is one).
+    proposers: AtomicUsize,
+}
+
+/// Counts a proposer session for as long as it lives.
+struct ProposerSession(Arc<Timeline>);
+
+impl ProposerSession {
+    fn new(tl: &Arc<Timeline>) -> Self {
+        tl.proposers.fetch_add(1, Ordering::AcqRel);
+        ProposerSession(tl.clone())
+    }
+}
+
+impl Drop for ProposerSession {
+    fn drop(&mut self) {
+        self.0.proposers.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Timeline {
@@ -80,6 +98,7 @@ impl Timeline {
             service,
             quarantined: AtomicBool::new(false),
             checking: AtomicBool::new(false),
+            proposers: AtomicUsize::new(0),
         })
     }
 
@@ -120,6 +139,16 @@ impl Timeline {
                 Err(e) => warn!(timeline = %tl.id, %e, "verification task failed"),
             }
         });
+    }
+
+    /// Proposer sessions connected now.
+    pub(crate) fn proposers(&self) -> usize {
+        self.proposers.load(Ordering::Acquire)
+    }
+
+    /// The timeline is being deleted: its sessions and offload task stop as for a quarantine.
+    pub(crate) fn take_out_of_service(&self) {
+        self.quarantined.store(true, Ordering::Release);
     }
 
     /// The acceptor; a panic elsewhere does not make it unusable (its state is always whole).
@@ -574,6 +603,19 @@ impl pb::safekeeper_server::Safekeeper for SafekeeperService {
             partial_offloaded_lsn: offload.partial_offloaded_lsn.0,
         }))
     }
+
+    async fn delete_timeline(
+        &self,
+        request: Request<pb::DeleteTimelineRequest>,
+    ) -> Result<Response<pb::DeleteTimelineResponse>, Status> {
+        let r = request.into_inner();
+        let id = parse_ids(&r.tenant_id, &r.timeline_id)?;
+        let (deleted, remote_objects_deleted) = self.inner.delete_timeline(id).await?;
+        Ok(Response::new(pb::DeleteTimelineResponse {
+            deleted,
+            remote_objects_deleted,
+        }))
+    }
 }
 
 /// One proposer session after its greeting.
@@ -616,6 +658,7 @@ async fn session(
     let tl = blocking(move || inner2.timeline(id, Some(&info)))
         .await?
         .ok_or_else(|| Status::internal("timeline was not created"))?;
+    let _proposer = ProposerSession::new(&tl);
     let greeting = {
         let d = tl.durable.borrow().lsn;
         let mut a = tl.lock();

@@ -99,7 +99,17 @@ impl ComputeRecord {
 }
 
 pub fn node(dir: &Path, cfg: &ClusterConfig, name: &str) -> Result<ComputeNode> {
-    ComputeNode::new(PgPrograms::new(&cfg.pg_bin)?, &compute_dir(dir, name))
+    let mut n = ComputeNode::new(PgPrograms::new(&cfg.pg_bin)?, &compute_dir(dir, name))?;
+    // With the cluster's other logs, and kept when the compute is removed.
+    n.log_file = log_file(dir, name);
+    Ok(n)
+}
+
+/// `<dir>/logs/compute-<name>.log`: the compute's Postgres log (its page filesystem's is
+/// `compute-<name>-pagefs.log` beside it).
+pub fn log_file(dir: &Path, name: &str) -> PathBuf {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    dir.join("logs").join(format!("compute-{name}.log"))
 }
 
 /// The supervisor's name for a compute's Postgres.
@@ -246,6 +256,8 @@ pub struct StartRequest<'a> {
     /// Stream every page into a local data directory (the behaviour before lazy computes)
     /// instead of mounting a page filesystem that fetches pages on first read.
     pub full_copy: bool,
+    /// The compute's own Postgres settings (see [`crate::compute_settings`]).
+    pub settings: &'a [(String, String)],
 }
 
 pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecord> {
@@ -323,6 +335,7 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
     };
     let node = node(dir, &cfg, &name)?;
     fs::create_dir_all(compute_dir(dir, &name))?;
+    crate::compute_settings::store(dir, &name, req.settings)?;
     let mut times = StartTimes {
         resolved,
         ..StartTimes::default()
@@ -331,7 +344,8 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
         prepare_data_dir(dir, &cfg, &mut ps, &mut record, &node, &mut times, t0, out)?;
         record.store(dir)?;
         out.step(&format!("starting Postgres on port {port}"));
-        node.start()?;
+        node.start()
+            .with_context(|| format!("compute {name} (its log: {})", node.log_file.display()))?;
         crate::cluster::supervisor::watch_postgres(
             dir,
             &postgres_service(&name),
@@ -470,6 +484,7 @@ fn prepare_data_dir(
     )?;
     times.basebackup = t0.elapsed();
     node.configure(&spec)?;
+    crate::compute_settings::apply(dir, &record.name, &node.data_dir)?;
     times.configured = t0.elapsed();
     times.mounted = times.configured;
     times.streamed = Some(bb);

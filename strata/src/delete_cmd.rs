@@ -1,11 +1,13 @@
 //! `strata branch delete` and `strata tenant delete`: the computes on what is deleted are
 //! stopped and removed first, unexpired leases refuse the deletion unless `--force` (a lease
 //! promised that history), then the pageserver deletes the data locally and in the object
-//! store, and the names go last (a failure before leaves everything addressable).
+//! store, the safekeepers forget the timelines (their WAL, control files and offloaded WAL),
+//! and the names go last (a failure before leaves everything addressable).
 
 use std::path::Path;
+use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use serde_json::json;
 
@@ -14,6 +16,95 @@ use crate::compute_cmd::{self, ComputeRecord};
 use crate::mgmt::Pageserver;
 use crate::names::Names;
 use crate::output::{pg_lsn, Output};
+use walproto::proto::safekeeper as sk;
+
+/// How long a safekeeper has to forget one timeline.
+const SAFEKEEPER_DELETE: Duration = Duration::from_secs(30);
+
+/// What the safekeepers did with the deleted timelines: one text per safekeeper and
+/// timeline that failed (the deletion itself stands: the pageserver's data is gone).
+struct Forgotten {
+    /// (safekeeper, timelines it held and removed).
+    removed: Vec<(String, u64)>,
+    failures: Vec<String>,
+}
+
+impl Forgotten {
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "removed": self.removed.iter()
+                .map(|(a, n)| json!({"safekeeper": a, "timelines_removed": n}))
+                .collect::<Vec<_>>(),
+            "failures": self.failures,
+        })
+    }
+
+    fn text(&self) -> String {
+        let held: u64 = self.removed.iter().map(|(_, n)| n).sum();
+        let mut t = format!(
+            "{} of {} safekeeper(s) forgot it ({held} timeline cop{} removed)",
+            self.removed.len(),
+            self.removed.len() + self.failures.len(),
+            if held == 1 { "y" } else { "ies" }
+        );
+        for f in &self.failures {
+            t.push_str(&format!(
+                "
+  warning: {f}"
+            ));
+        }
+        t
+    }
+}
+
+async fn delete_on_safekeeper(addr: &str, tenant_id: &str, timelines: &[String]) -> Result<u64> {
+    let mut client = crate::mgmt::safekeeper_client(addr).await?;
+    let mut removed = 0;
+    for tl in timelines {
+        let req = sk::DeleteTimelineRequest {
+            tenant_id: tenant_id.into(),
+            timeline_id: tl.clone(),
+        };
+        let r = tokio::time::timeout(SAFEKEEPER_DELETE, client.delete_timeline(req))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "safekeeper {addr} did not delete timeline {tl} within {SAFEKEEPER_DELETE:?}"
+                )
+            })?
+            .map_err(|s| anyhow!("safekeeper {addr}, timeline {tl}: {}", s.message()))?;
+        removed += u64::from(r.into_inner().deleted);
+    }
+    Ok(removed)
+}
+
+/// Asks every safekeeper to forget `timelines` (after the pageserver stopped streaming them).
+fn forget_on_safekeepers(cfg: &ClusterConfig, tenant_id: &str, timelines: &[String]) -> Forgotten {
+    let mut done = Forgotten {
+        removed: Vec::new(),
+        failures: Vec::new(),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            done.failures
+                .push(format!("no runtime to ask the safekeepers: {e}"));
+            return done;
+        }
+    };
+    for addr in cfg.safekeeper_grpc_addrs() {
+        match rt.block_on(delete_on_safekeeper(&addr, tenant_id, timelines)) {
+            Ok(n) => done.removed.push((addr, n)),
+            Err(e) => done.failures.push(format!(
+                "{e:#} (its copy stays on disk until deleted by hand)"
+            )),
+        }
+    }
+    done
+}
 
 #[derive(Args, Debug)]
 pub struct BranchDeleteArgs {
@@ -130,18 +221,21 @@ pub fn branch_delete(dir: &Path, a: BranchDeleteArgs, out: &Output) -> Result<()
     refuse_leases(&format!("branch {}", a.name), &held, a.force)?;
     let computes = remove_computes(dir, &cfg, &tenant_id, Some(&this), out)?;
     ps.delete_timeline(&tenant_id, &timeline)?;
+    let forgotten = forget_on_safekeepers(&cfg, &tenant_id, std::slice::from_ref(&timeline));
     names.remove_branch(&tenant, &a.name);
     names.store(dir)?;
     out.result(
         &format!(
             "deleted branch {} of tenant {tenant} ({timeline}); computes removed: {}; leases \
-             dropped: {}",
+             dropped: {}; {}",
             a.name,
             list(&computes),
-            list(&held)
+            list(&held),
+            forgotten.text()
         ),
         json!({"tenant": tenant, "branch": a.name, "timeline_id": timeline,
-               "computes_removed": computes, "leases_dropped": held}),
+               "computes_removed": computes, "leases_dropped": held,
+               "safekeepers": forgotten.json()}),
     );
     Ok(())
 }
@@ -163,20 +257,23 @@ pub fn tenant_delete(dir: &Path, a: TenantDeleteArgs, out: &Output) -> Result<()
         "deleting tenant {tenant} on the pageserver and in the object store"
     ));
     let r = ps.delete_tenant(&tenant_id)?;
+    let forgotten = forget_on_safekeepers(&cfg, &tenant_id, &r.timeline_ids);
     names.remove_tenant(&tenant);
     names.store(dir)?;
     out.result(
         &format!(
             "deleted tenant {tenant} ({tenant_id}): {} branch(es), {} object(s) in the object \
-             store; computes removed: {}; leases dropped: {}",
+             store; computes removed: {}; leases dropped: {}; {}",
             r.timeline_ids.len(),
             r.remote_objects_deleted,
             list(&computes),
-            list(&held)
+            list(&held),
+            forgotten.text()
         ),
         json!({"tenant": tenant, "tenant_id": tenant_id, "timeline_ids": r.timeline_ids,
                "remote_objects_deleted": r.remote_objects_deleted,
-               "computes_removed": computes, "leases_dropped": held}),
+               "computes_removed": computes, "leases_dropped": held,
+               "safekeepers": forgotten.json()}),
     );
     Ok(())
 }

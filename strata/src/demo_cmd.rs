@@ -271,5 +271,6 @@ fn start_req(branch: &str, at: Option<Target>, read_only: bool) -> StartRequest<
         name: None,
         ttl_secs: None,
         full_copy: false,
+        settings: &[],
     }
 }

@@ -103,6 +103,7 @@ pub fn prepare(
     }
     let t = Instant::now();
     local_node.configure(spec)?;
+    crate::compute_settings::apply(dir, &rec.name, &local)?;
     let configure = t.elapsed();
     // An empty directory the Postgres OS user owns: the daemon mounts over it.
     node.pg.make_dir(&node.data_dir)?;

@@ -3,9 +3,11 @@
 
 mod basebackup;
 mod branch_cmd;
+mod check_cmd;
 mod cluster;
 mod cluster_json;
 mod compute_cmd;
+mod compute_settings;
 mod delete_cmd;
 mod demo_cmd;
 mod gc_cmd;
@@ -18,6 +20,7 @@ mod status_branch;
 mod status_cmd;
 mod target;
 mod tenant_cmd;
+mod tenant_config;
 mod tenant_import;
 mod verify_redo;
 mod waldump;
@@ -81,6 +84,12 @@ enum Command {
     Gc(gc_cmd::GcArgs),
     /// Keep a point of a branch readable (GC keeps its history) until the lease expires.
     Lease(gc_cmd::LeaseArgs),
+    /// Check the object store: every timeline's manifest against the objects present
+    /// (missing, orphaned, size mismatch), every layer's checksums, and what each branch keeps
+    /// readable (GC cutoff, PITR window, leases, branch points). Reads the store directly:
+    /// works with the cluster stopped (while it runs, an upload in progress can show as an
+    /// orphaned layer: check again). Exits 3 when anything is wrong.
+    Check(check_cmd::CheckArgs),
     /// Decode PostgreSQL 15 WAL files and print their records the way pg_waldump does.
     Waldump(waldump::WaldumpArgs),
     /// Import a base data directory, ingest WAL into a timeline and check every natively
@@ -136,6 +145,11 @@ struct ComputeStartArgs {
     /// read, so the start does not depend on the database's size).
     #[arg(long)]
     full_copy: bool,
+    /// A Postgres setting of this compute, e.g. `--set work_mem=64MB` (repeatable; the last
+    /// of a key wins). Kept across restarts and recreations; Postgres refuses a bad value at
+    /// the start, with its message.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = compute_settings::parse_setting)]
+    settings: Vec<(String, String)>,
 }
 
 #[derive(Args)]
@@ -169,6 +183,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Init(_)
             | Command::Demo(_)
+            | Command::Check(_)
             | Command::Waldump(_)
             | Command::VerifyRedo(_)
             | Command::Import(_)
@@ -225,8 +240,9 @@ fn main() -> ExitCode {
         Command::Demo(a) => ok(demo_cmd::run(demo_dir, a, &out)),
         Command::Gc(a) => ok(gc_cmd::run(&dir, a, &out)),
         Command::Lease(a) => ok(gc_cmd::lease(&dir, a, &out)),
-        Command::Waldump(args) => waldump::run(args),
-        Command::VerifyRedo(args) => verify_redo::run(args),
+        Command::Check(a) => check_cmd::run(&dir, a, &out),
+        Command::Waldump(args) => waldump::run(args, cli.json),
+        Command::VerifyRedo(args) => verify_redo::run(args, cli.json),
         Command::Import(args) => basebackup::run_import(args, &out),
         Command::Basebackup(args) => basebackup::run_basebackup(args, &out),
         Command::Completions { shell } => ok(completions(shell, &out)),
@@ -261,6 +277,7 @@ fn compute_start(
             name: a.name,
             ttl_secs: None,
             full_copy: a.full_copy,
+            settings: &a.settings,
         },
         out,
     )?;
@@ -282,6 +299,10 @@ fn compute_start(
             "name": rec.name, "branch": rec.branch, "lsn": rec.lsn,
             "read_only": rec.read_only, "port": rec.port, "connstr": url,
             "lazy": rec.lazy,
+            "settings": a.settings.iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
+            "log": compute_cmd::log_file(dir, &rec.name),
         }),
     );
     Ok(())

@@ -293,6 +293,37 @@ impl Pageserver {
         .map(|r| r.leases)
     }
 
+    /// The tenant's configuration: every key with its value, form and meaning.
+    pub fn get_tenant_config(&mut self, tenant: &str) -> Result<ps::TenantConfigResponse> {
+        let req = ps::GetTenantConfigRequest {
+            tenant_id: tenant.into(),
+        };
+        call(
+            &self.rt,
+            "reading the tenant configuration",
+            QUICK_CALL,
+            self.client.get_tenant_config(req),
+        )
+    }
+
+    /// Changes keys of the tenant's configuration (all or none), in effect at once.
+    pub fn set_tenant_config(
+        &mut self,
+        tenant: &str,
+        settings: Vec<ps::TenantConfigSetting>,
+    ) -> Result<ps::TenantConfigResponse> {
+        let req = ps::SetTenantConfigRequest {
+            tenant_id: tenant.into(),
+            settings,
+        };
+        call(
+            &self.rt,
+            "changing the tenant configuration",
+            QUICK_CALL,
+            self.client.set_tenant_config(req),
+        )
+    }
+
     pub fn timeline_status(&mut self, tenant: &str, timeline: &str) -> Result<ps::TimelineInfo> {
         let req = ps::TimelineRequest {
             tenant_id: tenant.into(),
@@ -422,16 +453,22 @@ pub fn safekeeper_statuses(
         .collect()
 }
 
-async fn safekeeper_status(
-    addr: &str,
-    req: sk::TimelineStatusRequest,
-) -> Result<Option<sk::TimelineStatusResponse>> {
+/// A client of the safekeeper whose gRPC service is at `addr` (connected within 5 s): every
+/// safekeeper call of the CLI connects here.
+pub async fn safekeeper_client(addr: &str) -> Result<SafekeeperClient<Channel>> {
     let ch = Channel::from_shared(format!("http://{addr}"))?
         .connect_timeout(SAFEKEEPER_ANSWER)
         .connect()
         .await
         .with_context(|| format!("connecting to the safekeeper at {addr}"))?;
-    match SafekeeperClient::new(ch).timeline_status(req).await {
+    Ok(SafekeeperClient::new(ch))
+}
+
+async fn safekeeper_status(
+    addr: &str,
+    req: sk::TimelineStatusRequest,
+) -> Result<Option<sk::TimelineStatusResponse>> {
+    match safekeeper_client(addr).await?.timeline_status(req).await {
         Ok(r) => Ok(Some(r.into_inner())),
         Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
         Err(s) => Err(anyhow!("safekeeper {addr}: {}", s.message())),

@@ -49,6 +49,7 @@ pub fn run(dir: &Path, a: QueryArgs, out: &Output) -> Result<()> {
             name: Some(name.clone()),
             ttl_secs: a.ttl,
             full_copy: a.full_copy,
+            settings: &[],
         },
         out,
     )?;

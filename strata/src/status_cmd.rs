@@ -29,10 +29,7 @@ fn stop_json(s: &IngestStop) -> serde_json::Value {
 }
 
 fn node_log(dir: &Path, name: &str) -> String {
-    compute_cmd::compute_dir(dir, name)
-        .join("postgres.log")
-        .display()
-        .to_string()
+    compute_cmd::log_file(dir, name).display().to_string()
 }
 
 /// ", restarted 2 times (last: killed by signal 9 (SIGKILL))" for a service the supervisor

@@ -22,6 +22,10 @@ pub enum TenantCommand {
     Create(CreateArgs),
     /// List the tenants.
     List,
+    /// A tenant's configuration (tenant.toml on the pageserver): get, or set without a
+    /// restart.
+    #[command(subcommand)]
+    Config(crate::tenant_config::TenantConfigCommand),
     /// Delete a tenant: its computes stopped, every branch's data removed on the pageserver
     /// and in the object store.
     Delete(crate::delete_cmd::TenantDeleteArgs),
@@ -49,6 +53,7 @@ pub fn run(dir: &Path, cmd: TenantCommand, out: &Output) -> Result<()> {
     match cmd {
         TenantCommand::Create(a) => create(dir, a, out),
         TenantCommand::List => list(dir, out),
+        TenantCommand::Config(c) => crate::tenant_config::run(dir, c, out),
         TenantCommand::Delete(a) => crate::delete_cmd::tenant_delete(dir, a, out),
         TenantCommand::Import(a) => {
             // Before the source's whole pg_basebackup: the cluster must take it.

@@ -1,12 +1,14 @@
 //! `strata verify-redo`: imports a base data directory, ingests WAL through the pageserver's
 //! normal ingest path, and checks every natively redone page against Postgres's
-//! `wal_consistency_checking` images with GetPage@LSN (see `pageserver::verify_redo`).
+//! `wal_consistency_checking` images with GetPage@LSN (see `pageserver::verify_redo`); with
+//! `--json`, the report as one object.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use pageserver::verify_redo::{verify_redo, VerifyRedoOptions};
+use pageserver::verify_redo::{verify_redo, VerifyRedoOptions, VerifyRedoReport};
+use serde_json::json;
 use walproto::Lsn;
 
 #[derive(clap::Args)]
@@ -41,7 +43,43 @@ pub struct VerifyRedoArgs {
     max_reported: usize,
 }
 
-pub fn run(args: VerifyRedoArgs) -> Result<ExitCode> {
+/// The report as one JSON object: the counts, a row per page type and resource manager, the
+/// problems, and the final directory's comparison.
+fn report_json(rep: &VerifyRedoReport) -> serde_json::Value {
+    let per_type: Vec<_> = rep
+        .per_type
+        .iter()
+        .map(|(t, c)| json!({"type": t, "verified": c.verified, "mismatched": c.mismatched}))
+        .collect();
+    let per_rmgr: Vec<_> = rep
+        .per_rmgr
+        .iter()
+        .map(|(r, n)| json!({"rmgr": r, "records": n}))
+        .collect();
+    let final_dir = match (rep.final_lsn, &rep.final_report) {
+        (Some(l), Some(f)) => json!({
+            "lsn": l.to_string(), "equal": f.equal, "differing": f.differing,
+            "summary": f.summary(), "one_sided": f.one_sided.iter().map(|o| o.to_string()).collect::<Vec<_>>(),
+            "problems": f.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "seconds": rep.final_elapsed.as_secs_f64(),
+        }),
+        _ => serde_json::Value::Null,
+    };
+    json!({
+        "ok": rep.ok(), "verified": rep.verified, "mismatched": rep.mismatched,
+        "unsupported": rep.ingest.unsupported, "vm_strict_verified": rep.vm_strict_verified,
+        "read_errors": rep.read_errors, "records": rep.ingest.records,
+        "wal_bytes": rep.ingest.wal_bytes, "values": rep.ingest.values,
+        "skipped": rep.ingest.skipped, "last_lsn": rep.last_lsn.to_string(),
+        "resumed_from": rep.resumed_from.map(|l| l.to_string()),
+        "layers": rep.layers, "l0_flushes": rep.writes.l0_flushes,
+        "layer_bytes": rep.writes.layer_bytes, "seconds": rep.elapsed.as_secs_f64(),
+        "per_type": per_type, "per_rmgr": per_rmgr, "problems": rep.problems,
+        "final": final_dir,
+    })
+}
+
+pub fn run(args: VerifyRedoArgs, json: bool) -> Result<ExitCode> {
     let temp = args.timeline_dir.is_none();
     let timeline_dir = args.timeline_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("strata-verify-redo-{}", std::process::id()))
@@ -62,8 +100,12 @@ pub fn run(args: VerifyRedoArgs) -> Result<ExitCode> {
         let _ = std::fs::remove_dir_all(&timeline_dir);
     }
     let rep = result.context("verify-redo")?;
-    print!("{}", rep.describe());
-    println!("{}", rep.headline());
+    if json {
+        println!("{}", report_json(&rep));
+    } else {
+        print!("{}", rep.describe());
+        println!("{}", rep.headline());
+    }
     Ok(if rep.ok() {
         ExitCode::SUCCESS
     } else {

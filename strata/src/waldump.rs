@@ -1,5 +1,5 @@
 //! `strata waldump`: prints WAL records in pg_waldump's layout, so the two can be compared line
-//! by line.
+//! by line; with `--json`, one JSON array of records (or the statistics as one object).
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -75,9 +75,7 @@ impl Stats {
             "rmgr", "records", "(%)", "record bytes", "(%)", "FPI bytes", "(%)"
         )?;
         for (rmid, (cn, cr, cf)) in &self.per_rmgr {
-            let name = rmgr::rmgr_name(*rmid)
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("custom{rmid:03}"));
+            let name = rmgr_name(*rmid);
             writeln!(
                 out,
                 "{:<18} {:>10} {:>6.2}% {:>14} {:>6.2}% {:>14} {:>6.2}%",
@@ -92,9 +90,78 @@ impl Stats {
         }
         Ok(())
     }
+
+    fn json(&self, start: Lsn, end: Lsn) -> serde_json::Value {
+        let rmgrs: Vec<serde_json::Value> = self
+            .per_rmgr
+            .iter()
+            .map(|(rmid, (n, r, f))| {
+                serde_json::json!({"rmgr": rmgr_name(*rmid), "records": n,
+                                   "record_bytes": r, "fpi_bytes": f})
+            })
+            .collect();
+        let (n, r, f) = self
+            .per_rmgr
+            .values()
+            .fold((0u64, 0u64, 0u64), |a, v| (a.0 + v.0, a.1 + v.1, a.2 + v.2));
+        serde_json::json!({
+            "start": start.to_string(), "end": end.to_string(), "records": n,
+            "record_bytes": r, "fpi_bytes": f, "rmgrs": rmgrs,
+        })
+    }
 }
 
-pub fn run(args: WaldumpArgs) -> anyhow::Result<ExitCode> {
+fn rmgr_name(rmid: u8) -> String {
+    rmgr::rmgr_name(rmid)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("custom{rmid:03}"))
+}
+
+/// One record as a JSON row: pg_waldump's fields, each in its own key.
+pub fn record_json(rec: &DecodedRecord) -> serde_json::Value {
+    let h = &rec.header;
+    let fpi_len = rec.fpi_len();
+    let kind = rmgr::identify(h.rmid, h.info)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("UNKNOWN ({:x})", h.info & !walproto::consts::XLR_INFO_MASK));
+    let blocks: Vec<serde_json::Value> = rec
+        .blocks
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "id": b.id, "rel": b.rel.to_string(), "fork": fork_name(b.fork).unwrap_or("?"),
+                "blk": b.blkno, "fpw": b.image.is_some(),
+                "fpw_applied": b.image.as_ref().is_some_and(|i| i.apply()),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "lsn": rec.lsn.to_string(), "end_lsn": rec.end_lsn.to_string(),
+        "prev": h.prev.to_string(), "rmgr": rmgr_name(h.rmid), "xid": h.xid,
+        "rec_len": h.tot_len - fpi_len, "tot_len": h.tot_len, "desc": kind,
+        "detail": rmgr::describe(rec), "blocks": blocks,
+    })
+}
+
+/// Writes records as the elements of one JSON array, opened at the first and closed by
+/// [`JsonRows::close`] (an empty array if there was none).
+struct JsonRows {
+    written: u64,
+}
+
+impl JsonRows {
+    fn push(&mut self, out: &mut impl Write, rec: &DecodedRecord) -> std::io::Result<()> {
+        let sep = if self.written == 0 { "[" } else { "," };
+        self.written += 1;
+        writeln!(out, "{sep}{}", record_json(rec))
+    }
+
+    fn close(&self, out: &mut impl Write) -> std::io::Result<()> {
+        writeln!(out, "{}]", if self.written == 0 { "[" } else { "" })
+    }
+}
+
+pub fn run(args: WaldumpArgs, json: bool) -> anyhow::Result<ExitCode> {
     let (dir, file_start) = resolve_path(&args.path)?;
     let start = match args.start.or(file_start) {
         Some(s) => s,
@@ -114,6 +181,7 @@ pub fn run(args: WaldumpArgs) -> anyhow::Result<ExitCode> {
     let mut printed = 0u64;
     let mut stats = Stats::default();
     let mut last_end = start;
+    let mut rows = JsonRows { written: 0 };
     loop {
         if args.limit.is_some_and(|n| printed >= n) {
             break;
@@ -125,9 +193,14 @@ pub fn run(args: WaldumpArgs) -> anyhow::Result<ExitCode> {
                 printed += 1;
             }
             Ok(Some(rec)) => {
-                line.clear();
-                format_record(&rec, args.bkp_details, &mut line);
-                if out.write_all(line.as_bytes()).is_err() {
+                let written = if json {
+                    rows.push(&mut out, &rec)
+                } else {
+                    line.clear();
+                    format_record(&rec, args.bkp_details, &mut line);
+                    out.write_all(line.as_bytes())
+                };
+                if written.is_err() {
                     return Ok(ExitCode::SUCCESS); // stdout closed, e.g. piped into head
                 }
                 printed += 1;
@@ -141,18 +214,38 @@ pub fn run(args: WaldumpArgs) -> anyhow::Result<ExitCode> {
                 break;
             }
             Err(e @ WalReadError::Corrupt(_)) => {
-                out.flush().ok();
+                // What was read stays a whole JSON value; the error goes to stderr.
+                if json {
+                    let _ = finish(&mut out, json, &args, &rows, &stats, (start, last_end));
+                } else {
+                    out.flush().ok();
+                }
                 eprintln!("strata waldump: error: {e}");
                 return Ok(ExitCode::FAILURE);
             }
             Err(e) => return Err(e.into()),
         }
     }
-    if args.stats {
-        stats.print(&mut out, start, last_end)?;
-    }
-    out.flush().ok();
+    finish(&mut out, json, &args, &rows, &stats, (start, last_end))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ends the JSON array, or prints the statistics, however reading ended.
+fn finish(
+    out: &mut impl Write,
+    json: bool,
+    args: &WaldumpArgs,
+    rows: &JsonRows,
+    stats: &Stats,
+    (start, end): (Lsn, Lsn),
+) -> std::io::Result<()> {
+    match (json, args.stats) {
+        (true, true) => writeln!(out, "{}", stats.json(start, end))?,
+        (true, false) => rows.close(out)?,
+        (false, true) => stats.print(out, start, end)?,
+        (false, false) => {}
+    }
+    out.flush()
 }
 
 /// A directory is used as it is; a segment file means its directory, starting at that segment.
@@ -186,9 +279,7 @@ fn resolve_path(path: &Path) -> anyhow::Result<(PathBuf, Option<Lsn>)> {
 pub fn format_record(rec: &DecodedRecord, bkp_details: bool, out: &mut String) {
     use std::fmt::Write as _;
     let h = &rec.header;
-    let rm_name = rmgr::rmgr_name(h.rmid)
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("custom{:03}", h.rmid));
+    let rm_name = rmgr_name(h.rmid);
     let fpi_len = rec.fpi_len();
     let _ = write!(
         out,

@@ -311,6 +311,47 @@ fn path_mentions(root: &Path, id: &str) -> Result<Vec<String>> {
     Ok(found)
 }
 
+/// The files of every safekeeper's data directory with `id` in their path.
+fn safekeeper_mentions(s: &StrataCli, id: &str) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(&s.dir)? {
+        let p = e?.path();
+        let is_sk = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("safekeeper-"));
+        if is_sk {
+            found.extend(path_mentions(&p, id)?);
+        }
+    }
+    Ok(found)
+}
+
+/// A safekeeper's DeleteTimeline, straight over gRPC: its status code and message.
+fn safekeeper_delete(addr: &str, tenant: &str, timeline: &str) -> Result<(tonic::Code, String)> {
+    use walproto::proto::safekeeper as sk;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        let req = sk::DeleteTimelineRequest {
+            tenant_id: tenant.into(),
+            timeline_id: timeline.into(),
+        };
+        let mut client = sk::safekeeper_client::SafekeeperClient::new(ch);
+        let call = client.delete_timeline(req);
+        match tokio::time::timeout(Duration::from_secs(30), call).await {
+            Ok(Ok(_)) => Ok((tonic::Code::Ok, String::new())),
+            Ok(Err(st)) => Ok((st.code(), st.message().to_string())),
+            Err(_) => bail!("safekeeper {addr} did not answer DeleteTimeline within 30 s"),
+        }
+    })
+}
+
 /// `strata --json args…` that must fail: its error line.
 fn refused(s: &StrataCli, args: &[&str]) -> Result<String> {
     let (code, out, err) = run_with_code(s, args)?;
@@ -333,12 +374,16 @@ fn the_lifecycle_with_json_and_its_effects() -> Result<()> {
             && init["safekeepers"][2]["pg_addr"].is_string(),
         "init --json: {init}"
     );
-    let result = lifecycle(&s);
+    let sk_addr = init["safekeepers"][0]["grpc_addr"]
+        .as_str()
+        .context("a safekeeper's gRPC address")?
+        .to_string();
+    let result = lifecycle(&s, &sk_addr);
     let _ = s.run(&["stop"]);
     result
 }
 
-fn lifecycle(s: &StrataCli) -> Result<()> {
+fn lifecycle(s: &StrataCli, sk_addr: &str) -> Result<()> {
     let started = s.json(&["start"])?;
     let running = started["services"]
         .as_array()
@@ -425,11 +470,40 @@ fn lifecycle(s: &StrataCli) -> Result<()> {
         "{err}"
     );
 
-    // Deleting dev stops its compute and removes its files here and in the object store.
+    // A safekeeper refuses to forget a timeline while its walproposer is connected.
+    ensure!(
+        !safekeeper_mentions(s, &dev_id)?.is_empty(),
+        "the safekeepers hold nothing of dev: the checks below prove nothing"
+    );
+    let (code, msg) = safekeeper_delete(sk_addr, &tenant_id, &dev_id)?;
+    ensure!(
+        code == tonic::Code::FailedPrecondition && msg.contains("proposer"),
+        "DeleteTimeline with a proposer connected: {code:?} {msg}"
+    );
+
+    // Deleting dev stops its compute and removes its files here, in the object store and on
+    // the safekeepers.
     let deleted = s.json(&["branch", "delete", "dev", "--tenant", "shop"])?;
     ensure!(
-        deleted["computes_removed"][0] == "dev",
+        deleted["computes_removed"][0] == "dev"
+            && deleted["safekeepers"]["removed"]
+                .as_array()
+                .is_some_and(|r| r.len() == 3 && r.iter().all(|x| x["timelines_removed"] == 1))
+            && deleted["safekeepers"]["failures"]
+                .as_array()
+                .is_some_and(|f| f.is_empty()),
         "branch delete: {deleted}"
+    );
+    let on_sk = safekeeper_mentions(s, &dev_id)?;
+    ensure!(
+        on_sk.is_empty(),
+        "dev's WAL remains on the safekeepers: {on_sk:?}"
+    );
+    // Asked again, a safekeeper has nothing left to delete and says so without an error.
+    let (code, msg) = safekeeper_delete(sk_addr, &tenant_id, &dev_id)?;
+    ensure!(
+        code == tonic::Code::Ok,
+        "a second DeleteTimeline: {code:?} {msg}"
     );
     let local = path_mentions(&s.dir.join("pageserver"), &dev_id)?;
     let remote = path_mentions(&s.dir.join("remote"), &dev_id)?;
@@ -452,12 +526,13 @@ fn lifecycle(s: &StrataCli) -> Result<()> {
         "tenant delete: {deleted}"
     );
     let local = path_mentions(&s.dir.join("pageserver"), &tenant_id)?;
-    // The pageserver's part of the object store (`t/`). The safekeepers' offloaded WAL
-    // (`wal/`) stays: they have no delete call yet (a known gap).
-    let remote = path_mentions(&s.dir.join("remote").join("t"), &tenant_id)?;
+    // The pageserver's part of the object store (`t/`) and the safekeepers' offloaded WAL
+    // (`wal/`), and the safekeepers' own copies.
+    let remote = path_mentions(&s.dir.join("remote"), &tenant_id)?;
+    let on_sk = safekeeper_mentions(s, &tenant_id)?;
     ensure!(
-        local.is_empty() && remote.is_empty(),
-        "the tenant's files remain: {local:?} {remote:?}"
+        local.is_empty() && remote.is_empty() && on_sk.is_empty(),
+        "the tenant's files remain: {local:?} {remote:?} {on_sk:?}"
     );
     ensure!(
         s.json(&["tenant", "list"])?

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use strata_tests::cluster::{pg_dump, pgbench, psql, scratch_dir};
+use strata_tests::cluster::{pg_dump, pgbench, psql, scratch_dir, wait_for};
 use strata_tests::pg::free_port;
 use strata_tests::waldump::strata_bin;
 use walproto::Lsn;
@@ -277,6 +277,21 @@ fn scenario(s: &Strata, s3_root: &Path) -> Result<()> {
         keys.len()
     );
     ensure!(longest <= 128, "a key of {longest} bytes: {keys:?}");
+    // `strata check` reads the same store over S3: every manifest's layers there, each
+    // checksum right. The writer runs on: an upload or a compaction caught halfway shows as an
+    // orphaned or missing layer, so a clean check within a minute is what is asked.
+    let checked = wait_for(
+        "a clean `strata check` over S3",
+        Duration::from_secs(60),
+        || {
+            let v = s.json(&["check"])?;
+            Ok((v["problems"] == 0).then_some(v))
+        },
+    )?;
+    ensure!(
+        checked["timelines"][0]["layers"].as_u64() > Some(0),
+        "check over S3 saw no layers: {checked}"
+    );
 
     // Wipe the pageserver's disk while it is frozen, then SIGKILL it: the cluster's supervisor
     // restarts it on the empty directory.

@@ -7,6 +7,7 @@
 //! statuses whose message says what is possible ([`convert::to_status`]).
 
 pub mod background;
+mod config;
 pub mod convert;
 mod lifecycle;
 pub mod pages;
@@ -777,6 +778,24 @@ impl pb::pageserver_server::Pageserver for PageserverService {
     ) -> Result<Response<pb::ListLeasesResponse>, Status> {
         Ok(Response::new(
             self.revoke_lease_now(req.into_inner()).await?,
+        ))
+    }
+
+    async fn get_tenant_config(
+        &self,
+        req: Request<pb::GetTenantConfigRequest>,
+    ) -> Result<Response<pb::TenantConfigResponse>, Status> {
+        Ok(Response::new(
+            self.get_tenant_config_now(req.into_inner()).await?,
+        ))
+    }
+
+    async fn set_tenant_config(
+        &self,
+        req: Request<pb::SetTenantConfigRequest>,
+    ) -> Result<Response<pb::TenantConfigResponse>, Status> {
+        Ok(Response::new(
+            self.set_tenant_config_now(req.into_inner()).await?,
         ))
     }
 }

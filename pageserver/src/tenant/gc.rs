@@ -261,7 +261,7 @@ impl Tenant {
     /// The cutoff given the unexpired leases (call with the `changes` lock held for a
     /// consistent set of branches).
     fn cutoff_with(&self, h: &TimelineHandle, leases: Vec<Lsn>) -> Result<CutoffParts> {
-        let pitr = self.conf.pitr_interval();
+        let pitr = self.conf().pitr_interval();
         let pitr_lsn = h.read(|t| pitr_cutoff(t, pitr))?;
         let branch_points: Vec<Lsn> = self
             .timelines()

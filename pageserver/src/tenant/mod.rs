@@ -53,7 +53,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Tenant {
     id: String,
     dir: PathBuf,
-    conf: TenantConf,
+    /// Swapped by [`Tenant::set_conf`]; read where it is used (GC, new timelines), never kept.
+    conf: RwLock<TenantConf>,
     timelines: Mutex<BTreeMap<String, Arc<TimelineHandle>>>,
     /// Timelines that failed to load, with the reason (never served; kept for listings).
     broken: Mutex<BTreeMap<String, String>>,
@@ -68,8 +69,30 @@ impl Tenant {
         &self.id
     }
 
-    pub fn conf(&self) -> &TenantConf {
-        &self.conf
+    /// The configuration in effect now.
+    pub fn conf(&self) -> TenantConf {
+        self.conf.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies `changes` (key, value) all or none: checked, written to `tenant.toml` durably,
+    /// then in effect for the running tenant (its timelines get their new tunables now, GC
+    /// reads the PITR window at its next run). Returns the configuration now in effect.
+    pub fn set_conf(&self, changes: &[(String, String)]) -> Result<TenantConf> {
+        // Serialized with branch creation: a new timeline opens with the configuration that
+        // is in effect, not one replaced while it was being made.
+        let _changes = lock(&self.changes);
+        let mut next = self.conf();
+        for (k, v) in changes {
+            next.set(k, v)?;
+        }
+        write_atomic(&self.dir.join(TENANT_CONF), next.to_toml().as_bytes())?;
+        *self.conf.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
+        let tl_conf = next.timeline_conf();
+        for h in self.timelines() {
+            h.with_ingest(|w| w.timeline_mut().set_conf(tl_conf.clone()));
+        }
+        info!(tenant = %self.id, conf = %next.to_toml().replace('\n', "; "), "tenant configuration changed");
+        Ok(next)
     }
 
     pub fn timelines(&self) -> Vec<Arc<TimelineHandle>> {
@@ -133,7 +156,7 @@ impl Tenant {
                 }
             }
         }
-        let tl_conf = self.conf.timeline_conf();
+        let tl_conf = self.conf().timeline_conf();
         // Parents first: repeatedly open the timelines whose ancestor is open (or absent).
         let mut pending = metas;
         while !pending.is_empty() {
@@ -245,7 +268,7 @@ impl Tenant {
         write_atomic(&tmp.join(TIMELINE_CONF), text.as_bytes())?;
         let dir = self.timelines_dir().join(id);
         rename_durable(tmp, &dir)?;
-        let h = self.open_timeline(id, &dir, self.conf.timeline_conf(), parent)?;
+        let h = self.open_timeline(id, &dir, self.conf().timeline_conf(), parent)?;
         lock(&self.timelines).insert(id.to_string(), h.clone());
         Ok(h)
     }
@@ -268,8 +291,8 @@ impl Tenant {
         // Without an LSN either kind of data directory: a clean shutdown, or a pg_basebackup
         // output (with a backup_label) whose WAL is ingested through the backup's end.
         let imported = match lsn {
-            None => crate::import::import(datadir, &tmp, self.conf.timeline_conf()),
-            Some(_) => import_datadir(datadir, &tmp, self.conf.timeline_conf(), lsn),
+            None => crate::import::import(datadir, &tmp, self.conf().timeline_conf()),
+            Some(_) => import_datadir(datadir, &tmp, self.conf().timeline_conf(), lsn),
         };
         let (tl, rep) = imported.map_err(|source| TenantError::Import {
             datadir: datadir.to_path_buf(),
@@ -307,7 +330,7 @@ impl Tenant {
             lsn,
             timeline: parent.clone(),
         };
-        let tl = Timeline::create_branch(&tmp, self.conf.timeline_conf(), ancestor).map_err(
+        let tl = Timeline::create_branch(&tmp, self.conf().timeline_conf(), ancestor).map_err(
             TenantError::timeline(format!("creating branch {}/{id}", self.id)),
         )?;
         drop(tl);
@@ -386,7 +409,7 @@ impl TenantManager {
             let t = Arc::new(Tenant {
                 id: name.clone(),
                 dir: e.path(),
-                conf,
+                conf: RwLock::new(conf),
                 timelines: Mutex::new(BTreeMap::new()),
                 broken: Mutex::new(BTreeMap::new()),
                 changes: Mutex::new(()),
@@ -452,7 +475,7 @@ impl TenantManager {
         let t = Arc::new(Tenant {
             id: id.clone(),
             dir,
-            conf,
+            conf: RwLock::new(conf),
             timelines: Mutex::new(BTreeMap::new()),
             broken: Mutex::new(BTreeMap::new()),
             changes: Mutex::new(()),

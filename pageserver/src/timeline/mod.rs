@@ -223,6 +223,21 @@ impl Timeline {
         &self.dir
     }
 
+    /// The tunables in effect from now on (a tenant's configuration changed while it runs):
+    /// the next ingested record sees the new freeze size, the next compaction its settings.
+    /// A new page cache size starts an empty cache.
+    pub fn set_conf(&mut self, conf: TimelineConf) {
+        if conf.page_cache_pages != self.conf.page_cache_pages {
+            *self.cache.lock().unwrap_or_else(|p| p.into_inner()) =
+                read::PageCache::new(conf.page_cache_pages);
+        }
+        self.conf = conf;
+    }
+
+    pub fn conf(&self) -> &TimelineConf {
+        &self.conf
+    }
+
     pub fn start_lsn(&self) -> Lsn {
         self.meta.start_lsn
     }
