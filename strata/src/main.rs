@@ -9,6 +9,7 @@ mod compute_cmd;
 mod delete_cmd;
 mod demo_cmd;
 mod gc_cmd;
+mod group;
 mod lazy_compute;
 mod mgmt;
 mod names;
@@ -81,6 +82,10 @@ enum Command {
     Gc(gc_cmd::GcArgs),
     /// Keep a point of a branch readable (GC keeps its history) until the lease expires.
     Lease(gc_cmd::LeaseArgs),
+    /// Groups of tenants (the servers of one sharded cluster): consistent cuts every few
+    /// seconds and restores of the whole group to one of them.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Decode PostgreSQL 15 WAL files and print their records the way pg_waldump does.
     Waldump(waldump::WaldumpArgs),
     /// Import a base data directory, ingest WAL into a timeline and check every natively
@@ -225,6 +230,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => ok(demo_cmd::run(demo_dir, a, &out)),
         Command::Gc(a) => ok(gc_cmd::run(&dir, a, &out)),
         Command::Lease(a) => ok(gc_cmd::lease(&dir, a, &out)),
+        Command::Group(c) => ok(group::run(&dir, c, &out)),
         Command::Waldump(args) => waldump::run(args),
         Command::VerifyRedo(args) => verify_redo::run(args),
         Command::Import(args) => basebackup::run_import(args, &out),
