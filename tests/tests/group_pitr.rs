@@ -21,7 +21,9 @@ use strata_tests::cluster::{on_new_cluster, psql, read_pid, StrataCli};
 
 const MEMBERS: [&str; 3] = ["bank-a", "bank-b", "bank-c"];
 /// How long the clients move money while cuts are taken.
-const WORKLOAD: Duration = Duration::from_secs(12);
+const WORKLOAD: Duration = Duration::from_secs(10);
+/// Transfers committed before the clients stop.
+const MIN_TRANSFERS: usize = 12;
 /// Cuts restored (each: a branch and a compute per member, then settlement).
 const RESTORES: usize = 2;
 
@@ -81,6 +83,7 @@ fn scenario(s: &StrataCli) -> Result<()> {
     // The clients, while the cutter cuts; one safekeeper is killed halfway.
     let acked = Arc::new(Mutex::new(Vec::<Acked>::new()));
     let stop = Arc::new(AtomicBool::new(false));
+    let workload_start = unix_micros();
     let clients: Vec<_> = (0..2)
         .map(|c| {
             let (acked, stop, ports) = (acked.clone(), stop.clone(), ports.clone());
@@ -91,16 +94,25 @@ fn scenario(s: &StrataCli) -> Result<()> {
     let sk = read_pid(&s.dir.join("run/safekeeper-1.pid"))?;
     // SAFETY: kill(2) on a pid the cluster recorded.
     unsafe { libc::kill(sk, libc::SIGKILL) };
-    std::thread::sleep(WORKLOAD / 2);
+    // At least WORKLOAD, and until MIN_TRANSFERS committed (a loaded machine is slow).
+    let t0 = Instant::now();
+    while t0.elapsed() < WORKLOAD / 2
+        || (acked.lock().expect("acked").len() < MIN_TRANSFERS
+            && t0.elapsed() < Duration::from_secs(90))
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     stop.store(true, Ordering::Relaxed);
+    let workload_end = unix_micros();
     let mut transfers_done = 0;
     for c in clients {
         transfers_done += c.join().expect("client thread")?;
     }
     let acked = acked.lock().expect("acked").clone();
     ensure!(
-        transfers_done >= 10,
-        "only {transfers_done} transfers in {WORKLOAD:?}"
+        transfers_done >= MIN_TRANSFERS,
+        "only {transfers_done} transfers committed in {:?}",
+        t0.elapsed() + WORKLOAD / 2
     );
 
     committed_on_one_member_is_committed_on_all(s, &ports)?;
@@ -109,7 +121,18 @@ fn scenario(s: &StrataCli) -> Result<()> {
 
     // Restore at cuts spread over the workload.
     let cuts = s.json(&["group", "restore-point", "list", "bank"])?;
-    let cuts = cuts.as_array().context("cuts")?.clone();
+    // Those taken while the clients ran.
+    let cuts: Vec<serde_json::Value> = cuts
+        .as_array()
+        .context("cuts")?
+        .iter()
+        .filter(|c| {
+            c["time_us"]
+                .as_i64()
+                .is_some_and(|t| (workload_start..workload_end).contains(&t))
+        })
+        .cloned()
+        .collect();
     ensure!(
         cuts.len() >= 10,
         "{} cuts taken in {WORKLOAD:?}",
@@ -135,7 +158,11 @@ fn scenario(s: &StrataCli) -> Result<()> {
         );
         stop_computes(s, &r)?;
 
-        // The same moment, each member on its own: may break the sum (shown, not asserted).
+        // The same moment, each member on its own: may break the sum (shown, not asserted;
+        // once, to keep the test short).
+        if i > 0 {
+            continue;
+        }
         let naive = s.json(&[
             "group",
             "branch",
@@ -174,8 +201,9 @@ fn prepare(port: u16, gid: &str, amount: i64) -> Result<()> {
     Ok(())
 }
 
-/// One client: transfers between two members by 2PC until `stop`; every 7th is rolled back,
-/// every 11th left prepared; every 5th also a local (non-2PC) transaction. Returns how many
+/// One client: transfers between two members by 2PC until `stop`; every 5th is rolled back,
+/// every 6th left prepared, every 3rd has a slow coordinator (300 ms between its two
+/// commits); every 4th is followed by a local (non-2PC) transaction. Returns how many
 /// transfers it committed.
 fn transfers(
     client: usize,
@@ -193,10 +221,10 @@ fn transfers(
         let amount = 1 + (n % 50) as i64;
         prepare(ports[from], &gid, -amount)?;
         prepare(ports[to], &gid, amount)?;
-        if n.is_multiple_of(11) {
+        if n.is_multiple_of(6) {
             continue;
         }
-        let decision = if n.is_multiple_of(7) {
+        let decision = if n.is_multiple_of(5) {
             "ROLLBACK"
         } else {
             "COMMIT"
@@ -214,7 +242,7 @@ fn transfers(
                 at_us: unix_micros(),
             });
         }
-        if n.is_multiple_of(5) {
+        if n.is_multiple_of(4) {
             psql(
                 ports[from],
                 &format!(
@@ -240,6 +268,22 @@ fn committed_on_one_member_is_committed_on_all(s: &StrataCli, ports: &[u16]) -> 
         "between-commits",
     ])?;
     psql(ports[1], &format!("COMMIT PREPARED '{gid}'"))?;
+    // Time travel at the cut, unsettled: committed on a, still in doubt (invisible) on b.
+    let q = s.json(&[
+        "group",
+        "query",
+        "bank",
+        "--at",
+        "between-commits",
+        &format!("SELECT count(*) FROM ledger WHERE gid = '{gid}'"),
+    ])?;
+    let counts: Vec<&str> = q["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .map(|m| m["output"].as_str().unwrap_or("?").trim())
+        .collect();
+    ensure!(counts == ["1", "0", "0"], "group query at the cut: {q}");
     let r = s.json(&[
         "group",
         "branch",
