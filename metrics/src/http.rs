@@ -153,6 +153,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn serves_a_services_own_routes_next_to_the_common_ones() {
+        let control: Control = Arc::new(|method, path, query| {
+            (path == "/fence").then(|| {
+                (
+                    200,
+                    format!("{{\"method\":\"{method}\",\"q\":\"{query}\"}}"),
+                )
+            })
+        });
+        let ready: ReadyCheck = Arc::new(|| Ok(()));
+        let addr = start_with_control("127.0.0.1:0".parse().unwrap(), ready, Some(control))
+            .await
+            .unwrap();
+        let run = async {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(b"POST /fence?ttl_ms=5 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("send");
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.expect("read");
+            assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+            assert!(out.contains("content-type: application/json"), "{out}");
+            assert!(
+                out.ends_with("{\"method\":\"POST\",\"q\":\"ttl_ms=5\"}"),
+                "{out}"
+            );
+            assert!(get(addr, "/health/live")
+                .await
+                .starts_with("HTTP/1.1 200 OK"));
+            assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        };
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the endpoint answered within 10 s");
+    }
+
+    #[tokio::test]
     async fn serves_metrics_and_health_over_http() {
         let is_ready = Arc::new(AtomicBool::new(false));
         let flag = is_ready.clone();
