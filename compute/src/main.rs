@@ -84,6 +84,11 @@ struct WpArgs {
     /// `walproposer metrics on <addr>`. Not served if not given.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// With --metrics-listen: write the bound address there (atomically, each start), where a
+    /// group coordinator finds the fence routes (`POST /fence?ttl_ms=N`, `POST
+    /// /unfence?token=T`).
+    #[arg(long, value_name = "PATH", requires = "metrics_listen")]
+    control_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -124,6 +129,7 @@ fn run(cli: Cli) -> Result<()> {
     cfg.max_buffer = a.max_buffer_mb << 20;
     cfg.timeout = Duration::from_secs(a.timeout_secs.max(1));
     let metrics_listen = a.metrics_listen;
+    let control_file = a.control_file;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -133,10 +139,16 @@ fn run(cli: Cli) -> Result<()> {
             .context("installing the SIGTERM handler")?;
         if let Some(addr) = metrics_listen {
             walproposer::metrics::init();
-            let bound =
-                strata_metrics::http::start(addr, std::sync::Arc::new(walproposer::metrics::ready))
-                    .await?;
+            let bound = strata_metrics::http::start_with_control(
+                addr,
+                std::sync::Arc::new(walproposer::metrics::ready),
+                Some(std::sync::Arc::new(walproposer::fence::control)),
+            )
+            .await?;
             println!("walproposer metrics on {bound}");
+            if let Some(path) = &control_file {
+                write_control_file(path, bound)?;
+            }
         }
         // The walproposer runs as a task, not as the future `block_on` polls: waking that
         // future writes the runtime's eventfd (a syscall and an extra epoll round) every time,
@@ -151,4 +163,17 @@ fn run(cli: Cli) -> Result<()> {
         wp.abort();
         r
     })
+}
+
+/// Writes `addr` to `path` durably: a temporary file, fsynced, renamed over it.
+fn write_control_file(path: &std::path::Path, addr: std::net::SocketAddr) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(format!("{addr}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }

@@ -19,6 +19,10 @@ use tokio::net::TcpListener;
 /// `Ok` when the service is ready, else why not (shown in the 503's body).
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// A service's own routes: given the method, path and query string, `Some((status, JSON
+/// body))` for a route it serves, `None` for the common ones. Requests carry no body.
+pub type Control = Arc<dyn Fn(&str, &str, &str) -> Option<(u16, String)> + Send + Sync>;
+
 /// A client has this long to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -34,15 +38,24 @@ pub enum Error {
 /// Binds `addr` and serves the endpoint on the current runtime; returns the bound address
 /// (the real port when asked for port 0).
 pub async fn start(addr: SocketAddr, ready: ReadyCheck) -> Result<SocketAddr, Error> {
+    start_with_control(addr, ready, None).await
+}
+
+/// [`start`], also serving the service's own `control` routes.
+pub async fn start_with_control(
+    addr: SocketAddr,
+    ready: ReadyCheck,
+    control: Option<Control>,
+) -> Result<SocketAddr, Error> {
     let bind_err = |source| Error::Bind { addr, source };
     let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
     let bound = listener.local_addr().map_err(bind_err)?;
-    tokio::spawn(serve(listener, ready));
+    tokio::spawn(serve(listener, ready, control));
     Ok(bound)
 }
 
 /// Accepts connections for as long as the runtime runs.
-pub async fn serve(listener: TcpListener, ready: ReadyCheck) {
+pub async fn serve(listener: TcpListener, ready: ReadyCheck, control: Option<Control>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
@@ -54,10 +67,28 @@ pub async fn serve(listener: TcpListener, ready: ReadyCheck) {
             }
         };
         let ready = ready.clone();
+        let control = control.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let ready = ready.clone();
-                async move { Ok::<_, Infallible>(to_response(answer(req.uri().path(), &ready))) }
+                let own = control.as_ref().and_then(|c| {
+                    c(
+                        req.method().as_str(),
+                        req.uri().path(),
+                        req.uri().query().unwrap_or(""),
+                    )
+                });
+                async move {
+                    Ok::<_, Infallible>(to_response(match own {
+                        Some((status, body)) => (
+                            StatusCode::from_u16(status)
+                                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                            "application/json",
+                            body,
+                        ),
+                        None => answer(req.uri().path(), &ready),
+                    }))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -119,6 +150,43 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
         out
+    }
+
+    #[tokio::test]
+    async fn serves_a_services_own_routes_next_to_the_common_ones() {
+        let control: Control = Arc::new(|method, path, query| {
+            (path == "/fence").then(|| {
+                (
+                    200,
+                    format!("{{\"method\":\"{method}\",\"q\":\"{query}\"}}"),
+                )
+            })
+        });
+        let ready: ReadyCheck = Arc::new(|| Ok(()));
+        let addr = start_with_control("127.0.0.1:0".parse().unwrap(), ready, Some(control))
+            .await
+            .unwrap();
+        let run = async {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(b"POST /fence?ttl_ms=5 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("send");
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.expect("read");
+            assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+            assert!(out.contains("content-type: application/json"), "{out}");
+            assert!(
+                out.ends_with("{\"method\":\"POST\",\"q\":\"ttl_ms=5\"}"),
+                "{out}"
+            );
+            assert!(get(addr, "/health/live")
+                .await
+                .starts_with("HTTP/1.1 200 OK"));
+            assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        };
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the endpoint answered within 10 s");
     }
 
     #[tokio::test]

@@ -49,6 +49,11 @@ pub fn compute_dir(dir: &Path, name: &str) -> PathBuf {
     computes_dir(dir).join(name)
 }
 
+/// The file holding the address of a compute walproposer's HTTP endpoint (with its fence).
+pub fn control_file(dir: &Path, name: &str) -> PathBuf {
+    compute_dir(dir, name).join("walproposer.addr")
+}
+
 pub fn walproposer_daemon(dir: &Path, name: &str) -> Daemon {
     Daemon::new(dir, &format!("compute-{name}-walproposer"))
 }
@@ -669,7 +674,10 @@ pub(crate) fn start_walproposer(
         // with the basebackup's checkpoint record.
         .args(["--start-lsn", &lsn.to_string()])
         // A free port each start; the address is in the log ("walproposer metrics on").
-        .args(["--metrics-listen", "127.0.0.1:0"]);
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        // Where a group coordinator finds its fence (rewritten at each restart).
+        .arg("--control-file")
+        .arg(control_file(dir, &rec.name));
     walproposer_daemon(dir, &rec.name).start(
         cmd,
         "streaming from Postgres",

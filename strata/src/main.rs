@@ -11,6 +11,7 @@ mod compute_settings;
 mod delete_cmd;
 mod demo_cmd;
 mod gc_cmd;
+mod group;
 mod lazy_compute;
 mod mgmt;
 mod names;
@@ -90,6 +91,10 @@ enum Command {
     /// works with the cluster stopped (while it runs, an upload in progress can show as an
     /// orphaned layer: check again). Exits 3 when anything is wrong.
     Check(check_cmd::CheckArgs),
+    /// Groups of tenants (the servers of one sharded cluster): consistent cuts every few
+    /// seconds and restores of the whole group to one of them.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Decode PostgreSQL 15 WAL files and print their records the way pg_waldump does.
     Waldump(waldump::WaldumpArgs),
     /// Import a base data directory, ingest WAL into a timeline and check every natively
@@ -241,6 +246,7 @@ fn main() -> ExitCode {
         Command::Gc(a) => ok(gc_cmd::run(&dir, a, &out)),
         Command::Lease(a) => ok(gc_cmd::lease(&dir, a, &out)),
         Command::Check(a) => check_cmd::run(&dir, a, &out),
+        Command::Group(c) => ok(group::run(&dir, c, &out)),
         Command::Waldump(args) => waldump::run(args, cli.json),
         Command::VerifyRedo(args) => verify_redo::run(args, cli.json),
         Command::Import(args) => basebackup::run_import(args, &out),

@@ -17,6 +17,7 @@ pub mod acceptor;
 pub mod buffer;
 pub mod checks;
 pub mod election;
+pub mod fence;
 pub mod history;
 pub mod metrics;
 pub mod proposer;

@@ -276,6 +276,7 @@ async fn stream_loop(
             _ = shared.hungry_notify.notified(), if !want_wal && !backpressure => {}
             _ = &mut pause_timer, if !want_wal && !backpressure => {}
             _ = tick.tick() => {}
+            _ = super::fence::FENCE.lifted.notified() => {}
         }
 
         // The commit LSN: fsynced by a majority in this term, and this term's WAL start
@@ -340,13 +341,16 @@ async fn stream_loop(
             buf.trim(keep);
         }
 
-        if reply_now || commit != reported || last_status.elapsed() >= STATUS_INTERVAL {
+        // While a group coordinator holds a fence, Postgres hears the positions it last heard.
+        let (write, flush) =
+            super::fence::FENCE.positions_to_send(received.max(commit), commit, commit);
+        if reply_now || flush != reported || last_status.elapsed() >= STATUS_INTERVAL {
             stream
-                .send_status(received.max(commit), commit, false)
+                .send_status(write, flush, false)
                 .await
                 .context("sending the standby status to Postgres")?;
-            reported = commit;
-            super::metrics::reported_flush(commit);
+            reported = flush;
+            super::metrics::reported_flush(flush);
             last_status = Instant::now();
         }
     }

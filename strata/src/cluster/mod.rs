@@ -220,7 +220,8 @@ pub fn start(dir: &Path) -> Result<()> {
             metrics_note(cfg.pageserver.metrics_addr())
         );
     }
-    crate::tenant_import::reconnect_all(dir, &cfg, &crate::output::Output::new(false))
+    crate::tenant_import::reconnect_all(dir, &cfg, &crate::output::Output::new(false))?;
+    crate::group::start_cutters(dir)
 }
 
 /// Stops everything it can: computes (each bounded, see `compute_cmd::stop_one`), then the
@@ -230,6 +231,9 @@ pub fn stop(dir: &Path) -> Result<()> {
     let cfg = ClusterConfig::load(dir)?;
     crate::tenant_import::warn_before_stop(dir)?;
     let mut failed = Vec::new();
+    if let Err(e) = crate::group::stop_cutters(dir) {
+        failed.push(format!("{e:#}"));
+    }
     // Computes first: they depend on the safekeepers for every commit.
     if let Err(e) = crate::compute_cmd::stop_all(dir, &cfg) {
         failed.push(format!("{e:#}"));

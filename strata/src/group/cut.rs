@@ -1,0 +1,189 @@
+//! Taking a consistent cut: fence every member's walproposer (all or none), note each one's
+//! quorum commit LSN, lift the fences, and keep the cut only if every fence held throughout.
+//! Why this is consistent: "Groups and consistent cuts" in `docs/architecture.md`.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::store::{Cut, Group, Member};
+use crate::compute_cmd::{self, ComputeRecord};
+
+/// A fence not lifted within this lifts itself (a coordinator that died mid-cut).
+pub const FENCE_TTL: Duration = Duration::from_secs(5);
+/// Names of the automatic cutter's cuts start with this (refused for named cuts).
+pub const AUTO_PREFIX: &str = "auto-";
+/// Connecting to and hearing from one walproposer.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where `member`'s read-write compute serves its fence.
+pub fn control_addr(dir: &Path, member: &Member) -> Result<SocketAddr> {
+    let rec = ComputeRecord::list(dir)?
+        .into_iter()
+        .find(|c| c.timeline_id == member.timeline_id && !c.read_only)
+        .with_context(|| {
+            format!(
+                "member {} has no read-write compute on branch {} (strata compute start --tenant {} {})",
+                member.tenant, member.branch, member.tenant, member.branch
+            )
+        })?;
+    let p = compute_cmd::control_file(dir, &rec.name);
+    let text = std::fs::read_to_string(&p).with_context(|| {
+        format!(
+            "member {}: compute {} has no fence address ({} unreadable; a compute started \
+             before groups existed needs a restart)",
+            member.tenant,
+            rec.name,
+            p.display()
+        )
+    })?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("{} holds no address", p.display()))
+}
+
+/// POSTs `path_and_query` to `addr`; the JSON answer of a 200.
+fn post(addr: SocketAddr, path_and_query: &str) -> Result<serde_json::Value> {
+    let mut s = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    s.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    let _ = s.set_nodelay(true);
+    write!(
+        s,
+        "POST {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .with_context(|| format!("sending to {addr}"))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .with_context(|| format!("no answer from {addr} within {HTTP_TIMEOUT:?}"))?;
+    let status = answer.split(' ').nth(1).unwrap_or("");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim();
+    if status != "200" {
+        bail!("{addr} answered {status}: {body}");
+    }
+    serde_json::from_str(body).with_context(|| format!("{addr} answered {body:?}"))
+}
+
+/// A fence taken on one member.
+struct Held {
+    addr: SocketAddr,
+    token: u64,
+    commit: String,
+}
+
+fn fence(addr: SocketAddr) -> Result<Held> {
+    let v = post(addr, &format!("/fence?ttl_ms={}", FENCE_TTL.as_millis()))?;
+    let token = v["token"]
+        .as_u64()
+        .context("the fence answer has no token")?;
+    let commit = v["commit_lsn"]
+        .as_str()
+        .context("the fence answer has no commit_lsn")?
+        .to_string();
+    Ok(Held {
+        addr,
+        token,
+        commit,
+    })
+}
+
+/// Lifts a fence; true if it held throughout.
+fn unfence(h: &Held) -> Result<bool> {
+    let v = post(h.addr, &format!("/unfence?token={}", h.token))?;
+    v["held"]
+        .as_bool()
+        .context("the unfence answer has no held")
+}
+
+/// Runs `f` on every item at once (one thread each: the pause is one round trip, not N).
+fn on_all<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items.iter().map(|i| s.spawn(|| f(i))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a fence thread panicked"))
+            .collect()
+    })
+}
+
+/// Takes and stores a cut named `name` of `group`. On any failure every fence taken is lifted
+/// and nothing is stored.
+pub fn take(dir: &Path, group: &Group, name: &str) -> Result<Cut> {
+    // Automatic names are unique by their time; the cutter does not read every cut each time.
+    if !name.starts_with(AUTO_PREFIX) && group.cuts(dir)?.iter().any(|c| c.name == name) {
+        bail!("group {} already has a cut named {name:?}", group.name);
+    }
+    let addrs: Vec<(String, Result<SocketAddr>)> = group
+        .members
+        .iter()
+        .map(|m| (m.tenant.clone(), control_addr(dir, m)))
+        .collect();
+    let mut missing = Vec::new();
+    let mut found = Vec::new();
+    for (t, a) in addrs {
+        match a {
+            Ok(a) => found.push((t, a)),
+            Err(e) => missing.push(format!("{e:#}")),
+        }
+    }
+    if !missing.is_empty() {
+        bail!("no cut taken: {}", missing.join("; "));
+    }
+    let t0 = Instant::now();
+    let fenced = on_all(&found, |(_, a)| fence(*a));
+    let time_us = unix_micros_now();
+    let held: Vec<&Held> = fenced.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let lifted = on_all(&held, |h| unfence(h));
+    let pause_ms = t0.elapsed().as_secs_f64() * 1000.0;
+
+    let mut problems = Vec::new();
+    for ((tenant, addr), r) in found.iter().zip(&fenced) {
+        if let Err(e) = r {
+            problems.push(format!("fencing member {tenant} ({addr}): {e:#}"));
+        }
+    }
+    for (h, r) in held.iter().zip(&lifted) {
+        let tenant = found
+            .iter()
+            .find(|(_, a)| *a == h.addr)
+            .map_or("?", |(t, _)| t.as_str());
+        match r {
+            Ok(true) => {}
+            Ok(false) => problems.push(format!(
+                "member {tenant}: the fence did not hold (its walproposer restarted, or the \
+                 fence outlived its {FENCE_TTL:?} deadline)"
+            )),
+            Err(e) => problems.push(format!("lifting the fence of member {tenant}: {e:#}")),
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "no cut taken (every fence taken was lifted): {}",
+            problems.join("; ")
+        );
+    }
+    let lsns: BTreeMap<String, String> = found
+        .iter()
+        .zip(&fenced)
+        .filter_map(|((t, _), r)| r.as_ref().ok().map(|h| (t.clone(), h.commit.clone())))
+        .collect();
+    let cut = Cut {
+        name: name.to_string(),
+        time_us,
+        lsns,
+        pause_ms,
+    };
+    group.append_cut(dir, &cut)?;
+    Ok(cut)
+}
+
+pub fn unix_micros_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,341 @@
+//! `strata group branch` and `strata group query`: every member at its LSN of a cut (or, with
+//! `--naive`, at one wall-clock time), then the settlement of in-doubt two-phase transactions.
+//!
+//! Settlement needs evidence that a gid committed somewhere. Postgres keeps none after the
+//! fact: `pg_prepared_xacts` forgets a gid once it is committed *or* rolled back, and a
+//! member may never have prepared it. So the evidence is the application's: each
+//! participant's prepared transaction inserts its gid into [`EVIDENCE_TABLE`] on its member.
+//! A gid whose row is visible on a member committed there, so the coordinator had decided to
+//! commit (it issues COMMIT PREPARED only after every PREPARE succeeded): an in-doubt
+//! participant of it is committed. An in-doubt gid with no such row anywhere is rolled back:
+//! no member committed it within the cut, so no client saw it commit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use super::store::{find_cut, Group, Member};
+use crate::branch_cmd::{self, BranchCommand, CreateArgs, TenantArg};
+use crate::cluster::ClusterConfig;
+use crate::compute_cmd::{self, StartRequest};
+use crate::output::{stdout_to_stderr, Output};
+use crate::target::Target;
+
+/// The table (`gid text`) a participant's prepared transaction writes its gid to.
+pub const EVIDENCE_TABLE: &str = "strata_2pc_gids";
+
+/// Where each member goes: an LSN of a cut, or the same time for all (`--naive`).
+fn targets(dir: &Path, g: &Group, at: &str, naive: bool) -> Result<(String, Vec<Target>)> {
+    if naive {
+        let us = match Target::parse(at)? {
+            Target::Time(us) => us,
+            _ => bail!("--naive takes a time (2026-11-21 22:10:05+00 or @<unix seconds>)"),
+        };
+        return Ok((
+            format!("time {} (naive)", crate::target::format_time(us)),
+            g.members.iter().map(|_| Target::Time(us)).collect(),
+        ));
+    }
+    let cut = find_cut(g, &g.cuts(dir)?, at)?;
+    let mut out = Vec::new();
+    for m in &g.members {
+        let lsn = cut
+            .lsns
+            .get(&m.tenant)
+            .with_context(|| format!("cut {} has no LSN for member {}", cut.name, m.tenant))?;
+        out.push(Target::Lsn(lsn.parse().map_err(|e| {
+            anyhow::anyhow!("cut {}: bad LSN {lsn:?}: {e}", cut.name)
+        })?));
+    }
+    Ok((
+        format!(
+            "cut {} ({})",
+            cut.name,
+            crate::target::format_time(cut.time_us)
+        ),
+        out,
+    ))
+}
+
+fn target_text(t: &Target) -> String {
+    match t {
+        Target::Lsn(l) => l.to_string(),
+        Target::Time(us) => crate::target::format_time(*us),
+        Target::RestorePoint(n) => n.clone(),
+    }
+}
+
+/// A restored member: its compute's port.
+struct Restored<'a> {
+    member: &'a Member,
+    compute: String,
+    port: u16,
+}
+
+pub fn branch(
+    dir: &Path,
+    name: &str,
+    at: &str,
+    new_branch: &str,
+    naive: bool,
+    out: &Output,
+) -> Result<()> {
+    let g = Group::load(dir, name)?;
+    let (what, targets) = targets(dir, &g, at, naive)?;
+    let cfg = ClusterConfig::load(dir)?;
+    let mut restored = Vec::new();
+    for (m, t) in g.members.iter().zip(&targets) {
+        out.step(&format!(
+            "member {}: branch {new_branch} of {} at {}",
+            m.tenant,
+            m.branch,
+            target_text(t)
+        ));
+        let rec = stdout_to_stderr(|| -> Result<_> {
+            let quiet = Output::new(false);
+            branch_cmd::run(
+                dir,
+                BranchCommand::Create(CreateArgs {
+                    name: new_branch.to_string(),
+                    from: m.branch.clone(),
+                    at: Some(target_text(t)),
+                    exclusive: false,
+                    tenant: TenantArg {
+                        tenant: Some(m.tenant.clone()),
+                    },
+                }),
+                &quiet,
+            )?;
+            compute_cmd::start(
+                dir,
+                StartRequest {
+                    branch: new_branch,
+                    tenant: Some(&m.tenant),
+                    at: None,
+                    read_only: false,
+                    name: None,
+                    ttl_secs: None,
+                    full_copy: false,
+                },
+                &quiet,
+            )
+        })
+        .with_context(|| format!("restoring member {}", m.tenant))?;
+        restored.push(Restored {
+            member: m,
+            compute: rec.name,
+            port: rec.port,
+        });
+    }
+    // A naive restore is the server-by-server baseline: nothing is settled across members.
+    out.step(if naive {
+        "listing in-doubt two-phase transactions (naive: not settled)"
+    } else {
+        "settling in-doubt two-phase transactions"
+    });
+    let settled = settle(dir, &cfg, &restored, !naive)?;
+    let mut lines = vec![format!(
+        "group {name} restored at {what} as branch {new_branch}:"
+    )];
+    let mut members = Vec::new();
+    for r in &restored {
+        let url = format!("postgresql://postgres@127.0.0.1:{}/postgres", r.port);
+        lines.push(format!(
+            "  {:<16} compute {:<20} {url}",
+            r.member.tenant, r.compute
+        ));
+        members.push(json!({"tenant": r.member.tenant, "compute": r.compute, "port": r.port, "connstr": url}));
+    }
+    if settled.is_empty() {
+        lines.push("no in-doubt transactions".into());
+    }
+    for s in &settled {
+        lines.push(format!(
+            "  {} {:?} on {} ({})",
+            s.action, s.gid, s.tenant, s.why
+        ));
+    }
+    out.result(
+        &lines.join("\n"),
+        json!({
+            "group": name, "branch": new_branch, "at": what, "members": members,
+            "settled": settled.iter().map(|s| json!({
+                "tenant": s.tenant, "gid": s.gid, "action": s.action, "why": s.why,
+            })).collect::<Vec<_>>(),
+        }),
+    );
+    Ok(())
+}
+
+struct Settled {
+    tenant: String,
+    gid: String,
+    action: &'static str,
+    why: String,
+}
+
+fn hex_decode(s: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// `'text'` as an SQL literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Commits each in-doubt gid committed on another member, rolls back the others (only
+/// lists them unless `apply`).
+fn settle(
+    dir: &Path,
+    cfg: &ClusterConfig,
+    members: &[Restored],
+    apply: bool,
+) -> Result<Vec<Settled>> {
+    // (member index, database, gid) of every prepared transaction.
+    let mut prepared = Vec::new();
+    for (i, r) in members.iter().enumerate() {
+        let node = compute_cmd::node(dir, cfg, &r.compute)?;
+        let rows = node.psql(
+            r.port,
+            "postgres",
+            "SELECT encode(convert_to(database, 'UTF8'), 'hex') || ' ' || \
+             encode(convert_to(gid, 'UTF8'), 'hex') FROM pg_prepared_xacts",
+        )?;
+        for row in rows.lines().filter(|l| !l.is_empty()) {
+            let (db, gid) = row
+                .split_once(' ')
+                .and_then(|(d, g)| Some((hex_decode(d)?, hex_decode(g)?)))
+                .with_context(|| format!("unexpected pg_prepared_xacts row {row:?}"))?;
+            prepared.push((i, db, gid));
+        }
+    }
+    let databases: BTreeSet<&str> = prepared.iter().map(|(_, d, _)| d.as_str()).collect();
+    // gid → the members whose evidence table shows it committed.
+    let mut committed_on: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let wanted: Vec<String> = prepared.iter().map(|(_, _, g)| literal(g)).collect();
+    if !wanted.is_empty() {
+        for (i, r) in members.iter().enumerate() {
+            let node = compute_cmd::node(dir, cfg, &r.compute)?;
+            for db in &databases {
+                let sql = format!(
+                    "SELECT encode(convert_to(gid, 'UTF8'), 'hex') FROM {EVIDENCE_TABLE} \
+                     WHERE gid IN ({})",
+                    wanted.join(",")
+                );
+                let has_table = node.psql(
+                    r.port,
+                    db,
+                    &format!(
+                        "SELECT to_regclass({}) IS NOT NULL",
+                        literal(EVIDENCE_TABLE)
+                    ),
+                )?;
+                if has_table.trim() != "t" {
+                    continue;
+                }
+                for row in node.psql(r.port, db, &sql)?.lines() {
+                    if let Some(g) = hex_decode(row.trim()) {
+                        committed_on.entry(g).or_default().push(i);
+                    }
+                }
+            }
+        }
+    }
+    let mut settled = Vec::new();
+    for (i, db, gid) in prepared {
+        let r = &members[i];
+        let witnesses: Vec<&str> = committed_on
+            .get(&gid)
+            .into_iter()
+            .flatten()
+            .filter(|&&w| w != i)
+            .map(|&w| members[w].member.tenant.as_str())
+            .collect();
+        let (action, why) = if !apply {
+            (
+                "LEFT PREPARED",
+                "a naive restore settles nothing".to_string(),
+            )
+        } else if witnesses.is_empty() {
+            (
+                "ROLLBACK PREPARED",
+                format!("committed on no other member within the cut ({EVIDENCE_TABLE})"),
+            )
+        } else {
+            (
+                "COMMIT PREPARED",
+                format!("committed on {}", witnesses.join(", ")),
+            )
+        };
+        if apply {
+            compute_cmd::node(dir, cfg, &r.compute)?
+                .psql(r.port, &db, &format!("{action} {}", literal(&gid)))
+                .with_context(|| format!("{action} {gid:?} on member {}", r.member.tenant))?;
+        }
+        settled.push(Settled {
+            tenant: r.member.tenant.clone(),
+            gid,
+            action,
+            why,
+        });
+    }
+    Ok(settled)
+}
+
+/// `strata group query`: one read-only query per member at its LSN of the cut (in-doubt
+/// transactions show as in progress: nothing is settled on a read-only compute).
+pub fn query(
+    dir: &Path,
+    name: &str,
+    at: &str,
+    sql: &str,
+    database: &str,
+    out: &Output,
+) -> Result<()> {
+    let g = Group::load(dir, name)?;
+    let (what, targets) = targets(dir, &g, at, false)?;
+    let cfg = ClusterConfig::load(dir)?;
+    let mut lines = vec![format!("group {name} at {what}:")];
+    let mut results = Vec::new();
+    for (m, t) in g.members.iter().zip(targets) {
+        let compute = format!("groupquery-{}-{}", m.tenant, std::process::id());
+        let compute = if crate::names::validate(crate::names::Kind::Compute, &compute).is_ok() {
+            compute
+        } else {
+            format!("groupquery-{}", std::process::id())
+        };
+        let rec = stdout_to_stderr(|| {
+            compute_cmd::start(
+                dir,
+                StartRequest {
+                    branch: &m.branch,
+                    tenant: Some(&m.tenant),
+                    at: Some(t),
+                    read_only: true,
+                    name: Some(compute.clone()),
+                    ttl_secs: None,
+                    full_copy: false,
+                },
+                &Output::new(false),
+            )
+        })
+        .with_context(|| format!("member {}", m.tenant))?;
+        let rows = compute_cmd::node(dir, &cfg, &compute)?.psql(rec.port, database, sql);
+        compute_cmd::remove(dir, &cfg, &compute)?;
+        let rows = rows.with_context(|| format!("member {}", m.tenant))?;
+        lines.push(format!("-- {} at {}", m.tenant, rec.lsn));
+        lines.push(rows.trim_end().to_string());
+        results.push(json!({"tenant": m.tenant, "lsn": rec.lsn, "output": rows}));
+    }
+    out.result(
+        &lines.join("\n"),
+        json!({"group": name, "at": what, "members": results}),
+    );
+    Ok(())
+}
