@@ -381,6 +381,8 @@ mod fake_pageserver {
             db_size(DbSizeRequest) -> DbSizeResponse;
             slru_segment(SlruSegmentRequest) -> SlruSegmentResponse;
             resume_ingest(TimelineRequest) -> TimelineInfo;
+            get_tenant_config(GetTenantConfigRequest) -> TenantConfigResponse;
+            set_tenant_config(SetTenantConfigRequest) -> TenantConfigResponse;
         }
 
         async fn basebackup(
