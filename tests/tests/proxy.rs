@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
-use strata_tests::cluster::{on_new_cluster, wait_for, StrataCli};
+use strata_tests::cluster::{on_new_cluster, read_pid, wait_for, StrataCli};
 use strata_tests::pg::pg_bin_dir;
 use tokio_postgres::{Client, NoTls};
 
@@ -257,6 +257,7 @@ fn proxy_routes_authenticates_starts_stops_and_travels_in_time() -> Result<()> {
         eprintln!("[{:>5.1} s] time travel done", t0.elapsed().as_secs_f64());
         cancel(&p)?;
         idle_stop_and_restart(&p)?;
+        a_restarted_proxy_keeps_its_computes(&p)?;
         eprintln!("[{:>5.1} s] idle stop done", t0.elapsed().as_secs_f64());
         hand_started_computes_are_used_not_stopped(&p)?;
         pgbench(&p)?;
@@ -502,6 +503,39 @@ fn idle_stop_and_restart(p: &Proxy) -> Result<()> {
         started.elapsed()
     );
     ensure!(p.psql(&Target::db("postgres@dev"), "SELECT count(*) FROM items")? == "100");
+    Ok(())
+}
+
+/// The proxy SIGKILLed: the supervisor restarts it, it serves again, and it still stops the
+/// computes it started before (dev, not connected to since, included).
+fn a_restarted_proxy_keeps_its_computes(p: &Proxy) -> Result<()> {
+    let running = p.running()?;
+    ensure!(
+        running.contains(&"main".to_string()) && running.contains(&"dev".to_string()),
+        "main and dev should run after the reconnects: {running:?}"
+    );
+    let pid = read_pid(&p.s.dir.join("run/proxy.pid"))?;
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()?;
+    ensure!(killed.success(), "kill -9 {pid}");
+    let main = Target::db("postgres");
+    wait_for(
+        "the supervisor to restart the proxy",
+        Duration::from_secs(30),
+        || {
+            let new_pid = read_pid(&p.s.dir.join("run/proxy.pid"))?;
+            Ok(
+                (new_pid != pid && p.psql(&main, "SELECT count(*) FROM items")? == "10")
+                    .then_some(()),
+            )
+        },
+    )?;
+    wait_for(
+        "the restarted proxy to stop the idle computes it started before",
+        Duration::from_secs(IDLE_STOP_SECS + 40),
+        || Ok(p.running()?.is_empty().then_some(())),
+    )?;
     Ok(())
 }
 
