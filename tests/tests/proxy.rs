@@ -67,8 +67,9 @@ impl Proxy<'_> {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
-    /// A tokio-postgres connection (its connection task runs on the test's runtime).
-    fn connect(&self, t: &Target) -> Result<Client, tokio_postgres::Error> {
+    /// A tokio-postgres connection (its connection task runs on the test's runtime), or the
+    /// refusal; an error if it hangs.
+    fn try_connect(&self, t: &Target) -> Result<Result<Client, tokio_postgres::Error>> {
         let mut cfg = tokio_postgres::Config::new();
         cfg.host("127.0.0.1")
             .port(self.port)
@@ -83,20 +84,25 @@ impl Proxy<'_> {
             .rt
             .block_on(async { tokio::time::timeout(CLIENT_LIMIT, cfg.connect(NoTls)).await });
         let Ok(connected) = connecting else {
-            panic!(
+            bail!(
                 "connecting to {:?} through the proxy hung for {CLIENT_LIMIT:?}",
                 t.database
             );
         };
-        let (client, conn) = connected?;
-        self.rt.spawn(conn);
-        Ok(client)
+        Ok(connected.map(|(client, conn)| {
+            self.rt.spawn(conn);
+            client
+        }))
+    }
+
+    fn connect(&self, t: &Target) -> Result<Client> {
+        Ok(self.try_connect(t)??)
     }
 
     /// The SQLSTATE of a refused connection (fails if it is accepted).
     fn refused(&self, t: &Target) -> Result<String> {
         let started = Instant::now();
-        match self.connect(t) {
+        match self.try_connect(t)? {
             Ok(_) => bail!("{:?} with options {:?} was accepted", t.database, t.options),
             Err(e) => {
                 ensure!(
