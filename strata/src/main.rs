@@ -16,7 +16,9 @@ mod lazy_compute;
 mod mgmt;
 mod names;
 mod output;
+mod proxy_cmd;
 mod query_cmd;
+mod role_cmd;
 mod status_branch;
 mod status_cmd;
 mod target;
@@ -77,6 +79,10 @@ enum Command {
     RestorePoints(BranchArgs),
     /// Time travel: run SQL on a branch as of a past moment, without creating a branch.
     Query(query_cmd::QueryArgs),
+    /// Roles of the proxy: who may connect to a tenant's branches through `strata start`'s
+    /// proxy (SCRAM-SHA-256 passwords).
+    #[command(subcommand)]
+    Role(role_cmd::RoleCommand),
     /// The whole story in one command: a cluster, pgbench, a dropped table, found again by
     /// time and by restore point, branched, and back; prints each step's time.
     Demo(demo_cmd::DemoArgs),
@@ -242,6 +248,7 @@ fn main() -> ExitCode {
             &out,
         )),
         Command::Query(a) => ok(query_cmd::run(&dir, a, &out)),
+        Command::Role(c) => ok(role_cmd::run(&dir, c, &out)),
         Command::Demo(a) => ok(demo_cmd::run(demo_dir, a, &out)),
         Command::Gc(a) => ok(gc_cmd::run(&dir, a, &out)),
         Command::Lease(a) => ok(gc_cmd::lease(&dir, a, &out)),

@@ -232,6 +232,8 @@ fn once(dir: &Path, out: &Output) -> Result<ExitCode> {
         v["last_error"] = json!(svc.supervision.state.last_error);
         services.push(v);
     }
+    let (proxy_line, proxy) = crate::proxy_cmd::status(dir, &cfg);
+    lines.push(proxy_line);
     let branch_rows = if pageserver_up {
         branches(dir, &cfg, &mut problems)?
     } else {
@@ -274,6 +276,7 @@ fn once(dir: &Path, out: &Output) -> Result<ExitCode> {
         json!({
             "healthy": problems.is_empty(), "problems": problems,
             "services": services, "computes": computes, "branches": branches,
+            "proxy": proxy,
         }),
     );
     Ok(if problems.is_empty() {

@@ -22,6 +22,10 @@ pub struct ClusterConfig {
     pub safekeepers: Vec<SafekeeperConfig>,
     /// Computes get ports from here upwards.
     pub compute_base_port: u16,
+    /// The Postgres-protocol proxy that `strata start` runs. Clusters made before the proxy
+    /// existed have none, and run without it until a `[proxy]` table with a `port` is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<crate::proxy_cmd::ProxyConfig>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -78,8 +82,9 @@ impl ClusterConfig {
             bail!("the number of safekeepers must be odd (1, 3, 5…) so a majority is well defined, got {n_safekeepers}");
         }
         // One block of consecutive ports: the services' first (the pageserver's gRPC and
-        // metrics, each safekeeper's gRPC, replication and metrics), then the computes'.
-        let services = 2 + 3 * n_safekeepers as u16;
+        // metrics, each safekeeper's gRPC, replication and metrics, the proxy), then the
+        // computes'.
+        let services = 3 + 3 * n_safekeepers as u16;
         let base = free_port_block(services + COMPUTE_PORTS)?;
         let mut next = base..base + services;
         let mut port = || next.next().expect("the block holds a port per service");
@@ -96,6 +101,7 @@ impl ClusterConfig {
                 metrics_port: Some(port()),
             });
         }
+        let proxy = Some(crate::proxy_cmd::ProxyConfig::new(port()));
         let compute_base_port = base + services;
         let remote_storage =
             remote.unwrap_or_else(|| dir.join("remote").to_string_lossy().into_owned());
@@ -105,6 +111,7 @@ impl ClusterConfig {
             pageserver,
             safekeepers,
             compute_base_port,
+            proxy,
         })
     }
 
@@ -179,14 +186,15 @@ mod tests {
         assert_eq!(ClusterConfig::load(dir.path()).unwrap(), c);
         let mut ports = vec![c.pageserver.grpc_port, c.compute_base_port];
         ports.extend(c.pageserver.metrics_port);
+        ports.extend(c.proxy.as_ref().map(|p| p.port));
         for s in &c.safekeepers {
             ports.extend([s.grpc_port, s.pg_port]);
             ports.extend(s.metrics_port);
         }
         assert_eq!(
             ports.len(),
-            2 + 1 + 3 * 3,
-            "every service has a metrics port"
+            2 + 1 + 1 + 3 * 3,
+            "every service has a metrics port, and the proxy a port"
         );
         let n = ports.len();
         ports.sort();
@@ -216,6 +224,7 @@ mod tests {
         let c = ClusterConfig::load(dir.path()).unwrap();
         assert_eq!(c.pageserver.metrics_addr(), None);
         assert_eq!(c.safekeepers[0].metrics_addr(), None);
+        assert_eq!(c.proxy, None, "an old cluster runs without the proxy");
     }
 
     #[test]

@@ -155,6 +155,9 @@ fn services(dir: &Path, cfg: &ClusterConfig) -> Vec<Daemon> {
         .map(|s| Daemon::new(dir, &format!("safekeeper-{}", s.id)))
         .collect();
     v.push(Daemon::new(dir, "pageserver"));
+    if cfg.proxy.is_some() {
+        v.push(crate::proxy_cmd::daemon(dir));
+    }
     v
 }
 
@@ -221,7 +224,8 @@ pub fn start(dir: &Path) -> Result<()> {
         );
     }
     crate::tenant_import::reconnect_all(dir, &cfg, &crate::output::Output::new(false))?;
-    crate::group::start_cutters(dir)
+    crate::group::start_cutters(dir)?;
+    crate::proxy_cmd::start(dir, &cfg)
 }
 
 /// Stops everything it can: computes (each bounded, see `compute_cmd::stop_one`), then the
@@ -231,6 +235,12 @@ pub fn stop(dir: &Path) -> Result<()> {
     let cfg = ClusterConfig::load(dir)?;
     crate::tenant_import::warn_before_stop(dir)?;
     let mut failed = Vec::new();
+    // The proxy before the computes: it would start them again.
+    match crate::proxy_cmd::stop(dir) {
+        Ok(true) => println!("stopped proxy"),
+        Ok(false) => {}
+        Err(e) => failed.push(format!("proxy: {e:#}")),
+    }
     if let Err(e) = crate::group::stop_cutters(dir) {
         failed.push(format!("{e:#}"));
     }

@@ -1,0 +1,130 @@
+//! The cluster's Postgres-protocol proxy (`strata-proxy`, see the `proxy` crate): one
+//! address for every tenant, branch and moment. `strata start` runs it as a supervised
+//! service on the port in `strata.toml`'s `[proxy]` table; `strata status` shows its address
+//! and the computes it started.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::cluster::daemon::{Daemon, State};
+
+/// The proxy's service name (`run/proxy.pid`, `logs/proxy.log`).
+pub const SERVICE: &str = "proxy";
+const READY: &str = "strata-proxy listening on";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// `[proxy]` in `strata.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Where clients connect (on 127.0.0.1).
+    pub port: u16,
+    /// A read-write compute the proxy started stops after this long without connections.
+    #[serde(default = "default_idle_stop_secs")]
+    pub idle_stop_secs: u64,
+    /// A time travel compute stops this long after its last connection closed.
+    #[serde(default = "default_ephemeral_idle_secs")]
+    pub ephemeral_idle_secs: u64,
+}
+
+fn default_idle_stop_secs() -> u64 {
+    300
+}
+
+fn default_ephemeral_idle_secs() -> u64 {
+    30
+}
+
+impl ProxyConfig {
+    pub fn new(port: u16) -> ProxyConfig {
+        ProxyConfig {
+            port,
+            idle_stop_secs: default_idle_stop_secs(),
+            ephemeral_idle_secs: default_ephemeral_idle_secs(),
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+pub fn daemon(dir: &Path) -> Daemon {
+    Daemon::new(dir, SERVICE)
+}
+
+/// Starts the proxy unless it runs or the cluster has none.
+pub fn start(dir: &Path, cfg: &crate::cluster::ClusterConfig) -> Result<()> {
+    let Some(p) = &cfg.proxy else {
+        println!("no proxy: strata.toml has no [proxy] port (a cluster made before the proxy)");
+        return Ok(());
+    };
+    let d = daemon(dir);
+    if let State::Running(pid) = d.state()? {
+        println!("proxy already running (pid {pid})");
+        return Ok(());
+    }
+    // The cluster's data path does not need the proxy: without its binary the rest starts,
+    // and `strata status` reports the proxy as not running.
+    let bin = match crate::cluster::sibling_binary("strata-proxy") {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("warning: the proxy is not started: {e:#}");
+            return Ok(());
+        }
+    };
+    let strata = std::env::current_exe()?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--dir")
+        .arg(dir)
+        .args(["--listen", &p.addr()])
+        .args(["--idle-stop-secs", &p.idle_stop_secs.to_string()])
+        .args(["--ephemeral-idle-secs", &p.ephemeral_idle_secs.to_string()])
+        .env("STRATA_BIN", strata);
+    let pid = d.start(cmd, READY, START_TIMEOUT)?;
+    println!(
+        "started proxy (pid {pid}) on {}: psql \"postgresql://ROLE@{}/postgres\" (roles: strata role create)",
+        p.addr(),
+        p.addr()
+    );
+    Ok(())
+}
+
+/// Stops the proxy (first of all: it would start computes meanwhile); whether it ran.
+pub fn stop(dir: &Path) -> Result<bool> {
+    daemon(dir).stop(STOP_GRACE)
+}
+
+/// The proxy's line in `strata status` and its `--json` object: its address and the computes
+/// it started.
+pub fn status(dir: &Path, cfg: &crate::cluster::ClusterConfig) -> (String, serde_json::Value) {
+    let Some(p) = &cfg.proxy else {
+        return (
+            "proxy            off (no [proxy] port in strata.toml)".into(),
+            json!(null),
+        );
+    };
+    let started: Vec<String> = strata_proxy::computes::Started::load(dir)
+        .computes
+        .into_iter()
+        .filter(|n| crate::compute_cmd::ComputeRecord::load(dir, n).is_ok())
+        .collect();
+    let which = if started.is_empty() {
+        "none".to_string()
+    } else {
+        started.join(", ")
+    };
+    (
+        format!(
+            "proxy            postgresql://ROLE@{}/DB[@BRANCH[@AT]]; computes it started: {which}",
+            p.addr()
+        ),
+        json!({"addr": p.addr(), "idle_stop_secs": p.idle_stop_secs,
+               "ephemeral_idle_secs": p.ephemeral_idle_secs, "started_computes": started}),
+    )
+}

@@ -1,0 +1,613 @@
+//! The Postgres-protocol proxy (issue 19) on a real cluster, with real clients: psql and
+//! pgbench (libpq) and tokio-postgres (which shows each error's SQLSTATE). One cluster runs
+//! every scenario in turn, with short idle times so that stops can be watched.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use strata_tests::cluster::{on_new_cluster, read_pid, wait_for, StrataCli};
+use strata_tests::pg::pg_bin_dir;
+use tokio_postgres::{Client, NoTls};
+
+const PASSWORD: &str = "correct horse";
+/// A read-write compute the proxy started stops after this long without connections.
+const IDLE_STOP_SECS: u64 = 4;
+/// A time travel compute stops this long after its last connection.
+const EPHEMERAL_IDLE_SECS: u64 = 3;
+/// How long any one client call may take (a compute start included).
+const CLIENT_LIMIT: Duration = Duration::from_secs(120);
+
+/// The proxy's address and the cluster, as the scenarios use them.
+struct Proxy<'a> {
+    s: &'a StrataCli,
+    port: u16,
+    rt: tokio::runtime::Runtime,
+}
+
+/// How a connection names its target.
+#[derive(Clone, Default)]
+struct Target<'a> {
+    user: &'a str,
+    password: &'a str,
+    database: &'a str,
+    options: &'a str,
+}
+
+impl<'a> Target<'a> {
+    fn db(database: &'a str) -> Target<'a> {
+        Target {
+            user: "alice",
+            password: PASSWORD,
+            database,
+            options: "",
+        }
+    }
+}
+
+impl Proxy<'_> {
+    /// One SQL command through psql (libpq); unaligned output, trimmed.
+    fn psql(&self, t: &Target, sql: &str) -> Result<String> {
+        let mut cmd = Command::new(pg_bin_dir().join("psql"));
+        cmd.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", t.user, "-d", t.database, "-c", sql])
+            .env("PGPASSWORD", t.password)
+            .env("PGCONNECT_TIMEOUT", "120")
+            .env("PGOPTIONS", t.options)
+            .stdin(Stdio::null());
+        let out = run_within(cmd, CLIENT_LIMIT)?;
+        ensure!(
+            out.status.success(),
+            "psql {sql:?} on {:?}: {}",
+            t.database,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// A tokio-postgres connection (its connection task runs on the test's runtime), or the
+    /// refusal; an error if it hangs.
+    fn try_connect(&self, t: &Target) -> Result<Result<Client, tokio_postgres::Error>> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(self.port)
+            .user(t.user)
+            .password(t.password)
+            .dbname(t.database)
+            .connect_timeout(CLIENT_LIMIT);
+        if !t.options.is_empty() {
+            cfg.options(t.options);
+        }
+        let connecting = self
+            .rt
+            .block_on(async { tokio::time::timeout(CLIENT_LIMIT, cfg.connect(NoTls)).await });
+        let Ok(connected) = connecting else {
+            bail!(
+                "connecting to {:?} through the proxy hung for {CLIENT_LIMIT:?}",
+                t.database
+            );
+        };
+        Ok(connected.map(|(client, conn)| {
+            self.rt.spawn(conn);
+            client
+        }))
+    }
+
+    fn connect(&self, t: &Target) -> Result<Client> {
+        Ok(self.try_connect(t)??)
+    }
+
+    /// The SQLSTATE of a refused connection (fails if it is accepted).
+    fn refused(&self, t: &Target) -> Result<String> {
+        let started = Instant::now();
+        match self.try_connect(t)? {
+            Ok(_) => bail!("{:?} with options {:?} was accepted", t.database, t.options),
+            Err(e) => {
+                ensure!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the refusal took {:?}",
+                    started.elapsed()
+                );
+                e.as_db_error()
+                    .map(|d| d.code().code().to_string())
+                    .with_context(|| format!("not an ErrorResponse: {e}"))
+            }
+        }
+    }
+
+    fn query_one(&self, c: &Client, sql: &str) -> Result<String> {
+        self.rt.block_on(async {
+            let rows = c.simple_query(sql).await?;
+            rows.iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                })
+                .context("no row")
+        })
+    }
+
+    /// `strata compute list --json`.
+    fn computes(&self) -> Result<Vec<Value>> {
+        Ok(self
+            .s
+            .json(&["compute", "list"])?
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn running(&self) -> Result<Vec<String>> {
+        Ok(self
+            .computes()?
+            .iter()
+            .filter(|c| c["running"] == true)
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect())
+    }
+}
+
+/// Runs `cmd` to its end, killing it after `limit`.
+fn run_within(mut cmd: Command, limit: Duration) -> Result<std::process::Output> {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => Ok(out?),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            bail!("{:?} hung: no end within {limit:?}", cmd.get_program())
+        }
+    }
+}
+
+/// Makes the idle times short before the proxy starts.
+fn shorten_idle_times(s: &StrataCli) -> Result<()> {
+    let path = s.dir.join("strata.toml");
+    let text = std::fs::read_to_string(&path)?;
+    ensure!(
+        text.contains("idle_stop_secs = 300"),
+        "no [proxy] in {text}"
+    );
+    let text = text
+        .replace(
+            "idle_stop_secs = 300",
+            &format!("idle_stop_secs = {IDLE_STOP_SECS}"),
+        )
+        .replace(
+            "ephemeral_idle_secs = 30",
+            &format!("ephemeral_idle_secs = {EPHEMERAL_IDLE_SECS}"),
+        );
+    std::fs::write(&path, text)?;
+    Ok(())
+}
+
+/// `strata status --json`, whatever its exit code (3 says a problem; the JSON is there).
+fn status_json(s: &StrataCli) -> Result<Value> {
+    let mut cmd = Command::new(&s.bin);
+    cmd.arg("--dir").arg(&s.dir).args(["--json", "status"]);
+    let out = run_within(cmd, CLIENT_LIMIT)?;
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "status printed no JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn setup(s: &StrataCli) -> Result<u16> {
+    shorten_idle_times(s)?;
+    s.run(&["start"])?;
+    s.run(&["tenant", "create", "shop"])?;
+    s.run(&["tenant", "create", "blog"])?;
+    let pw = s.dir.join("alice.pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n"))?;
+    let create = |role: &str, tenant: &str, file: Option<&str>| {
+        let mut args = vec![
+            "role",
+            "create",
+            role,
+            "--tenant",
+            tenant,
+            "--password-file",
+        ];
+        args.extend(file);
+        s.run(&args)
+    };
+    create("alice", "shop", None)
+        .err()
+        .context("--password-file without a file must fail")?;
+    let pw = pw.to_str().context("path")?;
+    create("alice", "shop", Some(pw))?;
+    create("bob", "blog", Some(pw))?;
+    let roles = s.json(&["role", "list"])?;
+    ensure!(roles.as_array().map(Vec::len) == Some(2), "roles: {roles}");
+    let status = status_json(s)?;
+    let addr = status["proxy"]["addr"]
+        .as_str()
+        .with_context(|| format!("no proxy in status: {status}"))?;
+    let port = addr.rsplit(':').next().context("port")?.parse()?;
+    Ok(port)
+}
+
+#[test]
+fn proxy_routes_authenticates_starts_stops_and_travels_in_time() -> Result<()> {
+    let t0 = Instant::now();
+    on_new_cluster("strata-proxy", |s| {
+        let port = setup(s)?;
+        let p = Proxy {
+            s,
+            port,
+            // A worker thread drives the connections while the test waits elsewhere.
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?,
+        };
+        eprintln!(
+            "[{:>5.1} s] cluster up, proxy on {port}",
+            t0.elapsed().as_secs_f64()
+        );
+        authentication(&p)?;
+        let (before_delete, rp) = compute_on_connect_and_branches(&p)?;
+        eprintln!("[{:>5.1} s] routing done", t0.elapsed().as_secs_f64());
+        bad_inputs(&p)?;
+        time_travel(&p, &before_delete, &rp)?;
+        eprintln!("[{:>5.1} s] time travel done", t0.elapsed().as_secs_f64());
+        cancel(&p)?;
+        idle_stop_and_restart(&p)?;
+        a_restarted_proxy_keeps_its_computes(&p)?;
+        eprintln!("[{:>5.1} s] idle stop done", t0.elapsed().as_secs_f64());
+        hand_started_computes_are_used_not_stopped(&p)?;
+        pgbench(&p)?;
+        eprintln!("[{:>5.1} s] all done", t0.elapsed().as_secs_f64());
+        Ok(())
+    })
+}
+
+/// SCRAM: the right password gets in (libpq and tokio-postgres), a wrong one or an unknown
+/// role gets 28P01; no compute is started for a refused client.
+fn authentication(p: &Proxy) -> Result<()> {
+    let wrong = Target {
+        password: "wrong",
+        ..Target::db("postgres")
+    };
+    ensure!(p.refused(&wrong)? == "28P01");
+    let mut psql = Command::new(pg_bin_dir().join("psql"));
+    psql.args([
+        "-X",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p.port.to_string(),
+        "-U",
+        "alice",
+    ])
+    .args(["-d", "postgres", "-c", "select 1"])
+    .env("PGPASSWORD", "wrong")
+    .stdin(Stdio::null());
+    let out = run_within(psql, CLIENT_LIMIT)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("password authentication failed for user \"alice\""),
+        "psql with a wrong password: {err}"
+    );
+    let nobody = Target {
+        user: "mallory",
+        ..Target::db("postgres")
+    };
+    ensure!(p.refused(&nobody)? == "28P01");
+    ensure!(
+        p.running()?.is_empty(),
+        "a refused client started a compute"
+    );
+    Ok(())
+}
+
+/// A compute starts on the first connection; two branches of a tenant and another tenant
+/// are routed by the database name and the options. Returns a time before a DELETE and the
+/// name of a restore point made before it.
+fn compute_on_connect_and_branches(p: &Proxy) -> Result<(String, String)> {
+    let main = Target::db("postgres");
+    let started = Instant::now();
+    p.psql(
+        &main,
+        "CREATE TABLE items(id int); INSERT INTO items SELECT generate_series(1, 100)",
+    )?;
+    eprintln!(
+        "  first connection (compute start included): {:?}",
+        started.elapsed()
+    );
+    let running = p.running()?;
+    ensure!(
+        running == ["main"],
+        "computes after the first connection: {running:?}"
+    );
+    let status = p.s.json(&["compute", "list"])?;
+    ensure!(status[0]["read_only"] == false, "{status}");
+    p.s.run(&["branch", "create", "dev", "--tenant", "shop"])?;
+    p.psql(&main, "INSERT INTO items SELECT generate_series(101, 150)")?;
+    ensure!(p.psql(&Target::db("postgres@dev"), "SELECT count(*) FROM items")? == "100");
+    let by_option = Target {
+        options: "-c strata.branch=dev",
+        ..Target::db("postgres")
+    };
+    ensure!(p.psql(&by_option, "SELECT count(*) FROM items")? == "100");
+    ensure!(p.psql(&main, "SELECT count(*) FROM items")? == "150");
+    // Another tenant: bob's role is in blog, which has no table items.
+    let bob = Target {
+        user: "bob",
+        ..Target::db("postgres")
+    };
+    ensure!(
+        p.psql(
+            &bob,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'items'"
+        )? == "0"
+    );
+    // A moment before the DELETE: a time and a restore point (flushed by the commit after it).
+    let before = p.psql(&main, "SELECT now()")?;
+    p.psql(&main, "SELECT pg_create_restore_point('before_delete')")?;
+    std::thread::sleep(Duration::from_millis(20));
+    p.psql(&main, "DELETE FROM items WHERE id > 10")?;
+    ensure!(p.psql(&main, "SELECT count(*) FROM items")? == "10");
+    Ok((before, "before_delete".into()))
+}
+
+/// Unknown tenant, branch, restore point; a time in the future or before the first commit;
+/// options that make no sense: each an ErrorResponse with its SQLSTATE, quickly.
+fn bad_inputs(p: &Proxy) -> Result<()> {
+    let cases: [(Target, &str); 7] = [
+        (
+            Target {
+                options: "-c strata.tenant=nope",
+                ..Target::db("postgres")
+            },
+            "3D000",
+        ),
+        (Target::db("postgres@nope"), "3D000"),
+        (Target::db("postgres@main@no_such_point"), "42704"),
+        (Target::db("postgres@main@2999-01-01 00:00:00+00"), "22023"),
+        (Target::db("postgres@main@2001-01-01"), "22023"),
+        (
+            Target {
+                options: "-c strata.colour=blue",
+                ..Target::db("postgres")
+            },
+            "22023",
+        ),
+        (Target::db("nosuchdb"), "3D000"),
+    ];
+    for (t, want) in cases {
+        let got = p.refused(&t)?;
+        ensure!(
+            got == want,
+            "{:?} with options {:?}: SQLSTATE {got}, expected {want}",
+            t.database,
+            t.options
+        );
+    }
+    Ok(())
+}
+
+/// `strata.at` and `dbname@branch@at` see the state before the DELETE; two connections at
+/// one moment share one read-only compute, which stops after its idle time.
+fn time_travel(p: &Proxy, before: &str, restore_point: &str) -> Result<()> {
+    let options = format!("-c strata.at={}", before.replace(' ', "\\ "));
+    let at_time = Target {
+        options: &options,
+        ..Target::db("postgres")
+    };
+    let db_at_point = format!("postgres@main@{restore_point}");
+    let a = p.connect(&at_time)?;
+    let b = p.connect(&at_time)?;
+    ensure!(p.query_one(&a, "SELECT count(*) FROM items")? == "150");
+    ensure!(p.query_one(&b, "SELECT count(*) FROM items")? == "150");
+    ensure!(p.query_one(&a, "SELECT pg_is_in_recovery()::text")? == "true");
+    let at_point = p.psql(&Target::db(&db_at_point), "SELECT count(*) FROM items")?;
+    ensure!(at_point == "150", "at the restore point: {at_point}");
+    let ports_a = p.query_one(&a, "SELECT inet_server_port()")?;
+    let ports_b = p.query_one(&b, "SELECT inet_server_port()")?;
+    ensure!(
+        ports_a == ports_b,
+        "two connections at one moment: ports {ports_a} and {ports_b}"
+    );
+    let read_only: Vec<Value> = p
+        .computes()?
+        .into_iter()
+        .filter(|c| c["read_only"] == true && c["running"] == true)
+        .collect();
+    let at_time_compute = read_only
+        .iter()
+        .find(|c| c["port"].as_u64().map(|p| p.to_string()).as_deref() == Some(ports_a.as_str()))
+        .with_context(|| format!("no compute on port {ports_a}: {read_only:?}"))?
+        .clone();
+    // The latest state is unchanged meanwhile.
+    ensure!(p.psql(&Target::db("postgres"), "SELECT count(*) FROM items")? == "10");
+    let name = at_time_compute["name"]
+        .as_str()
+        .context("name")?
+        .to_string();
+    // Held open: not stopped however long it idles.
+    std::thread::sleep(Duration::from_secs(EPHEMERAL_IDLE_SECS + 2));
+    ensure!(
+        p.running()?.contains(&name),
+        "{name} stopped under open connections"
+    );
+    drop(a);
+    drop(b);
+    wait_for(
+        "the time travel computes to stop after their idle time",
+        Duration::from_secs(EPHEMERAL_IDLE_SECS + 30),
+        || {
+            let running = p.running()?;
+            Ok((!running.iter().any(|n| n.contains("-at-"))).then_some(()))
+        },
+    )?;
+    Ok(())
+}
+
+/// A CancelRequest sent to the proxy reaches the compute and cancels pg_sleep.
+fn cancel(p: &Proxy) -> Result<()> {
+    let c = p.connect(&Target::db("postgres"))?;
+    let token = c.cancel_token();
+    let started = Instant::now();
+    let result = p.rt.block_on(async {
+        let sleep = c.simple_query("SELECT pg_sleep(60)");
+        let cancel = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            token.cancel_query(NoTls).await
+        };
+        let (r, cancelled) =
+            tokio::join!(tokio::time::timeout(Duration::from_secs(30), sleep), cancel);
+        cancelled?;
+        Ok::<_, anyhow::Error>(r)
+    })?;
+    let err = match result {
+        Err(_) => bail!("pg_sleep(60) was not cancelled within 30 s"),
+        Ok(Ok(_)) => bail!("pg_sleep(60) finished"),
+        Ok(Err(e)) => e,
+    };
+    let code = err.as_db_error().map(|d| d.code().code().to_string());
+    ensure!(code.as_deref() == Some("57014"), "cancel gave {err}");
+    ensure!(
+        started.elapsed() < Duration::from_secs(10),
+        "cancel took {:?}",
+        started.elapsed()
+    );
+    // The session goes on after a cancel.
+    ensure!(p.query_one(&c, "SELECT 1")? == "1");
+    Ok(())
+}
+
+/// With no connection for the idle time, the proxy's read-write computes stop; the next
+/// connection starts them again, with every committed row.
+fn idle_stop_and_restart(p: &Proxy) -> Result<()> {
+    wait_for(
+        "the proxy's idle read-write computes to stop",
+        Duration::from_secs(IDLE_STOP_SECS + 40),
+        || Ok(p.running()?.is_empty().then_some(())),
+    )?;
+    let status = p.s.json(&["compute", "list"])?;
+    ensure!(
+        status
+            .as_array()
+            .is_some_and(|a| a.iter().all(|c| c["running"] == false)),
+        "{status}"
+    );
+    let started = Instant::now();
+    ensure!(p.psql(&Target::db("postgres"), "SELECT count(*) FROM items")? == "10");
+    eprintln!(
+        "  connection to a scaled-to-zero branch: {:?}",
+        started.elapsed()
+    );
+    ensure!(p.psql(&Target::db("postgres@dev"), "SELECT count(*) FROM items")? == "100");
+    Ok(())
+}
+
+/// The proxy SIGKILLed: the supervisor restarts it, it serves again, and it still stops the
+/// computes it started before (dev, not connected to since, included).
+fn a_restarted_proxy_keeps_its_computes(p: &Proxy) -> Result<()> {
+    let running = p.running()?;
+    ensure!(
+        running.contains(&"main".to_string()) && running.contains(&"dev".to_string()),
+        "main and dev should run after the reconnects: {running:?}"
+    );
+    let pid = read_pid(&p.s.dir.join("run/proxy.pid"))?;
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()?;
+    ensure!(killed.success(), "kill -9 {pid}");
+    let main = Target::db("postgres");
+    wait_for(
+        "the supervisor to restart the proxy",
+        Duration::from_secs(30),
+        || {
+            let new_pid = read_pid(&p.s.dir.join("run/proxy.pid"))?;
+            Ok(
+                (new_pid != pid && p.psql(&main, "SELECT count(*) FROM items")? == "10")
+                    .then_some(()),
+            )
+        },
+    )?;
+    wait_for(
+        "the restarted proxy to stop the idle computes it started before",
+        Duration::from_secs(IDLE_STOP_SECS + 40),
+        || Ok(p.running()?.is_empty().then_some(())),
+    )?;
+    Ok(())
+}
+
+/// A compute started by hand serves its branch through the proxy and is never stopped by it.
+fn hand_started_computes_are_used_not_stopped(p: &Proxy) -> Result<()> {
+    let c = p.s.json(&[
+        "compute", "start", "main", "--tenant", "blog", "--name", "blogmain",
+    ])?;
+    let port = c["port"].as_u64().context("port")?.to_string();
+    let bob = Target {
+        user: "bob",
+        ..Target::db("postgres")
+    };
+    ensure!(p.psql(&bob, "SELECT inet_server_port()")? == port);
+    std::thread::sleep(Duration::from_secs(IDLE_STOP_SECS + 3));
+    ensure!(
+        p.running()?.contains(&"blogmain".to_string()),
+        "the proxy stopped a compute it did not start"
+    );
+    let status = status_json(p.s)?;
+    let started = status["proxy"]["started_computes"].to_string();
+    ensure!(
+        !started.contains("blogmain"),
+        "status counts blogmain as the proxy's: {started}"
+    );
+    Ok(())
+}
+
+/// pgbench through the proxy (its own connections and SCRAM each time).
+fn pgbench(p: &Proxy) -> Result<()> {
+    let base = |args: &[&str]| {
+        let mut cmd = Command::new(pg_bin_dir().join("pgbench"));
+        cmd.args(["-h", "127.0.0.1", "-p", &p.port.to_string(), "-U", "alice"])
+            .args(args)
+            .arg("postgres")
+            .env("PGPASSWORD", PASSWORD)
+            .stdin(Stdio::null());
+        cmd
+    };
+    let out = run_within(base(&["-i", "-s", "1", "-q"]), CLIENT_LIMIT)?;
+    ensure!(
+        out.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_within(base(&["-S", "-c", "2", "-T", "3", "-C"]), CLIENT_LIMIT)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "pgbench -S: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = text
+        .lines()
+        .find(|l| l.contains("number of failed transactions"))
+        .unwrap_or_default();
+    ensure!(
+        failed.contains(": 0 "),
+        "pgbench -S -C through the proxy: {text}"
+    );
+    eprintln!(
+        "  pgbench -S -C through the proxy: {}",
+        text.lines()
+            .filter(|l| l.starts_with("tps"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    Ok(())
+}
