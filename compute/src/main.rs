@@ -89,6 +89,10 @@ struct WpArgs {
     /// /unfence?token=T`).
     #[arg(long, value_name = "PATH", requires = "metrics_listen")]
     control_file: Option<std::path::PathBuf>,
+    /// A file holding the token (scope `safekeeper`) sent to the safekeepers on every
+    /// Propose call; needed when they check tokens (`--auth-public-key`).
+    #[arg(long, value_name = "FILE")]
+    safekeeper_token_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -128,6 +132,11 @@ fn run(cli: Cli) -> Result<()> {
     cfg.max_appends_in_flight = a.max_appends_in_flight.max(1);
     cfg.max_buffer = a.max_buffer_mb << 20;
     cfg.timeout = Duration::from_secs(a.timeout_secs.max(1));
+    cfg.safekeeper_token = a
+        .safekeeper_token_file
+        .map(|p| strata_auth::read_token_file(&p).context("--safekeeper-token-file"))
+        .transpose()?
+        .map(walproposer::SafekeeperToken);
     let metrics_listen = a.metrics_listen;
     let control_file = a.control_file;
     let rt = tokio::runtime::Builder::new_current_thread()

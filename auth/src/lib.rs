@@ -1,0 +1,26 @@
+//! Strata's tokens: JWTs signed with Ed25519 whose scope says what the bearer may do.
+//!
+//! - `admin`: everything (tenant creation and deletion, GC, `SetSafekeepers`, ...);
+//! - `tenant:<id>`: reads, branches, status and leases of that tenant only;
+//! - `safekeeper`: proposer and replication traffic (of the tenant `tenant_id` names, if set).
+//!
+//! The cluster holds the private key ([`generate_key_pair`], [`TokenIssuer`]); the services
+//! get the public key and check every call ([`TokenVerifier`], [`check`]). Clients send the
+//! token as `authorization: Bearer <token>` ([`client_interceptor`]) or, on a Postgres
+//! replication connection, as the password.
+
+mod claims;
+mod error;
+mod grpc;
+mod keys;
+mod listener;
+mod token;
+
+pub use claims::{Claims, Scope};
+pub use error::AuthError;
+pub use grpc::{
+    authenticate, authorize, check, check_for, client_interceptor, rpc_names, BearerInterceptor,
+};
+pub use keys::{generate_key_pair, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE};
+pub use listener::check_listener;
+pub use token::{read_token_file, TokenIssuer, TokenVerifier};
