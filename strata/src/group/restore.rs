@@ -118,6 +118,7 @@ pub fn branch(
                     name: None,
                     ttl_secs: None,
                     full_copy: false,
+                    settings: &[],
                 },
                 &quiet,
             )
@@ -321,6 +322,7 @@ pub fn query(
                     name: Some(compute.clone()),
                     ttl_secs: None,
                     full_copy: false,
+                    settings: &[],
                 },
                 &Output::new(false),
             )
