@@ -1,6 +1,7 @@
 //! The `strata` command: the local cluster, tenants, branches, computes, point-in-time and
 //! time-travel reads, and the WAL tools.
 
+mod auth_setup;
 mod basebackup;
 mod branch_cmd;
 mod cluster;
@@ -19,6 +20,7 @@ mod status_cmd;
 mod target;
 mod tenant_cmd;
 mod tenant_import;
+mod token_cmd;
 mod verify_redo;
 mod waldump;
 
@@ -92,6 +94,9 @@ enum Command {
     /// Write a data directory (tar or directory) of a timeline directory at an LSN that
     /// vanilla Postgres starts from (read-write, or read-only as a hot standby).
     Basebackup(basebackup::BasebackupArgs),
+    /// Tokens for the cluster's services, signed with its key (`<dir>/auth/`).
+    #[command(subcommand)]
+    Token(token_cmd::TokenCommand),
     /// Print a completion script for a shell, e.g. `strata completions bash >
     /// ~/.local/share/bash-completion/completions/strata`.
     Completions {
@@ -164,6 +169,7 @@ fn main() -> ExitCode {
         }
     };
     let out = output::Output::new(cli.json);
+    auth_setup::use_cluster(&dir);
     let ok = |r: anyhow::Result<()>| r.map(|_| ExitCode::SUCCESS);
     let cluster_cmd = !matches!(
         cli.command,
@@ -229,6 +235,7 @@ fn main() -> ExitCode {
         Command::VerifyRedo(args) => verify_redo::run(args),
         Command::Import(args) => basebackup::run_import(args, &out),
         Command::Basebackup(args) => basebackup::run_basebackup(args, &out),
+        Command::Token(c) => ok(token_cmd::run(&dir, c, &out)),
         Command::Completions { shell } => ok(completions(shell, &out)),
         Command::Supervise => ok(cluster::supervisor::run(&dir)),
     };
@@ -270,9 +277,16 @@ fn compute_start(
     } else {
         "read-write"
     };
+    let cfg = cluster::ClusterConfig::load(dir)?;
+    let password = auth_setup::compute_password(dir, &cfg)?;
+    let pgpass = password.as_ref().map(|_| auth_setup::pgpass_file(dir));
+    let login = match &pgpass {
+        Some(p) => format!("\n  PGPASSFILE={} psql {url}", p.display()),
+        None => String::new(),
+    };
     out.result(
         &format!(
-            "compute {} ({mode}, {}) on branch {} at {}: {url}",
+            "compute {} ({mode}, {}) on branch {} at {}: {url}{login}",
             rec.name,
             rec.kind(),
             rec.branch,
@@ -281,7 +295,7 @@ fn compute_start(
         serde_json::json!({
             "name": rec.name, "branch": rec.branch, "lsn": rec.lsn,
             "read_only": rec.read_only, "port": rec.port, "connstr": url,
-            "lazy": rec.lazy,
+            "lazy": rec.lazy, "password": password, "pgpass_file": pgpass,
         }),
     );
     Ok(())

@@ -8,6 +8,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use strata_auth::BearerInterceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use walproto::proto::pageserver as ps;
 use walproto::proto::pageserver::pageserver_client::PageserverClient;
@@ -17,7 +19,7 @@ use walproto::proto::safekeeper::safekeeper_client::SafekeeperClient;
 /// A blocking client of one pageserver.
 pub struct Pageserver {
     rt: tokio::runtime::Runtime,
-    client: PageserverClient<Channel>,
+    client: PageserverClient<InterceptedService<Channel, BearerInterceptor>>,
 }
 
 /// Why waiting for the pageserver to ingest further is pointless: its ingest of the timeline
@@ -105,7 +107,7 @@ impl Pageserver {
                     .connect()
                     .await?;
                 Ok::<_, anyhow::Error>(
-                    PageserverClient::new(ch)
+                    PageserverClient::with_interceptor(ch, crate::auth_setup::cli_interceptor())
                         .max_decoding_message_size(64 << 20)
                         .max_encoding_message_size(64 << 20),
                 )
@@ -431,7 +433,8 @@ async fn safekeeper_status(
         .connect()
         .await
         .with_context(|| format!("connecting to the safekeeper at {addr}"))?;
-    match SafekeeperClient::new(ch).timeline_status(req).await {
+    let mut client = SafekeeperClient::with_interceptor(ch, crate::auth_setup::cli_interceptor());
+    match client.timeline_status(req).await {
         Ok(r) => Ok(Some(r.into_inner())),
         Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
         Err(s) => Err(anyhow!("safekeeper {addr}: {}", s.message())),

@@ -252,7 +252,13 @@ fn start_walproposer(dir: &Path, cfg: &ClusterConfig, rec: &ImportRecord) -> Res
         // The safekeepers' history of this timeline begins at the backup's start: all WAL
         // the pageserver ingested from the backup, and everything after it. (Used only when
         // no safekeeper has WAL of the timeline yet; a reconnect resumes where they are.)
-        .args(["--start-lsn", &rec.backup_start()?.to_string()]);
+        .args(["--start-lsn", &rec.backup_start()?.to_string()])
+        .args(crate::auth_setup::walproposer_args(
+            dir,
+            cfg,
+            &crate::compute_cmd::compute_dir(dir, &rec.compute_name()),
+            &rec.tenant_id,
+        )?);
     walproposer_daemon(dir, &rec.compute_name()).start(
         cmd,
         "streaming from Postgres",

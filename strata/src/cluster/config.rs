@@ -22,6 +22,10 @@ pub struct ClusterConfig {
     pub safekeepers: Vec<SafekeeperConfig>,
     /// Computes get ports from here upwards.
     pub compute_base_port: u16,
+    /// The services verify tokens and computes ask for a password (`<dir>/auth/`); false in
+    /// clusters made with `strata init --no-auth`, and in those made before auth existed.
+    #[serde(default)]
+    pub auth: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -105,6 +109,7 @@ impl ClusterConfig {
             pageserver,
             safekeepers,
             compute_base_port,
+            auth: true,
         })
     }
 
@@ -216,6 +221,7 @@ mod tests {
         let c = ClusterConfig::load(dir.path()).unwrap();
         assert_eq!(c.pageserver.metrics_addr(), None);
         assert_eq!(c.safekeepers[0].metrics_addr(), None);
+        assert!(!c.auth, "a cluster from before auth runs without it");
     }
 
     #[test]
