@@ -110,6 +110,13 @@ pub fn compute_pgpass(port: u16) -> Option<PathBuf> {
     Some(owner.join("auth").join("pgpass")).filter(|p| p.exists())
 }
 
+/// The compute password of the registered cluster whose compute listens on `port` (from its
+/// pgpass file), for clients that are not libpq.
+pub fn compute_password(port: u16) -> Option<String> {
+    let text = std::fs::read_to_string(compute_pgpass(port)?).ok()?;
+    text.lines().next()?.rsplit(':').next().map(str::to_string)
+}
+
 /// The environment a libpq client needs to log into the compute on `port`: `PGPASSFILE`, or
 /// nothing for a compute that trusts its clients. `cmd.envs(compute_auth_env(port))`.
 pub fn compute_auth_env(port: u16) -> Vec<(&'static str, PathBuf)> {
