@@ -223,6 +223,14 @@ fn import_with_slot(
         out.step("starting the walproposer against the source");
         start_walproposer(dir, cfg, &rec)
     })();
+    if started.is_ok() {
+        if let Err(e) = give_source_the_compute_password(dir, cfg, src, out) {
+            eprintln!(
+                "warning: computes of tenant {name} may not accept the cluster's compute \
+                 password: {e:#}"
+            );
+        }
+    }
     if let Err(e) = started {
         // The tenant, the records and the slot stay: `strata tenant reconnect` retries.
         return Err(e.context(NotStreaming {
@@ -237,6 +245,34 @@ fn import_with_slot(
         );
     }
     Ok((rec, Lsn(tl.last_record_end)))
+}
+
+/// Computes log in with the password in the tenant's own catalog, which comes from the
+/// source. A source whose `postgres` role has no password (no password login worked there)
+/// gets the cluster's, through its own WAL; a role with a password keeps it, and the
+/// tenant's computes take that one.
+fn give_source_the_compute_password(
+    dir: &Path,
+    cfg: &ClusterConfig,
+    src: &Source,
+    out: &Output,
+) -> Result<()> {
+    let Some(password) = crate::auth_setup::compute_password(dir, cfg)? else {
+        return Ok(());
+    };
+    if src.query(compute::node::POSTGRES_HAS_NO_PASSWORD)? != "t" {
+        out.step(
+            "the source's postgres role has a password of its own: this tenant's computes \
+             take that one, not the cluster's compute password",
+        );
+        return Ok(());
+    }
+    src.query(&compute::node::set_password_sql(&password))?;
+    out.step(
+        "the source's postgres role had no password: it has the cluster's compute password \
+         now (auth/compute_password), for this tenant's computes",
+    );
+    Ok(())
 }
 
 fn start_walproposer(dir: &Path, cfg: &ClusterConfig, rec: &ImportRecord) -> Result<()> {

@@ -241,22 +241,11 @@ impl ComputeNode {
     /// imported database that trusted its clients); a password of its own is left alone.
     /// Needs a writer (a read-only compute cannot change a role). Returns whether it set it.
     pub fn set_password_if_none(&self, port: u16, password: &str) -> Result<bool> {
-        let has_none = self.psql(
-            port,
-            "postgres",
-            "SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = 'postgres'",
-        )?;
+        let has_none = self.psql(port, "postgres", POSTGRES_HAS_NO_PASSWORD)?;
         if has_none.trim() != "t" {
             return Ok(false);
         }
-        // The verifier, not the password, goes into the statement: nothing that logs
-        // statements ever sees the password.
-        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
-        self.psql(
-            port,
-            "postgres",
-            &format!("ALTER ROLE postgres PASSWORD '{verifier}'"),
-        )?;
+        self.psql(port, "postgres", &set_password_sql(password))?;
         Ok(true)
     }
 
@@ -367,6 +356,17 @@ impl ComputeNode {
         )?;
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
     }
+}
+
+/// Whether the `postgres` role has no password ("t" or "f").
+pub const POSTGRES_HAS_NO_PASSWORD: &str =
+    "SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = 'postgres'";
+
+/// `ALTER ROLE postgres` to `password`. The SCRAM verifier, not the password, goes into the
+/// statement: nothing that logs statements ever sees the password.
+pub fn set_password_sql(password: &str) -> String {
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    format!("ALTER ROLE postgres PASSWORD '{verifier}'")
 }
 
 /// The name of the `pg_ident.conf` map of Strata's own OS users.
