@@ -306,6 +306,27 @@ fn auth_is_on_by_default_and_refuses_whoever_lacks_the_token_or_password() -> Re
         );
         ensure!(page.0 == tonic::Code::Ok, "GetPage of its tenant: {page:?}");
         ensure!(bb.0 == tonic::Code::Ok, "Basebackup of its tenant: {bb:?}");
+        // The CLI presents $STRATA_TOKEN instead of the admin token.
+        let as_tenant_a = |args: &[&str]| {
+            Command::new(&s.bin)
+                .arg("--dir")
+                .arg(&s.dir)
+                .args(args)
+                .env("STRATA_TOKEN", &tenant_a)
+                .output()
+        };
+        let listed = as_tenant_a(&["branch", "list", "--tenant", "a"])?;
+        ensure!(
+            listed.status.success() && String::from_utf8_lossy(&listed.stdout).contains("dev"),
+            "branch list with a tenant:a token: {}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+        let gc = as_tenant_a(&["gc", "--tenant", "a"])?;
+        let err = String::from_utf8_lossy(&gc.stderr);
+        ensure!(
+            !gc.status.success() && err.contains("needs scope admin"),
+            "gc with a tenant:a token: {err}"
+        );
         let [_, page, bb] = pageserver_codes(&ps_addr, Some(&tenant_a), &b_id, &b_tl)?;
         for (what, (code, msg)) in [("GetPage", page), ("Basebackup", bb)] {
             ensure!(
