@@ -31,4 +31,9 @@ pub enum AuthError {
     BadScope(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("{what} {addr} is not a loopback address and auth is off: anyone who reaches it could call everything; give --auth-public-key, or --no-auth to serve it without tokens anyway")]
+    OpenListener {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+    },
 }

@@ -115,6 +115,19 @@ impl AuthError {
     }
 }
 
+/// The RPC names a `.proto` file declares (`rpc Name(...)`), sorted: for the tests that check
+/// a service's table of scopes covers every RPC.
+pub fn rpc_names(proto_text: &str) -> Vec<String> {
+    let mut names: Vec<String> = proto_text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("rpc "))
+        .filter_map(|l| l.split('(').next())
+        .map(|n| n.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use tonic::service::Interceptor;
@@ -183,6 +196,12 @@ mod tests {
             .unwrap_err()
             .code();
         assert_eq!(code, Code::PermissionDenied);
+    }
+
+    #[test]
+    fn rpc_names_are_read_from_proto_text() {
+        let proto = "service S {\n  // rpc Commented(X)\n  rpc B(stream X) returns (Y);\n  rpc A(X) returns (stream Y);\n}";
+        assert_eq!(rpc_names(proto), ["A", "B"]);
     }
 
     #[test]

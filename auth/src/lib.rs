@@ -13,10 +13,14 @@ mod claims;
 mod error;
 mod grpc;
 mod keys;
+mod listener;
 mod token;
 
 pub use claims::{Claims, Scope};
 pub use error::AuthError;
-pub use grpc::{authenticate, authorize, check, check_for, client_interceptor, BearerInterceptor};
+pub use grpc::{
+    authenticate, authorize, check, check_for, client_interceptor, rpc_names, BearerInterceptor,
+};
 pub use keys::{generate_key_pair, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE};
+pub use listener::check_listener;
 pub use token::{read_token_file, TokenIssuer, TokenVerifier};

@@ -84,6 +84,10 @@ struct WpArgs {
     /// `walproposer metrics on <addr>`. Not served if not given.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// A file holding the token (scope `safekeeper`) sent to the safekeepers on every
+    /// Propose call; needed when they check tokens (`--auth-public-key`).
+    #[arg(long, value_name = "FILE")]
+    safekeeper_token_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -123,6 +127,11 @@ fn run(cli: Cli) -> Result<()> {
     cfg.max_appends_in_flight = a.max_appends_in_flight.max(1);
     cfg.max_buffer = a.max_buffer_mb << 20;
     cfg.timeout = Duration::from_secs(a.timeout_secs.max(1));
+    cfg.safekeeper_token = a
+        .safekeeper_token_file
+        .map(|p| strata_auth::read_token_file(&p).context("--safekeeper-token-file"))
+        .transpose()?
+        .map(walproposer::SafekeeperToken);
     let metrics_listen = a.metrics_listen;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

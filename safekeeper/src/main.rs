@@ -3,7 +3,8 @@
 //! Configuration comes from an optional TOML file (`--config`) with the same keys as the flags
 //! (`datadir`, `listen_grpc`, `listen_pg`, `id`, `remote_storage`, `s3_endpoint`, `s3_region`,
 //! `peers`, `partial_offload_interval_secs`, `runtime`, `max_connections`, `connection_threads`,
-//! `idle_timeout_secs`); flags win. On start it prints
+//! `idle_timeout_secs`, `auth_public_key`, `auth_token_file`, `no_auth`); flags win. A gRPC or replication address
+//! beyond loopback is refused with auth off unless `--no-auth` says so. On start it prints
 //! `safekeeper <id> listening on <addr>` to stdout (with the real port when asked for port 0),
 //! so scripts and tests can find it.
 //!
@@ -28,7 +29,8 @@ use tracing::info;
 use safekeeper::conn_threads::ConnLimits;
 use safekeeper::peers::Peer;
 use safekeeper::remote_storage::{RemoteStorage, S3Options};
-use safekeeper::service::{SafekeeperService, ServiceConfig};
+use safekeeper::service::{SafekeeperService, ServiceAuth, ServiceConfig};
+use strata_auth::{check_listener, read_token_file, TokenVerifier};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,8 +49,9 @@ struct Args {
     #[arg(long)]
     id: Option<u64>,
     /// Address for the Postgres replication protocol (pg_receivewal, standbys, the pageserver),
-    /// e.g. 127.0.0.1:5454; not served if not given. Connections are trusted: use loopback or
-    /// a private network.
+    /// e.g. 127.0.0.1:5454; not served if not given. With --auth-public-key the password must
+    /// be a token (sent in clear: use loopback or a private network); else connections are
+    /// trusted.
     #[arg(long, value_name = "ADDR:PORT")]
     listen_pg: Option<SocketAddr>,
     /// Object store for offloaded WAL: a directory, file:///dir, or s3://bucket/prefix (S3
@@ -97,6 +100,19 @@ struct Args {
     /// (`/health/live`, `/health/ready`), e.g. 127.0.0.1:7680; not served if not given.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<SocketAddr>,
+    /// The cluster's Ed25519 public key (PEM): every gRPC call and replication connection
+    /// must then carry a token it signed (scope `safekeeper` or `admin`; on the replication
+    /// port as the password). Not given: auth is off, every caller is trusted.
+    #[arg(long, value_name = "FILE")]
+    auth_public_key: Option<PathBuf>,
+    /// A file holding the token (scope `safekeeper`) this safekeeper sends its peers
+    /// (status calls and recovery streams).
+    #[arg(long, value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
+    /// Serve gRPC or replication addresses beyond loopback without --auth-public-key
+    /// (refused otherwise).
+    #[arg(long)]
+    no_auth: bool,
     /// TOML configuration file with the same keys as the flags.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -118,6 +134,9 @@ struct FileConfig {
     max_connections: Option<usize>,
     connection_threads: Option<usize>,
     idle_timeout_secs: Option<u64>,
+    auth_public_key: Option<PathBuf>,
+    auth_token_file: Option<PathBuf>,
+    no_auth: Option<bool>,
     metrics_listen: Option<SocketAddr>,
 }
 
@@ -261,8 +280,18 @@ fn run() -> Result<()> {
     };
     let mut config = ServiceConfig {
         peers,
+        auth: service_auth(
+            args.auth_public_key.or(file.auth_public_key),
+            args.auth_token_file.or(file.auth_token_file),
+        )?,
         ..ServiceConfig::default()
     };
+    let no_auth = args.no_auth || file.no_auth.unwrap_or(false);
+    let auth_on = config.auth.verifier.is_some();
+    check_listener("the gRPC address", listen, auth_on, no_auth)?;
+    if let Some(pg_addr) = listen_pg {
+        check_listener("the replication address", pg_addr, auth_on, no_auth)?;
+    }
     if let Some(secs) = args
         .partial_offload_interval_secs
         .or(file.partial_offload_interval_secs)
@@ -293,6 +322,31 @@ fn run() -> Result<()> {
             metrics_listen,
         )
         .await
+    })
+}
+
+/// The verifier of callers' tokens and the token for the peers, from their files.
+fn service_auth(public_key: Option<PathBuf>, token_file: Option<PathBuf>) -> Result<ServiceAuth> {
+    let verifier = match &public_key {
+        Some(path) => {
+            let v = TokenVerifier::from_public_key_file(path)
+                .context("loading the public key of --auth-public-key")?;
+            info!(public_key = %path.display(), "auth on: every caller needs a token signed with this key");
+            Some(Arc::new(v))
+        }
+        None => {
+            info!(
+                "auth off: every caller is trusted (start with --auth-public-key to check tokens)"
+            );
+            None
+        }
+    };
+    let peer_token = token_file
+        .map(|p| read_token_file(&p).context("reading --auth-token-file"))
+        .transpose()?;
+    Ok(ServiceAuth {
+        verifier,
+        peer_token,
     })
 }
 

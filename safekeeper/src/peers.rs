@@ -60,14 +60,24 @@ pub enum PeerAnswer {
     Unreachable(String),
 }
 
-/// Asks every peer for its status of `id`, concurrently.
-pub async fn statuses(peers: &[Peer], id: TenantTimeline) -> Vec<(Peer, PeerAnswer)> {
-    let asks = peers.iter().cloned().map(|p| async move {
-        let answer = match tokio::time::timeout(STATUS_TIMEOUT, status(&p.addr, id)).await {
-            Ok(a) => a,
-            Err(_) => PeerAnswer::Unreachable(format!("no answer within {STATUS_TIMEOUT:?}")),
-        };
-        (p, answer)
+/// Asks every peer for its status of `id`, concurrently, with `token` (this safekeeper's
+/// `--auth-token-file`) when the peers check tokens.
+pub async fn statuses(
+    peers: &[Peer],
+    id: TenantTimeline,
+    token: Option<&str>,
+) -> Vec<(Peer, PeerAnswer)> {
+    let asks = peers.iter().cloned().map(|p| {
+        let token = token.map(str::to_string);
+        async move {
+            let answer = match tokio::time::timeout(STATUS_TIMEOUT, status(&p.addr, id, token))
+                .await
+            {
+                Ok(a) => a,
+                Err(_) => PeerAnswer::Unreachable(format!("no answer within {STATUS_TIMEOUT:?}")),
+            };
+            (p, answer)
+        }
     });
     let handles: Vec<_> = asks.map(tokio::spawn).collect();
     let mut out = Vec::with_capacity(handles.len());
@@ -80,12 +90,19 @@ pub async fn statuses(peers: &[Peer], id: TenantTimeline) -> Vec<(Peer, PeerAnsw
     out
 }
 
-async fn status(addr: &str, id: TenantTimeline) -> PeerAnswer {
-    let mut client =
-        match pb::safekeeper_client::SafekeeperClient::connect(format!("http://{addr}")).await {
-            Ok(c) => c,
-            Err(e) => return PeerAnswer::Unreachable(format!("connecting to {addr}: {e}")),
-        };
+async fn status(addr: &str, id: TenantTimeline, token: Option<String>) -> PeerAnswer {
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+        Ok(e) => e,
+        Err(e) => return PeerAnswer::Unreachable(format!("peer address {addr:?}: {e}")),
+    };
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return PeerAnswer::Unreachable(format!("connecting to {addr}: {e}")),
+    };
+    let mut client = pb::safekeeper_client::SafekeeperClient::with_interceptor(
+        channel,
+        strata_auth::client_interceptor(token),
+    );
     match client
         .timeline_status(pb::TimelineStatusRequest {
             tenant_id: id.tenant.to_string(),

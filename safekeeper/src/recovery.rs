@@ -93,7 +93,7 @@ pub(crate) async fn ensure_timeline(
     }
     let _done = Done(inner, id);
 
-    let answers = peers::statuses(peers, id).await;
+    let answers = peers::statuses(peers, id, inner.config.auth.peer_token.as_deref()).await;
     let holders: Vec<&pb::TimelineStatusResponse> = answers
         .iter()
         .filter_map(|(_, a)| match a {
@@ -219,7 +219,17 @@ async fn recover(
                 }
             }
             let before = fetch.pos;
-            stream_from_peer(&mut fetch, donor, id, info.pg_timeline, commit, offloaded).await?;
+            let password = inner.config.auth.peer_token.clone();
+            stream_from_peer(
+                &mut fetch,
+                donor,
+                id,
+                info.pg_timeline,
+                commit,
+                offloaded,
+                password,
+            )
+            .await?;
             fetch.from_peer += fetch.pos.0 - before.0;
         }
         info!(
@@ -298,7 +308,12 @@ pub(crate) async fn recover_in_background(
                 Err(e) => warn!(%e, "opening the recovered timeline"),
             }
         } else {
-            let answers = peers::statuses(&inner.config.peers, id).await;
+            let answers = peers::statuses(
+                &inner.config.peers,
+                id,
+                inner.config.auth.peer_token.as_deref(),
+            )
+            .await;
             let info = answers.iter().find_map(|(_, a)| match a {
                 PeerAnswer::Status(s) if s.term > 0 || s.local_start_lsn != 0 => {
                     Some(GreetingInfo {
@@ -340,6 +355,7 @@ async fn stream_from_peer(
     tli: u32,
     commit: Lsn,
     offloaded: u64,
+    password: Option<String>,
 ) -> Result<(), String> {
     let addr = &donor.replication_addr;
     let (host, port) = addr
@@ -351,6 +367,7 @@ async fn stream_from_peer(
             .parse()
             .map_err(|_| format!("peer replication address {addr:?} has no port"))?,
         application_name: Some("safekeeper-recovery".into()),
+        password,
         options: Some(format!(
             "-c tenant_id={} -c timeline_id={}",
             id.tenant, id.timeline

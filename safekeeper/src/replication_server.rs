@@ -5,8 +5,14 @@
 //! election can take back. Connections are physical replication connections
 //! (`replication=true`) and name their timeline in the startup options:
 //! `options='-c tenant_id=<hex> -c timeline_id=<hex>'`; when the safekeeper holds exactly one
-//! timeline the options may be left out. Authentication is `trust`: bind the listener to
-//! loopback or a private network.
+//! timeline the options may be left out.
+//!
+//! Authentication: with auth on (`--auth-public-key`), the server asks for a cleartext
+//! password (AuthenticationCleartextPassword: bind the listener to loopback, or put TLS in
+//! front of it) and takes it as a token whose scope must allow `safekeeper` traffic of the
+//! timeline's tenant, or be `admin`. A missing, forged or expired token is refused with
+//! SQLSTATE 28P01, a token of another scope or tenant with 28000. With auth off every
+//! connection is trusted.
 //!
 //! Every record is checked before it is sent; a bad one is never sent, ends the stream, and
 //! when it came from the local disk has the timeline verified and, if the damage is
@@ -28,6 +34,8 @@ use tracing::{info, info_span, warn, Instrument};
 use walproto::pgwire::{self, BackendWriter, FrontendMessage, Startup};
 use walproto::replication::{pg_now, ReplicationMessage};
 use walproto::Lsn;
+
+use strata_auth::{Claims, Scope};
 
 use crate::ids::TenantTimeline;
 use crate::remote_storage::RemoteStorage;
@@ -106,11 +114,16 @@ async fn handle(stream: TcpStream, service: SafekeeperService) -> Result<(), Con
             .any(|(k, v)| k == "application_name" && v.starts_with("pageserver")),
         remote: service.config().remote.clone(),
     };
-    // Opening a timeline verifies it on disk: not on the async threads.
-    let (svc, p) = (service.clone(), params.clone());
-    let opened = tokio::task::spawn_blocking(move || open_timeline(&svc, &p))
-        .await
-        .unwrap_or_else(|e| Err(err("58000", format!("opening the timeline failed: {e}"))));
+    let opened = match authenticate(&service, &mut rd, &mut wr, &mut rbuf).await {
+        Ok(claims) => {
+            // Opening a timeline verifies it on disk: not on the async threads.
+            let (svc, p) = (service.clone(), params.clone());
+            tokio::task::spawn_blocking(move || open_timeline(&svc, &p, claims.as_ref()))
+                .await
+                .unwrap_or_else(|e| Err(err("58000", format!("opening the timeline failed: {e}"))))
+        }
+        Err(e) => Err(e),
+    };
     match opened {
         Ok(tl) => {
             let result = session(&tl, &client, rd, &mut wr, rbuf).await;
@@ -139,10 +152,71 @@ async fn read_startup(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<Star
     }
 }
 
-/// Picks the timeline from the startup parameters.
+/// How long a client may take to send its password.
+const PASSWORD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// With auth on, asks for the password and verifies it as a token: its claims (the scope is
+/// checked once the timeline is known). Auth off: `None`.
+async fn authenticate(
+    service: &SafekeeperService,
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    buf: &mut BytesMut,
+) -> Result<Option<Claims>, ConnError> {
+    let Some(verifier) = service.config().auth.verifier.clone() else {
+        return Ok(None);
+    };
+    // AuthenticationCleartextPassword: 'R', length 8, code 3.
+    let mut w = BackendWriter::default();
+    w.buf.extend_from_slice(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]);
+    wr.write_all(&w.take()).await?;
+    let password = tokio::time::timeout(PASSWORD_TIMEOUT, read_password(rd, buf))
+        .await
+        .map_err(|_| {
+            err(
+                "28P01",
+                format!("no password within {PASSWORD_TIMEOUT:?}: give a token as the password"),
+            )
+        })??;
+    verifier
+        .verify(&password)
+        .map(Some)
+        .map_err(|e| err("28P01", format!("password authentication failed: {e}")))
+}
+
+/// The PasswordMessage's text (without its terminating zero).
+async fn read_password(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<String, ConnError> {
+    loop {
+        match pgwire::parse_frontend(buf).map_err(|e| err("08P01", e.to_string()))? {
+            Some(FrontendMessage::Password(body)) => {
+                let text = body.strip_suffix(&[0]).unwrap_or(&body);
+                return String::from_utf8(text.to_vec())
+                    .map_err(|_| err("28P01", "password authentication failed: not UTF-8"));
+            }
+            Some(FrontendMessage::Terminate) => {
+                return Err(err(
+                    "08006",
+                    "client closed the connection before authenticating",
+                ))
+            }
+            Some(_) => return Err(err("08P01", "expected a password message")),
+            None => {}
+        }
+        if rd.read_buf(buf).await? == 0 {
+            return Err(err(
+                "08006",
+                "client closed the connection before authenticating",
+            ));
+        }
+    }
+}
+
+/// Picks the timeline from the startup parameters; with auth on, `claims` must allow
+/// `safekeeper` traffic of its tenant.
 fn open_timeline(
     service: &SafekeeperService,
     params: &[(String, String)],
+    claims: Option<&Claims>,
 ) -> Result<Arc<Timeline>, ConnError> {
     let param = |name: &str| {
         params
@@ -190,6 +264,10 @@ fn open_timeline(
             ))
         }
     };
+    let tenant = id.tenant.to_string();
+    if let Some(why) = claims.and_then(|c| c.refusal(&Scope::Safekeeper, Some(&tenant))) {
+        return Err(err("28000", why));
+    }
     service
         .existing_timeline(id)
         .map_err(|e| err("58000", e.to_string()))?

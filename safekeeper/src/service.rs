@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use strata_auth::{authorize, Claims, Scope, TokenVerifier};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -178,6 +179,27 @@ pub struct ServiceConfig {
     pub partial_offload_interval: Duration,
     /// The replication server's address, told to peers that recover from us.
     pub replication_addr: Option<String>,
+    /// Tokens checked on the gRPC and replication ports, and sent to the peers.
+    pub auth: ServiceAuth,
+}
+
+/// The safekeeper's side of authentication.
+#[derive(Clone, Default)]
+pub struct ServiceAuth {
+    /// Checks every caller's token (gRPC and replication port); none: auth off.
+    pub verifier: Option<Arc<TokenVerifier>>,
+    /// The token this safekeeper sends its peers (status calls, recovery streams).
+    pub peer_token: Option<String>,
+}
+
+impl std::fmt::Debug for ServiceAuth {
+    // Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAuth")
+            .field("verifier", &self.verifier.is_some())
+            .field("peer_token", &self.peer_token.is_some())
+            .finish()
+    }
 }
 
 impl Default for ServiceConfig {
@@ -188,6 +210,7 @@ impl Default for ServiceConfig {
             offload_tick: Duration::from_secs(1),
             partial_offload_interval: Duration::from_secs(10),
             replication_addr: None,
+            auth: ServiceAuth::default(),
         }
     }
 }
@@ -247,6 +270,12 @@ impl SafekeeperService {
 
     pub fn config(&self) -> &ServiceConfig {
         &self.inner.config
+    }
+
+    /// The caller's token's claims: a valid token is needed for every call when auth is on
+    /// (what it may do is checked once the call names its tenant).
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<Option<Claims>, Status> {
+        strata_auth::authenticate(req, self.inner.config.auth.verifier.as_deref())
     }
 
     pub fn node_id(&self) -> u64 {
@@ -491,6 +520,7 @@ impl pb::safekeeper_server::Safekeeper for SafekeeperService {
         request: Request<Streaming<pb::ProposerMessage>>,
     ) -> Result<Response<Self::ProposeStream>, Status> {
         let peer = request.remote_addr();
+        let claims = self.authenticate(&request)?;
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -502,6 +532,11 @@ impl pb::safekeeper_server::Safekeeper for SafekeeperService {
             ));
         };
         let id = parse_ids(&g.tenant_id, &g.timeline_id)?;
+        authorize(
+            claims.as_ref(),
+            &Scope::Safekeeper,
+            Some(&id.tenant.to_string()),
+        )?;
         if g.acceptor_id != 0 && g.acceptor_id != self.inner.node_id {
             return Err(Status::invalid_argument(format!(
                 "proposer expected safekeeper {}, this is safekeeper {}",
@@ -531,8 +566,14 @@ impl pb::safekeeper_server::Safekeeper for SafekeeperService {
         &self,
         request: Request<pb::TimelineStatusRequest>,
     ) -> Result<Response<pb::TimelineStatusResponse>, Status> {
+        let claims = self.authenticate(&request)?;
         let r = request.into_inner();
         let id = parse_ids(&r.tenant_id, &r.timeline_id)?;
+        authorize(
+            claims.as_ref(),
+            &Scope::Safekeeper,
+            Some(&id.tenant.to_string()),
+        )?;
         let inner = self.inner.clone();
         let tl = blocking(move || inner.timeline(id, None))
             .await?

@@ -107,7 +107,13 @@ pub async fn run(
 /// Greets the acceptor and sends `Elected` for the current term from the point where its log
 /// agrees with ours.
 async fn rejoin(addr: &str, shared: &Shared) -> Result<(Session, Lsn), SessionError> {
-    let (mut s, g) = Session::open(addr, shared.greeting.clone(), shared.timeout).await?;
+    let (mut s, g) = Session::open(
+        addr,
+        shared.greeting.clone(),
+        shared.timeout,
+        shared.safekeeper_token.as_ref(),
+    )
+    .await?;
     if g.term > shared.term {
         return Err(SessionError::Superseded {
             addr: addr.to_string(),

@@ -12,6 +12,7 @@ use walproto::Lsn;
 
 use super::history::{majority, start_point, TermHistory, TermSwitch};
 use super::session::{Session, SessionError};
+use super::SafekeeperToken;
 
 /// A safekeeper that granted its vote.
 pub struct Voter {
@@ -49,6 +50,7 @@ pub async fn campaign(
     safekeepers: &[String],
     greeting: &pb::Greeting,
     timeout: Duration,
+    token: Option<&SafekeeperToken>,
 ) -> Result<Won> {
     let n = safekeepers.len();
     let need = majority(n);
@@ -56,8 +58,8 @@ pub async fn campaign(
     loop {
         let mut set = JoinSet::new();
         for (idx, addr) in safekeepers.iter().enumerate() {
-            let (addr, g) = (addr.clone(), greeting.clone());
-            set.spawn(async move { (idx, Session::open(&addr, g, timeout).await) });
+            let (addr, g, token) = (addr.clone(), greeting.clone(), token.cloned());
+            set.spawn(async move { (idx, Session::open(&addr, g, timeout, token.as_ref()).await) });
         }
         let mut greeted = Vec::new();
         while let Some(r) = set.join_next().await {

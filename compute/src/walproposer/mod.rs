@@ -66,6 +66,18 @@ pub struct Config {
     pub max_buffer: u64,
     /// Timeout for connecting and for each election step.
     pub timeout: Duration,
+    /// Sent on every Propose call when the safekeepers check tokens.
+    pub safekeeper_token: Option<SafekeeperToken>,
+}
+
+/// A token (scope `safekeeper`) for the safekeepers; never printed.
+#[derive(Clone)]
+pub struct SafekeeperToken(pub String);
+
+impl std::fmt::Debug for SafekeeperToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SafekeeperToken(..)")
+    }
 }
 
 impl Config {
@@ -90,6 +102,7 @@ impl Config {
             max_appends_in_flight: 1,
             max_buffer: 512 << 20,
             timeout: Duration::from_secs(5),
+            safekeeper_token: None,
         }
     }
 }
@@ -115,6 +128,7 @@ pub struct Shared {
     pub max_inflight: u64,
     pub max_appends_in_flight: usize,
     pub timeout: Duration,
+    pub safekeeper_token: Option<SafekeeperToken>,
     /// A replication connection's settings for catching up an acceptor from Postgres
     /// (application name `<app>_catchup`, never a synchronous standby).
     pub catchup_pg: ConnConfig,

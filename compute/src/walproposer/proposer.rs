@@ -68,7 +68,13 @@ async fn run_inner(cfg: Config, tenant: String, timeline: String) -> Result<()> 
         acceptor_id: 0,
         create_timeline: true,
     };
-    let won = campaign(&cfg.safekeepers, &greeting, cfg.timeout).await?;
+    let won = campaign(
+        &cfg.safekeepers,
+        &greeting,
+        cfg.timeout,
+        cfg.safekeeper_token.as_ref(),
+    )
+    .await?;
     // Postgres's position now, after the vote: nothing a safekeeper holds may be beyond it.
     let now = identify_system(&mut conn)
         .await
@@ -114,6 +120,7 @@ async fn run_inner(cfg: Config, tenant: String, timeline: String) -> Result<()> 
         max_inflight: cfg.max_inflight,
         max_appends_in_flight: cfg.max_appends_in_flight.max(1),
         timeout: cfg.timeout,
+        safekeeper_token: cfg.safekeeper_token.clone(),
         catchup_pg: {
             let mut c = repl.clone();
             c.application_name = Some(format!("{}_catchup", cfg.application_name));

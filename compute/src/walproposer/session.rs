@@ -11,6 +11,7 @@ use walproto::proto::safekeeper::proposer_message::Msg as In;
 use walproto::Lsn;
 
 use super::history::TermHistory;
+use super::SafekeeperToken;
 
 /// Why a session failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,10 @@ fn from_status(addr: &str, s: tonic::Status) -> SessionError {
     let message = format!("{:?}: {}", s.code(), s.message());
     match s.code() {
         tonic::Code::FailedPrecondition => SessionError::Superseded { addr, message },
-        tonic::Code::InvalidArgument => SessionError::Rejected { addr, message },
+        // A missing or wrongly scoped token is a configuration problem, as is bad input.
+        tonic::Code::InvalidArgument
+        | tonic::Code::Unauthenticated
+        | tonic::Code::PermissionDenied => SessionError::Rejected { addr, message },
         _ => SessionError::Transient { addr, message },
     }
 }
@@ -68,6 +72,7 @@ impl Session {
         addr: &str,
         greeting: pb::Greeting,
         timeout: Duration,
+        token: Option<&SafekeeperToken>,
     ) -> Result<(Session, pb::GreetingResponse), SessionError> {
         let fut = async {
             let endpoint = Endpoint::from_shared(format!("http://{addr}"))
@@ -89,9 +94,11 @@ impl Session {
                 .connect()
                 .await
                 .map_err(|e| transient(addr, format!("connecting: {e}")))?;
-            let mut client = pb::safekeeper_client::SafekeeperClient::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE);
+            let auth = strata_auth::client_interceptor(token.map(|t| t.0.clone()));
+            let mut client =
+                pb::safekeeper_client::SafekeeperClient::with_interceptor(channel, auth)
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE);
             let (tx, rx) = mpsc::channel(256);
             tx.send(pb::ProposerMessage {
                 msg: Some(In::Greeting(greeting)),

@@ -18,6 +18,12 @@
 //! `http://ADDR/metrics` and `/health/live`, `/health/ready` (ready once the tenants are
 //! loaded), and prints `pageserver metrics on <addr>`; the gRPC port answers the standard
 //! health service (`grpc.health.v1.Health`) too.
+//!
+//! With `--auth-public-key FILE` (config key `auth_public_key`) every gRPC call needs a token
+//! the cluster signed whose scope allows it (`pageserver::service::needed_scope`); the
+//! health service stays open. `--safekeeper-token-file` (`safekeeper_token_file`) is the
+//! token the walreceivers send the safekeepers. A listen address beyond loopback is refused
+//! with auth off unless `--no-auth` (`no_auth = true`) says so.
 
 // mimalloc: ingest allocates and frees many small values across threads (decode and
 // ingest); it measured ~10% faster than the system allocator (benches/ingest_vs_recovery.rs).
@@ -34,6 +40,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use serde::Deserialize;
+use strata_auth::{check_listener, read_token_file, TokenVerifier};
 use strata_metrics::http::ReadyCheck;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
@@ -42,7 +49,7 @@ use tracing::{error, info};
 use pageserver::metrics::TimelineCollector;
 use pageserver::remote::{restore_missing, RemoteStorage};
 use pageserver::service::background::DEFAULT_GC_INTERVAL;
-use pageserver::service::PageserverService;
+use pageserver::service::{PageserverService, ServiceAuth};
 use pageserver::tenant::TenantManager;
 
 #[derive(Parser, Debug)]
@@ -76,6 +83,17 @@ struct Args {
     /// (`/health/live`, `/health/ready`), e.g. 127.0.0.1:9899; not served if not given.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<SocketAddr>,
+    /// The cluster's Ed25519 public key (PEM): every gRPC call must then carry a token it
+    /// signed whose scope allows the call. Not given: auth is off, every call is allowed.
+    #[arg(long, value_name = "FILE")]
+    auth_public_key: Option<PathBuf>,
+    /// A file holding the token (scope `safekeeper`) the walreceivers give the safekeepers as
+    /// their replication password.
+    #[arg(long, value_name = "FILE")]
+    safekeeper_token_file: Option<PathBuf>,
+    /// Serve a listen address beyond loopback without --auth-public-key (refused otherwise).
+    #[arg(long)]
+    no_auth: bool,
 }
 
 /// `0` or `<n><unit>` with unit ms, s, m, h or d.
@@ -113,6 +131,9 @@ struct FileConfig {
     /// Like `--gc-interval`, e.g. "10m" or "0".
     gc_interval: Option<String>,
     metrics_listen: Option<SocketAddr>,
+    auth_public_key: Option<PathBuf>,
+    safekeeper_token_file: Option<PathBuf>,
+    no_auth: Option<bool>,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9898";
@@ -166,6 +187,12 @@ fn run() -> Result<()> {
         }
         (None, None) => DEFAULT_GC_INTERVAL,
     };
+    let auth = service_auth(
+        args.auth_public_key.or(file.auth_public_key),
+        args.safekeeper_token_file.or(file.safekeeper_token_file),
+    )?;
+    let no_auth = args.no_auth || file.no_auth.unwrap_or(false);
+    check_listener("the gRPC address", listen, auth.verifier.is_some(), no_auth)?;
     fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -222,7 +249,33 @@ fn run() -> Result<()> {
             collector.sample();
         })
         .context("starting the metrics sampler")?;
-    rt.block_on(serve(manager, listen, remote, gc_interval, loaded))
+    rt.block_on(serve(manager, listen, remote, gc_interval, loaded, auth))
+}
+
+/// The verifier of the calls' tokens and the token for the safekeepers, from their files.
+fn service_auth(
+    public_key: Option<PathBuf>,
+    safekeeper_token_file: Option<PathBuf>,
+) -> Result<ServiceAuth> {
+    let verifier = match &public_key {
+        Some(path) => {
+            let v = TokenVerifier::from_public_key_file(path)
+                .context("loading the public key of --auth-public-key")?;
+            info!(public_key = %path.display(), "auth on: every call needs a token signed with this key");
+            Some(Arc::new(v))
+        }
+        None => {
+            info!("auth off: every call is allowed (start with --auth-public-key to check tokens)");
+            None
+        }
+    };
+    let safekeeper_token = safekeeper_token_file
+        .map(|p| read_token_file(&p).context("reading --safekeeper-token-file"))
+        .transpose()?;
+    Ok(ServiceAuth {
+        verifier,
+        safekeeper_token,
+    })
 }
 
 /// Whether the data directory holds any tenant.
@@ -238,12 +291,13 @@ async fn serve(
     remote: Option<RemoteStorage>,
     gc_interval: Duration,
     loaded: Arc<AtomicBool>,
+    auth: ServiceAuth,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the gRPC address {listen}"))?;
     let addr = listener.local_addr()?;
-    let service = PageserverService::start(manager.clone(), remote);
+    let service = PageserverService::start_with_auth(manager.clone(), remote, auth);
     service.start_periodic_gc(gc_interval);
     let timelines: usize = manager.tenants().iter().map(|t| t.timelines().len()).sum();
     info!(%addr, data_dir = %manager.data_dir().display(), tenants = manager.tenants().len(),

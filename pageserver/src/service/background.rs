@@ -57,6 +57,8 @@ struct TimelineTasks {
 
 pub struct Background {
     remote: Option<RemoteStorage>,
+    /// Given to the safekeepers as the replication password.
+    safekeeper_token: Option<String>,
     tasks: Mutex<HashMap<TimelineKey, TimelineTasks>>,
     gc: Mutex<Option<GcTask>>,
 }
@@ -116,9 +118,13 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 fn spawn_walreceiver(
     h: Arc<TimelineHandle>,
     safekeepers: Vec<String>,
+    password: Option<String>,
     mut stop: watch::Receiver<bool>,
 ) -> Option<JoinHandle<()>> {
-    let conf = WalReceiverConf::new(safekeepers, h.tenant_id(), h.timeline_id());
+    let conf = WalReceiverConf {
+        password,
+        ..WalReceiverConf::new(safekeepers, h.tenant_id(), h.timeline_id())
+    };
     Some(tokio::spawn(async move {
         let mut delay = Duration::from_secs(1);
         loop {
@@ -247,9 +253,10 @@ fn spawn_config_upload(remote: RemoteStorage, h: &TimelineHandle) -> JoinHandle<
 }
 
 impl Background {
-    pub fn new(remote: Option<RemoteStorage>) -> Background {
+    pub fn new(remote: Option<RemoteStorage>, safekeeper_token: Option<String>) -> Background {
         Background {
             remote,
+            safekeeper_token,
             tasks: Mutex::new(HashMap::new()),
             gc: Mutex::new(None),
         }
@@ -342,7 +349,8 @@ impl Background {
             }
             if !sks.is_empty() {
                 let (stop, rx) = watch::channel(false);
-                let task = spawn_walreceiver(h.clone(), sks.clone(), rx);
+                let task =
+                    spawn_walreceiver(h.clone(), sks.clone(), self.safekeeper_token.clone(), rx);
                 t.walreceiver = Some(WalReceiverTask {
                     safekeepers: sks,
                     stop,

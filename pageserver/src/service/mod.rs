@@ -6,6 +6,7 @@
 //! [`TenantManager`]. Every request's disk work runs on tokio's blocking pool; errors become
 //! statuses whose message says what is possible ([`convert::to_status`]).
 
+mod auth;
 pub mod background;
 pub mod convert;
 mod lifecycle;
@@ -28,6 +29,7 @@ use walproto::record::RelFileNode;
 use crate::basebackup::{basebackup_tar, BasebackupError, BasebackupOptions, Mode};
 use crate::remote::RemoteStorage;
 use crate::tenant::{branch, BranchTarget, TenantConf, TenantError, TenantManager, TimelineHandle};
+pub use auth::{needed_scope, Rpc};
 use background::Background;
 use convert::{tenant_info, timeline_info, timeline_tree, to_status};
 
@@ -36,6 +38,16 @@ use convert::{tenant_info, timeline_info, timeline_tree, to_status};
 pub struct PageserverService {
     manager: Arc<TenantManager>,
     background: Arc<Background>,
+    auth: ServiceAuth,
+}
+
+/// The service's side of authentication ([`auth`]).
+#[derive(Clone, Default)]
+pub struct ServiceAuth {
+    /// Checks every call's token; none: auth off, every call allowed.
+    pub verifier: Option<Arc<strata_auth::TokenVerifier>>,
+    /// The token the walreceivers give the safekeepers (as the replication password).
+    pub safekeeper_token: Option<String>,
 }
 
 /// Runs blocking tenant work off the async threads.
@@ -238,7 +250,16 @@ impl PageserverService {
     /// Loads the data directory's tenants and starts their timelines' background work (call
     /// inside a tokio runtime).
     pub fn start(manager: Arc<TenantManager>, remote: Option<RemoteStorage>) -> Self {
-        let background = Arc::new(Background::new(remote));
+        Self::start_with_auth(manager, remote, ServiceAuth::default())
+    }
+
+    /// [`PageserverService::start`] with tokens checked and sent as `auth` says.
+    pub fn start_with_auth(
+        manager: Arc<TenantManager>,
+        remote: Option<RemoteStorage>,
+        auth: ServiceAuth,
+    ) -> Self {
+        let background = Arc::new(Background::new(remote, auth.safekeeper_token.clone()));
         for t in manager.tenants() {
             for h in t.timelines() {
                 background.start_timeline(&h);
@@ -247,6 +268,7 @@ impl PageserverService {
         PageserverService {
             manager,
             background,
+            auth,
         }
     }
 
@@ -297,6 +319,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::TenantInfo>, Status> {
+        self.authorize(&req, Rpc::CreateTenant, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let conf = if r.config_toml.trim().is_empty() {
             TenantConf::default()
@@ -310,8 +333,9 @@ impl pb::pageserver_server::Pageserver for PageserverService {
 
     async fn list_tenants(
         &self,
-        _req: Request<pb::ListTenantsRequest>,
+        req: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        self.authorize(&req, Rpc::ListTenants, "")?;
         let tenants = self
             .manager
             .tenants()
@@ -325,6 +349,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::ImportTimelineRequest>,
     ) -> Result<Response<pb::TimelineInfo>, Status> {
+        self.authorize(&req, Rpc::ImportTimeline, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         if r.datadir.is_empty() {
             return Err(Status::invalid_argument(
@@ -351,6 +376,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::CreateBranchRequest>,
     ) -> Result<Response<pb::TimelineInfo>, Status> {
+        self.authorize(&req, Rpc::CreateBranch, &req.get_ref().tenant_id)?;
         use pb::create_branch_request::Target;
         let r = req.into_inner();
         let target = match r.target {
@@ -381,6 +407,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::ListTimelinesRequest>,
     ) -> Result<Response<pb::ListTimelinesResponse>, Status> {
+        self.authorize(&req, Rpc::ListTimelines, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let m = self.manager.clone();
         let timelines = blocking(move || Ok(timeline_tree(&*m.tenant(&r.tenant_id)?))).await?;
@@ -391,6 +418,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::TimelineRequest>,
     ) -> Result<Response<pb::TimelineInfo>, Status> {
+        self.authorize(&req, Rpc::TimelineStatus, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let h = self.handle(r.tenant_id, r.timeline_id).await?;
         let s = blocking(move || Ok(h.status())).await?;
@@ -401,6 +429,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::TimelineRequest>,
     ) -> Result<Response<pb::DeleteTimelineResponse>, Status> {
+        self.authorize(&req, Rpc::DeleteTimeline, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let m = self.manager.clone();
         let (tenant, timeline) = (r.tenant_id.clone(), r.timeline_id.clone());
@@ -423,6 +452,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::SetSafekeepersRequest>,
     ) -> Result<Response<pb::TimelineInfo>, Status> {
+        self.authorize(&req, Rpc::SetSafekeepers, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let h = self.handle(r.tenant_id, r.timeline_id).await?;
         let h2 = h.clone();
@@ -435,6 +465,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::LsnForTimestampRequest>,
     ) -> Result<Response<pb::LsnForTimestampResponse>, Status> {
+        self.authorize(&req, Rpc::LsnForTimestamp, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let h = self.handle(r.tenant_id, r.timeline_id).await?;
         let lsn = blocking(move || {
@@ -449,6 +480,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::TimelineRequest>,
     ) -> Result<Response<pb::ListRestorePointsResponse>, Status> {
+        self.authorize(&req, Rpc::ListRestorePoints, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let h = self.handle(r.tenant_id, r.timeline_id).await?;
         let pts = blocking(move || h.read(branch::restore_points)).await?;
@@ -469,6 +501,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::TimelineRequest>,
     ) -> Result<Response<pb::CompactResponse>, Status> {
+        self.authorize(&req, Rpc::Compact, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let h = self.handle(r.tenant_id, r.timeline_id).await?;
         let (summary, layers) = blocking(move || {
@@ -498,6 +531,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::TimelineRequest>,
     ) -> Result<Response<pb::TimelineInfo>, Status> {
+        self.authorize(&req, Rpc::Flush, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let h = self.handle(r.tenant_id, r.timeline_id).await?;
         let s = blocking(move || {
@@ -514,6 +548,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::BasebackupRequest>,
     ) -> Result<Response<Self::BasebackupStream>, Status> {
+        self.authorize(&req, Rpc::Basebackup, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let h = self.handle(r.tenant_id, r.timeline_id).await?;
         let lsn = blocking({
@@ -563,6 +598,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::GetPageRequest>,
     ) -> Result<Response<pb::GetPageResponse>, Status> {
+        self.authorize(&req, Rpc::GetPage, &req.get_ref().tenant_id)?;
         use pb::get_page_request::Target;
         let r = req.into_inner();
         let key = match r.target {
@@ -608,6 +644,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
     }
 
     async fn gc(&self, req: Request<pb::GcRequest>) -> Result<Response<pb::GcResponse>, Status> {
+        self.authorize(&req, Rpc::Gc, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let tenant = self.manager.tenant(&r.tenant_id).map_err(to_status)?;
         let results = blocking(move || {
@@ -639,6 +676,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::CreateLeaseRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
+        self.authorize(&req, Rpc::CreateLease, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         if r.lsn == 0 {
             return Err(Status::invalid_argument("no LSN: give the LSN to lease"));
@@ -656,6 +694,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::RelRequest>,
     ) -> Result<Response<pb::RelSizeResponse>, Status> {
+        self.authorize(&req, Rpc::RelSize, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let (rel, fork) = (rel_of(&r), fork_of(r.forknum)?);
         let h = self.handle(r.tenant_id, r.timeline_id).await?;
@@ -671,6 +710,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::RelRequest>,
     ) -> Result<Response<pb::RelExistsResponse>, Status> {
+        self.authorize(&req, Rpc::RelExists, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let (rel, fork) = (rel_of(&r), fork_of(r.forknum)?);
         let h = self.handle(r.tenant_id, r.timeline_id).await?;
@@ -683,6 +723,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::DbSizeRequest>,
     ) -> Result<Response<pb::DbSizeResponse>, Status> {
+        self.authorize(&req, Rpc::DbSize, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let (spc, db) = (r.spcnode, r.dbnode);
         let h = self.handle(r.tenant_id, r.timeline_id).await?;
@@ -699,6 +740,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::SlruSegmentRequest>,
     ) -> Result<Response<pb::SlruSegmentResponse>, Status> {
+        self.authorize(&req, Rpc::SlruSegment, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let kind = match pb::SlruKind::try_from(r.kind) {
             Ok(pb::SlruKind::Clog) => SlruKind::Clog,
@@ -724,6 +766,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::TimelineRequest>,
     ) -> Result<Response<pb::TimelineInfo>, Status> {
+        self.authorize(&req, Rpc::ResumeIngest, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let h = self.handle(r.tenant_id, r.timeline_id).await?;
         let h2 = h.clone();
@@ -739,6 +782,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::ListRelationsRequest>,
     ) -> Result<Response<pb::ListRelationsResponse>, Status> {
+        self.authorize(&req, Rpc::ListRelations, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let h = self.handle(r.tenant_id, r.timeline_id).await?;
         let list = blocking(move || pages::list_relations(&h, r.lsn)).await?;
@@ -751,7 +795,8 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<tonic::Streaming<pb::GetPagesRequest>>,
     ) -> Result<Response<Self::GetPagesStream>, Status> {
-        let answers = pages::serve(self.manager.clone(), req.into_inner());
+        let claims = self.authorize_stream(&req)?;
+        let answers = pages::serve(self.manager.clone(), claims, req.into_inner());
         Ok(Response::new(Box::pin(answers)))
     }
 
@@ -759,6 +804,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::DeleteTenantRequest>,
     ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
+        self.authorize(&req, Rpc::DeleteTenant, &req.get_ref().tenant_id)?;
         Ok(Response::new(
             self.delete_tenant_now(req.into_inner()).await?,
         ))
@@ -768,6 +814,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::TimelineRequest>,
     ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        self.authorize(&req, Rpc::ListLeases, &req.get_ref().tenant_id)?;
         Ok(Response::new(self.list_leases_now(req.into_inner()).await?))
     }
 
@@ -775,6 +822,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         &self,
         req: Request<pb::RevokeLeaseRequest>,
     ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        self.authorize(&req, Rpc::RevokeLease, &req.get_ref().tenant_id)?;
         Ok(Response::new(
             self.revoke_lease_now(req.into_inner()).await?,
         ))

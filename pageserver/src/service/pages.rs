@@ -21,6 +21,9 @@ use tonic::Status;
 use walproto::proto::pageserver as pb;
 use walproto::record::RelFileNode;
 
+use strata_auth::Claims;
+
+use super::auth::{allow_stream_request, Rpc};
 use super::convert::to_status;
 use super::{reads, resolved_read_lsn};
 use crate::basebackup::pages::{default_threads, page_at};
@@ -68,7 +71,10 @@ pub fn list_relations(h: &TimelineHandle, lsn: u64) -> Result<pb::ListRelationsR
 
 /// Serves one GetPages stream: answers go to the returned stream, which ends after the
 /// client half-closed and every request was answered.
-pub fn serve<S>(manager: Arc<TenantManager>, mut inbound: S) -> Answers
+///
+/// With auth on, `claims` are the stream's token's: a request for a tenant they do not allow
+/// ends the stream with PERMISSION_DENIED.
+pub fn serve<S>(manager: Arc<TenantManager>, claims: Option<Claims>, mut inbound: S) -> Answers
 where
     S: futures_util::Stream<Item = std::result::Result<pb::GetPagesRequest, Status>>
         + Send
@@ -89,6 +95,12 @@ where
                     break;
                 }
             };
+            if let Err(refused) =
+                allow_stream_request(claims.as_ref(), Rpc::GetPages, &req.tenant_id)
+            {
+                let _ = tx.send(Err(refused)).await;
+                break;
+            }
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 break;
             };

@@ -47,6 +47,8 @@ pub struct WalReceiverConf {
     /// 32 hex characters each, as the safekeepers name the timeline.
     pub tenant_id: String,
     pub timeline_id: String,
+    /// The password (a `safekeeper` token) for safekeepers that ask for one.
+    pub password: Option<String>,
     /// Connecting and authenticating, and each `IDENTIFY_SYSTEM`.
     pub connect_timeout: Duration,
     /// Nothing received from the server for this long: move on. A safekeeper sends a keepalive
@@ -82,6 +84,7 @@ impl Default for WalReceiverConf {
             safekeepers: Vec::new(),
             tenant_id: String::new(),
             timeline_id: String::new(),
+            password: None,
             connect_timeout: Duration::from_secs(5),
             stream_timeout: Duration::from_secs(30),
             status_interval: Duration::from_secs(1),

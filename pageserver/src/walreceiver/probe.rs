@@ -43,6 +43,7 @@ pub(super) fn conn_config(conf: &WalReceiverConf, addr: &str) -> Result<ConnConf
             conf.tenant_id, conf.timeline_id
         )),
         replication: true,
+        password: conf.password.clone(),
         ..ConnConfig::default()
     })
 }
