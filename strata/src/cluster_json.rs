@@ -52,6 +52,7 @@ pub fn cluster_result(dir: &Path, out: &Output) -> Result<()> {
             "pageserver": {"grpc_addr": cfg.pageserver.grpc_addr()},
             "safekeepers": safekeepers,
             "remote_storage": cfg.remote_storage,
+            "auth": cfg.auth,
             "services": services_json(dir)?,
         }),
     );

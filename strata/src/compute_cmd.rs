@@ -364,6 +364,7 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
         if !req.read_only {
             out.step("starting the walproposer");
             start_walproposer(dir, &cfg, &record, &node, lsn)?;
+            set_compute_password(dir, &cfg, &record, &node, out)?;
         }
         Ok(())
     })();
@@ -459,7 +460,7 @@ fn prepare_data_dir(
         .lsn
         .parse()
         .map_err(|e| anyhow::anyhow!("the compute's LSN: {e}"))?;
-    let spec = compute_spec(record);
+    let spec = compute_spec(cfg, record);
     if record.lazy {
         out.step(&format!(
             "slim basebackup of {} at {lsn} (no relation pages)",
@@ -497,12 +498,31 @@ fn prepare_data_dir(
 }
 
 /// How a compute's Postgres runs, from its record.
-pub(crate) fn compute_spec(record: &ComputeRecord) -> ComputeSpec {
+pub(crate) fn compute_spec(cfg: &ClusterConfig, record: &ComputeRecord) -> ComputeSpec {
     ComputeSpec {
         port: record.port,
         read_only: record.read_only,
         standby_name: STANDBY_NAME.into(),
+        password_auth: cfg.auth,
     }
+}
+
+/// At a writer's first start on a tenant whose `postgres` role has no password (one made
+/// before auth, an imported database that trusted its clients), gives it the cluster's.
+fn set_compute_password(
+    dir: &Path,
+    cfg: &ClusterConfig,
+    record: &ComputeRecord,
+    node: &ComputeNode,
+    out: &Output,
+) -> Result<()> {
+    let Some(password) = crate::auth_setup::compute_password(dir, cfg)? else {
+        return Ok(());
+    };
+    if node.set_password_if_none(record.port, &password)? {
+        out.step("the postgres role had no password: it has the cluster's now");
+    }
+    Ok(())
 }
 
 /// What streaming a basebackup into a data directory took.
@@ -677,7 +697,13 @@ pub(crate) fn start_walproposer(
         .args(["--metrics-listen", "127.0.0.1:0"])
         // Where a group coordinator finds its fence (rewritten at each restart).
         .arg("--control-file")
-        .arg(control_file(dir, &rec.name));
+        .arg(control_file(dir, &rec.name))
+        .args(crate::auth_setup::walproposer_args(
+            dir,
+            cfg,
+            &compute_dir(dir, &rec.name),
+            &rec.tenant_id,
+        )?);
     walproposer_daemon(dir, &rec.name).start(
         cmd,
         "streaming from Postgres",

@@ -67,6 +67,8 @@ pub fn run(dir_arg: Option<PathBuf>, a: DemoArgs, out: &Output) -> Result<()> {
         }
     };
     let dir = dir.as_path();
+    // Its own cluster: the CLI's clients present that cluster's admin token.
+    crate::auth_setup::use_cluster(dir);
     let mut steps = Steps {
         started: Instant::now(),
         n: 0,
@@ -105,6 +107,7 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
                     safekeepers: 3,
                     remote_storage: None,
                     pg_bin: "/usr/lib/postgresql/15/bin".into(),
+                    no_auth: false,
                 },
             )
         },

@@ -155,6 +155,12 @@ fn spawn_pagefs(dir: &Path, cfg: &ClusterConfig, rec: &ComputeRecord, lsn: Lsn) 
         .args(["--lsn", &lsn.to_string()])
         .arg("--ready-file")
         .arg(&ready)
+        .args(crate::auth_setup::pagefs_args(
+            dir,
+            cfg,
+            &compute_cmd::compute_dir(dir, &rec.name),
+            &rec.tenant_id,
+        )?)
         .current_dir("/");
     if rec.read_only {
         cmd.arg("--read-only");
@@ -409,7 +415,7 @@ pub fn recreate(dir: &Path, name: &str) -> Result<Option<i32>> {
         )?
     };
     rec.lsn = lsn.to_string();
-    let spec = compute_cmd::compute_spec(&rec);
+    let spec = compute_cmd::compute_spec(&cfg, &rec);
     let up = prepare(dir, &cfg, &mut ps, &rec, &node, &spec)?
         .context("the branch has tablespaces now: a lazy compute cannot serve them")?;
     let started = (|| -> Result<()> {

@@ -1,6 +1,7 @@
 //! The `strata` command: the local cluster, tenants, branches, computes, point-in-time and
 //! time-travel reads, and the WAL tools.
 
+mod auth_setup;
 mod basebackup;
 mod branch_cmd;
 mod check_cmd;
@@ -25,6 +26,7 @@ mod target;
 mod tenant_cmd;
 mod tenant_config;
 mod tenant_import;
+mod token_cmd;
 mod verify_redo;
 mod waldump;
 
@@ -112,6 +114,9 @@ enum Command {
     /// Write a data directory (tar or directory) of a timeline directory at an LSN that
     /// vanilla Postgres starts from (read-write, or read-only as a hot standby).
     Basebackup(basebackup::BasebackupArgs),
+    /// Tokens for the cluster's services, signed with its key (`<dir>/auth/`).
+    #[command(subcommand)]
+    Token(token_cmd::TokenCommand),
     /// Print a completion script for a shell, e.g. `strata completions bash >
     /// ~/.local/share/bash-completion/completions/strata`.
     Completions {
@@ -189,6 +194,7 @@ fn main() -> ExitCode {
         }
     };
     let out = output::Output::new(cli.json);
+    auth_setup::use_cluster(&dir);
     let ok = |r: anyhow::Result<()>| r.map(|_| ExitCode::SUCCESS);
     let cluster_cmd = !matches!(
         cli.command,
@@ -258,6 +264,7 @@ fn main() -> ExitCode {
         Command::VerifyRedo(args) => verify_redo::run(args, cli.json),
         Command::Import(args) => basebackup::run_import(args, &out),
         Command::Basebackup(args) => basebackup::run_basebackup(args, &out),
+        Command::Token(c) => ok(token_cmd::run(&dir, c, &out)),
         Command::Completions { shell } => ok(completions(shell, &out)),
         Command::Supervise => ok(cluster::supervisor::run(&dir)),
     };
@@ -300,9 +307,16 @@ fn compute_start(
     } else {
         "read-write"
     };
+    let cfg = cluster::ClusterConfig::load(dir)?;
+    let password = auth_setup::compute_password(dir, &cfg)?;
+    let pgpass = password.as_ref().map(|_| auth_setup::pgpass_file(dir));
+    let login = match &pgpass {
+        Some(p) => format!("\n  PGPASSFILE={} psql {url}", p.display()),
+        None => String::new(),
+    };
     out.result(
         &format!(
-            "compute {} ({mode}, {}) on branch {} at {}: {url}",
+            "compute {} ({mode}, {}) on branch {} at {}: {url}{login}",
             rec.name,
             rec.kind(),
             rec.branch,
@@ -316,6 +330,7 @@ fn compute_start(
                 .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
                 .collect::<serde_json::Map<String, serde_json::Value>>(),
             "log": compute_cmd::log_file(dir, &rec.name),
+            "password": password, "pgpass_file": pgpass,
         }),
     );
     Ok(())

@@ -8,6 +8,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use strata_auth::BearerInterceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use walproto::proto::pageserver as ps;
 use walproto::proto::pageserver::pageserver_client::PageserverClient;
@@ -17,7 +19,7 @@ use walproto::proto::safekeeper::safekeeper_client::SafekeeperClient;
 /// A blocking client of one pageserver.
 pub struct Pageserver {
     rt: tokio::runtime::Runtime,
-    client: PageserverClient<Channel>,
+    client: PageserverClient<InterceptedService<Channel, BearerInterceptor>>,
 }
 
 /// Why waiting for the pageserver to ingest further is pointless: its ingest of the timeline
@@ -105,7 +107,7 @@ impl Pageserver {
                     .connect()
                     .await?;
                 Ok::<_, anyhow::Error>(
-                    PageserverClient::new(ch)
+                    PageserverClient::with_interceptor(ch, crate::auth_setup::cli_interceptor())
                         .max_decoding_message_size(64 << 20)
                         .max_encoding_message_size(64 << 20),
                 )
@@ -455,13 +457,18 @@ pub fn safekeeper_statuses(
 
 /// A client of the safekeeper whose gRPC service is at `addr` (connected within 5 s): every
 /// safekeeper call of the CLI connects here.
-pub async fn safekeeper_client(addr: &str) -> Result<SafekeeperClient<Channel>> {
+pub async fn safekeeper_client(
+    addr: &str,
+) -> Result<SafekeeperClient<InterceptedService<Channel, BearerInterceptor>>> {
     let ch = Channel::from_shared(format!("http://{addr}"))?
         .connect_timeout(SAFEKEEPER_ANSWER)
         .connect()
         .await
         .with_context(|| format!("connecting to the safekeeper at {addr}"))?;
-    Ok(SafekeeperClient::new(ch))
+    Ok(SafekeeperClient::with_interceptor(
+        ch,
+        crate::auth_setup::cli_interceptor(),
+    ))
 }
 
 async fn safekeeper_status(

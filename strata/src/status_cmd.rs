@@ -201,6 +201,13 @@ fn once(dir: &Path, out: &Output) -> Result<ExitCode> {
     let cfg = cluster::ClusterConfig::load(dir)?;
     let mut problems = Vec::new();
     let mut lines = Vec::new();
+    if !cfg.auth {
+        lines.push(
+            "auth: off (a cluster made with --no-auth or before auth existed): every local \
+             client is trusted"
+                .to_string(),
+        );
+    }
     let mut services = Vec::new();
     let mut pageserver_up = false;
     for svc in cluster::status(dir)? {
@@ -274,7 +281,7 @@ fn once(dir: &Path, out: &Output) -> Result<ExitCode> {
     out.result(
         &lines.join("\n"),
         json!({
-            "healthy": problems.is_empty(), "problems": problems,
+            "healthy": problems.is_empty(), "problems": problems, "auth": cfg.auth,
             "services": services, "computes": computes, "branches": branches,
             "proxy": proxy,
         }),

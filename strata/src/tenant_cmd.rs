@@ -104,7 +104,8 @@ fn create(dir: &Path, args: CreateArgs, out: &Output) -> Result<()> {
     let pg = PgPrograms::new(&cfg.pg_bin)?;
     let initdb_dir = dir.join("tmp").join(format!("initdb-{name}"));
     out.step(&format!("initdb for tenant {name}"));
-    pg.initdb(&initdb_dir)
+    let password = crate::auth_setup::compute_password(dir, &cfg)?;
+    pg.initdb(&initdb_dir, password.as_deref())
         .with_context(|| format!("initdb in {}", initdb_dir.display()))?;
     let tenant = ps.create_tenant()?;
     out.step("importing the new database into the pageserver");

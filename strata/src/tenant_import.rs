@@ -223,6 +223,14 @@ fn import_with_slot(
         out.step("starting the walproposer against the source");
         start_walproposer(dir, cfg, &rec)
     })();
+    if started.is_ok() {
+        if let Err(e) = give_source_the_compute_password(dir, cfg, src, out) {
+            eprintln!(
+                "warning: computes of tenant {name} may not accept the cluster's compute \
+                 password: {e:#}"
+            );
+        }
+    }
     if let Err(e) = started {
         // The tenant, the records and the slot stay: `strata tenant reconnect` retries.
         return Err(e.context(NotStreaming {
@@ -239,6 +247,34 @@ fn import_with_slot(
     Ok((rec, Lsn(tl.last_record_end)))
 }
 
+/// Computes log in with the password in the tenant's own catalog, which comes from the
+/// source. A source whose `postgres` role has no password (no password login worked there)
+/// gets the cluster's, through its own WAL; a role with a password keeps it, and the
+/// tenant's computes take that one.
+fn give_source_the_compute_password(
+    dir: &Path,
+    cfg: &ClusterConfig,
+    src: &Source,
+    out: &Output,
+) -> Result<()> {
+    let Some(password) = crate::auth_setup::compute_password(dir, cfg)? else {
+        return Ok(());
+    };
+    if src.query(compute::node::POSTGRES_HAS_NO_PASSWORD)? != "t" {
+        out.step(
+            "the source's postgres role has a password of its own: this tenant's computes \
+             take that one, not the cluster's compute password",
+        );
+        return Ok(());
+    }
+    src.query(&compute::node::set_password_sql(&password))?;
+    out.step(
+        "the source's postgres role had no password: it has the cluster's compute password \
+         now (auth/compute_password), for this tenant's computes",
+    );
+    Ok(())
+}
+
 fn start_walproposer(dir: &Path, cfg: &ClusterConfig, rec: &ImportRecord) -> Result<()> {
     let bin = crate::cluster::sibling_binary("compute")?;
     let mut cmd = std::process::Command::new(bin);
@@ -252,7 +288,13 @@ fn start_walproposer(dir: &Path, cfg: &ClusterConfig, rec: &ImportRecord) -> Res
         // The safekeepers' history of this timeline begins at the backup's start: all WAL
         // the pageserver ingested from the backup, and everything after it. (Used only when
         // no safekeeper has WAL of the timeline yet; a reconnect resumes where they are.)
-        .args(["--start-lsn", &rec.backup_start()?.to_string()]);
+        .args(["--start-lsn", &rec.backup_start()?.to_string()])
+        .args(crate::auth_setup::walproposer_args(
+            dir,
+            cfg,
+            &crate::compute_cmd::compute_dir(dir, &rec.compute_name()),
+            &rec.tenant_id,
+        )?);
     walproposer_daemon(dir, &rec.compute_name()).start(
         cmd,
         "streaming from Postgres",

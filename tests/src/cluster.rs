@@ -1,9 +1,10 @@
 //! Driving a Strata local cluster from tests: the `strata` command (`--dir` a scratch
 //! directory, `--json` results) and the Postgres client programs against its computes over
-//! loopback TCP (trusted there).
+//! loopback TCP, logging in with the cluster's compute password (`<dir>/auth/pgpass`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -19,6 +20,7 @@ pub struct StrataCli {
 impl StrataCli {
     /// The built `strata` binary (see [`strata_bin`]) with `dir` as its cluster directory.
     pub fn new(dir: &Path) -> Result<StrataCli> {
+        register_cluster(dir);
         Ok(StrataCli {
             bin: strata_bin()?,
             dir: dir.to_path_buf(),
@@ -51,6 +53,76 @@ impl StrataCli {
         let s = self.run(&all)?;
         serde_json::from_str(&s).with_context(|| format!("strata printed no JSON: {s}"))
     }
+}
+
+/// The cluster directories this test process made, so that a client given only a compute's
+/// port finds the cluster's password file.
+static CLUSTER_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Makes `dir`'s computes reachable by [`psql`], [`pgbench`], [`pg_dump`] and
+/// [`compute_auth_env`] (done by [`StrataCli::new`]; call it for a cluster driven otherwise).
+pub fn register_cluster(dir: &Path) {
+    let mut dirs = CLUSTER_DIRS.lock().unwrap_or_else(|p| p.into_inner());
+    if !dirs.iter().any(|d| d == dir) {
+        dirs.push(dir.to_path_buf());
+    }
+}
+
+/// The value of `key = N` on a line of a TOML file's text.
+fn toml_number(text: &str, key: &str) -> Option<u32> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// Whether cluster `dir` has a compute on `port` (its record says so), or (`by_range`) owns
+/// the port range `port` lies in.
+fn cluster_owns_port(dir: &Path, port: u16, by_range: bool) -> bool {
+    let port = u32::from(port);
+    if by_range {
+        let cfg = std::fs::read_to_string(dir.join("strata.toml")).unwrap_or_default();
+        return toml_number(&cfg, "compute_base_port")
+            .is_some_and(|base| (base..base.saturating_add(100)).contains(&port));
+    }
+    let Ok(computes) = std::fs::read_dir(dir.join("computes")) else {
+        return false;
+    };
+    computes.flatten().any(|c| {
+        let rec = std::fs::read_to_string(c.path().join("compute.toml")).unwrap_or_default();
+        toml_number(&rec, "port") == Some(port)
+    })
+}
+
+/// The password file of the registered cluster whose compute listens on `port`; `None` if no
+/// registered cluster has one there (a cluster without auth, or a plain Postgres).
+pub fn compute_pgpass(port: u16) -> Option<PathBuf> {
+    let dirs = CLUSTER_DIRS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    // Newest first: a port is reused by later clusters.
+    let owner = [false, true].into_iter().find_map(|by_range| {
+        dirs.iter()
+            .rev()
+            .find(|d| cluster_owns_port(d, port, by_range))
+    })?;
+    Some(owner.join("auth").join("pgpass")).filter(|p| p.exists())
+}
+
+/// The compute password of the registered cluster whose compute listens on `port` (from its
+/// pgpass file), for clients that are not libpq.
+pub fn compute_password(port: u16) -> Option<String> {
+    let text = std::fs::read_to_string(compute_pgpass(port)?).ok()?;
+    text.lines().next()?.rsplit(':').next().map(str::to_string)
+}
+
+/// The environment a libpq client needs to log into the compute on `port`: `PGPASSFILE`, or
+/// nothing for a compute that trusts its clients. `cmd.envs(compute_auth_env(port))`.
+pub fn compute_auth_env(port: u16) -> Vec<(&'static str, PathBuf)> {
+    compute_pgpass(port)
+        .map(|p| vec![("PGPASSFILE", p)])
+        .unwrap_or_default()
 }
 
 /// A scratch directory under /tmp that the Postgres OS user can traverse (computes' data
@@ -88,6 +160,7 @@ pub fn psql_db(port: u16, db: &str, sql: &str) -> Result<String> {
         .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"])
         .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db])
         .args(["-p", &port.to_string(), "-c", sql])
+        .envs(compute_auth_env(port))
         .output()?;
     ensure!(
         out.status.success(),
@@ -103,6 +176,7 @@ pub fn pgbench(port: u16, args: &[&str]) -> Result<()> {
         .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
         .args(args)
         .arg("postgres")
+        .envs(compute_auth_env(port))
         .output()?;
     ensure!(
         out.status.success(),
@@ -163,6 +237,7 @@ pub fn pg_dump_db(port: u16, db: &str) -> Result<String> {
     let out = Command::new(pg_bin_dir().join("pg_dump"))
         .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
         .arg(db)
+        .envs(compute_auth_env(port))
         .output()?;
     ensure!(
         out.status.success(),

@@ -222,6 +222,7 @@ fn names_that_would_break_or_delete_directories_are_refused() -> Result<()> {
 /// The whole life of a cluster whose directory is relative to `cwd`: `dir_args` is `[]` (the
 /// default `./.strata`) or `["--dir", "rel/dir"]`.
 fn cluster_in_relative_dir(cwd: &Path, dir_args: &[&str], dir: &Path) -> Result<()> {
+    strata_tests::cluster::register_cluster(dir);
     let run = |args: &[&str]| {
         let mut all: Vec<&str> = dir_args.to_vec();
         all.extend_from_slice(args);

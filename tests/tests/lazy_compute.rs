@@ -39,6 +39,7 @@ fn psql_within(port: u16, sql: &str, timeout: Duration) -> Result<Outcome> {
         .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"])
         .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
         .args(["-p", &port.to_string(), "-c", sql])
+        .envs(strata_tests::cluster::compute_auth_env(port))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

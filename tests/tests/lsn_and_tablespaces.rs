@@ -73,6 +73,7 @@ fn branches_and_read_only_computes_at_lsns_inside_records() -> Result<()> {
         let base = s.dir.join("oracle-base");
         let st = Command::new(pg_bin_dir().join("pg_basebackup"))
             .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &main.to_string()])
+            .envs(strata_tests::cluster::compute_auth_env(main))
             .arg("-D")
             .arg(&base)
             .args(["-Fp", "-X", "stream", "-c", "fast", "--no-sync"])

@@ -220,6 +220,7 @@ fn wiped_pageserver_comes_back_from_s3() -> Result<()> {
         dir: tmp.path().join("cluster"),
         env: server.env(),
     };
+    strata_tests::cluster::register_cluster(&s.dir);
     s.run(&[
         "init",
         "--remote-storage",

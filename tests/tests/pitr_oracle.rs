@@ -73,6 +73,7 @@ fn scenario(s: &Strata, tmp: &Path) -> Result<()> {
     let base = tmp.join("base");
     let st = Command::new(pg_bin_dir().join("pg_basebackup"))
         .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
+        .envs(strata_tests::cluster::compute_auth_env(port))
         .arg("-D")
         .arg(&base)
         .args(["-Fp", "-X", "stream", "-c", "fast", "--no-sync"])
@@ -83,6 +84,7 @@ fn scenario(s: &Strata, tmp: &Path) -> Result<()> {
     let pgbench = |args: &[&str]| -> Result<()> {
         let st = Command::new(pg_bin_dir().join("pgbench"))
             .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
+            .envs(strata_tests::cluster::compute_auth_env(port))
             .args(args)
             .arg("postgres")
             .output()?;

@@ -18,7 +18,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use strata_tests::cluster::{on_new_cluster, psql, scratch_dir, StrataCli};
+use strata_tests::cluster::{compute_auth_env, on_new_cluster, psql, scratch_dir, StrataCli};
 use strata_tests::pg::pg_bin_dir;
 
 /// Runs one SQL command, failing if it has not finished within `limit` (psql is killed).
@@ -27,6 +27,7 @@ fn psql_within(port: u16, sql: &str, limit: Duration) -> Result<String> {
         .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"])
         .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
         .args(["-p", &port.to_string(), "-c", sql])
+        .envs(compute_auth_env(port))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;

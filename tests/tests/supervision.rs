@@ -65,7 +65,8 @@ fn psql_within(port: u16, sql: &str, timeout: Duration) -> Result<String> {
         let mut cmd = Command::new(pg_bin_dir().join("psql"));
         cmd.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"])
             .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
-            .args(["-p", &port.to_string(), "-c", sql]);
+            .args(["-p", &port.to_string(), "-c", sql])
+            .envs(strata_tests::cluster::compute_auth_env(port));
         let what = format!("psql {sql:?} on port {port}");
         let f = run_within(cmd, &what, left)?;
         if f.success {

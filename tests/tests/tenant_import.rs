@@ -190,7 +190,7 @@ fn scenario(s: &StrataCli) -> Result<()> {
     wait_ingested(s, "main", target)?;
     let c = s.json(&["compute", "start", "main", "--read-only", "--name", "check"])?;
     let port = c["port"].as_u64().context("port")? as u16;
-    let strata_dump = pg_dump(&["-h", "127.0.0.1", "-p", &port.to_string()])?;
+    let strata_dump = strata_tests::cluster::pg_dump(port)?;
     s.run(&["compute", "stop", "check"])?;
     ensure!(
         source_dump.len() > 1000 && source_dump.contains("after_import"),
@@ -254,7 +254,7 @@ fn scenario(s: &StrataCli) -> Result<()> {
         "check2",
     ])?;
     let port = c["port"].as_u64().context("port")? as u16;
-    let strata_dump = pg_dump(&["-h", "127.0.0.1", "-p", &port.to_string()])?;
+    let strata_dump = strata_tests::cluster::pg_dump(port)?;
     s.run(&["compute", "stop", "check2"])?;
     ensure!(source_dump.contains("again"), "the dump has the new rows");
     if strata_dump != source_dump {

@@ -154,7 +154,9 @@ fn bench(
 ) -> Result<(u64, Vec<Row>)> {
     let dir = strata.dir.display().to_string();
     step("strata init", || {
-        strata.run(&["init", "--pg-bin", &a.tool.pg_bin.display().to_string()])
+        // Its psql runs as the Postgres OS user over TCP, without the cluster's password.
+        let pg_bin = a.tool.pg_bin.display().to_string();
+        strata.run(&["init", "--no-auth", "--pg-bin", &pg_bin])
     })?;
     step("strata start", || strata.run(&["start"]))?;
     step("strata tenant create", || {

@@ -79,7 +79,10 @@ pub fn make(opts: &DatasetOptions, progs: &PgProgs, dir: &Path) -> Result<Datase
     progs.give(dir)?;
     let strata = StrataCli::new(opts.strata_bin.clone(), &dir.join("strata"))?;
     let pg_bin = opts.pg_bin.display().to_string();
-    step("strata init", || strata.run(&["init", "--pg-bin", &pg_bin]))?;
+    // Its psql runs as the Postgres OS user over TCP, without the cluster's password.
+    step("strata init", || {
+        strata.run(&["init", "--no-auth", "--pg-bin", &pg_bin])
+    })?;
     step("strata start", || strata.run(&["start"]))?;
     step("strata tenant create", || {
         strata.run(&["tenant", "create", TENANT])

@@ -67,27 +67,39 @@ impl PgPrograms {
     }
 
     /// `initdb` with data checksums, for a new tenant: the directory is imported into the
-    /// pageserver and then thrown away.
-    pub fn initdb(&self, dir: &Path) -> Result<()> {
+    /// pageserver and then thrown away. With `password`, the `postgres` role has it (SCRAM)
+    /// from the tenant's first record on, so every compute of the tenant, at any point of its
+    /// history, accepts it.
+    pub fn initdb(&self, dir: &Path, password: Option<&str>) -> Result<()> {
         let dir = &absolute(dir)?;
         self.make_dir(dir)?;
         let d = dir.display().to_string();
-        self.run(
-            "initdb",
-            &[
-                "-D",
-                &d,
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--data-checksums",
-            ],
-        )?;
-        Ok(())
+        let mut args = vec![
+            "-D",
+            &d,
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--data-checksums",
+        ];
+        // initdb reads the password from a file (never from its command line, which every
+        // local user can see); the file sits next to the data directory and goes with it.
+        let pwfile = dir.with_extension("pwfile");
+        let pwfile_arg = format!("--pwfile={}", pwfile.display());
+        if let Some(pw) = password {
+            write_private(&pwfile, pw.as_bytes())?;
+            os_user::give_to(self.run_as, &pwfile)?;
+            args.push(&pwfile_arg);
+        }
+        let ran = self.run("initdb", &args);
+        if password.is_some() {
+            fs::remove_file(&pwfile).with_context(|| format!("removing {}", pwfile.display()))?;
+        }
+        ran.map(|_| ())
     }
 }
 
@@ -99,6 +111,10 @@ pub struct ComputeSpec {
     pub read_only: bool,
     /// The walproposer's application name, which synchronous_standby_names must name.
     pub standby_name: String,
+    /// Clients log in with the `postgres` role's SCRAM password (over TCP, or as anybody but
+    /// the OS user running Strata over the Unix socket); false: everybody is trusted (a cluster
+    /// made with `strata init --no-auth`).
+    pub password_auth: bool,
 }
 
 /// One Postgres data directory run as a compute.
@@ -162,6 +178,12 @@ impl ComputeNode {
             ("logging_collector", "off".into()),
             ("log_line_prefix", "'%m [%p] '".into()),
         ];
+        if spec.password_auth {
+            // Passwords set by ALTER ROLE are stored as SCRAM verifiers, never as MD5.
+            settings.push(("password_encryption", "'scram-sha-256'".into()));
+            // Only the server's OS user (and root) may even reach the socket.
+            settings.push(("unix_socket_permissions", "0700".into()));
+        }
         if spec.read_only {
             settings.retain(|(k, _)| *k != "synchronous_standby_names");
         }
@@ -181,19 +203,50 @@ impl ComputeNode {
             writeln!(f, "\ninclude_if_exists = 'strata.conf'")?;
             os_user::give_to(self.pg.run_as, &main_conf)?;
         }
-        // A local compute: trust on the Unix socket and loopback only (the walproposer and
-        // the strata CLI connect as postgres).
-        self.write_file(
-            "pg_hba.conf",
-            b"local all all trust\nhost all all 127.0.0.1/32 trust\nlocal replication all trust\nhost replication all 127.0.0.1/32 trust\n",
-        )?;
-        if !self.data_dir.join("pg_ident.conf").exists() {
-            self.write_file("pg_ident.conf", b"")?;
+        if spec.password_auth {
+            self.write_file("pg_hba.conf", PASSWORD_HBA.as_bytes())?;
+            self.write_file("pg_ident.conf", self.strata_ident_map()?.as_bytes())?;
+        } else {
+            // A cluster without auth: trust on the Unix socket and loopback only.
+            self.write_file("pg_hba.conf", TRUST_HBA.as_bytes())?;
+            if !self.data_dir.join("pg_ident.conf").exists() {
+                self.write_file("pg_ident.conf", b"")?;
+            }
         }
         if spec.read_only {
             self.write_file("standby.signal", b"")?;
         }
         Ok(())
+    }
+
+    /// `pg_ident.conf` mapping the OS users that run Strata's own clients over the Unix socket
+    /// to the `postgres` role: the one running Strata (the walproposer, the CLI's psql when not
+    /// root) and the Postgres OS user (psql, pgbench run as it when Strata runs as root).
+    fn strata_ident_map(&self) -> Result<String> {
+        // SAFETY: geteuid has no preconditions.
+        let mut users = vec![os_user::user_name(unsafe { libc::geteuid() })?];
+        if let Some(run_as) = self.pg.run_as {
+            users.push(os_user::user_name(run_as.uid)?);
+        }
+        users.dedup();
+        let mut map =
+            String::from("# Written by Strata: who may log in as postgres over the socket.\n");
+        for u in users {
+            map.push_str(&format!("{IDENT_MAP} {u} postgres\n"));
+        }
+        Ok(map)
+    }
+
+    /// Gives the `postgres` role `password` if it has none (a tenant made before auth, or an
+    /// imported database that trusted its clients); a password of its own is left alone.
+    /// Needs a writer (a read-only compute cannot change a role). Returns whether it set it.
+    pub fn set_password_if_none(&self, port: u16, password: &str) -> Result<bool> {
+        let has_none = self.psql(port, "postgres", POSTGRES_HAS_NO_PASSWORD)?;
+        if has_none.trim() != "t" {
+            return Ok(false);
+        }
+        self.psql(port, "postgres", &set_password_sql(password))?;
+        Ok(true)
     }
 
     fn write_file(&self, name: &str, content: &[u8]) -> Result<()> {
@@ -303,6 +356,58 @@ impl ComputeNode {
         )?;
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
     }
+}
+
+/// Whether the `postgres` role has no password ("t" or "f").
+pub const POSTGRES_HAS_NO_PASSWORD: &str =
+    "SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = 'postgres'";
+
+/// `ALTER ROLE postgres` to `password`. The SCRAM verifier, not the password, goes into the
+/// statement: nothing that logs statements ever sees the password.
+pub fn set_password_sql(password: &str) -> String {
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    format!("ALTER ROLE postgres PASSWORD '{verifier}'")
+}
+
+/// The name of the `pg_ident.conf` map of Strata's own OS users.
+const IDENT_MAP: &str = "strata";
+
+/// Client authentication of a compute with passwords: the Strata OS user over the socket by
+/// its kernel credentials (peer), everything else by SCRAM.
+const PASSWORD_HBA: &str = "\
+# Written by Strata. The Unix socket admits the OS user running Strata (the walproposer, the
+# strata CLI) as postgres by its kernel credentials; every other login needs a password.
+local all postgres peer map=strata
+local replication postgres peer map=strata
+local all all scram-sha-256
+local replication all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+host replication all 127.0.0.1/32 scram-sha-256
+";
+
+/// Client authentication of a compute of a cluster without auth.
+const TRUST_HBA: &str = "\
+local all all trust
+host all all 127.0.0.1/32 trust
+local replication all trust
+host replication all 127.0.0.1/32 trust
+";
+
+/// Writes a secret (a password, a token): mode 0600 even if the file existed, fsynced.
+pub fn write_private(path: &Path, content: &[u8]) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 600 {}", path.display()))?;
+    f.write_all(content)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Whether `postmaster.pid` says the server accepts connections: its 8th line (the status)

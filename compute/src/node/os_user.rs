@@ -38,6 +38,19 @@ pub fn postgres_user() -> Result<Option<RunAs>> {
     Ok(Some(RunAs { uid, gid }))
 }
 
+/// The name of the OS user `uid` (what Postgres's peer authentication compares).
+pub fn user_name(uid: u32) -> Result<String> {
+    // SAFETY: getpwuid returns NULL or a pointer to a static record; the name is copied out
+    // before anything else can call it.
+    let pw = unsafe { libc::getpwuid(uid) };
+    if pw.is_null() {
+        bail!("OS user id {uid} has no name (no /etc/passwd entry); Postgres's peer authentication needs one");
+    }
+    // SAFETY: pw is non-null and pw_name a NUL-terminated string.
+    let name = unsafe { std::ffi::CStr::from_ptr((*pw).pw_name) };
+    Ok(name.to_string_lossy().into_owned())
+}
+
 /// A command for a Postgres program, run as the Postgres OS user when we are root.
 pub fn command_as(run_as: Option<RunAs>, program: &Path) -> Command {
     let mut cmd = Command::new(program);

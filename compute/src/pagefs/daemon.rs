@@ -49,6 +49,9 @@ pub struct PagefsArgs {
     /// How long a read retries an unreachable pageserver before failing with EIO.
     #[arg(long, default_value_t = 30)]
     pub read_deadline_secs: u64,
+    /// A file holding the token (scope `tenant:<id>`) to call a pageserver that checks tokens.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 fn check_id(name: &str, id: &str) -> Result<()> {
@@ -67,9 +70,22 @@ pub fn run(args: PagefsArgs) -> Result<()> {
     if args.read_deadline_secs == 0 {
         bail!("--read-deadline-secs must be at least 1");
     }
+    let token = match &args.token_file {
+        Some(p) => Some(
+            strata_auth::read_token_file(p)
+                .with_context(|| format!("--token-file {}", p.display()))?,
+        ),
+        None => None,
+    };
     let source = Arc::new(
-        GrpcSource::new(&args.pageserver, &args.tenant, &args.timeline, args.lsn.0)
-            .context("starting the gRPC client")?,
+        GrpcSource::new(
+            &args.pageserver,
+            &args.tenant,
+            &args.timeline,
+            args.lsn.0,
+            token,
+        )
+        .context("starting the gRPC client")?,
     );
     let stop_lease = Arc::new(AtomicBool::new(false));
     let lease = (args.lease_ttl_secs > 0).then(|| {

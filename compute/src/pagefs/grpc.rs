@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use strata_auth::BearerInterceptor;
 use tokio::sync::{mpsc, oneshot};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use walproto::proto::pageserver as pb;
 use walproto::proto::pageserver::pageserver_client::PageserverClient;
@@ -35,6 +37,8 @@ pub struct GrpcSource {
     lsn: u64,
     stream: tokio::sync::Mutex<Option<PageStream>>,
     next_request: AtomicU64,
+    /// Sends the compute's token (if any) with every call.
+    auth: BearerInterceptor,
 }
 
 fn status_error(what: &str, s: &tonic::Status) -> SourceError {
@@ -61,9 +65,16 @@ fn code_error(what: &str, code: i32, message: &str) -> SourceError {
 }
 
 impl GrpcSource {
-    /// A source for `tenant`/`timeline` at `lsn` on the pageserver at `addr` (`host:port`);
-    /// connects on first use.
-    pub fn new(addr: &str, tenant: &str, timeline: &str, lsn: u64) -> std::io::Result<GrpcSource> {
+    /// A source for `tenant`/`timeline` at `lsn` on the pageserver at `addr` (`host:port`),
+    /// calling with `token` (a `tenant:<id>` token) if the pageserver checks tokens; connects
+    /// on first use.
+    pub fn new(
+        addr: &str,
+        tenant: &str,
+        timeline: &str,
+        lsn: u64,
+        token: Option<String>,
+    ) -> std::io::Result<GrpcSource> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("pagefs-grpc")
@@ -77,19 +88,24 @@ impl GrpcSource {
             lsn,
             stream: tokio::sync::Mutex::new(None),
             next_request: AtomicU64::new(1),
+            auth: strata_auth::client_interceptor(token),
         })
     }
 
-    async fn client(&self) -> Result<PageserverClient<Channel>, SourceError> {
+    async fn client(
+        &self,
+    ) -> Result<PageserverClient<InterceptedService<Channel, BearerInterceptor>>, SourceError> {
         let endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| SourceError::Refused(format!("pageserver address {}: {e}", self.url)))?
             .connect_timeout(CONNECT_TIMEOUT);
         let channel = endpoint.connect().await.map_err(|e| {
             SourceError::Unavailable(format!("connecting to the pageserver at {}: {e}", self.url))
         })?;
-        Ok(PageserverClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE))
+        Ok(
+            PageserverClient::with_interceptor(channel, self.auth.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
     }
 
     /// The live stream's sender and waiters, opening a new stream if there is none.

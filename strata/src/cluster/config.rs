@@ -26,6 +26,10 @@ pub struct ClusterConfig {
     /// existed have none, and run without it until a `[proxy]` table with a `port` is added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<crate::proxy_cmd::ProxyConfig>,
+    /// The services verify tokens and computes ask for a password (`<dir>/auth/`); false in
+    /// clusters made with `strata init --no-auth`, and in those made before auth existed.
+    #[serde(default)]
+    pub auth: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -112,6 +116,7 @@ impl ClusterConfig {
             safekeepers,
             compute_base_port,
             proxy,
+            auth: true,
         })
     }
 
@@ -225,6 +230,7 @@ mod tests {
         assert_eq!(c.pageserver.metrics_addr(), None);
         assert_eq!(c.safekeepers[0].metrics_addr(), None);
         assert_eq!(c.proxy, None, "an old cluster runs without the proxy");
+        assert!(!c.auth, "a cluster from before auth runs without it");
     }
 
     #[test]

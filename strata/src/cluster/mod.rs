@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! <dir>/strata.toml            ports, object store, Postgres binaries (written by init)
+//! <dir>/auth/                  keys, tokens and the computes' password (see auth_setup)
 //! <dir>/safekeeper-<id>/       each safekeeper's WAL and control files
 //! <dir>/pageserver/            the pageserver's tenants, timelines and layer files
 //! <dir>/remote/                the object store, when it is a local directory
@@ -77,6 +78,10 @@ pub struct InitArgs {
     /// Directory with PostgreSQL 15's programs.
     #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
     pub pg_bin: PathBuf,
+    /// No authentication: the services accept every caller and computes trust every client
+    /// (by default the services verify signed tokens and computes ask for a password).
+    #[arg(long)]
+    pub no_auth: bool,
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,9 +107,14 @@ pub fn init(dir: &Path, args: &InitArgs) -> Result<()> {
     // Stored absolute: every later command, wherever it runs, starts the same programs.
     let pg_bin = std::path::absolute(&args.pg_bin)
         .with_context(|| format!("resolving {}", args.pg_bin.display()))?;
-    let cfg = ClusterConfig::generate(&dir, args.safekeepers, args.remote_storage.clone(), pg_bin)?;
+    let mut cfg =
+        ClusterConfig::generate(&dir, args.safekeepers, args.remote_storage.clone(), pg_bin)?;
+    cfg.auth = !args.no_auth;
     for sub in ["run", "logs", "computes", "pageserver"] {
         fs::create_dir_all(dir.join(sub))?;
+    }
+    if cfg.auth {
+        crate::auth_setup::create(&dir)?;
     }
     if !cfg.remote_storage.contains("://") {
         fs::create_dir_all(&cfg.remote_storage).with_context(|| {
@@ -122,6 +132,15 @@ pub fn init(dir: &Path, args: &InitArgs) -> Result<()> {
         cfg.pageserver.grpc_addr(),
         cfg.remote_storage
     );
+    if cfg.auth {
+        println!(
+            "  authentication on: keys and tokens in {}, computes' password in {}",
+            crate::auth_setup::auth_dir(&dir).display(),
+            crate::auth_setup::compute_password_file(&dir).display()
+        );
+    } else {
+        println!("  authentication off (--no-auth): every local client is trusted");
+    }
     println!("next: strata start");
     Ok(())
 }
@@ -198,6 +217,7 @@ pub fn start(dir: &Path) -> Result<()> {
             .collect();
         cmd.args(["--peers", &peers.join(",")]);
         cmd.args(metrics_listen_arg(sk.metrics_addr()));
+        cmd.args(crate::auth_setup::safekeeper_args(dir, &cfg));
         let pid = d.start(cmd, "serving replication on", START_TIMEOUT)?;
         println!(
             "started {} (pid {pid}) on {}{}",
@@ -215,7 +235,8 @@ pub fn start(dir: &Path) -> Result<()> {
             .arg(dir.join("pageserver"))
             .args(["--listen", &cfg.pageserver.grpc_addr()])
             .args(["--remote-storage", &cfg.remote_storage])
-            .args(metrics_listen_arg(cfg.pageserver.metrics_addr()));
+            .args(metrics_listen_arg(cfg.pageserver.metrics_addr()))
+            .args(crate::auth_setup::pageserver_args(dir, &cfg));
         let pid = d.start(cmd, "pageserver listening on", START_TIMEOUT)?;
         println!(
             "started pageserver (pid {pid}) on {}{}",

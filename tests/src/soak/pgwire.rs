@@ -1,4 +1,4 @@
-//! A minimal frontend/backend protocol client (trust auth, simple queries) that tells a
+//! A minimal frontend/backend protocol client (trust or SCRAM, simple queries) that tells a
 //! committed statement from one whose outcome is unknown: psql's exit code cannot, and the
 //! ledger must never count a commit it did not see acknowledged.
 
@@ -8,6 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+
+/// Authentication request codes (the first word of an 'R' message).
+const AUTH_OK: u32 = 0;
+const AUTH_SASL: u32 = 10;
+const AUTH_SASL_CONTINUE: u32 = 11;
+const AUTH_SASL_FINAL: u32 = 12;
 
 /// How often a blocked read looks at the abandon flag.
 const READ_TICK: Duration = Duration::from_millis(250);
@@ -38,8 +45,9 @@ pub struct PgConn {
 }
 
 impl PgConn {
-    /// Connects as `postgres` to database `postgres` on 127.0.0.1:`port` (trust) and waits for
-    /// ReadyForQuery, at most `timeout`.
+    /// Connects as `postgres` to database `postgres` on 127.0.0.1:`port` (trust, or SCRAM
+    /// with the password of the compute's cluster) and waits for ReadyForQuery, at most
+    /// `timeout`.
     pub fn connect(port: u16, timeout: Duration) -> Result<PgConn> {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let stream = TcpStream::connect_timeout(&addr, timeout)
@@ -52,11 +60,11 @@ impl PgConn {
             buf: Vec::new(),
         };
         conn.send_startup()?;
+        let mut scram = None;
         loop {
             let m = conn.read_message(None)?;
             match m.kind {
-                b'R' if m.body.get(..4) == Some(&[0, 0, 0, 0]) => {}
-                b'R' => bail!("Postgres on {addr} asks for a password (trust expected)"),
+                b'R' => conn.authenticate(port, &m.body, &mut scram)?,
                 b'E' => bail!(
                     "Postgres on {addr} refused the session: {}",
                     error_text(&m.body)
@@ -67,6 +75,59 @@ impl PgConn {
         }
         conn.stream.set_read_timeout(Some(READ_TICK))?;
         Ok(conn)
+    }
+
+    /// Answers one Authentication message: OK, or a step of SCRAM-SHA-256.
+    fn authenticate(
+        &mut self,
+        port: u16,
+        body: &[u8],
+        scram: &mut Option<ScramSha256>,
+    ) -> Result<()> {
+        let code = body
+            .get(..4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .context("a short Authentication message")?;
+        let data = &body[4..];
+        match code {
+            AUTH_OK => Ok(()),
+            AUTH_SASL => {
+                let password = crate::cluster::compute_password(port).with_context(|| {
+                    format!("Postgres on port {port} asks for a password, and no cluster has one")
+                })?;
+                let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                let mut msg = SCRAM_SHA_256.as_bytes().to_vec();
+                msg.push(0);
+                let len = i32::try_from(s.message().len()).context("SASL message length")?;
+                msg.extend_from_slice(&len.to_be_bytes());
+                msg.extend_from_slice(s.message());
+                *scram = Some(s);
+                self.send(b'p', &msg)
+            }
+            AUTH_SASL_CONTINUE => {
+                let s = scram.as_mut().context("SASLContinue before SASL")?;
+                s.update(data)
+                    .context("SCRAM: the server's first message")?;
+                let msg = s.message().to_vec();
+                self.send(b'p', &msg)
+            }
+            AUTH_SASL_FINAL => {
+                let s = scram.as_mut().context("SASLFinal before SASL")?;
+                s.finish(data).context("SCRAM: the server's signature")
+            }
+            other => {
+                bail!("Postgres asks for authentication method {other} (trust or SCRAM expected)")
+            }
+        }
+    }
+
+    /// Sends one frontend message.
+    fn send(&mut self, kind: u8, body: &[u8]) -> Result<()> {
+        let len = u32::try_from(body.len() + 4).context("message length")?;
+        let mut msg = vec![kind];
+        msg.extend_from_slice(&len.to_be_bytes());
+        msg.extend_from_slice(body);
+        self.stream.write_all(&msg).context("sending a message")
     }
 
     fn send_startup(&mut self) -> Result<()> {
