@@ -76,7 +76,7 @@ fn full_copy(orig: &PgCluster) -> Result<PgCluster> {
 /// A copy's `pg_tblspc` links still point at the original's tablespaces. A full copy gets its
 /// own copy of each (an in-place tablespace directory); a slim one a link to where a slim
 /// basebackup's links point, `../../tablespaces/<oid>`, which does not exist (the mount
-/// shows a directory of virtual relation files there).
+/// links it to a directory of virtual relation files of its own).
 fn detach_tablespaces(data: &Path, full: bool) -> Result<()> {
     for entry in std::fs::read_dir(data.join("pg_tblspc"))? {
         let link = entry?.path();
@@ -217,7 +217,26 @@ fn tablespace_relations_are_served_and_written_like_the_others() -> Result<()> {
     let file = Path::new(file.trim());
     assert!(file.starts_with("pg_tblspc"), "{}", file.display());
     assert!(lazy.data_dir().join(file).metadata()?.len() > 0);
-    assert!(!l.local.join(file).exists(), "{} is local", file.display());
+    // Postgres sees a tablespace link (a hot standby refuses anything else), into the mount.
+    let oid = lazy.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'")?;
+    let link = lazy.data_dir().join("pg_tblspc").join(oid.trim());
+    assert!(link.is_symlink(), "{} is not a link", link.display());
+    let target = std::fs::read_link(&link)?;
+    let served = Path::new(pagefs::names::SERVED_TABLESPACES_DIR).join(oid.trim());
+    assert_eq!(target, lazy.data_dir().canonicalize()?.join(&served));
+    let location = lazy.psql(&format!("SELECT pg_tablespace_location({})", oid.trim()))?;
+    assert_eq!(Path::new(location.trim()), target);
+    let in_served = served.join(file.strip_prefix(Path::new("pg_tblspc").join(oid.trim()))?);
+    assert!(
+        lazy.data_dir().join(&in_served).metadata()?.len() > 0,
+        "{} in the mount",
+        in_served.display()
+    );
+    assert!(
+        !l.local.join(&in_served).exists(),
+        "{} is local",
+        in_served.display()
+    );
     const CHECK_SPACED: &str =
         "SELECT count(*), sum(id), md5(string_agg(v, ',' ORDER BY id)) FROM spaced;
         SELECT count(*) FROM spaced WHERE id BETWEEN 100 AND 200;
@@ -334,6 +353,8 @@ mod fake_pageserver {
     pub struct Fake {
         pub source: Arc<DataDirSource>,
         pub leases: Arc<AtomicU64>,
+        /// The owners of the leases revoked, in order.
+        pub revoked: Arc<std::sync::Mutex<Vec<String>>>,
     }
 
     // Written out as `async_trait` expands methods: the attribute does not see into macros.
@@ -361,7 +382,6 @@ mod fake_pageserver {
         unimplemented_rpcs! {
             delete_tenant(DeleteTenantRequest) -> DeleteTenantResponse;
             list_leases(TimelineRequest) -> ListLeasesResponse;
-            revoke_lease(RevokeLeaseRequest) -> ListLeasesResponse;
             create_tenant(CreateTenantRequest) -> TenantInfo;
             list_tenants(ListTenantsRequest) -> ListTenantsResponse;
             import_timeline(ImportTimelineRequest) -> TimelineInfo;
@@ -401,6 +421,18 @@ mod fake_pageserver {
                 lsn: req.into_inner().lsn,
                 expires_unix_ms: 0,
             }))
+        }
+
+        async fn revoke_lease(
+            &self,
+            req: Request<pb::RevokeLeaseRequest>,
+        ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+            let owner = req.into_inner().owner;
+            self.revoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(owner);
+            Ok(Response::new(pb::ListLeasesResponse::default()))
         }
 
         async fn list_relations(
@@ -591,37 +623,12 @@ struct DaemonTarget {
 /// file, and gives the mount to a Postgres (not started); scratch files go in `orig`'s
 /// directory.
 fn daemon_on(orig: &PgCluster, local: &Path, target: &DaemonTarget) -> Result<DaemonCluster> {
-    let ready = orig.base_dir().join("pagefs.ready");
     let log = orig.base_dir().join("pagefs.log");
     let mut daemon = None;
     let pg = PgCluster::from_data_dir(
         |data| {
             std::fs::create_dir(data)?;
-            let child = Command::new(env!("CARGO_BIN_EXE_compute"))
-                .args(["pagefs", "--local"])
-                .arg(local)
-                .arg("--mount")
-                .arg(data)
-                .args(["--pageserver", &target.addr])
-                .args(["--tenant", &target.tenant, "--timeline", &target.timeline])
-                .args(["--lsn", &target.lsn, "--read-deadline-secs", "30"])
-                .args(["--lease-ttl-secs", "3", "--ready-file"])
-                .arg(&ready)
-                .stderr(std::fs::File::create(&log)?)
-                .spawn()?;
-            daemon = Some(Daemon {
-                child,
-                mount: data.to_path_buf(),
-            });
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !ready.exists() {
-                anyhow::ensure!(
-                    Instant::now() < deadline,
-                    "no ready file within 30 s: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            daemon = Some(spawn_daemon(local, data, target, None, orig.base_dir())?);
             Ok(())
         },
         &settings(),
@@ -631,6 +638,139 @@ fn daemon_on(orig: &PgCluster, local: &Path, target: &DaemonTarget) -> Result<Da
         daemon: daemon.context("the daemon started")?,
         log,
     })
+}
+
+/// Runs `compute pagefs` (as `run_as` if given) mounting `local` on `mount` for `target`, its
+/// ready file and log (`pagefs.log`) in `scratch`; returns once the ready file is there.
+fn spawn_daemon(
+    local: &Path,
+    mount: &Path,
+    target: &DaemonTarget,
+    run_as: Option<strata_tests::os_user::RunAs>,
+    scratch: &Path,
+) -> Result<Daemon> {
+    let ready = scratch.join("pagefs.ready");
+    let log = scratch.join("pagefs.log");
+    let compute = Path::new(env!("CARGO_BIN_EXE_compute"));
+    let child = strata_tests::os_user::command_as(run_as, compute)
+        .args(["pagefs", "--local"])
+        .arg(local)
+        .arg("--mount")
+        .arg(mount)
+        .args(["--pageserver", &target.addr])
+        .args(["--tenant", &target.tenant, "--timeline", &target.timeline])
+        .args(["--lsn", &target.lsn, "--read-deadline-secs", "30"])
+        .args(["--lease-ttl-secs", "3", "--ready-file"])
+        .arg(&ready)
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let daemon = Daemon {
+        child,
+        mount: mount.to_path_buf(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no ready file within 30 s: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(daemon)
+}
+
+/// A fake pageserver serving `orig`'s (stopped) data directory on a free port.
+fn serve_fake_pageserver(orig: &PgCluster) -> Result<(u16, fake_pageserver::Running)> {
+    let fake = fake_pageserver::Fake {
+        source: Arc::new(DataDirSource::new(orig.data_dir())?),
+        leases: Arc::default(),
+        revoked: Arc::default(),
+    };
+    let port = strata_tests::pg::free_port()?;
+    Ok((port, fake_pageserver::Running::start(port, fake)?))
+}
+
+/// Non-root FUSE needs `/dev/fuse` open to every user: fusermount3 opens it as the calling
+/// user on purpose, and Debian's udev rule makes it 0666. A container may leave it root's
+/// alone; then (as root) it is given the mode Debian gives it.
+fn let_users_open_dev_fuse() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let mode = std::fs::metadata("/dev/fuse")?.permissions().mode() & 0o777;
+    if mode & 0o006 != 0o006 {
+        eprintln!("/dev/fuse is {mode:o}: making it 0666, as Debian's udev rule does");
+        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666))?;
+    }
+    Ok(())
+}
+
+/// The daemon run as the Postgres OS user, not root (mounted by fusermount3, without
+/// allow_other), on a directory of that user's: Postgres, the same user, reads through it as
+/// from a plain copy, root is kept out, and SIGTERM unmounts.
+#[test]
+fn the_daemon_serves_a_single_user_without_root() -> Result<()> {
+    let run_as = strata_tests::os_user::postgres_user()?;
+    let_users_open_dev_fuse()?;
+    let orig = PgCluster::init(&InitOptions::default().set("autovacuum", "off"))?;
+    orig.start()?;
+    orig.psql(
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g",
+    )?;
+    orig.stop(StopMode::Fast)?;
+    const SCAN: &str = "SELECT count(*), md5(string_agg(v, ',' ORDER BY id)) FROM t";
+    let expect = {
+        let plain = full_copy(&orig)?;
+        plain.start()?;
+        plain.psql(SCAN)?
+    };
+    let (port, _server) = serve_fake_pageserver(&orig)?;
+    // A configured slim copy (root cannot write through the mount later), the Postgres
+    // user's, moved aside as the local directory; an empty directory of that user's in its
+    // place is the mount point.
+    let pg = PgCluster::from_data_dir(
+        |data| Ok(copy_data_dir(orig.data_dir(), data, false)?),
+        &settings(),
+    )?;
+    let data = pg.data_dir().to_path_buf();
+    let local = pg.base_dir().join("slim");
+    std::fs::rename(&data, &local)?;
+    std::fs::create_dir(&data)?;
+    strata_tests::os_user::give_to(run_as, &data)?;
+    let target = DaemonTarget {
+        addr: format!("127.0.0.1:{port}"),
+        tenant: "a".repeat(32),
+        timeline: "b".repeat(32),
+        lsn: "0/16B3748".into(),
+    };
+    let mut daemon = spawn_daemon(&local, &data, &target, run_as, pg.base_dir())?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(&*data.to_string_lossy()))
+        .context("the mount is not in the mount table")?;
+    assert!(!line.contains("allow_other"), "{line}");
+    if let Some(user) = run_as {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))?;
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .context("no Uid line")?;
+        assert_eq!(uid, user.uid.to_string(), "the daemon runs as the user");
+        let err = std::fs::metadata(data.join("PG_VERSION")).expect_err("root got in");
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+    }
+    pg.start()?;
+    assert_eq!(pg.psql(SCAN)?, expect);
+    pg.stop(StopMode::Fast)?;
+    let status = daemon.terminate(Duration::from_secs(15))?;
+    assert!(status.success(), "compute pagefs exited with {status}");
+    assert!(!is_mounted(&data), "still mounted after SIGTERM");
+    Ok(())
 }
 
 #[test]
@@ -645,9 +785,11 @@ fn daemon_serves_postgres_over_grpc_survives_a_pageserver_restart_and_unmounts()
     orig.stop(StopMode::Fast)?;
     let source = Arc::new(DataDirSource::new(orig.data_dir())?);
     let leases = Arc::new(AtomicU64::new(0));
+    let revoked = Arc::new(std::sync::Mutex::new(Vec::new()));
     let fake = || fake_pageserver::Fake {
         source: source.clone(),
         leases: leases.clone(),
+        revoked: revoked.clone(),
     };
     let port = strata_tests::pg::free_port()?;
     let server = fake_pageserver::Running::start(port, fake())?;
@@ -697,6 +839,9 @@ fn daemon_serves_postgres_over_grpc_survives_a_pageserver_restart_and_unmounts()
     assert!(status.success(), "compute pagefs exited with {status}");
     assert!(!is_mounted(&mount), "still mounted after SIGTERM");
     drop(open_file);
+    // Its lease (its own: `pagefs:<pid>` without --lease-owner) is revoked at the stop.
+    let revoked = revoked.lock().unwrap().clone();
+    assert_eq!(revoked, [format!("pagefs:{}", daemon.child.id())]);
     Ok(())
 }
 
@@ -706,12 +851,7 @@ fn a_killed_daemon_makes_queries_fail_instead_of_hanging() -> Result<()> {
     orig.start()?;
     orig.psql("CREATE TABLE big AS SELECT g AS id FROM generate_series(1, 50000) g")?;
     orig.stop(StopMode::Fast)?;
-    let fake = fake_pageserver::Fake {
-        source: Arc::new(DataDirSource::new(orig.data_dir())?),
-        leases: Arc::default(),
-    };
-    let port = strata_tests::pg::free_port()?;
-    let _server = fake_pageserver::Running::start(port, fake)?;
+    let (port, _server) = serve_fake_pageserver(&orig)?;
     let mut dc = daemon_cluster(&orig, port)?;
     dc.pg.start()?;
     assert_eq!(dc.pg.psql("SELECT 1")?, "1\n");

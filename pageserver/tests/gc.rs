@@ -229,6 +229,34 @@ fn gc_on_real_wal() -> Result<()> {
     assert_eq!(parts.cutoff, pitr_lsn, "{parts:?}");
     assert_eq!(parts.leases, vec![h.b_mid]);
 
+    // A lease is one (LSN, owner): a compute's lease on the same LSN is another one, listed
+    // with its owner, renewed in place, and revoked only by naming its owner.
+    let owners_at = |lsn: Lsn| {
+        let mut o: Vec<String> = parent
+            .list_leases()
+            .into_iter()
+            .filter(|l| l.lsn == lsn)
+            .map(|l| l.owner)
+            .collect();
+        o.sort();
+        o
+    };
+    parent.create_owned_lease(h.b_mid, Duration::from_secs(3600), "compute:c1")?;
+    parent.create_owned_lease(h.b_mid, Duration::from_secs(3600), "compute:c1")?;
+    assert_eq!(owners_at(h.b_mid), ["", "compute:c1"]);
+    expect_err(
+        parent.revoke_owned_lease(h.b_mid, "compute:c2"),
+        "another owner's revoke",
+        &["no lease of", "compute:c2"],
+    );
+    expect_err(
+        parent.create_owned_lease(h.b_mid, Duration::from_secs(60), "bad\nowner"),
+        "an owner with a newline",
+        &["owner"],
+    );
+    parent.revoke_owned_lease(h.b_mid, "compute:c1")?;
+    assert_eq!(owners_at(h.b_mid), [""]);
+
     // GC stopped after writing its images (before the metadata lists them), then a
     // reload: the unlisted images are removed, the cutoff is unchanged, pages read the same.
     let cur = parent.status().gc_cutoff_lsn;

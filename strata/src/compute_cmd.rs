@@ -442,9 +442,7 @@ impl StartTimes {
 }
 
 /// Makes the compute's data directory ready for Postgres: a full copy streamed into it, or
-/// (lazy) a slim basebackup in `local/` and the page filesystem mounted over `data/`. A
-/// branch with tablespaces gets a full copy: the page filesystem serves only the data
-/// directory's own relation files.
+/// (lazy) a slim basebackup in `local/` and the page filesystem mounted over `data/`.
 #[allow(clippy::too_many_arguments)]
 fn prepare_data_dir(
     dir: &Path,
@@ -467,15 +465,11 @@ fn prepare_data_dir(
             record.branch
         ));
         let up = crate::lazy_compute::prepare(dir, cfg, ps, record, node, &spec)?;
-        if let Some(up) = up {
-            times.basebackup = times.resolved + up.basebackup;
-            times.configured = times.basebackup + up.configure;
-            times.mounted = t0.elapsed();
-            times.streamed = Some(up.streamed);
-            return Ok(());
-        }
-        out.step("the branch has tablespaces: taking a full copy instead");
-        record.lazy = false;
+        times.basebackup = times.resolved + up.basebackup;
+        times.configured = times.basebackup + up.configure;
+        times.mounted = t0.elapsed();
+        times.streamed = Some(up.streamed);
+        return Ok(());
     }
     out.step(&format!("basebackup of {} at {lsn}", record.branch));
     take_spare_data_dir(dir, &node.data_dir);

@@ -128,8 +128,10 @@ pub struct TenantDeleteArgs {
 }
 
 /// Unexpired leases of `timelines` as "branch at LSN" texts. A lazy compute's page filesystem
-/// leases its start LSN while it runs; such a lease is the compute's (stopped before the
-/// delete), not a user's, and does not refuse the deletion.
+/// leases its start LSN as `compute:<name>`. The lease of a compute on what is deleted is the
+/// compute's (stopped before the delete), not a user's, and so is one left behind by a
+/// compute that no longer exists (its daemon killed before it could revoke): neither refuses
+/// the deletion.
 fn leases_of(
     dir: &Path,
     ps: &mut Pageserver,
@@ -137,18 +139,24 @@ fn leases_of(
     timelines: &[(String, String)],
 ) -> Result<Vec<String>> {
     let computes = ComputeRecord::list(dir)?;
-    let held_by_a_compute = |tl: &str, lsn: u64| {
-        computes.iter().any(|c| {
-            c.lazy
-                && c.timeline_id == tl
-                && c.lsn.parse::<walproto::Lsn>().ok().map(|l| l.0) == Some(lsn)
+    let of_a_compute_going_or_gone = |owner: &str| {
+        let Some(name) = crate::lazy_compute::lease_holder(owner) else {
+            return false;
+        };
+        computes.iter().filter(|c| c.name == name).all(|c| {
+            c.tenant_id == tenant_id && timelines.iter().any(|(_, tl)| *tl == c.timeline_id)
         })
     };
     let mut held = Vec::new();
     for (branch, tl) in timelines {
         for l in ps.list_leases(tenant_id, tl)? {
-            if !held_by_a_compute(tl, l.lsn) {
-                held.push(format!("{branch} at {}", pg_lsn(l.lsn)));
+            if !of_a_compute_going_or_gone(&l.owner) {
+                let owner = if l.owner.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", l.owner)
+                };
+                held.push(format!("{branch} at {}{owner}", pg_lsn(l.lsn)));
             }
         }
     }
@@ -183,7 +191,7 @@ fn refuse_leases(what: &str, held: &[String], force: bool) -> Result<()> {
     if !held.is_empty() && !force {
         bail!(
             "{what} has unexpired leases ({}): revoke them with `strata lease revoke LSN --branch \
-             B`, or delete anyway with --force",
+             B [--owner O]`, or delete anyway with --force",
             held.join(", ")
         );
     }

@@ -128,10 +128,14 @@ pub enum LeaseCommand {
         #[arg(long)]
         tenant: Option<String>,
     },
-    /// End the lease on an LSN now: GC no longer keeps that point for it.
+    /// End a lease on an LSN now: GC no longer keeps that point for it. Without --owner the
+    /// lease without an owner (a user's); a compute's (`compute:<name>`) only with --owner.
     Revoke {
         /// The leased LSN (as `strata lease list` prints it).
         lsn: walproto::Lsn,
+        /// The lease of this owner (as `strata lease list` prints it).
+        #[arg(long)]
+        owner: Option<String>,
         #[arg(long, default_value = "main")]
         branch: String,
         #[arg(long)]
@@ -163,9 +167,13 @@ pub fn lease(dir: &Path, a: LeaseArgs, out: &Output) -> Result<()> {
         }
         Some(LeaseCommand::Revoke {
             lsn,
+            owner,
             branch,
             tenant,
-        }) => return lease_revoke(dir, lsn, &branch, tenant.as_deref(), out),
+        }) => {
+            let owner = owner.unwrap_or_default();
+            return lease_revoke(dir, lsn, &owner, &branch, tenant.as_deref(), out);
+        }
         None => {}
     }
     let Some(at) = a.at.as_deref() else {
@@ -201,12 +209,17 @@ pub fn lease(dir: &Path, a: LeaseArgs, out: &Output) -> Result<()> {
     Ok(())
 }
 
-/// One lease as a row.
+/// One lease as a row; its owner `user` when it has none.
 fn lease_row(branch: &str, l: &ps::LeaseInfo) -> (String, serde_json::Value) {
     let expires = crate::target::format_time((l.expires_unix_ms as i64).saturating_mul(1000));
+    let owner = if l.owner.is_empty() { "user" } else { &l.owner };
     (
-        format!("{branch:<16} {:<14} until {expires}", pg_lsn(l.lsn)),
-        json!({"branch": branch, "lsn": pg_lsn(l.lsn), "expires_unix_ms": l.expires_unix_ms}),
+        format!(
+            "{branch:<16} {:<14} {owner:<20} until {expires}",
+            pg_lsn(l.lsn)
+        ),
+        json!({"branch": branch, "lsn": pg_lsn(l.lsn), "owner": l.owner,
+               "expires_unix_ms": l.expires_unix_ms}),
     )
 }
 
@@ -239,9 +252,11 @@ fn lease_list(dir: &Path, branch: Option<&str>, tenant: Option<&str>, out: &Outp
     Ok(())
 }
 
+/// Revokes `owner`'s lease (empty: the one without an owner) on `lsn`.
 fn lease_revoke(
     dir: &Path,
     lsn: walproto::Lsn,
+    owner: &str,
     branch: &str,
     tenant: Option<&str>,
     out: &Output,
@@ -251,15 +266,20 @@ fn lease_revoke(
     let (tenant, tenant_id) = names.tenant(tenant)?;
     let timeline = names.timeline(&tenant, branch)?;
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
-    let left = ps.revoke_lease(&tenant_id, &timeline, lsn.0)?;
+    let left = ps.revoke_lease(&tenant_id, &timeline, lsn.0, owner)?;
     let rows: Vec<serde_json::Value> = left.iter().map(|l| lease_row(branch, l).1).collect();
+    let whose = if owner.is_empty() {
+        String::new()
+    } else {
+        format!(" of {owner}")
+    };
     out.result(
         &format!(
-            "revoked the lease on {branch} at {}; {} lease(s) left on {branch}",
+            "revoked the lease{whose} on {branch} at {}; {} lease(s) left on {branch}",
             pg_lsn(lsn.0),
             left.len()
         ),
-        json!({"branch": branch, "revoked": pg_lsn(lsn.0), "leases": rows}),
+        json!({"branch": branch, "revoked": pg_lsn(lsn.0), "owner": owner, "leases": rows}),
     );
     Ok(())
 }

@@ -25,6 +25,8 @@ use crate::output::Output;
 
 /// The slim basebackup the page filesystem passes non-relation files through to.
 const LOCAL_DIR: &str = "local";
+/// A compute's lease owner is this and its name.
+const LEASE_OWNER_PREFIX: &str = "compute:";
 /// Written by the daemon once the mount answers.
 const READY_FILE: &str = "pagefs.ready";
 /// How long the daemon may take to mount and answer.
@@ -48,6 +50,16 @@ pub fn mount_dir(dir: &Path, name: &str) -> PathBuf {
     compute_cmd::compute_dir(dir, name).join("data")
 }
 
+/// The owner of the LSN lease a compute's page filesystem holds.
+pub fn lease_owner(name: &str) -> String {
+    format!("{LEASE_OWNER_PREFIX}{name}")
+}
+
+/// The compute holding a lease of `owner`, if a compute's page filesystem took it.
+pub fn lease_holder(owner: &str) -> Option<&str> {
+    owner.strip_prefix(LEASE_OWNER_PREFIX)
+}
+
 fn ready_file(dir: &Path, name: &str) -> PathBuf {
     compute_cmd::compute_dir(dir, name).join(READY_FILE)
 }
@@ -68,8 +80,8 @@ pub struct LazyUp {
 
 /// Takes the slim basebackup at the record's LSN into `local/`, configures it for `spec` and
 /// mounts the page filesystem over the data directory (not supervised yet: see
-/// [`supervise_pagefs`]). `None` if the branch has tablespaces (then nothing is mounted and
-/// the caller takes a full copy).
+/// [`supervise_pagefs`]). A tablespace's relation files are served too: the daemon links
+/// `pg_tblspc/<oid>` to a directory in the mount.
 pub fn prepare(
     dir: &Path,
     cfg: &ClusterConfig,
@@ -77,7 +89,7 @@ pub fn prepare(
     rec: &ComputeRecord,
     node: &ComputeNode,
     spec: &ComputeSpec,
-) -> Result<Option<LazyUp>> {
+) -> Result<LazyUp> {
     let lsn = record_lsn(rec)?;
     let local = local_dir(dir, &rec.name);
     unmount(&node.data_dir)?;
@@ -97,10 +109,6 @@ pub fn prepare(
         true,
     )?;
     let basebackup = t.elapsed();
-    if has_tablespaces(&local)? {
-        fs::remove_dir_all(&local).with_context(|| format!("removing {}", local.display()))?;
-        return Ok(None);
-    }
     let t = Instant::now();
     local_node.configure(spec)?;
     crate::compute_settings::apply(dir, &rec.name, &local)?;
@@ -108,26 +116,18 @@ pub fn prepare(
     // An empty directory the Postgres OS user owns: the daemon mounts over it.
     node.pg.make_dir(&node.data_dir)?;
     let pagefs_pid = spawn_pagefs(dir, cfg, rec, lsn)?;
-    Ok(Some(LazyUp {
+    Ok(LazyUp {
         streamed,
         basebackup,
         configure,
         pagefs_pid,
-    }))
+    })
 }
 
 fn record_lsn(rec: &ComputeRecord) -> Result<Lsn> {
     rec.lsn
         .parse()
         .map_err(|e| anyhow::anyhow!("compute {}: its LSN {:?}: {e}", rec.name, rec.lsn))
-}
-
-fn has_tablespaces(data: &Path) -> Result<bool> {
-    match fs::read_dir(data.join("pg_tblspc")) {
-        Ok(mut entries) => Ok(entries.next().is_some()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("listing {}/pg_tblspc", data.display())),
-    }
 }
 
 /// Starts `compute pagefs` for the compute and waits until its ready file appears and the
@@ -153,6 +153,7 @@ fn spawn_pagefs(dir: &Path, cfg: &ClusterConfig, rec: &ComputeRecord, lsn: Lsn) 
         .args(["--tenant", &rec.tenant_id])
         .args(["--timeline", &rec.timeline_id])
         .args(["--lsn", &lsn.to_string()])
+        .args(["--lease-owner", &lease_owner(&rec.name)])
         .arg("--ready-file")
         .arg(&ready)
         .args(crate::auth_setup::pagefs_args(
@@ -416,8 +417,7 @@ pub fn recreate(dir: &Path, name: &str) -> Result<Option<i32>> {
     };
     rec.lsn = lsn.to_string();
     let spec = compute_cmd::compute_spec(&cfg, &rec);
-    let up = prepare(dir, &cfg, &mut ps, &rec, &node, &spec)?
-        .context("the branch has tablespaces now: a lazy compute cannot serve them")?;
+    let up = prepare(dir, &cfg, &mut ps, &rec, &node, &spec)?;
     let started = (|| -> Result<()> {
         rec.store(dir)?;
         node.start()?;

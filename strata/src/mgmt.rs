@@ -223,6 +223,7 @@ impl Pageserver {
             timeline_id: timeline.into(),
             lsn,
             ttl_seconds,
+            owner: String::new(),
         };
         call(
             &self.rt,
@@ -274,17 +275,19 @@ impl Pageserver {
         .map(|r| r.leases)
     }
 
-    /// Ends the lease on `lsn`; the leases left.
+    /// Ends `owner`'s lease on `lsn` (empty: the one without an owner); the leases left.
     pub fn revoke_lease(
         &mut self,
         tenant: &str,
         timeline: &str,
         lsn: u64,
+        owner: &str,
     ) -> Result<Vec<ps::LeaseInfo>> {
         let req = ps::RevokeLeaseRequest {
             tenant_id: tenant.into(),
             timeline_id: timeline.into(),
             lsn,
+            owner: owner.into(),
         };
         call(
             &self.rt,

@@ -12,7 +12,9 @@ use strata_tests::cluster::{
     first_differences, mounts_under, on_new_cluster, pg_dump_db, pgbench, psql, psql_db, read_pid,
     wait_for, StrataCli,
 };
+use strata_tests::os_user;
 use strata_tests::pg::{pg_bin_dir, InitOptions, PgCluster};
+use walproto::Lsn;
 
 /// Starts a compute with `args` after `compute start`; its port. Checks that it is lazy or a
 /// full copy as asked.
@@ -143,29 +145,341 @@ fn lazy_and_full_copy_computes_dump_the_same_at_several_lsns() -> Result<()> {
                 &["postgres", "second"]
             };
             for db in dbs {
-                let lazy = pg_dump_db(lazy_port, db)?;
-                let full = pg_dump_db(full_port, db)?;
-                ensure!(
-                    full.len() > 1000,
-                    "{label}: the {db} dump is suspiciously small"
-                );
-                if lazy != full {
-                    bail!(
-                        "{label} ({lsn}), database {db}: the lazy compute's dump differs ({} vs \
-                         {} bytes):\n{}",
-                        lazy.len(),
-                        full.len(),
-                        first_differences(&lazy, &full, "lazy", "full")
-                    );
-                }
-                eprintln!(
-                    "{label} ({lsn}), {db}: identical dumps ({} bytes)",
-                    lazy.len()
-                );
+                ensure_same_dumps(&format!("{label} ({lsn})"), lazy_port, full_port, db)?;
             }
             s.run(&["compute", "stop", &lazy_name])?;
             s.run(&["compute", "stop", &full_name])?;
         }
+        Ok(())
+    })
+}
+
+/// pg_dump of database `db` on the lazy compute equals (byte for byte) the full copy's.
+fn ensure_same_dumps(label: &str, lazy_port: u16, full_port: u16, db: &str) -> Result<()> {
+    let lazy = pg_dump_db(lazy_port, db)?;
+    let full = pg_dump_db(full_port, db)?;
+    ensure!(
+        full.len() > 1000,
+        "{label}: the {db} dump is suspiciously small"
+    );
+    if lazy != full {
+        bail!(
+            "{label}, database {db}: the lazy compute's dump differs ({} vs {} bytes):\n{}",
+            lazy.len(),
+            full.len(),
+            first_differences(&lazy, &full, "lazy", "full")
+        );
+    }
+    eprintln!("{label}, {db}: identical dumps ({} bytes)", lazy.len());
+    Ok(())
+}
+
+/// A lazy compute's `pg_tblspc/<oid>` for tablespace `ts` is a link (a hot standby refuses
+/// anything else) into its own mount, and `pg_tablespace_location` says so.
+fn ensure_served_tablespace(s: &StrataCli, name: &str, port: u16) -> Result<()> {
+    let oid = psql(port, "SELECT oid FROM pg_tablespace WHERE spcname = 'ts'")?;
+    let data = s.dir.join(format!("computes/{name}/data")).canonicalize()?;
+    let link = data.join("pg_tblspc").join(&oid);
+    let target =
+        std::fs::read_link(&link).with_context(|| format!("{} is not a link", link.display()))?;
+    ensure!(
+        target == data.join("strata_tablespaces").join(&oid),
+        "compute {name}'s tablespace link points to {}",
+        target.display()
+    );
+    let location = psql(port, &format!("SELECT pg_tablespace_location({oid})"))?;
+    ensure!(
+        std::path::Path::new(&location) == target,
+        "pg_tablespace_location says {location}, the link {}",
+        target.display()
+    );
+    Ok(())
+}
+
+/// A branch with a tablespace (a table, an index and a whole database in it) gets lazy
+/// computes: a read-only one (a hot standby, whose tablespace check wants links) dumps the
+/// same as a full copy, and so does a read-write one after writes into the tablespace.
+#[test]
+fn a_branch_with_a_tablespace_is_lazy_and_dumps_like_a_full_copy() -> Result<()> {
+    on_new_cluster("strata-lazy-tblspc-", |s| {
+        s.run(&["start"])?;
+        s.run(&["tenant", "create", "t"])?;
+        let main = start_compute(s, &["main"], true)?;
+        let location = s.dir.join("primary-tablespace");
+        std::fs::create_dir_all(&location)?;
+        os_user::give_to(os_user::postgres_user()?, &location)?;
+        psql(
+            main,
+            &format!("CREATE TABLESPACE ts LOCATION '{}'", location.display()),
+        )?;
+        psql(
+            main,
+            "CREATE TABLE spaced (id int PRIMARY KEY USING INDEX TABLESPACE ts, v text)
+               TABLESPACE ts;
+             INSERT INTO spaced SELECT g, repeat(md5(g::text), 1 + g % 40)
+               FROM generate_series(1, 20000) g;
+             CREATE INDEX spaced_v ON spaced (left(v, 8)) TABLESPACE ts;
+             CREATE TABLE plain AS SELECT g AS id FROM generate_series(1, 3000) g;",
+        )?;
+        psql(main, "CREATE DATABASE spacedb TABLESPACE ts")?;
+        psql_db(
+            main,
+            "spacedb",
+            "CREATE TABLE inside (k int PRIMARY KEY, v text);
+             INSERT INTO inside SELECT g, md5(g::text) FROM generate_series(1, 5000) g;",
+        )?;
+        let at = lsn_now(main)?;
+        s.run(&["branch", "create", "b", "--at", &at])?;
+        let lazy = start_compute(s, &["b", "--read-only", "--name", "ro-lazy"], true)?;
+        let full = start_compute(
+            s,
+            &["b", "--read-only", "--name", "ro-full", "--full-copy"],
+            false,
+        )?;
+        ensure_served_tablespace(s, "ro-lazy", lazy)?;
+        for db in ["postgres", "spacedb"] {
+            ensure_same_dumps("read-only on the branch", lazy, full, db)?;
+        }
+        s.run(&["compute", "stop", "ro-lazy"])?;
+        s.run(&["compute", "stop", "ro-full"])?;
+
+        let writer = start_compute(s, &["b"], true)?;
+        ensure_served_tablespace(s, "b", writer)?;
+        psql(
+            writer,
+            "UPDATE spaced SET v = v || '!' WHERE id % 3 = 0;
+             DELETE FROM spaced WHERE id > 15000;
+             CREATE TABLE more TABLESPACE ts AS SELECT g FROM generate_series(1, 5000) g;
+             CREATE INDEX more_g ON more (g) TABLESPACE ts;",
+        )?;
+        psql(writer, "VACUUM spaced")?;
+        psql_db(
+            writer,
+            "spacedb",
+            "UPDATE inside SET v = 'w' WHERE k % 10 = 0",
+        )?;
+        // Everything the writer did is committed: a full copy at its LSN has it all.
+        let written = lsn_now(writer)?;
+        let full = start_compute(
+            s,
+            &[
+                "b",
+                "--read-only",
+                "--at",
+                &written,
+                "--name",
+                "check",
+                "--full-copy",
+            ],
+            false,
+        )?;
+        for db in ["postgres", "spacedb"] {
+            ensure_same_dumps("the writer on the branch", writer, full, db)?;
+        }
+        Ok(())
+    })
+}
+
+/// The leases of `branch` of tenant `t` as (LSN, owner), owner "" for a user's.
+fn leases(s: &StrataCli, branch: &str) -> Result<Vec<(Lsn, String)>> {
+    let list = s.json(&["lease", "list", "--branch", branch, "--tenant", "t"])?;
+    list.as_array()
+        .with_context(|| format!("lease list --json: {list}"))?
+        .iter()
+        .map(|l| {
+            let lsn = l["lsn"]
+                .as_str()
+                .context("a lease without an LSN")?
+                .parse()?;
+            let owner = l["owner"]
+                .as_str()
+                .context("a lease without an owner field")?;
+            Ok((lsn, owner.to_string()))
+        })
+        .collect()
+}
+
+/// A lazy compute's lease is its own: owned by `compute:<name>`, listed with its owner, left
+/// alone by a user's `lease revoke` of the same LSN, revoked by the compute's stop, and not
+/// what refuses `branch delete` (a user's lease does).
+#[test]
+fn a_lazy_computes_lease_is_its_own() -> Result<()> {
+    on_new_cluster("strata-lazy-lease-", |s| {
+        s.run(&["start"])?;
+        s.run(&["tenant", "create", "t"])?;
+        let c = s.json(&["compute", "start", "main"])?;
+        let at: Lsn = c["lsn"]
+            .as_str()
+            .context("compute start: no LSN")?
+            .parse()?;
+        let compute_lease = (at, "compute:main".to_string());
+        ensure!(
+            leases(s, "main")? == [compute_lease.clone()],
+            "the compute's lease: {:?}",
+            leases(s, "main")?
+        );
+        // A user's lease on the same LSN is another lease; revoking it leaves the compute's.
+        let at_text = at.to_string();
+        s.run(&["lease", &at_text, "--branch", "main", "--tenant", "t"])?;
+        let user_lease = (at, String::new());
+        let both = leases(s, "main")?;
+        ensure!(
+            both.contains(&compute_lease) && both.contains(&user_lease) && both.len() == 2,
+            "{both:?}"
+        );
+        s.run(&["lease", "revoke", &at_text, "--tenant", "t"])?;
+        ensure!(leases(s, "main")? == std::slice::from_ref(&compute_lease));
+        let err = s
+            .run(&["lease", "revoke", &at_text, "--tenant", "t"])
+            .err()
+            .context("a second revoke of the user's lease succeeded")?;
+        ensure!(format!("{err:#}").contains("no lease"), "{err:#}");
+        // The other way round: the compute's lease revoked by owner, the user's kept.
+        s.run(&["lease", &at_text, "--branch", "main", "--tenant", "t"])?;
+        s.run(&[
+            "lease",
+            "revoke",
+            &at_text,
+            "--owner",
+            "compute:main",
+            "--tenant",
+            "t",
+        ])?;
+        ensure!(leases(s, "main")? == std::slice::from_ref(&user_lease));
+        s.run(&["lease", "revoke", &at_text, "--tenant", "t"])?;
+
+        // A compute's stop revokes its lease (no waiting for the TTL).
+        let ro = s.json(&["compute", "start", "main", "--read-only", "--name", "ro"])?;
+        let ro_at: Lsn = ro["lsn"].as_str().context("no LSN")?.parse()?;
+        let listed = leases(s, "main")?;
+        ensure!(listed.contains(&(ro_at, "compute:ro".into())), "{listed:?}");
+        s.run(&["compute", "stop", "ro"])?;
+        let listed = leases(s, "main")?;
+        ensure!(
+            !listed.iter().any(|(_, o)| o == "compute:ro"),
+            "compute ro stopped, its lease left: {listed:?}"
+        );
+
+        // branch delete: the user's lease refuses it, the running compute's does not.
+        let port = c["port"].as_u64().context("no port")? as u16;
+        let point = lsn_now(port)?;
+        s.run(&["branch", "create", "b", "--at", &point, "--tenant", "t"])?;
+        let b = s.json(&["compute", "start", "b", "--tenant", "t"])?;
+        let b_at = b["lsn"].as_str().context("no LSN")?.to_string();
+        s.run(&["lease", &b_at, "--branch", "b", "--tenant", "t"])?;
+        let err = s
+            .run(&["branch", "delete", "b", "--tenant", "t"])
+            .err()
+            .context("branch delete with a user's lease succeeded")?;
+        let err = format!("{err:#}");
+        ensure!(
+            err.contains("unexpired leases") && !err.contains("compute:"),
+            "the refusal should name only the user's lease: {err}"
+        );
+        s.run(&["lease", "revoke", &b_at, "--branch", "b", "--tenant", "t"])?;
+        let gone = s.json(&["branch", "delete", "b", "--tenant", "t"])?;
+        ensure!(
+            gone["leases_dropped"]
+                .as_array()
+                .is_some_and(|l| l.is_empty()),
+            "branch delete: {gone}"
+        );
+        Ok(())
+    })
+}
+
+/// Points the cluster's `pg_bin` at `bin`.
+fn set_pg_bin(s: &StrataCli, bin: &std::path::Path) -> Result<()> {
+    let path = s.dir.join("strata.toml");
+    let toml = std::fs::read_to_string(&path)?;
+    let line = toml
+        .lines()
+        .find(|l| l.starts_with("pg_bin = "))
+        .context("strata.toml has no pg_bin")?;
+    let new = toml.replace(line, &format!("pg_bin = {:?}", bin.display().to_string()));
+    std::fs::write(&path, new)?;
+    Ok(())
+}
+
+/// Processes whose command line names `needle`.
+fn processes_naming(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(needle)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// A lazy compute whose Postgres refuses to start after the page filesystem is mounted (a
+/// setting it rejects, passed by a pg_ctl wrapper) fails `compute start` with Postgres's own
+/// reason, and leaves nothing: no mount, no page filesystem daemon, no compute, no lease.
+#[test]
+fn a_start_that_fails_after_mounting_leaves_nothing_behind() -> Result<()> {
+    on_new_cluster("strata-lazy-badstart-", |s| {
+        s.run(&["start"])?;
+        s.run(&["tenant", "create", "t"])?;
+        let real = pg_bin_dir();
+        let refusing = s.dir.join("pg-bin-refusing");
+        std::fs::create_dir(&refusing)?;
+        for e in std::fs::read_dir(&real)? {
+            let e = e?;
+            if e.file_name() != "pg_ctl" {
+                std::os::unix::fs::symlink(e.path(), refusing.join(e.file_name()))?;
+            }
+        }
+        let pg_ctl = refusing.join("pg_ctl");
+        std::fs::write(
+            &pg_ctl,
+            format!(
+                "#!/bin/sh\nexec '{}' \"$@\" -o '-c max_connections=-5'\n",
+                real.join("pg_ctl").display()
+            ),
+        )?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&pg_ctl, std::fs::Permissions::from_mode(0o755))?;
+        }
+        set_pg_bin(s, &refusing)?;
+        let err = s
+            .run(&["compute", "start", "main", "--tenant", "t"])
+            .err()
+            .context("compute start with a refusing Postgres succeeded")?;
+        let err = format!("{err:#}");
+        ensure!(
+            err.contains("max_connections"),
+            "the error should carry Postgres's reason: {err}"
+        );
+        ensure_nothing_mounted(s, "after the failed start")?;
+        let data = s.dir.join("computes/main/data");
+        let left = processes_naming(&data.display().to_string());
+        ensure!(
+            left.is_empty(),
+            "processes still on {}: {left:?}",
+            data.display()
+        );
+        ensure!(
+            !s.dir.join("computes/main").exists(),
+            "the failed compute's directory is left"
+        );
+        let listed = s.json(&["compute", "list"])?;
+        ensure!(
+            listed.as_array().is_some_and(|l| l.is_empty()),
+            "compute list after the failed start: {listed}"
+        );
+        let held = leases(s, "main")?;
+        ensure!(held.is_empty(), "leases after the failed start: {held:?}");
+        // With the real programs back, the same start works.
+        set_pg_bin(s, &real)?;
+        let port = start_compute(s, &["main", "--tenant", "t"], true)?;
+        ensure!(psql(port, "SELECT 1")? == "1");
         Ok(())
     })
 }

@@ -46,6 +46,10 @@ pub struct PagefsArgs {
     /// The LSN lease's time to live, renewed every third of it (0: no lease).
     #[arg(long, default_value_t = 600)]
     pub lease_ttl_secs: u64,
+    /// Who holds the lease (`strata` says `compute:<name>`; default `pagefs:<pid>`): the lease
+    /// is revoked at a clean stop, and no other holder's lease on the LSN is touched.
+    #[arg(long, value_name = "NAME")]
+    pub lease_owner: Option<String>,
     /// How long a read retries an unreachable pageserver before failing with EIO.
     #[arg(long, default_value_t = 30)]
     pub read_deadline_secs: u64,
@@ -87,15 +91,29 @@ pub fn run(args: PagefsArgs) -> Result<()> {
         )
         .context("starting the gRPC client")?,
     );
-    let stop_lease = Arc::new(AtomicBool::new(false));
+    let owner = args
+        .lease_owner
+        .clone()
+        .unwrap_or_else(|| format!("pagefs:{}", std::process::id()));
     let lease = (args.lease_ttl_secs > 0).then(|| {
-        let (source, stop) = (source.clone(), stop_lease.clone());
-        let ttl = Duration::from_secs(args.lease_ttl_secs);
-        std::thread::spawn(move || keep_lease(source, ttl, stop))
+        Lease::keep(
+            &source,
+            args.lsn,
+            Duration::from_secs(args.lease_ttl_secs),
+            owner,
+        )
     });
     let mut opts = Options::new(&args.local, &args.mount);
     opts.read_deadline = Duration::from_secs(args.read_deadline_secs);
-    let mounted = super::mount(&opts, source).context("mounting the page filesystem")?;
+    let mounted = match super::mount(&opts, source) {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(lease) = lease {
+                lease.end();
+            }
+            return Err(e.context("mounting the page filesystem"));
+        }
+    };
     if let Some(ready) = &args.ready_file {
         write_ready_file(ready, &args)?;
     }
@@ -129,12 +147,52 @@ pub fn run(args: PagefsArgs) -> Result<()> {
         }
         anyhow::Ok(())
     })?;
-    stop_lease.store(true, Ordering::SeqCst);
-    mounted.unmount(UNMOUNT_WAIT)?;
+    let unmounted = mounted.unmount(UNMOUNT_WAIT);
     if let Some(lease) = lease {
-        let _ = lease.join();
+        lease.end();
     }
-    Ok(())
+    unmounted
+}
+
+/// The compute's lease on its LSN, renewed in a thread of its own.
+struct Lease {
+    source: Arc<GrpcSource>,
+    lsn: Lsn,
+    owner: String,
+    stop: Arc<AtomicBool>,
+    renewer: std::thread::JoinHandle<()>,
+}
+
+impl Lease {
+    fn keep(source: &Arc<GrpcSource>, lsn: Lsn, ttl: Duration, owner: String) -> Lease {
+        let stop = Arc::new(AtomicBool::new(false));
+        let renewer = {
+            let (source, stop, owner) = (source.clone(), stop.clone(), owner.clone());
+            std::thread::spawn(move || keep_lease(source, ttl, &owner, stop))
+        };
+        Lease {
+            source: source.clone(),
+            lsn,
+            owner,
+            stop,
+            renewer,
+        }
+    }
+
+    /// Stops renewing and revokes the lease: nothing reads at the LSN for this compute any
+    /// more, so GC need not keep it. A failed revoke leaves the lease to expire.
+    fn end(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.renewer.join();
+        match self.source.revoke_lease(&self.owner) {
+            Ok(()) => tracing::info!("revoked the lease of {} on {}", self.owner, self.lsn),
+            Err(e) => tracing::warn!(
+                "could not revoke the lease of {} on {} ({e}); it expires by itself",
+                self.owner,
+                self.lsn
+            ),
+        }
+    }
 }
 
 fn write_ready_file(path: &std::path::Path, args: &PagefsArgs) -> Result<()> {

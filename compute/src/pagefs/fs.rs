@@ -40,10 +40,6 @@ pub struct PageFs {
     /// The kernel's writeback cache: writes are gathered in the page cache and sent in large
     /// batches (at fsync, close or memory pressure) instead of one request per 8 KiB page.
     writeback: bool,
-    /// The `pg_tblspc` entries of the slim basebackup, shown as directories (their relation
-    /// files are virtual). A tablespace the compute creates itself is an ordinary symbolic
-    /// link to its location: everything in it was written by this compute.
-    served_tablespaces: std::collections::HashSet<std::ffi::OsString>,
 }
 
 enum Handle {
@@ -72,13 +68,6 @@ impl PageFs {
         writeback: bool,
     ) -> io::Result<PageFs> {
         std::fs::metadata(&local)?;
-        let served_tablespaces = match std::fs::read_dir(local.join("pg_tblspc")) {
-            Ok(entries) => entries
-                .map(|e| e.map(|e| e.file_name()))
-                .collect::<io::Result<_>>()?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Default::default(),
-            Err(e) => return Err(e),
-        };
         Ok(PageFs {
             local,
             wal_link,
@@ -89,7 +78,6 @@ impl PageFs {
             chown_created: unsafe { libc::geteuid() } == 0,
             started: SystemTime::now(),
             writeback,
-            served_tablespaces,
         })
     }
 
@@ -122,19 +110,11 @@ impl PageFs {
                 return Ok(Node::WalLink(target.clone()));
             }
         }
-        let local = self.local_path(path);
-        // A tablespace's pg_tblspc link is shown as the directory it points to: its relation
-        // files are virtual, so they must be reached through the mount.
-        let served_tablespace = path.parent() == Some(Path::new("pg_tblspc"))
-            && path
-                .file_name()
-                .is_some_and(|n| self.served_tablespaces.contains(n));
-        let meta = if served_tablespace {
-            std::fs::metadata(&local)
-        } else {
-            std::fs::symlink_metadata(&local)
-        };
-        meta.map(Node::Local).map_err(errno)
+        // Symbolic links as they are: a tablespace's `pg_tblspc` link points back into the
+        // mount (`names::SERVED_TABLESPACES_DIR`), one the compute creates to its location.
+        std::fs::symlink_metadata(self.local_path(path))
+            .map(Node::Local)
+            .map_err(errno)
     }
 
     fn attr(&self, ino: u64, node: &Node) -> FileAttr {

@@ -211,8 +211,12 @@ impl GrpcSource {
         Ok(resp.pages)
     }
 
-    /// Takes (or renews) a lease on the LSN for `ttl`.
-    pub fn create_lease(&self, ttl: Duration) -> Result<pb::LeaseResponse, SourceError> {
+    /// Takes (or renews) `owner`'s lease on the LSN for `ttl`.
+    pub fn create_lease(
+        &self,
+        ttl: Duration,
+        owner: &str,
+    ) -> Result<pb::LeaseResponse, SourceError> {
         self.rt.block_on(async {
             let mut client = self.client().await?;
             let req = pb::CreateLeaseRequest {
@@ -220,12 +224,31 @@ impl GrpcSource {
                 timeline_id: self.timeline.clone(),
                 lsn: self.lsn,
                 ttl_seconds: ttl.as_secs(),
+                owner: owner.to_string(),
             };
             tokio::time::timeout(CONNECT_TIMEOUT * 5, client.create_lease(req))
                 .await
                 .map_err(|_| SourceError::Unavailable("CreateLease timed out".into()))?
                 .map(|r| r.into_inner())
                 .map_err(|s| status_error("CreateLease", &s))
+        })
+    }
+
+    /// Ends `owner`'s lease on the LSN now (other owners' leases there stay).
+    pub fn revoke_lease(&self, owner: &str) -> Result<(), SourceError> {
+        self.rt.block_on(async {
+            let mut client = self.client().await?;
+            let req = pb::RevokeLeaseRequest {
+                tenant_id: self.tenant.clone(),
+                timeline_id: self.timeline.clone(),
+                lsn: self.lsn,
+                owner: owner.to_string(),
+            };
+            tokio::time::timeout(CONNECT_TIMEOUT * 5, client.revoke_lease(req))
+                .await
+                .map_err(|_| SourceError::Unavailable("RevokeLease timed out".into()))?
+                .map(|_| ())
+                .map_err(|s| status_error("RevokeLease", &s))
         })
     }
 }
@@ -283,14 +306,14 @@ impl PageSource for GrpcSource {
     }
 }
 
-/// Renews the lease every third of `ttl` until `stop` is set; a failure is logged loudly and
-/// retried at the next turn.
-pub fn keep_lease(source: Arc<GrpcSource>, ttl: Duration, stop: Arc<AtomicBool>) {
+/// Renews `owner`'s lease every third of `ttl` until `stop` is set; a failure is logged loudly
+/// and retried at the next turn.
+pub fn keep_lease(source: Arc<GrpcSource>, ttl: Duration, owner: &str, stop: Arc<AtomicBool>) {
     let period = (ttl / 3).max(Duration::from_secs(1));
     let mut next = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         if Instant::now() >= next {
-            match source.create_lease(ttl) {
+            match source.create_lease(ttl, owner) {
                 Ok(lease) => tracing::debug!(
                     "lease on {} until unix ms {}",
                     walproto::Lsn(lease.lsn),

@@ -17,6 +17,7 @@ pub mod source;
 mod tree;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -148,17 +149,17 @@ pub fn mount(opts: &Options, source: Arc<dyn PageSource>) -> Result<MountedFs> {
             local.display()
         );
     }
-    let mount_point = std::fs::canonicalize(&opts.mount)
-        .with_context(|| format!("--mount {}", opts.mount.display()))?;
-    if std::fs::read_dir(&mount_point)?.next().is_some() {
-        bail!("{} is not empty", mount_point.display());
-    }
     let deadline = Instant::now() + opts.read_deadline;
     let forks = source::retry_until(deadline, "listing relations", || {
         source.list_relations(deadline)
     })
     .context("listing the relation files")?;
-    prepare_tablespaces(&local)?;
+    let mount_point = std::fs::canonicalize(&opts.mount)
+        .with_context(|| format!("--mount {}", opts.mount.display()))?;
+    if std::fs::read_dir(&mount_point)?.next().is_some() {
+        bail!("{} is not empty", mount_point.display());
+    }
+    prepare_tablespaces(&local, &mount_point)?;
     let mut rels = BTreeMap::new();
     for fork in &forks {
         let src_tag = names::RelTag {
@@ -166,7 +167,7 @@ pub fn mount(opts: &Options, source: Arc<dyn PageSource>) -> Result<MountedFs> {
             ..fork.tag
         };
         for (segment, nblocks) in names::segments(fork.nblocks) {
-            let path = names::rel_file_path(fork.tag, segment);
+            let path = names::served_rel_file_path(fork.tag, segment);
             let dir = local.join(path.parent().unwrap_or(Path::new("")));
             if !dir.is_dir() {
                 std::fs::create_dir_all(&dir)
@@ -228,7 +229,6 @@ pub fn mount(opts: &Options, source: Arc<dyn PageSource>) -> Result<MountedFs> {
 /// backing device's `read_ahead_kb`, writable by root): 4 MiB makes a Postgres sequential scan
 /// a few large reads instead of many small ones.
 fn raise_kernel_read_ahead(mount_point: &Path) {
-    use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(mount_point) else {
         return;
     };
@@ -243,21 +243,85 @@ fn raise_kernel_read_ahead(mount_point: &Path) {
     }
 }
 
-/// The slim basebackup's `pg_tblspc/<oid>` links point outside the data directory; the mount
-/// shows each as the directory it points to (an in-place tablespace, as Postgres 15 allows),
-/// so a tablespace's relation files are served like all others. A link whose target is missing
-/// becomes a local directory.
-fn prepare_tablespaces(local: &Path) -> Result<()> {
-    let dir = local.join("pg_tblspc");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+/// The slim basebackup's `pg_tblspc/<oid>` links point outside the data directory, where the
+/// mount cannot serve relation files. Each tablespace's directories move into the local
+/// directory's `strata_tablespaces/<oid>` and its link points there through the mount
+/// (`<mount>/strata_tablespaces/<oid>`): Postgres sees the symbolic link it requires (a hot
+/// standby refuses in-place tablespace directories; `pg_tablespace_location` reads the link),
+/// and the tablespace's relation files are served like all others. An in-place directory or
+/// a link to nothing becomes such a link too.
+fn prepare_tablespaces(local: &Path, mount_point: &Path) -> Result<()> {
+    let links = local.join("pg_tblspc");
+    let Ok(entries) = std::fs::read_dir(&links) else {
         return Ok(());
     };
+    let served = local.join(names::SERVED_TABLESPACES_DIR);
     for entry in entries {
-        let path = entry?.path();
-        if path.symlink_metadata()?.file_type().is_symlink() && !path.is_dir() {
-            std::fs::remove_file(&path)?;
-            std::fs::create_dir(&path)?;
-            give_like_root(local, &path)?;
+        let entry = entry?;
+        let Some(oid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue; // not a tablespace: Postgres ignores it too
+        };
+        let link = entry.path();
+        let through_mount = mount_point
+            .join(names::SERVED_TABLESPACES_DIR)
+            .join(oid.to_string());
+        let dest = served.join(oid.to_string());
+        let is_link = entry.file_type()?.is_symlink();
+        if is_link && std::fs::read_link(&link)? == through_mount && dest.is_dir() {
+            continue; // prepared before (the same local directory mounted again)
+        }
+        if !served.is_dir() {
+            std::fs::create_dir(&served)
+                .with_context(|| format!("creating {}", served.display()))?;
+            give_like_root(local, &served)?;
+        }
+        if !dest.exists() {
+            if link.is_dir() {
+                copy_dirs_like_root(local, &link, &dest)?;
+            } else {
+                std::fs::create_dir(&dest)
+                    .with_context(|| format!("creating {}", dest.display()))?;
+                give_like_root(local, &dest)?;
+            }
+        }
+        let version = dest.join(names::TABLESPACE_VERSION_DIR);
+        if !version.is_dir() {
+            std::fs::create_dir(&version)
+                .with_context(|| format!("creating {}", version.display()))?;
+            give_like_root(local, &version)?;
+        }
+        if is_link {
+            std::fs::remove_file(&link)
+        } else {
+            std::fs::remove_dir_all(&link)
+        }
+        .with_context(|| format!("replacing {}", link.display()))?;
+        std::os::unix::fs::symlink(&through_mount, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+        own_like_root(local, &link)?;
+    }
+    Ok(())
+}
+
+/// Copies the directories (and any plain files) of `from` to the new `to`, owned like the
+/// local root: a slim basebackup's tablespace holds only directories.
+fn copy_dirs_like_root(local: &Path, from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir(to).with_context(|| format!("creating {}", to.display()))?;
+    give_like_root(local, to)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("listing {}", from.display()))? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_dirs_like_root(local, &entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+            own_like_root(local, &target)?;
         }
     }
     Ok(())
@@ -265,12 +329,18 @@ fn prepare_tablespaces(local: &Path) -> Result<()> {
 
 /// Gives a directory the daemon created to the owner of the local root (Postgres), mode 0700.
 fn give_like_root(local: &Path, dir: &Path) -> Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::metadata(local)?;
+    use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    own_like_root(local, dir)
+}
+
+/// Gives what the daemon created to the owner of the local root (only root can; otherwise
+/// the daemon is that owner).
+fn own_like_root(local: &Path, path: &Path) -> Result<()> {
     if unsafe { libc::geteuid() } == 0 {
-        std::os::unix::fs::chown(dir, Some(meta.uid()), Some(meta.gid()))
-            .with_context(|| format!("chown {}", dir.display()))?;
+        let meta = std::fs::metadata(local)?;
+        std::os::unix::fs::lchown(path, Some(meta.uid()), Some(meta.gid()))
+            .with_context(|| format!("chown {}", path.display()))?;
     }
     Ok(())
 }

@@ -12,6 +12,10 @@ pub const DEFAULT_TABLESPACE: u32 = 1663;
 pub const GLOBAL_TABLESPACE: u32 = 1664;
 /// The directory a tablespace keeps inside its location (`TABLESPACE_VERSION_DIRECTORY`).
 pub const TABLESPACE_VERSION_DIR: &str = "PG_15_202209061";
+/// Where the mount keeps the tablespaces it serves: `pg_tblspc/<oid>` is a symbolic link (as
+/// Postgres requires) to `<mount>/strata_tablespaces/<oid>`, so their relation files, too, are
+/// reached through the page filesystem.
+pub const SERVED_TABLESPACES_DIR: &str = "strata_tablespaces";
 
 /// A relation fork: the unit pages are addressed by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,13 +77,17 @@ fn parse_number(s: &str) -> Option<u32> {
 }
 
 /// The tablespace and database of a directory that holds relation files (relative to the data
-/// directory): `global`, `base/<db>`, `pg_tblspc/<spc>/PG_15_.../<db>`.
+/// directory): `global`, `base/<db>`, `pg_tblspc/<spc>/PG_15_.../<db>` (also
+/// `strata_tablespaces/<spc>/PG_15_.../<db>`, where the mount serves tablespaces).
 pub fn rel_dir_tag(dir: &Path) -> Option<(u32, u32)> {
     let parts: Vec<&str> = dir.iter().map(|c| c.to_str()).collect::<Option<_>>()?;
     match parts.as_slice() {
         ["global"] => Some((GLOBAL_TABLESPACE, 0)),
         ["base", db] => Some((DEFAULT_TABLESPACE, parse_number(db)?)),
-        ["pg_tblspc", spc, version, db] if *version == TABLESPACE_VERSION_DIR => {
+        [spcs, spc, version, db]
+            if (*spcs == "pg_tblspc" || *spcs == SERVED_TABLESPACES_DIR)
+                && *version == TABLESPACE_VERSION_DIR =>
+        {
             Some((parse_number(spc)?, parse_number(db)?))
         }
         _ => None,
@@ -100,20 +108,31 @@ pub fn rel_file_of_path(path: &Path) -> Option<(RelTag, u32)> {
 }
 
 /// The directory (relative to the data directory) holding the files of a tablespace and
-/// database.
-pub fn rel_dir(spc: u32, db: u32) -> PathBuf {
+/// database; other tablespaces than the default and shared ones are under `tablespaces`.
+fn rel_dir(tablespaces: &str, spc: u32, db: u32) -> PathBuf {
     match spc {
         GLOBAL_TABLESPACE => PathBuf::from("global"),
         DEFAULT_TABLESPACE => PathBuf::from("base").join(db.to_string()),
-        _ => PathBuf::from("pg_tblspc")
+        _ => PathBuf::from(tablespaces)
             .join(spc.to_string())
             .join(TABLESPACE_VERSION_DIR)
             .join(db.to_string()),
     }
 }
 
-/// The path (relative to the data directory) of segment `segment` of a relation fork.
+/// The path (relative to the data directory) of segment `segment` of a relation fork, as
+/// Postgres names it (`pg_tblspc/...` for a tablespace).
 pub fn rel_file_path(tag: RelTag, segment: u32) -> PathBuf {
+    rel_dir("pg_tblspc", tag.spc, tag.db).join(rel_file_name(tag, segment))
+}
+
+/// Where the mount serves segment `segment` of a relation fork: as [`rel_file_path`], but a
+/// tablespace's under [`SERVED_TABLESPACES_DIR`] (which its `pg_tblspc` link points to).
+pub fn served_rel_file_path(tag: RelTag, segment: u32) -> PathBuf {
+    rel_dir(SERVED_TABLESPACES_DIR, tag.spc, tag.db).join(rel_file_name(tag, segment))
+}
+
+fn rel_file_name(tag: RelTag, segment: u32) -> String {
     let fork = match tag.fork {
         1 => "_fsm",
         2 => "_vm",
@@ -124,7 +143,7 @@ pub fn rel_file_path(tag: RelTag, segment: u32) -> PathBuf {
     if segment > 0 {
         name.push_str(&format!(".{segment}"));
     }
-    rel_dir(tag.spc, tag.db).join(name)
+    name
 }
 
 /// The segment files of a fork of `nblocks` blocks: (segment, blocks in it). An empty fork
@@ -166,6 +185,16 @@ mod tests {
         assert!(rel_file_of_path(Path::new("base/5/16384.1")).is_some());
         assert!(rel_file_of_path(Path::new("global/1262")).is_some());
         assert!(rel_file_of_path(Path::new("pg_tblspc/16400/PG_15_202209061/5/16401")).is_some());
+        let served = Path::new("strata_tablespaces/16400/PG_15_202209061/5/16401_fsm");
+        let (tag, 0) = rel_file_of_path(served).unwrap() else {
+            panic!("segment 0")
+        };
+        assert_eq!((tag.spc, tag.db, tag.rel, tag.fork), (16400, 5, 16401, 1));
+        assert_eq!(served_rel_file_path(tag, 0), served);
+        assert_eq!(
+            rel_file_path(tag, 1),
+            Path::new("pg_tblspc/16400/PG_15_202209061/5/16401_fsm.1")
+        );
         assert!(rel_file_of_path(Path::new("pg_xact/0000")).is_none());
         assert!(rel_file_of_path(Path::new("base/5/pgsql_tmp/16384")).is_none());
     }

@@ -41,9 +41,10 @@ fn lease_list(h: &TimelineHandle) -> pb::ListLeasesResponse {
         leases: h
             .list_leases()
             .into_iter()
-            .map(|(lsn, expires)| pb::LeaseInfo {
-                lsn: lsn.0,
-                expires_unix_ms: expires,
+            .map(|l| pb::LeaseInfo {
+                lsn: l.lsn.0,
+                expires_unix_ms: l.expires_unix_ms,
+                owner: l.owner,
             })
             .collect(),
     }
@@ -96,7 +97,7 @@ impl PageserverService {
         let h = self.handle(r.tenant_id, r.timeline_id).await?;
         let h2 = h.clone();
         let lsn = layer_format::Lsn(r.lsn);
-        blocking(move || h2.revoke_lease(lsn)).await?;
+        blocking(move || h2.revoke_owned_lease(lsn, &r.owner)).await?;
         Ok(lease_list(&h))
     }
 }

@@ -684,7 +684,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         }
         let h = self.handle(r.tenant_id, r.timeline_id).await?;
         let ttl = std::time::Duration::from_secs(r.ttl_seconds);
-        let expires = blocking(move || h.create_lease(Lsn(r.lsn), ttl)).await?;
+        let expires = blocking(move || h.create_owned_lease(Lsn(r.lsn), ttl, &r.owner)).await?;
         Ok(Response::new(pb::LeaseResponse {
             lsn: r.lsn,
             expires_unix_ms: expires,

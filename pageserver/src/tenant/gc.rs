@@ -40,18 +40,46 @@ pub const LEASES_FILE: &str = "leases.toml";
 /// The longest lease one request can take.
 pub const MAX_LEASE_TTL: Duration = Duration::from_secs(30 * 86400);
 
+/// The longest owner name a lease may carry.
+pub const MAX_LEASE_OWNER_LEN: usize = 200;
+
 /// One lease: keeps `lsn` readable until `expires_unix_ms`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     /// `X/Y` as Postgres prints LSNs.
     pub lsn: String,
     pub expires_unix_ms: u64,
+    /// Who holds it (`compute:<name>` for a lazy compute's page filesystem); empty: a user.
+    /// A lease is one (LSN, owner): each holder renews and revokes only its own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 impl Lease {
     pub fn lsn(&self) -> Option<Lsn> {
         self.lsn.parse().ok()
     }
+
+    fn is(&self, lsn: Lsn, owner: &str) -> bool {
+        self.lsn() == Some(lsn) && self.owner == owner
+    }
+}
+
+/// An unexpired lease as `ListLeases` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ActiveLease {
+    pub lsn: Lsn,
+    pub expires_unix_ms: u64,
+    pub owner: String,
+}
+
+fn check_owner(owner: &str) -> Result<()> {
+    if owner.len() > MAX_LEASE_OWNER_LEN || owner.chars().any(char::is_control) {
+        return Err(TenantError::InvalidArgument(format!(
+            "lease owner {owner:?}: at most {MAX_LEASE_OWNER_LEN} bytes, no control characters"
+        )));
+    }
+    Ok(())
 }
 
 /// The leases of one timeline.
@@ -160,9 +188,16 @@ impl TimelineHandle {
         self.leases_locked().active(now_unix_ms())
     }
 
-    /// Keeps `lsn` readable for `ttl`; returns the expiry (Unix ms). A lease on an LSN that
-    /// has one already extends it. The LSN must be in `[GC cutoff, last record end]`.
+    /// A user's lease (no owner): see [`Self::create_owned_lease`].
     pub fn create_lease(&self, lsn: Lsn, ttl: Duration) -> Result<u64> {
+        self.create_owned_lease(lsn, ttl, "")
+    }
+
+    /// Keeps `lsn` readable for `ttl` on behalf of `owner` (empty: a user); returns the expiry
+    /// (Unix ms). A lease of the same owner on the LSN is extended; other owners' leases there
+    /// are left alone. The LSN must be in `[GC cutoff, last record end]`.
+    pub fn create_owned_lease(&self, lsn: Lsn, ttl: Duration, owner: &str) -> Result<u64> {
+        check_owner(owner)?;
         if ttl.is_zero() || ttl > MAX_LEASE_TTL {
             return Err(TenantError::InvalidArgument(format!(
                 "lease TTL {ttl:?}: must be more than 0 and at most {MAX_LEASE_TTL:?}"
@@ -196,57 +231,76 @@ impl TimelineHandle {
         let expires = now.saturating_add(ttl.as_millis() as u64);
         let mut new = leases.clone();
         new.lease.retain(|l| l.expires_unix_ms > now);
-        match new.lease.iter_mut().find(|l| l.lsn() == Some(lsn)) {
+        match new.lease.iter_mut().find(|l| l.is(lsn, owner)) {
             Some(l) => l.expires_unix_ms = l.expires_unix_ms.max(expires),
             None => new.lease.push(Lease {
                 lsn: lsn.to_string(),
                 expires_unix_ms: expires,
+                owner: owner.to_string(),
             }),
         }
         new.store(self.dir())?;
         let got = new
             .lease
             .iter()
-            .find(|l| l.lsn() == Some(lsn))
+            .find(|l| l.is(lsn, owner))
             .map_or(expires, |l| l.expires_unix_ms);
         *leases = new;
-        info!(timeline = %name, %lsn, expires_unix_ms = got, "lease created");
+        info!(timeline = %name, %lsn, owner, expires_unix_ms = got, "lease created");
         Ok(got)
     }
 
-    /// The unexpired leases: (LSN, expiry in Unix ms), lowest LSN first.
-    pub fn list_leases(&self) -> Vec<(Lsn, u64)> {
+    /// The unexpired leases, lowest LSN first.
+    pub fn list_leases(&self) -> Vec<ActiveLease> {
         let now = now_unix_ms();
-        let mut v: Vec<(Lsn, u64)> = self
+        let mut v: Vec<ActiveLease> = self
             .leases_locked()
             .lease
             .iter()
             .filter(|l| l.expires_unix_ms > now)
-            .filter_map(|l| Some((l.lsn()?, l.expires_unix_ms)))
+            .filter_map(|l| {
+                Some(ActiveLease {
+                    lsn: l.lsn()?,
+                    expires_unix_ms: l.expires_unix_ms,
+                    owner: l.owner.clone(),
+                })
+            })
             .collect();
         v.sort();
         v
     }
 
-    /// Ends the lease on `lsn` now; stored before GC stops counting it. NotFound if there is
-    /// no unexpired lease on `lsn`.
+    /// Ends a user's lease (no owner) on `lsn`: see [`Self::revoke_owned_lease`].
     pub fn revoke_lease(&self, lsn: Lsn) -> Result<()> {
+        self.revoke_owned_lease(lsn, "")
+    }
+
+    /// Ends `owner`'s lease on `lsn` now (empty: the user's); stored before GC stops counting
+    /// it. Other owners' leases on `lsn` stay. NotFound if `owner` has no unexpired lease on
+    /// `lsn`.
+    pub fn revoke_owned_lease(&self, lsn: Lsn, owner: &str) -> Result<()> {
         let mut leases = self.leases_locked();
         let now = now_unix_ms();
         let mut new = leases.clone();
         new.lease.retain(|l| l.expires_unix_ms > now);
         let before = new.lease.len();
-        new.lease.retain(|l| l.lsn() != Some(lsn));
+        new.lease.retain(|l| !l.is(lsn, owner));
         if new.lease.len() == before {
+            let whose = if owner.is_empty() {
+                "no lease without an owner".to_string()
+            } else {
+                format!("no lease of {owner:?}")
+            };
             return Err(TenantError::NotFound(format!(
-                "timeline {}/{} has no lease on {lsn}",
+                "timeline {}/{} has {whose} on {lsn}",
                 self.tenant_id(),
                 self.timeline_id()
             )));
         }
         new.store(self.dir())?;
         *leases = new;
-        info!(tenant = %self.tenant_id(), timeline = %self.timeline_id(), %lsn, "lease revoked");
+        info!(tenant = %self.tenant_id(), timeline = %self.timeline_id(), %lsn, owner,
+              "lease revoked");
         Ok(())
     }
 }
