@@ -35,11 +35,15 @@
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+// The Postgres side and file helpers are the served bench's.
+#[allow(dead_code)]
+#[path = "ingest_served/served.rs"]
+mod served;
 
-use anyhow::{ensure, Context};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
 use pageserver::import::{import_datadir, read_control};
 use pageserver::ingest::{IngestConf, WalIngest};
 use pageserver::timeline::{CompactionConf, TimelineConf};
@@ -56,16 +60,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn cp(from: &Path, to: &Path) -> anyhow::Result<()> {
-    let status = Command::new("cp").arg("-a").arg(from).arg(to).status()?;
-    ensure!(
-        status.success(),
-        "copying {} to {} failed",
-        from.display(),
-        to.display()
-    );
-    Ok(())
-}
+use served::{copy as cp, postgres_run, settle};
 
 /// `STRATA_BENCH_WORKLOAD=indexes`: the index-heavy workload instead of pgbench.
 fn index_heavy() -> bool {
@@ -127,13 +122,6 @@ fn fixture(pg: &PgCluster) -> anyhow::Result<Fixture> {
         f.wal = dir.join("wal");
     }
     Ok(f)
-}
-
-/// Writes back every dirty page before a timed run, so that neither side pays for the other's
-/// files (the copies of the base and the WAL before Postgres's run are 1.5 GB).
-fn settle() -> anyhow::Result<()> {
-    ensure!(Command::new("sync").status()?.success(), "sync failed");
-    Ok(())
 }
 
 /// Seconds of one timed stage.
@@ -234,68 +222,7 @@ fn decode_only(f: &Fixture) -> anyhow::Result<f64> {
 
 /// Postgres: the same base as a standby replaying the same WAL from `pg_wal`.
 fn postgres(pg: &PgCluster, f: &Fixture) -> anyhow::Result<f64> {
-    let data = pg.data_dir().to_path_buf();
-    let old = pg.base_dir().join("replaced-data");
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
-    }
-    std::fs::rename(&data, &old)?;
-    cp(&f.base, &data)?;
-    for entry in std::fs::read_dir(data.join("pg_wal"))? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            std::fs::remove_file(entry.path())?;
-        }
-    }
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cp -a {}/0* {}/pg_wal/",
-            f.wal.display(),
-            data.display()
-        ))
-        .status()?;
-    ensure!(status.success(), "copying the WAL failed");
-    // A kept base carries another cluster's port and socket directory.
-    pg.set_config(&[
-        ("port".into(), pg.port().to_string()),
-        (
-            "unix_socket_directories".into(),
-            pg.socket_dir().display().to_string(),
-        ),
-    ])?;
-    pg.make_standby_signal()?;
-    settle()?;
-    let t = Instant::now();
-    pg.start()?;
-    // One connected psql polls (a psql process and a backend per poll took ~10 ms of CPU
-    // each, which the recovery shared two cores with). It connects once the standby takes
-    // connections (hot standby, at consistency), so attempts before that are retried.
-    let mut session = None;
-    let mut replayed = Lsn(0);
-    while replayed < f.end {
-        ensure!(
-            t.elapsed() < Duration::from_secs(3600),
-            "Postgres recovery did not reach {} (at {replayed})",
-            f.end
-        );
-        if session.is_none() {
-            session = Some(pg.session()?);
-        }
-        match session
-            .as_mut()
-            .map(|s| s.query_row("select pg_last_wal_replay_lsn()"))
-        {
-            Some(Ok(row)) => replayed = row.parse().context("pg_last_wal_replay_lsn")?,
-            _ => session = None,
-        }
-        if replayed < f.end {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-    let secs = t.elapsed().as_secs_f64();
-    pg.stop(StopMode::Immediate)?;
-    Ok(secs)
+    Ok(postgres_run(pg, &f.base, &f.wal, f.end)?.secs)
 }
 
 fn main() -> anyhow::Result<()> {

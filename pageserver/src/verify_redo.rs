@@ -19,11 +19,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use walproto::consts::VISIBILITYMAP_FORKNUM;
+use walproto::record::DecodedRecord;
 use walproto::walfiles::{WalDirReader, WalReadError};
 use walproto::Lsn;
 
 use crate::import::{import_datadir, read_control, ImportError, ImportReport};
-use crate::ingest::{ImageCheck, IngestConf, IngestError, IngestStats, WalIngest};
+use crate::ingest::{ImageCheck, IngestConf, IngestError, IngestStats, PipelineError, WalIngest};
 use crate::redo::datadir::{
     compare_block, count_temp_files, for_each_fork, BlockContext, DataDirReport,
 };
@@ -237,18 +238,24 @@ pub fn verify_redo(opts: &VerifyRedoOptions) -> Result<VerifyRedoReport, VerifyR
     };
     let mut reader = WalDirReader::open(&opts.wal_dir, from, opts.end, None)?;
     let mut flushes = 0;
-    while let Some(rec) = reader.next_record()? {
-        ingest.ingest_record(&rec)?;
+    // Checks run between records, on the ingest thread, against what is ingested so far.
+    let after = |ingest: &mut WalIngest, rec: &DecodedRecord| {
         rep.last_lsn = rec.lsn;
         let rmgr = walproto::rmgr::rmgr_name(rec.rmid()).unwrap_or("custom");
         *rep.per_rmgr.entry(rmgr.to_string()).or_default() += 1;
         let now = ingest.timeline().write_stats().l0_flushes;
-        if opts.verify && (now != flushes || ingest_pending(&ingest) >= CHECK_BATCH) {
+        if opts.verify && (now != flushes || ingest_pending(ingest) >= CHECK_BATCH) {
             flushes = now;
             let checks = ingest.take_checks();
             run_checks(ingest.timeline(), checks, &mut rep, opts.max_reported);
         }
-    }
+    };
+    ingest
+        .ingest_pipelined_with(|| reader.next_record(), after)
+        .map_err(|e| match e {
+            PipelineError::Ingest(e) => VerifyRedoError::Ingest(e),
+            PipelineError::Read(e) => VerifyRedoError::Wal(e),
+        })?;
     ingest.timeline_mut().flush()?;
     let checks = ingest.take_checks();
     run_checks(ingest.timeline(), checks, &mut rep, opts.max_reported);

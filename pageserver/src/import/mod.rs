@@ -48,7 +48,7 @@ use walproto::walfiles::{WalDirReader, WalReadError};
 
 use crate::ingest::nonpage::counters::CheckpointState;
 use crate::ingest::reldir::{encode_db_dir, encode_rel_dir, size_value};
-use crate::ingest::{IngestConf, IngestError, WalIngest};
+use crate::ingest::{IngestConf, IngestError, PipelineError, WalIngest};
 use crate::timeline::{Timeline, TimelineConf, TimelineError};
 use backup_label::BackupLabel;
 use control::{ControlFile, DB_SHUTDOWNED, DB_SHUTDOWNED_IN_RECOVERY};
@@ -347,10 +347,12 @@ pub fn import_pg_basebackup(
         Some(wal.wal_end),
         None,
     )?;
-    while let Some(rec) = r.next_record()? {
-        ingest.ingest_record(&rec)?;
-        rep.wal_records += 1;
-    }
+    ingest
+        .ingest_pipelined_with(|| r.next_record(), |_, _| rep.wal_records += 1)
+        .map_err(|e| match e {
+            PipelineError::Ingest(e) => ImportError::Ingest(e),
+            PipelineError::Read(e) => ImportError::Wal(e),
+        })?;
     ingest.timeline_mut().flush()?;
     let tl = ingest.into_timeline();
     rep.wal_end = tl.last_record_end();

@@ -86,14 +86,8 @@ pub enum RedoError {
     },
 }
 
-/// `Rmgr/TYPE` of a record, as pg_waldump names it.
-pub fn record_name(rec: &DecodedRecord) -> String {
-    format!(
-        "{}/{}",
-        rmgr::rmgr_name(rec.rmid()).unwrap_or("custom"),
-        rmgr::desc_type_name(rec.rmid(), rec.header.info)
-    )
-}
+/// Moved to walproto, beside the names it joins; re-exported for redo's callers.
+pub use walproto::rmgr::record_name;
 
 /// Resource managers whose page changes Strata computes itself.
 pub fn has_native_redo(rmid: u8) -> bool {

@@ -1,7 +1,8 @@
 //! One timeline as the service shares it: its [`WalIngest`] behind a read-write lock (reads —
 //! GetPage, basebackup, status — share it; ingest takes it exclusively for one batch of
-//! records at a time), the WAL stream decoder of the walreceiver feeding it, and its list of
-//! safekeepers (`timeline.toml`).
+//! records at a time), the WAL stream decoder of the walreceiver feeding it (the ingest
+//! driver's [`StreamDecoder`]; chunks are decoded without the ingest lock and ingested with
+//! [`WalIngest::ingest_batch`]), and its list of safekeepers (`timeline.toml`).
 //!
 //! Lock order: `stream` before `ingest`; a branch's `ingest` before its ancestor's (reads
 //! only). Nothing takes them the other way round.
@@ -24,12 +25,12 @@ use layer_format::Lsn;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::error;
-use walproto::decoder::{Decoded, WalStreamDecoder};
 use walproto::record::DecodedRecord;
+use walproto::rmgr::record_name;
 
 use super::error::{Result, TenantError};
 use super::layout::{write_atomic, TIMELINE_CONF};
-use crate::ingest::{IngestConf, WalIngest};
+use crate::ingest::{IngestConf, IngestError, StreamDecoder, WalIngest};
 use crate::timeline::ancestor::{Ancestor, AncestorTimeline};
 use crate::timeline::layer_map::LayerFetch;
 use crate::timeline::{CompactionReport, Timeline, TimelineConf};
@@ -121,15 +122,15 @@ fn record_label(r: &DecodedRecord) -> String {
             r.header.info
         )
     } else {
-        format!("a {}", crate::redo::record_name(r))
+        format!("a {}", record_name(r))
     }
 }
 
 /// What is wrong with `r`, which ingest refused with `e` (without the record's name and LSN,
 /// which the stop gives already).
-fn stop_reason(r: &DecodedRecord, e: &crate::ingest::IngestError) -> String {
+fn stop_reason(r: &DecodedRecord, e: &IngestError) -> String {
     let full = e.to_string();
-    let named = format!("{} at {}: ", crate::redo::record_name(r), r.lsn);
+    let named = format!("{} at {}: ", record_name(r), r.lsn);
     let what = full.strip_prefix(&named).unwrap_or(&full);
     let rmid = r.rmid();
     if rmid >= walproto::rmgr::RM_MIN_CUSTOM_ID {
@@ -157,7 +158,7 @@ pub struct TimelineHandle {
     ingest: RwLock<WalIngest>,
     /// Decoder of the WAL stream; `None` until the first chunk, and again after an error (the
     /// next stream starts at the ingest position).
-    stream: Mutex<Option<WalStreamDecoder>>,
+    stream: Mutex<Option<StreamDecoder>>,
     service_conf: Mutex<TimelineServiceConf>,
     remote_consistent_lsn: AtomicU64,
     /// The ancestor's handle, kept alive as long as the branch.
@@ -410,14 +411,8 @@ impl TimelineHandle {
             .map_err(TenantError::timeline(format!("compacting {}", self.ctx())))
     }
 
-    fn new_decoder(&self) -> WalStreamDecoder {
-        let g = self.read_guard();
-        let tl = g.timeline();
-        let d = WalStreamDecoder::new(tl.last_record_end());
-        match tl.last_record_lsn() {
-            Lsn::INVALID => d,
-            prev => d.expect_prev(prev),
-        }
+    fn new_decoder(&self) -> StreamDecoder {
+        StreamDecoder::at_ingest_position(self.read_guard().timeline())
     }
 
     /// Where a WAL stream must (re)start: the end of the last record ingested.
@@ -460,9 +455,11 @@ impl TimelineHandle {
 
     /// Takes the next chunk of a WAL stream, which must start where the previous chunk ended
     /// (the first at [`TimelineHandle::wal_start_lsn`], unless a stream was begun with
-    /// [`TimelineHandle::restart_wal_stream`]), and ingests every record it
-    /// completes, under one write lock. Returns the number of records ingested. On any error
-    /// the stream is forgotten: the sender must restart at `wal_start_lsn()`.
+    /// [`TimelineHandle::restart_wal_stream`]), decodes it (without the ingest lock, so reads
+    /// go on meanwhile) and ingests every record it completes through the ingest driver
+    /// ([`WalIngest::ingest_batch`]), under one write lock. Returns the number of records
+    /// ingested. On any error the stream is forgotten: the sender must restart at
+    /// `wal_start_lsn()`.
     pub fn receive_wal(&self, start: Lsn, wal: &[u8]) -> Result<usize> {
         let mut stream = lock(&self.stream);
         if let Some(stop) = self.ingest_stop() {
@@ -477,61 +474,49 @@ impl TimelineHandle {
             Some(d) => d,
             None => stream.insert(self.new_decoder()),
         };
-        if start != dec.input_lsn() {
-            return Err(TenantError::InvalidArgument(format!(
-                "{}: WAL chunk starts at {start}, but the stream is at {}; chunks must be contiguous",
-                self.ctx(),
-                dec.input_lsn()
-            )));
-        }
-        dec.feed(wal);
-        let mut records = Vec::new();
-        let failed = loop {
-            match dec.next() {
-                Ok(Decoded::Record(r)) => records.push(r),
-                Ok(Decoded::NeedMore) => break None,
-                Ok(Decoded::EndOfWal { lsn, reason }) => {
-                    break Some(TenantError::InvalidArgument(format!(
-                        "{}: the WAL stream has no record at {lsn} ({reason})",
-                        self.ctx()
-                    )))
+        let chunk = dec
+            .decode_chunk(start, wal)
+            .map_err(|e| TenantError::InvalidArgument(format!("{}: {e}", self.ctx())))?;
+        let ingested = if chunk.records.is_empty() {
+            0
+        } else {
+            let res = self.write_guard().ingest_batch(&chunk.records);
+            match res {
+                Ok(n) => n,
+                Err(e) => {
+                    *stream = None;
+                    let r = &chunk.records[e.ingested];
+                    self.stop_at(r, &e.error);
+                    crate::metrics::records_ingested(e.ingested);
+                    return Err(TenantError::ingest(self.ctx())(e.error));
                 }
-                Err(e) => break Some(TenantError::InvalidArgument(format!("{}: {e}", self.ctx()))),
             }
         };
-        let mut ingested = 0;
-        if !records.is_empty() {
-            let mut g = self.write_guard();
-            for r in &records {
-                if let Err(e) = g.ingest_record(r) {
-                    *stream = None;
-                    // Refusals (a gap, a bad record) store nothing; a storage error may have
-                    // stored part of the record. Either way the same record would fail again.
-                    let needs_restart = matches!(e, crate::ingest::IngestError::Timeline(_));
-                    self.stop_ingest(IngestStop {
-                        record_lsn: r.lsn,
-                        record: record_label(r),
-                        reason: if needs_restart {
-                            format!("storing it failed: {e}")
-                        } else {
-                            stop_reason(r, &e)
-                        },
-                        since_unix_ms: unix_ms_now(),
-                        needs_restart,
-                    });
-                    crate::metrics::records_ingested(ingested);
-                    return Err(TenantError::ingest(self.ctx())(e));
-                }
-                ingested += 1;
-            }
-            crate::metrics::records_ingested(ingested);
-        }
-        if let Some(e) = failed {
+        crate::metrics::records_ingested(ingested);
+        if let Some(e) = chunk.failed {
             crate::metrics::ingest_error();
             *stream = None;
-            return Err(e);
+            return Err(TenantError::InvalidArgument(format!("{}: {e}", self.ctx())));
         }
         Ok(ingested)
+    }
+
+    /// Stops ingest at `r`, which ingest refused with `e`. Refusals (a gap, a bad record)
+    /// store nothing; a storage error may have stored part of the record. Either way the
+    /// same record would fail again.
+    fn stop_at(&self, r: &DecodedRecord, e: &IngestError) {
+        let needs_restart = matches!(e, IngestError::Timeline(_));
+        self.stop_ingest(IngestStop {
+            record_lsn: r.lsn,
+            record: record_label(r),
+            reason: if needs_restart {
+                format!("storing it failed: {e}")
+            } else {
+                stop_reason(r, e)
+            },
+            since_unix_ms: unix_ms_now(),
+            needs_restart,
+        });
     }
 }
 

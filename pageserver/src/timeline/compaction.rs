@@ -73,23 +73,49 @@
 //!
 //! # Rules that keep reads correct
 //!
-//! - Images are made only when no L0 layer is left, at the disk-consistent LSN X: every
-//!   delta run ends at or below X + 1 and every later value is above X, so no delta run (now
-//!   or after a later merge, which only merges L0 layers newer than X) ever spans an image. A
-//!   run spanning an image would make a read apply records below the image on top of it.
-//!   The L0 merge still checks this and splits its input at any image it would span.
+//! - Images are made at an LSN X below which every delta is in an L1 run: an explicit
+//!   compaction makes them once no L0 layer is left, at the disk-consistent LSN; an automatic
+//!   one at the end of the run it just merged (X = its last LSN), below every L0 layer written
+//!   since. Every delta run ends at or below X + 1 and every later value is above X, so no
+//!   delta run (now or after a later merge, which only merges L0 layers newer than X) ever
+//!   spans an image. A run spanning an image would make a read apply records below the image
+//!   on top of it. The L0 merge still checks this and splits its input at any image it would
+//!   span.
 //! - A partition whose pages cannot all be rebuilt (a key with records the read path cannot
 //!   apply) gets no image; it is counted in [`CompactionReport::image_partitions_skipped`].
 //!
 //! # Automatic compaction and `verify-redo`
 //!
 //! [`CompactionConf::auto`] (on by default) compacts after a flush once the L0 threshold is
-//! reached: during ingest the L0 → L1 merge ([`merge_l0`]) runs on the timeline's background
-//! thread ([`super::flush`]) and the ingest thread installs it (then makes images if no L0 is
-//! left); [`Timeline::flush`] and explicit compactions wait for it and compact synchronously.
-//! So `verify-redo` checks consistency images against GetPage through L0 layers, L1
-//! runs and compaction images alike. Its `--final` comparison takes the masking of a page whose
-//! newest version is an image from the page's layout (heap, b-tree, VM).
+//! reached: during ingest the L0 → L1 merge ([`merge_l0`]) *and* the images after it run on
+//! a background thread of the timeline's own ([`compact_in_background`], [`super::flush`]:
+//! beside the L0 flush thread, so a long compaction holds up no flush), off the ingest path; the ingest thread only installs the finished files. [`Timeline::flush`] and
+//! explicit compactions wait for it and compact synchronously. So `verify-redo` checks
+//! consistency images against GetPage through L0 layers, L1 runs and compaction images alike.
+//! Its `--final` comparison takes the masking of a page whose newest version is an image from
+//! the page's layout (heap, b-tree, VM).
+//!
+//! # Why compaction off the ingest path is safe
+//!
+//! - **What it reads.** When the merge is submitted, the ingest thread hands the thread an
+//!   [`ImageSnapshot`]: a clone of the layer map (the layers are shared, `Arc`), the
+//!   ancestor link and the key space (shared, `Arc`). On the thread the merge's L1 files
+//!   replace its L0 inputs in that map, and the images are rebuilt at X (above) through the
+//!   normal read path over it ([`super::read::Sources`] without in-memory layers). Everything
+//!   ingest adds meanwhile is above X (newer L0 layers, in-memory layers), so the snapshot
+//!   gives the same pages at X as the timeline would. Layer files are immutable, and nothing
+//!   removes a layer while the job runs: GC, explicit compaction, imports and `flush` first
+//!   wait for the job ([`Timeline::drain_background`]).
+//! - **What it writes.** Only new files (fsynced, renamed, directory fsynced), under names
+//!   no live layer has. It touches no timeline state.
+//! - **Publishing.** The ingest thread installs the result once it is ready, between two
+//!   records (or when `flush` waits for it): the merge, then the images, each exactly as a synchronous compaction does it
+//!   (new layer set checked, metadata replaced atomically, layer map swapped, replaced files
+//!   deleted), so the durable manifest order and the crash points are unchanged. A job that
+//!   fails leaves unlisted files, which the next open deletes, and fails the timeline's next
+//!   write like a failed flush.
+//! - **The key space** is shared while the job runs; keys of layers installed meanwhile wait
+//!   in a backlog added once the job has let go of it (no copy under steady ingest).
 //!
 //! # Crash safety
 //!
@@ -111,8 +137,10 @@ use layer_format::{
     DeltaEntry, DeltaLayerWriter, ImageLayerWriter, Key, LayerDesc, LayerKind, Lsn, WrittenLayer,
 };
 
+use super::ancestor::Ancestor;
 use super::error::{Result, TimelineError};
 use super::layer_map::{Layer, LayerFile, LayerMap};
+use super::read::Sources;
 use super::{metadata, Timeline};
 
 /// Threads that rebuild image partitions at once (at most the machine's cores).
@@ -416,26 +444,31 @@ impl Timeline {
         (c.auto && l0.len() >= c.l0_threshold.max(1)).then(|| self.l0_groups(l0))
     }
 
-    /// Installs a background L0 merge, then makes images where reads need them. Ingest goes
-    /// on during a background merge, so newer L0 layers usually exist by now: the images are
-    /// then placed at the end of the merged run, below every remaining L0 layer, so no later
-    /// merge makes a delta run that spans them. (Waiting for a moment with no L0 layer left
-    /// would starve image creation under steady ingest, and historic reads would cross
-    /// ever more runs.)
-    pub(super) fn finish_background_merge(&mut self, merged: L0Merge) -> Result<()> {
-        let merged_end = merged.written.iter().map(|w| w.desc.lsn_range.end).max();
-        let mut rep = self.install_l0_merge(merged, FailPoint::None)?;
-        let at = if self.l0_layers().is_empty() {
-            Some(self.meta.disk_consistent_lsn)
-        } else {
-            merged_end.map(|end| Lsn(end.0 - 1))
-        };
-        if let Some(lsn) = at {
-            let r = self.create_images_at(lsn, FailPoint::None)?;
-            rep.add(&r);
+    /// Installs a background compaction: the L0 merge, then the images the background thread
+    /// placed after it (each step stored in the metadata as a compaction stores it).
+    pub(super) fn finish_background_compaction(
+        &mut self,
+        done: BackgroundCompaction,
+    ) -> Result<()> {
+        let mut rep = self.install_l0_merge(done.merge, FailPoint::None)?;
+        rep.add(&done.images.report());
+        if !done.images.written.is_empty() {
+            self.replace_layers(&[], &done.images.written, FailPoint::None)?;
         }
         self.count_compaction(&rep);
         Ok(())
+    }
+
+    /// What a background compaction submitted now reads besides its L0 layers.
+    pub(super) fn image_snapshot(&mut self) -> Result<ImageSnapshot> {
+        let keyspace = self.keyspace_arc()?;
+        let ancestor = self.sources().ancestor.map(|a| a.cloned());
+        Ok(ImageSnapshot {
+            layers: self.layers.clone(),
+            ancestor,
+            keyspace,
+            conf: self.conf.compaction.clone(),
+        })
     }
 
     /// Called after a flush: compacts if enabled and the L0 layers reached the threshold.
@@ -544,6 +577,15 @@ impl Timeline {
 
     /// Every key of every durable layer (built on first use, extended at each flush).
     pub(super) fn keyspace(&mut self) -> Result<&BTreeSet<Key>> {
+        Ok(self.keyspace_arc_ref()?)
+    }
+
+    /// The key space, shared (a background compaction reads it while ingest goes on).
+    fn keyspace_arc(&mut self) -> Result<Arc<BTreeSet<Key>>> {
+        Ok(self.keyspace_arc_ref()?.clone())
+    }
+
+    fn keyspace_arc_ref(&mut self) -> Result<&Arc<BTreeSet<Key>>> {
         if self.keyspace.is_none() {
             let mut keys = BTreeSet::new();
             for l in self.layers.layers() {
@@ -567,72 +609,37 @@ impl Timeline {
             }
             // A branch's images must also hold the keys it inherits (see `ancestor`).
             keys.extend(self.ancestor_keys()?);
-            self.keyspace = Some(keys);
+            self.keyspace = Some(Arc::new(keys));
+            self.keyspace_backlog.clear();
         }
-        Ok(self.keyspace.as_ref().expect("just built"))
+        let ks = self.keyspace.as_mut().expect("just built");
+        if !self.keyspace_backlog.is_empty() {
+            // Only a clone if a background compaction still reads the set.
+            Arc::make_mut(ks).extend(self.keyspace_backlog.drain(..));
+        }
+        Ok(ks)
+    }
+
+    /// Adds keys of a layer just installed to the key space (if it is built): in place, or,
+    /// while a background compaction reads the set, to a backlog added later.
+    pub(super) fn add_keys(&mut self, keys: impl IntoIterator<Item = Key>) {
+        let Some(ks) = self.keyspace.as_mut() else {
+            return;
+        };
+        match Arc::get_mut(ks) {
+            Some(set) => {
+                set.extend(self.keyspace_backlog.drain(..));
+                set.extend(keys);
+            }
+            None => self.keyspace_backlog.extend(keys),
+        }
     }
 
     /// The key space cut into partitions of at most `image_partition_pages` keys of one kind;
     /// together they cover from the first key to just past the last.
     pub(super) fn partitions(&mut self) -> Result<Vec<Range<Key>>> {
-        let max = self.conf.compaction.image_partition_pages.max(1);
-        let keys = self.keyspace()?;
-        let mut starts: Vec<Key> = Vec::new();
-        let mut n = 0;
-        let mut last: Option<Key> = None;
-        for &k in keys {
-            let new_kind = starts
-                .last()
-                .is_none_or(|s| s.as_bytes()[0] != k.as_bytes()[0]);
-            if new_kind || n >= max {
-                starts.push(k);
-                n = 0;
-            }
-            n += 1;
-            last = Some(k);
-        }
-        let Some(last) = last else {
-            return Ok(Vec::new());
-        };
-        let mut out: Vec<Range<Key>> = starts.windows(2).map(|w| w[0]..w[1]).collect();
-        out.push(starts[starts.len() - 1]..last.next());
-        Ok(out)
-    }
-
-    /// Delta runs with a layer over `range` above the newest image run covering all of it,
-    /// at or below `lsn`: the runs a read in `range` may cross.
-    fn delta_runs_above_image(&self, range: &Range<Key>, lsn: Lsn) -> usize {
-        let mut n = 0;
-        for run in self.layers.runs() {
-            if run.lsn_range.start > lsn {
-                continue;
-            }
-            match run.kind {
-                LayerKind::Image => {
-                    // Covered if the run's layers tile `range` without a gap.
-                    let mut at = range.start;
-                    for l in &run.layers {
-                        let kr = &l.desc.key_range;
-                        if kr.start <= at && at < kr.end {
-                            at = kr.end;
-                        }
-                    }
-                    if at >= range.end {
-                        return n;
-                    }
-                }
-                LayerKind::Delta => {
-                    if run
-                        .layers
-                        .iter()
-                        .any(|l| overlaps(&l.desc.key_range, range))
-                    {
-                        n += 1;
-                    }
-                }
-            }
-        }
-        n
+        let max = self.conf.compaction.image_partition_pages;
+        Ok(partitions(self.keyspace()?, max))
     }
 
     /// Image layers, at the disk-consistent LSN, for the partitions whose reads cross
@@ -644,124 +651,25 @@ impl Timeline {
     /// Image layers at `lsn` for the partitions whose reads at `lsn` cross `image_threshold`
     /// delta runs. Every delta at or below `lsn` must be in an L1 run already.
     fn create_images_at(&mut self, lsn: Lsn, fp: FailPoint) -> Result<CompactionReport> {
-        let mut rep = CompactionReport::default();
-        let threshold = self.conf.compaction.image_threshold.max(1);
-        let delta_runs = self
-            .layers
-            .runs()
-            .iter()
-            .filter(|r| r.kind == LayerKind::Delta)
-            .count();
-        if delta_runs < threshold {
-            return Ok(rep);
+        let keyspace = self.keyspace_arc()?;
+        let images = build_images(
+            &self.dir,
+            &self.layers,
+            &self.sources(),
+            &keyspace,
+            &self.conf.compaction,
+            lsn,
+        )?;
+        if !images.written.is_empty() {
+            self.replace_layers(&[], &images.written, fp)?;
         }
-        let parts: Vec<Range<Key>> = self
-            .partitions()?
-            .into_iter()
-            .filter(|p| self.delta_runs_above_image(p, lsn) >= threshold)
-            .filter(|p| {
-                // An image run at this LSN over the partition already exists.
-                !self.layers.layers().any(|l| {
-                    l.desc.kind == LayerKind::Image
-                        && l.desc.image_lsn() == lsn
-                        && overlaps(&l.desc.key_range, p)
-                })
-            })
-            .collect();
-        let mut written = Vec::new();
-        for res in self.write_images_parallel(parts, lsn)? {
-            match res {
-                Ok(w) => written.push(w),
-                Err(
-                    TimelineError::Reconstruct { .. }
-                    | TimelineError::Redo { .. }
-                    | TimelineError::Value { .. },
-                ) => rep.image_partitions_skipped += 1,
-                Err(e) => return Err(e),
-            }
-        }
-        rep.image_layers_written = written.len();
-        rep.image_bytes = written.iter().map(|w| w.file_size).sum();
-        if !written.is_empty() {
-            self.replace_layers(&[], &written, fp)?;
-        }
-        Ok(rep)
+        Ok(images.report())
     }
 
     /// Materializes every key of `range` at `lsn` through the read path.
     pub(super) fn write_image(&mut self, range: &Range<Key>, lsn: Lsn) -> Result<WrittenLayer> {
         let keys: Vec<Key> = self.keyspace()?.range(range.clone()).copied().collect();
-        self.write_image_keys(range, &keys, lsn)
-    }
-
-    /// Writes the image layer of `range` at `lsn` holding `keys` (those of `range`).
-    fn write_image_keys(&self, range: &Range<Key>, keys: &[Key], lsn: Lsn) -> Result<WrittenLayer> {
-        let mut w = ImageLayerWriter::new(&self.dir, range.clone(), lsn)?;
-        for &k in keys {
-            if let Some(v) = self.reconstruct_value(k, lsn)? {
-                w.put(k, &v)?;
-            }
-        }
-        Ok(w.finish()?)
-    }
-
-    /// Writes the image layers of `parts` at `lsn`, on up to [`IMAGE_THREADS`] threads (a
-    /// page's rebuild is independent of every other's, and the reads only take `&self`, so
-    /// the ingest thread that waits for the images waits for less). One result per
-    /// partition, in order.
-    fn write_images_parallel(
-        &mut self,
-        parts: Vec<Range<Key>>,
-        lsn: Lsn,
-    ) -> Result<Vec<Result<WrittenLayer>>> {
-        let keyspace = self.keyspace()?;
-        let jobs: Vec<(Range<Key>, Vec<Key>)> = parts
-            .into_iter()
-            .map(|p| {
-                let keys = keyspace.range(p.clone()).copied().collect();
-                (p, keys)
-            })
-            .collect();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(IMAGE_THREADS)
-            .min(jobs.len());
-        if threads <= 1 {
-            return Ok(jobs
-                .iter()
-                .map(|(p, keys)| self.write_image_keys(p, keys, lsn))
-                .collect());
-        }
-        let this: &Timeline = self;
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let mut results: Vec<Option<Result<WrittenLayer>>> =
-            (0..jobs.len()).map(|_| None).collect();
-        let done: Vec<Vec<(usize, Result<WrittenLayer>)>> = std::thread::scope(|scope| {
-            let work = || {
-                let mut out = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((p, keys)) = jobs.get(i) else {
-                        return out;
-                    };
-                    out.push((i, this.write_image_keys(p, keys, lsn)));
-                }
-            };
-            let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
-            let mut all = vec![work()];
-            for h in helpers {
-                // A panicking image writer is a bug; propagate it.
-                all.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-            }
-            all
-        });
-        for (i, r) in done.into_iter().flatten() {
-            results[i] = Some(r);
-        }
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("every partition was written"))
-            .collect())
+        write_image_keys(&self.dir, &self.sources(), range, &keys, lsn)
     }
 
     /// Replaces the layers `remove` with the durable files `add`: checks the new set, stores
@@ -815,4 +723,278 @@ impl Timeline {
         }
         metadata::fsync_dir(&self.dir)
     }
+}
+
+/// What a background compaction reads besides its L0 layers, taken when it is submitted:
+/// the layer map then (on the thread, the merge's output replaces its inputs in it), the
+/// ancestor, the key space and the tunables. Newer L0 layers installed meanwhile are above
+/// every LSN it reads at, so the snapshot reads what the timeline would.
+pub struct ImageSnapshot {
+    layers: LayerMap,
+    ancestor: std::result::Result<Option<Ancestor>, String>,
+    keyspace: Arc<BTreeSet<Key>>,
+    conf: CompactionConf,
+}
+
+/// Image layers written and durable, not yet listed.
+#[derive(Default)]
+pub struct Images {
+    pub written: Vec<WrittenLayer>,
+    /// Partitions that needed an image but had a page that could not be rebuilt.
+    pub skipped: usize,
+}
+
+impl Images {
+    fn report(&self) -> CompactionReport {
+        CompactionReport {
+            image_layers_written: self.written.len(),
+            image_bytes: self.written.iter().map(|w| w.file_size).sum(),
+            image_partitions_skipped: self.skipped,
+            ..CompactionReport::default()
+        }
+    }
+}
+
+/// An L0 merge and the images placed after it, written on the background thread.
+pub struct BackgroundCompaction {
+    pub merge: L0Merge,
+    pub images: Images,
+}
+
+/// Merges `groups` into L1 runs, then writes images where reads of the merged layer set would
+/// cross `image_threshold` delta runs, at the merged run's last LSN: below every L0 layer
+/// newer than the merge, so no later merge makes a delta run that spans them. (Waiting for a
+/// moment with no L0 layer left would starve image creation under steady ingest, and historic
+/// reads would cross ever more runs.) Reads only `snapshot` and files: ingest goes on.
+pub fn compact_in_background(
+    dir: &Path,
+    target_file_bytes: u64,
+    groups: &[Vec<Arc<Layer>>],
+    snapshot: ImageSnapshot,
+) -> Result<BackgroundCompaction> {
+    let merge = merge_l0(dir, target_file_bytes, groups)?;
+    let Some(end) = merge.written.iter().map(|w| w.desc.lsn_range.end).max() else {
+        return Ok(BackgroundCompaction {
+            merge,
+            images: Images::default(),
+        });
+    };
+    let mut layers = snapshot.layers;
+    layers.remove(&merge.removed);
+    let merged = merge
+        .written
+        .iter()
+        .map(|w| Layer::open(dir, &w.desc).map(Arc::new))
+        .collect::<Result<Vec<_>>>()?;
+    layers.insert(merged)?;
+    let sources = Sources {
+        open: None,
+        layers: &layers,
+        ancestor: snapshot
+            .ancestor
+            .as_ref()
+            .map(Option::as_ref)
+            .map_err(Clone::clone),
+    };
+    let lsn = Lsn(end
+        .0
+        .checked_sub(1)
+        .ok_or_else(|| TimelineError::Invalid("an L1 run ending at LSN 0".into()))?);
+    let images = build_images(
+        dir,
+        &layers,
+        &sources,
+        &snapshot.keyspace,
+        &snapshot.conf,
+        lsn,
+    )?;
+    Ok(BackgroundCompaction { merge, images })
+}
+
+/// `keys` cut into partitions of at most `max_keys` keys of one kind; together they cover
+/// from the first key to just past the last.
+fn partitions(keys: &BTreeSet<Key>, max_keys: usize) -> Vec<Range<Key>> {
+    let max = max_keys.max(1);
+    let mut starts: Vec<Key> = Vec::new();
+    let mut n = 0;
+    let mut last: Option<Key> = None;
+    for &k in keys {
+        let new_kind = starts
+            .last()
+            .is_none_or(|s| s.as_bytes()[0] != k.as_bytes()[0]);
+        if new_kind || n >= max {
+            starts.push(k);
+            n = 0;
+        }
+        n += 1;
+        last = Some(k);
+    }
+    let Some(last) = last else {
+        return Vec::new();
+    };
+    let mut out: Vec<Range<Key>> = starts.windows(2).map(|w| w[0]..w[1]).collect();
+    out.push(starts[starts.len() - 1]..last.next());
+    out
+}
+
+/// Delta runs with a layer over `range` above the newest image run covering all of it, at or
+/// below `lsn`: the runs a read in `range` may cross.
+fn delta_runs_above_image(layers: &LayerMap, range: &Range<Key>, lsn: Lsn) -> usize {
+    let mut n = 0;
+    for run in layers.runs() {
+        if run.lsn_range.start > lsn {
+            continue;
+        }
+        match run.kind {
+            LayerKind::Image => {
+                // Covered if the run's layers tile `range` without a gap.
+                let mut at = range.start;
+                for l in &run.layers {
+                    let kr = &l.desc.key_range;
+                    if kr.start <= at && at < kr.end {
+                        at = kr.end;
+                    }
+                }
+                if at >= range.end {
+                    return n;
+                }
+            }
+            LayerKind::Delta => {
+                if run
+                    .layers
+                    .iter()
+                    .any(|l| overlaps(&l.desc.key_range, range))
+                {
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+/// The partitions (and their keys) that need an image at `lsn`: reads there cross
+/// `image_threshold` delta runs, and no image run at `lsn` covers them yet.
+fn plan_images(
+    layers: &LayerMap,
+    keyspace: &BTreeSet<Key>,
+    conf: &CompactionConf,
+    lsn: Lsn,
+) -> Vec<(Range<Key>, Vec<Key>)> {
+    let threshold = conf.image_threshold.max(1);
+    let delta_runs = layers
+        .runs()
+        .iter()
+        .filter(|r| r.kind == LayerKind::Delta)
+        .count();
+    if delta_runs < threshold {
+        return Vec::new();
+    }
+    partitions(keyspace, conf.image_partition_pages)
+        .into_iter()
+        .filter(|p| delta_runs_above_image(layers, p, lsn) >= threshold)
+        .filter(|p| {
+            !layers.layers().any(|l| {
+                l.desc.kind == LayerKind::Image
+                    && l.desc.image_lsn() == lsn
+                    && overlaps(&l.desc.key_range, p)
+            })
+        })
+        .map(|p| {
+            let keys = keyspace.range(p.clone()).copied().collect();
+            (p, keys)
+        })
+        .collect()
+}
+
+/// Writes the images [`plan_images`] asks for, reading through `sources`. A partition with a
+/// page that cannot be rebuilt is skipped (counted); any other error fails the whole.
+fn build_images(
+    dir: &Path,
+    layers: &LayerMap,
+    sources: &Sources,
+    keyspace: &BTreeSet<Key>,
+    conf: &CompactionConf,
+    lsn: Lsn,
+) -> Result<Images> {
+    let jobs = plan_images(layers, keyspace, conf, lsn);
+    let mut images = Images::default();
+    for res in write_images_parallel(dir, sources, jobs, lsn) {
+        match res {
+            Ok(w) => images.written.push(w),
+            Err(
+                TimelineError::Reconstruct { .. }
+                | TimelineError::Redo { .. }
+                | TimelineError::Value { .. },
+            ) => images.skipped += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(images)
+}
+
+/// Writes the image layer of `range` at `lsn` holding `keys` (those of `range`).
+fn write_image_keys(
+    dir: &Path,
+    sources: &Sources,
+    range: &Range<Key>,
+    keys: &[Key],
+    lsn: Lsn,
+) -> Result<WrittenLayer> {
+    let mut w = ImageLayerWriter::new(dir, range.clone(), lsn)?;
+    for &k in keys {
+        if let Some(v) = sources.reconstruct_value(k, lsn)? {
+            w.put(k, &v)?;
+        }
+    }
+    Ok(w.finish()?)
+}
+
+/// Writes the image layers of `jobs` at `lsn`, on up to [`IMAGE_THREADS`] threads (a page's
+/// rebuild is independent of every other's, and reads only share `sources`). One result per
+/// partition, in order.
+fn write_images_parallel(
+    dir: &Path,
+    sources: &Sources,
+    jobs: Vec<(Range<Key>, Vec<Key>)>,
+    lsn: Lsn,
+) -> Vec<Result<WrittenLayer>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(IMAGE_THREADS)
+        .min(jobs.len());
+    if threads <= 1 {
+        return jobs
+            .iter()
+            .map(|(p, keys)| write_image_keys(dir, sources, p, keys, lsn))
+            .collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<Result<WrittenLayer>>> = (0..jobs.len()).map(|_| None).collect();
+    let done: Vec<Vec<(usize, Result<WrittenLayer>)>> = std::thread::scope(|scope| {
+        let work = || {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((p, keys)) = jobs.get(i) else {
+                    return out;
+                };
+                out.push((i, write_image_keys(dir, sources, p, keys, lsn)));
+            }
+        };
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut all = vec![work()];
+        for h in helpers {
+            // A panicking image writer is a bug; propagate it.
+            all.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        all
+    });
+    for (i, r) in done.into_iter().flatten() {
+        results[i] = Some(r);
+    }
+    results
+        .into_iter()
+        .map(|r| r.expect("every partition was written"))
+        .collect()
 }

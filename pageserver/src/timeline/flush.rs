@@ -1,11 +1,12 @@
 //! The background thread: frozen in-memory layers are written as L0 delta layer files, and
-//! automatic compaction's L0 → L1 merges are written, on a thread of their own while ingest
-//! goes on.
+//! automatic compaction (the L0 → L1 merge and the images after it) runs, on a thread of its
+//! own while ingest goes on.
 //!
 //! The thread only writes files (fsynced, renamed, directory fsynced, then opened); it never
-//! touches the timeline's state. Merges' results are installed by the ingest thread the same
-//! way ([`super::compaction`]: replace the L0 layers in the layer map and the metadata, then
-//! images if due). Results come back in freeze order, and the ingest thread
+//! touches the timeline's state: a compaction reads a snapshot of the layer map taken when it
+//! was submitted ([`super::compaction::ImageSnapshot`]). Its results are installed by the
+//! ingest thread the same way ([`super::compaction`]: replace the L0 layers in the layer map
+//! and the metadata, then add the images). Results come back in freeze order, and the ingest thread
 //! *installs* them ([`super::Timeline`]): the layer joins the layer map, the frozen layer
 //! leaves the in-memory set, and the metadata is stored with the ingest position *of that
 //! frozen layer* — so `disk_consistent_lsn` only ever names a record whose values are all in
@@ -24,7 +25,7 @@ use std::thread::JoinHandle;
 
 use layer_format::{Compression, DeltaLayerWriter, Key, Lsn};
 
-use super::compaction::{merge_l0, L0Merge};
+use super::compaction::{compact_in_background, BackgroundCompaction, ImageSnapshot};
 use super::error::{Result, TimelineError};
 use super::layer_map::Layer;
 use super::open_layer::FrozenLayer;
@@ -49,15 +50,16 @@ pub struct FlushedLayer {
 
 enum Job {
     Flush(Arc<FrozenLayer>),
-    /// Groups of L0 layers, each to become one L1 run of files of about this size.
-    Merge(Vec<Vec<Arc<Layer>>>, u64),
+    /// Groups of L0 layers, each to become one L1 run of files of about this size, then
+    /// the images reads of the result need ([`compact_in_background`]).
+    Compact(Vec<Vec<Arc<Layer>>>, u64, ImageSnapshot),
 }
 
 /// A finished job.
 pub enum Done {
     /// `None` for a frozen layer without values.
     Flushed(Result<Option<FlushedLayer>>),
-    Merged(Result<L0Merge>),
+    Compacted(Result<BackgroundCompaction>),
 }
 
 #[derive(Default)]
@@ -84,18 +86,21 @@ impl Shared {
     }
 }
 
-/// The flush thread of one timeline (started at the first freeze).
-pub struct Flusher {
+/// One background thread and its queue (started at its first job).
+struct Worker {
+    name: &'static str,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     /// Jobs submitted and not yet taken back.
     in_flight: usize,
-    merging: bool,
+    /// The result standing for a job whose thread died without one.
+    lost: fn(TimelineError) -> Done,
 }
 
-impl Flusher {
-    pub fn new(dir: &Path) -> Flusher {
-        Flusher {
+impl Worker {
+    fn new(dir: &Path, name: &'static str, lost: fn(TimelineError) -> Done) -> Worker {
+        Worker {
+            name,
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
                 state: Mutex::new(State::default()),
@@ -104,44 +109,22 @@ impl Flusher {
             }),
             thread: None,
             in_flight: 0,
-            merging: false,
+            lost,
         }
     }
 
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
-    /// Whether an L0 merge is submitted and not yet taken back.
-    pub fn merging(&self) -> bool {
-        self.merging
-    }
-
-    /// Whether a result can be taken without waiting.
-    pub fn has_ready(&self) -> bool {
+    fn has_ready(&self) -> bool {
         self.shared.ready.load(Ordering::Acquire) > 0
     }
 
-    /// Queues a frozen layer for writing.
-    pub fn submit(&mut self, frozen: Arc<FrozenLayer>) -> Result<()> {
-        self.submit_job(Job::Flush(frozen))
-    }
-
-    /// Queues an L0 → L1 merge of these groups (see [`merge_l0`]).
-    pub fn submit_merge(&mut self, groups: Vec<Vec<Arc<Layer>>>, target: u64) -> Result<()> {
-        self.submit_job(Job::Merge(groups, target))?;
-        self.merging = true;
-        Ok(())
-    }
-
-    fn submit_job(&mut self, job: Job) -> Result<()> {
+    fn submit(&mut self, job: Job) -> Result<()> {
         if self.thread.is_none() {
             let shared = self.shared.clone();
             let t = std::thread::Builder::new()
-                .name("l0-flush".into())
+                .name(self.name.into())
                 .spawn(move || run(&shared))
                 .map_err(TimelineError::io(
-                    "start the flush thread",
+                    "start a background thread of",
                     &self.shared.dir,
                 ))?;
             self.thread = Some(t);
@@ -154,7 +137,7 @@ impl Flusher {
 
     /// The next result in submission order: waits for it if `wait`, else only if it is
     /// ready. `None` when nothing is in flight (or, without `wait`, nothing is ready).
-    pub fn take(&mut self, wait: bool) -> Option<Done> {
+    fn take(&mut self, wait: bool) -> Option<Done> {
         if self.in_flight == 0 || (!wait && !self.has_ready()) {
             return None;
         }
@@ -163,16 +146,13 @@ impl Flusher {
             if let Some(r) = st.done.pop_front() {
                 self.shared.ready.fetch_sub(1, Ordering::AcqRel);
                 self.in_flight -= 1;
-                if matches!(r, Done::Merged(_)) {
-                    self.merging = false;
-                }
                 return Some(r);
             }
             if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
                 self.in_flight = 0;
-                self.merging = false;
-                return Some(Done::Flushed(Err(TimelineError::Invalid(
-                    "the flush thread ended without a result (it panicked)".into(),
+                return Some((self.lost)(TimelineError::Invalid(format!(
+                    "the {} thread ended without a result (it panicked)",
+                    self.name
                 ))));
             }
             st = self.shared.cv.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -180,16 +160,78 @@ impl Flusher {
     }
 }
 
-impl Drop for Flusher {
-    /// Stops the thread after the file it is writing (queued layers are dropped: they were not
-    /// durable, and a file finished after its timeline closed would be deleted at the next
-    /// open anyway). Joining keeps a later open of the directory from racing with it.
+impl Drop for Worker {
+    /// Stops the thread after the job it is running (queued jobs are dropped: their results
+    /// were not durable yet, and a file finished after its timeline closed would be deleted
+    /// at the next open anyway). Joining keeps a later open of the directory from racing
+    /// with it.
     fn drop(&mut self) {
         self.shared.lock().shutdown = true;
         self.shared.cv.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The background threads of one timeline: one writes L0 files, in freeze order; the other
+/// runs automatic compactions, so that a long compaction never holds up a flush (nor, once
+/// [`MAX_FROZEN`] layers wait, ingest).
+pub struct Flusher {
+    flush: Worker,
+    compact: Worker,
+}
+
+impl Flusher {
+    pub fn new(dir: &Path) -> Flusher {
+        Flusher {
+            flush: Worker::new(dir, "l0-flush", |e| Done::Flushed(Err(e))),
+            compact: Worker::new(dir, "compaction", |e| Done::Compacted(Err(e))),
+        }
+    }
+
+    /// Frozen layers submitted and not yet taken back.
+    pub fn in_flight(&self) -> usize {
+        self.flush.in_flight
+    }
+
+    /// Whether a compaction is submitted and not yet taken back.
+    pub fn merging(&self) -> bool {
+        self.compact.in_flight > 0
+    }
+
+    /// Whether a result can be taken without waiting.
+    pub fn has_ready(&self) -> bool {
+        self.flush.has_ready() || self.compact.has_ready()
+    }
+
+    /// Queues a frozen layer for writing.
+    pub fn submit(&mut self, frozen: Arc<FrozenLayer>) -> Result<()> {
+        self.flush.submit(Job::Flush(frozen))
+    }
+
+    /// Queues an L0 → L1 merge of these groups and the images after it (see
+    /// [`compact_in_background`]).
+    pub fn submit_compaction(
+        &mut self,
+        groups: Vec<Vec<Arc<Layer>>>,
+        target: u64,
+        snapshot: ImageSnapshot,
+    ) -> Result<()> {
+        self.compact.submit(Job::Compact(groups, target, snapshot))
+    }
+
+    /// The next result: a finished compaction, else the next L0 file in freeze order. With
+    /// `wait`, waits for the next L0 file if one is in flight, else for the compaction.
+    /// `None` when nothing is in flight (or, without `wait`, nothing is ready).
+    pub fn take(&mut self, wait: bool) -> Option<Done> {
+        if self.compact.has_ready() {
+            return self.compact.take(false);
+        }
+        if self.flush.in_flight > 0 {
+            return self.flush.take(wait);
+        }
+        self.compact.take(wait)
     }
 }
 
@@ -207,11 +249,17 @@ fn run(shared: &Shared) {
                 st = shared.cv.wait(st).unwrap_or_else(|e| e.into_inner());
             }
         };
-        let res = match &job {
-            Job::Flush(frozen) => Done::Flushed(write_l0(&shared.dir, frozen)),
-            Job::Merge(groups, target) => Done::Merged(merge_l0(&shared.dir, *target, groups)),
+        // The job (and the snapshot it holds) is dropped before its result is handed back:
+        // the ingest thread then owns the key space alone again.
+        let res = match job {
+            Job::Flush(frozen) => Done::Flushed(write_l0(&shared.dir, &frozen)),
+            Job::Compact(groups, target, snapshot) => Done::Compacted(compact_in_background(
+                &shared.dir,
+                target,
+                &groups,
+                snapshot,
+            )),
         };
-        drop(job);
         shared.lock().done.push_back(res);
         shared.ready.fetch_add(1, Ordering::AcqRel);
         shared.cv.notify_all();

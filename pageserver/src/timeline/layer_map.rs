@@ -171,6 +171,7 @@ impl Layer {
 }
 
 /// Layers sharing one kind and LSN range, with disjoint key ranges sorted by start.
+#[derive(Clone)]
 pub struct Run {
     pub kind: LayerKind,
     pub lsn_range: Range<Lsn>,
@@ -188,8 +189,9 @@ impl Run {
     }
 }
 
-/// Every layer file of a timeline, grouped in runs.
-#[derive(Default)]
+/// Every layer file of a timeline, grouped in runs. A clone shares the layers: compaction
+/// reads a snapshot of the map on its own thread.
+#[derive(Clone, Default)]
 pub struct LayerMap {
     /// Newest first (descending LSN range).
     runs: Vec<Run>,

@@ -19,8 +19,10 @@
 //! open layer ([`open_layer`]), then [`Timeline::finish_record`] moves the ingest position and,
 //! when the open layer reached [`TimelineConf::freeze_bytes`], freezes it and hands it to the
 //! background flush thread ([`flush`]), which writes the L0 file while ingest goes on. Finished
-//! L0 files are installed by the ingest thread (layer map, metadata), which then compacts if
-//! [`CompactionConf::auto`] and the L0 layers reached their threshold. [`Timeline::flush`]
+//! L0 files are installed by the ingest thread (layer map, metadata), which then submits an
+//! automatic compaction to the same thread if [`CompactionConf::auto`] and the L0 layers
+//! reached their threshold; its merged files and images are installed the same way.
+//! [`Timeline::flush`]
 //! freezes and waits for every pending flush. Reads take `&self` and see frozen layers until
 //! their files are installed. Crash safety: a layer file is durable (fsynced, renamed,
 //! directory fsynced) before the metadata that lists it is replaced, and the metadata's
@@ -124,8 +126,12 @@ pub struct Timeline {
     cache: Mutex<read::PageCache>,
     stats: Mutex<ReadStats>,
     writes: WriteStats,
-    /// Every key of the durable layers, once compaction needed it (see [`compaction`]).
-    keyspace: Option<BTreeSet<Key>>,
+    /// Every key of the durable layers, once compaction needed it (see [`compaction`]);
+    /// shared with a background compaction while it runs.
+    keyspace: Option<Arc<BTreeSet<Key>>>,
+    /// Keys of layers installed while a background compaction shared `keyspace`, not added
+    /// to it yet.
+    keyspace_backlog: Vec<Key>,
     /// A branch's parent, for reads that reach below the branch's own history
     /// (see [`ancestor`]); attached after open.
     ancestor: Option<ancestor::Ancestor>,
@@ -214,6 +220,7 @@ impl Timeline {
             layers,
             writes: WriteStats::default(),
             keyspace: None,
+            keyspace_backlog: Vec::new(),
             ancestor: None,
             fetch,
         })
@@ -407,7 +414,8 @@ impl Timeline {
         if !self.flusher.merging() {
             if let Some(groups) = self.due_l0_merge() {
                 let target = self.conf.compaction.target_file_bytes;
-                self.flusher.submit_merge(groups, target)?;
+                let snapshot = self.image_snapshot()?;
+                self.flusher.submit_compaction(groups, target, snapshot)?;
             }
         }
         Ok(())
@@ -426,7 +434,7 @@ impl Timeline {
     fn install_done(&mut self, done: flush::Done) -> Result<()> {
         let res = match done {
             flush::Done::Flushed(r) => r.and_then(|f| self.install_one(f)),
-            flush::Done::Merged(r) => r.and_then(|m| self.finish_background_merge(m)),
+            flush::Done::Compacted(r) => r.and_then(|c| self.finish_background_compaction(c)),
         };
         if let Err(e) = &res {
             self.broken = Some(e.to_string());
@@ -450,8 +458,8 @@ impl Timeline {
         meta.last_record_lsn = frozen.last_record_lsn;
         meta.store(&self.dir)?;
         self.meta = meta;
-        if let Some(ks) = self.keyspace.as_mut() {
-            ks.extend(frozen.layer.sorted_keys());
+        if self.keyspace.is_some() {
+            self.add_keys(frozen.layer.sorted_keys());
         }
         Ok(())
     }
@@ -484,14 +492,16 @@ impl Timeline {
             .collect::<Result<Vec<_>>>()?;
         self.writes.layer_bytes += bytes;
         self.writes.import_bytes += bytes;
-        if let Some(ks) = self.keyspace.as_mut() {
+        if self.keyspace.is_some() {
+            let mut keys = Vec::new();
             for l in &layers {
                 if let layer_map::LayerFile::Image(img) = l.file()? {
                     for k in img.keys() {
-                        ks.insert(k?);
+                        keys.push(k?);
                     }
                 }
             }
+            self.add_keys(keys);
         }
         self.add_layers(layers)
     }

@@ -17,8 +17,10 @@ use layer_format::{Key, KeyKind, LayerDesc, Lsn, RecordPayload, Value};
 use walproto::consts::BLCKSZ;
 use walproto::record::decode_record_body;
 
+use super::ancestor::Ancestor;
 use super::error::{Result, TimelineError};
-use super::layer_map::{Layer, LayerFile, Residence};
+use super::layer_map::{Layer, LayerFile, LayerMap, Residence};
+use super::open_layer::InMemoryLayers;
 use super::Timeline;
 use crate::redo::{self, Page};
 
@@ -151,23 +153,32 @@ enum Step {
     Done(Base),
 }
 
-impl Timeline {
-    /// Pushes one version onto the chain; says whether the chain is complete.
-    fn take(chain: &mut Vec<(Lsn, Value)>, lsn: Lsn, v: Value) -> Step {
-        match v {
-            Value::Image(b) => Step::Done(Base::Image(lsn, b)),
-            Value::WalRecord(r) => {
-                let init = r.will_init;
-                chain.push((lsn, Value::WalRecord(r)));
-                if init {
-                    Step::Done(Base::Absent)
-                } else {
-                    Step::Continue
-                }
+/// What a read looks through: a timeline's in-memory layers (none in a snapshot of its
+/// durable layers, which compaction reads on its own thread), its layer map, and its
+/// ancestor (`Err`: a branch whose ancestor is not attached, and why).
+pub(super) struct Sources<'a> {
+    pub(super) open: Option<&'a InMemoryLayers>,
+    pub(super) layers: &'a LayerMap,
+    pub(super) ancestor: std::result::Result<Option<&'a Ancestor>, String>,
+}
+
+/// Pushes one version onto the chain; says whether the chain is complete.
+fn take(chain: &mut Vec<(Lsn, Value)>, lsn: Lsn, v: Value) -> Step {
+    match v {
+        Value::Image(b) => Step::Done(Base::Image(lsn, b)),
+        Value::WalRecord(r) => {
+            let init = r.will_init;
+            chain.push((lsn, Value::WalRecord(r)));
+            if init {
+                Step::Done(Base::Absent)
+            } else {
+                Step::Continue
             }
         }
     }
+}
 
+impl Sources<'_> {
     fn collect(&self, key: Key, lsn: Lsn, cached: Option<CachedPage>) -> Result<Chain> {
         let stop = cached.as_ref().map(|c| c.lsn);
         let mut records = Vec::new();
@@ -182,14 +193,16 @@ impl Timeline {
             Some(c) => Base::Cached(c.clone()),
             None => Base::Absent,
         };
-        // The open layer.
-        for e in self.open.versions(key, lsn).iter().rev() {
-            if stop.is_some_and(|s| e.lsn <= s) {
-                return done(cached_base(&cached), records, 0);
-            }
-            let v = self.open.read(key, e)?;
-            if let Step::Done(base) = Self::take(&mut records, e.lsn, v) {
-                return done(base, records, 0);
+        // The in-memory layers.
+        if let Some(open) = self.open {
+            for e in open.versions(key, lsn).iter().rev() {
+                if stop.is_some_and(|s| e.lsn <= s) {
+                    return done(cached_base(&cached), records, 0);
+                }
+                let v = open.read(key, e)?;
+                if let Step::Done(base) = take(&mut records, e.lsn, v) {
+                    return done(base, records, 0);
+                }
             }
         }
         // Layer files, newest first.
@@ -204,7 +217,7 @@ impl Timeline {
                             return done(cached_base(&cached), records, visited);
                         }
                         let v = d.read_value(&e.handle)?;
-                        if let Step::Done(base) = Self::take(&mut records, e.lsn, v) {
+                        if let Step::Done(base) = take(&mut records, e.lsn, v) {
                             return done(base, records, visited);
                         }
                     }
@@ -227,7 +240,15 @@ impl Timeline {
         }
         // A branch: the history below its own continues in the ancestor as of the branch
         // point (see `ancestor`). The child's records are newer, so they come first.
-        match self.ancestor_for_read(key, lsn)? {
+        let ancestor = self
+            .ancestor
+            .as_ref()
+            .map_err(|reason| TimelineError::Reconstruct {
+                key,
+                lsn,
+                reason: reason.clone(),
+            })?;
+        match ancestor {
             Some(a) => {
                 let below = a.read(|t| t.collect(key, lsn.min(a.lsn), None))?;
                 records.extend(below.records);
@@ -235,6 +256,42 @@ impl Timeline {
             }
             None => done(Base::Absent, records, visited),
         }
+    }
+
+    /// The value of any key at `lsn` as an image layer stores it: a rebuilt page, a stored
+    /// image of a non-page key, or `None` if the key does not exist then. No page cache.
+    pub(super) fn reconstruct_value(&self, key: Key, lsn: Lsn) -> Result<Option<Bytes>> {
+        let chain = self.collect(key, lsn, None)?;
+        if chain.records.is_empty() {
+            return Ok(match chain.base {
+                Base::Image(_, b) => Some(b),
+                Base::Absent => None,
+                Base::Cached(c) => Some(Bytes::copy_from_slice(&c.page[..])),
+            });
+        }
+        let rebuilt = apply_chain(key, chain)?;
+        Ok(rebuilt.page.map(|p| Bytes::copy_from_slice(&p[..])))
+    }
+}
+
+impl Timeline {
+    /// Where reads of this timeline look.
+    pub(super) fn sources(&self) -> Sources<'_> {
+        Sources {
+            open: Some(&self.open),
+            layers: &self.layers,
+            ancestor: match (&self.ancestor, self.ancestor_link()) {
+                (Some(a), _) => Ok(Some(a)),
+                (None, None) => Ok(None),
+                (None, Some((id, at))) => Err(format!(
+                    "the branch's ancestor {id} (branch point {at}) is not attached"
+                )),
+            },
+        }
+    }
+
+    fn collect(&self, key: Key, lsn: Lsn, cached: Option<CachedPage>) -> Result<Chain> {
+        self.sources().collect(key, lsn, cached)
     }
 
     /// The page of relation-block key `key` as of `lsn`, or `None` if it does not exist then.
@@ -245,23 +302,6 @@ impl Timeline {
     /// Like [`Timeline::get_page`], with the LSN and writer of the newest version.
     pub fn get_page_version(&self, key: Key, lsn: Lsn) -> Result<Option<PageVersion>> {
         self.page_version(key, lsn, true)
-    }
-
-    /// The value of any key at `lsn` as an image layer stores it (for compaction): a rebuilt
-    /// page, a stored image of a non-page key, or `None` if the key does not exist then.
-    /// Leaves the read statistics and the page cache alone.
-    pub(super) fn reconstruct_value(&self, key: Key, lsn: Lsn) -> Result<Option<Bytes>> {
-        let chain = self.collect(key, lsn, None)?;
-        if chain.records.is_empty() {
-            return Ok(match chain.base {
-                Base::Image(_, b) => Some(b),
-                Base::Absent => None,
-                Base::Cached(c) => Some(Bytes::copy_from_slice(&c.page[..])),
-            });
-        }
-        Ok(self
-            .page_version(key, lsn, false)?
-            .map(|v| Bytes::copy_from_slice(&v.page[..])))
     }
 
     /// GetPage; `user` reads count in the read statistics and metrics and fill the page cache.
@@ -308,44 +348,11 @@ impl Timeline {
         }
         let no_records = chain.records.is_empty();
         *shape = (!no_records, chain.layers_visited);
-        let (mut page, mut newest, mut writer) =
-            match chain.base {
-                Base::Absent => (None, Lsn::INVALID, None),
-                Base::Image(l, b) => {
-                    let p: Box<Page> = Box::new(b.as_ref().try_into().map_err(|_| {
-                        TimelineError::Reconstruct {
-                            key,
-                            lsn: l,
-                            reason: format!("image of {} bytes, not a page", b.len()),
-                        }
-                    })?);
-                    (Some(p), l, None)
-                }
-                Base::Cached(c) => (Some(c.page), c.lsn, c.writer),
-            };
-        for (l, v) in chain.records.into_iter().rev() {
-            let raw = match v {
-                Value::WalRecord(r) => match r.payload {
-                    RecordPayload::Postgres(raw) => raw,
-                    // Strata's own records: SLRU page changes (CLOG status, multixact).
-                    RecordPayload::Strata { kind, data } => {
-                        redo::slru::apply(kind, &data, &mut page).map_err(|e| {
-                            TimelineError::Reconstruct {
-                                key,
-                                lsn: l,
-                                reason: e.to_string(),
-                            }
-                        })?;
-                        (newest, writer) = (l, None);
-                        continue;
-                    }
-                },
-                Value::Image(_) => unreachable!("images end a chain"),
-            };
-            writer = raw.get(17).copied();
-            apply_pg_record(key, l, raw, &mut page)?;
-            newest = l;
-        }
+        let Rebuilt {
+            page,
+            newest,
+            writer,
+        } = apply_chain(key, chain)?;
         let Some(page) = page else {
             return Ok(None);
         };
@@ -441,6 +448,63 @@ impl Timeline {
             .map(|l| l.desc.clone())
             .collect()
     }
+}
+
+/// A page rebuilt from a chain.
+struct Rebuilt {
+    page: Option<Box<Page>>,
+    /// LSN of the newest version applied.
+    newest: Lsn,
+    writer: Option<u8>,
+}
+
+/// Applies a chain's records, oldest first, to its base.
+fn apply_chain(key: Key, chain: Chain) -> Result<Rebuilt> {
+    let (mut page, mut newest, mut writer) = match chain.base {
+        Base::Absent => (None, Lsn::INVALID, None),
+        Base::Image(l, b) => {
+            let p: Box<Page> =
+                Box::new(
+                    b.as_ref()
+                        .try_into()
+                        .map_err(|_| TimelineError::Reconstruct {
+                            key,
+                            lsn: l,
+                            reason: format!("image of {} bytes, not a page", b.len()),
+                        })?,
+                );
+            (Some(p), l, None)
+        }
+        Base::Cached(c) => (Some(c.page), c.lsn, c.writer),
+    };
+    for (l, v) in chain.records.into_iter().rev() {
+        let raw = match v {
+            Value::WalRecord(r) => match r.payload {
+                RecordPayload::Postgres(raw) => raw,
+                // Strata's own records: SLRU page changes (CLOG status, multixact).
+                RecordPayload::Strata { kind, data } => {
+                    redo::slru::apply(kind, &data, &mut page).map_err(|e| {
+                        TimelineError::Reconstruct {
+                            key,
+                            lsn: l,
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    (newest, writer) = (l, None);
+                    continue;
+                }
+            },
+            Value::Image(_) => unreachable!("images end a chain"),
+        };
+        writer = raw.get(17).copied();
+        apply_pg_record(key, l, raw, &mut page)?;
+        newest = l;
+    }
+    Ok(Rebuilt {
+        page,
+        newest,
+        writer,
+    })
 }
 
 /// Applies the raw Postgres record stored at `lsn` (its end LSN) to the page of `key`:

@@ -178,6 +178,16 @@ pub fn desc_type_name(rmid: u8, info: u8) -> String {
     }
 }
 
+/// `Rmgr/TYPE` of a record, as pg_waldump names it (`custom/…` for a custom resource
+/// manager): how errors and reports name a record.
+pub fn record_name(rec: &DecodedRecord) -> String {
+    format!(
+        "{}/{}",
+        rmgr_name(rec.rmid()).unwrap_or("custom"),
+        desc_type_name(rec.rmid(), rec.header.info)
+    )
+}
+
 /// The rest of the description after the type name (the rmgr's `rm_desc`). A record whose main
 /// data is malformed is described as `<error: ...>`.
 pub fn describe(rec: &DecodedRecord) -> String {
