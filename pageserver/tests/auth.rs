@@ -150,6 +150,7 @@ async fn call_once(c: &mut Client, rpc: Rpc, tenant: &str) -> Result<(), Status>
                 timeline_id: tl(),
                 lsn: 0x100_0000,
                 ttl_seconds: 60,
+                owner: String::new(),
             })
             .await
             .map(drop),
@@ -198,6 +199,7 @@ async fn call_once(c: &mut Client, rpc: Rpc, tenant: &str) -> Result<(), Status>
                 tenant_id: t(),
                 timeline_id: tl(),
                 lsn: 0x100_0000,
+                owner: String::new(),
             })
             .await
             .map(drop),
