@@ -470,6 +470,24 @@ async fn every_rpc_needs_a_token_of_the_right_scope() -> Result<()> {
         .await
         .expect_err("tenant A's stream read tenant B");
     assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+
+    // A tenant may branch, but where the new branch streams WAL from is the admin's choice.
+    let elsewhere = pb::CreateBranchRequest {
+        tenant_id: TENANT_A.into(),
+        parent_timeline_id: TIMELINE.into(),
+        safekeepers: vec!["127.0.0.1:1".into()],
+        ..Default::default()
+    };
+    let s = tenant_a
+        .create_branch(elsewhere.clone())
+        .await
+        .expect_err("a tenant token named a branch's safekeepers");
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    assert!(
+        s.message().contains("naming a new branch's safekeepers"),
+        "{s:?}"
+    );
+    admin.create_branch(elsewhere).await?;
     drop(pg);
     Ok(())
 }

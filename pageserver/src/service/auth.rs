@@ -133,6 +133,12 @@ impl PageserverService {
         )
     }
 
+    /// A check of `admin` for part of a call whose RPC needs less (`what` names that part).
+    pub(super) fn authorize_admin<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        strata_auth::check(req, self.auth.verifier.as_deref(), &Scope::Admin)
+            .map_err(|s| Status::new(s.code(), format!("{what}: {}", s.message())))
+    }
+
     /// The claims of a stream's token, checked to allow some tenant's reads: each request of
     /// the stream is then checked against its own tenant ([`allow_stream_request`]).
     pub(super) fn authorize_stream<T>(&self, req: &Request<T>) -> Result<Option<Claims>, Status> {

@@ -378,6 +378,10 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         req: Request<pb::CreateBranchRequest>,
     ) -> Result<Response<pb::TimelineInfo>, Status> {
         self.authorize(&req, Rpc::CreateBranch, &req.get_ref().tenant_id)?;
+        if !req.get_ref().safekeepers.is_empty() {
+            // Where a timeline streams WAL from is an operator's choice, as in SetSafekeepers.
+            self.authorize_admin(&req, "naming a new branch's safekeepers")?;
+        }
         use pb::create_branch_request::Target;
         let r = req.into_inner();
         let target = match r.target {
