@@ -327,8 +327,16 @@ fn safekeeper_mentions(s: &StrataCli, id: &str) -> Result<Vec<String>> {
     Ok(found)
 }
 
-/// A safekeeper's DeleteTimeline, straight over gRPC: its status code and message.
-fn safekeeper_delete(addr: &str, tenant: &str, timeline: &str) -> Result<(tonic::Code, String)> {
+/// A safekeeper's DeleteTimeline, straight over gRPC with the cluster's admin token: its
+/// status code and message.
+fn safekeeper_delete(
+    s: &StrataCli,
+    addr: &str,
+    tenant: &str,
+    timeline: &str,
+) -> Result<(tonic::Code, String)> {
+    let token = std::fs::read_to_string(s.dir.join("auth/admin.token"))
+        .context("the cluster's admin token")?;
     use walproto::proto::safekeeper as sk;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -338,10 +346,12 @@ fn safekeeper_delete(addr: &str, tenant: &str, timeline: &str) -> Result<(tonic:
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await?;
-        let req = sk::DeleteTimelineRequest {
+        let mut req = tonic::Request::new(sk::DeleteTimelineRequest {
             tenant_id: tenant.into(),
             timeline_id: timeline.into(),
-        };
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {}", token.trim()).parse()?);
         let mut client = sk::safekeeper_client::SafekeeperClient::new(ch);
         let call = client.delete_timeline(req);
         match tokio::time::timeout(Duration::from_secs(30), call).await {
@@ -475,7 +485,7 @@ fn lifecycle(s: &StrataCli, sk_addr: &str) -> Result<()> {
         !safekeeper_mentions(s, &dev_id)?.is_empty(),
         "the safekeepers hold nothing of dev: the checks below prove nothing"
     );
-    let (code, msg) = safekeeper_delete(sk_addr, &tenant_id, &dev_id)?;
+    let (code, msg) = safekeeper_delete(s, sk_addr, &tenant_id, &dev_id)?;
     ensure!(
         code == tonic::Code::FailedPrecondition && msg.contains("proposer"),
         "DeleteTimeline with a proposer connected: {code:?} {msg}"
@@ -500,7 +510,7 @@ fn lifecycle(s: &StrataCli, sk_addr: &str) -> Result<()> {
         "dev's WAL remains on the safekeepers: {on_sk:?}"
     );
     // Asked again, a safekeeper has nothing left to delete and says so without an error.
-    let (code, msg) = safekeeper_delete(sk_addr, &tenant_id, &dev_id)?;
+    let (code, msg) = safekeeper_delete(s, sk_addr, &tenant_id, &dev_id)?;
     ensure!(
         code == tonic::Code::Ok,
         "a second DeleteTimeline: {code:?} {msg}"

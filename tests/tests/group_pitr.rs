@@ -201,8 +201,12 @@ fn prepare(port: u16, gid: &str, amount: i64) -> Result<()> {
     Ok(())
 }
 
+/// Transfers numbered up to this may be left prepared (every 6th): three per client, so with
+/// two clients a member never holds more than its `max_prepared_transactions` (10).
+const LEFT_PREPARED_UNTIL: usize = 18;
+
 /// One client: transfers between two members by 2PC until `stop`; every 5th is rolled back,
-/// every 6th left prepared, every 3rd has a slow coordinator (300 ms between its two
+/// every 6th of the first [`LEFT_PREPARED_UNTIL`] left prepared, every 3rd has a slow coordinator (300 ms between its two
 /// commits); every 4th is followed by a local (non-2PC) transaction. Returns how many
 /// transfers it committed.
 fn transfers(
@@ -221,7 +225,8 @@ fn transfers(
         let amount = 1 + (n % 50) as i64;
         prepare(ports[from], &gid, -amount)?;
         prepare(ports[to], &gid, amount)?;
-        if n.is_multiple_of(6) {
+        // Only the first few: each stays prepared for good, and a member allows 10.
+        if n.is_multiple_of(6) && n <= LEFT_PREPARED_UNTIL {
             continue;
         }
         let decision = if n.is_multiple_of(5) {
