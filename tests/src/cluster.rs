@@ -3,8 +3,9 @@
 //! loopback TCP, logging in with the cluster's compute password (`<dir>/auth/pgpass`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -52,6 +53,47 @@ impl StrataCli {
         all.extend_from_slice(args);
         let s = self.run(&all)?;
         serde_json::from_str(&s).with_context(|| format!("strata printed no JSON: {s}"))
+    }
+
+    /// Runs `strata --dir DIR args…`, killed if it takes longer than `within`:
+    /// (exit code, stdout, stderr), whether it succeeded or not.
+    pub fn run_within(&self, args: &[&str], within: Duration) -> Result<(i32, String, String)> {
+        let mut child = Command::new(&self.bin)
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting strata")?;
+        let t0 = Instant::now();
+        while child.try_wait()?.is_none() {
+            if t0.elapsed() > within {
+                let _ = child.kill();
+                let out = child.wait_with_output()?;
+                bail!(
+                    "strata {args:?} still running after {within:?}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// `strata args…` that must fail (without a panic) within `within`: its stderr.
+    pub fn refused_within(&self, args: &[&str], within: Duration) -> Result<String> {
+        let (code, out, err) = self.run_within(args, within)?;
+        ensure!(code != 0, "strata {args:?} succeeded: {out}");
+        ensure!(!err.contains("panicked"), "strata {args:?} panicked: {err}");
+        Ok(err)
     }
 }
 

@@ -6,7 +6,7 @@
 //! Every `strata` run here has a deadline: a command that hangs fails the test.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -20,34 +20,7 @@ const STATUS_WITHIN: Duration = Duration::from_secs(30);
 
 /// `strata [--json] args…` with a deadline: (exit code, stdout, stderr).
 fn run_with_code(s: &StrataCli, args: &[&str]) -> Result<(i32, String, String)> {
-    let mut child = Command::new(&s.bin)
-        .arg("--dir")
-        .arg(&s.dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting strata")?;
-    let t0 = Instant::now();
-    while child.try_wait()?.is_none() {
-        if t0.elapsed() > STATUS_WITHIN {
-            let _ = child.kill();
-            let out = child.wait_with_output()?;
-            bail!(
-                "strata {args:?} still running after {STATUS_WITHIN:?}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    s.run_within(args, STATUS_WITHIN)
 }
 
 /// `strata --json status`: its exit code and what it printed.
@@ -364,10 +337,7 @@ fn safekeeper_delete(
 
 /// `strata --json args…` that must fail: its error line.
 fn refused(s: &StrataCli, args: &[&str]) -> Result<String> {
-    let (code, out, err) = run_with_code(s, args)?;
-    ensure!(code != 0, "strata {args:?} succeeded: {out}");
-    ensure!(!err.contains("panicked"), "strata {args:?} panicked: {err}");
-    Ok(err)
+    s.refused_within(args, STATUS_WITHIN)
 }
 
 /// The lifecycle on one cluster, every step with `--json` parsed and its effect checked:

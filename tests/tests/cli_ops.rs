@@ -9,10 +9,10 @@
 //! Every `strata` run has a deadline: a command that hangs fails the test.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use strata_tests::cluster::{on_new_cluster, psql, read_pid, wait_for, StrataCli};
 use walproto::Lsn;
@@ -22,42 +22,12 @@ const COMMAND_WITHIN: Duration = Duration::from_secs(120);
 
 /// `strata args…` with a deadline: (exit code, stdout, stderr).
 fn run_with_code(s: &StrataCli, args: &[&str]) -> Result<(i32, String, String)> {
-    let mut child = Command::new(&s.bin)
-        .arg("--dir")
-        .arg(&s.dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting strata")?;
-    let t0 = Instant::now();
-    while child.try_wait()?.is_none() {
-        if t0.elapsed() > COMMAND_WITHIN {
-            let _ = child.kill();
-            let out = child.wait_with_output()?;
-            bail!(
-                "strata {args:?} still running after {COMMAND_WITHIN:?}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    s.run_within(args, COMMAND_WITHIN)
 }
 
 /// `strata args…` that must fail: its stderr.
 fn refused(s: &StrataCli, args: &[&str]) -> Result<String> {
-    let (code, out, err) = run_with_code(s, args)?;
-    ensure!(code != 0, "strata {args:?} succeeded: {out}");
-    ensure!(!err.contains("panicked"), "strata {args:?} panicked: {err}");
-    Ok(err)
+    s.refused_within(args, COMMAND_WITHIN)
 }
 
 /// `strata --json check`: exit code and the parsed result.
