@@ -315,3 +315,16 @@ pub fn read_pid(path: &Path) -> Result<i32> {
         .and_then(|l| l.trim().parse().ok())
         .with_context(|| format!("{} holds no pid", path.display()))
 }
+
+/// Creates tablespace `ts` on the compute at `port`, in `<cluster dir>/primary-tablespace`
+/// (given to the Postgres OS user); returns that location.
+pub fn create_tablespace_ts(s: &StrataCli, port: u16) -> Result<PathBuf> {
+    let location = s.dir.join("primary-tablespace");
+    std::fs::create_dir_all(&location)?;
+    crate::os_user::give_to(crate::os_user::postgres_user()?, &location)?;
+    psql(
+        port,
+        &format!("CREATE TABLESPACE ts LOCATION '{}'", location.display()),
+    )?;
+    Ok(location)
+}

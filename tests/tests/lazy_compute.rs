@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use strata_tests::cluster::{
-    first_differences, mounts_under, on_new_cluster, pg_dump_db, pgbench, psql, psql_db, read_pid,
-    wait_for, StrataCli,
+    create_tablespace_ts, first_differences, mounts_under, on_new_cluster, pg_dump_db, pgbench,
+    psql, psql_db, read_pid, wait_for, StrataCli,
 };
-use strata_tests::os_user;
 use strata_tests::pg::{pg_bin_dir, InitOptions, PgCluster};
 use walproto::Lsn;
 
@@ -205,13 +204,7 @@ fn a_branch_with_a_tablespace_is_lazy_and_dumps_like_a_full_copy() -> Result<()>
         s.run(&["start"])?;
         s.run(&["tenant", "create", "t"])?;
         let main = start_compute(s, &["main"], true)?;
-        let location = s.dir.join("primary-tablespace");
-        std::fs::create_dir_all(&location)?;
-        os_user::give_to(os_user::postgres_user()?, &location)?;
-        psql(
-            main,
-            &format!("CREATE TABLESPACE ts LOCATION '{}'", location.display()),
-        )?;
+        create_tablespace_ts(s, main)?;
         psql(
             main,
             "CREATE TABLE spaced (id int PRIMARY KEY USING INDEX TABLESPACE ts, v text)

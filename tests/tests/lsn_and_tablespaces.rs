@@ -15,8 +15,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
-use strata_tests::cluster::{on_new_cluster, pg_dump, psql, StrataCli};
-use strata_tests::os_user;
+use strata_tests::cluster::{create_tablespace_ts, on_new_cluster, pg_dump, psql, StrataCli};
 use strata_tests::pg::pg_bin_dir;
 use strata_tests::pitr::postgres_pitr;
 use strata_tests::waldump::{parse_record_line, record_end, run_pg_waldump};
@@ -193,13 +192,7 @@ fn tablespaces_in_read_only_computes_queries_and_branches() -> Result<()> {
         s.run(&["start"])?;
         s.run(&["tenant", "create", "t"])?;
         let main = port_of(&s.json(&["compute", "start", "main"])?)?;
-        let location = s.dir.join("primary-tablespace");
-        std::fs::create_dir_all(&location)?;
-        os_user::give_to(os_user::postgres_user()?, &location)?;
-        psql(
-            main,
-            &format!("CREATE TABLESPACE ts LOCATION '{}'", location.display()),
-        )?;
+        let location = create_tablespace_ts(s, main)?;
         psql(
             main,
             "CREATE TABLE tt (id int PRIMARY KEY USING INDEX TABLESPACE ts, v text) TABLESPACE ts;
