@@ -88,6 +88,14 @@ impl StrataCli {
         ))
     }
 
+    /// The cluster's admin token (`<dir>/auth/admin.token`, written by `strata init`).
+    pub fn admin_token(&self) -> Result<String> {
+        let path = self.dir.join("auth/admin.token");
+        let token = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the admin token {}", path.display()))?;
+        Ok(token.trim().to_string())
+    }
+
     /// `strata args…` that must fail (without a panic) within `within`: its stderr.
     pub fn refused_within(&self, args: &[&str], within: Duration) -> Result<String> {
         let (code, out, err) = self.run_within(args, within)?;
@@ -327,4 +335,14 @@ pub fn create_tablespace_ts(s: &StrataCli, port: u16) -> Result<PathBuf> {
         &format!("CREATE TABLESPACE ts LOCATION '{}'", location.display()),
     )?;
     Ok(location)
+}
+
+/// `msg` as a gRPC request carrying `token` (if any) as `authorization: Bearer`.
+pub fn bearer_request<T>(msg: T, token: Option<&str>) -> Result<tonic::Request<T>> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(t) = token {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse()?);
+    }
+    Ok(r)
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
-use strata_tests::cluster::{on_new_cluster, psql, StrataCli};
+use strata_tests::cluster::{bearer_request, on_new_cluster, psql, StrataCli};
 use strata_tests::pg::pg_bin_dir;
 use tonic::transport::Channel;
 use walproto::pgclient::{ConnConfig, PgConnection};
@@ -28,16 +28,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
-}
-
-/// `msg` as a request carrying `token` (if any) as `authorization: Bearer`.
-fn request<T>(msg: T, token: Option<&str>) -> Result<tonic::Request<T>> {
-    let mut r = tonic::Request::new(msg);
-    if let Some(t) = token {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {t}").parse()?);
-    }
-    Ok(r)
 }
 
 async fn channel(addr: &str) -> Result<Channel> {
@@ -67,7 +57,7 @@ fn pageserver_codes(
         let mut c = PageserverClient::new(channel(addr).await?);
         let list = tokio::time::timeout(
             CALL_LIMIT,
-            c.list_tenants(request(ps::ListTenantsRequest {}, token)?),
+            c.list_tenants(bearer_request(ps::ListTenantsRequest {}, token)?),
         )
         .await?;
         let page = ps::GetPageRequest {
@@ -82,13 +72,16 @@ fn pageserver_codes(
                 blkno: 0,
             })),
         };
-        let page = tokio::time::timeout(CALL_LIMIT, c.get_page(request(page, token)?)).await?;
+        let page =
+            tokio::time::timeout(CALL_LIMIT, c.get_page(bearer_request(page, token)?)).await?;
         let bb = ps::BasebackupRequest {
             tenant_id: tenant.into(),
             timeline_id: timeline.into(),
             ..Default::default()
         };
-        let bb = match tokio::time::timeout(CALL_LIMIT, c.basebackup(request(bb, token)?)).await? {
+        let bb = match tokio::time::timeout(CALL_LIMIT, c.basebackup(bearer_request(bb, token)?))
+            .await?
+        {
             Ok(stream) => {
                 let first = tokio::time::timeout(CALL_LIMIT, stream.into_inner().message()).await?;
                 match first {
@@ -116,7 +109,8 @@ fn safekeeper_code(
             tenant_id: tenant.into(),
             timeline_id: timeline.into(),
         };
-        let r = tokio::time::timeout(CALL_LIMIT, c.timeline_status(request(req, token)?)).await?;
+        let r = tokio::time::timeout(CALL_LIMIT, c.timeline_status(bearer_request(req, token)?))
+            .await?;
         Ok(code_of(r))
     })
 }
@@ -253,7 +247,7 @@ fn auth_is_on_by_default_and_refuses_whoever_lacks_the_token_or_password() -> Re
         let ps_addr = text(&started["pageserver"], "grpc_addr")?;
         let sk_grpc = text(&started["safekeepers"][0], "grpc_addr")?;
         let sk_pg = text(&started["safekeepers"][0], "pg_addr")?;
-        let admin = std::fs::read_to_string(auth.join("admin.token"))?;
+        let admin = s.admin_token()?;
         for (code, msg) in pageserver_codes(&ps_addr, None, &a_id, &a_tl)? {
             ensure!(
                 code == tonic::Code::Unauthenticated,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
-use strata_tests::cluster::{on_new_cluster, psql, StrataCli};
+use strata_tests::cluster::{bearer_request, on_new_cluster, psql, StrataCli};
 use strata_tests::pg::pg_bin_dir;
 use walproto::Lsn;
 
@@ -308,8 +308,7 @@ fn safekeeper_delete(
     tenant: &str,
     timeline: &str,
 ) -> Result<(tonic::Code, String)> {
-    let token = std::fs::read_to_string(s.dir.join("auth/admin.token"))
-        .context("the cluster's admin token")?;
+    let token = s.admin_token()?;
     use walproto::proto::safekeeper as sk;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -319,12 +318,13 @@ fn safekeeper_delete(
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await?;
-        let mut req = tonic::Request::new(sk::DeleteTimelineRequest {
-            tenant_id: tenant.into(),
-            timeline_id: timeline.into(),
-        });
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {}", token.trim()).parse()?);
+        let req = bearer_request(
+            sk::DeleteTimelineRequest {
+                tenant_id: tenant.into(),
+                timeline_id: timeline.into(),
+            },
+            Some(&token),
+        )?;
         let mut client = sk::safekeeper_client::SafekeeperClient::new(ch);
         let call = client.delete_timeline(req);
         match tokio::time::timeout(Duration::from_secs(30), call).await {
