@@ -236,6 +236,21 @@ impl Store {
         }
     }
 
+    /// Removes every object under `prefix` (listed first, then deleted one by one; one that
+    /// vanished meanwhile is fine); how many there were.
+    pub async fn delete_prefix(&self, prefix: &Path) -> Result<u64> {
+        use futures_util::StreamExt;
+        let mut objects = Vec::new();
+        let mut listing = self.store.list(Some(prefix));
+        while let Some(obj) = listing.next().await {
+            objects.push(obj.map_err(StoreError::store("list", prefix))?.location);
+        }
+        for obj in &objects {
+            self.delete(obj).await?;
+        }
+        Ok(objects.len() as u64)
+    }
+
     /// Stores `data` at `path`, then its checksum side object. Storing the same bytes again is
     /// harmless, so a retried or duplicated put is idempotent.
     pub async fn put_checked(&self, path: &Path, data: Bytes) -> Result<()> {

@@ -10,8 +10,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::ObjectStoreExt;
-use tokio_stream::StreamExt;
 use tonic::Status;
 use tracing::{info, warn};
 
@@ -65,25 +63,12 @@ fn remove_local(inner: &Inner, id: TenantTimeline) -> Result<bool, Status> {
 
 /// Deletes every offloaded WAL object of `id`; how many.
 async fn remove_remote(remote: &RemoteStorage, id: TenantTimeline) -> Result<u64, Status> {
-    let prefix = remote.wal_prefix(&id);
-    let failed = |what: &str, e: object_store::Error| {
+    remote.delete_timeline_wal(&id).await.map_err(|e| {
         Status::unavailable(format!(
-            "timeline {id}: {what} its offloaded WAL under {prefix} in {}: {e}",
+            "timeline {id}: deleting its offloaded WAL in {}: {e}",
             remote.url()
         ))
-    };
-    let mut objects = Vec::new();
-    let mut listing = remote.store().list(Some(&prefix));
-    while let Some(obj) = listing.next().await {
-        objects.push(obj.map_err(|e| failed("listing", e))?.location);
-    }
-    for obj in &objects {
-        match remote.store().delete(obj).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(failed("deleting", e)),
-        }
-    }
-    Ok(objects.len() as u64)
+    })
 }
 
 /// How long a deletion waits for the timeline's other users (its offload task, which ends at

@@ -47,6 +47,11 @@ impl RemoteStorage {
             .key(&["wal", &id.tenant.to_string(), &id.timeline.to_string()])
     }
 
+    /// Removes every offloaded WAL object of the timeline; how many there were.
+    pub async fn delete_timeline_wal(&self, id: &TenantTimeline) -> Result<u64, RemoteError> {
+        self.store.delete_prefix(&self.wal_prefix(id)).await
+    }
+
     /// `<prefix>/wal/<tenant>/<timeline>/<name>`.
     pub fn wal_object(&self, id: &TenantTimeline, name: &str) -> ObjectPath {
         self.store.key(&[

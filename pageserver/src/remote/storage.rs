@@ -84,6 +84,11 @@ impl RemoteStorage {
         Ok(self.tenants_path().join(tenant))
     }
 
+    /// Removes every object under `prefix`; how many there were.
+    pub async fn delete_prefix(&self, prefix: &Path) -> Result<u64> {
+        Ok(self.inner.delete_prefix(prefix).await?)
+    }
+
     /// Where a tenant's timelines are: the tenant's own directory (its `config` object is no
     /// directory, so a listing of directories finds the timelines only).
     pub fn timelines_path(&self, tenant: &str) -> Result<Path> {

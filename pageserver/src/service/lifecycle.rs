@@ -1,8 +1,6 @@
 //! The lifecycle RPCs of issue 21: deleting a whole tenant (its timelines stopped, its data
 //! removed locally and in the object store), and listing and revoking a timeline's leases.
 
-use futures_util::StreamExt;
-use object_store::ObjectStoreExt;
 use tonic::Status;
 use tracing::info;
 use walproto::proto::pageserver as pb;
@@ -17,23 +15,11 @@ async fn delete_remote_tenant(remote: &RemoteStorage, tenant: &str) -> Result<u6
     let prefix = remote
         .tenant_path(tenant)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let failed = |what: &str, e: object_store::Error| {
+    remote.delete_prefix(&prefix).await.map_err(|e| {
         Status::unavailable(format!(
-            "deleting tenant {tenant} from the object store: {what} {prefix}: {e}"
+            "deleting tenant {tenant} from the object store: {e}"
         ))
-    };
-    let mut objects = Vec::new();
-    let mut listing = remote.store().list(Some(&prefix));
-    while let Some(obj) = listing.next().await {
-        objects.push(obj.map_err(|e| failed("listing", e))?.location);
-    }
-    for obj in &objects {
-        match remote.store().delete(obj).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(failed("deleting an object under", e)),
-        }
-    }
-    Ok(objects.len() as u64)
+    })
 }
 
 fn lease_list(h: &TimelineHandle) -> pb::ListLeasesResponse {
