@@ -77,7 +77,8 @@ enum Command {
     /// The restore points (pg_create_restore_point) of a branch.
     ///
     /// Postgres writes a restore point without flushing its WAL, so one shows here once the
-    /// compute flushes: at its next commit, or within wal_writer_delay.
+    /// compute flushes it (at its next commit, or within wal_writer_delay) and the safekeepers
+    /// know it committed (the walproposer's next message, within 20 ms).
     RestorePoints(BranchArgs),
     /// Time travel: run SQL on a branch as of a past moment, without creating a branch.
     Query(query_cmd::QueryArgs),

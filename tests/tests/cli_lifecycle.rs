@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
-use strata_tests::cluster::{bearer_request, on_new_cluster, psql, StrataCli};
+use strata_tests::cluster::{bearer_request, on_new_cluster, psql, wait_for, StrataCli};
 use strata_tests::pg::pg_bin_dir;
 use walproto::Lsn;
 
@@ -383,9 +383,17 @@ fn lifecycle(s: &StrataCli, sk_addr: &str) -> Result<()> {
         "CREATE TABLE t AS SELECT generate_series(1, 1000) AS id",
     )?;
     let rp = psql(port, "SELECT pg_create_restore_point('before-dev')")?;
-    // Postgres writes a restore point without flushing it; the next commit flushes it.
+    // Postgres writes a restore point without flushing it; the next commit flushes it. The
+    // safekeepers learn that commit LSN with the walproposer's next message (within its
+    // 20 ms commit delay), and "as of now" reads go up to what they know: wait for it.
     psql(port, "CREATE TABLE flushed_after_the_restore_point ()")?;
-    let points = s.json(&["restore-points", "--tenant", "shop"])?;
+    let points = wait_for("the restore point listed", Duration::from_secs(10), || {
+        let points = s.json(&["restore-points", "--tenant", "shop"])?;
+        Ok(points
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+            .then_some(points))
+    })?;
     ensure!(
         points[0]["name"] == "before-dev" && points[0]["lsn"] == rp.as_str(),
         "restore-points prints {} where Postgres prints {rp}",
