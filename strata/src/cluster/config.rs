@@ -3,7 +3,6 @@
 //! same across restarts.
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -89,7 +88,7 @@ impl ClusterConfig {
         // metrics, each safekeeper's gRPC, replication and metrics, the proxy), then the
         // computes'.
         let services = 3 + 3 * n_safekeepers as u16;
-        let base = free_port_block(services + COMPUTE_PORTS)?;
+        let base = super::port_claims::claim_port_block(dir, services + COMPUTE_PORTS)?;
         let mut next = base..base + services;
         let mut port = || next.next().expect("the block holds a port per service");
         let pageserver = PageserverConfig {
@@ -146,37 +145,23 @@ impl ClusterConfig {
     pub fn safekeeper_pg_addrs(&self) -> Vec<String> {
         self.safekeepers.iter().map(|s| s.pg_addr()).collect()
     }
+
+    /// Every port the services listen on, and the computes' first port.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports = vec![self.pageserver.grpc_port, self.compute_base_port];
+        ports.extend(self.pageserver.metrics_port);
+        ports.extend(self.proxy.as_ref().map(|p| p.port));
+        for s in &self.safekeepers {
+            ports.extend([s.grpc_port, s.pg_port]);
+            ports.extend(s.metrics_port);
+        }
+        ports
+    }
 }
 
 /// Ports for computes, from `compute_base_port` up (`strata compute start` takes the first
 /// free one among them).
 pub const COMPUTE_PORTS: u16 = 100;
-
-/// The first port of `n` consecutive loopback ports free now, below the kernel's ephemeral
-/// port range. The cluster keeps its ports across restarts, and a port from the ephemeral range
-/// could meanwhile be taken as the local port of some outgoing connection, so a restarted
-/// server would not get it back. The search starts at a random place (several clusters on one
-/// machine rarely collide) and wraps around the range once.
-fn free_port_block(n: u16) -> Result<u16> {
-    use std::hash::{BuildHasher, RandomState};
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    const LOWEST: u16 = 10_000;
-    let bases = ephemeral_low.saturating_sub(n).saturating_sub(LOWEST);
-    if bases == 0 {
-        bail!("no room for {n} ports between {LOWEST} and the ephemeral port range ({ephemeral_low}…)");
-    }
-    let start = (RandomState::new().hash_one(std::process::id()) % u64::from(bases)) as u16;
-    for i in 0..bases {
-        let base = LOWEST + (start + i) % bases;
-        if (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return Ok(base);
-        }
-    }
-    bail!("could not find {n} consecutive free ports on 127.0.0.1 below {ephemeral_low}")
-}
 
 #[cfg(test)]
 mod tests {
@@ -189,13 +174,7 @@ mod tests {
             .unwrap();
         c.store(dir.path()).unwrap();
         assert_eq!(ClusterConfig::load(dir.path()).unwrap(), c);
-        let mut ports = vec![c.pageserver.grpc_port, c.compute_base_port];
-        ports.extend(c.pageserver.metrics_port);
-        ports.extend(c.proxy.as_ref().map(|p| p.port));
-        for s in &c.safekeepers {
-            ports.extend([s.grpc_port, s.pg_port]);
-            ports.extend(s.metrics_port);
-        }
+        let mut ports = c.ports();
         assert_eq!(
             ports.len(),
             2 + 1 + 1 + 3 * 3,

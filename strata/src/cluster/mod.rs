@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod daemon;
+mod port_claims;
 pub mod process;
 pub mod spec;
 pub mod supervisor;
