@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
-use strata_tests::cluster::{bearer_request, on_new_cluster, psql, wait_for, StrataCli};
+use strata_tests::cluster::{bearer_request, on_new_cluster, psql, StrataCli};
 use strata_tests::pg::pg_bin_dir;
 use walproto::Lsn;
 
@@ -382,23 +382,26 @@ fn lifecycle(s: &StrataCli, sk_addr: &str) -> Result<()> {
         port,
         "CREATE TABLE t AS SELECT generate_series(1, 1000) AS id",
     )?;
-    let rp = psql(port, "SELECT pg_create_restore_point('before-dev')")?;
-    // Postgres writes a restore point without flushing it; the next commit flushes it. The
-    // safekeepers learn that commit LSN with the walproposer's next message (within its
-    // 20 ms commit delay), and "as of now" reads go up to what they know: wait for it.
-    psql(port, "CREATE TABLE flushed_after_the_restore_point ()")?;
-    let points = wait_for("the restore point listed", Duration::from_secs(10), || {
+    // Postgres writes a restore point without flushing it; the next commit flushes it, and
+    // once that commit returns, the next "as of now" read sees both at once (the safekeepers
+    // learn the commit LSN only with the walproposer's next message, up to 20 ms later: the
+    // CLI counts what a majority flushed). Several rounds, so a read that raced would show.
+    let mut rp = String::new();
+    for round in 0..5 {
+        let name = format!("before-dev-{round}");
+        rp = psql(port, &format!("SELECT pg_create_restore_point('{name}')"))?;
+        psql(port, &format!("CREATE TABLE flushed_after_{round} ()"))?;
         let points = s.json(&["restore-points", "--tenant", "shop"])?;
-        Ok(points
+        let listed = points
             .as_array()
-            .is_some_and(|p| !p.is_empty())
-            .then_some(points))
-    })?;
-    ensure!(
-        points[0]["name"] == "before-dev" && points[0]["lsn"] == rp.as_str(),
-        "restore-points prints {} where Postgres prints {rp}",
-        points[0]["lsn"]
-    );
+            .and_then(|p| p.iter().find(|p| p["name"] == name.as_str()))
+            .with_context(|| format!("restore point {name} not listed right after the commit that flushed it: {points}"))?;
+        ensure!(
+            listed["lsn"] == rp.as_str(),
+            "restore-points prints {} where Postgres prints {rp}",
+            listed["lsn"]
+        );
+    }
     let dev = s.json(&["branch", "create", "dev", "--tenant", "shop"])?;
     let dev_id = dev["timeline_id"].as_str().context("dev id")?.to_string();
     s.json(&["compute", "start", "dev", "--tenant", "shop"])?;
