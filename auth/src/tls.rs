@@ -77,7 +77,7 @@ pub fn check_tls_listener(
     tls_on: bool,
     no_tls: bool,
 ) -> Result<(), TlsError> {
-    if tls_on || no_tls || addr.ip().is_loopback() {
+    if crate::listener::may_serve(addr, tls_on, no_tls) {
         return Ok(());
     }
     Err(TlsError::ClearListener { what, addr })
