@@ -66,7 +66,7 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 /// Writes `text` to a new file (`private`: mode 0600, never replacing one) and fsyncs it.
-fn write_synced(path: &Path, text: &str, private: bool) -> Result<(), AuthError> {
+pub(crate) fn write_synced(path: &Path, text: &str, private: bool) -> Result<(), AuthError> {
     let mut opts = OpenOptions::new();
     opts.write(true);
     if private {

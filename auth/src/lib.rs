@@ -8,14 +8,20 @@
 //! get the public key and check every call ([`TokenVerifier`], [`check`]). Clients send the
 //! token as `authorization: Bearer <token>` ([`client_interceptor`]) or, on a Postgres
 //! replication connection, as the password.
+//!
+//! TLS on the gRPC ports ([`server_tls`], [`ClientTls`], [`endpoint`]) uses certificates
+//! the cluster makes ([`ClusterCa`]).
 
+mod certs;
 mod claims;
 mod error;
 mod grpc;
 mod keys;
 mod listener;
+mod tls;
 mod token;
 
+pub use certs::{ClusterCa, CA_CERT_FILE};
 pub use claims::{Claims, Scope};
 pub use error::AuthError;
 pub use grpc::{
@@ -23,4 +29,8 @@ pub use grpc::{
 };
 pub use keys::{generate_key_pair, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE};
 pub use listener::check_listener;
+pub use tls::{
+    check_tls_listener, connect_error, endpoint, error_chain, server_tls, ClientTls, TlsError,
+    HANDSHAKE_TIMEOUT,
+};
 pub use token::{read_token_file, TokenIssuer, TokenVerifier};

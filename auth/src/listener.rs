@@ -12,10 +12,16 @@ pub fn check_listener(
     auth_on: bool,
     no_auth: bool,
 ) -> Result<(), AuthError> {
-    if auth_on || no_auth || addr.ip().is_loopback() {
+    if may_serve(addr, auth_on, no_auth) {
         return Ok(());
     }
     Err(AuthError::OpenListener { what, addr })
+}
+
+/// The rule of every listener beyond loopback: only with the protection on, or when the
+/// operator explicitly went without it.
+pub(crate) fn may_serve(addr: SocketAddr, protected: bool, opted_out: bool) -> bool {
+    protected || opted_out || addr.ip().is_loopback()
 }
 
 #[cfg(test)]

@@ -93,6 +93,10 @@ struct WpArgs {
     /// Propose call; needed when they check tokens (`--auth-public-key`).
     #[arg(long, value_name = "FILE")]
     safekeeper_token_file: Option<std::path::PathBuf>,
+    /// The CA certificate (PEM) the safekeepers' certificates are checked against: they are
+    /// called over TLS (https) with it, in clear without it.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -137,6 +141,10 @@ fn run(cli: Cli) -> Result<()> {
         .map(|p| strata_auth::read_token_file(&p).context("--safekeeper-token-file"))
         .transpose()?
         .map(walproposer::SafekeeperToken);
+    cfg.safekeeper_tls = a
+        .tls_ca
+        .map(|p| strata_auth::ClientTls::from_ca_file(&p).context("--tls-ca"))
+        .transpose()?;
     let metrics_listen = a.metrics_listen;
     let control_file = a.control_file;
     let rt = tokio::runtime::Builder::new_current_thread()

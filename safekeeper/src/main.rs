@@ -3,8 +3,10 @@
 //! Configuration comes from an optional TOML file (`--config`) with the same keys as the flags
 //! (`datadir`, `listen_grpc`, `listen_pg`, `id`, `remote_storage`, `s3_endpoint`, `s3_region`,
 //! `peers`, `partial_offload_interval_secs`, `runtime`, `max_connections`, `connection_threads`,
-//! `idle_timeout_secs`, `auth_public_key`, `auth_token_file`, `no_auth`); flags win. A gRPC or replication address
-//! beyond loopback is refused with auth off unless `--no-auth` says so. On start it prints
+//! `idle_timeout_secs`, `auth_public_key`, `auth_token_file`, `no_auth`, `tls_cert`, `tls_key`,
+//! `tls_ca`, `no_tls`); flags win. A gRPC or replication address beyond loopback is refused
+//! with auth off unless `--no-auth` says so, and a gRPC address beyond loopback without TLS
+//! (`--tls-cert`, `--tls-key`) unless `--no-tls` says so. On start it prints
 //! `safekeeper <id> listening on <addr>` to stdout (with the real port when asked for port 0),
 //! so scripts and tests can find it.
 //!
@@ -30,7 +32,7 @@ use safekeeper::conn_threads::ConnLimits;
 use safekeeper::peers::Peer;
 use safekeeper::remote_storage::{RemoteStorage, S3Options};
 use safekeeper::service::{SafekeeperService, ServiceAuth, ServiceConfig};
-use strata_auth::{check_listener, read_token_file, TokenVerifier};
+use strata_auth::{check_listener, check_tls_listener, read_token_file, ClientTls, TokenVerifier};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -113,6 +115,20 @@ struct Args {
     /// (refused otherwise).
     #[arg(long)]
     no_auth: bool,
+    /// The gRPC service's TLS certificate (PEM, the chain after it): with --tls-key the port
+    /// speaks only TLS. Needed for a gRPC address beyond loopback, unless --no-tls.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// The CA certificate (PEM) the peers' certificates are checked against: the peers are
+    /// called over TLS (https) with it, in clear without it.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Serve a gRPC address beyond loopback without TLS (refused otherwise).
+    #[arg(long)]
+    no_tls: bool,
     /// TOML configuration file with the same keys as the flags.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -137,6 +153,10 @@ struct FileConfig {
     auth_public_key: Option<PathBuf>,
     auth_token_file: Option<PathBuf>,
     no_auth: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    no_tls: Option<bool>,
     metrics_listen: Option<SocketAddr>,
 }
 
@@ -283,6 +303,7 @@ fn run() -> Result<()> {
         auth: service_auth(
             args.auth_public_key.or(file.auth_public_key),
             args.auth_token_file.or(file.auth_token_file),
+            args.tls_ca.or(file.tls_ca),
         )?,
         ..ServiceConfig::default()
     };
@@ -292,6 +313,13 @@ fn run() -> Result<()> {
     if let Some(pg_addr) = listen_pg {
         check_listener("the replication address", pg_addr, auth_on, no_auth)?;
     }
+    let tls = strata_auth::server_tls(
+        args.tls_cert.or(file.tls_cert).as_deref(),
+        args.tls_key.or(file.tls_key).as_deref(),
+    )?;
+    let no_tls = args.no_tls || file.no_tls.unwrap_or(false);
+    check_tls_listener("the gRPC address", listen, tls.is_some(), no_tls)?;
+    let server = grpc_server(tls)?;
     if let Some(secs) = args
         .partial_offload_interval_secs
         .or(file.partial_offload_interval_secs)
@@ -314,19 +342,24 @@ fn run() -> Result<()> {
         info!(runtime = ?kind, "async runtime");
         serve(
             datadir,
-            listen,
-            listen_pg,
+            (listen, listen_pg),
             id,
             config,
             limits,
             metrics_listen,
+            server,
         )
         .await
     })
 }
 
-/// The verifier of callers' tokens and the token for the peers, from their files.
-fn service_auth(public_key: Option<PathBuf>, token_file: Option<PathBuf>) -> Result<ServiceAuth> {
+/// The verifier of callers' tokens, the token for the peers and the CA their certificates
+/// are checked against, from their files.
+fn service_auth(
+    public_key: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+) -> Result<ServiceAuth> {
     let verifier = match &public_key {
         Some(path) => {
             let v = TokenVerifier::from_public_key_file(path)
@@ -344,20 +377,25 @@ fn service_auth(public_key: Option<PathBuf>, token_file: Option<PathBuf>) -> Res
     let peer_token = token_file
         .map(|p| read_token_file(&p).context("reading --auth-token-file"))
         .transpose()?;
+    let peer_tls = tls_ca
+        .map(|p| ClientTls::from_ca_file(&p).context("loading --tls-ca"))
+        .transpose()?;
     Ok(ServiceAuth {
         verifier,
         peer_token,
+        peer_tls,
     })
 }
 
+/// Serves gRPC on `listen` (with `server`'s settings) and replication on `listen_pg`.
 async fn serve(
     datadir: PathBuf,
-    listen: SocketAddr,
-    listen_pg: Option<SocketAddr>,
+    (listen, listen_pg): (SocketAddr, Option<SocketAddr>),
     id: u64,
     mut config: ServiceConfig,
     limits: ConnLimits,
     metrics_listen: Option<SocketAddr>,
+    server: tonic::transport::Server,
 ) -> Result<()> {
     // Live from here on; ready once the control files are loaded.
     let loaded = Arc::new(AtomicBool::new(false));
@@ -423,7 +461,8 @@ async fn serve(
     let accept = safekeeper::conn_threads::serve(
         listener,
         move || {
-            grpc_server()
+            server
+                .clone()
                 .add_service(health_service.clone())
                 .add_service(svc.clone().into_server())
         },
@@ -481,11 +520,19 @@ fn conn_limits(
 
 /// The gRPC server settings. Flow-control windows above anything a proposer keeps in flight
 /// (the session stops reading at 64 MiB unsynced), fixed: no WINDOW_UPDATE round trip or BDP
-/// ping on the append path. Frames up to 1 MiB carry a large append in few frames.
-fn grpc_server() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
+/// ping on the append path. Frames up to 1 MiB carry a large append in few frames. With
+/// `tls`, every connection speaks only TLS.
+fn grpc_server(tls: Option<tonic::transport::ServerTlsConfig>) -> Result<tonic::transport::Server> {
+    let server = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(64 << 20))
         .initial_connection_window_size(Some(128 << 20))
         .http2_adaptive_window(Some(false))
-        .max_frame_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20));
+    match tls {
+        Some(tls) => {
+            info!("TLS on: the gRPC port speaks only TLS");
+            Ok(server.tls_config(tls).context("configuring TLS")?)
+        }
+        None => Ok(server),
+    }
 }

@@ -61,7 +61,7 @@ pub async fn run(tl: Arc<Timeline>, node_id: u64, config: ServiceConfig) {
 
 async fn step(tl: &Arc<Timeline>, node_id: u64, config: &ServiceConfig) -> Result<(), String> {
     let (flush, commit) = tl.lsns();
-    let answers = peers::statuses(&config.peers, tl.id, config.auth.peer_token.as_deref()).await;
+    let answers = peers::statuses(&config.peers, tl.id, &config.auth).await;
     let mut cluster_commit = commit;
     let mut caught_up = Vec::new();
     {

@@ -10,6 +10,7 @@ use tonic::Code;
 use walproto::proto::safekeeper as pb;
 
 use crate::ids::TenantTimeline;
+use crate::service::ServiceAuth;
 
 /// How long a peer may take to answer a status request before it counts as unreachable.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -60,18 +61,18 @@ pub enum PeerAnswer {
     Unreachable(String),
 }
 
-/// Asks every peer for its status of `id`, concurrently, with `token` (this safekeeper's
-/// `--auth-token-file`) when the peers check tokens.
+/// Asks every peer for its status of `id`, concurrently, with `auth`'s token (this
+/// safekeeper's `--auth-token-file`) when the peers check tokens, over TLS when `auth` has a
+/// CA (`--tls-ca`).
 pub async fn statuses(
     peers: &[Peer],
     id: TenantTimeline,
-    token: Option<&str>,
+    auth: &ServiceAuth,
 ) -> Vec<(Peer, PeerAnswer)> {
     let asks = peers.iter().cloned().map(|p| {
-        let token = token.map(str::to_string);
+        let auth = auth.clone();
         async move {
-            let answer = match tokio::time::timeout(STATUS_TIMEOUT, status(&p.addr, id, token))
-                .await
+            let answer = match tokio::time::timeout(STATUS_TIMEOUT, status(&p.addr, id, auth)).await
             {
                 Ok(a) => a,
                 Err(_) => PeerAnswer::Unreachable(format!("no answer within {STATUS_TIMEOUT:?}")),
@@ -90,18 +91,22 @@ pub async fn statuses(
     out
 }
 
-async fn status(addr: &str, id: TenantTimeline, token: Option<String>) -> PeerAnswer {
-    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+async fn status(addr: &str, id: TenantTimeline, auth: ServiceAuth) -> PeerAnswer {
+    let tls = auth.peer_tls.as_ref();
+    let endpoint = match strata_auth::endpoint(addr, tls) {
         Ok(e) => e,
-        Err(e) => return PeerAnswer::Unreachable(format!("peer address {addr:?}: {e}")),
+        Err(e) => return PeerAnswer::Unreachable(format!("peer {e}")),
     };
     let channel = match endpoint.connect().await {
         Ok(c) => c,
-        Err(e) => return PeerAnswer::Unreachable(format!("connecting to {addr}: {e}")),
+        Err(e) => {
+            let why = strata_auth::connect_error(&e, tls);
+            return PeerAnswer::Unreachable(format!("connecting to {addr}: {why}"));
+        }
     };
     let mut client = pb::safekeeper_client::SafekeeperClient::with_interceptor(
         channel,
-        strata_auth::client_interceptor(token),
+        strata_auth::client_interceptor(auth.peer_token),
     );
     match client
         .timeline_status(pb::TimelineStatusRequest {

@@ -93,7 +93,7 @@ pub(crate) async fn ensure_timeline(
     }
     let _done = Done(inner, id);
 
-    let answers = peers::statuses(peers, id, inner.config.auth.peer_token.as_deref()).await;
+    let answers = peers::statuses(peers, id, &inner.config.auth).await;
     let holders: Vec<&pb::TimelineStatusResponse> = answers
         .iter()
         .filter_map(|(_, a)| match a {
@@ -308,12 +308,7 @@ pub(crate) async fn recover_in_background(
                 Err(e) => warn!(%e, "opening the recovered timeline"),
             }
         } else {
-            let answers = peers::statuses(
-                &inner.config.peers,
-                id,
-                inner.config.auth.peer_token.as_deref(),
-            )
-            .await;
+            let answers = peers::statuses(&inner.config.peers, id, &inner.config.auth).await;
             let info = answers.iter().find_map(|(_, a)| match a {
                 PeerAnswer::Status(s) if s.term > 0 || s.local_start_lsn != 0 => {
                     Some(GreetingInfo {

@@ -219,6 +219,8 @@ pub struct ServiceAuth {
     pub verifier: Option<Arc<TokenVerifier>>,
     /// The token this safekeeper sends its peers (status calls, recovery streams).
     pub peer_token: Option<String>,
+    /// The CA the peers' gRPC certificates are checked against; none: peers in clear.
+    pub peer_tls: Option<strata_auth::ClientTls>,
 }
 
 impl std::fmt::Debug for ServiceAuth {
@@ -227,6 +229,7 @@ impl std::fmt::Debug for ServiceAuth {
         f.debug_struct("ServiceAuth")
             .field("verifier", &self.verifier.is_some())
             .field("peer_token", &self.peer_token.is_some())
+            .field("peer_tls", &self.peer_tls.as_ref().map(|t| t.ca_file()))
             .finish()
     }
 }

@@ -209,17 +209,21 @@ pub fn use_cluster(dir: &Path) {
     *CLI_CLUSTER.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.to_path_buf());
 }
 
+/// The cluster [`use_cluster`] chose, if any.
+pub fn cli_cluster() -> Option<PathBuf> {
+    CLI_CLUSTER
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
 /// The token the CLI presents: `$STRATA_TOKEN` if set (a token from `strata token issue`),
 /// else the cluster's admin token; `None` for a cluster without auth (or none chosen).
 pub fn cli_token() -> Result<Option<String>> {
     if let Ok(t) = std::env::var("STRATA_TOKEN") {
         return Ok(Some(t.trim().to_string()));
     }
-    let Some(dir) = CLI_CLUSTER
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-    else {
+    let Some(dir) = cli_cluster() else {
         return Ok(None);
     };
     let Ok(cfg) = ClusterConfig::load(&dir) else {
@@ -255,13 +259,13 @@ fn random_hex(n: usize) -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {mode:o} {}", path.display()))
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("fsync {}", dir.display()))

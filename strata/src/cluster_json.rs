@@ -53,6 +53,7 @@ pub fn cluster_result(dir: &Path, out: &Output) -> Result<()> {
             "safekeepers": safekeepers,
             "remote_storage": cfg.remote_storage,
             "auth": cfg.auth,
+            "tls_ca": cfg.tls.then(|| crate::tls_setup::ca_file(dir).display().to_string()),
             "services": services_json(dir)?,
         }),
     );

@@ -698,7 +698,8 @@ pub(crate) fn start_walproposer(
             cfg,
             &compute_dir(dir, &rec.name),
             &rec.tenant_id,
-        )?);
+        )?)
+        .args(crate::tls_setup::client_args(dir, cfg));
     walproposer_daemon(dir, &rec.name).start(
         cmd,
         "streaming from Postgres",

@@ -108,6 +108,8 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
                     remote_storage: None,
                     pg_bin: "/usr/lib/postgresql/15/bin".into(),
                     no_auth: false,
+                    listen: None,
+                    tls: false,
                 },
             )
         },

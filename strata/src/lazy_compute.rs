@@ -162,6 +162,7 @@ fn spawn_pagefs(dir: &Path, cfg: &ClusterConfig, rec: &ComputeRecord, lsn: Lsn) 
             &compute_cmd::compute_dir(dir, &rec.name),
             &rec.tenant_id,
         )?)
+        .args(crate::tls_setup::client_args(dir, cfg))
         .current_dir("/");
     if rec.read_only {
         cmd.arg("--read-only");

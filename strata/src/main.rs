@@ -26,6 +26,7 @@ mod target;
 mod tenant_cmd;
 mod tenant_config;
 mod tenant_import;
+mod tls_setup;
 mod token_cmd;
 mod verify_redo;
 mod waldump;

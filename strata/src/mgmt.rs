@@ -99,13 +99,14 @@ impl Pageserver {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let url = format!("http://{addr}");
+        let (endpoint, tls) = crate::tls_setup::cli_endpoint(addr)?;
         let client = rt
             .block_on(async {
-                let ch = Channel::from_shared(url.clone())?
+                let ch = endpoint
                     .connect_timeout(Duration::from_secs(5))
                     .connect()
-                    .await?;
+                    .await
+                    .map_err(|e| anyhow!(strata_auth::connect_error(&e, tls.as_ref())))?;
                 Ok::<_, anyhow::Error>(
                     PageserverClient::with_interceptor(ch, crate::auth_setup::cli_interceptor())
                         .max_decoding_message_size(64 << 20)
@@ -463,10 +464,12 @@ pub fn safekeeper_statuses(
 pub async fn safekeeper_client(
     addr: &str,
 ) -> Result<SafekeeperClient<InterceptedService<Channel, BearerInterceptor>>> {
-    let ch = Channel::from_shared(format!("http://{addr}"))?
+    let (endpoint, tls) = crate::tls_setup::cli_endpoint(addr)?;
+    let ch = endpoint
         .connect_timeout(SAFEKEEPER_ANSWER)
         .connect()
         .await
+        .map_err(|e| anyhow!(strata_auth::connect_error(&e, tls.as_ref())))
         .with_context(|| format!("connecting to the safekeeper at {addr}"))?;
     Ok(SafekeeperClient::with_interceptor(
         ch,

@@ -294,7 +294,8 @@ fn start_walproposer(dir: &Path, cfg: &ClusterConfig, rec: &ImportRecord) -> Res
             cfg,
             &crate::compute_cmd::compute_dir(dir, &rec.compute_name()),
             &rec.tenant_id,
-        )?);
+        )?)
+        .args(crate::tls_setup::client_args(dir, cfg));
     walproposer_daemon(dir, &rec.compute_name()).start(
         cmd,
         "streaming from Postgres",

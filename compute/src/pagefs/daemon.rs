@@ -56,6 +56,10 @@ pub struct PagefsArgs {
     /// A file holding the token (scope `tenant:<id>`) to call a pageserver that checks tokens.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) the pageserver's certificate is checked against: it is called
+    /// over TLS (https) with it, in clear without it.
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 fn check_id(name: &str, id: &str) -> Result<()> {
@@ -81,13 +85,18 @@ pub fn run(args: PagefsArgs) -> Result<()> {
         ),
         None => None,
     };
+    let tls = args
+        .tls_ca
+        .as_deref()
+        .map(strata_auth::ClientTls::from_ca_file)
+        .transpose()
+        .context("--tls-ca")?;
     let source = Arc::new(
         GrpcSource::new(
             &args.pageserver,
-            &args.tenant,
-            &args.timeline,
-            args.lsn.0,
+            (&args.tenant, &args.timeline, args.lsn.0),
             token,
+            tls,
         )
         .context("starting the gRPC client")?,
     );

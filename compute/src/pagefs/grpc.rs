@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use strata_auth::BearerInterceptor;
 use tokio::sync::{mpsc, oneshot};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use walproto::proto::pageserver as pb;
 use walproto::proto::pageserver::pageserver_client::PageserverClient;
 
@@ -31,7 +31,10 @@ struct PageStream {
 
 pub struct GrpcSource {
     rt: tokio::runtime::Runtime,
-    url: String,
+    /// The pageserver's `host:port`.
+    addr: String,
+    /// The CA its certificate is checked against (TLS); none: in clear.
+    tls: Option<strata_auth::ClientTls>,
     tenant: String,
     timeline: String,
     lsn: u64,
@@ -66,14 +69,13 @@ fn code_error(what: &str, code: i32, message: &str) -> SourceError {
 
 impl GrpcSource {
     /// A source for `tenant`/`timeline` at `lsn` on the pageserver at `addr` (`host:port`),
-    /// calling with `token` (a `tenant:<id>` token) if the pageserver checks tokens; connects
-    /// on first use.
+    /// calling with `token` (a `tenant:<id>` token) if the pageserver checks tokens, over TLS
+    /// checked against `tls`'s CA if given; connects on first use.
     pub fn new(
         addr: &str,
-        tenant: &str,
-        timeline: &str,
-        lsn: u64,
+        (tenant, timeline, lsn): (&str, &str, u64),
         token: Option<String>,
+        tls: Option<strata_auth::ClientTls>,
     ) -> std::io::Result<GrpcSource> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -82,7 +84,8 @@ impl GrpcSource {
             .build()?;
         Ok(GrpcSource {
             rt,
-            url: format!("http://{addr}"),
+            addr: addr.to_string(),
+            tls,
             tenant: tenant.to_string(),
             timeline: timeline.to_string(),
             lsn,
@@ -95,11 +98,15 @@ impl GrpcSource {
     async fn client(
         &self,
     ) -> Result<PageserverClient<InterceptedService<Channel, BearerInterceptor>>, SourceError> {
-        let endpoint = Endpoint::from_shared(self.url.clone())
-            .map_err(|e| SourceError::Refused(format!("pageserver address {}: {e}", self.url)))?
+        let endpoint = strata_auth::endpoint(&self.addr, self.tls.as_ref())
+            .map_err(|e| SourceError::Refused(format!("pageserver {e}")))?
             .connect_timeout(CONNECT_TIMEOUT);
         let channel = endpoint.connect().await.map_err(|e| {
-            SourceError::Unavailable(format!("connecting to the pageserver at {}: {e}", self.url))
+            let why = strata_auth::connect_error(&e, self.tls.as_ref());
+            SourceError::Unavailable(format!(
+                "connecting to the pageserver at {}: {why}",
+                self.addr
+            ))
         })?;
         Ok(
             PageserverClient::with_interceptor(channel, self.auth.clone())

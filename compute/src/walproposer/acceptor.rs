@@ -112,6 +112,7 @@ async fn rejoin(addr: &str, shared: &Shared) -> Result<(Session, Lsn), SessionEr
         shared.greeting.clone(),
         shared.timeout,
         shared.safekeeper_token.as_ref(),
+        shared.safekeeper_tls.as_ref(),
     )
     .await?;
     if g.term > shared.term {

@@ -51,6 +51,7 @@ pub async fn campaign(
     greeting: &pb::Greeting,
     timeout: Duration,
     token: Option<&SafekeeperToken>,
+    tls: Option<&strata_auth::ClientTls>,
 ) -> Result<Won> {
     let n = safekeepers.len();
     let need = majority(n);
@@ -58,8 +59,12 @@ pub async fn campaign(
     loop {
         let mut set = JoinSet::new();
         for (idx, addr) in safekeepers.iter().enumerate() {
-            let (addr, g, token) = (addr.clone(), greeting.clone(), token.cloned());
-            set.spawn(async move { (idx, Session::open(&addr, g, timeout, token.as_ref()).await) });
+            let (addr, g) = (addr.clone(), greeting.clone());
+            let (token, tls) = (token.cloned(), tls.cloned());
+            set.spawn(async move {
+                let s = Session::open(&addr, g, timeout, token.as_ref(), tls.as_ref()).await;
+                (idx, s)
+            });
         }
         let mut greeted = Vec::new();
         while let Some(r) = set.join_next().await {

@@ -69,6 +69,9 @@ pub struct Config {
     pub timeout: Duration,
     /// Sent on every Propose call when the safekeepers check tokens.
     pub safekeeper_token: Option<SafekeeperToken>,
+    /// The CA the safekeepers' certificates are checked against: they are called over TLS
+    /// with it, in clear without it.
+    pub safekeeper_tls: Option<strata_auth::ClientTls>,
 }
 
 /// A token (scope `safekeeper`) for the safekeepers; never printed.
@@ -104,6 +107,7 @@ impl Config {
             max_buffer: 512 << 20,
             timeout: Duration::from_secs(5),
             safekeeper_token: None,
+            safekeeper_tls: None,
         }
     }
 }
@@ -130,6 +134,7 @@ pub struct Shared {
     pub max_appends_in_flight: usize,
     pub timeout: Duration,
     pub safekeeper_token: Option<SafekeeperToken>,
+    pub safekeeper_tls: Option<strata_auth::ClientTls>,
     /// A replication connection's settings for catching up an acceptor from Postgres
     /// (application name `<app>_catchup`, never a synchronous standby).
     pub catchup_pg: ConnConfig,

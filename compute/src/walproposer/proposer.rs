@@ -73,6 +73,7 @@ async fn run_inner(cfg: Config, tenant: String, timeline: String) -> Result<()> 
         &greeting,
         cfg.timeout,
         cfg.safekeeper_token.as_ref(),
+        cfg.safekeeper_tls.as_ref(),
     )
     .await?;
     // Postgres's position now, after the vote: nothing a safekeeper holds may be beyond it.
@@ -121,6 +122,7 @@ async fn run_inner(cfg: Config, tenant: String, timeline: String) -> Result<()> 
         max_appends_in_flight: cfg.max_appends_in_flight.max(1),
         timeout: cfg.timeout,
         safekeeper_token: cfg.safekeeper_token.clone(),
+        safekeeper_tls: cfg.safekeeper_tls.clone(),
         catchup_pg: {
             let mut c = repl.clone();
             c.application_name = Some(format!("{}_catchup", cfg.application_name));

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use walproto::proto::safekeeper as pb;
 use walproto::proto::safekeeper::acceptor_message::Msg as Out;
 use walproto::proto::safekeeper::proposer_message::Msg as In;
@@ -67,18 +66,20 @@ fn from_status(addr: &str, s: tonic::Status) -> SessionError {
 }
 
 impl Session {
-    /// Connects, sends the greeting, and returns the session with the acceptor's answer.
+    /// Connects (over TLS checked against `tls`'s CA, if given), sends the greeting, and
+    /// returns the session with the acceptor's answer.
     pub async fn open(
         addr: &str,
         greeting: pb::Greeting,
         timeout: Duration,
         token: Option<&SafekeeperToken>,
+        tls: Option<&strata_auth::ClientTls>,
     ) -> Result<(Session, pb::GreetingResponse), SessionError> {
         let fut = async {
-            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            let endpoint = strata_auth::endpoint(addr, tls)
                 .map_err(|e| SessionError::Rejected {
                     addr: addr.to_string(),
-                    message: format!("bad address: {e}"),
+                    message: e.to_string(),
                 })?
                 .connect_timeout(timeout)
                 .tcp_nodelay(true)
@@ -90,10 +91,10 @@ impl Session {
                 .http2_keep_alive_interval(Duration::from_secs(5))
                 .keep_alive_timeout(Duration::from_secs(10))
                 .keep_alive_while_idle(true);
-            let channel = endpoint
-                .connect()
-                .await
-                .map_err(|e| transient(addr, format!("connecting: {e}")))?;
+            let channel = endpoint.connect().await.map_err(|e| {
+                let why = strata_auth::connect_error(&e, tls);
+                transient(addr, format!("connecting: {why}"))
+            })?;
             let auth = strata_auth::client_interceptor(token.map(|t| t.0.clone()));
             let mut client =
                 pb::safekeeper_client::SafekeeperClient::with_interceptor(channel, auth)

@@ -24,6 +24,10 @@
 //! health service stays open. `--safekeeper-token-file` (`safekeeper_token_file`) is the
 //! token the walreceivers send the safekeepers. A listen address beyond loopback is refused
 //! with auth off unless `--no-auth` (`no_auth = true`) says so.
+//!
+//! With `--tls-cert FILE --tls-key FILE` (`tls_cert`, `tls_key`) the gRPC port speaks only
+//! TLS. A listen address beyond loopback is refused without them unless `--no-tls`
+//! (`no_tls = true`) says so.
 
 // mimalloc: ingest allocates and frees many small values across threads (decode and
 // ingest); it measured ~10% faster than the system allocator (benches/ingest_vs_recovery.rs).
@@ -40,7 +44,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use serde::Deserialize;
-use strata_auth::{check_listener, read_token_file, TokenVerifier};
+use strata_auth::{check_listener, check_tls_listener, read_token_file, TokenVerifier};
 use strata_metrics::http::ReadyCheck;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
@@ -94,6 +98,16 @@ struct Args {
     /// Serve a listen address beyond loopback without --auth-public-key (refused otherwise).
     #[arg(long)]
     no_auth: bool,
+    /// The gRPC service's TLS certificate (PEM, the chain after it): with --tls-key the port
+    /// speaks only TLS. Needed for a listen address beyond loopback, unless --no-tls.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Serve a listen address beyond loopback without TLS (refused otherwise).
+    #[arg(long)]
+    no_tls: bool,
 }
 
 /// `0` or `<n><unit>` with unit ms, s, m, h or d.
@@ -134,6 +148,9 @@ struct FileConfig {
     auth_public_key: Option<PathBuf>,
     safekeeper_token_file: Option<PathBuf>,
     no_auth: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    no_tls: Option<bool>,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9898";
@@ -193,6 +210,12 @@ fn run() -> Result<()> {
     )?;
     let no_auth = args.no_auth || file.no_auth.unwrap_or(false);
     check_listener("the gRPC address", listen, auth.verifier.is_some(), no_auth)?;
+    let tls = strata_auth::server_tls(
+        args.tls_cert.or(file.tls_cert).as_deref(),
+        args.tls_key.or(file.tls_key).as_deref(),
+    )?;
+    let no_tls = args.no_tls || file.no_tls.unwrap_or(false);
+    check_tls_listener("the gRPC address", listen, tls.is_some(), no_tls)?;
     fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -251,7 +274,16 @@ fn run() -> Result<()> {
             collector.sample();
         })
         .context("starting the metrics sampler")?;
-    rt.block_on(serve(manager, listen, remote, gc_interval, loaded, auth))
+    let server = grpc_server(tls)?;
+    rt.block_on(serve(
+        manager,
+        listen,
+        remote,
+        gc_interval,
+        loaded,
+        auth,
+        server,
+    ))
 }
 
 /// The verifier of the calls' tokens and the token for the safekeepers, from their files.
@@ -280,6 +312,18 @@ fn service_auth(
     })
 }
 
+/// The gRPC server, speaking TLS when `tls` is given.
+fn grpc_server(tls: Option<tonic::transport::ServerTlsConfig>) -> Result<tonic::transport::Server> {
+    let server = tonic::transport::Server::builder();
+    match tls {
+        Some(tls) => {
+            info!("TLS on: the gRPC port speaks only TLS");
+            Ok(server.tls_config(tls).context("configuring TLS")?)
+        }
+        None => Ok(server),
+    }
+}
+
 /// Whether the data directory holds any tenant.
 fn has_local_tenants(data_dir: &std::path::Path) -> bool {
     fs::read_dir(pageserver::tenant::layout::tenants_dir(data_dir))
@@ -294,6 +338,7 @@ async fn serve(
     gc_interval: Duration,
     loaded: Arc<AtomicBool>,
     auth: ServiceAuth,
+    mut server: tonic::transport::Server,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -331,7 +376,7 @@ async fn serve(
         .set_service_status(PAGESERVER_SERVICE, tonic_health::ServingStatus::Serving)
         .await;
     loaded.store(true, Ordering::Release);
-    tonic::transport::Server::builder()
+    server
         .add_service(health_service)
         .add_service(service.clone().into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)

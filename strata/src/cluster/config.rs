@@ -3,6 +3,7 @@
 //! same across restarts.
 
 use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -29,10 +30,21 @@ pub struct ClusterConfig {
     /// clusters made with `strata init --no-auth`, and in those made before auth existed.
     #[serde(default)]
     pub auth: bool,
+    /// The gRPC ports speak TLS with the certificates in `<dir>/tls/` (`strata init --listen`
+    /// beyond loopback, or `--tls`); false in clusters made before TLS existed.
+    #[serde(default)]
+    pub tls: bool,
 }
+
+/// Where a gRPC port listens and is dialed when the config names no host.
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PageserverConfig {
+    /// The address the gRPC port listens on and clients dial (`strata init --listen`);
+    /// 127.0.0.1 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_host: Option<IpAddr>,
     pub grpc_port: u16,
     /// HTTP port of `/metrics` and `/health/*` (`--metrics-listen`); none in clusters made
     /// before metrics existed.
@@ -43,6 +55,9 @@ pub struct PageserverConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SafekeeperConfig {
     pub id: u64,
+    /// As the pageserver's `grpc_host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_host: Option<IpAddr>,
     pub grpc_port: u16,
     /// The Postgres replication protocol (pageserver, pg_receivewal).
     pub pg_port: u16,
@@ -52,9 +67,14 @@ pub struct SafekeeperConfig {
     pub metrics_port: Option<u16>,
 }
 
+/// `host:port`, with IPv6 hosts in brackets.
+fn grpc_addr(host: Option<IpAddr>, port: u16) -> String {
+    std::net::SocketAddr::new(host.unwrap_or(LOOPBACK), port).to_string()
+}
+
 impl SafekeeperConfig {
     pub fn grpc_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.grpc_port)
+        grpc_addr(self.grpc_host, self.grpc_port)
     }
     pub fn pg_addr(&self) -> String {
         format!("127.0.0.1:{}", self.pg_port)
@@ -66,7 +86,7 @@ impl SafekeeperConfig {
 
 impl PageserverConfig {
     pub fn grpc_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.grpc_port)
+        grpc_addr(self.grpc_host, self.grpc_port)
     }
     pub fn metrics_addr(&self) -> Option<String> {
         self.metrics_port.map(|p| format!("127.0.0.1:{p}"))
@@ -92,6 +112,7 @@ impl ClusterConfig {
         let mut next = base..base + services;
         let mut port = || next.next().expect("the block holds a port per service");
         let pageserver = PageserverConfig {
+            grpc_host: None,
             grpc_port: port(),
             metrics_port: Some(port()),
         };
@@ -99,6 +120,7 @@ impl ClusterConfig {
         for i in 0..n_safekeepers {
             safekeepers.push(SafekeeperConfig {
                 id: i as u64 + 1,
+                grpc_host: None,
                 grpc_port: port(),
                 pg_port: port(),
                 metrics_port: Some(port()),
@@ -116,7 +138,28 @@ impl ClusterConfig {
             compute_base_port,
             proxy,
             auth: true,
+            tls: false,
         })
+    }
+
+    /// Puts every gRPC port on `host` (`strata init --listen`).
+    pub fn set_grpc_host(&mut self, host: IpAddr) {
+        let host = (host != LOOPBACK).then_some(host);
+        self.pageserver.grpc_host = host;
+        for sk in &mut self.safekeepers {
+            sk.grpc_host = host;
+        }
+    }
+
+    /// The hosts the gRPC ports listen on (what their certificates must name).
+    pub fn grpc_hosts(&self) -> Vec<IpAddr> {
+        let mut hosts: Vec<IpAddr> = std::iter::once(self.pageserver.grpc_host)
+            .chain(self.safekeepers.iter().map(|s| s.grpc_host))
+            .map(|h| h.unwrap_or(LOOPBACK))
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
     }
 
     pub fn load(dir: &Path) -> Result<ClusterConfig> {
@@ -210,6 +253,35 @@ mod tests {
         assert_eq!(c.safekeepers[0].metrics_addr(), None);
         assert_eq!(c.proxy, None, "an old cluster runs without the proxy");
         assert!(!c.auth, "a cluster from before auth runs without it");
+        assert!(!c.tls, "a cluster from before TLS runs without it");
+    }
+
+    #[test]
+    fn a_grpc_host_moves_every_grpc_address_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = ClusterConfig::generate(dir.path(), 3, None, "/b".into()).unwrap();
+        assert!(!c.tls, "TLS is off until init turns it on");
+        assert_eq!(c.grpc_hosts(), vec![LOOPBACK]);
+        c.set_grpc_host("fd00::2".parse().unwrap());
+        let ps = c.pageserver.grpc_addr();
+        assert_eq!(ps, format!("[fd00::2]:{}", c.pageserver.grpc_port));
+        assert!(c
+            .safekeeper_grpc_addrs()
+            .iter()
+            .all(|a| a.starts_with("[fd00::2]:")));
+        assert!(
+            c.safekeeper_pg_addrs()
+                .iter()
+                .all(|a| a.starts_with("127.0.0.1:")),
+            "replication stays on loopback"
+        );
+        c.store(dir.path()).unwrap();
+        assert_eq!(ClusterConfig::load(dir.path()).unwrap(), c);
+        c.set_grpc_host(LOOPBACK);
+        assert_eq!(
+            c.pageserver.grpc_host, None,
+            "loopback is the default, not stored"
+        );
     }
 
     #[test]

@@ -83,6 +83,14 @@ pub struct InitArgs {
     /// (by default the services verify signed tokens and computes ask for a password).
     #[arg(long)]
     pub no_auth: bool,
+    /// The address the services' gRPC ports listen on and are dialed at (an IP address of
+    /// this machine; default 127.0.0.1). Beyond loopback it turns TLS on: `<dir>/tls/` gets
+    /// a CA and a certificate per service. Replication and metrics ports stay on loopback.
+    #[arg(long, value_name = "IP")]
+    pub listen: Option<std::net::IpAddr>,
+    /// TLS on the gRPC ports even on loopback (always on beyond it).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -111,11 +119,19 @@ pub fn init(dir: &Path, args: &InitArgs) -> Result<()> {
     let mut cfg =
         ClusterConfig::generate(&dir, args.safekeepers, args.remote_storage.clone(), pg_bin)?;
     cfg.auth = !args.no_auth;
+    if let Some(host) = args.listen {
+        check_listen_host(host, cfg.auth)?;
+        cfg.set_grpc_host(host);
+    }
+    cfg.tls = args.tls || cfg.grpc_hosts().iter().any(|h| !h.is_loopback());
     for sub in ["run", "logs", "computes", "pageserver"] {
         fs::create_dir_all(dir.join(sub))?;
     }
     if cfg.auth {
         crate::auth_setup::create(&dir)?;
+    }
+    if cfg.tls {
+        crate::tls_setup::create(&dir, &cfg)?;
     }
     if !cfg.remote_storage.contains("://") {
         fs::create_dir_all(&cfg.remote_storage).with_context(|| {
@@ -142,7 +158,25 @@ pub fn init(dir: &Path, args: &InitArgs) -> Result<()> {
     } else {
         println!("  authentication off (--no-auth): every local client is trusted");
     }
+    if cfg.tls {
+        println!(
+            "  TLS on the gRPC ports: the CA every client trusts is {}",
+            crate::tls_setup::ca_file(&dir).display()
+        );
+    }
     println!("next: strata start");
+    Ok(())
+}
+
+/// `--listen` must be an address clients can dial, and beyond loopback the cluster keeps
+/// its tokens (the services refuse to serve others without them).
+fn check_listen_host(host: std::net::IpAddr, auth: bool) -> Result<()> {
+    if host.is_unspecified() {
+        bail!("--listen {host} listens everywhere but cannot be dialed: give this machine's address the others reach, e.g. 192.0.2.2");
+    }
+    if !auth && !host.is_loopback() {
+        bail!("--listen {host} is not loopback: the cluster needs authentication there, leave out --no-auth");
+    }
     Ok(())
 }
 
@@ -219,6 +253,7 @@ pub fn start(dir: &Path) -> Result<()> {
         cmd.args(["--peers", &peers.join(",")]);
         cmd.args(metrics_listen_arg(sk.metrics_addr()));
         cmd.args(crate::auth_setup::safekeeper_args(dir, &cfg));
+        cmd.args(crate::tls_setup::safekeeper_args(dir, &cfg, sk.id));
         let pid = d.start(cmd, "serving replication on", START_TIMEOUT)?;
         println!(
             "started {} (pid {pid}) on {}{}",
@@ -237,7 +272,8 @@ pub fn start(dir: &Path) -> Result<()> {
             .args(["--listen", &cfg.pageserver.grpc_addr()])
             .args(["--remote-storage", &cfg.remote_storage])
             .args(metrics_listen_arg(cfg.pageserver.metrics_addr()))
-            .args(crate::auth_setup::pageserver_args(dir, &cfg));
+            .args(crate::auth_setup::pageserver_args(dir, &cfg))
+            .args(crate::tls_setup::pageserver_args(dir, &cfg));
         let pid = d.start(cmd, "pageserver listening on", START_TIMEOUT)?;
         println!(
             "started pageserver (pid {pid}) on {}{}",
