@@ -248,7 +248,11 @@ impl CpuMark {
 enum Replicas {
     None,
     Receivers(Vec<Child>),
-    Strata(Vec<common::Sk>, common::Wp, tempfile::TempDir),
+    Strata(
+        Vec<common::Safekeeper>,
+        common::Walproposer,
+        tempfile::TempDir,
+    ),
 }
 
 impl Replicas {
@@ -324,10 +328,11 @@ fn start(setup: Setup) -> (PgCluster, Replicas) {
                 std::env::set_var("STRATA_METRICS", "off");
             }
             let tmp = tempfile::tempdir().expect("tempdir");
-            let sks: Vec<common::Sk> = (1..=3).map(|i| common::Sk::new(tmp.path(), i)).collect();
+            let sks = common::three(tmp.path());
             let extra = std::env::var("STRATA_BENCH_WP_ARGS").unwrap_or_default();
             let extra: Vec<&str> = extra.split_whitespace().collect();
-            let wp = common::Wp::start(&pg, &sks, &tmp.path().join("wp.log"), &extra);
+            let wp = common::Walproposer::start(&pg, &sks, &tmp.path().join("wp.log"), &extra)
+                .expect("start the walproposer");
             std::env::remove_var("STRATA_METRICS");
             Replicas::Strata(sks, wp, tmp)
         }
@@ -538,7 +543,9 @@ fn main() {
             Ok("socket") => "its Unix socket",
             _ => "127.0.0.1 (TCP)",
         },
-        common::safekeeper_bin().display()
+        strata_tests::procs::built_bin("safekeeper")
+            .expect("the safekeeper binary")
+            .display()
     );
     println!(
         "| round | setup | clients | TPS | p50 ms | p99 ms | transactions | TPS vs native quorum | \

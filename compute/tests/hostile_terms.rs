@@ -23,17 +23,14 @@ const ANSWER: Duration = Duration::from_secs(10);
 
 /// Greets safekeeper `sk` for the test timeline as any local client can, and sends `msg`;
 /// the answer, or the status the safekeeper ended the session with.
-async fn hostile(sk: &Sk, msg: In) -> Result<Out, tonic::Status> {
+async fn hostile(sk: &Safekeeper, msg: In) -> Result<Out, tonic::Status> {
     // The identity is no secret: any client can ask for it.
     let st = sk
         .status()
         .await
-        .unwrap_or_else(|| panic!("no status from safekeeper {}", sk.id));
+        .unwrap_or_else(|e| panic!("no status from safekeeper {}: {e:#}", sk.id));
     let fut = async {
-        let mut client =
-            pb::safekeeper_client::SafekeeperClient::connect(format!("http://{}", sk.addr()))
-                .await
-                .expect("connect to the safekeeper");
+        let mut client = sk.client().await.expect("connect to the safekeeper");
         let (tx, rx) = mpsc::channel(4);
         let greeting = In::Greeting(pb::Greeting {
             tenant_id: TENANT.into(),
@@ -87,7 +84,7 @@ fn elected(term: u64) -> In {
 }
 
 /// Commits `sql` within [`COMMIT`], or fails with the walproposer's log.
-async fn commit(pg: &strata_tests::PgCluster, wp: &Wp, sql: &str) {
+async fn commit(pg: &strata_tests::PgCluster, wp: &Walproposer, sql: &str) {
     let mut c = client(pg).await;
     assert!(
         commit_within(&mut c, sql, COMMIT).await,
@@ -96,20 +93,20 @@ async fn commit(pg: &strata_tests::PgCluster, wp: &Wp, sql: &str) {
     );
 }
 
-async fn term_of(sk: &Sk) -> u64 {
+async fn term_of(sk: &Safekeeper) -> u64 {
     sk.status()
         .await
-        .unwrap_or_else(|| panic!("no status from safekeeper {}", sk.id))
+        .unwrap_or_else(|e| panic!("no status from safekeeper {}: {e:#}", sk.id))
         .term
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_term_that_cannot_be_exceeded_is_refused_and_commits_go_on() {
-    let pg = postgres();
+    let pg = walproposer_postgres().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let sks: Vec<Sk> = (1..=3).map(|i| Sk::new(tmp.path(), i)).collect();
+    let sks = three(tmp.path());
     let log = tmp.path().join("wp.log");
-    let mut wp = Wp::start(&pg, &sks, &log, &[]);
+    let mut wp = Walproposer::start(&pg, &sks, &log, &[]).unwrap();
     commit(&pg, &wp, "CREATE TABLE t(id int)").await;
     let term = term_of(&sks[0]).await;
 
@@ -148,7 +145,7 @@ async fn a_term_that_cannot_be_exceeded_is_refused_and_commits_go_on() {
     commit(&pg, &wp, "INSERT INTO t VALUES (1)").await;
     // A restarted walproposer wins the next term and commits.
     wp.kill();
-    let mut wp = Wp::start(&pg, &sks, &log, &[]);
+    let mut wp = Walproposer::start(&pg, &sks, &log, &[]).unwrap();
     commit(&pg, &wp, "INSERT INTO t VALUES (2)").await;
     let mut above = 0;
     for sk in &sks {

@@ -894,62 +894,6 @@ fn a_killed_daemon_makes_queries_fail_instead_of_hanging() -> Result<()> {
     Ok(())
 }
 
-/// The `pageserver` binary next to this test's (`cargo build -p pageserver` first), or
-/// `$STRATA_PAGESERVER_BIN`.
-fn pageserver_bin() -> Result<std::path::PathBuf> {
-    if let Some(p) = std::env::var_os("STRATA_PAGESERVER_BIN") {
-        return Ok(p.into());
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the test binary's directory")?;
-    let bin = dir.join("pageserver");
-    anyhow::ensure!(
-        bin.is_file(),
-        "{} missing: cargo build -p pageserver --bin pageserver",
-        bin.display()
-    );
-    Ok(bin)
-}
-
-/// A pageserver process, killed when dropped.
-struct PageserverProcess {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl PageserverProcess {
-    fn start(data: &Path) -> Result<PageserverProcess> {
-        use std::io::BufRead;
-        let log = std::fs::File::create(data.with_extension("log"))?;
-        let mut child = Command::new(pageserver_bin()?)
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(log)
-            .spawn()?;
-        let mut line = String::new();
-        let stdout = child.stdout.take().context("the pageserver's stdout")?;
-        std::io::BufReader::new(stdout).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("pageserver listening on ")
-            .with_context(|| format!("unexpected first line {line:?}"))?
-            .to_string();
-        Ok(PageserverProcess { child, addr })
-    }
-}
-
-impl Drop for PageserverProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn lazy_postgres_on_a_real_pageserver_equals_a_full_copy() -> Result<()> {
     use walproto::proto::pageserver as pb;
@@ -963,7 +907,7 @@ fn lazy_postgres_on_a_real_pageserver_equals_a_full_copy() -> Result<()> {
 
     let ps_dir = orig.base_dir().join("pageserver");
     std::fs::create_dir(&ps_dir)?;
-    let ps = PageserverProcess::start(&ps_dir)?;
+    let ps = strata_tests::procs::Pageserver::start(&ps_dir)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -55,7 +55,7 @@ impl Ledger {
     }
 }
 
-async fn create_ledger(pg: &PgCluster, wps: &[&Wp]) {
+async fn create_ledger(pg: &PgCluster, wps: &[&Walproposer]) {
     let mut c = client(pg).await;
     let ok = commit_within(
         &mut c,
@@ -122,7 +122,7 @@ async fn reported_flush(pg: &PgCluster) -> Lsn {
 
 /// At least `need` safekeepers hold WAL up to `upto`, byte-identical to Postgres's pg_wal from
 /// their common start. Returns how many did.
-async fn wal_on(pg: &PgCluster, sks: &[Sk], upto: Lsn, need: usize) -> usize {
+async fn wal_on(pg: &PgCluster, sks: &[Safekeeper], upto: Lsn, need: usize) -> usize {
     let mut ok = 0;
     let mut problems = Vec::new();
     for sk in sks {
@@ -136,7 +136,7 @@ async fn wal_on(pg: &PgCluster, sks: &[Sk], upto: Lsn, need: usize) -> usize {
         }
         match same_wal_as_postgres(pg, sk, start, upto) {
             Ok(()) => ok += 1,
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
         }
     }
     assert!(
@@ -146,17 +146,13 @@ async fn wal_on(pg: &PgCluster, sks: &[Sk], upto: Lsn, need: usize) -> usize {
     ok
 }
 
-fn three(base: &std::path::Path) -> Vec<Sk> {
-    (1..=3).map(|i| Sk::new(base, i)).collect()
-}
-
 /// Postgres, three safekeepers and a walproposer (its log in the temporary directory), with
 /// the ledger table created through them.
-async fn cluster_with_ledger() -> (PgCluster, tempfile::TempDir, Vec<Sk>, Wp) {
-    let pg = postgres();
+async fn cluster_with_ledger() -> (PgCluster, tempfile::TempDir, Vec<Safekeeper>, Walproposer) {
+    let pg = walproposer_postgres().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let sks = three(tmp.path());
-    let wp = Wp::start(&pg, &sks, &tmp.path().join("wp.log"), &[]);
+    let wp = Walproposer::start(&pg, &sks, &tmp.path().join("wp.log"), &[]).unwrap();
     create_ledger(&pg, &[&wp]).await;
     (pg, tmp, sks, wp)
 }
@@ -239,7 +235,7 @@ async fn sigkill_one_safekeeper_repeatedly_under_load() {
             "round {round}: commits stalled with one safekeeper down ({before} -> {after})\n{}",
             wp.log_text()
         );
-        sks[victim].start();
+        sks[victim].start().unwrap();
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let acked = ledger.finish().await;
@@ -248,19 +244,16 @@ async fn sigkill_one_safekeeper_repeatedly_under_load() {
     // Everyone catches up; all three are then byte-identical to Postgres.
     let mut c = client(&pg).await;
     let end = pg_flush_lsn(&mut c).await;
-    let caught_up = wait_until(Duration::from_secs(20), || async {
+    let what = format!("every safekeeper to reach {end}");
+    wait_until(&what, Duration::from_secs(20), || async {
         let mut all = true;
         for sk in &sks {
             all &= sk_range(sk).await.is_some_and(|r| r.1 >= end);
         }
         all
     })
-    .await;
-    assert!(
-        caught_up,
-        "not all safekeepers reached {end}\n{}",
-        wp.log_text()
-    );
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", wp.log_text()));
     wp.kill();
     wal_on(&pg, &sks, end, 3).await;
     check_rows(&pg, &acked).await;
@@ -286,7 +279,7 @@ async fn two_of_three_down_commits_wait_then_continue() {
         !insert.is_finished(),
         "a commit was acknowledged with two of three safekeepers down"
     );
-    sks[1].start();
+    sks[1].start().unwrap();
     tokio::time::timeout(Duration::from_secs(20), insert)
         .await
         .unwrap_or_else(|_| {
@@ -303,11 +296,11 @@ async fn two_of_three_down_commits_wait_then_continue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn walproposer_sigkill_and_restart_reelects_with_a_higher_term() {
-    let pg = postgres();
+    let pg = walproposer_postgres().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut sks = three(tmp.path());
     let log = tmp.path().join("wp.log");
-    let mut wp = Wp::start(&pg, &sks, &log, &[]);
+    let mut wp = Walproposer::start(&pg, &sks, &log, &[]).unwrap();
     create_ledger(&pg, &[&wp]).await;
     let ledger = Ledger::start(&pg).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -323,7 +316,7 @@ async fn walproposer_sigkill_and_restart_reelects_with_a_higher_term() {
         ledger.count() <= frozen + 1,
         "commits acknowledged while no walproposer ran"
     );
-    let mut wp = Wp::start(&pg, &sks, &log, &[]);
+    let mut wp = Walproposer::start(&pg, &sks, &log, &[]).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         ledger.count() > frozen + 10,
@@ -339,21 +332,18 @@ async fn walproposer_sigkill_and_restart_reelects_with_a_higher_term() {
     assert_eq!(higher, 2, "the majority must be in a term above {term1}");
     // Safekeeper 3 returns with WAL older than anything the new walproposer buffered: it is
     // caught up from Postgres, then follows the live stream.
-    sks[2].start();
+    sks[2].start().unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let acked = ledger.finish().await;
     let mut c = client(&pg).await;
     let end = pg_flush_lsn(&mut c).await;
     let s3 = &sks[2];
-    let caught_up = wait_until(Duration::from_secs(20), || async {
+    let what = format!("safekeeper 3 to catch up to {end}");
+    wait_until(&what, Duration::from_secs(20), || async {
         sk_range(s3).await.is_some_and(|r| r.1 >= end)
     })
-    .await;
-    assert!(
-        caught_up,
-        "safekeeper 3 did not catch up to {end}\n{}",
-        wp.log_text()
-    );
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", wp.log_text()));
     assert!(
         wp.log_text().contains("catching up from Postgres"),
         "{}",
@@ -367,30 +357,37 @@ async fn walproposer_sigkill_and_restart_reelects_with_a_higher_term() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_walproposers_one_wins_one_history() {
-    let pg = postgres();
+    let pg = walproposer_postgres().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let sks = three(tmp.path());
-    let mut a = Wp::start(
+    let mut a = Walproposer::start(
         &pg,
         &sks,
         &tmp.path().join("a.log"),
         &["--slot", "strata_a", "--proposer-id", "a"],
-    );
-    let mut b = Wp::start(
+    )
+    .unwrap();
+    let mut b = Walproposer::start(
         &pg,
         &sks,
         &tmp.path().join("b.log"),
         &["--slot", "strata_b", "--proposer-id", "b"],
-    );
+    )
+    .unwrap();
     create_ledger(&pg, &[&a, &b]).await;
     let ledger = Ledger::start(&pg).await;
     // Commits make WAL flow; the loser learns it lost at its next append (or its election).
-    let settled = wait_until(Duration::from_secs(20), || {
-        let done = a.child.try_wait().unwrap().is_some() || b.child.try_wait().unwrap().is_some();
-        async move { done }
-    })
-    .await;
-    assert!(settled, "both walproposers still run after 20 s");
+    wait_until(
+        "one of two walproposers to stop",
+        Duration::from_secs(20),
+        || {
+            let done =
+                a.child.try_wait().unwrap().is_some() || b.child.try_wait().unwrap().is_some();
+            async move { done }
+        },
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let alive = [
         a.child.try_wait().unwrap().is_none(),
@@ -421,19 +418,24 @@ async fn racing_walproposers_one_wins_one_history() {
 
     // A newer walproposer while the winner streams: it wins a higher term; the old one finds
     // out at its next append and stops; commits go on through the new one.
-    let mut c = Wp::start(
+    let mut c = Walproposer::start(
         &pg,
         &sks,
         &tmp.path().join("c.log"),
         &["--slot", "strata_c", "--proposer-id", "c"],
-    );
+    )
+    .unwrap();
     let old = if alive[0] { &mut a } else { &mut b };
-    let stopped = wait_until(Duration::from_secs(20), || {
-        let done = old.child.try_wait().unwrap().is_some();
-        async move { done }
-    })
-    .await;
-    assert!(stopped, "the superseded walproposer still runs");
+    wait_until(
+        "the superseded walproposer to stop",
+        Duration::from_secs(20),
+        || {
+            let done = old.child.try_wait().unwrap().is_some();
+            async move { done }
+        },
+    )
+    .await
+    .unwrap();
     let text = old.log_text();
     assert!(text.contains("superseded"), "{text}");
     eprintln!("superseded: {}", text.lines().last().unwrap_or(""));

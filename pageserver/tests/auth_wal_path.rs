@@ -5,13 +5,11 @@
 //! the refusal.
 //!
 //! Needs the `safekeeper` and `compute` binaries of this workspace built (`cargo build
-//! --bins`), found in the target directory as `service_walreceiver.rs` finds them.
+//! --bins`); `strata_tests::procs` finds them in the target directory.
 
 mod service_support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -20,6 +18,7 @@ use strata_auth::{
     client_interceptor, generate_key_pair, Claims, Scope, TokenIssuer, PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
 };
+use strata_tests::procs::{Safekeeper, Walproposer};
 use strata_tests::{InitOptions, PgCluster};
 use tonic::transport::Channel;
 use walproto::proto::pageserver as pb;
@@ -30,46 +29,17 @@ const TENANT: &str = "abcdefabcdefabcdefabcdefabcdef11";
 const TIMELINE: &str = "abcdefabcdefabcdefabcdefabcdef12";
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// `<target>/debug/<name>` of this workspace.
-fn bin(name: &str) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-        .join("debug")
-        .join(name)
-}
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn walproposer(pg: &PgCluster, sk: &str, token_file: &Path, log: &Path) -> Result<Child> {
-    Ok(Command::new(bin("compute"))
-        .args(["walproposer", "--pg"])
-        .arg(format!(
-            "host={} port={} user=postgres",
-            pg.socket_dir().display(),
-            pg.port()
-        ))
-        .args([
-            "--safekeepers",
-            sk,
-            "--tenant",
-            TENANT,
-            "--timeline",
-            TIMELINE,
-        ])
-        .arg("--safekeeper-token-file")
-        .arg(token_file)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log)?)
-        .spawn()?)
+/// A walproposer streaming `pg` to the safekeeper at gRPC address `sk` with the token in
+/// `token_file`.
+fn walproposer(pg: &PgCluster, sk: &str, token_file: &Path, log: &Path) -> Result<Walproposer> {
+    let token_file = token_file.to_str().context("token file path")?;
+    Walproposer::start_for(
+        pg,
+        &[sk.to_string()],
+        (TENANT, TIMELINE),
+        log,
+        &["--safekeeper-token-file", token_file],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,38 +67,21 @@ async fn wal_flows_with_tokens_everywhere() -> Result<()> {
     let base = pg.copy_data_dir("base")?;
     pg.start()?;
 
-    let mut sk = Command::new(bin("safekeeper"))
-        .arg("--datadir")
-        .arg(dir.join("sk"))
-        .args([
-            "--listen-grpc",
-            "127.0.0.1:0",
-            "--id",
-            "1",
-            "--listen-pg",
-            "127.0.0.1:0",
-        ])
-        .arg("--auth-public-key")
-        .arg(&public_key)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("sk.log"))?)
-        .spawn()?;
-    let mut lines = BufReader::new(sk.stdout.take().context("stdout")?).lines();
-    let grpc = lines.next().context("safekeeper printed nothing")??;
-    let repl = lines.next().context("safekeeper printed one line")??;
-    let _sk = Proc(sk);
-    let last_word = |l: &str| l.rsplit(' ').next().unwrap_or_default().to_string();
-    let (sk_grpc, sk_pg) = (last_word(&grpc), last_word(&repl));
+    let mut sk = Safekeeper::new(dir, 1)?;
+    sk.replication = true;
+    sk.args = vec!["--auth-public-key".into(), public_key.display().to_string()];
+    sk.start()?;
+    let (sk_grpc, sk_pg) = (sk.addr(), sk.pg_addr());
 
     // A tenant token is not a safekeeper token: the walproposer stops, saying why.
     let mut refused = walproposer(&pg, &sk_grpc, &wrong_token, &dir.join("wp-refused.log"))?;
     let t0 = Instant::now();
     let status = loop {
-        if let Some(s) = refused.try_wait()? {
+        if let Some(s) = refused.child.try_wait()? {
             break s;
         }
         if t0.elapsed() > DEADLINE {
-            let _ = refused.kill();
+            refused.kill();
             bail!("a walproposer with a tenant token kept running for {DEADLINE:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -137,7 +90,7 @@ async fn wal_flows_with_tokens_everywhere() -> Result<()> {
     assert!(!status.success());
     assert!(log.contains("needs scope safekeeper or admin"), "{log}");
 
-    let _wp = Proc(walproposer(&pg, &sk_grpc, &sk_token, &dir.join("wp.log"))?);
+    let _wp = walproposer(&pg, &sk_grpc, &sk_token, &dir.join("wp.log"))?;
     let ps = Pageserver::start_with(
         &dir.join("ps"),
         &[

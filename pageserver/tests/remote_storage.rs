@@ -17,7 +17,7 @@
 //! s3s-fs must be installed (`STRATA_SETUP_S3=1 scripts/setup.sh`); without it the test fails.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,6 +31,7 @@ use pageserver::remote::{
     UploaderConf,
 };
 use pageserver::timeline::{CompactionConf, Timeline, TimelineConf};
+use strata_tests::procs::{find_s3s_fs, S3Server, S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY};
 use strata_tests::{InitOptions, PgCluster, StopMode};
 use walproto::walfiles::WalDirReader;
 use walproto::Lsn;
@@ -160,7 +161,7 @@ async fn manifest(remote: &RemoteStorage) -> anyhow::Result<Manifest> {
 
 #[test]
 fn remote_storage_against_postgres() -> anyhow::Result<()> {
-    let s3s_bin = s3s::find()?;
+    find_s3s_fs()?; // fail before any work
     let w = workload()?;
     let tmp = tempfile::tempdir()?;
     let (_tmp, scratch) = if std::env::var_os("STRATA_KEEP_TMP").is_some() {
@@ -197,27 +198,12 @@ fn remote_storage_against_postgres() -> anyhow::Result<()> {
     // (ENAMETOOLONG) on a multipart upload of a key of over ~130 bytes; layer keys are short
     // (`longest_key_fits_s3s_fs`), but the ids here are short too: layers go up in single
     // PUTs, and multipart is checked on its own.
-    let server = s3s::S3sFs::start(&s3s_bin, &scratch.join("s3s"), "strata")?;
-    let s3 = RemoteStorage::from_url_with("s3://strata/ps1", &server.options())?
+    let server = S3Server::start(&scratch.join("s3s"), "strata")?;
+    let s3 = RemoteStorage::from_url_with("s3://strata/ps1", &s3_options(&server))?
         .with_part_bytes(256 * 1024 * 1024);
-    let o = server.options();
     let child = ChildSpec {
         url: "s3://strata/ps1".into(),
-        env: vec![
-            (
-                "AWS_ENDPOINT_URL".into(),
-                o.endpoint.clone().unwrap_or_default(),
-            ),
-            (
-                "AWS_ACCESS_KEY_ID".into(),
-                o.access_key_id.clone().unwrap_or_default(),
-            ),
-            (
-                "AWS_SECRET_ACCESS_KEY".into(),
-                o.secret_access_key.clone().unwrap_or_default(),
-            ),
-            ("AWS_REGION".into(), "us-east-1".into()),
-        ],
+        env: server.env(),
         part_bytes: s3.part_bytes(),
     };
     exercise("s3s-fs", &rt, &w, &s3, &scratch.join("s3"), false, &child)?;
@@ -648,25 +634,26 @@ fn background_uploader(
 #[test]
 fn longest_key_fits_s3s_fs() -> anyhow::Result<()> {
     use pageserver::remote::storage::MAX_KEY_BYTES;
-    let s3s_bin = s3s::find()?;
+    find_s3s_fs()?; // fail before any work
     let tmp = tempfile::tempdir()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let server = s3s::S3sFs::start(&s3s_bin, &tmp.path().join("s3s"), "strata")?;
+    let server = S3Server::start(&tmp.path().join("s3s"), "strata")?;
     // Find the longest prefix accepted.
     let mut prefix = String::new();
-    while RemoteStorage::from_url_with(&format!("s3://strata/{prefix}x"), &server.options()).is_ok()
+    while RemoteStorage::from_url_with(&format!("s3://strata/{prefix}x"), &s3_options(&server))
+        .is_ok()
     {
         prefix.push('x');
         anyhow::ensure!(prefix.len() < 1000, "no prefix is too long");
     }
-    let e = RemoteStorage::from_url_with(&format!("s3://strata/{prefix}x"), &server.options())
+    let e = RemoteStorage::from_url_with(&format!("s3://strata/{prefix}x"), &s3_options(&server))
         .unwrap_err();
     println!("a prefix of {} bytes: {e}", prefix.len() + 1);
     assert!(e.to_string().contains("too long"), "{e}");
-    let s3 = RemoteStorage::from_url_with(&format!("s3://strata/{prefix}"), &server.options())?
+    let s3 = RemoteStorage::from_url_with(&format!("s3://strata/{prefix}"), &s3_options(&server))?
         .with_part_bytes(5 * 1024 * 1024);
     assert_eq!(s3.longest_key_len(), MAX_KEY_BYTES);
     let id = "0123456789abcdef0123456789abcdef";
@@ -694,83 +681,13 @@ fn longest_key_fits_s3s_fs() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// s3s-fs, a real S3 server over a directory, as a child process on a loopback port.
-mod s3s {
-    use super::*;
-
-    const KEY: &str = "strata-test-key";
-    const SECRET: &str = "strata-test-secret";
-
-    /// The s3s-fs binary on PATH or in ~/.cargo/bin; an error saying how to install it.
-    pub fn find() -> anyhow::Result<PathBuf> {
-        let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect())
-            .unwrap_or_default();
-        let cargo_home = std::env::var_os("CARGO_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-        dirs.extend(cargo_home.map(|c| c.join("bin")));
-        dirs.into_iter()
-            .map(|d| d.join("s3s-fs"))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "s3s-fs not found on PATH or in ~/.cargo/bin: run `STRATA_SETUP_S3=1 scripts/setup.sh`"
-                )
-            })
-    }
-
-    pub struct S3sFs {
-        child: Child,
-        port: u16,
-    }
-
-    impl S3sFs {
-        /// Starts s3s-fs over `root` with `bucket` created; waits until it accepts connections.
-        pub fn start(bin: &Path, root: &Path, bucket: &str) -> anyhow::Result<S3sFs> {
-            std::fs::create_dir_all(root.join(bucket))?;
-            let port = strata_tests::pg::free_port()?;
-            let child = Command::new(bin)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", KEY, "--secret-key", SECRET])
-                .arg(root)
-                .env(
-                    "RUST_LOG",
-                    std::env::var("S3S_LOG").unwrap_or_else(|_| "warn".into()),
-                )
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(root.with_extension("log"))?)
-                .spawn()?;
-            let mut s = S3sFs { child, port };
-            let t0 = Instant::now();
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                if let Some(st) = s.child.try_wait()? {
-                    anyhow::bail!("s3s-fs exited at start: {st}");
-                }
-                anyhow::ensure!(
-                    t0.elapsed() < Duration::from_secs(20),
-                    "s3s-fs did not start"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Ok(s)
-        }
-
-        pub fn options(&self) -> S3Options {
-            S3Options {
-                endpoint: Some(format!("http://127.0.0.1:{}", self.port)),
-                access_key_id: Some(KEY.into()),
-                secret_access_key: Some(SECRET.into()),
-                region: Some("us-east-1".into()),
-                allow_http: false,
-            }
-        }
-    }
-
-    impl Drop for S3sFs {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+/// What the pageserver's S3 client needs to reach `server` (s3s-fs, from the harness).
+fn s3_options(server: &S3Server) -> S3Options {
+    S3Options {
+        endpoint: Some(server.endpoint.clone()),
+        access_key_id: Some(S3_ACCESS_KEY.into()),
+        secret_access_key: Some(S3_SECRET_KEY.into()),
+        region: Some(S3_REGION.into()),
+        allow_http: false,
     }
 }

@@ -3,56 +3,22 @@
 //! Postgres started from it, which sees every committed row.
 //!
 //! Needs the `safekeeper` and `compute` binaries of this workspace built (`cargo build
-//! --bins`); they are found in the target directory like the compute tests find theirs.
+//! --bins`); `strata_tests::procs` finds them in the target directory.
 
 mod service_support;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use service_support::{start_from_tar, Pageserver};
-use strata_tests::{InitOptions, PgCluster, StopMode};
+use strata_tests::procs::{walproposer_pg_options, Safekeeper, Walproposer};
+use strata_tests::{PgCluster, StopMode};
 use walproto::proto::pageserver as pb;
 use walproto::Lsn;
 
 const TENANT: &str = "abcdefabcdefabcdefabcdefabcdef01";
 const TIMELINE: &str = "abcdefabcdefabcdefabcdefabcdef02";
-
-/// The newest `<target>/{debug,release}/<name>`.
-fn workspace_bin(name: &str) -> Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    ["debug", "release"]
-        .iter()
-        .map(|p| target.join(p).join(name))
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .max()
-        .map(|(_, p)| p)
-        .with_context(|| {
-            format!(
-                "no {name} binary in {}: run `cargo build --bins` first",
-                target.display()
-            )
-        })
-}
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn log(dir: &Path, name: &str) -> Result<Stdio> {
-    Ok(Stdio::from(std::fs::File::create(dir.join(name))?))
-}
 
 /// Waits until the timeline has ingested WAL up to `target`.
 async fn catch_up(
@@ -84,59 +50,23 @@ async fn catch_up(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_flows_from_postgres_through_a_safekeeper_into_the_pageserver() -> Result<()> {
     let scratch = tempfile::tempdir()?;
-    let opts = InitOptions::default()
-        .set("synchronous_standby_names", "strata")
-        .set("synchronous_commit", "on")
-        .set("wal_keep_size", "1GB")
-        .set("max_wal_senders", "10")
-        .set("fsync", "off");
+    let opts = walproposer_pg_options().set("fsync", "off");
     let pg = PgCluster::init(&opts)?;
     let base = pg.copy_data_dir("base")?;
     pg.start()?;
 
     // One safekeeper serving the replication protocol.
-    let mut sk = Command::new(workspace_bin("safekeeper")?)
-        .arg("--datadir")
-        .arg(scratch.path().join("sk"))
-        .args([
-            "--listen-grpc",
-            "127.0.0.1:0",
-            "--id",
-            "1",
-            "--listen-pg",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(log(scratch.path(), "sk.log")?)
-        .spawn()?;
-    let mut lines = BufReader::new(sk.stdout.take().context("stdout")?).lines();
-    let grpc = lines.next().context("safekeeper printed nothing")??;
-    let repl = lines.next().context("safekeeper printed one line")??;
-    let _sk = Proc(sk);
-    let last_word = |l: &str| l.rsplit(' ').next().unwrap_or_default().to_string();
-    let (sk_grpc, sk_pg) = (last_word(&grpc), last_word(&repl));
+    let sk = Safekeeper::started_with_replication(scratch.path(), 1)?;
+    let (sk_grpc, sk_pg) = (sk.addr(), sk.pg_addr());
 
     // The walproposer streams Postgres's WAL to it (commits wait for it).
-    let _wp = Proc(
-        Command::new(workspace_bin("compute")?)
-            .args(["walproposer", "--pg"])
-            .arg(format!(
-                "host={} port={} user=postgres",
-                pg.socket_dir().display(),
-                pg.port()
-            ))
-            .args([
-                "--safekeepers",
-                &sk_grpc,
-                "--tenant",
-                TENANT,
-                "--timeline",
-                TIMELINE,
-            ])
-            .stdout(Stdio::null())
-            .stderr(log(scratch.path(), "wp.log")?)
-            .spawn()?,
-    );
+    let _wp = Walproposer::start_for(
+        &pg,
+        &[sk_grpc],
+        (TENANT, TIMELINE),
+        &scratch.path().join("wp.log"),
+        &[],
+    )?;
 
     // The pageserver: the initdb base, streaming from the safekeeper.
     let data = scratch.path().join("ps");

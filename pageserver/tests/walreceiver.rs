@@ -10,9 +10,8 @@
 //!
 //! Needs the binaries built first: `cargo build -p safekeeper -p compute --bins`.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,124 +22,14 @@ use pageserver::ingest::{IngestConf, WalIngest};
 use pageserver::redo::mask::mask_for_rmgr;
 use pageserver::timeline::TimelineConf;
 use pageserver::walreceiver::{Feedback, ReceiverStatus, WalReceiver, WalReceiverConf, WalSink};
+use strata_tests::procs::{read_wal, wait_for, Safekeeper, Walproposer, TENANT, TIMELINE};
 use strata_tests::{InitOptions, PgCluster};
 use tokio::sync::watch;
-use walproto::consts::{BLCKSZ, WAL_SEGMENT_SIZE};
-use walproto::proto::safekeeper as pb;
+use walproto::consts::BLCKSZ;
 use walproto::rmgr::{RM_BTREE_ID, RM_HEAP_ID};
 use walproto::{Decoded, Lsn, WalStreamDecoder};
 
-const TENANT: &str = "0123456789abcdef0123456789abcdef";
-const TIMELINE: &str = "fedcba9876543210fedcba9876543210";
-
 // ---- processes ---------------------------------------------------------------------------
-
-/// A built binary of the workspace: `$STRATA_<NAME>_BIN`, else the newest of
-/// `target/{debug,release}/<name>`. The test never builds it.
-fn built_bin(name: &str) -> PathBuf {
-    let var = format!("STRATA_{}_BIN", name.to_ascii_uppercase());
-    if let Some(p) = std::env::var_os(&var) {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    ["debug", "release"]
-        .iter()
-        .map(|p| target.join(p).join(name))
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .max()
-        .map(|(_, p)| p)
-        .unwrap_or_else(|| {
-            panic!("the {name} binary is not built: run `cargo build -p safekeeper -p compute --bins` or set {var}")
-        })
-}
-
-/// A safekeeper process serving gRPC and the replication protocol; killed when dropped.
-struct Sk {
-    id: u64,
-    child: Option<Child>,
-    grpc: String,
-    pg: String,
-    datadir: PathBuf,
-}
-
-impl Sk {
-    fn start(base: &Path, id: u64) -> Result<Sk> {
-        let datadir = base.join(format!("sk{id}"));
-        std::fs::create_dir_all(&datadir)?;
-        let log = std::fs::File::create(datadir.join("safekeeper.log"))?;
-        let mut child = Command::new(built_bin("safekeeper"))
-            .arg("--datadir")
-            .arg(&datadir)
-            .args(["--id", &id.to_string()])
-            .args(["--listen-grpc", "127.0.0.1:0", "--listen-pg", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .context("starting safekeeper")?;
-        let mut out = BufReader::new(child.stdout.take().expect("piped"));
-        let mut addr = |what: &str| -> Result<String> {
-            let mut line = String::new();
-            out.read_line(&mut line)?;
-            ensure!(line.contains(what), "safekeeper {id} printed {line:?}");
-            Ok(line.trim().rsplit(' ').next().unwrap_or("").to_string())
-        };
-        let grpc = addr("listening on")?;
-        let pg = addr("serving replication on")?;
-        Ok(Sk {
-            id,
-            child: Some(child),
-            grpc,
-            pg,
-            datadir,
-        })
-    }
-
-    fn signal(&self, sig: &str) -> Result<()> {
-        let pid = self.child.as_ref().context("not running")?.id();
-        let ok = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()?
-            .success();
-        ensure!(ok, "kill {sig} {pid} failed");
-        Ok(())
-    }
-
-    fn sigkill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    async fn status(&self) -> Result<pb::TimelineStatusResponse> {
-        let mut c =
-            pb::safekeeper_client::SafekeeperClient::connect(format!("http://{}", self.grpc))
-                .await?;
-        let r = c
-            .timeline_status(pb::TimelineStatusRequest {
-                tenant_id: TENANT.into(),
-                timeline_id: TIMELINE.into(),
-            })
-            .await?;
-        Ok(r.into_inner())
-    }
-
-    fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(self.datadir.join("safekeeper.log")).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-}
-
-impl Drop for Sk {
-    fn drop(&mut self) {
-        let _ = self.signal("-CONT");
-        self.sigkill();
-    }
-}
 
 /// A child process killed when dropped.
 struct Killed(Child);
@@ -152,24 +41,14 @@ impl Drop for Killed {
     }
 }
 
-fn start_walproposer(pg: &PgCluster, sks: &[Sk], start: Lsn, log: &Path) -> Result<Killed> {
-    let addrs: Vec<&str> = sks.iter().map(|s| s.grpc.as_str()).collect();
-    let child = Command::new(built_bin("compute"))
-        .args(["walproposer", "--pg"])
-        .arg(format!(
-            "host={} port={} user=postgres",
-            pg.socket_dir().display(),
-            pg.port()
-        ))
-        .args(["--safekeepers", &addrs.join(",")])
-        .args(["--tenant", TENANT, "--timeline", TIMELINE])
-        .args(["--start-lsn", &start.to_string()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log)?)
-        .spawn()
-        .context("starting compute walproposer")?;
-    Ok(Killed(child))
+/// The walproposer streaming `pg`'s WAL from `start` to `sks`.
+fn start_walproposer(
+    pg: &PgCluster,
+    sks: &[Safekeeper],
+    start: Lsn,
+    log: &Path,
+) -> Result<Walproposer> {
+    Walproposer::start(pg, sks, log, &["--start-lsn", &start.to_string()])
 }
 
 /// Starts `pgbench <args>` in the background.
@@ -360,39 +239,11 @@ impl WalSink for IngestSink {
 
 // ---- checks ------------------------------------------------------------------------------
 
-/// Postgres's WAL `[from, to)` from its pg_wal.
-fn read_pg_wal(dir: &Path, from: Lsn, to: Lsn) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity((to.0 - from.0) as usize);
-    let mut at = from;
-    while at < to {
-        let path = dir.join(at.segment_file_name(1));
-        let seg = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
-        let off = at.segment_offset() as usize;
-        let n = (WAL_SEGMENT_SIZE as usize - off).min((to.0 - at.0) as usize);
-        out.extend_from_slice(&seg[off..off + n]);
-        at = Lsn(at.0 + n as u64);
-    }
-    Ok(out)
+fn index_of(sks: &[Safekeeper], pg_addr: &str) -> Option<usize> {
+    sks.iter().position(|s| s.pg_addr() == pg_addr)
 }
 
-/// Waits until `f` is true, or fails with `what`.
-fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        ensure!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-fn index_of(sks: &[Sk], pg_addr: &str) -> Option<usize> {
-    sks.iter().position(|s| s.pg == pg_addr)
-}
-
-fn conf(sks: &[Sk]) -> WalReceiverConf {
+fn conf(sks: &[Safekeeper]) -> WalReceiverConf {
     WalReceiverConf {
         connect_timeout: Duration::from_secs(2),
         // Long: the switch away from a stopped safekeeper must come from the lag rule.
@@ -403,7 +254,7 @@ fn conf(sks: &[Sk]) -> WalReceiverConf {
         lag_patience: Duration::from_secs(1),
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_secs(1),
-        ..WalReceiverConf::new(sks.iter().map(|s| s.pg.clone()).collect(), TENANT, TIMELINE)
+        ..WalReceiverConf::new(sks.iter().map(|s| s.pg_addr()).collect(), TENANT, TIMELINE)
     }
 }
 
@@ -489,7 +340,7 @@ fn walreceiver_streams_fails_over_and_ingests() -> Result<()> {
     pg.start()?;
 
     let mut sks = (1..=3)
-        .map(|id| Sk::start(scratch.path(), id))
+        .map(|id| Safekeeper::started_with_replication(scratch.path(), id))
         .collect::<Result<Vec<_>>>()?;
     let _wp = start_walproposer(
         &pg,
@@ -514,9 +365,9 @@ fn walreceiver_streams_fails_over_and_ingests() -> Result<()> {
     pg.psql("CREATE TABLE filler(id int, pad text)")?;
     let flushed = pg.current_wal_lsn()?;
     wait_for(
-        Duration::from_secs(60),
         "both receivers reach the end of pgbench -i",
-        || received(0) >= flushed && received(1) >= flushed,
+        Duration::from_secs(60),
+        || Ok((received(0) >= flushed && received(1) >= flushed).then_some(())),
     )?;
     println!("{:?}: pgbench -i streamed to {flushed}", t0.elapsed());
 
@@ -557,11 +408,15 @@ fn walreceiver_streams_fails_over_and_ingests() -> Result<()> {
     let bench = pgbench_in_background(&pg, &["-c", "2", "-T", "5", "-n"])?;
     std::thread::sleep(Duration::from_millis(1500));
     let before_kill = received(0);
-    sks[victim_idx].sigkill();
+    sks[victim_idx].kill();
     wait_for(
-        Duration::from_secs(20),
         "a failover after the SIGKILL",
-        || statuses[0].borrow().streams > streams_before && from(0).is_some_and(|a| a != victim),
+        Duration::from_secs(20),
+        || {
+            Ok((statuses[0].borrow().streams > streams_before
+                && from(0).is_some_and(|a| a != victim))
+            .then_some(()))
+        },
     )?;
     finish(bench)?;
     let reason = statuses[0]
@@ -578,9 +433,9 @@ fn walreceiver_streams_fails_over_and_ingests() -> Result<()> {
     pg.psql("CHECKPOINT")?;
     let end = pg.current_wal_lsn()?;
     wait_for(
-        Duration::from_secs(60),
         "both receivers reach the checkpoint",
-        || received(0) >= end && received(1) >= end,
+        Duration::from_secs(60),
+        || Ok((received(0) >= end && received(1) >= end).then_some(())),
     )?;
 
     // Feedback: the safekeeper streamed from now holds what the check sink reported applied.
@@ -611,7 +466,7 @@ fn walreceiver_streams_fails_over_and_ingests() -> Result<()> {
     // Every byte from the start to the end of what was received, as Postgres wrote it.
     let s = check_sink.state.lock().unwrap();
     let got_to = Lsn(start.0 + s.bytes.len() as u64);
-    let theirs = read_pg_wal(&pg.wal_dir(), start, got_to)?;
+    let theirs = read_wal(&pg.wal_dir(), start, got_to)?;
     if theirs != s.bytes {
         let at = theirs
             .iter()
@@ -647,9 +502,9 @@ fn walreceiver_streams_fails_over_and_ingests() -> Result<()> {
     let t1 = Instant::now();
     let task = rt.spawn(r.run(late.clone(), stop_rx));
     wait_for(
-        Duration::from_secs(60),
         "the late receiver catches up",
-        || status.borrow().received >= got_to,
+        Duration::from_secs(60),
+        || Ok((status.borrow().received >= got_to).then_some(())),
     )?;
     let secs = t1.elapsed().as_secs_f64();
     stop_tx.send(true)?;
@@ -685,19 +540,19 @@ fn walreceiver_reports_why_it_cannot_stream() -> Result<()> {
         .enable_all()
         .build()?;
     let scratch = tempfile::tempdir()?;
-    let sk = Sk::start(scratch.path(), 1)?;
+    let sk = Safekeeper::started_with_replication(scratch.path(), 1)?;
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .to_string();
-    let mut c = WalReceiverConf::new(vec![sk.pg.clone(), closed.clone()], TENANT, TIMELINE);
+    let mut c = WalReceiverConf::new(vec![sk.pg_addr(), closed.clone()], TENANT, TIMELINE);
     c.backoff_max = Duration::from_millis(200);
     let r = WalReceiver::new(c);
     let status = r.status();
     let (stop_tx, stop_rx) = watch::channel(false);
     let sink = Arc::new(CheckSink::new(Lsn(0x100_0000)));
     let task = rt.spawn(r.run(sink, stop_rx));
-    wait_for(Duration::from_secs(10), "an error in the status", || {
-        status.borrow().last_error.is_some()
+    wait_for("an error in the status", Duration::from_secs(10), || {
+        Ok(status.borrow().last_error.is_some().then_some(()))
     })?;
     let err = status.borrow().last_error.clone().unwrap_or_default();
     println!("{err}");

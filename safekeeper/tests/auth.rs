@@ -6,9 +6,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{append, Safekeeper, Session, TIMELINE};
@@ -158,46 +157,14 @@ fn tokens(keys: &Path, other_keys: &Path) -> Tokens {
     }
 }
 
-/// Starts the safekeeper with auth on and a replication port; returns it and that port's
-/// address.
-fn start(datadir: &Path, public_key: &Path) -> (Safekeeper, String) {
-    std::fs::create_dir_all(datadir).unwrap();
-    let log = std::fs::File::create(datadir.join("safekeeper.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_safekeeper"))
-        .arg("--datadir")
-        .arg(datadir)
-        .args([
-            "--listen-grpc",
-            "127.0.0.1:0",
-            "--listen-pg",
-            "127.0.0.1:0",
-            "--id",
-            "1",
-        ])
-        .arg("--auth-public-key")
-        .arg(public_key)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut last_word = || {
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        line.trim()
-            .rsplit(' ')
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    };
-    let addr = last_word();
-    let pg_addr = last_word();
-    let sk = Safekeeper {
-        child,
-        addr,
-        datadir: datadir.to_path_buf(),
-    };
+/// Starts safekeeper 1 under `base` with auth on and a replication port; returns it and
+/// that port's address.
+fn start(base: &Path, public_key: &Path) -> (Safekeeper, String) {
+    let mut sk = Safekeeper::new(base, 1).unwrap();
+    sk.replication = true;
+    sk.args = vec!["--auth-public-key".into(), public_key.display().to_string()];
+    sk.start().unwrap();
+    let pg_addr = sk.pg_addr();
     (sk, pg_addr)
 }
 
@@ -244,7 +211,7 @@ async fn every_rpc_needs_a_safekeeper_or_admin_token_for_its_tenant() {
             ),
         ];
         for (token, who, code, says) in refused {
-            match call(&sk.addr, token, rpc, TENANT).await {
+            match call(&sk.addr(), token, rpc, TENANT).await {
                 Err(s) if s.code() == code && s.message().contains(says) => {}
                 other => failures.push(format!(
                     "{rpc:?} with {who}: expected {code:?} saying {says:?}, got {other:?}"
@@ -257,7 +224,7 @@ async fn every_rpc_needs_a_safekeeper_or_admin_token_for_its_tenant() {
             (&tok.safekeeper_for_tenant, "the tenant's safekeeper token"),
             (&tok.admin, "the admin token"),
         ] {
-            if let Err(s) = call(&sk.addr, Some(token.as_str()), rpc, TENANT).await {
+            if let Err(s) = call(&sk.addr(), Some(token.as_str()), rpc, TENANT).await {
                 failures.push(format!("{rpc:?} with {who}: {s:?}"));
             }
         }
@@ -321,7 +288,7 @@ async fn the_replication_port_takes_a_token_as_the_password() {
     let (pg, sysid, start, wal) = real_wal();
     let scratch = tempfile::tempdir().unwrap();
     let (tok, sk, pg_addr) = setup(scratch.path());
-    replicate(&sk.addr, &tok.safekeeper, sysid, start, &wal).await;
+    replicate(&sk.addr(), &tok.safekeeper, sysid, start, &wal).await;
     let end = Lsn(start.0 + wal.len() as u64);
 
     // The SQLSTATEs, as a Postgres client library sees them.
@@ -467,13 +434,13 @@ async fn deleting_a_timeline_needs_an_admin_token() {
         ),
     ];
     for (token, code, says) in refused {
-        match call(&sk.addr, token, rpc, TENANT).await {
+        match call(&sk.addr(), token, rpc, TENANT).await {
             Err(s) if s.code() == code && s.message().contains(says) => {}
             other => panic!("expected {code:?} saying {says:?}, got {other:?}"),
         }
     }
     // The admin token passes the check (the timeline does not exist: nothing to delete).
-    call(&sk.addr, Some(tok.admin.as_str()), rpc, TENANT)
+    call(&sk.addr(), Some(tok.admin.as_str()), rpc, TENANT)
         .await
         .expect("an admin may delete a timeline");
 }

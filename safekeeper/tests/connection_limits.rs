@@ -33,14 +33,14 @@ fn threads_of(pid: u32) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_do_not_cost_a_thread_each() {
     let data = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let sk = Safekeeper::start(data.path(), 1);
-    let pid = sk.child.id();
+    let sk = Safekeeper::started(data.path(), 1).unwrap();
+    let pid = sk.pid().unwrap();
     let started = Instant::now();
     let mut idle = Vec::with_capacity(IDLE_CONNECTIONS);
     for _ in 0..IDLE_CONNECTIONS {
         // The safekeeper may close some of them (at its cap): that is fine, they are idle.
         if let Ok(Ok(mut c)) =
-            tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&sk.addr)).await
+            tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(sk.addr())).await
         {
             let _ = c.write_all(H2_PREFACE).await;
             idle.push(c);
@@ -63,7 +63,7 @@ async fn idle_connections_do_not_cost_a_thread_each() {
     // A normal client is served.
     let t = Instant::now();
     let status = tokio::time::timeout(SERVED_WITHIN, async {
-        let mut c = sk.client().await;
+        let mut c = sk.client().await.unwrap();
         c.timeline_status(walproto::proto::safekeeper::TimelineStatusRequest {
             tenant_id: TENANT.into(),
             timeline_id: TIMELINE.into(),

@@ -30,7 +30,7 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn setup(pg: &strata_tests::PgCluster, wp: &Wp) {
+    fn setup(pg: &strata_tests::PgCluster, wp: &Walproposer) {
         psql(
             pg,
             wp,
@@ -97,15 +97,16 @@ impl Ledger {
 /// Waits until the ledger acknowledged `more` transfers beyond what it had.
 async fn ledger_advances(ledger: &Ledger, more: usize, what: &str) {
     let from = ledger.count();
-    let ok = wait_until(Duration::from_secs(60), || async {
+    let what = format!("the ledger to advance {what}");
+    wait_until(&what, Duration::from_secs(60), || async {
         ledger.count() >= from + more
     })
-    .await;
-    assert!(ok, "the ledger did not advance {what}");
+    .await
+    .unwrap();
 }
 
 /// `<datadir>/<tenant>/<timeline>.corrupt-*`.
-fn quarantined(sk: &Sk) -> Vec<PathBuf> {
+fn quarantined(sk: &Safekeeper) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(sk.datadir.join(TENANT))
         .unwrap()
         .flatten()
@@ -122,7 +123,7 @@ fn quarantined(sk: &Sk) -> Vec<PathBuf> {
 }
 
 /// Prints what the safekeeper logged about verification, quarantine and recovery.
-fn print_story(sk: &Sk) {
+fn print_story(sk: &Safekeeper) {
     for line in log(sk).lines().filter(|l| {
         ["quarantin", "verified", "recover", "bad WAL", "damage"]
             .iter()
@@ -132,7 +133,7 @@ fn print_story(sk: &Sk) {
     }
 }
 
-fn log(sk: &Sk) -> String {
+fn log(sk: &Safekeeper) -> String {
     std::fs::read_to_string(sk.datadir.with_extension("log")).unwrap_or_default()
 }
 
@@ -168,9 +169,9 @@ async fn damaged_safekeeper_recovers(
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let mut sks = three_safekeepers(base.path(), &extra, &[]);
-    let pg = postgres();
-    let wp = Wp::start(&pg, &sks, &base.path().join("walproposer.log"));
+    let mut sks = three_safekeepers(base.path(), &extra, &[]).unwrap();
+    let pg = walproposer_postgres().unwrap();
+    let wp = Walproposer::start(&pg, &sks, &base.path().join("walproposer.log"), &[]).unwrap();
     Ledger::setup(&pg, &wp);
     let end = make_segments(&pg, &wp, 3);
     let ledger = Ledger::start(&pg);
@@ -183,14 +184,16 @@ async fn damaged_safekeeper_recovers(
     sks[2].kill();
     let (file, damaged) = damage(&sks[2].timeline_dir(), &pg, start);
     ledger_advances(&ledger, 50, "with safekeeper 3 down").await;
-    sks[2].start();
+    sks[2].start().unwrap();
 
     // It finds the damage, moves the timeline aside as it was, and says what is wrong.
-    let ok = wait_until(Duration::from_secs(30), || async {
+    let quarantine = wait_until("a quarantine", Duration::from_secs(30), || async {
         !quarantined(&sks[2]).is_empty()
     })
     .await;
-    assert!(ok, "nothing was quarantined:\n{}", sks[2].log_tail());
+    if let Err(e) = quarantine {
+        panic!("{e:#}:\n{}", sks[2].log_tail());
+    }
     let q = quarantined(&sks[2]).remove(0);
     let rel = file.strip_prefix(sks[2].timeline_dir()).unwrap();
     assert!(
@@ -209,8 +212,9 @@ async fn damaged_safekeeper_recovers(
     // It recovers from its peers and follows the commits of the running ledger.
     ledger_advances(&ledger, 50, "after the restart").await;
     let target = pg.current_wal_insert_lsn().unwrap();
-    let ok = sks[2].wait_commit(target, Duration::from_secs(60)).await;
-    assert!(ok, "safekeeper 3 did not recover:\n{}", sks[2].log_tail());
+    if let Err(e) = sks[2].wait_commit(target, Duration::from_secs(60)).await {
+        panic!("safekeeper 3 did not recover: {e:#}\n{}", sks[2].log_tail());
+    }
     let s3 = sks[2].status().await.unwrap();
     assert!(s3.term >= before.term, "the recovered node forgot its term");
     assert_eq!(Lsn(s3.local_start_lsn), start);
@@ -223,13 +227,13 @@ async fn damaged_safekeeper_recovers(
 
     // Its WAL is Postgres's, and its peer's, byte for byte, up to its commit LSN.
     let commit = Lsn(s3.commit_lsn);
-    let ours = read_segments(&sks[2].timeline_dir(), start, commit);
+    let ours = read_wal(&sks[2].timeline_dir(), start, commit).unwrap();
     assert!(
-        ours == pg_wal_range(&pg, start, commit),
+        ours == read_wal(&pg.wal_dir(), start, commit).unwrap(),
         "recovered WAL differs from pg_wal"
     );
     assert!(
-        ours == read_segments(&sks[1].timeline_dir(), start, commit),
+        ours == read_wal(&sks[1].timeline_dir(), start, commit).unwrap(),
         "recovered WAL differs from safekeeper 2's"
     );
 
@@ -290,7 +294,7 @@ async fn a_flipped_byte_in_a_complete_segment_is_quarantined_and_recovered_from_
 }
 
 /// Streams from `from` on a safekeeper's replication server until an error or `to`.
-async fn stream_from(sk: &Sk, from: Lsn, to: Lsn) -> Result<(), String> {
+async fn stream_from(sk: &Safekeeper, from: Lsn, to: Lsn) -> Result<(), String> {
     let conn = PgConnection::connect(&ConnConfig {
         host: "127.0.0.1".into(),
         port: sk.pg_port,
@@ -325,10 +329,10 @@ async fn stream_from(sk: &Sk, from: Lsn, to: Lsn) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_wal_met_by_a_reader_quarantines_the_running_timeline() {
     let base = tempfile::tempdir().unwrap();
-    let mut sks = three_safekeepers(base.path(), &[], &[]);
-    let pg = postgres();
+    let mut sks = three_safekeepers(base.path(), &[], &[]).unwrap();
+    let pg = walproposer_postgres().unwrap();
     let wp_log = base.path().join("walproposer.log");
-    let wp = Wp::start(&pg, &sks, &wp_log);
+    let wp = Walproposer::start(&pg, &sks, &wp_log, &[]).unwrap();
     Ledger::setup(&pg, &wp);
     let end = make_segments(&pg, &wp, 3);
     let ledger = Ledger::start(&pg);
@@ -348,16 +352,16 @@ async fn bad_wal_met_by_a_reader_quarantines_the_running_timeline() {
     let e = stream_from(&sks[2], seg_start, end).await.unwrap_err();
     assert!(e.contains("refusing to serve WAL"), "{e}");
     // The timeline is out of service at once.
-    let ok = wait_until(Duration::from_secs(20), || async {
-        sks[2].status().await.is_none()
-    })
+    let out_of_service = wait_until(
+        "the damaged timeline to leave the service",
+        Duration::from_secs(20),
+        || async { sks[2].status().await.is_err() },
+    )
     .await;
-    assert!(
-        ok,
-        "the damaged timeline still answers:\n{}",
-        sks[2].log_tail()
-    );
-    let mut c = pb_client(&sks[2]).await;
+    if let Err(e) = out_of_service {
+        panic!("{e:#}:\n{}", sks[2].log_tail());
+    }
+    let mut c = sks[2].client().await.unwrap();
     let status = c
         .timeline_status(walproto::proto::safekeeper::TimelineStatusRequest {
             tenant_id: TENANT.into(),
@@ -376,11 +380,13 @@ async fn bad_wal_met_by_a_reader_quarantines_the_running_timeline() {
 
     // Its proposer session ends at its next append (the ledger keeps appending), the
     // walproposer reconnects, and the timeline is moved aside and recovered.
-    let ok = wait_until(Duration::from_secs(30), || async {
+    let quarantine = wait_until("a quarantine", Duration::from_secs(30), || async {
         !quarantined(&sks[2]).is_empty()
     })
     .await;
-    assert!(ok, "nothing was quarantined:\n{}", sks[2].log_tail());
+    if let Err(e) = quarantine {
+        panic!("{e:#}:\n{}", sks[2].log_tail());
+    }
     let q = quarantined(&sks[2]).remove(0);
     assert!(
         std::fs::read(q.join(seg_start.segment_file_name(1))).unwrap() == b,
@@ -388,12 +394,13 @@ async fn bad_wal_met_by_a_reader_quarantines_the_running_timeline() {
     );
     ledger_advances(&ledger, 30, "after the quarantine").await;
     let target = pg.current_wal_insert_lsn().unwrap();
-    let ok = sks[2].wait_commit(target, Duration::from_secs(60)).await;
-    assert!(ok, "safekeeper 3 did not recover:\n{}", sks[2].log_tail());
+    if let Err(e) = sks[2].wait_commit(target, Duration::from_secs(60)).await {
+        panic!("safekeeper 3 did not recover: {e:#}\n{}", sks[2].log_tail());
+    }
     let commit = Lsn(sks[2].status().await.unwrap().commit_lsn);
-    let ours = read_segments(&sks[2].timeline_dir(), start, commit);
+    let ours = read_wal(&sks[2].timeline_dir(), start, commit).unwrap();
     assert!(
-        ours == pg_wal_range(&pg, start, commit),
+        ours == read_wal(&pg.wal_dir(), start, commit).unwrap(),
         "recovered WAL differs"
     );
     stream_from(&sks[2], seg_start, end)
@@ -408,17 +415,6 @@ async fn bad_wal_met_by_a_reader_quarantines_the_running_timeline() {
     drop(wp);
 }
 
-async fn pb_client(
-    sk: &Sk,
-) -> walproto::proto::safekeeper::safekeeper_client::SafekeeperClient<tonic::transport::Channel> {
-    walproto::proto::safekeeper::safekeeper_client::SafekeeperClient::connect(format!(
-        "http://{}",
-        sk.addr()
-    ))
-    .await
-    .unwrap()
-}
-
 /// Without peers to recover from, a quarantined timeline stays out of service, across
 /// restarts too: a greeting is refused (never answered by an empty timeline that forgot the
 /// term it promised), and the status names the quarantine.
@@ -426,9 +422,8 @@ async fn pb_client(
 async fn without_peers_a_quarantined_timeline_is_refused_not_recreated() {
     use common::{Safekeeper, Session};
     let base = tempfile::tempdir().unwrap();
-    let datadir = base.path().join("sk");
-    std::fs::create_dir_all(&datadir).unwrap();
-    let sk = Safekeeper::start(&datadir, 1);
+    let sk = Safekeeper::started(base.path(), 1).unwrap();
+    let datadir = sk.datadir.clone();
     let (mut s, _) = Session::open(&sk, "p1").await;
     assert!(s.vote(5).await.vote_granted);
     drop(s);
@@ -442,10 +437,11 @@ async fn without_peers_a_quarantined_timeline_is_refused_not_recreated() {
     std::fs::write(&file, &b).unwrap();
 
     for restart in 0..2 {
-        let sk = Safekeeper::start(&datadir, 1);
+        let sk = Safekeeper::started(base.path(), 1).unwrap();
         let status = sk
             .client()
             .await
+            .unwrap()
             .timeline_status(walproto::proto::safekeeper::TimelineStatusRequest {
                 tenant_id: TENANT.into(),
                 timeline_id: TIMELINE.into(),
@@ -460,7 +456,7 @@ async fn without_peers_a_quarantined_timeline_is_refused_not_recreated() {
                 status.message()
             );
         }
-        let mut client = sk.client().await;
+        let mut client = sk.client().await.unwrap();
         let mut rx = client
             .propose(tokio_stream::iter(vec![
                 walproto::proto::safekeeper::ProposerMessage {
@@ -488,7 +484,7 @@ async fn without_peers_a_quarantined_timeline_is_refused_not_recreated() {
 }
 
 /// Every acknowledged transfer of the ledger is in the table.
-fn assert_none_lost(pg: &strata_tests::PgCluster, wp: &Wp, acked: &[i64]) {
+fn assert_none_lost(pg: &strata_tests::PgCluster, wp: &Walproposer, acked: &[i64]) {
     let rows = psql(pg, wp, "SELECT n FROM ledger ORDER BY n");
     let present: std::collections::HashSet<i64> =
         rows.lines().filter_map(|l| l.trim().parse().ok()).collect();

@@ -40,6 +40,7 @@ async fn greet(sk: &Safekeeper, greeting: In) -> Result<pb::GreetingResponse, to
         let mut stream = sk
             .client()
             .await
+            .expect("connect to the safekeeper")
             .propose(ReceiverStream::new(rx))
             .await?
             .into_inner();
@@ -59,12 +60,12 @@ fn id(n: u64, salt: u64) -> String {
     format!("{x:016x}{:016x}", x.rotate_left(17) ^ n)
 }
 
-/// The entries of the data directory other than the node id file and the log.
+/// The entries of the data directory other than the node id file.
 fn data_entries(sk: &Safekeeper) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(&sk.datadir)
         .expect("read the data directory")
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "safekeeper.id" && n != "safekeeper.log")
+        .filter(|n| n != "safekeeper.id")
         .collect();
     names.sort();
     names
@@ -73,7 +74,7 @@ fn data_entries(sk: &Safekeeper) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greetings_for_unknown_timelines_create_nothing() {
     let data = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let sk = Safekeeper::start(data.path(), 1);
+    let sk = Safekeeper::started(data.path(), 1).unwrap();
     for n in 0..50 {
         let err = greet(&sk, greeting_for(&id(n, 1), &id(n, 2), false))
             .await

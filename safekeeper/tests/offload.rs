@@ -20,26 +20,30 @@ use walproto::proto::safekeeper as pb;
 use walproto::replication::ReplicationMessage;
 use walproto::Lsn;
 
-async fn statuses(sks: &[Sk]) -> Vec<Option<pb::TimelineStatusResponse>> {
+async fn statuses(sks: &[Safekeeper]) -> Vec<Option<pb::TimelineStatusResponse>> {
     let mut out = Vec::new();
     for sk in sks {
-        out.push(sk.status().await);
+        out.push(sk.status().await.ok());
     }
     out
 }
 
-async fn all_status(sks: &[Sk], what: &str, f: impl Fn(&pb::TimelineStatusResponse) -> bool) {
-    let ok = wait_until(Duration::from_secs(40), || async {
+async fn all_status(
+    sks: &[Safekeeper],
+    what: &str,
+    f: impl Fn(&pb::TimelineStatusResponse) -> bool,
+) {
+    let waited = wait_until(what, Duration::from_secs(40), || async {
         statuses(sks)
             .await
             .iter()
             .all(|s| s.as_ref().is_some_and(&f))
     })
     .await;
-    if !ok {
+    if let Err(e) = waited {
         let logs: Vec<String> = sks.iter().map(|s| s.log_tail()).collect();
         panic!(
-            "not every safekeeper reached: {what}\n{:#?}\n{}",
+            "not every safekeeper reached it: {e:#}\n{:#?}\n{}",
             statuses(sks).await,
             logs.join("\n----\n")
         );
@@ -58,7 +62,7 @@ fn segment_files(dir: &Path) -> Vec<String> {
 }
 
 /// A replication connection to a safekeeper as `application_name`.
-async fn connect(sk: &Sk, application_name: &str) -> PgConnection {
+async fn connect(sk: &Safekeeper, application_name: &str) -> PgConnection {
     PgConnection::connect(&ConnConfig {
         host: "127.0.0.1".into(),
         port: sk.pg_port,
@@ -72,7 +76,7 @@ async fn connect(sk: &Sk, application_name: &str) -> PgConnection {
 }
 
 /// Streams `[from, to)` from a safekeeper's replication server.
-async fn stream_range(sk: &Sk, from: Lsn, to: Lsn) -> Result<Vec<u8>, String> {
+async fn stream_range(sk: &Safekeeper, from: Lsn, to: Lsn) -> Result<Vec<u8>, String> {
     let conn = connect(sk, "offload-test-reader").await;
     let mut s = WalStream::start(conn, None, from, 1)
         .await
@@ -96,7 +100,7 @@ async fn stream_range(sk: &Sk, from: Lsn, to: Lsn) -> Result<Vec<u8>, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offload_to_s3_removal_after_consumer_report_and_serving_removed_wal() {
     let base = tempfile::tempdir().unwrap();
-    let s3 = S3Server::start(base.path());
+    let s3 = S3Server::start(&base.path().join("s3"), "strata-wal").unwrap();
     let remote = format!("s3://{}/cluster-a", s3.bucket);
     let extra: Vec<String> = [
         "--remote-storage",
@@ -107,9 +111,9 @@ async fn offload_to_s3_removal_after_consumer_report_and_serving_removed_wal() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut sks = three_safekeepers(base.path(), &extra, &s3.env());
-    let pg = postgres();
-    let wp = Wp::start(&pg, &sks, &base.path().join("walproposer.log"));
+    let mut sks = three_safekeepers(base.path(), &extra, &s3.env()).unwrap();
+    let pg = walproposer_postgres().unwrap();
+    let wp = Walproposer::start(&pg, &sks, &base.path().join("walproposer.log"), &[]).unwrap();
     let end = make_segments(&pg, &wp, 3);
     let start = Lsn(sks[0].status().await.unwrap().local_start_lsn);
     assert!(end.segment_number() >= start.segment_number() + 3);
@@ -153,15 +157,19 @@ async fn offload_to_s3_removal_after_consumer_report_and_serving_removed_wal() {
     }
     // The segment being written is uploaded as .partial, up to the commit LSN.
     let partial_name = format!("{}.partial", end.segment_file_name(1));
-    let off = wait_until(Duration::from_secs(20), || async {
-        statuses(&sks)
-            .await
-            .iter()
-            .flatten()
-            .any(|s| s.partial_offloaded_lsn >= end.0)
-    })
-    .await;
-    assert!(off, "the partial segment was not offloaded");
+    wait_until(
+        "the partial segment's offload",
+        Duration::from_secs(20),
+        || async {
+            statuses(&sks)
+                .await
+                .iter()
+                .flatten()
+                .any(|s| s.partial_offloaded_lsn >= end.0)
+        },
+    )
+    .await
+    .unwrap();
     let partial = std::fs::read(objects.join(&partial_name)).unwrap();
     assert!(partial.len() as u64 >= end.segment_offset());
     assert!(partial[..] == pg_segment(&pg, current)[..partial.len()]);
@@ -212,13 +220,13 @@ async fn offload_to_s3_removal_after_consumer_report_and_serving_removed_wal() {
     // Removed WAL is still served, from the object store, byte-identical.
     let got = stream_range(&sks[1], start, end).await.unwrap();
     assert!(
-        got == pg_wal_range(&pg, start, end),
+        got == read_wal(&pg.wal_dir(), start, end).unwrap(),
         "WAL served from S3 differs"
     );
 
     // The offload state survives a SIGKILL.
     sks[2].kill();
-    sks[2].start();
+    sks[2].start().unwrap();
     let s = sks[2].status().await.unwrap();
     assert!(s.offloaded_lsn >= end.segment_start().0);
     assert_eq!(s.consumer_durable_lsn, durable.0);
@@ -249,9 +257,9 @@ async fn local_directory_offload_and_a_wiped_safekeeper_recovers() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut sks = three_safekeepers(base.path(), &extra, &[]);
-    let pg = postgres();
-    let wp = Wp::start(&pg, &sks, &base.path().join("walproposer.log"));
+    let mut sks = three_safekeepers(base.path(), &extra, &[]).unwrap();
+    let pg = walproposer_postgres().unwrap();
+    let wp = Walproposer::start(&pg, &sks, &base.path().join("walproposer.log"), &[]).unwrap();
     let end = make_segments(&pg, &wp, 2);
     let start = Lsn(sks[0].status().await.unwrap().local_start_lsn);
     all_status(&sks, "offloaded up to the current segment", |s| {
@@ -272,15 +280,11 @@ async fn local_directory_offload_and_a_wiped_safekeeper_recovers() {
     let last = pg.current_wal_insert_lsn().unwrap();
     let offloader = sks[0].status().await.unwrap().offloader_id;
     let o = sks.iter().position(|s| s.id == offloader).unwrap();
-    let ok = wait_until(Duration::from_secs(20), || async {
-        sks[o]
-            .status()
-            .await
-            .is_some_and(|s| Lsn(s.commit_lsn) >= last)
-    })
-    .await;
-    assert!(ok, "the offloader's commit LSN did not reach {last}");
-    sks[o].stop();
+    sks[o]
+        .wait_commit(last, Duration::from_secs(20))
+        .await
+        .unwrap();
+    sks[o].stop().unwrap();
     let partial =
         std::fs::read(objects.join(format!("{}.partial", last.segment_file_name(1)))).unwrap();
     assert!(
@@ -290,17 +294,18 @@ async fn local_directory_offload_and_a_wiped_safekeeper_recovers() {
         last.segment_offset()
     );
     assert!(partial[..] == pg_segment(&pg, last.segment_number())[..partial.len()]);
-    sks[o].start();
+    sks[o].start().unwrap();
 
     // Safekeeper 3 loses its disk and comes back empty.
     sks[2].kill();
     std::fs::remove_dir_all(&sks[2].datadir).unwrap();
-    sks[2].start();
+    sks[2].start().unwrap();
     psql(&pg, &wp, "INSERT INTO t VALUES (-1, 'after the wipe')");
     let term = sks[0].status().await.unwrap().term;
     let target = pg.current_wal_insert_lsn().unwrap();
-    let ok = sks[2].wait_commit(target, Duration::from_secs(30)).await;
-    assert!(ok, "safekeeper 3 did not recover:\n{}", sks[2].log_tail());
+    if let Err(e) = sks[2].wait_commit(target, Duration::from_secs(30)).await {
+        panic!("safekeeper 3 did not recover: {e:#}\n{}", sks[2].log_tail());
+    }
     let s3 = sks[2].status().await.unwrap();
     assert_eq!(s3.term, term, "the recovered node took the peers' term");
     assert_eq!(Lsn(s3.local_start_lsn), start);
@@ -314,9 +319,9 @@ async fn local_directory_offload_and_a_wiped_safekeeper_recovers() {
         sks[2].log_tail()
     );
     // Its WAL is Postgres's, byte for byte, from the old start to the commit LSN.
-    let ours = read_segments(&sks[2].timeline_dir(), start, Lsn(s3.commit_lsn));
+    let ours = read_wal(&sks[2].timeline_dir(), start, Lsn(s3.commit_lsn)).unwrap();
     assert!(
-        ours == pg_wal_range(&pg, start, Lsn(s3.commit_lsn)),
+        ours == read_wal(&pg.wal_dir(), start, Lsn(s3.commit_lsn)).unwrap(),
         "recovered WAL differs"
     );
 
@@ -347,18 +352,16 @@ async fn local_directory_offload_and_a_wiped_safekeeper_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeline_is_not_created_without_a_majority_of_answers() {
     let base = tempfile::tempdir().unwrap();
-    let mut sk = Sk::new(base.path(), 1);
+    let mut sk = Safekeeper::new(base.path(), 1).unwrap();
+    sk.replication = true;
     // Ports nobody listens on.
     let (a, b) = (
         strata_tests::pg::free_port().unwrap(),
         strata_tests::pg::free_port().unwrap(),
     );
     sk.args = vec!["--peers".into(), format!("2=127.0.0.1:{a},3=127.0.0.1:{b}")];
-    sk.start();
-    let mut client =
-        pb::safekeeper_client::SafekeeperClient::connect(format!("http://{}", sk.addr()))
-            .await
-            .unwrap();
+    sk.start().unwrap();
+    let mut client = sk.client().await.unwrap();
     let greeting = pb::ProposerMessage {
         msg: Some(pb::proposer_message::Msg::Greeting(pb::Greeting {
             tenant_id: TENANT.into(),

@@ -91,7 +91,8 @@ fn connstr(addr: &str, options: &str) -> String {
 async fn pg_receivewal_gets_byte_identical_wal() {
     let (pg, sysid, start, end, wal) = real_wal();
     let dir = tempfile::tempdir().unwrap();
-    let (sk, pg_addr) = Safekeeper::start_with_replication(dir.path(), 1);
+    let sk = Safekeeper::started_with_replication(dir.path(), 1).unwrap();
+    let pg_addr = sk.pg_addr();
     replicate(&sk, sysid, start, &wal).await;
 
     // pg_receivewal starts at the segment holding IDENTIFY_SYSTEM's position, and stops once it

@@ -28,7 +28,7 @@ fn read_back(dir: &std::path::Path, from: Lsn, to: Lsn) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_nothing_acknowledged() {
     let data = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let sk = Safekeeper::start(data.path(), 1);
+    let sk = Safekeeper::started(data.path(), 1).unwrap();
     let (mut p, g) = Session::open(&sk, "proposer-a").await;
     assert_eq!((g.term, g.flush_lsn), (0, 0));
     let v = p.vote(5).await;
@@ -66,13 +66,12 @@ async fn sigkill_mid_stream_loses_nothing_acknowledged() {
             break;
         }
     }
-    sk.child.kill().unwrap(); // SIGKILL
-    sk.child.wait().unwrap();
+    sk.kill(); // SIGKILL
     drop(p);
     assert!(commit > START);
 
-    let sk = Safekeeper::start(data.path(), 1);
-    let st = sk.status().await;
+    let sk = Safekeeper::started(data.path(), 1).unwrap();
+    let st = sk.status().await.unwrap();
     assert_eq!(st.term, 5, "term persisted");
     assert!(
         st.flush_lsn >= acked.0,
@@ -140,7 +139,7 @@ async fn sigkill_mid_stream_loses_nothing_acknowledged() {
         }
     }
     assert_eq!(read_back(&sk.timeline_dir(), flush, end), chunk);
-    let st = sk.status().await;
+    let st = sk.status().await.unwrap();
     assert_eq!(st.term, 6);
     assert_eq!(st.term_history.unwrap().entries.len(), 2);
 }
@@ -148,7 +147,7 @@ async fn sigkill_mid_stream_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_needs_far_fewer_fsyncs_than_appends() {
     let data = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let sk = Safekeeper::start(data.path(), 2);
+    let sk = Safekeeper::started(data.path(), 2).unwrap();
     let (mut p, _) = Session::open(&sk, "proposer-gc").await;
     assert!(p.vote(1).await.vote_granted);
     p.elect(1, &[(1, START)], START).await.unwrap();
@@ -173,7 +172,7 @@ async fn group_commit_needs_far_fewer_fsyncs_than_appends() {
     tokio::time::timeout(Duration::from_secs(60), wait)
         .await
         .expect("all appends acknowledged");
-    let st = sk.status().await;
+    let st = sk.status().await.unwrap();
     assert_eq!(st.wal_appends, N as u64);
     assert!(st.wal_fsyncs >= 1);
     assert!(
@@ -188,8 +187,8 @@ async fn group_commit_needs_far_fewer_fsyncs_than_appends() {
 async fn bad_requests_get_clear_errors() {
     use walproto::proto::safekeeper as pb;
     let data = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let sk = Safekeeper::start(data.path(), 3);
-    let mut c = sk.client().await;
+    let sk = Safekeeper::started(data.path(), 3).unwrap();
+    let mut c = sk.client().await.unwrap();
     let err = c
         .timeline_status(pb::TimelineStatusRequest {
             tenant_id: TENANT.into(),

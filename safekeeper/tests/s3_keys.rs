@@ -16,7 +16,7 @@ use walproto::consts::WAL_SEGMENT_SIZE;
 #[test]
 fn the_longest_wal_key_uploads_to_s3s_fs_single_and_multipart() {
     let base = tempfile::tempdir().unwrap();
-    let s3 = S3Server::start(base.path());
+    let s3 = S3Server::start(&base.path().join("s3"), "strata-wal").unwrap();
     // The S3 client takes its credentials from the environment; set before any thread starts.
     for (k, v) in s3.env() {
         std::env::set_var(k, v);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::pg::pg_bin_dir;
+pub use crate::procs::wait_for;
 use crate::waldump::strata_bin;
 
 /// The `strata` binary pointed at one cluster directory.
@@ -235,33 +236,6 @@ pub fn pgbench(port: u16, args: &[&str]) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
-}
-
-/// Waits until `check` gives a value, at most `timeout`, looking every 200 ms; the error
-/// names `what` and the last error `check` returned.
-pub fn wait_for<T>(
-    what: &str,
-    timeout: std::time::Duration,
-    mut check: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = std::time::Instant::now() + timeout;
-    let mut last_err = None;
-    loop {
-        match check() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if std::time::Instant::now() >= deadline {
-            bail!(
-                "waited {timeout:?} for {what}{}",
-                last_err
-                    .map(|e| format!(" (last error: {e:#})"))
-                    .unwrap_or_default()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
 }
 
 /// The first ten lines where two texts (dumps) differ, each pair labelled, for a failure

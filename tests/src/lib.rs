@@ -9,12 +9,14 @@
 //! - [`redo_run`]: a short SQL workload on a fresh cluster, for one resource manager's redo.
 //! - [`soak`]: the randomized fault soak (ledger, fault injector, report).
 //! - [`walgen`]: small pgbench WAL samples for benchmarks and fuzz seeds.
+//! - [`procs`]: safekeeper, pageserver and walproposer processes, binaries, ports, waits.
 
 pub mod cluster;
 pub mod index_workload;
 pub mod os_user;
 pub mod pg;
 pub mod pitr;
+pub mod procs;
 pub mod redo_run;
 pub mod soak;
 pub mod waldump;

@@ -10,7 +10,6 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -690,36 +689,7 @@ impl Drop for PgCluster {
     }
 }
 
-/// A loopback port free now, below the kernel's ephemeral range: a server restarted on it later
-/// (the kill/restart tests) cannot find it taken by some client connection's local port, as
-/// happens with a port from the ephemeral range. Random, so parallel tests rarely collide.
-pub fn free_port() -> Result<u16> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let (lo, hi) = (10_000u16, ephemeral_low.max(10_001));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mut x = nanos ^ (u64::from(std::process::id()) << 32);
-    for _ in 0..200 {
-        // splitmix64 over (time, pid, sequence).
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15 ^ SEQ.fetch_add(1, Ordering::Relaxed));
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        let port = lo + (z % u64::from(hi - lo)) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
+pub use crate::procs::free_port;
 
 fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {

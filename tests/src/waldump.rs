@@ -164,35 +164,10 @@ fn run_capture(mut cmd: Command) -> Result<String> {
     String::from_utf8(out.stdout).with_context(|| format!("{desc}: output is not UTF-8"))
 }
 
-/// The `strata` binary to test: `$STRATA_BIN`, else the newest of
-/// `<target>/{release,debug}/strata` where `<target>` is `$CARGO_TARGET_DIR` or the
-/// workspace's `target`. The test never builds it (that would contend for the cargo lock
-/// while Postgres runs); the command that runs the test builds it first.
+/// The `strata` binary to test: `$STRATA_BIN`, else the one built beside the running test
+/// (see [`crate::procs::built_bin`]).
 pub fn strata_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("STRATA_BIN") {
-        let p = PathBuf::from(p);
-        ensure!(p.is_file(), "STRATA_BIN={} does not exist", p.display());
-        return Ok(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let newest = ["release", "debug"]
-        .iter()
-        .map(|profile| target.join(profile).join("strata"))
-        .filter_map(|p| {
-            let modified = p.metadata().ok()?.modified().ok()?;
-            Some((modified, p))
-        })
-        .max();
-    match newest {
-        Some((_, p)) => Ok(p),
-        None => bail!(
-            "the strata binary is not built: no {}/{{release,debug}}/strata. \
-             Build it first (`cargo build -p strata`) or set STRATA_BIN",
-            target.display()
-        ),
-    }
+    crate::procs::built_bin("strata")
 }
 
 /// The position just after a record that starts at `start` and is `tot_len` bytes long,

@@ -10,88 +10,16 @@
 //! s3s-fs must be installed (`STRATA_SETUP_S3=1 scripts/setup.sh`); without it the test fails.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use strata_tests::cluster::{pg_dump, pgbench, psql, scratch_dir, wait_for};
-use strata_tests::pg::free_port;
+use strata_tests::procs::S3Server;
 use strata_tests::waldump::strata_bin;
 use walproto::Lsn;
 
-const KEY: &str = "strata-wipe-key";
-const SECRET: &str = "strata-wipe-secret";
 const BUCKET: &str = "strata";
-
-/// s3s-fs as a child process over a directory.
-struct S3sFs {
-    child: Child,
-    port: u16,
-}
-
-impl S3sFs {
-    fn find() -> Result<PathBuf> {
-        let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect())
-            .unwrap_or_default();
-        let cargo_home = std::env::var_os("CARGO_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-        dirs.extend(cargo_home.map(|c| c.join("bin")));
-        dirs.into_iter()
-            .map(|d| d.join("s3s-fs"))
-            .find(|p| p.is_file())
-            .context(
-                "s3s-fs not found on PATH or in ~/.cargo/bin: run `STRATA_SETUP_S3=1 scripts/setup.sh`",
-            )
-    }
-
-    fn start(root: &Path) -> Result<S3sFs> {
-        let bin = Self::find()?;
-        std::fs::create_dir_all(root.join(BUCKET))?;
-        let port = free_port()?;
-        let child = Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", KEY, "--secret-key", SECRET])
-            .arg(root)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(root.with_extension("log"))?)
-            .spawn()?;
-        let mut s = S3sFs { child, port };
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(st) = s.child.try_wait()? {
-                bail!("s3s-fs exited at start: {st}");
-            }
-            ensure!(
-                t0.elapsed() < Duration::from_secs(20),
-                "s3s-fs did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(s)
-    }
-
-    fn env(&self) -> Vec<(String, String)> {
-        vec![
-            (
-                "AWS_ENDPOINT_URL".into(),
-                format!("http://127.0.0.1:{}", self.port),
-            ),
-            ("AWS_ACCESS_KEY_ID".into(), KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), SECRET.into()),
-            ("AWS_REGION".into(), "us-east-1".into()),
-        ]
-    }
-}
-
-impl Drop for S3sFs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct Strata {
     bin: PathBuf,
@@ -214,7 +142,7 @@ fn object_keys(root: &Path) -> Vec<String> {
 fn wiped_pageserver_comes_back_from_s3() -> Result<()> {
     let tmp = scratch_dir("strata-wipe-")?;
     let s3_root = tmp.path().join("s3");
-    let server = S3sFs::start(&s3_root)?;
+    let server = S3Server::start(&s3_root, BUCKET)?;
     let s = Strata {
         bin: strata_bin()?,
         dir: tmp.path().join("cluster"),

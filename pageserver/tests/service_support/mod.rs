@@ -1,8 +1,8 @@
 //! Helpers shared by the service and branch tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::fs::File;
-use std::io::{BufRead, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
@@ -106,73 +106,5 @@ pub fn start_from_tar(pg: &strata_tests::PgCluster, tar: &[u8]) -> Result<()> {
     pg.start()
 }
 
-/// A running pageserver process, killed when dropped.
-pub struct Pageserver {
-    pub child: std::process::Child,
-    pub addr: String,
-}
-
-impl Pageserver {
-    pub fn start(data: &Path) -> Result<Pageserver> {
-        Self::start_with(data, &[])
-    }
-
-    pub fn start_with(data: &Path, extra: &[&str]) -> Result<Pageserver> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data.with_extension("log"))?;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pageserver"))
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::piped())
-            .stderr(log)
-            .spawn()?;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("pageserver listening on ")
-            .with_context(|| format!("unexpected first line {line:?}"))?
-            .to_string();
-        Ok(Pageserver { child, addr })
-    }
-
-    pub async fn client(
-        &self,
-    ) -> Result<
-        walproto::proto::pageserver::pageserver_client::PageserverClient<tonic::transport::Channel>,
-    > {
-        Ok(
-            walproto::proto::pageserver::pageserver_client::PageserverClient::connect(format!(
-                "http://{}",
-                self.addr
-            ))
-            .await?,
-        )
-    }
-
-    pub fn kill9(&mut self) -> Result<()> {
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
-    }
-
-    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
-        let st = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        ensure!(st.success(), "kill -TERM failed");
-        Ok(self.child.wait()?)
-    }
-}
-
-impl Drop for Pageserver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The pageserver process, from the shared harness.
+pub use strata_tests::procs::Pageserver;

@@ -1,130 +1,20 @@
-//! Helpers for tests that run the real `safekeeper` binary and talk to it over gRPC.
-#![allow(dead_code)]
+//! Helpers for tests that run the real `safekeeper` binary (started by
+//! `strata_tests::procs`) and talk to it over gRPC as a proposer would.
+#![allow(dead_code, unused_imports)]
 
 pub mod cluster;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::Streaming;
 use walproto::proto::safekeeper as pb;
 use walproto::proto::safekeeper::acceptor_message::Msg as Out;
 use walproto::proto::safekeeper::proposer_message::Msg as In;
 use walproto::Lsn;
 
-pub const TENANT: &str = "0123456789abcdef0123456789abcdef";
-pub const TIMELINE: &str = "fedcba9876543210fedcba9876543210";
+pub use strata_tests::procs::{Safekeeper, TENANT, TIMELINE};
+
 pub const SYSID: u64 = 7_300_000_000_000_000_003;
-
-/// A running safekeeper process, killed when dropped.
-pub struct Safekeeper {
-    pub child: Child,
-    pub addr: String,
-    pub datadir: PathBuf,
-}
-
-/// The process's log, appended to across restarts: `<datadir>/safekeeper.log`.
-fn log_file(datadir: &Path) -> Stdio {
-    let path = datadir.join("safekeeper.log");
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map(Stdio::from)
-        .unwrap_or_else(|_| Stdio::inherit())
-}
-
-/// The address at the end of a line the safekeeper printed, if the line says `what`.
-fn printed_addr(line: &str, what: &str) -> String {
-    line.trim()
-        .rsplit(' ')
-        .next()
-        .filter(|_| line.contains(what))
-        .unwrap_or_else(|| panic!("expected a line with {what:?}, got {line:?}"))
-        .to_string()
-}
-
-impl Safekeeper {
-    pub fn start(datadir: &Path, id: u64) -> Safekeeper {
-        Self::spawn(datadir, id, false).0
-    }
-
-    /// Starts it serving the replication protocol too; returns that address as well.
-    pub fn start_with_replication(datadir: &Path, id: u64) -> (Safekeeper, String) {
-        let (sk, pg) = Self::spawn(datadir, id, true);
-        (sk, pg.expect("replication address"))
-    }
-
-    fn spawn(datadir: &Path, id: u64, replication: bool) -> (Safekeeper, Option<String>) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_safekeeper"));
-        cmd.args([
-            "--datadir",
-            datadir.to_str().unwrap(),
-            "--listen-grpc",
-            "127.0.0.1:0",
-            "--id",
-        ])
-        .arg(id.to_string());
-        if replication {
-            cmd.args(["--listen-pg", "127.0.0.1:0"]);
-        }
-        let mut child = cmd
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log_file(datadir))
-            .spawn()
-            .expect("start safekeeper");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let addr = printed_addr(&line, "listening on");
-        let pg = replication.then(|| {
-            let mut line = String::new();
-            out.read_line(&mut line).unwrap();
-            printed_addr(&line, "serving replication on")
-        });
-        let sk = Safekeeper {
-            child,
-            addr,
-            datadir: datadir.to_path_buf(),
-        };
-        (sk, pg)
-    }
-
-    pub async fn client(&self) -> pb::safekeeper_client::SafekeeperClient<Channel> {
-        pb::safekeeper_client::SafekeeperClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
-            .max_decoding_message_size(64 << 20)
-    }
-
-    pub fn timeline_dir(&self) -> PathBuf {
-        self.datadir.join(TENANT).join(TIMELINE)
-    }
-
-    pub async fn status(&self) -> pb::TimelineStatusResponse {
-        self.client()
-            .await
-            .timeline_status(pb::TimelineStatusRequest {
-                tenant_id: TENANT.into(),
-                timeline_id: TIMELINE.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    }
-}
-
-impl Drop for Safekeeper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One proposer session.
 pub struct Session {
@@ -178,7 +68,7 @@ impl Session {
     /// Opens a session with the given greeting.
     pub async fn open_with(sk: &Safekeeper, greeting: In) -> (Session, pb::GreetingResponse) {
         let (tx, rx) = mpsc::channel(1024);
-        let mut client = sk.client().await;
+        let mut client = sk.client().await.expect("connect to the safekeeper");
         tx.send(pb::ProposerMessage {
             msg: Some(greeting),
         })
