@@ -119,6 +119,29 @@ pub fn server_tls(
     Ok(Some(config))
 }
 
+/// `server` for the gRPC address `listen`: over TLS with `cert` and `key` (PEM) if given
+/// ([`server_tls`]), in clear otherwise, which beyond loopback needs `no_tls`
+/// ([`check_tls_listener`]).
+pub fn grpc_server_tls(
+    server: tonic::transport::Server,
+    listen: SocketAddr,
+    (cert, key): (Option<&Path>, Option<&Path>),
+    no_tls: bool,
+) -> Result<tonic::transport::Server, TlsError> {
+    let tls = server_tls(cert, key)?;
+    check_tls_listener("the gRPC address", listen, tls.is_some(), no_tls)?;
+    match (tls, cert, key) {
+        (Some(tls), Some(cert), Some(key)) => {
+            server.tls_config(tls).map_err(|e| TlsError::BadIdentity {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                reason: error_chain(&e),
+            })
+        }
+        _ => Ok(server),
+    }
+}
+
 fn bad_pem(what: &'static str, path: &Path, reason: String) -> TlsError {
     TlsError::BadPem {
         what,

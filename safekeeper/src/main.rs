@@ -32,7 +32,7 @@ use safekeeper::conn_threads::ConnLimits;
 use safekeeper::peers::Peer;
 use safekeeper::remote_storage::{RemoteStorage, S3Options};
 use safekeeper::service::{SafekeeperService, ServiceAuth, ServiceConfig};
-use strata_auth::{check_listener, check_tls_listener, read_token_file, ClientTls, TokenVerifier};
+use strata_auth::{check_listener, read_token_file, ClientTls, TokenVerifier};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -313,13 +313,15 @@ fn run() -> Result<()> {
     if let Some(pg_addr) = listen_pg {
         check_listener("the replication address", pg_addr, auth_on, no_auth)?;
     }
-    let tls = strata_auth::server_tls(
-        args.tls_cert.or(file.tls_cert).as_deref(),
-        args.tls_key.or(file.tls_key).as_deref(),
+    let server = strata_auth::grpc_server_tls(
+        grpc_server(),
+        listen,
+        (
+            args.tls_cert.or(file.tls_cert).as_deref(),
+            args.tls_key.or(file.tls_key).as_deref(),
+        ),
+        args.no_tls || file.no_tls.unwrap_or(false),
     )?;
-    let no_tls = args.no_tls || file.no_tls.unwrap_or(false);
-    check_tls_listener("the gRPC address", listen, tls.is_some(), no_tls)?;
-    let server = grpc_server(tls)?;
     if let Some(secs) = args
         .partial_offload_interval_secs
         .or(file.partial_offload_interval_secs)
@@ -520,19 +522,11 @@ fn conn_limits(
 
 /// The gRPC server settings. Flow-control windows above anything a proposer keeps in flight
 /// (the session stops reading at 64 MiB unsynced), fixed: no WINDOW_UPDATE round trip or BDP
-/// ping on the append path. Frames up to 1 MiB carry a large append in few frames. With
-/// `tls`, every connection speaks only TLS.
-fn grpc_server(tls: Option<tonic::transport::ServerTlsConfig>) -> Result<tonic::transport::Server> {
-    let server = tonic::transport::Server::builder()
+/// ping on the append path. Frames up to 1 MiB carry a large append in few frames.
+fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
         .initial_stream_window_size(Some(64 << 20))
         .initial_connection_window_size(Some(128 << 20))
         .http2_adaptive_window(Some(false))
-        .max_frame_size(Some(1 << 20));
-    match tls {
-        Some(tls) => {
-            info!("TLS on: the gRPC port speaks only TLS");
-            Ok(server.tls_config(tls).context("configuring TLS")?)
-        }
-        None => Ok(server),
-    }
+        .max_frame_size(Some(1 << 20))
 }

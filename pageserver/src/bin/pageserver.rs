@@ -44,7 +44,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use serde::Deserialize;
-use strata_auth::{check_listener, check_tls_listener, read_token_file, TokenVerifier};
+use strata_auth::{check_listener, read_token_file, TokenVerifier};
 use strata_metrics::http::ReadyCheck;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
@@ -210,12 +210,15 @@ fn run() -> Result<()> {
     )?;
     let no_auth = args.no_auth || file.no_auth.unwrap_or(false);
     check_listener("the gRPC address", listen, auth.verifier.is_some(), no_auth)?;
-    let tls = strata_auth::server_tls(
-        args.tls_cert.or(file.tls_cert).as_deref(),
-        args.tls_key.or(file.tls_key).as_deref(),
+    let server = strata_auth::grpc_server_tls(
+        tonic::transport::Server::builder(),
+        listen,
+        (
+            args.tls_cert.or(file.tls_cert).as_deref(),
+            args.tls_key.or(file.tls_key).as_deref(),
+        ),
+        args.no_tls || file.no_tls.unwrap_or(false),
     )?;
-    let no_tls = args.no_tls || file.no_tls.unwrap_or(false);
-    check_tls_listener("the gRPC address", listen, tls.is_some(), no_tls)?;
     fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -274,7 +277,6 @@ fn run() -> Result<()> {
             collector.sample();
         })
         .context("starting the metrics sampler")?;
-    let server = grpc_server(tls)?;
     rt.block_on(serve(
         manager,
         listen,
@@ -310,18 +312,6 @@ fn service_auth(
         verifier,
         safekeeper_token,
     })
-}
-
-/// The gRPC server, speaking TLS when `tls` is given.
-fn grpc_server(tls: Option<tonic::transport::ServerTlsConfig>) -> Result<tonic::transport::Server> {
-    let server = tonic::transport::Server::builder();
-    match tls {
-        Some(tls) => {
-            info!("TLS on: the gRPC port speaks only TLS");
-            Ok(server.tls_config(tls).context("configuring TLS")?)
-        }
-        None => Ok(server),
-    }
 }
 
 /// Whether the data directory holds any tenant.
