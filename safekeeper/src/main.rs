@@ -26,10 +26,12 @@ use serde::Deserialize;
 use strata_metrics::http::ReadyCheck;
 use tracing::info;
 
+use safekeeper::config::{ServiceAuth, ServiceConfig};
 use safekeeper::conn_threads::ConnLimits;
 use safekeeper::peers::Peer;
 use safekeeper::remote_storage::{RemoteStorage, S3Options};
-use safekeeper::service::{SafekeeperService, ServiceAuth, ServiceConfig};
+use safekeeper::service::SafekeeperService;
+use safekeeper::timelines::Timelines;
 use strata_auth::{check_listener, read_token_file, TokenVerifier};
 
 #[derive(Parser, Debug)]
@@ -387,9 +389,9 @@ async fn serve(
     };
     let remote = config.remote.clone();
     info!(id, %addr, datadir = %datadir.display(), remote_storage = ?remote.as_ref().map(|r| r.url()), peers = ?config.peers, "safekeeper starting");
-    let service = SafekeeperService::with_config(id, datadir.clone(), config);
-    service.open_all();
-    safekeeper::metrics::TimelineCollector::register(service.clone());
+    let timelines = Timelines::new(id, datadir.clone(), config);
+    timelines.open_all();
+    safekeeper::metrics::TimelineCollector::register(timelines.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(SAFEKEEPER_SERVICE, tonic_health::ServingStatus::Serving)
@@ -402,7 +404,7 @@ async fn serve(
             info!(%pg_addr, "serving the Postgres replication protocol");
             announce(&format!("safekeeper {id} serving replication on {pg_addr}"));
             Some(AbortOnDrop(tokio::spawn(
-                safekeeper::replication_server::serve(pg_listener, service.clone()),
+                safekeeper::replication_server::serve(pg_listener, timelines.clone()),
             )))
         }
         None => None,
@@ -417,7 +419,7 @@ async fn serve(
         info!("shutting down");
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let svc = service.clone();
+    let svc = SafekeeperService::with_timelines(timelines.clone());
     let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     info!(?limits, "gRPC connection limits");
     let accept = safekeeper::conn_threads::serve(
@@ -448,8 +450,8 @@ async fn serve(
             }
         }
     }
-    safekeeper::offload::final_upload(service.open_timelines(), id, remote).await;
-    tokio::task::spawn_blocking(move || service.shutdown()).await?;
+    safekeeper::offload::final_upload(timelines.open_timelines(), id, remote).await;
+    tokio::task::spawn_blocking(move || timelines.shutdown()).await?;
     Ok(())
 }
 
