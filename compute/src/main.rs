@@ -12,7 +12,6 @@
 //! walproposer elected, Postgres gone) end the process with status 1 and a message naming the
 //! problem; SIGTERM/SIGINT end it with status 0.
 
-use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -99,23 +98,8 @@ struct WpArgs {
     tls_ca: Option<std::path::PathBuf>,
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("compute: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+fn main() {
+    strata_daemon::main("compute", || run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -162,7 +146,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(std::sync::Arc::new(walproposer::fence::control)),
             )
             .await?;
-            println!("walproposer metrics on {bound}");
+            strata_daemon::announce(&format!("walproposer metrics on {bound}"));
             if let Some(path) = &control_file {
                 write_control_file(path, bound)?;
             }

@@ -16,7 +16,8 @@ use tracing::{info, warn};
 use crate::control_file::fsync_dir;
 use crate::ids::TenantTimeline;
 use crate::remote_storage::RemoteStorage;
-use crate::service::{Inner, Timeline};
+use crate::timeline::Timeline;
+use crate::timelines::Timelines;
 
 /// Suffix of a directory being deleted (`<timeline>.deleting`): never parsed as a timeline.
 const DELETING_SUFFIX: &str = ".deleting";
@@ -26,8 +27,8 @@ fn io_status(what: &str, path: &Path, e: std::io::Error) -> Status {
 }
 
 /// Removes what is on disk of timeline `id`; whether there was anything.
-fn remove_local(inner: &Inner, id: TenantTimeline) -> Result<bool, Status> {
-    let dir = inner.timeline_dir(id);
+fn remove_local(timelines: &Timelines, id: TenantTimeline) -> Result<bool, Status> {
+    let dir = timelines.timeline_dir(id);
     let Some(tenant_dir) = dir.parent().map(Path::to_path_buf) else {
         return Err(Status::internal(format!(
             "timeline directory {} has no parent",
@@ -88,7 +89,7 @@ async fn wait_for_users(tl: Arc<Timeline>) {
     }
 }
 
-impl Inner {
+impl Timelines {
     /// Forgets timeline `id` (see the module doc): (whether it was here, remote objects
     /// deleted).
     pub(crate) async fn delete_timeline(&self, id: TenantTimeline) -> Result<(bool, u64), Status> {
@@ -117,7 +118,7 @@ impl Inner {
             let _map = self.lock_map();
             remove_local(self, id)?
         };
-        let remote = match &self.config.remote {
+        let remote = match &self.config().remote {
             Some(r) => remove_remote(r, id).await?,
             None => 0,
         };

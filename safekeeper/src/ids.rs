@@ -1,69 +1,9 @@
-//! Tenant and timeline ids: 128-bit values written as 32 lowercase hex characters, on the wire
-//! and as directory names (`<datadir>/<tenant>/<timeline>/`).
+//! Tenant and timeline ids ([`walproto::ids`]: 32 lowercase hex characters, on the wire and as
+//! directory names `<datadir>/<tenant>/<timeline>/`), and the key of one acceptor.
 
 use std::fmt;
-use std::str::FromStr;
 
-/// Why a string is not a 128-bit hex id.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {kind} id {input:?}: expected 32 lowercase hex characters")]
-pub struct ParseIdError {
-    kind: &'static str,
-    input: String,
-}
-
-fn parse_hex16(kind: &'static str, s: &str) -> Result<[u8; 16], ParseIdError> {
-    let err = || ParseIdError {
-        kind,
-        input: s.chars().take(64).collect(),
-    };
-    // Lowercase only, so that one id has exactly one directory name.
-    if s.len() != 32
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return Err(err());
-    }
-    let mut out = [0u8; 16];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| err())?;
-    }
-    Ok(out)
-}
-
-macro_rules! id_type {
-    ($name:ident, $kind:literal) => {
-        #[doc = concat!("A ", $kind, " id.")]
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-        pub struct $name(pub [u8; 16]);
-
-        impl FromStr for $name {
-            type Err = ParseIdError;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                parse_hex16($kind, s).map($name)
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                for b in self.0 {
-                    write!(f, "{b:02x}")?;
-                }
-                Ok(())
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Display::fmt(self, f)
-            }
-        }
-    };
-}
-
-id_type!(TenantId, "tenant");
-id_type!(TimelineId, "timeline");
+pub use walproto::ids::{ParseIdError, TenantId, TimelineId};
 
 /// The key of one acceptor: the timeline of a tenant.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -75,26 +15,5 @@ pub struct TenantTimeline {
 impl fmt::Display for TenantTimeline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.tenant, self.timeline)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trip_and_rejects() {
-        let s = "0123456789abcdef0011223344556677";
-        let id: TenantId = s.parse().unwrap();
-        assert_eq!(id.to_string(), s);
-        for bad in [
-            "",
-            "0123",
-            &s.to_uppercase(),
-            &format!("{s}0"),
-            "0123456789abcdef001122334455667g",
-        ] {
-            assert!(bad.parse::<TimelineId>().is_err(), "{bad:?}");
-        }
     }
 }

@@ -5,7 +5,11 @@
 //! - [`wal_storage`]: 16 MiB WAL segment files, truncation, end-of-WAL recovery;
 //! - [`group_commit`]: the writer thread that batches fsyncs;
 //! - [`acceptor`]: the Paxos rules for one timeline;
-//! - [`service`]: the gRPC service (`strata.safekeeper.v1.Safekeeper`);
+//! - [`timeline`]: one open timeline (its acceptor, durability channel, offload status);
+//! - [`timelines`]: the set of timelines and their lifecycle (open, verify, quarantine,
+//!   recover, delete), configured by [`config`];
+//! - `session`: a proposer's `Propose` stream (greeting, vote, election, appends);
+//! - [`service`]: the thin gRPC adapter (`strata.safekeeper.v1.Safekeeper`) over the set;
 //! - [`conn_threads`]: gRPC connections served each on its own thread;
 //! - [`replication_server`]: the Postgres replication protocol over the committed WAL;
 //! - [`remote_storage`]: the object store WAL is offloaded to;
@@ -16,6 +20,7 @@
 //!   up to the flush LSN), moving a damaged one aside and having it recovered from the peers.
 
 pub mod acceptor;
+pub mod config;
 pub mod conn_threads;
 pub mod control_file;
 mod convert;
@@ -30,7 +35,10 @@ mod recovery;
 pub mod remote_storage;
 pub mod replication_server;
 pub mod service;
+mod session;
 pub mod term_history;
 #[doc(hidden)]
 pub mod testing;
+pub mod timeline;
+pub mod timelines;
 pub mod wal_storage;

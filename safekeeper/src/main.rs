@@ -1,12 +1,15 @@
 //! The `safekeeper` binary: a Paxos acceptor serving `strata.safekeeper.v1.Safekeeper` over gRPC.
 //!
 //! Configuration comes from an optional TOML file (`--config`) with the same keys as the flags
-//! (`datadir`, `listen_grpc`, `listen_pg`, `id`, `remote_storage`, `s3_endpoint`, `s3_region`,
+//! (`data_dir`, `listen`, `listen_pg`, `id`, `remote_storage`, `s3_endpoint`, `s3_region`,
 //! `peers`, `partial_offload_interval_secs`, `runtime`, `max_connections`, `connection_threads`,
 //! `idle_timeout_secs`, `auth_public_key`, `auth_token_file`, `no_auth`, `tls_cert`, `tls_key`,
-//! `tls_ca`, `no_tls`); flags win. A gRPC or replication address beyond loopback is refused
-//! with auth off unless `--no-auth` says so, and a gRPC address beyond loopback without TLS
-//! (`--tls-cert`, `--tls-key`) unless `--no-tls` says so. On start it prints
+//! `tls_ca`, `no_tls`); flags win. The flags the daemons share (`--data-dir`, `--listen`,
+//! `--metrics-listen`, `--auth-public-key`, `--no-auth`, `--config`) come from
+//! `strata_daemon`; the old `--datadir` and `--listen-grpc` (keys `datadir`, `listen_grpc`)
+//! still work. A gRPC or replication address beyond loopback is refused with auth off unless
+//! `--no-auth` says so, and a gRPC address beyond loopback without TLS (`--tls-cert`,
+//! `--tls-key`) unless `--no-tls` says so. On start it prints
 //! `safekeeper <id> listening on <addr>` to stdout (with the real port when asked for port 0),
 //! so scripts and tests can find it.
 //!
@@ -25,13 +28,16 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Deserialize;
+use strata_daemon::{announce, DaemonArgs};
 use strata_metrics::http::ReadyCheck;
 use tracing::info;
 
+use safekeeper::config::{ServiceAuth, ServiceConfig};
 use safekeeper::conn_threads::ConnLimits;
 use safekeeper::peers::Peer;
 use safekeeper::remote_storage::{RemoteStorage, S3Options};
-use safekeeper::service::{SafekeeperService, ServiceAuth, ServiceConfig};
+use safekeeper::service::SafekeeperService;
+use safekeeper::timelines::Timelines;
 use strata_auth::{check_listener, read_token_file, ClientTls, TokenVerifier};
 
 #[derive(Parser, Debug)]
@@ -41,12 +47,9 @@ use strata_auth::{check_listener, read_token_file, ClientTls, TokenVerifier};
     about = "Strata safekeeper: a Paxos acceptor keeping WAL durable"
 )]
 struct Args {
-    /// Directory holding this safekeeper's timelines (`<tenant>/<timeline>/`); created if missing.
-    #[arg(long)]
-    datadir: Option<PathBuf>,
-    /// Address for the gRPC service, e.g. 127.0.0.1:7676 (port 0 picks a free port).
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen_grpc: Option<SocketAddr>,
+    /// The data directory holds this safekeeper's timelines (`<tenant>/<timeline>/`).
+    #[command(flatten)]
+    daemon: DaemonArgs,
     /// This safekeeper's node id (a positive integer, unique in the cluster).
     #[arg(long)]
     id: Option<u64>,
@@ -98,23 +101,10 @@ struct Args {
     /// (default 60; a walproposer pings every 5 s).
     #[arg(long, value_name = "SECS")]
     idle_timeout_secs: Option<u64>,
-    /// Address of the HTTP endpoint for Prometheus metrics (`/metrics`) and health checks
-    /// (`/health/live`, `/health/ready`), e.g. 127.0.0.1:7680; not served if not given.
-    #[arg(long, value_name = "ADDR:PORT")]
-    metrics_listen: Option<SocketAddr>,
-    /// The cluster's Ed25519 public key (PEM): every gRPC call and replication connection
-    /// must then carry a token it signed (scope `safekeeper` or `admin`; on the replication
-    /// port as the password). Not given: auth is off, every caller is trusted.
-    #[arg(long, value_name = "FILE")]
-    auth_public_key: Option<PathBuf>,
     /// A file holding the token (scope `safekeeper`) this safekeeper sends its peers
     /// (status calls and recovery streams).
     #[arg(long, value_name = "FILE")]
     auth_token_file: Option<PathBuf>,
-    /// Serve gRPC or replication addresses beyond loopback without --auth-public-key
-    /// (refused otherwise).
-    #[arg(long)]
-    no_auth: bool,
     /// The gRPC service's TLS certificate (PEM, the chain after it): with --tls-key the port
     /// speaks only TLS. Needed for a gRPC address beyond loopback, unless --no-tls.
     #[arg(long, value_name = "FILE")]
@@ -129,16 +119,12 @@ struct Args {
     /// Serve a gRPC address beyond loopback without TLS (refused otherwise).
     #[arg(long)]
     no_tls: bool,
-    /// TOML configuration file with the same keys as the flags.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
 }
 
+/// The config file's keys beyond the shared ones of [`DaemonArgs`].
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    datadir: Option<PathBuf>,
-    listen_grpc: Option<SocketAddr>,
     id: Option<u64>,
     listen_pg: Option<SocketAddr>,
     remote_storage: Option<String>,
@@ -150,14 +136,11 @@ struct FileConfig {
     max_connections: Option<usize>,
     connection_threads: Option<usize>,
     idle_timeout_secs: Option<u64>,
-    auth_public_key: Option<PathBuf>,
     auth_token_file: Option<PathBuf>,
-    no_auth: Option<bool>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_ca: Option<PathBuf>,
     no_tls: Option<bool>,
-    metrics_listen: Option<SocketAddr>,
 }
 
 /// The `--runtime` choices.
@@ -207,13 +190,6 @@ fn check_node_id(datadir: &Path, id: u64) -> Result<()> {
     Ok(())
 }
 
-/// Prints a line for scripts on stdout; a reader that went away is no reason to stop.
-fn announce(line: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
-}
-
 /// Stops the replication server when `serve` returns.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -224,35 +200,14 @@ impl Drop for AbortOnDrop {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("safekeeper: {e:#}");
-        std::process::exit(1);
-    }
+    strata_daemon::main("safekeeper", run)
 }
 
 fn run() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = Args::parse();
-    let file = match &args.config {
-        Some(p) => {
-            let text = fs::read_to_string(p)
-                .with_context(|| format!("reading config file {}", p.display()))?;
-            toml::from_str::<FileConfig>(&text)
-                .with_context(|| format!("parsing config file {}", p.display()))?
-        }
-        None => FileConfig::default(),
-    };
-    let datadir = args
-        .datadir
-        .or(file.datadir)
-        .context("no data directory: pass --datadir or set `datadir` in the config file")?;
+    let (daemon, file) = args.daemon.load::<FileConfig>(DEFAULT_LISTEN.parse()?)?;
+    let datadir = daemon.data_dir;
+    let listen = daemon.listen;
     let id = args
         .id
         .or(file.id)
@@ -260,10 +215,6 @@ fn run() -> Result<()> {
     if id == 0 {
         bail!("node id must be a positive integer, got 0");
     }
-    let listen = match args.listen_grpc.or(file.listen_grpc) {
-        Some(a) => a,
-        None => DEFAULT_LISTEN.parse()?,
-    };
     fs::create_dir_all(&datadir)
         .with_context(|| format!("creating data directory {}", datadir.display()))?;
     check_node_id(&datadir, id)?;
@@ -301,13 +252,13 @@ fn run() -> Result<()> {
     let mut config = ServiceConfig {
         peers,
         auth: service_auth(
-            args.auth_public_key.or(file.auth_public_key),
+            daemon.auth_public_key,
             args.auth_token_file.or(file.auth_token_file),
             args.tls_ca.or(file.tls_ca),
         )?,
         ..ServiceConfig::default()
     };
-    let no_auth = args.no_auth || file.no_auth.unwrap_or(false);
+    let no_auth = daemon.no_auth;
     let auth_on = config.auth.verifier.is_some();
     check_listener("the gRPC address", listen, auth_on, no_auth)?;
     if let Some(pg_addr) = listen_pg {
@@ -335,7 +286,7 @@ fn run() -> Result<()> {
         args.idle_timeout_secs.or(file.idle_timeout_secs),
     )?;
     let remote_url = args.remote_storage.or(file.remote_storage);
-    let metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    let metrics_listen = daemon.metrics_listen;
     rt.block_on(async move {
         // The S3 client wants a runtime even to be built.
         if let Some(url) = &remote_url {
@@ -427,9 +378,9 @@ async fn serve(
     };
     let remote = config.remote.clone();
     info!(id, %addr, datadir = %datadir.display(), remote_storage = ?remote.as_ref().map(|r| r.url()), peers = ?config.peers, "safekeeper starting");
-    let service = SafekeeperService::with_config(id, datadir.clone(), config);
-    service.open_all();
-    safekeeper::metrics::TimelineCollector::register(service.clone());
+    let timelines = Timelines::new(id, datadir.clone(), config);
+    timelines.open_all();
+    safekeeper::metrics::TimelineCollector::register(timelines.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(SAFEKEEPER_SERVICE, tonic_health::ServingStatus::Serving)
@@ -442,7 +393,7 @@ async fn serve(
             info!(%pg_addr, "serving the Postgres replication protocol");
             announce(&format!("safekeeper {id} serving replication on {pg_addr}"));
             Some(AbortOnDrop(tokio::spawn(
-                safekeeper::replication_server::serve(pg_listener, service.clone()),
+                safekeeper::replication_server::serve(pg_listener, timelines.clone()),
             )))
         }
         None => None,
@@ -457,7 +408,7 @@ async fn serve(
         info!("shutting down");
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let svc = service.clone();
+    let svc = SafekeeperService::with_timelines(timelines.clone());
     let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     info!(?limits, "gRPC connection limits");
     let accept = safekeeper::conn_threads::serve(
@@ -489,8 +440,8 @@ async fn serve(
             }
         }
     }
-    safekeeper::offload::final_upload(service.open_timelines(), id, remote).await;
-    tokio::task::spawn_blocking(move || service.shutdown()).await?;
+    safekeeper::offload::final_upload(timelines.open_timelines(), id, remote).await;
+    tokio::task::spawn_blocking(move || timelines.shutdown()).await?;
     Ok(())
 }
 

@@ -4,14 +4,14 @@
 //! each. Per-timeline positions are read from the open timelines when scraped
 //! ([`TimelineCollector`]), so the append path pays nothing for them.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use strata_metrics::prometheus::core::{Collector, Desc};
 use strata_metrics::prometheus::proto::MetricFamily;
 use strata_metrics::prometheus::{Histogram, IntCounter};
 use strata_metrics::{add, counter, histogram, ScrapeGauges, Timer, LATENCY_BUCKETS};
 
-use crate::service::SafekeeperService;
+use crate::timelines::Timelines;
 
 struct Metrics {
     write_seconds: Histogram,
@@ -88,15 +88,15 @@ const GAUGES: [(&str, &str); 6] = [
 
 /// Reads the open timelines' positions when scraped.
 pub struct TimelineCollector {
-    service: SafekeeperService,
+    timelines: Arc<Timelines>,
     gauges: ScrapeGauges,
 }
 
 impl TimelineCollector {
-    /// Registers the collector of `service`'s timelines in the default registry.
-    pub fn register(service: SafekeeperService) {
+    /// Registers the collector of these timelines in the default registry.
+    pub fn register(timelines: Arc<Timelines>) {
         let c = TimelineCollector {
-            service,
+            timelines,
             gauges: ScrapeGauges::new(&GAUGES, &["tenant_id", "timeline_id"]),
         };
         if let Err(e) = strata_metrics::prometheus::register(Box::new(c)) {
@@ -107,8 +107,8 @@ impl TimelineCollector {
     fn fill(&self) {
         let g = &self.gauges;
         g.reset();
-        let remote = self.service.config().remote.is_some();
-        for tl in self.service.open_timelines() {
+        let remote = self.timelines.config().remote.is_some();
+        for tl in self.timelines.open_timelines() {
             if tl.is_quarantined() {
                 continue;
             }

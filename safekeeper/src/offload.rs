@@ -27,9 +27,10 @@ use walproto::consts::WAL_SEGMENT_SIZE;
 use walproto::lsn::segment_file_name;
 use walproto::Lsn;
 
+use crate::config::ServiceConfig;
 use crate::peers::{self, PeerAnswer};
 use crate::remote_storage::RemoteStorage;
-use crate::service::{ServiceConfig, Timeline};
+use crate::timeline::Timeline;
 use crate::wal_storage::{read_segment, read_wal};
 
 /// What the offload task last decided and did; shown in `TimelineStatus`.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tonic::Code;
 use walproto::proto::safekeeper as pb;
 
+use crate::config::ServiceAuth;
 use crate::ids::TenantTimeline;
-use crate::service::ServiceAuth;
 
 /// How long a peer may take to answer a status request before it counts as unreachable.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(1500);

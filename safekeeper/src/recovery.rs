@@ -48,8 +48,9 @@ use crate::control_file::{self, fsync_dir, ControlState, CONTROL_FILE_NAME};
 use crate::ids::TenantTimeline;
 use crate::peers::{self, PeerAnswer};
 use crate::quarantine::Corruption;
-use crate::service::{Inner, Timeline};
 use crate::term_history::TermHistory;
+use crate::timeline::Timeline;
+use crate::timelines::Timelines;
 use crate::wal_storage::WalStorage;
 
 /// WAL buffered in memory before it is written to the recovering segments.
@@ -57,15 +58,15 @@ const WRITE_BATCH: usize = 4 << 20;
 
 /// Makes sure the greeted timeline may be created or opened (see the module docs).
 pub(crate) async fn ensure_timeline(
-    inner: &Arc<Inner>,
+    timelines: &Arc<Timelines>,
     id: TenantTimeline,
     info: &GreetingInfo,
 ) -> Result<(), Status> {
-    let peers = &inner.config.peers;
-    if inner.lock_map().contains_key(&id) {
+    let peers = &timelines.config().peers;
+    if timelines.lock_map().contains_key(&id) {
         return Ok(());
     }
-    let dir = inner.timeline_dir(id);
+    let dir = timelines.timeline_dir(id);
     if dir.join(CONTROL_FILE_NAME).exists() {
         return Ok(());
     }
@@ -80,20 +81,20 @@ pub(crate) async fn ensure_timeline(
             None => Ok(()),
         };
     }
-    if !inner.recovering().insert(id) {
+    if !timelines.recovering().insert(id) {
         return Err(Status::unavailable(format!(
             "timeline {id} is being recovered from the peers; retry later"
         )));
     }
-    struct Done<'a>(&'a Inner, TenantTimeline);
+    struct Done<'a>(&'a Timelines, TenantTimeline);
     impl Drop for Done<'_> {
         fn drop(&mut self) {
             self.0.recovering().remove(&self.1);
         }
     }
-    let _done = Done(inner, id);
+    let _done = Done(timelines, id);
 
-    let answers = peers::statuses(peers, id, &inner.config.auth).await;
+    let answers = peers::statuses(peers, id, &timelines.config().auth).await;
     let holders: Vec<&pb::TimelineStatusResponse> = answers
         .iter()
         .filter_map(|(_, a)| match a {
@@ -146,13 +147,13 @@ pub(crate) async fn ensure_timeline(
             )));
         }
     }
-    recover(inner, id, info, &holders)
+    recover(timelines, id, info, &holders)
         .await
         .map_err(|e| Status::unavailable(format!("recovering timeline {id} from the peers: {e}")))
 }
 
 async fn recover(
-    inner: &Arc<Inner>,
+    timelines: &Arc<Timelines>,
     id: TenantTimeline,
     info: &GreetingInfo,
     holders: &[&pb::TimelineStatusResponse],
@@ -190,7 +191,7 @@ async fn recover(
     }
     info!(%term, %start, %commit, donor = donor.acceptor_id, "recovering a timeline missing from disk");
 
-    let dir = inner.timeline_dir(id);
+    let dir = timelines.timeline_dir(id);
     let tenant_dir = dir.parent().ok_or("timeline directory has no parent")?;
     let tmp = tenant_dir.join(format!("{}.recovering", id.timeline));
     let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
@@ -201,7 +202,7 @@ async fn recover(
 
     if has_wal {
         let mut fetch = Fetch::new(&tmp, info.pg_timeline, start)?;
-        let remote = inner.config.remote.clone();
+        let remote = timelines.config().remote.clone();
         while fetch.pos < commit {
             let seg_start = fetch.pos.segment_start();
             let seg_end = Lsn(seg_start.0 + WAL_SEGMENT_SIZE);
@@ -219,7 +220,7 @@ async fn recover(
                 }
             }
             let before = fetch.pos;
-            let password = inner.config.auth.peer_token.clone();
+            let password = timelines.config().auth.peer_token.clone();
             stream_from_peer(
                 &mut fetch,
                 donor,
@@ -247,7 +248,7 @@ async fn recover(
     if let Some(datadir) = tenant_dir.parent() {
         fsync_dir(datadir).map_err(|e| io("fsync", datadir, e))?;
     }
-    if inner.quarantined().remove(&id).is_some() {
+    if timelines.quarantined().remove(&id).is_some() {
         info!("the quarantined timeline is rebuilt from the peers");
     }
     info!(%term, %start, %commit, "timeline recovered from the peers and the object store");
@@ -263,11 +264,11 @@ const RETRY: Duration = Duration::from_secs(2);
 /// has stopped. Then retries every [`RETRY`] until the timeline is rebuilt and opened (or a
 /// greeting did it first).
 pub(crate) async fn recover_in_background(
-    inner: Arc<Inner>,
+    timelines: Arc<Timelines>,
     id: TenantTimeline,
     pending: Option<(Weak<Timeline>, Corruption)>,
 ) {
-    let dir = inner.timeline_dir(id);
+    let dir = timelines.timeline_dir(id);
     if let Some((weak, c)) = pending {
         let mut waited = 0u64;
         while weak.strong_count() > 0 {
@@ -282,33 +283,34 @@ pub(crate) async fn recover_in_background(
             Ok(Ok(moved)) => {
                 let reason = format!(
                     "{}; kept in {}",
-                    inner.quarantine_reason(id).unwrap_or_default(),
+                    timelines.quarantine_reason(id).unwrap_or_default(),
                     moved.display()
                 );
-                inner.quarantined().insert(id, reason);
+                timelines.quarantined().insert(id, reason);
             }
             Ok(Err(e)) => return error!(%e, "could not quarantine the timeline"),
             Err(e) => return error!(%e, "quarantine task failed"),
         }
     }
-    if inner.config.peers.is_empty() {
+    if timelines.config().peers.is_empty() {
         return error!("timeline is quarantined and no --peers are configured to recover it from");
     }
     let mut attempt = 0u64;
     loop {
-        if inner.lock_map().contains_key(&id) {
+        if timelines.lock_map().contains_key(&id) {
             return;
         }
-        if dir.join(CONTROL_FILE_NAME).exists() && inner.quarantine_reason(id).is_none() {
-            let inner2 = inner.clone();
-            match tokio::task::spawn_blocking(move || inner2.timeline(id, None)).await {
+        if dir.join(CONTROL_FILE_NAME).exists() && timelines.quarantine_reason(id).is_none() {
+            let set = timelines.clone();
+            match tokio::task::spawn_blocking(move || set.timeline(id, None)).await {
                 Ok(Ok(Some(_))) => return info!("recovered timeline opened"),
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => warn!(%e, "opening the recovered timeline"),
                 Err(e) => warn!(%e, "opening the recovered timeline"),
             }
         } else {
-            let answers = peers::statuses(&inner.config.peers, id, &inner.config.auth).await;
+            let answers =
+                peers::statuses(&timelines.config().peers, id, &timelines.config().auth).await;
             let info = answers.iter().find_map(|(_, a)| match a {
                 PeerAnswer::Status(s) if s.term > 0 || s.local_start_lsn != 0 => {
                     Some(GreetingInfo {
@@ -320,7 +322,7 @@ pub(crate) async fn recover_in_background(
                 _ => None,
             });
             match info {
-                Some(info) => match ensure_timeline(&inner, id, &info).await {
+                Some(info) => match ensure_timeline(&timelines, id, &info).await {
                     Ok(()) if dir.join(CONTROL_FILE_NAME).exists() => continue,
                     Ok(()) => {}
                     Err(s) => {

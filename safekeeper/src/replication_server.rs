@@ -39,7 +39,8 @@ use strata_auth::{Claims, Scope};
 
 use crate::ids::TenantTimeline;
 use crate::remote_storage::RemoteStorage;
-use crate::service::{SafekeeperService, Timeline};
+use crate::timeline::Timeline;
+use crate::timelines::Timelines;
 use crate::wal_storage::read_wal;
 
 /// Largest XLogData message; Postgres's walsender uses 128 KiB too.
@@ -70,7 +71,7 @@ impl From<std::io::Error> for ConnError {
 }
 
 /// Accepts replication connections until the task is dropped.
-pub async fn serve(listener: TcpListener, service: SafekeeperService) {
+pub async fn serve(listener: TcpListener, timelines: Arc<Timelines>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -80,10 +81,10 @@ pub async fn serve(listener: TcpListener, service: SafekeeperService) {
                 continue;
             }
         };
-        let service = service.clone();
+        let timelines = timelines.clone();
         tokio::spawn(
             async move {
-                if let Err(e) = handle(stream, service).await {
+                if let Err(e) = handle(stream, timelines).await {
                     info!(code = e.code, "replication connection ended: {}", e.message);
                 }
             }
@@ -92,7 +93,7 @@ pub async fn serve(listener: TcpListener, service: SafekeeperService) {
     }
 }
 
-async fn handle(stream: TcpStream, service: SafekeeperService) -> Result<(), ConnError> {
+async fn handle(stream: TcpStream, timelines: Arc<Timelines>) -> Result<(), ConnError> {
     stream.set_nodelay(true)?;
     let (mut rd, mut wr) = stream.into_split();
     let mut rbuf = BytesMut::with_capacity(8192);
@@ -112,13 +113,14 @@ async fn handle(stream: TcpStream, service: SafekeeperService) -> Result<(), Con
         consumer: params
             .iter()
             .any(|(k, v)| k == "application_name" && v.starts_with("pageserver")),
-        remote: service.config().remote.clone(),
+        remote: timelines.config().remote.clone(),
+        timelines: timelines.clone(),
     };
-    let opened = match authenticate(&service, &mut rd, &mut wr, &mut rbuf).await {
+    let opened = match authenticate(&timelines, &mut rd, &mut wr, &mut rbuf).await {
         Ok(claims) => {
             // Opening a timeline verifies it on disk: not on the async threads.
-            let (svc, p) = (service.clone(), params.clone());
-            tokio::task::spawn_blocking(move || open_timeline(&svc, &p, claims.as_ref()))
+            let (set, p) = (timelines.clone(), params.clone());
+            tokio::task::spawn_blocking(move || open_timeline(&set, &p, claims.as_ref()))
                 .await
                 .unwrap_or_else(|e| Err(err("58000", format!("opening the timeline failed: {e}"))))
         }
@@ -158,12 +160,12 @@ const PASSWORD_TIMEOUT: Duration = Duration::from_secs(10);
 /// With auth on, asks for the password and verifies it as a token: its claims (the scope is
 /// checked once the timeline is known). Auth off: `None`.
 async fn authenticate(
-    service: &SafekeeperService,
+    timelines: &Timelines,
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
     buf: &mut BytesMut,
 ) -> Result<Option<Claims>, ConnError> {
-    let Some(verifier) = service.config().auth.verifier.clone() else {
+    let Some(verifier) = timelines.config().auth.verifier.clone() else {
         return Ok(None);
     };
     // AuthenticationCleartextPassword: 'R', length 8, code 3.
@@ -214,7 +216,7 @@ async fn read_password(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<Str
 /// Picks the timeline from the startup parameters; with auth on, `claims` must allow
 /// `safekeeper` traffic of its tenant.
 fn open_timeline(
-    service: &SafekeeperService,
+    timelines: &Timelines,
     params: &[(String, String)],
     claims: Option<&Claims>,
 ) -> Result<Arc<Timeline>, ConnError> {
@@ -247,7 +249,7 @@ fn open_timeline(
             let timeline = timeline.parse().map_err(|e| err("28000", format!("{e}")))?;
             TenantTimeline { tenant, timeline }
         }
-        (None, None) => match service.timelines_on_disk().as_slice() {
+        (None, None) => match timelines.timelines_on_disk().as_slice() {
             [only] => *only,
             [] => return Err(err("3D000", "this safekeeper holds no timeline yet")),
             _ => {
@@ -268,10 +270,10 @@ fn open_timeline(
     if let Some(why) = claims.and_then(|c| c.refusal(&Scope::Safekeeper, Some(&tenant))) {
         return Err(err("28000", why));
     }
-    service
+    timelines
         .existing_timeline(id)
         .map_err(|e| err("58000", e.to_string()))?
-        .ok_or_else(|| match service.quarantine_reason(id) {
+        .ok_or_else(|| match timelines.quarantine_reason(id) {
             Some(reason) => err(
                 "XX001",
                 format!("timeline {id} is quarantined on this safekeeper as damaged and not recovered yet: {reason}"),
@@ -319,6 +321,8 @@ struct Client {
     /// its status updates is the LSN it has made durable in the object store.
     consumer: bool,
     remote: Option<RemoteStorage>,
+    /// Where damage a read meets is reported.
+    timelines: Arc<Timelines>,
 }
 
 async fn session(
@@ -655,7 +659,7 @@ async fn stream_wal(
             }
             if let Err(e) = checker.check(pos, &buf[..got]) {
                 if local {
-                    tl.report_bad_wal(e.message.clone());
+                    client.timelines.report_bad_wal(tl, e.message.clone());
                 }
                 return Err(e);
             }

@@ -1,12 +1,14 @@
 //! Every format that travels between Strata's parts: LSNs, PostgreSQL 15 WAL (pages, records,
 //! block references, full-page images, per-resource-manager records), Postgres's physical
 //! replication protocol (messages in [`replication`], the server side in [`pgwire`], a client
-//! in [`pgclient`]), term histories, and the gRPC services ([`proto`]).
+//! in [`pgclient`]), term histories, tenant and timeline ids ([`ids`]), and the gRPC services
+//! ([`proto`]).
 
 pub mod consts;
 pub mod crc;
 pub mod decoder;
 pub mod encoder;
+pub mod ids;
 pub mod image;
 pub mod lsn;
 pub mod pgclient;

@@ -2,7 +2,9 @@
 //! (`strata.pageserver.v1.Pageserver`) on `--listen`.
 //!
 //! Configuration comes from an optional TOML file (`--config`) with the same keys as the
-//! flags (`data_dir`, `listen`, `remote_storage`, `gc_interval`); flags win. Once the server
+//! flags (`data_dir`, `listen`, `remote_storage`, `gc_interval`, …); flags win. The flags the
+//! daemons share (`--data-dir`, `--listen`, `--metrics-listen`, `--auth-public-key`,
+//! `--no-auth`, `--config`) come from `strata_daemon`. Once the server
 //! accepts connections it prints exactly `pageserver listening on <addr>` on stdout (the real
 //! port when asked for port 0); logs go to stderr (`RUST_LOG`, default `info`). Every
 //! `--gc-interval` (default 10 min, 0: off) every tenant is garbage collected. SIGTERM or
@@ -45,6 +47,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use serde::Deserialize;
 use strata_auth::{check_listener, read_token_file, TokenVerifier};
+use strata_daemon::{announce, DaemonArgs};
 use strata_metrics::http::ReadyCheck;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
@@ -63,19 +66,13 @@ use pageserver::tenant::TenantManager;
     about = "Strata pageserver: WAL into layer files, pages at any LSN, branches"
 )]
 struct Args {
-    /// Directory of the tenants and timelines (`tenants/<tenant>/timelines/<timeline>/`);
-    /// created if missing.
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// Address of the gRPC service, e.g. 127.0.0.1:9898 (port 0 picks a free port).
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: Option<SocketAddr>,
+    /// The data directory holds the tenants and timelines
+    /// (`tenants/<tenant>/timelines/<timeline>/`).
+    #[command(flatten)]
+    daemon: DaemonArgs,
     /// Object store for layer files: a directory, file://…, or s3://bucket/prefix.
     #[arg(long, value_name = "URL")]
     remote_storage: Option<String>,
-    /// TOML configuration file with the same keys as the flags.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
     /// How often every tenant is garbage collected (each timeline's history below its GC
     /// cutoff — the tenant's pitr_interval, branch points and leases — is removed), as
     /// <n><unit> with unit ms, s, m, h or d; 0 turns periodic GC off (the Gc RPC and
@@ -83,21 +80,10 @@ struct Args {
     /// Default 10m.
     #[arg(long, value_name = "INTERVAL", value_parser = parse_duration)]
     gc_interval: Option<Duration>,
-    /// Address of the HTTP endpoint for Prometheus metrics (`/metrics`) and health checks
-    /// (`/health/live`, `/health/ready`), e.g. 127.0.0.1:9899; not served if not given.
-    #[arg(long, value_name = "ADDR:PORT")]
-    metrics_listen: Option<SocketAddr>,
-    /// The cluster's Ed25519 public key (PEM): every gRPC call must then carry a token it
-    /// signed whose scope allows the call. Not given: auth is off, every call is allowed.
-    #[arg(long, value_name = "FILE")]
-    auth_public_key: Option<PathBuf>,
     /// A file holding the token (scope `safekeeper`) the walreceivers give the safekeepers as
     /// their replication password.
     #[arg(long, value_name = "FILE")]
     safekeeper_token_file: Option<PathBuf>,
-    /// Serve a listen address beyond loopback without --auth-public-key (refused otherwise).
-    #[arg(long)]
-    no_auth: bool,
     /// The gRPC service's TLS certificate (PEM, the chain after it): with --tls-key the port
     /// speaks only TLS. Needed for a listen address beyond loopback, unless --no-tls.
     #[arg(long, value_name = "FILE")]
@@ -136,18 +122,14 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         .ok_or_else(|| format!("{s:?} is too long"))
 }
 
+/// The config file's keys beyond the shared ones of [`DaemonArgs`].
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    data_dir: Option<PathBuf>,
-    listen: Option<SocketAddr>,
     remote_storage: Option<String>,
     /// Like `--gc-interval`, e.g. "10m" or "0".
     gc_interval: Option<String>,
-    metrics_listen: Option<SocketAddr>,
-    auth_public_key: Option<PathBuf>,
     safekeeper_token_file: Option<PathBuf>,
-    no_auth: Option<bool>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     no_tls: Option<bool>,
@@ -158,39 +140,13 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:9898";
 const PAGESERVER_SERVICE: &str = "strata.pageserver.v1.Pageserver";
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("pageserver: {e:#}");
-        std::process::exit(1);
-    }
+    strata_daemon::main("pageserver", run)
 }
 
 fn run() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = Args::parse();
-    let file = match &args.config {
-        Some(p) => {
-            let text = fs::read_to_string(p)
-                .with_context(|| format!("reading config file {}", p.display()))?;
-            toml::from_str::<FileConfig>(&text)
-                .with_context(|| format!("parsing config file {}", p.display()))?
-        }
-        None => FileConfig::default(),
-    };
-    let data_dir = args
-        .data_dir
-        .or(file.data_dir)
-        .context("no data directory: pass --data-dir or set `data_dir` in the config file")?;
-    let listen = match args.listen.or(file.listen) {
-        Some(a) => a,
-        None => DEFAULT_LISTEN.parse()?,
-    };
+    let (daemon, file) = args.daemon.load::<FileConfig>(DEFAULT_LISTEN.parse()?)?;
+    let (data_dir, listen) = (daemon.data_dir, daemon.listen);
     let remote = match args.remote_storage.or(file.remote_storage) {
         Some(url) => {
             Some(RemoteStorage::from_url(&url).with_context(|| format!("remote storage {url:?}"))?)
@@ -205,11 +161,15 @@ fn run() -> Result<()> {
         (None, None) => DEFAULT_GC_INTERVAL,
     };
     let auth = service_auth(
-        args.auth_public_key.or(file.auth_public_key),
+        daemon.auth_public_key,
         args.safekeeper_token_file.or(file.safekeeper_token_file),
     )?;
-    let no_auth = args.no_auth || file.no_auth.unwrap_or(false);
-    check_listener("the gRPC address", listen, auth.verifier.is_some(), no_auth)?;
+    check_listener(
+        "the gRPC address",
+        listen,
+        auth.verifier.is_some(),
+        daemon.no_auth,
+    )?;
     let server = strata_auth::grpc_server_tls(
         tonic::transport::Server::builder(),
         listen,
@@ -227,7 +187,7 @@ fn run() -> Result<()> {
         .context("starting the async runtime")?;
     // The endpoint answers from the start: live while tenants load, ready once they are.
     let loaded = Arc::new(AtomicBool::new(false));
-    if let Some(addr) = args.metrics_listen.or(file.metrics_listen) {
+    if let Some(addr) = daemon.metrics_listen {
         pageserver::metrics::init();
         let flag = loaded.clone();
         let ready: ReadyCheck = Arc::new(move || match flag.load(Ordering::Acquire) {
@@ -235,7 +195,7 @@ fn run() -> Result<()> {
             false => Err("tenants are being loaded".into()),
         });
         let bound = rt.block_on(strata_metrics::http::start(addr, ready))?;
-        println!("pageserver metrics on {bound}");
+        announce(&format!("pageserver metrics on {bound}"));
     }
     if let Some(remote) = &remote {
         // A wiped (or new) data directory gets what the object store holds before loading.
@@ -352,7 +312,7 @@ async fn serve(
         info!("shutting down");
     };
     // The listener is bound, so connections are accepted (queued) from here on.
-    println!("pageserver listening on {addr}");
+    announce(&format!("pageserver listening on {addr}"));
     // GetPage is small request/response traffic: Nagle's algorithm with delayed ACKs would
     // add ~40 ms to each call.
     let incoming = TcpListenerStream::new(listener).map(|conn| {

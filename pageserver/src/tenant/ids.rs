@@ -1,38 +1,42 @@
-//! Tenant and timeline ids: 128-bit values written as 32 lowercase hex characters, the same
-//! form the safekeepers use, so one id names a timeline everywhere (directories, gRPC, the
-//! replication protocol's `options`). Lowercase only, so that an id has one directory name.
+//! Tenant and timeline ids as the pageserver keeps them: the strings of
+//! [`walproto::ids`] (32 lowercase hex characters, the form the safekeepers use too, so one id
+//! names a timeline everywhere: directories, gRPC, the replication protocol's `options`).
+//! Parsing and the rules live there; this maps their errors to [`TenantError`].
 
-use std::io::Read;
+use walproto::ids::{TenantId, TimelineId};
 
 use super::error::TenantError;
 
-/// Checks that `id` is 32 lowercase hex characters; `what` names it in the error.
-pub fn check_id(what: &'static str, id: &str) -> Result<(), TenantError> {
-    let ok = id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(TenantError::InvalidArgument(format!(
-            "invalid {what} id {:?}: expected 32 lowercase hex characters",
-            id.chars().take(64).collect::<String>()
-        )))
+fn invalid(e: walproto::ids::ParseIdError) -> TenantError {
+    TenantError::InvalidArgument(e.to_string())
+}
+
+/// Checks that `id` is a tenant id.
+pub fn check_tenant_id(id: &str) -> Result<TenantId, TenantError> {
+    id.parse().map_err(invalid)
+}
+
+/// Checks that `id` is a timeline id.
+pub fn check_timeline_id(id: &str) -> Result<TimelineId, TenantError> {
+    id.parse().map_err(invalid)
+}
+
+fn no_random(e: std::io::Error) -> TenantError {
+    TenantError::Io {
+        op: "read random bytes from",
+        path: "/dev/urandom".into(),
+        source: e,
     }
 }
 
-/// A fresh random id (from the kernel's random source).
-pub fn generate_id() -> Result<String, TenantError> {
-    let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(|e| TenantError::Io {
-            op: "read random bytes from",
-            path: "/dev/urandom".into(),
-            source: e,
-        })?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+/// A fresh random tenant id.
+pub fn generate_tenant_id() -> Result<String, TenantError> {
+    Ok(TenantId::generate().map_err(no_random)?.to_string())
+}
+
+/// A fresh random timeline id.
+pub fn generate_timeline_id() -> Result<String, TenantError> {
+    Ok(TimelineId::generate().map_err(no_random)?.to_string())
 }
 
 #[cfg(test)]
@@ -41,9 +45,10 @@ mod tests {
 
     #[test]
     fn ids() {
-        let id = generate_id().unwrap();
-        check_id("tenant", &id).unwrap();
-        assert_ne!(id, generate_id().unwrap());
+        let id = generate_tenant_id().unwrap();
+        check_tenant_id(&id).unwrap();
+        assert_ne!(id, generate_tenant_id().unwrap());
+        check_timeline_id(&generate_timeline_id().unwrap()).unwrap();
         for bad in [
             "",
             "0123",
@@ -51,7 +56,9 @@ mod tests {
             &format!("{id}0"),
             "g".repeat(32).as_str(),
         ] {
-            let e = check_id("timeline", bad).unwrap_err().to_string();
+            let e = check_timeline_id(bad).unwrap_err();
+            assert!(matches!(e, TenantError::InvalidArgument(_)), "{e}");
+            let e = e.to_string();
             assert!(
                 e.contains("timeline id") && e.contains("32 lowercase hex"),
                 "{e}"

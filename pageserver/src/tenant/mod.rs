@@ -114,7 +114,7 @@ impl Tenant {
                 self.id
             )));
         }
-        ids::check_id("timeline", id)?;
+        ids::check_timeline_id(id)?;
         Err(TenantError::NotFound(format!(
             "tenant {} has no timeline {id}",
             self.id
@@ -140,7 +140,7 @@ impl Tenant {
                 std::fs::remove_dir_all(e.path()).map_err(TenantError::io("remove", e.path()))?;
                 continue;
             }
-            if ids::check_id("timeline", &name).is_err() {
+            if ids::check_timeline_id(&name).is_err() {
                 warn!(path = %e.path().display(), "ignoring an entry that is not a timeline id");
                 continue;
             }
@@ -229,10 +229,10 @@ impl Tenant {
     fn new_timeline_id(&self, id: Option<String>) -> Result<String> {
         let id = match id.filter(|s| !s.is_empty()) {
             Some(id) => {
-                ids::check_id("timeline", &id)?;
+                ids::check_timeline_id(&id)?;
                 id
             }
-            None => ids::generate_id()?,
+            None => ids::generate_timeline_id()?,
         };
         if lock(&self.timelines).contains_key(&id)
             || lock(&self.broken).contains_key(&id)
@@ -398,7 +398,7 @@ impl TenantManager {
                 std::fs::remove_dir_all(e.path()).map_err(TenantError::io("remove", e.path()))?;
                 continue;
             }
-            if ids::check_id("tenant", &name).is_err() {
+            if ids::check_tenant_id(&name).is_err() {
                 warn!(path = %e.path().display(), "ignoring an entry that is not a tenant id");
                 continue;
             }
@@ -440,7 +440,7 @@ impl TenantManager {
         if let Some(t) = g.get(id) {
             return Ok(t.clone());
         }
-        ids::check_id("tenant", id)?;
+        ids::check_tenant_id(id)?;
         Err(TenantError::NotFound(format!("no tenant {id}")))
     }
 
@@ -453,10 +453,10 @@ impl TenantManager {
         conf.validate()?;
         let id = match id.filter(|s| !s.is_empty()) {
             Some(id) => {
-                ids::check_id("tenant", &id)?;
+                ids::check_tenant_id(&id)?;
                 id
             }
-            None => ids::generate_id()?,
+            None => ids::generate_tenant_id()?,
         };
         let _creating = lock(&self.creating);
         let dir = tenant_dir(&self.data_dir, &id);

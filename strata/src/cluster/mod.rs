@@ -238,10 +238,10 @@ pub fn start(dir: &Path) -> Result<()> {
             continue;
         }
         let mut cmd = Command::new(&safekeeper);
-        cmd.arg("--datadir")
+        cmd.arg("--data-dir")
             .arg(safekeeper_dir(dir, sk.id))
             .args(["--id", &sk.id.to_string()])
-            .args(["--listen-grpc", &sk.grpc_addr()])
+            .args(["--listen", &sk.grpc_addr()])
             .args(["--listen-pg", &sk.pg_addr()])
             .args(["--remote-storage", &cfg.remote_storage]);
         let peers: Vec<String> = cfg
