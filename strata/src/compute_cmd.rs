@@ -687,11 +687,10 @@ pub(crate) fn start_walproposer(
         // Used only when no safekeeper has WAL of this timeline yet: the new history begins
         // with the basebackup's checkpoint record.
         .args(["--start-lsn", &lsn.to_string()])
-        // A free port each start; the address is in the log ("walproposer metrics on").
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        // Where a group coordinator finds its fence (rewritten at each restart).
-        .arg("--control-file")
-        .arg(control_file(dir, &rec.name))
+        // Where a group coordinator fences it (`strata group`).
+        .args(crate::group::cut::walproposer_fence_args(
+            dir, cfg, &rec.name,
+        )?)
         .args(crate::auth_setup::walproposer_args(
             dir,
             cfg,

@@ -7,7 +7,8 @@
 //! the cut's time. A naive restore of every member at one wall-clock time is shown for
 //! comparison (it may break the sum; not asserted). A walproposer's fence blocks commits
 //! until lifted and lifts itself at its deadline; a member that does not answer makes a cut
-//! fail with every other member unfenced.
+//! fail with every other member unfenced. The fence routes refuse callers without an admin
+//! token.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -381,16 +382,23 @@ fn control_addr(s: &StrataCli, compute: &str) -> Result<String> {
         .to_string())
 }
 
-/// POSTs to the walproposer's control endpoint; the body of its answer.
-fn post(addr: &str, path: &str) -> Result<String> {
+/// POSTs to the walproposer's control endpoint with `token` (if any): its whole answer.
+fn post_raw(addr: &str, path: &str, token: Option<&str>) -> Result<String> {
     let mut c = TcpStream::connect(addr)?;
     c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         c,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut answer = String::new();
     c.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// POSTs to the walproposer's control endpoint with the admin token; the body of its 200.
+fn post(s: &StrataCli, addr: &str, path: &str) -> Result<String> {
+    let answer = post_raw(addr, path, Some(&s.admin_token()?))?;
     ensure!(answer.starts_with("HTTP/1.1 200"), "POST {path}: {answer}");
     Ok(answer
         .split_once("\r\n\r\n")
@@ -399,12 +407,43 @@ fn post(addr: &str, path: &str) -> Result<String> {
         .to_string())
 }
 
-/// Runs an INSERT on `port` in a thread; returns a handle telling when it committed.
-fn commit_in_background(port: u16) -> std::thread::JoinHandle<Result<Instant>> {
+/// The fence routes refuse a caller without a token (401) and one whose token is not admin
+/// (403), naming the scope needed, and take no fence for them.
+fn fence_needs_an_admin_token(s: &StrataCli, addr: &str) -> Result<()> {
+    let none = post_raw(addr, "/fence?ttl_ms=30000", None)?;
+    ensure!(
+        none.starts_with("HTTP/1.1 401") && none.contains("scope admin"),
+        "a fence without a token: {none}"
+    );
+    let tenant = s.run(&[
+        "token",
+        "issue",
+        "--scope",
+        &format!("tenant:{}", MEMBERS[0]),
+    ])?;
+    let wrong = post_raw(addr, "/fence?ttl_ms=30000", Some(&tenant))?;
+    ensure!(
+        wrong.starts_with("HTTP/1.1 403") && wrong.contains("needs scope admin"),
+        "a fence with a tenant token: {wrong}"
+    );
+    let unfence = post_raw(addr, "/unfence?token=1", Some(&tenant))?;
+    ensure!(unfence.starts_with("HTTP/1.1 403"), "unfence: {unfence}");
+    Ok(())
+}
+
+/// Runs `commit` in a thread; returns a handle telling when it returned.
+fn in_background(
+    commit: impl FnOnce() -> Result<()> + Send + 'static,
+) -> std::thread::JoinHandle<Result<Instant>> {
     std::thread::spawn(move || {
-        psql(port, "INSERT INTO ledger VALUES ('fence-probe', 0)")?;
+        commit()?;
         Ok(Instant::now())
     })
+}
+
+/// Runs an INSERT on `port` in a thread; returns a handle telling when it committed.
+fn commit_in_background(port: u16) -> std::thread::JoinHandle<Result<Instant>> {
+    in_background(move || psql(port, "INSERT INTO ledger VALUES ('fence-probe', 0)").map(drop))
 }
 
 fn finished_within(h: &std::thread::JoinHandle<Result<Instant>>, d: Duration) -> bool {
@@ -418,27 +457,39 @@ fn finished_within(h: &std::thread::JoinHandle<Result<Instant>>, d: Duration) ->
     h.is_finished()
 }
 
-fn fence_blocks_commits_until_lifted(s: &StrataCli, port: u16) -> Result<()> {
-    let addr = control_addr(s, MEMBERS[0])?;
-    // Lifted by the coordinator.
-    let f: serde_json::Value = serde_json::from_str(&post(&addr, "/fence?ttl_ms=30000")?)?;
+/// A fence of compute `compute` holds back the commits `probe` starts until lifted.
+fn fence_holds_commits(
+    s: &StrataCli,
+    compute: &str,
+    probe: impl Fn() -> std::thread::JoinHandle<Result<Instant>>,
+) -> Result<()> {
+    let addr = control_addr(s, compute)?;
+    fence_needs_an_admin_token(s, &addr)?;
+    let f: serde_json::Value = serde_json::from_str(&post(s, &addr, "/fence?ttl_ms=30000")?)?;
     let token = f["token"].as_u64().context("token")?;
-    let probe = commit_in_background(port);
+    let probe = probe();
     ensure!(
         !finished_within(&probe, Duration::from_secs(1)),
         "a commit returned while fenced"
     );
-    let lifted = post(&addr, &format!("/unfence?token={token}"))?;
+    let lifted = post(s, &addr, &format!("/unfence?token={token}"))?;
     ensure!(lifted == "{\"held\":true}", "unfence: {lifted}");
     ensure!(
         finished_within(&probe, Duration::from_secs(5)),
         "the commit did not return after unfence"
     );
     probe.join().expect("probe")?;
+    Ok(())
+}
+
+fn fence_blocks_commits_until_lifted(s: &StrataCli, port: u16) -> Result<()> {
+    // Lifted by the coordinator.
+    fence_holds_commits(s, MEMBERS[0], || commit_in_background(port))?;
+    let addr = control_addr(s, MEMBERS[0])?;
 
     // Never lifted: it lifts itself at its deadline.
     let t0 = Instant::now();
-    post(&addr, "/fence?ttl_ms=2000")?;
+    post(s, &addr, "/fence?ttl_ms=2000")?;
     let probe = commit_in_background(port);
     ensure!(
         !finished_within(&probe, Duration::from_secs(1)),

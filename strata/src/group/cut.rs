@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::store::{Cut, Group, Member};
+use crate::cluster::ClusterConfig;
 use crate::compute_cmd::{self, ComputeRecord};
 
 /// A fence not lifted within this lifts itself (a coordinator that died mid-cut).
@@ -46,16 +47,49 @@ pub fn control_addr(dir: &Path, member: &Member) -> Result<SocketAddr> {
         .with_context(|| format!("{} holds no address", p.display()))
 }
 
-/// POSTs `path_and_query` to `addr`; the JSON answer of a 200.
-fn post(addr: SocketAddr, path_and_query: &str) -> Result<serde_json::Value> {
+/// The walproposer flags that serve a compute's fence: a free loopback port for the HTTP
+/// endpoint, the file its address is written to at every start (created here), and with auth
+/// on the public key the fence routes check the coordinator's token with.
+pub fn walproposer_fence_args(
+    dir: &Path,
+    cfg: &ClusterConfig,
+    compute_name: &str,
+) -> Result<Vec<String>> {
+    let compute_dir = compute_cmd::compute_dir(dir, compute_name);
+    std::fs::create_dir_all(&compute_dir)
+        .with_context(|| format!("creating {}", compute_dir.display()))?;
+    let mut args = vec![
+        // A free port each start; the address is in the log ("walproposer metrics on").
+        "--metrics-listen".to_string(),
+        "127.0.0.1:0".to_string(),
+        "--control-file".to_string(),
+        compute_cmd::control_file(dir, compute_name)
+            .to_string_lossy()
+            .into_owned(),
+    ];
+    if cfg.auth {
+        args.push("--auth-public-key".to_string());
+        args.push(
+            crate::auth_setup::public_key(dir)
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    Ok(args)
+}
+
+/// POSTs `path_and_query` to `addr` with `token` as its bearer token; the JSON answer of a
+/// 200.
+fn post(addr: SocketAddr, path_and_query: &str, token: Option<&str>) -> Result<serde_json::Value> {
     let mut s = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)
         .with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(HTTP_TIMEOUT))?;
     s.set_write_timeout(Some(HTTP_TIMEOUT))?;
     let _ = s.set_nodelay(true);
+    let authorization = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "POST {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST {path_and_query} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .with_context(|| format!("sending to {addr}"))?;
     let mut answer = String::new();
@@ -76,8 +110,12 @@ struct Held {
     commit: String,
 }
 
-fn fence(addr: SocketAddr) -> Result<Held> {
-    let v = post(addr, &format!("/fence?ttl_ms={}", FENCE_TTL.as_millis()))?;
+fn fence(addr: SocketAddr, token: Option<&str>) -> Result<Held> {
+    let v = post(
+        addr,
+        &format!("/fence?ttl_ms={}", FENCE_TTL.as_millis()),
+        token,
+    )?;
     let token = v["token"]
         .as_u64()
         .context("the fence answer has no token")?;
@@ -93,8 +131,8 @@ fn fence(addr: SocketAddr) -> Result<Held> {
 }
 
 /// Lifts a fence; true if it held throughout.
-fn unfence(h: &Held) -> Result<bool> {
-    let v = post(h.addr, &format!("/unfence?token={}", h.token))?;
+fn unfence(h: &Held, token: Option<&str>) -> Result<bool> {
+    let v = post(h.addr, &format!("/unfence?token={}", h.token), token)?;
     v["held"]
         .as_bool()
         .context("the unfence answer has no held")
@@ -134,11 +172,14 @@ pub fn take(dir: &Path, group: &Group, name: &str) -> Result<Cut> {
     if !missing.is_empty() {
         bail!("no cut taken: {}", missing.join("; "));
     }
+    // The CLI's token (the cluster's admin token, or $STRATA_TOKEN): the fence needs admin.
+    let token = crate::auth_setup::cli_token()?;
+    let token = token.as_deref();
     let t0 = Instant::now();
-    let fenced = on_all(&found, |(_, a)| fence(*a));
+    let fenced = on_all(&found, |(_, a)| fence(*a, token));
     let time_us = unix_micros_now();
     let held: Vec<&Held> = fenced.iter().filter_map(|r| r.as_ref().ok()).collect();
-    let lifted = on_all(&held, |h| unfence(h));
+    let lifted = on_all(&held, |h| unfence(h, token));
     let pause_ms = t0.elapsed().as_secs_f64() * 1000.0;
 
     let mut problems = Vec::new();
