@@ -8,7 +8,8 @@
 //! comparison (it may break the sum; not asserted). A walproposer's fence blocks commits
 //! until lifted and lifts itself at its deadline; a member that does not answer makes a cut
 //! fail with every other member unfenced. The fence routes refuse callers without an admin
-//! token.
+//! token. The cuts live in the object store: the cluster directory's `groups/` is removed
+//! before they are restored.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -120,6 +121,11 @@ fn scenario(s: &StrataCli) -> Result<()> {
     fence_blocks_commits_until_lifted(s, ports[0])?;
     member_down_fails_the_cut_cleanly(s, &ports)?;
 
+    // The cluster directory's copy of the groups is only a cache: the group and its cuts are
+    // in the object store (`<dir>/remote` here), and come back from there.
+    let stored = std::fs::read_dir(s.dir.join("remote/groups/bank/cuts"))?.count();
+    ensure!(stored >= 20, "{stored} objects of cuts in the object store");
+    std::fs::remove_dir_all(s.dir.join("groups"))?;
     // Restore at cuts spread over the workload.
     let cuts = s.json(&["group", "restore-point", "list", "bank"])?;
     // Those taken while the clients ran.

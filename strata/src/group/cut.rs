@@ -1,5 +1,6 @@
 //! Taking a consistent cut: fence every member's walproposer (all or none), note each one's
-//! quorum commit LSN, lift the fences, and keep the cut only if every fence held throughout.
+//! quorum commit LSN, lift the fences, and store the cut in the object store only if every
+//! fence held throughout.
 //! Why this is consistent: "Groups and consistent cuts" in `docs/architecture.md`.
 
 use std::collections::BTreeMap;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::store::{Cut, Group, Member};
+use super::store::{Cut, Group, GroupStore, Member};
 use crate::cluster::ClusterConfig;
 use crate::compute_cmd::{self, ComputeRecord};
 
@@ -151,9 +152,10 @@ fn on_all<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
 
 /// Takes and stores a cut named `name` of `group`. On any failure every fence taken is lifted
 /// and nothing is stored.
-pub fn take(dir: &Path, group: &Group, name: &str) -> Result<Cut> {
+pub fn take(gs: &GroupStore, group: &Group, name: &str) -> Result<Cut> {
+    let dir = gs.dir();
     // Automatic names are unique by their time; the cutter does not read every cut each time.
-    if !name.starts_with(AUTO_PREFIX) && group.cuts(dir)?.iter().any(|c| c.name == name) {
+    if !name.starts_with(AUTO_PREFIX) && gs.cuts(group)?.iter().any(|c| c.name == name) {
         bail!("group {} already has a cut named {name:?}", group.name);
     }
     let addrs: Vec<(String, Result<SocketAddr>)> = group
@@ -219,7 +221,7 @@ pub fn take(dir: &Path, group: &Group, name: &str) -> Result<Cut> {
         lsns,
         pause_ms,
     };
-    group.append_cut(dir, &cut)?;
+    gs.add_cut(group, &cut)?;
     Ok(cut)
 }
 
