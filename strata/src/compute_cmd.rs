@@ -776,7 +776,7 @@ pub fn wait_for_committed_wal(
 /// The highest commit LSN the safekeepers report for the branch (0: they have none of its
 /// WAL yet). Fails when none answers: then nobody can tell what is committed, and a read "as
 /// of now" could silently miss acknowledged commits.
-fn committed_on_safekeepers(
+pub(crate) fn committed_on_safekeepers(
     cfg: &ClusterConfig,
     tenant_id: &str,
     timeline_id: &str,

@@ -9,7 +9,9 @@
 //! until lifted and lifts itself at its deadline; a member that does not answer makes a cut
 //! fail with every other member unfenced. The fence routes refuse callers without an admin
 //! token. The cuts live in the object store: the cluster directory's `groups/` is removed
-//! before they are restored.
+//! before they are restored. A member whose compute is stopped is cut and restored, and so is
+//! a tenant imported from a running Postgres (its walproposer's fence holds the source's
+//! commits; the settlement commits a transfer's half on it).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -20,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use strata_tests::cluster::{on_new_cluster, psql, read_pid, StrataCli};
+use strata_tests::pg::pg_bin_dir;
+use strata_tests::{InitOptions, PgCluster};
 
 const MEMBERS: [&str; 3] = ["bank-a", "bank-b", "bank-c"];
 /// How long the clients move money while cuts are taken.
@@ -192,7 +196,108 @@ fn scenario(s: &StrataCli) -> Result<()> {
         );
         stop_computes(s, &naive)?;
     }
-    Ok(())
+    member_without_compute_restores(s, &acked)?;
+    imported_source_is_a_member(s, ports[0])
+}
+
+/// A member whose compute is stopped is cut where its committed WAL ends, and restores.
+fn member_without_compute_restores(s: &StrataCli, acked: &[Acked]) -> Result<()> {
+    s.run(&["compute", "stop", MEMBERS[2]])?;
+    let c = s.json(&["group", "restore-point", "create", "bank", "c-stopped"])?;
+    let r = s.json(&[
+        "group",
+        "branch",
+        "bank",
+        "--at",
+        "c-stopped",
+        "--as",
+        "down",
+    ])?;
+    let cut_us = c["time_us"].as_i64().context("time_us")?;
+    let sum = check_restore(&r, cut_us, acked)?;
+    ensure!(
+        sum == 3000,
+        "restore with a member stopped: the members hold {sum}, not 3000: {r}"
+    );
+    stop_computes(s, &r)
+}
+
+/// A tenant imported from a running Postgres is a member like any other: its walproposer's
+/// fence holds back the source's commits, and a cut between a transfer's two COMMIT
+/// PREPAREDs restores with the source's side committed by the settlement.
+fn imported_source_is_a_member(s: &StrataCli, a_port: u16) -> Result<()> {
+    let src = PgCluster::init(&InitOptions::default().set("max_prepared_transactions", "10"))?;
+    src.start()?;
+    src.psql(
+        "CREATE TABLE ledger(gid text NOT NULL, amount bigint NOT NULL); \
+         CREATE TABLE strata_2pc_gids(gid text PRIMARY KEY)",
+    )?;
+    s.json(&[
+        "tenant",
+        "import",
+        "--from",
+        &src.connstr("postgres"),
+        "--name",
+        "shop",
+        "--configure-sync",
+    ])?;
+    s.json(&[
+        "group",
+        "create",
+        "mixed",
+        "--tenants",
+        &format!("{},shop", MEMBERS[0]),
+        "--every",
+        "0",
+    ])?;
+    let prepare_src = |gid: &str, amount: i64| {
+        src.psql(&format!(
+            "BEGIN; INSERT INTO ledger VALUES ('{gid}', {amount}); \
+             INSERT INTO strata_2pc_gids VALUES ('{gid}'); PREPARE TRANSACTION '{gid}'"
+        ))
+    };
+    let connstr = src.connstr("postgres");
+    fence_holds_commits(s, "import-shop", || {
+        let connstr = connstr.clone();
+        in_background(move || {
+            let out = Command::new(pg_bin_dir().join("psql"))
+                .args(["-X", "-q", "-d", &connstr, "-c"])
+                .arg("INSERT INTO ledger VALUES ('fence-probe', 0)")
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "psql: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        })
+    })?;
+    let gid = "imported-mid-commit";
+    prepare(a_port, gid, -100)?;
+    prepare_src(gid, 100)?;
+    psql(a_port, &format!("COMMIT PREPARED '{gid}'"))?;
+    s.run(&["group", "restore-point", "create", "mixed", "half"])?;
+    src.psql(&format!("COMMIT PREPARED '{gid}'"))?;
+    let r = s.json(&[
+        "group", "branch", "mixed", "--at", "half", "--as", "mixed-r",
+    ])?;
+    let settled = r["settled"].as_array().context("settled")?;
+    ensure!(
+        settled
+            .iter()
+            .any(|x| x["gid"] == gid && x["tenant"] == "shop" && x["action"] == "COMMIT PREPARED"),
+        "the restore did not commit {gid} on the imported member: {r}"
+    );
+    let ports = restored_ports(&r)?;
+    let amounts: Vec<String> = ports
+        .iter()
+        .map(|&p| psql(p, &format!("SELECT amount FROM ledger WHERE gid = '{gid}'")))
+        .collect::<Result<_>>()?;
+    ensure!(
+        amounts == ["-100", "100"],
+        "the transfer on the members: {amounts:?}"
+    );
+    stop_computes(s, &r)
 }
 
 /// One participant's part of transfer `gid`: its ledger row and its gid (the settlement's

@@ -22,17 +22,38 @@ pub const AUTO_PREFIX: &str = "auto-";
 /// Connecting to and hearing from one walproposer.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where `member`'s read-write compute serves its fence.
-pub fn control_addr(dir: &Path, member: &Member) -> Result<SocketAddr> {
-    let rec = ComputeRecord::list(dir)?
+/// How a member is cut.
+enum Way {
+    /// Its writer's walproposer (a compute's, or an imported source's) serves a fence here.
+    Fence(SocketAddr),
+    /// No writer: nothing can commit, so the cut is where its committed WAL ends (`lsn`),
+    /// provided the safekeepers' commit LSN (`commit`) has not moved by the end of the cut.
+    Idle { lsn: String, commit: u64 },
+}
+
+/// How `member` is cut: the fence of its read-write compute if it has one, else its end of
+/// committed WAL.
+fn way(dir: &Path, cfg: &ClusterConfig, member: &Member) -> Result<Way> {
+    let writer = ComputeRecord::list(dir)?
         .into_iter()
-        .find(|c| c.timeline_id == member.timeline_id && !c.read_only)
-        .with_context(|| {
-            format!(
-                "member {} has no read-write compute on branch {} (strata compute start --tenant {} {})",
-                member.tenant, member.branch, member.tenant, member.branch
-            )
-        })?;
+        .find(|c| c.timeline_id == member.timeline_id && !c.read_only);
+    let Some(rec) = writer else {
+        let commit = idle_commit(cfg, member)?;
+        let mut ps = crate::mgmt::Pageserver::connect(&cfg.pageserver.grpc_addr())?;
+        let lsn = compute_cmd::wait_for_committed_wal(
+            cfg,
+            &mut ps,
+            &member.tenant_id,
+            &member.timeline_id,
+            false,
+            &crate::output::Output::new(false),
+        )
+        .with_context(|| format!("member {} (no compute running)", member.tenant))?;
+        return Ok(Way::Idle {
+            lsn: lsn.to_string(),
+            commit,
+        });
+    };
     let p = compute_cmd::control_file(dir, &rec.name);
     let text = std::fs::read_to_string(&p).with_context(|| {
         format!(
@@ -43,9 +64,17 @@ pub fn control_addr(dir: &Path, member: &Member) -> Result<SocketAddr> {
             p.display()
         )
     })?;
-    text.trim()
+    let addr = text
+        .trim()
         .parse()
-        .with_context(|| format!("{} holds no address", p.display()))
+        .with_context(|| format!("{} holds no address", p.display()))?;
+    Ok(Way::Fence(addr))
+}
+
+/// The safekeepers' commit LSN of a member without a writer.
+fn idle_commit(cfg: &ClusterConfig, member: &Member) -> Result<u64> {
+    compute_cmd::committed_on_safekeepers(cfg, &member.tenant_id, &member.timeline_id, false)
+        .with_context(|| format!("member {} (no compute running)", member.tenant))
 }
 
 /// The walproposer flags that serve a compute's fence: a free loopback port for the HTTP
@@ -158,16 +187,14 @@ pub fn take(gs: &GroupStore, group: &Group, name: &str) -> Result<Cut> {
     if !name.starts_with(AUTO_PREFIX) && gs.cuts(group)?.iter().any(|c| c.name == name) {
         bail!("group {} already has a cut named {name:?}", group.name);
     }
-    let addrs: Vec<(String, Result<SocketAddr>)> = group
-        .members
-        .iter()
-        .map(|m| (m.tenant.clone(), control_addr(dir, m)))
-        .collect();
+    let cfg = ClusterConfig::load(dir)?;
     let mut missing = Vec::new();
     let mut found = Vec::new();
-    for (t, a) in addrs {
-        match a {
-            Ok(a) => found.push((t, a)),
+    let mut idle = Vec::new();
+    for m in &group.members {
+        match way(dir, &cfg, m) {
+            Ok(Way::Fence(a)) => found.push((m.tenant.clone(), a)),
+            Ok(Way::Idle { lsn, commit }) => idle.push((m, lsn, commit)),
             Err(e) => missing.push(format!("{e:#}")),
         }
     }
@@ -204,17 +231,37 @@ pub fn take(gs: &GroupStore, group: &Group, name: &str) -> Result<Cut> {
             Err(e) => problems.push(format!("lifting the fence of member {tenant}: {e:#}")),
         }
     }
+    // A member without a writer is cut where its committed WAL ended before the fences, if
+    // nothing committed there up to now (after the cut's time): then every commit of it
+    // acknowledged before that time is inside.
+    for (m, _, before) in &idle {
+        match idle_commit(&cfg, m) {
+            Ok(now) if now == *before => {}
+            Ok(now) => problems.push(format!(
+                "member {} had no compute, but its commit LSN moved from {} to {} during the \
+                 cut (a compute started: the next cut fences it)",
+                m.tenant,
+                walproto::Lsn(*before),
+                walproto::Lsn(now)
+            )),
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+    }
     if !problems.is_empty() {
         bail!(
             "no cut taken (every fence taken was lifted): {}",
             problems.join("; ")
         );
     }
-    let lsns: BTreeMap<String, String> = found
+    let mut lsns: BTreeMap<String, String> = found
         .iter()
         .zip(&fenced)
         .filter_map(|((t, _), r)| r.as_ref().ok().map(|h| (t.clone(), h.commit.clone())))
         .collect();
+    lsns.extend(
+        idle.iter()
+            .map(|(m, lsn, _)| (m.tenant.clone(), lsn.clone())),
+    );
     let cut = Cut {
         name: name.to_string(),
         time_us,
