@@ -46,17 +46,11 @@ pub fn check_http(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{generate_key_pair, TokenIssuer, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE};
 
     #[test]
     fn missing_bad_and_unscoped_tokens_are_401_401_403() {
-        let dir = tempfile::tempdir().unwrap();
-        generate_key_pair(dir.path()).unwrap();
-        let issuer =
-            TokenIssuer::from_private_key_file(&dir.path().join(PRIVATE_KEY_FILE)).unwrap();
-        let verifier =
-            TokenVerifier::from_public_key_file(&dir.path().join(PUBLIC_KEY_FILE)).unwrap();
-        let v = Some(&verifier);
+        let k = crate::token::tests::keys();
+        let (issuer, v) = (&k.issuer, Some(&k.verifier));
         let admin = issuer.issue(&Claims::new(Scope::Admin)).unwrap();
         let tenant = issuer
             .issue(&Claims::new(Scope::Tenant("a".into())))

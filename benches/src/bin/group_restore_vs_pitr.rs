@@ -270,16 +270,7 @@ fn setup_member(
 /// HOT updates of 1,000 accounts at a time on every member at once, in runs of a few
 /// seconds, until each member's WAL since its backup reaches the multiple of its database.
 fn workload(a: &Args, members: &[Member], work: &Path) -> Result<()> {
-    let script = work.join("bulk.sql");
-    std::fs::write(
-        &script,
-        format!(
-            "\\set aid random(1, {} - 999)\n\
-             UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN :aid AND :aid + 999;\n",
-            100_000u64 * u64::from(a.scale)
-        ),
-    )?;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644))?;
+    let script = strata_benches::branch_bench::bulk_update_script(work, a.scale)?;
     let script = script.display().to_string();
     let t0 = Instant::now();
     loop {
