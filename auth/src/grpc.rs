@@ -55,10 +55,7 @@ pub fn authenticate<T>(
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| {
-            let (kind, token) = v.trim().split_once(' ')?;
-            kind.eq_ignore_ascii_case("bearer").then_some(token)
-        })
+        .and_then(crate::http::bearer)
         .ok_or_else(|| {
             Status::unauthenticated("the authorization header is not `Bearer <token>`")
         })?;

@@ -6,8 +6,8 @@
 //!
 //! The cluster holds the private key ([`generate_key_pair`], [`TokenIssuer`]); the services
 //! get the public key and check every call ([`TokenVerifier`], [`check`]). Clients send the
-//! token as `authorization: Bearer <token>` ([`client_interceptor`]) or, on a Postgres
-//! replication connection, as the password.
+//! token as `authorization: Bearer <token>` ([`client_interceptor`]; on plain HTTP,
+//! [`check_http`]) or, on a Postgres replication connection, as the password.
 //!
 //! TLS on the gRPC ports ([`server_tls`], [`ClientTls`], [`endpoint`]) uses certificates
 //! the cluster makes ([`ClusterCa`]).
@@ -16,6 +16,7 @@ mod certs;
 mod claims;
 mod error;
 mod grpc;
+mod http;
 mod keys;
 mod listener;
 mod tls;
@@ -27,6 +28,7 @@ pub use error::AuthError;
 pub use grpc::{
     authenticate, authorize, check, check_for, client_interceptor, rpc_names, BearerInterceptor,
 };
+pub use http::check_http;
 pub use keys::{generate_key_pair, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE};
 pub use listener::check_listener;
 pub use tls::{

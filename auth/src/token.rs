@@ -110,17 +110,18 @@ pub fn read_token_file(path: &Path) -> Result<String, AuthError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{generate_key_pair, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE};
 
-    struct Keys {
+    /// A fresh key pair in a temporary directory (the tests of this crate).
+    pub(crate) struct Keys {
         _dir: tempfile::TempDir,
-        issuer: TokenIssuer,
-        verifier: TokenVerifier,
+        pub(crate) issuer: TokenIssuer,
+        pub(crate) verifier: TokenVerifier,
     }
 
-    fn keys() -> Keys {
+    pub(crate) fn keys() -> Keys {
         let dir = tempfile::tempdir().unwrap();
         generate_key_pair(dir.path()).unwrap();
         Keys {

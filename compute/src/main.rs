@@ -88,6 +88,11 @@ struct WpArgs {
     /// /unfence?token=T`).
     #[arg(long, value_name = "PATH", requires = "metrics_listen")]
     control_file: Option<std::path::PathBuf>,
+    /// Check tokens on the fence routes against this public key (`<cluster>/auth/
+    /// public_key.pem`): they need scope admin (401 without a valid token, 403 with another
+    /// scope). Without it anyone who reaches --metrics-listen may fence.
+    #[arg(long, value_name = "FILE", requires = "metrics_listen")]
+    auth_public_key: Option<std::path::PathBuf>,
     /// A file holding the token (scope `safekeeper`) sent to the safekeepers on every
     /// Propose call; needed when they check tokens (`--auth-public-key`).
     #[arg(long, value_name = "FILE")]
@@ -129,6 +134,10 @@ fn run(cli: Cli) -> Result<()> {
         .tls_ca
         .map(|p| strata_auth::ClientTls::from_ca_file(&p).context("--tls-ca"))
         .transpose()?;
+    let fence_verifier = a
+        .auth_public_key
+        .map(|p| strata_auth::TokenVerifier::from_public_key_file(&p).context("--auth-public-key"))
+        .transpose()?;
     let metrics_listen = a.metrics_listen;
     let control_file = a.control_file;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -143,7 +152,11 @@ fn run(cli: Cli) -> Result<()> {
             let bound = strata_metrics::http::start_with_control(
                 addr,
                 std::sync::Arc::new(walproposer::metrics::ready),
-                Some(std::sync::Arc::new(walproposer::fence::control)),
+                Some(std::sync::Arc::new(
+                    move |req: &strata_metrics::http::ControlRequest| {
+                        walproposer::fence::control(req, fence_verifier.as_ref())
+                    },
+                )),
             )
             .await?;
             strata_daemon::announce(&format!("walproposer metrics on {bound}"));

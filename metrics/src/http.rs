@@ -19,9 +19,19 @@ use tokio::net::TcpListener;
 /// `Ok` when the service is ready, else why not (shown in the 503's body).
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// A service's own routes: given the method, path and query string, `Some((status, JSON
-/// body))` for a route it serves, `None` for the common ones. Requests carry no body.
-pub type Control = Arc<dyn Fn(&str, &str, &str) -> Option<(u16, String)> + Send + Sync>;
+/// What a service's own route sees of a request (they carry no body).
+#[derive(Clone, Copy, Debug)]
+pub struct ControlRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    /// The `Authorization` header, for routes that check a token.
+    pub authorization: Option<&'a str>,
+}
+
+/// A service's own routes: `Some((status, JSON body))` for a route it serves, `None` for the
+/// common ones.
+pub type Control = Arc<dyn Fn(&ControlRequest) -> Option<(u16, String)> + Send + Sync>;
 
 /// A client has this long to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,11 +82,15 @@ pub async fn serve(listener: TcpListener, ready: ReadyCheck, control: Option<Con
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let ready = ready.clone();
                 let own = control.as_ref().and_then(|c| {
-                    c(
-                        req.method().as_str(),
-                        req.uri().path(),
-                        req.uri().query().unwrap_or(""),
-                    )
+                    c(&ControlRequest {
+                        method: req.method().as_str(),
+                        path: req.uri().path(),
+                        query: req.uri().query().unwrap_or(""),
+                        authorization: req
+                            .headers()
+                            .get(hyper::header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok()),
+                    })
                 });
                 async move {
                     Ok::<_, Infallible>(to_response(match own {
@@ -154,11 +168,16 @@ mod tests {
 
     #[tokio::test]
     async fn serves_a_services_own_routes_next_to_the_common_ones() {
-        let control: Control = Arc::new(|method, path, query| {
-            (path == "/fence").then(|| {
+        let control: Control = Arc::new(|r| {
+            (r.path == "/fence").then(|| {
                 (
                     200,
-                    format!("{{\"method\":\"{method}\",\"q\":\"{query}\"}}"),
+                    format!(
+                        "{{\"method\":\"{}\",\"q\":\"{}\",\"auth\":\"{}\"}}",
+                        r.method,
+                        r.query,
+                        r.authorization.unwrap_or("-")
+                    ),
                 )
             })
         });
@@ -168,7 +187,7 @@ mod tests {
             .unwrap();
         let run = async {
             let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            s.write_all(b"POST /fence?ttl_ms=5 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            s.write_all(b"POST /fence?ttl_ms=5 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 .await
                 .expect("send");
             let mut out = String::new();
@@ -176,7 +195,7 @@ mod tests {
             assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
             assert!(out.contains("content-type: application/json"), "{out}");
             assert!(
-                out.ends_with("{\"method\":\"POST\",\"q\":\"ttl_ms=5\"}"),
+                out.ends_with("{\"method\":\"POST\",\"q\":\"ttl_ms=5\",\"auth\":\"Bearer t\"}"),
                 "{out}"
             );
             assert!(get(addr, "/health/live")

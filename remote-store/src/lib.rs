@@ -236,15 +236,21 @@ impl Store {
         }
     }
 
-    /// Removes every object under `prefix` (listed first, then deleted one by one; one that
-    /// vanished meanwhile is fine); how many there were.
-    pub async fn delete_prefix(&self, prefix: &Path) -> Result<u64> {
+    /// The key of every object under `prefix`, in no particular order.
+    pub async fn list(&self, prefix: &Path) -> Result<Vec<Path>> {
         use futures_util::StreamExt;
         let mut objects = Vec::new();
         let mut listing = self.store.list(Some(prefix));
         while let Some(obj) = listing.next().await {
             objects.push(obj.map_err(StoreError::store("list", prefix))?.location);
         }
+        Ok(objects)
+    }
+
+    /// Removes every object under `prefix` (listed first, then deleted one by one; one that
+    /// vanished meanwhile is fine); how many there were.
+    pub async fn delete_prefix(&self, prefix: &Path) -> Result<u64> {
+        let objects = self.list(prefix).await?;
         for obj in &objects {
             self.delete(obj).await?;
         }

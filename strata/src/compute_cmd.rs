@@ -688,11 +688,10 @@ pub(crate) fn start_walproposer(
         // Used only when no safekeeper has WAL of this timeline yet: the new history begins
         // with the basebackup's checkpoint record.
         .args(["--start-lsn", &lsn.to_string()])
-        // A free port each start; the address is in the log ("walproposer metrics on").
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        // Where a group coordinator finds its fence (rewritten at each restart).
-        .arg("--control-file")
-        .arg(control_file(dir, &rec.name))
+        // Where a group coordinator fences it (`strata group`).
+        .args(crate::group::cut::walproposer_fence_args(
+            dir, cfg, &rec.name,
+        )?)
         .args(crate::auth_setup::walproposer_args(
             dir,
             cfg,
@@ -810,9 +809,9 @@ const UNMARKED_COMMIT_GRACE: Duration = Duration::from_secs(2);
 
 /// What the safekeepers know of a branch's committed WAL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Committed {
+pub(crate) struct Committed {
     /// The highest commit LSN a safekeeper was told (0: none has WAL of the branch yet).
-    marked: u64,
+    pub(crate) marked: u64,
     /// The highest LSN a majority of all the safekeepers flushed in the newest term any of them
     /// holds WAL of (0: fewer than a majority answered with WAL of that term).
     majority_flushed: u64,
@@ -852,7 +851,7 @@ impl Committed {
 /// What the safekeepers know of the branch's committed WAL. Fails when none answers: then
 /// nobody can tell what is committed, and a read "as of now" could silently miss acknowledged
 /// commits.
-fn committed_on_safekeepers(
+pub(crate) fn committed_on_safekeepers(
     cfg: &ClusterConfig,
     tenant_id: &str,
     timeline_id: &str,

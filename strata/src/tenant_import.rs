@@ -289,6 +289,12 @@ fn start_walproposer(dir: &Path, cfg: &ClusterConfig, rec: &ImportRecord) -> Res
         // the pageserver ingested from the backup, and everything after it. (Used only when
         // no safekeeper has WAL of the timeline yet; a reconnect resumes where they are.)
         .args(["--start-lsn", &rec.backup_start()?.to_string()])
+        // A group with this tenant as a member fences it (`strata group`).
+        .args(crate::group::cut::walproposer_fence_args(
+            dir,
+            cfg,
+            &rec.compute_name(),
+        )?)
         .args(crate::auth_setup::walproposer_args(
             dir,
             cfg,

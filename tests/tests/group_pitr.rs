@@ -7,7 +7,11 @@
 //! the cut's time. A naive restore of every member at one wall-clock time is shown for
 //! comparison (it may break the sum; not asserted). A walproposer's fence blocks commits
 //! until lifted and lifts itself at its deadline; a member that does not answer makes a cut
-//! fail with every other member unfenced.
+//! fail with every other member unfenced. The fence routes refuse callers without an admin
+//! token. The cuts live in the object store: the cluster directory's `groups/` is removed
+//! before they are restored. A member whose compute is stopped is cut and restored, and so is
+//! a tenant imported from a running Postgres (its walproposer's fence holds the source's
+//! commits; the settlement commits a transfer's half on it).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -18,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use strata_tests::cluster::{on_new_cluster, psql, read_pid, StrataCli};
+use strata_tests::pg::pg_bin_dir;
+use strata_tests::{InitOptions, PgCluster};
 
 const MEMBERS: [&str; 3] = ["bank-a", "bank-b", "bank-c"];
 /// How long the clients move money while cuts are taken.
@@ -119,6 +125,11 @@ fn scenario(s: &StrataCli) -> Result<()> {
     fence_blocks_commits_until_lifted(s, ports[0])?;
     member_down_fails_the_cut_cleanly(s, &ports)?;
 
+    // The cluster directory's copy of the groups is only a cache: the group and its cuts are
+    // in the object store (`<dir>/remote` here), and come back from there.
+    let stored = std::fs::read_dir(s.dir.join("remote/groups/bank/cuts"))?.count();
+    ensure!(stored >= 20, "{stored} objects of cuts in the object store");
+    std::fs::remove_dir_all(s.dir.join("groups"))?;
     // Restore at cuts spread over the workload.
     let cuts = s.json(&["group", "restore-point", "list", "bank"])?;
     // Those taken while the clients ran.
@@ -185,7 +196,108 @@ fn scenario(s: &StrataCli) -> Result<()> {
         );
         stop_computes(s, &naive)?;
     }
-    Ok(())
+    member_without_compute_restores(s, &acked)?;
+    imported_source_is_a_member(s, ports[0])
+}
+
+/// A member whose compute is stopped is cut where its committed WAL ends, and restores.
+fn member_without_compute_restores(s: &StrataCli, acked: &[Acked]) -> Result<()> {
+    s.run(&["compute", "stop", MEMBERS[2]])?;
+    let c = s.json(&["group", "restore-point", "create", "bank", "c-stopped"])?;
+    let r = s.json(&[
+        "group",
+        "branch",
+        "bank",
+        "--at",
+        "c-stopped",
+        "--as",
+        "down",
+    ])?;
+    let cut_us = c["time_us"].as_i64().context("time_us")?;
+    let sum = check_restore(&r, cut_us, acked)?;
+    ensure!(
+        sum == 3000,
+        "restore with a member stopped: the members hold {sum}, not 3000: {r}"
+    );
+    stop_computes(s, &r)
+}
+
+/// A tenant imported from a running Postgres is a member like any other: its walproposer's
+/// fence holds back the source's commits, and a cut between a transfer's two COMMIT
+/// PREPAREDs restores with the source's side committed by the settlement.
+fn imported_source_is_a_member(s: &StrataCli, a_port: u16) -> Result<()> {
+    let src = PgCluster::init(&InitOptions::default().set("max_prepared_transactions", "10"))?;
+    src.start()?;
+    src.psql(
+        "CREATE TABLE ledger(gid text NOT NULL, amount bigint NOT NULL); \
+         CREATE TABLE strata_2pc_gids(gid text PRIMARY KEY)",
+    )?;
+    s.json(&[
+        "tenant",
+        "import",
+        "--from",
+        &src.connstr("postgres"),
+        "--name",
+        "shop",
+        "--configure-sync",
+    ])?;
+    s.json(&[
+        "group",
+        "create",
+        "mixed",
+        "--tenants",
+        &format!("{},shop", MEMBERS[0]),
+        "--every",
+        "0",
+    ])?;
+    let prepare_src = |gid: &str, amount: i64| {
+        src.psql(&format!(
+            "BEGIN; INSERT INTO ledger VALUES ('{gid}', {amount}); \
+             INSERT INTO strata_2pc_gids VALUES ('{gid}'); PREPARE TRANSACTION '{gid}'"
+        ))
+    };
+    let connstr = src.connstr("postgres");
+    fence_holds_commits(s, "import-shop", || {
+        let connstr = connstr.clone();
+        in_background(move || {
+            let out = Command::new(pg_bin_dir().join("psql"))
+                .args(["-X", "-q", "-d", &connstr, "-c"])
+                .arg("INSERT INTO ledger VALUES ('fence-probe', 0)")
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "psql: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        })
+    })?;
+    let gid = "imported-mid-commit";
+    prepare(a_port, gid, -100)?;
+    prepare_src(gid, 100)?;
+    psql(a_port, &format!("COMMIT PREPARED '{gid}'"))?;
+    s.run(&["group", "restore-point", "create", "mixed", "half"])?;
+    src.psql(&format!("COMMIT PREPARED '{gid}'"))?;
+    let r = s.json(&[
+        "group", "branch", "mixed", "--at", "half", "--as", "mixed-r",
+    ])?;
+    let settled = r["settled"].as_array().context("settled")?;
+    ensure!(
+        settled
+            .iter()
+            .any(|x| x["gid"] == gid && x["tenant"] == "shop" && x["action"] == "COMMIT PREPARED"),
+        "the restore did not commit {gid} on the imported member: {r}"
+    );
+    let ports = restored_ports(&r)?;
+    let amounts: Vec<String> = ports
+        .iter()
+        .map(|&p| psql(p, &format!("SELECT amount FROM ledger WHERE gid = '{gid}'")))
+        .collect::<Result<_>>()?;
+    ensure!(
+        amounts == ["-100", "100"],
+        "the transfer on the members: {amounts:?}"
+    );
+    stop_computes(s, &r)
 }
 
 /// One participant's part of transfer `gid`: its ledger row and its gid (the settlement's
@@ -381,16 +493,23 @@ fn control_addr(s: &StrataCli, compute: &str) -> Result<String> {
         .to_string())
 }
 
-/// POSTs to the walproposer's control endpoint; the body of its answer.
-fn post(addr: &str, path: &str) -> Result<String> {
+/// POSTs to the walproposer's control endpoint with `token` (if any): its whole answer.
+fn post_raw(addr: &str, path: &str, token: Option<&str>) -> Result<String> {
     let mut c = TcpStream::connect(addr)?;
     c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         c,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut answer = String::new();
     c.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// POSTs to the walproposer's control endpoint with the admin token; the body of its 200.
+fn post(s: &StrataCli, addr: &str, path: &str) -> Result<String> {
+    let answer = post_raw(addr, path, Some(&s.admin_token()?))?;
     ensure!(answer.starts_with("HTTP/1.1 200"), "POST {path}: {answer}");
     Ok(answer
         .split_once("\r\n\r\n")
@@ -399,12 +518,43 @@ fn post(addr: &str, path: &str) -> Result<String> {
         .to_string())
 }
 
-/// Runs an INSERT on `port` in a thread; returns a handle telling when it committed.
-fn commit_in_background(port: u16) -> std::thread::JoinHandle<Result<Instant>> {
+/// The fence routes refuse a caller without a token (401) and one whose token is not admin
+/// (403), naming the scope needed, and take no fence for them.
+fn fence_needs_an_admin_token(s: &StrataCli, addr: &str) -> Result<()> {
+    let none = post_raw(addr, "/fence?ttl_ms=30000", None)?;
+    ensure!(
+        none.starts_with("HTTP/1.1 401") && none.contains("scope admin"),
+        "a fence without a token: {none}"
+    );
+    let tenant = s.run(&[
+        "token",
+        "issue",
+        "--scope",
+        &format!("tenant:{}", MEMBERS[0]),
+    ])?;
+    let wrong = post_raw(addr, "/fence?ttl_ms=30000", Some(&tenant))?;
+    ensure!(
+        wrong.starts_with("HTTP/1.1 403") && wrong.contains("needs scope admin"),
+        "a fence with a tenant token: {wrong}"
+    );
+    let unfence = post_raw(addr, "/unfence?token=1", Some(&tenant))?;
+    ensure!(unfence.starts_with("HTTP/1.1 403"), "unfence: {unfence}");
+    Ok(())
+}
+
+/// Runs `commit` in a thread; returns a handle telling when it returned.
+fn in_background(
+    commit: impl FnOnce() -> Result<()> + Send + 'static,
+) -> std::thread::JoinHandle<Result<Instant>> {
     std::thread::spawn(move || {
-        psql(port, "INSERT INTO ledger VALUES ('fence-probe', 0)")?;
+        commit()?;
         Ok(Instant::now())
     })
+}
+
+/// Runs an INSERT on `port` in a thread; returns a handle telling when it committed.
+fn commit_in_background(port: u16) -> std::thread::JoinHandle<Result<Instant>> {
+    in_background(move || psql(port, "INSERT INTO ledger VALUES ('fence-probe', 0)").map(drop))
 }
 
 fn finished_within(h: &std::thread::JoinHandle<Result<Instant>>, d: Duration) -> bool {
@@ -418,27 +568,39 @@ fn finished_within(h: &std::thread::JoinHandle<Result<Instant>>, d: Duration) ->
     h.is_finished()
 }
 
-fn fence_blocks_commits_until_lifted(s: &StrataCli, port: u16) -> Result<()> {
-    let addr = control_addr(s, MEMBERS[0])?;
-    // Lifted by the coordinator.
-    let f: serde_json::Value = serde_json::from_str(&post(&addr, "/fence?ttl_ms=30000")?)?;
+/// A fence of compute `compute` holds back the commits `probe` starts until lifted.
+fn fence_holds_commits(
+    s: &StrataCli,
+    compute: &str,
+    probe: impl Fn() -> std::thread::JoinHandle<Result<Instant>>,
+) -> Result<()> {
+    let addr = control_addr(s, compute)?;
+    fence_needs_an_admin_token(s, &addr)?;
+    let f: serde_json::Value = serde_json::from_str(&post(s, &addr, "/fence?ttl_ms=30000")?)?;
     let token = f["token"].as_u64().context("token")?;
-    let probe = commit_in_background(port);
+    let probe = probe();
     ensure!(
         !finished_within(&probe, Duration::from_secs(1)),
         "a commit returned while fenced"
     );
-    let lifted = post(&addr, &format!("/unfence?token={token}"))?;
+    let lifted = post(s, &addr, &format!("/unfence?token={token}"))?;
     ensure!(lifted == "{\"held\":true}", "unfence: {lifted}");
     ensure!(
         finished_within(&probe, Duration::from_secs(5)),
         "the commit did not return after unfence"
     );
     probe.join().expect("probe")?;
+    Ok(())
+}
+
+fn fence_blocks_commits_until_lifted(s: &StrataCli, port: u16) -> Result<()> {
+    // Lifted by the coordinator.
+    fence_holds_commits(s, MEMBERS[0], || commit_in_background(port))?;
+    let addr = control_addr(s, MEMBERS[0])?;
 
     // Never lifted: it lifts itself at its deadline.
     let t0 = Instant::now();
-    post(&addr, "/fence?ttl_ms=2000")?;
+    post(s, &addr, "/fence?ttl_ms=2000")?;
     let probe = commit_in_background(port);
     ensure!(
         !finished_within(&probe, Duration::from_secs(1)),

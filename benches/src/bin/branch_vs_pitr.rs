@@ -198,16 +198,7 @@ fn bench(
     let backup_lsn = backup_start_lsn(&backup_dir)?;
     eprintln!("  base backup starts at {backup_lsn}");
 
-    let script = work.join("bulk.sql");
-    std::fs::write(
-        &script,
-        format!(
-            "\\set aid random(1, {} - 999)\n\
-             UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN :aid AND :aid + 999;\n",
-            100_000u64 * u64::from(a.scale)
-        ),
-    )?;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644))?;
+    let script = strata_benches::branch_bench::bulk_update_script(work, a.scale)?;
 
     // The workload, with a mark at each multiple.
     let mut marks = Vec::new();

@@ -2,11 +2,14 @@
 //! tenants run pgbench at once in alternating rounds, with a cut of the group every
 //! `--every-ms` (`strata group restore-point create`) and without; per-transaction latencies
 //! come from pgbench's logs. Prints p50/p99/max with and without cuts, their difference, and
-//! the cuts' own pause (first fence request to last fence lifted).
+//! the cuts' own pause (first fence request to last fence lifted), and the goal's unit: one
+//! safekeeper round trip (the walproposers' mean append time, from their `/metrics`).
 //!
 //! `cargo build --bins -p strata -p safekeeper -p pageserver -p compute -p strata-benches &&
-//! target/debug/group_cut_pause --rounds 6 --round-secs 10`
+//! target/debug/group_cut_pause --rounds 6 --round-secs 10` (release: `--release`,
+//! `target/release/group_cut_pause`)
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -168,6 +171,7 @@ fn run(s: &StrataCli, a: &Args) -> Result<()> {
         !with.is_empty() && !without.is_empty(),
         "no transactions logged"
     );
+    let round_trip_ms = append_round_trip_ms(s, &tenants)?;
     for v in [&mut with, &mut without, &mut cut_pauses] {
         v.sort_by(f64::total_cmp);
     }
@@ -203,5 +207,42 @@ fn run(s: &StrataCli, a: &Args) -> Result<()> {
         pct(&cut_pauses, 1.0),
         cuts_failed
     );
+    println!(
+        "one safekeeper round trip (walproposer append, sent → fsynced, mean over the run): \
+         {round_trip_ms:.2} ms; p99 added / round trip: {:.1}",
+        (pct(&with, 0.99) - pct(&without, 0.99)) / round_trip_ms
+    );
+    println!(
+        "load average: {}",
+        std::fs::read_to_string("/proc/loadavg")?.trim()
+    );
     Ok(())
+}
+
+/// The mean append round trip to one safekeeper over the members' walproposers
+/// (`strata_walproposer_append_seconds` from each one's `/metrics`), in ms: the goal's unit.
+fn append_round_trip_ms(s: &StrataCli, computes: &[String]) -> Result<f64> {
+    let (mut sum, mut count) = (0.0, 0.0);
+    for c in computes {
+        let addr_file = s.dir.join("computes").join(c).join("walproposer.addr");
+        let addr = std::fs::read_to_string(&addr_file)
+            .with_context(|| format!("reading {}", addr_file.display()))?;
+        let mut conn = std::net::TcpStream::connect(addr.trim())?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            conn,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text)?;
+        let value = |name: &str| -> Result<f64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .with_context(|| format!("{c}'s /metrics has no {name}"))
+        };
+        sum += value("strata_walproposer_append_seconds_sum ")?;
+        count += value("strata_walproposer_append_seconds_count ")?;
+    }
+    ensure!(count > 0.0, "no appends counted");
+    Ok(sum / count * 1000.0)
 }

@@ -17,6 +17,8 @@ pub mod report;
 pub mod strata_cli;
 pub mod tool_args;
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -28,4 +30,21 @@ pub fn step<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let r = f().with_context(|| what.to_string())?;
     eprintln!("  {what}: {:.2} s", t0.elapsed().as_secs_f64());
     Ok(r)
+}
+
+/// Writes `bulk.sql` into `dir`: a pgbench script updating 1,000 consecutive accounts of a
+/// scale-`scale` database per transaction (readable by the Postgres OS user); its path.
+pub fn bulk_update_script(dir: &Path, scale: u32) -> Result<PathBuf> {
+    let script = dir.join("bulk.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "\\set aid random(1, {} - 999)\n\
+             UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN :aid AND :aid + 999;\n",
+            100_000u64 * u64::from(scale)
+        ),
+    )
+    .with_context(|| format!("writing {}", script.display()))?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644))?;
+    Ok(script)
 }

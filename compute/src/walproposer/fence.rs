@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use strata_auth::{Scope, TokenVerifier};
+use strata_metrics::http::ControlRequest;
 use tokio::sync::Notify;
 use walproto::Lsn;
 
@@ -140,45 +142,54 @@ fn start_token() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 40)
 }
 
+/// The scope a token needs to fence or unfence: a fence holds back every commit of the
+/// compute, so only the cluster's operator (the group coordinator runs as the `strata` CLI,
+/// with the admin token) may take one.
+pub const FENCE_SCOPE: Scope = Scope::Admin;
+
 /// The HTTP control routes served next to `/metrics` (`compute walproposer --metrics-listen`):
-/// `POST /fence?ttl_ms=N` and `POST /unfence?token=T`. Answers are one line of JSON.
-pub fn control(method: &str, path: &str, query: &str) -> Option<(u16, String)> {
+/// `POST /fence?ttl_ms=N` and `POST /unfence?token=T`. Answers are one line of JSON. With a
+/// `verifier` (auth on) both need a token of [`FENCE_SCOPE`]: 401 without a valid one, 403
+/// with another scope, the reason in `error`.
+pub fn control(req: &ControlRequest, verifier: Option<&TokenVerifier>) -> Option<(u16, String)> {
+    let error = |status: u16, why: &str| Some((status, format!("{{\"error\":{why:?}}}\n")));
+    if !matches!(req.path, "/fence" | "/unfence") {
+        return None;
+    }
+    if req.method != "POST" {
+        return error(405, "use POST");
+    }
+    if let Err((status, why)) = strata_auth::check_http(verifier, req.authorization, &FENCE_SCOPE) {
+        return error(status, &why);
+    }
     let param = |name: &str| {
-        query.split('&').find_map(|kv| {
+        req.query.split('&').find_map(|kv| {
             kv.split_once('=')
                 .filter(|(k, _)| *k == name)
                 .map(|(_, v)| v.to_string())
         })
     };
-    let bad = |why: String| Some((400, format!("{{\"error\":{why:?}}}\n")));
-    match (method, path) {
-        ("POST", "/fence") => {
-            let ttl_ms = match param("ttl_ms").map(|v| v.parse::<u64>()) {
-                Some(Ok(ms)) if ms > 0 => ms,
-                Some(_) => return bad("ttl_ms must be a positive number of milliseconds".into()),
-                None => return bad("missing ttl_ms (the fence lifts itself after it)".into()),
-            };
-            if super::metrics::ready().is_err() {
-                return Some((
-                    503,
-                    "{\"error\":\"not elected and streaming from Postgres\"}\n".into(),
-                ));
-            }
-            let f = FENCE.fence(Duration::from_millis(ttl_ms));
-            Some((
-                200,
-                format!(
-                    "{{\"token\":{},\"acked_lsn\":\"{}\",\"commit_lsn\":\"{}\"}}\n",
-                    f.token, f.acked, f.commit
-                ),
-            ))
+    if req.path == "/fence" {
+        let ttl_ms = match param("ttl_ms").map(|v| v.parse::<u64>()) {
+            Some(Ok(ms)) if ms > 0 => ms,
+            Some(_) => return error(400, "ttl_ms must be a positive number of milliseconds"),
+            None => return error(400, "missing ttl_ms (the fence lifts itself after it)"),
+        };
+        if let Err(why) = super::metrics::ready() {
+            return error(503, &why);
         }
-        ("POST", "/unfence") => match param("token").map(|v| v.parse::<u64>()) {
-            Some(Ok(token)) => Some((200, format!("{{\"held\":{}}}\n", FENCE.unfence(token)))),
-            _ => bad("missing or bad token".into()),
-        },
-        (_, "/fence" | "/unfence") => Some((405, "{\"error\":\"use POST\"}\n".into())),
-        _ => None,
+        let f = FENCE.fence(Duration::from_millis(ttl_ms));
+        return Some((
+            200,
+            format!(
+                "{{\"token\":{},\"acked_lsn\":\"{}\",\"commit_lsn\":\"{}\"}}\n",
+                f.token, f.acked, f.commit
+            ),
+        ));
+    }
+    match param("token").map(|v| v.parse::<u64>()) {
+        Some(Ok(token)) => Some((200, format!("{{\"held\":{}}}\n", FENCE.unfence(token)))),
+        _ => error(400, "missing or bad token"),
     }
 }
 
@@ -233,22 +244,60 @@ mod tests {
         assert!(!f.unfence(held.token), "an expired fence did not hold");
     }
 
+    fn call(method: &str, path: &str, query: &str) -> Option<(u16, String)> {
+        let req = ControlRequest {
+            method,
+            path,
+            query,
+            authorization: None,
+        };
+        control(&req, None)
+    }
+
     #[test]
     fn control_routes_check_their_input() {
-        assert_eq!(control("GET", "/metrics", ""), None);
-        assert_eq!(control("GET", "/fence", "").map(|r| r.0), Some(405));
-        assert_eq!(control("POST", "/fence", "").map(|r| r.0), Some(400));
+        assert_eq!(call("GET", "/metrics", ""), None);
+        assert_eq!(call("GET", "/fence", "").map(|r| r.0), Some(405));
+        assert_eq!(call("POST", "/fence", "").map(|r| r.0), Some(400));
+        assert_eq!(call("POST", "/fence", "ttl_ms=0").map(|r| r.0), Some(400));
+        assert_eq!(call("POST", "/unfence", "token=x").map(|r| r.0), Some(400));
         assert_eq!(
-            control("POST", "/fence", "ttl_ms=0").map(|r| r.0),
-            Some(400)
-        );
-        assert_eq!(
-            control("POST", "/unfence", "token=x").map(|r| r.0),
-            Some(400)
-        );
-        assert_eq!(
-            control("POST", "/unfence", "token=1"),
+            call("POST", "/unfence", "token=1"),
             Some((200, "{\"held\":false}\n".into()))
         );
+    }
+
+    #[test]
+    fn with_auth_on_the_routes_need_an_admin_token() {
+        let dir = tempfile::tempdir().unwrap();
+        strata_auth::generate_key_pair(dir.path()).unwrap();
+        let issuer = strata_auth::TokenIssuer::from_private_key_file(
+            &dir.path().join(strata_auth::PRIVATE_KEY_FILE),
+        )
+        .unwrap();
+        let verifier =
+            TokenVerifier::from_public_key_file(&dir.path().join(strata_auth::PUBLIC_KEY_FILE))
+                .unwrap();
+        let bearer = |scope: Scope| {
+            let claims = strata_auth::Claims::new(scope);
+            format!("Bearer {}", issuer.issue(&claims).unwrap())
+        };
+        let (admin, tenant) = (bearer(Scope::Admin), bearer(Scope::Tenant("a".into())));
+        let with = |authorization: Option<&str>| {
+            let req = ControlRequest {
+                method: "POST",
+                path: "/unfence",
+                query: "token=1",
+                authorization,
+            };
+            control(&req, Some(&verifier)).expect("a fence route")
+        };
+        let (status, body) = with(None);
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("scope admin"), "{body}");
+        let (status, body) = with(Some(&tenant));
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("needs scope admin"), "{body}");
+        assert_eq!(with(Some(&admin)).0, 200);
     }
 }

@@ -16,7 +16,7 @@ use crate::cluster::daemon::{Daemon, State};
 use crate::names::Names;
 use crate::output::Output;
 use crate::target::format_time;
-use store::{Group, Member};
+use store::{Group, GroupStore, Member};
 
 #[derive(Subcommand, Debug)]
 pub enum GroupCommand {
@@ -101,8 +101,9 @@ pub fn run(dir: &Path, cmd: GroupCommand, out: &Output) -> Result<()> {
                     cut::AUTO_PREFIX
                 );
             }
-            let g = Group::load(dir, &name)?;
-            let c = cut::take(dir, &g, &point)?;
+            let gs = GroupStore::open(dir)?;
+            let g = gs.load(&name)?;
+            let c = cut::take(&gs, &g, &point)?;
             let lsns: Vec<String> = c.lsns.iter().map(|(t, l)| format!("{t}={l}")).collect();
             out.result(
                 &format!(
@@ -118,8 +119,9 @@ pub fn run(dir: &Path, cmd: GroupCommand, out: &Output) -> Result<()> {
             Ok(())
         }
         GroupCommand::RestorePoint(RestorePointCommand::List { name }) => {
-            let g = Group::load(dir, &name)?;
-            let cuts = g.cuts(dir)?;
+            let gs = GroupStore::open(dir)?;
+            let g = gs.load(&name)?;
+            let cuts = gs.cuts(&g)?;
             let lines: Vec<String> = cuts
                 .iter()
                 .map(|c| {
@@ -191,7 +193,7 @@ fn create(dir: &Path, a: CreateArgs, out: &Output) -> Result<()> {
         members,
         every_ms: every.map(|d| d.as_millis() as u64),
     };
-    g.store(dir, true)?;
+    GroupStore::open(dir)?.create(&g)?;
     if every.is_some() {
         start_cutter(dir, &g)?;
     }
@@ -210,8 +212,9 @@ fn create(dir: &Path, a: CreateArgs, out: &Output) -> Result<()> {
 fn list(dir: &Path, out: &Output) -> Result<()> {
     let mut lines = Vec::new();
     let mut items = Vec::new();
-    for g in Group::list(dir)? {
-        let cuts = g.cuts(dir)?;
+    let gs = GroupStore::open(dir)?;
+    for g in gs.list()? {
+        let cuts = gs.cuts(&g)?;
         let tenants: Vec<&str> = g.members.iter().map(|m| m.tenant.as_str()).collect();
         let cutter = match cutter_daemon(dir, &g.name).state()? {
             State::Running(_) => "running",
@@ -263,7 +266,7 @@ fn start_cutter(dir: &Path, g: &Group) -> Result<()> {
 
 /// `strata start`: the cutter of every group that has one.
 pub fn start_cutters(dir: &Path) -> Result<()> {
-    for g in Group::list(dir)? {
+    for g in GroupStore::open(dir)?.list()? {
         if g.every_ms.is_some() {
             start_cutter(dir, &g).with_context(|| format!("the cutter of group {}", g.name))?;
             println!("started the cutter of group {}", g.name);
@@ -273,10 +276,24 @@ pub fn start_cutters(dir: &Path) -> Result<()> {
 }
 
 /// `strata stop`: every cutter (before the computes, whose fences it would otherwise try).
+/// Found by their pid files, so a stop works without the object store.
 pub fn stop_cutters(dir: &Path) -> Result<()> {
-    for g in Group::list(dir)? {
-        if cutter_daemon(dir, &g.name).stop(Duration::from_secs(5))? {
-            println!("stopped the cutter of group {}", g.name);
+    let run = dir.join("run");
+    let entries = match std::fs::read_dir(&run) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", run.display())),
+    };
+    for e in entries {
+        let file = e?.file_name().to_string_lossy().into_owned();
+        let Some(name) = file
+            .strip_prefix("group-")
+            .and_then(|f| f.strip_suffix("-cutter.pid"))
+        else {
+            continue;
+        };
+        if cutter_daemon(dir, name).stop(Duration::from_secs(5))? {
+            println!("stopped the cutter of group {name}");
         }
     }
     Ok(())
@@ -285,7 +302,8 @@ pub fn stop_cutters(dir: &Path) -> Result<()> {
 /// The cutter: a cut every period, named `auto-<unix ms>`; a failed cut is logged and the
 /// next one tried on time.
 fn run_cutter(dir: &Path, name: &str) -> Result<()> {
-    let g = Group::load(dir, name)?;
+    let gs = GroupStore::open(dir)?;
+    let g = gs.load(name)?;
     let every = Duration::from_millis(g.every_ms.context("the group has no --every")?);
     println!("{CUTTER_READY} for group {name}, a cut every {every:?}");
     let mut next = Instant::now() + every;
@@ -297,7 +315,7 @@ fn run_cutter(dir: &Path, name: &str) -> Result<()> {
             next = Instant::now() + every;
         }
         let point = format!("{}{}", cut::AUTO_PREFIX, cut::unix_micros_now() / 1000);
-        match cut::take(dir, &g, &point) {
+        match cut::take(&gs, &g, &point) {
             Ok(c) => {
                 if failing {
                     eprintln!(

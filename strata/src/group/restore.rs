@@ -16,7 +16,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::store::{find_cut, Group, Member};
+use super::store::{find_cut, Group, GroupStore, Member};
 use crate::branch_cmd::{self, BranchCommand, CreateArgs, TenantArg};
 use crate::cluster::ClusterConfig;
 use crate::compute_cmd::{self, StartRequest};
@@ -27,7 +27,7 @@ use crate::target::Target;
 pub const EVIDENCE_TABLE: &str = "strata_2pc_gids";
 
 /// Where each member goes: an LSN of a cut, or the same time for all (`--naive`).
-fn targets(dir: &Path, g: &Group, at: &str, naive: bool) -> Result<(String, Vec<Target>)> {
+fn targets(gs: &GroupStore, g: &Group, at: &str, naive: bool) -> Result<(String, Vec<Target>)> {
     if naive {
         let us = match Target::parse(at)? {
             Target::Time(us) => us,
@@ -38,7 +38,7 @@ fn targets(dir: &Path, g: &Group, at: &str, naive: bool) -> Result<(String, Vec<
             g.members.iter().map(|_| Target::Time(us)).collect(),
         ));
     }
-    let cut = find_cut(g, &g.cuts(dir)?, at)?;
+    let cut = find_cut(g, &gs.cuts(g)?, at)?;
     let mut out = Vec::new();
     for m in &g.members {
         let lsn = cut
@@ -82,8 +82,9 @@ pub fn branch(
     naive: bool,
     out: &Output,
 ) -> Result<()> {
-    let g = Group::load(dir, name)?;
-    let (what, targets) = targets(dir, &g, at, naive)?;
+    let gs = GroupStore::open(dir)?;
+    let g = gs.load(name)?;
+    let (what, targets) = targets(&gs, &g, at, naive)?;
     let cfg = ClusterConfig::load(dir)?;
     let mut restored = Vec::new();
     for (m, t) in g.members.iter().zip(&targets) {
@@ -299,8 +300,9 @@ pub fn query(
     database: &str,
     out: &Output,
 ) -> Result<()> {
-    let g = Group::load(dir, name)?;
-    let (what, targets) = targets(dir, &g, at, false)?;
+    let gs = GroupStore::open(dir)?;
+    let g = gs.load(name)?;
+    let (what, targets) = targets(&gs, &g, at, false)?;
     let cfg = ClusterConfig::load(dir)?;
     let mut lines = vec![format!("group {name} at {what}:")];
     let mut results = Vec::new();

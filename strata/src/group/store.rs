@@ -1,14 +1,34 @@
-//! Groups and their cuts on disk: `<cluster dir>/groups/<name>/group.json` (written to a
-//! temporary file, fsynced, renamed, directory fsynced) and `cuts.jsonl` (one cut per line,
-//! appended and fsynced before the cut is reported).
+//! Groups and their cuts, kept in the cluster's object store (where the data is: a cut is
+//! worth as much as the WAL and layers it points into, and outlives the cluster directory
+//! with them). The key layout, under the store's prefix:
+//!
+//! ```text
+//! groups/<group>/group.json                      the group (members, period)
+//! groups/<group>/cuts/<unix µs, 20 digits>-<cut>  one cut: {member → LSN}, time, name, pause
+//! ```
+//!
+//! each a crc-checked object (`remote_store::Store::put_checked`: a `.crc32c` side object
+//! next to it). A cut's object is written, and acknowledged by the store (a local store
+//! fsyncs it), before the cut is reported; it is never rewritten.
+//!
+//! The cluster directory keeps a cache: `groups/<group>/group.json` and `cuts.jsonl` (one cut
+//! per line, in the order they were seen). Reading a group's cuts lists the keys in the store
+//! and reads only the objects the cache lacks, so `restore-point list` of a group cut every
+//! second for hours does not read thousands of objects each time. Losing the cache loses
+//! nothing: it is filled again from the store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use object_store::path::Path as Key;
+use remote_store::{S3Options, Store};
 use serde::{Deserialize, Serialize};
+
+use crate::cluster::ClusterConfig;
 
 /// One member: a tenant's branch, one server of the sharded cluster.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -39,12 +59,17 @@ pub struct Cut {
     pub pause_ms: f64,
 }
 
-pub fn groups_dir(dir: &Path) -> PathBuf {
-    dir.join("groups")
-}
+/// The object store's top-level folder of every group.
+const GROUPS: &str = "groups";
+const GROUP_OBJECT: &str = "group.json";
+const CUTS: &str = "cuts";
+const CUTS_CACHE: &str = "cuts.jsonl";
 
-fn group_dir(dir: &Path, name: &str) -> PathBuf {
-    groups_dir(dir).join(name)
+/// Where the groups are: the cluster's object store, with the cluster directory as a cache.
+pub struct GroupStore {
+    dir: PathBuf,
+    store: Store,
+    rt: tokio::runtime::Runtime,
 }
 
 fn fsync_dir(d: &Path) -> Result<()> {
@@ -53,97 +78,235 @@ fn fsync_dir(d: &Path) -> Result<()> {
         .with_context(|| format!("fsyncing {}", d.display()))
 }
 
-impl Group {
-    pub fn load(dir: &Path, name: &str) -> Result<Group> {
-        crate::names::validate(crate::names::Kind::Branch, name)?;
-        let p = group_dir(dir, name).join("group.json");
-        let text = fs::read_to_string(&p).with_context(|| {
-            format!(
-                "no group named {name:?} ({} unreadable; see strata group list)",
-                p.display()
-            )
-        })?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+/// The last part of a cut's key: its time first, so keys sort by time.
+fn cut_key_name(cut: &Cut) -> String {
+    format!("{:020}-{}", cut.time_us, cut.name)
+}
+
+impl GroupStore {
+    /// The group store of the cluster in `dir` (its `remote_storage` of `strata.toml`).
+    pub fn open(dir: &Path) -> Result<GroupStore> {
+        let cfg = ClusterConfig::load(dir)?;
+        let store = Store::from_url(&cfg.remote_storage, &S3Options::from_env())
+            .with_context(|| format!("the object store {}", cfg.remote_storage))?;
+        GroupStore::with_store(dir, store)
     }
 
-    /// Writes the group durably; fails if `create` and it exists.
-    pub fn store(&self, dir: &Path, create: bool) -> Result<()> {
-        let d = group_dir(dir, &self.name);
-        let p = d.join("group.json");
-        if create && p.exists() {
-            bail!("a group named {:?} exists", self.name);
-        }
+    /// The groups of the cluster in `dir`, kept in `store`.
+    pub fn with_store(dir: &Path, store: Store) -> Result<GroupStore> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        Ok(GroupStore {
+            dir: dir.to_path_buf(),
+            store,
+            rt,
+        })
+    }
+
+    /// The cluster directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn cache_dir(&self, group: &str) -> PathBuf {
+        self.dir.join(GROUPS).join(group)
+    }
+
+    fn group_key(&self, group: &str) -> Key {
+        self.store.key(&[GROUPS, group, GROUP_OBJECT])
+    }
+
+    fn cuts_prefix(&self, group: &str) -> Key {
+        self.store.key(&[GROUPS, group, CUTS])
+    }
+
+    fn put(&self, key: &Key, value: &impl Serialize) -> Result<()> {
+        let data = Bytes::from(serde_json::to_vec(value)?);
+        self.rt
+            .block_on(self.store.put_checked(key, data))
+            .with_context(|| format!("storing {key} in {}", self.store))
+    }
+
+    fn get<T: for<'de> Deserialize<'de>>(&self, key: &Key) -> Result<Option<T>> {
+        let Some(data) = self
+            .rt
+            .block_on(self.store.get_checked(key))
+            .with_context(|| format!("reading {key} from {}", self.store))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&data)
+            .map(Some)
+            .with_context(|| format!("parsing {key} of {}", self.store))
+    }
+
+    /// Writes `text` to `name` in the group's cache directory (temporary file, fsync, rename,
+    /// directory fsync).
+    fn write_cache(&self, group: &str, name: &str, text: &str) -> Result<()> {
+        let d = self.cache_dir(group);
         fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-        let tmp = d.join("group.json.tmp");
+        let tmp = d.join(format!("{name}.tmp"));
         let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(serde_json::to_string_pretty(self)?.as_bytes())
+        f.write_all(text.as_bytes())
             .and_then(|()| f.sync_all())
             .with_context(|| format!("writing {}", tmp.display()))?;
+        let p = d.join(name);
         fs::rename(&tmp, &p).with_context(|| format!("renaming to {}", p.display()))?;
-        fsync_dir(&d)?;
-        fsync_dir(&groups_dir(dir))
+        fsync_dir(&d)
     }
 
-    pub fn list(dir: &Path) -> Result<Vec<Group>> {
-        let d = groups_dir(dir);
-        let entries = match fs::read_dir(&d) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("listing {}", d.display())),
+    /// The group named `name`: from the cache, else from the object store (and cached).
+    pub fn load(&self, name: &str) -> Result<Group> {
+        crate::names::validate(crate::names::Kind::Branch, name)?;
+        let cached = self.cache_dir(name).join(GROUP_OBJECT);
+        if let Ok(text) = fs::read_to_string(&cached) {
+            return serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", cached.display()));
+        }
+        let g: Group = self.get(&self.group_key(name))?.with_context(|| {
+            format!(
+                "no group named {name:?} in {} (see strata group list)",
+                self.store
+            )
+        })?;
+        self.write_cache(name, GROUP_OBJECT, &serde_json::to_string_pretty(&g)?)?;
+        Ok(g)
+    }
+
+    /// Stores a new group (refused if one of that name exists), the object store first.
+    pub fn create(&self, g: &Group) -> Result<()> {
+        let key = self.group_key(&g.name);
+        if self.get::<Group>(&key)?.is_some() {
+            bail!("a group named {:?} exists", g.name);
+        }
+        self.put(&key, g)?;
+        self.write_cache(&g.name, GROUP_OBJECT, &serde_json::to_string_pretty(g)?)
+    }
+
+    /// Every group in the object store, by name.
+    pub fn list(&self) -> Result<Vec<Group>> {
+        let prefix = self.store.key(&[GROUPS]);
+        let listing = self
+            .rt
+            .block_on(self.store.store().list_with_delimiter(Some(&prefix)));
+        let names: Vec<String> = match listing {
+            Ok(l) => l
+                .common_prefixes
+                .iter()
+                .filter_map(|p| p.filename().map(str::to_string))
+                .collect(),
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("listing {prefix} in {}", self.store)),
         };
         let mut out = Vec::new();
-        for e in entries {
-            let name = e?.file_name().to_string_lossy().into_owned();
-            if group_dir(dir, &name).join("group.json").exists() {
-                out.push(Group::load(dir, &name)?);
+        for name in names {
+            // A folder without its group object: a create that did not finish.
+            if crate::names::validate(crate::names::Kind::Branch, &name).is_ok() {
+                if let Some(g) = self.get::<Group>(&self.group_key(&name))? {
+                    out.push(g);
+                }
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
-    fn cuts_file(&self, dir: &Path) -> PathBuf {
-        group_dir(dir, &self.name).join("cuts.jsonl")
+    /// Stores `cut` of `group` in the object store (durable when this returns), then in the
+    /// cache (a cache that cannot be written is only a warning: the store has the cut).
+    pub fn add_cut(&self, group: &Group, cut: &Cut) -> Result<()> {
+        let key = self.cuts_prefix(&group.name).join(cut_key_name(cut));
+        self.put(&key, cut)?;
+        if let Err(e) = self.cache_cuts(&group.name, std::slice::from_ref(cut)) {
+            eprintln!(
+                "strata: warning: cut {} is stored, but not cached: {e:#}",
+                cut.name
+            );
+        }
+        Ok(())
     }
 
-    /// Appends `cut` and fsyncs it.
-    pub fn append_cut(&self, dir: &Path, cut: &Cut) -> Result<()> {
-        let p = self.cuts_file(dir);
+    fn cuts_cache(&self, group: &str) -> PathBuf {
+        self.cache_dir(group).join(CUTS_CACHE)
+    }
+
+    /// Appends `cuts` to the cache file and fsyncs it.
+    fn cache_cuts(&self, group: &str, cuts: &[Cut]) -> Result<()> {
+        let d = self.cache_dir(group);
+        fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        let p = self.cuts_cache(group);
         let new = !p.exists();
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&p)
             .with_context(|| format!("opening {}", p.display()))?;
-        let mut line = serde_json::to_string(cut)?;
-        line.push('\n');
-        f.write_all(line.as_bytes())
+        let mut text = String::new();
+        for c in cuts {
+            text.push_str(&serde_json::to_string(c)?);
+            text.push('\n');
+        }
+        f.write_all(text.as_bytes())
             .and_then(|()| f.sync_data())
             .with_context(|| format!("appending to {}", p.display()))?;
         if new {
-            fsync_dir(&group_dir(dir, &self.name))?;
+            fsync_dir(&d)?;
         }
         Ok(())
     }
 
-    /// Every cut, oldest first. A torn last line (a crash mid-append, never reported) is
-    /// skipped.
-    pub fn cuts(&self, dir: &Path) -> Result<Vec<Cut>> {
-        let p = self.cuts_file(dir);
-        let text = match fs::read_to_string(&p) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
-        };
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let mut cuts = Vec::with_capacity(lines.len());
-        for (i, l) in lines.iter().enumerate() {
-            match serde_json::from_str::<Cut>(l) {
-                Ok(c) => cuts.push(c),
-                Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {}
-                Err(e) => bail!("{} line {}: {e}", p.display(), i + 1),
+    /// The cached cuts by key name. Lines that do not parse (a torn last line, a damaged
+    /// file) are skipped: whatever the cache lacks is read from the store.
+    fn cached_cuts(&self, group: &str) -> HashMap<String, Cut> {
+        let text = fs::read_to_string(self.cuts_cache(group)).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Cut>(l).ok())
+            .map(|c| (cut_key_name(&c), c))
+            .collect()
+    }
+
+    /// Every cut of `group` in the object store, oldest first.
+    pub fn cuts(&self, group: &Group) -> Result<Vec<Cut>> {
+        let prefix = self.cuts_prefix(&group.name);
+        let keys = self
+            .rt
+            .block_on(self.store.list(&prefix))
+            .with_context(|| format!("listing {prefix} in {}", self.store))?;
+        let mut cached = self.cached_cuts(&group.name);
+        let mut cuts = Vec::new();
+        let mut fetched = Vec::new();
+        for key in keys {
+            let Some(name) = key.filename().filter(|n| !n.ends_with(".crc32c")) else {
+                continue;
+            };
+            if let Some(c) = cached.remove(name) {
+                cuts.push(c);
+                continue;
+            }
+            // None: a put that did not finish (no checksum yet), never reported.
+            if let Some(c) = self.get::<Cut>(&key)? {
+                if cut_key_name(&c) != name {
+                    bail!(
+                        "{key} in {} holds cut {} at {}",
+                        self.store,
+                        c.name,
+                        c.time_us
+                    );
+                }
+                fetched.push(c.clone());
+                cuts.push(c);
             }
         }
+        if !fetched.is_empty() {
+            if let Err(e) = self.cache_cuts(&group.name, &fetched) {
+                eprintln!(
+                    "strata: warning: caching the cuts of group {}: {e:#}",
+                    group.name
+                );
+            }
+        }
+        cuts.sort_by(|a, b| (a.time_us, &a.name).cmp(&(b.time_us, &b.name)));
         Ok(cuts)
     }
 }
@@ -194,28 +357,53 @@ mod tests {
     }
 
     #[test]
-    fn groups_and_cuts_round_trip_and_torn_lines_are_skipped() -> Result<()> {
+    fn groups_and_cuts_live_in_the_object_store_and_survive_the_cache() -> Result<()> {
         let d = tempfile::tempdir()?;
+        let remote = d.path().join("remote");
+        let gs = GroupStore::with_store(d.path(), Store::local(&remote)?)?;
         let g = Group {
             name: "bank".into(),
             members: vec![],
             every_ms: Some(1000),
         };
-        g.store(d.path(), true)?;
-        assert!(g.store(d.path(), true).is_err(), "created twice");
-        assert_eq!(Group::list(d.path())?, vec![g.clone()]);
-        g.append_cut(d.path(), &cut("one", 1_000_000))?;
-        g.append_cut(d.path(), &cut("two", 2_000_000))?;
+        gs.create(&g)?;
+        assert!(gs.create(&g).is_err(), "created twice");
+        assert_eq!(gs.list()?, vec![g.clone()]);
+        gs.add_cut(&g, &cut("two", 2_000_000))?;
+        gs.add_cut(&g, &cut("one", 1_000_000))?;
+        assert!(remote
+            .join("groups/bank/cuts/00000000000001000000-one")
+            .exists());
+        let both = vec![cut("one", 1_000_000), cut("two", 2_000_000)];
+        assert_eq!(gs.cuts(&g)?, both);
+
+        // A torn cache line is skipped; the store has the cut.
         let mut f = OpenOptions::new()
             .append(true)
-            .open(g.cuts_file(d.path()))?;
+            .open(gs.cuts_cache("bank"))?;
         f.write_all(b"{\"name\":\"thr")?;
-        let cuts = g.cuts(d.path())?;
-        assert_eq!(cuts, vec![cut("one", 1_000_000), cut("two", 2_000_000)]);
+        assert_eq!(gs.cuts(&g)?, both);
+
+        // The cluster directory's groups/ lost: everything comes back from the store.
+        fs::remove_dir_all(d.path().join(GROUPS))?;
+        assert_eq!(gs.load("bank")?, g);
+        assert_eq!(gs.list()?, vec![g.clone()]);
+        let cuts = gs.cuts(&g)?;
+        assert_eq!(cuts, both);
+        assert_eq!(gs.cached_cuts("bank").len(), 2, "cached again");
         assert_eq!(find_cut(&g, &cuts, "one")?.name, "one");
         assert_eq!(find_cut(&g, &cuts, "@1")?.name, "one");
         assert_eq!(find_cut(&g, &cuts, "@5")?.name, "two");
         assert!(find_cut(&g, &cuts, "@0").is_err());
+
+        // A damaged cut object is an error, not a silently different cut.
+        let obj = remote.join("groups/bank/cuts/00000000000002000000-two");
+        let mut bytes = fs::read(&obj)?;
+        bytes[3] ^= 1;
+        fs::write(&obj, bytes)?;
+        fs::remove_dir_all(d.path().join(GROUPS))?;
+        let e = format!("{:#}", gs.cuts(&g).unwrap_err());
+        assert!(e.contains("damaged"), "{e}");
         Ok(())
     }
 }
