@@ -687,8 +687,10 @@ pub(crate) fn start_walproposer(
         // Used only when no safekeeper has WAL of this timeline yet: the new history begins
         // with the basebackup's checkpoint record.
         .args(["--start-lsn", &lsn.to_string()])
-        // A free port each start; the address is in the log ("walproposer metrics on").
+        // A free port each start; the address is in the log ("walproposer metrics on"). It
+        // stays without metrics (`--no-metrics`): it also serves the group fence.
         .args(["--metrics-listen", "127.0.0.1:0"])
+        .envs(cfg.service_env())
         // Where a group coordinator finds its fence (rewritten at each restart).
         .arg("--control-file")
         .arg(control_file(dir, &rec.name))

@@ -108,6 +108,7 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
                     remote_storage: None,
                     pg_bin: "/usr/lib/postgresql/15/bin".into(),
                     no_auth: false,
+                    no_metrics: false,
                 },
             )
         },

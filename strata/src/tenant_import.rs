@@ -310,6 +310,7 @@ fn start_walproposer(dir: &Path, cfg: &ClusterConfig, rec: &ImportRecord) -> Res
         // the pageserver ingested from the backup, and everything after it. (Used only when
         // no safekeeper has WAL of the timeline yet; a reconnect resumes where they are.)
         .args(["--start-lsn", &rec.backup_start()?.to_string()])
+        .envs(cfg.service_env())
         .args(crate::auth_setup::walproposer_args(
             dir,
             cfg,

@@ -30,6 +30,15 @@ pub struct ClusterConfig {
     /// clusters made with `strata init --no-auth`, and in those made before auth existed.
     #[serde(default)]
     pub auth: bool,
+    /// The services record metrics and the pageserver and safekeepers serve `/metrics`; false
+    /// in clusters made with `strata init --no-metrics` (for measuring what metrics cost).
+    #[serde(default = "metrics_on")]
+    pub metrics: bool,
+}
+
+/// Clusters made before the switch existed record metrics (if they have metrics ports).
+fn metrics_on() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -117,7 +126,28 @@ impl ClusterConfig {
             compute_base_port,
             proxy,
             auth: true,
+            metrics: true,
         })
+    }
+
+    /// `strata init --no-metrics`: no metrics endpoints for the pageserver and safekeepers,
+    /// and no recording anywhere ([`ClusterConfig::service_env`]).
+    pub fn without_metrics(&mut self) {
+        self.metrics = false;
+        self.pageserver.metrics_port = None;
+        for s in &mut self.safekeepers {
+            s.metrics_port = None;
+        }
+    }
+
+    /// The environment every service and walproposer of the cluster starts with:
+    /// `STRATA_METRICS=off` when the cluster records no metrics (`strata_metrics::enabled`).
+    pub fn service_env(&self) -> Vec<(&'static str, &'static str)> {
+        if self.metrics {
+            Vec::new()
+        } else {
+            vec![("STRATA_METRICS", "off")]
+        }
     }
 
     pub fn load(dir: &Path) -> Result<ClusterConfig> {
@@ -231,6 +261,27 @@ mod tests {
         assert_eq!(c.safekeepers[0].metrics_addr(), None);
         assert_eq!(c.proxy, None, "an old cluster runs without the proxy");
         assert!(!c.auth, "a cluster from before auth runs without it");
+        assert!(
+            c.metrics,
+            "a cluster from before the switch records metrics"
+        );
+        assert!(c.service_env().is_empty());
+    }
+
+    #[test]
+    fn a_cluster_without_metrics_has_no_metrics_ports_and_turns_recording_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c =
+            ClusterConfig::generate(dir.path(), 3, None, "/usr/lib/postgresql/15/bin".into())
+                .unwrap();
+        assert!(c.metrics && c.service_env().is_empty());
+        c.without_metrics();
+        c.store(dir.path()).unwrap();
+        let c = ClusterConfig::load(dir.path()).unwrap();
+        assert!(!c.metrics);
+        assert_eq!(c.pageserver.metrics_addr(), None);
+        assert!(c.safekeepers.iter().all(|s| s.metrics_addr().is_none()));
+        assert_eq!(c.service_env(), vec![("STRATA_METRICS", "off")]);
     }
 
     #[test]

@@ -82,6 +82,11 @@ pub struct InitArgs {
     /// (by default the services verify signed tokens and computes ask for a password).
     #[arg(long)]
     pub no_auth: bool,
+    /// No metrics: the pageserver and the safekeepers serve no `/metrics` endpoint, and no
+    /// service records any (`STRATA_METRICS=off` in their environment); for measuring what
+    /// metrics cost.
+    #[arg(long)]
+    pub no_metrics: bool,
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -110,6 +115,9 @@ pub fn init(dir: &Path, args: &InitArgs) -> Result<()> {
     let mut cfg =
         ClusterConfig::generate(&dir, args.safekeepers, args.remote_storage.clone(), pg_bin)?;
     cfg.auth = !args.no_auth;
+    if args.no_metrics {
+        cfg.without_metrics();
+    }
     for sub in ["run", "logs", "computes", "pageserver"] {
         fs::create_dir_all(dir.join(sub))?;
     }
@@ -140,6 +148,9 @@ pub fn init(dir: &Path, args: &InitArgs) -> Result<()> {
         );
     } else {
         println!("  authentication off (--no-auth): every local client is trusted");
+    }
+    if !cfg.metrics {
+        println!("  metrics off (--no-metrics): no /metrics endpoints, nothing recorded");
     }
     println!("next: strata start");
     Ok(())
@@ -218,6 +229,7 @@ pub fn start(dir: &Path) -> Result<()> {
         cmd.args(["--peers", &peers.join(",")]);
         cmd.args(metrics_listen_arg(sk.metrics_addr()));
         cmd.args(crate::auth_setup::safekeeper_args(dir, &cfg));
+        cmd.envs(cfg.service_env());
         let pid = d.start(cmd, "serving replication on", START_TIMEOUT)?;
         println!(
             "started {} (pid {pid}) on {}{}",
@@ -236,7 +248,8 @@ pub fn start(dir: &Path) -> Result<()> {
             .args(["--listen", &cfg.pageserver.grpc_addr()])
             .args(["--remote-storage", &cfg.remote_storage])
             .args(metrics_listen_arg(cfg.pageserver.metrics_addr()))
-            .args(crate::auth_setup::pageserver_args(dir, &cfg));
+            .args(crate::auth_setup::pageserver_args(dir, &cfg))
+            .envs(cfg.service_env());
         let pid = d.start(cmd, "pageserver listening on", START_TIMEOUT)?;
         println!(
             "started pageserver (pid {pid}) on {}{}",
