@@ -170,16 +170,10 @@ impl Side {
         Ok(())
     }
 
-    /// `strata tenant config set page_cache_pages=N`.
-    pub fn set_page_cache(&self, pages: u32) -> Result<()> {
-        self.cli.run(&[
-            "tenant",
-            "config",
-            "set",
-            &format!("page_cache_pages={pages}"),
-            "--tenant",
-            TENANT,
-        ])?;
+    /// `strata tenant config set KEY=VALUE` on the bench's tenant.
+    pub fn set_tenant_config(&self, setting: &str) -> Result<()> {
+        self.cli
+            .run(&["tenant", "config", "set", setting, "--tenant", TENANT])?;
         Ok(())
     }
 
