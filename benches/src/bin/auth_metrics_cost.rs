@@ -276,15 +276,7 @@ fn measure(a: &Args, sides: &[Side]) -> Result<(RunInfo, Vec<Row>, Vec<String>)>
         date: machine::utc_now(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         machine: machine::describe(),
-        build: format!(
-            "{} build of this tool; strata: {}",
-            if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "release"
-            },
-            sides[0].cli.bin.display()
-        ),
+        build: machine::build_note(&sides[0].cli.bin),
         scale: a.scale,
         rounds: a.rounds,
         reads: a.reads,

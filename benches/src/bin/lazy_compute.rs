@@ -122,15 +122,7 @@ fn run(a: Args) -> Result<()> {
         date: machine::utc_now(),
         command,
         machine: machine::describe(),
-        build: format!(
-            "{} build of this tool; strata: {}",
-            if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "release"
-            },
-            probe.bin.display()
-        ),
+        build: machine::build_note(&probe.bin),
         drop_caches,
         rounds: a.rounds,
         query_rounds: a.query_rounds,

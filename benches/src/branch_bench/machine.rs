@@ -81,6 +81,19 @@ pub fn utc_now() -> String {
         .unwrap_or_else(|| "unknown date".into())
 }
 
+/// "release build of this tool; strata: PATH" (or debug), for a report's build line.
+pub fn build_note(strata_bin: &Path) -> String {
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    format!(
+        "{profile} build of this tool; strata: {}",
+        strata_bin.display()
+    )
+}
+
 /// One line naming the machine: cores, CPU model, memory.
 pub fn describe() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
