@@ -692,6 +692,7 @@ pub(crate) fn start_walproposer(
         .args(crate::group::cut::walproposer_fence_args(
             dir, cfg, &rec.name,
         )?)
+        .envs(cfg.service_env())
         .args(crate::auth_setup::walproposer_args(
             dir,
             cfg,

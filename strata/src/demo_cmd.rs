@@ -110,6 +110,7 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
                     no_auth: false,
                     listen: None,
                     tls: false,
+                    no_metrics: false,
                 },
             )
         },

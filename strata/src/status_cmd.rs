@@ -208,6 +208,9 @@ fn once(dir: &Path, out: &Output) -> Result<ExitCode> {
                 .to_string(),
         );
     }
+    if !cfg.metrics {
+        lines.push("metrics: off (a cluster made with --no-metrics)".to_string());
+    }
     let mut services = Vec::new();
     let mut pageserver_up = false;
     for svc in cluster::status(dir)? {
@@ -282,6 +285,7 @@ fn once(dir: &Path, out: &Output) -> Result<ExitCode> {
         &lines.join("\n"),
         json!({
             "healthy": problems.is_empty(), "problems": problems, "auth": cfg.auth,
+            "metrics": cfg.metrics,
             "services": services, "computes": computes, "branches": branches,
             "proxy": proxy,
         }),

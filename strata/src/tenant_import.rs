@@ -14,6 +14,10 @@
 //! tenant detach`, `strata start` starts its walproposer again, `strata stop` warns that the
 //! source's commits wait until then, and `strata tenant detach` hands the source back. The
 //! walproposer is shown as the compute `import-<tenant>` (status, the branch's one writer).
+//!
+//! Apart from the slot and, when asked, `synchronous_standby_names`, the source is not
+//! changed: its roles keep their passwords (the tenant's computes take them), unless
+//! `--set-source-password` gives a password-less `postgres` the cluster's compute password.
 
 mod detach;
 mod record;
@@ -60,6 +64,12 @@ pub struct ImportArgs {
     /// the setting to be in place already.
     #[arg(long)]
     pub configure_sync: bool,
+    /// With auth on: if the source's `postgres` role has no password, give it the cluster's
+    /// compute password (`ALTER ROLE postgres PASSWORD` on the source), so that logins to this
+    /// tenant's computes as postgres take the cluster's password like other tenants'. Without
+    /// it the source's roles are never changed.
+    #[arg(long)]
+    pub set_source_password: bool,
 }
 
 pub fn run(dir: &Path, args: ImportArgs, out: &Output) -> Result<()> {
@@ -224,7 +234,7 @@ fn import_with_slot(
         start_walproposer(dir, cfg, &rec)
     })();
     if started.is_ok() {
-        if let Err(e) = give_source_the_compute_password(dir, cfg, src, out) {
+        if let Err(e) = source_password_step(dir, cfg, src, args.set_source_password, out) {
             eprintln!(
                 "warning: computes of tenant {name} may not accept the cluster's compute \
                  password: {e:#}"
@@ -248,13 +258,15 @@ fn import_with_slot(
 }
 
 /// Computes log in with the password in the tenant's own catalog, which comes from the
-/// source. A source whose `postgres` role has no password (no password login worked there)
-/// gets the cluster's, through its own WAL; a role with a password keeps it, and the
-/// tenant's computes take that one.
-fn give_source_the_compute_password(
+/// source: the source's roles and passwords work on its computes as they do on the source.
+/// The source is the user's own database, so it is changed only when asked
+/// (`--set-source-password`): then a `postgres` role without a password gets the cluster's
+/// compute password, through the source's own WAL. Otherwise this only says what logs in.
+fn source_password_step(
     dir: &Path,
     cfg: &ClusterConfig,
     src: &Source,
+    set_password: bool,
     out: &Output,
 ) -> Result<()> {
     let Some(password) = crate::auth_setup::compute_password(dir, cfg)? else {
@@ -267,10 +279,19 @@ fn give_source_the_compute_password(
         );
         return Ok(());
     }
+    if !set_password {
+        out.step(
+            "the source's postgres role has no password and is left so: over TCP, this \
+             tenant's computes take the source's own roles and passwords (postgres logs in \
+             over the compute's Unix socket only); `--set-source-password` would give it the \
+             cluster's compute password",
+        );
+        return Ok(());
+    }
     src.query(&compute::node::set_password_sql(&password))?;
     out.step(
         "the source's postgres role had no password: it has the cluster's compute password \
-         now (auth/compute_password), for this tenant's computes",
+         now (auth/compute_password, --set-source-password), for this tenant's computes",
     );
     Ok(())
 }
@@ -295,6 +316,7 @@ fn start_walproposer(dir: &Path, cfg: &ClusterConfig, rec: &ImportRecord) -> Res
             cfg,
             &rec.compute_name(),
         )?)
+        .envs(cfg.service_env())
         .args(crate::auth_setup::walproposer_args(
             dir,
             cfg,

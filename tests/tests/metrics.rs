@@ -415,3 +415,47 @@ fn scenario(s: &StrataCli) -> Result<()> {
     );
     Ok(())
 }
+
+/// Whether the process in `pid_file` runs with `STRATA_METRICS=off` in its environment.
+fn runs_without_metrics(pid_file: &std::path::Path) -> Result<bool> {
+    let pid = std::fs::read_to_string(pid_file)
+        .with_context(|| format!("reading {}", pid_file.display()))?;
+    let env = std::fs::read(format!("/proc/{}/environ", pid.trim()))?;
+    Ok(env.split(|b| *b == 0).any(|v| v == b"STRATA_METRICS=off"))
+}
+
+/// `strata init --no-metrics`: no metrics ports, nothing printed or served, `status` says so,
+/// and the pageserver, every safekeeper and a compute's walproposer run with
+/// `STRATA_METRICS=off` (so none of them records).
+#[test]
+fn a_cluster_made_without_metrics_records_none() -> Result<()> {
+    let tmp = strata_tests::cluster::scratch_dir("strata-no-metrics-")?;
+    let s = StrataCli::new(&tmp.path().join("cluster"))?;
+    s.run(&["init", "--no-metrics"])?;
+    let result = (|| {
+        let started = s.run(&["start"])?;
+        ensure!(
+            metrics_addrs(&started).is_empty(),
+            "strata start names metrics addresses: {started}"
+        );
+        let cfg = std::fs::read_to_string(s.dir.join("strata.toml"))?;
+        ensure!(
+            !cfg.contains("metrics_port") && cfg.contains("metrics = false"),
+            "strata.toml: {cfg}"
+        );
+        let status = s.json(&["status"])?;
+        ensure!(status["metrics"] == false, "status: {status}");
+        s.run(&["tenant", "create", "t"])?;
+        s.json(&["compute", "start", "main", "--name", "w"])?;
+        let services = ["pageserver", "safekeeper-1", "safekeeper-2", "safekeeper-3"];
+        for name in services.into_iter().chain(["compute-w-walproposer"]) {
+            ensure!(
+                runs_without_metrics(&s.dir.join("run").join(format!("{name}.pid")))?,
+                "{name} runs without STRATA_METRICS=off"
+            );
+        }
+        Ok(())
+    })();
+    let _ = s.run(&["stop"]);
+    result
+}

@@ -146,7 +146,15 @@ fn scenario(s: &StrataCli) -> Result<()> {
         std::thread::spawn(move || writer(sock, port, stop))
     };
     std::thread::sleep(Duration::from_secs(2));
-    let imported = s.json(&["tenant", "import", "--from", &connstr, "--configure-sync"]);
+    // The cluster's password on the source's postgres, for the checks' logins below.
+    let imported = s.json(&[
+        "tenant",
+        "import",
+        "--from",
+        &connstr,
+        "--configure-sync",
+        "--set-source-password",
+    ]);
     let imported = match imported {
         Ok(v) => v,
         Err(e) => {
@@ -350,7 +358,11 @@ fn commit_within(src: &PgCluster, sql: &str, timeout: Duration) -> Result<()> {
 
 const COMMIT_DEADLINE: Duration = Duration::from_secs(20);
 
-/// A source with a table `t` of 100 rows, imported as tenant `main` with --configure-sync.
+const POSTGRES_HAS_A_PASSWORD: &str =
+    "SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = 'postgres'";
+
+/// A source with a table `t` of 100 rows, imported as tenant `main` with --configure-sync
+/// and --set-source-password (the checks log into computes with the cluster's password).
 fn imported_source(s: &StrataCli) -> Result<PgCluster> {
     s.run(&["start"])?;
     let src = PgCluster::init(&InitOptions::default())?;
@@ -365,7 +377,12 @@ fn imported_source(s: &StrataCli) -> Result<PgCluster> {
         "--from",
         &src.connstr("postgres"),
         "--configure-sync",
+        "--set-source-password",
     ])?;
+    ensure!(
+        src.psql(POSTGRES_HAS_A_PASSWORD)?.trim() == "t",
+        "--set-source-password gave the source's postgres a password"
+    );
     commit_within(
         &src,
         "INSERT INTO t SELECT g, 'imported' FROM generate_series(101, 200) g",
@@ -522,6 +539,105 @@ fn tenant_detach_with_the_cluster_stopped_releases_waiting_commits() -> Result<(
             rows == "200",
             "Strata has {rows} of the 200 rows committed before the stop"
         );
+        Ok(())
+    })
+}
+
+/// Every role of the source with its password verifier, as one text.
+fn source_roles(src: &PgCluster) -> Result<String> {
+    src.psql("SELECT rolname || ':' || coalesce(rolpassword, '<none>') FROM pg_authid ORDER BY 1")
+}
+
+/// `SELECT sql` over TCP on the compute at `port` as `role` with `password`.
+fn psql_as(port: u16, role: &str, password: &str, sql: &str) -> Result<String> {
+    let out = Command::new(pg_bin_dir().join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+        ])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            role,
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", password)
+        .env_remove("PGPASSFILE")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "psql as {role}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A user's own Postgres is not changed behind their back: without `--set-source-password`
+/// the import (with auth on) leaves every role of the source as it was, a password-less
+/// `postgres` included, and the tenant's computes take the source's own roles and passwords.
+#[test]
+fn import_leaves_the_source_roles_alone() -> Result<()> {
+    on_cluster("strata-import-roles-", |s| {
+        s.run(&["start"])?;
+        let src = PgCluster::init(&InitOptions::default())?;
+        src.start()?;
+        src.psql(
+            "CREATE TABLE t(id int PRIMARY KEY);
+             INSERT INTO t SELECT generate_series(1, 100);
+             CREATE ROLE app LOGIN PASSWORD 'app-secret';
+             GRANT SELECT ON t TO app;",
+        )?;
+        let before = source_roles(&src)?;
+        ensure!(
+            before.contains("postgres:<none>") && before.contains("app:SCRAM-SHA-256$"),
+            "the source's roles: {before}"
+        );
+        let said = strata_stderr(
+            s,
+            &[
+                "tenant",
+                "import",
+                "--from",
+                &src.connstr("postgres"),
+                "--configure-sync",
+            ],
+        )?;
+        ensure!(
+            said.contains("--set-source-password"),
+            "the import says how to give postgres the cluster's password: {said}"
+        );
+        commit_within(&src, "INSERT INTO t VALUES (101)", COMMIT_DEADLINE)?;
+        let after = source_roles(&src)?;
+        ensure!(
+            after == before,
+            "the import changed the source's roles:\nbefore: {before}\nafter: {after}"
+        );
+        wait_ingested(s, "main", src.current_wal_lsn()?)?;
+        let c = s.json(&["compute", "start", "main", "--read-only", "--name", "check"])?;
+        let port = c["port"].as_u64().context("port")? as u16;
+        let rows = psql_as(port, "app", "app-secret", "SELECT count(*) FROM t")?;
+        ensure!(
+            rows == "101",
+            "the source's own role reads {rows} of 101 rows"
+        );
+        let password = std::fs::read_to_string(s.dir.join("auth/compute_password"))?;
+        let refused = psql_as(port, "postgres", password.trim(), "SELECT 1");
+        ensure!(
+            refused
+                .as_ref()
+                .is_err_and(|e| format!("{e:#}").contains("password authentication failed")),
+            "postgres has no password on this tenant, so the cluster's is refused: {refused:?}"
+        );
+        s.run(&["compute", "stop", "check"])?;
         Ok(())
     })
 }

@@ -119,18 +119,10 @@ fn run(a: Args) -> Result<()> {
     eprintln!("scratch directory: {}", work.display());
 
     let mut info = RunInfo {
-        date: utc_now(),
+        date: machine::utc_now(),
         command,
         machine: machine::describe(),
-        build: format!(
-            "{} build of this tool; strata: {}",
-            if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "release"
-            },
-            probe.bin.display()
-        ),
+        build: machine::build_note(&probe.bin),
         drop_caches,
         rounds: a.rounds,
         query_rounds: a.query_rounds,
@@ -147,7 +139,7 @@ fn run(a: Args) -> Result<()> {
                 results.push(r);
                 // The report so far, in case a later scale fails or the run is cut short.
                 if !last {
-                    info.date = utc_now();
+                    info.date = machine::utc_now();
                     eprintln!("\nreport so far:\n{}", report::render(&info, &results));
                 }
             }
@@ -164,7 +156,7 @@ fn run(a: Args) -> Result<()> {
         }
     }
     // What was measured is printed even when a later scale failed.
-    info.date = utc_now();
+    info.date = machine::utc_now();
     if !results.is_empty() {
         println!();
         print!("{}", report::render(&info, &results));
@@ -245,15 +237,4 @@ fn parse_kinds(names: &[String]) -> Result<Vec<Kind>> {
         "--kinds needs at least one of lazy, full, pitr"
     );
     Ok(kinds)
-}
-
-/// Now, as `date -u` prints it (the report's date).
-fn utc_now() -> String {
-    std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown date".into())
 }

@@ -70,6 +70,30 @@ fn parse_loadavg(text: &str) -> Result<f64> {
         .with_context(|| format!("/proc/loadavg is {text:?}"))
 }
 
+/// Now, as `2026-12-07 14:05 UTC` (for a report's date).
+pub fn utc_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown date".into())
+}
+
+/// "release build of this tool; strata: PATH" (or debug), for a report's build line.
+pub fn build_note(strata_bin: &Path) -> String {
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    format!(
+        "{profile} build of this tool; strata: {}",
+        strata_bin.display()
+    )
+}
+
 /// One line naming the machine: cores, CPU model, memory.
 pub fn describe() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());

@@ -1,5 +1,5 @@
 //! Postgres 15 programs against a server reachable on 127.0.0.1 with trust authentication
-//! (a Strata compute, or a recovered copy of it).
+//! (a Strata compute, or a recovered copy of it), or with a password ([`PgProgs::with_password`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,6 +14,8 @@ use walproto::Lsn;
 pub struct PgProgs {
     pub bin: PathBuf,
     pub run_as: Option<RunAs>,
+    /// `PGPASSWORD` for every program (a compute of a cluster with auth); none: trust.
+    pub password: Option<String>,
 }
 
 impl PgProgs {
@@ -27,7 +29,16 @@ impl PgProgs {
         Ok(PgProgs {
             bin: bin.to_path_buf(),
             run_as: os_user::postgres_user()?,
+            password: None,
         })
+    }
+
+    /// The same programs logging in with `password` (`PGPASSWORD`).
+    pub fn with_password(&self, password: Option<String>) -> PgProgs {
+        PgProgs {
+            password,
+            ..self.clone()
+        }
     }
 
     /// A command for `prog`, as the Postgres OS user when we are root, run in /tmp (which
@@ -35,6 +46,9 @@ impl PgProgs {
     pub fn command(&self, prog: &str) -> Command {
         let mut c = os_user::command_as(self.run_as, &self.bin.join(prog));
         c.current_dir("/tmp");
+        if let Some(p) = &self.password {
+            c.env("PGPASSWORD", p);
+        }
         c
     }
 

@@ -34,6 +34,15 @@ pub struct ClusterConfig {
     /// beyond loopback, or `--tls`); false in clusters made before TLS existed.
     #[serde(default)]
     pub tls: bool,
+    /// The services record metrics and the pageserver and safekeepers serve `/metrics`; false
+    /// in clusters made with `strata init --no-metrics` (for measuring what metrics cost).
+    #[serde(default = "metrics_on")]
+    pub metrics: bool,
+}
+
+/// Clusters made before the switch existed record metrics (if they have metrics ports).
+fn metrics_on() -> bool {
+    true
 }
 
 /// Where a gRPC port listens and is dialed when the config names no host.
@@ -139,6 +148,7 @@ impl ClusterConfig {
             proxy,
             auth: true,
             tls: false,
+            metrics: true,
         })
     }
 
@@ -160,6 +170,26 @@ impl ClusterConfig {
         hosts.sort();
         hosts.dedup();
         hosts
+    }
+
+    /// `strata init --no-metrics`: no metrics endpoints for the pageserver and safekeepers,
+    /// and no recording anywhere ([`ClusterConfig::service_env`]).
+    pub fn without_metrics(&mut self) {
+        self.metrics = false;
+        self.pageserver.metrics_port = None;
+        for s in &mut self.safekeepers {
+            s.metrics_port = None;
+        }
+    }
+
+    /// The environment every service and walproposer of the cluster starts with:
+    /// `STRATA_METRICS=off` when the cluster records no metrics (`strata_metrics::enabled`).
+    pub fn service_env(&self) -> Vec<(&'static str, &'static str)> {
+        if self.metrics {
+            Vec::new()
+        } else {
+            vec![("STRATA_METRICS", "off")]
+        }
     }
 
     pub fn load(dir: &Path) -> Result<ClusterConfig> {
@@ -254,6 +284,11 @@ mod tests {
         assert_eq!(c.proxy, None, "an old cluster runs without the proxy");
         assert!(!c.auth, "a cluster from before auth runs without it");
         assert!(!c.tls, "a cluster from before TLS runs without it");
+        assert!(
+            c.metrics,
+            "a cluster from before the switch records metrics"
+        );
+        assert!(c.service_env().is_empty());
     }
 
     #[test]
@@ -282,6 +317,22 @@ mod tests {
             c.pageserver.grpc_host, None,
             "loopback is the default, not stored"
         );
+    }
+
+    #[test]
+    fn a_cluster_without_metrics_has_no_metrics_ports_and_turns_recording_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c =
+            ClusterConfig::generate(dir.path(), 3, None, "/usr/lib/postgresql/15/bin".into())
+                .unwrap();
+        assert!(c.metrics && c.service_env().is_empty());
+        c.without_metrics();
+        c.store(dir.path()).unwrap();
+        let c = ClusterConfig::load(dir.path()).unwrap();
+        assert!(!c.metrics);
+        assert_eq!(c.pageserver.metrics_addr(), None);
+        assert!(c.safekeepers.iter().all(|s| s.metrics_addr().is_none()));
+        assert_eq!(c.service_env(), vec![("STRATA_METRICS", "off")]);
     }
 
     #[test]

@@ -91,6 +91,11 @@ pub struct InitArgs {
     /// TLS on the gRPC ports even on loopback (always on beyond it).
     #[arg(long)]
     pub tls: bool,
+    /// No metrics: the pageserver and the safekeepers serve no `/metrics` endpoint, and no
+    /// service records any (`STRATA_METRICS=off` in their environment); for measuring what
+    /// metrics cost.
+    #[arg(long)]
+    pub no_metrics: bool,
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -124,6 +129,9 @@ pub fn init(dir: &Path, args: &InitArgs) -> Result<()> {
         cfg.set_grpc_host(host);
     }
     cfg.tls = args.tls || cfg.grpc_hosts().iter().any(|h| !h.is_loopback());
+    if args.no_metrics {
+        cfg.without_metrics();
+    }
     for sub in ["run", "logs", "computes", "pageserver"] {
         fs::create_dir_all(dir.join(sub))?;
     }
@@ -163,6 +171,9 @@ pub fn init(dir: &Path, args: &InitArgs) -> Result<()> {
             "  TLS on the gRPC ports: the CA every client trusts is {}",
             crate::tls_setup::ca_file(&dir).display()
         );
+    }
+    if !cfg.metrics {
+        println!("  metrics off (--no-metrics): no /metrics endpoints, nothing recorded");
     }
     println!("next: strata start");
     Ok(())
@@ -254,6 +265,7 @@ pub fn start(dir: &Path) -> Result<()> {
         cmd.args(metrics_listen_arg(sk.metrics_addr()));
         cmd.args(crate::auth_setup::safekeeper_args(dir, &cfg));
         cmd.args(crate::tls_setup::safekeeper_args(dir, &cfg, sk.id));
+        cmd.envs(cfg.service_env());
         let pid = d.start(cmd, "serving replication on", START_TIMEOUT)?;
         println!(
             "started {} (pid {pid}) on {}{}",
@@ -273,7 +285,8 @@ pub fn start(dir: &Path) -> Result<()> {
             .args(["--remote-storage", &cfg.remote_storage])
             .args(metrics_listen_arg(cfg.pageserver.metrics_addr()))
             .args(crate::auth_setup::pageserver_args(dir, &cfg))
-            .args(crate::tls_setup::pageserver_args(dir, &cfg));
+            .args(crate::tls_setup::pageserver_args(dir, &cfg))
+            .envs(cfg.service_env());
         let pid = d.start(cmd, "pageserver listening on", START_TIMEOUT)?;
         println!(
             "started pageserver (pid {pid}) on {}{}",
