@@ -340,7 +340,22 @@ impl Computes {
             if slot.conns.load(Ordering::SeqCst) > 0 {
                 continue;
             }
-            match state.take() {
+            let taken = state.take();
+            // The name now belongs to another compute (`branch restore` moved the branch to a
+            // new timeline and the next connection started a compute under the same name) or
+            // to none: nothing of this slot is left to stop.
+            let gone = match &taken {
+                Some(r) if r.ours => !self.still_serves(&key, &r.name).await,
+                _ => false,
+            };
+            match taken {
+                Some(r) if gone => {
+                    eprintln!(
+                        "strata-proxy: compute {} no longer serves {}: forgotten",
+                        r.name,
+                        key.describe()
+                    );
+                }
                 Some(r) if r.ours => {
                     eprintln!(
                         "strata-proxy: stopping compute {} ({}): no connection for {} s",
@@ -367,6 +382,15 @@ impl Computes {
             }
             drop(state);
             self.drop_unused_slot(&key);
+        }
+    }
+
+    /// Whether the compute called `name` still runs for `key`; true when the list cannot be
+    /// read (then stopping it is what an idle slot asks for).
+    async fn still_serves(&self, key: &Key, name: &str) -> bool {
+        match self.list().await {
+            Ok(rows) => rows.iter().any(|r| r.name == name && r.serves(key)),
+            Err(_) => true,
         }
     }
 
