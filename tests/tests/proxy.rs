@@ -515,6 +515,12 @@ fn idle_stop_and_restart(p: &Proxy) -> Result<()> {
 /// The proxy SIGKILLed: the supervisor restarts it, it serves again, and it still stops the
 /// computes it started before (dev, not connected to since, included).
 fn a_restarted_proxy_keeps_its_computes(p: &Proxy) -> Result<()> {
+    // Sessions held open, so that neither compute idles out before the kill however slow
+    // the other's start was (they end with the proxy).
+    let held = [
+        p.connect(&Target::db("postgres"))?,
+        p.connect(&Target::db("postgres@dev"))?,
+    ];
     let running = p.running()?;
     ensure!(
         running.contains(&"main".to_string()) && running.contains(&"dev".to_string()),
@@ -525,6 +531,7 @@ fn a_restarted_proxy_keeps_its_computes(p: &Proxy) -> Result<()> {
         .args(["-9", &pid.to_string()])
         .status()?;
     ensure!(killed.success(), "kill -9 {pid}");
+    drop(held);
     let main = Target::db("postgres");
     wait_for(
         "the supervisor to restart the proxy",
