@@ -127,7 +127,7 @@ impl Started {
             .unwrap_or_default()
     }
 
-    fn store(&self, cluster_dir: &Path) -> std::io::Result<()> {
+    pub fn store(&self, cluster_dir: &Path) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self)?;
         crate::durable::write_file(&started_file(cluster_dir), &bytes, 0o644)
     }
@@ -454,7 +454,13 @@ impl Computes {
 fn moment_compute_name(b: &Branch, lsn: u64) -> String {
     let tenant: String = b.tenant_id.chars().take(6).collect();
     let name = format!("{}-at-{lsn:X}-{tenant}", b.branch);
-    if name.len() <= 63 {
+    // A branch named before the name rule (a space in it) or a long one: without its name.
+    let valid = name.len() <= 63
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if valid {
         name
     } else {
         format!("at-{lsn:X}-{tenant}")
@@ -515,6 +521,11 @@ mod tests {
             moment_compute_name(&branch(), 0x16B37A8),
             "main-at-16B37A8-aabbcc"
         );
+        let old_name = Branch {
+            branch: "old name".into(),
+            ..branch()
+        };
+        assert_eq!(moment_compute_name(&old_name, 0x10), "at-10-aabbcc");
     }
 
     #[test]
