@@ -303,8 +303,8 @@ fn one_scale(s: &StrataCli, a: &Args, r: &mut Scale) -> Result<()> {
         eprintln!("scaled to zero: {secs:.2} s");
     }
 
-    // Restore: a row inserted, the LSN noted, the row deleted, main restored to the LSN.
-    for _ in 0..a.rounds {
+    // Restore: a row inserted, the LSN noted, the rows deleted, main restored to the LSN.
+    for round in 0..a.rounds {
         proxy_psql(proxy, "postgres", "INSERT INTO marks VALUES (-1)")?;
         let (lsn, _) = proxy_psql(proxy, "postgres", "SELECT pg_current_wal_insert_lsn()")?;
         proxy_psql(proxy, "postgres", "DELETE FROM marks WHERE i = -1")?;
@@ -317,9 +317,11 @@ fn one_scale(s: &StrataCli, a: &Args, r: &mut Scale) -> Result<()> {
         r.restore_s
             .push(v["seconds"].as_f64().with_context(|| format!("{v}"))?);
         let (rows, _) = proxy_psql(proxy, "postgres", "SELECT count(*) FROM marks WHERE i = -1")?;
+        // This round's row comes back, with the earlier rounds' (restored before).
+        let want = (round + 1).to_string();
         ensure!(
-            rows == "1",
-            "main restored to {lsn} has {rows} rows of -1, expected 1"
+            rows == want,
+            "main restored to {lsn} has {rows} rows of -1, expected {want}"
         );
     }
     Ok(())
