@@ -237,20 +237,26 @@ fn setup(s: &StrataCli) -> Result<u16> {
     Ok(port)
 }
 
+/// The cluster set up ([`setup`]) and its proxy's clients.
+fn proxy_for(s: &StrataCli) -> Result<Proxy<'_>> {
+    let port = setup(s)?;
+    Ok(Proxy {
+        s,
+        port,
+        // A worker thread drives the connections while the test waits elsewhere.
+        rt: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?,
+    })
+}
+
 #[test]
 fn proxy_routes_authenticates_starts_stops_and_travels_in_time() -> Result<()> {
     let t0 = Instant::now();
     on_new_cluster("strata-proxy", |s| {
-        let port = setup(s)?;
-        let p = Proxy {
-            s,
-            port,
-            // A worker thread drives the connections while the test waits elsewhere.
-            rt: tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?,
-        };
+        let p = proxy_for(s)?;
+        let port = p.port;
         eprintln!(
             "[{:>5.1} s] cluster up, proxy on {port}",
             t0.elapsed().as_secs_f64()
@@ -622,15 +628,7 @@ fn pgbench(p: &Proxy) -> Result<()> {
 #[test]
 fn restore_in_place_and_query_at_through_the_proxy() -> Result<()> {
     on_new_cluster("strata-proxy-restore", |s| {
-        let port = setup(s)?;
-        let p = Proxy {
-            s,
-            port,
-            rt: tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?,
-        };
+        let p = proxy_for(s)?;
         restore_in_place(&p)?;
         query_at_shares_the_proxys_compute(&p)?;
         restore_refuses_bad_inputs(&p)?;
