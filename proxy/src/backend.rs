@@ -68,17 +68,10 @@ impl BackendError {
 
 /// A compute's ErrorResponse as the client's error.
 fn refused(body: &[u8]) -> BackendError {
-    let fields = wire::error_fields(body);
-    let get = |t: u8| fields.iter().find(|(k, _)| *k == t).map(|(_, v)| v.clone());
-    let mut e = ClientError::new(
-        get(b'C')
-            .as_deref()
-            .unwrap_or(crate::error::sqlstate::CANNOT_CONNECT_NOW),
-        get(b'M').unwrap_or_else(|| "the compute refused the connection".into()),
-    );
-    e.detail = get(b'D');
-    e.hint = get(b'H');
-    BackendError::Refused(e)
+    BackendError::Refused(crate::query::server_error(
+        body,
+        crate::error::sqlstate::CANNOT_CONNECT_NOW,
+    ))
 }
 
 /// Connects and logs in within `limit`.

@@ -127,7 +127,7 @@ impl Started {
             .unwrap_or_default()
     }
 
-    fn store(&self, cluster_dir: &Path) -> std::io::Result<()> {
+    pub fn store(&self, cluster_dir: &Path) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self)?;
         crate::durable::write_file(&started_file(cluster_dir), &bytes, 0o644)
     }
@@ -340,7 +340,22 @@ impl Computes {
             if slot.conns.load(Ordering::SeqCst) > 0 {
                 continue;
             }
-            match state.take() {
+            let taken = state.take();
+            // The name now belongs to another compute (`branch restore` moved the branch to a
+            // new timeline and the next connection started a compute under the same name) or
+            // to none: nothing of this slot is left to stop.
+            let gone = match &taken {
+                Some(r) if r.ours => !self.still_serves(&key, &r.name).await,
+                _ => false,
+            };
+            match taken {
+                Some(r) if gone => {
+                    eprintln!(
+                        "strata-proxy: compute {} no longer serves {}: forgotten",
+                        r.name,
+                        key.describe()
+                    );
+                }
                 Some(r) if r.ours => {
                     eprintln!(
                         "strata-proxy: stopping compute {} ({}): no connection for {} s",
@@ -367,6 +382,15 @@ impl Computes {
             }
             drop(state);
             self.drop_unused_slot(&key);
+        }
+    }
+
+    /// Whether the compute called `name` still runs for `key`; true when the list cannot be
+    /// read (then stopping it is what an idle slot asks for).
+    async fn still_serves(&self, key: &Key, name: &str) -> bool {
+        match self.list().await {
+            Ok(rows) => rows.iter().any(|r| r.name == name && r.serves(key)),
+            Err(_) => true,
         }
     }
 
@@ -430,7 +454,13 @@ impl Computes {
 fn moment_compute_name(b: &Branch, lsn: u64) -> String {
     let tenant: String = b.tenant_id.chars().take(6).collect();
     let name = format!("{}-at-{lsn:X}-{tenant}", b.branch);
-    if name.len() <= 63 {
+    // A branch named before the name rule (a space in it) or a long one: without its name.
+    let valid = name.len() <= 63
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if valid {
         name
     } else {
         format!("at-{lsn:X}-{tenant}")
@@ -491,6 +521,11 @@ mod tests {
             moment_compute_name(&branch(), 0x16B37A8),
             "main-at-16B37A8-aabbcc"
         );
+        let old_name = Branch {
+            branch: "old name".into(),
+            ..branch()
+        };
+        assert_eq!(moment_compute_name(&old_name, 0x10), "at-10-aabbcc");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod computes;
 pub mod durable;
 pub mod error;
 pub mod names;
+pub mod query;
 pub mod roles;
 pub mod route;
 pub mod scram;

@@ -10,6 +10,9 @@ use crate::error::{sqlstate, ClientError};
 
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct Names {
+    /// The tenant the cluster's own login uses when none is named.
+    #[serde(default)]
+    pub default_tenant: Option<String>,
     /// tenant name → tenant id.
     #[serde(default)]
     pub tenants: BTreeMap<String, String>,

@@ -31,6 +31,10 @@ pub enum RolesError {
     Missing { role: String, tenant: String },
     #[error("{0:?} is not a valid role name: 1 to 63 characters, no NUL, '@' or whitespace")]
     BadName(String),
+    #[error(
+        "{0:?} is the cluster's own login (what `strata query` uses): choose another role name"
+    )]
+    Reserved(String),
     #[error("role {role:?}: {source}")]
     Verifier { role: String, source: ScramError },
 }
@@ -49,6 +53,11 @@ pub struct Role {
     pub verifier: String,
 }
 
+/// The cluster's own login at the proxy: its password is the cluster's compute password
+/// (`<cluster dir>/auth/compute_password`, readable by whoever runs the cluster, and already
+/// the key to every compute), and it may use any tenant. `strata query` logs in with it.
+pub const CLUSTER_ROLE: &str = "strata";
+
 pub fn roles_file(cluster_dir: &Path) -> PathBuf {
     cluster_dir.join("proxy").join("roles.json")
 }
@@ -61,7 +70,9 @@ pub fn validate_name(name: &str) -> Result<(), RolesError> {
         && !name
             .chars()
             .any(|c| c == '\0' || c == '@' || c.is_whitespace());
-    if ok {
+    if name == CLUSTER_ROLE {
+        Err(RolesError::Reserved(name.to_string()))
+    } else if ok {
         Ok(())
     } else {
         Err(RolesError::BadName(name.to_string()))
@@ -165,6 +176,10 @@ mod tests {
         assert!(matches!(
             r.add("", "shop", "x"),
             Err(RolesError::BadName(_))
+        ));
+        assert!(matches!(
+            r.add(CLUSTER_ROLE, "shop", "x"),
+            Err(RolesError::Reserved(_))
         ));
         r.store(d.path()).unwrap();
         let mode = std::fs::metadata(roles_file(d.path()))

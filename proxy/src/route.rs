@@ -135,6 +135,20 @@ fn split_options(s: &str) -> Vec<String> {
     out
 }
 
+/// `options` naming a target the way [`Route::from_params`] reads it (for clients the
+/// cluster runs itself, like `strata query`).
+pub fn strata_options(tenant: &str, branch: &str, at: Option<&str>) -> String {
+    let mut o = format!(
+        "-c strata.tenant={} -c strata.branch={}",
+        escape_option(tenant),
+        escape_option(branch)
+    );
+    if let Some(at) = at {
+        o.push_str(&format!(" -c strata.at={}", escape_option(at)));
+    }
+    o
+}
+
 fn escape_option(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -256,6 +270,13 @@ mod tests {
                 )
             ]
         );
+        let built = strata_options("shop", "old name", Some("2026-11-21 22:10:05+00"));
+        let r = route(&[("user", "a"), ("options", &built)]).unwrap();
+        assert_eq!(
+            (r.tenant.as_deref(), r.branch.as_str(), r.at.as_deref()),
+            (Some("shop"), "old name", Some("2026-11-21 22:10:05+00"))
+        );
+        assert!(r.forward.is_empty(), "{:?}", r.forward);
         let e = route(&[("user", "a"), ("options", "-c strata.bogus=1")]).unwrap_err();
         assert_eq!(e.code, "22023");
         let e = route(&[

@@ -14,7 +14,7 @@ use crate::cancel::CancelMap;
 use crate::computes::{Computes, Key, Lease};
 use crate::error::{sqlstate, ClientError};
 use crate::names::Names;
-use crate::roles::Roles;
+use crate::roles::{Roles, CLUSTER_ROLE};
 use crate::route::Route;
 use crate::scram::{ScramError, ServerExchange, Verifier, MECHANISM};
 use crate::strata_cli::StrataCli;
@@ -70,11 +70,16 @@ async fn run(
     let route = Route::from_params(params)?;
     let names = Names::load(&ctx.dir)?;
     let roles = Roles::load(&ctx.dir).map_err(|e| ClientError::internal(e.to_string()))?;
-    let tenant = tenant_of(&route, &roles, &names)?;
-    let verifier = match tenant.as_deref().and_then(|t| roles.find(&route.user, t)) {
-        Some(role) => Verifier::parse(&role.verifier)
-            .map_err(|e| ClientError::internal(format!("role \"{}\": {e}", route.user)))?,
-        None => Verifier::impossible().map_err(|e| ClientError::internal(e.to_string()))?,
+    let (tenant, verifier) = if route.user == CLUSTER_ROLE {
+        cluster_login(&route, &names, &ctx.dir)?
+    } else {
+        let tenant = tenant_of(&route, &roles, &names)?;
+        let verifier = match tenant.as_deref().and_then(|t| roles.find(&route.user, t)) {
+            Some(role) => Verifier::parse(&role.verifier)
+                .map_err(|e| ClientError::internal(format!("role \"{}\": {e}", route.user)))?,
+            None => Verifier::impossible().map_err(|e| ClientError::internal(e.to_string()))?,
+        };
+        (tenant, verifier)
     };
     tokio::time::timeout(HANDSHAKE_LIMIT, authenticate(client, verifier, &route.user))
         .await
@@ -103,6 +108,28 @@ async fn run(
     // the session (errors are just how a side went away).
     let _ = tokio::io::copy_bidirectional(client, &mut backend.stream).await;
     Ok(())
+}
+
+/// The cluster's own login ([`CLUSTER_ROLE`]): the tenant named by `strata.tenant`, else the
+/// cluster's default one; the password is the compute password (none: no one gets in).
+fn cluster_login(
+    route: &Route,
+    names: &Names,
+    dir: &std::path::Path,
+) -> Result<(Option<String>, Verifier), ClientError> {
+    let tenant = match route.tenant.as_ref().or(names.default_tenant.as_ref()) {
+        Some(t) => {
+            names.tenant_id(t)?;
+            Some(t.clone())
+        }
+        None => None,
+    };
+    let internal = |e: crate::scram::ScramError| ClientError::internal(e.to_string());
+    let verifier = match backend::compute_password(dir)? {
+        Some(pw) => Verifier::new(&pw).map_err(internal)?,
+        None => Verifier::impossible().map_err(internal)?,
+    };
+    Ok((tenant, verifier))
 }
 
 /// The tenant of the connection: `strata.tenant` if given (it must exist), else the one

@@ -25,6 +25,9 @@ pub enum BranchCommand {
     /// Delete a branch (without branches of its own): its computes are stopped, its data
     /// removed on the pageserver and in the object store.
     Delete(crate::delete_cmd::BranchDeleteArgs),
+    /// Restore a branch in place to a past moment: the branch keeps its name (connection
+    /// strings reach the restored state) and what it was becomes `<BRANCH>_old_<time>`.
+    Restore(crate::branch_restore::RestoreArgs),
 }
 
 #[derive(Args, Debug)]
@@ -59,6 +62,7 @@ pub fn run(dir: &Path, cmd: BranchCommand, out: &Output) -> Result<()> {
         BranchCommand::Create(a) => create(dir, a, out),
         BranchCommand::List(a) => list(dir, a, out),
         BranchCommand::Delete(a) => crate::delete_cmd::branch_delete(dir, a, out),
+        BranchCommand::Restore(a) => crate::branch_restore::restore(dir, a, out),
     }
 }
 

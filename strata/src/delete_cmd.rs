@@ -164,7 +164,7 @@ fn leases_of(
 }
 
 /// Stops and removes the computes on `timelines` (all of the tenant's if `None`); their names.
-fn remove_computes(
+pub(crate) fn remove_computes(
     dir: &Path,
     cfg: &ClusterConfig,
     tenant_id: &str,

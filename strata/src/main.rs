@@ -4,6 +4,7 @@
 mod auth_setup;
 mod basebackup;
 mod branch_cmd;
+mod branch_restore;
 mod check_cmd;
 mod cluster;
 mod cluster_json;

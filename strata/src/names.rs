@@ -144,13 +144,13 @@ impl Names {
         }
     }
 
-    /// Written to a temporary file and renamed, so a crash never leaves half a file.
+    /// Written to a temporary file, fsynced and renamed (and the directory fsynced), so a
+    /// crash leaves the old file or the new one, never half of one, and a change that was
+    /// reported is not lost.
     pub fn store(&self, dir: &Path) -> Result<()> {
         let p = dir.join(NAMES_FILE);
-        let tmp = dir.join(format!("{NAMES_FILE}.tmp"));
-        fs::write(&tmp, toml::to_string_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &p).with_context(|| format!("renaming to {}", p.display()))
+        strata_proxy::durable::write_file(&p, toml::to_string_pretty(self)?.as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", p.display()))
     }
 
     /// The tenant `name`, or the default one: (name, id).
@@ -198,6 +198,26 @@ impl Names {
             bail!("tenant {tenant:?} already has a branch named {branch:?}");
         }
         b.insert(branch.into(), timeline_id.into());
+        Ok(())
+    }
+
+    /// Restore in place: `branch` names `new_timeline_id` from now on, and its old timeline
+    /// gets the new name `backup`. One change of the map, stored by one [`Names::store`].
+    pub fn swap_in_restored(
+        &mut self,
+        tenant: &str,
+        branch: &str,
+        new_timeline_id: &str,
+        backup: &str,
+    ) -> Result<()> {
+        validate(Kind::Branch, backup)?;
+        let old = self.timeline(tenant, branch)?;
+        let b = self.branches.entry(tenant.into()).or_default();
+        if b.contains_key(backup) {
+            bail!("tenant {tenant:?} already has a branch named {backup:?}");
+        }
+        b.insert(backup.into(), old);
+        b.insert(branch.into(), new_timeline_id.into());
         Ok(())
     }
 
@@ -280,6 +300,26 @@ mod tests {
         let e = n.timeline("shop", "dev").unwrap_err().to_string();
         assert!(e.contains("main"), "{e}");
         assert_eq!(n.branch_of("shop", "t1"), Some("main"));
+    }
+
+    #[test]
+    fn a_restore_swaps_timelines_in_one_stored_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Names::default();
+        n.add_tenant("shop", "aa").unwrap();
+        n.add_branch("shop", "main", "t1").unwrap();
+        n.add_branch("shop", "kept", "t0").unwrap();
+        assert!(n.swap_in_restored("shop", "main", "t2", "kept").is_err());
+        assert!(n.swap_in_restored("shop", "nope", "t2", "x").is_err());
+        assert!(n.swap_in_restored("shop", "main", "t2", "a b").is_err());
+        assert_eq!(n.timeline("shop", "main").unwrap(), "t1");
+        n.swap_in_restored("shop", "main", "t2", "main_old")
+            .unwrap();
+        n.store(dir.path()).unwrap();
+        let n = Names::load(dir.path()).unwrap();
+        assert_eq!(n.timeline("shop", "main").unwrap(), "t2");
+        assert_eq!(n.timeline("shop", "main_old").unwrap(), "t1");
+        assert!(!dir.path().join("names.toml.tmp").exists());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -95,9 +95,41 @@ pub fn start(dir: &Path, cfg: &crate::cluster::ClusterConfig) -> Result<()> {
     Ok(())
 }
 
-/// Stops the proxy (first of all: it would start computes meanwhile); whether it ran.
+/// Stops the proxy (first of all: it would start computes meanwhile), then removes the time
+/// travel computes it started; whether it ran.
 pub fn stop(dir: &Path) -> Result<bool> {
-    daemon(dir).stop(STOP_GRACE)
+    let ran = daemon(dir).stop(STOP_GRACE)?;
+    remove_moment_computes(dir)?;
+    Ok(ran)
+}
+
+/// A moment's compute is ephemeral: it goes with the proxy rather than stay as a stopped
+/// record that `strata start` would not start again (the next connection at that moment
+/// starts one). The proxy's read-write computes keep their records, like any compute.
+fn remove_moment_computes(dir: &Path) -> Result<()> {
+    let mut started = strata_proxy::computes::Started::load(dir);
+    if started.computes.is_empty() {
+        return Ok(());
+    }
+    let cfg = crate::cluster::ClusterConfig::load(dir)?;
+    for name in started.computes.clone() {
+        match crate::compute_cmd::ComputeRecord::load(dir, &name) {
+            Ok(rec) if !rec.read_only => continue,
+            Ok(_) => {
+                crate::compute_cmd::remove(dir, &cfg, &name)?;
+                println!("removed time travel compute {name}");
+            }
+            // Removed already (by hand, by a restore).
+            Err(_) => {}
+        }
+        started.computes.remove(&name);
+    }
+    started.store(dir).with_context(|| {
+        format!(
+            "writing {}",
+            strata_proxy::computes::started_file(dir).display()
+        )
+    })
 }
 
 /// The proxy's line in `strata status` and its `--json` object: its address and the computes

@@ -205,7 +205,7 @@ fn scenario(s: &StrataCli) -> Result<()> {
     );
 
     // A time-travel read of b2 at its own branch point: b1's first ten, nothing of b2's.
-    let got = s.run(&["query", "--branch", "b2", "--at", &at_b, SELECT_ALL])?;
+    let got = s.run(&["query", "-t", "--branch", "b2", "--at", &at_b, SELECT_ALL])?;
     let want = expect(&[rows("main", 1..=10), rows("b1", 1..=10)]);
     ensure!(got == want, "b2 at its branch point:\n{got}");
 

@@ -204,6 +204,7 @@ fn names_that_would_break_or_delete_directories_are_refused() -> Result<()> {
             s,
             &[
                 "query",
+                "-t",
                 "--branch",
                 "old name",
                 "--at",
@@ -239,7 +240,7 @@ fn cluster_in_relative_dir(cwd: &Path, dir_args: &[&str], dir: &Path) -> Result<
         )?;
         let lsn = psql(port, "SELECT pg_current_wal_insert_lsn()")?;
         ensure!(
-            run(&["query", "--at", &lsn, "SELECT sum(x) FROM t"])? == "55",
+            run(&["query", "-t", "--at", &lsn, "SELECT sum(x) FROM t"])? == "55",
             "time travel at {lsn}"
         );
         run(&["stop"])?;
@@ -357,7 +358,13 @@ fn commands_fail_in_time_saying_what_they_wait_for() -> Result<()> {
         at(s, &["branch", "create", "x"]).ok()?;
         let rows = at(
             s,
-            &["query", "--at", "@9999999999", "SELECT count(*) FROM t"],
+            &[
+                "query",
+                "-t",
+                "--at",
+                "@9999999999",
+                "SELECT count(*) FROM t",
+            ],
         )
         .ok()?;
         ensure!(

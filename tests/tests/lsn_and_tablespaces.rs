@@ -224,7 +224,7 @@ fn tablespaces_in_read_only_computes_queries_and_branches() -> Result<()> {
         check_own_tablespace(s, "ro", ro_port, &location)?;
         s.run(&["compute", "stop", "ro"])?;
 
-        let q = s.run(&["query", "--at", &past, rows_sql])?;
+        let q = s.run(&["query", "-t", "--at", &past, rows_sql])?;
         ensure!(q == expected, "strata query --at {past}: {q} vs {expected}");
 
         s.run(&["branch", "create", "b", "--at", &past])?;

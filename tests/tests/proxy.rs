@@ -237,20 +237,26 @@ fn setup(s: &StrataCli) -> Result<u16> {
     Ok(port)
 }
 
+/// The cluster set up ([`setup`]) and its proxy's clients.
+fn proxy_for(s: &StrataCli) -> Result<Proxy<'_>> {
+    let port = setup(s)?;
+    Ok(Proxy {
+        s,
+        port,
+        // A worker thread drives the connections while the test waits elsewhere.
+        rt: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?,
+    })
+}
+
 #[test]
 fn proxy_routes_authenticates_starts_stops_and_travels_in_time() -> Result<()> {
     let t0 = Instant::now();
     on_new_cluster("strata-proxy", |s| {
-        let port = setup(s)?;
-        let p = Proxy {
-            s,
-            port,
-            // A worker thread drives the connections while the test waits elsewhere.
-            rt: tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?,
-        };
+        let p = proxy_for(s)?;
+        let port = p.port;
         eprintln!(
             "[{:>5.1} s] cluster up, proxy on {port}",
             t0.elapsed().as_secs_f64()
@@ -515,6 +521,12 @@ fn idle_stop_and_restart(p: &Proxy) -> Result<()> {
 /// The proxy SIGKILLed: the supervisor restarts it, it serves again, and it still stops the
 /// computes it started before (dev, not connected to since, included).
 fn a_restarted_proxy_keeps_its_computes(p: &Proxy) -> Result<()> {
+    // Sessions held open, so that neither compute idles out before the kill however slow
+    // the other's start was (they end with the proxy).
+    let held = [
+        p.connect(&Target::db("postgres"))?,
+        p.connect(&Target::db("postgres@dev"))?,
+    ];
     let running = p.running()?;
     ensure!(
         running.contains(&"main".to_string()) && running.contains(&"dev".to_string()),
@@ -525,6 +537,7 @@ fn a_restarted_proxy_keeps_its_computes(p: &Proxy) -> Result<()> {
         .args(["-9", &pid.to_string()])
         .status()?;
     ensure!(killed.success(), "kill -9 {pid}");
+    drop(held);
     let main = Target::db("postgres");
     wait_for(
         "the supervisor to restart the proxy",
@@ -609,5 +622,180 @@ fn pgbench(p: &Proxy) -> Result<()> {
             .collect::<Vec<_>>()
             .join("; ")
     );
+    Ok(())
+}
+
+#[test]
+fn restore_in_place_and_query_at_through_the_proxy() -> Result<()> {
+    on_new_cluster("strata-proxy-restore", |s| {
+        let p = proxy_for(s)?;
+        restore_in_place(&p)?;
+        query_at_shares_the_proxys_compute(&p)?;
+        restore_refuses_bad_inputs(&p)?;
+        restore_a_child_branch(&p)?;
+        Ok(())
+    })
+}
+
+/// `branch restore main --at <time>` with a client connected: the client's session ends, the
+/// same connection string then reaches the restored state (read-write), the backup branch
+/// holds what main was, and main's branch stays a child of that backup.
+fn restore_in_place(p: &Proxy) -> Result<()> {
+    let main = Target::db("postgres");
+    p.psql(
+        &main,
+        "CREATE TABLE items(id int); INSERT INTO items SELECT generate_series(1, 100)",
+    )?;
+    p.s.run(&["branch", "create", "dev", "--tenant", "shop"])?;
+    let before = p.psql(&main, "SELECT now()")?;
+    std::thread::sleep(Duration::from_millis(20));
+    p.psql(&main, "DELETE FROM items WHERE id > 10")?;
+    let held = p.connect(&main)?;
+    ensure!(p.query_one(&held, "SELECT count(*) FROM items")? == "10");
+
+    let r = p.s.json(&[
+        "branch", "restore", "main", "--tenant", "shop", "--at", &before,
+    ])?;
+    let backup = r["backup_branch"].as_str().context("backup_branch")?;
+    ensure!(backup.starts_with("main_old_"), "{r}");
+    ensure!(
+        r["computes_stopped"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c == "main")),
+        "main's compute was not stopped: {r}"
+    );
+    ensure!(
+        p.query_one(&held, "SELECT count(*) FROM items").is_err(),
+        "a session on the old state goes on after the restore"
+    );
+    // The same connection string: the restored state, writable.
+    ensure!(p.psql(&main, "SELECT count(*) FROM items")? == "100");
+    p.psql(&main, "INSERT INTO items VALUES (101)")?;
+    ensure!(p.psql(&main, "SELECT count(*) FROM items")? == "101");
+    let backup_db = format!("postgres@{backup}");
+    let old = p.psql(&Target::db(&backup_db), "SELECT count(*) FROM items")?;
+    ensure!(old == "10", "the backup branch {backup} has {old} rows");
+
+    let branches = p.s.json(&["branch", "list", "--tenant", "shop"])?;
+    let parent_of = |name: &str| {
+        branches
+            .as_array()
+            .and_then(|a| a.iter().find(|b| b["branch"] == name))
+            .map(|b| b["parent_timeline_id"].clone())
+    };
+    for child in ["main", "dev"] {
+        ensure!(
+            parent_of(child) == Some(r["backup_timeline_id"].clone()),
+            "{child} is not a branch of the backup {backup}: {branches}"
+        );
+    }
+    Ok(())
+}
+
+/// `strata query --at` runs on the proxy's compute for that moment (a second query reuses
+/// it); rows as a table, `-t` as values, `--json` as typed objects.
+fn query_at_shares_the_proxys_compute(p: &Proxy) -> Result<()> {
+    let main = Target::db("postgres");
+    let mark = p.psql(&main, "SELECT pg_current_wal_insert_lsn()")?;
+    p.psql(&main, "DELETE FROM items WHERE id > 2")?;
+    let sql = "SELECT id, id::text AS label, NULL::int AS nothing, id % 2 = 0 AS even \
+               FROM items ORDER BY id LIMIT 2";
+    let q = |args: &[&str]| {
+        let mut all = vec!["query", "--tenant", "shop", "--at", mark.as_str()];
+        all.extend_from_slice(args);
+        p.s.run(&all)
+    };
+    let j =
+        p.s.json(&["query", "--tenant", "shop", "--at", &mark, sql])?;
+    ensure!(
+        j["rows"]
+            == serde_json::json!([
+                {"id": 1, "label": "1", "nothing": null, "even": false},
+                {"id": 2, "label": "2", "nothing": null, "even": true},
+            ]),
+        "query --json: {j}"
+    );
+    ensure!(
+        j["via"].as_str().is_some_and(|v| v.starts_with("proxy")),
+        "{j}"
+    );
+    let moments = || -> Result<Vec<String>> {
+        Ok(p.running()?
+            .into_iter()
+            .filter(|n| n.contains("-at-"))
+            .collect())
+    };
+    let first = moments()?;
+    ensure!(first.len() == 1, "computes at the moment: {first:?}");
+    let count = "SELECT count(*) AS n FROM items";
+    ensure!(q(&["-t", count])? == "101");
+    let table = q(&[count])?;
+    let lines: Vec<&str> = table.lines().map(str::trim).collect();
+    ensure!(
+        lines == ["n", "-----", "101", "(1 row)"],
+        "table: {table:?}"
+    );
+    ensure!(
+        moments()? == first,
+        "a second query started another compute"
+    );
+    // The latest state is another moment: the writer's state, 2 rows.
+    ensure!(p.psql(&main, "SELECT count(*) FROM items")? == "2");
+    let err = p.s.refused_within(
+        &["query", "--tenant", "shop", "--at", &mark, "SELECT nope"],
+        CLIENT_LIMIT,
+    )?;
+    ensure!(err.contains("nope") && err.contains("42703"), "{err}");
+    Ok(())
+}
+
+/// A time in the future, an unknown restore point, an unknown branch: clear errors, and
+/// nothing changes (names, computes).
+fn restore_refuses_bad_inputs(p: &Proxy) -> Result<()> {
+    let names = std::fs::read(p.s.dir.join("names.toml"))?;
+    let running = p.running()?;
+    for (args, says) in [
+        (
+            vec!["main", "--at", "2999-01-01 00:00:00+00"],
+            "in the future",
+        ),
+        (vec!["main", "--at", "no_such_point"], "no_such_point"),
+        (vec!["nope", "--at", "0/1000000"], "nope"),
+    ] {
+        let mut all = vec!["branch", "restore", "--tenant", "shop"];
+        all.extend(args);
+        let err = p.s.refused_within(&all, CLIENT_LIMIT)?;
+        ensure!(err.contains(says), "{all:?}: {err}");
+    }
+    ensure!(
+        std::fs::read(p.s.dir.join("names.toml"))? == names,
+        "a refused restore changed names.toml"
+    );
+    ensure!(
+        p.running()? == running,
+        "a refused restore stopped computes"
+    );
+    Ok(())
+}
+
+/// A branch that is not a root (dev, a child of main's backup now), restored to a restore
+/// point through the proxy's routing.
+fn restore_a_child_branch(p: &Proxy) -> Result<()> {
+    let dev = Target::db("postgres@dev");
+    ensure!(p.psql(&dev, "SELECT count(*) FROM items")? == "100");
+    p.psql(&dev, "SELECT pg_create_restore_point('dev_full')")?;
+    p.psql(&dev, "DELETE FROM items")?;
+    ensure!(p.psql(&dev, "SELECT count(*) FROM items")? == "0");
+    let r = p.s.json(&[
+        "branch", "restore", "dev", "--tenant", "shop", "--at", "dev_full",
+    ])?;
+    let backup = r["backup_branch"].as_str().context("backup_branch")?;
+    ensure!(backup.starts_with("dev_old_"), "{r}");
+    ensure!(p.psql(&dev, "SELECT count(*) FROM items")? == "100");
+    let old = p.psql(
+        &Target::db(&format!("postgres@{backup}")),
+        "SELECT count(*) FROM items",
+    )?;
+    ensure!(old == "0", "the backup {backup} has {old} rows");
     Ok(())
 }

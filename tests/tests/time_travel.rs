@@ -1,6 +1,7 @@
 //! Time travel through the `strata` CLI with the real binaries: rows deleted and updated on a
 //! branch are seen as they were with `strata query --at` a time, an LSN and a restore point,
-//! and as they are now; the ephemeral compute leaves nothing behind; and the mistakes a user
+//! and as they are now; the ephemeral computes (the proxy's, shared by the queries at one
+//! moment) leave nothing behind once idle; and the mistakes a user
 //! makes (`--at` before the first commit, beyond the end, a malformed LSN or time, an unknown
 //! branch or restore point, a second writer) are refused with a message naming the problem.
 
@@ -9,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use strata_tests::cluster::{on_new_cluster, psql, StrataCli};
+use strata_tests::cluster::{on_new_cluster, psql, wait_for, StrataCli};
 
 const ROWS: u32 = 200;
 
@@ -91,9 +92,26 @@ fn refused(s: &StrataCli, args: &[&str], needles: &[&str]) -> Result<Failure> {
     Ok(f)
 }
 
-/// `strata query --at AT SQL` (text output).
+/// `strata query --at AT SQL` (values only, as psql -At prints them).
 fn query(s: &StrataCli, at: &str, sql: &str) -> Result<String> {
-    s.run(&["query", "--at", at, sql])
+    s.run(&["query", "-t", "--at", at, sql])
+}
+
+/// How long the proxy keeps an unused time travel compute here.
+const EPHEMERAL_IDLE_SECS: u64 = 2;
+
+/// The proxy's time travel computes (what `strata query` runs on) stopped after their idle
+/// time: only `main` is left in `strata status`.
+fn wait_for_only_main(s: &StrataCli) -> Result<()> {
+    wait_for(
+        "the proxy to stop its idle time travel computes",
+        Duration::from_secs(EPHEMERAL_IDLE_SECS + 60),
+        || {
+            let st = s.json(&["status"])?;
+            let n = st["computes"].as_array().map_or(0, Vec::len);
+            Ok((n == 1).then_some(()))
+        },
+    )
 }
 
 /// Postmasters whose data directory is below `dir` (from /proc/*/cmdline).
@@ -120,6 +138,7 @@ fn postmasters_under(dir: &Path) -> Vec<String> {
 /// After time travel only the `main` compute remains: in `strata status`, on disk and as
 /// processes; removed data directories kept as spares hold no running server.
 fn only_main_compute_left(s: &StrataCli) -> Result<()> {
+    wait_for_only_main(s)?;
     let st = s.json(&["status"])?;
     let names: Vec<&str> = st["computes"]
         .as_array()
@@ -164,6 +183,12 @@ fn lsn(s: &str) -> Result<u64> {
 }
 
 fn scenario(s: &StrataCli) -> Result<()> {
+    let config = s.dir.join("strata.toml");
+    let text = std::fs::read_to_string(&config)?.replace(
+        "ephemeral_idle_secs = 30",
+        &format!("ephemeral_idle_secs = {EPHEMERAL_IDLE_SECS}"),
+    );
+    std::fs::write(&config, text)?;
     s.run(&["start"])?;
     s.run(&["tenant", "create", "shop"])?;
     let c = s.json(&["compute", "start", "main"])?;
@@ -243,7 +268,8 @@ fn scenario(s: &StrataCli) -> Result<()> {
         "restore-points: {rp}"
     );
 
-    // --ttl keeps the compute; the next command after it expired removes it.
+    // --ttl keeps a compute of the query's own; the next command after it expired removes it.
+    wait_for_only_main(s)?;
     let j = s.json(&[
         "query",
         "--at",

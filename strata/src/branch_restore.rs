@@ -1,0 +1,204 @@
+//! `strata branch restore BRANCH --at …`: restore in place. BRANCH becomes the state at that
+//! moment under the same name, so a connection string (through the proxy) reaches the
+//! restored state; what BRANCH was stays as a backup branch `<BRANCH>_old_<time>`.
+//!
+//! Nothing is copied: the restored state is a new timeline branched from the old one at the
+//! target LSN, and the two names swap timelines. The order (see `docs/architecture.md`,
+//! "Restore in place"):
+//! 1. every input is checked (branch, moment, GC cutoff, backup name) before anything changes;
+//! 2. the pageserver creates the new timeline (durable there; a crash after this leaves an
+//!    unnamed timeline, listed as `(id)` by `branch list`, and the old names intact);
+//! 3. `names.toml` is rewritten once, durably (temporary file, fsync, rename, directory
+//!    fsync): BRANCH → new timeline and the backup name → old timeline in one step, so a crash
+//!    leaves the old mapping or the new one, never a missing branch;
+//! 4. the computes on the old timeline (now the backup) are stopped and removed: their
+//!    clients reconnect, and the proxy, which reads `names.toml` at every connection, starts a
+//!    compute on the restored state.
+//!
+//! Branches of the old timeline stay its children and so become the backup's; leases stay on
+//! the timeline they were taken on (the backup's history), and the restored branch's branch
+//! point keeps the backup's history at the target from GC.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use serde_json::json;
+use walproto::Lsn;
+
+use crate::cluster::ClusterConfig;
+use crate::mgmt::Pageserver;
+use crate::names::{self, Names};
+use crate::output::Output;
+use crate::target::{format_time, Target};
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The branch to restore (any branch, root or not).
+    pub branch: String,
+    /// The moment: an LSN (0/3A41F10), a time (2026-11-21 22:10:05+00: the state after every
+    /// commit at or before it), or a restore point name.
+    #[arg(long)]
+    pub at: String,
+    /// With a time: leave out commits at exactly that time.
+    #[arg(long)]
+    pub exclusive: bool,
+    /// Tenant name (default: the default tenant).
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+pub fn restore(dir: &Path, a: RestoreArgs, out: &Output) -> Result<()> {
+    let t0 = Instant::now();
+    let cfg = ClusterConfig::load(dir)?;
+    let mut names = Names::load(dir)?;
+    let (tenant, tenant_id) = names.tenant(a.tenant.as_deref())?;
+    let old_timeline = names.timeline(&tenant, &a.branch)?;
+    let target = Target::parse(&a.at)?;
+    if let Target::Time(us) = target {
+        if us > now_micros() {
+            bail!(
+                "{} is in the future: branch {} is at its latest state already",
+                format_time(us),
+                a.branch
+            );
+        }
+    }
+    let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
+    // Resolve against everything committed so far, not only what was ingested.
+    let latest = crate::compute_cmd::wait_for_committed_wal(
+        &cfg,
+        &mut ps,
+        &tenant_id,
+        &old_timeline,
+        false,
+        out,
+    )?;
+    let lsn =
+        crate::branch_cmd::resolve_lsn(&mut ps, &tenant_id, &old_timeline, &target, !a.exclusive)?;
+    check_readable(&mut ps, &tenant_id, &old_timeline, &a.branch, lsn, latest)?;
+    let backup = backup_name(&names, &tenant, &a.branch, &format_time(now_micros()))?;
+
+    out.step(&format!(
+        "creating the restored state of {} at {lsn}",
+        a.branch
+    ));
+    let new_tl = ps.create_branch(
+        &tenant_id,
+        &old_timeline,
+        Some(crate::branch_cmd::to_request_target(&Target::Lsn(lsn))),
+        true,
+        cfg.safekeeper_pg_addrs(),
+    )?;
+    names.swap_in_restored(&tenant, &a.branch, &new_tl.timeline_id, &backup)?;
+    names.store(dir)?;
+
+    let backup_branch = [(backup.clone(), old_timeline.clone())];
+    let stopped =
+        crate::delete_cmd::remove_computes(dir, &cfg, &tenant_id, Some(&backup_branch), out)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let stopped_text = if stopped.is_empty() {
+        "none".to_string()
+    } else {
+        format!(
+            "{} (the proxy starts the branch's compute again on the next connection)",
+            stopped.join(", ")
+        )
+    };
+    out.result(
+        &format!(
+            "restored branch {} of tenant {tenant} to {lsn} in {seconds:.3} s; what it was is \
+             branch {backup}; computes stopped: {stopped_text}",
+            a.branch
+        ),
+        json!({
+            "tenant": tenant, "branch": a.branch, "lsn": lsn.to_string(),
+            "timeline_id": new_tl.timeline_id,
+            "backup_branch": backup, "backup_timeline_id": old_timeline,
+            "computes_stopped": stopped, "seconds": seconds,
+        }),
+    );
+    Ok(())
+}
+
+/// Refuses a moment that cannot be restored: beyond the branch's latest state or below its
+/// GC cutoff (that history is gone).
+fn check_readable(
+    ps: &mut Pageserver,
+    tenant_id: &str,
+    timeline_id: &str,
+    branch: &str,
+    lsn: Lsn,
+    latest: Lsn,
+) -> Result<()> {
+    if lsn > latest {
+        bail!("{lsn} is beyond the latest state of branch {branch} ({latest})");
+    }
+    let cutoff = Lsn(ps.timeline_status(tenant_id, timeline_id)?.gc_cutoff_lsn);
+    if lsn < cutoff {
+        bail!(
+            "{lsn} is below the GC cutoff {cutoff} of branch {branch}: that state is garbage \
+             collected; the oldest restorable state is at {cutoff}"
+        );
+    }
+    Ok(())
+}
+
+/// `<branch>_old_<YYYYMMDDTHHMMSS>` (UTC) from `now` as [`format_time`] prints it, shortened
+/// to the name limit and numbered if taken.
+fn backup_name(names: &Names, tenant: &str, branch: &str, now: &str) -> Result<String> {
+    let stamp: String = now
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(14)
+        .collect::<String>();
+    let (date, clock) = stamp.split_at(stamp.len().min(8));
+    let suffix = format!("_old_{date}T{clock}");
+    for n in 1..100 {
+        let numbered = if n == 1 {
+            suffix.clone()
+        } else {
+            format!("{suffix}_{n}")
+        };
+        let room = names::MAX_NAME_LEN.saturating_sub(numbered.len());
+        let stem: String = branch.chars().take(room).collect();
+        let name = format!("{stem}{numbered}");
+        names::validate(names::Kind::Branch, &name)?;
+        if names.timeline(tenant, &name).is_err() {
+            return Ok(name);
+        }
+    }
+    bail!("no free backup name for branch {branch}: {branch}{suffix}_2 … _99 are all taken")
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_names_fit_and_do_not_collide() {
+        let mut n = Names::default();
+        n.add_tenant("shop", "aa").unwrap();
+        n.add_branch("shop", "main", "t1").unwrap();
+        let now = "2026-12-07 12:34:56.123456+00";
+        let first = backup_name(&n, "shop", "main", now).unwrap();
+        assert_eq!(first, "main_old_20261207T123456");
+        n.add_branch("shop", &first, "t2").unwrap();
+        assert_eq!(
+            backup_name(&n, "shop", "main", now).unwrap(),
+            "main_old_20261207T123456_2"
+        );
+        let long = "b".repeat(names::MAX_NAME_LEN);
+        let name = backup_name(&n, "shop", &long, now).unwrap();
+        assert_eq!(name.len(), names::MAX_NAME_LEN);
+        assert!(name.ends_with("_old_20261207T123456"), "{name}");
+    }
+}
