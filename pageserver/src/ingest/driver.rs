@@ -6,15 +6,18 @@
 //! - [`WalIngest::ingest_batch`]: records in WAL order, each ingested after the open layer's
 //!   index slots of the pages a few records ahead were prefetched (on WAL that touches pages
 //!   at random, the probe's cache misses were most of a put's own time).
+//! - [`ingest_batch_yielding`]: the same into a [`WalIngest`] that readers share (the
+//!   service's timelines), handing the lock to waiting readers between records.
 //! - [`WalIngest::ingest_pipelined`]: a record source decoded on a thread of its own, in
 //!   batches, while this thread ingests them (WAL files: import, `verify-redo`, benchmarks).
 
 use layer_format::{Key, Lsn};
+use parking_lot::{RwLock, RwLockWriteGuard};
 use walproto::decoder::{Decoded, WalStreamDecoder};
 use walproto::record::DecodedRecord;
 use walproto::rmgr;
 
-use super::{nonpage, IngestError, WalIngest};
+use super::{failpoint, nonpage, IngestError, WalIngest};
 use crate::timeline::Timeline;
 
 /// Records handed from the decoding thread to the ingesting thread at a time (amortizes the
@@ -102,6 +105,26 @@ pub struct BatchError {
     pub error: IngestError,
 }
 
+/// [`WalIngest::ingest_batch`] into the ingest that `lock` shares with readers: the batch
+/// write-locks it, but after every record hands it to the readers waiting, if any (a fair
+/// hand-over: they run before the batch takes the lock back; with none waiting it costs one
+/// load). A read waits for at most one record, never for a batch, and sees the timeline at a
+/// record boundary. The test failpoint [`failpoint::pause_after`] holds the batch there.
+pub fn ingest_batch_yielding(
+    lock: &RwLock<WalIngest>,
+    records: &[DecodedRecord],
+) -> Result<usize, BatchError> {
+    let mut ingest = lock.write();
+    for (i, rec) in records.iter().enumerate() {
+        ingest.ingest_nth(records, i)?;
+        match failpoint::pause_after(rec) {
+            Some(pause) => RwLockWriteGuard::unlocked_fair(&mut ingest, || pause.wait()),
+            None => RwLockWriteGuard::bump(&mut ingest),
+        }
+    }
+    Ok(records.len())
+}
+
 /// Why [`WalIngest::ingest_pipelined`] stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError<E: std::error::Error + 'static> {
@@ -145,14 +168,21 @@ impl WalIngest {
         after: &mut dyn FnMut(&mut WalIngest, &DecodedRecord),
     ) -> Result<usize, BatchError> {
         for (i, rec) in records.iter().enumerate() {
-            if let Some(ahead) = records.get(i + PREFETCH_AHEAD) {
-                self.prefetch_puts(ahead);
-            }
-            self.ingest_record(rec)
-                .map_err(|error| BatchError { ingested: i, error })?;
+            self.ingest_nth(records, i)?;
             after(self, rec);
         }
         Ok(records.len())
+    }
+
+    /// Ingests `records[i]`, first prefetching for the record [`PREFETCH_AHEAD`] further.
+    #[inline]
+    fn ingest_nth(&mut self, records: &[DecodedRecord], i: usize) -> Result<(), BatchError> {
+        if let Some(ahead) = records.get(i + PREFETCH_AHEAD) {
+            self.prefetch_puts(ahead);
+        }
+        self.ingest_record(&records[i])
+            .map(|_| ())
+            .map_err(|error| BatchError { ingested: i, error })
     }
 
     /// Ingests every record `next` yields, decoding on a thread of its own while this thread

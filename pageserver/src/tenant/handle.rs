@@ -1,8 +1,15 @@
 //! One timeline as the service shares it: its [`WalIngest`] behind a read-write lock (reads —
-//! GetPage, basebackup, status — share it; ingest takes it exclusively for one batch of
-//! records at a time), the WAL stream decoder of the walreceiver feeding it (the ingest
-//! driver's [`StreamDecoder`]; chunks are decoded without the ingest lock and ingested with
-//! [`WalIngest::ingest_batch`]), and its list of safekeepers (`timeline.toml`).
+//! GetPage, basebackup, status — share it; ingest takes it exclusively), the WAL stream
+//! decoder of the walreceiver feeding it (the ingest driver's [`StreamDecoder`]; chunks are
+//! decoded without the ingest lock and ingested with [`ingest_batch_yielding`]), and its list
+//! of safekeepers (`timeline.toml`).
+//!
+//! **Reads do not wait for an ingest batch.** A batch holds the write lock, but hands it to
+//! any waiting reader after every record (a fair hand-over, `parking_lot`'s `bump`): a read
+//! waits for at most the record being stored, never for the rest of the batch. A reader
+//! therefore always sees the timeline at a record boundary: the values of every record up to
+//! `last_record_end`, nothing of a later one. The position the walreceiver received up to is
+//! an atomic, so status and feedback do not wait for the stream either.
 //!
 //! Lock order: `stream` before `ingest`; a branch's `ingest` before its ancestor's (reads
 //! only). Nothing takes them the other way round.
@@ -19,9 +26,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use layer_format::Lsn;
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::error;
@@ -30,6 +38,7 @@ use walproto::rmgr::record_name;
 
 use super::error::{Result, TenantError};
 use super::layout::{write_atomic, TIMELINE_CONF};
+use crate::ingest::driver::ingest_batch_yielding;
 use crate::ingest::{IngestConf, IngestError, StreamDecoder, WalIngest};
 use crate::timeline::ancestor::{Ancestor, AncestorTimeline};
 use crate::timeline::layer_map::LayerFetch;
@@ -159,6 +168,9 @@ pub struct TimelineHandle {
     /// Decoder of the WAL stream; `None` until the first chunk, and again after an error (the
     /// next stream starts at the ingest position).
     stream: Mutex<Option<StreamDecoder>>,
+    /// Where the stream's next chunk must start (`0/0`: no stream), published for status and
+    /// feedback, which must not wait for the stream lock a batch holds.
+    received: AtomicU64,
     service_conf: Mutex<TimelineServiceConf>,
     remote_consistent_lsn: AtomicU64,
     /// The ancestor's handle, kept alive as long as the branch.
@@ -252,6 +264,7 @@ impl TimelineHandle {
             dir,
             ingest: RwLock::new(ingest),
             stream: Mutex::new(None),
+            received: AtomicU64::new(0),
             service_conf: Mutex::new(service_conf),
             remote_consistent_lsn: AtomicU64::new(0),
             parent,
@@ -282,11 +295,17 @@ impl TimelineHandle {
     }
 
     fn read_guard(&self) -> RwLockReadGuard<'_, WalIngest> {
-        self.ingest.read().unwrap_or_else(|p| p.into_inner())
+        self.ingest.read()
     }
 
     fn write_guard(&self) -> RwLockWriteGuard<'_, WalIngest> {
-        self.ingest.write().unwrap_or_else(|p| p.into_inner())
+        self.ingest.write()
+    }
+
+    /// Publishes where `stream` takes its next chunk (see `received`).
+    fn publish_received(&self, stream: &Option<StreamDecoder>) {
+        let at = stream.as_ref().map_or(0, |d| d.input_lsn().0);
+        self.received.store(at, Ordering::Release);
     }
 
     /// Runs `f` with the timeline read-locked.
@@ -425,20 +444,26 @@ impl TimelineHandle {
     pub fn restart_wal_stream(&self, at: Lsn) -> Result<()> {
         let mut stream = lock(&self.stream);
         let dec = self.new_decoder();
-        if dec.input_lsn() != at {
+        let res = if dec.input_lsn() != at {
             *stream = None;
-            return Err(TenantError::InvalidArgument(format!(
+            Err(TenantError::InvalidArgument(format!(
                 "{}: a WAL stream must start at the ingest position {}, not at {at}",
                 self.ctx(),
                 dec.input_lsn()
-            )));
-        }
-        *stream = Some(dec);
-        Ok(())
+            )))
+        } else {
+            *stream = Some(dec);
+            Ok(())
+        };
+        self.publish_received(&stream);
+        res
     }
 
     pub fn wal_progress(&self) -> WalProgress {
-        let received = lock(&self.stream).as_ref().map(|d| d.input_lsn());
+        let received = match self.received.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(Lsn(at)),
+        };
         let g = self.read_guard();
         let tl = g.timeline();
         WalProgress {
@@ -450,18 +475,32 @@ impl TimelineHandle {
 
     /// Forgets the stream (the next one starts at the ingest position).
     pub fn reset_wal_stream(&self) {
-        *lock(&self.stream) = None;
+        let mut stream = lock(&self.stream);
+        *stream = None;
+        self.publish_received(&stream);
     }
 
     /// Takes the next chunk of a WAL stream, which must start where the previous chunk ended
     /// (the first at [`TimelineHandle::wal_start_lsn`], unless a stream was begun with
     /// [`TimelineHandle::restart_wal_stream`]), decodes it (without the ingest lock, so reads
     /// go on meanwhile) and ingests every record it completes through the ingest driver
-    /// ([`WalIngest::ingest_batch`]), under one write lock. Returns the number of records
+    /// ([`ingest_batch_yielding`]: reads get in between records). Returns the number of records
     /// ingested. On any error the stream is forgotten: the sender must restart at
     /// `wal_start_lsn()`.
     pub fn receive_wal(&self, start: Lsn, wal: &[u8]) -> Result<usize> {
         let mut stream = lock(&self.stream);
+        let res = self.receive_into(&mut stream, start, wal);
+        self.publish_received(&stream);
+        res
+    }
+
+    /// [`TimelineHandle::receive_wal`] with the stream locked.
+    fn receive_into(
+        &self,
+        stream: &mut Option<StreamDecoder>,
+        start: Lsn,
+        wal: &[u8],
+    ) -> Result<usize> {
         if let Some(stop) = self.ingest_stop() {
             *stream = None;
             return Err(TenantError::FailedPrecondition(format!(
@@ -477,11 +516,11 @@ impl TimelineHandle {
         let chunk = dec
             .decode_chunk(start, wal)
             .map_err(|e| TenantError::InvalidArgument(format!("{}: {e}", self.ctx())))?;
+        self.publish_received(stream);
         let ingested = if chunk.records.is_empty() {
             0
         } else {
-            let res = self.write_guard().ingest_batch(&chunk.records);
-            match res {
+            match ingest_batch_yielding(&self.ingest, &chunk.records) {
                 Ok(n) => n,
                 Err(e) => {
                     *stream = None;

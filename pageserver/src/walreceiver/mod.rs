@@ -25,8 +25,11 @@
 //! - [`probe`]: connecting to one safekeeper and asking where it stands.
 //! - [`monitor`]: the other safekeepers' positions, polled while streaming.
 //! - [`session`]: one stream from one safekeeper, and why it ended.
+//! - [`pipeline`]: the sink fed on a thread of its own, so that reading the socket overlaps
+//!   decoding and ingest.
 
 mod monitor;
+mod pipeline;
 mod probe;
 mod session;
 
@@ -193,7 +196,7 @@ pub struct ReceiverStatus {
     pub streams: u64,
     /// Why the last stream ended.
     pub last_switch_reason: Option<String>,
-    /// The end of the WAL handed to the sink since the last restart.
+    /// The end of the WAL received and queued for the sink since the last restart.
     pub received: Lsn,
     /// Why no safekeeper could be streamed from at the last attempt (cleared by a stream).
     pub last_error: Option<String>,
@@ -320,7 +323,7 @@ impl WalReceiver {
                 &conf,
                 probe,
                 start,
-                sink.as_ref(),
+                &sink,
                 &monitor,
                 &self.status,
                 &mut shutdown,

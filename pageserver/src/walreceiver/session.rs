@@ -1,7 +1,9 @@
-//! One stream from one safekeeper: XLogData into the sink, status updates back, and the
-//! reason it ended.
+//! One stream from one safekeeper: XLogData into the sink (through a [`Pipeline`], so the
+//! socket is read while earlier WAL is ingested), status updates back, and the reason it
+//! ended.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -11,6 +13,7 @@ use walproto::replication::ReplicationMessage;
 use walproto::Lsn;
 
 use super::monitor::Monitor;
+use super::pipeline::Pipeline;
 use super::probe::{describe, Probe};
 use super::{ReceiverStatus, WalReceiverConf, WalSink};
 
@@ -31,13 +34,14 @@ pub(super) enum SessionError {
 /// How long one read waits before checking shutdown, status and lag.
 const TICK: Duration = Duration::from_millis(100);
 
-/// Streams from the safekeeper connected and identified in `probe`, from `start`.
+/// Streams from the safekeeper connected and identified in `probe`, from `start`. Returns
+/// once everything received is in the sink.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn stream(
     conf: &WalReceiverConf,
     probe: Probe,
     start: Lsn,
-    sink: &dyn WalSink,
+    sink: &Arc<dyn WalSink>,
     monitor: &Monitor,
     status: &watch::Sender<ReceiverStatus>,
     shutdown: &mut watch::Receiver<bool>,
@@ -50,9 +54,50 @@ pub(super) async fn stream(
     .await
     .map_err(|_| SessionError::Connection("START_REPLICATION timed out".into()))?
     .map_err(conn_err)?;
+    let pipeline = Pipeline::start(sink.clone());
+    let pumped = pump(
+        conf,
+        &probe.identity,
+        start,
+        &mut stream,
+        &pipeline,
+        sink.as_ref(),
+        monitor,
+        status,
+        shutdown,
+    )
+    .await;
+    // Whatever ended the stream, what was received goes into the sink first: the next stream
+    // starts where the sink stands.
+    pipeline.finish().await.map_err(SessionError::Sink)?;
+    let end = pumped?;
+    if matches!(end, SessionEnd::Shutdown) {
+        // Tell the safekeeper where the sink stands before leaving.
+        let _ =
+            tokio::time::timeout(TICK * 10, send_status(&mut stream, sink.as_ref(), false)).await;
+    }
+    Ok(end)
+}
+
+/// Reads the stream into `pipeline` until it ends.
+#[allow(clippy::too_many_arguments)]
+async fn pump(
+    conf: &WalReceiverConf,
+    identity: &super::probe::Identity,
+    start: Lsn,
+    stream: &mut WalStream,
+    pipeline: &Pipeline,
+    sink: &dyn WalSink,
+    monitor: &Monitor,
+    status: &watch::Sender<ReceiverStatus>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<SessionEnd, SessionError> {
+    let conn_err = |e: walproto::pgclient::PgError| SessionError::Connection(describe(&e));
+    // Superseded by the sink's own error (`Pipeline::finish`).
+    let sink_stopped = || SessionError::Sink(anyhow::anyhow!("the sink stopped taking WAL"));
     let mut pos = start;
     // The server's commit LSN, as its messages say.
-    let mut server_end = probe.identity.commit_lsn;
+    let mut server_end = identity.commit_lsn;
     // For the lag metrics: what the safekeepers committed, even past a record ingest refuses.
     let seen = crate::metrics::timeline_facts(&conf.tenant_id, &conf.timeline_id);
     let see = |lsn: Lsn| seen.commit_lsn_seen.fetch_max(lsn.0, Ordering::Relaxed);
@@ -62,9 +107,10 @@ pub(super) async fn stream(
     let mut ahead_since: Option<Instant> = None;
     loop {
         if *shutdown.borrow() {
-            // Tell the safekeeper where the sink stands before leaving.
-            let _ = tokio::time::timeout(TICK * 10, send_status(&mut stream, sink, false)).await;
             return Ok(SessionEnd::Shutdown);
+        }
+        if pipeline.stopped() {
+            return Err(sink_stopped());
         }
         let mut reply_now = false;
         match stream.next(TICK).await.map_err(conn_err)? {
@@ -82,8 +128,12 @@ pub(super) async fn stream(
                 }
                 see(wal_end);
                 if !data.is_empty() {
-                    hand_over(sink, pos, &data).map_err(SessionError::Sink)?;
-                    pos = Lsn(pos.0 + data.len() as u64);
+                    let len = data.len() as u64;
+                    pipeline
+                        .send(pos, data)
+                        .await
+                        .map_err(|()| sink_stopped())?;
+                    pos = Lsn(pos.0 + len);
                     status.send_modify(|s| s.received = pos);
                 }
                 server_end = server_end.max(wal_end).max(pos);
@@ -112,9 +162,7 @@ pub(super) async fn stream(
             )));
         }
         if reply_now || last_status.is_none_or(|t| t.elapsed() >= conf.status_interval) {
-            send_status(&mut stream, sink, false)
-                .await
-                .map_err(conn_err)?;
+            send_status(stream, sink, false).await.map_err(conn_err)?;
             last_status = Some(Instant::now());
         }
         match monitor.best_other() {
@@ -150,12 +198,6 @@ async fn send_status(
             reply_requested,
         )
         .await
-}
-
-/// `sink.receive`, which may block (ingest, locks): off the async worker on a multi-threaded
-/// runtime, so other timelines' streams and the status updates keep going.
-fn hand_over(sink: &dyn WalSink, at: Lsn, data: &[u8]) -> anyhow::Result<()> {
-    off_async_worker(|| sink.receive(at, data))
 }
 
 /// Runs `f`, which may block, without holding up an async worker of a multi-threaded runtime
