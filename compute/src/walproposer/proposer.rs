@@ -370,7 +370,7 @@ async fn stream_loop(
 /// that holds all of it has acknowledged it (a commit-only append, answered at once), then
 /// ends cleanly. Without this, a compute's last records (its shutdown checkpoint) would stay
 /// uncommitted on the safekeepers, and the next compute of the branch could not start there.
-/// Returns `err` if the WAL is not committed within 5 s.
+/// Returns `err` if the WAL is not committed within [`FINAL_COMMIT_WAIT`].
 async fn drain_after_stream_end(
     shared: &Shared,
     events: &mut mpsc::UnboundedReceiver<Event>,
@@ -379,7 +379,7 @@ async fn drain_after_stream_end(
     received: Lsn,
     err: anyhow::Error,
 ) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + FINAL_COMMIT_WAIT;
     let mut left = vec![false; flushes.len()];
     loop {
         let q = quorum_lsn(flushes);
@@ -392,7 +392,7 @@ async fn drain_after_stream_end(
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(err.context(format!(
-                "Postgres ended the stream and WAL up to {received} was not committed within 5 s (quorum at {q})"
+                "Postgres ended the stream and WAL up to {received} was not committed within {FINAL_COMMIT_WAIT:?} (quorum at {q})"
             )));
         }
         match tokio::time::timeout(remaining, events.recv()).await {
@@ -402,9 +402,16 @@ async fn drain_after_stream_end(
     }
 }
 
+/// Longest wait, after Postgres ended the stream, for a quorum to flush what it sent (normally
+/// there already: Postgres waits for the flush acknowledgements before it ends the stream).
+const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(10);
+
 /// Longest wait, after the final commit is published, for the acceptors to acknowledge it
-/// (normally one commit delay and a round trip; more on a loaded machine).
-const COMMIT_ACK_WAIT: Duration = Duration::from_secs(3);
+/// (normally one commit delay and a round trip). Generous: a walproposer that gives up exits,
+/// and a commit LSN not yet delivered then never is, so the next writer of the branch cannot
+/// start (its safekeepers hold WAL past their commit LSN); seen with 3 s while other processes
+/// kept the disk busy.
+const COMMIT_ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// Waits until each connected acceptor whose flush reached `commit` has acknowledged `commit`,
 /// at most [`COMMIT_ACK_WAIT`]. Acceptors still behind are not waited for: they cannot take
