@@ -734,7 +734,7 @@ pub fn wait_for_committed_wal(
     out: &Output,
 ) -> Result<Lsn> {
     let limit = crate::mgmt::wait_limit()?;
-    let known = committed_on_safekeepers(cfg, tenant_id, timeline_id, for_writer)?;
+    let mut known = committed_on_safekeepers(cfg, tenant_id, timeline_id, for_writer)?;
     let mut committed = if for_writer {
         known.marked
     } else {
@@ -765,7 +765,8 @@ pub fn wait_for_committed_wal(
                     Lsn(committed),
                     Lsn(now.marked)
                 ));
-                committed = now.marked.max(known.marked);
+                known.marked = now.marked.max(known.marked);
+                committed = known.marked;
             }
         }
         if !announced {
