@@ -34,7 +34,7 @@ pub fn insert_batch(from: u64, n: u64) -> String {
     format!(
         "INSERT INTO docs (at, code, title, body, words, loc, span)
          SELECT timestamptz '2026-01-01' + g * interval '1 second',
-                (g * 7919) % 50000,
+                ((g::bigint * 7919) % 50000)::int,
                 'title ' || md5(g::text),
                 jsonb_build_object('k', g % 1000, 'tags', jsonb_build_array(g % 7, g % 13, g % 101),
                                    'name', 'n' || (g % 5000)),
