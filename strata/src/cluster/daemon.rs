@@ -171,8 +171,8 @@ impl Daemon {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {} ({:?})", self.name, cmd.get_program()))?;
-        fs::write(&self.pid_file, format!("{}\n", child.id()))
-            .with_context(|| format!("writing {}", self.pid_file.display()))?;
+        // Whole or not at all: `status` reads it at any moment.
+        spec::write_atomically(&self.pid_file, format!("{}\n", child.id()).as_bytes(), 0o644)?;
         Ok(child)
     }
 

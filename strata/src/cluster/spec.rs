@@ -94,7 +94,7 @@ fn state_path(cluster_dir: &Path, name: &str) -> PathBuf {
 }
 
 /// Writes `bytes` to `path` whole or not at all (a reader never sees half a file).
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
