@@ -124,7 +124,7 @@ fn create(dir: &Path, a: CreateArgs, out: &Output) -> Result<()> {
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
     let t0 = Instant::now();
     // Resolve the target against everything committed so far, not just what was ingested.
-    crate::compute_cmd::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &parent, false, out)?;
+    crate::computes::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &parent, false, out)?;
     let tl = ps.create_branch(
         &tenant_id,
         &parent,
@@ -216,7 +216,7 @@ pub fn restore_points(dir: &Path, branch: &str, tenant: Option<&str>, out: &Outp
     let (tenant, tenant_id) = names.tenant(tenant)?;
     let tl = names.timeline(&tenant, branch)?;
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
-    crate::compute_cmd::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &tl, false, out)?;
+    crate::computes::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &tl, false, out)?;
     let points = ps.restore_points(&tenant_id, &tl)?;
     let mut lines = Vec::new();
     for p in &points {
@@ -258,7 +258,7 @@ pub fn lsn_at(
         _ => bail!("{time:?} is not a time like 2026-11-21 22:10:05+00"),
     };
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
-    crate::compute_cmd::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &tl, false, out)?;
+    crate::computes::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &tl, false, out)?;
     let lsn = ps.lsn_for_timestamp(&tenant_id, &tl, us, true)?;
     // GC removed the history below its cutoff: the state there is gone.
     let cutoff = ps.timeline_status(&tenant_id, &tl)?.gc_cutoff_lsn;

@@ -67,7 +67,7 @@ pub fn restore(dir: &Path, a: RestoreArgs, out: &Output) -> Result<()> {
     }
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
     // Resolve against everything committed so far, not only what was ingested.
-    let latest = crate::compute_cmd::wait_for_committed_wal(
+    let latest = crate::computes::wait_for_committed_wal(
         &cfg,
         &mut ps,
         &tenant_id,

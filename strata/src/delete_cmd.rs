@@ -12,7 +12,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::cluster::ClusterConfig;
-use crate::compute_cmd::{self, ComputeRecord};
+use crate::computes::{self, ComputeRecord};
 use crate::mgmt::Pageserver;
 use crate::names::Names;
 use crate::output::{pg_lsn, Output};
@@ -180,7 +180,7 @@ pub(crate) fn remove_computes(
                 "stopping compute {} (branch {})",
                 c.name, c.branch
             ));
-            compute_cmd::remove(dir, cfg, &c.name)?;
+            computes::remove(dir, cfg, &c.name)?;
             removed.push(c.name);
         }
     }

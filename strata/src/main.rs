@@ -2,39 +2,31 @@
 //! time-travel reads, and the WAL tools.
 
 mod auth_setup;
-mod basebackup;
 mod branch_cmd;
 mod branch_restore;
-mod check_cmd;
 mod cluster;
-mod cluster_json;
-mod compute_cmd;
+mod commands;
 mod compute_settings;
+mod computes;
 mod delete_cmd;
-mod demo_cmd;
-mod gc_cmd;
 mod group;
 mod lazy_compute;
 mod mgmt;
 mod names;
 mod output;
 mod proxy_cmd;
-mod query_cmd;
-mod role_cmd;
-mod status_branch;
-mod status_cmd;
 mod target;
-mod tenant_cmd;
-mod tenant_config;
 mod tenant_import;
 mod tls_setup;
-mod token_cmd;
-mod verify_redo;
-mod waldump;
 
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use commands::{
+    basebackup, check, cluster_json, demo, gc, query, role, status, tenant, token, verify_redo,
+    waldump,
+};
 
 #[derive(Parser)]
 #[command(
@@ -63,10 +55,10 @@ enum Command {
     Stop,
     /// Show the cluster's services, computes and branches (commit, received, ingested,
     /// durable and remote LSNs with lags) and what is wrong; exits 3 on any problem.
-    Status(status_cmd::StatusArgs),
+    Status(status::StatusArgs),
     /// Tenants: a tenant is one Postgres database cluster and all its branches.
     #[command(subcommand)]
-    Tenant(tenant_cmd::TenantCommand),
+    Tenant(tenant::TenantCommand),
     /// Branches: copy-free forks of a branch's history at any point.
     #[command(subcommand)]
     Branch(branch_cmd::BranchCommand),
@@ -83,25 +75,25 @@ enum Command {
     /// know it committed (the walproposer's next message, within 20 ms).
     RestorePoints(BranchArgs),
     /// Time travel: run SQL on a branch as of a past moment, without creating a branch.
-    Query(query_cmd::QueryArgs),
+    Query(query::QueryArgs),
     /// Roles of the proxy: who may connect to a tenant's branches through `strata start`'s
     /// proxy (SCRAM-SHA-256 passwords).
     #[command(subcommand)]
-    Role(role_cmd::RoleCommand),
+    Role(role::RoleCommand),
     /// The whole story in one command: a cluster, pgbench, a dropped table, found again by
     /// time and by restore point, branched, and back; prints each step's time.
-    Demo(demo_cmd::DemoArgs),
+    Demo(demo::DemoArgs),
     /// Garbage collection: remove history older than the tenant's PITR window (kept: branch
     /// points, leases); prints what was removed.
-    Gc(gc_cmd::GcArgs),
+    Gc(gc::GcArgs),
     /// Keep a point of a branch readable (GC keeps its history) until the lease expires.
-    Lease(gc_cmd::LeaseArgs),
+    Lease(gc::LeaseArgs),
     /// Check the object store: every timeline's manifest against the objects present
     /// (missing, orphaned, size mismatch), every layer's checksums, and what each branch keeps
     /// readable (GC cutoff, PITR window, leases, branch points). Reads the store directly:
     /// works with the cluster stopped (while it runs, an upload in progress can show as an
     /// orphaned layer: check again). Exits 3 when anything is wrong.
-    Check(check_cmd::CheckArgs),
+    Check(check::CheckArgs),
     /// Groups of tenants (the servers of one sharded cluster): consistent cuts every few
     /// seconds and restores of the whole group to one of them.
     #[command(subcommand)]
@@ -119,7 +111,7 @@ enum Command {
     Basebackup(basebackup::BasebackupArgs),
     /// Tokens for the cluster's services, signed with its key (`<dir>/auth/`).
     #[command(subcommand)]
-    Token(token_cmd::TokenCommand),
+    Token(token::TokenCommand),
     /// Print a completion script for a shell, e.g. `strata completions bash >
     /// ~/.local/share/bash-completion/completions/strata`.
     Completions {
@@ -223,7 +215,7 @@ fn main() -> ExitCode {
     }
     if cluster_cmd {
         if let Ok(cfg) = cluster::ClusterConfig::load(&dir) {
-            if let Err(e) = compute_cmd::reap_expired(&dir, &cfg) {
+            if let Err(e) = computes::reap_expired(&dir, &cfg) {
                 eprintln!("strata: warning: removing expired time-travel computes: {e:#}");
             }
         }
@@ -235,8 +227,8 @@ fn main() -> ExitCode {
             .and_then(|()| cluster_json::cluster_result(&dir, &out))),
         Command::Stop => ok(cluster_json::quietly(&out, || cluster::stop(&dir))
             .and_then(|()| cluster_json::cluster_result(&dir, &out))),
-        Command::Status(a) => status_cmd::run(&dir, &a, &out),
-        Command::Tenant(c) => ok(tenant_cmd::run(&dir, c, &out)),
+        Command::Status(a) => status::run(&dir, &a, &out),
+        Command::Tenant(c) => ok(tenant::run(&dir, c, &out)),
         Command::Branch(c) => ok(branch_cmd::run(&dir, c, &out)),
         Command::Compute(ComputeCommand::Start(a)) => ok(compute_start(&dir, a, &out)),
         Command::Compute(ComputeCommand::Stop { name }) => {
@@ -256,18 +248,18 @@ fn main() -> ExitCode {
             a.tenant.as_deref(),
             &out,
         )),
-        Command::Query(a) => ok(query_cmd::run(&dir, a, &out)),
-        Command::Role(c) => ok(role_cmd::run(&dir, c, &out)),
-        Command::Demo(a) => ok(demo_cmd::run(demo_dir, a, &out)),
-        Command::Gc(a) => ok(gc_cmd::run(&dir, a, &out)),
-        Command::Lease(a) => ok(gc_cmd::lease(&dir, a, &out)),
-        Command::Check(a) => check_cmd::run(&dir, a, &out),
+        Command::Query(a) => ok(query::run(&dir, a, &out)),
+        Command::Role(c) => ok(role::run(&dir, c, &out)),
+        Command::Demo(a) => ok(demo::run(demo_dir, a, &out)),
+        Command::Gc(a) => ok(gc::run(&dir, a, &out)),
+        Command::Lease(a) => ok(gc::lease(&dir, a, &out)),
+        Command::Check(a) => check::run(&dir, a, &out),
         Command::Group(c) => ok(group::run(&dir, c, &out)),
         Command::Waldump(args) => waldump::run(args, cli.json),
         Command::VerifyRedo(args) => verify_redo::run(args, cli.json),
         Command::Import(args) => basebackup::run_import(args, &out),
         Command::Basebackup(args) => basebackup::run_basebackup(args, &out),
-        Command::Token(c) => ok(token_cmd::run(&dir, c, &out)),
+        Command::Token(c) => ok(token::run(&dir, c, &out)),
         Command::Completions { shell } => ok(completions(shell, &out)),
         Command::Supervise => ok(cluster::supervisor::run(&dir)),
     };
@@ -290,9 +282,9 @@ fn compute_start(
 ) -> anyhow::Result<()> {
     let at = a.at.as_deref().map(target::Target::parse).transpose()?;
     let read_only = a.read_only || at.is_some();
-    let rec = compute_cmd::start(
+    let rec = computes::start(
         dir,
-        compute_cmd::StartRequest {
+        computes::StartRequest {
             branch: &a.branch,
             tenant: a.tenant.as_deref(),
             at,
@@ -332,7 +324,7 @@ fn compute_start(
             "settings": a.settings.iter()
                 .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
                 .collect::<serde_json::Map<String, serde_json::Value>>(),
-            "log": compute_cmd::log_file(dir, &rec.name),
+            "log": computes::log_file(dir, &rec.name),
             "password": password, "pgpass_file": pgpass,
         }),
     );

@@ -38,7 +38,7 @@ use walproto::Lsn;
 
 use crate::cluster::daemon::State;
 use crate::cluster::ClusterConfig;
-use crate::compute_cmd::walproposer_daemon;
+use crate::computes::walproposer_daemon;
 use crate::mgmt::Pageserver;
 use crate::names::Names;
 use crate::output::Output;
@@ -87,7 +87,7 @@ pub fn run(dir: &Path, args: ImportArgs, out: &Output) -> Result<()> {
         bail!("an import of tenant {name:?} is recorded already (strata tenant detach {name})");
     }
     let compute_name = record::compute_name(&name);
-    if crate::compute_cmd::ComputeRecord::load(dir, &compute_name).is_ok() {
+    if crate::computes::ComputeRecord::load(dir, &compute_name).is_ok() {
         bail!(
             "a compute named {compute_name:?} exists already (strata compute stop {compute_name})"
         );
@@ -320,7 +320,7 @@ fn start_walproposer(dir: &Path, cfg: &ClusterConfig, rec: &ImportRecord) -> Res
         .args(crate::auth_setup::walproposer_args(
             dir,
             cfg,
-            &crate::compute_cmd::compute_dir(dir, &rec.compute_name()),
+            &crate::computes::compute_dir(dir, &rec.compute_name()),
             &rec.tenant_id,
         )?)
         .args(crate::tls_setup::client_args(dir, cfg));
@@ -336,7 +336,7 @@ fn start_walproposer(dir: &Path, cfg: &ClusterConfig, rec: &ImportRecord) -> Res
 /// record that shows it is written again if something removed it.
 fn ensure_streaming(dir: &Path, cfg: &ClusterConfig, rec: &ImportRecord) -> Result<bool> {
     let compute = rec.compute_record()?;
-    if crate::compute_cmd::ComputeRecord::load(dir, &compute.name).is_err() {
+    if crate::computes::ComputeRecord::load(dir, &compute.name).is_err() {
         compute.store(dir)?;
     }
     if let State::Running(_) = walproposer_daemon(dir, &compute.name).state()? {

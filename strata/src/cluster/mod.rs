@@ -299,7 +299,7 @@ pub fn start(dir: &Path) -> Result<()> {
     crate::proxy_cmd::start(dir, &cfg)
 }
 
-/// Stops everything it can: computes (each bounded, see `compute_cmd::stop_one`), then the
+/// Stops everything it can: computes (each bounded, see `computes::stop_one`), then the
 /// pageserver and the safekeepers even if a compute could not be stopped, then the
 /// supervisor. Fails at the end, naming what it could not stop.
 pub fn stop(dir: &Path) -> Result<()> {
@@ -316,7 +316,7 @@ pub fn stop(dir: &Path) -> Result<()> {
         failed.push(format!("{e:#}"));
     }
     // Computes first: they depend on the safekeepers for every commit.
-    if let Err(e) = crate::compute_cmd::stop_all(dir, &cfg) {
+    if let Err(e) = crate::computes::stop_all(dir, &cfg) {
         failed.push(format!("{e:#}"));
     }
     // The pageserver before the safekeepers it streams from.

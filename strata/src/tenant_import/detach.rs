@@ -25,7 +25,7 @@ use super::source::{SlotState, Source};
 use super::{ensure_streaming, sync_names, APP_NAME};
 use crate::cluster::daemon::State;
 use crate::cluster::ClusterConfig;
-use crate::compute_cmd::{compute_dir, walproposer_daemon};
+use crate::computes::{compute_dir, walproposer_daemon};
 use crate::names::Names;
 use crate::output::Output;
 

@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use crate::cluster::{self, daemon::State, ClusterConfig};
-use crate::compute_cmd::{self, ComputeRecord};
+use crate::computes::{self, ComputeRecord};
 use crate::output::{stdout_to_stderr, Output};
 
 /// Runs a command written for people; with `--json` its messages go to stderr.
@@ -64,7 +64,7 @@ pub fn cluster_result(dir: &Path, out: &Output) -> Result<()> {
 pub fn compute_stop(dir: &Path, name: &str, out: &Output) -> Result<()> {
     let cfg = ClusterConfig::load(dir)?;
     let rec = ComputeRecord::load(dir, name)?;
-    quietly(out, || compute_cmd::remove(dir, &cfg, name))?;
+    quietly(out, || computes::remove(dir, &cfg, name))?;
     out.result(
         &format!("stopped compute {name}"),
         json!({"name": name, "branch": rec.branch, "stopped": true}),
@@ -79,12 +79,12 @@ pub fn compute_list(dir: &Path, out: &Output) -> Result<()> {
     let mut lines = Vec::new();
     let mut rows = Vec::new();
     for c in ComputeRecord::list(dir)? {
-        let running = compute_cmd::node(dir, &cfg, &c.name)
+        let running = computes::node(dir, &cfg, &c.name)
             .map(|n| n.is_running())
             .unwrap_or(false);
         let wp_running = !c.read_only
             && matches!(
-                compute_cmd::walproposer_daemon(dir, &c.name).state()?,
+                computes::walproposer_daemon(dir, &c.name).state()?,
                 State::Running(_)
             );
         let mode = if c.read_only {

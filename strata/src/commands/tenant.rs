@@ -25,7 +25,7 @@ pub enum TenantCommand {
     /// A tenant's configuration (tenant.toml on the pageserver): get, or set without a
     /// restart.
     #[command(subcommand)]
-    Config(crate::tenant_config::TenantConfigCommand),
+    Config(super::tenant_config::TenantConfigCommand),
     /// Delete a tenant: its computes stopped, every branch's data removed on the pageserver
     /// and in the object store.
     Delete(crate::delete_cmd::TenantDeleteArgs),
@@ -53,7 +53,7 @@ pub fn run(dir: &Path, cmd: TenantCommand, out: &Output) -> Result<()> {
     match cmd {
         TenantCommand::Create(a) => create(dir, a, out),
         TenantCommand::List => list(dir, out),
-        TenantCommand::Config(c) => crate::tenant_config::run(dir, c, out),
+        TenantCommand::Config(c) => super::tenant_config::run(dir, c, out),
         TenantCommand::Delete(a) => crate::delete_cmd::tenant_delete(dir, a, out),
         TenantCommand::Import(a) => {
             // Before the source's whole pg_basebackup: the cluster must take it.

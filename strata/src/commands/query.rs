@@ -24,7 +24,7 @@ use strata_proxy::query::{QueryError, ResultSet};
 
 use crate::cluster::daemon::State;
 use crate::cluster::ClusterConfig;
-use crate::compute_cmd::{self, StartRequest};
+use crate::computes::{self, StartRequest};
 use crate::mgmt::Pageserver;
 use crate::names::Names;
 use crate::output::Output;
@@ -119,7 +119,7 @@ fn through_proxy(
     let (tenant, tenant_id) = names.tenant(a.tenant.as_deref())?;
     let timeline = names.timeline(&tenant, &a.branch)?;
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
-    compute_cmd::wait_for_committed_wal(cfg, &mut ps, &tenant_id, &timeline, false, out)?;
+    computes::wait_for_committed_wal(cfg, &mut ps, &tenant_id, &timeline, false, out)?;
     let lsn = crate::branch_cmd::resolve_lsn(&mut ps, &tenant_id, &timeline, target, true)?;
     let addr: SocketAddr = addr
         .parse()
@@ -153,7 +153,7 @@ fn on_own_compute(
     out: &Output,
 ) -> Result<Ran> {
     let name = time_travel_name(&a.branch);
-    let rec = compute_cmd::start(
+    let rec = computes::start(
         dir,
         StartRequest {
             branch: &a.branch,
@@ -175,7 +175,7 @@ fn on_own_compute(
     let addr = SocketAddr::from(([127, 0, 0, 1], rec.port));
     let results = query(addr, &params, password, &a.sql);
     if a.ttl.is_none() {
-        compute_cmd::remove(dir, cfg, &name)?;
+        computes::remove(dir, cfg, &name)?;
     }
     Ok(Ran {
         lsn: rec.lsn,

@@ -12,7 +12,7 @@ use clap::Args;
 
 use crate::branch_cmd::resolve_lsn;
 use crate::cluster::{self, ClusterConfig};
-use crate::compute_cmd::{self, StartRequest};
+use crate::computes::{self, StartRequest};
 use crate::mgmt::Pageserver;
 use crate::names::Names;
 use crate::output::Output;
@@ -117,19 +117,19 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
     )?;
     steps.run("strata start", || cluster::start(dir))?;
     steps.run("strata tenant create shop", || {
-        crate::tenant_cmd::run(
+        super::tenant::run(
             dir,
-            crate::tenant_cmd::TenantCommand::Create(crate::tenant_cmd::CreateArgs {
+            super::tenant::TenantCommand::Create(super::tenant::CreateArgs {
                 name: Some("shop".into()),
             }),
             out,
         )
     })?;
     let main = steps.run("strata compute start main", || {
-        compute_cmd::start(dir, start_req("main", None, false), out)
+        computes::start(dir, start_req("main", None, false), out)
     })?;
     let cfg = ClusterConfig::load(dir)?;
-    let node = compute_cmd::node(dir, &cfg, &main.name)?;
+    let node = computes::node(dir, &cfg, &main.name)?;
     let sql = |q: &str| node.psql(main.port, "postgres", q);
     let pgbench = |args: &[&str]| -> Result<String> {
         let port = main.port.to_string();
@@ -180,7 +180,7 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
     steps.run(
         "wait until the pageserver has every committed record",
         || {
-            compute_cmd::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &main_tl, false, out)
+            computes::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &main_tl, false, out)
                 .map(|_| ())
         },
     )?;
@@ -224,9 +224,9 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
         },
     )?;
     let restored = steps.run("strata compute start before-drop", || {
-        compute_cmd::start(dir, start_req("before-drop", None, false), out)
+        computes::start(dir, start_req("before-drop", None, false), out)
     })?;
-    let rnode = compute_cmd::node(dir, &cfg, &restored.name)?;
+    let rnode = computes::node(dir, &cfg, &restored.name)?;
     let after = steps.run("check the table on the branch", || {
         rnode.psql(restored.port, "postgres", fingerprint)
     })?;
@@ -237,7 +237,7 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
     let at_point = steps.run(
         "time travel: strata query --at before-drop (restore point)",
         || {
-            let rec = compute_cmd::start(
+            let rec = computes::start(
                 dir,
                 start_req(
                     "main",
@@ -246,9 +246,9 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
                 ),
                 out,
             )?;
-            let n = compute_cmd::node(dir, &cfg, &rec.name)?;
+            let n = computes::node(dir, &cfg, &rec.name)?;
             let r = n.psql(rec.port, "postgres", fingerprint);
-            compute_cmd::remove(dir, &cfg, &rec.name)?;
+            computes::remove(dir, &cfg, &rec.name)?;
             r
         },
     )?;
