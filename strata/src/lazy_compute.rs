@@ -407,7 +407,7 @@ pub fn recreate(dir: &Path, name: &str) -> Result<Option<i32>> {
     let lsn = if rec.read_only {
         record_lsn(&rec)?
     } else {
-        computes::wait_for_committed_wal(
+        crate::lsn::wait_for_committed_wal(
             &cfg,
             &mut ps,
             &rec.tenant_id,

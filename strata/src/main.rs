@@ -11,6 +11,7 @@ mod computes;
 mod delete_cmd;
 mod group;
 mod lazy_compute;
+mod lsn;
 mod mgmt;
 mod names;
 mod output;

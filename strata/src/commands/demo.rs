@@ -10,9 +10,9 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 
-use crate::branch_cmd::resolve_lsn;
 use crate::cluster::{self, ClusterConfig};
 use crate::computes::{self, StartRequest};
+use crate::lsn::resolve_lsn;
 use crate::mgmt::Pageserver;
 use crate::names::Names;
 use crate::output::Output;
@@ -180,7 +180,7 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
     steps.run(
         "wait until the pageserver has every committed record",
         || {
-            computes::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &main_tl, false, out)
+            crate::lsn::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &main_tl, false, out)
                 .map(|_| ())
         },
     )?;

@@ -186,7 +186,7 @@ pub fn lease(dir: &Path, a: LeaseArgs, out: &Output) -> Result<()> {
     let timeline = names.timeline(&tenant, &a.branch)?;
     let target = crate::target::Target::parse(at)?;
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
-    let lsn = crate::branch_cmd::resolve_lsn(&mut ps, &tenant_id, &timeline, &target, true)?;
+    let lsn = crate::lsn::resolve_lsn(&mut ps, &tenant_id, &timeline, &target, true)?;
     // Below the branch's start there is no history of it at all, GC or not.
     let st = ps.timeline_status(&tenant_id, &timeline)?;
     if lsn.0 < st.start_lsn {

@@ -119,8 +119,8 @@ fn through_proxy(
     let (tenant, tenant_id) = names.tenant(a.tenant.as_deref())?;
     let timeline = names.timeline(&tenant, &a.branch)?;
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
-    computes::wait_for_committed_wal(cfg, &mut ps, &tenant_id, &timeline, false, out)?;
-    let lsn = crate::branch_cmd::resolve_lsn(&mut ps, &tenant_id, &timeline, target, true)?;
+    crate::lsn::wait_for_committed_wal(cfg, &mut ps, &tenant_id, &timeline, false, out)?;
+    let lsn = crate::lsn::resolve_lsn(&mut ps, &tenant_id, &timeline, target, true)?;
     let addr: SocketAddr = addr
         .parse()
         .with_context(|| format!("the proxy's address {addr:?}"))?;
