@@ -1,28 +1,14 @@
 //! The `strata` command: the local cluster, tenants, branches, computes, point-in-time and
 //! time-travel reads, and the WAL tools.
 
-mod auth_setup;
-mod branch_cmd;
-mod branch_restore;
-mod cluster;
 mod commands;
-mod compute_settings;
-mod computes;
-mod delete_cmd;
-mod group;
-mod lazy_compute;
-mod lsn;
-mod mgmt;
-mod names;
-mod output;
-mod proxy_cmd;
-mod target;
-mod tenant_import;
-mod tls_setup;
 
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use strata::{
+    auth_setup, branch_cmd, cluster, compute_settings, computes, group, names, output, target,
+};
 
 use commands::{
     basebackup, check, cluster_json, demo, gc, query, role, status, tenant, token, verify_redo,

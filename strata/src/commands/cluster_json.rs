@@ -7,9 +7,9 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use crate::cluster::{self, daemon::State, ClusterConfig};
-use crate::computes::{self, ComputeRecord};
-use crate::output::{stdout_to_stderr, Output};
+use strata::cluster::{self, daemon::State, ClusterConfig};
+use strata::computes::{self, ComputeRecord};
+use strata::output::{stdout_to_stderr, Output};
 
 /// Runs a command written for people; with `--json` its messages go to stderr.
 pub fn quietly<T>(out: &Output, f: impl FnOnce() -> T) -> T {
@@ -53,7 +53,7 @@ pub fn cluster_result(dir: &Path, out: &Output) -> Result<()> {
             "safekeepers": safekeepers,
             "remote_storage": cfg.remote_storage,
             "auth": cfg.auth,
-            "tls_ca": cfg.tls.then(|| crate::tls_setup::ca_file(dir).display().to_string()),
+            "tls_ca": cfg.tls.then(|| strata::tls_setup::ca_file(dir).display().to_string()),
             "services": services_json(dir)?,
         }),
     );

@@ -10,13 +10,13 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 
-use crate::cluster::{self, ClusterConfig};
-use crate::computes::{self, StartRequest};
-use crate::lsn::resolve_lsn;
-use crate::mgmt::Pageserver;
-use crate::names::Names;
-use crate::output::Output;
-use crate::target::{format_time, parse_time, Target};
+use strata::cluster::{self, ClusterConfig};
+use strata::computes::{self, StartRequest};
+use strata::lsn::resolve_lsn;
+use strata::mgmt::Pageserver;
+use strata::names::Names;
+use strata::output::Output;
+use strata::target::{format_time, parse_time, Target};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -68,7 +68,7 @@ pub fn run(dir_arg: Option<PathBuf>, a: DemoArgs, out: &Output) -> Result<()> {
     };
     let dir = dir.as_path();
     // Its own cluster: the CLI's clients present that cluster's admin token.
-    crate::auth_setup::use_cluster(dir);
+    strata::auth_setup::use_cluster(dir);
     let mut steps = Steps {
         started: Instant::now(),
         n: 0,
@@ -180,7 +180,7 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
     steps.run(
         "wait until the pageserver has every committed record",
         || {
-            crate::lsn::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &main_tl, false, out)
+            strata::lsn::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &main_tl, false, out)
                 .map(|_| ())
         },
     )?;
@@ -208,14 +208,14 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
             format_time(t_us)
         ),
         || {
-            crate::branch_cmd::run(
+            strata::branch_cmd::run(
                 dir,
-                crate::branch_cmd::BranchCommand::Create(crate::branch_cmd::CreateArgs {
+                strata::branch_cmd::BranchCommand::Create(strata::branch_cmd::CreateArgs {
                     name: "before-drop".into(),
                     from: "main".into(),
                     at: Some(format_time(t_us)),
                     exclusive: false,
-                    tenant: crate::branch_cmd::TenantArg {
+                    tenant: strata::branch_cmd::TenantArg {
                         tenant: Some("shop".into()),
                     },
                 }),

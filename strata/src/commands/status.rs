@@ -10,12 +10,12 @@ use walproto::proto::pageserver::{IngestStop, TimelineInfo};
 use walproto::Lsn;
 
 use super::status_branch::{BranchHealth, SafekeeperView};
-use crate::cluster::supervisor::{supervision, Supervision};
-use crate::cluster::{self, daemon::State};
-use crate::computes::{self, ComputeRecord};
-use crate::mgmt::{safekeeper_statuses, Pageserver};
-use crate::names::Names;
-use crate::output::{pg_lsn, Output};
+use strata::cluster::supervisor::{supervision, Supervision};
+use strata::cluster::{self, daemon::State};
+use strata::computes::{self, ComputeRecord};
+use strata::mgmt::{safekeeper_statuses, Pageserver};
+use strata::names::Names;
+use strata::output::{pg_lsn, Output};
 
 /// The `ingest_stopped` object of a branch in `--json`.
 fn stop_json(s: &IngestStop) -> serde_json::Value {
@@ -242,7 +242,7 @@ fn once(dir: &Path, out: &Output) -> Result<ExitCode> {
         v["last_error"] = json!(svc.supervision.state.last_error);
         services.push(v);
     }
-    let (proxy_line, proxy) = crate::proxy_cmd::status(dir, &cfg);
+    let (proxy_line, proxy) = strata::proxy_cmd::status(dir, &cfg);
     lines.push(proxy_line);
     let branch_rows = if pageserver_up {
         branches(dir, &cfg, &mut problems)?
