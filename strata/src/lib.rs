@@ -16,6 +16,7 @@ pub mod computes;
 pub mod delete_cmd;
 pub mod group;
 pub mod lazy_compute;
+pub mod lifecycle;
 pub mod lsn;
 pub mod mgmt;
 pub mod names;

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use strata::{
-    auth_setup, branch_cmd, cluster, compute_settings, computes, group, names, output, target,
+    auth_setup, branch_cmd, cluster, compute_settings, computes, group, lifecycle, names, output,
+    target,
 };
 
 use commands::{
@@ -23,7 +24,7 @@ use commands::{
 )]
 struct Cli {
     #[command(flatten)]
-    dir: cluster::DirArg,
+    dir: commands::cluster_args::DirArg,
     /// Print results as JSON (one value per command) for scripts; progress stays on stderr.
     #[arg(long, global = true)]
     json: bool,
@@ -35,7 +36,7 @@ struct Cli {
 enum Command {
     /// Create a local cluster (three safekeepers, a pageserver, an object store directory) in
     /// --dir; ports are chosen now and kept.
-    Init(cluster::InitArgs),
+    Init(commands::cluster_args::InitArgs),
     /// Start the cluster's safekeepers and pageserver in the background.
     Start,
     /// Stop the cluster's computes, pageserver and safekeepers.
@@ -208,11 +209,15 @@ fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Init(args) => ok(cluster_json::quietly(&out, || cluster::init(&dir, &args))
+        Command::Init(args) => {
+            ok(
+                cluster_json::quietly(&out, || lifecycle::init(&dir, &args.options()))
+                    .and_then(|()| cluster_json::cluster_result(&dir, &out)),
+            )
+        }
+        Command::Start => ok(cluster_json::quietly(&out, || lifecycle::start(&dir))
             .and_then(|()| cluster_json::cluster_result(&dir, &out))),
-        Command::Start => ok(cluster_json::quietly(&out, || cluster::start(&dir))
-            .and_then(|()| cluster_json::cluster_result(&dir, &out))),
-        Command::Stop => ok(cluster_json::quietly(&out, || cluster::stop(&dir))
+        Command::Stop => ok(cluster_json::quietly(&out, || lifecycle::stop(&dir))
             .and_then(|()| cluster_json::cluster_result(&dir, &out))),
         Command::Status(a) => status::run(&dir, &a, &out),
         Command::Tenant(c) => ok(tenant::run(&dir, c, &out)),

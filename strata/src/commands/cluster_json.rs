@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use strata::cluster::{self, daemon::State, ClusterConfig};
+use strata::cluster::{daemon::State, ClusterConfig};
 use strata::computes::{self, ComputeRecord};
 use strata::output::{stdout_to_stderr, Output};
 
@@ -21,7 +21,7 @@ pub fn quietly<T>(out: &Output, f: impl FnOnce() -> T) -> T {
 }
 
 fn services_json(dir: &Path) -> Result<Vec<Value>> {
-    Ok(cluster::status(dir)?
+    Ok(strata::lifecycle::status(dir)?
         .into_iter()
         .map(|s| {
             let (state, pid) = match s.state {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 
-use strata::cluster::{self, ClusterConfig};
+use strata::cluster::ClusterConfig;
 use strata::computes::{self, StartRequest};
 use strata::lsn::resolve_lsn;
 use strata::mgmt::Pageserver;
@@ -85,7 +85,7 @@ pub fn run(dir_arg: Option<PathBuf>, a: DemoArgs, out: &Output) -> Result<()> {
             let _ = t.keep();
         }
     } else {
-        let _ = cluster::stop(dir);
+        let _ = strata::lifecycle::stop(dir);
     }
     match &result {
         Ok(()) => println!(
@@ -101,9 +101,9 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
     steps.run(
         "strata init (3 safekeepers, a pageserver, a local object store)",
         || {
-            cluster::init(
+            strata::lifecycle::init(
                 dir,
-                &cluster::InitArgs {
+                &strata::lifecycle::InitOptions {
                     safekeepers: 3,
                     remote_storage: None,
                     pg_bin: "/usr/lib/postgresql/15/bin".into(),
@@ -115,7 +115,7 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
             )
         },
     )?;
-    steps.run("strata start", || cluster::start(dir))?;
+    steps.run("strata start", || strata::lifecycle::start(dir))?;
     steps.run("strata tenant create shop", || {
         super::tenant::run(
             dir,

@@ -2,6 +2,7 @@
 
 pub mod basebackup;
 pub mod check;
+pub mod cluster_args;
 pub mod cluster_json;
 pub mod demo;
 pub mod gc;

@@ -213,7 +213,7 @@ fn once(dir: &Path, out: &Output) -> Result<ExitCode> {
     }
     let mut services = Vec::new();
     let mut pageserver_up = false;
-    for svc in cluster::status(dir)? {
+    for svc in strata::lifecycle::status(dir)? {
         let name = &svc.name;
         let log = format!("{}/logs/{name}.log", dir.display());
         let (shown, pid) = match svc.state {

@@ -146,9 +146,13 @@ fn stream_what_was_acknowledged(
         out.step("the source's slot is gone already: nothing more streams");
         return Ok(None);
     }
-    let cluster_runs = crate::cluster::status(dir)?
-        .iter()
-        .any(|s| s.name.starts_with("safekeeper") && matches!(s.state, State::Running(_)));
+    let mut cluster_runs = false;
+    for sk in &cfg.safekeepers {
+        cluster_runs |= matches!(
+            crate::cluster::safekeeper_daemon(dir, sk.id).state()?,
+            State::Running(_)
+        );
+    }
     if !cluster_runs {
         out.step(
             "the cluster is stopped: Strata keeps the source's history up to where it streamed \
