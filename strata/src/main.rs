@@ -6,14 +6,11 @@ mod commands;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use strata::{
-    auth_setup, branch_cmd, cluster, compute_settings, computes, group, lifecycle, names, output,
-    target,
-};
+use strata::{auth_setup, branch_cmd, cluster, computes, group, lifecycle, names, output};
 
 use commands::{
-    basebackup, check, cluster_json, demo, gc, query, role, status, tenant, token, verify_redo,
-    waldump,
+    basebackup, check, cluster_json, compute, demo, gc, query, role, status, tenant, token,
+    verify_redo, waldump,
 };
 
 #[derive(Parser)]
@@ -53,7 +50,7 @@ enum Command {
     /// Computes: vanilla Postgres 15 on a branch, lazy (pages fetched on first read) unless
     /// --full-copy.
     #[command(subcommand)]
-    Compute(ComputeCommand),
+    Compute(compute::ComputeCommand),
     /// The LSN of a branch's state as of a time (after the last commit at or before it).
     LsnAt(LsnAtArgs),
     /// The restore points (pg_create_restore_point) of a branch.
@@ -109,46 +106,6 @@ enum Command {
     /// The cluster's supervisor (started by `strata start`): restarts services that die.
     #[command(hide = true)]
     Supervise,
-}
-
-#[derive(Subcommand)]
-enum ComputeCommand {
-    /// Start a compute on a branch and print its connection string.
-    Start(ComputeStartArgs),
-    /// Stop a compute and remove its scratch data directory.
-    Stop {
-        /// The compute's name (see `strata status`).
-        name: String,
-    },
-    /// List the computes: branch, mode, port, and whether they run.
-    List,
-}
-
-#[derive(Args)]
-struct ComputeStartArgs {
-    #[arg(default_value = "main")]
-    branch: String,
-    /// A past moment (LSN, time or restore point): the compute is read-only there.
-    #[arg(long)]
-    at: Option<String>,
-    /// A hot standby that never writes: at --at, or at the branch's latest state.
-    #[arg(long)]
-    read_only: bool,
-    /// The compute's name (default: the branch's name).
-    #[arg(long)]
-    name: Option<String>,
-    #[arg(long)]
-    tenant: Option<String>,
-    /// Copy every page into a local data directory before Postgres starts (the default is
-    /// a lazy compute: a page filesystem fetches each page from the pageserver on first
-    /// read, so the start does not depend on the database's size).
-    #[arg(long)]
-    full_copy: bool,
-    /// A Postgres setting of this compute, e.g. `--set work_mem=64MB` (repeatable; the last
-    /// of a key wins). Kept across restarts and recreations; Postgres refuses a bad value at
-    /// the start, with its message.
-    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = compute_settings::parse_setting)]
-    settings: Vec<(String, String)>,
 }
 
 #[derive(Args)]
@@ -222,11 +179,7 @@ fn main() -> ExitCode {
         Command::Status(a) => status::run(&dir, &a, &out),
         Command::Tenant(c) => ok(tenant::run(&dir, c, &out)),
         Command::Branch(c) => ok(branch_cmd::run(&dir, c, &out)),
-        Command::Compute(ComputeCommand::Start(a)) => ok(compute_start(&dir, a, &out)),
-        Command::Compute(ComputeCommand::Stop { name }) => {
-            ok(cluster_json::compute_stop(&dir, &name, &out))
-        }
-        Command::Compute(ComputeCommand::List) => ok(cluster_json::compute_list(&dir, &out)),
+        Command::Compute(c) => ok(compute::run(&dir, c, &out)),
         Command::LsnAt(a) => ok(branch_cmd::lsn_at(
             &dir,
             &a.time,
@@ -265,62 +218,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn compute_start(
-    dir: &std::path::Path,
-    a: ComputeStartArgs,
-    out: &output::Output,
-) -> anyhow::Result<()> {
-    let at = a.at.as_deref().map(target::Target::parse).transpose()?;
-    let read_only = a.read_only || at.is_some();
-    let rec = computes::start(
-        dir,
-        computes::StartRequest {
-            branch: &a.branch,
-            tenant: a.tenant.as_deref(),
-            at,
-            read_only,
-            name: a.name,
-            ttl_secs: None,
-            full_copy: a.full_copy,
-            settings: &a.settings,
-        },
-        out,
-    )?;
-    let url = format!("postgresql://postgres@127.0.0.1:{}/postgres", rec.port);
-    let mode = if rec.read_only {
-        "read-only"
-    } else {
-        "read-write"
-    };
-    let cfg = cluster::ClusterConfig::load(dir)?;
-    let password = auth_setup::compute_password(dir, &cfg)?;
-    let pgpass = password.as_ref().map(|_| auth_setup::pgpass_file(dir));
-    let login = match &pgpass {
-        Some(p) => format!("\n  PGPASSFILE={} psql {url}", p.display()),
-        None => String::new(),
-    };
-    out.result(
-        &format!(
-            "compute {} ({mode}, {}) on branch {} at {}: {url}{login}",
-            rec.name,
-            rec.kind(),
-            rec.branch,
-            rec.lsn
-        ),
-        serde_json::json!({
-            "name": rec.name, "branch": rec.branch, "lsn": rec.lsn,
-            "read_only": rec.read_only, "port": rec.port, "connstr": url,
-            "lazy": rec.lazy,
-            "settings": a.settings.iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
-                .collect::<serde_json::Map<String, serde_json::Value>>(),
-            "log": computes::log_file(dir, &rec.name),
-            "password": password, "pgpass_file": pgpass,
-        }),
-    );
-    Ok(())
 }
 
 /// The completion script of `shell` (with `--json`: the script as a JSON string).

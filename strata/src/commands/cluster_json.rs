@@ -8,7 +8,6 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use strata::cluster::{daemon::State, ClusterConfig};
-use strata::computes::{self, ComputeRecord};
 use strata::output::{stdout_to_stderr, Output};
 
 /// Runs a command written for people; with `--json` its messages go to stderr.
@@ -57,62 +56,5 @@ pub fn cluster_result(dir: &Path, out: &Output) -> Result<()> {
             "services": services_json(dir)?,
         }),
     );
-    Ok(())
-}
-
-/// `strata compute stop NAME`.
-pub fn compute_stop(dir: &Path, name: &str, out: &Output) -> Result<()> {
-    let cfg = ClusterConfig::load(dir)?;
-    let rec = ComputeRecord::load(dir, name)?;
-    quietly(out, || computes::remove(dir, &cfg, name))?;
-    out.result(
-        &format!("stopped compute {name}"),
-        json!({"name": name, "branch": rec.branch, "stopped": true}),
-    );
-    Ok(())
-}
-
-/// `strata compute list`: every compute's record and whether its Postgres and walproposer
-/// run.
-pub fn compute_list(dir: &Path, out: &Output) -> Result<()> {
-    let cfg = ClusterConfig::load(dir)?;
-    let mut lines = Vec::new();
-    let mut rows = Vec::new();
-    for c in ComputeRecord::list(dir)? {
-        let running = computes::node(dir, &cfg, &c.name)
-            .map(|n| n.is_running())
-            .unwrap_or(false);
-        let wp_running = !c.read_only
-            && matches!(
-                computes::walproposer_daemon(dir, &c.name).state()?,
-                State::Running(_)
-            );
-        let mode = if c.read_only {
-            "read-only"
-        } else {
-            "read-write"
-        };
-        let state = match (running, c.read_only, wp_running) {
-            (false, _, _) => "stopped",
-            (true, false, false) => "running, walproposer down",
-            (true, _, _) => "running",
-        };
-        lines.push(format!(
-            "{:<16} {:<12} {mode:<10} port {:<5} from {:<12} {state}",
-            c.name, c.branch, c.port, c.lsn
-        ));
-        let mut v = serde_json::to_value(&c)?;
-        v["running"] = json!(running);
-        v["walproposer_running"] = json!(wp_running);
-        v["connstr"] = json!(format!(
-            "postgresql://postgres@127.0.0.1:{}/postgres",
-            c.port
-        ));
-        rows.push(v);
-    }
-    if lines.is_empty() {
-        lines.push("no computes: strata compute start BRANCH".into());
-    }
-    out.result(&lines.join("\n"), json!(rows));
     Ok(())
 }

@@ -4,6 +4,7 @@ pub mod basebackup;
 pub mod check;
 pub mod cluster_args;
 pub mod cluster_json;
+pub mod compute;
 pub mod demo;
 pub mod gc;
 pub mod query;
