@@ -13,6 +13,7 @@ pub mod status;
 pub mod status_branch;
 pub mod tenant;
 pub mod tenant_config;
+pub mod tenant_import;
 pub mod token;
 pub mod verify_redo;
 pub mod waldump;

@@ -31,14 +31,14 @@ pub enum TenantCommand {
     Delete(strata::delete_cmd::TenantDeleteArgs),
     /// Import a running PostgreSQL 15 (pg_basebackup, then its WAL through a walproposer)
     /// as a tenant with a `main` branch; the source stays its writer.
-    Import(strata::tenant_import::ImportArgs),
+    Import(super::tenant_import::ImportArgs),
     /// Start an imported tenant's walproposer again (`strata start` does it for every
     /// imported tenant; this is for a walproposer that could not start then).
-    Reconnect(strata::tenant_import::ReconnectArgs),
+    Reconnect(super::tenant_import::ReconnectArgs),
     /// Hand an imported source back: its synchronous_standby_names no longer names Strata,
     /// what it acknowledged is streamed, the walproposer and the slot go; the tenant stays
     /// readable in Strata with the history up to now. Works with the cluster stopped too.
-    Detach(strata::tenant_import::DetachArgs),
+    Detach(super::tenant_import::DetachArgs),
 }
 
 #[derive(Args, Debug)]
@@ -58,10 +58,10 @@ pub fn run(dir: &Path, cmd: TenantCommand, out: &Output) -> Result<()> {
         TenantCommand::Import(a) => {
             // Before the source's whole pg_basebackup: the cluster must take it.
             cluster_takes_writes(&ClusterConfig::load(dir)?)?;
-            strata::tenant_import::run(dir, a, out)
+            super::tenant_import::import(dir, a, out)
         }
-        TenantCommand::Reconnect(a) => strata::tenant_import::reconnect(dir, a, out),
-        TenantCommand::Detach(a) => strata::tenant_import::detach(dir, a, out),
+        TenantCommand::Reconnect(a) => super::tenant_import::reconnect(dir, a, out),
+        TenantCommand::Detach(a) => super::tenant_import::detach(dir, a, out),
     }
 }
 
