@@ -140,7 +140,7 @@ fn leases_of(
 ) -> Result<Vec<String>> {
     let computes = ComputeRecord::list(dir)?;
     let of_a_compute_going_or_gone = |owner: &str| {
-        let Some(name) = crate::lazy_compute::lease_holder(owner) else {
+        let Some(name) = crate::computes::lazy::lease_holder(owner) else {
             return false;
         };
         computes.iter().filter(|c| c.name == name).all(|c| {

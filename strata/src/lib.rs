@@ -3,7 +3,7 @@
 //!
 //! It holds the cluster's configuration and processes (`cluster`), the names of tenants and
 //! branches (`names`), the management clients of the services (`mgmt`), computes and their
-//! page filesystems (`computes`, `lazy_compute`, `compute_settings`), LSN resolution (`lsn`),
+//! page filesystems (`computes`), LSN resolution (`lsn`),
 //! branches, tenant imports, groups and the proxy's lifecycle. Progress goes through
 //! [`output::Output`]; what a command prints as its result is the command file's business.
 
@@ -11,11 +11,9 @@ pub mod auth_setup;
 pub mod branch_cmd;
 pub mod branch_restore;
 pub mod cluster;
-pub mod compute_settings;
 pub mod computes;
 pub mod delete_cmd;
 pub mod group;
-pub mod lazy_compute;
 pub mod lifecycle;
 pub mod lsn;
 pub mod mgmt;

@@ -7,9 +7,10 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use strata::cluster::daemon::State;
 use strata::cluster::ClusterConfig;
+use strata::computes::settings;
 use strata::computes::{self, ComputeRecord};
 use strata::output::Output;
-use strata::{auth_setup, compute_settings, target};
+use strata::{auth_setup, target};
 
 use super::cluster_json::quietly;
 
@@ -49,7 +50,7 @@ pub struct ComputeStartArgs {
     /// A Postgres setting of this compute, e.g. `--set work_mem=64MB` (repeatable; the last
     /// of a key wins). Kept across restarts and recreations; Postgres refuses a bad value at
     /// the start, with its message.
-    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = compute_settings::parse_setting)]
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = settings::parse_setting)]
     settings: Vec<(String, String)>,
 }
 

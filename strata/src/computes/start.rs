@@ -33,7 +33,7 @@ pub struct StartRequest<'a> {
     /// Stream every page into a local data directory (the behaviour before lazy computes)
     /// instead of mounting a page filesystem that fetches pages on first read.
     pub full_copy: bool,
-    /// The compute's own Postgres settings (see [`crate::compute_settings`]).
+    /// The compute's own Postgres settings (see [`crate::computes::settings`]).
     pub settings: &'a [(String, String)],
 }
 
@@ -118,7 +118,7 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
     };
     let node = node(dir, &cfg, &name)?;
     fs::create_dir_all(compute_dir(dir, &name))?;
-    crate::compute_settings::store(dir, &name, req.settings)?;
+    crate::computes::settings::store(dir, &name, req.settings)?;
     let mut times = StartTimes {
         resolved,
         ..StartTimes::default()
@@ -136,7 +136,7 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
             &node,
         )?;
         if record.lazy {
-            crate::lazy_compute::supervise_pagefs(dir, &name)?;
+            crate::computes::lazy::supervise_pagefs(dir, &name)?;
         }
         times.pg_started = t0.elapsed();
         if !req.read_only {
@@ -152,7 +152,7 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
         let _ = crate::cluster::spec::forget(dir, &postgres_service(&name));
         let _ = node.stop(true);
         let cleaned = stop_one(dir, &cfg, &name)
-            .and_then(|_| crate::lazy_compute::remove_compute_dir(dir, &name));
+            .and_then(|_| crate::computes::lazy::remove_compute_dir(dir, &name));
         if let Err(c) = cleaned {
             return Err(e.context(format!("and cleaning up the failed start failed: {c:#}")));
         }
@@ -242,7 +242,7 @@ fn prepare_data_dir(
             "slim basebackup of {} at {lsn} (no relation pages)",
             record.branch
         ));
-        let up = crate::lazy_compute::prepare(dir, cfg, ps, record, node, &spec)?;
+        let up = crate::computes::lazy::prepare(dir, cfg, ps, record, node, &spec)?;
         times.basebackup = times.resolved + up.basebackup;
         times.configured = times.basebackup + up.configure;
         times.mounted = t0.elapsed();
@@ -262,7 +262,7 @@ fn prepare_data_dir(
     )?;
     times.basebackup = t0.elapsed();
     node.configure(&spec)?;
-    crate::compute_settings::apply(dir, &record.name, &node.data_dir)?;
+    crate::computes::settings::apply(dir, &record.name, &node.data_dir)?;
     times.configured = t0.elapsed();
     times.mounted = times.configured;
     times.streamed = Some(bb);

@@ -46,11 +46,11 @@ pub fn stop_one(dir: &Path, cfg: &ClusterConfig, name: &str) -> Result<bool> {
     }
     // A postmaster on a page filesystem that died is invisible to pg_ctl (its lock file is
     // unreadable): it is found by its command line and stopped immediately.
-    let orphan = crate::lazy_compute::stop_postmaster_of(&n.data_dir, name)?;
+    let orphan = crate::computes::lazy::stop_postmaster_of(&n.data_dir, name)?;
     // The walproposer goes even if Postgres could not be stopped: nothing more would commit.
     let wp_ran = wp.stop(Duration::from_secs(10))?;
     // The page filesystem last: Postgres read from it until the end.
-    let fs_ran = crate::lazy_compute::stop_pagefs(dir, name)?;
+    let fs_ran = crate::computes::lazy::stop_pagefs(dir, name)?;
     pg_stopped?;
     Ok(was_running || orphan || wp_ran || fs_ran)
 }
@@ -162,7 +162,7 @@ pub(super) fn forget_stopped_computes(dir: &Path, cfg: &ClusterConfig, out: &Out
             || crate::cluster::spec::is_supervised(dir, &wp.name)
             || crate::cluster::spec::is_supervised(
                 dir,
-                &crate::lazy_compute::pagefs_daemon(dir, &rec.name).name,
+                &crate::computes::lazy::pagefs_daemon(dir, &rec.name).name,
             );
         if !pg_running && !wp_running && !supervised {
             out.step(&format!(
@@ -192,7 +192,7 @@ pub fn remove(dir: &Path, cfg: &ClusterConfig, name: &str) -> Result<()> {
     if !lazy {
         keep_spare_data_dir(dir, &compute_dir(dir, name).join("data"));
     }
-    crate::lazy_compute::remove_compute_dir(dir, name)
+    crate::computes::lazy::remove_compute_dir(dir, name)
 }
 
 /// Removes time-travel computes whose TTL has passed.

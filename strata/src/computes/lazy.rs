@@ -111,7 +111,7 @@ pub fn prepare(
     let basebackup = t.elapsed();
     let t = Instant::now();
     local_node.configure(spec)?;
-    crate::compute_settings::apply(dir, &rec.name, &local)?;
+    crate::computes::settings::apply(dir, &rec.name, &local)?;
     let configure = t.elapsed();
     // An empty directory the Postgres OS user owns: the daemon mounts over it.
     node.pg.make_dir(&node.data_dir)?;
