@@ -66,52 +66,6 @@ pub fn run(dir: &Path, cmd: BranchCommand, out: &Output) -> Result<()> {
     }
 }
 
-/// An `--at` target as the pageserver's branch request wants it.
-pub fn to_request_target(t: &Target) -> ps::create_branch_request::Target {
-    use ps::create_branch_request::Target as T;
-    match t {
-        Target::Lsn(l) => T::Lsn(l.0),
-        Target::Time(us) => T::TimestampMicros(*us),
-        Target::RestorePoint(n) => T::RestorePoint(n.clone()),
-    }
-}
-
-/// The LSN an `--at` target means on a timeline.
-pub fn resolve_lsn(
-    ps: &mut Pageserver,
-    tenant_id: &str,
-    timeline_id: &str,
-    target: &Target,
-    inclusive: bool,
-) -> Result<Lsn> {
-    match target {
-        Target::Lsn(l) => Ok(*l),
-        Target::Time(us) => Ok(Lsn(ps.lsn_for_timestamp(
-            tenant_id,
-            timeline_id,
-            *us,
-            inclusive,
-        )?)),
-        Target::RestorePoint(name) => {
-            let points = ps.restore_points(tenant_id, timeline_id)?;
-            match points.iter().find(|p| &p.name == name) {
-                Some(p) => Ok(Lsn(p.lsn)),
-                None => {
-                    let known: Vec<&str> = points.iter().map(|p| p.name.as_str()).collect();
-                    bail!(
-                        "no restore point named {name:?} on this branch; restore points: {}",
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    )
-                }
-            }
-        }
-    }
-}
-
 fn create(dir: &Path, a: CreateArgs, out: &Output) -> Result<()> {
     let cfg = ClusterConfig::load(dir)?;
     let mut names = Names::load(dir)?;
@@ -124,11 +78,11 @@ fn create(dir: &Path, a: CreateArgs, out: &Output) -> Result<()> {
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
     let t0 = Instant::now();
     // Resolve the target against everything committed so far, not just what was ingested.
-    crate::compute_cmd::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &parent, false, out)?;
+    crate::lsn::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &parent, false, out)?;
     let tl = ps.create_branch(
         &tenant_id,
         &parent,
-        target.as_ref().map(to_request_target),
+        target.as_ref().map(crate::lsn::to_request_target),
         !a.exclusive,
         cfg.safekeeper_pg_addrs(),
     )?;
@@ -216,7 +170,7 @@ pub fn restore_points(dir: &Path, branch: &str, tenant: Option<&str>, out: &Outp
     let (tenant, tenant_id) = names.tenant(tenant)?;
     let tl = names.timeline(&tenant, branch)?;
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
-    crate::compute_cmd::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &tl, false, out)?;
+    crate::lsn::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &tl, false, out)?;
     let points = ps.restore_points(&tenant_id, &tl)?;
     let mut lines = Vec::new();
     for p in &points {
@@ -258,7 +212,7 @@ pub fn lsn_at(
         _ => bail!("{time:?} is not a time like 2026-11-21 22:10:05+00"),
     };
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
-    crate::compute_cmd::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &tl, false, out)?;
+    crate::lsn::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &tl, false, out)?;
     let lsn = ps.lsn_for_timestamp(&tenant_id, &tl, us, true)?;
     // GC removed the history below its cutoff: the state there is gone.
     let cutoff = ps.timeline_status(&tenant_id, &tl)?.gc_cutoff_lsn;

@@ -67,16 +67,9 @@ pub fn restore(dir: &Path, a: RestoreArgs, out: &Output) -> Result<()> {
     }
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
     // Resolve against everything committed so far, not only what was ingested.
-    let latest = crate::compute_cmd::wait_for_committed_wal(
-        &cfg,
-        &mut ps,
-        &tenant_id,
-        &old_timeline,
-        false,
-        out,
-    )?;
-    let lsn =
-        crate::branch_cmd::resolve_lsn(&mut ps, &tenant_id, &old_timeline, &target, !a.exclusive)?;
+    let latest =
+        crate::lsn::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &old_timeline, false, out)?;
+    let lsn = crate::lsn::resolve_lsn(&mut ps, &tenant_id, &old_timeline, &target, !a.exclusive)?;
     check_readable(&mut ps, &tenant_id, &old_timeline, &a.branch, lsn, latest)?;
     let backup = backup_name(&names, &tenant, &a.branch, &format_time(now_micros()))?;
 
@@ -87,7 +80,7 @@ pub fn restore(dir: &Path, a: RestoreArgs, out: &Output) -> Result<()> {
     let new_tl = ps.create_branch(
         &tenant_id,
         &old_timeline,
-        Some(crate::branch_cmd::to_request_target(&Target::Lsn(lsn))),
+        Some(crate::lsn::to_request_target(&Target::Lsn(lsn))),
         true,
         cfg.safekeeper_pg_addrs(),
     )?;

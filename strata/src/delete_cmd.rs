@@ -12,7 +12,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::cluster::ClusterConfig;
-use crate::compute_cmd::{self, ComputeRecord};
+use crate::computes::{self, ComputeRecord};
 use crate::mgmt::Pageserver;
 use crate::names::Names;
 use crate::output::{pg_lsn, Output};
@@ -140,7 +140,7 @@ fn leases_of(
 ) -> Result<Vec<String>> {
     let computes = ComputeRecord::list(dir)?;
     let of_a_compute_going_or_gone = |owner: &str| {
-        let Some(name) = crate::lazy_compute::lease_holder(owner) else {
+        let Some(name) = crate::computes::lazy::lease_holder(owner) else {
             return false;
         };
         computes.iter().filter(|c| c.name == name).all(|c| {
@@ -180,7 +180,7 @@ pub(crate) fn remove_computes(
                 "stopping compute {} (branch {})",
                 c.name, c.branch
             ));
-            compute_cmd::remove(dir, cfg, &c.name)?;
+            computes::remove(dir, cfg, &c.name)?;
             removed.push(c.name);
         }
     }

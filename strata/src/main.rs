@@ -1,40 +1,17 @@
 //! The `strata` command: the local cluster, tenants, branches, computes, point-in-time and
 //! time-travel reads, and the WAL tools.
 
-mod auth_setup;
-mod basebackup;
-mod branch_cmd;
-mod branch_restore;
-mod check_cmd;
-mod cluster;
-mod cluster_json;
-mod compute_cmd;
-mod compute_settings;
-mod delete_cmd;
-mod demo_cmd;
-mod gc_cmd;
-mod group;
-mod lazy_compute;
-mod mgmt;
-mod names;
-mod output;
-mod proxy_cmd;
-mod query_cmd;
-mod role_cmd;
-mod status_branch;
-mod status_cmd;
-mod target;
-mod tenant_cmd;
-mod tenant_config;
-mod tenant_import;
-mod tls_setup;
-mod token_cmd;
-mod verify_redo;
-mod waldump;
+mod commands;
 
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use strata::{auth_setup, branch_cmd, cluster, computes, group, lifecycle, names, output};
+
+use commands::{
+    basebackup, check, cluster_json, compute, demo, gc, query, role, status, tenant, token,
+    verify_redo, waldump,
+};
 
 #[derive(Parser)]
 #[command(
@@ -44,7 +21,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 )]
 struct Cli {
     #[command(flatten)]
-    dir: cluster::DirArg,
+    dir: commands::cluster_args::DirArg,
     /// Print results as JSON (one value per command) for scripts; progress stays on stderr.
     #[arg(long, global = true)]
     json: bool,
@@ -56,24 +33,24 @@ struct Cli {
 enum Command {
     /// Create a local cluster (three safekeepers, a pageserver, an object store directory) in
     /// --dir; ports are chosen now and kept.
-    Init(cluster::InitArgs),
+    Init(commands::cluster_args::InitArgs),
     /// Start the cluster's safekeepers and pageserver in the background.
     Start,
     /// Stop the cluster's computes, pageserver and safekeepers.
     Stop,
     /// Show the cluster's services, computes and branches (commit, received, ingested,
     /// durable and remote LSNs with lags) and what is wrong; exits 3 on any problem.
-    Status(status_cmd::StatusArgs),
+    Status(status::StatusArgs),
     /// Tenants: a tenant is one Postgres database cluster and all its branches.
     #[command(subcommand)]
-    Tenant(tenant_cmd::TenantCommand),
+    Tenant(tenant::TenantCommand),
     /// Branches: copy-free forks of a branch's history at any point.
     #[command(subcommand)]
     Branch(branch_cmd::BranchCommand),
     /// Computes: vanilla Postgres 15 on a branch, lazy (pages fetched on first read) unless
     /// --full-copy.
     #[command(subcommand)]
-    Compute(ComputeCommand),
+    Compute(compute::ComputeCommand),
     /// The LSN of a branch's state as of a time (after the last commit at or before it).
     LsnAt(LsnAtArgs),
     /// The restore points (pg_create_restore_point) of a branch.
@@ -83,25 +60,25 @@ enum Command {
     /// know it committed (the walproposer's next message, within 20 ms).
     RestorePoints(BranchArgs),
     /// Time travel: run SQL on a branch as of a past moment, without creating a branch.
-    Query(query_cmd::QueryArgs),
+    Query(query::QueryArgs),
     /// Roles of the proxy: who may connect to a tenant's branches through `strata start`'s
     /// proxy (SCRAM-SHA-256 passwords).
     #[command(subcommand)]
-    Role(role_cmd::RoleCommand),
+    Role(role::RoleCommand),
     /// The whole story in one command: a cluster, pgbench, a dropped table, found again by
     /// time and by restore point, branched, and back; prints each step's time.
-    Demo(demo_cmd::DemoArgs),
+    Demo(demo::DemoArgs),
     /// Garbage collection: remove history older than the tenant's PITR window (kept: branch
     /// points, leases); prints what was removed.
-    Gc(gc_cmd::GcArgs),
+    Gc(gc::GcArgs),
     /// Keep a point of a branch readable (GC keeps its history) until the lease expires.
-    Lease(gc_cmd::LeaseArgs),
+    Lease(gc::LeaseArgs),
     /// Check the object store: every timeline's manifest against the objects present
     /// (missing, orphaned, size mismatch), every layer's checksums, and what each branch keeps
     /// readable (GC cutoff, PITR window, leases, branch points). Reads the store directly:
     /// works with the cluster stopped (while it runs, an upload in progress can show as an
     /// orphaned layer: check again). Exits 3 when anything is wrong.
-    Check(check_cmd::CheckArgs),
+    Check(check::CheckArgs),
     /// Groups of tenants (the servers of one sharded cluster): consistent cuts every few
     /// seconds and restores of the whole group to one of them.
     #[command(subcommand)]
@@ -119,7 +96,7 @@ enum Command {
     Basebackup(basebackup::BasebackupArgs),
     /// Tokens for the cluster's services, signed with its key (`<dir>/auth/`).
     #[command(subcommand)]
-    Token(token_cmd::TokenCommand),
+    Token(token::TokenCommand),
     /// Print a completion script for a shell, e.g. `strata completions bash >
     /// ~/.local/share/bash-completion/completions/strata`.
     Completions {
@@ -129,46 +106,6 @@ enum Command {
     /// The cluster's supervisor (started by `strata start`): restarts services that die.
     #[command(hide = true)]
     Supervise,
-}
-
-#[derive(Subcommand)]
-enum ComputeCommand {
-    /// Start a compute on a branch and print its connection string.
-    Start(ComputeStartArgs),
-    /// Stop a compute and remove its scratch data directory.
-    Stop {
-        /// The compute's name (see `strata status`).
-        name: String,
-    },
-    /// List the computes: branch, mode, port, and whether they run.
-    List,
-}
-
-#[derive(Args)]
-struct ComputeStartArgs {
-    #[arg(default_value = "main")]
-    branch: String,
-    /// A past moment (LSN, time or restore point): the compute is read-only there.
-    #[arg(long)]
-    at: Option<String>,
-    /// A hot standby that never writes: at --at, or at the branch's latest state.
-    #[arg(long)]
-    read_only: bool,
-    /// The compute's name (default: the branch's name).
-    #[arg(long)]
-    name: Option<String>,
-    #[arg(long)]
-    tenant: Option<String>,
-    /// Copy every page into a local data directory before Postgres starts (the default is
-    /// a lazy compute: a page filesystem fetches each page from the pageserver on first
-    /// read, so the start does not depend on the database's size).
-    #[arg(long)]
-    full_copy: bool,
-    /// A Postgres setting of this compute, e.g. `--set work_mem=64MB` (repeatable; the last
-    /// of a key wins). Kept across restarts and recreations; Postgres refuses a bad value at
-    /// the start, with its message.
-    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = compute_settings::parse_setting)]
-    settings: Vec<(String, String)>,
 }
 
 #[derive(Args)]
@@ -223,26 +160,26 @@ fn main() -> ExitCode {
     }
     if cluster_cmd {
         if let Ok(cfg) = cluster::ClusterConfig::load(&dir) {
-            if let Err(e) = compute_cmd::reap_expired(&dir, &cfg) {
+            if let Err(e) = computes::reap_expired(&dir, &cfg) {
                 eprintln!("strata: warning: removing expired time-travel computes: {e:#}");
             }
         }
     }
     let result = match cli.command {
-        Command::Init(args) => ok(cluster_json::quietly(&out, || cluster::init(&dir, &args))
-            .and_then(|()| cluster_json::cluster_result(&dir, &out))),
-        Command::Start => ok(cluster_json::quietly(&out, || cluster::start(&dir))
-            .and_then(|()| cluster_json::cluster_result(&dir, &out))),
-        Command::Stop => ok(cluster_json::quietly(&out, || cluster::stop(&dir))
-            .and_then(|()| cluster_json::cluster_result(&dir, &out))),
-        Command::Status(a) => status_cmd::run(&dir, &a, &out),
-        Command::Tenant(c) => ok(tenant_cmd::run(&dir, c, &out)),
-        Command::Branch(c) => ok(branch_cmd::run(&dir, c, &out)),
-        Command::Compute(ComputeCommand::Start(a)) => ok(compute_start(&dir, a, &out)),
-        Command::Compute(ComputeCommand::Stop { name }) => {
-            ok(cluster_json::compute_stop(&dir, &name, &out))
+        Command::Init(args) => {
+            ok(
+                cluster_json::quietly(&out, || lifecycle::init(&dir, &args.options()))
+                    .and_then(|()| cluster_json::cluster_result(&dir, &out)),
+            )
         }
-        Command::Compute(ComputeCommand::List) => ok(cluster_json::compute_list(&dir, &out)),
+        Command::Start => ok(cluster_json::quietly(&out, || lifecycle::start(&dir))
+            .and_then(|()| cluster_json::cluster_result(&dir, &out))),
+        Command::Stop => ok(cluster_json::quietly(&out, || lifecycle::stop(&dir))
+            .and_then(|()| cluster_json::cluster_result(&dir, &out))),
+        Command::Status(a) => status::run(&dir, &a, &out),
+        Command::Tenant(c) => ok(tenant::run(&dir, c, &out)),
+        Command::Branch(c) => ok(branch_cmd::run(&dir, c, &out)),
+        Command::Compute(c) => ok(compute::run(&dir, c, &out)),
         Command::LsnAt(a) => ok(branch_cmd::lsn_at(
             &dir,
             &a.time,
@@ -256,18 +193,18 @@ fn main() -> ExitCode {
             a.tenant.as_deref(),
             &out,
         )),
-        Command::Query(a) => ok(query_cmd::run(&dir, a, &out)),
-        Command::Role(c) => ok(role_cmd::run(&dir, c, &out)),
-        Command::Demo(a) => ok(demo_cmd::run(demo_dir, a, &out)),
-        Command::Gc(a) => ok(gc_cmd::run(&dir, a, &out)),
-        Command::Lease(a) => ok(gc_cmd::lease(&dir, a, &out)),
-        Command::Check(a) => check_cmd::run(&dir, a, &out),
+        Command::Query(a) => ok(query::run(&dir, a, &out)),
+        Command::Role(c) => ok(role::run(&dir, c, &out)),
+        Command::Demo(a) => ok(demo::run(demo_dir, a, &out)),
+        Command::Gc(a) => ok(gc::run(&dir, a, &out)),
+        Command::Lease(a) => ok(gc::lease(&dir, a, &out)),
+        Command::Check(a) => check::run(&dir, a, &out),
         Command::Group(c) => ok(group::run(&dir, c, &out)),
         Command::Waldump(args) => waldump::run(args, cli.json),
         Command::VerifyRedo(args) => verify_redo::run(args, cli.json),
         Command::Import(args) => basebackup::run_import(args, &out),
         Command::Basebackup(args) => basebackup::run_basebackup(args, &out),
-        Command::Token(c) => ok(token_cmd::run(&dir, c, &out)),
+        Command::Token(c) => ok(token::run(&dir, c, &out)),
         Command::Completions { shell } => ok(completions(shell, &out)),
         Command::Supervise => ok(cluster::supervisor::run(&dir)),
     };
@@ -281,62 +218,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn compute_start(
-    dir: &std::path::Path,
-    a: ComputeStartArgs,
-    out: &output::Output,
-) -> anyhow::Result<()> {
-    let at = a.at.as_deref().map(target::Target::parse).transpose()?;
-    let read_only = a.read_only || at.is_some();
-    let rec = compute_cmd::start(
-        dir,
-        compute_cmd::StartRequest {
-            branch: &a.branch,
-            tenant: a.tenant.as_deref(),
-            at,
-            read_only,
-            name: a.name,
-            ttl_secs: None,
-            full_copy: a.full_copy,
-            settings: &a.settings,
-        },
-        out,
-    )?;
-    let url = format!("postgresql://postgres@127.0.0.1:{}/postgres", rec.port);
-    let mode = if rec.read_only {
-        "read-only"
-    } else {
-        "read-write"
-    };
-    let cfg = cluster::ClusterConfig::load(dir)?;
-    let password = auth_setup::compute_password(dir, &cfg)?;
-    let pgpass = password.as_ref().map(|_| auth_setup::pgpass_file(dir));
-    let login = match &pgpass {
-        Some(p) => format!("\n  PGPASSFILE={} psql {url}", p.display()),
-        None => String::new(),
-    };
-    out.result(
-        &format!(
-            "compute {} ({mode}, {}) on branch {} at {}: {url}{login}",
-            rec.name,
-            rec.kind(),
-            rec.branch,
-            rec.lsn
-        ),
-        serde_json::json!({
-            "name": rec.name, "branch": rec.branch, "lsn": rec.lsn,
-            "read_only": rec.read_only, "port": rec.port, "connstr": url,
-            "lazy": rec.lazy,
-            "settings": a.settings.iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
-                .collect::<serde_json::Map<String, serde_json::Value>>(),
-            "log": compute_cmd::log_file(dir, &rec.name),
-            "password": password, "pgpass_file": pgpass,
-        }),
-    );
-    Ok(())
 }
 
 /// The completion script of `shell` (with `--json`: the script as a JSON string).

@@ -113,10 +113,10 @@ fn remove_moment_computes(dir: &Path) -> Result<()> {
     }
     let cfg = crate::cluster::ClusterConfig::load(dir)?;
     for name in started.computes.clone() {
-        match crate::compute_cmd::ComputeRecord::load(dir, &name) {
+        match crate::computes::ComputeRecord::load(dir, &name) {
             Ok(rec) if !rec.read_only => continue,
             Ok(_) => {
-                crate::compute_cmd::remove(dir, &cfg, &name)?;
+                crate::computes::remove(dir, &cfg, &name)?;
                 println!("removed time travel compute {name}");
             }
             // Removed already (by hand, by a restore).
@@ -144,7 +144,7 @@ pub fn status(dir: &Path, cfg: &crate::cluster::ClusterConfig) -> (String, serde
     let started: Vec<String> = strata_proxy::computes::Started::load(dir)
         .computes
         .into_iter()
-        .filter(|n| crate::compute_cmd::ComputeRecord::load(dir, n).is_ok())
+        .filter(|n| crate::computes::ComputeRecord::load(dir, n).is_ok())
         .collect();
     let which = if started.is_empty() {
         "none".to_string()

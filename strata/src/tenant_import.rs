@@ -29,20 +29,18 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use compute::node::PgPrograms;
 use pageserver::import::backup_label::BackupLabel;
-use serde_json::json;
 use walproto::pgclient::ConnConfig;
 use walproto::Lsn;
 
 use crate::cluster::daemon::State;
 use crate::cluster::ClusterConfig;
-use crate::compute_cmd::walproposer_daemon;
+use crate::computes::walproposer_daemon;
 use crate::mgmt::Pageserver;
 use crate::names::Names;
 use crate::output::Output;
-pub use detach::{detach, DetachArgs};
+pub use detach::{detach, Detached};
 pub use record::tenant_of_compute;
 use record::ImportRecord;
 use source::Source;
@@ -50,29 +48,37 @@ use source::Source;
 /// The application name the source's synchronous_standby_names must hold.
 pub const APP_NAME: &str = "strata";
 
-#[derive(Args, Debug)]
-pub struct ImportArgs {
-    /// The running PostgreSQL 15 to import, as a libpq key=value connection string of a
-    /// superuser (e.g. "host=/var/run/postgresql port=5432 user=postgres").
-    #[arg(long, value_name = "CONNSTR")]
+/// What `strata tenant import` was asked (its flags: the command's `ImportArgs`).
+#[derive(Debug)]
+pub struct ImportRequest {
+    /// The source's libpq key=value connection string (a superuser).
     pub from: String,
     /// The tenant's name (default: "main" for the first tenant, else required).
-    #[arg(long, value_parser = crate::names::new_tenant_name)]
     pub name: Option<String>,
-    /// Set the source's synchronous_standby_names to the walproposer (ALTER SYSTEM and
-    /// pg_reload_conf) right before the walproposer starts; without it the import requires
-    /// the setting to be in place already.
-    #[arg(long)]
+    /// Set the source's synchronous_standby_names right before the walproposer starts.
     pub configure_sync: bool,
-    /// With auth on: if the source's `postgres` role has no password, give it the cluster's
-    /// compute password (`ALTER ROLE postgres PASSWORD` on the source), so that logins to this
-    /// tenant's computes as postgres take the cluster's password like other tenants'. Without
-    /// it the source's roles are never changed.
-    #[arg(long)]
+    /// Give a password-less `postgres` role of the source the cluster's compute password.
     pub set_source_password: bool,
 }
 
-pub fn run(dir: &Path, args: ImportArgs, out: &Output) -> Result<()> {
+/// A finished import, for the command to report.
+pub struct Imported {
+    /// The source's host, as its connection string gives it.
+    pub host: String,
+    pub tenant: String,
+    pub tenant_id: String,
+    pub timeline_id: String,
+    pub backup_start: String,
+    /// Where the new branch is readable from (the backup's end).
+    pub readable_from: Lsn,
+    /// The walproposer, shown as this compute.
+    pub compute: String,
+    pub slot: String,
+    pub seconds: f64,
+}
+
+/// Imports the source as a new tenant (see the module's comment).
+pub fn run(dir: &Path, args: &ImportRequest, out: &Output) -> Result<Imported> {
     let cfg = ClusterConfig::load(dir)?;
     let names = Names::load(dir)?;
     let name = match &args.name {
@@ -87,7 +93,7 @@ pub fn run(dir: &Path, args: ImportArgs, out: &Output) -> Result<()> {
         bail!("an import of tenant {name:?} is recorded already (strata tenant detach {name})");
     }
     let compute_name = record::compute_name(&name);
-    if crate::compute_cmd::ComputeRecord::load(dir, &compute_name).is_ok() {
+    if crate::computes::ComputeRecord::load(dir, &compute_name).is_ok() {
         bail!(
             "a compute named {compute_name:?} exists already (strata compute stop {compute_name})"
         );
@@ -113,7 +119,7 @@ pub fn run(dir: &Path, args: ImportArgs, out: &Output) -> Result<()> {
     let slot = slot_name(&name);
     src.create_slot(&slot)?;
     // From here on a failure drops the slot again, so it holds no WAL for nothing.
-    let result = import_with_slot(dir, &cfg, &src, &name, &slot, &system_id, &args, out);
+    let result = import_with_slot(dir, &cfg, &src, &name, &slot, &system_id, args, out);
     let (rec, end) = match result {
         Ok(v) => v,
         Err(e) if e.downcast_ref::<NotStreaming>().is_some() => return Err(e),
@@ -125,30 +131,17 @@ pub fn run(dir: &Path, args: ImportArgs, out: &Output) -> Result<()> {
             return Err(e);
         }
     };
-    out.result(
-        &format!(
-            "imported {} as tenant {name} ({}) with branch main ({}): backup from {}, readable \
-             from {end}; the walproposer streams the source's WAL to the safekeepers (compute \
-             {compute_name}) in {:.1} s",
-            conn.host,
-            rec.tenant_id,
-            rec.timeline_id,
-            rec.backup_start,
-            t0.elapsed().as_secs_f64()
-        ),
-        json!({
-            "tenant": name,
-            "tenant_id": rec.tenant_id,
-            "branch": "main",
-            "timeline_id": rec.timeline_id,
-            "backup_start": rec.backup_start,
-            "lsn": end.to_string(),
-            "compute": compute_name,
-            "slot": slot,
-            "seconds": t0.elapsed().as_secs_f64(),
-        }),
-    );
-    Ok(())
+    Ok(Imported {
+        host: conn.host,
+        tenant: name,
+        tenant_id: rec.tenant_id,
+        timeline_id: rec.timeline_id,
+        backup_start: rec.backup_start,
+        readable_from: end,
+        compute: compute_name,
+        slot,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 /// The import is done but its walproposer did not start (the slot stays).
@@ -179,7 +172,7 @@ fn import_with_slot(
     name: &str,
     slot: &str,
     system_id: &str,
-    args: &ImportArgs,
+    args: &ImportRequest,
     out: &Output,
 ) -> Result<(ImportRecord, Lsn)> {
     let backup_dir = backup_dir(dir, name);
@@ -320,7 +313,7 @@ fn start_walproposer(dir: &Path, cfg: &ClusterConfig, rec: &ImportRecord) -> Res
         .args(crate::auth_setup::walproposer_args(
             dir,
             cfg,
-            &crate::compute_cmd::compute_dir(dir, &rec.compute_name()),
+            &crate::computes::compute_dir(dir, &rec.compute_name()),
             &rec.tenant_id,
         )?)
         .args(crate::tls_setup::client_args(dir, cfg));
@@ -336,7 +329,7 @@ fn start_walproposer(dir: &Path, cfg: &ClusterConfig, rec: &ImportRecord) -> Res
 /// record that shows it is written again if something removed it.
 fn ensure_streaming(dir: &Path, cfg: &ClusterConfig, rec: &ImportRecord) -> Result<bool> {
     let compute = rec.compute_record()?;
-    if crate::compute_cmd::ComputeRecord::load(dir, &compute.name).is_err() {
+    if crate::computes::ComputeRecord::load(dir, &compute.name).is_err() {
         compute.store(dir)?;
     }
     if let State::Running(_) = walproposer_daemon(dir, &compute.name).state()? {
@@ -346,18 +339,21 @@ fn ensure_streaming(dir: &Path, cfg: &ClusterConfig, rec: &ImportRecord) -> Resu
     Ok(true)
 }
 
-#[derive(Args, Debug)]
-pub struct ReconnectArgs {
-    /// The imported tenant (default: the default tenant).
-    pub name: Option<String>,
+/// What `strata tenant reconnect` did.
+pub struct Reconnected {
+    pub tenant: String,
+    pub compute: String,
+    pub slot: String,
+    /// false: the walproposer ran already.
+    pub started: bool,
 }
 
 /// `strata tenant reconnect`: starts an imported tenant's walproposer again (when it exited
 /// because the source restarted, or after a failed start); the source's slot kept its WAL.
-pub fn reconnect(dir: &Path, args: ReconnectArgs, out: &Output) -> Result<()> {
+pub fn reconnect(dir: &Path, tenant: Option<&str>, out: &Output) -> Result<Reconnected> {
     let cfg = ClusterConfig::load(dir)?;
     let names = Names::load(dir)?;
-    let (tenant, _) = names.tenant(args.name.as_deref())?;
+    let (tenant, _) = names.tenant(tenant)?;
     let Some(rec) = ImportRecord::load(dir, &tenant)? else {
         bail!(
             "tenant {tenant} has no attached source: only tenants made by `strata tenant import` \
@@ -366,16 +362,12 @@ pub fn reconnect(dir: &Path, args: ReconnectArgs, out: &Output) -> Result<()> {
     };
     out.step(&format!("starting the walproposer of tenant {tenant}"));
     let started = ensure_streaming(dir, &cfg, &rec)?;
-    let compute = rec.compute_name();
-    out.result(
-        &if started {
-            format!("tenant {tenant}: the walproposer streams the source's WAL again (compute {compute})")
-        } else {
-            format!("tenant {tenant}: the walproposer runs already (compute {compute})")
-        },
-        json!({"tenant": tenant, "compute": compute, "slot": rec.slot, "started": started}),
-    );
-    Ok(())
+    Ok(Reconnected {
+        tenant,
+        compute: rec.compute_name(),
+        slot: rec.slot,
+        started,
+    })
 }
 
 /// At the end of `strata start`: every attached import streams again, so its source's

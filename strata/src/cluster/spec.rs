@@ -49,7 +49,7 @@ pub enum Launch {
     },
     /// A lazy compute's page filesystem (`compute pagefs`, its pid in `run/<name>.pid`). It
     /// is not restarted alone: the compute is recreated around a new one
-    /// (`lazy_compute::recreate`).
+    /// (`computes::lazy::recreate`).
     LazyCompute { compute: String, log_file: PathBuf },
 }
 

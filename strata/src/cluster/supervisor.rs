@@ -392,7 +392,7 @@ fn restart(cluster_dir: &Path, spec: &Spec) -> Result<Restarted> {
             Ok(Restarted::Pid(child.id() as i32))
         }
         Launch::LazyCompute { compute, .. } => {
-            match crate::lazy_compute::recreate(cluster_dir, compute)? {
+            match crate::computes::lazy::recreate(cluster_dir, compute)? {
                 Some(pid) => Ok(Restarted::Pid(pid)),
                 None => Ok(Restarted::Abandoned(format!(
                     "compute {compute} is gone (no compute record)"

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 
 use super::store::{Cut, Group, GroupStore, Member};
 use crate::cluster::ClusterConfig;
-use crate::compute_cmd::{self, ComputeRecord};
+use crate::computes::{self, ComputeRecord};
 
 /// A fence not lifted within this lifts itself (a coordinator that died mid-cut).
 pub const FENCE_TTL: Duration = Duration::from_secs(5);
@@ -40,7 +40,7 @@ fn way(dir: &Path, cfg: &ClusterConfig, member: &Member) -> Result<Way> {
     let Some(rec) = writer else {
         let commit = idle_commit(cfg, member)?;
         let mut ps = crate::mgmt::Pageserver::connect(&cfg.pageserver.grpc_addr())?;
-        let lsn = compute_cmd::wait_for_committed_wal(
+        let lsn = computes::wait_for_committed_wal(
             cfg,
             &mut ps,
             &member.tenant_id,
@@ -54,7 +54,7 @@ fn way(dir: &Path, cfg: &ClusterConfig, member: &Member) -> Result<Way> {
             commit,
         });
     };
-    let p = compute_cmd::control_file(dir, &rec.name);
+    let p = computes::control_file(dir, &rec.name);
     let text = std::fs::read_to_string(&p).with_context(|| {
         format!(
             "member {}: compute {} has no fence address ({} unreadable; a compute started \
@@ -74,7 +74,7 @@ fn way(dir: &Path, cfg: &ClusterConfig, member: &Member) -> Result<Way> {
 /// The safekeepers' commit LSN of a member without a writer (the LSN they were told: with no
 /// walproposer, WAL flushed beyond it is not streamed to the pageserver).
 fn idle_commit(cfg: &ClusterConfig, member: &Member) -> Result<u64> {
-    compute_cmd::committed_on_safekeepers(cfg, &member.tenant_id, &member.timeline_id, false)
+    computes::committed_on_safekeepers(cfg, &member.tenant_id, &member.timeline_id, false)
         .map(|c| c.marked)
         .with_context(|| format!("member {} (no compute running)", member.tenant))
 }
@@ -87,7 +87,7 @@ pub fn walproposer_fence_args(
     cfg: &ClusterConfig,
     compute_name: &str,
 ) -> Result<Vec<String>> {
-    let compute_dir = compute_cmd::compute_dir(dir, compute_name);
+    let compute_dir = computes::compute_dir(dir, compute_name);
     std::fs::create_dir_all(&compute_dir)
         .with_context(|| format!("creating {}", compute_dir.display()))?;
     let mut args = vec![
@@ -95,7 +95,7 @@ pub fn walproposer_fence_args(
         "--metrics-listen".to_string(),
         "127.0.0.1:0".to_string(),
         "--control-file".to_string(),
-        compute_cmd::control_file(dir, compute_name)
+        computes::control_file(dir, compute_name)
             .to_string_lossy()
             .into_owned(),
     ];

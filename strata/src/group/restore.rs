@@ -19,7 +19,7 @@ use serde_json::json;
 use super::store::{find_cut, Group, GroupStore, Member};
 use crate::branch_cmd::{self, BranchCommand, CreateArgs, TenantArg};
 use crate::cluster::ClusterConfig;
-use crate::compute_cmd::{self, StartRequest};
+use crate::computes::{self, StartRequest};
 use crate::output::{stdout_to_stderr, Output};
 use crate::target::Target;
 
@@ -109,7 +109,7 @@ pub fn branch(
                 }),
                 &quiet,
             )?;
-            compute_cmd::start(
+            computes::start(
                 dir,
                 StartRequest {
                     branch: new_branch,
@@ -202,7 +202,7 @@ fn settle(
     // (member index, database, gid) of every prepared transaction.
     let mut prepared = Vec::new();
     for (i, r) in members.iter().enumerate() {
-        let node = compute_cmd::node(dir, cfg, &r.compute)?;
+        let node = computes::node(dir, cfg, &r.compute)?;
         let rows = node.psql(
             r.port,
             "postgres",
@@ -223,7 +223,7 @@ fn settle(
     let wanted: Vec<String> = prepared.iter().map(|(_, _, g)| literal(g)).collect();
     if !wanted.is_empty() {
         for (i, r) in members.iter().enumerate() {
-            let node = compute_cmd::node(dir, cfg, &r.compute)?;
+            let node = computes::node(dir, cfg, &r.compute)?;
             for db in &databases {
                 let sql = format!(
                     "SELECT encode(convert_to(gid, 'UTF8'), 'hex') FROM {EVIDENCE_TABLE} \
@@ -276,7 +276,7 @@ fn settle(
             )
         };
         if apply {
-            compute_cmd::node(dir, cfg, &r.compute)?
+            computes::node(dir, cfg, &r.compute)?
                 .psql(r.port, &db, &format!("{action} {}", literal(&gid)))
                 .with_context(|| format!("{action} {gid:?} on member {}", r.member.tenant))?;
         }
@@ -314,7 +314,7 @@ pub fn query(
             format!("groupquery-{}", std::process::id())
         };
         let rec = stdout_to_stderr(|| {
-            compute_cmd::start(
+            computes::start(
                 dir,
                 StartRequest {
                     branch: &m.branch,
@@ -330,8 +330,8 @@ pub fn query(
             )
         })
         .with_context(|| format!("member {}", m.tenant))?;
-        let rows = compute_cmd::node(dir, &cfg, &compute)?.psql(rec.port, database, sql);
-        compute_cmd::remove(dir, &cfg, &compute)?;
+        let rows = computes::node(dir, &cfg, &compute)?.psql(rec.port, database, sql);
+        computes::remove(dir, &cfg, &compute)?;
         let rows = rows.with_context(|| format!("member {}", m.tenant))?;
         lines.push(format!("-- {} at {}", m.tenant, rec.lsn));
         lines.push(rows.trim_end().to_string());

@@ -15,9 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use compute::node::PgPrograms;
-use serde_json::json;
 use walproto::Lsn;
 
 use super::record::ImportRecord;
@@ -25,14 +23,23 @@ use super::source::{SlotState, Source};
 use super::{ensure_streaming, sync_names, APP_NAME};
 use crate::cluster::daemon::State;
 use crate::cluster::ClusterConfig;
-use crate::compute_cmd::{compute_dir, walproposer_daemon};
+use crate::computes::{compute_dir, walproposer_daemon};
 use crate::names::Names;
 use crate::output::Output;
 
-#[derive(Args, Debug)]
-pub struct DetachArgs {
-    /// The imported tenant (default: the default tenant).
-    pub name: Option<String>,
+/// What `strata tenant detach` did.
+pub struct Detached {
+    pub tenant: String,
+    /// false: the tenant had no attached source (nothing was done).
+    pub was_attached: bool,
+    /// The source's connection string and slot (empty when nothing was attached).
+    pub connstr: String,
+    pub slot: String,
+    /// The source's synchronous_standby_names now.
+    pub synchronous_standby_names: String,
+    /// Everything the source acknowledged is in Strata up to here; `None`: only up to where
+    /// it streamed before the cluster stopped.
+    pub streamed_to: Option<Lsn>,
 }
 
 /// How long the safekeepers may take to commit what the source has flushed.
@@ -41,19 +48,20 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 const SLOT_RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 const WALPROPOSER_STOP_GRACE: Duration = Duration::from_secs(10);
 
-pub fn detach(dir: &Path, args: DetachArgs, out: &Output) -> Result<()> {
+/// Hands the imported source of `tenant` back (see the module's comment).
+pub fn detach(dir: &Path, tenant: Option<&str>, out: &Output) -> Result<Detached> {
     let cfg = ClusterConfig::load(dir)?;
     let names = Names::load(dir)?;
-    let (tenant, _) = names.tenant(args.name.as_deref())?;
+    let (tenant, _) = names.tenant(tenant)?;
     let Some(rec) = ImportRecord::load(dir, &tenant)? else {
-        out.result(
-            &format!(
-                "tenant {tenant} has no attached source (not imported, or detached already): \
-                 nothing to do"
-            ),
-            json!({"tenant": tenant, "detached": true, "was_attached": false}),
-        );
-        return Ok(());
+        return Ok(Detached {
+            tenant,
+            was_attached: false,
+            connstr: String::new(),
+            slot: String::new(),
+            synchronous_standby_names: String::new(),
+            streamed_to: None,
+        });
     };
     let pg = PgPrograms::new(&cfg.pg_bin)?;
     let src = Source {
@@ -109,26 +117,14 @@ pub fn detach(dir: &Path, args: DetachArgs, out: &Output) -> Result<()> {
     }
     ImportRecord::remove(dir, &tenant)?;
 
-    let history = match streamed_to {
-        Some(lsn) => format!("up to {lsn}, everything the source had acknowledged"),
-        None => "up to where it streamed before the cluster stopped".to_string(),
-    };
-    out.result(
-        &format!(
-            "detached tenant {tenant}: the source \"{}\" no longer waits for Strata \
-             (synchronous_standby_names = '{setting}') and its slot {} is dropped; Strata keeps \
-             tenant {tenant} readable with the source's history {history}",
-            rec.connstr, rec.slot
-        ),
-        json!({
-            "tenant": tenant,
-            "detached": true,
-            "was_attached": true,
-            "synchronous_standby_names": setting,
-            "streamed_to": streamed_to.map(|l| l.to_string()),
-        }),
-    );
-    Ok(())
+    Ok(Detached {
+        tenant,
+        was_attached: true,
+        connstr: rec.connstr,
+        slot: rec.slot,
+        synchronous_standby_names: setting,
+        streamed_to,
+    })
 }
 
 /// With the cluster running, waits until the safekeepers have committed the source's WAL up
@@ -146,9 +142,13 @@ fn stream_what_was_acknowledged(
         out.step("the source's slot is gone already: nothing more streams");
         return Ok(None);
     }
-    let cluster_runs = crate::cluster::status(dir)?
-        .iter()
-        .any(|s| s.name.starts_with("safekeeper") && matches!(s.state, State::Running(_)));
+    let mut cluster_runs = false;
+    for sk in &cfg.safekeepers {
+        cluster_runs |= matches!(
+            crate::cluster::safekeeper_daemon(dir, sk.id).state()?,
+            State::Running(_)
+        );
+    }
     if !cluster_runs {
         out.step(
             "the cluster is stopped: Strata keeps the source's history up to where it streamed \

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use walproto::pgclient::ConnConfig;
 use walproto::Lsn;
 
-use crate::compute_cmd::ComputeRecord;
+use crate::computes::ComputeRecord;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ImportRecord {

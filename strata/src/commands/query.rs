@@ -22,13 +22,13 @@ use serde_json::{json, Value};
 use strata_proxy::backend::{self, BackendError};
 use strata_proxy::query::{QueryError, ResultSet};
 
-use crate::cluster::daemon::State;
-use crate::cluster::ClusterConfig;
-use crate::compute_cmd::{self, StartRequest};
-use crate::mgmt::Pageserver;
-use crate::names::Names;
-use crate::output::Output;
-use crate::target::Target;
+use strata::cluster::daemon::State;
+use strata::cluster::ClusterConfig;
+use strata::computes::{self, StartRequest};
+use strata::mgmt::Pageserver;
+use strata::names::Names;
+use strata::output::Output;
+use strata::target::Target;
 
 /// Longest wait for a session: the proxy may start the compute first (its own start deadline
 /// is 180 s).
@@ -74,7 +74,7 @@ pub fn run(dir: &Path, a: QueryArgs, out: &Output) -> Result<()> {
     let password = backend::compute_password(dir).map_err(|e| anyhow!(e.message))?;
     let proxy = match (&cfg.proxy, &password) {
         (Some(p), Some(_)) if a.ttl.is_none() && !a.full_copy => {
-            matches!(crate::proxy_cmd::daemon(dir).state()?, State::Running(_)).then_some(p)
+            matches!(strata::proxy_cmd::daemon(dir).state()?, State::Running(_)).then_some(p)
         }
         _ => None,
     };
@@ -119,8 +119,8 @@ fn through_proxy(
     let (tenant, tenant_id) = names.tenant(a.tenant.as_deref())?;
     let timeline = names.timeline(&tenant, &a.branch)?;
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
-    compute_cmd::wait_for_committed_wal(cfg, &mut ps, &tenant_id, &timeline, false, out)?;
-    let lsn = crate::branch_cmd::resolve_lsn(&mut ps, &tenant_id, &timeline, target, true)?;
+    strata::lsn::wait_for_committed_wal(cfg, &mut ps, &tenant_id, &timeline, false, out)?;
+    let lsn = strata::lsn::resolve_lsn(&mut ps, &tenant_id, &timeline, target, true)?;
     let addr: SocketAddr = addr
         .parse()
         .with_context(|| format!("the proxy's address {addr:?}"))?;
@@ -153,7 +153,7 @@ fn on_own_compute(
     out: &Output,
 ) -> Result<Ran> {
     let name = time_travel_name(&a.branch);
-    let rec = compute_cmd::start(
+    let rec = computes::start(
         dir,
         StartRequest {
             branch: &a.branch,
@@ -175,7 +175,7 @@ fn on_own_compute(
     let addr = SocketAddr::from(([127, 0, 0, 1], rec.port));
     let results = query(addr, &params, password, &a.sql);
     if a.ttl.is_none() {
-        compute_cmd::remove(dir, cfg, &name)?;
+        computes::remove(dir, cfg, &name)?;
     }
     Ok(Ran {
         lsn: rec.lsn,
@@ -231,7 +231,7 @@ fn server_text(e: &strata_proxy::error::ClientError) -> String {
 fn time_travel_name(branch: &str) -> String {
     let pid = std::process::id();
     let with_branch = format!("timetravel-{branch}-{pid}");
-    if crate::names::validate(crate::names::Kind::Compute, &with_branch).is_ok() {
+    if strata::names::validate(strata::names::Kind::Compute, &with_branch).is_ok() {
         with_branch
     } else {
         format!("timetravel-{pid}")

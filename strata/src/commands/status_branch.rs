@@ -12,7 +12,7 @@ use serde_json::json;
 use walproto::proto::pageserver::{IngestStop, TimelineInfo};
 use walproto::proto::safekeeper::TimelineStatusResponse;
 
-use crate::output::pg_lsn;
+use strata::output::pg_lsn;
 
 /// What the safekeepers say about one branch.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

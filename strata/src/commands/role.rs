@@ -9,8 +9,8 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use strata_proxy::roles::Roles;
 
-use crate::names::Names;
-use crate::output::Output;
+use strata::names::Names;
+use strata::output::Output;
 
 #[derive(Subcommand, Debug)]
 pub enum RoleCommand {

@@ -19,7 +19,7 @@ use crate::cluster::daemon::{tail, Daemon};
 use crate::cluster::process::{alive, signal, wait_until_exited};
 use crate::cluster::spec::{self, Launch, ServiceLock, Spec};
 use crate::cluster::ClusterConfig;
-use crate::compute_cmd::{self, ComputeRecord, Streamed};
+use crate::computes::{self, ComputeRecord, Streamed};
 use crate::mgmt::Pageserver;
 use crate::output::Output;
 
@@ -42,12 +42,12 @@ const POSTMASTER_QUIT_GRACE: Duration = Duration::from_secs(10);
 const WALPROPOSER_DRAIN: Duration = Duration::from_secs(10);
 
 pub fn local_dir(dir: &Path, name: &str) -> PathBuf {
-    compute_cmd::compute_dir(dir, name).join(LOCAL_DIR)
+    computes::compute_dir(dir, name).join(LOCAL_DIR)
 }
 
 /// The mount point: the compute's data directory, as for a full copy (`ComputeNode::new`).
 pub fn mount_dir(dir: &Path, name: &str) -> PathBuf {
-    compute_cmd::compute_dir(dir, name).join("data")
+    computes::compute_dir(dir, name).join("data")
 }
 
 /// The owner of the LSN lease a compute's page filesystem holds.
@@ -61,7 +61,7 @@ pub fn lease_holder(owner: &str) -> Option<&str> {
 }
 
 fn ready_file(dir: &Path, name: &str) -> PathBuf {
-    compute_cmd::compute_dir(dir, name).join(READY_FILE)
+    computes::compute_dir(dir, name).join(READY_FILE)
 }
 
 pub fn pagefs_daemon(dir: &Path, name: &str) -> Daemon {
@@ -99,7 +99,7 @@ pub fn prepare(
     let mut local_node = node.clone();
     local_node.data_dir = local.clone();
     let t = Instant::now();
-    let streamed = compute_cmd::stream_basebackup(
+    let streamed = computes::stream_basebackup(
         ps,
         &local_node,
         &rec.tenant_id,
@@ -111,7 +111,7 @@ pub fn prepare(
     let basebackup = t.elapsed();
     let t = Instant::now();
     local_node.configure(spec)?;
-    crate::compute_settings::apply(dir, &rec.name, &local)?;
+    crate::computes::settings::apply(dir, &rec.name, &local)?;
     let configure = t.elapsed();
     // An empty directory the Postgres OS user owns: the daemon mounts over it.
     node.pg.make_dir(&node.data_dir)?;
@@ -159,7 +159,7 @@ fn spawn_pagefs(dir: &Path, cfg: &ClusterConfig, rec: &ComputeRecord, lsn: Lsn) 
         .args(crate::auth_setup::pagefs_args(
             dir,
             cfg,
-            &compute_cmd::compute_dir(dir, &rec.name),
+            &computes::compute_dir(dir, &rec.name),
             &rec.tenant_id,
         )?)
         .args(crate::tls_setup::client_args(dir, cfg))
@@ -231,7 +231,7 @@ pub fn stop_pagefs(dir: &Path, name: &str) -> Result<bool> {
 pub fn remove_compute_dir(dir: &Path, name: &str) -> Result<()> {
     let mount = mount_dir(dir, name);
     unmount(&mount)?;
-    let d = compute_cmd::compute_dir(dir, name);
+    let d = computes::compute_dir(dir, name);
     match fs::remove_dir_all(&d) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("removing {}", d.display()))
@@ -390,9 +390,9 @@ pub fn recreate(dir: &Path, name: &str) -> Result<Option<i32>> {
         return Ok(None);
     };
     let cfg = ClusterConfig::load(dir)?;
-    let node = compute_cmd::node(dir, &cfg, name)?;
-    let pg_service = compute_cmd::postgres_service(name);
-    let wp = compute_cmd::walproposer_daemon(dir, name);
+    let node = computes::node(dir, &cfg, name)?;
+    let pg_service = computes::postgres_service(name);
+    let wp = computes::walproposer_daemon(dir, name);
     spec::forget(dir, &pg_service)?;
     spec::forget(dir, &wp.name)?;
     stop_postmaster_of(&node.data_dir, name)?;
@@ -407,7 +407,7 @@ pub fn recreate(dir: &Path, name: &str) -> Result<Option<i32>> {
     let lsn = if rec.read_only {
         record_lsn(&rec)?
     } else {
-        compute_cmd::wait_for_committed_wal(
+        crate::lsn::wait_for_committed_wal(
             &cfg,
             &mut ps,
             &rec.tenant_id,
@@ -417,14 +417,14 @@ pub fn recreate(dir: &Path, name: &str) -> Result<Option<i32>> {
         )?
     };
     rec.lsn = lsn.to_string();
-    let spec = compute_cmd::compute_spec(&cfg, &rec);
+    let spec = computes::compute_spec(&cfg, &rec);
     let up = prepare(dir, &cfg, &mut ps, &rec, &node, &spec)?;
     let started = (|| -> Result<()> {
         rec.store(dir)?;
         node.start()?;
         crate::cluster::supervisor::watch_postgres(dir, &pg_service, &cfg.pg_bin, &node)?;
         if !rec.read_only {
-            compute_cmd::start_walproposer(dir, &cfg, &rec, &node, lsn)?;
+            computes::start_walproposer(dir, &cfg, &rec, &node, lsn)?;
         }
         Ok(())
     })();

@@ -9,10 +9,10 @@ use serde_json::json;
 use walproto::proto::pageserver as ps;
 use walproto::Lsn;
 
-use crate::cluster::ClusterConfig;
-use crate::mgmt::Pageserver;
-use crate::names::Names;
-use crate::output::{pg_lsn, Output};
+use strata::cluster::ClusterConfig;
+use strata::mgmt::Pageserver;
+use strata::names::Names;
+use strata::output::{pg_lsn, Output};
 
 #[derive(Args, Debug)]
 pub struct GcArgs {
@@ -184,9 +184,9 @@ pub fn lease(dir: &Path, a: LeaseArgs, out: &Output) -> Result<()> {
     let names = Names::load(dir)?;
     let (tenant, tenant_id) = names.tenant(a.tenant.as_deref())?;
     let timeline = names.timeline(&tenant, &a.branch)?;
-    let target = crate::target::Target::parse(at)?;
+    let target = strata::target::Target::parse(at)?;
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
-    let lsn = crate::branch_cmd::resolve_lsn(&mut ps, &tenant_id, &timeline, &target, true)?;
+    let lsn = strata::lsn::resolve_lsn(&mut ps, &tenant_id, &timeline, &target, true)?;
     // Below the branch's start there is no history of it at all, GC or not.
     let st = ps.timeline_status(&tenant_id, &timeline)?;
     if lsn.0 < st.start_lsn {
@@ -201,7 +201,7 @@ pub fn lease(dir: &Path, a: LeaseArgs, out: &Output) -> Result<()> {
         );
     }
     let r = ps.create_lease(&tenant_id, &timeline, lsn.0, ttl)?;
-    let expires = crate::target::format_time(r.expires_unix_ms as i64 * 1000);
+    let expires = strata::target::format_time(r.expires_unix_ms as i64 * 1000);
     out.result(
         &format!("lease on {} at {} until {expires}", a.branch, pg_lsn(lsn.0)),
         json!({"branch": a.branch, "lsn": pg_lsn(lsn.0), "expires_unix_ms": r.expires_unix_ms}),
@@ -211,7 +211,7 @@ pub fn lease(dir: &Path, a: LeaseArgs, out: &Output) -> Result<()> {
 
 /// One lease as a row; its owner `user` when it has none.
 fn lease_row(branch: &str, l: &ps::LeaseInfo) -> (String, serde_json::Value) {
-    let expires = crate::target::format_time((l.expires_unix_ms as i64).saturating_mul(1000));
+    let expires = strata::target::format_time((l.expires_unix_ms as i64).saturating_mul(1000));
     let owner = if l.owner.is_empty() { "user" } else { &l.owner };
     (
         format!(

@@ -18,7 +18,7 @@ use pageserver::timeline::{Timeline, TimelineConf};
 use serde_json::json;
 use walproto::Lsn;
 
-use crate::output::{pg_lsn, Output};
+use strata::output::{pg_lsn, Output};
 
 #[derive(clap::Args)]
 pub struct ImportArgs {

@@ -20,9 +20,9 @@ use pageserver::tenant::layout::{tenant_dir, timelines_dir};
 use pageserver::tenant::TenantConf;
 use serde_json::json;
 
-use crate::cluster::ClusterConfig;
-use crate::names::Names;
-use crate::output::Output;
+use strata::cluster::ClusterConfig;
+use strata::names::Names;
+use strata::output::Output;
 
 /// Exit code when the check found a problem (1 stays "the check could not run").
 const PROBLEMS_FOUND: u8 = 3;

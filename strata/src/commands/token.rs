@@ -8,10 +8,10 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use strata_auth::Scope;
 
-use crate::auth_setup;
-use crate::cluster::ClusterConfig;
-use crate::names::Names;
-use crate::output::Output;
+use strata::auth_setup;
+use strata::cluster::ClusterConfig;
+use strata::names::Names;
+use strata::output::Output;
 
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::compute_cmd::compute_dir;
+use crate::computes::compute_dir;
 
 const SETTINGS_FILE: &str = "settings.conf";
 

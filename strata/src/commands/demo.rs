@@ -10,13 +10,13 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 
-use crate::branch_cmd::resolve_lsn;
-use crate::cluster::{self, ClusterConfig};
-use crate::compute_cmd::{self, StartRequest};
-use crate::mgmt::Pageserver;
-use crate::names::Names;
-use crate::output::Output;
-use crate::target::{format_time, parse_time, Target};
+use strata::cluster::ClusterConfig;
+use strata::computes::{self, StartRequest};
+use strata::lsn::resolve_lsn;
+use strata::mgmt::Pageserver;
+use strata::names::Names;
+use strata::output::Output;
+use strata::target::{format_time, parse_time, Target};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -68,7 +68,7 @@ pub fn run(dir_arg: Option<PathBuf>, a: DemoArgs, out: &Output) -> Result<()> {
     };
     let dir = dir.as_path();
     // Its own cluster: the CLI's clients present that cluster's admin token.
-    crate::auth_setup::use_cluster(dir);
+    strata::auth_setup::use_cluster(dir);
     let mut steps = Steps {
         started: Instant::now(),
         n: 0,
@@ -85,7 +85,7 @@ pub fn run(dir_arg: Option<PathBuf>, a: DemoArgs, out: &Output) -> Result<()> {
             let _ = t.keep();
         }
     } else {
-        let _ = cluster::stop(dir);
+        let _ = strata::lifecycle::stop(dir);
     }
     match &result {
         Ok(()) => println!(
@@ -101,9 +101,9 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
     steps.run(
         "strata init (3 safekeepers, a pageserver, a local object store)",
         || {
-            cluster::init(
+            strata::lifecycle::init(
                 dir,
-                &cluster::InitArgs {
+                &strata::lifecycle::InitOptions {
                     safekeepers: 3,
                     remote_storage: None,
                     pg_bin: "/usr/lib/postgresql/15/bin".into(),
@@ -115,21 +115,21 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
             )
         },
     )?;
-    steps.run("strata start", || cluster::start(dir))?;
+    steps.run("strata start", || strata::lifecycle::start(dir))?;
     steps.run("strata tenant create shop", || {
-        crate::tenant_cmd::run(
+        super::tenant::run(
             dir,
-            crate::tenant_cmd::TenantCommand::Create(crate::tenant_cmd::CreateArgs {
+            super::tenant::TenantCommand::Create(super::tenant::CreateArgs {
                 name: Some("shop".into()),
             }),
             out,
         )
     })?;
     let main = steps.run("strata compute start main", || {
-        compute_cmd::start(dir, start_req("main", None, false), out)
+        computes::start(dir, start_req("main", None, false), out)
     })?;
     let cfg = ClusterConfig::load(dir)?;
-    let node = compute_cmd::node(dir, &cfg, &main.name)?;
+    let node = computes::node(dir, &cfg, &main.name)?;
     let sql = |q: &str| node.psql(main.port, "postgres", q);
     let pgbench = |args: &[&str]| -> Result<String> {
         let port = main.port.to_string();
@@ -180,7 +180,7 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
     steps.run(
         "wait until the pageserver has every committed record",
         || {
-            compute_cmd::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &main_tl, false, out)
+            strata::lsn::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &main_tl, false, out)
                 .map(|_| ())
         },
     )?;
@@ -208,14 +208,14 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
             format_time(t_us)
         ),
         || {
-            crate::branch_cmd::run(
+            strata::branch_cmd::run(
                 dir,
-                crate::branch_cmd::BranchCommand::Create(crate::branch_cmd::CreateArgs {
+                strata::branch_cmd::BranchCommand::Create(strata::branch_cmd::CreateArgs {
                     name: "before-drop".into(),
                     from: "main".into(),
                     at: Some(format_time(t_us)),
                     exclusive: false,
-                    tenant: crate::branch_cmd::TenantArg {
+                    tenant: strata::branch_cmd::TenantArg {
                         tenant: Some("shop".into()),
                     },
                 }),
@@ -224,9 +224,9 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
         },
     )?;
     let restored = steps.run("strata compute start before-drop", || {
-        compute_cmd::start(dir, start_req("before-drop", None, false), out)
+        computes::start(dir, start_req("before-drop", None, false), out)
     })?;
-    let rnode = compute_cmd::node(dir, &cfg, &restored.name)?;
+    let rnode = computes::node(dir, &cfg, &restored.name)?;
     let after = steps.run("check the table on the branch", || {
         rnode.psql(restored.port, "postgres", fingerprint)
     })?;
@@ -237,7 +237,7 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
     let at_point = steps.run(
         "time travel: strata query --at before-drop (restore point)",
         || {
-            let rec = compute_cmd::start(
+            let rec = computes::start(
                 dir,
                 start_req(
                     "main",
@@ -246,9 +246,9 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
                 ),
                 out,
             )?;
-            let n = compute_cmd::node(dir, &cfg, &rec.name)?;
+            let n = computes::node(dir, &cfg, &rec.name)?;
             let r = n.psql(rec.port, "postgres", fingerprint);
-            compute_cmd::remove(dir, &cfg, &rec.name)?;
+            computes::remove(dir, &cfg, &rec.name)?;
             r
         },
     )?;

@@ -9,13 +9,13 @@ use serde_json::json;
 use walproto::proto::pageserver::{IngestStop, TimelineInfo};
 use walproto::Lsn;
 
-use crate::cluster::supervisor::{supervision, Supervision};
-use crate::cluster::{self, daemon::State};
-use crate::compute_cmd::{self, ComputeRecord};
-use crate::mgmt::{safekeeper_statuses, Pageserver};
-use crate::names::Names;
-use crate::output::{pg_lsn, Output};
-use crate::status_branch::{BranchHealth, SafekeeperView};
+use super::status_branch::{BranchHealth, SafekeeperView};
+use strata::cluster::supervisor::{supervision, Supervision};
+use strata::cluster::{self, daemon::State};
+use strata::computes::{self, ComputeRecord};
+use strata::mgmt::{safekeeper_statuses, Pageserver};
+use strata::names::Names;
+use strata::output::{pg_lsn, Output};
 
 /// The `ingest_stopped` object of a branch in `--json`.
 fn stop_json(s: &IngestStop) -> serde_json::Value {
@@ -29,7 +29,7 @@ fn stop_json(s: &IngestStop) -> serde_json::Value {
 }
 
 fn node_log(dir: &Path, name: &str) -> String {
-    compute_cmd::log_file(dir, name).display().to_string()
+    computes::log_file(dir, name).display().to_string()
 }
 
 /// ", restarted 2 times (last: killed by signal 9 (SIGKILL))" for a service the supervisor
@@ -112,7 +112,7 @@ fn bound_compute_queries() {
 fn compute_lsn(dir: &Path, cfg: &cluster::ClusterConfig, c: &ComputeRecord) -> Result<u64> {
     let sql = "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
                ELSE pg_current_wal_flush_lsn() END";
-    let text = compute_cmd::node(dir, cfg, &c.name)?.psql(c.port, "postgres", sql)?;
+    let text = computes::node(dir, cfg, &c.name)?.psql(c.port, "postgres", sql)?;
     let lsn: Lsn = text
         .trim()
         .parse()
@@ -213,7 +213,7 @@ fn once(dir: &Path, out: &Output) -> Result<ExitCode> {
     }
     let mut services = Vec::new();
     let mut pageserver_up = false;
-    for svc in cluster::status(dir)? {
+    for svc in strata::lifecycle::status(dir)? {
         let name = &svc.name;
         let log = format!("{}/logs/{name}.log", dir.display());
         let (shown, pid) = match svc.state {
@@ -242,7 +242,7 @@ fn once(dir: &Path, out: &Output) -> Result<ExitCode> {
         v["last_error"] = json!(svc.supervision.state.last_error);
         services.push(v);
     }
-    let (proxy_line, proxy) = crate::proxy_cmd::status(dir, &cfg);
+    let (proxy_line, proxy) = strata::proxy_cmd::status(dir, &cfg);
     lines.push(proxy_line);
     let branch_rows = if pageserver_up {
         branches(dir, &cfg, &mut problems)?
@@ -312,11 +312,11 @@ fn compute_row(
         "read-write"
     };
     // `strata stop` stops computes but keeps their records: say which ones do not run.
-    let running = compute_cmd::node(dir, cfg, &c.name)
+    let running = computes::node(dir, cfg, &c.name)
         .map(|n| n.is_running())
         .unwrap_or(false);
-    let pg = supervision(dir, &compute_cmd::postgres_service(&c.name));
-    let wp_daemon = compute_cmd::walproposer_daemon(dir, &c.name);
+    let pg = supervision(dir, &computes::postgres_service(&c.name));
+    let wp_daemon = computes::walproposer_daemon(dir, &c.name);
     let wp = supervision(dir, &wp_daemon.name);
     let wp_running = matches!(wp_daemon.state()?, State::Running(_));
     let shown = if running {

@@ -11,10 +11,10 @@ use compute::node::PgPrograms;
 use serde_json::json;
 use walproto::Lsn;
 
-use crate::cluster::ClusterConfig;
-use crate::mgmt::Pageserver;
-use crate::names::Names;
-use crate::output::Output;
+use strata::cluster::ClusterConfig;
+use strata::mgmt::Pageserver;
+use strata::names::Names;
+use strata::output::Output;
 
 #[derive(Subcommand, Debug)]
 pub enum TenantCommand {
@@ -25,27 +25,27 @@ pub enum TenantCommand {
     /// A tenant's configuration (tenant.toml on the pageserver): get, or set without a
     /// restart.
     #[command(subcommand)]
-    Config(crate::tenant_config::TenantConfigCommand),
+    Config(super::tenant_config::TenantConfigCommand),
     /// Delete a tenant: its computes stopped, every branch's data removed on the pageserver
     /// and in the object store.
-    Delete(crate::delete_cmd::TenantDeleteArgs),
+    Delete(strata::delete_cmd::TenantDeleteArgs),
     /// Import a running PostgreSQL 15 (pg_basebackup, then its WAL through a walproposer)
     /// as a tenant with a `main` branch; the source stays its writer.
-    Import(crate::tenant_import::ImportArgs),
+    Import(super::tenant_import::ImportArgs),
     /// Start an imported tenant's walproposer again (`strata start` does it for every
     /// imported tenant; this is for a walproposer that could not start then).
-    Reconnect(crate::tenant_import::ReconnectArgs),
+    Reconnect(super::tenant_import::ReconnectArgs),
     /// Hand an imported source back: its synchronous_standby_names no longer names Strata,
     /// what it acknowledged is streamed, the walproposer and the slot go; the tenant stays
     /// readable in Strata with the history up to now. Works with the cluster stopped too.
-    Detach(crate::tenant_import::DetachArgs),
+    Detach(super::tenant_import::DetachArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// The tenant's name (default: "main" for the first, else required): 1 to 63 letters,
     /// digits, '_' or '-'.
-    #[arg(value_parser = crate::names::new_tenant_name)]
+    #[arg(value_parser = strata::names::new_tenant_name)]
     pub name: Option<String>,
 }
 
@@ -53,15 +53,15 @@ pub fn run(dir: &Path, cmd: TenantCommand, out: &Output) -> Result<()> {
     match cmd {
         TenantCommand::Create(a) => create(dir, a, out),
         TenantCommand::List => list(dir, out),
-        TenantCommand::Config(c) => crate::tenant_config::run(dir, c, out),
-        TenantCommand::Delete(a) => crate::delete_cmd::tenant_delete(dir, a, out),
+        TenantCommand::Config(c) => super::tenant_config::run(dir, c, out),
+        TenantCommand::Delete(a) => strata::delete_cmd::tenant_delete(dir, a, out),
         TenantCommand::Import(a) => {
             // Before the source's whole pg_basebackup: the cluster must take it.
             cluster_takes_writes(&ClusterConfig::load(dir)?)?;
-            crate::tenant_import::run(dir, a, out)
+            super::tenant_import::import(dir, a, out)
         }
-        TenantCommand::Reconnect(a) => crate::tenant_import::reconnect(dir, a, out),
-        TenantCommand::Detach(a) => crate::tenant_import::detach(dir, a, out),
+        TenantCommand::Reconnect(a) => super::tenant_import::reconnect(dir, a, out),
+        TenantCommand::Detach(a) => super::tenant_import::detach(dir, a, out),
     }
 }
 
@@ -71,7 +71,7 @@ fn cluster_takes_writes(cfg: &ClusterConfig) -> Result<()> {
     Pageserver::connect(&cfg.pageserver.grpc_addr())?.list_tenants()?;
     // An id no timeline has: a safekeeper that is up answers "not found".
     let probe = "0".repeat(32);
-    let answers = crate::mgmt::safekeeper_statuses(&cfg.safekeeper_grpc_addrs(), &probe, &probe);
+    let answers = strata::mgmt::safekeeper_statuses(&cfg.safekeeper_grpc_addrs(), &probe, &probe);
     let total = answers.len();
     let failures: Vec<String> = answers
         .into_iter()
@@ -104,7 +104,7 @@ fn create(dir: &Path, args: CreateArgs, out: &Output) -> Result<()> {
     let pg = PgPrograms::new(&cfg.pg_bin)?;
     let initdb_dir = dir.join("tmp").join(format!("initdb-{name}"));
     out.step(&format!("initdb for tenant {name}"));
-    let password = crate::auth_setup::compute_password(dir, &cfg)?;
+    let password = strata::auth_setup::compute_password(dir, &cfg)?;
     pg.initdb(&initdb_dir, password.as_deref())
         .with_context(|| format!("initdb in {}", initdb_dir.display()))?;
     let tenant = ps.create_tenant()?;

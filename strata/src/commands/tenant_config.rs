@@ -9,10 +9,10 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use walproto::proto::pageserver as ps;
 
-use crate::cluster::ClusterConfig;
-use crate::mgmt::Pageserver;
-use crate::names::Names;
-use crate::output::Output;
+use strata::cluster::ClusterConfig;
+use strata::mgmt::Pageserver;
+use strata::names::Names;
+use strata::output::Output;
 
 #[derive(Subcommand, Debug)]
 pub enum TenantConfigCommand {

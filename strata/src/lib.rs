@@ -1,0 +1,27 @@
+//! The Strata cluster library: the local cluster's model and its operations, for the
+//! `strata` command's files (`src/commands/`, `src/main.rs`) to call and print.
+//!
+//! It holds the cluster's configuration and processes (`cluster`), starting and stopping it
+//! (`lifecycle`), the names of tenants and branches (`names`), the services' management
+//! clients (`mgmt`), computes and their page filesystems (`computes`), LSN resolution
+//! (`lsn`), branches, tenant imports, groups and the proxy's process. Progress goes through
+//! [`output::Output`]; what a command prints as its result is the command file's business,
+//! except in `branch_cmd`, `delete_cmd`, `branch_restore` and `group`, which still carry their
+//! clap flags and results (see "Code layout" in `docs/architecture.md`).
+
+pub mod auth_setup;
+pub mod branch_cmd;
+pub mod branch_restore;
+pub mod cluster;
+pub mod computes;
+pub mod delete_cmd;
+pub mod group;
+pub mod lifecycle;
+pub mod lsn;
+pub mod mgmt;
+pub mod names;
+pub mod output;
+pub mod proxy_cmd;
+pub mod target;
+pub mod tenant_import;
+pub mod tls_setup;
