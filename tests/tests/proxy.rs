@@ -706,6 +706,7 @@ fn restore_in_place_and_query_at_through_the_proxy() -> Result<()> {
         query_at_shares_the_proxys_compute(&p)?;
         restore_refuses_bad_inputs(&p)?;
         restore_a_child_branch(&p)?;
+        a_compute_start_racing_a_restore(&p)?;
         Ok(())
     })
 }
@@ -870,6 +871,89 @@ fn restore_a_child_branch(p: &Proxy) -> Result<()> {
         "SELECT count(*) FROM items",
     )?;
     ensure!(old == "0", "the backup {backup} has {old} rows");
+    Ok(())
+}
+
+/// A `compute start` that resolved main to its timeline just before `branch restore main`
+/// moved the name (held right there by a failpoint): the restore waits for it (the cluster
+/// lock) and then stops its compute with main's other old ones, so no compute is left
+/// running on the backup. Without the lock the restore would finish first and the start
+/// would then run its compute on the backup.
+fn a_compute_start_racing_a_restore(p: &Proxy) -> Result<()> {
+    let main = Target::db("postgres");
+    let mark = p.psql(&main, "SELECT pg_current_wal_insert_lsn()")?;
+    let at_mark = p.psql(&main, "SELECT count(*) FROM items")?;
+    p.psql(&main, "INSERT INTO items VALUES (1000)")?;
+    let hold = p.s.dir.join("hold-compute-start");
+    std::fs::write(&hold, "")?;
+    let strata = |args: &[&str]| {
+        let mut cmd = Command::new(&p.s.bin);
+        cmd.arg("--dir")
+            .arg(&p.s.dir)
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let mut start = strata(&[
+        "compute",
+        "start",
+        "main",
+        "--tenant",
+        "shop",
+        "--read-only",
+        "--name",
+        "racer",
+    ])
+    .env("STRATA_FAILPOINT_PAUSE_AT", "compute-start-resolved")
+    .env("STRATA_FAILPOINT_PAUSE_WHILE", &hold)
+    .spawn()?;
+    let start_err = lines_of(start.stderr.take().context("stderr")?);
+    let paused = line_with(&start_err, "failpoint compute-start-resolved", CLIENT_LIMIT)?;
+    ensure!(paused, "the compute start ended before its failpoint");
+
+    let mut restore = strata(&[
+        "branch", "restore", "main", "--tenant", "shop", "--at", &mark,
+    ])
+    .spawn()?;
+    let restore_err = lines_of(restore.stderr.take().context("stderr")?);
+    // With the lock the restore waits for the start (and says so); without it, it ends.
+    let waited = line_with(&restore_err, "waiting for compute starts", CLIENT_LIMIT)?;
+    std::fs::remove_file(&hold)?;
+    let started = finish_within(start, "compute start", CLIENT_LIMIT)?;
+    ensure!(
+        started.status.success(),
+        "compute start: {}",
+        start_err.try_iter().collect::<Vec<_>>().join("\n")
+    );
+    let restored = finish_within(restore, "branch restore", CLIENT_LIMIT)?;
+    ensure!(
+        restored.status.success(),
+        "branch restore: {}",
+        restore_err.try_iter().collect::<Vec<_>>().join("\n")
+    );
+    let r: Value = serde_json::from_slice(&restored.stdout)?;
+    let backup_timeline = r["backup_timeline_id"].clone();
+    let on_backup: Vec<Value> = p
+        .computes()?
+        .into_iter()
+        .filter(|c| c["timeline_id"] == backup_timeline)
+        .collect();
+    ensure!(
+        on_backup.is_empty(),
+        "computes left on the backup {} (the restore waited: {waited}): {on_backup:?}",
+        r["backup_branch"]
+    );
+    ensure!(waited, "the restore did not wait for the compute start");
+    ensure!(
+        r["computes_stopped"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c == "racer")),
+        "the racing compute was not stopped by the restore: {r}"
+    );
+    ensure!(p.psql(&main, "SELECT count(*) FROM items")? == at_mark);
     Ok(())
 }
 
