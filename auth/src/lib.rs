@@ -32,7 +32,7 @@ pub use http::check_http;
 pub use keys::{generate_key_pair, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE};
 pub use listener::check_listener;
 pub use tls::{
-    check_tls_listener, connect_error, endpoint, error_chain, grpc_server_tls, server_tls,
-    ClientTls, TlsError, HANDSHAKE_TIMEOUT,
+    check_tls_listener, connect_error, endpoint, error_chain, grpc_server_tls,
+    rustls_server_config, server_tls, ClientTls, TlsError, HANDSHAKE_TIMEOUT,
 };
 pub use token::{read_token_file, TokenIssuer, TokenVerifier};

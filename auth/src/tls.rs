@@ -94,17 +94,8 @@ pub fn server_tls(
         (Some(c), Some(k)) => (c, k),
         _ => return Err(TlsError::HalfIdentity),
     };
-    use_ring();
-    let cert_pem = std::fs::read(cert).map_err(io("reading the TLS certificate", cert))?;
-    let key_pem = std::fs::read(key).map_err(io("reading the TLS key", key))?;
-    let certs = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad_pem("certificate", cert, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(bad_pem("certificate", cert, "no CERTIFICATE block".into()));
-    }
-    PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| bad_pem("private key", key, e.to_string()))?;
+    let identity = read_identity(cert, key)?;
+    let (cert_pem, key_pem) = (identity.cert_pem, identity.key_pem);
     let config = ServerTlsConfig::new()
         .identity(Identity::from_pem(cert_pem, key_pem))
         .timeout(HANDSHAKE_TIMEOUT);
@@ -117,6 +108,58 @@ pub fn server_tls(
             reason: error_chain(&e),
         })?;
     Ok(Some(config))
+}
+
+/// A certificate chain and its private key, read from PEM files and checked to parse.
+struct PemIdentity {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+fn read_identity(cert: &Path, key: &Path) -> Result<PemIdentity, TlsError> {
+    use_ring();
+    let cert_pem = std::fs::read(cert).map_err(io("reading the TLS certificate", cert))?;
+    let key_pem = std::fs::read(key).map_err(io("reading the TLS key", key))?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad_pem("certificate", cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad_pem("certificate", cert, "no CERTIFICATE block".into()));
+    }
+    let parsed_key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| bad_pem("private key", key, e.to_string()))?;
+    Ok(PemIdentity {
+        cert_pem,
+        key_pem,
+        certs,
+        key: parsed_key,
+    })
+}
+
+/// A plain rustls server configuration from `cert` and `key` (PEM), for a service that
+/// speaks TLS itself rather than through tonic (the Postgres-protocol proxy). The files are
+/// read and checked now, the key against the certificate too.
+pub fn rustls_server_config(
+    cert: &Path,
+    key: &Path,
+) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
+    let identity = read_identity(cert, key)?;
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|b| {
+        b.with_no_client_auth()
+            .with_single_cert(identity.certs, identity.key)
+    })
+    .map_err(|e| TlsError::BadIdentity {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(std::sync::Arc::new(config))
 }
 
 /// `server` for the gRPC address `listen`: over TLS with `cert` and `key` (PEM) if given

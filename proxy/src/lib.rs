@@ -2,7 +2,8 @@
 //! moment of a local Strata cluster.
 //!
 //! A client connects with a normal connection string; the proxy answers the startup
-//! (SSLRequest and GSSENCRequest with 'N': no TLS yet), reads the target from the startup
+//! (SSLRequest with 'S' and a TLS handshake when it has a certificate, else 'N';
+//! GSSENCRequest with 'N'), reads the target from the startup
 //! parameters ([`route`]), authenticates the client with SCRAM-SHA-256 against the roles it
 //! knows ([`roles`], [`scram`]), finds or starts the compute of that branch or moment
 //! ([`computes`], by running the `strata` command), logs into it as `postgres`

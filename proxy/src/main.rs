@@ -37,6 +37,18 @@ struct Args {
     /// The longest a compute start may take (a client waits that long at most).
     #[arg(long, default_value_t = 180)]
     start_timeout_secs: u64,
+    /// The proxy's certificate (PEM; `strata init --tls` or `--listen` makes
+    /// `<dir>/tls/proxy.pem`): clients' SSLRequests are answered 'S' and their sessions
+    /// run over TLS. Goes with --tls-key.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Listen beyond loopback without a certificate (passwords are SCRAM, but queries and
+    /// rows would cross the network in clear).
+    #[arg(long)]
+    no_tls: bool,
 }
 
 /// The line `strata start` waits for.
@@ -47,6 +59,11 @@ fn main() -> anyhow::Result<()> {
     let dir = std::path::absolute(&args.dir)
         .with_context(|| format!("resolving {}", args.dir.display()))?;
     let bin = find_strata_bin().map_err(anyhow::Error::msg)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(strata_auth::rustls_server_config(cert, key)?),
+        _ => return Err(strata_auth::TlsError::HalfIdentity.into()),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -56,6 +73,8 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
+        let addr = listener.local_addr().context("the listening address")?;
+        strata_auth::check_tls_listener("the proxy's address", addr, tls.is_some(), args.no_tls)?;
         let cli = StrataCli::new(&bin, &dir);
         let computes = Computes::new(
             cli.clone(),
@@ -78,10 +97,14 @@ fn main() -> anyhow::Result<()> {
             cli,
             computes,
             cancels: CancelMap::default(),
+            tls: tls.map(tokio_rustls::TlsAcceptor::from),
         });
-        let addr = listener.local_addr().context("the listening address")?;
+        let tls_note = match &args.tls_cert {
+            Some(cert) => format!("TLS with {}", cert.display()),
+            None => "no TLS: clients use sslmode=disable or prefer".into(),
+        };
         println!(
-            "{READY} {addr} for the cluster in {} (no TLS yet: clients use sslmode=disable or prefer)",
+            "{READY} {addr} for the cluster in {} ({tls_note})",
             dir.display()
         );
         strata_proxy::server::run(listener, ctx)

@@ -1,13 +1,14 @@
 //! One client connection: opening, routing, SCRAM, the compute, then a relay of bytes both
 //! ways until either side closes.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
 
 use crate::backend::{self, BackendError};
 use crate::cancel::CancelMap;
@@ -18,7 +19,7 @@ use crate::roles::{Roles, CLUSTER_ROLE};
 use crate::route::Route;
 use crate::scram::{ScramError, ServerExchange, Verifier, MECHANISM};
 use crate::strata_cli::StrataCli;
-use crate::wire::{self, Opening};
+use crate::wire::{self, Opening, SslRequests};
 
 /// How long a client may take over its startup and password exchange.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(60);
@@ -31,27 +32,106 @@ pub struct Ctx {
     pub cli: StrataCli,
     pub computes: Computes,
     pub cancels: CancelMap,
+    /// The proxy's certificate, if it has one: SSLRequests are then answered 'S'.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// Serves one client to its end; errors go to the client as ErrorResponses.
 pub async fn serve(mut client: TcpStream, ctx: Arc<Ctx>) {
     let _ = client.set_nodelay(true);
-    let opening = match tokio::time::timeout(HANDSHAKE_LIMIT, wire::read_opening(&mut client)).await
-    {
-        Ok(Ok(o)) => o,
-        Ok(Err(e)) => return send_error(&mut client, &e).await,
-        Err(_) => return,
+    let from_this_host = from_this_host(&client);
+    let ssl = match ctx.tls {
+        Some(_) => SslRequests::Hand,
+        None => SslRequests::Refuse,
     };
+    let Some(opening) = read_opening(&mut client, ssl).await else {
+        return;
+    };
+    let (Opening::SslRequest, Some(acceptor)) = (&opening, &ctx.tls) else {
+        let clear_from_afar = ctx.tls.is_some() && !from_this_host;
+        return serve_opening(client, opening, &ctx, clear_from_afar).await;
+    };
+    if client.write_all(b"S").await.is_err() {
+        return;
+    }
+    let mut client =
+        match tokio::time::timeout(strata_auth::HANDSHAKE_TIMEOUT, acceptor.accept(client)).await {
+            Ok(Ok(tls)) => tls,
+            // A client that does not trust the certificate ends the handshake itself.
+            Ok(Err(e)) => return eprintln!("strata-proxy: a client's TLS handshake failed: {e}"),
+            Err(_) => return,
+        };
+    if let Some(opening) = read_opening(&mut client, SslRequests::Established).await {
+        serve_opening(client, opening, &ctx, false).await;
+    }
+}
+
+/// The client's opening within [`HANDSHAKE_LIMIT`]; a bad one is answered with the error.
+async fn read_opening<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
+    ssl: SslRequests,
+) -> Option<Opening> {
+    match tokio::time::timeout(HANDSHAKE_LIMIT, wire::read_opening(client, ssl)).await {
+        Ok(Ok(o)) => Some(o),
+        Ok(Err(e)) => {
+            send_error(client, &e).await;
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Whether the client connects from this machine (loopback, or to the proxy's own
+/// address): its bytes never cross a network, so it may go without TLS.
+fn from_this_host(client: &TcpStream) -> bool {
+    match (client.peer_addr(), client.local_addr()) {
+        (Ok(peer), Ok(local)) => same_host(peer.ip(), local.ip()),
+        _ => false,
+    }
+}
+
+fn same_host(peer: IpAddr, local: IpAddr) -> bool {
+    peer.is_loopback() || peer == local
+}
+
+/// A startup or cancel request, in clear or inside TLS. `clear_from_afar`: in clear from
+/// another host to a proxy that has TLS, which takes no startup then (see
+/// `docs/architecture.md`, "TLS on the proxy"); cancel requests are served anyway, as
+/// Postgres does (the key is the secret, and libpq sends them in clear).
+async fn serve_opening<S: AsyncRead + AsyncWrite + Unpin>(
+    mut client: S,
+    opening: Opening,
+    ctx: &Ctx,
+    clear_from_afar: bool,
+) {
     match opening {
         Opening::Cancel { pid, key } => {
             if let Err(e) = ctx.cancels.forward(pid, key).await {
                 eprintln!("strata-proxy: forwarding a cancel request: {e}");
             }
         }
+        Opening::Startup(_) if clear_from_afar => {
+            let e = ClientError::new(
+                sqlstate::INVALID_AUTHORIZATION,
+                "the proxy takes connections from other hosts over TLS only",
+            )
+            .with_hint(format!(
+                "connect with sslmode=verify-full and sslrootcert={} (the cluster's CA)",
+                ctx.dir
+                    .join("tls")
+                    .join(strata_auth::CA_CERT_FILE)
+                    .display()
+            ));
+            send_error(&mut client, &e).await;
+        }
         Opening::Startup(params) => {
-            if let Err(e) = run(&mut client, &params, &ctx).await {
+            if let Err(e) = run(&mut client, &params, ctx).await {
                 send_error(&mut client, &e).await;
             }
+        }
+        Opening::SslRequest => {
+            let e = ClientError::protocol("an SSLRequest where a startup message was expected");
+            send_error(&mut client, &e).await;
         }
     }
 }
@@ -62,8 +142,8 @@ async fn send_error<S: AsyncWrite + Unpin>(client: &mut S, e: &ClientError) {
     let _ = client.flush().await;
 }
 
-async fn run(
-    client: &mut TcpStream,
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
     params: &[(String, String)],
     ctx: &Ctx,
 ) -> Result<(), ClientError> {
@@ -309,6 +389,16 @@ mod tests {
             e.message,
             "password authentication failed for user \"alice\""
         );
+    }
+
+    #[test]
+    fn only_clients_on_this_host_count_as_local() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(same_host(ip("127.0.0.1"), ip("127.0.0.1")));
+        assert!(same_host(ip("::1"), ip("::1")));
+        assert!(same_host(ip("192.0.2.2"), ip("192.0.2.2")));
+        assert!(!same_host(ip("192.0.2.7"), ip("192.0.2.2")));
+        assert!(!same_host(ip("fd00::7"), ip("fd00::2")));
     }
 
     #[test]

@@ -23,6 +23,20 @@ pub enum Opening {
     Startup(Vec<(String, String)>),
     /// A CancelRequest: the backend's pid and secret key.
     Cancel { pid: i32, key: i32 },
+    /// An SSLRequest the caller answers (with [`SslRequests::Hand`] only): 'S' and a TLS
+    /// handshake, after which the client opens again inside TLS.
+    SslRequest,
+}
+
+/// What [`read_opening`] does with an SSLRequest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslRequests {
+    /// Answer 'N' (no TLS here): the client goes on in clear, or gives up if it requires TLS.
+    Refuse,
+    /// Return [`Opening::SslRequest`]: the proxy has a certificate.
+    Hand,
+    /// The connection is inside TLS already: another request is a protocol violation.
+    Established,
 }
 
 /// One typed message: its type byte and body.
@@ -59,10 +73,11 @@ pub fn packet(body: &[u8]) -> Vec<u8> {
     m
 }
 
-/// Reads the client's opening packet, answering SSLRequest and GSSENCRequest with 'N' (the
-/// proxy has no TLS yet: the client goes on without, or gives up if it requires it).
+/// Reads the client's opening packet; GSSENCRequest is answered with 'N' (no GSSAPI
+/// encryption), SSLRequest as `ssl` says.
 pub async fn read_opening<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
+    ssl: SslRequests,
 ) -> Result<Opening, ClientError> {
     // A client may ask for SSL and then GSS (or the other way round); more is not sensible.
     for _ in 0..3 {
@@ -76,6 +91,12 @@ pub async fn read_opening<S: AsyncRead + AsyncWrite + Unpin>(
         s.read_exact(&mut body).await.map_err(read_failed)?;
         let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
         match code {
+            SSL_REQUEST if ssl == SslRequests::Hand => return Ok(Opening::SslRequest),
+            SSL_REQUEST if ssl == SslRequests::Established => {
+                return Err(ClientError::protocol(
+                    "an SSLRequest inside an established TLS session",
+                ))
+            }
             SSL_REQUEST | GSSENC_REQUEST => {
                 s.write_all(b"N").await.map_err(read_failed)?;
                 s.flush().await.map_err(read_failed)?;
@@ -240,7 +261,9 @@ mod tests {
             ("database".into(), "db@dev".into()),
         ]));
         client.write_all(&ssl).await.unwrap();
-        let opening = read_opening(&mut server).await.unwrap();
+        let opening = read_opening(&mut server, SslRequests::Refuse)
+            .await
+            .unwrap();
         assert_eq!(client.read_u8().await.unwrap(), b'N');
         assert_eq!(
             opening,
@@ -252,22 +275,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn ssl_is_handed_to_the_caller_once() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client
+            .write_all(&packet(&SSL_REQUEST.to_be_bytes()))
+            .await
+            .unwrap();
+        let opening = read_opening(&mut server, SslRequests::Hand).await.unwrap();
+        assert_eq!(opening, Opening::SslRequest);
+        client
+            .write_all(&packet(&SSL_REQUEST.to_be_bytes()))
+            .await
+            .unwrap();
+        let e = read_opening(&mut server, SslRequests::Established)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "08P01");
+    }
+
+    #[tokio::test]
     async fn cancel_requests_and_bad_packets() {
         let (mut client, mut server) = tokio::io::duplex(1024);
         client.write_all(&cancel_request(42, -7)).await.unwrap();
         assert_eq!(
-            read_opening(&mut server).await.unwrap(),
+            read_opening(&mut server, SslRequests::Refuse)
+                .await
+                .unwrap(),
             Opening::Cancel { pid: 42, key: -7 }
         );
         client.write_all(&[0, 0, 0, 3]).await.unwrap();
-        let e = read_opening(&mut server).await.unwrap_err();
+        let e = read_opening(&mut server, SslRequests::Refuse)
+            .await
+            .unwrap_err();
         assert_eq!(e.code, "08P01");
         let (mut client, mut server) = tokio::io::duplex(1024);
         let mut body = PROTOCOL_3.to_be_bytes().to_vec();
         body.extend_from_slice(b"user\0");
         body.push(0);
         client.write_all(&packet(&body)).await.unwrap();
-        let e = read_opening(&mut server).await.unwrap_err();
+        let e = read_opening(&mut server, SslRequests::Refuse)
+            .await
+            .unwrap_err();
         assert!(e.message.contains("has no value"), "{e}");
     }
 

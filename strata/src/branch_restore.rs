@@ -8,12 +8,13 @@
 //! 1. every input is checked (branch, moment, GC cutoff, backup name) before anything changes;
 //! 2. the pageserver creates the new timeline (durable there; a crash after this leaves an
 //!    unnamed timeline, listed as `(id)` by `branch list`, and the old names intact);
-//! 3. `names.toml` is rewritten once, durably (temporary file, fsync, rename, directory
+//! 3. under the cluster lock (`cluster::lock`: compute starts that resolved BRANCH finish
+//!    first), `names.toml` is rewritten once, durably (temporary file, fsync, rename, directory
 //!    fsync): BRANCH → new timeline and the backup name → old timeline in one step, so a crash
 //!    leaves the old mapping or the new one, never a missing branch;
-//! 4. the computes on the old timeline (now the backup) are stopped and removed: their
-//!    clients reconnect, and the proxy, which reads `names.toml` at every connection, starts a
-//!    compute on the restored state.
+//! 4. still under the lock, the computes on the old timeline (now the backup) are stopped
+//!    and removed: their clients reconnect, and the proxy, which reads `names.toml` at every
+//!    connection, starts a compute on the restored state.
 //!
 //! Branches of the old timeline stay its children and so become the backup's; leases stay on
 //! the timeline they were taken on (the backup's history), and the restored branch's branch
@@ -27,6 +28,7 @@ use clap::Args;
 use serde_json::json;
 use walproto::Lsn;
 
+use crate::cluster::lock::ClusterLock;
 use crate::cluster::ClusterConfig;
 use crate::mgmt::Pageserver;
 use crate::names::{self, Names};
@@ -52,7 +54,7 @@ pub struct RestoreArgs {
 pub fn restore(dir: &Path, a: RestoreArgs, out: &Output) -> Result<()> {
     let t0 = Instant::now();
     let cfg = ClusterConfig::load(dir)?;
-    let mut names = Names::load(dir)?;
+    let names = Names::load(dir)?;
     let (tenant, tenant_id) = names.tenant(a.tenant.as_deref())?;
     let old_timeline = names.timeline(&tenant, &a.branch)?;
     let target = Target::parse(&a.at)?;
@@ -71,7 +73,8 @@ pub fn restore(dir: &Path, a: RestoreArgs, out: &Output) -> Result<()> {
         crate::lsn::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &old_timeline, false, out)?;
     let lsn = crate::lsn::resolve_lsn(&mut ps, &tenant_id, &old_timeline, &target, !a.exclusive)?;
     check_readable(&mut ps, &tenant_id, &old_timeline, &a.branch, lsn, latest)?;
-    let backup = backup_name(&names, &tenant, &a.branch, &format_time(now_micros()))?;
+    // Checked now so that a refused restore changes nothing; chosen again under the lock.
+    backup_name(&names, &tenant, &a.branch, &format_time(now_micros()))?;
 
     out.step(&format!(
         "creating the restored state of {} at {lsn}",
@@ -84,12 +87,26 @@ pub fn restore(dir: &Path, a: RestoreArgs, out: &Output) -> Result<()> {
         true,
         cfg.safekeeper_pg_addrs(),
     )?;
+    // Compute starts that resolved the name to the old timeline finish first and are stopped
+    // below with the other old computes; later ones see the new name (`cluster::lock`).
+    let _no_compute_start = ClusterLock::for_restore(dir)?;
+    let mut names = Names::load(dir)?;
+    if names.timeline(&tenant, &a.branch)? != old_timeline {
+        bail!(
+            "branch {} was moved meanwhile (another restore?): nothing renamed; the timeline \
+             {} made for this restore is left unnamed",
+            a.branch,
+            new_tl.timeline_id
+        );
+    }
+    let backup = backup_name(&names, &tenant, &a.branch, &format_time(now_micros()))?;
     names.swap_in_restored(&tenant, &a.branch, &new_tl.timeline_id, &backup)?;
     names.store(dir)?;
 
     let backup_branch = [(backup.clone(), old_timeline.clone())];
     let stopped =
         crate::delete_cmd::remove_computes(dir, &cfg, &tenant_id, Some(&backup_branch), out)?;
+    drop(_no_compute_start);
     let seconds = t0.elapsed().as_secs_f64();
     let stopped_text = if stopped.is_empty() {
         "none".to_string()

@@ -3,6 +3,7 @@
 //! service on the port in `strata.toml`'s `[proxy]` table; `strata status` shows its address
 //! and the computes it started.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -22,7 +23,11 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// `[proxy]` in `strata.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProxyConfig {
-    /// Where clients connect (on 127.0.0.1).
+    /// The address clients connect to (`strata init --listen`, like the gRPC ports);
+    /// 127.0.0.1 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<IpAddr>,
+    /// Where clients connect.
     pub port: u16,
     /// A read-write compute the proxy started stops after this long without connections.
     #[serde(default = "default_idle_stop_secs")]
@@ -43,6 +48,7 @@ fn default_ephemeral_idle_secs() -> u64 {
 impl ProxyConfig {
     pub fn new(port: u16) -> ProxyConfig {
         ProxyConfig {
+            host: None,
             port,
             idle_stop_secs: default_idle_stop_secs(),
             ephemeral_idle_secs: default_ephemeral_idle_secs(),
@@ -50,7 +56,8 @@ impl ProxyConfig {
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        let host = self.host.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        SocketAddr::new(host, self.port).to_string()
     }
 }
 
@@ -85,12 +92,13 @@ pub fn start(dir: &Path, cfg: &crate::cluster::ClusterConfig) -> Result<()> {
         .args(["--listen", &p.addr()])
         .args(["--idle-stop-secs", &p.idle_stop_secs.to_string()])
         .args(["--ephemeral-idle-secs", &p.ephemeral_idle_secs.to_string()])
+        .args(crate::tls_setup::proxy_args(dir, cfg))
         .env("STRATA_BIN", strata);
     let pid = d.start(cmd, READY, START_TIMEOUT)?;
     println!(
-        "started proxy (pid {pid}) on {}: psql \"postgresql://ROLE@{}/postgres\" (roles: strata role create)",
+        "started proxy (pid {pid}) on {}: psql \"{}\" (roles: strata role create)",
         p.addr(),
-        p.addr()
+        connection_string(dir, cfg, p, "postgres")
     );
     Ok(())
 }
@@ -151,12 +159,29 @@ pub fn status(dir: &Path, cfg: &crate::cluster::ClusterConfig) -> (String, serde
     } else {
         started.join(", ")
     };
+    let ca = crate::tls_setup::proxy_ca(dir, cfg).map(|ca| ca.display().to_string());
     (
         format!(
-            "proxy            postgresql://ROLE@{}/DB[@BRANCH[@AT]]; computes it started: {which}",
-            p.addr()
+            "proxy            {}; computes it started: {which}",
+            connection_string(dir, cfg, p, "DB[@BRANCH[@AT]]")
         ),
-        json!({"addr": p.addr(), "idle_stop_secs": p.idle_stop_secs,
+        json!({"addr": p.addr(), "tls": ca.is_some(), "ca_file": ca,
+               "idle_stop_secs": p.idle_stop_secs,
                "ephemeral_idle_secs": p.ephemeral_idle_secs, "started_computes": started}),
     )
+}
+
+/// How a client connects to `database` through the proxy: over TLS, checked against the
+/// cluster's CA, when the proxy has a certificate.
+fn connection_string(
+    dir: &Path,
+    cfg: &crate::cluster::ClusterConfig,
+    p: &ProxyConfig,
+    database: &str,
+) -> String {
+    let url = format!("postgresql://ROLE@{}/{database}", p.addr());
+    match crate::tls_setup::proxy_ca(dir, cfg) {
+        Some(ca) => format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display()),
+        None => url,
+    }
 }

@@ -34,6 +34,9 @@ fn pageserver_name() -> String {
     "pageserver".into()
 }
 
+/// The Postgres-protocol proxy's certificate (clusters made before it have none).
+const PROXY_NAME: &str = "proxy";
+
 fn safekeeper_name(id: u64) -> String {
     format!("safekeeper-{id}")
 }
@@ -53,7 +56,8 @@ pub fn create(dir: &Path, cfg: &ClusterConfig) -> Result<()> {
     let ca = ClusterCa::create(&tls, &format!("Strata cluster CA ({})", dir.display()))
         .with_context(|| format!("creating the cluster's CA in {}", tls.display()))?;
     let names = std::iter::once(pageserver_name())
-        .chain(cfg.safekeepers.iter().map(|s| safekeeper_name(s.id)));
+        .chain(cfg.safekeepers.iter().map(|s| safekeeper_name(s.id)))
+        .chain(std::iter::once(PROXY_NAME.to_string()));
     for name in names {
         ca.issue(&tls, &name, &hosts)
             .with_context(|| format!("creating the TLS certificate of {name}"))?;
@@ -83,6 +87,20 @@ fn identity_args(dir: &Path, cfg: &ClusterConfig, name: &str) -> Vec<String> {
 /// The pageserver's TLS flags.
 pub fn pageserver_args(dir: &Path, cfg: &ClusterConfig) -> Vec<String> {
     identity_args(dir, cfg, &pageserver_name())
+}
+
+/// The proxy's TLS flags: its certificate, if the cluster has TLS and one was made for it.
+pub fn proxy_args(dir: &Path, cfg: &ClusterConfig) -> Vec<String> {
+    match proxy_ca(dir, cfg) {
+        Some(_) => identity_args(dir, cfg, PROXY_NAME),
+        None => Vec::new(),
+    }
+}
+
+/// The CA the proxy's clients check it against (`sslrootcert`), if the proxy has TLS.
+pub fn proxy_ca(dir: &Path, cfg: &ClusterConfig) -> Option<PathBuf> {
+    let has_cert = tls_dir(dir).join(format!("{PROXY_NAME}.pem")).exists();
+    (cfg.tls && has_cert).then(|| ca_file(dir))
 }
 
 /// A safekeeper's TLS flags: its certificate, and the CA its peers are checked against.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
-use strata_tests::cluster::{on_new_cluster, read_pid, wait_for, StrataCli};
+use strata_tests::cluster::{on_new_cluster, read_pid, scratch_dir, wait_for, StrataCli};
 use strata_tests::pg::pg_bin_dir;
 use tokio_postgres::{Client, NoTls};
 
@@ -156,6 +156,15 @@ fn run_within(mut cmd: Command, limit: Duration) -> Result<std::process::Output>
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    finish_within(child, &format!("{:?}", cmd.get_program()), limit)
+}
+
+/// Waits for `child` (`what`) to end, killing it after `limit`.
+fn finish_within(
+    child: std::process::Child,
+    what: &str,
+    limit: Duration,
+) -> Result<std::process::Output> {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(child.wait_with_output()));
@@ -163,7 +172,60 @@ fn run_within(mut cmd: Command, limit: Duration) -> Result<std::process::Output>
         Ok(out) => Ok(out?),
         Err(_) => {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            bail!("{:?} hung: no end within {limit:?}", cmd.get_program())
+            bail!("{what} hung: no end within {limit:?}")
+        }
+    }
+}
+
+/// psql (libpq) on a connection string `conninfo`: its output, whatever the outcome.
+fn psql_conninfo(conninfo: &str, password: &str, sql: &str) -> Result<std::process::Output> {
+    run_within(psql_command(conninfo, password, &[sql]), CLIENT_LIMIT)
+}
+
+/// psql on `conninfo` running each of `commands` (`-c`), not started yet.
+fn psql_command(conninfo: &str, password: &str, commands: &[&str]) -> Command {
+    let mut cmd = Command::new(pg_bin_dir().join("psql"));
+    cmd.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", conninfo]);
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    cmd.env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "120")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// The lines a child writes to `stream`, as they come (the channel closes at its end).
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stream)) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `needle`: true when seen, false when the stream ended
+/// without it; an error after `limit`.
+fn line_with(
+    lines: &std::sync::mpsc::Receiver<String>,
+    needle: &str,
+    limit: Duration,
+) -> Result<bool> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return Ok(true),
+            Ok(_) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(false),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                bail!("no line with {needle:?} within {limit:?}")
+            }
         }
     }
 }
@@ -304,6 +366,17 @@ fn authentication(p: &Proxy) -> Result<()> {
     ensure!(
         !out.status.success() && err.contains("password authentication failed for user \"alice\""),
         "psql with a wrong password: {err}"
+    );
+    // A proxy without a certificate refuses TLS, and libpq says so in its own words.
+    let required = format!(
+        "host=127.0.0.1 port={} user=alice dbname=postgres sslmode=require",
+        p.port
+    );
+    let out = psql_conninfo(&required, PASSWORD, "select 1")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("server does not support SSL, but SSL was required"),
+        "psql with sslmode=require: {err}"
     );
     let nobody = Target {
         user: "mallory",
@@ -633,6 +706,7 @@ fn restore_in_place_and_query_at_through_the_proxy() -> Result<()> {
         query_at_shares_the_proxys_compute(&p)?;
         restore_refuses_bad_inputs(&p)?;
         restore_a_child_branch(&p)?;
+        a_compute_start_racing_a_restore(&p)?;
         Ok(())
     })
 }
@@ -797,5 +871,261 @@ fn restore_a_child_branch(p: &Proxy) -> Result<()> {
         "SELECT count(*) FROM items",
     )?;
     ensure!(old == "0", "the backup {backup} has {old} rows");
+    Ok(())
+}
+
+/// A `compute start` that resolved main to its timeline just before `branch restore main`
+/// moved the name (held right there by a failpoint): the restore waits for it (the cluster
+/// lock) and then stops its compute with main's other old ones, so no compute is left
+/// running on the backup. Without the lock the restore would finish first and the start
+/// would then run its compute on the backup.
+fn a_compute_start_racing_a_restore(p: &Proxy) -> Result<()> {
+    let main = Target::db("postgres");
+    let mark = p.psql(&main, "SELECT pg_current_wal_insert_lsn()")?;
+    let at_mark = p.psql(&main, "SELECT count(*) FROM items")?;
+    p.psql(&main, "INSERT INTO items VALUES (1000)")?;
+    let hold = p.s.dir.join("hold-compute-start");
+    std::fs::write(&hold, "")?;
+    let strata = |args: &[&str]| {
+        let mut cmd = Command::new(&p.s.bin);
+        cmd.arg("--dir")
+            .arg(&p.s.dir)
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let mut start = strata(&[
+        "compute",
+        "start",
+        "main",
+        "--tenant",
+        "shop",
+        "--read-only",
+        "--name",
+        "racer",
+    ])
+    .env("STRATA_FAILPOINT_PAUSE_AT", "compute-start-resolved")
+    .env("STRATA_FAILPOINT_PAUSE_WHILE", &hold)
+    .spawn()?;
+    let start_err = lines_of(start.stderr.take().context("stderr")?);
+    let paused = line_with(&start_err, "failpoint compute-start-resolved", CLIENT_LIMIT)?;
+    ensure!(paused, "the compute start ended before its failpoint");
+
+    let mut restore = strata(&[
+        "branch", "restore", "main", "--tenant", "shop", "--at", &mark,
+    ])
+    .spawn()?;
+    let restore_err = lines_of(restore.stderr.take().context("stderr")?);
+    // With the lock the restore waits for the start (and says so); without it, it ends.
+    let waited = line_with(&restore_err, "waiting for compute starts", CLIENT_LIMIT)?;
+    std::fs::remove_file(&hold)?;
+    let started = finish_within(start, "compute start", CLIENT_LIMIT)?;
+    ensure!(
+        started.status.success(),
+        "compute start: {}",
+        start_err.try_iter().collect::<Vec<_>>().join("\n")
+    );
+    let restored = finish_within(restore, "branch restore", CLIENT_LIMIT)?;
+    ensure!(
+        restored.status.success(),
+        "branch restore: {}",
+        restore_err.try_iter().collect::<Vec<_>>().join("\n")
+    );
+    let r: Value = serde_json::from_slice(&restored.stdout)?;
+    let backup_timeline = r["backup_timeline_id"].clone();
+    let on_backup: Vec<Value> = p
+        .computes()?
+        .into_iter()
+        .filter(|c| c["timeline_id"] == backup_timeline)
+        .collect();
+    ensure!(
+        on_backup.is_empty(),
+        "computes left on the backup {} (the restore waited: {waited}): {on_backup:?}",
+        r["backup_branch"]
+    );
+    ensure!(waited, "the restore did not wait for the compute start");
+    ensure!(
+        r["computes_stopped"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c == "racer")),
+        "the racing compute was not stopped by the restore: {r}"
+    );
+    ensure!(p.psql(&main, "SELECT count(*) FROM items")? == at_mark);
+    Ok(())
+}
+
+/// TLS on the proxy (a cluster made with `strata init --listen IP` on this machine's first
+/// address beyond loopback, or `--tls` on 127.0.0.1 without one): psql with
+/// `sslmode=verify-full` and the cluster's CA gets rows on the proxy's address (and on
+/// localhost when that is 127.0.0.1), over TLS; another CA is refused by libpq; a query in a TLS session can be
+/// cancelled; a client on this host may still connect in clear; `strata status` names the
+/// CA. The proxy binary refuses an address beyond loopback without a certificate unless told
+/// `--no-tls`.
+#[test]
+fn proxy_over_tls() -> Result<()> {
+    let tmp = scratch_dir("strata-proxy-tls-")?;
+    let s = StrataCli::new(&tmp.path().join("cluster"))?;
+    // No `hostname -I` (or no address beyond loopback): TLS on 127.0.0.1.
+    let addresses = Command::new("hostname").arg("-I").output();
+    let beyond_loopback = String::from_utf8_lossy(&addresses.map(|o| o.stdout).unwrap_or_default())
+        .split_whitespace()
+        .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok())
+        .find(|a| !a.is_loopback());
+    match beyond_loopback {
+        Some(ip) => s.run(&["init", "--listen", &ip.to_string()])?,
+        None => s.run(&["init", "--tls"])?,
+    };
+    let result = tls_scenario(&s, tmp.path());
+    let _ = s.run(&["stop"]);
+    result
+}
+
+fn tls_scenario(s: &StrataCli, scratch: &std::path::Path) -> Result<()> {
+    let port = setup(s)?;
+    let ca = s.dir.join("tls").join("ca.pem");
+    let status = status_json(s)?;
+    let addr = status["proxy"]["addr"].as_str().context("proxy address")?;
+    let (host, _) = addr.rsplit_once(':').context("host:port")?;
+    ensure!(
+        status["proxy"]["tls"] == true
+            && status["proxy"]["ca_file"] == ca.display().to_string().as_str(),
+        "status: {status}"
+    );
+    let conninfo =
+        |host: &str, ssl: &str| format!("host={host} port={port} user=alice dbname=postgres {ssl}");
+    let verified = format!("sslmode=verify-full sslrootcert={}", ca.display());
+    let out = psql_conninfo(
+        &conninfo(host, &verified),
+        PASSWORD,
+        "CREATE TABLE t AS SELECT generate_series(1, 3) AS x",
+    )?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `localhost` is in the certificate too; the proxy is there when it is on loopback.
+    let names: &[&str] = if host == "127.0.0.1" {
+        &[host, "localhost"]
+    } else {
+        &[host]
+    };
+    for host in names {
+        let cmd = psql_command(
+            &conninfo(host, &verified),
+            PASSWORD,
+            &["SELECT sum(x) FROM t", "\\conninfo"],
+        );
+        let out = run_within(cmd, CLIENT_LIMIT)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success()
+                && text.starts_with("6\n")
+                && text.contains("SSL connection (protocol: TLS"),
+            "psql verify-full on {host}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let foreign = scratch.join("foreign-ca");
+    std::fs::create_dir_all(&foreign)?;
+    strata_auth::ClusterCa::create(&foreign, "not the cluster's CA")?;
+    let other_ca = format!(
+        "sslmode=verify-full sslrootcert={}",
+        foreign.join("ca.pem").display()
+    );
+    let out = psql_conninfo(&conninfo(host, &other_ca), PASSWORD, "SELECT 1")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("certificate verify failed"),
+        "psql trusting another CA: {err}"
+    );
+
+    let clear = psql_conninfo(&conninfo(host, "sslmode=disable"), PASSWORD, "SELECT 7")?;
+    ensure!(
+        clear.status.success() && String::from_utf8_lossy(&clear.stdout).trim() == "7",
+        "a client on this host in clear: {}",
+        String::from_utf8_lossy(&clear.stderr)
+    );
+
+    cancel_over_tls(&conninfo(host, &verified))?;
+    proxy_binary_and_addresses_beyond_loopback(s)
+}
+
+/// psql's Ctrl-C (SIGINT) in a TLS session: libpq sends the cancel request, the proxy
+/// forwards it, and the statement ends with Postgres's "canceling statement".
+fn cancel_over_tls(conninfo: &str) -> Result<()> {
+    let mut cmd = psql_command(conninfo, PASSWORD, &["SELECT pg_sleep(60)"]);
+    let sleeper = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    wait_for("pg_sleep to run in the TLS session", CLIENT_LIMIT, || {
+        let out = psql_conninfo(
+            conninfo,
+            PASSWORD,
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'",
+        )?;
+        Ok((String::from_utf8_lossy(&out.stdout).trim() == "1").then_some(()))
+    })?;
+    let pid = sleeper.id().to_string();
+    ensure!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()?
+        .success());
+    let out = finish_within(
+        sleeper,
+        "psql running pg_sleep(60)",
+        Duration::from_secs(30),
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        err.contains("canceling statement due to user request"),
+        "psql after SIGINT: {err}"
+    );
+    Ok(())
+}
+
+/// `strata-proxy` by hand on 0.0.0.0: refused without a certificate, started with the
+/// cluster's or with `--no-tls`.
+fn proxy_binary_and_addresses_beyond_loopback(s: &StrataCli) -> Result<()> {
+    let bin = s.bin.with_file_name("strata-proxy");
+    let tls = s.dir.join("tls");
+    let run = |extra: &[&str]| -> Result<(bool, String)> {
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--dir")
+            .arg(&s.dir)
+            .args(["--listen", "0.0.0.0:0"])
+            .args(extra)
+            .env("STRATA_BIN", &s.bin)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let out = lines_of(child.stdout.take().context("stdout")?);
+        let ready = line_with(&out, "strata-proxy listening on", CLIENT_LIMIT)?;
+        let _ = child.kill();
+        let done = finish_within(child, "strata-proxy", CLIENT_LIMIT)?;
+        Ok((ready, String::from_utf8_lossy(&done.stderr).into_owned()))
+    };
+    let (ready, err) = run(&[])?;
+    ensure!(
+        !ready && err.contains("--no-tls") && err.contains("not a loopback address"),
+        "strata-proxy on 0.0.0.0 without a certificate: {err}"
+    );
+    let (ready, err) = run(&["--no-tls"])?;
+    ensure!(ready, "strata-proxy --no-tls on 0.0.0.0: {err}");
+    let cert = tls.join("proxy.pem");
+    let key = tls.join("proxy.key");
+    let (ready, err) = run(&[
+        "--tls-cert",
+        cert.to_str().context("path")?,
+        "--tls-key",
+        key.to_str().context("path")?,
+    ])?;
+    ensure!(
+        ready,
+        "strata-proxy with the cluster's certificate on 0.0.0.0: {err}"
+    );
     Ok(())
 }

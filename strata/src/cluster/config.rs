@@ -152,12 +152,15 @@ impl ClusterConfig {
         })
     }
 
-    /// Puts every gRPC port on `host` (`strata init --listen`).
+    /// Puts every gRPC port, and the proxy, on `host` (`strata init --listen`).
     pub fn set_grpc_host(&mut self, host: IpAddr) {
         let host = (host != LOOPBACK).then_some(host);
         self.pageserver.grpc_host = host;
         for sk in &mut self.safekeepers {
             sk.grpc_host = host;
+        }
+        if let Some(p) = &mut self.proxy {
+            p.host = host;
         }
     }
 

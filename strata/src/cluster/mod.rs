@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod lock;
 mod port_claims;
 pub mod process;
 pub mod spec;

@@ -43,9 +43,12 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
         names::validate(names::Kind::Compute, n)?;
     }
     let cfg = ClusterConfig::load(dir)?;
+    // Held until the compute runs: no restore moves the name meanwhile (cluster::lock).
+    let _no_restore = crate::cluster::lock::ClusterLock::for_compute_start(dir)?;
     let names = Names::load(dir)?;
     let (tenant, tenant_id) = names.tenant(req.tenant)?;
     let timeline_id = names.timeline(&tenant, req.branch)?;
+    crate::cluster::lock::pause_at("compute-start-resolved")?;
     if req.at.is_some() && !req.read_only {
         bail!(
             "a compute at a past point is read-only (add --read-only); to write from there, branch \
