@@ -251,7 +251,8 @@ mod tests {
             "{:#}",
             load(DaemonArgs::default(), Some("data_dir = \"/d\"\nlisen = 1")).unwrap_err()
         );
-        assert!(e.contains("lisen"), "{e}");
+        assert!(e.contains("unknown field `lisen`"), "{e}");
+        assert!(e.contains("daemon.toml"), "the file is named: {e}");
         let e = format!(
             "{:#}",
             load(DaemonArgs::default(), Some("listen = \"nowhere\"")).unwrap_err()

@@ -21,6 +21,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// `[proxy]` in `strata.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Where clients connect (on 127.0.0.1).
     pub port: u16,
