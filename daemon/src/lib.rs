@@ -6,6 +6,10 @@
 //! Old spellings of the shared flags (`--datadir`, `--listen-grpc`) and keys (`datadir`,
 //! `listen_grpc`) are accepted as hidden aliases, so scripts and configs written for them
 //! keep working.
+//!
+//! [`ports`]: which loopback ports clusters and the test harness pick, kept apart.
+
+pub mod ports;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -263,16 +263,10 @@ mod tests {
         ports.dedup();
         assert_eq!(ports.len(), n, "ports must be distinct");
         assert!(ClusterConfig::generate(dir.path(), 2, None, "/x".into()).is_err());
-        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse::<u16>()
-            .unwrap();
+        let range = strata_daemon::ports::cluster_ports();
         assert!(
-            ports.iter().all(|&p| (10_000..ephemeral_low).contains(&p)),
-            "ports {ports:?} must lie below the ephemeral range ({ephemeral_low}…)"
+            ports.iter().all(|p| range.contains(p)),
+            "ports {ports:?} must lie in the cluster ports {range:?}, below the ephemeral range"
         );
     }
 
