@@ -109,6 +109,14 @@ pub struct Daemon {
 }
 
 impl DaemonArgs {
+    /// The arguments of `--config path` alone.
+    pub fn with_config(path: PathBuf) -> DaemonArgs {
+        DaemonArgs {
+            config: Some(path),
+            ..DaemonArgs::default()
+        }
+    }
+
     /// The shared settings and the daemon's own keys `T` from the config file (`T::default()`
     /// without `--config`). Unknown keys are refused: a typo must not fall back to a default.
     /// `default_listen` is the daemon's gRPC address when neither flag nor file gives one.

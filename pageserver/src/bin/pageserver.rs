@@ -358,11 +358,8 @@ mod tests {
         let path = dir.path().join("pageserver.toml");
         let load = |text: &str| {
             std::fs::write(&path, text).unwrap();
-            let args = DaemonArgs {
-                config: Some(path.clone()),
-                ..DaemonArgs::default()
-            };
-            args.load::<FileConfig>(DEFAULT_LISTEN.parse().unwrap())
+            DaemonArgs::with_config(path.clone())
+                .load::<FileConfig>(DEFAULT_LISTEN.parse().unwrap())
         };
         let (d, own) = load("data_dir = \"/d\"\ngc_interval = \"10m\"\nno_tls = true").unwrap();
         assert_eq!(d.data_dir, PathBuf::from("/d"));
