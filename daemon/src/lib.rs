@@ -6,6 +6,10 @@
 //! Old spellings of the shared flags (`--datadir`, `--listen-grpc`) and keys (`datadir`,
 //! `listen_grpc`) are accepted as hidden aliases, so scripts and configs written for them
 //! keep working.
+//!
+//! [`ports`]: which loopback ports clusters and the test harness pick, kept apart.
+
+pub mod ports;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -105,6 +109,14 @@ pub struct Daemon {
 }
 
 impl DaemonArgs {
+    /// The arguments of `--config path` alone.
+    pub fn with_config(path: PathBuf) -> DaemonArgs {
+        DaemonArgs {
+            config: Some(path),
+            ..DaemonArgs::default()
+        }
+    }
+
     /// The shared settings and the daemon's own keys `T` from the config file (`T::default()`
     /// without `--config`). Unknown keys are refused: a typo must not fall back to a default.
     /// `default_listen` is the daemon's gRPC address when neither flag nor file gives one.
@@ -251,7 +263,8 @@ mod tests {
             "{:#}",
             load(DaemonArgs::default(), Some("data_dir = \"/d\"\nlisen = 1")).unwrap_err()
         );
-        assert!(e.contains("lisen"), "{e}");
+        assert!(e.contains("unknown field `lisen`"), "{e}");
+        assert!(e.contains("daemon.toml"), "the file is named: {e}");
         let e = format!(
             "{:#}",
             load(DaemonArgs::default(), Some("listen = \"nowhere\"")).unwrap_err()

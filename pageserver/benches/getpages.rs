@@ -83,8 +83,8 @@ fn setup(dir: &std::path::Path) -> Result<(PgCluster, Arc<TenantManager>, Vec<Re
     }
     pg.stop(StopMode::Fast)?;
     let m = Arc::new(TenantManager::load(dir)?);
-    let t = m.create_tenant(Some(TENANT.into()), TenantConf::default())?;
-    let h = t.import_timeline(Some(TIMELINE.into()), &base, None, vec![])?;
+    let t = m.create_tenant(Some(TENANT.parse()?), TenantConf::default())?;
+    let h = t.import_timeline(Some(TIMELINE.parse()?), &base, None, vec![])?;
     let t0 = Instant::now();
     let mut reader = WalDirReader::open(&pg.wal_dir(), start, None, None)?;
     let mut records = 0u64;

@@ -346,9 +346,10 @@ impl TimelineCollector {
             for h in tenant.timelines() {
                 let p = h.wal_progress();
                 let (ingested, residence) = h.read(|t| (t.last_record_end(), t.residence()));
-                let facts = timeline_facts(h.tenant_id(), h.timeline_id());
+                let key = (h.tenant_id().to_string(), h.timeline_id().to_string());
+                let facts = timeline_facts(&key.0, &key.1);
                 out.push(Positions {
-                    key: (h.tenant_id().to_string(), h.timeline_id().to_string()),
+                    key,
                     received: p.received.0,
                     ingested: ingested.0,
                     durable: p.durable_local.0,

@@ -195,19 +195,19 @@ fn branches_on_real_wal() -> Result<()> {
     let ps = parent.status();
     println!("parent: {n} records, {ps:?}");
     assert_eq!(ps.last_record_end, h.parent_end);
-    let pid = parent.timeline_id().to_string();
+    let pid = parent.timeline_id();
     let parent_tip_pages = parent.read(|t| all_pages(t, h.parent_end))?;
 
     // Branch points that do not exist are refused, saying what is allowed.
     let range = format!("{}..={}", h.start, h.parent_end);
     let lsn = |l: u64| BranchTarget::Lsn(Lsn(l));
     expect_err(
-        tenant.create_branch(&pid, None, &lsn(h.parent_end.0 + 8), vec![]),
+        tenant.create_branch(pid, None, &lsn(h.parent_end.0 + 8), vec![]),
         "beyond the end",
         &["beyond", &range],
     );
     expect_err(
-        tenant.create_branch(&pid, None, &lsn(h.start.0 - 8), vec![]),
+        tenant.create_branch(pid, None, &lsn(h.start.0 - 8), vec![]),
         "below the start",
         &["below", &range],
     );
@@ -222,7 +222,7 @@ fn branches_on_real_wal() -> Result<()> {
         .expect("the fork or the restore point lies 256 bytes or more into its WAL page")
         - 4;
     expect_err(
-        tenant.create_branch(&pid, None, &lsn(unaligned), vec![]),
+        tenant.create_branch(pid, None, &lsn(unaligned), vec![]),
         "unaligned",
         &["8-byte"],
     );
@@ -244,7 +244,7 @@ fn branches_on_real_wal() -> Result<()> {
     );
     expect_err(
         tenant.create_branch(
-            &pid,
+            pid,
             None,
             &BranchTarget::RestorePoint("nope".into()),
             vec![],
@@ -254,7 +254,7 @@ fn branches_on_real_wal() -> Result<()> {
     );
     expect_err(
         tenant.create_branch(
-            &pid,
+            pid,
             None,
             &BranchTarget::Timestamp {
                 unix_micros: 0,
@@ -265,13 +265,14 @@ fn branches_on_real_wal() -> Result<()> {
         "a time before the first commit",
         &["first commit is at", "1970-01-01"],
     );
+    // A bad id is refused where it enters, before it can name anything.
     expect_err(
-        tenant.create_branch(&pid, Some("XYZ".into()), &BranchTarget::Tip, vec![]),
+        pageserver::tenant::ids::optional_timeline_id("XYZ"),
         "bad id",
         &["32 lowercase hex"],
     );
     expect_err(
-        tenant.create_branch(&pid, None, &BranchTarget::Tip, vec!["nohost".into()]),
+        tenant.create_branch(pid, None, &BranchTarget::Tip, vec!["nohost".into()]),
         "bad safekeeper",
         &["host:port"],
     );
@@ -296,15 +297,15 @@ fn branches_on_real_wal() -> Result<()> {
     );
 
     // Branches at the fork point, the restore point and a commit time.
-    let child = tenant.create_branch(&pid, None, &lsn(h.fork.0), vec![])?;
+    let child = tenant.create_branch(pid, None, &lsn(h.fork.0), vec![])?;
     let rp_branch = tenant.create_branch(
-        &pid,
+        pid,
         None,
         &BranchTarget::RestorePoint("before_fork".into()),
         vec![],
     )?;
     let ts_branch = tenant.create_branch(
-        &pid,
+        pid,
         None,
         &BranchTarget::Timestamp {
             unix_micros: h.c1_time,
@@ -315,7 +316,7 @@ fn branches_on_real_wal() -> Result<()> {
     assert_eq!(rp_branch.status().start_lsn, h.restore_point);
     assert_eq!(ts_branch.status().start_lsn, incl);
     let cs = child.status();
-    assert_eq!(cs.ancestor, Some((pid.clone(), h.fork)));
+    assert_eq!(cs.ancestor, Some((pid.to_string(), h.fork)));
     assert_eq!((cs.start_lsn, cs.last_record_end), (h.fork, h.fork));
     assert_eq!(cs.logical_size, {
         let s = parent.read(|t| pageserver::ingest::reldir::RelDirectory::load(t, h.fork))?;
@@ -343,7 +344,10 @@ fn branches_on_real_wal() -> Result<()> {
     let msg = below
         .expect_err("a read below the branch point")
         .to_string();
-    assert!(msg.contains("ancestor") && msg.contains(&pid), "{msg}");
+    assert!(
+        msg.contains("ancestor") && msg.contains(&pid.to_string()),
+        "{msg}"
+    );
 
     // A WAL stream must continue where the timeline is, and carry WAL.
     let e = child.receive_wal(Lsn(h.fork.0 + 8), &[0; 8]).unwrap_err();
@@ -447,10 +451,7 @@ fn branches_on_real_wal() -> Result<()> {
         .iter()
         .map(|t| t.status())
         .collect();
-    let (cid, tid) = (
-        child.timeline_id().to_string(),
-        ts_branch.timeline_id().to_string(),
-    );
+    let (cid, tid) = (child.timeline_id(), ts_branch.timeline_id());
     assert!(m.flush_all().is_empty());
     drop((parent, child, rp_branch, ts_branch, straight, tenant));
     drop(m);
@@ -459,14 +460,14 @@ fn branches_on_real_wal() -> Result<()> {
     assert_eq!(tenant.timelines().len(), 5);
     assert!(tenant.broken_timelines().is_empty());
     for s in &statuses {
-        let r = tenant.timeline(&s.timeline_id)?.status();
+        let r = tenant.timeline(s.timeline_id)?.status();
         assert_eq!(
             (r.start_lsn, r.last_record_end, &r.ancestor),
             (s.start_lsn, s.last_record_end, &s.ancestor)
         );
     }
-    let child = tenant.timeline(&cid)?;
-    let theirs = tenant.timeline(&pid)?.read(|t| all_pages(t, h.fork))?;
+    let child = tenant.timeline(cid)?;
+    let theirs = tenant.timeline(pid)?.read(|t| all_pages(t, h.fork))?;
     let ours = child.read(|t| all_pages(t, h.fork))?;
     assert!(differing(&theirs, &ours).is_empty(), "after reload");
     assert_eq!(
@@ -476,18 +477,18 @@ fn branches_on_real_wal() -> Result<()> {
 
     // Deletion: refused while branches exist, then gone for good.
     expect_err(
-        tenant.delete_timeline(&pid),
+        tenant.delete_timeline(pid),
         "delete a parent",
-        &["branches", &cid],
+        &["branches", &cid.to_string()],
     );
-    tenant.delete_timeline(&tid)?;
-    expect_err(tenant.timeline(&tid), "deleted timeline", &["no timeline"]);
+    tenant.delete_timeline(tid)?;
+    expect_err(tenant.timeline(tid), "deleted timeline", &["no timeline"]);
     assert!(!data
         .path()
         .join("tenants")
-        .join(tenant.id())
+        .join(tenant.id().to_string())
         .join("timelines")
-        .join(&tid)
+        .join(tid.to_string())
         .exists());
     Ok(())
 }

@@ -22,6 +22,7 @@ use pageserver::timeline::FailPoint;
 use service_support::{all_pages, differing, feed_wal};
 use strata_tests::waldump::wal_end_after_clean_stop;
 use strata_tests::{InitOptions, PgCluster, StopMode};
+use walproto::ids::{TenantId, TimelineId};
 use walproto::Lsn;
 
 type Pages = Vec<(Key, Option<Vec<u8>>)>;
@@ -158,11 +159,11 @@ fn gc_on_real_wal() -> Result<()> {
         let n = feed_wal(&parent, &h.wal, h.start, h.end, 256 << 10)?;
         parent.flush()?;
         println!("ingested {n} records; {:?}", parent.status());
-        (tenant.id().to_string(), parent.timeline_id().to_string())
+        (tenant.id(), parent.timeline_id())
     };
     let m = TenantManager::load(data.path())?;
-    let tenant = m.tenant(&tid)?;
-    let parent = tenant.timeline(&pid)?;
+    let tenant = m.tenant(tid)?;
+    let parent = tenant.timeline(pid)?;
     let dir = parent.dir().to_path_buf();
     assert_eq!(parent.status().gc_cutoff_lsn, h.start);
 
@@ -185,9 +186,9 @@ fn gc_on_real_wal() -> Result<()> {
     println!("before GC: {n0} layer files, {b0} bytes");
 
     // 1. A branch below the window holds the cutoff at its branch point.
-    let old_branch = tenant.create_branch(&pid, None, &BranchTarget::Lsn(h.early), vec![])?;
+    let old_branch = tenant.create_branch(pid, None, &BranchTarget::Lsn(h.early), vec![])?;
     let ob_pages = pages(&old_branch, h.early)?;
-    let r = tenant.gc(Some(&pid))?;
+    let r = tenant.gc(Some(pid))?;
     println!("GC with a branch at {}: {:?}", h.early, r[0]);
     assert_eq!(r[0].parts.branch_points, vec![h.early]);
     assert_eq!(r[0].report.cutoff_lsn, h.early);
@@ -213,7 +214,7 @@ fn gc_on_real_wal() -> Result<()> {
         &["TTL"],
     );
     parent.create_lease(h.mid_a, Duration::from_secs(2))?;
-    let r = tenant.gc(Some(&pid))?;
+    let r = tenant.gc(Some(pid))?;
     println!("GC with a lease at {}: {:?}", h.mid_a, r[0]);
     assert_eq!(r[0].parts.leases, vec![h.mid_a]);
     assert_eq!(r[0].report.cutoff_lsn, h.mid_a);
@@ -221,7 +222,7 @@ fn gc_on_real_wal() -> Result<()> {
 
     // 3. The lease expires; a lease and a branch inside the window do not hold the cutoff.
     std::thread::sleep(Duration::from_millis(2500));
-    let new_branch = tenant.create_branch(&pid, None, &BranchTarget::Lsn(h.b_mid), vec![])?;
+    let new_branch = tenant.create_branch(pid, None, &BranchTarget::Lsn(h.b_mid), vec![])?;
     let nb_pages = pages(&new_branch, h.b_mid)?;
     let expires = parent.create_lease(h.b_mid, Duration::from_secs(3600))?;
     assert!(expires > pageserver::tenant::gc::now_unix_ms());
@@ -265,21 +266,21 @@ fn gc_on_real_wal() -> Result<()> {
     drop((parent, new_branch, tenant, m));
     {
         let m = TenantManager::load(data.path())?;
-        let p = m.timeline(&tid, &pid)?;
+        let p = m.timeline(tid, pid)?;
         assert_eq!(p.status().gc_cutoff_lsn, cur);
         same_pages(&p, &before[1..], "reloaded after AfterNewFiles")?;
         let listed = p.read(|t| t.layer_descs().len());
         assert_eq!(layer_bytes(&dir)?.0, listed, "unlisted layer files remain");
     }
-    after_crash(&data, &tid, &pid, &h, &before, pitr_lsn, &nb_pages, n0, b0)
+    after_crash(&data, tid, pid, &h, &before, pitr_lsn, &nb_pages, n0, b0)
 }
 
 /// The rest of the test, on freshly loaded managers.
 #[allow(clippy::too_many_arguments)]
 fn after_crash(
     data: &tempfile::TempDir,
-    tid: &str,
-    pid: &str,
+    tid: TenantId,
+    pid: TimelineId,
     h: &History,
     before: &[(Lsn, Pages)],
     pitr_lsn: Lsn,

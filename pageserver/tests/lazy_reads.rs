@@ -547,8 +547,8 @@ async fn slim_basebackup_and_pages_rebuild_the_full_one() -> Result<()> {
             pitr_interval: "1s".into(),
             ..TenantConf::default()
         };
-        let t = m.create_tenant(Some(TENANT.into()), conf)?;
-        let h = t.import_timeline(Some(MAIN.into()), &w.base, None, vec![])?;
+        let t = m.create_tenant(Some(TENANT.parse()?), conf)?;
+        let h = t.import_timeline(Some(MAIN.parse()?), &w.base, None, vec![])?;
         let n = feed_wal(&h, &w.pg.wal_dir(), w.start, w.end, 64 << 10)?;
         println!("ingested {n} records");
         assert!(m.flush_all().is_empty());

@@ -105,8 +105,8 @@ async fn periodic_gc_removes_old_layers() -> Result<()> {
             freeze_mib: 1,
             ..TenantConf::default()
         };
-        let t = m.create_tenant(Some(TENANT.into()), conf)?;
-        let h = t.import_timeline(Some(TL.into()), &base, None, vec![])?;
+        let t = m.create_tenant(Some(TENANT.parse()?), conf)?;
+        let h = t.import_timeline(Some(TL.parse()?), &base, None, vec![])?;
         let n = feed_wal(&h, &pg.wal_dir(), start, end, 256 << 10)?;
         h.flush()?;
         let parts = t.gc_cutoff(&h)?;

@@ -277,8 +277,8 @@ async fn read_rpcs_match_postgres() -> Result<()> {
             pitr_interval: "1s".into(),
             ..TenantConf::default()
         };
-        let t = m.create_tenant(Some(TENANT.into()), conf)?;
-        let h = t.import_timeline(Some(MAIN.into()), &w.base, None, vec![])?;
+        let t = m.create_tenant(Some(TENANT.parse()?), conf)?;
+        let h = t.import_timeline(Some(MAIN.parse()?), &w.base, None, vec![])?;
         let n = feed_wal(&h, &w.pg.wal_dir(), w.start, w.end, 64 << 10)?;
         println!("ingested {n} records");
         assert!(m.flush_all().is_empty());
@@ -580,8 +580,8 @@ async fn dropped_table_does_not_exist_after_the_drop() -> Result<()> {
     let data = scratch.path().join("ps");
     {
         let m = TenantManager::load(&data)?;
-        let t = m.create_tenant(Some(TENANT.into()), TenantConf::default())?;
-        let h = t.import_timeline(Some(MAIN.into()), &base, None, vec![])?;
+        let t = m.create_tenant(Some(TENANT.parse()?), TenantConf::default())?;
+        let h = t.import_timeline(Some(MAIN.parse()?), &base, None, vec![])?;
         feed_wal(&h, &pg.wal_dir(), start, end, 64 << 10)?;
         assert!(m.flush_all().is_empty());
     }

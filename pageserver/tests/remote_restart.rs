@@ -33,16 +33,27 @@ use pageserver::timeline::{Timeline, TimelineConf};
 use service_support::{all_pages, differing, feed_wal};
 use strata_tests::waldump::wal_end_after_clean_stop;
 use strata_tests::{InitOptions, PgCluster, StopMode};
+use walproto::ids::{TenantId, TimelineId};
 
 const TENANT: &str = "0123456789abcdef0123456789abcdef";
 const MAIN: &str = "11111111111111111111111111111111";
 const BRANCH: &str = "22222222222222222222222222222222";
 const SAFEKEEPER: &str = "127.0.0.1:5454";
 
+/// `TENANT` as the tenant manager takes it.
+fn tenant_id() -> TenantId {
+    TENANT.parse().expect("TENANT is a tenant id")
+}
+
+/// `MAIN` or `BRANCH` as the tenant manager takes it.
+fn timeline_id(id: &str) -> TimelineId {
+    id.parse().expect("a timeline id")
+}
+
 type Pages = Vec<(layer_format::Key, Option<Vec<u8>>)>;
 
 fn pages(m: &TenantManager, timeline: &str) -> Result<Pages> {
-    let h = m.timeline(TENANT, timeline)?;
+    let h = m.timeline(tenant_id(), timeline_id(timeline))?;
     let lsn = h.status().last_record_end;
     h.read(|t| all_pages(t, lsn))
 }
@@ -102,8 +113,13 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
     };
     let (want_main, want_branch) = {
         let m = TenantManager::load(&a)?;
-        let t = m.create_tenant(Some(TENANT.into()), conf.clone())?;
-        let h = t.import_timeline(Some(MAIN.into()), &base, None, vec![SAFEKEEPER.into()])?;
+        let t = m.create_tenant(Some(tenant_id()), conf.clone())?;
+        let h = t.import_timeline(
+            Some(timeline_id(MAIN)),
+            &base,
+            None,
+            vec![SAFEKEEPER.into()],
+        )?;
         let n = feed_wal(&h, &pg.wal_dir(), start, end, 256 << 10)?;
         h.flush()?;
         // No L0 layer on top: one spans every key and would be the first layer of every read,
@@ -113,7 +129,12 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
         let layers = h.read(|t| t.layer_descs().len());
         println!("ingested {n} records: {layers} layers");
         ensure!(layers >= 4, "only {layers} layers");
-        t.create_branch(MAIN, Some(BRANCH.into()), &BranchTarget::Tip, Vec::new())?;
+        t.create_branch(
+            timeline_id(MAIN),
+            Some(timeline_id(BRANCH)),
+            &BranchTarget::Tip,
+            Vec::new(),
+        )?;
         let tdir = a.join("tenants").join(TENANT);
         rt.block_on(remote.put_tenant_config(
             TENANT,
@@ -169,28 +190,31 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
     let opened_alone = layers.totals();
     {
         let m = TenantManager::load_with(&b, Arc::new(layers.clone()))?;
-        let t = m.tenant(TENANT)?;
+        let t = m.tenant(tenant_id())?;
         assert!(
             t.broken_timelines().is_empty(),
             "{:?}",
             t.broken_timelines()
         );
         assert_eq!(t.conf(), conf);
-        assert_eq!(m.timeline(TENANT, MAIN)?.safekeepers(), vec![SAFEKEEPER]);
+        assert_eq!(
+            m.timeline(tenant_id(), timeline_id(MAIN))?.safekeepers(),
+            vec![SAFEKEEPER]
+        );
         let parent = m
-            .timeline(TENANT, BRANCH)?
+            .timeline(tenant_id(), timeline_id(BRANCH))?
             .parent()
             .map(|p| p.timeline_id().to_string());
         assert_eq!(parent.as_deref(), Some(MAIN));
         check_same(&m, &want)?;
-        let h = m.timeline(TENANT, MAIN)?;
+        let h = m.timeline(tenant_id(), timeline_id(MAIN))?;
         let r = h.read(|t| t.residence());
         println!("after reading every page of {MAIN} (reopened): {r:?}");
         // The source counts the downloads of every timeline it made a fetcher for.
         let per_timeline: Vec<_> = [MAIN, BRANCH]
             .iter()
             .map(|tl| {
-                m.timeline(TENANT, tl)
+                m.timeline(tenant_id(), timeline_id(tl))
                     .map(|h| h.read(|t| t.residence().fetched))
             })
             .collect::<Result<_, _>>()?;
@@ -253,7 +277,7 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
     assert_eq!(rep.timelines_present, 1);
     {
         let m = TenantManager::load_with(&b, Arc::new(layers.clone()))?;
-        assert_eq!(m.tenant(TENANT)?.conf(), conf);
+        assert_eq!(m.tenant(tenant_id())?.conf(), conf);
         check_same(&m, &want)?;
     }
 
@@ -266,8 +290,11 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
     assert_eq!(rep.timelines_restored, vec![format!("{TENANT}/{MAIN}")]);
     let bare_layers = RemoteLayerSource::new(Some(&bare));
     let m = TenantManager::load_with(&c, Arc::new(bare_layers.clone()))?;
-    assert_eq!(m.tenant(TENANT)?.conf(), TenantConf::default());
-    assert!(m.timeline(TENANT, MAIN)?.safekeepers().is_empty());
+    assert_eq!(m.tenant(tenant_id())?.conf(), TenantConf::default());
+    assert!(m
+        .timeline(tenant_id(), timeline_id(MAIN))?
+        .safekeepers()
+        .is_empty());
     check_same(&m, &want[..1])?;
     drop(m);
     ensure!(!Path::new(&c)

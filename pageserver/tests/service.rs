@@ -247,7 +247,7 @@ async fn pageserver_binary() -> Result<()> {
     ps.kill9()?;
     {
         let m = TenantManager::load(&data)?;
-        let h = m.timeline(TENANT, PARENT)?;
+        let h = m.timeline(TENANT.parse()?, PARENT.parse()?)?;
         feed_wal(&h, &w.pg.wal_dir(), w.start, w.end, 64 << 10)?;
         assert!(m.flush_all().is_empty());
     }

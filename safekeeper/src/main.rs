@@ -481,3 +481,25 @@ fn grpc_server() -> tonic::transport::Server {
         .http2_adaptive_window(Some(false))
         .max_frame_size(Some(1 << 20))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_keys_load_and_a_misspelt_one_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("safekeeper.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            DaemonArgs::with_config(path.clone())
+                .load::<FileConfig>(DEFAULT_LISTEN.parse().unwrap())
+        };
+        let (d, own) = load("data_dir = \"/d\"\nid = 2\nmax_connections = 8").unwrap();
+        assert_eq!(d.data_dir, PathBuf::from("/d"));
+        assert_eq!((own.id, own.max_connections), (Some(2), Some(8)));
+        let e = format!("{:#}", load("data_dir = \"/d\"\nidd = 2").unwrap_err());
+        assert!(e.contains("unknown field `idd`"), "{e}");
+        assert!(e.contains(&path.display().to_string()), "{e}");
+    }
+}

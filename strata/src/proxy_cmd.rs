@@ -22,6 +22,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// `[proxy]` in `strata.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// The address clients connect to (`strata init --listen`, like the gRPC ports);
     /// 127.0.0.1 when absent.

@@ -351,4 +351,27 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
     }
+
+    #[test]
+    fn config_file_keys_load_and_a_misspelt_one_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pageserver.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            DaemonArgs::with_config(path.clone())
+                .load::<FileConfig>(DEFAULT_LISTEN.parse().unwrap())
+        };
+        let (d, own) = load("data_dir = \"/d\"\ngc_interval = \"10m\"\nno_tls = true").unwrap();
+        assert_eq!(d.data_dir, PathBuf::from("/d"));
+        assert_eq!(
+            (own.gc_interval.as_deref(), own.no_tls),
+            (Some("10m"), Some(true))
+        );
+        let e = format!(
+            "{:#}",
+            load("data_dir = \"/d\"\ngc_intreval = \"10m\"").unwrap_err()
+        );
+        assert!(e.contains("unknown field `gc_intreval`"), "{e}");
+        assert!(e.contains(&path.display().to_string()), "{e}");
+    }
 }

@@ -37,8 +37,9 @@ use crate::remote::{
 use crate::tenant::layout::{TENANT_CONF, TIMELINE_CONF};
 use crate::tenant::{TenantManager, TimelineHandle};
 use crate::walreceiver::{self, WalReceiverConf, WalSink};
+use walproto::ids::{TenantId, TimelineId};
 
-type TimelineKey = (String, String);
+type TimelineKey = (TenantId, TimelineId);
 
 struct WalReceiverTask {
     safekeepers: Vec<String>,
@@ -108,7 +109,7 @@ async fn gc_round(manager: &Arc<TenantManager>, stop: &watch::Receiver<bool>) {
 }
 
 fn key(h: &TimelineHandle) -> TimelineKey {
-    (h.tenant_id().to_string(), h.timeline_id().to_string())
+    (h.tenant_id(), h.timeline_id())
 }
 
 /// Ingested WAL becomes durable at least this often.
@@ -123,7 +124,11 @@ fn spawn_walreceiver(
 ) -> Option<JoinHandle<()>> {
     let conf = WalReceiverConf {
         password,
-        ..WalReceiverConf::new(safekeepers, h.tenant_id(), h.timeline_id())
+        ..WalReceiverConf::new(
+            safekeepers,
+            &h.tenant_id().to_string(),
+            &h.timeline_id().to_string(),
+        )
     };
     Some(tokio::spawn(async move {
         let mut delay = Duration::from_secs(1);
@@ -205,7 +210,8 @@ async fn put_if_changed(
 
 /// Uploads the tenant's and the timeline's config files, retrying until both are stored.
 fn spawn_config_upload(remote: RemoteStorage, h: &TimelineHandle) -> JoinHandle<()> {
-    let (tenant, timeline) = key(h);
+    // Rendered for the object store's paths.
+    let (tenant, timeline) = (h.tenant_id().to_string(), h.timeline_id().to_string());
     let tl_conf = h.dir().join(TIMELINE_CONF);
     // <data dir>/tenants/<tenant>/timelines/<timeline>
     let tenant_conf = h
@@ -321,8 +327,8 @@ impl Background {
         if let (Some(remote), None) = (&self.remote, &t.uploader) {
             match spawn_uploader(
                 remote.clone(),
-                h.tenant_id(),
-                h.timeline_id(),
+                &h.tenant_id().to_string(),
+                &h.timeline_id().to_string(),
                 h.dir().to_path_buf(),
                 UploaderConf::default(),
             ) {
@@ -378,10 +384,8 @@ impl Background {
     /// Stops everything of a timeline (being deleted): no final upload; its copy in the
     /// object store is deleted (a failure is logged: the copy would come back at the next
     /// start of a wiped pageserver).
-    pub async fn stop_timeline(&self, tenant: &str, timeline: &str) {
-        let t = self
-            .lock()
-            .remove(&(tenant.to_string(), timeline.to_string()));
+    pub async fn stop_timeline(&self, tenant: TenantId, timeline: TimelineId) {
+        let t = self.lock().remove(&(tenant, timeline));
         if let Some(t) = t {
             Self::stop_walreceiver(t.walreceiver).await;
             for task in [t.forwarder, t.flusher, t.config_upload]
@@ -395,7 +399,8 @@ impl Background {
             }
         }
         if let Some(remote) = &self.remote {
-            match delete_remote_timeline(remote, tenant, timeline).await {
+            let (tenant, timeline) = (tenant.to_string(), timeline.to_string());
+            match delete_remote_timeline(remote, &tenant, &timeline).await {
                 Ok(n) => info!(%tenant, %timeline, layers = n, "deleted from remote storage"),
                 Err(e) => warn!(%tenant, %timeline, error = %e,
                                 "could not delete the timeline from remote storage"),
@@ -425,7 +430,7 @@ impl Background {
         let ups: Vec<(TimelineKey, UploaderHandle)> = self
             .lock()
             .iter_mut()
-            .filter_map(|(k, t)| t.uploader.take().map(|u| (k.clone(), u)))
+            .filter_map(|(k, t)| t.uploader.take().map(|u| (*k, u)))
             .collect();
         for ((tenant, timeline), u) in ups {
             match u.shutdown().await {

@@ -34,9 +34,7 @@ impl PageserverService {
         &self,
         r: pb::GetTenantConfigRequest,
     ) -> Result<pb::TenantConfigResponse, Status> {
-        let t = self
-            .manager
-            .tenant(&r.tenant_id)
+        let t = super::convert::tenant_of(&self.manager, &r.tenant_id)
             .map_err(super::convert::to_status)?;
         Ok(config_response(&t, &t.conf()))
     }
@@ -50,9 +48,7 @@ impl PageserverService {
                 "no settings to change: give at least one key and value",
             ));
         }
-        let t = self
-            .manager
-            .tenant(&r.tenant_id)
+        let t = super::convert::tenant_of(&self.manager, &r.tenant_id)
             .map_err(super::convert::to_status)?;
         let changes: Vec<(String, String)> =
             r.settings.into_iter().map(|s| (s.key, s.value)).collect();
@@ -60,7 +56,7 @@ impl PageserverService {
         let conf = blocking(move || t2.set_conf(&changes)).await?;
         if let Some(remote) = self.background.remote() {
             let obj = remote
-                .tenant_path(t.id())
+                .tenant_path(&t.id().to_string())
                 .map_err(|e| Status::internal(e.to_string()))?
                 .join("config");
             remote

@@ -1,9 +1,26 @@
 //! Between the tenant manager's types and the gRPC messages.
 
+use std::sync::Arc;
+
 use tonic::Status;
 use walproto::proto::pageserver as pb;
 
-use crate::tenant::{Tenant, TenantError, TimelineStatus};
+use crate::tenant::ids::{check_tenant_id, check_timeline_id};
+use crate::tenant::{Tenant, TenantError, TenantManager, TimelineHandle, TimelineStatus};
+
+/// The tenant a request names: its id is parsed here, once, and looked up.
+pub fn tenant_of(m: &TenantManager, tenant: &str) -> Result<Arc<Tenant>, TenantError> {
+    m.tenant(check_tenant_id(tenant)?)
+}
+
+/// The timeline a request names. An unknown tenant is reported before a bad timeline id.
+pub fn timeline_of(
+    m: &TenantManager,
+    tenant: &str,
+    timeline: &str,
+) -> Result<Arc<TimelineHandle>, TenantError> {
+    tenant_of(m, tenant)?.timeline(check_timeline_id(timeline)?)
+}
 
 /// Each error kind to the gRPC code a client can act on; the message is the error's own,
 /// which says what is wrong and what is possible.
@@ -27,8 +44,8 @@ pub fn timeline_info(s: TimelineStatus) -> pb::TimelineInfo {
     let (ancestor_timeline_id, ancestor_lsn) =
         s.ancestor.map(|(id, l)| (id, l.0)).unwrap_or_default();
     pb::TimelineInfo {
-        tenant_id: s.tenant_id,
-        timeline_id: s.timeline_id,
+        tenant_id: s.tenant_id.to_string(),
+        timeline_id: s.timeline_id.to_string(),
         ancestor_timeline_id,
         ancestor_lsn,
         start_lsn: s.start_lsn.0,
@@ -88,7 +105,7 @@ pub fn timeline_tree(t: &Tenant) -> Vec<pb::TimelineInfo> {
     for (id, why) in t.broken_timelines() {
         out.push(pb::TimelineInfo {
             tenant_id: t.id().to_string(),
-            timeline_id: id,
+            timeline_id: id.to_string(),
             broken_reason: why,
             ..Default::default()
         });

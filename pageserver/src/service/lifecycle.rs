@@ -41,21 +41,18 @@ impl PageserverService {
         &self,
         r: pb::DeleteTenantRequest,
     ) -> Result<pb::DeleteTenantResponse, Status> {
-        let tenant = self
-            .manager
-            .tenant(&r.tenant_id)
+        let tenant = super::convert::tenant_of(&self.manager, &r.tenant_id)
             .map_err(super::convert::to_status)?;
+        let id = tenant.id();
         // Walreceivers and uploaders first: nothing writes into what is being deleted. Each
         // timeline's copy in the object store goes with it.
         for h in tenant.timelines() {
-            self.background
-                .stop_timeline(&r.tenant_id, h.timeline_id())
-                .await;
+            self.background.stop_timeline(id, h.timeline_id()).await;
         }
         drop(tenant);
         let m = self.manager.clone();
-        let id = r.tenant_id.clone();
-        let timeline_ids = blocking(move || m.delete_tenant(&id)).await?;
+        let timelines = blocking(move || m.delete_tenant(id)).await?;
+        let timeline_ids: Vec<String> = timelines.iter().map(|t| t.to_string()).collect();
         let remote_objects_deleted = match self.background.remote() {
             Some(remote) => delete_remote_tenant(remote, &r.tenant_id).await?,
             None => 0,

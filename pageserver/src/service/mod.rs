@@ -29,10 +29,11 @@ use walproto::record::RelFileNode;
 
 use crate::basebackup::{basebackup_tar, BasebackupError, BasebackupOptions, Mode};
 use crate::remote::RemoteStorage;
+use crate::tenant::ids::{check_timeline_id, optional_tenant_id, optional_timeline_id};
 use crate::tenant::{branch, BranchTarget, TenantConf, TenantError, TenantManager, TimelineHandle};
 pub use auth::{needed_scope, Rpc};
 use background::Background;
-use convert::{tenant_info, timeline_info, timeline_tree, to_status};
+use convert::{tenant_info, tenant_of, timeline_info, timeline_of, timeline_tree, to_status};
 
 /// The service: shared by every connection.
 #[derive(Clone)]
@@ -310,7 +311,7 @@ impl PageserverService {
         timeline: String,
     ) -> Result<Arc<TimelineHandle>, Status> {
         // In-memory lookups only: no need for the blocking pool.
-        self.manager.timeline(&tenant, &timeline).map_err(to_status)
+        timeline_of(&self.manager, &tenant, &timeline).map_err(to_status)
     }
 }
 
@@ -327,8 +328,9 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         } else {
             TenantConf::parse(&r.config_toml, "in the request").map_err(to_status)?
         };
+        let id = optional_tenant_id(&r.tenant_id).map_err(to_status)?;
         let m = self.manager.clone();
-        let t = blocking(move || m.create_tenant(Some(r.tenant_id), conf)).await?;
+        let t = blocking(move || m.create_tenant(id, conf)).await?;
         Ok(Response::new(tenant_info(&t)))
     }
 
@@ -359,10 +361,10 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         }
         let m = self.manager.clone();
         let h = blocking(move || {
-            let t = m.tenant(&r.tenant_id)?;
+            let t = tenant_of(&m, &r.tenant_id)?;
             let lsn = (r.lsn != 0).then_some(Lsn(r.lsn));
             t.import_timeline(
-                Some(r.timeline_id),
+                optional_timeline_id(&r.timeline_id)?,
                 &PathBuf::from(&r.datadir),
                 lsn,
                 r.safekeepers,
@@ -395,10 +397,10 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         };
         let m = self.manager.clone();
         let h = blocking(move || {
-            let t = m.tenant(&r.tenant_id)?;
+            let t = tenant_of(&m, &r.tenant_id)?;
             t.create_branch(
-                &r.parent_timeline_id,
-                Some(r.timeline_id),
+                check_timeline_id(&r.parent_timeline_id)?,
+                optional_timeline_id(&r.timeline_id)?,
                 &target,
                 r.safekeepers,
             )
@@ -415,7 +417,7 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         self.authorize(&req, Rpc::ListTimelines, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let m = self.manager.clone();
-        let timelines = blocking(move || Ok(timeline_tree(&*m.tenant(&r.tenant_id)?))).await?;
+        let timelines = blocking(move || Ok(timeline_tree(&*tenant_of(&m, &r.tenant_id)?))).await?;
         Ok(Response::new(pb::ListTimelinesResponse { timelines }))
     }
 
@@ -437,19 +439,17 @@ impl pb::pageserver_server::Pageserver for PageserverService {
         self.authorize(&req, Rpc::DeleteTimeline, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
         let m = self.manager.clone();
-        let (tenant, timeline) = (r.tenant_id.clone(), r.timeline_id.clone());
-        let t = blocking(move || m.tenant(&tenant)).await?;
+        let t = blocking(move || tenant_of(&m, &r.tenant_id)).await?;
+        let timeline = check_timeline_id(&r.timeline_id).map_err(to_status)?;
         // Refuse early (branches) before stopping anything.
         let has_branches = t
             .timelines()
             .iter()
             .any(|h| h.parent().is_some_and(|p| p.timeline_id() == timeline));
         if !has_branches {
-            self.background
-                .stop_timeline(&r.tenant_id, &r.timeline_id)
-                .await;
+            self.background.stop_timeline(t.id(), timeline).await;
         }
-        blocking(move || t.delete_timeline(&r.timeline_id)).await?;
+        blocking(move || t.delete_timeline(timeline)).await?;
         Ok(Response::new(pb::DeleteTimelineResponse {}))
     }
 
@@ -651,16 +651,13 @@ impl pb::pageserver_server::Pageserver for PageserverService {
     async fn gc(&self, req: Request<pb::GcRequest>) -> Result<Response<pb::GcResponse>, Status> {
         self.authorize(&req, Rpc::Gc, &req.get_ref().tenant_id)?;
         let r = req.into_inner();
-        let tenant = self.manager.tenant(&r.tenant_id).map_err(to_status)?;
-        let results = blocking(move || {
-            let which = Some(r.timeline_id.as_str()).filter(|s| !s.is_empty());
-            tenant.gc(which)
-        })
-        .await?;
+        let tenant = tenant_of(&self.manager, &r.tenant_id).map_err(to_status)?;
+        let which = optional_timeline_id(&r.timeline_id).map_err(to_status)?;
+        let results = blocking(move || tenant.gc(which)).await?;
         let timelines = results
             .into_iter()
             .map(|g| pb::TimelineGcResult {
-                timeline_id: g.timeline_id,
+                timeline_id: g.timeline_id.to_string(),
                 cutoff_lsn: g.report.cutoff_lsn.0,
                 pitr_lsn: g.parts.pitr_lsn.0,
                 branch_points: g.parts.branch_points.iter().map(|l| l.0).collect(),

@@ -187,7 +187,7 @@ fn plan(manager: &TenantManager, req: pb::GetPagesRequest) -> Result<Plan> {
             req.blocks.len()
         )));
     }
-    let h = manager.timeline(&req.tenant_id, &req.timeline_id)?;
+    let h = super::convert::timeline_of(manager, &req.tenant_id, &req.timeline_id)?;
     let lsn = resolved_read_lsn(&h, req.lsn, "GetPages")?;
     let mut blocks = Vec::with_capacity(req.blocks.len());
     // Requests usually name one fork: its size is read once.

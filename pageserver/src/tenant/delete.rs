@@ -4,6 +4,7 @@
 //! tenant's background work first and deletes its copy in the object store.
 
 use tracing::info;
+use walproto::ids::{TenantId, TimelineId};
 
 use super::layout::{rename_durable, tenants_dir, TMP_SUFFIX};
 use super::{lock, Result, TenantError, TenantManager};
@@ -11,17 +12,17 @@ use super::{lock, Result, TenantError, TenantManager};
 impl TenantManager {
     /// Forgets tenant `id` and removes its directory; returns the ids of the timelines it had
     /// (loaded or broken).
-    pub fn delete_tenant(&self, id: &str) -> Result<Vec<String>> {
+    pub fn delete_tenant(&self, id: TenantId) -> Result<Vec<TimelineId>> {
         let t = self.tenant(id)?;
         let _creating = lock(&self.creating);
         // No timeline is created or deleted meanwhile, and no GC of it runs.
         let _changes = lock(&t.changes);
-        let mut timelines: Vec<String> = lock(&t.timelines).keys().cloned().collect();
-        timelines.extend(lock(&t.broken).keys().cloned());
+        let mut timelines: Vec<TimelineId> = lock(&t.timelines).keys().copied().collect();
+        timelines.extend(lock(&t.broken).keys().copied());
         self.tenants
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+            .remove(&id);
         let tmp = tenants_dir(&self.data_dir).join(format!("{id}{TMP_SUFFIX}"));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(TenantError::io("remove", &tmp))?;
@@ -44,17 +45,17 @@ mod tests {
         let m = TenantManager::load(dir.path()).unwrap();
         let keep = m.create_tenant(None, TenantConf::default()).unwrap();
         let gone = m.create_tenant(None, TenantConf::default()).unwrap();
-        let gone_id = gone.id().to_string();
+        let gone_id = gone.id();
         let gone_dir = gone.dir.clone();
         drop(gone);
-        assert_eq!(m.delete_tenant(&gone_id).unwrap(), Vec::<String>::new());
+        assert_eq!(m.delete_tenant(gone_id).unwrap(), Vec::new());
         assert!(!gone_dir.exists());
         assert!(matches!(
-            m.delete_tenant(&gone_id),
+            m.delete_tenant(gone_id),
             Err(TenantError::NotFound(_))
         ));
         let m = TenantManager::load(dir.path()).unwrap();
-        let ids: Vec<String> = m.tenants().iter().map(|t| t.id().to_string()).collect();
-        assert_eq!(ids, vec![keep.id().to_string()]);
+        let ids: Vec<TenantId> = m.tenants().iter().map(|t| t.id()).collect();
+        assert_eq!(ids, vec![keep.id()]);
     }
 }

@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use layer_format::Lsn;
 use serde::{Deserialize, Serialize};
 use tracing::info;
+use walproto::ids::TimelineId;
 
 use super::error::{Result, TenantError};
 use super::handle::TimelineHandle;
@@ -150,7 +151,7 @@ pub struct CutoffParts {
 /// What GC did to one timeline.
 #[derive(Clone, Debug)]
 pub struct TimelineGc {
-    pub timeline_id: String,
+    pub timeline_id: TimelineId,
     pub parts: CutoffParts,
     pub report: GcReport,
 }
@@ -342,7 +343,7 @@ impl Tenant {
     /// Collects garbage on `timeline` (every timeline if `None`). Waits for a GC of the
     /// tenant already running (GC holds the tenant's `changes` lock): one GC of a tenant
     /// at a time.
-    pub fn gc(&self, timeline: Option<&str>) -> Result<Vec<TimelineGc>> {
+    pub fn gc(&self, timeline: Option<TimelineId>) -> Result<Vec<TimelineGc>> {
         let changes = super::lock(&self.changes);
         self.gc_locked(timeline, changes)
     }
@@ -361,7 +362,7 @@ impl Tenant {
 
     fn gc_locked(
         &self,
-        timeline: Option<&str>,
+        timeline: Option<TimelineId>,
         _changes: MutexGuard<'_, ()>,
     ) -> Result<Vec<TimelineGc>> {
         let handles = match timeline {
@@ -384,7 +385,7 @@ impl Tenant {
                   bytes = report.bytes_removed, "GC done");
             drop(leases);
             out.push(TimelineGc {
-                timeline_id: h.timeline_id().to_string(),
+                timeline_id: h.timeline_id(),
                 parts,
                 report,
             });

@@ -33,6 +33,7 @@ use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::error;
+use walproto::ids::{TenantId, TimelineId};
 use walproto::record::DecodedRecord;
 use walproto::rmgr::record_name;
 
@@ -58,8 +59,8 @@ pub struct TimelineServiceConf {
 /// What a status request reports.
 #[derive(Clone, Debug)]
 pub struct TimelineStatus {
-    pub tenant_id: String,
-    pub timeline_id: String,
+    pub tenant_id: TenantId,
+    pub timeline_id: TimelineId,
     /// (ancestor timeline id, branch LSN).
     pub ancestor: Option<(String, Lsn)>,
     pub start_lsn: Lsn,
@@ -161,8 +162,8 @@ pub struct WalProgress {
 }
 
 pub struct TimelineHandle {
-    tenant_id: String,
-    timeline_id: String,
+    tenant_id: TenantId,
+    timeline_id: TimelineId,
     dir: PathBuf,
     ingest: RwLock<WalIngest>,
     /// Decoder of the WAL stream; `None` until the first chunk, and again after an error (the
@@ -206,8 +207,8 @@ impl TimelineHandle {
     /// Opens the timeline in `dir` at its durable state, its layers not in `dir` fetched by
     /// `fetch` (see `Timeline::open`); a branch needs its parent's handle.
     pub fn open(
-        tenant_id: &str,
-        timeline_id: &str,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
         dir: &Path,
         conf: TimelineConf,
         fetch: Option<Arc<dyn LayerFetch>>,
@@ -216,7 +217,7 @@ impl TimelineHandle {
         let ctx = || format!("timeline {tenant_id}/{timeline_id}");
         let mut tl = Timeline::open(dir, conf, fetch).map_err(TenantError::timeline(ctx()))?;
         match (tl.ancestor_link(), &parent) {
-            (Some((id, lsn)), Some(p)) if id == p.timeline_id => {
+            (Some((id, lsn)), Some(p)) if id == p.timeline_id.to_string() => {
                 let a = Ancestor {
                     id: id.to_string(),
                     lsn,
@@ -240,8 +241,8 @@ impl TimelineHandle {
 
     /// Wraps an open (and, for a branch, attached) timeline.
     pub fn from_timeline(
-        tenant_id: &str,
-        timeline_id: &str,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
         tl: Timeline,
         parent: Option<Arc<TimelineHandle>>,
     ) -> Result<Arc<TimelineHandle>> {
@@ -259,8 +260,8 @@ impl TimelineHandle {
         };
         let leases = super::gc::Leases::load(&dir)?;
         Ok(Arc::new(TimelineHandle {
-            tenant_id: tenant_id.to_string(),
-            timeline_id: timeline_id.to_string(),
+            tenant_id,
+            timeline_id,
             dir,
             ingest: RwLock::new(ingest),
             stream: Mutex::new(None),
@@ -274,12 +275,12 @@ impl TimelineHandle {
         }))
     }
 
-    pub fn tenant_id(&self) -> &str {
-        &self.tenant_id
+    pub fn tenant_id(&self) -> TenantId {
+        self.tenant_id
     }
 
-    pub fn timeline_id(&self) -> &str {
-        &self.timeline_id
+    pub fn timeline_id(&self) -> TimelineId {
+        self.timeline_id
     }
 
     pub fn dir(&self) -> &Path {
@@ -333,8 +334,8 @@ impl TimelineHandle {
             .map(|(_, _, n)| *n as u64 * BLCKSZ)
             .sum();
         TimelineStatus {
-            tenant_id: self.tenant_id.clone(),
-            timeline_id: self.timeline_id.clone(),
+            tenant_id: self.tenant_id,
+            timeline_id: self.timeline_id,
             ancestor: tl.ancestor_link().map(|(id, l)| (id.to_string(), l)),
             start_lsn: tl.start_lsn(),
             last_record_lsn: tl.last_record_lsn(),

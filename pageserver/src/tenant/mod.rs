@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use layer_format::Lsn;
 use tracing::{error, info, warn};
+use walproto::ids::{TenantId, TimelineId};
 
 pub use branch::BranchTarget;
 pub use conf::TenantConf;
@@ -51,13 +52,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// One tenant: its configuration and timelines.
 pub struct Tenant {
-    id: String,
+    id: TenantId,
     dir: PathBuf,
     /// Swapped by [`Tenant::set_conf`]; read where it is used (GC, new timelines), never kept.
     conf: RwLock<TenantConf>,
-    timelines: Mutex<BTreeMap<String, Arc<TimelineHandle>>>,
+    timelines: Mutex<BTreeMap<TimelineId, Arc<TimelineHandle>>>,
     /// Timelines that failed to load, with the reason (never served; kept for listings).
-    broken: Mutex<BTreeMap<String, String>>,
+    broken: Mutex<BTreeMap<TimelineId, String>>,
     /// Serializes creations and deletions of timelines.
     changes: Mutex<()>,
     /// Where its timelines' layers not on the local disk come from.
@@ -65,8 +66,8 @@ pub struct Tenant {
 }
 
 impl Tenant {
-    pub fn id(&self) -> &str {
-        &self.id
+    pub fn id(&self) -> TenantId {
+        self.id
     }
 
     /// The configuration in effect now.
@@ -100,21 +101,20 @@ impl Tenant {
     }
 
     /// Timelines that could not be loaded, and why.
-    pub fn broken_timelines(&self) -> BTreeMap<String, String> {
+    pub fn broken_timelines(&self) -> BTreeMap<TimelineId, String> {
         lock(&self.broken).clone()
     }
 
-    pub fn timeline(&self, id: &str) -> Result<Arc<TimelineHandle>> {
-        if let Some(t) = lock(&self.timelines).get(id) {
+    pub fn timeline(&self, id: TimelineId) -> Result<Arc<TimelineHandle>> {
+        if let Some(t) = lock(&self.timelines).get(&id) {
             return Ok(t.clone());
         }
-        if let Some(why) = lock(&self.broken).get(id) {
+        if let Some(why) = lock(&self.broken).get(&id) {
             return Err(TenantError::FailedPrecondition(format!(
                 "timeline {}/{id} failed to load: {why}",
                 self.id
             )));
         }
-        ids::check_timeline_id(id)?;
         Err(TenantError::NotFound(format!(
             "tenant {} has no timeline {id}",
             self.id
@@ -125,11 +125,15 @@ impl Tenant {
         timelines_dir(&self.dir)
     }
 
+    fn timeline_dir(&self, id: TimelineId) -> PathBuf {
+        self.timelines_dir().join(id.to_string())
+    }
+
     /// Loads every timeline in the directory, parents before branches. A timeline that fails
     /// (or whose ancestor failed) is logged and listed as broken.
     fn load_timelines(&self) -> Result<()> {
         let dir = self.timelines_dir();
-        let mut metas: BTreeMap<String, TimelineMetadata> = BTreeMap::new();
+        let mut metas: BTreeMap<TimelineId, TimelineMetadata> = BTreeMap::new();
         let mut broken = BTreeMap::new();
         for e in std::fs::read_dir(&dir).map_err(TenantError::io("list", &dir))? {
             let e = e.map_err(TenantError::io("list", &dir))?;
@@ -140,49 +144,60 @@ impl Tenant {
                 std::fs::remove_dir_all(e.path()).map_err(TenantError::io("remove", e.path()))?;
                 continue;
             }
-            if ids::check_timeline_id(&name).is_err() {
+            let Ok(id) = name.parse::<TimelineId>() else {
                 warn!(path = %e.path().display(), "ignoring an entry that is not a timeline id");
                 continue;
-            }
+            };
             match TimelineMetadata::load(&e.path()) {
                 Ok(Some(m)) => {
-                    metas.insert(name, m);
+                    metas.insert(id, m);
                 }
                 Ok(None) => {
-                    broken.insert(name, "no metadata file".to_string());
+                    broken.insert(id, "no metadata file".to_string());
                 }
                 Err(err) => {
-                    broken.insert(name, err.to_string());
+                    broken.insert(id, err.to_string());
                 }
             }
         }
         let tl_conf = self.conf().timeline_conf();
+        // Each timeline's ancestor, as the metadata names it (parsed once, here).
+        let mut pending: BTreeMap<TimelineId, Option<TimelineId>> = BTreeMap::new();
+        for (id, m) in metas {
+            match m.ancestor.map(|(a, _)| a.parse::<TimelineId>()).transpose() {
+                Ok(ancestor) => {
+                    pending.insert(id, ancestor);
+                }
+                Err(e) => {
+                    broken.insert(id, format!("its metadata names no valid ancestor: {e}"));
+                }
+            }
+        }
         // Parents first: repeatedly open the timelines whose ancestor is open (or absent).
-        let mut pending = metas;
         while !pending.is_empty() {
-            let ready: Vec<String> = pending
+            let ready: Vec<TimelineId> = pending
                 .iter()
-                .filter(|(_, m)| match &m.ancestor {
+                .filter(|(_, ancestor)| match ancestor {
                     None => true,
-                    Some((a, _)) => {
+                    Some(a) => {
                         lock(&self.timelines).contains_key(a)
                             || broken.contains_key(a)
                             || !pending.contains_key(a)
                     }
                 })
-                .map(|(id, _)| id.clone())
+                .map(|(id, _)| *id)
                 .collect();
             if ready.is_empty() {
                 for id in pending.keys() {
-                    broken.insert(id.clone(), "its ancestors form a cycle".into());
+                    broken.insert(*id, "its ancestors form a cycle".into());
                 }
                 break;
             }
             for id in ready {
-                let m = pending.remove(&id).expect("listed as ready");
-                let parent = match &m.ancestor {
+                let ancestor = pending.remove(&id).expect("listed as ready");
+                let parent = match ancestor {
                     None => None,
-                    Some((a, _)) => match lock(&self.timelines).get(a) {
+                    Some(a) => match lock(&self.timelines).get(&a) {
                         Some(p) => Some(p.clone()),
                         None => {
                             broken.insert(id, format!("its ancestor {a} is missing or broken"));
@@ -190,7 +205,7 @@ impl Tenant {
                         }
                     },
                 };
-                match self.open_timeline(&id, &dir.join(&id), tl_conf.clone(), parent) {
+                match self.open_timeline(id, &dir.join(id.to_string()), tl_conf.clone(), parent) {
                     Ok(h) => {
                         let s = h.status();
                         info!(tenant = %self.id, timeline = %id, start = %s.start_lsn,
@@ -213,7 +228,7 @@ impl Tenant {
     /// Opens the timeline in `dir` with the fetcher of its layers not there.
     fn open_timeline(
         &self,
-        id: &str,
+        id: TimelineId,
         dir: &Path,
         conf: TimelineConf,
         parent: Option<Arc<TimelineHandle>>,
@@ -222,21 +237,18 @@ impl Tenant {
             .layers
             .fetcher_for(dir)
             .map_err(TenantError::timeline(format!("timeline {}/{id}", self.id)))?;
-        TimelineHandle::open(&self.id, id, dir, conf, fetch, parent)
+        TimelineHandle::open(self.id, id, dir, conf, fetch, parent)
     }
 
     /// A new timeline id (given or generated) that is not taken.
-    fn new_timeline_id(&self, id: Option<String>) -> Result<String> {
-        let id = match id.filter(|s| !s.is_empty()) {
-            Some(id) => {
-                ids::check_timeline_id(&id)?;
-                id
-            }
+    fn new_timeline_id(&self, id: Option<TimelineId>) -> Result<TimelineId> {
+        let id = match id {
+            Some(id) => id,
             None => ids::generate_timeline_id()?,
         };
         if lock(&self.timelines).contains_key(&id)
             || lock(&self.broken).contains_key(&id)
-            || self.timelines_dir().join(&id).exists()
+            || self.timeline_dir(id).exists()
         {
             return Err(TenantError::AlreadyExists(format!(
                 "timeline {}/{id} already exists",
@@ -247,7 +259,7 @@ impl Tenant {
     }
 
     /// A fresh `.tmp` directory to build timeline `id` in.
-    fn tmp_dir(&self, id: &str) -> Result<PathBuf> {
+    fn tmp_dir(&self, id: TimelineId) -> Result<PathBuf> {
         let tmp = self.timelines_dir().join(format!("{id}{TMP_SUFFIX}"));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(TenantError::io("remove", &tmp))?;
@@ -258,7 +270,7 @@ impl Tenant {
     /// Moves a finished timeline directory into place and opens it.
     fn install(
         &self,
-        id: &str,
+        id: TimelineId,
         tmp: &Path,
         safekeepers: Vec<String>,
         parent: Option<Arc<TimelineHandle>>,
@@ -266,10 +278,10 @@ impl Tenant {
         let conf = TimelineServiceConf { safekeepers };
         let text = toml::to_string(&conf).expect("a list of strings serializes");
         write_atomic(&tmp.join(TIMELINE_CONF), text.as_bytes())?;
-        let dir = self.timelines_dir().join(id);
+        let dir = self.timeline_dir(id);
         rename_durable(tmp, &dir)?;
         let h = self.open_timeline(id, &dir, self.conf().timeline_conf(), parent)?;
-        lock(&self.timelines).insert(id.to_string(), h.clone());
+        lock(&self.timelines).insert(id, h.clone());
         Ok(h)
     }
 
@@ -277,7 +289,7 @@ impl Tenant {
     /// (or `lsn`), or from a pg_basebackup output (no `lsn`), readable from the backup's end.
     pub fn import_timeline(
         &self,
-        id: Option<String>,
+        id: Option<TimelineId>,
         datadir: &Path,
         lsn: Option<Lsn>,
         safekeepers: Vec<String>,
@@ -287,7 +299,7 @@ impl Tenant {
         }
         let _changes = lock(&self.changes);
         let id = self.new_timeline_id(id)?;
-        let tmp = self.tmp_dir(&id)?;
+        let tmp = self.tmp_dir(id)?;
         // Without an LSN either kind of data directory: a clean shutdown, or a pg_basebackup
         // output (with a backup_label) whose WAL is ingested through the backup's end.
         let imported = match lsn {
@@ -301,14 +313,14 @@ impl Tenant {
         drop(tl);
         info!(tenant = %self.id, timeline = %id, lsn = %rep.lsn, blocks = rep.blocks,
               datadir = %datadir.display(), "imported a data directory");
-        self.install(&id, &tmp, safekeepers, None)
+        self.install(id, &tmp, safekeepers, None)
     }
 
     /// Creates a branch of `parent_id` at `target`.
     pub fn create_branch(
         &self,
-        parent_id: &str,
-        id: Option<String>,
+        parent_id: TimelineId,
+        id: Option<TimelineId>,
         target: &BranchTarget,
         safekeepers: Vec<String>,
     ) -> Result<Arc<TimelineHandle>> {
@@ -324,7 +336,7 @@ impl Tenant {
             parent.flush()?;
         }
         let id = self.new_timeline_id(id)?;
-        let tmp = self.tmp_dir(&id)?;
+        let tmp = self.tmp_dir(id)?;
         let ancestor = Ancestor {
             id: parent_id.to_string(),
             lsn,
@@ -335,21 +347,21 @@ impl Tenant {
         )?;
         drop(tl);
         info!(tenant = %self.id, timeline = %id, parent = %parent_id, %lsn, "branch created");
-        self.install(&id, &tmp, safekeepers, Some(parent))
+        self.install(id, &tmp, safekeepers, Some(parent))
     }
 
     /// Deletes a timeline that has no branches.
-    pub fn delete_timeline(&self, id: &str) -> Result<()> {
+    pub fn delete_timeline(&self, id: TimelineId) -> Result<()> {
         let _changes = lock(&self.changes);
-        let known = lock(&self.timelines).contains_key(id) || lock(&self.broken).contains_key(id);
+        let known = lock(&self.timelines).contains_key(&id) || lock(&self.broken).contains_key(&id);
         if !known {
             self.timeline(id)?;
         }
-        let children: Vec<String> = self
+        let children: Vec<TimelineId> = self
             .timelines()
             .iter()
             .filter(|t| t.parent().is_some_and(|p| p.timeline_id() == id))
-            .map(|t| t.timeline_id().to_string())
+            .map(|t| t.timeline_id())
             .collect();
         if !children.is_empty() {
             return Err(TenantError::FailedPrecondition(format!(
@@ -357,9 +369,9 @@ impl Tenant {
                 self.id
             )));
         }
-        lock(&self.timelines).remove(id);
-        lock(&self.broken).remove(id);
-        let dir = self.timelines_dir().join(id);
+        lock(&self.timelines).remove(&id);
+        lock(&self.broken).remove(&id);
+        let dir = self.timeline_dir(id);
         let tmp = self.tmp_dir(id)?;
         rename_durable(&dir, &tmp)?;
         std::fs::remove_dir_all(&tmp).map_err(TenantError::io("remove", &tmp))?;
@@ -371,7 +383,7 @@ impl Tenant {
 /// Every tenant of a pageserver's data directory.
 pub struct TenantManager {
     data_dir: PathBuf,
-    tenants: RwLock<BTreeMap<String, Arc<Tenant>>>,
+    tenants: RwLock<BTreeMap<TenantId, Arc<Tenant>>>,
     /// Serializes tenant creation.
     creating: Mutex<()>,
     /// Handed to every tenant (see [`layer_source`]).
@@ -398,16 +410,16 @@ impl TenantManager {
                 std::fs::remove_dir_all(e.path()).map_err(TenantError::io("remove", e.path()))?;
                 continue;
             }
-            if ids::check_tenant_id(&name).is_err() {
+            let Ok(id) = name.parse::<TenantId>() else {
                 warn!(path = %e.path().display(), "ignoring an entry that is not a tenant id");
                 continue;
-            }
+            };
             let conf_path = e.path().join(TENANT_CONF);
             let text =
                 std::fs::read_to_string(&conf_path).map_err(TenantError::io("read", &conf_path))?;
             let conf = TenantConf::parse(&text, &conf_path.display().to_string())?;
             let t = Arc::new(Tenant {
-                id: name.clone(),
+                id,
                 dir: e.path(),
                 conf: RwLock::new(conf),
                 timelines: Mutex::new(BTreeMap::new()),
@@ -416,7 +428,7 @@ impl TenantManager {
                 layers: layers.clone(),
             });
             t.load_timelines()?;
-            tenants.insert(name, t);
+            tenants.insert(id, t);
         }
         Ok(TenantManager {
             data_dir: data_dir.to_path_buf(),
@@ -435,32 +447,28 @@ impl TenantManager {
         g.values().cloned().collect()
     }
 
-    pub fn tenant(&self, id: &str) -> Result<Arc<Tenant>> {
+    pub fn tenant(&self, id: TenantId) -> Result<Arc<Tenant>> {
         let g = self.tenants.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = g.get(id) {
+        if let Some(t) = g.get(&id) {
             return Ok(t.clone());
         }
-        ids::check_tenant_id(id)?;
         Err(TenantError::NotFound(format!("no tenant {id}")))
     }
 
-    pub fn timeline(&self, tenant: &str, timeline: &str) -> Result<Arc<TimelineHandle>> {
+    pub fn timeline(&self, tenant: TenantId, timeline: TimelineId) -> Result<Arc<TimelineHandle>> {
         self.tenant(tenant)?.timeline(timeline)
     }
 
     /// Creates an empty tenant (id generated if not given).
-    pub fn create_tenant(&self, id: Option<String>, conf: TenantConf) -> Result<Arc<Tenant>> {
+    pub fn create_tenant(&self, id: Option<TenantId>, conf: TenantConf) -> Result<Arc<Tenant>> {
         conf.validate()?;
-        let id = match id.filter(|s| !s.is_empty()) {
-            Some(id) => {
-                ids::check_tenant_id(&id)?;
-                id
-            }
+        let id = match id {
+            Some(id) => id,
             None => ids::generate_tenant_id()?,
         };
         let _creating = lock(&self.creating);
-        let dir = tenant_dir(&self.data_dir, &id);
-        if self.tenant(&id).is_ok() || dir.exists() {
+        let dir = tenant_dir(&self.data_dir, &id.to_string());
+        if self.tenant(id).is_ok() || dir.exists() {
             return Err(TenantError::AlreadyExists(format!(
                 "tenant {id} already exists"
             )));
@@ -473,7 +481,7 @@ impl TenantManager {
         write_atomic(&tmp.join(TENANT_CONF), conf.to_toml().as_bytes())?;
         rename_durable(&tmp, &dir)?;
         let t = Arc::new(Tenant {
-            id: id.clone(),
+            id,
             dir,
             conf: RwLock::new(conf),
             timelines: Mutex::new(BTreeMap::new()),
@@ -484,7 +492,7 @@ impl TenantManager {
         self.tenants
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), t.clone());
+            .insert(id, t.clone());
         info!(tenant = %id, "tenant created");
         Ok(t)
     }

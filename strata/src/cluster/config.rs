@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 
 pub const CONFIG_FILE: &str = "strata.toml";
 
+/// Every table refuses keys it does not know (so does `[proxy]`): a misspelt key must be an
+/// error naming it and the file, not a default taken silently.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Where the object store lives: a directory (the default, `<cluster dir>/remote`) or an
     /// `s3://bucket/prefix` URL (endpoint and keys from the AWS_* environment variables).
@@ -49,6 +52,7 @@ fn metrics_on() -> bool {
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct PageserverConfig {
     /// The address the gRPC port listens on and clients dial (`strata init --listen`);
     /// 127.0.0.1 when absent.
@@ -62,6 +66,7 @@ pub struct PageserverConfig {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct SafekeeperConfig {
     pub id: u64,
     /// As the pageserver's `grpc_host`.
@@ -261,16 +266,10 @@ mod tests {
         ports.dedup();
         assert_eq!(ports.len(), n, "ports must be distinct");
         assert!(ClusterConfig::generate(dir.path(), 2, None, "/x".into()).is_err());
-        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse::<u16>()
-            .unwrap();
+        let range = strata_daemon::ports::cluster_ports();
         assert!(
-            ports.iter().all(|&p| (10_000..ephemeral_low).contains(&p)),
-            "ports {ports:?} must lie below the ephemeral range ({ephemeral_low}…)"
+            ports.iter().all(|p| range.contains(p)),
+            "ports {ports:?} must lie in the cluster ports {range:?}, below the ephemeral range"
         );
     }
 
@@ -336,6 +335,32 @@ mod tests {
         assert_eq!(c.pageserver.metrics_addr(), None);
         assert!(c.safekeepers.iter().all(|s| s.metrics_addr().is_none()));
         assert_eq!(c.service_env(), vec![("STRATA_METRICS", "off")]);
+    }
+
+    #[test]
+    fn an_unknown_key_in_any_table_is_refused_by_name_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = "remote_storage = \"/r\"\npg_bin = \"/b\"\ncompute_base_port = 20000\n\
+                    [pageserver]\ngrpc_port = 19000\n\
+                    [proxy]\nport = 19010\n\
+                    [[safekeepers]]\nid = 1\ngrpc_port = 19001\npg_port = 19002\n";
+        fs::write(dir.path().join(CONFIG_FILE), good).unwrap();
+        ClusterConfig::load(dir.path()).expect("the same file without a typo loads");
+        let typos = [
+            ("compute_base_port = 20000", "compute_base_prot = 20000"),
+            ("grpc_port = 19000", "grpc_port = 19000\nmetrics_prot = 1"),
+            ("port = 19010", "port = 19010\nidle_stop = 5"),
+            ("pg_port = 19002", "pg_port = 19002\ngrpc_hots = \"::1\""),
+        ];
+        for (from, to) in typos {
+            let bad = good.replacen(from, to, 1);
+            fs::write(dir.path().join(CONFIG_FILE), &bad).unwrap();
+            let e = format!("{:#}", ClusterConfig::load(dir.path()).unwrap_err());
+            let key = to.rsplit('\n').next().unwrap().split(' ').next().unwrap();
+            assert!(e.contains(&format!("unknown field `{key}`")), "{e}");
+            let file = dir.path().join(CONFIG_FILE);
+            assert!(e.contains(&file.display().to_string()), "{e}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::net::TcpListener;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -17,8 +18,9 @@ use super::config::ClusterConfig;
 
 /// Ports per slot: a cluster with three safekeepers and its computes (112 ports) fits one.
 pub const SLOT_PORTS: u16 = 128;
-/// The lowest port handed out (below it live well-known services).
-const LOWEST: u16 = 10_000;
+/// Slot 0 begins here; the slots end below the test harness's ports (see
+/// [`strata_daemon::ports`]).
+const LOWEST: u16 = strata_daemon::ports::CLUSTER_PORTS_START;
 /// A claim this young is never stale: its cluster may not have written its configuration yet.
 const CLAIM_GRACE: Duration = Duration::from_secs(120);
 
@@ -29,23 +31,30 @@ fn claims_dir() -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("strata-port-claims"))
 }
 
-/// The first port of `n` consecutive loopback ports, free now and claimed for the cluster in
-/// `cluster_dir`, below the kernel's ephemeral port range (a port from that range could be taken
-/// meanwhile as the local port of an outgoing connection, and a restarted server would not get
-/// it back). The search starts at a random slot (clusters rarely contend) and wraps once.
-pub fn claim_port_block(cluster_dir: &Path, n: u16) -> Result<u16> {
-    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
+/// How many slots a block of `n` ports may start at in `range`.
+fn block_starts(range: &Range<u16>, n: u16) -> u16 {
     let slots_per_block = n.div_ceil(SLOT_PORTS).max(1);
-    let slots = ephemeral_low.saturating_sub(LOWEST) / SLOT_PORTS;
-    let bases = slots.saturating_sub(slots_per_block - 1);
+    let slots = range.end.saturating_sub(LOWEST) / SLOT_PORTS;
+    slots.saturating_sub(slots_per_block - 1)
+}
+
+/// The first port of `n` consecutive loopback ports, free now and claimed for the cluster in
+/// `cluster_dir`, among the cluster ports of [`strata_daemon::ports`] (below the kernel's
+/// ephemeral range, where a port could be taken meanwhile as the local port of an outgoing
+/// connection, and apart from the test harness's ports). The search starts at a random slot
+/// (clusters rarely contend) and wraps once.
+pub fn claim_port_block(cluster_dir: &Path, n: u16) -> Result<u16> {
+    claim_port_block_in(&claims_dir(), cluster_dir, n)
+}
+
+fn claim_port_block_in(dir: &Path, cluster_dir: &Path, n: u16) -> Result<u16> {
+    let range = strata_daemon::ports::cluster_ports();
+    let slots_per_block = n.div_ceil(SLOT_PORTS).max(1);
+    let bases = block_starts(&range, n);
     if bases == 0 {
-        bail!("no room for {n} ports between {LOWEST} and the ephemeral port range ({ephemeral_low}…)");
+        bail!("no room for {n} ports in the cluster port range {range:?} (the ephemeral port range starts at {})", strata_daemon::ports::ephemeral_low());
     }
-    let dir = claims_dir();
-    ensure_shared_dir(&dir)?;
+    ensure_shared_dir(dir)?;
     let owner = std::path::absolute(cluster_dir)
         .with_context(|| format!("resolving {}", cluster_dir.display()))?;
     let start = {
@@ -58,11 +67,11 @@ pub fn claim_port_block(cluster_dir: &Path, n: u16) -> Result<u16> {
         if !(base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             continue;
         }
-        if claim_slots(&dir, &owner, first_slot, slots_per_block)? {
+        if claim_slots(dir, &owner, first_slot, slots_per_block)? {
             return Ok(base);
         }
     }
-    bail!("could not find {n} consecutive free, unclaimed ports on 127.0.0.1 below {ephemeral_low} (claims in {})", dir.display())
+    bail!("could not find {n} consecutive free, unclaimed ports on 127.0.0.1 in {range:?} (claims in {})", dir.display())
 }
 
 /// Claims `count` slots from `first` for `owner`, all or none.
@@ -191,7 +200,46 @@ mod tests {
             .unwrap();
         f.set_modified(SystemTime::now() - 2 * CLAIM_GRACE).unwrap();
         assert!(!is_stale(&slot_file(claims.path(), slot), slot));
-        assert!(is_stale(&slot_file(claims.path(), slot), slot + 1));
+        // A slot none of its ports lie in (generate's own block is anywhere).
+        let unused = (0..)
+            .find(|s| {
+                let ports = LOWEST + s * SLOT_PORTS..LOWEST + (s + 1) * SLOT_PORTS;
+                !cfg.ports().iter().any(|p| ports.contains(p))
+            })
+            .unwrap();
+        assert!(is_stale(&slot_file(claims.path(), slot), unused));
+    }
+
+    #[test]
+    fn every_block_lies_in_the_cluster_ports_not_in_the_test_ports() {
+        let range = strata_daemon::ports::cluster_ports();
+        for n in [
+            1,
+            SLOT_PORTS - 1,
+            SLOT_PORTS,
+            SLOT_PORTS + 1,
+            3 * SLOT_PORTS,
+        ] {
+            let starts = block_starts(&range, n);
+            assert!(starts > 0, "no room for {n} ports in {range:?}");
+            let last_port = LOWEST + (starts - 1) * SLOT_PORTS + (n - 1);
+            assert!(
+                range.contains(&LOWEST) && range.contains(&last_port),
+                "{n}: {last_port}"
+            );
+            assert!(!strata_daemon::ports::test_ports().contains(&last_port));
+            // Whole slots: the block's last slot ends inside the range.
+            let slots_per_block = n.div_ceil(SLOT_PORTS);
+            assert!(LOWEST + (starts - 1 + slots_per_block) * SLOT_PORTS <= range.end);
+        }
+        // The claimed block is in the range too.
+        let cluster = tempfile::tempdir().unwrap();
+        let claims = tempfile::tempdir().unwrap();
+        let base = claim_port_block_in(claims.path(), cluster.path(), 112).unwrap();
+        assert!(
+            range.contains(&base) && range.contains(&(base + 111)),
+            "{base}"
+        );
     }
 
     #[test]

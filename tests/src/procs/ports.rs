@@ -17,15 +17,20 @@ static TAKEN: Mutex<Vec<(u16, File)>> = Mutex::new(Vec::new());
 
 const LOCK_DIR: &str = "/tmp/strata-test-ports";
 
-/// A loopback port free now and reserved for this process, below the kernel's ephemeral
-/// range: a server restarted on it later (the kill/restart tests) cannot find it taken by
-/// some client connection's local port, as happens with a port from the ephemeral range.
+/// A loopback port free now and reserved for this process, among the test ports of
+/// [`strata_daemon::ports`]: below the kernel's ephemeral range (a server restarted on it
+/// later, as the kill/restart tests do, cannot find it taken by some client connection's
+/// local port) and apart from the blocks `strata init` claims (a test's server cannot take a
+/// port of a stopped cluster).
 pub fn free_port() -> Result<u16> {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let (lo, hi) = (10_000u16, ephemeral_low.max(10_001));
+    let range = strata_daemon::ports::test_ports();
+    let (lo, hi) = (range.start, range.end);
+    if lo == hi {
+        bail!(
+            "no test ports: the kernel's ephemeral port range starts at {hi}, not above {lo} \
+             (/proc/sys/net/ipv4/ip_local_port_range)"
+        );
+    }
     std::fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
     // Other users' test runs share the directory.
     let _ = std::fs::set_permissions(LOCK_DIR, std::fs::Permissions::from_mode(0o1777));
@@ -87,6 +92,12 @@ mod tests {
         let a = free_port().unwrap();
         let b = free_port().unwrap();
         assert_ne!(a, b, "one process got the same port twice");
+        let tests = strata_daemon::ports::test_ports();
+        assert!(
+            tests.contains(&a) && tests.contains(&b),
+            "{a}, {b} not in {tests:?}"
+        );
+        assert!(!strata_daemon::ports::cluster_ports().contains(&a));
         // Another open of the lock file (as another test process would make) cannot lock it.
         assert!(lock_port(a).unwrap().is_none(), "port {a} is not locked");
         // And the port is still free to bind for the server it is meant for.
