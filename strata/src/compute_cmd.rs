@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use walproto::proto::safekeeper as sk;
 use walproto::Lsn;
 
-use crate::cluster::config::COMPUTE_PORTS;
 use crate::cluster::daemon::Daemon;
 use crate::cluster::ClusterConfig;
 use crate::mgmt::Pageserver;
@@ -314,9 +313,7 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
     if existing.iter().any(|c| c.name == name) {
         bail!("a compute named {name:?} exists; stop it first (strata compute stop {name})");
     }
-    let port = (cfg.compute_base_port..cfg.compute_base_port.saturating_add(COMPUTE_PORTS))
-        .find(|p| existing.iter().all(|c| c.port != *p) && port_free(*p))
-        .context("no free port for the compute")?;
+    let port = crate::cluster::compute_ports::claim(dir, cfg.compute_base_port, &name)?;
 
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
     // Every target is resolved against all that is committed now: a time or restore point
@@ -915,7 +912,7 @@ fn unused_name(existing: &[ComputeRecord], branch: &str) -> String {
         .expect("an unused name exists")
 }
 
-fn port_free(p: u16) -> bool {
+pub(crate) fn port_free(p: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
 }
 
@@ -935,6 +932,9 @@ fn forget_stopped_computes(dir: &Path, cfg: &ClusterConfig, out: &Output) -> Res
         // An import's walproposer is not scratch: its source waits for it (`strata start`
         // starts it again; only `strata tenant detach` ends it).
         if crate::tenant_import::tenant_of_compute(dir, &rec.name).is_some() {
+            continue;
+        }
+        if crate::cluster::compute_ports::being_started(dir, &rec) {
             continue;
         }
         let pg_running = node(dir, cfg, &rec.name).is_ok_and(|n| n.is_running());
