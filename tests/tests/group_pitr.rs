@@ -28,6 +28,9 @@ use strata_tests::cluster::{on_new_cluster, psql, read_pid, StrataCli};
 use strata_tests::pg::pg_bin_dir;
 use strata_tests::{InitOptions, PgCluster};
 
+mod group_bank;
+use group_bank::{prepare, start_member};
+
 const MEMBERS: [&str; 3] = ["bank-a", "bank-b", "bank-c"];
 /// How long the clients move money while cuts are taken (one a second).
 const WORKLOAD: Duration = Duration::from_secs(24);
@@ -65,19 +68,10 @@ struct Acked {
 
 fn scenario(s: &StrataCli) -> Result<()> {
     s.run(&["start"])?;
-    let mut ports = Vec::new();
-    for m in MEMBERS {
-        s.run(&["tenant", "create", m])?;
-        let c = s.json(&["compute", "start", "main", "--tenant", m, "--name", m])?;
-        let port = port_of(&c)?;
-        psql(
-            port,
-            "CREATE TABLE ledger(gid text NOT NULL, amount bigint NOT NULL); \
-             CREATE TABLE strata_2pc_gids(gid text PRIMARY KEY); \
-             INSERT INTO ledger VALUES ('initial', 1000)",
-        )?;
-        ports.push(port);
-    }
+    let ports = MEMBERS
+        .iter()
+        .map(|m| start_member(s, m))
+        .collect::<Result<Vec<u16>>>()?;
     let g = s.json(&[
         "group",
         "create",
@@ -111,10 +105,12 @@ fn scenario(s: &StrataCli) -> Result<()> {
         std::thread::sleep(WORKLOAD / 4);
         kill_safekeeper(s, id)?;
     }
-    // At least WORKLOAD, and until MIN_TRANSFERS committed (a loaded machine is slow).
+    // At least WORKLOAD, and until MIN_TRANSFERS committed and RESTORES cuts taken (on a
+    // loaded machine a cut can take longer than its period, and the cutter skips a beat).
     while t0.elapsed() < WORKLOAD
-        || (acked.lock().expect("acked").len() < MIN_TRANSFERS
-            && t0.elapsed() < Duration::from_secs(90))
+        || ((acked.lock().expect("acked").len() < MIN_TRANSFERS
+            || cuts_since(s, workload_start)? < RESTORES)
+            && t0.elapsed() < Duration::from_secs(120))
     {
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -169,23 +165,28 @@ fn scenario(s: &StrataCli) -> Result<()> {
     let chosen: Vec<&serde_json::Value> = (0..RESTORES)
         .map(|i| &cuts[i * cuts.len() / RESTORES])
         .collect();
-    for (batch, group) in chosen.chunks(RESTORES_AT_ONCE).enumerate() {
-        thread::scope(|sc| -> Result<()> {
-            let handles: Vec<_> = group
-                .iter()
-                .enumerate()
-                .map(|(j, cut)| {
-                    let acked = &acked;
-                    let branch = format!("r{}", batch * RESTORES_AT_ONCE + j);
-                    sc.spawn(move || restore_at_cut(s, cut, &branch, acked))
+    // RESTORES_AT_ONCE workers take the next cut as soon as they are done with one.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    thread::scope(|sc| -> Result<()> {
+        let workers: Vec<_> = (0..RESTORES_AT_ONCE)
+            .map(|_| {
+                let (next, chosen, acked) = (&next, &chosen, &acked);
+                sc.spawn(move || -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(cut) = chosen.get(i) else {
+                            return Ok(());
+                        };
+                        restore_at_cut(s, cut, &format!("r{i}"), acked)?;
+                    }
                 })
-                .collect();
-            for h in handles {
-                h.join().expect("restore thread")?;
-            }
-            Ok(())
-        })?;
-    }
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("restore worker")?;
+        }
+        Ok(())
+    })?;
     eprintln!(
         "{RESTORES} group restores, {RESTORES_AT_ONCE} at a time, took {:.1} s",
         t_restores.elapsed().as_secs_f64()
@@ -193,6 +194,21 @@ fn scenario(s: &StrataCli) -> Result<()> {
     naive_restore_breaks_the_sum(s, &chosen, &acked)?;
     member_without_compute_restores(s, &acked)?;
     imported_source_is_a_member(s, ports[0])
+}
+
+/// How many cuts of group bank the object store holds from `since_us` on (a cut's key starts
+/// with its time in µs, 20 digits).
+fn cuts_since(s: &StrataCli, since_us: i64) -> Result<usize> {
+    let cuts = s.dir.join("remote/groups/bank/cuts");
+    let mut n = 0;
+    for e in std::fs::read_dir(&cuts).with_context(|| format!("listing {}", cuts.display()))? {
+        let key = e?.file_name().to_string_lossy().into_owned();
+        let time_us = key.get(..20).and_then(|t| t.parse::<i64>().ok());
+        if !key.ends_with(".crc32c") && time_us.is_some_and(|t| t >= since_us) {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Kills safekeeper `id` once the one killed before it runs again (so two are always up).
@@ -378,19 +394,6 @@ fn imported_source_is_a_member(s: &StrataCli, a_port: u16) -> Result<()> {
         "the transfer on the members: {amounts:?}"
     );
     stop_computes(s, &r)
-}
-
-/// One participant's part of transfer `gid`: its ledger row and its gid (the settlement's
-/// evidence of commit), prepared.
-fn prepare(port: u16, gid: &str, amount: i64) -> Result<()> {
-    psql(
-        port,
-        &format!(
-            "BEGIN; INSERT INTO ledger VALUES ('{gid}', {amount}); \
-             INSERT INTO strata_2pc_gids VALUES ('{gid}'); PREPARE TRANSACTION '{gid}'"
-        ),
-    )?;
-    Ok(())
 }
 
 /// Transfers numbered up to this may be left prepared (every 6th): three per client, so with

@@ -7,8 +7,11 @@
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
-use strata_tests::cluster::{psql, scratch_dir, StrataCli};
+use strata_tests::cluster::{on_new_cluster_init, psql, scratch_dir, StrataCli};
 use strata_tests::procs::S3Server;
+
+mod group_bank;
+use group_bank::{prepare, start_member};
 
 const BUCKET: &str = "strata";
 /// The object store's prefix in the bucket.
@@ -18,44 +21,28 @@ const GID: &str = "move-1";
 
 #[test]
 fn group_cuts_in_s3_restore_without_the_cluster_directory_copy() -> Result<()> {
-    let tmp = scratch_dir("strata-group-s3-")?;
-    let s3_root = tmp.path().join("s3");
+    let s3_dir = scratch_dir("strata-group-s3-store-")?;
+    let s3_root = s3_dir.path().join("s3");
     let server = S3Server::start(&s3_root, BUCKET)?;
     // `strata` and the services it starts find the S3 server through the environment. This
     // file holds one test, and no other thread runs yet.
     for (k, v) in server.env() {
         std::env::set_var(k, v);
     }
-    let s = StrataCli::new(&tmp.path().join("cluster"))?;
-    s.run(&[
-        "init",
-        "--remote-storage",
-        &format!("s3://{BUCKET}/{PREFIX}"),
-    ])?;
-    let result = scenario(&s, &s3_root);
-    let _ = s.run(&["stop"]);
+    let url = format!("s3://{BUCKET}/{PREFIX}");
+    let result = on_new_cluster_init("strata-group-s3-", &["--remote-storage", &url], |s| {
+        scenario(s, &s3_root)
+    });
     drop(server);
-    if result.is_err() && std::env::var_os("STRATA_KEEP_TMP").is_some() {
-        eprintln!("STRATA_KEEP_TMP: keeping {}", tmp.keep().display());
-    }
     result
 }
 
 fn scenario(s: &StrataCli, s3_root: &Path) -> Result<()> {
     s.run(&["start"])?;
-    let mut ports = Vec::new();
-    for m in MEMBERS {
-        s.run(&["tenant", "create", m])?;
-        let c = s.json(&["compute", "start", "main", "--tenant", m, "--name", m])?;
-        let port = c["port"].as_u64().context("port")? as u16;
-        psql(
-            port,
-            "CREATE TABLE ledger(gid text NOT NULL, amount bigint NOT NULL); \
-             CREATE TABLE strata_2pc_gids(gid text PRIMARY KEY); \
-             INSERT INTO ledger VALUES ('initial', 1000)",
-        )?;
-        ports.push(port);
-    }
+    let ports = MEMBERS
+        .iter()
+        .map(|m| start_member(s, m))
+        .collect::<Result<Vec<u16>>>()?;
     s.json(&[
         "group",
         "create",
@@ -66,15 +53,8 @@ fn scenario(s: &StrataCli, s3_root: &Path) -> Result<()> {
         "0",
     ])?;
     // A transfer by 2PC, cut between its two COMMIT PREPAREDs.
-    for (port, amount) in ports.iter().zip([-250, 250]) {
-        psql(
-            *port,
-            &format!(
-                "BEGIN; INSERT INTO ledger VALUES ('{GID}', {amount}); \
-                 INSERT INTO strata_2pc_gids VALUES ('{GID}'); PREPARE TRANSACTION '{GID}'"
-            ),
-        )?;
-    }
+    prepare(ports[0], GID, -250)?;
+    prepare(ports[1], GID, 250)?;
     psql(ports[0], &format!("COMMIT PREPARED '{GID}'"))?;
     let cut = s.json(&["group", "restore-point", "create", "shards", "half"])?;
     psql(ports[1], &format!("COMMIT PREPARED '{GID}'"))?;
