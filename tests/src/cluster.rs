@@ -189,9 +189,20 @@ pub fn scratch_dir(prefix: &str) -> Result<tempfile::TempDir> {
 /// `prefix`), then `strata stop` whatever the outcome. With `STRATA_KEEP_TMP` set, a failed
 /// run's directory is kept and named.
 pub fn on_new_cluster(prefix: &str, scenario: impl FnOnce(&StrataCli) -> Result<()>) -> Result<()> {
+    on_new_cluster_init(prefix, &[], scenario)
+}
+
+/// [`on_new_cluster`] with `strata init init_args…` (e.g. `--remote-storage s3://…`).
+pub fn on_new_cluster_init(
+    prefix: &str,
+    init_args: &[&str],
+    scenario: impl FnOnce(&StrataCli) -> Result<()>,
+) -> Result<()> {
     let tmp = scratch_dir(prefix)?;
     let s = StrataCli::new(&tmp.path().join("cluster"))?;
-    s.run(&["init"])?;
+    let mut init = vec!["init"];
+    init.extend_from_slice(init_args);
+    s.run(&init)?;
     let result = scenario(&s);
     let _ = s.run(&["stop"]);
     if result.is_err() && std::env::var_os("STRATA_KEEP_TMP").is_some() {

@@ -14,6 +14,7 @@
 //! <dir>/run/*.spec, *.state    what the supervisor restarts, and what it saw
 //! ```
 
+pub mod compute_ports;
 pub mod config;
 pub mod daemon;
 pub mod lock;

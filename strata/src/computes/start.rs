@@ -14,7 +14,6 @@ use super::record::{compute_dir, node, postgres_service, unix_now, ComputeRecord
 use super::spares::take_spare_data_dir;
 use super::stop::{forget_stopped_computes, stop_one};
 use super::walproposer::{start_walproposer, STANDBY_NAME};
-use crate::cluster::config::COMPUTE_PORTS;
 use crate::cluster::ClusterConfig;
 use crate::mgmt::Pageserver;
 use crate::names::{self, Names};
@@ -88,9 +87,7 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
     if existing.iter().any(|c| c.name == name) {
         bail!("a compute named {name:?} exists; stop it first (strata compute stop {name})");
     }
-    let port = (cfg.compute_base_port..cfg.compute_base_port.saturating_add(COMPUTE_PORTS))
-        .find(|p| existing.iter().all(|c| c.port != *p) && port_free(*p))
-        .context("no free port for the compute")?;
+    let port = crate::cluster::compute_ports::claim(dir, cfg.compute_base_port, &name)?;
 
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
     // Every target is resolved against all that is committed now: a time or restore point
@@ -313,6 +310,6 @@ fn unused_name(existing: &[ComputeRecord], branch: &str) -> String {
         .expect("an unused name exists")
 }
 
-fn port_free(p: u16) -> bool {
+pub(crate) fn port_free(p: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
 }

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -74,6 +75,139 @@ struct Restored<'a> {
     port: u16,
 }
 
+/// A member's restore as far as it got: its new branch (if made) and compute (if started).
+struct MemberRestore<'a> {
+    member: &'a Member,
+    branch_made: bool,
+    started: Result<Restored<'a>>,
+}
+
+/// Compute names for the members' new branch: the branch's name, then `<branch>-1`, … (as
+/// `compute start` names them), chosen up front so that parallel starts do not pick the same.
+fn compute_names(dir: &Path, new_branch: &str, count: usize) -> Result<Vec<String>> {
+    let existing = computes::ComputeRecord::list(dir)?;
+    let taken = |n: &str| existing.iter().any(|c| c.name == n);
+    let names: Vec<String> = (0..)
+        .map(|i| match i {
+            0 => new_branch.to_string(),
+            _ => format!("{new_branch}-{i}"),
+        })
+        .filter(|n| !taken(n))
+        .take(count)
+        .collect();
+    for n in &names {
+        crate::names::validate(crate::names::Kind::Compute, n)
+            .with_context(|| format!("naming the members' computes after branch {new_branch}"))?;
+    }
+    Ok(names)
+}
+
+/// How long a member's branch creation waits for another one's (each takes seconds).
+const NAMES_LOCK_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs `f` holding `<dir>/groups/.names.lock`: a branch creation or deletion rewrites the
+/// cluster's names file whole (`names.toml`), so two at once (members restored in parallel,
+/// or two group restores) would lose one of the new names.
+fn with_names_lock<T>(dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let groups = dir.join("groups");
+    std::fs::create_dir_all(&groups).with_context(|| format!("creating {}", groups.display()))?;
+    let _lock =
+        crate::cluster::compute_ports::lock_file(&groups.join(".names.lock"), NAMES_LOCK_DEADLINE)?;
+    f()
+}
+
+/// Branches member `m` at `t` and starts a read-write compute `compute` on the new branch.
+fn restore_member<'a>(
+    dir: &Path,
+    m: &'a Member,
+    t: &Target,
+    new_branch: &str,
+    compute: &str,
+) -> MemberRestore<'a> {
+    let quiet = Output::new(false);
+    let made = with_names_lock(dir, || {
+        branch_cmd::run(
+            dir,
+            BranchCommand::Create(CreateArgs {
+                name: new_branch.to_string(),
+                from: m.branch.clone(),
+                at: Some(target_text(t)),
+                exclusive: false,
+                tenant: TenantArg {
+                    tenant: Some(m.tenant.clone()),
+                },
+            }),
+            &quiet,
+        )
+    });
+    if let Err(e) = made {
+        return MemberRestore {
+            member: m,
+            branch_made: false,
+            started: Err(e.context(format!("branching member {}", m.tenant))),
+        };
+    }
+    let started = computes::start(
+        dir,
+        StartRequest {
+            branch: new_branch,
+            tenant: Some(&m.tenant),
+            at: None,
+            read_only: false,
+            name: Some(compute.to_string()),
+            ttl_secs: None,
+            full_copy: false,
+            settings: &[],
+        },
+        &quiet,
+    )
+    .map(|rec| Restored {
+        member: m,
+        compute: rec.name,
+        port: rec.port,
+    })
+    .with_context(|| format!("starting the compute of member {}", m.tenant));
+    MemberRestore {
+        member: m,
+        branch_made: true,
+        started,
+    }
+}
+
+/// After a member failed: deletes the new branch (with its compute) on every member that has
+/// one, so a retry can use the same name; says what could not be removed.
+fn undo(dir: &Path, new_branch: &str, attempts: &[MemberRestore], out: &Output) -> String {
+    let mut left = Vec::new();
+    for a in attempts.iter().filter(|a| a.branch_made) {
+        out.step(&format!(
+            "member {}: deleting branch {new_branch}",
+            a.member.tenant
+        ));
+        let deleted = with_names_lock(dir, || {
+            crate::delete_cmd::branch_delete(
+                dir,
+                crate::delete_cmd::BranchDeleteArgs {
+                    name: new_branch.to_string(),
+                    tenant: Some(a.member.tenant.clone()),
+                    force: false,
+                },
+                &Output::new(false),
+            )
+        });
+        if let Err(e) = deleted {
+            left.push(format!(
+                "branch {new_branch} of {} is left (deleting it failed: {e:#})",
+                a.member.tenant
+            ));
+        }
+    }
+    if left.is_empty() {
+        "the other members' new branches were deleted".into()
+    } else {
+        left.join("; ")
+    }
+}
+
 pub fn branch(
     dir: &Path,
     name: &str,
@@ -86,7 +220,7 @@ pub fn branch(
     let g = gs.load(name)?;
     let (what, targets) = targets(&gs, &g, at, naive)?;
     let cfg = ClusterConfig::load(dir)?;
-    let mut restored = Vec::new();
+    let computes = compute_names(dir, new_branch, g.members.len())?;
     for (m, t) in g.members.iter().zip(&targets) {
         out.step(&format!(
             "member {}: branch {new_branch} of {} at {}",
@@ -94,43 +228,46 @@ pub fn branch(
             m.branch,
             target_text(t)
         ));
-        let rec = stdout_to_stderr(|| -> Result<_> {
-            let quiet = Output::new(false);
-            branch_cmd::run(
-                dir,
-                BranchCommand::Create(CreateArgs {
-                    name: new_branch.to_string(),
-                    from: m.branch.clone(),
-                    at: Some(target_text(t)),
-                    exclusive: false,
-                    tenant: TenantArg {
-                        tenant: Some(m.tenant.clone()),
-                    },
-                }),
-                &quiet,
-            )?;
-            computes::start(
-                dir,
-                StartRequest {
-                    branch: new_branch,
-                    tenant: Some(&m.tenant),
-                    at: None,
-                    read_only: false,
-                    name: None,
-                    ttl_secs: None,
-                    full_copy: false,
-                    settings: &[],
-                },
-                &quiet,
-            )
-        })
-        .with_context(|| format!("restoring member {}", m.tenant))?;
-        restored.push(Restored {
-            member: m,
-            compute: rec.name,
-            port: rec.port,
-        });
     }
+    // Every member at once: a thread each branches it and starts its compute (the starts
+    // claim distinct ports, see `cluster::compute_ports`).
+    let attempts: Vec<MemberRestore> = stdout_to_stderr(|| {
+        std::thread::scope(|s| {
+            let threads: Vec<_> = g
+                .members
+                .iter()
+                .zip(&targets)
+                .zip(&computes)
+                .map(|((m, t), c)| s.spawn(move || restore_member(dir, m, t, new_branch, c)))
+                .collect();
+            threads
+                .into_iter()
+                .zip(&g.members)
+                .map(|(h, m)| {
+                    h.join().unwrap_or_else(|_| MemberRestore {
+                        member: m,
+                        branch_made: false,
+                        started: Err(anyhow::anyhow!(
+                            "restoring member {}: its thread panicked",
+                            m.tenant
+                        )),
+                    })
+                })
+                .collect()
+        })
+    });
+    let failures: Vec<String> = attempts
+        .iter()
+        .filter_map(|a| a.started.as_ref().err().map(|e| format!("{e:#}")))
+        .collect();
+    if !failures.is_empty() {
+        let left = stdout_to_stderr(|| undo(dir, new_branch, &attempts, out));
+        bail!("group {name} not restored: {}; {left}", failures.join("; "));
+    }
+    let restored: Vec<Restored> = attempts
+        .into_iter()
+        .filter_map(|a| a.started.ok())
+        .collect();
     // A naive restore is the server-by-server baseline: nothing is settled across members.
     out.step(if naive {
         "listing in-doubt two-phase transactions (naive: not settled)"
