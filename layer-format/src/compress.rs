@@ -66,20 +66,24 @@ impl Compression {
     }
 }
 
-/// Compresses `input` into `out` (cleared first) if it is worth it; returns whether it did.
-pub(crate) fn try_compress(input: &[u8], out: &mut Vec<u8>) -> bool {
+/// Compresses `input` into the first bytes of `out` if it is worth it; returns how many.
+///
+/// `out` keeps its largest length between calls and is never cleared: `lz4_flex`'s safe
+/// encoder writes into an initialised slice, and zeroing a fresh ~9 KiB one for every value
+/// was work for nothing. (The encoder still zeroes its own 8 KiB hash table per call: 0.11
+/// has no block API that reuses one.)
+pub(crate) fn try_compress(input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
     if input.len() < MIN_COMPRESS_LEN || input.len() > u32::MAX as usize {
-        return false;
+        return None;
     }
-    let max = lz4_flex::block::get_maximum_output_size(input.len());
-    out.clear();
-    out.resize(4 + max, 0);
+    let end = 4 + lz4_flex::block::get_maximum_output_size(input.len());
+    if out.len() < end {
+        out.resize(end, 0);
+    }
     out[..4].copy_from_slice(&(input.len() as u32).to_be_bytes());
-    let Ok(n) = lz4_flex::block::compress_into(input, &mut out[4..]) else {
-        return false;
-    };
-    out.truncate(4 + n);
-    out.len() + input.len() / MIN_SAVING_DIVISOR <= input.len()
+    let n = lz4_flex::block::compress_into(input, &mut out[4..end]).ok()?;
+    let len = 4 + n;
+    (len + input.len() / MIN_SAVING_DIVISOR <= input.len()).then_some(len)
 }
 
 /// Decompresses a value stored by [`try_compress`]; the error says what is wrong.
@@ -115,13 +119,22 @@ mod tests {
     fn round_trip_and_policy() {
         let page = crate::sample_pages::pgbench_accounts_heap_page(3, 1);
         let mut out = Vec::new();
-        assert!(try_compress(&page, &mut out));
-        assert!(out.len() < page.len() / 2, "{}", out.len());
-        assert_eq!(decompress(&out).unwrap(), page);
+        let n = try_compress(&page, &mut out).unwrap();
+        assert!(n < page.len() / 2, "{n}");
+        assert_eq!(decompress(&out[..n]).unwrap(), page);
 
         let random = crate::sample_pages::random_page(7);
-        assert!(!try_compress(&random, &mut out));
-        assert!(!try_compress(&[0u8; 100], &mut out));
+        assert_eq!(try_compress(&random, &mut out), None);
+        assert_eq!(try_compress(&[0u8; 100], &mut out), None);
+
+        // The buffer is reused as it is: a smaller value after a larger one, and the larger
+        // one's leftover bytes, change nothing.
+        let small = crate::sample_pages::pgbench_accounts_heap_page(1, 1);
+        let small = &small[..4096];
+        let n = try_compress(small, &mut out).unwrap();
+        assert_eq!(decompress(&out[..n]).unwrap(), small);
+        let n = try_compress(&page, &mut out).unwrap();
+        assert_eq!(decompress(&out[..n]).unwrap(), page);
 
         assert!(decompress(&[0, 0]).is_err());
         assert!(decompress(&[0xFF, 0xFF, 0xFF, 0xFF, 0]).is_err());

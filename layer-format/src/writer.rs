@@ -156,12 +156,17 @@ impl RawWriter {
         let sk = self.check_entry(key, lsn, value.len())?;
         let mut flags = if will_init { FLAG_WILL_INIT } else { 0 };
         let mut scratch = std::mem::take(&mut self.scratch);
-        let stored: &[u8] = if self.compression.tries(is_image) && try_compress(value, &mut scratch)
-        {
-            flags |= FLAG_LZ4;
-            &scratch
+        let compressed = if self.compression.tries(is_image) {
+            try_compress(value, &mut scratch)
         } else {
-            value
+            None
+        };
+        let stored: &[u8] = match compressed {
+            Some(n) => {
+                flags |= FLAG_LZ4;
+                &scratch[..n]
+            }
+            None => value,
         };
         let crc = walproto::crc::crc32c(stored);
         let res = self.append(sk, key, lsn, flags, stored, crc);

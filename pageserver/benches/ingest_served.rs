@@ -2,7 +2,8 @@
 //! `ingest_served/served.rs` for what is timed).
 //!
 //! `cargo bench -p pageserver --bench ingest_served` (needs `cargo build --release --bins`
-//! for the safekeeper and compute binaries). Environment: `STRATA_BENCH_WORKLOAD=indexes`
+//! for the pageserver, safekeeper and compute binaries; `STRATA_PAGESERVER_BIN` and the like
+//! run other builds, e.g. a baseline's pageserver beside a change's). Environment: `STRATA_BENCH_WORKLOAD=indexes`
 //! (index-heavy, `STRATA_BENCH_ROWS`, default 300,000) or pgbench (`STRATA_BENCH_SCALE`,
 //! default 40, `STRATA_BENCH_SECONDS`, default 300: about 1 GB of WAL);
 //! `STRATA_BENCH_RUNS` rounds (default 3).

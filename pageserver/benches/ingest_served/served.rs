@@ -16,13 +16,13 @@
 //!    start until `pg_last_wal_replay_lsn()` reaches E; CPU: the postmaster and its children.
 //! 3. Medians over the rounds; MB/s, records/s, CPU seconds per GB, and the ratio.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use strata_tests::index_workload::run_index_workload;
+use strata_tests::procs::{Pageserver, Safekeeper, Walproposer};
 use strata_tests::{InitOptions, PgCluster, StopMode};
 use walproto::proto::pageserver as pb;
 use walproto::walfiles::WalDirReader;
@@ -139,39 +139,6 @@ impl Report {
     }
 }
 
-/// The newest `<target>/{debug,release}/<name>` of this workspace.
-fn workspace_bin(name: &str) -> Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    ["debug", "release"]
-        .iter()
-        .map(|p| target.join(p).join(name))
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .max()
-        .map(|(_, p)| p)
-        .with_context(|| {
-            format!(
-                "no {name} binary in {}: run `cargo build --bins` first",
-                target.display()
-            )
-        })
-}
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn log_to(dir: &Path, name: &str) -> Result<Stdio> {
-    Ok(Stdio::from(std::fs::File::create(dir.join(name))?))
-}
-
 /// CPU seconds (user + system) `pid` used so far; with `children`, also of its waited-for
 /// children.
 fn cpu_secs(pid: u32, children: bool) -> Result<f64> {
@@ -211,80 +178,21 @@ fn postgres_cpu(data: &Path) -> Result<f64> {
 
 /// The safekeeper, streaming Postgres's WAL from the walproposer.
 struct Source {
-    _sk: Proc,
+    _sk: Safekeeper,
     sk_pg: String,
 }
 
-/// A running pageserver.
-struct Pageserver {
-    child: Proc,
-    addr: String,
-}
-
-impl Pageserver {
-    fn start(data: &Path) -> Result<Pageserver> {
-        let log = std::fs::File::create(data.with_extension("log"))?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pageserver"))
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()?;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let child = Proc(child);
-        let addr = line
-            .trim()
-            .strip_prefix("pageserver listening on ")
-            .with_context(|| format!("unexpected first line {line:?}"))?
-            .to_string();
-        Ok(Pageserver { child, addr })
-    }
-}
-
 /// Starts the safekeeper and the walproposer streaming `pg` into it.
-fn start_source(pg: &PgCluster, scratch: &Path) -> Result<(Source, Proc)> {
-    let mut sk = Command::new(workspace_bin("safekeeper")?)
-        .arg("--datadir")
-        .arg(scratch.join("sk"))
-        .args([
-            "--listen-grpc",
-            "127.0.0.1:0",
-            "--id",
-            "1",
-            "--listen-pg",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(log_to(scratch, "sk.log")?)
-        .spawn()?;
-    let mut lines = std::io::BufReader::new(sk.stdout.take().context("stdout")?).lines();
-    let grpc = lines.next().context("safekeeper printed nothing")??;
-    let repl = lines.next().context("safekeeper printed one line")??;
-    let sk = Proc(sk);
-    let last_word = |l: &str| l.rsplit(' ').next().unwrap_or_default().to_string();
-    let (sk_grpc, sk_pg) = (last_word(&grpc), last_word(&repl));
-    let wp = Proc(
-        Command::new(workspace_bin("compute")?)
-            .args(["walproposer", "--pg"])
-            .arg(format!(
-                "host={} port={} user=postgres",
-                pg.socket_dir().display(),
-                pg.port()
-            ))
-            .args([
-                "--safekeepers",
-                &sk_grpc,
-                "--tenant",
-                TENANT,
-                "--timeline",
-                TIMELINE,
-            ])
-            .stdout(Stdio::null())
-            .stderr(log_to(scratch, "wp.log")?)
-            .spawn()?,
-    );
+fn start_source(pg: &PgCluster, scratch: &Path) -> Result<(Source, Walproposer)> {
+    let sk = Safekeeper::started_with_replication(scratch, 1)?;
+    let wp = Walproposer::start_for(
+        pg,
+        &[sk.addr()],
+        (TENANT, TIMELINE),
+        &scratch.join("wp.log"),
+        &[],
+    )?;
+    let sk_pg = sk.pg_addr();
     Ok((Source { _sk: sk, sk_pg }, wp))
 }
 
@@ -360,9 +268,9 @@ async fn strata_run(f: &Fixture, source: &Source, dir: &Path) -> Result<(Run, u3
         std::fs::remove_dir_all(dir)?;
     }
     std::fs::create_dir_all(dir)?;
-    let ps = Pageserver::start(&dir.join("ps"))?;
-    let mut c =
-        pb::pageserver_client::PageserverClient::connect(format!("http://{}", ps.addr)).await?;
+    // Only warnings are logged: log lines are not what is measured.
+    let ps = Pageserver::start_logging(&dir.join("ps"), &[], "warn")?;
+    let mut c = ps.client().await?;
     c.create_tenant(pb::CreateTenantRequest {
         tenant_id: TENANT.into(),
         config_toml: String::new(),
@@ -377,7 +285,7 @@ async fn strata_run(f: &Fixture, source: &Source, dir: &Path) -> Result<(Run, u3
         safekeepers: vec![source.sk_pg.clone()],
     })
     .await?;
-    let pid = ps.child.0.id();
+    let pid = ps.child.id();
     let (t0, cpu0) = (Instant::now(), cpu_secs(pid, false)?);
     let req = pb::TimelineRequest {
         tenant_id: TENANT.into(),

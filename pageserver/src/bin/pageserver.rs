@@ -33,6 +33,10 @@
 
 // mimalloc: ingest allocates and frees many small values across threads (decode and
 // ingest); it measured ~10% faster than the system allocator (benches/ingest_vs_recovery.rs).
+// Built with `no_thp` (Cargo.toml): with transparent huge pages, every first touch of fresh
+// heap memory (WAL chunks, decode buffers, layer buffers) faulted in and zeroed a whole 2 MiB
+// page, over a quarter of the served ingest's CPU; without them it took a quarter to a third
+// less CPU per GB (docs/benchmarks.md, "Ingest CPU").
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -24,6 +24,13 @@ impl Pageserver {
 
     /// [`Pageserver::start`] with `extra` arguments.
     pub fn start_with(data: &Path, extra: &[&str]) -> Result<Pageserver> {
+        Self::start_logging(data, extra, "info")
+    }
+
+    /// [`Pageserver::start_with`], logging at `rust_log` (a `RUST_LOG` filter): benchmarks
+    /// time the process with `warn`, so that log lines are not part of what they measure.
+    /// The binary is [`built_bin`]'s (`STRATA_PAGESERVER_BIN` picks another build).
+    pub fn start_logging(data: &Path, extra: &[&str], rust_log: &str) -> Result<Pageserver> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -33,7 +40,7 @@ impl Pageserver {
             .arg(data)
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
