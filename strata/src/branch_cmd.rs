@@ -68,6 +68,8 @@ pub fn run(dir: &Path, cmd: BranchCommand, out: &Output) -> Result<()> {
 
 fn create(dir: &Path, a: CreateArgs, out: &Output) -> Result<()> {
     let cfg = ClusterConfig::load(dir)?;
+    // No other change of names.toml between this load and the store (cluster::lock).
+    let _names_change = crate::cluster::lock::ClusterLock::for_names_change(dir)?;
     let mut names = Names::load(dir)?;
     let (tenant, tenant_id) = names.tenant(a.tenant.tenant.as_deref())?;
     let parent = names.timeline(&tenant, &a.from)?;

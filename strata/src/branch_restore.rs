@@ -90,6 +90,8 @@ pub fn restore(dir: &Path, a: RestoreArgs, out: &Output) -> Result<()> {
     // Compute starts that resolved the name to the old timeline finish first and are stopped
     // below with the other old computes; later ones see the new name (`cluster::lock`).
     let _no_compute_start = ClusterLock::for_restore(dir)?;
+    // No other change of names.toml between this load and the store (cluster::lock).
+    let _names_change = crate::cluster::lock::ClusterLock::for_names_change(dir)?;
     let mut names = Names::load(dir)?;
     if names.timeline(&tenant, &a.branch)? != old_timeline {
         bail!(

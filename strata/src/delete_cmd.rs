@@ -200,6 +200,8 @@ fn refuse_leases(what: &str, held: &[String], force: bool) -> Result<()> {
 
 pub fn branch_delete(dir: &Path, a: BranchDeleteArgs, out: &Output) -> Result<()> {
     let cfg = ClusterConfig::load(dir)?;
+    // No other change of names.toml between this load and the store (cluster::lock).
+    let _names_change = crate::cluster::lock::ClusterLock::for_names_change(dir)?;
     let mut names = Names::load(dir)?;
     let (tenant, tenant_id) = names.tenant(a.tenant.as_deref())?;
     let timeline = names.timeline(&tenant, &a.name)?;
@@ -250,6 +252,8 @@ pub fn branch_delete(dir: &Path, a: BranchDeleteArgs, out: &Output) -> Result<()
 
 pub fn tenant_delete(dir: &Path, a: TenantDeleteArgs, out: &Output) -> Result<()> {
     let cfg = ClusterConfig::load(dir)?;
+    // No other change of names.toml between this load and the store (cluster::lock).
+    let _names_change = crate::cluster::lock::ClusterLock::for_names_change(dir)?;
     let mut names = Names::load(dir)?;
     let (tenant, tenant_id) = names.tenant(Some(&a.name))?;
     let branches: Vec<(String, String)> = names

@@ -197,6 +197,8 @@ fn import_with_slot(
         cfg.safekeeper_pg_addrs(),
     )?;
     fs::remove_dir_all(&backup_dir).ok();
+    // No other change of names.toml between this load and the store (cluster::lock).
+    let _names_change = crate::cluster::lock::ClusterLock::for_names_change(dir)?;
     let mut names = Names::load(dir)?;
     names.add_tenant(name, &tenant.tenant_id)?;
     names.add_branch(name, "main", &tl.timeline_id)?;

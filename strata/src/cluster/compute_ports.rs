@@ -9,9 +9,9 @@
 //! (a start in progress), while the process that wrote it lives and for at most
 //! [`START_CLAIM`]: a start that failed or was killed does not keep its port for long.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 
@@ -65,30 +65,6 @@ impl Claim {
     }
 }
 
-/// An exclusive lock on `path` (created if missing; held until the file is dropped), between
-/// threads and processes alike; an error naming it if another holder keeps it for `deadline`.
-pub fn lock_file(path: &Path, deadline: Duration) -> Result<File> {
-    let file =
-        File::create(path).with_context(|| format!("opening the lock {}", path.display()))?;
-    let t0 = Instant::now();
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(fs::TryLockError::WouldBlock) => {}
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", path.display()))
-            }
-        }
-        if t0.elapsed() > deadline {
-            bail!(
-                "{} stayed locked by another process for {deadline:?}",
-                path.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Claims a free port of the cluster's compute range (from `base_port`, the configuration's
 /// `compute_base_port`) for compute `name`: not used by any compute's record, not claimed by
 /// a start in progress, and free on 127.0.0.1 now.
@@ -96,7 +72,11 @@ pub fn claim(dir: &Path, base_port: u16, name: &str) -> Result<u16> {
     let claims = claims_dir(dir);
     fs::create_dir_all(&claims).with_context(|| format!("creating {}", claims.display()))?;
     // Held only while ports are checked and one claim written (milliseconds).
-    let _lock = lock_file(&claims.join(".lock"), LOCK_DEADLINE)?;
+    let _lock = super::lock::ClusterLock::exclusive(
+        &claims.join(".lock"),
+        LOCK_DEADLINE,
+        "another compute start to finish claiming its port",
+    )?;
     let existing = ComputeRecord::list(dir)?;
     let range = base_port..base_port.saturating_add(COMPUTE_PORTS);
     for port in range.clone() {
@@ -177,7 +157,7 @@ mod tests {
         // pid 0 is never a process's.
         fs::write(claim_file(d.path(), first), "0 a\n").unwrap();
         assert_eq!(claim(d.path(), base, "b").unwrap(), first);
-        let f = File::options()
+        let f = fs::File::options()
             .write(true)
             .open(claim_file(d.path(), first))
             .unwrap();

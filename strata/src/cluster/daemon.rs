@@ -172,7 +172,11 @@ impl Daemon {
             .spawn()
             .with_context(|| format!("starting {} ({:?})", self.name, cmd.get_program()))?;
         // Whole or not at all: `status` reads it at any moment.
-        spec::write_atomically(&self.pid_file, format!("{}\n", child.id()).as_bytes(), 0o644)?;
+        spec::write_atomically(
+            &self.pid_file,
+            format!("{}\n", child.id()).as_bytes(),
+            0o644,
+        )?;
         Ok(child)
     }
 

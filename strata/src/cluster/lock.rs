@@ -1,5 +1,7 @@
 //! The cluster lock: an flock on `<dir>/cluster.lock` that keeps a compute start from
-//! resolving a branch name that `strata branch restore` is about to move.
+//! resolving a branch name that `strata branch restore` is about to move; and the names lock
+//! (`<dir>/names.lock`), held by every command that changes `names.toml` from its load to its
+//! store, so two changes at once (two branch creations) never lose one of them.
 //!
 //! A compute start holds it shared from "resolve the name" until its compute runs and is
 //! registered; a restore holds it exclusive around "move the name, stop the old computes".
@@ -19,6 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 const LOCK_FILE: &str = "cluster.lock";
+const NAMES_LOCK_FILE: &str = "names.lock";
+/// A names change holds its lock for a pageserver call or two (a branch creation, a delete).
+const WAIT_FOR_NAMES_CHANGE: Duration = Duration::from_secs(120);
 /// A restore holds the lock while it writes `names.toml` and stops the old computes.
 const WAIT_FOR_RESTORE: Duration = Duration::from_secs(120);
 /// A compute start holds it until its compute runs: a full-copy start of a large branch
@@ -41,10 +46,27 @@ enum Mode {
 }
 
 impl ClusterLock {
+    /// For a change of `names.toml` (load, change, store): exclusive among such changes.
+    /// Taken after the cluster lock where both are held (a restore).
+    pub fn for_names_change(dir: &Path) -> Result<ClusterLock> {
+        acquire(
+            &dir.join(NAMES_LOCK_FILE),
+            Mode::Exclusive,
+            WAIT_FOR_NAMES_CHANGE,
+            "another command changing the cluster's names (names.toml) to finish",
+        )
+    }
+
+    /// Any other exclusive lock on the file `path` (created if missing), waiting up to
+    /// `limit` for `what`.
+    pub fn exclusive(path: &Path, limit: Duration, what: &str) -> Result<ClusterLock> {
+        acquire(path, Mode::Exclusive, limit, what)
+    }
+
     /// For a compute start: shared, so starts run side by side; waits for a running restore.
     pub fn for_compute_start(dir: &Path) -> Result<ClusterLock> {
         acquire(
-            dir,
+            &lock_file(dir),
             Mode::Shared,
             WAIT_FOR_RESTORE,
             "a `strata branch restore` to finish moving its branch name",
@@ -54,7 +76,7 @@ impl ClusterLock {
     /// For a restore: exclusive; waits for compute starts that may have resolved the name.
     pub fn for_restore(dir: &Path) -> Result<ClusterLock> {
         acquire(
-            dir,
+            &lock_file(dir),
             Mode::Exclusive,
             WAIT_FOR_COMPUTE_STARTS,
             "compute starts in progress to finish (one may be on the branch being restored)",
@@ -66,15 +88,14 @@ pub fn lock_file(dir: &Path) -> PathBuf {
     dir.join(LOCK_FILE)
 }
 
-fn acquire(dir: &Path, mode: Mode, limit: Duration, what: &str) -> Result<ClusterLock> {
-    let path = lock_file(dir);
+fn acquire(path: &Path, mode: Mode, limit: Duration, what: &str) -> Result<ClusterLock> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
-        .open(&path)
-        .with_context(|| format!("opening the cluster lock {}", path.display()))?;
+        .open(path)
+        .with_context(|| format!("opening the lock {}", path.display()))?;
     let deadline = Instant::now() + limit;
     let mut told = false;
     loop {
@@ -91,7 +112,7 @@ fn acquire(dir: &Path, mode: Mode, limit: Duration, what: &str) -> Result<Cluste
         }
         if !told {
             eprintln!(
-                "waiting for {what} (the cluster lock {}; up to {} s)",
+                "waiting for {what} (the lock {}; up to {} s)",
                 path.display(),
                 limit.as_secs()
             );
@@ -99,8 +120,8 @@ fn acquire(dir: &Path, mode: Mode, limit: Duration, what: &str) -> Result<Cluste
         }
         if Instant::now() >= deadline {
             bail!(
-                "waited {} s for {what}: the cluster lock {} is still held (a hung `strata` \
-                 process? `fuser {}` names it)",
+                "waited {} s for {what}: the lock {} is still held (a hung `strata` process? \
+                 `fuser {}` names it)",
                 limit.as_secs(),
                 path.display(),
                 path.display()
@@ -144,7 +165,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = ClusterLock::for_compute_start(dir.path()).unwrap();
         let b = ClusterLock::for_compute_start(dir.path()).unwrap();
-        let held = acquire(dir.path(), Mode::Exclusive, Duration::ZERO, "the test");
+        let path = lock_file(dir.path());
+        let held = acquire(&path, Mode::Exclusive, Duration::ZERO, "the test");
         let e = held.unwrap_err().to_string();
         assert!(
             e.contains("still held") && e.contains("cluster.lock"),
@@ -152,9 +174,21 @@ mod tests {
         );
         drop((a, b));
         let restore = ClusterLock::for_restore(dir.path()).unwrap();
-        let e = acquire(dir.path(), Mode::Shared, Duration::ZERO, "the test").unwrap_err();
+        let e = acquire(&path, Mode::Shared, Duration::ZERO, "the test").unwrap_err();
         assert!(e.to_string().contains("waited 0 s for the test"), "{e}");
         drop(restore);
         ClusterLock::for_compute_start(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn names_changes_exclude_each_other_but_not_compute_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let change = ClusterLock::for_names_change(dir.path()).unwrap();
+        let path = dir.path().join(NAMES_LOCK_FILE);
+        let e = acquire(&path, Mode::Exclusive, Duration::ZERO, "a second change").unwrap_err();
+        assert!(e.to_string().contains("names.lock"), "{e}");
+        let start = ClusterLock::for_compute_start(dir.path()).unwrap();
+        drop((change, start));
+        ClusterLock::for_names_change(dir.path()).unwrap();
     }
 }

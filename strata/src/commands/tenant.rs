@@ -90,6 +90,8 @@ fn cluster_takes_writes(cfg: &ClusterConfig) -> Result<()> {
 
 fn create(dir: &Path, args: CreateArgs, out: &Output) -> Result<()> {
     let cfg = ClusterConfig::load(dir)?;
+    // No other change of names.toml between this load and the store (cluster::lock).
+    let _names_change = crate::cluster::lock::ClusterLock::for_names_change(dir)?;
     let mut names = Names::load(dir)?;
     let name = match args.name {
         Some(n) => n,

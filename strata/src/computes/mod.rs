@@ -15,10 +15,10 @@ mod walproposer;
 
 pub(crate) use basebackup::stream_basebackup;
 pub use basebackup::Streamed;
+pub(crate) use record::computes_dir;
 pub use record::{
     compute_dir, control_file, log_file, node, postgres_service, walproposer_daemon, ComputeRecord,
 };
-pub(crate) use record::computes_dir;
 pub(crate) use start::{compute_spec, port_free};
 pub use start::{start, StartRequest};
 pub use stop::{reap_expired, remove, stop_all};

@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -102,20 +101,6 @@ fn compute_names(dir: &Path, new_branch: &str, count: usize) -> Result<Vec<Strin
     Ok(names)
 }
 
-/// How long a member's branch creation waits for another one's (each takes seconds).
-const NAMES_LOCK_DEADLINE: Duration = Duration::from_secs(120);
-
-/// Runs `f` holding `<dir>/groups/.names.lock`: a branch creation or deletion rewrites the
-/// cluster's names file whole (`names.toml`), so two at once (members restored in parallel,
-/// or two group restores) would lose one of the new names.
-fn with_names_lock<T>(dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let groups = dir.join("groups");
-    std::fs::create_dir_all(&groups).with_context(|| format!("creating {}", groups.display()))?;
-    let _lock =
-        crate::cluster::compute_ports::lock_file(&groups.join(".names.lock"), NAMES_LOCK_DEADLINE)?;
-    f()
-}
-
 /// Branches member `m` at `t` and starts a read-write compute `compute` on the new branch.
 fn restore_member<'a>(
     dir: &Path,
@@ -125,21 +110,20 @@ fn restore_member<'a>(
     compute: &str,
 ) -> MemberRestore<'a> {
     let quiet = Output::new(false);
-    let made = with_names_lock(dir, || {
-        branch_cmd::run(
-            dir,
-            BranchCommand::Create(CreateArgs {
-                name: new_branch.to_string(),
-                from: m.branch.clone(),
-                at: Some(target_text(t)),
-                exclusive: false,
-                tenant: TenantArg {
-                    tenant: Some(m.tenant.clone()),
-                },
-            }),
-            &quiet,
-        )
-    });
+    // Branch creations take turns on the names lock (`cluster::lock`) inside `branch_cmd`.
+    let made = branch_cmd::run(
+        dir,
+        BranchCommand::Create(CreateArgs {
+            name: new_branch.to_string(),
+            from: m.branch.clone(),
+            at: Some(target_text(t)),
+            exclusive: false,
+            tenant: TenantArg {
+                tenant: Some(m.tenant.clone()),
+            },
+        }),
+        &quiet,
+    );
     if let Err(e) = made {
         return MemberRestore {
             member: m,
@@ -183,17 +167,15 @@ fn undo(dir: &Path, new_branch: &str, attempts: &[MemberRestore], out: &Output) 
             "member {}: deleting branch {new_branch}",
             a.member.tenant
         ));
-        let deleted = with_names_lock(dir, || {
-            crate::delete_cmd::branch_delete(
-                dir,
-                crate::delete_cmd::BranchDeleteArgs {
-                    name: new_branch.to_string(),
-                    tenant: Some(a.member.tenant.clone()),
-                    force: false,
-                },
-                &Output::new(false),
-            )
-        });
+        let deleted = crate::delete_cmd::branch_delete(
+            dir,
+            crate::delete_cmd::BranchDeleteArgs {
+                name: new_branch.to_string(),
+                tenant: Some(a.member.tenant.clone()),
+                force: false,
+            },
+            &Output::new(false),
+        );
         if let Err(e) = deleted {
             left.push(format!(
                 "branch {new_branch} of {} is left (deleting it failed: {e:#})",
