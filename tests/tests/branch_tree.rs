@@ -235,5 +235,30 @@ fn scenario(s: &StrataCli) -> Result<()> {
     let got = psql(b2_port, SELECT_ALL)?;
     let want = expect(&[rows("main", 1..=10), rows("b1", 1..=10), rows("b2", 1..=6)]);
     ensure!(got == want, "b2 after its write:\n{got}");
+    branches_created_at_once_are_all_kept(s)
+}
+
+/// Four `strata branch create` processes at once: each rewrites names.toml whole, so without
+/// the names lock (`cluster::lock`) some of them would be lost.
+fn branches_created_at_once_are_all_kept(s: &StrataCli) -> Result<()> {
+    let names: Vec<String> = (1..=4).map(|i| format!("at_once_{i}")).collect();
+    std::thread::scope(|sc| -> Result<()> {
+        let made: Vec<_> = names
+            .iter()
+            .map(|n| sc.spawn(move || s.run(&["branch", "create", n, "--from", "main"])))
+            .collect();
+        for h in made {
+            h.join().expect("a branch create thread panicked")?;
+        }
+        Ok(())
+    })?;
+    let list = s.json(&["branch", "list"])?;
+    let items = list.as_array().context("branch list --json is an array")?;
+    for n in &names {
+        ensure!(
+            items.iter().any(|i| i["branch"] == n.as_str()),
+            "branch {n} was created but is not listed: {list}"
+        );
+    }
     Ok(())
 }
