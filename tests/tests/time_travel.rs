@@ -154,7 +154,10 @@ fn only_main_compute_left(s: &StrataCli) -> Result<()> {
         .collect();
     dirs.sort();
     ensure!(
-        dirs.iter().all(|d| d == "main" || d == ".spare"),
+        // `.spare` (a prepared data directory) and `.ports` (compute port claims) are the
+        // cluster's own bookkeeping, not computes.
+        dirs.iter()
+            .all(|d| d == "main" || d == ".spare" || d == ".ports"),
         "compute directories left: {dirs:?}"
     );
     if let Ok(spares) = std::fs::read_dir(computes.join(".spare")) {
