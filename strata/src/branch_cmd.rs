@@ -68,9 +68,7 @@ pub fn run(dir: &Path, cmd: BranchCommand, out: &Output) -> Result<()> {
 
 fn create(dir: &Path, a: CreateArgs, out: &Output) -> Result<()> {
     let cfg = ClusterConfig::load(dir)?;
-    // No other change of names.toml between this load and the store (cluster::lock).
-    let _names_change = crate::cluster::lock::ClusterLock::for_names_change(dir)?;
-    let mut names = Names::load(dir)?;
+    let (mut names, names_lock) = Names::load_for_change(dir)?;
     let (tenant, tenant_id) = names.tenant(a.tenant.tenant.as_deref())?;
     let parent = names.timeline(&tenant, &a.from)?;
     if names.timeline(&tenant, &a.name).is_ok() {
@@ -89,7 +87,7 @@ fn create(dir: &Path, a: CreateArgs, out: &Output) -> Result<()> {
         cfg.safekeeper_pg_addrs(),
     )?;
     names.add_branch(&tenant, &a.name, &tl.timeline_id)?;
-    names.store(dir)?;
+    names.store(dir, &names_lock)?;
     let lsn = Lsn(tl.ancestor_lsn);
     out.result(
         &format!(

@@ -90,9 +90,7 @@ pub fn restore(dir: &Path, a: RestoreArgs, out: &Output) -> Result<()> {
     // Compute starts that resolved the name to the old timeline finish first and are stopped
     // below with the other old computes; later ones see the new name (`cluster::lock`).
     let _no_compute_start = ClusterLock::for_restore(dir)?;
-    // No other change of names.toml between this load and the store (cluster::lock).
-    let _names_change = crate::cluster::lock::ClusterLock::for_names_change(dir)?;
-    let mut names = Names::load(dir)?;
+    let (mut names, names_lock) = Names::load_for_change(dir)?;
     if names.timeline(&tenant, &a.branch)? != old_timeline {
         bail!(
             "branch {} was moved meanwhile (another restore?): nothing renamed; the timeline \
@@ -103,7 +101,7 @@ pub fn restore(dir: &Path, a: RestoreArgs, out: &Output) -> Result<()> {
     }
     let backup = backup_name(&names, &tenant, &a.branch, &format_time(now_micros()))?;
     names.swap_in_restored(&tenant, &a.branch, &new_tl.timeline_id, &backup)?;
-    names.store(dir)?;
+    names.store(dir, &names_lock)?;
 
     let backup_branch = [(backup.clone(), old_timeline.clone())];
     let stopped =

@@ -200,9 +200,7 @@ fn refuse_leases(what: &str, held: &[String], force: bool) -> Result<()> {
 
 pub fn branch_delete(dir: &Path, a: BranchDeleteArgs, out: &Output) -> Result<()> {
     let cfg = ClusterConfig::load(dir)?;
-    // No other change of names.toml between this load and the store (cluster::lock).
-    let _names_change = crate::cluster::lock::ClusterLock::for_names_change(dir)?;
-    let mut names = Names::load(dir)?;
+    let (mut names, names_lock) = Names::load_for_change(dir)?;
     let (tenant, tenant_id) = names.tenant(a.tenant.as_deref())?;
     let timeline = names.timeline(&tenant, &a.name)?;
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
@@ -233,7 +231,7 @@ pub fn branch_delete(dir: &Path, a: BranchDeleteArgs, out: &Output) -> Result<()
     ps.delete_timeline(&tenant_id, &timeline)?;
     let forgotten = forget_on_safekeepers(&cfg, &tenant_id, std::slice::from_ref(&timeline));
     names.remove_branch(&tenant, &a.name);
-    names.store(dir)?;
+    names.store(dir, &names_lock)?;
     out.result(
         &format!(
             "deleted branch {} of tenant {tenant} ({timeline}); computes removed: {}; leases \
@@ -252,9 +250,7 @@ pub fn branch_delete(dir: &Path, a: BranchDeleteArgs, out: &Output) -> Result<()
 
 pub fn tenant_delete(dir: &Path, a: TenantDeleteArgs, out: &Output) -> Result<()> {
     let cfg = ClusterConfig::load(dir)?;
-    // No other change of names.toml between this load and the store (cluster::lock).
-    let _names_change = crate::cluster::lock::ClusterLock::for_names_change(dir)?;
-    let mut names = Names::load(dir)?;
+    let (mut names, names_lock) = Names::load_for_change(dir)?;
     let (tenant, tenant_id) = names.tenant(Some(&a.name))?;
     let branches: Vec<(String, String)> = names
         .branches
@@ -271,7 +267,7 @@ pub fn tenant_delete(dir: &Path, a: TenantDeleteArgs, out: &Output) -> Result<()
     let r = ps.delete_tenant(&tenant_id)?;
     let forgotten = forget_on_safekeepers(&cfg, &tenant_id, &r.timeline_ids);
     names.remove_tenant(&tenant);
-    names.store(dir)?;
+    names.store(dir, &names_lock)?;
     out.result(
         &format!(
             "deleted tenant {tenant} ({tenant_id}): {} branch(es), {} object(s) in the object \

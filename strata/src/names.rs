@@ -17,6 +17,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::lock::NamesLock;
+
 const NAMES_FILE: &str = "names.toml";
 
 /// The longest name: Postgres's identifier limit, so a name fits wherever Postgres sees it.
@@ -135,6 +137,14 @@ pub struct Names {
 }
 
 impl Names {
+    /// The names, to change and store: holds the names lock (`cluster::lock`) until the
+    /// returned lock is dropped (names.toml is rewritten whole; two changes at once would
+    /// lose one).
+    pub fn load_for_change(dir: &Path) -> Result<(Names, NamesLock)> {
+        let lock = NamesLock::acquire(dir)?;
+        Ok((Names::load(dir)?, lock))
+    }
+
     pub fn load(dir: &Path) -> Result<Names> {
         let p = dir.join(NAMES_FILE);
         match fs::read_to_string(&p) {
@@ -147,7 +157,9 @@ impl Names {
     /// Written to a temporary file, fsynced and renamed (and the directory fsynced), so a
     /// crash leaves the old file or the new one, never half of one, and a change that was
     /// reported is not lost.
-    pub fn store(&self, dir: &Path) -> Result<()> {
+    /// `_held`: the names lock taken by [`Names::load_for_change`], so no other change lands
+    /// between that load and this store.
+    pub fn store(&self, dir: &Path, _held: &NamesLock) -> Result<()> {
         let p = dir.join(NAMES_FILE);
         strata_proxy::durable::write_file(&p, toml::to_string_pretty(self)?.as_bytes(), 0o644)
             .with_context(|| format!("writing {}", p.display()))
@@ -284,7 +296,7 @@ mod tests {
     #[test]
     fn names_round_trip_and_errors_list_what_exists() {
         let dir = tempfile::tempdir().unwrap();
-        let mut n = Names::load(dir.path()).unwrap();
+        let (mut n, lock) = Names::load_for_change(dir.path()).unwrap();
         assert!(n
             .tenant(None)
             .unwrap_err()
@@ -293,7 +305,7 @@ mod tests {
         n.add_tenant("shop", "aa").unwrap();
         n.add_branch("shop", "main", "t1").unwrap();
         assert!(n.add_branch("shop", "main", "t2").is_err());
-        n.store(dir.path()).unwrap();
+        n.store(dir.path(), &lock).unwrap();
         let n = Names::load(dir.path()).unwrap();
         assert_eq!(n.tenant(None).unwrap(), ("shop".into(), "aa".into()));
         assert_eq!(n.timeline("shop", "main").unwrap(), "t1");
@@ -315,7 +327,8 @@ mod tests {
         assert_eq!(n.timeline("shop", "main").unwrap(), "t1");
         n.swap_in_restored("shop", "main", "t2", "main_old")
             .unwrap();
-        n.store(dir.path()).unwrap();
+        let lock = NamesLock::acquire(dir.path()).unwrap();
+        n.store(dir.path(), &lock).unwrap();
         let n = Names::load(dir.path()).unwrap();
         assert_eq!(n.timeline("shop", "main").unwrap(), "t2");
         assert_eq!(n.timeline("shop", "main_old").unwrap(), "t1");

@@ -197,12 +197,10 @@ fn import_with_slot(
         cfg.safekeeper_pg_addrs(),
     )?;
     fs::remove_dir_all(&backup_dir).ok();
-    // No other change of names.toml between this load and the store (cluster::lock).
-    let _names_change = crate::cluster::lock::ClusterLock::for_names_change(dir)?;
-    let mut names = Names::load(dir)?;
+    let (mut names, names_lock) = Names::load_for_change(dir)?;
     names.add_tenant(name, &tenant.tenant_id)?;
     names.add_branch(name, "main", &tl.timeline_id)?;
-    names.store(dir)?;
+    names.store(dir, &names_lock)?;
 
     let rec = ImportRecord {
         tenant: name.to_string(),

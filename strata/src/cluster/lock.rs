@@ -39,6 +39,26 @@ pub struct ClusterLock {
     _file: File,
 }
 
+/// The names lock, held until dropped; [`crate::names::Names::store`] asks for it.
+#[derive(Debug)]
+pub struct NamesLock {
+    _held: ClusterLock,
+}
+
+impl NamesLock {
+    /// For a change of `names.toml` (load, change, store): exclusive among such changes.
+    /// Taken after the cluster lock where both are held (a restore).
+    pub fn acquire(dir: &Path) -> Result<NamesLock> {
+        let held = acquire(
+            &dir.join(NAMES_LOCK_FILE),
+            Mode::Exclusive,
+            WAIT_FOR_NAMES_CHANGE,
+            "another command changing the cluster's names (names.toml) to finish",
+        )?;
+        Ok(NamesLock { _held: held })
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Shared,
@@ -46,17 +66,6 @@ enum Mode {
 }
 
 impl ClusterLock {
-    /// For a change of `names.toml` (load, change, store): exclusive among such changes.
-    /// Taken after the cluster lock where both are held (a restore).
-    pub fn for_names_change(dir: &Path) -> Result<ClusterLock> {
-        acquire(
-            &dir.join(NAMES_LOCK_FILE),
-            Mode::Exclusive,
-            WAIT_FOR_NAMES_CHANGE,
-            "another command changing the cluster's names (names.toml) to finish",
-        )
-    }
-
     /// Any other exclusive lock on the file `path` (created if missing), waiting up to
     /// `limit` for `what`.
     pub fn exclusive(path: &Path, limit: Duration, what: &str) -> Result<ClusterLock> {
@@ -183,12 +192,12 @@ mod tests {
     #[test]
     fn names_changes_exclude_each_other_but_not_compute_starts() {
         let dir = tempfile::tempdir().unwrap();
-        let change = ClusterLock::for_names_change(dir.path()).unwrap();
+        let change = NamesLock::acquire(dir.path()).unwrap();
         let path = dir.path().join(NAMES_LOCK_FILE);
         let e = acquire(&path, Mode::Exclusive, Duration::ZERO, "a second change").unwrap_err();
         assert!(e.to_string().contains("names.lock"), "{e}");
         let start = ClusterLock::for_compute_start(dir.path()).unwrap();
         drop((change, start));
-        ClusterLock::for_names_change(dir.path()).unwrap();
+        NamesLock::acquire(dir.path()).unwrap();
     }
 }

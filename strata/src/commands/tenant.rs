@@ -90,9 +90,7 @@ fn cluster_takes_writes(cfg: &ClusterConfig) -> Result<()> {
 
 fn create(dir: &Path, args: CreateArgs, out: &Output) -> Result<()> {
     let cfg = ClusterConfig::load(dir)?;
-    // No other change of names.toml between this load and the store (cluster::lock).
-    let _names_change = crate::cluster::lock::ClusterLock::for_names_change(dir)?;
-    let mut names = Names::load(dir)?;
+    let (mut names, names_lock) = Names::load_for_change(dir)?;
     let name = match args.name {
         Some(n) => n,
         None if names.tenants.is_empty() => "main".to_string(),
@@ -119,7 +117,7 @@ fn create(dir: &Path, args: CreateArgs, out: &Output) -> Result<()> {
     std::fs::remove_dir_all(&initdb_dir).ok();
     names.add_tenant(&name, &tenant.tenant_id)?;
     names.add_branch(&name, "main", &tl.timeline_id)?;
-    names.store(dir)?;
+    names.store(dir, &names_lock)?;
     let lsn = Lsn(tl.last_record_end);
     out.result(
         &format!(
