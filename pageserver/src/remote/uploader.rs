@@ -265,7 +265,7 @@ impl Uploader {
         self.synced_meta = Some(m.to_metadata());
         crate::metrics::uploaded(rep.bytes_uploaded);
         let listed: u64 = m.layers.iter().map(|l| l.size).sum();
-        crate::metrics::timeline_facts(&tenant.to_string(), &timeline.to_string())
+        crate::metrics::timeline_facts(tenant, timeline)
             .remote_layer_bytes
             .store(listed, std::sync::atomic::Ordering::Relaxed);
         self.known = Some(Some(m));

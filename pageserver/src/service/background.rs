@@ -124,11 +124,7 @@ fn spawn_walreceiver(
 ) -> Option<JoinHandle<()>> {
     let conf = WalReceiverConf {
         password,
-        ..WalReceiverConf::new(
-            safekeepers,
-            &h.tenant_id().to_string(),
-            &h.timeline_id().to_string(),
-        )
+        ..WalReceiverConf::new(safekeepers, h.tenant_id(), h.timeline_id())
     };
     Some(tokio::spawn(async move {
         let mut delay = Duration::from_secs(1);
