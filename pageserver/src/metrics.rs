@@ -24,6 +24,7 @@ use strata_metrics::{
     add, counter, histogram, histogram_vec, ScrapeGauges, Timer, COUNT_BUCKETS, LATENCY_BUCKETS,
     TASK_BUCKETS,
 };
+use walproto::ids::{TenantId, TimelineId};
 
 use crate::tenant::TenantManager;
 
@@ -169,7 +170,7 @@ pub struct TimelineFacts {
     pub remote_layer_bytes: AtomicU64,
 }
 
-type TimelineKey = (String, String);
+type TimelineKey = (TenantId, TimelineId);
 
 static FACTS: LazyLock<Mutex<HashMap<TimelineKey, Arc<TimelineFacts>>>> =
     LazyLock::new(Default::default);
@@ -180,11 +181,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The facts of a timeline (created on first use; look it up once per stream or task, not
 /// per event).
-pub fn timeline_facts(tenant: &str, timeline: &str) -> Arc<TimelineFacts> {
-    lock(&FACTS)
-        .entry((tenant.to_string(), timeline.to_string()))
-        .or_default()
-        .clone()
+pub fn timeline_facts(tenant: TenantId, timeline: TimelineId) -> Arc<TimelineFacts> {
+    lock(&FACTS).entry((tenant, timeline)).or_default().clone()
 }
 
 /// When each newer head position (the newest WAL known to exist) was first seen.
@@ -346,8 +344,8 @@ impl TimelineCollector {
             for h in tenant.timelines() {
                 let p = h.wal_progress();
                 let (ingested, residence) = h.read(|t| (t.last_record_end(), t.residence()));
-                let key = (h.tenant_id().to_string(), h.timeline_id().to_string());
-                let facts = timeline_facts(&key.0, &key.1);
+                let key = (h.tenant_id(), h.timeline_id());
+                let facts = timeline_facts(key.0, key.1);
                 out.push(Positions {
                     key,
                     received: p.received.0,
@@ -376,7 +374,7 @@ impl TimelineCollector {
         let mut history = lock(&self.history);
         history.retain(|k, _| positions.iter().any(|p| &p.key == k));
         for p in positions {
-            let h = history.entry(p.key.clone()).or_default();
+            let h = history.entry(p.key).or_default();
             h.note(p.head(), now);
             let lowest = if self.remote {
                 p.remote.min(p.durable)
@@ -398,7 +396,9 @@ impl TimelineCollector {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         for p in &positions {
-            let labels = [p.key.0.as_str(), p.key.1.as_str()];
+            // Rendered once per timeline and scrape, for the labels.
+            let (tenant, timeline) = (p.key.0.to_string(), p.key.1.to_string());
+            let labels = [tenant.as_str(), timeline.as_str()];
             let lag = |pos: u64| {
                 history
                     .get(&p.key)

@@ -137,15 +137,15 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
         )?;
         let tdir = a.join("tenants").join(TENANT);
         rt.block_on(remote.put_tenant_config(
-            TENANT,
+            tenant_id(),
             Bytes::from(std::fs::read(tdir.join("tenant.toml"))?),
         ))?;
         for tl in [MAIN, BRANCH] {
             let dir = tdir.join("timelines").join(tl);
-            rt.block_on(sync_timeline(&remote, TENANT, tl, &dir))?;
+            rt.block_on(sync_timeline(&remote, tenant_id(), timeline_id(tl), &dir))?;
             rt.block_on(remote.put_timeline_config(
-                TENANT,
-                tl,
+                tenant_id(),
+                timeline_id(tl),
                 Bytes::from(std::fs::read(dir.join("timeline.toml"))?),
             ))?;
         }
@@ -164,10 +164,10 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
         "ancestors first"
     );
     let man_main = rt
-        .block_on(download_manifest(&remote, TENANT, MAIN))?
+        .block_on(download_manifest(&remote, tenant_id(), timeline_id(MAIN)))?
         .expect("uploaded");
     let man_branch = rt
-        .block_on(download_manifest(&remote, TENANT, BRANCH))?
+        .block_on(download_manifest(&remote, tenant_id(), timeline_id(BRANCH)))?
         .expect("uploaded");
     assert_eq!(
         (rep.layers_downloaded, rep.bytes_downloaded),
@@ -285,7 +285,7 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
     let c = tmp.path().join("c");
     let bare = RemoteStorage::local(&tmp.path().join("store2"))?;
     let src = a.join("tenants").join(TENANT).join("timelines").join(MAIN);
-    rt.block_on(sync_timeline(&bare, TENANT, MAIN, &src))?;
+    rt.block_on(sync_timeline(&bare, tenant_id(), timeline_id(MAIN), &src))?;
     let rep = rt.block_on(restore_missing(&bare, &c))?;
     assert_eq!(rep.timelines_restored, vec![format!("{TENANT}/{MAIN}")]);
     let bare_layers = RemoteLayerSource::new(Some(&bare));
@@ -306,7 +306,7 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
     // a sync uploads nothing (the remote layers are the uploaded ones); GC downloads what it
     // reads and drops layers that were never downloaded; the synced result restores.
     let dir_c = tl_dir(&c, MAIN);
-    let again = rt.block_on(sync_timeline(&bare, TENANT, MAIN, &dir_c))?;
+    let again = rt.block_on(sync_timeline(&bare, tenant_id(), timeline_id(MAIN), &dir_c))?;
     assert!(
         !again.manifest_written && again.layers_uploaded == 0,
         "{again:?}"
@@ -323,7 +323,7 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
     println!("gc with {before:?}: {g:?}; {:?}", tl.residence());
     ensure!(differing(&want_main, &all_pages(&tl, lsn)?).is_empty());
     drop(tl);
-    let synced = rt.block_on(sync_timeline(&bare, TENANT, MAIN, &dir_c))?;
+    let synced = rt.block_on(sync_timeline(&bare, tenant_id(), timeline_id(MAIN), &dir_c))?;
     println!("sync after gc: {synced:?}");
     assert_eq!(synced.remote_consistent_lsn, lsn);
     let e = tmp.path().join("e");
@@ -347,7 +347,7 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
     assert_eq!(rep.timelines_restored, vec![format!("{TENANT}/{MAIN}")]);
     assert!(rep.failed.is_empty(), "{rep:?}");
     let man = rt
-        .block_on(download_manifest(&bare, TENANT, MAIN))?
+        .block_on(download_manifest(&bare, tenant_id(), timeline_id(MAIN)))?
         .expect("uploaded");
     let dir = tl_dir(&d, MAIN);
     let tl = Timeline::open(
@@ -361,7 +361,9 @@ fn wiped_data_dir_restored_at_start() -> Result<()> {
         .layer(&tl.layers_for(key, lsn)[0])
         .context("the first layer of a read is in the manifest")?
         .clone();
-    let obj = bare.layers_path(TENANT, MAIN)?.join(victim.key.as_str());
+    let obj = bare
+        .layers_path(tenant_id(), timeline_id(MAIN))
+        .join(victim.key.as_str());
     let orig = rt.block_on(async {
         use object_store::{ObjectStoreExt, PutPayload};
         let orig = bare.store().get(&obj).await?.bytes().await?;

@@ -33,11 +33,12 @@ use pageserver::remote::{
 use pageserver::timeline::{CompactionConf, Timeline, TimelineConf};
 use strata_tests::procs::{find_s3s_fs, S3Server, S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY};
 use strata_tests::{InitOptions, PgCluster, StopMode};
+use walproto::ids::{TenantId, TimelineId};
 use walproto::walfiles::WalDirReader;
 use walproto::Lsn;
 
-const TENANT: &str = "tenant1";
-const TIMELINE: &str = "main";
+const TENANT: TenantId = TenantId([0x7e; 16]);
+const TIMELINE: TimelineId = TimelineId([0x11; 16]);
 
 struct Workload {
     _pg: PgCluster,
@@ -136,7 +137,7 @@ fn sample_keys(ing: &WalIngest) -> Vec<Key> {
 /// The names of the objects under the timeline's `layers/`.
 async fn remote_layer_names(remote: &RemoteStorage) -> anyhow::Result<Vec<String>> {
     use futures_util::TryStreamExt;
-    let prefix = remote.layers_path(TENANT, TIMELINE)?;
+    let prefix = remote.layers_path(TENANT, TIMELINE);
     let objs: Vec<_> = remote.store().list(Some(&prefix)).try_collect().await?;
     let mut names: Vec<String> = objs
         .iter()
@@ -377,7 +378,7 @@ fn corruption(
 ) -> anyhow::Result<()> {
     let victim = &m.layers[m.layers.len() / 2];
     let obj = remote
-        .layers_path(TENANT, TIMELINE)?
+        .layers_path(TENANT, TIMELINE)
         .join(victim.key.as_str());
     let flip = |obj: &object_store::path::Path, at: usize| -> anyhow::Result<Bytes> {
         rt.block_on(async {
@@ -403,7 +404,7 @@ fn corruption(
     assert!(e.to_string().contains("crc32c"), "{e}");
     rt.block_on(remote.store().put(&obj, PutPayload::from(orig)))?;
 
-    let mpath = remote.manifest_path(TENANT, TIMELINE)?;
+    let mpath = remote.manifest_path(TENANT, TIMELINE);
     let orig = flip(&mpath, 40)?;
     let e = rt
         .block_on(restore_timeline(
@@ -567,7 +568,7 @@ fn background_uploader(
     };
     let handle = {
         let _g = rt.enter();
-        spawn_uploader(remote.clone(), TENANT, TIMELINE, dir.clone(), conf_up)?
+        spawn_uploader(remote.clone(), TENANT, TIMELINE, dir.clone(), conf_up)
     };
     let mut watch = handle.subscribe();
     let (wal, end) = (w.wal.clone(), w.end);
@@ -656,9 +657,9 @@ fn longest_key_fits_s3s_fs() -> anyhow::Result<()> {
     let s3 = RemoteStorage::from_url_with(&format!("s3://strata/{prefix}"), &s3_options(&server))?
         .with_part_bytes(5 * 1024 * 1024);
     assert_eq!(s3.longest_key_len(), MAX_KEY_BYTES);
-    let id = "0123456789abcdef0123456789abcdef";
+    let (t, tl) = (TENANT, TIMELINE);
     let key = format!("{}-{}", "f".repeat(8), u32::MAX);
-    let obj = s3.layers_path(id, id)?.join(key.as_str());
+    let obj = s3.layers_path(t, tl).join(key.as_str());
     assert_eq!(obj.as_ref().len(), MAX_KEY_BYTES, "{obj}");
     println!("longest key ({} bytes): {obj}", obj.as_ref().len());
     let path = tmp.path().join("big");
@@ -671,13 +672,13 @@ fn longest_key_fits_s3s_fs() -> anyhow::Result<()> {
     let back = rt.block_on(async { s3.store().get(&obj).await?.bytes().await })?;
     assert!(back[..] == data[..], "the object came back different");
     // The manifest and config keys are shorter and work too.
-    let m = s3.manifest_path(id, id)?;
+    let m = s3.manifest_path(t, tl);
     rt.block_on(
         s3.store()
             .put(&m, PutPayload::from(Bytes::from_static(b"x"))),
     )?;
-    rt.block_on(s3.put_timeline_config(id, id, Bytes::from_static(b"safekeepers = []\n")))?;
-    assert!(rt.block_on(s3.get_timeline_config(id, id))?.is_some());
+    rt.block_on(s3.put_timeline_config(t, tl, Bytes::from_static(b"safekeepers = []\n")))?;
+    assert!(rt.block_on(s3.get_timeline_config(t, tl))?.is_some());
     Ok(())
 }
 

@@ -26,6 +26,7 @@ use strata_tests::procs::{read_wal, wait_for, Safekeeper, Walproposer, TENANT, T
 use strata_tests::{InitOptions, PgCluster};
 use tokio::sync::watch;
 use walproto::consts::BLCKSZ;
+use walproto::ids::{TenantId, TimelineId};
 use walproto::rmgr::{RM_BTREE_ID, RM_HEAP_ID};
 use walproto::{Decoded, Lsn, WalStreamDecoder};
 
@@ -243,6 +244,16 @@ fn index_of(sks: &[Safekeeper], pg_addr: &str) -> Option<usize> {
     sks.iter().position(|s| s.pg_addr() == pg_addr)
 }
 
+/// `TENANT` as the walreceiver takes it.
+fn tenant() -> TenantId {
+    TENANT.parse().expect("TENANT is a tenant id")
+}
+
+/// `TIMELINE` as the walreceiver takes it.
+fn timeline() -> TimelineId {
+    TIMELINE.parse().expect("TIMELINE is a timeline id")
+}
+
 fn conf(sks: &[Safekeeper]) -> WalReceiverConf {
     WalReceiverConf {
         connect_timeout: Duration::from_secs(2),
@@ -254,7 +265,11 @@ fn conf(sks: &[Safekeeper]) -> WalReceiverConf {
         lag_patience: Duration::from_secs(1),
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_secs(1),
-        ..WalReceiverConf::new(sks.iter().map(|s| s.pg_addr()).collect(), TENANT, TIMELINE)
+        ..WalReceiverConf::new(
+            sks.iter().map(|s| s.pg_addr()).collect(),
+            tenant(),
+            timeline(),
+        )
     }
 }
 
@@ -544,7 +559,7 @@ fn walreceiver_reports_why_it_cannot_stream() -> Result<()> {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .to_string();
-    let mut c = WalReceiverConf::new(vec![sk.pg_addr(), closed.clone()], TENANT, TIMELINE);
+    let mut c = WalReceiverConf::new(vec![sk.pg_addr(), closed.clone()], tenant(), timeline());
     c.backoff_max = Duration::from_millis(200);
     let r = WalReceiver::new(c);
     let status = r.status();
@@ -576,7 +591,7 @@ fn walreceiver_reports_why_it_cannot_stream() -> Result<()> {
         t.elapsed()
     );
 
-    let none = WalReceiverConf::new(vec![], TENANT, TIMELINE);
+    let none = WalReceiverConf::new(vec![], tenant(), timeline());
     let (_tx, rx) = watch::channel(false);
     let e = rt
         .block_on(pageserver::walreceiver::run(

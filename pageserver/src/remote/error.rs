@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 
+use walproto::ids::{TenantId, TimelineId};
+
 use crate::timeline::TimelineError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
-    /// A `--remote-storage` value or an id that cannot be used.
+    /// A `--remote-storage` value that cannot be used.
     #[error("remote storage config: {0}")]
     Config(String),
     #[error("object store {op} {path}: {source}")]
@@ -27,7 +29,10 @@ pub enum RemoteError {
     #[error("remote layer {layer} is corrupt: {reason}")]
     LayerCorrupt { layer: String, reason: String },
     #[error("no remote manifest for tenant {tenant} timeline {timeline} (not uploaded yet?)")]
-    NoManifest { tenant: String, timeline: String },
+    NoManifest {
+        tenant: TenantId,
+        timeline: TimelineId,
+    },
     #[error(transparent)]
     Timeline(#[from] TimelineError),
     /// The local timeline kept changing under the uploader (compaction replaced the layers it

@@ -34,6 +34,7 @@
 use std::collections::HashSet;
 
 use layer_format::{LayerDesc, Lsn};
+use walproto::ids::{TenantId, TimelineId};
 
 use super::error::{RemoteError, Result};
 use crate::timeline::TimelineMetadata;
@@ -84,8 +85,8 @@ impl RemoteLayer {
 /// A timeline's durable state in the object store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
-    pub tenant: String,
-    pub timeline: String,
+    pub tenant: TenantId,
+    pub timeline: TimelineId,
     pub start_lsn: Lsn,
     pub ancestor: Option<(String, Lsn)>,
     pub remote_consistent_lsn: Lsn,
@@ -98,14 +99,14 @@ pub struct Manifest {
 impl Manifest {
     /// The manifest of `meta`, whose layers are `layers` (in the metadata's order).
     pub fn new(
-        tenant: &str,
-        timeline: &str,
+        tenant: TenantId,
+        timeline: TimelineId,
         meta: &TimelineMetadata,
         layers: Vec<RemoteLayer>,
     ) -> Manifest {
         Manifest {
-            tenant: tenant.to_string(),
-            timeline: timeline.to_string(),
+            tenant,
+            timeline,
             start_lsn: meta.start_lsn,
             ancestor: meta.ancestor.clone(),
             remote_consistent_lsn: meta.disk_consistent_lsn,
@@ -210,8 +211,12 @@ impl Manifest {
         let lsn = |v: &str, what: &str| -> Result<Lsn> {
             v.parse().map_err(|_| bad(format!("bad {what} {v:?}")))
         };
-        let tenant = field("tenant")?;
-        let timeline = field("timeline")?;
+        let tenant = field("tenant")?
+            .parse::<TenantId>()
+            .map_err(|e| bad(e.to_string()))?;
+        let timeline = field("timeline")?
+            .parse::<TimelineId>()
+            .map_err(|e| bad(e.to_string()))?;
         let start_lsn = lsn(&field("start_lsn")?, "start_lsn")?;
         let anc = field("ancestor")?;
         let ancestor = if anc == "none" {
@@ -285,10 +290,10 @@ mod tests {
 
     fn sample() -> Manifest {
         Manifest {
-            tenant: "t1".into(),
-            timeline: "tl1".into(),
+            tenant: "0123456789abcdef0123456789abcdef".parse().unwrap(),
+            timeline: "11111111111111111111111111111111".parse().unwrap(),
             start_lsn: Lsn(0x0200_0028),
-            ancestor: Some(("parent".into(), Lsn(0x0200_0028))),
+            ancestor: Some(("22222222222222222222222222222222".into(), Lsn(0x0200_0028))),
             remote_consistent_lsn: Lsn(0x0300_0000),
             last_record_lsn: Lsn(0x02FF_FFC8),
             gc_cutoff_lsn: Lsn(0x0280_0000),

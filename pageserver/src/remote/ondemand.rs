@@ -48,6 +48,7 @@ use std::time::Instant;
 
 use layer_format::LayerDesc;
 use tracing::{info, warn};
+use walproto::ids::{TenantId, TimelineId};
 
 use super::download::{download_layer, fsync_dir};
 use super::error::{RemoteError, Result};
@@ -260,8 +261,8 @@ impl Counters {
 /// Fetches one timeline's layers from its object store.
 struct Fetcher {
     storage: String,
-    tenant: String,
-    timeline: String,
+    tenant: TenantId,
+    timeline: TimelineId,
     layers: HashMap<LayerDesc, RemoteLayer>,
     shared: Arc<Shared>,
     /// This timeline's downloads.
@@ -296,8 +297,7 @@ impl LayerFetch for Fetcher {
             .storage_for(&self.storage)
             .map_err(|e| fail(e.to_string()))?;
         let obj = remote
-            .layers_path(&self.tenant, &self.timeline)
-            .map_err(|e| fail(e.to_string()))?
+            .layers_path(self.tenant, self.timeline)
             .join(layer.key.as_str());
         let dir: PathBuf = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let t0 = Instant::now();
@@ -367,8 +367,8 @@ mod tests {
     #[test]
     fn remote_layers_round_trip() {
         let m = Manifest {
-            tenant: "t1".into(),
-            timeline: "l1".into(),
+            tenant: TenantId([1; 16]),
+            timeline: TimelineId([2; 16]),
             start_lsn: layer_format::Lsn(0x10),
             ancestor: None,
             remote_consistent_lsn: layer_format::Lsn(0x20),

@@ -19,16 +19,18 @@
 
 use std::collections::HashSet;
 use std::path::Path as FsPath;
+use std::str::FromStr;
 
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use tracing::info;
+use tracing::{info, warn};
+use walproto::ids::{ParseIdError, TenantId, TimelineId};
 
 use super::download::{download_layer, fsync_dir, local_copy_matches};
 use super::error::{RemoteError, Result};
 use super::manifest::{Manifest, RemoteLayer};
 use super::ondemand;
-use super::storage::{check_id, RemoteStorage};
+use super::storage::RemoteStorage;
 use crate::timeline::TimelineMetadata;
 
 /// Layer downloads in flight at once.
@@ -52,10 +54,10 @@ pub struct RestoreReport {
 /// The timeline's manifest, checked; `None` if it has none (it does not exist remotely).
 pub async fn download_manifest(
     remote: &RemoteStorage,
-    tenant: &str,
-    timeline: &str,
+    tenant: TenantId,
+    timeline: TimelineId,
 ) -> Result<Option<Manifest>> {
-    let path = remote.manifest_path(tenant, timeline)?;
+    let path = remote.manifest_path(tenant, timeline);
     let Some(bytes) = remote.get_optional(&path).await? else {
         return Ok(None);
     };
@@ -76,16 +78,13 @@ pub async fn download_manifest(
 /// creates the directory.
 async fn prepare(
     remote: &RemoteStorage,
-    tenant: &str,
-    timeline: &str,
+    tenant: TenantId,
+    timeline: TimelineId,
     local_dir: &FsPath,
 ) -> Result<Manifest> {
     let manifest = download_manifest(remote, tenant, timeline)
         .await?
-        .ok_or_else(|| RemoteError::NoManifest {
-            tenant: tenant.into(),
-            timeline: timeline.into(),
-        })?;
+        .ok_or(RemoteError::NoManifest { tenant, timeline })?;
     if TimelineMetadata::load(local_dir)?.is_some() {
         return Err(RemoteError::Invalid(format!(
             "{} already holds a timeline; restore only into an empty directory",
@@ -105,12 +104,12 @@ async fn prepare(
 /// [`list_remote_timelines`] returns).
 pub async fn restore_timeline(
     remote: &RemoteStorage,
-    tenant: &str,
-    timeline: &str,
+    tenant: TenantId,
+    timeline: TimelineId,
     local_dir: &FsPath,
 ) -> Result<RestoreReport> {
     let manifest = prepare(remote, tenant, timeline, local_dir).await?;
-    let layers_path = remote.layers_path(tenant, timeline)?;
+    let layers_path = remote.layers_path(tenant, timeline);
     let results: Vec<Option<u64>> = futures_util::stream::iter(&manifest.layers)
         .map(|l| restore_layer(remote, &layers_path, local_dir, l))
         .buffer_unordered(DOWNLOADS_IN_FLIGHT)
@@ -129,7 +128,7 @@ pub async fn restore_timeline(
         manifest,
     };
     info!(
-        tenant, timeline, lsn = %rep.manifest.remote_consistent_lsn,
+        %tenant, %timeline, lsn = %rep.manifest.remote_consistent_lsn,
         downloaded = rep.layers_downloaded, bytes = rep.bytes_downloaded,
         reused = rep.layers_reused, "timeline restored from remote storage"
     );
@@ -143,8 +142,8 @@ pub async fn restore_timeline(
 /// and ingest resumes at the manifest's `remote_consistent_lsn`.
 pub async fn restore_timeline_on_demand(
     remote: &RemoteStorage,
-    tenant: &str,
-    timeline: &str,
+    tenant: TenantId,
+    timeline: TimelineId,
     local_dir: &FsPath,
 ) -> Result<RestoreReport> {
     let manifest = prepare(remote, tenant, timeline, local_dir).await?;
@@ -175,7 +174,7 @@ pub async fn restore_timeline_on_demand(
         manifest,
     };
     info!(
-        tenant, timeline, lsn = %rep.manifest.remote_consistent_lsn,
+        %tenant, %timeline, lsn = %rep.manifest.remote_consistent_lsn,
         on_demand = rep.layers_on_demand, on_demand_bytes = rep.bytes_on_demand,
         reused = rep.layers_reused,
         "timeline restored from remote storage; layers are downloaded at first read"
@@ -197,22 +196,21 @@ async fn restore_layer(
     download_layer(remote, &obj, dir, layer).await.map(Some)
 }
 
-/// The tenants with anything stored.
-pub async fn list_remote_tenants(remote: &RemoteStorage) -> Result<Vec<String>> {
-    let mut ids = list_children(remote, &remote.tenants_path()).await?;
-    ids.retain(|id| check_id("tenant", id).is_ok());
-    Ok(ids)
+/// The tenants with anything stored (a name under `t/` that is no tenant id is not a tenant:
+/// it is skipped with a warning).
+pub async fn list_remote_tenants(remote: &RemoteStorage) -> Result<Vec<TenantId>> {
+    list_ids(remote, &remote.tenants_path()).await
 }
 
 /// The tenant's timelines that have a manifest (one without a manifest was never completely
 /// uploaded and does not exist), ancestors before their branches.
-pub async fn list_remote_timelines(remote: &RemoteStorage, tenant: &str) -> Result<Vec<Manifest>> {
+pub async fn list_remote_timelines(
+    remote: &RemoteStorage,
+    tenant: TenantId,
+) -> Result<Vec<Manifest>> {
     let mut found = Vec::new();
-    for id in list_children(remote, &remote.timelines_path(tenant)?).await? {
-        if check_id("timeline", &id).is_err() {
-            continue;
-        }
-        if let Some(m) = download_manifest(remote, tenant, &id).await? {
+    for id in list_ids(remote, &remote.timelines_path(tenant)).await? {
+        if let Some(m) = download_manifest(remote, tenant, id).await? {
             found.push(m);
         }
     }
@@ -222,7 +220,7 @@ pub async fn list_remote_timelines(remote: &RemoteStorage, tenant: &str) -> Resu
 /// Orders timelines so that each comes after its ancestor (an ancestor missing from the list
 /// does not hold its branches back).
 fn ancestors_first(mut rest: Vec<Manifest>) -> Vec<Manifest> {
-    let ids: HashSet<String> = rest.iter().map(|m| m.timeline.clone()).collect();
+    let ids: HashSet<String> = rest.iter().map(|m| m.timeline.to_string()).collect();
     let mut placed = HashSet::new();
     let mut out = Vec::with_capacity(rest.len());
     while !rest.is_empty() {
@@ -233,7 +231,7 @@ fn ancestors_first(mut rest: Vec<Manifest>) -> Vec<Manifest> {
                 None => true,
             };
             if ready {
-                placed.insert(m.timeline.clone());
+                placed.insert(m.timeline.to_string());
                 out.push(m.clone());
             }
             !ready
@@ -246,17 +244,27 @@ fn ancestors_first(mut rest: Vec<Manifest>) -> Vec<Manifest> {
     out
 }
 
-/// The names one level below `prefix`.
-async fn list_children(remote: &RemoteStorage, prefix: &Path) -> Result<Vec<String>> {
+/// The ids named one level below `prefix`, sorted; other names are skipped with a warning.
+async fn list_ids<Id: FromStr<Err = ParseIdError> + Ord>(
+    remote: &RemoteStorage,
+    prefix: &Path,
+) -> Result<Vec<Id>> {
     let listing = match remote.store().list_with_delimiter(Some(prefix)).await {
         Ok(l) => l,
         Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
         Err(e) => return Err(RemoteError::store("list", prefix)(e)),
     };
-    let mut ids: Vec<String> = listing
+    let mut ids: Vec<Id> = listing
         .common_prefixes
         .iter()
-        .filter_map(|p| p.filename().map(str::to_string))
+        .filter_map(|p| p.filename())
+        .filter_map(|name| match name.parse() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                warn!(%prefix, error = %e, "not an id: skipped in remote storage listing");
+                None
+            }
+        })
         .collect();
     ids.sort();
     Ok(ids)

@@ -26,12 +26,14 @@
 use std::path::{Path, PathBuf};
 
 use tracing::{error, info, warn};
+use walproto::ids::{TenantId, TimelineId};
 
 use super::error::{RemoteError, Result};
 use super::restore::{list_remote_tenants, list_remote_timelines, restore_timeline_on_demand};
 use super::storage::RemoteStorage;
 use crate::tenant::layout::{
-    tenant_dir, tenants_dir, timelines_dir, TENANT_CONF, TIMELINE_CONF, TMP_SUFFIX,
+    tenant_dir, tenant_tmp_dir, timeline_dir, timeline_tmp_dir, timelines_dir, TENANT_CONF,
+    TIMELINE_CONF,
 };
 use crate::tenant::TenantConf;
 use crate::timeline::TimelineMetadata;
@@ -69,10 +71,10 @@ pub async fn restore_missing(
     let mut rep = StartupRestoreReport::default();
     let tenants = list_remote_tenants(remote).await?;
     rep.remote_tenants = tenants.len();
-    for tenant in &tenants {
+    for &tenant in &tenants {
         if let Err(e) = restore_tenant(remote, data_dir, tenant, &mut rep).await {
             error!(%tenant, error = %e, "tenant not restored from remote storage");
-            rep.failed.push((tenant.clone(), e.to_string()));
+            rep.failed.push((tenant.to_string(), e.to_string()));
         }
     }
     if !rep.timelines_restored.is_empty() || rep.tenants_created > 0 {
@@ -87,7 +89,7 @@ pub async fn restore_missing(
 async fn restore_tenant(
     remote: &RemoteStorage,
     data_dir: &Path,
-    tenant: &str,
+    tenant: TenantId,
     rep: &mut StartupRestoreReport,
 ) -> Result<()> {
     let tdir = tenant_dir(data_dir, tenant);
@@ -97,7 +99,7 @@ async fn restore_tenant(
     }
     let tl_root = timelines_dir(&tdir);
     for m in list_remote_timelines(remote, tenant).await? {
-        let id = &m.timeline;
+        let id = m.timeline;
         if let Err(e) = restore_one(remote, tenant, id, &tl_root, rep).await {
             error!(%tenant, timeline = %id, error = %e,
                    "timeline not restored from remote storage");
@@ -110,12 +112,12 @@ async fn restore_tenant(
 /// Restores one timeline unless it is complete locally.
 async fn restore_one(
     remote: &RemoteStorage,
-    tenant: &str,
-    id: &str,
+    tenant: TenantId,
+    id: TimelineId,
     tl_root: &Path,
     rep: &mut StartupRestoreReport,
 ) -> Result<()> {
-    let dir = tl_root.join(id);
+    let dir = timeline_dir(tl_root, id);
     match TimelineMetadata::load(&dir) {
         Ok(Some(_)) => {
             rep.timelines_present += 1;
@@ -133,7 +135,7 @@ async fn restore_one(
     let target = if in_place {
         dir.clone()
     } else {
-        let tmp = tl_root.join(format!("{id}{TMP_SUFFIX}"));
+        let tmp = timeline_tmp_dir(tl_root, id);
         // A `.tmp` holding a timeline is a deletion interrupted midway: not ours.
         if TimelineMetadata::load(&tmp).ok().flatten().is_some() {
             remove_dir(&tmp).await?;
@@ -163,7 +165,7 @@ async fn restore_one(
 async fn restore_tenant_dir(
     remote: &RemoteStorage,
     data_dir: &Path,
-    tenant: &str,
+    tenant: TenantId,
     tdir: &Path,
 ) -> Result<()> {
     let what = format!("tenant {tenant}'s config in {remote}");
@@ -185,7 +187,7 @@ async fn restore_tenant_dir(
         create_dir(&timelines_dir(tdir)).await?;
         return write_durable(&tdir.join(TENANT_CONF), conf.as_bytes()).await;
     }
-    let tmp = tenants_dir(data_dir).join(format!("{tenant}{TMP_SUFFIX}"));
+    let tmp = tenant_tmp_dir(data_dir, tenant);
     if tmp.exists() {
         remove_dir(&tmp).await?;
     }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 use object_store::ObjectStore;
 use remote_store::Store;
+use walproto::ids::{TenantId, TimelineId};
 
 pub use remote_store::S3Options;
 
@@ -79,9 +80,8 @@ impl RemoteStorage {
         self.inner.key(&["t"])
     }
 
-    pub fn tenant_path(&self, tenant: &str) -> Result<Path> {
-        check_id("tenant", tenant)?;
-        Ok(self.tenants_path().join(tenant))
+    pub fn tenant_path(&self, tenant: TenantId) -> Path {
+        self.tenants_path().join(tenant.to_string())
     }
 
     /// Removes every object under `prefix`; how many there were.
@@ -91,63 +91,71 @@ impl RemoteStorage {
 
     /// Where a tenant's timelines are: the tenant's own directory (its `config` object is no
     /// directory, so a listing of directories finds the timelines only).
-    pub fn timelines_path(&self, tenant: &str) -> Result<Path> {
+    pub fn timelines_path(&self, tenant: TenantId) -> Path {
         self.tenant_path(tenant)
     }
 
-    pub fn timeline_path(&self, tenant: &str, timeline: &str) -> Result<Path> {
-        check_id("timeline", timeline)?;
-        Ok(self.timelines_path(tenant)?.join(timeline))
+    pub fn timeline_path(&self, tenant: TenantId, timeline: TimelineId) -> Path {
+        self.timelines_path(tenant).join(timeline.to_string())
     }
 
-    pub fn manifest_path(&self, tenant: &str, timeline: &str) -> Result<Path> {
-        Ok(self.timeline_path(tenant, timeline)?.join("manifest"))
+    pub fn manifest_path(&self, tenant: TenantId, timeline: TimelineId) -> Path {
+        self.timeline_path(tenant, timeline).join("manifest")
     }
 
     /// The timeline's service config (`timeline.toml`: its safekeepers), opaque bytes.
-    pub fn timeline_config_path(&self, tenant: &str, timeline: &str) -> Result<Path> {
-        Ok(self.timeline_path(tenant, timeline)?.join("conf"))
+    pub fn timeline_config_path(&self, tenant: TenantId, timeline: TimelineId) -> Path {
+        self.timeline_path(tenant, timeline).join("conf")
     }
 
-    pub fn layers_path(&self, tenant: &str, timeline: &str) -> Result<Path> {
-        Ok(self.timeline_path(tenant, timeline)?.join("l"))
+    pub fn layers_path(&self, tenant: TenantId, timeline: TimelineId) -> Path {
+        self.timeline_path(tenant, timeline).join("l")
     }
 
-    /// The longest object key this storage writes for 32-character ids (a layer key with a
-    /// collision suffix); see [`MAX_KEY_BYTES`].
+    /// The tenant's config object (`tenant.toml`; its format belongs to the tenant manager).
+    pub fn tenant_config_path(&self, tenant: TenantId) -> Path {
+        self.tenant_path(tenant).join("config")
+    }
+
+    /// The longest object key this storage writes (a layer key with a collision suffix); see
+    /// [`MAX_KEY_BYTES`].
     pub fn longest_key_len(&self) -> usize {
-        let id = "0".repeat(32);
-        let p = self.layers_path(&id, &id).expect("a valid id");
+        let p = self.layers_path(TenantId::default(), TimelineId::default());
         p.as_ref().len() + 1 + super::manifest::LONGEST_LAYER_KEY
     }
 
     /// Stores a timeline's service config.
     pub async fn put_timeline_config(
         &self,
-        tenant: &str,
-        timeline: &str,
+        tenant: TenantId,
+        timeline: TimelineId,
         config: Bytes,
     ) -> Result<()> {
-        let path = self.timeline_config_path(tenant, timeline)?;
+        let path = self.timeline_config_path(tenant, timeline);
         Ok(self.inner.put(&path, config).await?)
     }
 
     /// A timeline's service config, or `None` if none was stored.
-    pub async fn get_timeline_config(&self, tenant: &str, timeline: &str) -> Result<Option<Bytes>> {
-        let path = self.timeline_config_path(tenant, timeline)?;
-        self.get_optional(&path).await
+    pub async fn get_timeline_config(
+        &self,
+        tenant: TenantId,
+        timeline: TimelineId,
+    ) -> Result<Option<Bytes>> {
+        self.get_optional(&self.timeline_config_path(tenant, timeline))
+            .await
     }
 
-    /// Stores the tenant's config (its format belongs to the tenant manager).
-    pub async fn put_tenant_config(&self, tenant: &str, config: Bytes) -> Result<()> {
-        let path = self.tenant_path(tenant)?.join("config");
-        Ok(self.inner.put(&path, config).await?)
+    /// Stores the tenant's config.
+    pub async fn put_tenant_config(&self, tenant: TenantId, config: Bytes) -> Result<()> {
+        Ok(self
+            .inner
+            .put(&self.tenant_config_path(tenant), config)
+            .await?)
     }
 
     /// The tenant's config, or `None` if none was stored.
-    pub async fn get_tenant_config(&self, tenant: &str) -> Result<Option<Bytes>> {
-        let path = self.tenant_path(tenant)?.join("config");
-        self.get_optional(&path).await
+    pub async fn get_tenant_config(&self, tenant: TenantId) -> Result<Option<Bytes>> {
+        self.get_optional(&self.tenant_config_path(tenant)).await
     }
 
     /// The whole object, or `None` if it does not exist.
@@ -165,11 +173,11 @@ pub const MAX_KEY_BYTES: usize = 128;
 
 /// Refuses a prefix that would make keys longer than [`MAX_KEY_BYTES`].
 fn check_prefix(prefix: &Path) -> Result<()> {
-    let id = "0".repeat(32);
+    let id_len = TenantId::default().to_string().len();
     let longest = prefix.as_ref().len()
         + usize::from(!prefix.as_ref().is_empty())
         + "t//".len()
-        + 2 * id.len()
+        + 2 * id_len
         + "/l/".len()
         + super::manifest::LONGEST_LAYER_KEY;
     if longest > MAX_KEY_BYTES {
@@ -184,33 +192,21 @@ fn check_prefix(prefix: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Tenant and timeline ids become object path segments: letters, digits, `-` and `_` only.
-pub fn check_id(what: &str, id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(RemoteError::Config(format!(
-            "{what} id {id:?}: use 1 to 128 letters, digits, '-' or '_'"
-        )))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const T: &str = "0123456789abcdef0123456789abcdef";
+    const TL: &str = "11111111111111111111111111111111";
+
     #[test]
     fn parse_locations() {
+        let (t, tl): (TenantId, TimelineId) = (T.parse().unwrap(), TL.parse().unwrap());
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("store");
         let r = RemoteStorage::from_url(&format!("file://{}", root.display())).unwrap();
         assert!(root.is_dir());
-        assert_eq!(r.layers_path("t1", "tl1").unwrap().as_ref(), "t/t1/tl1/l");
+        assert_eq!(r.layers_path(t, tl).as_ref(), format!("t/{T}/{TL}/l"));
         RemoteStorage::from_url(root.join("plain").to_str().unwrap()).unwrap();
         assert!(root.join("plain").is_dir());
 
@@ -222,8 +218,12 @@ mod tests {
         };
         let r = RemoteStorage::from_url_with("s3://bucket/some/prefix/", &o).unwrap();
         assert_eq!(
-            r.manifest_path("a", "b").unwrap().as_ref(),
-            "some/prefix/t/a/b/manifest"
+            r.manifest_path(t, tl).as_ref(),
+            format!("some/prefix/t/{T}/{TL}/manifest")
+        );
+        assert_eq!(
+            r.tenant_config_path(t).as_ref(),
+            format!("some/prefix/t/{T}/config")
         );
         let far = S3Options {
             endpoint: Some("http://example.com:9000".into()),
@@ -234,7 +234,5 @@ mod tests {
         assert!(RemoteStorage::from_url_with("s3:///x", &o).is_err());
         assert!(RemoteStorage::from_url("gs://x").is_err());
         assert!(RemoteStorage::from_url("").is_err());
-        assert!(r.timeline_path("a", "../b").is_err());
-        assert!(r.tenant_path("").is_err());
     }
 }

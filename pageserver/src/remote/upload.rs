@@ -31,6 +31,7 @@ use super::restore::download_manifest;
 use super::storage::RemoteStorage;
 use crate::timeline::TimelineMetadata;
 use layer_format::Lsn;
+use walproto::ids::{TenantId, TimelineId};
 
 /// Parts of one file in flight at once.
 const PARTS_IN_FLIGHT: usize = 4;
@@ -66,8 +67,8 @@ pub struct SyncReport {
 /// Uploads the durable state of the timeline in `local_dir` (see the module docs).
 pub async fn sync_timeline(
     remote: &RemoteStorage,
-    tenant: &str,
-    timeline: &str,
+    tenant: TenantId,
+    timeline: TimelineId,
     local_dir: &FsPath,
 ) -> Result<SyncReport> {
     sync_timeline_with(remote, tenant, timeline, local_dir, SyncFailPoint::None).await
@@ -77,8 +78,8 @@ pub async fn sync_timeline(
 #[doc(hidden)]
 pub async fn sync_timeline_with(
     remote: &RemoteStorage,
-    tenant: &str,
-    timeline: &str,
+    tenant: TenantId,
+    timeline: TimelineId,
     local_dir: &FsPath,
     fp: SyncFailPoint,
 ) -> Result<SyncReport> {
@@ -91,8 +92,8 @@ pub async fn sync_timeline_with(
 /// wrote). Returns the manifest now in the store.
 pub(crate) async fn sync_from(
     remote: &RemoteStorage,
-    tenant: &str,
-    timeline: &str,
+    tenant: TenantId,
+    timeline: TimelineId,
     dir: &FsPath,
     old: Option<&Manifest>,
     fp: SyncFailPoint,
@@ -119,7 +120,7 @@ pub(crate) async fn sync_from(
                     return Err(RemoteError::FailPoint("after layers"));
                 }
                 let m = Manifest::new(tenant, timeline, &meta, layers);
-                let path = remote.manifest_path(tenant, timeline)?;
+                let path = remote.manifest_path(tenant, timeline);
                 remote
                     .store()
                     .put(&path, PutPayload::from(m.encode()))
@@ -127,7 +128,7 @@ pub(crate) async fn sync_from(
                     .map_err(RemoteError::store("put", &path))?;
                 rep.manifest_written = true;
                 info!(
-                    tenant, timeline, lsn = %m.remote_consistent_lsn,
+                    %tenant, %timeline, lsn = %m.remote_consistent_lsn,
                     layers = m.layers.len(), uploaded = rep.layers_uploaded,
                     "remote manifest written"
                 );
@@ -152,8 +153,8 @@ pub(crate) async fn sync_from(
 fn check_successor(
     old: &Manifest,
     meta: &TimelineMetadata,
-    tenant: &str,
-    timeline: &str,
+    tenant: TenantId,
+    timeline: TimelineId,
 ) -> Result<()> {
     if old.tenant != tenant || old.timeline != timeline {
         return Err(RemoteError::Invalid(format!(
@@ -181,14 +182,14 @@ fn check_successor(
 /// Uploads the layers of `meta` that `old` lacks; `None` if a listed file is gone.
 async fn upload_layers(
     remote: &RemoteStorage,
-    tenant: &str,
-    timeline: &str,
+    tenant: TenantId,
+    timeline: TimelineId,
     dir: &FsPath,
     meta: &TimelineMetadata,
     old: Option<&Manifest>,
     rep: &mut SyncReport,
 ) -> Result<Option<Vec<RemoteLayer>>> {
-    let layers_path = remote.layers_path(tenant, timeline)?;
+    let layers_path = remote.layers_path(tenant, timeline);
     let mut out = Vec::with_capacity(meta.layers.len());
     // Keys of the old manifest stay taken until a manifest without them is written.
     let mut taken: HashSet<String> = old
@@ -334,11 +335,11 @@ fn check_size(path: &FsPath, expected: u64, read: u64) -> Result<()> {
 /// Deletes the layer objects (under `l/`) that `manifest` does not list; returns how many.
 async fn delete_unlisted(
     remote: &RemoteStorage,
-    tenant: &str,
-    timeline: &str,
+    tenant: TenantId,
+    timeline: TimelineId,
     manifest: &Manifest,
 ) -> Result<usize> {
-    let layers_path = remote.layers_path(tenant, timeline)?;
+    let layers_path = remote.layers_path(tenant, timeline);
     let live: HashSet<&str> = manifest.layers.iter().map(|l| l.key.as_str()).collect();
     let mut stale = Vec::new();
     let mut listing = remote.store().list(Some(&layers_path));
@@ -364,23 +365,23 @@ async fn delete_unlisted(
 /// timeline's uploader before.
 pub async fn delete_remote_timeline(
     remote: &RemoteStorage,
-    tenant: &str,
-    timeline: &str,
+    tenant: TenantId,
+    timeline: TimelineId,
 ) -> Result<usize> {
-    let path = remote.manifest_path(tenant, timeline)?;
+    let path = remote.manifest_path(tenant, timeline);
     match remote.store().delete(&path).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => return Err(RemoteError::store("delete", &path)(e)),
     }
     // The timeline's config (its safekeepers) too: a wiped pageserver must not find it.
-    let conf = remote.timeline_config_path(tenant, timeline)?;
+    let conf = remote.timeline_config_path(tenant, timeline);
     match remote.store().delete(&conf).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => return Err(RemoteError::store("delete", &conf)(e)),
     }
     let empty = Manifest {
-        tenant: tenant.into(),
-        timeline: timeline.into(),
+        tenant,
+        timeline,
         start_lsn: Lsn::INVALID,
         ancestor: None,
         remote_consistent_lsn: Lsn::INVALID,
@@ -432,11 +433,18 @@ mod tests {
             delta(0x200, 0x300),
             delta(0x100, 0x300),
         );
+        let id = |n: u8| format!("{n:032x}");
+        let t: TenantId = id(1).parse().unwrap();
+        let (tl, other, tl2): (TimelineId, TimelineId, TimelineId) = (
+            id(2).parse().unwrap(),
+            id(3).parse().unwrap(),
+            id(4).parse().unwrap(),
+        );
         let none = super::super::list_remote_tenants(&remote).await.unwrap();
         assert!(none.is_empty(), "{none:?}");
 
         write_state(&dir, &[a.clone(), b.clone()], 0x300);
-        let rep = sync_timeline(&remote, "t", "tl", &dir).await.unwrap();
+        let rep = sync_timeline(&remote, t, tl, &dir).await.unwrap();
         assert_eq!(
             (rep.layers_uploaded, rep.remote_consistent_lsn),
             (2, Lsn(0x300))
@@ -446,47 +454,51 @@ mod tests {
         write_state(&dir, std::slice::from_ref(&c), 0x300);
         std::fs::remove_file(dir.join(a.file_name())).unwrap();
         std::fs::remove_file(dir.join(b.file_name())).unwrap();
-        let rep = sync_timeline(&remote, "t", "tl", &dir).await.unwrap();
+        let rep = sync_timeline(&remote, t, tl, &dir).await.unwrap();
         assert_eq!((rep.layers_uploaded, rep.layers_deleted), (1, 2), "{rep:?}");
 
         // A listed file that is gone: the sync re-reads the metadata, then gives up.
         let d = delta(0x300, 0x400);
         write_state(&dir, &[c.clone(), d.clone()], 0x400);
         std::fs::remove_file(dir.join(d.file_name())).unwrap();
-        let e = sync_timeline(&remote, "t", "tl", &dir).await.unwrap_err();
+        let e = sync_timeline(&remote, t, tl, &dir).await.unwrap_err();
         assert!(matches!(e, RemoteError::Busy(_)), "{e}");
 
         // A local state behind the remote one is refused, the manifest unchanged.
         write_state(&dir, std::slice::from_ref(&c), 0x280);
-        let e = sync_timeline(&remote, "t", "tl", &dir).await.unwrap_err();
+        let e = sync_timeline(&remote, t, tl, &dir).await.unwrap_err();
         assert!(e.to_string().contains("backwards"), "{e}");
-        let m = download_manifest(&remote, "t", "tl")
-            .await
-            .unwrap()
-            .unwrap();
+        let m = download_manifest(&remote, t, tl).await.unwrap().unwrap();
         assert_eq!(m.remote_consistent_lsn, Lsn(0x300));
 
         // Another timeline's manifest at this location is refused too.
         write_state(&dir, &[c], 0x300);
-        let e = sync_timeline(&remote, "t", "other", &dir).await;
+        let e = sync_timeline(&remote, t, other, &dir).await;
         assert!(e.is_ok(), "a fresh location takes any timeline");
-        let e = sync_from(&remote, "t", "tl2", &dir, Some(&m), SyncFailPoint::None)
+        let e = sync_from(&remote, t, tl2, &dir, Some(&m), SyncFailPoint::None)
             .await
             .unwrap_err();
-        assert!(e.to_string().contains("names tenant t timeline tl"), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("names tenant {t} timeline {tl}")),
+            "{e}"
+        );
 
         // Deleted: no manifest, no layers, not listed.
-        assert_eq!(delete_remote_timeline(&remote, "t", "tl").await.unwrap(), 1);
-        assert!(download_manifest(&remote, "t", "tl")
-            .await
-            .unwrap()
-            .is_none());
-        let left = super::super::list_remote_timelines(&remote, "t")
+        assert_eq!(delete_remote_timeline(&remote, t, tl).await.unwrap(), 1);
+        assert!(download_manifest(&remote, t, tl).await.unwrap().is_none());
+        // A name under the tenant that is no timeline id is skipped.
+        let stray = remote.tenant_path(t).join("not-an-id").join("manifest");
+        remote.store().put(&stray, "x".into()).await.unwrap();
+        let left = super::super::list_remote_timelines(&remote, t)
             .await
             .unwrap();
+        assert_eq!(left.iter().map(|m| m.timeline).collect::<Vec<_>>(), [other]);
+        let stray = remote.tenants_path().join("not-a-tenant").join("config");
+        remote.store().put(&stray, "x".into()).await.unwrap();
         assert_eq!(
-            left.iter().map(|m| m.timeline.as_str()).collect::<Vec<_>>(),
-            ["other"]
+            super::super::list_remote_tenants(&remote).await.unwrap(),
+            [t]
         );
     }
 }

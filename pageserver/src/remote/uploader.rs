@@ -16,6 +16,7 @@ use layer_format::Lsn;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn, Instrument};
+use walproto::ids::{TenantId, TimelineId};
 
 use super::error::{RemoteError, Result};
 use super::manifest::Manifest;
@@ -127,12 +128,11 @@ impl UploaderHandle {
 /// sync runs at once.
 pub fn spawn_uploader(
     remote: RemoteStorage,
-    tenant: &str,
-    timeline: &str,
+    tenant: TenantId,
+    timeline: TimelineId,
     local_dir: PathBuf,
     conf: UploaderConf,
-) -> Result<UploaderHandle> {
-    remote.timeline_path(tenant, timeline)?;
+) -> UploaderHandle {
     let (lsn_tx, lsn_rx) = watch::channel(Lsn::INVALID);
     let (req_tx, req_rx) = mpsc::channel(16);
     let name = format!("{tenant}/{timeline}");
@@ -140,29 +140,29 @@ pub fn spawn_uploader(
     let task = Uploader {
         stats: stats.clone(),
         remote,
-        tenant: tenant.to_string(),
-        timeline: timeline.to_string(),
+        tenant,
+        timeline,
         dir: local_dir,
         conf,
         lsn: lsn_tx,
         known: None,
         synced_meta: None,
     };
-    let span = tracing::info_span!("uploader", tenant, timeline);
+    let span = tracing::info_span!("uploader", %tenant, %timeline);
     let task = tokio::spawn(task.run(req_rx).instrument(span));
-    Ok(UploaderHandle {
+    UploaderHandle {
         name,
         lsn: lsn_rx,
         requests: req_tx,
         task,
         stats,
-    })
+    }
 }
 
 struct Uploader {
     remote: RemoteStorage,
-    tenant: String,
-    timeline: String,
+    tenant: TenantId,
+    timeline: TimelineId,
     dir: PathBuf,
     conf: UploaderConf,
     lsn: watch::Sender<Lsn>,
@@ -248,7 +248,7 @@ impl Uploader {
     }
 
     async fn try_sync(&mut self) -> Result<SyncReport> {
-        let (tenant, timeline) = (&self.tenant, &self.timeline);
+        let (tenant, timeline) = (self.tenant, self.timeline);
         if self.known.is_none() {
             self.known = Some(download_manifest(&self.remote, tenant, timeline).await?);
         }

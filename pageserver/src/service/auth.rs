@@ -84,7 +84,9 @@ impl Rpc {
     }
 }
 
-/// The scope a call of `rpc` on tenant `tenant_id` needs.
+/// The scope a call of `rpc` on tenant `tenant_id` needs. `tenant_id` is the request's field
+/// as sent, not yet parsed: authorization comes first, so a caller the token does not allow
+/// is refused as such whatever it sent, and a token names its tenant as a string anyway.
 pub fn needed_scope(rpc: Rpc, tenant_id: &str) -> Scope {
     match rpc {
         Rpc::CreateTenant

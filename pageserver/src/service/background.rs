@@ -124,11 +124,7 @@ fn spawn_walreceiver(
 ) -> Option<JoinHandle<()>> {
     let conf = WalReceiverConf {
         password,
-        ..WalReceiverConf::new(
-            safekeepers,
-            &h.tenant_id().to_string(),
-            &h.timeline_id().to_string(),
-        )
+        ..WalReceiverConf::new(safekeepers, h.tenant_id(), h.timeline_id())
     };
     Some(tokio::spawn(async move {
         let mut delay = Duration::from_secs(1);
@@ -210,8 +206,7 @@ async fn put_if_changed(
 
 /// Uploads the tenant's and the timeline's config files, retrying until both are stored.
 fn spawn_config_upload(remote: RemoteStorage, h: &TimelineHandle) -> JoinHandle<()> {
-    // Rendered for the object store's paths.
-    let (tenant, timeline) = (h.tenant_id().to_string(), h.timeline_id().to_string());
+    let (tenant, timeline) = (h.tenant_id(), h.timeline_id());
     let tl_conf = h.dir().join(TIMELINE_CONF);
     // <data dir>/tenants/<tenant>/timelines/<timeline>
     let tenant_conf = h
@@ -224,13 +219,10 @@ fn spawn_config_upload(remote: RemoteStorage, h: &TimelineHandle) -> JoinHandle<
         loop {
             let res: crate::remote::Result<()> = async {
                 let files = [
-                    (
-                        tenant_conf.clone(),
-                        remote.tenant_path(&tenant)?.join("config"),
-                    ),
+                    (tenant_conf.clone(), remote.tenant_config_path(tenant)),
                     (
                         Some(tl_conf.clone()),
-                        remote.timeline_config_path(&tenant, &timeline)?,
+                        remote.timeline_config_path(tenant, timeline),
                     ),
                 ];
                 for (file, obj) in files {
@@ -325,27 +317,22 @@ impl Background {
             t.config_upload = Some(spawn_config_upload(remote.clone(), h));
         }
         if let (Some(remote), None) = (&self.remote, &t.uploader) {
-            match spawn_uploader(
+            let u = spawn_uploader(
                 remote.clone(),
-                &h.tenant_id().to_string(),
-                &h.timeline_id().to_string(),
+                h.tenant_id(),
+                h.timeline_id(),
                 h.dir().to_path_buf(),
                 UploaderConf::default(),
-            ) {
-                Ok(u) => {
-                    let mut rx = u.subscribe();
-                    let handle = h.clone();
-                    t.forwarder = Some(tokio::spawn(async move {
-                        while rx.changed().await.is_ok() {
-                            let lsn = *rx.borrow_and_update();
-                            handle.set_remote_consistent_lsn(lsn);
-                        }
-                    }));
-                    t.uploader = Some(u);
+            );
+            let mut rx = u.subscribe();
+            let handle = h.clone();
+            t.forwarder = Some(tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let lsn = *rx.borrow_and_update();
+                    handle.set_remote_consistent_lsn(lsn);
                 }
-                Err(e) => warn!(tenant = %h.tenant_id(), timeline = %h.timeline_id(),
-                                error = %e, "cannot start the remote uploader"),
-            }
+            }));
+            t.uploader = Some(u);
         }
         let sks = h.safekeepers();
         let same = t.walreceiver.as_ref().is_some_and(|w| w.safekeepers == sks);
@@ -399,8 +386,7 @@ impl Background {
             }
         }
         if let Some(remote) = &self.remote {
-            let (tenant, timeline) = (tenant.to_string(), timeline.to_string());
-            match delete_remote_timeline(remote, &tenant, &timeline).await {
+            match delete_remote_timeline(remote, tenant, timeline).await {
                 Ok(n) => info!(%tenant, %timeline, layers = n, "deleted from remote storage"),
                 Err(e) => warn!(%tenant, %timeline, error = %e,
                                 "could not delete the timeline from remote storage"),

@@ -55,10 +55,7 @@ impl PageserverService {
         let t2 = t.clone();
         let conf = blocking(move || t2.set_conf(&changes)).await?;
         if let Some(remote) = self.background.remote() {
-            let obj = remote
-                .tenant_path(&t.id().to_string())
-                .map_err(|e| Status::internal(e.to_string()))?
-                .join("config");
+            let obj = remote.tenant_config_path(t.id());
             remote
                 .store()
                 .put(&obj, object_store::PutPayload::from(conf.to_toml()))

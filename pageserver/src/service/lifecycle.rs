@@ -3,6 +3,7 @@
 
 use tonic::Status;
 use tracing::info;
+use walproto::ids::TenantId;
 use walproto::proto::pageserver as pb;
 
 use super::{blocking, PageserverService};
@@ -11,15 +12,15 @@ use crate::tenant::TimelineHandle;
 
 /// Deletes every object under the tenant's prefix (its configuration and anything a timeline
 /// deletion left); the number deleted.
-async fn delete_remote_tenant(remote: &RemoteStorage, tenant: &str) -> Result<u64, Status> {
-    let prefix = remote
-        .tenant_path(tenant)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    remote.delete_prefix(&prefix).await.map_err(|e| {
-        Status::unavailable(format!(
-            "deleting tenant {tenant} from the object store: {e}"
-        ))
-    })
+async fn delete_remote_tenant(remote: &RemoteStorage, tenant: TenantId) -> Result<u64, Status> {
+    remote
+        .delete_prefix(&remote.tenant_path(tenant))
+        .await
+        .map_err(|e| {
+            Status::unavailable(format!(
+                "deleting tenant {tenant} from the object store: {e}"
+            ))
+        })
 }
 
 fn lease_list(h: &TimelineHandle) -> pb::ListLeasesResponse {
@@ -54,10 +55,10 @@ impl PageserverService {
         let timelines = blocking(move || m.delete_tenant(id)).await?;
         let timeline_ids: Vec<String> = timelines.iter().map(|t| t.to_string()).collect();
         let remote_objects_deleted = match self.background.remote() {
-            Some(remote) => delete_remote_tenant(remote, &r.tenant_id).await?,
+            Some(remote) => delete_remote_tenant(remote, id).await?,
             None => 0,
         };
-        info!(tenant = %r.tenant_id, timelines = timeline_ids.len(), remote_objects_deleted,
+        info!(tenant = %id, timelines = timeline_ids.len(), remote_objects_deleted,
               "tenant deleted on request");
         Ok(pb::DeleteTenantResponse {
             timeline_ids,

@@ -6,7 +6,7 @@
 use tracing::info;
 use walproto::ids::{TenantId, TimelineId};
 
-use super::layout::{rename_durable, tenants_dir, TMP_SUFFIX};
+use super::layout::{rename_durable, tenant_tmp_dir};
 use super::{lock, Result, TenantError, TenantManager};
 
 impl TenantManager {
@@ -23,7 +23,7 @@ impl TenantManager {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        let tmp = tenants_dir(&self.data_dir).join(format!("{id}{TMP_SUFFIX}"));
+        let tmp = tenant_tmp_dir(&self.data_dir, id);
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(TenantError::io("remove", &tmp))?;
         }

@@ -14,6 +14,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use walproto::ids::{TenantId, TimelineId};
+
 use super::error::{Result, TenantError};
 
 pub const TENANTS_DIR: &str = "tenants";
@@ -26,12 +28,26 @@ pub fn tenants_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(TENANTS_DIR)
 }
 
-pub fn tenant_dir(data_dir: &Path, tenant: &str) -> PathBuf {
-    tenants_dir(data_dir).join(tenant)
+pub fn tenant_dir(data_dir: &Path, tenant: TenantId) -> PathBuf {
+    tenants_dir(data_dir).join(tenant.to_string())
+}
+
+/// Where tenant `tenant` is created, or moved to be deleted.
+pub fn tenant_tmp_dir(data_dir: &Path, tenant: TenantId) -> PathBuf {
+    tenants_dir(data_dir).join(format!("{tenant}{TMP_SUFFIX}"))
 }
 
 pub fn timelines_dir(tenant_dir: &Path) -> PathBuf {
     tenant_dir.join(TIMELINES_DIR)
+}
+
+pub fn timeline_dir(timelines_dir: &Path, timeline: TimelineId) -> PathBuf {
+    timelines_dir.join(timeline.to_string())
+}
+
+/// Where timeline `timeline` is created, or moved to be deleted.
+pub fn timeline_tmp_dir(timelines_dir: &Path, timeline: TimelineId) -> PathBuf {
+    timelines_dir.join(format!("{timeline}{TMP_SUFFIX}"))
 }
 
 pub fn fsync_dir(dir: &Path) -> Result<()> {

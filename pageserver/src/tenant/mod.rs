@@ -126,7 +126,7 @@ impl Tenant {
     }
 
     fn timeline_dir(&self, id: TimelineId) -> PathBuf {
-        self.timelines_dir().join(id.to_string())
+        layout::timeline_dir(&self.timelines_dir(), id)
     }
 
     /// Loads every timeline in the directory, parents before branches. A timeline that fails
@@ -205,7 +205,7 @@ impl Tenant {
                         }
                     },
                 };
-                match self.open_timeline(id, &dir.join(id.to_string()), tl_conf.clone(), parent) {
+                match self.open_timeline(id, &self.timeline_dir(id), tl_conf.clone(), parent) {
                     Ok(h) => {
                         let s = h.status();
                         info!(tenant = %self.id, timeline = %id, start = %s.start_lsn,
@@ -260,7 +260,7 @@ impl Tenant {
 
     /// A fresh `.tmp` directory to build timeline `id` in.
     fn tmp_dir(&self, id: TimelineId) -> Result<PathBuf> {
-        let tmp = self.timelines_dir().join(format!("{id}{TMP_SUFFIX}"));
+        let tmp = layout::timeline_tmp_dir(&self.timelines_dir(), id);
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(TenantError::io("remove", &tmp))?;
         }
@@ -467,13 +467,13 @@ impl TenantManager {
             None => ids::generate_tenant_id()?,
         };
         let _creating = lock(&self.creating);
-        let dir = tenant_dir(&self.data_dir, &id.to_string());
+        let dir = tenant_dir(&self.data_dir, id);
         if self.tenant(id).is_ok() || dir.exists() {
             return Err(TenantError::AlreadyExists(format!(
                 "tenant {id} already exists"
             )));
         }
-        let tmp = tenants_dir(&self.data_dir).join(format!("{id}{TMP_SUFFIX}"));
+        let tmp = layout::tenant_tmp_dir(&self.data_dir, id);
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(TenantError::io("remove", &tmp))?;
         }

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn, Instrument};
+use walproto::ids::{TenantId, TimelineId};
 use walproto::Lsn;
 
 use session::{SessionEnd, SessionError};
@@ -47,9 +48,9 @@ use session::{SessionEnd, SessionError};
 pub struct WalReceiverConf {
     /// `host:port` of each safekeeper's replication server (`--listen-pg`).
     pub safekeepers: Vec<String>,
-    /// 32 hex characters each, as the safekeepers name the timeline.
-    pub tenant_id: String,
-    pub timeline_id: String,
+    /// The timeline, as the safekeepers name it.
+    pub tenant_id: TenantId,
+    pub timeline_id: TimelineId,
     /// The password (a `safekeeper` token) for safekeepers that ask for one.
     pub password: Option<String>,
     /// Connecting and authenticating, and each `IDENTIFY_SYSTEM`.
@@ -71,11 +72,15 @@ pub struct WalReceiverConf {
 }
 
 impl WalReceiverConf {
-    pub fn new(safekeepers: Vec<String>, tenant_id: &str, timeline_id: &str) -> WalReceiverConf {
+    pub fn new(
+        safekeepers: Vec<String>,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+    ) -> WalReceiverConf {
         WalReceiverConf {
             safekeepers,
-            tenant_id: tenant_id.to_string(),
-            timeline_id: timeline_id.to_string(),
+            tenant_id,
+            timeline_id,
             ..WalReceiverConf::default()
         }
     }
@@ -85,8 +90,8 @@ impl Default for WalReceiverConf {
     fn default() -> Self {
         WalReceiverConf {
             safekeepers: Vec::new(),
-            tenant_id: String::new(),
-            timeline_id: String::new(),
+            tenant_id: TenantId::default(),
+            timeline_id: TimelineId::default(),
             password: None,
             connect_timeout: Duration::from_secs(5),
             stream_timeout: Duration::from_secs(30),

@@ -131,15 +131,23 @@ pub(super) async fn probe_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use walproto::ids::{TenantId, TimelineId};
 
     #[test]
     fn safekeeper_addresses() {
-        let conf = WalReceiverConf::new(vec![], "aa", "bb");
+        let conf = WalReceiverConf::new(vec![], TenantId([0xaa; 16]), TimelineId([0xbb; 16]));
         let c = conn_config(&conf, "127.0.0.1:7654").unwrap();
         assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 7654));
         assert_eq!(
             c.options.as_deref(),
-            Some("-c tenant_id=aa -c timeline_id=bb")
+            Some(
+                format!(
+                    "-c tenant_id={} -c timeline_id={}",
+                    "aa".repeat(16),
+                    "bb".repeat(16)
+                )
+                .as_str()
+            )
         );
         assert_eq!(c.application_name.as_deref(), Some("pageserver"));
         assert!(c.replication);

@@ -99,7 +99,7 @@ async fn pump(
     // The server's commit LSN, as its messages say.
     let mut server_end = identity.commit_lsn;
     // For the lag metrics: what the safekeepers committed, even past a record ingest refuses.
-    let seen = crate::metrics::timeline_facts(&conf.tenant_id, &conf.timeline_id);
+    let seen = crate::metrics::timeline_facts(conf.tenant_id, conf.timeline_id);
     let see = |lsn: Lsn| seen.commit_lsn_seen.fetch_max(lsn.0, Ordering::Relaxed);
     see(server_end);
     let mut last_message = Instant::now();

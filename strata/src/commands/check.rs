@@ -16,9 +16,10 @@ use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
 use pageserver::remote::{list_remote_tenants, list_remote_timelines, Manifest, RemoteStorage};
 use pageserver::tenant::gc::{now_unix_ms, Leases};
-use pageserver::tenant::layout::{tenant_dir, timelines_dir};
+use pageserver::tenant::layout::{tenant_dir, timeline_dir, timelines_dir};
 use pageserver::tenant::TenantConf;
 use serde_json::json;
+use walproto::ids::{TenantId, TimelineId};
 
 use strata::cluster::ClusterConfig;
 use strata::names::Names;
@@ -98,12 +99,12 @@ async fn check_timeline(
 ) -> Result<Findings> {
     let mut f = Findings::default();
     for known in [
-        remote.manifest_path(&m.tenant, &m.timeline)?,
-        remote.timeline_config_path(&m.tenant, &m.timeline)?,
+        remote.manifest_path(m.tenant, m.timeline),
+        remote.timeline_config_path(m.tenant, m.timeline),
     ] {
         objects.remove(known.as_ref());
     }
-    let layers = remote.layers_path(&m.tenant, &m.timeline)?;
+    let layers = remote.layers_path(m.tenant, m.timeline);
     for l in &m.layers {
         let obj = layers.clone().join(l.key.as_str());
         let what = format!("layer {} ({obj})", l.file_name());
@@ -145,8 +146,15 @@ async fn check_timeline(
 }
 
 /// The leases in the pageserver's data directory (`None`: no such directory here).
-fn local_leases(dir: &Path, tenant: &str, timeline: &str) -> Option<Result<Vec<(u64, u64)>>> {
-    let tl_dir = timelines_dir(&tenant_dir(&dir.join("pageserver"), tenant)).join(timeline);
+fn local_leases(
+    dir: &Path,
+    tenant: TenantId,
+    timeline: TimelineId,
+) -> Option<Result<Vec<(u64, u64)>>> {
+    let tl_dir = timeline_dir(
+        &timelines_dir(&tenant_dir(&dir.join("pageserver"), tenant)),
+        timeline,
+    );
     if !tl_dir.is_dir() {
         return None;
     }
@@ -161,7 +169,7 @@ fn local_leases(dir: &Path, tenant: &str, timeline: &str) -> Option<Result<Vec<(
 }
 
 /// The tenant's configuration as stored (the default if none is).
-async fn stored_conf(remote: &RemoteStorage, tenant: &str) -> Result<(TenantConf, bool)> {
+async fn stored_conf(remote: &RemoteStorage, tenant: TenantId) -> Result<(TenantConf, bool)> {
     let Some(bytes) = remote.get_tenant_config(tenant).await? else {
         return Ok((TenantConf::default(), false));
     };
@@ -183,25 +191,27 @@ async fn check_tenant(
     dir: &Path,
     remote: &RemoteStorage,
     names: Option<&Names>,
-    tenant: &str,
+    tenant: TenantId,
     checksums: bool,
     out: &Output,
     done: &mut Checked,
 ) -> Result<()> {
+    let tenant_id = tenant.to_string();
     let tenant_name = names
-        .and_then(|n| n.tenants.iter().find(|(_, id)| *id == tenant))
+        .and_then(|n| n.tenants.iter().find(|(_, id)| **id == tenant_id))
         .map(|(n, _)| n.clone());
-    let shown = tenant_name.clone().unwrap_or_else(|| tenant.to_string());
-    let mut objects = list_objects(remote, &remote.tenant_path(tenant)?).await?;
-    objects.remove(remote.tenant_path(tenant)?.join("config").as_ref());
+    let shown = tenant_name.clone().unwrap_or_else(|| tenant_id.clone());
+    let mut objects = list_objects(remote, &remote.tenant_path(tenant)).await?;
+    objects.remove(remote.tenant_config_path(tenant).as_ref());
     let (conf, conf_stored) = stored_conf(remote, tenant).await?;
     let manifests = list_remote_timelines(remote, tenant).await?;
-    let ids: BTreeSet<&str> = manifests.iter().map(|m| m.timeline.as_str()).collect();
+    let ids: BTreeSet<String> = manifests.iter().map(|m| m.timeline.to_string()).collect();
     for m in &manifests {
+        let timeline_id = m.timeline.to_string();
         let branch = tenant_name
             .as_ref()
-            .and_then(|t| names?.branch_of(t, &m.timeline).map(str::to_string));
-        let label = branch.clone().unwrap_or_else(|| m.timeline.clone());
+            .and_then(|t| names?.branch_of(t, &timeline_id).map(str::to_string));
+        let label = branch.clone().unwrap_or_else(|| timeline_id.clone());
         out.step(&format!(
             "checking tenant {shown} branch {label}: {} layer(s), {:.1} MiB",
             m.layers.len(),
@@ -209,14 +219,14 @@ async fn check_tenant(
         ));
         let mut findings = check_timeline(remote, m, &mut objects, checksums).await?;
         if let Some(parent) = m.ancestor.as_ref().map(|(a, _)| a) {
-            if !ids.contains(parent.as_str()) {
+            if !ids.contains(parent) {
                 findings
                     .missing
                     .push(format!("the manifest of its ancestor {parent}"));
             }
         }
         // Other objects under this timeline's prefix are no one's.
-        let prefix = format!("{}/", remote.timeline_path(tenant, &m.timeline)?);
+        let prefix = format!("{}/", remote.timeline_path(tenant, m.timeline));
         let stray: Vec<String> = objects
             .keys()
             .filter(|k| k.starts_with(&prefix))
@@ -228,10 +238,10 @@ async fn check_tenant(
         }
         let branch_points: Vec<String> = manifests
             .iter()
-            .filter_map(|c| c.ancestor.as_ref().filter(|(a, _)| *a == m.timeline))
+            .filter_map(|c| c.ancestor.as_ref().filter(|(a, _)| *a == timeline_id))
             .map(|(_, lsn)| lsn.to_string())
             .collect();
-        let leases = local_leases(dir, tenant, &m.timeline);
+        let leases = local_leases(dir, tenant, m.timeline);
         let oldest_readable = m.start_lsn.max(m.gc_cutoff_lsn);
         let lease_text = match &leases {
             None => "unknown (no pageserver data directory here)".to_string(),
@@ -274,7 +284,7 @@ async fn check_tenant(
         ));
         done.lines.extend(problems.iter().map(|p| format!("  {p}")));
         done.rows.push(json!({
-            "tenant": shown, "tenant_id": tenant, "branch": branch, "timeline_id": m.timeline,
+            "tenant": shown, "tenant_id": tenant_id, "branch": branch, "timeline_id": timeline_id,
             "ok": problems.is_empty(), "layers": m.layers.len(), "bytes": m.total_bytes(),
             "missing": findings.missing, "orphaned": findings.orphaned,
             "size_mismatch": findings.size_mismatch, "checksum_errors": findings.checksum,
@@ -306,21 +316,21 @@ async fn check_tenant(
         done.lines
             .extend(orphaned.iter().map(|o| format!("  orphaned: {o}")));
         done.rows.push(json!({
-            "tenant": shown, "tenant_id": tenant, "branch": null, "timeline_id": null,
+            "tenant": shown, "tenant_id": tenant_id, "branch": null, "timeline_id": null,
             "ok": false, "orphaned": orphaned,
         }));
     }
     // Branches the names know of that the store does not hold.
     if let (Some(n), Some(t)) = (names, &tenant_name) {
         for (branch, id) in n.branches.get(t).into_iter().flatten() {
-            if !ids.contains(id.as_str()) {
+            if !ids.contains(id) {
                 done.problems += 1;
                 done.lines.push(format!(
                     "tenant {shown} branch {branch} ({id}): PROBLEMS; no manifest in the object \
                      store (not uploaded yet, or lost)"
                 ));
                 done.rows.push(json!({
-                    "tenant": shown, "tenant_id": tenant, "branch": branch, "timeline_id": id,
+                    "tenant": shown, "tenant_id": tenant_id, "branch": branch, "timeline_id": id,
                     "ok": false, "missing": ["manifest"],
                 }));
             }
@@ -346,13 +356,16 @@ pub fn run(dir: &Path, a: CheckArgs, out: &Output) -> Result<ExitCode> {
         let tenants = match &a.tenant {
             Some(t) => {
                 let by_name = names.as_ref().and_then(|n| n.tenants.get(t).cloned());
-                vec![by_name.unwrap_or_else(|| t.clone())]
+                let id = by_name.as_deref().unwrap_or(t);
+                vec![id.parse::<TenantId>().with_context(|| {
+                    format!("--tenant {t:?}: not a tenant name of this cluster")
+                })?]
             }
             None => list_remote_tenants(&remote)
                 .await
                 .with_context(|| format!("listing the tenants in {remote}"))?,
         };
-        for t in &tenants {
+        for &t in &tenants {
             check_tenant(
                 dir,
                 &remote,
