@@ -137,7 +137,7 @@ fn services(dir: &Path, cfg: &ClusterConfig) -> Vec<Daemon> {
         .collect();
     v.push(Daemon::new(dir, "pageserver"));
     if cfg.proxy.is_some() {
-        v.push(crate::proxy_cmd::daemon(dir));
+        v.push(crate::proxy::daemon(dir));
     }
     v
 }
@@ -212,7 +212,7 @@ pub fn start(dir: &Path) -> Result<()> {
     }
     crate::tenant_import::reconnect_all(dir, &cfg, &crate::output::Output::new(false))?;
     crate::group::start_cutters(dir)?;
-    crate::proxy_cmd::start(dir, &cfg)
+    crate::proxy::start(dir, &cfg)
 }
 
 /// Stops everything it can: computes (each bounded, see `computes::stop_one`), then the
@@ -223,7 +223,7 @@ pub fn stop(dir: &Path) -> Result<()> {
     crate::tenant_import::warn_before_stop(dir)?;
     let mut failed = Vec::new();
     // The proxy before the computes: it would start them again.
-    match crate::proxy_cmd::stop(dir) {
+    match crate::proxy::stop(dir) {
         Ok(true) => println!("stopped proxy"),
         Ok(false) => {}
         Err(e) => failed.push(format!("proxy: {e:#}")),

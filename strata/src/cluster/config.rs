@@ -28,7 +28,7 @@ pub struct ClusterConfig {
     /// The Postgres-protocol proxy that `strata start` runs. Clusters made before the proxy
     /// existed have none, and run without it until a `[proxy]` table with a `port` is added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<crate::proxy_cmd::ProxyConfig>,
+    pub proxy: Option<crate::proxy::ProxyConfig>,
     /// The services verify tokens and computes ask for a password (`<dir>/auth/`); false in
     /// clusters made with `strata init --no-auth`, and in those made before auth existed.
     #[serde(default)]
@@ -140,7 +140,7 @@ impl ClusterConfig {
                 metrics_port: Some(port()),
             });
         }
-        let proxy = Some(crate::proxy_cmd::ProxyConfig::new(port()));
+        let proxy = Some(crate::proxy::ProxyConfig::new(port()));
         let compute_base_port = base + services;
         let remote_storage =
             remote.unwrap_or_else(|| dir.join("remote").to_string_lossy().into_owned());

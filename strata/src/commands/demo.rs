@@ -208,14 +208,14 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
             format_time(t_us)
         ),
         || {
-            strata::branch_cmd::run(
+            strata::branches::run(
                 dir,
-                strata::branch_cmd::BranchCommand::Create(strata::branch_cmd::CreateArgs {
+                strata::branches::BranchCommand::Create(strata::branches::CreateArgs {
                     name: "before-drop".into(),
                     from: "main".into(),
                     at: Some(format_time(t_us)),
                     exclusive: false,
-                    tenant: strata::branch_cmd::TenantArg {
+                    tenant: strata::branches::TenantArg {
                         tenant: Some("shop".into()),
                     },
                 }),

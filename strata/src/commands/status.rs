@@ -242,7 +242,7 @@ fn once(dir: &Path, out: &Output) -> Result<ExitCode> {
         v["last_error"] = json!(svc.supervision.state.last_error);
         services.push(v);
     }
-    let (proxy_line, proxy) = strata::proxy_cmd::status(dir, &cfg);
+    let (proxy_line, proxy) = strata::proxy::status(dir, &cfg);
     lines.push(proxy_line);
     let branch_rows = if pageserver_up {
         branches(dir, &cfg, &mut problems)?

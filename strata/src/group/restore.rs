@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::store::{find_cut, Group, GroupStore, Member};
-use crate::branch_cmd::{self, BranchCommand, CreateArgs, TenantArg};
+use crate::branches::{self, BranchCommand, CreateArgs, TenantArg};
 use crate::cluster::ClusterConfig;
 use crate::computes::{self, StartRequest};
 use crate::output::{stdout_to_stderr, Output};
@@ -110,8 +110,8 @@ fn restore_member<'a>(
     compute: &str,
 ) -> MemberRestore<'a> {
     let quiet = Output::new(false);
-    // Branch creations take turns on the names lock (`cluster::lock`) inside `branch_cmd`.
-    let made = branch_cmd::run(
+    // Branch creations take turns on the names lock (`cluster::lock`) inside `branches`.
+    let made = branches::run(
         dir,
         BranchCommand::Create(CreateArgs {
             name: new_branch.to_string(),
@@ -167,9 +167,9 @@ fn undo(dir: &Path, new_branch: &str, attempts: &[MemberRestore], out: &Output) 
             "member {}: deleting branch {new_branch}",
             a.member.tenant
         ));
-        let deleted = crate::delete_cmd::branch_delete(
+        let deleted = crate::delete::branch_delete(
             dir,
-            crate::delete_cmd::BranchDeleteArgs {
+            crate::delete::BranchDeleteArgs {
                 name: new_branch.to_string(),
                 tenant: Some(a.member.tenant.clone()),
                 force: false,

@@ -104,8 +104,7 @@ pub fn restore(dir: &Path, a: RestoreArgs, out: &Output) -> Result<()> {
     names.store(dir, &names_lock)?;
 
     let backup_branch = [(backup.clone(), old_timeline.clone())];
-    let stopped =
-        crate::delete_cmd::remove_computes(dir, &cfg, &tenant_id, Some(&backup_branch), out)?;
+    let stopped = crate::delete::remove_computes(dir, &cfg, &tenant_id, Some(&backup_branch), out)?;
     drop(_no_compute_start);
     let seconds = t0.elapsed().as_secs_f64();
     let stopped_text = if stopped.is_empty() {

@@ -1,5 +1,7 @@
 //! `strata branch create|list`, and resolving `--at` targets to LSNs.
 
+pub mod restore;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -24,10 +26,10 @@ pub enum BranchCommand {
     List(TenantArg),
     /// Delete a branch (without branches of its own): its computes are stopped, its data
     /// removed on the pageserver and in the object store.
-    Delete(crate::delete_cmd::BranchDeleteArgs),
+    Delete(crate::delete::BranchDeleteArgs),
     /// Restore a branch in place to a past moment: the branch keeps its name (connection
     /// strings reach the restored state) and what it was becomes `<BRANCH>_old_<time>`.
-    Restore(crate::branch_restore::RestoreArgs),
+    Restore(restore::RestoreArgs),
 }
 
 #[derive(Args, Debug)]
@@ -61,8 +63,8 @@ pub fn run(dir: &Path, cmd: BranchCommand, out: &Output) -> Result<()> {
     match cmd {
         BranchCommand::Create(a) => create(dir, a, out),
         BranchCommand::List(a) => list(dir, a, out),
-        BranchCommand::Delete(a) => crate::delete_cmd::branch_delete(dir, a, out),
-        BranchCommand::Restore(a) => crate::branch_restore::restore(dir, a, out),
+        BranchCommand::Delete(a) => crate::delete::branch_delete(dir, a, out),
+        BranchCommand::Restore(a) => restore::restore(dir, a, out),
     }
 }
 
