@@ -14,7 +14,6 @@
 //! <dir>/run/*.spec, *.state    what the supervisor restarts, and what it saw
 //! ```
 
-pub mod compute_ports;
 pub mod config;
 pub mod daemon;
 pub mod lock;

@@ -1,11 +1,12 @@
 //! Computes of the local cluster: each is a vanilla Postgres 15 in
 //! `<cluster dir>/computes/<name>/`, started from a pageserver basebackup, plus (read-write
 //! computes) a walproposer streaming its WAL to the safekeepers. One file per job: the record,
-//! starting, stopping, the basebackup stream, the walproposer, spare data directories, lazy
+//! starting, stopping, the ports they claim, the basebackup stream, the walproposer, spare data directories, lazy
 //! computes' page filesystems, the computes' own Postgres settings.
 
 mod basebackup;
 pub mod lazy;
+mod ports;
 mod record;
 pub mod settings;
 mod spares;

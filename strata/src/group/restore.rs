@@ -212,7 +212,7 @@ pub fn branch(
         ));
     }
     // Every member at once: a thread each branches it and starts its compute (the starts
-    // claim distinct ports, see `cluster::compute_ports`).
+    // claim distinct ports, see `computes::ports`).
     let attempts: Vec<MemberRestore> = stdout_to_stderr(|| {
         std::thread::scope(|s| {
             let threads: Vec<_> = g
