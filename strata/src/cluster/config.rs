@@ -28,7 +28,7 @@ pub struct ClusterConfig {
     /// The Postgres-protocol proxy that `strata start` runs. Clusters made before the proxy
     /// existed have none, and run without it until a `[proxy]` table with a `port` is added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<crate::proxy::ProxyConfig>,
+    pub proxy: Option<ProxyConfig>,
     /// The services verify tokens and computes ask for a password (`<dir>/auth/`); false in
     /// clusters made with `strata init --no-auth`, and in those made before auth existed.
     #[serde(default)]
@@ -82,13 +82,13 @@ pub struct SafekeeperConfig {
 }
 
 /// `host:port`, with IPv6 hosts in brackets.
-fn grpc_addr(host: Option<IpAddr>, port: u16) -> String {
+fn host_port(host: Option<IpAddr>, port: u16) -> String {
     std::net::SocketAddr::new(host.unwrap_or(LOOPBACK), port).to_string()
 }
 
 impl SafekeeperConfig {
     pub fn grpc_addr(&self) -> String {
-        grpc_addr(self.grpc_host, self.grpc_port)
+        host_port(self.grpc_host, self.grpc_port)
     }
     pub fn pg_addr(&self) -> String {
         format!("127.0.0.1:{}", self.pg_port)
@@ -100,10 +100,51 @@ impl SafekeeperConfig {
 
 impl PageserverConfig {
     pub fn grpc_addr(&self) -> String {
-        grpc_addr(self.grpc_host, self.grpc_port)
+        host_port(self.grpc_host, self.grpc_port)
     }
     pub fn metrics_addr(&self) -> Option<String> {
         self.metrics_port.map(|p| format!("127.0.0.1:{p}"))
+    }
+}
+
+/// `[proxy]` in `strata.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// The address clients connect to (`strata init --listen`, like the gRPC ports);
+    /// 127.0.0.1 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<IpAddr>,
+    /// Where clients connect.
+    pub port: u16,
+    /// A read-write compute the proxy started stops after this long without connections.
+    #[serde(default = "default_idle_stop_secs")]
+    pub idle_stop_secs: u64,
+    /// A time travel compute stops this long after its last connection closed.
+    #[serde(default = "default_ephemeral_idle_secs")]
+    pub ephemeral_idle_secs: u64,
+}
+
+fn default_idle_stop_secs() -> u64 {
+    300
+}
+
+fn default_ephemeral_idle_secs() -> u64 {
+    30
+}
+
+impl ProxyConfig {
+    pub fn new(port: u16) -> ProxyConfig {
+        ProxyConfig {
+            host: None,
+            port,
+            idle_stop_secs: default_idle_stop_secs(),
+            ephemeral_idle_secs: default_ephemeral_idle_secs(),
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        host_port(self.host, self.port)
     }
 }
 
@@ -140,7 +181,7 @@ impl ClusterConfig {
                 metrics_port: Some(port()),
             });
         }
-        let proxy = Some(crate::proxy::ProxyConfig::new(port()));
+        let proxy = Some(ProxyConfig::new(port()));
         let compute_base_port = base + services;
         let remote_storage =
             remote.unwrap_or_else(|| dir.join("remote").to_string_lossy().into_owned());
