@@ -206,7 +206,7 @@ fn main() -> ExitCode {
         Command::Basebackup(args) => basebackup::run_basebackup(args, &out),
         Command::Token(c) => ok(token::run(&dir, c, &out)),
         Command::Completions { shell } => ok(completions(shell, &out)),
-        Command::Supervise => ok(cluster::supervisor::run(&dir)),
+        Command::Supervise => ok(cluster::supervisor::run(&dir, computes::lazy::recreate)),
     };
     match result {
         Ok(code) => code,

@@ -48,6 +48,12 @@ pub fn backoff(failures_in_a_row: u32) -> Duration {
         .map_or(MAX_BACKOFF, |d| d.min(MAX_BACKOFF))
 }
 
+/// How the supervisor brings a lazy compute back (its page filesystem, Postgres and
+/// walproposer together): `computes::lazy::recreate`, handed in by `strata supervise`, so that
+/// the cluster layer does not reach up into the computes built on it. The new postmaster's
+/// pid, or `None` when the compute is gone.
+pub type RecreateLazyCompute = fn(&Path, &str) -> Result<Option<i32>>;
+
 fn supervisor_daemon(cluster_dir: &Path) -> Daemon {
     Daemon::new(cluster_dir, SUPERVISOR)
 }
@@ -117,7 +123,7 @@ extern "C" fn request_stop(_: libc::c_int) {
 }
 
 /// `strata supervise`: runs until SIGTERM, or until the cluster directory is gone.
-pub fn run(cluster_dir: &Path) -> Result<()> {
+pub fn run(cluster_dir: &Path, recreate_lazy: RecreateLazyCompute) -> Result<()> {
     // Not the lock named like the service: `Daemon::stop` takes that one to stop it.
     let Some(_lock) = ServiceLock::try_acquire(cluster_dir, "supervisor-instance")? else {
         println!("another supervisor runs for {}", cluster_dir.display());
@@ -138,7 +144,7 @@ pub fn run(cluster_dir: &Path) -> Result<()> {
         );
     }
     log(&format!("{READY_LINE} {}", cluster_dir.display()));
-    let mut sup = Supervisor::new(cluster_dir);
+    let mut sup = Supervisor::new(cluster_dir, recreate_lazy);
     while !STOP_REQUESTED.load(Ordering::SeqCst) {
         if !cluster_dir.join(super::config::CONFIG_FILE).exists() {
             log("the cluster directory is gone: exiting");
@@ -171,6 +177,7 @@ struct Watched {
 
 pub struct Supervisor {
     dir: PathBuf,
+    recreate_lazy: RecreateLazyCompute,
     watched: HashMap<String, Watched>,
     /// Services this supervisor restarted and has not reaped yet.
     children: Vec<i32>,
@@ -179,9 +186,10 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(cluster_dir: &Path) -> Supervisor {
+    pub fn new(cluster_dir: &Path, recreate_lazy: RecreateLazyCompute) -> Supervisor {
         Supervisor {
             dir: cluster_dir.to_path_buf(),
+            recreate_lazy,
             watched: HashMap::new(),
             children: Vec::new(),
             exits: HashMap::new(),
@@ -281,7 +289,7 @@ impl Supervisor {
             return Ok(());
         }
         state.failures_in_a_row = state.failures_in_a_row.saturating_add(1);
-        let result = restart(&self.dir, &spec);
+        let result = restart(&self.dir, &spec, self.recreate_lazy);
         let w = self.watched.entry(name.to_string()).or_default();
         match result {
             Ok(Restarted::Pid(pid)) => {
@@ -374,7 +382,11 @@ enum Restarted {
     Abandoned(String),
 }
 
-fn restart(cluster_dir: &Path, spec: &Spec) -> Result<Restarted> {
+fn restart(
+    cluster_dir: &Path,
+    spec: &Spec,
+    recreate_lazy: RecreateLazyCompute,
+) -> Result<Restarted> {
     match &spec.launch {
         Launch::Process {
             program,
@@ -391,14 +403,12 @@ fn restart(cluster_dir: &Path, spec: &Spec) -> Result<Restarted> {
             let child = Daemon::new(cluster_dir, &spec.name).spawn_detached(cmd)?;
             Ok(Restarted::Pid(child.id() as i32))
         }
-        Launch::LazyCompute { compute, .. } => {
-            match crate::computes::lazy::recreate(cluster_dir, compute)? {
-                Some(pid) => Ok(Restarted::Pid(pid)),
-                None => Ok(Restarted::Abandoned(format!(
-                    "compute {compute} is gone (no compute record)"
-                ))),
-            }
-        }
+        Launch::LazyCompute { compute, .. } => match recreate_lazy(cluster_dir, compute)? {
+            Some(pid) => Ok(Restarted::Pid(pid)),
+            None => Ok(Restarted::Abandoned(format!(
+                "compute {compute} is gone (no compute record)"
+            ))),
+        },
         Launch::Postgres {
             pg_bin,
             data_dir,
@@ -559,7 +569,9 @@ mod tests {
         fs::create_dir_all(dir.path().join("logs")).unwrap();
         let spec = sleeper_spec(dir.path(), "svc");
         spec::write_spec(dir.path(), &spec).unwrap();
-        let mut sup = Supervisor::new(dir.path());
+        let mut sup = Supervisor::new(dir.path(), |_, compute| {
+            bail!("no lazy compute in this test (asked for {compute})")
+        });
         // No pid file: started at once.
         sup.tick();
         let first = current_pid(dir.path(), &spec).unwrap();
