@@ -6,10 +6,10 @@ mod commands;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use strata::{auth_setup, branches, cluster, computes, group, lifecycle, names, output};
+use strata::{auth_setup, cluster, computes, group, lifecycle, names, output};
 
 use commands::{
-    basebackup, check, cluster_json, compute, demo, gc, query, role, status, tenant, token,
+    basebackup, branch, check, cluster_json, compute, demo, gc, query, role, status, tenant, token,
     verify_redo, waldump,
 };
 
@@ -46,7 +46,7 @@ enum Command {
     Tenant(tenant::TenantCommand),
     /// Branches: copy-free forks of a branch's history at any point.
     #[command(subcommand)]
-    Branch(branches::BranchCommand),
+    Branch(branch::BranchCommand),
     /// Computes: vanilla Postgres 15 on a branch, lazy (pages fetched on first read) unless
     /// --full-copy.
     #[command(subcommand)]
@@ -178,16 +178,16 @@ fn main() -> ExitCode {
             .and_then(|()| cluster_json::cluster_result(&dir, &out))),
         Command::Status(a) => status::run(&dir, &a, &out),
         Command::Tenant(c) => ok(tenant::run(&dir, c, &out)),
-        Command::Branch(c) => ok(branches::run(&dir, c, &out)),
+        Command::Branch(c) => ok(branch::run(&dir, c, &out)),
         Command::Compute(c) => ok(compute::run(&dir, c, &out)),
-        Command::LsnAt(a) => ok(branches::lsn_at(
+        Command::LsnAt(a) => ok(branch::lsn_at(
             &dir,
             &a.time,
             &a.branch.branch,
             a.branch.tenant.as_deref(),
             &out,
         )),
-        Command::RestorePoints(a) => ok(branches::restore_points(
+        Command::RestorePoints(a) => ok(branch::restore_points(
             &dir,
             &a.branch,
             a.tenant.as_deref(),

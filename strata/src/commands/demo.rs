@@ -208,17 +208,17 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
             format_time(t_us)
         ),
         || {
-            strata::branches::run(
+            super::branch::create(
                 dir,
-                strata::branches::BranchCommand::Create(strata::branches::CreateArgs {
+                &super::branch::CreateArgs {
                     name: "before-drop".into(),
                     from: "main".into(),
                     at: Some(format_time(t_us)),
                     exclusive: false,
-                    tenant: strata::branches::TenantArg {
+                    tenant: super::branch::TenantArg {
                         tenant: Some("shop".into()),
                     },
-                }),
+                },
                 out,
             )
         },

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::store::{find_cut, Group, GroupStore, Member};
-use crate::branches::{self, BranchCommand, CreateArgs, TenantArg};
+use crate::branches::{self, NewBranch};
 use crate::cluster::ClusterConfig;
 use crate::computes::{self, StartRequest};
 use crate::output::{stdout_to_stderr, Output};
@@ -111,17 +111,16 @@ fn restore_member<'a>(
 ) -> MemberRestore<'a> {
     let quiet = Output::new(false);
     // Branch creations take turns on the names lock (`cluster::lock`) inside `branches`.
-    let made = branches::run(
+    let at = target_text(t);
+    let made = branches::create(
         dir,
-        BranchCommand::Create(CreateArgs {
-            name: new_branch.to_string(),
-            from: m.branch.clone(),
-            at: Some(target_text(t)),
+        &NewBranch {
+            name: new_branch,
+            from: &m.branch,
+            at: Some(&at),
             exclusive: false,
-            tenant: TenantArg {
-                tenant: Some(m.tenant.clone()),
-            },
-        }),
+            tenant: Some(&m.tenant),
+        },
         &quiet,
     );
     if let Err(e) = made {
@@ -169,11 +168,9 @@ fn undo(dir: &Path, new_branch: &str, attempts: &[MemberRestore], out: &Output) 
         ));
         let deleted = crate::delete::branch_delete(
             dir,
-            crate::delete::BranchDeleteArgs {
-                name: new_branch.to_string(),
-                tenant: Some(a.member.tenant.clone()),
-                force: false,
-            },
+            new_branch,
+            Some(&a.member.tenant),
+            false,
             &Output::new(false),
         );
         if let Err(e) = deleted {
