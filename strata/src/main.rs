@@ -6,11 +6,11 @@ mod commands;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use strata::{auth_setup, cluster, computes, group, lifecycle, names, output};
+use strata::{auth_setup, cluster, computes, lifecycle, names, output};
 
 use commands::{
-    basebackup, branch, check, cluster_json, compute, demo, gc, query, role, status, tenant, token,
-    verify_redo, waldump,
+    basebackup, branch, check, cluster_json, compute, demo, gc, group, query, role, status, tenant,
+    token, verify_redo, waldump,
 };
 
 #[derive(Parser)]

@@ -9,6 +9,7 @@ pub mod compute;
 pub mod delete;
 pub mod demo;
 pub mod gc;
+pub mod group;
 pub mod query;
 pub mod role;
 pub mod status;
