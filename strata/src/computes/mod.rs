@@ -23,6 +23,6 @@ pub use record::{
 pub(crate) use start::{compute_spec, port_free};
 pub use start::{start, StartRequest};
 pub use stop::{reap_expired, remove, stop_all};
-pub(crate) use walproposer::start_walproposer;
+pub(crate) use walproposer::{fence_args as walproposer_fence_args, start_walproposer};
 // What group cuts (`crate::group::cut`) call through this module.
 pub(crate) use crate::lsn::{committed_on_safekeepers, wait_for_committed_wal};
