@@ -4,10 +4,10 @@
 //! It holds the cluster's configuration and processes (`cluster`), starting and stopping it
 //! (`lifecycle`), the names of tenants and branches (`names`), the services' management
 //! clients (`mgmt`), computes and their page filesystems (`computes`), LSN resolution
-//! (`lsn`), branches, tenant imports, groups and the proxy's process. Progress goes through
-//! [`output::Output`]; what a command prints as its result is the command file's business,
-//! except in `branches`, `delete` and `group`, which still carry their
-//! clap flags and results (see "Code layout" in `docs/architecture.md`).
+//! (`lsn`), branches (`branches`), deleting branches and tenants (`delete`), tenant imports,
+//! groups and the proxy's process (`proxy`). The library takes plain values and returns what
+//! it did; progress goes through [`output::Output`]. Flags and what a command prints as
+//! its result are the command files' (see "Code layout" in `docs/architecture.md`).
 
 pub mod auth_setup;
 pub mod branches;
