@@ -5,7 +5,7 @@ mod commands;
 
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use strata::{auth_setup, cluster, computes, lifecycle, names, output};
 
 use commands::{
@@ -52,13 +52,13 @@ enum Command {
     #[command(subcommand)]
     Compute(compute::ComputeCommand),
     /// The LSN of a branch's state as of a time (after the last commit at or before it).
-    LsnAt(LsnAtArgs),
+    LsnAt(branch::LsnAtArgs),
     /// The restore points (pg_create_restore_point) of a branch.
     ///
     /// Postgres writes a restore point without flushing its WAL, so one shows here once the
     /// compute flushes it (at its next commit, or within wal_writer_delay) and the safekeepers
     /// know it committed (the walproposer's next message, within 20 ms).
-    RestorePoints(BranchArgs),
+    RestorePoints(branch::BranchArgs),
     /// Time travel: run SQL on a branch as of a past moment, without creating a branch.
     Query(query::QueryArgs),
     /// Roles of the proxy: who may connect to a tenant's branches through `strata start`'s
@@ -106,22 +106,6 @@ enum Command {
     /// The cluster's supervisor (started by `strata start`): restarts services that die.
     #[command(hide = true)]
     Supervise,
-}
-
-#[derive(Args)]
-struct BranchArgs {
-    #[arg(long, default_value = "main")]
-    branch: String,
-    #[arg(long)]
-    tenant: Option<String>,
-}
-
-#[derive(Args)]
-struct LsnAtArgs {
-    /// A time like "2026-11-21 22:10:05+00" (UTC when no offset) or @<unix seconds>.
-    time: String,
-    #[command(flatten)]
-    branch: BranchArgs,
 }
 
 fn main() -> ExitCode {
@@ -180,19 +164,8 @@ fn main() -> ExitCode {
         Command::Tenant(c) => ok(tenant::run(&dir, c, &out)),
         Command::Branch(c) => ok(branch::run(&dir, c, &out)),
         Command::Compute(c) => ok(compute::run(&dir, c, &out)),
-        Command::LsnAt(a) => ok(branch::lsn_at(
-            &dir,
-            &a.time,
-            &a.branch.branch,
-            a.branch.tenant.as_deref(),
-            &out,
-        )),
-        Command::RestorePoints(a) => ok(branch::restore_points(
-            &dir,
-            &a.branch,
-            a.tenant.as_deref(),
-            &out,
-        )),
+        Command::LsnAt(a) => ok(branch::lsn_at(&dir, &a, &out)),
+        Command::RestorePoints(a) => ok(branch::restore_points(&dir, &a, &out)),
         Command::Query(a) => ok(query::run(&dir, a, &out)),
         Command::Role(c) => ok(role::run(&dir, c, &out)),
         Command::Demo(a) => ok(demo::run(demo_dir, a, &out)),

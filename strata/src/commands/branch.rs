@@ -70,6 +70,22 @@ pub struct RestoreArgs {
     pub tenant: Option<String>,
 }
 
+#[derive(Args, Debug)]
+pub struct BranchArgs {
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LsnAtArgs {
+    /// A time like "2026-11-21 22:10:05+00" (UTC when no offset) or @<unix seconds>.
+    pub time: String,
+    #[command(flatten)]
+    pub branch: BranchArgs,
+}
+
 pub fn run(dir: &Path, cmd: BranchCommand, out: &Output) -> Result<()> {
     match cmd {
         BranchCommand::Create(a) => create(dir, &a, out),
@@ -194,8 +210,9 @@ fn restore(dir: &Path, a: &RestoreArgs, out: &Output) -> Result<()> {
 }
 
 /// `strata restore-points`: the named restore points of a branch.
-pub fn restore_points(dir: &Path, branch: &str, tenant: Option<&str>, out: &Output) -> Result<()> {
-    let points = branches::restore_points(dir, branch, tenant, out)?;
+pub fn restore_points(dir: &Path, a: &BranchArgs, out: &Output) -> Result<()> {
+    let branch = &a.branch;
+    let points = branches::restore_points(dir, branch, a.tenant.as_deref(), out)?;
     let mut lines = Vec::new();
     for p in &points {
         lines.push(format!(
@@ -220,14 +237,9 @@ pub fn restore_points(dir: &Path, branch: &str, tenant: Option<&str>, out: &Outp
 
 /// `strata lsn-at TIME`: the LSN of the state as of that time (after the last commit at or
 /// before it).
-pub fn lsn_at(
-    dir: &Path,
-    time: &str,
-    branch: &str,
-    tenant: Option<&str>,
-    out: &Output,
-) -> Result<()> {
-    let at = branches::lsn_at(dir, time, branch, tenant, out)?;
+pub fn lsn_at(dir: &Path, a: &LsnAtArgs, out: &Output) -> Result<()> {
+    let branch = &a.branch.branch;
+    let at = branches::lsn_at(dir, &a.time, branch, a.branch.tenant.as_deref(), out)?;
     let (lsn, cutoff) = (pg_lsn(at.lsn), pg_lsn(at.gc_cutoff_lsn));
     if !at.readable() {
         eprintln!(
