@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cluster::daemon::{Daemon, State};
+use crate::cluster::daemon::{supervisor_daemon, Daemon, State};
 use crate::cluster::{config, safekeeper_daemon, sibling_binary, spec, supervisor, ClusterConfig};
 
 /// How `strata init` makes a cluster (its flags: `InitArgs` of the command).
@@ -269,7 +269,7 @@ pub struct ServiceStatus {
 pub fn status(dir: &Path) -> Result<Vec<ServiceStatus>> {
     let cfg = ClusterConfig::load(dir)?;
     let mut all = services(dir, &cfg);
-    all.push(Daemon::new(dir, supervisor::SUPERVISOR));
+    all.push(supervisor_daemon(dir));
     all.into_iter()
         .map(|d| {
             Ok(ServiceStatus {

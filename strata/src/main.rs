@@ -137,7 +137,7 @@ fn main() -> ExitCode {
     if cluster_cmd && !matches!(cli.command, Command::Stop) {
         let meant_to_run = cluster::spec::supervised_names(&dir).is_ok_and(|n| !n.is_empty());
         if meant_to_run {
-            if let Err(e) = cluster::supervisor::ensure_running(&dir) {
+            if let Err(e) = cluster::daemon::ensure_supervisor(&dir) {
                 eprintln!("strata: warning: the supervisor is not running: {e:#}");
             }
         }

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,12 +17,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::daemon::{open_log, tail, Daemon, State};
+use super::daemon::{ensure_supervisor, supervisor_daemon, tail, Daemon};
 use super::process::{alive, reap_child, start_time};
 use super::spec::{self, Launch, ServiceLock, ServiceState, Spec};
 
-/// The supervisor's own service name (`run/supervisor.pid`, `logs/supervisor.log`).
-pub const SUPERVISOR: &str = "supervisor";
 /// How often every service is looked at.
 const POLL: Duration = Duration::from_millis(250);
 /// A service that ran this long is stable: its next crash is restarted at once again.
@@ -32,8 +29,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a restarted Postgres may take to write its postmaster.pid.
 const POSTMASTER_PID_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a command waits for a supervisor it started to run.
-const SUPERVISOR_START_TIMEOUT: Duration = Duration::from_secs(10);
 const READY_LINE: &str = "supervising the services of";
 
 /// The wait before restarting a service that failed `failures_in_a_row` times since it last
@@ -53,63 +48,6 @@ pub fn backoff(failures_in_a_row: u32) -> Duration {
 /// the cluster layer does not reach up into the computes built on it. The new postmaster's
 /// pid, or `None` when the compute is gone.
 pub type RecreateLazyCompute = fn(&Path, &str) -> Result<Option<i32>>;
-
-fn supervisor_daemon(cluster_dir: &Path) -> Daemon {
-    Daemon::new(cluster_dir, SUPERVISOR)
-}
-
-/// Starts the supervisor if `cluster_dir` holds a cluster and no supervisor runs. Called by
-/// `Daemon::start` and by every command that finds services meant to run.
-pub fn ensure_running(cluster_dir: &Path) -> Result<()> {
-    if !cluster_dir.join(super::config::CONFIG_FILE).exists() {
-        return Ok(());
-    }
-    let d = supervisor_daemon(cluster_dir);
-    if let State::Running(_) = d.state()? {
-        return Ok(());
-    }
-    let dir = cluster_dir
-        .canonicalize()
-        .with_context(|| format!("resolving {}", cluster_dir.display()))?;
-    let exe = std::env::current_exe().context("locating the strata binary")?;
-    let log = open_log(&d.log_file)?;
-    let mut child = Command::new(&exe)
-        .arg("--dir")
-        .arg(&dir)
-        .arg("supervise")
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting the supervisor ({})", exe.display()))?;
-    // The supervisor writes its own pid file once it holds the supervisor lock; one started
-    // by a concurrent command may win instead, which is as good.
-    let deadline = Instant::now() + SUPERVISOR_START_TIMEOUT;
-    loop {
-        if let State::Running(_) = d.state()? {
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait()? {
-            if !status.success() {
-                bail!(
-                    "the supervisor exited ({status}) as it started; its log ({}):\n{}",
-                    d.log_file.display(),
-                    tail(&d.log_file, 10)
-                );
-            }
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "the supervisor did not write {} within {SUPERVISOR_START_TIMEOUT:?}; its log:\n{}",
-                d.pid_file.display(),
-                tail(&d.log_file, 10)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Stops the supervisor (after `strata stop` stopped every service).
 pub fn stop(cluster_dir: &Path) -> Result<bool> {
@@ -514,7 +452,7 @@ pub fn watch_postgres(
         spec::write_spec(cluster_dir, &s)?;
         spec::reset_state(cluster_dir, name)?;
     }
-    ensure_running(cluster_dir)
+    ensure_supervisor(cluster_dir)
 }
 
 /// What `strata status` shows of a service's supervision.

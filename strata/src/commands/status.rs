@@ -228,7 +228,7 @@ fn once(dir: &Path, out: &Output) -> Result<ExitCode> {
             ),
         };
         // The supervisor is not a service of the data path: `strata` restarts it.
-        if name != cluster::supervisor::SUPERVISOR && pid.is_none() {
+        if name != cluster::daemon::SUPERVISOR && pid.is_none() {
             problems.push(format!("{name} is not running: {shown}"));
         }
         pageserver_up |= name == "pageserver" && pid.is_some();
