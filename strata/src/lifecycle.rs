@@ -56,7 +56,7 @@ pub fn init(dir: &Path, args: &InitOptions) -> Result<()> {
     let pg_bin = std::path::absolute(&args.pg_bin)
         .with_context(|| format!("resolving {}", args.pg_bin.display()))?;
     let mut cfg =
-        ClusterConfig::generate(&dir, args.safekeepers, args.remote_storage.clone(), pg_bin)?;
+        crate::cluster::new_config(&dir, args.safekeepers, args.remote_storage.clone(), pg_bin)?;
     cfg.auth = !args.no_auth;
     if let Some(host) = args.listen {
         check_listen_host(host, cfg.auth)?;

@@ -149,21 +149,29 @@ impl ProxyConfig {
 }
 
 impl ClusterConfig {
-    /// A new configuration with `n_safekeepers` safekeepers and free loopback ports.
-    pub fn generate(
-        dir: &Path,
-        n_safekeepers: usize,
-        remote: Option<String>,
-        pg_bin: PathBuf,
-    ) -> Result<ClusterConfig> {
+    /// How many consecutive ports a cluster with `n_safekeepers` safekeepers takes: the
+    /// services' (the pageserver's gRPC and metrics, each safekeeper's gRPC, replication and
+    /// metrics, the proxy), then the computes'. Refuses an even number of safekeepers.
+    pub fn ports_needed(n_safekeepers: usize) -> Result<u16> {
         if n_safekeepers == 0 || n_safekeepers.is_multiple_of(2) {
             bail!("the number of safekeepers must be odd (1, 3, 5…) so a majority is well defined, got {n_safekeepers}");
         }
-        // One block of consecutive ports: the services' first (the pageserver's gRPC and
-        // metrics, each safekeeper's gRPC, replication and metrics, the proxy), then the
-        // computes'.
-        let services = 3 + 3 * n_safekeepers as u16;
-        let base = super::port_claims::claim_port_block(dir, services + COMPUTE_PORTS)?;
+        u16::try_from(n_safekeepers)
+            .ok()
+            .and_then(|n| n.checked_mul(3)?.checked_add(3 + COMPUTE_PORTS))
+            .with_context(|| format!("{n_safekeepers} safekeepers do not fit in the port range"))
+    }
+
+    /// A new configuration with `n_safekeepers` safekeepers (checked by [`Self::ports_needed`])
+    /// on the block of ports from `base` (claimed by `cluster::new_config`).
+    pub(super) fn on_ports(
+        dir: &Path,
+        base: u16,
+        n_safekeepers: usize,
+        remote: Option<String>,
+        pg_bin: PathBuf,
+    ) -> ClusterConfig {
+        let services = service_ports(n_safekeepers);
         let mut next = base..base + services;
         let mut port = || next.next().expect("the block holds a port per service");
         let pageserver = PageserverConfig {
@@ -185,7 +193,7 @@ impl ClusterConfig {
         let compute_base_port = base + services;
         let remote_storage =
             remote.unwrap_or_else(|| dir.join("remote").to_string_lossy().into_owned());
-        Ok(ClusterConfig {
+        ClusterConfig {
             remote_storage,
             pg_bin,
             pageserver,
@@ -195,7 +203,7 @@ impl ClusterConfig {
             auth: true,
             tls: false,
             metrics: true,
-        })
+        }
     }
 
     /// Puts every gRPC port, and the proxy, on `host` (`strata init --listen`).
@@ -285,6 +293,13 @@ impl ClusterConfig {
 /// free one among them).
 pub const COMPUTE_PORTS: u16 = 100;
 
+/// The services' ports of a cluster with `n_safekeepers` safekeepers ([`ClusterConfig::ports_needed`]
+/// refuses a number whose ports do not fit).
+fn service_ports(n_safekeepers: usize) -> u16 {
+    let n = u16::try_from(n_safekeepers).unwrap_or(u16::MAX);
+    n.saturating_mul(3).saturating_add(3)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,7 +307,7 @@ mod tests {
     #[test]
     fn generated_config_round_trips_and_ports_differ() {
         let dir = tempfile::tempdir().unwrap();
-        let c = ClusterConfig::generate(dir.path(), 3, None, "/usr/lib/postgresql/15/bin".into())
+        let c = super::super::new_config(dir.path(), 3, None, "/usr/lib/postgresql/15/bin".into())
             .unwrap();
         c.store(dir.path()).unwrap();
         assert_eq!(ClusterConfig::load(dir.path()).unwrap(), c);
@@ -306,7 +321,7 @@ mod tests {
         ports.sort();
         ports.dedup();
         assert_eq!(ports.len(), n, "ports must be distinct");
-        assert!(ClusterConfig::generate(dir.path(), 2, None, "/x".into()).is_err());
+        assert!(super::super::new_config(dir.path(), 2, None, "/x".into()).is_err());
         let range = strata_daemon::ports::cluster_ports();
         assert!(
             ports.iter().all(|p| range.contains(p)),
@@ -337,7 +352,7 @@ mod tests {
     #[test]
     fn a_grpc_host_moves_every_grpc_address_and_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = ClusterConfig::generate(dir.path(), 3, None, "/b".into()).unwrap();
+        let mut c = super::super::new_config(dir.path(), 3, None, "/b".into()).unwrap();
         assert!(!c.tls, "TLS is off until init turns it on");
         assert_eq!(c.grpc_hosts(), vec![LOOPBACK]);
         c.set_grpc_host("fd00::2".parse().unwrap());
@@ -366,7 +381,7 @@ mod tests {
     fn a_cluster_without_metrics_has_no_metrics_ports_and_turns_recording_off() {
         let dir = tempfile::tempdir().unwrap();
         let mut c =
-            ClusterConfig::generate(dir.path(), 3, None, "/usr/lib/postgresql/15/bin".into())
+            super::super::new_config(dir.path(), 3, None, "/usr/lib/postgresql/15/bin".into())
                 .unwrap();
         assert!(c.metrics && c.service_env().is_empty());
         c.without_metrics();
