@@ -4,24 +4,23 @@
 //! It holds the cluster's configuration and processes (`cluster`), starting and stopping it
 //! (`lifecycle`), the names of tenants and branches (`names`), the services' management
 //! clients (`mgmt`), computes and their page filesystems (`computes`), LSN resolution
-//! (`lsn`), branches, tenant imports, groups and the proxy's process. Progress goes through
-//! [`output::Output`]; what a command prints as its result is the command file's business,
-//! except in `branch_cmd`, `delete_cmd`, `branch_restore` and `group`, which still carry their
-//! clap flags and results (see "Code layout" in `docs/architecture.md`).
+//! (`lsn`), branches (`branches`), deleting branches and tenants (`delete`), tenant imports,
+//! groups and the proxy's process (`proxy`). The library takes plain values and returns what
+//! it did; progress goes through [`output::Output`]. Flags and what a command prints as
+//! its result are the command files' (see "Code layout" in `docs/architecture.md`).
 
 pub mod auth_setup;
-pub mod branch_cmd;
-pub mod branch_restore;
+pub mod branches;
 pub mod cluster;
 pub mod computes;
-pub mod delete_cmd;
+pub mod delete;
 pub mod group;
 pub mod lifecycle;
 pub mod lsn;
 pub mod mgmt;
 pub mod names;
 pub mod output;
-pub mod proxy_cmd;
+pub mod proxy;
 pub mod target;
 pub mod tenant_import;
 pub mod tls_setup;

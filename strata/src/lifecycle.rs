@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cluster::daemon::{Daemon, State};
+use crate::cluster::daemon::{supervisor_daemon, Daemon, State};
 use crate::cluster::{config, safekeeper_daemon, sibling_binary, spec, supervisor, ClusterConfig};
 
 /// How `strata init` makes a cluster (its flags: `InitArgs` of the command).
@@ -56,7 +56,7 @@ pub fn init(dir: &Path, args: &InitOptions) -> Result<()> {
     let pg_bin = std::path::absolute(&args.pg_bin)
         .with_context(|| format!("resolving {}", args.pg_bin.display()))?;
     let mut cfg =
-        ClusterConfig::generate(&dir, args.safekeepers, args.remote_storage.clone(), pg_bin)?;
+        crate::cluster::new_config(&dir, args.safekeepers, args.remote_storage.clone(), pg_bin)?;
     cfg.auth = !args.no_auth;
     if let Some(host) = args.listen {
         check_listen_host(host, cfg.auth)?;
@@ -137,7 +137,7 @@ fn services(dir: &Path, cfg: &ClusterConfig) -> Vec<Daemon> {
         .collect();
     v.push(Daemon::new(dir, "pageserver"));
     if cfg.proxy.is_some() {
-        v.push(crate::proxy_cmd::daemon(dir));
+        v.push(crate::proxy::daemon(dir));
     }
     v
 }
@@ -212,7 +212,7 @@ pub fn start(dir: &Path) -> Result<()> {
     }
     crate::tenant_import::reconnect_all(dir, &cfg, &crate::output::Output::new(false))?;
     crate::group::start_cutters(dir)?;
-    crate::proxy_cmd::start(dir, &cfg)
+    crate::proxy::start(dir, &cfg)
 }
 
 /// Stops everything it can: computes (each bounded, see `computes::stop_one`), then the
@@ -223,7 +223,7 @@ pub fn stop(dir: &Path) -> Result<()> {
     crate::tenant_import::warn_before_stop(dir)?;
     let mut failed = Vec::new();
     // The proxy before the computes: it would start them again.
-    match crate::proxy_cmd::stop(dir) {
+    match crate::proxy::stop(dir) {
         Ok(true) => println!("stopped proxy"),
         Ok(false) => {}
         Err(e) => failed.push(format!("proxy: {e:#}")),
@@ -269,7 +269,7 @@ pub struct ServiceStatus {
 pub fn status(dir: &Path) -> Result<Vec<ServiceStatus>> {
     let cfg = ClusterConfig::load(dir)?;
     let mut all = services(dir, &cfg);
-    all.push(Daemon::new(dir, supervisor::SUPERVISOR));
+    all.push(supervisor_daemon(dir));
     all.into_iter()
         .map(|d| {
             Ok(ServiceStatus {

@@ -5,12 +5,12 @@ mod commands;
 
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
-use strata::{auth_setup, branch_cmd, cluster, computes, group, lifecycle, names, output};
+use clap::{CommandFactory, Parser, Subcommand};
+use strata::{auth_setup, cluster, computes, lifecycle, names, output};
 
 use commands::{
-    basebackup, check, cluster_json, compute, demo, gc, query, role, status, tenant, token,
-    verify_redo, waldump,
+    basebackup, branch, check, cluster_json, compute, demo, gc, group, query, role, status, tenant,
+    token, verify_redo, waldump,
 };
 
 #[derive(Parser)]
@@ -46,19 +46,19 @@ enum Command {
     Tenant(tenant::TenantCommand),
     /// Branches: copy-free forks of a branch's history at any point.
     #[command(subcommand)]
-    Branch(branch_cmd::BranchCommand),
+    Branch(branch::BranchCommand),
     /// Computes: vanilla Postgres 15 on a branch, lazy (pages fetched on first read) unless
     /// --full-copy.
     #[command(subcommand)]
     Compute(compute::ComputeCommand),
     /// The LSN of a branch's state as of a time (after the last commit at or before it).
-    LsnAt(LsnAtArgs),
+    LsnAt(branch::LsnAtArgs),
     /// The restore points (pg_create_restore_point) of a branch.
     ///
     /// Postgres writes a restore point without flushing its WAL, so one shows here once the
     /// compute flushes it (at its next commit, or within wal_writer_delay) and the safekeepers
     /// know it committed (the walproposer's next message, within 20 ms).
-    RestorePoints(BranchArgs),
+    RestorePoints(branch::BranchArgs),
     /// Time travel: run SQL on a branch as of a past moment, without creating a branch.
     Query(query::QueryArgs),
     /// Roles of the proxy: who may connect to a tenant's branches through `strata start`'s
@@ -108,22 +108,6 @@ enum Command {
     Supervise,
 }
 
-#[derive(Args)]
-struct BranchArgs {
-    #[arg(long, default_value = "main")]
-    branch: String,
-    #[arg(long)]
-    tenant: Option<String>,
-}
-
-#[derive(Args)]
-struct LsnAtArgs {
-    /// A time like "2026-11-21 22:10:05+00" (UTC when no offset) or @<unix seconds>.
-    time: String,
-    #[command(flatten)]
-    branch: BranchArgs,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (dir, demo_dir) = match (cli.dir.path(), cli.dir.explicit()) {
@@ -153,7 +137,7 @@ fn main() -> ExitCode {
     if cluster_cmd && !matches!(cli.command, Command::Stop) {
         let meant_to_run = cluster::spec::supervised_names(&dir).is_ok_and(|n| !n.is_empty());
         if meant_to_run {
-            if let Err(e) = cluster::supervisor::ensure_running(&dir) {
+            if let Err(e) = cluster::daemon::ensure_supervisor(&dir) {
                 eprintln!("strata: warning: the supervisor is not running: {e:#}");
             }
         }
@@ -178,21 +162,10 @@ fn main() -> ExitCode {
             .and_then(|()| cluster_json::cluster_result(&dir, &out))),
         Command::Status(a) => status::run(&dir, &a, &out),
         Command::Tenant(c) => ok(tenant::run(&dir, c, &out)),
-        Command::Branch(c) => ok(branch_cmd::run(&dir, c, &out)),
+        Command::Branch(c) => ok(branch::run(&dir, c, &out)),
         Command::Compute(c) => ok(compute::run(&dir, c, &out)),
-        Command::LsnAt(a) => ok(branch_cmd::lsn_at(
-            &dir,
-            &a.time,
-            &a.branch.branch,
-            a.branch.tenant.as_deref(),
-            &out,
-        )),
-        Command::RestorePoints(a) => ok(branch_cmd::restore_points(
-            &dir,
-            &a.branch,
-            a.tenant.as_deref(),
-            &out,
-        )),
+        Command::LsnAt(a) => ok(branch::lsn_at(&dir, &a, &out)),
+        Command::RestorePoints(a) => ok(branch::restore_points(&dir, &a, &out)),
         Command::Query(a) => ok(query::run(&dir, a, &out)),
         Command::Role(c) => ok(role::run(&dir, c, &out)),
         Command::Demo(a) => ok(demo::run(demo_dir, a, &out)),
@@ -206,7 +179,7 @@ fn main() -> ExitCode {
         Command::Basebackup(args) => basebackup::run_basebackup(args, &out),
         Command::Token(c) => ok(token::run(&dir, c, &out)),
         Command::Completions { shell } => ok(completions(shell, &out)),
-        Command::Supervise => ok(cluster::supervisor::run(&dir)),
+        Command::Supervise => ok(cluster::supervisor::run(&dir, computes::lazy::recreate)),
     };
     match result {
         Ok(code) => code,

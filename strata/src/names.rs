@@ -5,7 +5,7 @@
 //!
 //! Names become directory names (`computes/<name>`, `tmp/initdb-<tenant>`) and command-line
 //! arguments, so an empty name, a slash or a space would write into the wrong directory or
-//! break later. New names are checked where they enter (clap's value parsers, and
+//! break later. New names are checked where they enter (the command line's value parsers, and
 //! [`Names::add_tenant`]/[`Names::add_branch`] behind them); names stored before the rule
 //! existed are still looked up as they are, and a compute's name is used as a path only if
 //! it is one plain path component ([`path_component`]).
@@ -93,12 +93,12 @@ pub fn validate(kind: Kind, name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-/// clap value parser for a new tenant's name.
+/// A new tenant's name as the command line takes it (its value parser).
 pub fn new_tenant_name(s: &str) -> Result<String, NameError> {
     validate(Kind::Tenant, s).map(|()| s.to_string())
 }
 
-/// clap value parser for a new branch's name.
+/// A new branch's name as the command line takes it (its value parser).
 pub fn new_branch_name(s: &str) -> Result<String, NameError> {
     validate(Kind::Branch, s).map(|()| s.to_string())
 }

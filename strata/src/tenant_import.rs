@@ -304,7 +304,7 @@ fn start_walproposer(dir: &Path, cfg: &ClusterConfig, rec: &ImportRecord) -> Res
         // no safekeeper has WAL of the timeline yet; a reconnect resumes where they are.)
         .args(["--start-lsn", &rec.backup_start()?.to_string()])
         // A group with this tenant as a member fences it (`strata group`).
-        .args(crate::group::cut::walproposer_fence_args(
+        .args(crate::computes::walproposer_fence_args(
             dir,
             cfg,
             &rec.compute_name(),

@@ -28,7 +28,7 @@ pub struct ClusterConfig {
     /// The Postgres-protocol proxy that `strata start` runs. Clusters made before the proxy
     /// existed have none, and run without it until a `[proxy]` table with a `port` is added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<crate::proxy_cmd::ProxyConfig>,
+    pub proxy: Option<ProxyConfig>,
     /// The services verify tokens and computes ask for a password (`<dir>/auth/`); false in
     /// clusters made with `strata init --no-auth`, and in those made before auth existed.
     #[serde(default)]
@@ -82,13 +82,13 @@ pub struct SafekeeperConfig {
 }
 
 /// `host:port`, with IPv6 hosts in brackets.
-fn grpc_addr(host: Option<IpAddr>, port: u16) -> String {
+fn host_port(host: Option<IpAddr>, port: u16) -> String {
     std::net::SocketAddr::new(host.unwrap_or(LOOPBACK), port).to_string()
 }
 
 impl SafekeeperConfig {
     pub fn grpc_addr(&self) -> String {
-        grpc_addr(self.grpc_host, self.grpc_port)
+        host_port(self.grpc_host, self.grpc_port)
     }
     pub fn pg_addr(&self) -> String {
         format!("127.0.0.1:{}", self.pg_port)
@@ -100,29 +100,78 @@ impl SafekeeperConfig {
 
 impl PageserverConfig {
     pub fn grpc_addr(&self) -> String {
-        grpc_addr(self.grpc_host, self.grpc_port)
+        host_port(self.grpc_host, self.grpc_port)
     }
     pub fn metrics_addr(&self) -> Option<String> {
         self.metrics_port.map(|p| format!("127.0.0.1:{p}"))
     }
 }
 
+/// `[proxy]` in `strata.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// The address clients connect to (`strata init --listen`, like the gRPC ports);
+    /// 127.0.0.1 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<IpAddr>,
+    /// Where clients connect.
+    pub port: u16,
+    /// A read-write compute the proxy started stops after this long without connections.
+    #[serde(default = "default_idle_stop_secs")]
+    pub idle_stop_secs: u64,
+    /// A time travel compute stops this long after its last connection closed.
+    #[serde(default = "default_ephemeral_idle_secs")]
+    pub ephemeral_idle_secs: u64,
+}
+
+fn default_idle_stop_secs() -> u64 {
+    300
+}
+
+fn default_ephemeral_idle_secs() -> u64 {
+    30
+}
+
+impl ProxyConfig {
+    pub fn new(port: u16) -> ProxyConfig {
+        ProxyConfig {
+            host: None,
+            port,
+            idle_stop_secs: default_idle_stop_secs(),
+            ephemeral_idle_secs: default_ephemeral_idle_secs(),
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        host_port(self.host, self.port)
+    }
+}
+
 impl ClusterConfig {
-    /// A new configuration with `n_safekeepers` safekeepers and free loopback ports.
-    pub fn generate(
-        dir: &Path,
-        n_safekeepers: usize,
-        remote: Option<String>,
-        pg_bin: PathBuf,
-    ) -> Result<ClusterConfig> {
+    /// How many consecutive ports a cluster with `n_safekeepers` safekeepers takes: the
+    /// services' (the pageserver's gRPC and metrics, each safekeeper's gRPC, replication and
+    /// metrics, the proxy), then the computes'. Refuses an even number of safekeepers.
+    pub fn ports_needed(n_safekeepers: usize) -> Result<u16> {
         if n_safekeepers == 0 || n_safekeepers.is_multiple_of(2) {
             bail!("the number of safekeepers must be odd (1, 3, 5…) so a majority is well defined, got {n_safekeepers}");
         }
-        // One block of consecutive ports: the services' first (the pageserver's gRPC and
-        // metrics, each safekeeper's gRPC, replication and metrics, the proxy), then the
-        // computes'.
-        let services = 3 + 3 * n_safekeepers as u16;
-        let base = super::port_claims::claim_port_block(dir, services + COMPUTE_PORTS)?;
+        u16::try_from(n_safekeepers)
+            .ok()
+            .and_then(|n| n.checked_mul(3)?.checked_add(3 + COMPUTE_PORTS))
+            .with_context(|| format!("{n_safekeepers} safekeepers do not fit in the port range"))
+    }
+
+    /// A new configuration with `n_safekeepers` safekeepers (checked by [`Self::ports_needed`])
+    /// on the block of ports from `base` (claimed by `cluster::new_config`).
+    pub(super) fn on_ports(
+        dir: &Path,
+        base: u16,
+        n_safekeepers: usize,
+        remote: Option<String>,
+        pg_bin: PathBuf,
+    ) -> ClusterConfig {
+        let services = service_ports(n_safekeepers);
         let mut next = base..base + services;
         let mut port = || next.next().expect("the block holds a port per service");
         let pageserver = PageserverConfig {
@@ -140,11 +189,11 @@ impl ClusterConfig {
                 metrics_port: Some(port()),
             });
         }
-        let proxy = Some(crate::proxy_cmd::ProxyConfig::new(port()));
+        let proxy = Some(ProxyConfig::new(port()));
         let compute_base_port = base + services;
         let remote_storage =
             remote.unwrap_or_else(|| dir.join("remote").to_string_lossy().into_owned());
-        Ok(ClusterConfig {
+        ClusterConfig {
             remote_storage,
             pg_bin,
             pageserver,
@@ -154,7 +203,7 @@ impl ClusterConfig {
             auth: true,
             tls: false,
             metrics: true,
-        })
+        }
     }
 
     /// Puts every gRPC port, and the proxy, on `host` (`strata init --listen`).
@@ -244,6 +293,13 @@ impl ClusterConfig {
 /// free one among them).
 pub const COMPUTE_PORTS: u16 = 100;
 
+/// The services' ports of a cluster with `n_safekeepers` safekeepers ([`ClusterConfig::ports_needed`]
+/// refuses a number whose ports do not fit).
+fn service_ports(n_safekeepers: usize) -> u16 {
+    let n = u16::try_from(n_safekeepers).unwrap_or(u16::MAX);
+    n.saturating_mul(3).saturating_add(3)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,7 +307,7 @@ mod tests {
     #[test]
     fn generated_config_round_trips_and_ports_differ() {
         let dir = tempfile::tempdir().unwrap();
-        let c = ClusterConfig::generate(dir.path(), 3, None, "/usr/lib/postgresql/15/bin".into())
+        let c = super::super::new_config(dir.path(), 3, None, "/usr/lib/postgresql/15/bin".into())
             .unwrap();
         c.store(dir.path()).unwrap();
         assert_eq!(ClusterConfig::load(dir.path()).unwrap(), c);
@@ -265,7 +321,7 @@ mod tests {
         ports.sort();
         ports.dedup();
         assert_eq!(ports.len(), n, "ports must be distinct");
-        assert!(ClusterConfig::generate(dir.path(), 2, None, "/x".into()).is_err());
+        assert!(super::super::new_config(dir.path(), 2, None, "/x".into()).is_err());
         let range = strata_daemon::ports::cluster_ports();
         assert!(
             ports.iter().all(|p| range.contains(p)),
@@ -296,7 +352,7 @@ mod tests {
     #[test]
     fn a_grpc_host_moves_every_grpc_address_and_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = ClusterConfig::generate(dir.path(), 3, None, "/b".into()).unwrap();
+        let mut c = super::super::new_config(dir.path(), 3, None, "/b".into()).unwrap();
         assert!(!c.tls, "TLS is off until init turns it on");
         assert_eq!(c.grpc_hosts(), vec![LOOPBACK]);
         c.set_grpc_host("fd00::2".parse().unwrap());
@@ -325,7 +381,7 @@ mod tests {
     fn a_cluster_without_metrics_has_no_metrics_ports_and_turns_recording_off() {
         let dir = tempfile::tempdir().unwrap();
         let mut c =
-            ClusterConfig::generate(dir.path(), 3, None, "/usr/lib/postgresql/15/bin".into())
+            super::super::new_config(dir.path(), 3, None, "/usr/lib/postgresql/15/bin".into())
                 .unwrap();
         assert!(c.metrics && c.service_env().is_empty());
         c.without_metrics();

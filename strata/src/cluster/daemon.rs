@@ -4,7 +4,9 @@
 //!
 //! Every service started here is supervised: once ready, its spec is recorded
 //! (`run/<name>.spec`) and the cluster's supervisor restarts it whenever it dies, until
-//! [`Daemon::stop`] (which removes the spec first, so a deliberate stop is never undone).
+//! [`Daemon::stop`] (which removes the spec first, so a deliberate stop is never undone). The
+//! supervisor's own process is started here too ([`ensure_supervisor`]); its loop is
+//! `supervisor.rs`'s.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -79,7 +81,7 @@ impl Daemon {
             spec::reset_state(&self.cluster_dir, &self.name)?;
             pid
         };
-        if let Err(e) = super::supervisor::ensure_running(&self.cluster_dir) {
+        if let Err(e) = ensure_supervisor(&self.cluster_dir) {
             eprintln!(
                 "warning: {} runs, but nothing restarts it if it dies: {e:#}",
                 self.name
@@ -209,6 +211,70 @@ impl Daemon {
         }
         let _ = fs::remove_file(&self.pid_file);
         Ok(true)
+    }
+}
+
+/// The supervisor's own service name (`run/supervisor.pid`, `logs/supervisor.log`).
+pub const SUPERVISOR: &str = "supervisor";
+/// How long a command waits for a supervisor it started to run.
+const SUPERVISOR_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The supervisor's own process.
+pub fn supervisor_daemon(cluster_dir: &Path) -> Daemon {
+    Daemon::new(cluster_dir, SUPERVISOR)
+}
+
+/// Starts the supervisor (`strata supervise`, see `supervisor.rs`) if `cluster_dir` holds a
+/// cluster and no supervisor runs. Called by [`Daemon::start`] and by every command that finds
+/// services meant to run.
+pub fn ensure_supervisor(cluster_dir: &Path) -> Result<()> {
+    if !cluster_dir.join(super::config::CONFIG_FILE).exists() {
+        return Ok(());
+    }
+    let d = supervisor_daemon(cluster_dir);
+    if let State::Running(_) = d.state()? {
+        return Ok(());
+    }
+    let dir = cluster_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", cluster_dir.display()))?;
+    let exe = std::env::current_exe().context("locating the strata binary")?;
+    let log = open_log(&d.log_file)?;
+    let mut child = Command::new(&exe)
+        .arg("--dir")
+        .arg(&dir)
+        .arg("supervise")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting the supervisor ({})", exe.display()))?;
+    // The supervisor writes its own pid file once it holds the supervisor lock; one started
+    // by a concurrent command may win instead, which is as good.
+    let deadline = Instant::now() + SUPERVISOR_START_TIMEOUT;
+    loop {
+        if let State::Running(_) = d.state()? {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!(
+                    "the supervisor exited ({status}) as it started; its log ({}):\n{}",
+                    d.log_file.display(),
+                    tail(&d.log_file, 10)
+                );
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the supervisor did not write {} within {SUPERVISOR_START_TIMEOUT:?}; its log:\n{}",
+                d.pid_file.display(),
+                tail(&d.log_file, 10)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

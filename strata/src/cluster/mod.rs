@@ -14,7 +14,6 @@
 //! <dir>/run/*.spec, *.state    what the supervisor restarts, and what it saw
 //! ```
 
-pub mod compute_ports;
 pub mod config;
 pub mod daemon;
 pub mod lock;
@@ -29,6 +28,25 @@ use anyhow::{bail, Context, Result};
 
 pub use config::ClusterConfig;
 use daemon::Daemon;
+
+/// A new configuration for a cluster in `dir` with `n_safekeepers` safekeepers (odd), on a
+/// block of loopback ports claimed for it on this machine (see `port_claims`).
+pub fn new_config(
+    dir: &Path,
+    n_safekeepers: usize,
+    remote: Option<String>,
+    pg_bin: PathBuf,
+) -> Result<ClusterConfig> {
+    let ports = ClusterConfig::ports_needed(n_safekeepers)?;
+    let base = port_claims::claim_port_block(dir, ports)?;
+    Ok(ClusterConfig::on_ports(
+        dir,
+        base,
+        n_safekeepers,
+        remote,
+        pg_bin,
+    ))
+}
 
 /// The background process of safekeeper `id`.
 pub fn safekeeper_daemon(dir: &Path, id: u64) -> Daemon {

@@ -189,7 +189,7 @@ mod tests {
         let a = tempfile::tempdir().unwrap();
         let slot = 3;
         let mut cfg =
-            ClusterConfig::generate(a.path(), 1, None, "/usr/lib/postgresql/15/bin".into())
+            super::super::new_config(a.path(), 1, None, "/usr/lib/postgresql/15/bin".into())
                 .unwrap();
         cfg.pageserver.grpc_port = LOWEST + slot * SLOT_PORTS + 5;
         cfg.store(a.path()).unwrap();

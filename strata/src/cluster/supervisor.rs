@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,12 +17,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::daemon::{open_log, tail, Daemon, State};
+use super::daemon::{ensure_supervisor, supervisor_daemon, tail, Daemon};
 use super::process::{alive, reap_child, start_time};
 use super::spec::{self, Launch, ServiceLock, ServiceState, Spec};
 
-/// The supervisor's own service name (`run/supervisor.pid`, `logs/supervisor.log`).
-pub const SUPERVISOR: &str = "supervisor";
 /// How often every service is looked at.
 const POLL: Duration = Duration::from_millis(250);
 /// A service that ran this long is stable: its next crash is restarted at once again.
@@ -32,8 +29,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a restarted Postgres may take to write its postmaster.pid.
 const POSTMASTER_PID_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a command waits for a supervisor it started to run.
-const SUPERVISOR_START_TIMEOUT: Duration = Duration::from_secs(10);
 const READY_LINE: &str = "supervising the services of";
 
 /// The wait before restarting a service that failed `failures_in_a_row` times since it last
@@ -48,62 +43,11 @@ pub fn backoff(failures_in_a_row: u32) -> Duration {
         .map_or(MAX_BACKOFF, |d| d.min(MAX_BACKOFF))
 }
 
-fn supervisor_daemon(cluster_dir: &Path) -> Daemon {
-    Daemon::new(cluster_dir, SUPERVISOR)
-}
-
-/// Starts the supervisor if `cluster_dir` holds a cluster and no supervisor runs. Called by
-/// `Daemon::start` and by every command that finds services meant to run.
-pub fn ensure_running(cluster_dir: &Path) -> Result<()> {
-    if !cluster_dir.join(super::config::CONFIG_FILE).exists() {
-        return Ok(());
-    }
-    let d = supervisor_daemon(cluster_dir);
-    if let State::Running(_) = d.state()? {
-        return Ok(());
-    }
-    let dir = cluster_dir
-        .canonicalize()
-        .with_context(|| format!("resolving {}", cluster_dir.display()))?;
-    let exe = std::env::current_exe().context("locating the strata binary")?;
-    let log = open_log(&d.log_file)?;
-    let mut child = Command::new(&exe)
-        .arg("--dir")
-        .arg(&dir)
-        .arg("supervise")
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting the supervisor ({})", exe.display()))?;
-    // The supervisor writes its own pid file once it holds the supervisor lock; one started
-    // by a concurrent command may win instead, which is as good.
-    let deadline = Instant::now() + SUPERVISOR_START_TIMEOUT;
-    loop {
-        if let State::Running(_) = d.state()? {
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait()? {
-            if !status.success() {
-                bail!(
-                    "the supervisor exited ({status}) as it started; its log ({}):\n{}",
-                    d.log_file.display(),
-                    tail(&d.log_file, 10)
-                );
-            }
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "the supervisor did not write {} within {SUPERVISOR_START_TIMEOUT:?}; its log:\n{}",
-                d.pid_file.display(),
-                tail(&d.log_file, 10)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+/// How the supervisor brings a lazy compute back (its page filesystem, Postgres and
+/// walproposer together): `computes::lazy::recreate`, handed in by `strata supervise`, so that
+/// the cluster layer does not reach up into the computes built on it. The new postmaster's
+/// pid, or `None` when the compute is gone.
+pub type RecreateLazyCompute = fn(&Path, &str) -> Result<Option<i32>>;
 
 /// Stops the supervisor (after `strata stop` stopped every service).
 pub fn stop(cluster_dir: &Path) -> Result<bool> {
@@ -117,7 +61,7 @@ extern "C" fn request_stop(_: libc::c_int) {
 }
 
 /// `strata supervise`: runs until SIGTERM, or until the cluster directory is gone.
-pub fn run(cluster_dir: &Path) -> Result<()> {
+pub fn run(cluster_dir: &Path, recreate_lazy: RecreateLazyCompute) -> Result<()> {
     // Not the lock named like the service: `Daemon::stop` takes that one to stop it.
     let Some(_lock) = ServiceLock::try_acquire(cluster_dir, "supervisor-instance")? else {
         println!("another supervisor runs for {}", cluster_dir.display());
@@ -138,7 +82,7 @@ pub fn run(cluster_dir: &Path) -> Result<()> {
         );
     }
     log(&format!("{READY_LINE} {}", cluster_dir.display()));
-    let mut sup = Supervisor::new(cluster_dir);
+    let mut sup = Supervisor::new(cluster_dir, recreate_lazy);
     while !STOP_REQUESTED.load(Ordering::SeqCst) {
         if !cluster_dir.join(super::config::CONFIG_FILE).exists() {
             log("the cluster directory is gone: exiting");
@@ -171,6 +115,7 @@ struct Watched {
 
 pub struct Supervisor {
     dir: PathBuf,
+    recreate_lazy: RecreateLazyCompute,
     watched: HashMap<String, Watched>,
     /// Services this supervisor restarted and has not reaped yet.
     children: Vec<i32>,
@@ -179,9 +124,10 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(cluster_dir: &Path) -> Supervisor {
+    pub fn new(cluster_dir: &Path, recreate_lazy: RecreateLazyCompute) -> Supervisor {
         Supervisor {
             dir: cluster_dir.to_path_buf(),
+            recreate_lazy,
             watched: HashMap::new(),
             children: Vec::new(),
             exits: HashMap::new(),
@@ -281,7 +227,7 @@ impl Supervisor {
             return Ok(());
         }
         state.failures_in_a_row = state.failures_in_a_row.saturating_add(1);
-        let result = restart(&self.dir, &spec);
+        let result = restart(&self.dir, &spec, self.recreate_lazy);
         let w = self.watched.entry(name.to_string()).or_default();
         match result {
             Ok(Restarted::Pid(pid)) => {
@@ -374,7 +320,11 @@ enum Restarted {
     Abandoned(String),
 }
 
-fn restart(cluster_dir: &Path, spec: &Spec) -> Result<Restarted> {
+fn restart(
+    cluster_dir: &Path,
+    spec: &Spec,
+    recreate_lazy: RecreateLazyCompute,
+) -> Result<Restarted> {
     match &spec.launch {
         Launch::Process {
             program,
@@ -391,14 +341,12 @@ fn restart(cluster_dir: &Path, spec: &Spec) -> Result<Restarted> {
             let child = Daemon::new(cluster_dir, &spec.name).spawn_detached(cmd)?;
             Ok(Restarted::Pid(child.id() as i32))
         }
-        Launch::LazyCompute { compute, .. } => {
-            match crate::computes::lazy::recreate(cluster_dir, compute)? {
-                Some(pid) => Ok(Restarted::Pid(pid)),
-                None => Ok(Restarted::Abandoned(format!(
-                    "compute {compute} is gone (no compute record)"
-                ))),
-            }
-        }
+        Launch::LazyCompute { compute, .. } => match recreate_lazy(cluster_dir, compute)? {
+            Some(pid) => Ok(Restarted::Pid(pid)),
+            None => Ok(Restarted::Abandoned(format!(
+                "compute {compute} is gone (no compute record)"
+            ))),
+        },
         Launch::Postgres {
             pg_bin,
             data_dir,
@@ -504,7 +452,7 @@ pub fn watch_postgres(
         spec::write_spec(cluster_dir, &s)?;
         spec::reset_state(cluster_dir, name)?;
     }
-    ensure_running(cluster_dir)
+    ensure_supervisor(cluster_dir)
 }
 
 /// What `strata status` shows of a service's supervision.
@@ -559,7 +507,9 @@ mod tests {
         fs::create_dir_all(dir.path().join("logs")).unwrap();
         let spec = sleeper_spec(dir.path(), "svc");
         spec::write_spec(dir.path(), &spec).unwrap();
-        let mut sup = Supervisor::new(dir.path());
+        let mut sup = Supervisor::new(dir.path(), |_, compute| {
+            bail!("no lazy compute in this test (asked for {compute})")
+        });
         // No pid file: started at once.
         sup.tick();
         let first = current_pid(dir.path(), &spec).unwrap();

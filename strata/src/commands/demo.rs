@@ -208,17 +208,17 @@ fn story(dir: &Path, a: &DemoArgs, out: &Output, steps: &mut Steps) -> Result<()
             format_time(t_us)
         ),
         || {
-            strata::branch_cmd::run(
+            super::branch::create(
                 dir,
-                strata::branch_cmd::BranchCommand::Create(strata::branch_cmd::CreateArgs {
+                &super::branch::CreateArgs {
                     name: "before-drop".into(),
                     from: "main".into(),
                     at: Some(format_time(t_us)),
                     exclusive: false,
-                    tenant: strata::branch_cmd::TenantArg {
+                    tenant: super::branch::TenantArg {
                         tenant: Some("shop".into()),
                     },
-                }),
+                },
                 out,
             )
         },

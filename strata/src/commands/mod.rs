@@ -1,12 +1,15 @@
 //! The command files: each parses its arguments, calls the library and prints the result.
 
 pub mod basebackup;
+pub mod branch;
 pub mod check;
 pub mod cluster_args;
 pub mod cluster_json;
 pub mod compute;
+pub mod delete;
 pub mod demo;
 pub mod gc;
+pub mod group;
 pub mod query;
 pub mod role;
 pub mod status;

@@ -74,7 +74,7 @@ pub fn run(dir: &Path, a: QueryArgs, out: &Output) -> Result<()> {
     let password = backend::compute_password(dir).map_err(|e| anyhow!(e.message))?;
     let proxy = match (&cfg.proxy, &password) {
         (Some(p), Some(_)) if a.ttl.is_none() && !a.full_copy => {
-            matches!(strata::proxy_cmd::daemon(dir).state()?, State::Running(_)).then_some(p)
+            matches!(strata::proxy::daemon(dir).state()?, State::Running(_)).then_some(p)
         }
         _ => None,
     };

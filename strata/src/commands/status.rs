@@ -228,7 +228,7 @@ fn once(dir: &Path, out: &Output) -> Result<ExitCode> {
             ),
         };
         // The supervisor is not a service of the data path: `strata` restarts it.
-        if name != cluster::supervisor::SUPERVISOR && pid.is_none() {
+        if name != cluster::daemon::SUPERVISOR && pid.is_none() {
             problems.push(format!("{name} is not running: {shown}"));
         }
         pageserver_up |= name == "pageserver" && pid.is_some();
@@ -242,7 +242,7 @@ fn once(dir: &Path, out: &Output) -> Result<ExitCode> {
         v["last_error"] = json!(svc.supervision.state.last_error);
         services.push(v);
     }
-    let (proxy_line, proxy) = strata::proxy_cmd::status(dir, &cfg);
+    let (proxy_line, proxy) = strata::proxy::status(dir, &cfg);
     lines.push(proxy_line);
     let branch_rows = if pageserver_up {
         branches(dir, &cfg, &mut problems)?

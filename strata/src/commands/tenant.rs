@@ -28,7 +28,7 @@ pub enum TenantCommand {
     Config(super::tenant_config::TenantConfigCommand),
     /// Delete a tenant: its computes stopped, every branch's data removed on the pageserver
     /// and in the object store.
-    Delete(strata::delete_cmd::TenantDeleteArgs),
+    Delete(super::delete::TenantDeleteArgs),
     /// Import a running PostgreSQL 15 (pg_basebackup, then its WAL through a walproposer)
     /// as a tenant with a `main` branch; the source stays its writer.
     Import(super::tenant_import::ImportArgs),
@@ -54,7 +54,7 @@ pub fn run(dir: &Path, cmd: TenantCommand, out: &Output) -> Result<()> {
         TenantCommand::Create(a) => create(dir, a, out),
         TenantCommand::List => list(dir, out),
         TenantCommand::Config(c) => super::tenant_config::run(dir, c, out),
-        TenantCommand::Delete(a) => strata::delete_cmd::tenant_delete(dir, a, out),
+        TenantCommand::Delete(a) => super::delete::tenant_delete(dir, &a, out),
         TenantCommand::Import(a) => {
             // Before the source's whole pg_basebackup: the cluster must take it.
             cluster_takes_writes(&ClusterConfig::load(dir)?)?;

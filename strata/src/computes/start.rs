@@ -87,7 +87,7 @@ pub fn start(dir: &Path, req: StartRequest, out: &Output) -> Result<ComputeRecor
     if existing.iter().any(|c| c.name == name) {
         bail!("a compute named {name:?} exists; stop it first (strata compute stop {name})");
     }
-    let port = crate::cluster::compute_ports::claim(dir, cfg.compute_base_port, &name)?;
+    let port = crate::computes::ports::claim(dir, cfg.compute_base_port, &name)?;
 
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
     // Every target is resolved against all that is committed now: a time or restore point

@@ -154,7 +154,7 @@ pub(super) fn forget_stopped_computes(dir: &Path, cfg: &ClusterConfig, out: &Out
         if crate::tenant_import::tenant_of_compute(dir, &rec.name).is_some() {
             continue;
         }
-        if crate::cluster::compute_ports::being_started(dir, &rec) {
+        if crate::computes::ports::being_started(dir, &rec) {
             continue;
         }
         let pg_running = node(dir, cfg, &rec.name).is_ok_and(|n| n.is_running());

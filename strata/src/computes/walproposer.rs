@@ -3,11 +3,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use compute::node::ComputeNode;
 use walproto::Lsn;
 
-use super::record::{compute_dir, walproposer_daemon, ComputeRecord};
+use super::record::{compute_dir, control_file, walproposer_daemon, ComputeRecord};
 use crate::cluster::ClusterConfig;
 
 /// The application name Postgres waits for before a commit returns.
@@ -32,9 +32,7 @@ pub(crate) fn start_walproposer(
         // with the basebackup's checkpoint record.
         .args(["--start-lsn", &lsn.to_string()])
         // Where a group coordinator fences it (`strata group`).
-        .args(crate::group::cut::walproposer_fence_args(
-            dir, cfg, &rec.name,
-        )?)
+        .args(fence_args(dir, cfg, &rec.name)?)
         .envs(cfg.service_env())
         .args(crate::auth_setup::walproposer_args(
             dir,
@@ -49,4 +47,31 @@ pub(crate) fn start_walproposer(
         Duration::from_secs(60),
     )?;
     Ok(())
+}
+
+/// The walproposer flags that serve a compute's fence: a free loopback port for the HTTP
+/// endpoint, the file its address is written to at every start (created here), and with auth
+/// on the public key the fence routes check the coordinator's token with.
+pub fn fence_args(dir: &Path, cfg: &ClusterConfig, compute_name: &str) -> Result<Vec<String>> {
+    let compute_dir = compute_dir(dir, compute_name);
+    std::fs::create_dir_all(&compute_dir)
+        .with_context(|| format!("creating {}", compute_dir.display()))?;
+    let mut args = vec![
+        // A free port each start; the address is in the log ("walproposer metrics on").
+        "--metrics-listen".to_string(),
+        "127.0.0.1:0".to_string(),
+        "--control-file".to_string(),
+        control_file(dir, compute_name)
+            .to_string_lossy()
+            .into_owned(),
+    ];
+    if cfg.auth {
+        args.push("--auth-public-key".to_string());
+        args.push(
+            crate::auth_setup::public_key(dir)
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    Ok(args)
 }

@@ -79,37 +79,6 @@ fn idle_commit(cfg: &ClusterConfig, member: &Member) -> Result<u64> {
         .with_context(|| format!("member {} (no compute running)", member.tenant))
 }
 
-/// The walproposer flags that serve a compute's fence: a free loopback port for the HTTP
-/// endpoint, the file its address is written to at every start (created here), and with auth
-/// on the public key the fence routes check the coordinator's token with.
-pub fn walproposer_fence_args(
-    dir: &Path,
-    cfg: &ClusterConfig,
-    compute_name: &str,
-) -> Result<Vec<String>> {
-    let compute_dir = computes::compute_dir(dir, compute_name);
-    std::fs::create_dir_all(&compute_dir)
-        .with_context(|| format!("creating {}", compute_dir.display()))?;
-    let mut args = vec![
-        // A free port each start; the address is in the log ("walproposer metrics on").
-        "--metrics-listen".to_string(),
-        "127.0.0.1:0".to_string(),
-        "--control-file".to_string(),
-        computes::control_file(dir, compute_name)
-            .to_string_lossy()
-            .into_owned(),
-    ];
-    if cfg.auth {
-        args.push("--auth-public-key".to_string());
-        args.push(
-            crate::auth_setup::public_key(dir)
-                .to_string_lossy()
-                .into_owned(),
-        );
-    }
-    Ok(args)
-}
-
 /// POSTs `path_and_query` to `addr` with `token` as its bearer token; the JSON answer of a
 /// 200.
 fn post(addr: SocketAddr, path_and_query: &str, token: Option<&str>) -> Result<serde_json::Value> {

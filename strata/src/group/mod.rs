@@ -9,148 +9,30 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
-use serde_json::json;
 
 use crate::cluster::daemon::{Daemon, State};
 use crate::names::Names;
-use crate::output::Output;
-use crate::target::format_time;
-use store::{Group, GroupStore, Member};
+use store::{Cut, Group, GroupStore, Member};
 
-#[derive(Subcommand, Debug)]
-pub enum GroupCommand {
-    /// Create a group of tenants (each one server of a sharded cluster) and start its
-    /// automatic cutter.
-    Create(CreateArgs),
-    /// List the groups, their members and cuts.
-    List,
-    /// Consistent cuts: every member's walproposer stops acknowledging commits, each one's
-    /// quorum commit LSN is noted, acknowledgements resume.
-    #[command(subcommand)]
-    RestorePoint(RestorePointCommand),
-    /// Restore every member at a cut (or, with --naive, at one wall-clock time) as a new
-    /// branch with a compute, then settle in-doubt two-phase transactions.
-    Branch(BranchArgs),
-    /// Run one read-only query on every member as of a cut.
-    Query(QueryArgs),
-    /// The automatic cutter of a group (a supervised service started by `group create` and
-    /// `strata start`).
-    #[command(hide = true)]
-    RunCutter { name: String },
-}
-
-#[derive(Args, Debug)]
-pub struct CreateArgs {
-    #[arg(value_parser = crate::names::new_branch_name)]
-    pub name: String,
-    /// The member tenants, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub tenants: Vec<String>,
-    /// The branch of every member (default main).
-    #[arg(long, default_value = "main")]
-    pub branch: String,
-    /// How often the automatic cutter cuts, e.g. 1s, 500ms, 2m; 0 for no automatic cuts.
-    #[arg(long, default_value = "1s")]
-    pub every: String,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum RestorePointCommand {
-    /// Take a cut named POINT now.
-    Create { name: String, point: String },
-    /// The group's cuts, oldest first.
-    List { name: String },
-}
-
-#[derive(Args, Debug)]
-pub struct BranchArgs {
-    pub name: String,
-    /// A cut's name, or a time (the latest cut at or before it).
-    #[arg(long)]
-    pub at: String,
-    /// The new branch's name on every member.
-    #[arg(long = "as", value_parser = crate::names::new_branch_name)]
-    pub new_branch: String,
-    /// Restore every member to the same wall-clock time independently, without a cut (for
-    /// comparison: a distributed transaction may be committed on one member and not another).
-    #[arg(long)]
-    pub naive: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct QueryArgs {
-    pub name: String,
-    /// A cut's name, or a time (the latest cut at or before it).
-    #[arg(long)]
-    pub at: String,
-    pub sql: String,
-    #[arg(long, default_value = "postgres")]
-    pub database: String,
-}
-
-pub fn run(dir: &Path, cmd: GroupCommand, out: &Output) -> Result<()> {
-    match cmd {
-        GroupCommand::Create(a) => create(dir, a, out),
-        GroupCommand::List => list(dir, out),
-        GroupCommand::RestorePoint(RestorePointCommand::Create { name, point }) => {
-            crate::names::validate(crate::names::Kind::Branch, &point)?;
-            if point.starts_with(cut::AUTO_PREFIX) {
-                bail!(
-                    "names starting with {:?} are the automatic cutter's",
-                    cut::AUTO_PREFIX
-                );
-            }
-            let gs = GroupStore::open(dir)?;
-            let g = gs.load(&name)?;
-            let c = cut::take(&gs, &g, &point)?;
-            let lsns: Vec<String> = c.lsns.iter().map(|(t, l)| format!("{t}={l}")).collect();
-            out.result(
-                &format!(
-                    "cut {} of group {name} at {} (pause {:.1} ms): {}",
-                    c.name,
-                    format_time(c.time_us),
-                    c.pause_ms,
-                    lsns.join(" ")
-                ),
-                json!({"group": name, "name": c.name, "time": format_time(c.time_us),
-                       "time_us": c.time_us, "lsns": c.lsns, "pause_ms": c.pause_ms}),
-            );
-            Ok(())
-        }
-        GroupCommand::RestorePoint(RestorePointCommand::List { name }) => {
-            let gs = GroupStore::open(dir)?;
-            let g = gs.load(&name)?;
-            let cuts = gs.cuts(&g)?;
-            let lines: Vec<String> = cuts
-                .iter()
-                .map(|c| {
-                    let lsns: Vec<String> =
-                        c.lsns.iter().map(|(t, l)| format!("{t}={l}")).collect();
-                    format!(
-                        "{:<28} {} {}",
-                        c.name,
-                        format_time(c.time_us),
-                        lsns.join(" ")
-                    )
-                })
-                .collect();
-            let items: Vec<_> = cuts
-                .iter()
-                .map(|c| {
-                    json!({"name": c.name, "time": format_time(c.time_us),
-                                "time_us": c.time_us, "lsns": c.lsns, "pause_ms": c.pause_ms})
-                })
-                .collect();
-            out.result(&lines.join("\n"), json!(items));
-            Ok(())
-        }
-        GroupCommand::Branch(a) => {
-            restore::branch(dir, &a.name, &a.at, &a.new_branch, a.naive, out)
-        }
-        GroupCommand::Query(a) => restore::query(dir, &a.name, &a.at, &a.sql, &a.database, out),
-        GroupCommand::RunCutter { name } => run_cutter(dir, &name),
+/// Takes a cut named `point` of group `name` now (not an automatic cutter's name).
+pub fn take_cut(dir: &Path, name: &str, point: &str) -> Result<Cut> {
+    crate::names::validate(crate::names::Kind::Branch, point)?;
+    if point.starts_with(cut::AUTO_PREFIX) {
+        bail!(
+            "names starting with {:?} are the automatic cutter's",
+            cut::AUTO_PREFIX
+        );
     }
+    let gs = GroupStore::open(dir)?;
+    let g = gs.load(name)?;
+    cut::take(&gs, &g, point)
+}
+
+/// The cuts of group `name`, oldest first.
+pub fn cuts(dir: &Path, name: &str) -> Result<Vec<Cut>> {
+    let gs = GroupStore::open(dir)?;
+    let g = gs.load(name)?;
+    gs.cuts(&g)
 }
 
 /// `1s`, `500ms`, `2m`, `0` → a period (`None` for 0).
@@ -171,25 +53,39 @@ pub fn parse_every(s: &str) -> Result<Option<Duration>> {
     Ok((ms > 0).then(|| Duration::from_millis(ms)))
 }
 
-fn create(dir: &Path, a: CreateArgs, out: &Output) -> Result<()> {
-    let every = parse_every(&a.every)?;
+/// A group to create.
+#[derive(Debug)]
+pub struct NewGroup<'a> {
+    /// Checked by the caller (`names::validate`).
+    pub name: &'a str,
+    /// The member tenants, each once.
+    pub tenants: &'a [String],
+    /// The branch of every member.
+    pub branch: &'a str,
+    /// How often the automatic cutter cuts (see [`parse_every`]).
+    pub every: &'a str,
+}
+
+/// Creates a group and starts its automatic cutter (if it has a period).
+pub fn create(dir: &Path, new: &NewGroup) -> Result<Group> {
+    let every = parse_every(new.every)?;
     let names = Names::load(dir)?;
     let mut members = Vec::new();
-    for t in &a.tenants {
+    for t in new.tenants {
         if members.iter().any(|m: &Member| &m.tenant == t) {
             bail!("tenant {t:?} is listed twice");
         }
         let (tenant, tenant_id) = names.tenant(Some(t))?;
-        let timeline_id = names.timeline(&tenant, &a.branch)?;
+        let timeline_id = names.timeline(&tenant, new.branch)?;
         members.push(Member {
             tenant,
             tenant_id,
-            branch: a.branch.clone(),
+            branch: new.branch.to_string(),
             timeline_id,
         });
     }
     let g = Group {
-        name: a.name.clone(),
+        name: new.name.to_string(),
         members,
         every_ms: every.map(|d| d.as_millis() as u64),
     };
@@ -197,52 +93,35 @@ fn create(dir: &Path, a: CreateArgs, out: &Output) -> Result<()> {
     if every.is_some() {
         start_cutter(dir, &g)?;
     }
-    out.result(
-        &format!(
-            "created group {} with members {}{}",
-            g.name,
-            a.tenants.join(", "),
-            every.map_or(String::new(), |d| format!("; a cut every {d:?}"))
-        ),
-        json!({"group": g.name, "members": a.tenants, "every_ms": g.every_ms}),
-    );
-    Ok(())
+    Ok(g)
 }
 
-fn list(dir: &Path, out: &Output) -> Result<()> {
-    let mut lines = Vec::new();
-    let mut items = Vec::new();
+/// A group as `strata group list` shows it.
+#[derive(Debug)]
+pub struct Listed {
+    pub group: Group,
+    pub cuts: Vec<Cut>,
+    /// Its cutter's process: "running", "stopped" or "dead".
+    pub cutter: &'static str,
+}
+
+pub fn list(dir: &Path) -> Result<Vec<Listed>> {
     let gs = GroupStore::open(dir)?;
+    let mut listed = Vec::new();
     for g in gs.list()? {
         let cuts = gs.cuts(&g)?;
-        let tenants: Vec<&str> = g.members.iter().map(|m| m.tenant.as_str()).collect();
         let cutter = match cutter_daemon(dir, &g.name).state()? {
             State::Running(_) => "running",
             State::Stopped => "stopped",
             State::Dead(_) => "dead",
         };
-        lines.push(format!(
-            "{:<16} members {:<30} every {:<8} cutter {cutter:<8} cuts {}{}",
-            g.name,
-            tenants.join(","),
-            g.every_ms.map_or("-".into(), |ms| format!("{ms}ms")),
-            cuts.len(),
-            cuts.last().map_or(String::new(), |c| format!(
-                ", last {}",
-                format_time(c.time_us)
-            ))
-        ));
-        items.push(
-            json!({"group": g.name, "members": g.members, "every_ms": g.every_ms,
-                          "cutter": cutter, "cuts": cuts.len(),
-                          "last_cut": cuts.last().map(|c| format_time(c.time_us))}),
-        );
+        listed.push(Listed {
+            group: g,
+            cuts,
+            cutter,
+        });
     }
-    if lines.is_empty() {
-        lines.push("no groups (strata group create NAME --tenants a,b,c)".into());
-    }
-    out.result(&lines.join("\n"), json!(items));
-    Ok(())
+    Ok(listed)
 }
 
 fn cutter_daemon(dir: &Path, name: &str) -> Daemon {
@@ -299,9 +178,9 @@ pub fn stop_cutters(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The cutter: a cut every period, named `auto-<unix ms>`; a failed cut is logged and the
+/// The cutter (`strata group run-cutter`, started as a service): a cut every period, named `auto-<unix ms>`; a failed cut is logged and the
 /// next one tried on time.
-fn run_cutter(dir: &Path, name: &str) -> Result<()> {
+pub fn run_cutter(dir: &Path, name: &str) -> Result<()> {
     let gs = GroupStore::open(dir)?;
     let g = gs.load(name)?;
     let every = Duration::from_millis(g.every_ms.context("the group has no --every")?);

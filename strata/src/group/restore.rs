@@ -1,4 +1,4 @@
-//! `strata group branch` and `strata group query`: every member at its LSN of a cut (or, with
+//! Restoring and querying a group (`strata group branch`, `strata group query`): every member at its LSN of a cut (or, with
 //! `--naive`, at one wall-clock time), then the settlement of in-doubt two-phase transactions.
 //!
 //! Settlement needs evidence that a gid committed somewhere. Postgres keeps none after the
@@ -14,10 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use serde_json::json;
 
 use super::store::{find_cut, Group, GroupStore, Member};
-use crate::branch_cmd::{self, BranchCommand, CreateArgs, TenantArg};
+use crate::branches::{self, NewBranch};
 use crate::cluster::ClusterConfig;
 use crate::computes::{self, StartRequest};
 use crate::output::{stdout_to_stderr, Output};
@@ -74,6 +73,22 @@ struct Restored<'a> {
     port: u16,
 }
 
+/// A group restored by [`branch`]: where, each member's compute, and what was settled.
+#[derive(Debug)]
+pub struct GroupRestored {
+    /// The cut (or, naive, the time) as "cut NAME (TIME)" or "time TIME (naive)".
+    pub at: String,
+    pub members: Vec<RestoredMember>,
+    pub settled: Vec<Settled>,
+}
+
+#[derive(Debug)]
+pub struct RestoredMember {
+    pub tenant: String,
+    pub compute: String,
+    pub port: u16,
+}
+
 /// A member's restore as far as it got: its new branch (if made) and compute (if started).
 struct MemberRestore<'a> {
     member: &'a Member,
@@ -110,18 +125,17 @@ fn restore_member<'a>(
     compute: &str,
 ) -> MemberRestore<'a> {
     let quiet = Output::new(false);
-    // Branch creations take turns on the names lock (`cluster::lock`) inside `branch_cmd`.
-    let made = branch_cmd::run(
+    // Branch creations take turns on the names lock (`cluster::lock`) inside `branches`.
+    let at = target_text(t);
+    let made = branches::create(
         dir,
-        BranchCommand::Create(CreateArgs {
-            name: new_branch.to_string(),
-            from: m.branch.clone(),
-            at: Some(target_text(t)),
+        &NewBranch {
+            name: new_branch,
+            from: &m.branch,
+            at: Some(&at),
             exclusive: false,
-            tenant: TenantArg {
-                tenant: Some(m.tenant.clone()),
-            },
-        }),
+            tenant: Some(&m.tenant),
+        },
         &quiet,
     );
     if let Err(e) = made {
@@ -167,13 +181,11 @@ fn undo(dir: &Path, new_branch: &str, attempts: &[MemberRestore], out: &Output) 
             "member {}: deleting branch {new_branch}",
             a.member.tenant
         ));
-        let deleted = crate::delete_cmd::branch_delete(
+        let deleted = crate::delete::branch_delete(
             dir,
-            crate::delete_cmd::BranchDeleteArgs {
-                name: new_branch.to_string(),
-                tenant: Some(a.member.tenant.clone()),
-                force: false,
-            },
+            new_branch,
+            Some(&a.member.tenant),
+            false,
             &Output::new(false),
         );
         if let Err(e) = deleted {
@@ -190,6 +202,9 @@ fn undo(dir: &Path, new_branch: &str, attempts: &[MemberRestore], out: &Output) 
     }
 }
 
+/// Restores every member of group `name` at the cut `at` (naive: the time `at`) as branch
+/// `new_branch` with a read-write compute, then settles in-doubt two-phase transactions
+/// (naive: only lists them).
 pub fn branch(
     dir: &Path,
     name: &str,
@@ -197,7 +212,7 @@ pub fn branch(
     new_branch: &str,
     naive: bool,
     out: &Output,
-) -> Result<()> {
+) -> Result<GroupRestored> {
     let gs = GroupStore::open(dir)?;
     let g = gs.load(name)?;
     let (what, targets) = targets(&gs, &g, at, naive)?;
@@ -212,7 +227,7 @@ pub fn branch(
         ));
     }
     // Every member at once: a thread each branches it and starts its compute (the starts
-    // claim distinct ports, see `cluster::compute_ports`).
+    // claim distinct ports, see `computes::ports`).
     let attempts: Vec<MemberRestore> = stdout_to_stderr(|| {
         std::thread::scope(|s| {
             let threads: Vec<_> = g
@@ -257,44 +272,28 @@ pub fn branch(
         "settling in-doubt two-phase transactions"
     });
     let settled = settle(dir, &cfg, &restored, !naive)?;
-    let mut lines = vec![format!(
-        "group {name} restored at {what} as branch {new_branch}:"
-    )];
-    let mut members = Vec::new();
-    for r in &restored {
-        let url = format!("postgresql://postgres@127.0.0.1:{}/postgres", r.port);
-        lines.push(format!(
-            "  {:<16} compute {:<20} {url}",
-            r.member.tenant, r.compute
-        ));
-        members.push(json!({"tenant": r.member.tenant, "compute": r.compute, "port": r.port, "connstr": url}));
-    }
-    if settled.is_empty() {
-        lines.push("no in-doubt transactions".into());
-    }
-    for s in &settled {
-        lines.push(format!(
-            "  {} {:?} on {} ({})",
-            s.action, s.gid, s.tenant, s.why
-        ));
-    }
-    out.result(
-        &lines.join("\n"),
-        json!({
-            "group": name, "branch": new_branch, "at": what, "members": members,
-            "settled": settled.iter().map(|s| json!({
-                "tenant": s.tenant, "gid": s.gid, "action": s.action, "why": s.why,
-            })).collect::<Vec<_>>(),
-        }),
-    );
-    Ok(())
+    Ok(GroupRestored {
+        at: what,
+        members: restored
+            .into_iter()
+            .map(|r| RestoredMember {
+                tenant: r.member.tenant.clone(),
+                compute: r.compute,
+                port: r.port,
+            })
+            .collect(),
+        settled,
+    })
 }
 
-struct Settled {
-    tenant: String,
-    gid: String,
-    action: &'static str,
-    why: String,
+/// An in-doubt two-phase transaction settled (or, naive, only found) on a member.
+#[derive(Debug)]
+pub struct Settled {
+    pub tenant: String,
+    pub gid: String,
+    /// What was done: "COMMIT PREPARED", "ROLLBACK PREPARED", or (naive) "LEFT PREPARED".
+    pub action: &'static str,
+    pub why: String,
 }
 
 fn hex_decode(s: &str) -> Option<String> {
@@ -409,22 +408,30 @@ fn settle(
     Ok(settled)
 }
 
-/// `strata group query`: one read-only query per member at its LSN of the cut (in-doubt
-/// transactions show as in progress: nothing is settled on a read-only compute).
-pub fn query(
-    dir: &Path,
-    name: &str,
-    at: &str,
-    sql: &str,
-    database: &str,
-    out: &Output,
-) -> Result<()> {
+/// What [`query`] got from each member.
+#[derive(Debug)]
+pub struct GroupQuery {
+    /// The cut, as "cut NAME (TIME)".
+    pub at: String,
+    pub members: Vec<MemberRows>,
+}
+
+#[derive(Debug)]
+pub struct MemberRows {
+    pub tenant: String,
+    pub lsn: String,
+    /// psql's output.
+    pub output: String,
+}
+
+/// One read-only query per member at its LSN of the cut (in-doubt transactions show as in
+/// progress: nothing is settled on a read-only compute).
+pub fn query(dir: &Path, name: &str, at: &str, sql: &str, database: &str) -> Result<GroupQuery> {
     let gs = GroupStore::open(dir)?;
     let g = gs.load(name)?;
     let (what, targets) = targets(&gs, &g, at, false)?;
     let cfg = ClusterConfig::load(dir)?;
-    let mut lines = vec![format!("group {name} at {what}:")];
-    let mut results = Vec::new();
+    let mut members = Vec::new();
     for (m, t) in g.members.iter().zip(targets) {
         let compute = format!("groupquery-{}-{}", m.tenant, std::process::id());
         let compute = if crate::names::validate(crate::names::Kind::Compute, &compute).is_ok() {
@@ -452,13 +459,11 @@ pub fn query(
         let rows = computes::node(dir, &cfg, &compute)?.psql(rec.port, database, sql);
         computes::remove(dir, &cfg, &compute)?;
         let rows = rows.with_context(|| format!("member {}", m.tenant))?;
-        lines.push(format!("-- {} at {}", m.tenant, rec.lsn));
-        lines.push(rows.trim_end().to_string());
-        results.push(json!({"tenant": m.tenant, "lsn": rec.lsn, "output": rows}));
+        members.push(MemberRows {
+            tenant: m.tenant.clone(),
+            lsn: rec.lsn,
+            output: rows,
+        });
     }
-    out.result(
-        &lines.join("\n"),
-        json!({"group": name, "at": what, "members": results}),
-    );
-    Ok(())
+    Ok(GroupQuery { at: what, members })
 }

@@ -1,4 +1,4 @@
-//! `strata branch delete` and `strata tenant delete`: the computes on what is deleted are
+//! Deleting a branch or a tenant (`strata branch delete`, `strata tenant delete`): the computes on what is deleted are
 //! stopped and removed first, unexpired leases refuse the deletion unless `--force` (a lease
 //! promised that history), then the pageserver deletes the data locally and in the object
 //! store, the safekeepers forget the timelines (their WAL, control files and offloaded WAL),
@@ -8,8 +8,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use clap::Args;
-use serde_json::json;
 
 use crate::cluster::ClusterConfig;
 use crate::computes::{self, ComputeRecord};
@@ -23,38 +21,11 @@ const SAFEKEEPER_DELETE: Duration = Duration::from_secs(30);
 
 /// What the safekeepers did with the deleted timelines: one text per safekeeper and
 /// timeline that failed (the deletion itself stands: the pageserver's data is gone).
-struct Forgotten {
+#[derive(Debug)]
+pub struct Forgotten {
     /// (safekeeper, timelines it held and removed).
-    removed: Vec<(String, u64)>,
-    failures: Vec<String>,
-}
-
-impl Forgotten {
-    fn json(&self) -> serde_json::Value {
-        json!({
-            "removed": self.removed.iter()
-                .map(|(a, n)| json!({"safekeeper": a, "timelines_removed": n}))
-                .collect::<Vec<_>>(),
-            "failures": self.failures,
-        })
-    }
-
-    fn text(&self) -> String {
-        let held: u64 = self.removed.iter().map(|(_, n)| n).sum();
-        let mut t = format!(
-            "{} of {} safekeeper(s) forgot it ({held} timeline cop{} removed)",
-            self.removed.len(),
-            self.removed.len() + self.failures.len(),
-            if held == 1 { "y" } else { "ies" }
-        );
-        for f in &self.failures {
-            t.push_str(&format!(
-                "
-  warning: {f}"
-            ));
-        }
-        t
-    }
+    pub removed: Vec<(String, u64)>,
+    pub failures: Vec<String>,
 }
 
 async fn delete_on_safekeeper(addr: &str, tenant_id: &str, timelines: &[String]) -> Result<u64> {
@@ -106,25 +77,27 @@ fn forget_on_safekeepers(cfg: &ClusterConfig, tenant_id: &str, timelines: &[Stri
     done
 }
 
-#[derive(Args, Debug)]
-pub struct BranchDeleteArgs {
-    /// The branch to delete (it must have no branches of its own).
-    pub name: String,
-    /// Tenant name (default: the default tenant).
-    #[arg(long)]
-    pub tenant: Option<String>,
-    /// Delete even if leases keep points of it.
-    #[arg(long)]
-    pub force: bool,
+/// A branch deleted by [`branch_delete`].
+#[derive(Debug)]
+pub struct BranchDeleted {
+    pub tenant: String,
+    pub timeline_id: String,
+    pub computes_removed: Vec<String>,
+    /// The leases `force` overrode, as "branch at LSN (owner)".
+    pub leases_dropped: Vec<String>,
+    pub safekeepers: Forgotten,
 }
 
-#[derive(Args, Debug)]
-pub struct TenantDeleteArgs {
-    /// The tenant to delete, with every branch and compute.
-    pub name: String,
-    /// Delete even if leases keep points of its branches.
-    #[arg(long)]
-    pub force: bool,
+/// A tenant deleted by [`tenant_delete`].
+#[derive(Debug)]
+pub struct TenantDeleted {
+    pub tenant: String,
+    pub tenant_id: String,
+    pub timeline_ids: Vec<String>,
+    pub remote_objects_deleted: u64,
+    pub computes_removed: Vec<String>,
+    pub leases_dropped: Vec<String>,
+    pub safekeepers: Forgotten,
 }
 
 /// Unexpired leases of `timelines` as "branch at LSN" texts. A lazy compute's page filesystem
@@ -198,11 +171,19 @@ fn refuse_leases(what: &str, held: &[String], force: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn branch_delete(dir: &Path, a: BranchDeleteArgs, out: &Output) -> Result<()> {
+/// Deletes branch `name` (it must have no branches of its own); `force`: even if leases keep
+/// points of it.
+pub fn branch_delete(
+    dir: &Path,
+    name: &str,
+    tenant: Option<&str>,
+    force: bool,
+    out: &Output,
+) -> Result<BranchDeleted> {
     let cfg = ClusterConfig::load(dir)?;
     let (mut names, names_lock) = Names::load_for_change(dir)?;
-    let (tenant, tenant_id) = names.tenant(a.tenant.as_deref())?;
-    let timeline = names.timeline(&tenant, &a.name)?;
+    let (tenant, tenant_id) = names.tenant(tenant)?;
+    let timeline = names.timeline(&tenant, name)?;
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
     // Branches of it would lose their history: the pageserver refuses, say so before
     // stopping anything.
@@ -219,39 +200,33 @@ pub fn branch_delete(dir: &Path, a: BranchDeleteArgs, out: &Output) -> Result<()
         .collect();
     if !children.is_empty() {
         bail!(
-            "branch {} has branches of its own ({}): delete them first",
-            a.name,
+            "branch {name} has branches of its own ({}): delete them first",
             children.join(", ")
         );
     }
-    let this = [(a.name.clone(), timeline.clone())];
+    let this = [(name.to_string(), timeline.clone())];
     let held = leases_of(dir, &mut ps, &tenant_id, &this)?;
-    refuse_leases(&format!("branch {}", a.name), &held, a.force)?;
+    refuse_leases(&format!("branch {name}"), &held, force)?;
     let computes = remove_computes(dir, &cfg, &tenant_id, Some(&this), out)?;
     ps.delete_timeline(&tenant_id, &timeline)?;
-    let forgotten = forget_on_safekeepers(&cfg, &tenant_id, std::slice::from_ref(&timeline));
-    names.remove_branch(&tenant, &a.name);
+    let safekeepers = forget_on_safekeepers(&cfg, &tenant_id, std::slice::from_ref(&timeline));
+    names.remove_branch(&tenant, name);
     names.store(dir, &names_lock)?;
-    out.result(
-        &format!(
-            "deleted branch {} of tenant {tenant} ({timeline}); computes removed: {}; leases \
-             dropped: {}; {}",
-            a.name,
-            list(&computes),
-            list(&held),
-            forgotten.text()
-        ),
-        json!({"tenant": tenant, "branch": a.name, "timeline_id": timeline,
-               "computes_removed": computes, "leases_dropped": held,
-               "safekeepers": forgotten.json()}),
-    );
-    Ok(())
+    Ok(BranchDeleted {
+        tenant,
+        timeline_id: timeline,
+        computes_removed: computes,
+        leases_dropped: held,
+        safekeepers,
+    })
 }
 
-pub fn tenant_delete(dir: &Path, a: TenantDeleteArgs, out: &Output) -> Result<()> {
+/// Deletes tenant `name` with every branch and compute; `force`: even if leases keep points
+/// of its branches.
+pub fn tenant_delete(dir: &Path, name: &str, force: bool, out: &Output) -> Result<TenantDeleted> {
     let cfg = ClusterConfig::load(dir)?;
     let (mut names, names_lock) = Names::load_for_change(dir)?;
-    let (tenant, tenant_id) = names.tenant(Some(&a.name))?;
+    let (tenant, tenant_id) = names.tenant(Some(name))?;
     let branches: Vec<(String, String)> = names
         .branches
         .get(&tenant)
@@ -259,37 +234,22 @@ pub fn tenant_delete(dir: &Path, a: TenantDeleteArgs, out: &Output) -> Result<()
         .unwrap_or_default();
     let mut ps = Pageserver::connect(&cfg.pageserver.grpc_addr())?;
     let held = leases_of(dir, &mut ps, &tenant_id, &branches)?;
-    refuse_leases(&format!("tenant {tenant}"), &held, a.force)?;
+    refuse_leases(&format!("tenant {tenant}"), &held, force)?;
     let computes = remove_computes(dir, &cfg, &tenant_id, None, out)?;
     out.step(&format!(
         "deleting tenant {tenant} on the pageserver and in the object store"
     ));
     let r = ps.delete_tenant(&tenant_id)?;
-    let forgotten = forget_on_safekeepers(&cfg, &tenant_id, &r.timeline_ids);
+    let safekeepers = forget_on_safekeepers(&cfg, &tenant_id, &r.timeline_ids);
     names.remove_tenant(&tenant);
     names.store(dir, &names_lock)?;
-    out.result(
-        &format!(
-            "deleted tenant {tenant} ({tenant_id}): {} branch(es), {} object(s) in the object \
-             store; computes removed: {}; leases dropped: {}; {}",
-            r.timeline_ids.len(),
-            r.remote_objects_deleted,
-            list(&computes),
-            list(&held),
-            forgotten.text()
-        ),
-        json!({"tenant": tenant, "tenant_id": tenant_id, "timeline_ids": r.timeline_ids,
-               "remote_objects_deleted": r.remote_objects_deleted,
-               "computes_removed": computes, "leases_dropped": held,
-               "safekeepers": forgotten.json()}),
-    );
-    Ok(())
-}
-
-fn list(v: &[String]) -> String {
-    if v.is_empty() {
-        "none".into()
-    } else {
-        v.join(", ")
-    }
+    Ok(TenantDeleted {
+        tenant,
+        tenant_id,
+        timeline_ids: r.timeline_ids,
+        remote_objects_deleted: r.remote_objects_deleted,
+        computes_removed: computes,
+        leases_dropped: held,
+        safekeepers,
+    })
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 
-use super::config::COMPUTE_PORTS;
-use crate::computes::{computes_dir, port_free, ComputeRecord};
+use super::{computes_dir, port_free, ComputeRecord};
+use crate::cluster::config::COMPUTE_PORTS;
 
 /// How long a claim without a compute record holds (longer than any compute start takes).
 const START_CLAIM: Duration = Duration::from_secs(600);
@@ -72,7 +72,7 @@ pub fn claim(dir: &Path, base_port: u16, name: &str) -> Result<u16> {
     let claims = claims_dir(dir);
     fs::create_dir_all(&claims).with_context(|| format!("creating {}", claims.display()))?;
     // Held only while ports are checked and one claim written (milliseconds).
-    let _lock = super::lock::ClusterLock::exclusive(
+    let _lock = crate::cluster::lock::ClusterLock::exclusive(
         &claims.join(".lock"),
         LOCK_DEADLINE,
         "another compute start to finish claiming its port",

@@ -3,15 +3,14 @@
 //! service on the port in `strata.toml`'s `[proxy]` table; `strata status` shows its address
 //! and the computes it started.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::cluster::config::ProxyConfig;
 use crate::cluster::daemon::{Daemon, State};
 
 /// The proxy's service name (`run/proxy.pid`, `logs/proxy.log`).
@@ -19,48 +18,6 @@ pub const SERVICE: &str = "proxy";
 const READY: &str = "strata-proxy listening on";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// `[proxy]` in `strata.toml`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ProxyConfig {
-    /// The address clients connect to (`strata init --listen`, like the gRPC ports);
-    /// 127.0.0.1 when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<IpAddr>,
-    /// Where clients connect.
-    pub port: u16,
-    /// A read-write compute the proxy started stops after this long without connections.
-    #[serde(default = "default_idle_stop_secs")]
-    pub idle_stop_secs: u64,
-    /// A time travel compute stops this long after its last connection closed.
-    #[serde(default = "default_ephemeral_idle_secs")]
-    pub ephemeral_idle_secs: u64,
-}
-
-fn default_idle_stop_secs() -> u64 {
-    300
-}
-
-fn default_ephemeral_idle_secs() -> u64 {
-    30
-}
-
-impl ProxyConfig {
-    pub fn new(port: u16) -> ProxyConfig {
-        ProxyConfig {
-            host: None,
-            port,
-            idle_stop_secs: default_idle_stop_secs(),
-            ephemeral_idle_secs: default_ephemeral_idle_secs(),
-        }
-    }
-
-    pub fn addr(&self) -> String {
-        let host = self.host.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        SocketAddr::new(host, self.port).to_string()
-    }
-}
 
 pub fn daemon(dir: &Path) -> Daemon {
     Daemon::new(dir, SERVICE)

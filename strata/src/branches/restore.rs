@@ -1,4 +1,4 @@
-//! `strata branch restore BRANCH --at …`: restore in place. BRANCH becomes the state at that
+//! Restoring a branch in place (`strata branch restore BRANCH --at …`). BRANCH becomes the state at that
 //! moment under the same name, so a connection string (through the proxy) reaches the
 //! restored state; what BRANCH was stays as a backup branch `<BRANCH>_old_<time>`.
 //!
@@ -24,8 +24,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use clap::Args;
-use serde_json::json;
 use walproto::Lsn;
 
 use crate::cluster::lock::ClusterLock;
@@ -35,29 +33,40 @@ use crate::names::{self, Names};
 use crate::output::Output;
 use crate::target::{format_time, Target};
 
-#[derive(Args, Debug)]
-pub struct RestoreArgs {
-    /// The branch to restore (any branch, root or not).
-    pub branch: String,
-    /// The moment: an LSN (0/3A41F10), a time (2026-11-21 22:10:05+00: the state after every
-    /// commit at or before it), or a restore point name.
-    #[arg(long)]
-    pub at: String,
+/// A branch to restore in place.
+#[derive(Debug)]
+pub struct RestoreRequest<'a> {
+    /// Any branch, root or not.
+    pub branch: &'a str,
+    /// An LSN, a time or a restore point name (see [`Target::parse`]).
+    pub at: &'a str,
     /// With a time: leave out commits at exactly that time.
-    #[arg(long)]
     pub exclusive: bool,
-    /// Tenant name (default: the default tenant).
-    #[arg(long)]
-    pub tenant: Option<String>,
+    /// `None`: the default tenant.
+    pub tenant: Option<&'a str>,
 }
 
-pub fn restore(dir: &Path, a: RestoreArgs, out: &Output) -> Result<()> {
+/// A branch restored in place: its new timeline, and the backup branch that keeps what it
+/// was.
+#[derive(Debug)]
+pub struct Restored {
+    pub tenant: String,
+    pub lsn: Lsn,
+    pub timeline_id: String,
+    pub backup_branch: String,
+    pub backup_timeline_id: String,
+    /// The computes on what the branch was, stopped and removed.
+    pub computes_stopped: Vec<String>,
+    pub seconds: f64,
+}
+
+pub fn restore(dir: &Path, a: &RestoreRequest, out: &Output) -> Result<Restored> {
     let t0 = Instant::now();
     let cfg = ClusterConfig::load(dir)?;
     let names = Names::load(dir)?;
-    let (tenant, tenant_id) = names.tenant(a.tenant.as_deref())?;
-    let old_timeline = names.timeline(&tenant, &a.branch)?;
-    let target = Target::parse(&a.at)?;
+    let (tenant, tenant_id) = names.tenant(a.tenant)?;
+    let old_timeline = names.timeline(&tenant, a.branch)?;
+    let target = Target::parse(a.at)?;
     if let Target::Time(us) = target {
         if us > now_micros() {
             bail!(
@@ -72,9 +81,9 @@ pub fn restore(dir: &Path, a: RestoreArgs, out: &Output) -> Result<()> {
     let latest =
         crate::lsn::wait_for_committed_wal(&cfg, &mut ps, &tenant_id, &old_timeline, false, out)?;
     let lsn = crate::lsn::resolve_lsn(&mut ps, &tenant_id, &old_timeline, &target, !a.exclusive)?;
-    check_readable(&mut ps, &tenant_id, &old_timeline, &a.branch, lsn, latest)?;
+    check_readable(&mut ps, &tenant_id, &old_timeline, a.branch, lsn, latest)?;
     // Checked now so that a refused restore changes nothing; chosen again under the lock.
-    backup_name(&names, &tenant, &a.branch, &format_time(now_micros()))?;
+    backup_name(&names, &tenant, a.branch, &format_time(now_micros()))?;
 
     out.step(&format!(
         "creating the restored state of {} at {lsn}",
@@ -91,7 +100,7 @@ pub fn restore(dir: &Path, a: RestoreArgs, out: &Output) -> Result<()> {
     // below with the other old computes; later ones see the new name (`cluster::lock`).
     let _no_compute_start = ClusterLock::for_restore(dir)?;
     let (mut names, names_lock) = Names::load_for_change(dir)?;
-    if names.timeline(&tenant, &a.branch)? != old_timeline {
+    if names.timeline(&tenant, a.branch)? != old_timeline {
         bail!(
             "branch {} was moved meanwhile (another restore?): nothing renamed; the timeline \
              {} made for this restore is left unnamed",
@@ -99,37 +108,22 @@ pub fn restore(dir: &Path, a: RestoreArgs, out: &Output) -> Result<()> {
             new_tl.timeline_id
         );
     }
-    let backup = backup_name(&names, &tenant, &a.branch, &format_time(now_micros()))?;
-    names.swap_in_restored(&tenant, &a.branch, &new_tl.timeline_id, &backup)?;
+    let backup = backup_name(&names, &tenant, a.branch, &format_time(now_micros()))?;
+    names.swap_in_restored(&tenant, a.branch, &new_tl.timeline_id, &backup)?;
     names.store(dir, &names_lock)?;
 
     let backup_branch = [(backup.clone(), old_timeline.clone())];
-    let stopped =
-        crate::delete_cmd::remove_computes(dir, &cfg, &tenant_id, Some(&backup_branch), out)?;
+    let stopped = crate::delete::remove_computes(dir, &cfg, &tenant_id, Some(&backup_branch), out)?;
     drop(_no_compute_start);
-    let seconds = t0.elapsed().as_secs_f64();
-    let stopped_text = if stopped.is_empty() {
-        "none".to_string()
-    } else {
-        format!(
-            "{} (the proxy starts the branch's compute again on the next connection)",
-            stopped.join(", ")
-        )
-    };
-    out.result(
-        &format!(
-            "restored branch {} of tenant {tenant} to {lsn} in {seconds:.3} s; what it was is \
-             branch {backup}; computes stopped: {stopped_text}",
-            a.branch
-        ),
-        json!({
-            "tenant": tenant, "branch": a.branch, "lsn": lsn.to_string(),
-            "timeline_id": new_tl.timeline_id,
-            "backup_branch": backup, "backup_timeline_id": old_timeline,
-            "computes_stopped": stopped, "seconds": seconds,
-        }),
-    );
-    Ok(())
+    Ok(Restored {
+        tenant,
+        lsn,
+        timeline_id: new_tl.timeline_id,
+        backup_branch: backup,
+        backup_timeline_id: old_timeline,
+        computes_stopped: stopped,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 /// Refuses a moment that cannot be restored: beyond the branch's latest state or below its
