@@ -97,6 +97,14 @@ impl DeltaLayerWriter {
     pub fn finish(self) -> Result<WrittenLayer> {
         self.raw.finish()
     }
+
+    /// [`DeltaLayerWriter::finish`] with the key range ending at `end` (see
+    /// [`crate::writer`]'s `narrow_key_end`): a merge opens each output file at its first key
+    /// with an open end and fixes the end once the file is full.
+    pub fn finish_at_key_end(mut self, end: Key) -> Result<WrittenLayer> {
+        self.raw.narrow_key_end(end)?;
+        self.raw.finish()
+    }
 }
 
 /// One entry of a delta layer, without its value.

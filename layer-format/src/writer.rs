@@ -48,6 +48,9 @@ pub(crate) struct RawWriter {
     entry_count: u64,
     /// The last entry's (key, LSN) as integers ([`ordinal`]), to check the order cheaply.
     last: Option<(u128, u16, u64)>,
+    /// The key range was narrowed after the header was written ([`RawWriter::narrow_key_end`]):
+    /// `finish` writes the header again.
+    narrowed: bool,
     /// Set after an I/O error: the file is in an unknown state.
     failed: bool,
     finished: bool,
@@ -77,16 +80,7 @@ impl RawWriter {
                 op: "create temporary layer file",
                 source,
             })?;
-        let header = Header {
-            kind: match desc.kind {
-                crate::LayerKind::Delta => KIND_DELTA,
-                crate::LayerKind::Image => KIND_IMAGE,
-            },
-            key_start: desc.key_range.start,
-            key_end: desc.key_range.end,
-            lsn_start: desc.lsn_range.start,
-            lsn_end: desc.lsn_range.end,
-        };
+        let header = header_of(&desc);
         let mut w = RawWriter {
             desc,
             dir: dir.to_path_buf(),
@@ -103,6 +97,7 @@ impl RawWriter {
             fence_count: 0,
             entry_count: 0,
             last: None,
+            narrowed: false,
             failed: false,
             finished: false,
         };
@@ -284,6 +279,29 @@ impl RawWriter {
         Ok(())
     }
 
+    /// Ends the layer's key range at `end` instead of where [`RawWriter::create`] put it: for
+    /// a writer that learns its range as it goes (a merge cutting its output files where a
+    /// file is full, in one pass). `end` must lie past the last key written and not beyond the
+    /// range's end; [`RawWriter::finish`] then writes the narrowed header and file name.
+    pub fn narrow_key_end(&mut self, end: Key) -> Result<()> {
+        let last = self.last.map(|(hi, lo, _)| Key::from_ordinal((hi, lo)));
+        if end > self.desc.key_range.end
+            || end <= self.desc.key_range.start
+            || last.is_some_and(|last| end <= last)
+        {
+            return Err(self.invalid(format!(
+                "cannot end the key range {}..{} at {end} (last key written: {})",
+                self.desc.key_range.start,
+                self.desc.key_range.end,
+                last.map_or("none".to_string(), |k| k.to_string())
+            )));
+        }
+        self.desc.key_range.end = end;
+        self.final_path = self.dir.join(self.desc.file_name());
+        self.narrowed = true;
+        Ok(())
+    }
+
     /// Writes the index tail and footer, fsyncs, renames into place, fsyncs the directory.
     pub fn finish(mut self) -> Result<WrittenLayer> {
         if self.failed {
@@ -306,6 +324,11 @@ impl RawWriter {
             let err = e.into_error();
             self.io("flush", err)
         })?;
+        if self.narrowed {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(&header_of(&self.desc).encode(), 0)
+                .map_err(|e| self.io("rewrite header", e))?;
+        }
         file.sync_all().map_err(|e| self.io("fsync", e))?;
         drop(file);
         fs::rename(&self.temp_path, &self.final_path).map_err(|e| self.io("rename", e))?;
@@ -335,6 +358,20 @@ impl Drop for RawWriter {
             self.out.take();
             let _ = fs::remove_file(&self.temp_path);
         }
+    }
+}
+
+/// The header that describes `desc`.
+fn header_of(desc: &LayerDesc) -> Header {
+    Header {
+        kind: match desc.kind {
+            crate::LayerKind::Delta => KIND_DELTA,
+            crate::LayerKind::Image => KIND_IMAGE,
+        },
+        key_start: desc.key_range.start,
+        key_end: desc.key_range.end,
+        lsn_start: desc.lsn_range.start,
+        lsn_end: desc.lsn_range.end,
     }
 }
 

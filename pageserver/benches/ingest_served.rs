@@ -6,7 +6,9 @@
 //! run other builds, e.g. a baseline's pageserver beside a change's). Environment: `STRATA_BENCH_WORKLOAD=indexes`
 //! (index-heavy, `STRATA_BENCH_ROWS`, default 300,000) or pgbench (`STRATA_BENCH_SCALE`,
 //! default 40, `STRATA_BENCH_SECONDS`, default 300: about 1 GB of WAL);
-//! `STRATA_BENCH_RUNS` rounds (default 3).
+//! `STRATA_BENCH_RUNS` rounds (default 3); `STRATA_BENCH_VARIANTS` times several pageservers
+//! side by side in every round on the same WAL, `;`-separated `name:key=value,…` with tenant
+//! config keys and `bin=PATH` (e.g. `base:;big:freeze_mib=256`).
 
 // The pageserver binary's allocator, as in the other benches.
 #[global_allocator]
@@ -34,9 +36,14 @@ async fn main() -> anyhow::Result<()> {
             seconds: env_u64("STRATA_BENCH_SECONDS", 300) as u32,
         }
     };
+    let variants = std::env::var("STRATA_BENCH_VARIANTS").unwrap_or_default();
     let opts = served::Opts {
         workload,
         rounds: env_u64("STRATA_BENCH_RUNS", 3) as usize,
+        variants: variants
+            .split(';')
+            .map(served::Variant::parse)
+            .collect::<anyhow::Result<_>>()?,
     };
     let rep = served::run(&opts).await?;
     println!("{}", rep.render());

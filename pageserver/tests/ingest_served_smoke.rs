@@ -17,16 +17,37 @@ async fn ingest_served_bench_runs_at_a_tiny_size() -> anyhow::Result<()> {
             seconds: 3,
         },
         rounds: 1,
+        // The defaults, and a tenant config through the variants' syntax.
+        variants: vec![
+            served::Variant::parse("")?,
+            served::Variant::parse("small: freeze_mib = 1")?,
+        ],
     };
     let rep = served::run(&opts).await?;
     let text = rep.render();
     println!("{text}");
     assert!(rep.wal_bytes > 1_000_000, "{text}");
     assert!(rep.records > 1_000, "{text}");
-    assert_eq!((rep.strata.len(), rep.postgres.len()), (1, 1));
-    let ratio = rep.ratio();
-    assert!(ratio.is_finite() && ratio > 0.0, "{text}");
-    assert!(rep.strata[0].cpu_secs > 0.0, "{text}");
-    assert!(text.contains("Strata / Postgres"), "{text}");
+    assert_eq!(rep.postgres.len(), 1);
+    let names: Vec<&str> = rep.strata.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["default", "small"]);
+    for (i, (name, runs)) in rep.strata.iter().enumerate() {
+        let ratio = rep.ratio(i);
+        assert!(ratio.is_finite() && ratio > 0.0, "{text}");
+        assert_eq!(runs.len(), 1, "{text}");
+        assert!(runs[0].cpu_secs > 0.0, "{text}");
+        assert!(runs[0].caught_up_secs <= runs[0].secs, "{text}");
+        assert!(
+            text.contains(&format!("Strata ({name}) / Postgres")),
+            "{text}"
+        );
+    }
+    assert!(
+        served::Variant::parse("x:bogus")
+            .unwrap_err()
+            .to_string()
+            .contains("not key=value"),
+        "a setting without = is refused"
+    );
     Ok(())
 }

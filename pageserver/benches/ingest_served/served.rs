@@ -46,8 +46,46 @@ pub enum Workload {
 #[derive(Clone, Debug)]
 pub struct Opts {
     pub workload: Workload,
-    /// Rounds (each runs both sides once).
+    /// Rounds (each runs Postgres and every variant once).
     pub rounds: usize,
+    /// The pageservers to time, in this order in every round (at least one).
+    pub variants: Vec<Variant>,
+}
+
+/// One pageserver configuration the rounds time side by side on the same WAL.
+#[derive(Clone, Debug, Default)]
+pub struct Variant {
+    pub name: String,
+    /// The tenant's `tenant.toml` (empty: the defaults).
+    pub tenant_toml: String,
+    /// Another pageserver binary (`None`: the harness's, see `STRATA_PAGESERVER_BIN`).
+    pub bin: Option<PathBuf>,
+}
+
+impl Variant {
+    /// `name:key=value,key=value,…` — tenant config settings, and `bin=PATH` for the binary.
+    /// `default:` (or an empty text) is the harness's binary with the default config.
+    pub fn parse(text: &str) -> Result<Variant> {
+        let (name, settings) = text.split_once(':').unwrap_or((text, ""));
+        let mut v = Variant {
+            name: if name.trim().is_empty() {
+                "default".into()
+            } else {
+                name.trim().into()
+            },
+            ..Variant::default()
+        };
+        for setting in settings.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = setting
+                .split_once('=')
+                .with_context(|| format!("variant {text:?}: {setting:?} is not key=value"))?;
+            match key.trim() {
+                "bin" => v.bin = Some(PathBuf::from(value.trim())),
+                key => v.tenant_toml += &format!("{key} = {}\n", value.trim()),
+            }
+        }
+        Ok(v)
+    }
 }
 
 /// One side's timed run.
@@ -55,6 +93,9 @@ pub struct Opts {
 pub struct Run {
     pub secs: f64,
     pub cpu_secs: f64,
+    /// Strata: seconds until the walreceiver had ingested the last record (the rest of
+    /// `secs` is the final flush and compaction). Postgres: `secs`.
+    pub caught_up_secs: f64,
 }
 
 /// What the bench measured.
@@ -63,7 +104,8 @@ pub struct Report {
     pub workload: String,
     pub wal_bytes: u64,
     pub records: u64,
-    pub strata: Vec<Run>,
+    /// Per variant (in [`Opts::variants`] order), its runs.
+    pub strata: Vec<(String, Vec<Run>)>,
     pub postgres: Vec<Run>,
     /// Layer files after the last Strata run's flush.
     pub layers: u32,
@@ -83,13 +125,13 @@ impl Report {
         median(runs.iter().map(|r| r.secs).collect())
     }
 
-    fn median_cpu(runs: &[Run]) -> f64 {
-        median(runs.iter().map(|r| r.cpu_secs).collect())
+    /// Postgres's median time over variant `i`'s.
+    pub fn ratio(&self, i: usize) -> f64 {
+        Self::median_secs(&self.postgres) / Self::median_secs(&self.strata[i].1)
     }
 
-    /// Postgres's median time over Strata's.
-    pub fn ratio(&self) -> f64 {
-        Self::median_secs(&self.postgres) / Self::median_secs(&self.strata)
+    fn median_cpu(runs: &[Run]) -> f64 {
+        median(runs.iter().map(|r| r.cpu_secs).collect())
     }
 
     /// The printed report: a table, then each round.
@@ -109,31 +151,46 @@ impl Report {
             "| {} WAL, {mb:.0} MB, {} records; median of {} rounds | seconds | MB/s | records/s | CPU s per GB |\n| --- | ---: | ---: | ---: | ---: |\n",
             self.workload,
             self.records,
-            self.strata.len()
+            self.postgres.len()
         );
         out += &row(
             "Postgres 15 recovery (standby from pg_wal, start to replay end)",
             &self.postgres,
         );
-        out += &row(
-            "Strata pageserver: walreceiver from a safekeeper, until durable and compacted",
-            &self.strata,
-        );
-        out += &format!(
-            "Strata / Postgres: {:.2}x (median times); layer files after the last run: {}\n",
-            self.ratio(),
-            self.layers
-        );
-        for (i, (s, p)) in self.strata.iter().zip(&self.postgres).enumerate() {
-            out += &format!(
-                "round {}: Strata {:.2} s ({:.2} CPU s), Postgres {:.2} s ({:.2} CPU s): {:.2}x\n",
-                i + 1,
-                s.secs,
-                s.cpu_secs,
-                p.secs,
-                p.cpu_secs,
-                p.secs / s.secs
+        for (name, runs) in &self.strata {
+            out += &row(
+                &format!(
+                    "Strata pageserver ({name}): walreceiver from a safekeeper, until durable and compacted"
+                ),
+                runs,
             );
+        }
+        for (i, (name, _)) in self.strata.iter().enumerate() {
+            out += &format!(
+                "Strata ({name}) / Postgres: {:.2}x (median times)\n",
+                self.ratio(i)
+            );
+        }
+        out += &format!("layer files after the last run: {}\n", self.layers);
+        for (i, p) in self.postgres.iter().enumerate() {
+            out += &format!(
+                "round {}: Postgres {:.2} s ({:.2} CPU s)",
+                i + 1,
+                p.secs,
+                p.cpu_secs
+            );
+            for (name, runs) in &self.strata {
+                if let Some(s) = runs.get(i) {
+                    out += &format!(
+                        "; {name} {:.2} s (caught up at {:.2} s, {:.2} CPU s): {:.2}x",
+                        s.secs,
+                        s.caught_up_secs,
+                        s.cpu_secs,
+                        p.secs / s.secs
+                    );
+                }
+            }
+            out += "\n";
         }
         out
     }
@@ -263,17 +320,25 @@ fn count_records(f: &Fixture) -> Result<u64> {
 }
 
 /// One Strata run: a fresh pageserver imports the base and catches up from the safekeeper.
-async fn strata_run(f: &Fixture, source: &Source, dir: &Path) -> Result<(Run, u32)> {
+async fn strata_run(
+    f: &Fixture,
+    source: &Source,
+    variant: &Variant,
+    dir: &Path,
+) -> Result<(Run, u32)> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }
     std::fs::create_dir_all(dir)?;
     // Only warnings are logged: log lines are not what is measured.
-    let ps = Pageserver::start_logging(&dir.join("ps"), &[], "warn")?;
+    let ps = match &variant.bin {
+        Some(bin) => Pageserver::start_bin(bin, &dir.join("ps"), &[], "warn")?,
+        None => Pageserver::start_logging(&dir.join("ps"), &[], "warn")?,
+    };
     let mut c = ps.client().await?;
     c.create_tenant(pb::CreateTenantRequest {
         tenant_id: TENANT.into(),
-        config_toml: String::new(),
+        config_toml: variant.tenant_toml.clone(),
     })
     .await?;
     settle()?;
@@ -291,10 +356,10 @@ async fn strata_run(f: &Fixture, source: &Source, dir: &Path) -> Result<(Run, u3
         tenant_id: TENANT.into(),
         timeline_id: TIMELINE.into(),
     };
-    loop {
+    let caught_up_secs = loop {
         let st = c.timeline_status(req.clone()).await?.into_inner();
         if Lsn(st.last_record_end) >= f.end {
-            break;
+            break t0.elapsed().as_secs_f64();
         }
         if t0.elapsed() > CATCH_UP_LIMIT {
             bail!(
@@ -305,11 +370,12 @@ async fn strata_run(f: &Fixture, source: &Source, dir: &Path) -> Result<(Run, u3
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
     let st = c.flush(req.clone()).await?.into_inner();
     let run = Run {
         secs: t0.elapsed().as_secs_f64(),
         cpu_secs: cpu_secs(pid, false)? - cpu0,
+        caught_up_secs,
     };
     ensure!(
         Lsn(st.disk_consistent_lsn) >= f.end,
@@ -384,7 +450,11 @@ pub fn postgres_run(pg: &PgCluster, base: &Path, wal: &Path, end: Lsn) -> Result
     let secs = t.elapsed().as_secs_f64();
     let cpu_secs = postgres_cpu(&data)?;
     pg.stop(StopMode::Immediate)?;
-    Ok(Run { secs, cpu_secs })
+    Ok(Run {
+        secs,
+        cpu_secs,
+        caught_up_secs: secs,
+    })
 }
 
 /// Runs the bench.
@@ -408,7 +478,11 @@ pub async fn run(opts: &Opts) -> Result<Report> {
         },
         wal_bytes: f.end.0 - f.start.0,
         records,
-        strata: Vec::new(),
+        strata: opts
+            .variants
+            .iter()
+            .map(|v| (v.name.clone(), Vec::new()))
+            .collect(),
         postgres: Vec::new(),
         layers: 0,
     };
@@ -416,16 +490,21 @@ pub async fn run(opts: &Opts) -> Result<Report> {
         "WAL {}..{}: {} bytes, {records} records",
         f.start, f.end, rep.wal_bytes
     );
+    ensure!(!opts.variants.is_empty(), "no pageserver variant to time");
     for round in 0..opts.rounds.max(1) {
-        let (s, layers) = strata_run(&f, &source, &scratch.join("strata-run")).await?;
-        eprintln!(
-            "round {}: Strata {:.2} s, {:.2} CPU s",
-            round + 1,
-            s.secs,
-            s.cpu_secs
-        );
-        rep.strata.push(s);
-        rep.layers = layers;
+        for (i, v) in opts.variants.iter().enumerate() {
+            let (s, layers) = strata_run(&f, &source, v, &scratch.join("strata-run")).await?;
+            eprintln!(
+                "round {}: Strata ({}) {:.2} s (caught up at {:.2} s), {:.2} CPU s",
+                round + 1,
+                v.name,
+                s.secs,
+                s.caught_up_secs,
+                s.cpu_secs
+            );
+            rep.strata[i].1.push(s);
+            rep.layers = layers;
+        }
         let p = postgres_run(&pg, &f.base, &f.wal, f.end)?;
         eprintln!(
             "round {}: Postgres {:.2} s, {:.2} CPU s",

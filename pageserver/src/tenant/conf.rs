@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! pitr_interval = "7d"      # history kept readable (s, m, h, d); GC honours it (tenant::gc)
-//! freeze_mib = 32           # open layer size at which it is written as an L0 layer
+//! freeze_mib = 256          # open layer size at which it is written as an L0 layer
 //! page_cache_pages = 8192   # materialized pages kept per timeline
 //! auto_compaction = true
 //! ```
@@ -31,7 +31,7 @@ impl Default for TenantConf {
     fn default() -> Self {
         TenantConf {
             pitr_interval: "7d".into(),
-            freeze_mib: 32,
+            freeze_mib: 256,
             page_cache_pages: 8192,
             auto_compaction: true,
         }

@@ -24,8 +24,8 @@
 //!    two keys (all versions of a key stay in one file). Each output file's key range is
 //!    *tight* — from its first key to just past its last — so a run costs a read only where it
 //!    holds data: a read of a key the run never changed does not visit it. The merge reads the
-//!    inputs' indexes twice (once to choose the split keys, since a layer file's name carries
-//!    its key range, once to copy values), holding only one index block per input in memory.
+//!    inputs once, holding one index block per input in memory; an output file is opened at
+//!    its first key and gets its end (header and name) when it is cut.
 //! 2. **Images by measured read cost.** After an L0 merge, the key space (every key of every
 //!    durable layer, kept in memory and extended at each flush) is cut into partitions of at
 //!    most `image_partition_pages` keys that never mix key kinds. For each partition we count
@@ -315,39 +315,39 @@ pub fn merge_l0(dir: &Path, target_file_bytes: u64, groups: &[Vec<Arc<Layer>>]) 
     let mut written = Vec::new();
     for g in groups {
         let lsn_range = g[0].desc.lsn_range.start..g[g.len() - 1].desc.lsn_range.end;
-        let chunks = plan_chunks(target_file_bytes, g)?;
-        if g.len() == 1 && chunks.len() == 1 && chunks[0] == g[0].desc.key_range {
-            continue; // would rewrite the file as it is
-        }
+        let target = target_file_bytes.max(1);
         let mut merge = Merge::new(g)?;
-        let mut chunk = 0;
-        let mut w: Option<DeltaLayerWriter> = None;
+        // The file being written, its last key and its bytes so far. A file is cut between
+        // two keys once it holds `target` bytes (all versions of a key stay in one file), its
+        // key range from its first key to just past its last.
+        let mut out: Option<(DeltaLayerWriter, Key, u64)> = None;
         while let Some((i, e)) = merge.next_entry()? {
-            while e.key >= chunks[chunk].end {
-                if let Some(w) = w.take() {
-                    written.push(w.finish()?);
+            if let Some((_, last, bytes)) = &out {
+                if e.key != *last && *bytes >= target {
+                    let (w, last, _) = out.take().expect("checked above");
+                    written.push(w.finish_at_key_end(last.next())?);
                 }
-                chunk += 1;
             }
-            if w.is_none() {
-                w = Some(DeltaLayerWriter::new(
-                    dir,
-                    chunks[chunk].clone(),
-                    lsn_range.clone(),
-                )?);
-            }
+            let (w, last, bytes) = match &mut out {
+                Some(o) => o,
+                None => out.insert((
+                    DeltaLayerWriter::new(dir, e.key..Key::MAX, lsn_range.clone())?,
+                    e.key,
+                    0,
+                )),
+            };
             let LayerFile::Delta(d) = g[i].file()? else {
                 unreachable!("Merge::new checked the kinds")
             };
             // Compressed values (L0 page images) are copied as they are stored; records
             // are compressed on the way (L0 keeps them raw).
             let stored = d.read_stored(&e.handle)?;
-            w.as_mut()
-                .expect("a writer")
-                .put_stored(e.key, e.lsn, &e.handle, stored)?;
+            w.put_stored(e.key, e.lsn, &e.handle, stored)?;
+            *last = e.key;
+            *bytes += e.handle.stored_len() as u64 + INDEX_ENTRY_BYTES;
         }
-        if let Some(w) = w.take() {
-            written.push(w.finish()?);
+        if let Some((w, last, _)) = out {
+            written.push(w.finish_at_key_end(last.next())?);
         }
         rep.l0_merged += g.len();
         rep.l1_runs_written += 1;
@@ -360,31 +360,6 @@ pub fn merge_l0(dir: &Path, target_file_bytes: u64, groups: &[Vec<Arc<Layer>>]) 
         written,
         report: rep,
     })
-}
-
-/// The key ranges of the output files of merging `layers`: cut between two keys once a
-/// file holds `target_file_bytes`; each range runs from its first key to just past its
-/// last.
-fn plan_chunks(target_file_bytes: u64, layers: &[Arc<Layer>]) -> Result<Vec<Range<Key>>> {
-    let target = target_file_bytes.max(1);
-    let mut merge = Merge::new(layers)?;
-    let mut chunks = Vec::new();
-    let mut cur: Option<(Key, Key, u64)> = None; // first, last, bytes
-    while let Some((_, e)) = merge.next_entry()? {
-        let size = e.handle.stored_len() as u64 + INDEX_ENTRY_BYTES;
-        cur = Some(match cur {
-            None => (e.key, e.key, size),
-            Some((first, last, bytes)) if e.key != last && bytes >= target => {
-                chunks.push(first..last.next());
-                (e.key, e.key, size)
-            }
-            Some((first, _, bytes)) => (first, e.key, bytes + size),
-        });
-    }
-    if let Some((first, last, _)) = cur {
-        chunks.push(first..last.next());
-    }
-    Ok(chunks)
 }
 
 impl Timeline {

@@ -70,7 +70,7 @@ pub struct TimelineConf {
 impl Default for TimelineConf {
     fn default() -> Self {
         TimelineConf {
-            freeze_bytes: 32 * 1024 * 1024,
+            freeze_bytes: 256 * 1024 * 1024,
             page_cache_pages: 8192,
             compaction: CompactionConf::default(),
         }

@@ -31,11 +31,21 @@ impl Pageserver {
     /// time the process with `warn`, so that log lines are not part of what they measure.
     /// The binary is [`built_bin`]'s (`STRATA_PAGESERVER_BIN` picks another build).
     pub fn start_logging(data: &Path, extra: &[&str], rust_log: &str) -> Result<Pageserver> {
+        Self::start_bin(&built_bin("pageserver")?, data, extra, rust_log)
+    }
+
+    /// [`Pageserver::start_logging`] of the binary `bin` (a bench times two builds side by side).
+    pub fn start_bin(
+        bin: &Path,
+        data: &Path,
+        extra: &[&str],
+        rust_log: &str,
+    ) -> Result<Pageserver> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(data.with_extension("log"))?;
-        let mut child = Command::new(built_bin("pageserver")?)
+        let mut child = Command::new(bin)
             .arg("--data-dir")
             .arg(data)
             .args(["--listen", "127.0.0.1:0"])
