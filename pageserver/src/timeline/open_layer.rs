@@ -403,8 +403,9 @@ impl Entries {
 
 /// Arena chunks of dropped layers kept for the next ones (at most this many, process-wide):
 /// a fresh chunk costs page faults and zeroing on first touch, about a tenth of ingest's
-/// time, while a recycled one is already mapped. Bounded to 128 MiB: four layers of the default
-/// 32 MiB (the open one, two frozen in flight, one being dropped).
+/// time, while a recycled one is already mapped. Bounded to 128 MiB process-wide (half of one
+/// layer at the default `freeze_mib` of 256; it was four layers at the old 32): the memory a
+/// pageserver keeps idle stays the same whatever the freeze size.
 const POOL_CHUNKS: usize = 128;
 
 static CHUNK_POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
