@@ -167,3 +167,43 @@ fn layer_names_rejected() {
     }
     assert!(LayerDesc::parse(&format!("{k0}0-{k0}1__0000000000000001.image")).is_ok());
 }
+
+#[test]
+fn a_key_range_narrowed_at_finish_is_in_the_header_and_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Value::pg_record(false, vec![1, 2, 3]);
+    let open = |dir: &std::path::Path| {
+        let mut w = DeltaLayerWriter::new(dir, key(10)..Key::MAX, Lsn(100)..Lsn(200)).unwrap();
+        w.put(key(12), Lsn(150), &v).unwrap();
+        w.put(key(14), Lsn(160), &v).unwrap();
+        w
+    };
+    // The end must lie past the last key written and within the range; a refused writer
+    // leaves no file behind.
+    for end in [key(14), key(13), key(10)] {
+        let e = open(dir.path()).finish_at_key_end(end).unwrap_err();
+        assert!(
+            matches!(e, LayerError::InvalidInput { .. }) && e.to_string().contains("cannot end"),
+            "{e}"
+        );
+        assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+    }
+    let mut w = DeltaLayerWriter::new(dir.path(), key(10)..key(20), Lsn(100)..Lsn(200)).unwrap();
+    w.put(key(12), Lsn(150), &v).unwrap();
+    assert!(
+        w.finish_at_key_end(key(21)).is_err(),
+        "beyond the range's end"
+    );
+
+    let written = open(dir.path()).finish_at_key_end(key(15)).unwrap();
+    assert_eq!(written.desc.key_range, key(10)..key(15));
+    assert_eq!(files(dir.path()), vec![written.desc.file_name()]);
+    // The reader checks the header (and its checksum) against the name it was opened by.
+    let r = DeltaLayerReader::open(&written.path).unwrap();
+    assert_eq!(r.desc().key_range, key(10)..key(15));
+    assert_eq!(r.verify().unwrap(), 2);
+    assert!(
+        r.versions(key(15), Lsn(199)).is_err(),
+        "outside the narrowed range"
+    );
+}
