@@ -264,8 +264,8 @@ impl ClusterConfig {
 
     pub fn store(&self, dir: &Path) -> Result<()> {
         let text = toml::to_string_pretty(self)?;
-        let path = dir.join(CONFIG_FILE);
-        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+        // Whole or not at all: every command reads it, and a reader must never see half.
+        super::spec::write_atomically(&dir.join(CONFIG_FILE), text.as_bytes(), 0o644)
     }
 
     pub fn safekeeper_grpc_addrs(&self) -> Vec<String> {

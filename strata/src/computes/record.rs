@@ -9,6 +9,7 @@ use compute::node::{ComputeNode, PgPrograms};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::daemon::Daemon;
+use crate::cluster::spec::write_atomically;
 use crate::cluster::ClusterConfig;
 use crate::names;
 
@@ -52,19 +53,33 @@ pub fn walproposer_daemon(dir: &Path, name: &str) -> Daemon {
 
 impl ComputeRecord {
     pub fn load(dir: &Path, name: &str) -> Result<ComputeRecord> {
-        names::path_component(names::Kind::Compute, name)?;
-        let p = compute_dir(dir, name).join(RECORD_FILE);
-        let text = fs::read_to_string(&p)
-            .with_context(|| format!("no compute named {name:?} ({} unreadable)", p.display()))?;
-        toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+        Self::load_if_present(dir, name)?.with_context(|| {
+            let p = compute_dir(dir, name).join(RECORD_FILE);
+            format!("no compute named {name:?} ({} does not exist)", p.display())
+        })
     }
 
+    /// The record, or `None` when there is none (never made, or removed meanwhile).
+    fn load_if_present(dir: &Path, name: &str) -> Result<Option<ComputeRecord>> {
+        names::path_component(names::Kind::Compute, name)?;
+        let p = compute_dir(dir, name).join(RECORD_FILE);
+        let text = match fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("no compute named {name:?} ({} unreadable)", p.display())
+                })
+            }
+        };
+        let rec = toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+        Ok(Some(rec))
+    }
+
+    /// Whole or not at all: other commands list computes while this one writes its record.
     pub fn store(&self, dir: &Path) -> Result<()> {
-        let d = compute_dir(dir, &self.name);
-        fs::create_dir_all(&d)?;
-        let p = d.join(RECORD_FILE);
-        fs::write(&p, toml::to_string_pretty(self)?)
-            .with_context(|| format!("writing {}", p.display()))
+        let p = compute_dir(dir, &self.name).join(RECORD_FILE);
+        write_atomically(&p, toml::to_string_pretty(self)?.as_bytes(), 0o644)
     }
 
     /// "lazy" or "full copy", as `status` and `compute start` say it.
@@ -86,8 +101,9 @@ impl ComputeRecord {
         };
         for e in entries {
             let name = e?.file_name().to_string_lossy().into_owned();
-            if compute_dir(dir, &name).join(RECORD_FILE).exists() {
-                out.push(ComputeRecord::load(dir, &name)?);
+            // A compute stopped by another command while this one lists is not listed.
+            if let Some(rec) = ComputeRecord::load_if_present(dir, &name)? {
+                out.push(rec);
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -119,4 +135,55 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> ComputeRecord {
+        ComputeRecord {
+            name: name.into(),
+            branch: "main".into(),
+            tenant_id: "t".into(),
+            timeline_id: "tl".into(),
+            port: 5432,
+            read_only: false,
+            lsn: "0/0".into(),
+            expires_at: None,
+            lazy: true,
+        }
+    }
+
+    /// Parallel restores list computes while others write or remove their records: a listing
+    /// sees each record whole or not at all (CI once saw an empty `compute.toml`).
+    #[test]
+    fn listing_while_others_store_and_remove_sees_whole_records() {
+        let dir = tempfile::tempdir().unwrap();
+        record("steady").store(dir.path()).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..300 {
+                    let rec = record(&format!("c{}", i % 3));
+                    rec.store(dir.path()).unwrap();
+                    if i % 2 == 0 {
+                        fs::remove_dir_all(compute_dir(dir.path(), &rec.name)).unwrap();
+                    }
+                }
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let mut listings = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || listings == 0 {
+                let all = ComputeRecord::list(dir.path()).unwrap();
+                assert!(all.iter().any(|r| r.name == "steady"), "{all:?}");
+                listings += 1;
+            }
+        });
+        let err = ComputeRecord::load(dir.path(), "absent").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no compute named \"absent\""),
+            "{err:#}"
+        );
+    }
 }
