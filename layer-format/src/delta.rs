@@ -231,6 +231,22 @@ impl DeltaLayerReader {
         RawEntries::new(&self.file).map(|r| r.map(DeltaEntry::from))
     }
 
+    /// The entries whose key lies in `keys`, in (key, LSN) order, without values: one slice of
+    /// the layer for a merge that splits the key space between threads.
+    pub fn entries_in(&self, keys: Range<Key>) -> impl Iterator<Item = Result<DeltaEntry>> + '_ {
+        let end = keys.end;
+        RawEntries::from_key(&self.file, keys.start)
+            .filter(move |r| r.as_ref().map_or(true, |e| e.key >= keys.start))
+            .take_while(move |r| r.as_ref().map_or(true, |e| e.key < end))
+            .map(|r| r.map(DeltaEntry::from))
+    }
+
+    /// Keys cutting the layer into about `parts` slices of equal entry counts (ascending,
+    /// possibly fewer), for [`DeltaLayerReader::entries_in`].
+    pub fn split_keys(&self, parts: usize) -> Vec<Key> {
+        RawEntries::split_keys(&self.file, parts)
+    }
+
     /// Every entry with its value, in (key, LSN) order.
     pub fn iter(&self) -> impl Iterator<Item = Result<(Key, Lsn, Value)>> + '_ {
         self.entries().map(move |r| {

@@ -430,6 +430,57 @@ impl<'a> RawEntries<'a> {
         }
     }
 
+    /// Entries from the index block that holds `start`'s first version (the caller skips
+    /// the smaller keys before it), checked as [`RawEntries::new`] checks them from there on.
+    pub fn from_key(file: &'a LayerFile, start: Key) -> RawEntries<'a> {
+        let target = sort_key(start, Lsn(0));
+        // Blocks whose first entry sorts before `start`: the last of them may hold it.
+        let (mut lo, mut hi) = (0, file.block_count);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if file.fence(mid).0 < &target[..] {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let block = lo.saturating_sub(1);
+        // The block's values come right after the previous index block.
+        let expected = match block.checked_sub(1) {
+            None => HEADER_LEN as u64,
+            Some(prev) => {
+                let (_, offset, count) = file.fence(prev);
+                offset + block_len(count) as u64
+            }
+        };
+        RawEntries {
+            file,
+            block,
+            index: 0,
+            expected,
+            prev: None,
+            done: false,
+        }
+    }
+
+    /// Keys that cut the layer's index into about `parts` pieces of equal entry counts,
+    /// ascending and each above the layer's first key (fewer when the index has few blocks).
+    pub fn split_keys(file: &LayerFile, parts: usize) -> Vec<Key> {
+        let blocks = file.block_count;
+        let mut keys: Vec<Key> = Vec::new();
+        for i in 1..parts {
+            let b = blocks * i / parts;
+            if b == 0 || b >= blocks {
+                continue;
+            }
+            let key = key_at(file.fence(b).0, 0);
+            if key > key_at(file.fence(0).0, 0) && keys.last().is_none_or(|&k| key > k) {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
     fn step(&mut self) -> Result<Option<RawEntry>> {
         let f = self.file;
         loop {

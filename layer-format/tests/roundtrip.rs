@@ -252,3 +252,57 @@ fn compression_is_used_when_it_pays() {
     let raw = w.finish().unwrap().file_size;
     assert!(compressed * 2 < raw, "{compressed} vs {raw}");
 }
+
+/// A merge split between threads reads the layer in key slices: slices cut at the layer's
+/// split keys (or anywhere) together give every entry once, in order, also where one key's
+/// versions span index blocks.
+#[test]
+fn key_slices_cover_the_layer_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = Model::new();
+    for blk in 0..3000u32 {
+        let versions = if blk == 1500 { 400 } else { 1 + blk as u64 % 3 };
+        for v in 0..versions {
+            model.insert(
+                (key(blk), Lsn(10 + v)),
+                Value::pg_record(v == 0, vec![blk as u8; 3]),
+            );
+        }
+    }
+    let r = write_delta(dir.path(), &model, Compression::None);
+    let all: Vec<(Key, Lsn)> = model.keys().copied().collect();
+    let sliced = |cuts: &[Key]| -> Vec<(Key, Lsn)> {
+        let mut bounds = vec![Key::MIN];
+        bounds.extend_from_slice(cuts);
+        bounds.push(Key::MAX);
+        bounds
+            .windows(2)
+            .flat_map(|w| {
+                r.entries_in(w[0]..w[1])
+                    .map(|e| e.map(|e| (e.key, e.lsn)).unwrap())
+            })
+            .collect()
+    };
+    for parts in [1, 2, 3, 4, 16] {
+        let cuts = r.split_keys(parts);
+        assert!(cuts.len() < parts.max(1), "{parts}: {cuts:?}");
+        assert!(cuts.windows(2).all(|w| w[0] < w[1]), "{cuts:?}");
+        assert_eq!(sliced(&cuts), all, "{parts} parts");
+    }
+    assert_eq!(r.split_keys(2).len(), 1);
+    // Cuts that fall inside a long history, between blocks, past the end, before the start.
+    for cuts in [
+        vec![key(1500)],
+        vec![key(1501)],
+        vec![key(0), key(1), key(2999)],
+        vec![key(10), key(1500), key(1501), key(4000)],
+    ] {
+        assert_eq!(sliced(&cuts), all, "{cuts:?}");
+    }
+    let mid: Vec<(Key, Lsn)> = r
+        .entries_in(key(1500)..key(1501))
+        .map(|e| e.map(|e| (e.key, e.lsn)).unwrap())
+        .collect();
+    assert_eq!(mid.len(), 400);
+    assert_eq!(r.entries_in(key(3000)..Key::MAX).count(), 0);
+}
