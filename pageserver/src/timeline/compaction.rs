@@ -134,7 +134,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use layer_format::{
-    DeltaEntry, DeltaLayerWriter, ImageLayerWriter, Key, LayerDesc, LayerKind, Lsn, WrittenLayer,
+    DeltaEntry, DeltaLayerReader, DeltaLayerWriter, ImageLayerWriter, Key, LayerDesc, LayerKind,
+    Lsn, WrittenLayer,
 };
 
 use super::ancestor::Ancestor;
@@ -145,6 +146,10 @@ use super::{metadata, Timeline};
 
 /// Threads that rebuild image partitions at once (at most the machine's cores).
 const IMAGE_THREADS: usize = 4;
+
+/// Threads a merge that is waited for splits its key space between (at most the machine's
+/// cores).
+const MERGE_THREADS: usize = 4;
 
 /// Bytes of an index entry in a layer file (for sizing output files).
 const INDEX_ENTRY_BYTES: u64 = 43;
@@ -260,7 +265,8 @@ struct Merge<'a> {
 }
 
 impl<'a> Merge<'a> {
-    fn new(layers: &'a [Arc<Layer>]) -> Result<Merge<'a>> {
+    /// Merges the entries of `layers` whose key lies in `keys`.
+    fn new(layers: &'a [Arc<Layer>], keys: &Range<Key>) -> Result<Merge<'a>> {
         let mut m = Merge {
             iters: Vec::new(),
             heads: Vec::new(),
@@ -273,7 +279,7 @@ impl<'a> Merge<'a> {
                     l.desc.file_name()
                 )));
             };
-            m.iters.push(Box::new(d.entries()));
+            m.iters.push(Box::new(d.entries_in(keys.clone())));
             m.heads.push(None);
             m.advance(i)?;
         }
@@ -308,46 +314,37 @@ pub struct L0Merge {
 }
 
 /// Writes each group of L0 layers as one L1 run (does not touch the timeline's state, so it
-/// can run on the background thread while ingest goes on).
-pub fn merge_l0(dir: &Path, target_file_bytes: u64, groups: &[Vec<Arc<Layer>>]) -> Result<L0Merge> {
+/// can run on the background thread while ingest goes on). A group's key space is cut into
+/// slices merged on up to `threads` threads.
+pub fn merge_l0(
+    dir: &Path,
+    target_file_bytes: u64,
+    groups: &[Vec<Arc<Layer>>],
+    threads: usize,
+) -> Result<L0Merge> {
     let mut rep = CompactionReport::default();
     let mut removed = Vec::new();
     let mut written = Vec::new();
     for g in groups {
-        let lsn_range = g[0].desc.lsn_range.start..g[g.len() - 1].desc.lsn_range.end;
-        let target = target_file_bytes.max(1);
-        let mut merge = Merge::new(g)?;
-        // The file being written, its last key and its bytes so far. A file is cut between
-        // two keys once it holds `target` bytes (all versions of a key stay in one file), its
-        // key range from its first key to just past its last.
-        let mut out: Option<(DeltaLayerWriter, Key, u64)> = None;
-        while let Some((i, e)) = merge.next_entry()? {
-            if let Some((_, last, bytes)) = &out {
-                if e.key != *last && *bytes >= target {
-                    let (w, last, _) = out.take().expect("checked above");
-                    written.push(w.finish_at_key_end(last.next())?);
-                }
-            }
-            let (w, last, bytes) = match &mut out {
-                Some(o) => o,
-                None => out.insert((
-                    DeltaLayerWriter::new(dir, e.key..Key::MAX, lsn_range.clone())?,
-                    e.key,
-                    0,
-                )),
-            };
-            let LayerFile::Delta(d) = g[i].file()? else {
-                unreachable!("Merge::new checked the kinds")
-            };
-            // Compressed values (L0 page images) are copied as they are stored; records
-            // are compressed on the way (L0 keeps them raw).
-            let stored = d.read_stored(&e.handle)?;
-            w.put_stored(e.key, e.lsn, &e.handle, stored)?;
-            *last = e.key;
-            *bytes += e.handle.stored_len() as u64 + INDEX_ENTRY_BYTES;
-        }
-        if let Some((w, last, _)) = out {
-            written.push(w.finish_at_key_end(last.next())?);
+        let slices = key_slices(g, threads)?;
+        let merged: Vec<Result<Vec<WrittenLayer>>> = if slices.len() == 1 {
+            vec![merge_slice(dir, target_file_bytes, g, &slices[0])]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = slices
+                    .iter()
+                    .map(|keys| scope.spawn(|| merge_slice(dir, target_file_bytes, g, keys)))
+                    .collect();
+                handles
+                    .into_iter()
+                    // A panicking merge is a bug; propagate it.
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            })
+        };
+        // Slices are in key order, so the run's files are too.
+        for files in merged {
+            written.extend(files?);
         }
         rep.l0_merged += g.len();
         rep.l1_runs_written += 1;
@@ -360,6 +357,74 @@ pub fn merge_l0(dir: &Path, target_file_bytes: u64, groups: &[Vec<Arc<Layer>>]) 
         written,
         report: rep,
     })
+}
+
+/// The key space of a group of L0 layers cut into up to `parts` slices of about equal entry
+/// counts (by the largest layer's index).
+fn key_slices(g: &[Arc<Layer>], parts: usize) -> Result<Vec<Range<Key>>> {
+    let mut largest: Option<(u64, &DeltaLayerReader)> = None;
+    for l in g {
+        if let LayerFile::Delta(d) = l.file()? {
+            if largest.is_none_or(|(n, _)| d.entry_count() > n) {
+                largest = Some((d.entry_count(), d));
+            }
+        }
+    }
+    let cuts = largest.map_or_else(Vec::new, |(_, d)| d.split_keys(parts));
+    let mut slices = Vec::with_capacity(cuts.len() + 1);
+    let mut start = Key::MIN;
+    for cut in cuts {
+        slices.push(start..cut);
+        start = cut;
+    }
+    slices.push(start..Key::MAX);
+    Ok(slices)
+}
+
+/// Merges the entries of `g` in `keys` into L1 files, cut between two keys once a file holds
+/// `target_file_bytes` (all versions of a key stay in one file); each file's key range runs
+/// from its first key to just past its last.
+fn merge_slice(
+    dir: &Path,
+    target_file_bytes: u64,
+    g: &[Arc<Layer>],
+    keys: &Range<Key>,
+) -> Result<Vec<WrittenLayer>> {
+    let lsn_range = g[0].desc.lsn_range.start..g[g.len() - 1].desc.lsn_range.end;
+    let target = target_file_bytes.max(1);
+    let mut written = Vec::new();
+    let mut merge = Merge::new(g, keys)?;
+    // The file being written, its last key and its bytes so far.
+    let mut out: Option<(DeltaLayerWriter, Key, u64)> = None;
+    while let Some((i, e)) = merge.next_entry()? {
+        if let Some((_, last, bytes)) = &out {
+            if e.key != *last && *bytes >= target {
+                let (w, last, _) = out.take().expect("checked above");
+                written.push(w.finish_at_key_end(last.next())?);
+            }
+        }
+        let (w, last, bytes) = match &mut out {
+            Some(o) => o,
+            None => out.insert((
+                DeltaLayerWriter::new(dir, e.key..Key::MAX, lsn_range.clone())?,
+                e.key,
+                0,
+            )),
+        };
+        let LayerFile::Delta(d) = g[i].file()? else {
+            unreachable!("Merge::new checked the kinds")
+        };
+        // Compressed values (L0 page images) are copied as they are stored; records
+        // are compressed on the way (L0 keeps them raw).
+        let stored = d.read_stored(&e.handle)?;
+        w.put_stored(e.key, e.lsn, &e.handle, stored)?;
+        *last = e.key;
+        *bytes += e.handle.stored_len() as u64 + INDEX_ENTRY_BYTES;
+    }
+    if let Some((w, last, _)) = out {
+        written.push(w.finish_at_key_end(last.next())?);
+    }
+    Ok(written)
 }
 
 impl Timeline {
@@ -512,7 +577,16 @@ impl Timeline {
     /// that no image lies inside.
     fn compact_l0(&mut self, l0: Vec<Arc<Layer>>, fp: FailPoint) -> Result<CompactionReport> {
         let groups = self.l0_groups(l0);
-        let merged = merge_l0(&self.dir, self.conf.compaction.target_file_bytes, &groups)?;
+        // Someone waits for this merge (a flush, an explicit compaction): use every core.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MERGE_THREADS);
+        let merged = merge_l0(
+            &self.dir,
+            self.conf.compaction.target_file_bytes,
+            &groups,
+            threads,
+        )?;
         self.install_l0_merge(merged, fp)
     }
 
@@ -747,7 +821,9 @@ pub fn compact_in_background(
     groups: &[Vec<Arc<Layer>>],
     snapshot: ImageSnapshot,
 ) -> Result<BackgroundCompaction> {
-    let merge = merge_l0(dir, target_file_bytes, groups)?;
+    // One thread: ingest goes on beside it and needs the other cores (two threads here slowed
+    // the served ingest more than they sped the merge).
+    let merge = merge_l0(dir, target_file_bytes, groups, 1)?;
     let Some(end) = merge.written.iter().map(|w| w.desc.lsn_range.end).max() else {
         return Ok(BackgroundCompaction {
             merge,
