@@ -39,12 +39,12 @@ use walproto::rmgr::record_name;
 
 use super::error::{Result, TenantError};
 use super::layout::{write_atomic, TIMELINE_CONF};
-use crate::ingest::driver::ingest_batch_yielding;
+use crate::ingest::driver::{ingest_batch_yielding, DecodedChunk};
 use crate::ingest::{IngestConf, IngestError, StreamDecoder, WalIngest};
 use crate::timeline::ancestor::{Ancestor, AncestorTimeline};
 use crate::timeline::layer_map::LayerFetch;
 use crate::timeline::{CompactionReport, Timeline, TimelineConf};
-use crate::walreceiver::{Feedback, WalSink};
+use crate::walreceiver::{Feedback, Staged, WalSink};
 
 const BLCKSZ: u64 = 8192;
 
@@ -489,19 +489,27 @@ impl TimelineHandle {
     /// ingested. On any error the stream is forgotten: the sender must restart at
     /// `wal_start_lsn()`.
     pub fn receive_wal(&self, start: Lsn, wal: &[u8]) -> Result<usize> {
+        let chunk = self.decode_wal(start, wal)?;
+        self.ingest_decoded(&chunk)
+    }
+
+    /// [`TimelineHandle::receive_wal`]'s first half: decodes the chunk into the records it
+    /// completes. Chunks must be decoded and then ingested in stream order (the walreceiver's
+    /// pipeline decodes a few ahead of ingest, on another thread).
+    pub fn decode_wal(&self, start: Lsn, wal: &[u8]) -> Result<DecodedChunk> {
         let mut stream = lock(&self.stream);
-        let res = self.receive_into(&mut stream, start, wal);
+        let res = self.decode_into(&mut stream, start, wal);
         self.publish_received(&stream);
         res
     }
 
-    /// [`TimelineHandle::receive_wal`] with the stream locked.
-    fn receive_into(
+    /// [`TimelineHandle::decode_wal`] with the stream locked.
+    fn decode_into(
         &self,
         stream: &mut Option<StreamDecoder>,
         start: Lsn,
         wal: &[u8],
-    ) -> Result<usize> {
+    ) -> Result<DecodedChunk> {
         if let Some(stop) = self.ingest_stop() {
             *stream = None;
             return Err(TenantError::FailedPrecondition(format!(
@@ -517,14 +525,26 @@ impl TimelineHandle {
         let chunk = dec
             .decode_chunk(start, wal)
             .map_err(|e| TenantError::InvalidArgument(format!("{}: {e}", self.ctx())))?;
-        self.publish_received(stream);
+        if chunk.failed.is_some() {
+            // Nothing after it decodes; the next stream starts at the ingest position.
+            *stream = None;
+        }
+        Ok(chunk)
+    }
+
+    /// [`TimelineHandle::receive_wal`]'s second half: ingests a decoded chunk's records
+    /// through the ingest driver ([`ingest_batch_yielding`]: reads get in between records),
+    /// then reports why the stream ended after them, if it did.
+    pub fn ingest_decoded(&self, chunk: &DecodedChunk) -> Result<usize> {
         let ingested = if chunk.records.is_empty() {
             0
         } else {
             match ingest_batch_yielding(&self.ingest, &chunk.records) {
                 Ok(n) => n,
                 Err(e) => {
-                    *stream = None;
+                    // Records decoded after it are not ingested: forget the stream.
+                    *lock(&self.stream) = None;
+                    self.publish_received(&None);
                     let r = &chunk.records[e.ingested];
                     self.stop_at(r, &e.error);
                     crate::metrics::records_ingested(e.ingested);
@@ -533,9 +553,8 @@ impl TimelineHandle {
             }
         };
         crate::metrics::records_ingested(ingested);
-        if let Some(e) = chunk.failed {
+        if let Some(e) = &chunk.failed {
             crate::metrics::ingest_error();
-            *stream = None;
             return Err(TenantError::InvalidArgument(format!("{}: {e}", self.ctx())));
         }
         Ok(ingested)
@@ -580,6 +599,18 @@ impl WalSink for TimelineHandle {
 
     fn receive(&self, start: Lsn, wal: &[u8]) -> anyhow::Result<()> {
         self.receive_wal(start, wal)?;
+        Ok(())
+    }
+
+    fn decode(&self, start: Lsn, wal: &[u8]) -> anyhow::Result<Staged> {
+        Ok(Staged::Decoded(self.decode_wal(start, wal)?))
+    }
+
+    fn ingest(&self, staged: &Staged) -> anyhow::Result<()> {
+        match staged {
+            Staged::Raw { start, wal } => self.receive_wal(*start, wal)?,
+            Staged::Decoded(chunk) => self.ingest_decoded(chunk)?,
+        };
         Ok(())
     }
 

@@ -25,8 +25,8 @@
 //! - [`probe`]: connecting to one safekeeper and asking where it stands.
 //! - [`monitor`]: the other safekeepers' positions, polled while streaming.
 //! - [`session`]: one stream from one safekeeper, and why it ended.
-//! - [`pipeline`]: the sink fed on a thread of its own, so that reading the socket overlaps
-//!   decoding and ingest.
+//! - [`pipeline`]: the sink fed on two threads of its own, so that reading the socket,
+//!   decoding and ingest overlap.
 
 mod monitor;
 mod pipeline;
@@ -41,6 +41,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use walproto::ids::{TenantId, TimelineId};
 use walproto::Lsn;
 
+use crate::ingest::driver::DecodedChunk;
 use session::{SessionEnd, SessionError};
 
 /// Where to stream from and how patient to be.
@@ -116,6 +117,21 @@ pub struct Feedback {
     pub durable_remote: Lsn,
 }
 
+/// A chunk of the stream between [`WalSink::decode`] and [`WalSink::ingest`].
+pub enum Staged {
+    /// The bytes as received (a sink that does all its work in `receive`).
+    Raw { start: Lsn, wal: bytes::Bytes },
+    /// The records the chunk completed (and why the stream ends after them, if it does).
+    Decoded(DecodedChunk),
+}
+
+impl Staged {
+    /// Nothing after this chunk can be decoded: the stream must restart.
+    pub fn ends_stream(&self) -> bool {
+        matches!(self, Staged::Decoded(c) if c.failed.is_some())
+    }
+}
+
 /// Where the WAL goes.
 pub trait WalSink: Send + Sync {
     /// Where streaming must (re)start: the end of the last record made durable or ingested.
@@ -128,6 +144,25 @@ pub trait WalSink: Send + Sync {
     /// WAL bytes beginning at `start`, contiguous with the previous call since the last
     /// `restart`. An error ends [`run`] with it: WAL cannot be skipped.
     fn receive(&self, start: Lsn, wal: &[u8]) -> anyhow::Result<()>;
+    /// `receive`'s first half, which may run ahead of the second on a thread of its own (the
+    /// walreceiver's pipeline): called in stream order, it prepares the bytes for
+    /// [`WalSink::ingest`]. By default it only keeps them.
+    fn decode(&self, start: Lsn, wal: &[u8]) -> anyhow::Result<Staged> {
+        Ok(Staged::Raw {
+            start,
+            wal: bytes::Bytes::copy_from_slice(wal),
+        })
+    }
+    /// `receive`'s second half: what [`WalSink::decode`] returned, in the same order.
+    fn ingest(&self, staged: &Staged) -> anyhow::Result<()> {
+        match staged {
+            Staged::Raw { start, wal } => self.receive(*start, wal),
+            Staged::Decoded(chunk) => anyhow::bail!(
+                "this sink cannot ingest {} decoded records it did not decode",
+                chunk.records.len()
+            ),
+        }
+    }
     fn feedback(&self) -> Feedback;
     /// `Some(why)` when the sink takes no more WAL whatever is sent (a record it cannot
     /// ingest): [`run`] then ends with that error instead of streaming again.

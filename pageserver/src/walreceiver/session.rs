@@ -54,7 +54,7 @@ pub(super) async fn stream(
     .await
     .map_err(|_| SessionError::Connection("START_REPLICATION timed out".into()))?
     .map_err(conn_err)?;
-    let pipeline = Pipeline::start(sink.clone());
+    let pipeline = Pipeline::start(sink.clone()).map_err(SessionError::Sink)?;
     let pumped = pump(
         conf,
         &probe.identity,
