@@ -543,8 +543,7 @@ impl TimelineHandle {
                 Ok(n) => n,
                 Err(e) => {
                     // Records decoded after it are not ingested: forget the stream.
-                    *lock(&self.stream) = None;
-                    self.publish_received(&None);
+                    self.reset_wal_stream();
                     let r = &chunk.records[e.ingested];
                     self.stop_at(r, &e.error);
                     crate::metrics::records_ingested(e.ingested);
