@@ -151,6 +151,13 @@ const IMAGE_THREADS: usize = 4;
 /// cores).
 const MERGE_THREADS: usize = 4;
 
+/// The machine's cores, at most `limit` (at least 1).
+fn cores_up_to(limit: usize) -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(limit)
+}
+
 /// Bytes of an index entry in a layer file (for sizing output files).
 const INDEX_ENTRY_BYTES: u64 = 43;
 
@@ -578,14 +585,11 @@ impl Timeline {
     fn compact_l0(&mut self, l0: Vec<Arc<Layer>>, fp: FailPoint) -> Result<CompactionReport> {
         let groups = self.l0_groups(l0);
         // Someone waits for this merge (a flush, an explicit compaction): use every core.
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MERGE_THREADS);
         let merged = merge_l0(
             &self.dir,
             self.conf.compaction.target_file_bytes,
             &groups,
-            threads,
+            cores_up_to(MERGE_THREADS),
         )?;
         self.install_l0_merge(merged, fp)
     }
@@ -1010,10 +1014,7 @@ fn write_images_parallel(
     jobs: Vec<(Range<Key>, Vec<Key>)>,
     lsn: Lsn,
 ) -> Vec<Result<WrittenLayer>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(IMAGE_THREADS)
-        .min(jobs.len());
+    let threads = cores_up_to(IMAGE_THREADS).min(jobs.len());
     if threads <= 1 {
         return jobs
             .iter()
