@@ -190,24 +190,22 @@ mod tests {
         })
     }
 
-    /// Waits until the first chunk is in (so the next is not joined to it).
-    async fn until_ingested(s: &Sink, n: usize) {
+    /// Polls `done` until it holds, failing the test after 10 s.
+    async fn wait_for(what: &str, done: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while s.ingested.lock().unwrap().len() < n {
-            assert!(Instant::now() < deadline, "{n} chunks not ingested in 10 s");
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not after 10 s");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
+    /// Waits until `n` chunks are in (so the next is not joined to them).
+    async fn until_ingested(s: &Sink, n: usize) {
+        wait_for("chunks ingested", || s.ingested.lock().unwrap().len() >= n).await
+    }
+
     async fn until_stopped(p: &Pipeline) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !p.stopped() {
-            assert!(
-                Instant::now() < deadline,
-                "the pipeline did not stop in 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_for("the pipeline stopped", || p.stopped()).await
     }
 
     /// A refused chunk stops the pipeline while no more WAL comes (the decoding thread is
